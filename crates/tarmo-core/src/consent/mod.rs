@@ -1,0 +1,1 @@
+//! Purposes, legal bases, the consent ledger and the policy decision.

@@ -1,0 +1,13 @@
+//! Tarmo's domain model: identifiers, Segment messages, traits, purposes, consent
+//! and the policy decision.
+//!
+//! This crate is pure: no I/O, no async, no database or HTTP types. Everything
+//! that enters Tarmo is parsed into these types at the edge, so an invalid email
+//! address or an unknown identifier kind cannot travel further than the handler
+//! that received it. It must never log or print a personal value: types that
+//! hold one redact it in `Debug`.
+
+pub mod consent;
+pub mod identity;
+pub mod profile;
+pub mod segment;

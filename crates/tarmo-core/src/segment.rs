@@ -1,0 +1,446 @@
+//! Messages of the Segment tracking spec (identify, track, page, screen, group,
+//! alias), as the public Segment and RudderStack SDKs send them, parsed into
+//! what identity resolution needs: the identifiers, the traits with their
+//! timestamp, and the whole message to be sealed.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::identity::{Identifier, IdentifierKind, IdentityConfig};
+
+/// The spec's limit for one message, in bytes of JSON.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// The spec's limit for one batch request, in bytes of JSON.
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+/// The spec's limit for the number of messages in one batch.
+pub const MAX_BATCH_MESSAGES: usize = 2500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Identify,
+    Track,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl MessageKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "identify" => Self::Identify,
+            "track" => Self::Track,
+            "page" => Self::Page,
+            "screen" => Self::Screen,
+            "group" => Self::Group,
+            "alias" => Self::Alias,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identify => "identify",
+            Self::Track => "track",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+        }
+    }
+}
+
+/// One parsed message. Its identifiers and body are personal data.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub kind: MessageKind,
+    /// The SDK's messageId; `None` when the sender gave none (it is then not
+    /// deduplicated, as there is nothing to recognise a retry by).
+    pub message_id: Option<String>,
+    /// When the event happened, as the sender says, in milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    pub identifiers: Vec<Identifier>,
+    /// Traits to merge into the profile (identify, and `context.traits`).
+    pub traits: Map<String, Value>,
+    /// Values in traits that look like identifiers but do not parse (kept as
+    /// traits, not used to recognise anyone), counted for metrics.
+    pub rejected_identifiers: usize,
+    /// The whole message, batch context merged in, as it is sealed and stored.
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message {index} is not a JSON object")]
+    NotAnObject { index: usize },
+    #[error("message {index}: `type` is missing or not one of identify, track, page, screen, group, alias")]
+    BadType { index: usize },
+    #[error("message {index}: a message needs a userId or an anonymousId")]
+    NoIdentity { index: usize },
+    #[error("message {index}: `{field}` must be {expected}")]
+    WrongType {
+        index: usize,
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("message {index}: `{field}` is not an ISO 8601 date-time")]
+    BadTimestamp { index: usize, field: &'static str },
+    #[error("message {index}: track needs an `event` name")]
+    NoEventName { index: usize },
+    #[error("message {index}: alias needs `previousId` and `userId`")]
+    BadAlias { index: usize },
+    #[error("message {index}: `{field}`: {reason}")]
+    BadIdentifier {
+        index: usize,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl MessageError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotAnObject { .. } | Self::WrongType { .. } => "invalid_field_type",
+            Self::BadType { .. } => "invalid_message_type",
+            Self::NoIdentity { .. } => "missing_identity",
+            Self::BadTimestamp { .. } => "invalid_timestamp",
+            Self::NoEventName { .. } => "missing_event_name",
+            Self::BadAlias { .. } => "invalid_alias",
+            Self::BadIdentifier { .. } => "invalid_identifier",
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        match self {
+            Self::NotAnObject { index }
+            | Self::BadType { index }
+            | Self::NoIdentity { index }
+            | Self::WrongType { index, .. }
+            | Self::BadTimestamp { index, .. }
+            | Self::NoEventName { index }
+            | Self::BadAlias { index }
+            | Self::BadIdentifier { index, .. } => *index,
+        }
+    }
+}
+
+/// Parse an ISO 8601 / RFC 3339 date-time into milliseconds since the epoch.
+pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// Merge `defaults` (a batch's `context` or `integrations`) under `item`'s own
+/// keys: what the message says wins.
+fn merge_defaults(item: &mut Map<String, Value>, key: &str, defaults: Option<&Value>) {
+    let Some(Value::Object(d)) = defaults else {
+        return;
+    };
+    match item.get_mut(key) {
+        Some(Value::Object(own)) => {
+            for (k, v) in d {
+                own.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        None | Some(Value::Null) => {
+            item.insert(key.to_owned(), Value::Object(d.clone()));
+        }
+        Some(_) => {}
+    }
+}
+
+/// A string id as the SDKs send it: analytics.js accepts numbers for userId.
+fn id_field(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    index: usize,
+) -> Result<Option<String>, MessageError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(MessageError::WrongType {
+            index,
+            field: key,
+            expected: "a string",
+        }),
+    }
+}
+
+fn object_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &'static str,
+    index: usize,
+) -> Result<Option<&'a Map<String, Value>>, MessageError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(MessageError::WrongType {
+            index,
+            field: key,
+            expected: "an object",
+        }),
+    }
+}
+
+/// What the batch wrapper contributes to each message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchDefaults<'a> {
+    pub context: Option<&'a Value>,
+    pub integrations: Option<&'a Value>,
+}
+
+/// Parse one message. `kind_from_route` is set for `/v1/track` and friends,
+/// where the route names the type and the body may omit it.
+pub fn parse_message(
+    mut value: Value,
+    index: usize,
+    kind_from_route: Option<MessageKind>,
+    defaults: BatchDefaults<'_>,
+    now_ms: i64,
+    cfg: &IdentityConfig,
+) -> Result<Message, MessageError> {
+    let Value::Object(obj) = &mut value else {
+        return Err(MessageError::NotAnObject { index });
+    };
+    let kind = match (obj.get("type"), kind_from_route) {
+        (Some(Value::String(t)), _) => MessageKind::parse(t).ok_or(MessageError::BadType { index })?,
+        (None | Some(Value::Null), Some(k)) => k,
+        _ => return Err(MessageError::BadType { index }),
+    };
+    if let Some(k) = kind_from_route
+        && k != kind
+    {
+        return Err(MessageError::BadType { index });
+    }
+    obj.insert("type".into(), Value::String(kind.as_str().into()));
+    obj.remove("writeKey");
+    merge_defaults(obj, "context", defaults.context);
+    merge_defaults(obj, "integrations", defaults.integrations);
+
+    let user_id = id_field(obj, "userId", index)?;
+    let anonymous_id = id_field(obj, "anonymousId", index)?;
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(MessageError::NoIdentity { index });
+    }
+    let message_id = id_field(obj, "messageId", index)?;
+
+    let timestamp_ms = match obj.get("timestamp").or_else(|| obj.get("originalTimestamp")) {
+        None | Some(Value::Null) => now_ms,
+        Some(Value::String(s)) => parse_timestamp_ms(s).ok_or(MessageError::BadTimestamp {
+            index,
+            field: "timestamp",
+        })?,
+        Some(_) => {
+            return Err(MessageError::WrongType {
+                index,
+                field: "timestamp",
+                expected: "an ISO 8601 string",
+            });
+        }
+    };
+
+    match kind {
+        MessageKind::Track => match obj.get("event") {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            _ => return Err(MessageError::NoEventName { index }),
+        },
+        MessageKind::Alias => {
+            if user_id.is_none() || id_field(obj, "previousId", index)?.is_none() {
+                return Err(MessageError::BadAlias { index });
+            }
+        }
+        _ => {}
+    }
+    for key in ["properties", "integrations"] {
+        object_field(obj, key, index)?;
+    }
+
+    let mut identifiers = Vec::with_capacity(4);
+    let strict = |kind: IdentifierKind, raw: &str, field: &'static str| {
+        cfg.identifier(kind, raw).map_err(|e| MessageError::BadIdentifier {
+            index,
+            field,
+            reason: e.to_string(),
+        })
+    };
+    if let Some(u) = &user_id {
+        identifiers.push(strict(IdentifierKind::UserId, u, "userId")?);
+    }
+    if let Some(a) = &anonymous_id {
+        identifiers.push(strict(IdentifierKind::AnonymousId, a, "anonymousId")?);
+    }
+    if kind == MessageKind::Alias
+        && let Some(p) = id_field(obj, "previousId", index)?
+    {
+        // The old id of an alias is, in every SDK's use, the anonymous id the
+        // person had before logging in; were it another user id, linking it
+        // would give one profile two user ids, which resolution refuses.
+        identifiers.push(strict(IdentifierKind::AnonymousId, &p, "previousId")?);
+    }
+
+    let context = object_field(obj, "context", index)?;
+    if let Some(ctx) = context {
+        if let Some(Value::Object(device)) = ctx.get("device")
+            && let Some(Value::String(id)) = device.get("id")
+            && let Ok(i) = cfg.identifier(IdentifierKind::DeviceId, id)
+        {
+            identifiers.push(i);
+        }
+        if let Some(Value::Array(ext)) = ctx.get("externalIds") {
+            for e in ext {
+                if let (Some(Value::String(t)), Some(id)) = (e.get("type"), e.get("id")) {
+                    let raw = match id {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => continue,
+                    };
+                    let kind = cfg.kind(t).map_err(|e| MessageError::BadIdentifier {
+                        index,
+                        field: "context.externalIds",
+                        reason: e.to_string(),
+                    })?;
+                    identifiers.push(strict(kind, &raw, "context.externalIds")?);
+                }
+            }
+        }
+    }
+
+    let mut traits = Map::new();
+    if let Some(Value::Object(t)) = context.and_then(|c| c.get("traits")) {
+        traits.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if kind == MessageKind::Identify {
+        if let Some(t) = object_field(obj, "traits", index)? {
+            traits.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    } else {
+        object_field(obj, "traits", index)?;
+    }
+
+    // Traits that name a person become identifiers when they parse; a bad one
+    // stays a trait, so a typo in a form does not drop a whole batch.
+    let mut rejected_identifiers = 0;
+    let trait_kinds = [("email", IdentifierKind::Email), ("phone", IdentifierKind::Phone)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(
+            cfg.custom_kinds()
+                .iter()
+                .map(|c| (c.as_str().to_owned(), IdentifierKind::Custom(c.clone()))),
+        );
+    for (name, kind) in trait_kinds {
+        let raw = match traits.get(&name) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => continue,
+        };
+        match cfg.identifier(kind, &raw) {
+            Ok(i) => identifiers.push(i),
+            Err(_) => rejected_identifiers += 1,
+        }
+    }
+    identifiers.sort_by(|a, b| {
+        (a.kind().precedence(), a.kind(), a.value()).cmp(&(b.kind().precedence(), b.kind(), b.value()))
+    });
+    identifiers.dedup();
+
+    Ok(Message {
+        kind,
+        message_id,
+        timestamp_ms,
+        identifiers,
+        traits,
+        rejected_identifiers,
+        body: value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> IdentityConfig {
+        IdentityConfig::new(Some("FI"), &["loyalty_card".into()]).unwrap()
+    }
+
+    fn parse(v: Value) -> Result<Message, MessageError> {
+        parse_message(v, 0, None, BatchDefaults::default(), 1_000, &cfg())
+    }
+
+    #[test]
+    fn identify_yields_identifiers_and_traits() {
+        let m = parse(json!({
+            "type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1",
+            "timestamp": "2024-05-01T10:00:00.000Z",
+            "traits": {"email": "Ann@Example.com", "phone": "040 1234567", "loyalty_card": "LC-1", "name": "Ann"},
+            "context": {"device": {"id": "dev-9"}}
+        }))
+        .unwrap();
+        let kinds: Vec<_> = m.identifiers.iter().map(|i| i.kind().as_str()).collect();
+        assert_eq!(kinds, ["user_id", "email", "phone", "loyalty_card", "device_id", "anonymous_id"]);
+        assert_eq!(m.identifiers[1].value(), "Ann@example.com");
+        assert_eq!(m.traits["name"], "Ann");
+        assert_eq!(m.timestamp_ms, 1_714_557_600_000);
+        assert_eq!(m.message_id.as_deref(), Some("m1"));
+    }
+
+    #[test]
+    fn batch_context_is_merged_under_the_message() {
+        let ctx = json!({"library": {"name": "analytics-python"}, "ip": "1.2.3.4"});
+        let m = parse_message(
+            json!({"type": "track", "event": "Bought", "userId": 7, "context": {"ip": "5.6.7.8"}}),
+            3,
+            None,
+            BatchDefaults { context: Some(&ctx), integrations: None },
+            1,
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(m.body["context"]["ip"], "5.6.7.8");
+        assert_eq!(m.body["context"]["library"]["name"], "analytics-python");
+        assert_eq!(m.identifiers[0].value(), "7");
+    }
+
+    #[test]
+    fn errors_name_the_message_and_have_codes() {
+        let e = parse(json!({"type": "track", "userId": "u"})).unwrap_err();
+        assert_eq!(e.code(), "missing_event_name");
+        let e = parse(json!({"type": "nope", "userId": "u"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_message_type");
+        let e = parse(json!({"type": "page"})).unwrap_err();
+        assert_eq!(e.code(), "missing_identity");
+        let e = parse(json!({"type": "page", "userId": "u", "timestamp": "yesterday"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_timestamp");
+        let e = parse(json!({"type": "page", "userId": "u", "properties": [1]})).unwrap_err();
+        assert_eq!(e.code(), "invalid_field_type");
+        let e = parse(json!({"type": "alias", "userId": "u"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_alias");
+        let e = parse(json!({"type": "page", "userId": "u",
+            "context": {"externalIds": [{"id": "x", "type": "shoe_size"}]}}))
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_identifier");
+        assert_eq!(e.index(), 0);
+    }
+
+    #[test]
+    fn a_bad_email_trait_stays_a_trait() {
+        let m = parse(json!({"type": "identify", "userId": "u", "traits": {"email": "not-an-email"}})).unwrap();
+        assert_eq!(m.identifiers.len(), 1);
+        assert_eq!(m.rejected_identifiers, 1);
+        assert_eq!(m.traits["email"], "not-an-email");
+    }
+
+    #[test]
+    fn route_kind_must_agree_with_body() {
+        let ok = parse_message(json!({"userId": "u", "event": "E"}), 0, Some(MessageKind::Track),
+            BatchDefaults::default(), 1, &cfg());
+        assert_eq!(ok.unwrap().kind, MessageKind::Track);
+        let bad = parse_message(json!({"type": "page", "userId": "u"}), 0, Some(MessageKind::Track),
+            BatchDefaults::default(), 1, &cfg());
+        assert!(bad.is_err());
+    }
+}
