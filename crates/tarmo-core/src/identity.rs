@@ -109,7 +109,10 @@ impl Default for IdentityConfig {
 impl IdentityConfig {
     /// `default_region` is an ISO 3166 alpha-2 code used for phone numbers
     /// written without a country code.
-    pub fn new(default_region: Option<&str>, custom_kinds: &[String]) -> Result<Self, IdentifierError> {
+    pub fn new(
+        default_region: Option<&str>,
+        custom_kinds: &[String],
+    ) -> Result<Self, IdentifierError> {
         let default_region = match default_region {
             None => None,
             Some(r) => Some(
@@ -145,7 +148,11 @@ impl IdentityConfig {
     }
 
     /// Parse and normalise a raw value of the given kind.
-    pub fn identifier(&self, kind: IdentifierKind, raw: &str) -> Result<Identifier, IdentifierError> {
+    pub fn identifier(
+        &self,
+        kind: IdentifierKind,
+        raw: &str,
+    ) -> Result<Identifier, IdentifierError> {
         let value = match &kind {
             IdentifierKind::Email => normalise_email(raw)?,
             IdentifierKind::Phone => normalise_phone(raw, self.default_region)?,
@@ -194,7 +201,9 @@ impl fmt::Debug for Identifier {
 pub enum IdentifierError {
     #[error("unknown identifier type `{0}`")]
     UnknownKind(String),
-    #[error("`{0}` is not a valid name for a custom identifier type (lower-case letters, digits, underscores; not a built-in name)")]
+    #[error(
+        "`{0}` is not a valid name for a custom identifier type (lower-case letters, digits, underscores; not a built-in name)"
+    )]
     BadKindName(String),
     #[error("`{0}` is not an ISO 3166 region code")]
     BadRegion(String),
@@ -232,7 +241,9 @@ fn normalise_email(raw: &str) -> Result<String, IdentifierError> {
         .rsplit_once('@')
         .ok_or(IdentifierError::BadEmail("no @"))?;
     if local.is_empty() || local.len() > 64 {
-        return Err(IdentifierError::BadEmail("the part before @ must be 1 to 64 characters"));
+        return Err(IdentifierError::BadEmail(
+            "the part before @ must be 1 to 64 characters",
+        ));
     }
     if local.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(IdentifierError::BadEmail("white space before @"));
@@ -240,13 +251,17 @@ fn normalise_email(raw: &str) -> Result<String, IdentifierError> {
     let domain = idna::domain_to_ascii(domain.trim_end_matches('.'))
         .map_err(|_| IdentifierError::BadEmail("the domain is not a valid domain name"))?;
     if domain.is_empty() || !domain.contains('.') || domain.starts_with('.') {
-        return Err(IdentifierError::BadEmail("the domain needs at least two labels"));
+        return Err(IdentifierError::BadEmail(
+            "the domain needs at least two labels",
+        ));
     }
     if !domain
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     {
-        return Err(IdentifierError::BadEmail("the domain has characters a host name cannot have"));
+        return Err(IdentifierError::BadEmail(
+            "the domain has characters a host name cannot have",
+        ));
     }
     Ok(format!("{local}@{domain}"))
 }
@@ -271,7 +286,9 @@ fn normalise_phone(
         }
     })?;
     if !phonenumber::is_valid(&n) {
-        return Err(IdentifierError::BadPhone("not a number in use in its country"));
+        return Err(IdentifierError::BadPhone(
+            "not a number in use in its country",
+        ));
     }
     Ok(n.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -288,17 +305,32 @@ mod tests {
     #[test]
     fn email_domain_is_lowered_and_idna_encoded() {
         let c = cfg();
-        let e = c.identifier(IdentifierKind::Email, "  Ann.Lee@Example.COM ").unwrap();
+        let e = c
+            .identifier(IdentifierKind::Email, "  Ann.Lee@Example.COM ")
+            .unwrap();
         assert_eq!(e.value(), "Ann.Lee@example.com");
-        let e = c.identifier(IdentifierKind::Email, "matti@Bücher.DE").unwrap();
+        let e = c
+            .identifier(IdentifierKind::Email, "matti@Bücher.DE")
+            .unwrap();
         assert_eq!(e.value(), "matti@xn--bcher-kva.de");
     }
 
     #[test]
     fn bad_emails_are_refused() {
         let c = cfg();
-        for bad in ["", "no-at", "@example.com", "a@", "a@localhost", "a b@example.com", "a@exa mple.com"] {
-            assert!(c.identifier(IdentifierKind::Email, bad).is_err(), "{bad:?} accepted");
+        for bad in [
+            "",
+            "no-at",
+            "@example.com",
+            "a@",
+            "a@localhost",
+            "a b@example.com",
+            "a@exa mple.com",
+        ] {
+            assert!(
+                c.identifier(IdentifierKind::Email, bad).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
@@ -307,29 +339,45 @@ mod tests {
         let c = cfg();
         let p = c.identifier(IdentifierKind::Phone, "040 123 4567").unwrap();
         assert_eq!(p.value(), "+358401234567");
-        let p = c.identifier(IdentifierKind::Phone, "+49 30 1234567").unwrap();
+        let p = c
+            .identifier(IdentifierKind::Phone, "+49 30 1234567")
+            .unwrap();
         assert_eq!(p.value(), "+49301234567");
         assert_eq!(
-            c.identifier(IdentifierKind::Phone, "12").unwrap_err().code(),
+            c.identifier(IdentifierKind::Phone, "12")
+                .unwrap_err()
+                .code(),
             "invalid_phone"
         );
         let no_region = IdentityConfig::new(None, &[]).unwrap();
-        assert!(no_region.identifier(IdentifierKind::Phone, "040 123 4567").is_err());
+        assert!(
+            no_region
+                .identifier(IdentifierKind::Phone, "040 123 4567")
+                .is_err()
+        );
     }
 
     #[test]
     fn kinds_parse_builtin_and_configured_only() {
         let c = cfg();
         assert_eq!(c.kind("email").unwrap(), IdentifierKind::Email);
-        assert!(matches!(c.kind("loyalty_card").unwrap(), IdentifierKind::Custom(_)));
-        assert_eq!(c.kind("shoe_size").unwrap_err().code(), "unknown_identifier_type");
+        assert!(matches!(
+            c.kind("loyalty_card").unwrap(),
+            IdentifierKind::Custom(_)
+        ));
+        assert_eq!(
+            c.kind("shoe_size").unwrap_err().code(),
+            "unknown_identifier_type"
+        );
         assert!(CustomKind::parse("email").is_err());
         assert!(CustomKind::parse("Loyalty").is_err());
     }
 
     #[test]
     fn debug_never_shows_the_value() {
-        let e = cfg().identifier(IdentifierKind::Email, "secret@example.com").unwrap();
+        let e = cfg()
+            .identifier(IdentifierKind::Email, "secret@example.com")
+            .unwrap();
         assert!(!format!("{e:?}").contains("secret"));
     }
 

@@ -45,7 +45,10 @@ impl TraitSet {
 
     /// The traits as a plain JSON object, for the API.
     pub fn to_object(&self) -> Map<String, Value> {
-        self.0.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect()
+        self.0
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

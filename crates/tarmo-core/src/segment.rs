@@ -74,7 +74,9 @@ pub struct Message {
 pub enum MessageError {
     #[error("message {index} is not a JSON object")]
     NotAnObject { index: usize },
-    #[error("message {index}: `type` is missing or not one of identify, track, page, screen, group, alias")]
+    #[error(
+        "message {index}: `type` is missing or not one of identify, track, page, screen, group, alias"
+    )]
     BadType { index: usize },
     #[error("message {index}: a message needs a userId or an anonymousId")]
     NoIdentity { index: usize },
@@ -206,7 +208,9 @@ pub fn parse_message(
         return Err(MessageError::NotAnObject { index });
     };
     let kind = match (obj.get("type"), kind_from_route) {
-        (Some(Value::String(t)), _) => MessageKind::parse(t).ok_or(MessageError::BadType { index })?,
+        (Some(Value::String(t)), _) => {
+            MessageKind::parse(t).ok_or(MessageError::BadType { index })?
+        }
         (None | Some(Value::Null), Some(k)) => k,
         _ => return Err(MessageError::BadType { index }),
     };
@@ -227,7 +231,10 @@ pub fn parse_message(
     }
     let message_id = id_field(obj, "messageId", index)?;
 
-    let timestamp_ms = match obj.get("timestamp").or_else(|| obj.get("originalTimestamp")) {
+    let timestamp_ms = match obj
+        .get("timestamp")
+        .or_else(|| obj.get("originalTimestamp"))
+    {
         None | Some(Value::Null) => now_ms,
         Some(Value::String(s)) => parse_timestamp_ms(s).ok_or(MessageError::BadTimestamp {
             index,
@@ -260,11 +267,12 @@ pub fn parse_message(
 
     let mut identifiers = Vec::with_capacity(4);
     let strict = |kind: IdentifierKind, raw: &str, field: &'static str| {
-        cfg.identifier(kind, raw).map_err(|e| MessageError::BadIdentifier {
-            index,
-            field,
-            reason: e.to_string(),
-        })
+        cfg.identifier(kind, raw)
+            .map_err(|e| MessageError::BadIdentifier {
+                index,
+                field,
+                reason: e.to_string(),
+            })
     };
     if let Some(u) = &user_id {
         identifiers.push(strict(IdentifierKind::UserId, u, "userId")?);
@@ -323,14 +331,17 @@ pub fn parse_message(
     // Traits that name a person become identifiers when they parse; a bad one
     // stays a trait, so a typo in a form does not drop a whole batch.
     let mut rejected_identifiers = 0;
-    let trait_kinds = [("email", IdentifierKind::Email), ("phone", IdentifierKind::Phone)]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .chain(
-            cfg.custom_kinds()
-                .iter()
-                .map(|c| (c.as_str().to_owned(), IdentifierKind::Custom(c.clone()))),
-        );
+    let trait_kinds = [
+        ("email", IdentifierKind::Email),
+        ("phone", IdentifierKind::Phone),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(
+        cfg.custom_kinds()
+            .iter()
+            .map(|c| (c.as_str().to_owned(), IdentifierKind::Custom(c.clone()))),
+    );
     for (name, kind) in trait_kinds {
         let raw = match traits.get(&name) {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
@@ -343,7 +354,11 @@ pub fn parse_message(
         }
     }
     identifiers.sort_by(|a, b| {
-        (a.kind().precedence(), a.kind(), a.value()).cmp(&(b.kind().precedence(), b.kind(), b.value()))
+        (a.kind().precedence(), a.kind(), a.value()).cmp(&(
+            b.kind().precedence(),
+            b.kind(),
+            b.value(),
+        ))
     });
     identifiers.dedup();
 
@@ -381,7 +396,17 @@ mod tests {
         }))
         .unwrap();
         let kinds: Vec<_> = m.identifiers.iter().map(|i| i.kind().as_str()).collect();
-        assert_eq!(kinds, ["user_id", "email", "phone", "loyalty_card", "device_id", "anonymous_id"]);
+        assert_eq!(
+            kinds,
+            [
+                "user_id",
+                "email",
+                "phone",
+                "loyalty_card",
+                "device_id",
+                "anonymous_id"
+            ]
+        );
         assert_eq!(m.identifiers[1].value(), "Ann@example.com");
         assert_eq!(m.traits["name"], "Ann");
         assert_eq!(m.timestamp_ms, 1_714_557_600_000);
@@ -395,7 +420,10 @@ mod tests {
             json!({"type": "track", "event": "Bought", "userId": 7, "context": {"ip": "5.6.7.8"}}),
             3,
             None,
-            BatchDefaults { context: Some(&ctx), integrations: None },
+            BatchDefaults {
+                context: Some(&ctx),
+                integrations: None,
+            },
             1,
             &cfg(),
         )
@@ -413,7 +441,8 @@ mod tests {
         assert_eq!(e.code(), "invalid_message_type");
         let e = parse(json!({"type": "page"})).unwrap_err();
         assert_eq!(e.code(), "missing_identity");
-        let e = parse(json!({"type": "page", "userId": "u", "timestamp": "yesterday"})).unwrap_err();
+        let e =
+            parse(json!({"type": "page", "userId": "u", "timestamp": "yesterday"})).unwrap_err();
         assert_eq!(e.code(), "invalid_timestamp");
         let e = parse(json!({"type": "page", "userId": "u", "properties": [1]})).unwrap_err();
         assert_eq!(e.code(), "invalid_field_type");
@@ -428,7 +457,9 @@ mod tests {
 
     #[test]
     fn a_bad_email_trait_stays_a_trait() {
-        let m = parse(json!({"type": "identify", "userId": "u", "traits": {"email": "not-an-email"}})).unwrap();
+        let m =
+            parse(json!({"type": "identify", "userId": "u", "traits": {"email": "not-an-email"}}))
+                .unwrap();
         assert_eq!(m.identifiers.len(), 1);
         assert_eq!(m.rejected_identifiers, 1);
         assert_eq!(m.traits["email"], "not-an-email");
@@ -436,11 +467,23 @@ mod tests {
 
     #[test]
     fn route_kind_must_agree_with_body() {
-        let ok = parse_message(json!({"userId": "u", "event": "E"}), 0, Some(MessageKind::Track),
-            BatchDefaults::default(), 1, &cfg());
+        let ok = parse_message(
+            json!({"userId": "u", "event": "E"}),
+            0,
+            Some(MessageKind::Track),
+            BatchDefaults::default(),
+            1,
+            &cfg(),
+        );
         assert_eq!(ok.unwrap().kind, MessageKind::Track);
-        let bad = parse_message(json!({"type": "page", "userId": "u"}), 0, Some(MessageKind::Track),
-            BatchDefaults::default(), 1, &cfg());
+        let bad = parse_message(
+            json!({"type": "page", "userId": "u"}),
+            0,
+            Some(MessageKind::Track),
+            BatchDefaults::default(),
+            1,
+            &cfg(),
+        );
         assert!(bad.is_err());
     }
 }

@@ -1,1 +1,75 @@
-//! placeholder
+//! Tarmo's persistence: the vault that seals every personal value, identity
+//! resolution, group-committed ingestion, and two backends — an embedded SQLite
+//! file and PostgreSQL — behind one [`conn::Conn`] interface that both pass one
+//! conformance suite.
+//!
+//! This crate must never write a personal value to a database, a file or a log
+//! in plaintext: values are sealed by the [`vault::Vault`] before any SQL sees
+//! them, and looked up only by blind index. It must never acknowledge a write
+//! that is not durably committed.
+
+pub mod conn;
+pub mod metrics;
+pub mod postgres;
+pub mod resolve;
+pub mod sqlite;
+mod store;
+pub mod vault;
+pub mod writer;
+
+pub use store::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// A unique constraint: another writer got there first; the group is retried.
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cryptography: {0}")]
+    Crypto(&'static str),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("the master key does not open this store's data (wrong key file or TARMO_MASTER_KEY?)")]
+    WrongMasterKey,
+    #[error("the ingestion queue is full")]
+    Overloaded,
+    #[error("the writer has stopped")]
+    WriterGone,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Transient faults a client may retry (HTTP 503), as opposed to bugs or
+    /// corruption (HTTP 500).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Busy(_) | Error::Conflict(_) | Error::Overloaded | Error::WriterGone
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 form of a millisecond timestamp, for the API.
+pub fn rfc3339(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}

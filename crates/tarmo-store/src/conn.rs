@@ -1,0 +1,136 @@
+//! The one interface both backends implement. It speaks only in ids, blind
+//! indexes and sealed bytes: no method ever receives a personal value in
+//! plaintext, which is what keeps plaintext out of every database file.
+
+use crate::Result;
+use crate::vault::BlindIndex;
+
+pub type ProfileId = i64;
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub profile_id: ProfileId,
+    /// The profile whose data key sealed the body (kept through merges).
+    pub key_owner: ProfileId,
+    pub kind: &'static str,
+    pub timestamp_ms: i64,
+    pub received_ms: i64,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: i64,
+    pub key_owner: ProfileId,
+    pub kind: String,
+    pub timestamp_ms: i64,
+    pub received_ms: i64,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentifierRow {
+    pub kind: String,
+    pub bidx: BlindIndex,
+    pub key_owner: ProfileId,
+    pub sealed: Vec<u8>,
+    pub first_seen_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileRow {
+    pub id: ProfileId,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub event_count: i64,
+    pub traits: Option<Vec<u8>>,
+}
+
+/// A recorded identity decision: a merge that happened, or one refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRow {
+    pub into_profile: ProfileId,
+    pub from_profile: ProfileId,
+    /// The kind of identifier the two profiles shared.
+    pub identifier_kind: String,
+    pub at_ms: i64,
+    pub refused: bool,
+    /// Why a merge was refused, in words that carry no personal data.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: i64,
+    pub role: String,
+    pub name: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// One connection to a store. Transactions are explicit so that group commit
+/// can put many requests into one.
+pub trait Conn: Send {
+    fn backend_name(&self) -> &'static str;
+    fn begin(&mut self) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+    fn rollback(&mut self) -> Result<()>;
+
+    fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()>;
+
+    /// Claim each hash; `true` where it was not seen before.
+    fn dedup_claim(&mut self, hashes: &[i64], now_ms: i64) -> Result<Vec<bool>>;
+    fn dedup_purge(&mut self, older_than_ms: i64) -> Result<u64>;
+
+    fn profile_create(&mut self, now_ms: i64) -> Result<ProfileId>;
+    fn data_key_insert(
+        &mut self,
+        owner: ProfileId,
+        profile: ProfileId,
+        wrapped: &[u8],
+    ) -> Result<()>;
+    fn data_key_get(&mut self, owner: ProfileId) -> Result<Option<Vec<u8>>>;
+    /// The profile, following a merge to the profile it was merged into.
+    fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>>;
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()>;
+    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()>;
+    /// Move everything of `from` to `into` and record the merge.
+    fn profile_merge(
+        &mut self,
+        from: ProfileId,
+        into: ProfileId,
+        cause_kind: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+    fn merge_record(&mut self, m: &MergeRow) -> Result<()>;
+    fn merges_of(&mut self, profile: ProfileId) -> Result<Vec<MergeRow>>;
+
+    fn identifiers_lookup(&mut self, keys: &[BlindIndex]) -> Result<Vec<Option<ProfileId>>>;
+    fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()>;
+    fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>>;
+
+    fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()>;
+    /// Newest first; `before` is an event id cursor.
+    fn events_page(
+        &mut self,
+        profile: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>>;
+
+    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64>;
+    /// An unrevoked key by the hash of its secret.
+    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>>;
+    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>>;
+    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool>;
+
+    fn counts(&mut self) -> Result<StoreCounts>;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub profiles: i64,
+    pub events: i64,
+    pub identifiers: i64,
+}

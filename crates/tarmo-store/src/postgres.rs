@@ -1,0 +1,503 @@
+//! The scale-out backend: PostgreSQL, shared by any number of stateless
+//! `tarmo serve` nodes. Batched operations use arrays (`unnest`, `= ANY`) so a
+//! group commit costs a handful of round trips, not one per event.
+
+use postgres::{Client, NoTls};
+
+use crate::conn::*;
+use crate::vault::BlindIndex;
+use crate::{Error, Result};
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE api_keys (
+    id BIGSERIAL PRIMARY KEY,
+    key_hash BYTEA NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    revoked_ms BIGINT
+);
+CREATE TABLE profiles (
+    id BIGSERIAL PRIMARY KEY,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    merged_into BIGINT,
+    event_count BIGINT NOT NULL DEFAULT 0,
+    traits BYTEA
+);
+CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
+CREATE TABLE data_keys (
+    owner_id BIGINT PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    wrapped BYTEA NOT NULL
+);
+CREATE INDEX data_keys_profile ON data_keys(profile_id);
+CREATE TABLE identifiers (
+    bidx BYTEA PRIMARY KEY,
+    kind TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    sealed BYTEA NOT NULL,
+    first_seen_ms BIGINT NOT NULL
+);
+CREATE INDEX identifiers_profile ON identifiers(profile_id);
+CREATE TABLE events (
+    id BIGSERIAL PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    ts_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    body BYTEA NOT NULL
+);
+CREATE INDEX events_profile ON events(profile_id, id);
+CREATE TABLE dedup (h BIGINT PRIMARY KEY, seen_ms BIGINT NOT NULL);
+CREATE TABLE merges (
+    id BIGSERIAL PRIMARY KEY,
+    into_profile BIGINT NOT NULL,
+    from_profile BIGINT NOT NULL,
+    identifier_kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    refused BOOLEAN NOT NULL,
+    reason TEXT
+);
+CREATE INDEX merges_into ON merges(into_profile);
+CREATE INDEX merges_from ON merges(from_profile);
+"#,
+)];
+
+pub struct PostgresBackend {
+    url: String,
+}
+
+impl PostgresBackend {
+    /// Connect, and run migrations under an advisory lock so that several
+    /// nodes starting at once do not race.
+    pub fn open(url: &str) -> Result<Self> {
+        let b = Self {
+            url: url.to_owned(),
+        };
+        let mut c = b.connect()?;
+        c.migrate()?;
+        Ok(b)
+    }
+
+    pub fn connect(&self) -> Result<PgConn> {
+        let c = Client::connect(&self.url, NoTls)?;
+        Ok(PgConn { c })
+    }
+}
+
+pub struct PgConn {
+    c: Client,
+}
+
+impl PgConn {
+    fn migrate(&mut self) -> Result<()> {
+        let mut tx = self.c.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(7461726)", &[])?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )?
+                .is_some();
+            if !done {
+                tx.batch_execute(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)",
+                    &[version, &crate::now_ms()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn api_key_row(r: &postgres::Row) -> ApiKeyRow {
+    ApiKeyRow {
+        id: r.get(0),
+        role: r.get(1),
+        name: r.get(2),
+        created_ms: r.get(3),
+        revoked_ms: r.get(4),
+    }
+}
+
+fn merge_row(r: &postgres::Row) -> MergeRow {
+    MergeRow {
+        into_profile: r.get(0),
+        from_profile: r.get(1),
+        identifier_kind: r.get(2),
+        at_ms: r.get(3),
+        refused: r.get(4),
+        reason: r.get(5),
+    }
+}
+
+impl Conn for PgConn {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        self.c.batch_execute("BEGIN")?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.c.batch_execute("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.c.batch_execute("ROLLBACK")?;
+        Ok(())
+    }
+
+    fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .c
+            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
+            .map(|r| r.get(0)))
+    }
+
+    fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.c.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        Ok(())
+    }
+
+    fn dedup_claim(&mut self, hashes: &[i64], now_ms: i64) -> Result<Vec<bool>> {
+        let rows = self.c.query(
+            "INSERT INTO dedup (h, seen_ms) SELECT unnest($1::bigint[]), $2 ON CONFLICT DO NOTHING RETURNING h",
+            &[&hashes, &now_ms],
+        )?;
+        let new: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(hashes.iter().map(|h| new.contains(h)).collect())
+    }
+
+    fn dedup_purge(&mut self, older_than_ms: i64) -> Result<u64> {
+        Ok(self
+            .c
+            .execute("DELETE FROM dedup WHERE seen_ms < $1", &[&older_than_ms])?)
+    }
+
+    fn profile_create(&mut self, now_ms: i64) -> Result<ProfileId> {
+        Ok(self
+            .c
+            .query_one(
+                "INSERT INTO profiles (created_ms, updated_ms) VALUES ($1, $1) RETURNING id",
+                &[&now_ms],
+            )?
+            .get(0))
+    }
+
+    fn data_key_insert(
+        &mut self,
+        owner: ProfileId,
+        profile: ProfileId,
+        wrapped: &[u8],
+    ) -> Result<()> {
+        self.c.execute(
+            "INSERT INTO data_keys (owner_id, profile_id, wrapped) VALUES ($1, $2, $3)",
+            &[&owner, &profile, &wrapped],
+        )?;
+        Ok(())
+    }
+
+    fn data_key_get(&mut self, owner: ProfileId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .c
+            .query_opt(
+                "SELECT wrapped FROM data_keys WHERE owner_id = $1",
+                &[&owner],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>> {
+        Ok(self
+            .c
+            .query_opt(
+                "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
+                 WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)",
+                &[&id],
+            )?
+            .map(|r| ProfileRow {
+                id: r.get(0),
+                created_ms: r.get(1),
+                updated_ms: r.get(2),
+                event_count: r.get(3),
+                traits: r.get(4),
+            }))
+    }
+
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()> {
+        self.c.execute(
+            "UPDATE profiles SET traits = $2, updated_ms = $3 WHERE id = $1",
+            &[&id, &sealed, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
+        self.c.execute(
+            "UPDATE profiles SET event_count = event_count + $2, updated_ms = greatest(updated_ms, $3) WHERE id = $1",
+            &[&id, &n, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn profile_merge(
+        &mut self,
+        from: ProfileId,
+        into: ProfileId,
+        cause_kind: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.c.execute(
+            "UPDATE identifiers SET profile_id = $2 WHERE profile_id = $1",
+            &[&from, &into],
+        )?;
+        self.c.execute(
+            "UPDATE events SET profile_id = $2 WHERE profile_id = $1",
+            &[&from, &into],
+        )?;
+        self.c.execute(
+            "UPDATE data_keys SET profile_id = $2 WHERE profile_id = $1",
+            &[&from, &into],
+        )?;
+        self.c.execute(
+            "UPDATE profiles SET merged_into = $2 WHERE merged_into = $1",
+            &[&from, &into],
+        )?;
+        self.c.execute(
+            "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = $1),
+                 updated_ms = $3 WHERE id = $2",
+            &[&from, &into, &now_ms],
+        )?;
+        self.c.execute(
+            "UPDATE profiles SET merged_into = $2, traits = NULL, event_count = 0, updated_ms = $3 WHERE id = $1",
+            &[&from, &into, &now_ms],
+        )?;
+        self.merge_record(&MergeRow {
+            into_profile: into,
+            from_profile: from,
+            identifier_kind: cause_kind.to_owned(),
+            at_ms: now_ms,
+            refused: false,
+            reason: None,
+        })
+    }
+
+    fn merge_record(&mut self, m: &MergeRow) -> Result<()> {
+        self.c.execute(
+            "INSERT INTO merges (into_profile, from_profile, identifier_kind, at_ms, refused, reason)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &m.into_profile,
+                &m.from_profile,
+                &m.identifier_kind,
+                &m.at_ms,
+                &m.refused,
+                &m.reason,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn merges_of(&mut self, profile: ProfileId) -> Result<Vec<MergeRow>> {
+        Ok(self
+            .c
+            .query(
+                "SELECT into_profile, from_profile, identifier_kind, at_ms, refused, reason FROM merges
+                 WHERE into_profile = $1 OR from_profile = $1
+                    OR into_profile IN (SELECT id FROM profiles WHERE merged_into = $1)
+                 ORDER BY at_ms, id",
+                &[&profile],
+            )?
+            .iter()
+            .map(merge_row)
+            .collect())
+    }
+
+    fn identifiers_lookup(&mut self, keys: &[BlindIndex]) -> Result<Vec<Option<ProfileId>>> {
+        let arr: Vec<&[u8]> = keys.iter().map(|k| &k.0[..]).collect();
+        let rows = self.c.query(
+            "SELECT bidx, profile_id FROM identifiers WHERE bidx = ANY($1)",
+            &[&arr],
+        )?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let b: Vec<u8> = r.get(0);
+            found.insert(BlindIndex::from_slice(&b)?, r.get::<_, i64>(1));
+        }
+        Ok(keys.iter().map(|k| found.get(k).copied()).collect())
+    }
+
+    fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()> {
+        self.c.execute(
+            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &&row.bidx.0[..],
+                &row.kind,
+                &profile,
+                &row.key_owner,
+                &row.sealed,
+                &row.first_seen_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>> {
+        self.c
+            .query(
+                "SELECT kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+                 WHERE profile_id = $1 ORDER BY first_seen_ms, kind",
+                &[&profile],
+            )?
+            .iter()
+            .map(|r| {
+                let b: Vec<u8> = r.get(1);
+                Ok(IdentifierRow {
+                    kind: r.get(0),
+                    bidx: BlindIndex::from_slice(&b)?,
+                    key_owner: r.get(2),
+                    sealed: r.get(3),
+                    first_seen_ms: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let profile: Vec<i64> = rows.iter().map(|e| e.profile_id).collect();
+        let owner: Vec<i64> = rows.iter().map(|e| e.key_owner).collect();
+        let kind: Vec<&str> = rows.iter().map(|e| e.kind).collect();
+        let ts: Vec<i64> = rows.iter().map(|e| e.timestamp_ms).collect();
+        let received: Vec<i64> = rows.iter().map(|e| e.received_ms).collect();
+        let body: Vec<&[u8]> = rows.iter().map(|e| &e.sealed[..]).collect();
+        self.c.execute(
+            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[])",
+            &[&profile, &owner, &kind, &ts, &received, &body],
+        )?;
+        Ok(())
+    }
+
+    fn events_page(
+        &mut self,
+        profile: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>> {
+        Ok(self
+            .c
+            .query(
+                "SELECT id, key_owner, kind, ts_ms, received_ms, body FROM events
+                 WHERE profile_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                &[&profile, &before.unwrap_or(i64::MAX), &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| EventRow {
+                id: r.get(0),
+                key_owner: r.get(1),
+                kind: r.get(2),
+                timestamp_ms: r.get(3),
+                received_ms: r.get(4),
+                sealed: r.get(5),
+            })
+            .collect())
+    }
+
+    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64> {
+        Ok(self
+            .c
+            .query_one(
+                "INSERT INTO api_keys (key_hash, role, name, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&hash, &role, &name, &now_ms],
+            )?
+            .get(0))
+    }
+
+    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>> {
+        Ok(self
+            .c
+            .query_opt(
+                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys WHERE key_hash = $1 AND revoked_ms IS NULL",
+                &[&hash],
+            )?
+            .as_ref()
+            .map(api_key_row))
+    }
+
+    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>> {
+        Ok(self
+            .c
+            .query(
+                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(api_key_row)
+            .collect())
+    }
+
+    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool> {
+        Ok(self.c.execute(
+            "UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+            &[&id, &now_ms],
+        )? == 1)
+    }
+
+    fn counts(&mut self) -> Result<StoreCounts> {
+        let r = self.c.query_one(
+            "SELECT (SELECT count(*) FROM profiles WHERE merged_into IS NULL),
+                    (SELECT count(*) FROM events), (SELECT count(*) FROM identifiers)",
+            &[],
+        )?;
+        Ok(StoreCounts {
+            profiles: r.get(0),
+            events: r.get(1),
+            identifiers: r.get(2),
+        })
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        // Display of a database error is only "db error"; the message says
+        // what went wrong (it never holds values: Tarmo binds only sealed bytes).
+        let text = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        match e.code() {
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::Conflict(text),
+            Some(c)
+                if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                Error::Busy(text)
+            }
+            _ => Error::Backend(text),
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! Identity resolution: which profile each incoming message belongs to, and
+//! when two profiles turn out to be one person.
+//!
+//! The rules, in order:
+//! - a message's identifiers are looked up by blind index; none known makes a
+//!   new profile, one known profile takes the message;
+//! - with a `userId`, the profile of that user id takes the message; if the
+//!   user id is new, it is attached to the first known profile that has no
+//!   user id yet (the anonymous visitor who just logged in), else to a new one;
+//! - other known profiles merge into the chosen one, except when the merge
+//!   would give one profile two different user ids, or when the only link is a
+//!   weak identifier (a browser or device id) between two profiles that both
+//!   have strong identifiers: a shared laptop does not make two people one.
+//!   Refused merges are recorded and logged with profile ids only;
+//! - traits merge last-write-wins by the message's own timestamp.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use serde_json::{Map, Value};
+use tarmo_core::identity::IdentifierKind;
+use tarmo_core::profile::TraitSet;
+use tarmo_core::segment::MessageKind;
+
+use crate::Result;
+use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, ProfileId};
+use crate::vault::{BlindIndex, DataKey, Place, Vault};
+
+/// An identifier ready for the store: its kind, blind index and the value to
+/// be sealed.
+#[derive(Clone)]
+pub struct PreparedIdentifier {
+    pub kind: IdentifierKind,
+    pub bidx: BlindIndex,
+    pub value: String,
+}
+
+impl std::fmt::Debug for PreparedIdentifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedIdentifier({}, {:?})", self.kind, self.bidx)
+    }
+}
+
+/// A parsed message ready for the writer: everything that can be computed
+/// without the store (parsing, blind indexes, serialisation) is done already,
+/// on the request's own thread.
+#[derive(Clone)]
+pub struct PreparedEvent {
+    pub dedup: Option<i64>,
+    pub kind: MessageKind,
+    pub timestamp_ms: i64,
+    /// In precedence order (user id first).
+    pub identifiers: Vec<PreparedIdentifier>,
+    pub traits: Map<String, Value>,
+    /// The message as JSON, sealed by the writer under the profile's key.
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for PreparedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedEvent")
+            .field("kind", &self.kind)
+            .field("identifiers", &self.identifiers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Stored(ProfileId),
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Facts {
+    user_id: Option<BlindIndex>,
+    strong: bool,
+}
+
+/// Counters of what a group did, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GroupStats {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub profiles_created: u64,
+    pub merges: u64,
+    pub merges_refused: u64,
+}
+
+/// The resolver keeps a bounded cache of identifier → profile between groups
+/// when it is the only writer (SQLite). With PostgreSQL several nodes write,
+/// so it reads the store every group instead.
+pub struct Resolver {
+    cache: Option<LruCache<BlindIndex, ProfileId>>,
+    facts_cache: Option<LruCache<ProfileId, Facts>>,
+    redirect: HashMap<ProfileId, ProfileId>,
+    pending: Option<Pending>,
+}
+
+/// State of one group (one transaction).
+struct Group<'a> {
+    conn: &'a mut dyn Conn,
+    vault: &'a Vault,
+    now_ms: i64,
+    ids: HashMap<BlindIndex, ProfileId>,
+    facts: HashMap<ProfileId, Facts>,
+    traits: HashMap<ProfileId, TraitSet>,
+    dirty_traits: HashSet<ProfileId>,
+    counts: HashMap<ProfileId, i64>,
+    redirect: HashMap<ProfileId, ProfileId>,
+    stats: GroupStats,
+}
+
+impl Resolver {
+    pub fn new(cache_capacity: Option<usize>) -> Self {
+        let cap = cache_capacity.and_then(NonZeroUsize::new);
+        Self {
+            cache: cap.map(LruCache::new),
+            facts_cache: cap.map(LruCache::new),
+            redirect: HashMap::new(),
+            pending: None,
+        }
+    }
+
+    /// Forget everything cached: after a rollback, or when another writer may
+    /// have changed identities.
+    pub fn clear(&mut self) {
+        if let Some(c) = &mut self.cache {
+            c.clear();
+        }
+        if let Some(c) = &mut self.facts_cache {
+            c.clear();
+        }
+        self.redirect.clear();
+    }
+
+    fn canon(&self, mut p: ProfileId) -> ProfileId {
+        while let Some(&n) = self.redirect.get(&p) {
+            p = n;
+        }
+        p
+    }
+
+    /// Apply a group of events inside the caller's open transaction. On error
+    /// the caller rolls back and calls [`Resolver::abandon`].
+    pub fn apply(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        events: &[&PreparedEvent],
+        now_ms: i64,
+    ) -> Result<(Vec<Outcome>, GroupStats)> {
+        let mut outcomes = vec![Outcome::Duplicate; events.len()];
+        // Deduplication: within the group, then against the store.
+        let mut seen = HashSet::with_capacity(events.len());
+        let mut claim_idx = Vec::with_capacity(events.len());
+        let mut claim = Vec::with_capacity(events.len());
+        let mut live = vec![true; events.len()];
+        for (i, e) in events.iter().enumerate() {
+            if let Some(h) = e.dedup {
+                if seen.insert(h) {
+                    claim_idx.push(i);
+                    claim.push(h);
+                } else {
+                    live[i] = false;
+                }
+            }
+        }
+        let fresh = if claim.is_empty() {
+            Vec::new()
+        } else {
+            conn.dedup_claim(&claim, now_ms)?
+        };
+        for (k, &i) in claim_idx.iter().enumerate() {
+            if !fresh[k] {
+                live[i] = false;
+            }
+        }
+
+        // Look up every identifier the group names that is not cached.
+        let mut g = Group {
+            conn,
+            vault,
+            now_ms,
+            ids: HashMap::new(),
+            facts: HashMap::new(),
+            traits: HashMap::new(),
+            dirty_traits: HashSet::new(),
+            counts: HashMap::new(),
+            redirect: HashMap::new(),
+            stats: GroupStats::default(),
+        };
+        let mut unknown = Vec::new();
+        let mut asked = HashSet::new();
+        for (i, e) in events.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            for id in &e.identifiers {
+                if let Some(p) = self.cache.as_mut().and_then(|c| c.get(&id.bidx).copied()) {
+                    let p = self.canon(p);
+                    g.ids.insert(id.bidx, p);
+                } else if asked.insert(id.bidx) {
+                    unknown.push(id.bidx);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            let found = g.conn.identifiers_lookup(&unknown)?;
+            for (b, p) in unknown.iter().zip(found) {
+                if let Some(p) = p {
+                    g.ids.insert(*b, p);
+                }
+            }
+        }
+
+        let mut rows = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            if !live[i] {
+                g.stats.duplicates += 1;
+                continue;
+            }
+            let target = g.resolve(self, e)?;
+            let key = g.key(target)?;
+            let sealed = g.vault.seal(&key, Place::EventBody, target, &e.body)?;
+            rows.push((
+                i,
+                NewEvent {
+                    profile_id: target,
+                    key_owner: target,
+                    kind: e.kind.as_str(),
+                    timestamp_ms: e.timestamp_ms,
+                    received_ms: now_ms,
+                    sealed,
+                },
+            ));
+            if !e.traits.is_empty() {
+                g.traits_of(target)?;
+                let t = g.traits.get_mut(&target).expect("loaded above");
+                if t.observe(&e.traits, e.timestamp_ms) {
+                    g.dirty_traits.insert(target);
+                }
+            }
+            *g.counts.entry(target).or_default() += 1;
+            g.stats.stored += 1;
+        }
+
+        // Merges later in the group may have moved earlier events' profiles.
+        let mut new_events = Vec::with_capacity(rows.len());
+        for (i, mut ev) in rows {
+            ev.profile_id = g.canon(ev.profile_id);
+            outcomes[i] = Outcome::Stored(ev.profile_id);
+            new_events.push(ev);
+        }
+        g.conn.events_insert(&new_events)?;
+        let mut counts: HashMap<ProfileId, i64> = HashMap::new();
+        for (p, n) in std::mem::take(&mut g.counts) {
+            *counts.entry(g.canon(p)).or_default() += n;
+        }
+        for (p, n) in counts {
+            g.conn.profile_add_events(p, n, now_ms)?;
+        }
+        for p in std::mem::take(&mut g.dirty_traits) {
+            let p = g.canon(p);
+            if let Some(bytes) = g.traits.get(&p).map(TraitSet::to_bytes) {
+                let key = g.key(p)?;
+                let sealed = g.vault.seal(&key, Place::ProfileTraits, p, &bytes)?;
+                g.conn.profile_set_traits(p, &sealed, now_ms)?;
+            }
+        }
+
+        let stats = g.stats;
+        // Keep what was learnt only once the transaction is known good: the
+        // caller commits, then calls `keep`.
+        self.pending = Some(Pending {
+            ids: g.ids,
+            facts: g.facts,
+            redirect: g.redirect,
+        });
+        Ok((outcomes, stats))
+    }
+
+    /// The transaction committed: keep what the group learnt.
+    pub fn keep(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        self.redirect.extend(p.redirect);
+        if self.redirect.len() > 100_000 {
+            // Redirects only shortcut cached ids; dropping all is always safe.
+            self.clear();
+            return;
+        }
+        if let Some(c) = &mut self.cache {
+            for (b, id) in p.ids {
+                c.put(b, id);
+            }
+        }
+        if let Some(c) = &mut self.facts_cache {
+            for (id, f) in p.facts {
+                c.put(id, f);
+            }
+        }
+    }
+
+    /// The transaction was rolled back: drop what the group learnt, and every
+    /// cached data key, as a rolled-back profile's id will be given again to a
+    /// new profile with a new key.
+    pub fn abandon(&mut self, vault: &Vault) {
+        self.pending = None;
+        vault.forget_all();
+        self.clear();
+    }
+}
+
+struct Pending {
+    ids: HashMap<BlindIndex, ProfileId>,
+    facts: HashMap<ProfileId, Facts>,
+    redirect: HashMap<ProfileId, ProfileId>,
+}
+
+impl Group<'_> {
+    fn canon(&self, mut p: ProfileId) -> ProfileId {
+        while let Some(&n) = self.redirect.get(&p) {
+            p = n;
+        }
+        p
+    }
+
+    fn key(&mut self, owner: ProfileId) -> Result<DataKey> {
+        let conn = &mut *self.conn;
+        self.vault
+            .data_key(owner, || conn.data_key_get(owner))?
+            .ok_or_else(|| crate::Error::Corrupt(format!("profile {owner} has no data key")))
+    }
+
+    fn facts(&mut self, r: &mut Resolver, p: ProfileId) -> Result<Facts> {
+        if let Some(f) = self.facts.get(&p) {
+            return Ok(*f);
+        }
+        if let Some(f) = r.facts_cache.as_mut().and_then(|c| c.get(&p).copied()) {
+            self.facts.insert(p, f);
+            return Ok(f);
+        }
+        let mut f = Facts::default();
+        for row in self.conn.identifiers_of(p)? {
+            if row.kind == "user_id" {
+                f.user_id = Some(row.bidx);
+            }
+            if row.kind != "anonymous_id" && row.kind != "device_id" {
+                f.strong = true;
+            }
+        }
+        self.facts.insert(p, f);
+        Ok(f)
+    }
+
+    fn traits_of(&mut self, p: ProfileId) -> Result<()> {
+        if self.traits.contains_key(&p) {
+            return Ok(());
+        }
+        let row = self.conn.profile_get(p)?;
+        let t = match row.and_then(|r| r.traits) {
+            None => TraitSet::default(),
+            Some(sealed) => {
+                let key = self.key(p)?;
+                let plain = self.vault.open(&key, Place::ProfileTraits, p, &sealed)?;
+                TraitSet::from_bytes(&plain).map_err(|e| crate::Error::Corrupt(e.to_string()))?
+            }
+        };
+        self.traits.insert(p, t);
+        Ok(())
+    }
+
+    fn create_profile(&mut self) -> Result<ProfileId> {
+        let p = self.conn.profile_create(self.now_ms)?;
+        let (_, wrapped) = self.vault.new_data_key(p)?;
+        self.conn.data_key_insert(p, p, &wrapped)?;
+        self.facts.insert(p, Facts::default());
+        self.traits.insert(p, TraitSet::default());
+        self.stats.profiles_created += 1;
+        Ok(p)
+    }
+
+    fn attach(&mut self, r: &mut Resolver, id: &PreparedIdentifier, p: ProfileId) -> Result<()> {
+        self.facts(r, p)?;
+        let key = self.key(p)?;
+        let sealed = self
+            .vault
+            .seal(&key, Place::IdentifierValue, p, id.value.as_bytes())?;
+        self.conn.identifier_insert(
+            &IdentifierRow {
+                kind: id.kind.as_str().to_owned(),
+                bidx: id.bidx,
+                key_owner: p,
+                sealed,
+                first_seen_ms: self.now_ms,
+            },
+            p,
+        )?;
+        self.ids.insert(id.bidx, p);
+        let f = self.facts.entry(p).or_default();
+        if id.kind == IdentifierKind::UserId {
+            f.user_id = Some(id.bidx);
+        }
+        f.strong |= id.kind.is_strong();
+        Ok(())
+    }
+
+    fn refuse(
+        &mut self,
+        into: ProfileId,
+        from: ProfileId,
+        kind: &IdentifierKind,
+        reason: &str,
+    ) -> Result<()> {
+        tracing::warn!(into, from, identifier_kind = %kind, reason, "profile merge refused");
+        self.stats.merges_refused += 1;
+        self.conn.merge_record(&MergeRow {
+            into_profile: into,
+            from_profile: from,
+            identifier_kind: kind.as_str().to_owned(),
+            at_ms: self.now_ms,
+            refused: true,
+            reason: Some(reason.to_owned()),
+        })
+    }
+
+    fn merge(&mut self, from: ProfileId, into: ProfileId, kind: &IdentifierKind) -> Result<()> {
+        tracing::info!(into, from, identifier_kind = %kind, "profiles merged");
+        self.traits_of(from)?;
+        self.traits_of(into)?;
+        let absorbed = self.traits.remove(&from).unwrap_or_default();
+        if !absorbed.is_empty() {
+            self.traits
+                .get_mut(&into)
+                .expect("loaded above")
+                .absorb(absorbed);
+            self.dirty_traits.insert(into);
+        }
+        self.dirty_traits.remove(&from);
+        self.conn
+            .profile_merge(from, into, kind.as_str(), self.now_ms)?;
+        let ff = self.facts.remove(&from).unwrap_or_default();
+        let fi = self.facts.entry(into).or_default();
+        fi.user_id = fi.user_id.or(ff.user_id);
+        fi.strong |= ff.strong;
+        self.redirect.insert(from, into);
+        self.stats.merges += 1;
+        Ok(())
+    }
+
+    /// Choose the profile for one event, creating, attaching and merging as
+    /// the rules in the module documentation say.
+    fn resolve(&mut self, r: &mut Resolver, e: &PreparedEvent) -> Result<ProfileId> {
+        // Each identifier's current profile, in the event's precedence order.
+        let found: Vec<Option<ProfileId>> = e
+            .identifiers
+            .iter()
+            .map(|id| self.ids.get(&id.bidx).map(|&p| self.canon(r.canon(p))))
+            .collect();
+        let user = e
+            .identifiers
+            .iter()
+            .position(|id| id.kind == IdentifierKind::UserId);
+
+        // A profile reached only through a browser or device id is not the
+        // one for a message that brings a new strong identifier, if that
+        // profile already belongs to a known person.
+        let brings_new_strong = e
+            .identifiers
+            .iter()
+            .zip(&found)
+            .any(|(id, p)| p.is_none() && id.kind.is_strong());
+        let mut target = None;
+        if let Some(u) = user {
+            target = found[u];
+        }
+        if target.is_none() {
+            for (id, p) in e.identifiers.iter().zip(&found) {
+                let Some(p) = *p else { continue };
+                let f = self.facts(r, p)?;
+                if user.is_some() && f.user_id.is_some() {
+                    continue;
+                }
+                if id.kind.is_strong() || !f.strong || !brings_new_strong {
+                    target = Some(p);
+                    break;
+                }
+            }
+        }
+        let target = match target {
+            Some(p) => p,
+            None => self.create_profile()?,
+        };
+
+        // New identifiers join first, so the merge rules below see them.
+        for (id, p) in e.identifiers.iter().zip(&found) {
+            if p.is_none() && !self.ids.contains_key(&id.bidx) {
+                self.attach(r, id, target)?;
+            }
+        }
+
+        for (id, p) in e.identifiers.iter().zip(&found) {
+            let Some(p) = *p else { continue };
+            let p = self.canon(p);
+            let target = self.canon(target);
+            if p == target {
+                continue;
+            }
+            let (ft, fp) = (self.facts(r, target)?, self.facts(r, p)?);
+            if let (Some(a), Some(b)) = (ft.user_id, fp.user_id)
+                && a != b
+            {
+                self.refuse(
+                    target,
+                    p,
+                    &id.kind,
+                    "the merge would give one profile two user ids",
+                )?;
+                continue;
+            }
+            if !id.kind.is_strong() && ft.strong && fp.strong {
+                self.refuse(
+                    target,
+                    p,
+                    &id.kind,
+                    "a shared browser or device id does not merge two known people",
+                )?;
+                continue;
+            }
+            self.merge(p, target, &id.kind)?;
+        }
+
+        Ok(self.canon(target))
+    }
+}

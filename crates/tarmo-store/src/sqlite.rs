@@ -1,0 +1,517 @@
+//! The embedded backend: one SQLite file in WAL mode with full fsync on
+//! commit, so that a transaction Tarmo acknowledged survives kill -9 and power
+//! loss alike.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::conn::*;
+use crate::vault::BlindIndex;
+use crate::{Error, Result};
+
+/// Versioned migrations; each runs once, in order, in its own transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY,
+    key_hash BLOB NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+CREATE TABLE profiles (
+    id INTEGER PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    merged_into INTEGER,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    traits BLOB
+);
+CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
+CREATE TABLE data_keys (
+    owner_id INTEGER PRIMARY KEY,
+    profile_id INTEGER NOT NULL,
+    wrapped BLOB NOT NULL
+);
+CREATE INDEX data_keys_profile ON data_keys(profile_id);
+CREATE TABLE identifiers (
+    bidx BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    profile_id INTEGER NOT NULL,
+    key_owner INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    first_seen_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX identifiers_profile ON identifiers(profile_id);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    profile_id INTEGER NOT NULL,
+    key_owner INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX events_profile ON events(profile_id, id);
+CREATE TABLE dedup (h INTEGER PRIMARY KEY, seen_ms INTEGER NOT NULL);
+CREATE TABLE merges (
+    id INTEGER PRIMARY KEY,
+    into_profile INTEGER NOT NULL,
+    from_profile INTEGER NOT NULL,
+    identifier_kind TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    refused INTEGER NOT NULL,
+    reason TEXT
+);
+CREATE INDEX merges_into ON merges(into_profile);
+CREATE INDEX merges_from ON merges(from_profile);
+"#,
+)];
+
+pub struct SqliteBackend {
+    path: PathBuf,
+}
+
+impl SqliteBackend {
+    /// Open (creating if needed) the database file and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let b = Self {
+            path: path.to_owned(),
+        };
+        let mut c = b.connect()?;
+        c.migrate()?;
+        Ok(b)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn connect(&self) -> Result<SqliteConn> {
+        let c = Connection::open(&self.path)?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: the WAL is fsynced at every commit, so an acknowledged
+        // write survives power loss, not only a crash of the process.
+        c.pragma_update(None, "synchronous", "FULL")?;
+        c.pragma_update(None, "secure_delete", "ON")?;
+        c.pragma_update(None, "temp_store", "MEMORY")?;
+        c.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteConn { c })
+    }
+}
+
+pub struct SqliteConn {
+    c: Connection,
+}
+
+impl SqliteConn {
+    fn migrate(&mut self) -> Result<()> {
+        self.c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let tx = self
+                .c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM schema_migrations WHERE version = ?1",
+                    [version],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if done.is_none() {
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                    params![version, crate::now_ms()],
+                )?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Move the WAL's content into the database file and truncate the WAL.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+}
+
+fn bidx_of(b: Vec<u8>) -> Result<BlindIndex> {
+    BlindIndex::from_slice(&b)
+}
+
+impl Conn for SqliteConn {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        self.c.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.c.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        if !self.c.is_autocommit() {
+            self.c.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.c
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    fn dedup_claim(&mut self, hashes: &[i64], now_ms: i64) -> Result<Vec<bool>> {
+        let mut st = self
+            .c
+            .prepare_cached("INSERT OR IGNORE INTO dedup (h, seen_ms) VALUES (?1, ?2)")?;
+        hashes
+            .iter()
+            .map(|h| Ok(st.execute(params![h, now_ms])? == 1))
+            .collect()
+    }
+
+    fn dedup_purge(&mut self, older_than_ms: i64) -> Result<u64> {
+        Ok(self
+            .c
+            .execute("DELETE FROM dedup WHERE seen_ms < ?1", [older_than_ms])? as u64)
+    }
+
+    fn profile_create(&mut self, now_ms: i64) -> Result<ProfileId> {
+        self.c
+            .prepare_cached("INSERT INTO profiles (created_ms, updated_ms) VALUES (?1, ?1)")?
+            .execute([now_ms])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    fn data_key_insert(
+        &mut self,
+        owner: ProfileId,
+        profile: ProfileId,
+        wrapped: &[u8],
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO data_keys (owner_id, profile_id, wrapped) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![owner, profile, wrapped])?;
+        Ok(())
+    }
+
+    fn data_key_get(&mut self, owner: ProfileId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT wrapped FROM data_keys WHERE owner_id = ?1")?
+            .query_row([owner], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
+                 WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)",
+            )?
+            .query_row([id], |r| {
+                Ok(ProfileRow {
+                    id: r.get(0)?,
+                    created_ms: r.get(1)?,
+                    updated_ms: r.get(2)?,
+                    event_count: r.get(3)?,
+                    traits: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()> {
+        self.c
+            .prepare_cached("UPDATE profiles SET traits = ?2, updated_ms = ?3 WHERE id = ?1")?
+            .execute(params![id, sealed, now_ms])?;
+        Ok(())
+    }
+
+    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "UPDATE profiles SET event_count = event_count + ?2, updated_ms = max(updated_ms, ?3) WHERE id = ?1",
+            )?
+            .execute(params![id, n, now_ms])?;
+        Ok(())
+    }
+
+    fn profile_merge(
+        &mut self,
+        from: ProfileId,
+        into: ProfileId,
+        cause_kind: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let c = &self.c;
+        c.execute(
+            "UPDATE identifiers SET profile_id = ?2 WHERE profile_id = ?1",
+            [from, into],
+        )?;
+        c.execute(
+            "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
+            [from, into],
+        )?;
+        c.execute(
+            "UPDATE data_keys SET profile_id = ?2 WHERE profile_id = ?1",
+            [from, into],
+        )?;
+        c.execute(
+            "UPDATE profiles SET merged_into = ?2 WHERE merged_into = ?1",
+            [from, into],
+        )?;
+        c.execute(
+            "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = ?1),
+                 updated_ms = ?3 WHERE id = ?2",
+            params![from, into, now_ms],
+        )?;
+        c.execute(
+            "UPDATE profiles SET merged_into = ?2, traits = NULL, event_count = 0, updated_ms = ?3 WHERE id = ?1",
+            params![from, into, now_ms],
+        )?;
+        self.merge_record(&MergeRow {
+            into_profile: into,
+            from_profile: from,
+            identifier_kind: cause_kind.to_owned(),
+            at_ms: now_ms,
+            refused: false,
+            reason: None,
+        })
+    }
+
+    fn merge_record(&mut self, m: &MergeRow) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO merges (into_profile, from_profile, identifier_kind, at_ms, refused, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                m.into_profile,
+                m.from_profile,
+                m.identifier_kind,
+                m.at_ms,
+                m.refused,
+                m.reason
+            ])?;
+        Ok(())
+    }
+
+    fn merges_of(&mut self, profile: ProfileId) -> Result<Vec<MergeRow>> {
+        let mut st = self.c.prepare_cached(
+            "SELECT into_profile, from_profile, identifier_kind, at_ms, refused, reason FROM merges
+             WHERE into_profile = ?1 OR from_profile = ?1
+                OR into_profile IN (SELECT id FROM profiles WHERE merged_into = ?1)
+             ORDER BY at_ms, id",
+        )?;
+        let rows = st.query_map([profile], |r| {
+            Ok(MergeRow {
+                into_profile: r.get(0)?,
+                from_profile: r.get(1)?,
+                identifier_kind: r.get(2)?,
+                at_ms: r.get(3)?,
+                refused: r.get(4)?,
+                reason: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn identifiers_lookup(&mut self, keys: &[BlindIndex]) -> Result<Vec<Option<ProfileId>>> {
+        let mut st = self
+            .c
+            .prepare_cached("SELECT profile_id FROM identifiers WHERE bidx = ?1")?;
+        keys.iter()
+            .map(|k| Ok(st.query_row([&k.0[..]], |r| r.get(0)).optional()?))
+            .collect()
+    }
+
+    fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                &row.bidx.0[..],
+                row.kind,
+                profile,
+                row.key_owner,
+                row.sealed,
+                row.first_seen_ms
+            ])?;
+        Ok(())
+    }
+
+    fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>> {
+        let mut st = self.c.prepare_cached(
+            "SELECT kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+             WHERE profile_id = ?1 ORDER BY first_seen_ms, kind",
+        )?;
+        let rows = st.query_map([profile], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (kind, b, key_owner, sealed, first_seen_ms) = r?;
+            Ok(IdentifierRow {
+                kind,
+                bidx: bidx_of(b)?,
+                key_owner,
+                sealed,
+                first_seen_ms,
+            })
+        })
+        .collect()
+    }
+
+    fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()> {
+        let mut st = self.c.prepare_cached(
+            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in rows {
+            st.execute(params![
+                e.profile_id,
+                e.key_owner,
+                e.kind,
+                e.timestamp_ms,
+                e.received_ms,
+                e.sealed
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn events_page(
+        &mut self,
+        profile: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>> {
+        let mut st = self.c.prepare_cached(
+            "SELECT id, key_owner, kind, ts_ms, received_ms, body FROM events
+             WHERE profile_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![profile, before.unwrap_or(i64::MAX), limit], |r| {
+            Ok(EventRow {
+                id: r.get(0)?,
+                key_owner: r.get(1)?,
+                kind: r.get(2)?,
+                timestamp_ms: r.get(3)?,
+                received_ms: r.get(4)?,
+                sealed: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64> {
+        self.c.execute(
+            "INSERT INTO api_keys (key_hash, role, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, role, name, now_ms],
+        )?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys WHERE key_hash = ?1 AND revoked_ms IS NULL",
+            )?
+            .query_row([hash], api_key_row)
+            .optional()?)
+    }
+
+    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>> {
+        let mut st = self.c.prepare_cached(
+            "SELECT id, role, name, created_ms, revoked_ms FROM api_keys ORDER BY id",
+        )?;
+        let rows = st.query_map([], api_key_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool> {
+        Ok(self.c.execute(
+            "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            [id, now_ms],
+        )? == 1)
+    }
+
+    fn counts(&mut self) -> Result<StoreCounts> {
+        Ok(self.c.query_row(
+            "SELECT (SELECT count(*) FROM profiles WHERE merged_into IS NULL),
+                    (SELECT count(*) FROM events), (SELECT count(*) FROM identifiers)",
+            [],
+            |r| {
+                Ok(StoreCounts {
+                    profiles: r.get(0)?,
+                    events: r.get(1)?,
+                    identifiers: r.get(2)?,
+                })
+            },
+        )?)
+    }
+}
+
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        role: r.get(1)?,
+        name: r.get(2)?,
+        created_ms: r.get(3)?,
+        revoked_ms: r.get(4)?,
+    })
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::ConstraintViolation
+        {
+            return Error::Conflict(e.to_string());
+        }
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        {
+            return Error::Busy(e.to_string());
+        }
+        Error::Backend(e.to_string())
+    }
+}

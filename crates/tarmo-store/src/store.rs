@@ -1,0 +1,435 @@
+//! The store as the server and the CLI see it: one backend, the vault, a pool
+//! of read connections, and views that open sealed values for an authorised
+//! caller.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tarmo_core::identity::Identifier;
+use tarmo_core::profile::TraitSet;
+use tarmo_core::segment::Message;
+use utoipa::ToSchema;
+
+use crate::conn::{ApiKeyRow, Conn, ProfileId, StoreCounts};
+use crate::metrics::WriterMetrics;
+use crate::postgres::PostgresBackend;
+use crate::resolve::{PreparedEvent, PreparedIdentifier};
+use crate::sqlite::SqliteBackend;
+use crate::vault::{MasterKey, Place, Vault};
+use crate::writer::{self, WriterConfig, WriterHandle};
+use crate::{Error, Result, rfc3339};
+
+/// The SQLite file's name inside the data directory.
+pub const SQLITE_FILE: &str = "tarmo.db";
+
+pub enum Backend {
+    Sqlite(SqliteBackend),
+    Postgres(PostgresBackend),
+}
+
+impl Backend {
+    /// PostgreSQL when a URL is given, otherwise the SQLite file in `data_dir`.
+    pub fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
+        match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Backend::Postgres(PostgresBackend::open(url)?))
+            }
+            Some(url) => Err(Error::Config(format!(
+                "unsupported database URL scheme in `{}`: use postgres://",
+                url.split(':').next().unwrap_or("")
+            ))),
+            None => Ok(Backend::Sqlite(SqliteBackend::open(
+                &data_dir.join(SQLITE_FILE),
+            )?)),
+        }
+    }
+
+    pub fn connect(&self) -> Result<Box<dyn Conn>> {
+        Ok(match self {
+            Backend::Sqlite(b) => Box::new(b.connect()?),
+            Backend::Postgres(b) => Box::new(b.connect()?),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// What an API key may do. Issue-level roles (dpo, marketer, ...) extend this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    Admin,
+    Ingest,
+}
+
+impl KeyRole {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "ingest" => Ok(Self::Ingest),
+            other => Err(Error::Config(format!(
+                "unknown role `{other}` (known: admin, ingest)"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Ingest => "ingest",
+        }
+    }
+}
+
+fn key_hash(secret: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+pub struct Store {
+    backend: Backend,
+    vault: Arc<Vault>,
+    pool: Mutex<Vec<Box<dyn Conn>>>,
+    pub metrics: Arc<WriterMetrics>,
+}
+
+/// A connection borrowed from the pool, given back when dropped.
+pub struct PooledConn<'a> {
+    conn: Option<Box<dyn Conn>>,
+    store: &'a Store,
+}
+
+impl std::ops::Deref for PooledConn<'_> {
+    type Target = dyn Conn;
+    fn deref(&self) -> &Self::Target {
+        &**self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledConn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut **self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledConn<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.store.pool.lock().expect("pool");
+            if pool.len() < 32 {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IdentifierView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    pub first_seen: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MergeView {
+    /// The profile that remained.
+    pub into_profile: ProfileId,
+    /// The profile that was merged into it (or would have been).
+    pub from_profile: ProfileId,
+    /// The kind of identifier the two profiles shared.
+    pub identifier_type: String,
+    pub at: String,
+    /// `merged`, or `refused` when the identity rules kept them apart.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProfileView {
+    pub id: ProfileId,
+    pub created_at: String,
+    pub updated_at: String,
+    pub event_count: i64,
+    pub identifiers: Vec<IdentifierView>,
+    #[schema(value_type = Object)]
+    pub traits: Map<String, Value>,
+    pub merges: Vec<MergeView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub received_at: String,
+    /// The message as it was received, batch context merged in.
+    #[schema(value_type = Object)]
+    pub message: Value,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventsPage {
+    pub profile_id: ProfileId,
+    pub events: Vec<EventView>,
+    /// Pass as `before` to read the next (older) page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+const VAULT_CHECK: &str = "vault_check";
+
+impl Store {
+    /// Open a store: check that `master` is the key this store was created
+    /// with (a canary sealed at creation must open).
+    pub fn open(backend: Backend, master: &MasterKey, key_cache: usize) -> Result<Self> {
+        let vault = Arc::new(Vault::new(master, key_cache));
+        let mut conn = backend.connect()?;
+        match conn.meta_get(VAULT_CHECK)? {
+            Some(sealed) => {
+                vault
+                    .open_system(Place::VaultCheck, &sealed)
+                    .map_err(|_| Error::WrongMasterKey)?;
+            }
+            None => {
+                let sealed = vault.seal_system(Place::VaultCheck, b"tarmo")?;
+                conn.meta_set(VAULT_CHECK, &sealed)?;
+            }
+        }
+        Ok(Self {
+            backend,
+            vault,
+            pool: Mutex::new(vec![conn]),
+            metrics: Arc::new(WriterMetrics::default()),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    pub fn conn(&self) -> Result<PooledConn<'_>> {
+        let pooled = self.pool.lock().expect("pool").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.backend.connect()?,
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            store: self,
+        })
+    }
+
+    /// Start the group-commit writer on its own connection.
+    pub fn start_writer(
+        &self,
+        mut cfg: WriterConfig,
+    ) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+        if matches!(self.backend, Backend::Postgres(_)) {
+            // Other nodes may merge profiles: never trust a cached mapping.
+            cfg.cache_capacity = None;
+        }
+        Ok(writer::spawn(
+            self.backend.connect()?,
+            self.vault.clone(),
+            self.metrics.clone(),
+            cfg,
+        ))
+    }
+
+    /// Everything about a message that needs no store: blind indexes, the
+    /// dedup key, the serialised body.
+    pub fn prepare(&self, m: Message, source: i64) -> PreparedEvent {
+        let identifiers = m
+            .identifiers
+            .into_iter()
+            .map(|i| PreparedIdentifier {
+                bidx: self.vault.blind_index(i.kind().as_str(), i.value()),
+                kind: i.kind().clone(),
+                value: i.value().to_owned(),
+            })
+            .collect();
+        PreparedEvent {
+            dedup: m
+                .message_id
+                .as_deref()
+                .map(|id| self.vault.dedup_hash(source, id)),
+            kind: m.kind,
+            timestamp_ms: m.timestamp_ms,
+            identifiers,
+            traits: m.traits,
+            body: serde_json::to_vec(&m.body).expect("JSON values serialise"),
+        }
+    }
+
+    pub fn find_profile(&self, id: &Identifier) -> Result<Option<ProfileId>> {
+        let b = self.vault.blind_index(id.kind().as_str(), id.value());
+        Ok(self.conn()?.identifiers_lookup(&[b])?.pop().flatten())
+    }
+
+    fn open_str(
+        &self,
+        conn: &mut dyn Conn,
+        owner: ProfileId,
+        place: Place,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let key = self
+            .vault
+            .data_key(owner, || conn.data_key_get(owner))?
+            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+        self.vault.open(&key, place, owner, sealed)
+    }
+
+    /// The profile with its identifiers, traits and merge history, opened.
+    pub fn profile_view(&self, id: ProfileId) -> Result<Option<ProfileView>> {
+        let mut conn = self.conn()?;
+        let Some(p) = conn.profile_get(id)? else {
+            return Ok(None);
+        };
+        let traits = match &p.traits {
+            None => Map::new(),
+            Some(s) => {
+                let plain = self.open_str(&mut *conn, p.id, Place::ProfileTraits, s)?;
+                TraitSet::from_bytes(&plain)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?
+                    .to_object()
+            }
+        };
+        let mut identifiers = Vec::new();
+        for row in conn.identifiers_of(p.id)? {
+            let v = self.open_str(
+                &mut *conn,
+                row.key_owner,
+                Place::IdentifierValue,
+                &row.sealed,
+            )?;
+            identifiers.push(IdentifierView {
+                kind: row.kind,
+                value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
+                first_seen: rfc3339(row.first_seen_ms),
+            });
+        }
+        let merges = conn
+            .merges_of(p.id)?
+            .into_iter()
+            .map(|m| MergeView {
+                into_profile: m.into_profile,
+                from_profile: m.from_profile,
+                identifier_type: m.identifier_kind,
+                at: rfc3339(m.at_ms),
+                outcome: if m.refused { "refused" } else { "merged" }.into(),
+                reason: m.reason,
+            })
+            .collect();
+        Ok(Some(ProfileView {
+            id: p.id,
+            created_at: rfc3339(p.created_ms),
+            updated_at: rfc3339(p.updated_ms),
+            event_count: p.event_count,
+            identifiers,
+            traits,
+            merges,
+        }))
+    }
+
+    /// A page of the profile's events, newest first.
+    pub fn events_page(
+        &self,
+        id: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Option<EventsPage>> {
+        let mut conn = self.conn()?;
+        let Some(p) = conn.profile_get(id)? else {
+            return Ok(None);
+        };
+        let rows = conn.events_page(p.id, before, limit)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for r in rows {
+            let plain = self.open_str(&mut *conn, r.key_owner, Place::EventBody, &r.sealed)?;
+            events.push(EventView {
+                id: r.id,
+                kind: r.kind,
+                timestamp: rfc3339(r.timestamp_ms),
+                received_at: rfc3339(r.received_ms),
+                message: serde_json::from_slice(&plain)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+            });
+        }
+        let next_before = if events.len() as u32 == limit {
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Some(EventsPage {
+            profile_id: p.id,
+            events,
+            next_before,
+        }))
+    }
+
+    /// Make a key; the secret is returned once and stored only as a hash.
+    pub fn create_api_key(&self, role: KeyRole, name: &str) -> Result<(String, i64)> {
+        let mut raw = [0u8; 20];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| Error::Crypto("no randomness"))?;
+        let prefix = match role {
+            KeyRole::Admin => "tka",
+            KeyRole::Ingest => "tkw",
+        };
+        let secret = format!("{prefix}_{}", hex::encode(raw));
+        let id = self.conn()?.api_key_insert(
+            &key_hash(&secret),
+            role.as_str(),
+            name,
+            crate::now_ms(),
+        )?;
+        Ok((secret, id))
+    }
+
+    /// The key a secret belongs to, unless unknown or revoked. The lookup is
+    /// by SHA-256 of the secret, so timing reveals nothing about stored keys.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<ApiKeyRow>> {
+        self.conn()?.api_key_find(&key_hash(secret))
+    }
+
+    pub fn api_keys(&self) -> Result<Vec<ApiKeyRow>> {
+        self.conn()?.api_keys()
+    }
+
+    pub fn revoke_api_key(&self, id: i64) -> Result<bool> {
+        self.conn()?.api_key_revoke(id, crate::now_ms())
+    }
+
+    pub fn counts(&self) -> Result<StoreCounts> {
+        self.conn()?.counts()
+    }
+
+    /// Fold the SQLite WAL into the database file (no-op on PostgreSQL).
+    pub fn checkpoint(&self) -> Result<()> {
+        if let Backend::Sqlite(b) = &self.backend {
+            b.connect()?.checkpoint()?;
+        }
+        Ok(())
+    }
+}

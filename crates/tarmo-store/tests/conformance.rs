@@ -1,0 +1,341 @@
+//! One conformance suite, run against every backend: SQLite in a temporary
+//! directory and PostgreSQL on 127.0.0.1:5432 in a fresh database per test.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{Value, json};
+use tarmo_core::identity::{IdentifierKind, IdentityConfig};
+use tarmo_core::segment::{BatchDefaults, parse_message};
+use tarmo_store::resolve::Outcome;
+use tarmo_store::vault::MasterKey;
+use tarmo_store::writer::{WriterConfig, WriterHandle};
+use tarmo_store::{Backend, KeyRole, Store};
+
+pub struct Harness {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub cfg: IdentityConfig,
+    _dir: tempfile::TempDir,
+    pg: Option<PgDb>,
+    master_hex: String,
+}
+
+struct PgDb {
+    name: String,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+fn fresh_pg() -> PgDb {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "tarmo_conf_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut c = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
+        .expect("PostgreSQL must answer on 127.0.0.1:5432 (user postgres, trust auth)");
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    PgDb { name }
+}
+
+impl Harness {
+    pub fn new(postgres: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let pg = postgres.then(fresh_pg);
+        let url = pg
+            .as_ref()
+            .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
+        let backend = Backend::open(dir.path(), url.as_deref()).unwrap();
+        let store = Store::open(backend, &master, 1000).unwrap();
+        let (writer, _join) = store.start_writer(WriterConfig::default()).unwrap();
+        Self {
+            store,
+            writer,
+            cfg: IdentityConfig::new(Some("FI"), &["loyalty_card".into()]).unwrap(),
+            _dir: dir,
+            pg,
+            master_hex: master.to_hex(),
+        }
+    }
+
+    pub fn ingest(&self, msgs: Vec<Value>) -> Vec<Outcome> {
+        let events = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let m =
+                    parse_message(v, i, None, BatchDefaults::default(), 1_000, &self.cfg).unwrap();
+                self.store.prepare(m, 1)
+            })
+            .collect();
+        self.writer.submit_blocking(events).unwrap()
+    }
+
+    pub fn lookup(&self, kind: &str, value: &str) -> Option<i64> {
+        let k = self.cfg.kind(kind).unwrap();
+        let id = self.cfg.identifier(k, value).unwrap();
+        self.store.find_profile(&id).unwrap()
+    }
+}
+
+fn stored(o: &Outcome) -> i64 {
+    match o {
+        Outcome::Stored(p) => *p,
+        Outcome::Duplicate => panic!("expected stored, got duplicate"),
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(&super::Harness::new(false)); } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(&super::Harness::new(true)); } )*
+        }
+    };
+}
+
+conformance!(
+    identify_creates_an_encrypted_profile,
+    anonymous_visitor_is_stitched_at_login,
+    profiles_sharing_an_identifier_merge_and_the_merge_is_recorded,
+    two_user_ids_never_merge,
+    a_shared_device_does_not_merge_two_known_people,
+    traits_are_last_write_wins_by_timestamp,
+    message_ids_are_deduplicated,
+    events_page_newest_first_with_cursor,
+    api_keys_are_hashed_and_revocable,
+    a_wrong_master_key_is_refused,
+);
+
+fn identify_creates_an_encrypted_profile(h: &Harness) {
+    let out = h.ingest(vec![json!({
+        "type": "identify", "userId": "u-1", "anonymousId": "anon-1", "messageId": "m1",
+        "timestamp": "2024-01-01T00:00:00Z",
+        "traits": {"email": "Ann@Example.COM", "phone": "040 1234567", "name": "Ann", "loyalty_card": "LC-77"}
+    })]);
+    let p = stored(&out[0]);
+    assert_eq!(
+        h.lookup("email", "ann@example.com"),
+        None,
+        "the local part is case-sensitive"
+    );
+    assert_eq!(h.lookup("email", "Ann@example.com"), Some(p));
+    assert_eq!(h.lookup("phone", "+358401234567"), Some(p));
+    assert_eq!(h.lookup("loyalty_card", "LC-77"), Some(p));
+    assert_eq!(h.lookup("user_id", "u-1"), Some(p));
+    let v = h.store.profile_view(p).unwrap().unwrap();
+    assert_eq!(v.event_count, 1);
+    assert_eq!(v.traits["name"], "Ann");
+    let mut kinds: Vec<_> = v
+        .identifiers
+        .iter()
+        .map(|i| (i.kind.as_str(), i.value.as_str()))
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("anonymous_id", "anon-1"),
+            ("email", "Ann@example.com"),
+            ("loyalty_card", "LC-77"),
+            ("phone", "+358401234567"),
+            ("user_id", "u-1"),
+        ]
+    );
+    assert!(v.merges.is_empty());
+    let c = h.store.counts().unwrap();
+    assert_eq!((c.profiles, c.events, c.identifiers), (1, 1, 5));
+}
+
+fn anonymous_visitor_is_stitched_at_login(h: &Harness) {
+    let a = stored(
+        &h.ingest(vec![
+            json!({"type": "page", "anonymousId": "a-9", "name": "Avocados"}),
+        ])[0],
+    );
+    let b = stored(
+        &h.ingest(vec![
+            json!({"type": "identify", "anonymousId": "a-9", "userId": "cust-9"}),
+        ])[0],
+    );
+    assert_eq!(a, b);
+    assert_eq!(h.lookup("user_id", "cust-9"), Some(a));
+    assert_eq!(h.store.profile_view(a).unwrap().unwrap().event_count, 2);
+}
+
+fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
+    let by_email = stored(&h.ingest(vec![json!({"type": "identify", "anonymousId": "x1", "traits": {"email": "m@shop.fi", "tier": "gold"}, "timestamp": "2024-01-01T00:00:00Z"})])[0]);
+    let by_anon = stored(&h.ingest(vec![json!({"type": "track", "anonymousId": "x2", "event": "Viewed", "timestamp": "2024-01-02T00:00:00Z"})])[0]);
+    assert_ne!(by_email, by_anon);
+    let out = h.ingest(vec![
+        json!({"type": "identify", "anonymousId": "x2", "traits": {"email": "m@shop.fi"}}),
+    ]);
+    let merged = stored(&out[0]);
+    assert_eq!(
+        merged, by_email,
+        "the profile of the stronger identifier remains"
+    );
+    assert_eq!(h.lookup("anonymous_id", "x2"), Some(by_email));
+    let v = h.store.profile_view(by_anon).unwrap().unwrap();
+    assert_eq!(
+        v.id, by_email,
+        "the merged id leads to the remaining profile"
+    );
+    assert_eq!(v.event_count, 3);
+    assert_eq!(v.traits["tier"], "gold");
+    assert_eq!(v.merges.len(), 1);
+    assert_eq!(v.merges[0].from_profile, by_anon);
+    assert_eq!(v.merges[0].into_profile, by_email);
+    assert_eq!(v.merges[0].identifier_type, "anonymous_id");
+    assert_eq!(v.merges[0].outcome, "merged");
+    let page = h.store.events_page(by_email, None, 10).unwrap().unwrap();
+    assert_eq!(
+        page.events.len(),
+        3,
+        "events of the merged profile moved and still open"
+    );
+    assert_eq!(h.store.counts().unwrap().profiles, 1);
+}
+
+fn two_user_ids_never_merge(h: &Harness) {
+    let p1 = stored(
+        &h.ingest(vec![
+            json!({"type": "identify", "userId": "alice", "anonymousId": "shared-laptop"}),
+        ])[0],
+    );
+    let p2 = stored(
+        &h.ingest(vec![
+            json!({"type": "identify", "userId": "bob", "anonymousId": "shared-laptop"}),
+        ])[0],
+    );
+    assert_ne!(p1, p2);
+    assert_eq!(h.lookup("user_id", "alice"), Some(p1));
+    assert_eq!(h.lookup("user_id", "bob"), Some(p2));
+    assert_eq!(h.lookup("anonymous_id", "shared-laptop"), Some(p1));
+    let v = h.store.profile_view(p2).unwrap().unwrap();
+    let users: Vec<_> = v
+        .identifiers
+        .iter()
+        .filter(|i| i.kind == "user_id")
+        .collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(v.merges.len(), 1);
+    assert_eq!(v.merges[0].outcome, "refused");
+    // Alias of one user id onto another is refused the same way.
+    let p3 = stored(
+        &h.ingest(vec![
+            json!({"type": "identify", "userId": "carol", "traits": {"email": "c@x.fi"}}),
+        ])[0],
+    );
+    let out = h.ingest(vec![
+        json!({"type": "identify", "userId": "dave", "traits": {"email": "c@x.fi"}}),
+    ]);
+    assert_ne!(stored(&out[0]), p3);
+    assert_eq!(h.lookup("email", "c@x.fi"), Some(p3));
+}
+
+fn a_shared_device_does_not_merge_two_known_people(h: &Harness) {
+    let p1 = stored(&h.ingest(vec![json!({"type": "identify", "anonymousId": "a1", "traits": {"email": "one@x.fi"}, "context": {"device": {"id": "tablet"}}})])[0]);
+    let p2 = stored(&h.ingest(vec![json!({"type": "identify", "anonymousId": "a2", "traits": {"email": "two@x.fi"}, "context": {"device": {"id": "tablet"}}})])[0]);
+    assert_ne!(p1, p2);
+    assert_eq!(h.lookup("device_id", "tablet"), Some(p1));
+    let v = h.store.profile_view(p2).unwrap().unwrap();
+    assert_eq!(v.merges[0].outcome, "refused");
+    assert_eq!(v.merges[0].identifier_type, "device_id");
+}
+
+fn traits_are_last_write_wins_by_timestamp(h: &Harness) {
+    let p = stored(&h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-03-01T00:00:00Z", "traits": {"plan": "pro", "city": "Oulu"}})])[0]);
+    h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-02-01T00:00:00Z", "traits": {"plan": "free", "age": 40}})]);
+    let v = h.store.profile_view(p).unwrap().unwrap();
+    assert_eq!(
+        v.traits["plan"], "pro",
+        "an older event does not overwrite a newer value"
+    );
+    assert_eq!(v.traits["age"], 40);
+    h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-04-01T00:00:00Z", "traits": {"plan": "team"}})]);
+    assert_eq!(
+        h.store.profile_view(p).unwrap().unwrap().traits["plan"],
+        "team"
+    );
+}
+
+fn message_ids_are_deduplicated(h: &Harness) {
+    let e = json!({"type": "track", "userId": "d", "event": "Paid", "messageId": "same"});
+    let out = h.ingest(vec![e.clone(), e.clone()]);
+    assert!(matches!(out[0], Outcome::Stored(_)));
+    assert_eq!(out[1], Outcome::Duplicate);
+    let out = h.ingest(vec![e]);
+    assert_eq!(out[0], Outcome::Duplicate);
+    let p = h.lookup("user_id", "d").unwrap();
+    assert_eq!(h.store.profile_view(p).unwrap().unwrap().event_count, 1);
+    assert_eq!(h.store.counts().unwrap().events, 1);
+}
+
+fn events_page_newest_first_with_cursor(h: &Harness) {
+    let msgs = (0..5)
+        .map(|i| json!({"type": "track", "userId": "pager", "event": format!("E{i}"), "properties": {"n": i}}))
+        .collect();
+    h.ingest(msgs);
+    let p = h.lookup("user_id", "pager").unwrap();
+    let first = h.store.events_page(p, None, 2).unwrap().unwrap();
+    let names: Vec<_> = first
+        .events
+        .iter()
+        .map(|e| e.message["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["E4", "E3"]);
+    let second = h
+        .store
+        .events_page(p, first.next_before, 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.events.len(), 3);
+    assert_eq!(second.events[2].message["properties"]["n"], 0);
+    assert!(second.next_before.is_none());
+    assert!(h.store.events_page(999_999, None, 10).unwrap().is_none());
+}
+
+fn api_keys_are_hashed_and_revocable(h: &Harness) {
+    let (secret, id) = h.store.create_api_key(KeyRole::Ingest, "web").unwrap();
+    assert!(secret.len() >= 40);
+    let k = h.store.authenticate(&secret).unwrap().unwrap();
+    assert_eq!((k.id, k.role.as_str()), (id, "ingest"));
+    assert!(h.store.authenticate("tkw_0000").unwrap().is_none());
+    assert!(h.store.revoke_api_key(id).unwrap());
+    assert!(h.store.authenticate(&secret).unwrap().is_none());
+    assert!(!h.store.revoke_api_key(id).unwrap());
+    let listed = h.store.api_keys().unwrap();
+    assert!(listed.iter().any(|k| k.id == id && k.revoked_ms.is_some()));
+}
+
+fn a_wrong_master_key_is_refused(h: &Harness) {
+    let url =
+        h.pg.as_ref()
+            .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
+    let again = Backend::open(h._dir.path(), url.as_deref()).unwrap();
+    let err = Store::open(again, &MasterKey::generate().unwrap(), 10)
+        .err()
+        .unwrap();
+    assert!(matches!(err, tarmo_store::Error::WrongMasterKey));
+    let again = Backend::open(h._dir.path(), url.as_deref()).unwrap();
+    assert!(Store::open(again, &MasterKey::from_hex(&h.master_hex).unwrap(), 10).is_ok());
+    let _ = IdentifierKind::Email;
+}
