@@ -302,7 +302,12 @@ impl VendorSet {
     /// Runs `f` on the runs as a vector, spilling inline storage first.
     fn with_heap<R>(&mut self, f: impl FnOnce(&mut Vec<Run>) -> R) -> R {
         let mut runs = match std::mem::replace(&mut self.runs, Runs::Heap(Vec::new())) {
-            Runs::Inline { len, runs } => runs[..len as usize].to_vec(),
+            Runs::Inline { len, runs } => {
+                // Spilling means a long string: leave room to grow.
+                let mut spilled = Vec::with_capacity(8 * INLINE_RUNS);
+                spilled.extend_from_slice(&runs[..len as usize]);
+                spilled
+            }
             Runs::Heap(runs) => runs,
         };
         let result = f(&mut runs);
@@ -312,11 +317,12 @@ impl VendorSet {
 
     fn push_run(&mut self, run: Run) {
         match &mut self.runs {
+            Runs::Heap(runs) => runs.push(run),
             Runs::Inline { len, runs } if (*len as usize) < INLINE_RUNS => {
                 runs[*len as usize] = run;
                 *len += 1;
             }
-            _ => self.with_heap(|runs| runs.push(run)),
+            Runs::Inline { .. } => self.with_heap(|runs| runs.push(run)),
         }
     }
 
