@@ -1,1 +1,232 @@
-//! placeholder
+//! Tarmo's HTTP server: the Segment-compatible tracking API, the staff API,
+//! health, metrics and the OpenAPI document.
+//!
+//! Handlers parse input into domain types at the edge, call one store
+//! operation and map every error to one JSON shape. A handler must never log a
+//! personal value, and must never answer 200 to ingestion before the events
+//! are durably committed.
+
+mod error;
+mod ingest;
+mod metrics;
+mod profiles;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tarmo_core::identity::IdentityConfig;
+use tarmo_store::conn::ApiKeyRow;
+use tarmo_store::writer::WriterHandle;
+use tarmo_store::{KeyRole, Store};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ErrorBody};
+
+/// Everything a request needs.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub identity: IdentityConfig,
+    pub metrics: metrics::HttpMetrics,
+    keys: Mutex<HashMap<String, (Option<ApiKeyRow>, Instant)>>,
+}
+
+/// How long a key lookup is trusted before the store is asked again: the
+/// longest a revocation made by another process takes to bite.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+
+impl AppState {
+    pub fn new(store: Arc<Store>, writer: WriterHandle, identity: IdentityConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            writer,
+            identity,
+            metrics: metrics::HttpMetrics::default(),
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The key a secret names, if it exists, is not revoked and has `role`.
+    async fn authorise(&self, secret: &str, role: KeyRole) -> Result<Option<ApiKeyRow>, ApiError> {
+        if secret.is_empty() || secret.len() > 128 {
+            return Ok(None);
+        }
+        let cached = self
+            .keys
+            .lock()
+            .expect("key cache")
+            .get(secret)
+            .filter(|(_, t)| t.elapsed() < KEY_CACHE_TTL)
+            .map(|(k, _)| k.clone());
+        let row = match cached {
+            Some(k) => k,
+            None => {
+                let store = self.store.clone();
+                let s = secret.to_owned();
+                let row = tokio::task::spawn_blocking(move || store.authenticate(&s))
+                    .await
+                    .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+                let mut cache = self.keys.lock().expect("key cache");
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(secret.to_owned(), (row.clone(), Instant::now()));
+                row
+            }
+        };
+        Ok(row.filter(|k| k.role == role.as_str()))
+    }
+
+    /// The admin key from `Authorization: Bearer ...`.
+    async fn admin(&self, headers: &HeaderMap) -> Result<ApiKeyRow, ApiError> {
+        let secret = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::unauthorized("an admin key is required: Authorization: Bearer <key>")
+            })?;
+        self.authorise(secret.trim(), KeyRole::Admin)
+            .await?
+            .ok_or_else(|| {
+                ApiError::unauthorized("the key is unknown, revoked, or not an admin key")
+            })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tarmo",
+        description = "Privacy-first customer data platform: Segment-compatible ingestion and the staff API."
+    ),
+    paths(
+        ingest::identify,
+        ingest::track,
+        ingest::page,
+        ingest::screen,
+        ingest::group,
+        ingest::alias,
+        ingest::batch,
+        ingest::import,
+        profiles::lookup,
+        profiles::get_profile,
+        profiles::events,
+        healthz,
+        metrics_route,
+        openapi_json,
+    ),
+    components(schemas(ErrorBody, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::EventsPage)),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "write_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        c.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Largest request body accepted on the wire (gzip bodies are checked again
+/// after inflating).
+const MAX_WIRE_BODY: usize = 1024 * 1024;
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/identify", post(ingest::identify))
+        .route("/v1/track", post(ingest::track))
+        .route("/v1/page", post(ingest::page))
+        .route("/v1/screen", post(ingest::screen))
+        .route("/v1/group", post(ingest::group))
+        .route("/v1/alias", post(ingest::alias))
+        .route("/v1/batch", post(ingest::batch))
+        .route("/v1/import", post(ingest::import))
+        .route("/api/v1/profiles/lookup", get(profiles::lookup))
+        .route("/api/v1/profiles/{id}", get(profiles::get_profile))
+        .route("/api/v1/profiles/{id}/events", get(profiles::events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_route))
+        .route("/api/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// Panics become an opaque 500 in the common error shape, never a dropped
+/// connection or a stack trace.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error; it has been logged",
+    )
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route; see /api/openapi.json")
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
+    store: &'static str,
+}
+
+/// Liveness and store reachability.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, ApiError> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .conn()
+            .and_then(|mut c| c.meta_get("vault_check"))
+            .map(|_| ())
+    })
+    .await
+    .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+    Ok(axum::Json(Health {
+        status: "ok",
+        store: s.store.backend_name(),
+    }))
+}
+
+/// Prometheus text: requests, latencies, events ingested, store timings.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = String::with_capacity(8192);
+    s.metrics.render(&mut out);
+    s.store.metrics.render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, content_type = "application/json", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}

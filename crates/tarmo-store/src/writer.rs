@@ -55,11 +55,17 @@ impl WriterHandle {
     /// Queue events; `reply` runs on the writer thread once they committed
     /// (or failed). A full queue is refused at once so the caller can shed
     /// load instead of piling up memory.
-    pub fn submit(&self, events: Vec<PreparedEvent>, reply: Reply) -> Result<(), (Error, Reply)> {
+    /// On refusal the events and the reply come back, to retry or drop.
+    #[allow(clippy::type_complexity)]
+    pub fn submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        reply: Reply,
+    ) -> Result<(), (Error, Vec<PreparedEvent>, Reply)> {
         match self.tx.try_send(Job { events, reply }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(j)) => Err((Error::Overloaded, j.reply)),
-            Err(TrySendError::Disconnected(j)) => Err((Error::WriterGone, j.reply)),
+            Err(TrySendError::Full(j)) => Err((Error::Overloaded, j.events, j.reply)),
+            Err(TrySendError::Disconnected(j)) => Err((Error::WriterGone, j.events, j.reply)),
         }
     }
 

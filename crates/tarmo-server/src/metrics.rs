@@ -1,0 +1,105 @@
+//! Per-route request counts and latencies.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use tarmo_store::metrics::{Histogram, LATENCY_BUCKETS};
+
+use crate::AppState;
+
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    latency: Mutex<HashMap<String, Arc<Histogram>>>,
+    identifiers_rejected: AtomicU64,
+}
+
+impl HttpMetrics {
+    pub fn identifiers_rejected(&self, n: u64) {
+        self.identifiers_rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_http_requests_total HTTP requests by route, method and status.\n# TYPE tarmo_http_requests_total counter"
+        );
+        let mut reqs: Vec<_> = self
+            .requests
+            .lock()
+            .expect("metrics")
+            .clone()
+            .into_iter()
+            .collect();
+        reqs.sort();
+        for ((route, method, status), n) in reqs {
+            let _ = writeln!(
+                out,
+                "tarmo_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_http_request_duration_seconds HTTP request latency by route.\n# TYPE tarmo_http_request_duration_seconds histogram"
+        );
+        let mut lat: Vec<_> = self
+            .latency
+            .lock()
+            .expect("metrics")
+            .clone()
+            .into_iter()
+            .collect();
+        lat.sort_by(|a, b| a.0.cmp(&b.0));
+        for (route, h) in lat {
+            h.render(
+                out,
+                "tarmo_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_identifiers_rejected_total Trait values that looked like identifiers but did not parse.\n# TYPE tarmo_identifiers_rejected_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "tarmo_identifiers_rejected_total {}",
+            self.identifiers_rejected.load(Ordering::Relaxed)
+        );
+    }
+}
+
+pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The matched route template, never the raw path: paths may hold ids.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    *s.metrics
+        .requests
+        .lock()
+        .expect("metrics")
+        .entry((route.clone(), method, status))
+        .or_default() += 1;
+    let h = s
+        .metrics
+        .latency
+        .lock()
+        .expect("metrics")
+        .entry(route)
+        .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
+        .clone();
+    h.observe(started.elapsed());
+    resp
+}

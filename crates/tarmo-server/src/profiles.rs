@@ -1,0 +1,128 @@
+//! The staff read API: one profile by any identifier or id, and its events.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use tarmo_store::{EventsPage, ProfileView};
+use utoipa::IntoParams;
+
+use crate::{ApiError, AppState, ErrorBody};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LookupQuery {
+    /// Identifier type: user_id, email, phone, anonymous_id, device_id, or a configured custom type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The identifier, in any form that normalises to the stored one.
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// 1 to 1000; 50 when absent.
+    pub limit: Option<u32>,
+    /// An event id: only older events are returned (from `next_before`).
+    pub before: Option<i64>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tarmo_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::from(tarmo_store::Error::Busy("worker gone".into())))?
+        .map_err(ApiError::from)
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("profile_not_found", "no profile matches")
+}
+
+fn profile_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::bad_request("invalid_profile_id", "a profile id is a positive integer")
+    })
+}
+
+/// Find a profile by any identifier.
+#[utoipa::path(get, path = "/api/v1/profiles/lookup", tag = "profiles", params(LookupQuery),
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProfileView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn lookup(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<ProfileView>, ApiError> {
+    s.admin(&headers).await?;
+    let Query(q) =
+        q.map_err(|_| ApiError::bad_request("invalid_query", "`type` and `value` are required"))?;
+    let kind = s
+        .identity
+        .kind(&q.kind)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let id = s
+        .identity
+        .identifier(kind, &q.value)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let store = s.store.clone();
+    let view = blocking(move || match store.find_profile(&id)? {
+        Some(p) => store.profile_view(p),
+        None => Ok(None),
+    })
+    .await?;
+    view.map(axum::Json).ok_or_else(not_found)
+}
+
+/// A profile by id (a merged profile's id leads to the profile it joined).
+#[utoipa::path(get, path = "/api/v1/profiles/{id}", tag = "profiles",
+    params(("id" = i64, Path, description = "Profile id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProfileView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_profile(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<axum::Json<ProfileView>, ApiError> {
+    s.admin(&headers).await?;
+    let id = profile_id(&raw)?;
+    let store = s.store.clone();
+    blocking(move || store.profile_view(id))
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
+
+/// A profile's events, newest first.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/events", tag = "profiles",
+    params(("id" = i64, Path, description = "Profile id"), EventsQuery),
+    security(("admin_key" = [])),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn events(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<EventsPage>, ApiError> {
+    s.admin(&headers).await?;
+    let id = profile_id(&raw)?;
+    let Query(q) = q.map_err(|_| {
+        ApiError::bad_request("invalid_query", "`limit` and `before` must be integers")
+    })?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be 1 to 1000",
+        ));
+    }
+    let store = s.store.clone();
+    blocking(move || store.events_page(id, q.before, limit))
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
