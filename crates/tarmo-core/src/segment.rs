@@ -254,10 +254,10 @@ pub fn parse_message(
             Some(Value::String(s)) if !s.trim().is_empty() => {}
             _ => return Err(MessageError::NoEventName { index }),
         },
-        MessageKind::Alias => {
-            if user_id.is_none() || id_field(obj, "previousId", index)?.is_none() {
-                return Err(MessageError::BadAlias { index });
-            }
+        MessageKind::Alias
+            if user_id.is_none() || id_field(obj, "previousId", index)?.is_none() =>
+        {
+            return Err(MessageError::BadAlias { index });
         }
         _ => {}
     }

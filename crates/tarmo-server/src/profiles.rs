@@ -11,6 +11,7 @@ use utoipa::IntoParams;
 use crate::{ApiError, AppState, ErrorBody};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupQuery {
     /// Identifier type: user_id, email, phone, anonymous_id, device_id, or a configured custom type.
     #[serde(rename = "type")]
@@ -20,6 +21,7 @@ pub struct LookupQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// 1 to 1000; 50 when absent.
     pub limit: Option<u32>,
