@@ -31,7 +31,11 @@ fn init(dir: &Path) -> (String, String) {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     (
         v["admin_key"].as_str().unwrap().to_owned(),
@@ -84,7 +88,10 @@ fn agent() -> ureq::Agent {
 
 fn basic(key: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
 
 fn post(s: &Server, path: &str, auth: Option<String>, body: &[u8], gzip: bool) -> (u16, Value) {
@@ -140,9 +147,15 @@ fn python_sdk_batch_with_write_key_in_body_and_gzip() {
     });
     let (st, v) = post(&s, "/v1/batch", None, body.to_string().as_bytes(), true);
     assert_eq!((st, v["success"].as_bool()), (200, Some(true)), "{v}");
-    let (st, p) = get(&s, "/api/v1/profiles/lookup?type=email&value=py@example.ORG");
+    let (st, p) = get(
+        &s,
+        "/api/v1/profiles/lookup?type=email&value=py@example.ORG",
+    );
     assert_eq!(st, 404, "local part is case-sensitive: {p}");
-    let (st, p) = get(&s, "/api/v1/profiles/lookup?type=email&value=Py@example.ORG");
+    let (st, p) = get(
+        &s,
+        "/api/v1/profiles/lookup?type=email&value=Py@example.ORG",
+    );
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["event_count"], 2);
     assert_eq!(p["traits"]["plan"], "gold");
@@ -160,20 +173,41 @@ fn rudderstack_style_basic_auth_single_routes_and_batch_context() {
     let auth = Some(basic(&s.write));
     let page = json!({"anonymousId": "anon-rs-1", "name": "Home", "properties": {"path": "/"},
         "messageId": "rs-1", "originalTimestamp": "2024-05-01T10:00:00.000Z", "channel": "web"});
-    let (st, v) = post(&s, "/v1/page", auth.clone(), page.to_string().as_bytes(), false);
+    let (st, v) = post(
+        &s,
+        "/v1/page",
+        auth.clone(),
+        page.to_string().as_bytes(),
+        false,
+    );
     assert_eq!(st, 200, "{v}");
     let identify = json!({"anonymousId": "anon-rs-1", "userId": "rs-user", "traits": {"phone": "040 7654321"},
         "messageId": "rs-2", "context": {"traits": {"firstName": "Aino"}}});
-    let (st, _) = post(&s, "/v1/identify", auth.clone(), identify.to_string().as_bytes(), false);
+    let (st, _) = post(
+        &s,
+        "/v1/identify",
+        auth.clone(),
+        identify.to_string().as_bytes(),
+        false,
+    );
     assert_eq!(st, 200);
     let batch = json!({"batch": [{"type": "track", "userId": "rs-user", "event": "Clicked", "messageId": "rs-3"}],
         "context": {"locale": "fi-FI"}, "integrations": {"All": true}});
-    let (st, _) = post(&s, "/v1/import", auth.clone(), batch.to_string().as_bytes(), false);
+    let (st, _) = post(
+        &s,
+        "/v1/import",
+        auth.clone(),
+        batch.to_string().as_bytes(),
+        false,
+    );
     assert_eq!(st, 200);
     // A retry of the same messageId is acknowledged and not stored twice.
     let (st, _) = post(&s, "/v1/import", auth, batch.to_string().as_bytes(), false);
     assert_eq!(st, 200);
-    let (st, p) = get(&s, "/api/v1/profiles/lookup?type=phone&value=%2B358407654321");
+    let (st, p) = get(
+        &s,
+        "/api/v1/profiles/lookup?type=phone&value=%2B358407654321",
+    );
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["event_count"], 3);
     assert_eq!(p["traits"]["firstName"], "Aino");
@@ -201,7 +235,11 @@ fn bad_input_gets_its_own_code_and_stores_nothing() {
     ];
     for (path, a, body, status, code) in cases {
         let (st, v) = post(&s, path, a, &body, false);
-        assert_eq!((st, v["code"].as_str().unwrap_or("")), (status, code), "{path} {v}");
+        assert_eq!(
+            (st, v["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{path} {v}"
+        );
         assert!(v["message"].is_string());
     }
     // A batch whose second message is too large names it, and stores neither.
@@ -209,27 +247,56 @@ fn bad_input_gets_its_own_code_and_stores_nothing() {
     let body = json!({"batch": [
         {"type": "track", "userId": "ok-user", "event": "E"},
         {"type": "track", "userId": "u", "event": "E", "properties": {"blob": big}}]});
-    let (st, v) = post(&s, "/v1/batch", auth.clone(), body.to_string().as_bytes(), false);
-    assert_eq!((st, v["code"].as_str().unwrap()), (400, "message_too_large"));
+    let (st, v) = post(
+        &s,
+        "/v1/batch",
+        auth.clone(),
+        body.to_string().as_bytes(),
+        false,
+    );
+    assert_eq!(
+        (st, v["code"].as_str().unwrap()),
+        (400, "message_too_large")
+    );
     assert!(v["message"].as_str().unwrap().contains("message 1"), "{v}");
-    let too_many: Vec<Value> = (0..2501).map(|i| json!({"type": "track", "userId": "u", "event": format!("e{i}")})).collect();
-    let (st, v) = post(&s, "/v1/batch", auth.clone(), json!({"batch": too_many}).to_string().as_bytes(), true);
+    let too_many: Vec<Value> = (0..2501)
+        .map(|i| json!({"type": "track", "userId": "u", "event": format!("e{i}")}))
+        .collect();
+    let (st, v) = post(
+        &s,
+        "/v1/batch",
+        auth.clone(),
+        json!({"batch": too_many}).to_string().as_bytes(),
+        true,
+    );
     assert_eq!((st, v["code"].as_str().unwrap()), (400, "batch_too_large"));
     let (st, _) = get(&s, "/api/v1/profiles/lookup?type=user_id&value=ok-user");
     assert_eq!(st, 404);
     let (st, v) = get(&s, "/api/v1/profiles/lookup?type=shoe_size&value=1");
-    assert_eq!((st, v["code"].as_str().unwrap()), (400, "unknown_identifier_type"));
+    assert_eq!(
+        (st, v["code"].as_str().unwrap()),
+        (400, "unknown_identifier_type")
+    );
     let (st, v) = get(&s, "/api/v1/profiles/lookup?type=email&value=nope");
     assert_eq!((st, v["code"].as_str().unwrap()), (400, "invalid_email"));
     let (st, v) = get(&s, "/api/v1/profiles/abc");
-    assert_eq!((st, v["code"].as_str().unwrap()), (400, "invalid_profile_id"));
-    let mut r = agent().get(format!("{}/api/v1/profiles/1", s.base)).call().unwrap();
+    assert_eq!(
+        (st, v["code"].as_str().unwrap()),
+        (400, "invalid_profile_id")
+    );
+    let mut r = agent()
+        .get(format!("{}/api/v1/profiles/1", s.base))
+        .call()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(v["code"], "invalid_api_key");
     let mut m = agent().get(format!("{}/metrics", s.base)).call().unwrap();
     let metrics = m.body_mut().read_to_string().unwrap();
-    assert!(metrics.contains("tarmo_events_ingested_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("tarmo_events_ingested_total 0"),
+        "{metrics}"
+    );
 }
 
 /// kill -9 while clients are sending: every batch that got a 200 is there
@@ -269,10 +336,21 @@ fn acknowledged_events_survive_kill_9() {
         t.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "too few acknowledged batches to prove anything: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few acknowledged batches to prove anything: {}",
+        acked.len()
+    );
     let s2 = start(&data, &a, &w);
-    for user in acked.iter().step_by((acked.len() / 200).max(1)).chain(acked.last()) {
-        let (st, p) = get(&s2, &format!("/api/v1/profiles/lookup?type=user_id&value={user}"));
+    for user in acked
+        .iter()
+        .step_by((acked.len() / 200).max(1))
+        .chain(acked.last())
+    {
+        let (st, p) = get(
+            &s2,
+            &format!("/api/v1/profiles/lookup?type=user_id&value={user}"),
+        );
         assert_eq!(st, 200, "acknowledged batch for {user} lost");
         assert_eq!(p["event_count"], 20, "{user}");
     }
@@ -295,8 +373,15 @@ fn no_personal_value_in_plaintext_on_disk() {
     let (d, s) = server();
     let auth = Some(basic(&s.write));
     let markers = [
-        "MarkerUser7f3a", "marker.email.9c1d@example.com", "+358409998877", "MarkerAnon55e1",
-        "MarkerTrait2b8c", "MarkerProp4e6f", "MarkerLoyalty1a2b", "MarkerDevice3c4d", "MarkerEvent8d9e",
+        "MarkerUser7f3a",
+        "marker.email.9c1d@example.com",
+        "+358409998877",
+        "MarkerAnon55e1",
+        "MarkerTrait2b8c",
+        "MarkerProp4e6f",
+        "MarkerLoyalty1a2b",
+        "MarkerDevice3c4d",
+        "MarkerEvent8d9e",
     ];
     let body = json!({"batch": [
         {"type": "identify", "userId": markers[0], "anonymousId": markers[3],
@@ -306,7 +391,13 @@ fn no_personal_value_in_plaintext_on_disk() {
     ]});
     let (st, _) = post(&s, "/v1/batch", auth, body.to_string().as_bytes(), false);
     assert_eq!(st, 200);
-    let (st, p) = get(&s, &format!("/api/v1/profiles/lookup?type=loyalty_card&value={}", markers[6]));
+    let (st, p) = get(
+        &s,
+        &format!(
+            "/api/v1/profiles/lookup?type=loyalty_card&value={}",
+            markers[6]
+        ),
+    );
     assert_eq!(st, 200);
     assert_eq!(p["traits"]["nickname"], markers[4]);
     let mut files = 0;
@@ -314,7 +405,11 @@ fn no_personal_value_in_plaintext_on_disk() {
         let bytes = std::fs::read(&entry).unwrap();
         files += 1;
         for m in markers {
-            for form in [m.to_owned(), m.to_lowercase(), m.trim_start_matches('+').to_owned()] {
+            for form in [
+                m.to_owned(),
+                m.to_lowercase(),
+                m.trim_start_matches('+').to_owned(),
+            ] {
                 assert!(
                     !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
                     "{form} found in plaintext in {}",
@@ -323,7 +418,10 @@ fn no_personal_value_in_plaintext_on_disk() {
             }
         }
     }
-    assert!(files >= 3, "expected the database, its WAL and the key file, saw {files}");
+    assert!(
+        files >= 3,
+        "expected the database, its WAL and the key file, saw {files}"
+    );
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
@@ -344,13 +442,27 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn openapi_document_covers_every_route() {
     let (d, s) = server();
-    let mut r = agent().get(format!("{}/api/openapi.json", s.base)).call().unwrap();
+    let mut r = agent()
+        .get(format!("{}/api/openapi.json", s.base))
+        .call()
+        .unwrap();
     let doc: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let stable = [
-        "/v1/identify", "/v1/track", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch",
-        "/v1/import", "/api/v1/profiles/lookup", "/api/v1/profiles/{id}", "/api/v1/profiles/{id}/events",
-        "/healthz", "/metrics", "/api/openapi.json",
+        "/v1/identify",
+        "/v1/track",
+        "/v1/page",
+        "/v1/screen",
+        "/v1/group",
+        "/v1/alias",
+        "/v1/batch",
+        "/v1/import",
+        "/api/v1/profiles/lookup",
+        "/api/v1/profiles/{id}",
+        "/api/v1/profiles/{id}/events",
+        "/healthz",
+        "/metrics",
+        "/api/openapi.json",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();
@@ -367,8 +479,15 @@ fn openapi_document_covers_every_route() {
             };
             let st = resp.status().as_u16();
             assert!(st != 404 && st != 405, "{method} {path} answered {st}");
-            let documented: Vec<&String> = ops[method]["responses"].as_object().unwrap().keys().collect();
-            assert!(documented.iter().any(|c| c.as_str() == st.to_string()), "{method} {path}: {st} not documented in {documented:?}");
+            let documented: Vec<&String> = ops[method]["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect();
+            assert!(
+                documented.iter().any(|c| c.as_str() == st.to_string()),
+                "{method} {path}: {st} not documented in {documented:?}"
+            );
         }
     }
     let file = d.path().join("openapi.json");
@@ -383,5 +502,10 @@ fn openapi_document_covers_every_route() {
         eprintln!("openapi-spec-validator not installed; structural checks only");
         return;
     }
-    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), stderr);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        stderr
+    );
 }

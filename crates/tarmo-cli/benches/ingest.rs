@@ -1,0 +1,215 @@
+//! Ingestion benchmark: drives `/v1/batch` of a release `tarmo serve` over
+//! loopback with realistic Segment payloads (100 events a batch, identify +
+//! track mix, CUSTOMERS distinct customers), then measures the raw limit in the
+//! same run: SQLite inserts of rows of the same size, no HTTP, no crypto, no
+//! identity work. Also times profile lookups by email over HTTP.
+//!
+//! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS)
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn env_or(name: &str, d: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+fn batch(seed: u64, customers: u64) -> Value {
+    let events: Vec<Value> = (0..100)
+        .map(|i| {
+            let n = seed * 100 + i;
+            let c = (n.wrapping_mul(2654435761)) % customers;
+            if i % 10 == 0 {
+                json!({"type": "identify", "userId": format!("user-{c}"), "anonymousId": format!("anon-{c}"),
+                    "messageId": format!("msg-{n}"), "timestamp": "2026-11-01T10:00:00.000Z",
+                    "traits": {"email": format!("customer{c}@example.com"), "firstName": "Aino", "plan": "gold"},
+                    "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "locale": "fi-FI"}})
+            } else {
+                json!({"type": "track", "userId": format!("user-{c}"), "event": "Product Viewed",
+                    "messageId": format!("msg-{n}"), "timestamp": "2026-11-01T10:00:01.000Z",
+                    "properties": {"product_id": format!("sku-{}", n % 5000), "price": 19.9, "currency": "EUR", "category": "produce"},
+                    "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "page": {"path": "/p/avocado"}}})
+            }
+        })
+        .collect();
+    json!({"batch": events, "sentAt": "2026-11-01T10:00:02.000Z"})
+}
+
+fn main() {
+    let total = env_or("EVENTS", 200_000);
+    let customers = env_or("CUSTOMERS", 100_000);
+    let clients = env_or("CLIENTS", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (admin, write) = (
+        keys["admin_key"].as_str().unwrap().to_owned(),
+        keys["write_key"].as_str().unwrap().to_owned(),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("TARMO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
+    );
+
+    let batches = total / 100;
+    let bodies: Vec<Arc<Vec<u8>>> = (0..batches)
+        .map(|b| Arc::new(batch(b, customers).to_string().into_bytes()))
+        .collect();
+    let avg_bytes = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len() / 100;
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, lat, bodies, base, auth) = (
+                next.clone(),
+                lat.clone(),
+                bodies.clone(),
+                base.clone(),
+                auth.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= bodies.len() as u64 {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let r = agent
+                        .post(format!("{base}/v1/batch"))
+                        .header("Authorization", &auth)
+                        .header("Content-Type", "application/json")
+                        .send(&bodies[i as usize][..])
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    mine.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut l = lat.lock().unwrap().clone();
+    let ingest_rate = (batches * 100) as f64 / secs;
+    println!(
+        "ingest: {} events ({avg_bytes} B avg JSON each), {clients} clients, {customers} customers",
+        batches * 100
+    );
+    println!(
+        "ingest: {:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms",
+        ingest_rate,
+        pct(&mut l, 0.5),
+        pct(&mut l, 0.99)
+    );
+
+    // Lookup by email over HTTP.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut ll = Vec::new();
+    for i in 0..2000u64 {
+        let c = (i * 7919) % customers.min(batches * 10);
+        let t = Instant::now();
+        let r = agent
+            .get(format!(
+                "{base}/api/v1/profiles/lookup?type=email&value=customer{c}%40example.com"
+            ))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .unwrap();
+        let st = r.status().as_u16();
+        assert!(st == 200 || st == 404);
+        ll.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "lookup by email over HTTP: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut ll, 0.5),
+        pct(&mut ll, 0.99)
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    println!("server {rss}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The raw limit in the same run: same row count and size, one unique
+    // random messageId index, transactions of 1000, WAL, synchronous=FULL.
+    let raw = dir.path().join("raw.db");
+    let c = rusqlite::Connection::open(&raw).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    c.execute_batch(
+        "CREATE TABLE e (id INTEGER PRIMARY KEY, mid TEXT NOT NULL UNIQUE, body BLOB NOT NULL)",
+    )
+    .unwrap();
+    let body = vec![7u8; avg_bytes];
+    let t = Instant::now();
+    let n = batches * 100;
+    for chunk in 0..(n / 1000).max(1) {
+        let tx = c.unchecked_transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO e (mid, body) VALUES (?1, ?2)")
+                .unwrap();
+            for i in 0..1000u64 {
+                let k = (chunk * 1000 + i).wrapping_mul(0x9E3779B97F4A7C15);
+                st.execute(rusqlite::params![format!("{k:016x}-msg"), &body])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let raw_rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("raw SQLite limit (same rows, no HTTP/crypto/identity): {raw_rate:.0} rows/s");
+    println!("ratio tarmo/raw: {:.2}", ingest_rate / raw_rate);
+    let _ = Duration::ZERO;
+}
