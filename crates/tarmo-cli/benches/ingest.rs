@@ -4,7 +4,7 @@
 //! same run: SQLite inserts of rows of the same size, no HTTP, no crypto, no
 //! identity work. Also times profile lookups by email over HTTP.
 //!
-//! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS)
+//! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS, DATABASE_URL)
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -53,9 +53,13 @@ fn main() {
     let clients = env_or("CLIENTS", 8);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // DATABASE_URL=postgres://... measures the PostgreSQL store instead.
+    let db_url = std::env::var("DATABASE_URL").ok();
+    let db_args: Vec<String> = db_url.iter().flat_map(|u| ["--database-url".to_owned(), u.clone()]).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .output()
         .unwrap();
     let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -66,6 +70,7 @@ fn main() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .env("TARMO_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
