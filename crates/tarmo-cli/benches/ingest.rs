@@ -55,7 +55,10 @@ fn main() {
     let data = dir.path().join("data");
     // DATABASE_URL=postgres://... measures the PostgreSQL store instead.
     let db_url = std::env::var("DATABASE_URL").ok();
-    let db_args: Vec<String> = db_url.iter().flat_map(|u| ["--database-url".to_owned(), u.clone()]).collect();
+    let db_args: Vec<String> = db_url
+        .iter()
+        .flat_map(|u| ["--database-url".to_owned(), u.clone()])
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
