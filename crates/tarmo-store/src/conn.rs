@@ -68,13 +68,154 @@ pub struct ApiKeyRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// A parameter of a backend-neutral statement.
+#[derive(Debug, Clone, Copy)]
+pub enum P<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl From<i64> for P<'_> {
+    fn from(v: i64) -> Self {
+        P::Int(v)
+    }
+}
+
+impl From<bool> for P<'_> {
+    fn from(v: bool) -> Self {
+        P::Int(v as i64)
+    }
+}
+
+impl<'a> From<&'a str> for P<'a> {
+    fn from(v: &'a str) -> Self {
+        P::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for P<'a> {
+    fn from(v: &'a String) -> Self {
+        P::Text(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for P<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        P::Blob(v)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for P<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        P::Blob(v)
+    }
+}
+
+impl<'a, T: Into<P<'a>>> From<Option<T>> for P<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(P::Null, Into::into)
+    }
+}
+
+/// A value read back from a backend-neutral query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// One row of a backend-neutral query, read by column index.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Cell>);
+
+impl Row {
+    fn cell(&self, i: usize) -> Result<&Cell> {
+        self.0
+            .get(i)
+            .ok_or_else(|| crate::Error::Corrupt(format!("row has no column {i}")))
+    }
+
+    fn wrong(i: usize, want: &str) -> crate::Error {
+        crate::Error::Corrupt(format!("column {i} is not {want}"))
+    }
+
+    pub fn int(&self, i: usize) -> Result<i64> {
+        self.opt_int(i)?.ok_or_else(|| Self::wrong(i, "an integer"))
+    }
+
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Int(v) => Ok(Some(*v)),
+            _ => Err(Self::wrong(i, "an integer")),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Result<String> {
+        self.opt_text(i)?.ok_or_else(|| Self::wrong(i, "text"))
+    }
+
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Text(v) => Ok(Some(v.clone())),
+            _ => Err(Self::wrong(i, "text")),
+        }
+    }
+
+    pub fn blob(&self, i: usize) -> Result<Vec<u8>> {
+        self.opt_blob(i)?.ok_or_else(|| Self::wrong(i, "bytes"))
+    }
+
+    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Blob(v) => Ok(Some(v.clone())),
+            _ => Err(Self::wrong(i, "bytes")),
+        }
+    }
+}
+
+/// Locks that serialise writers across nodes (PostgreSQL) for the length of
+/// a transaction. On SQLite the write transaction itself is exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxLock {
+    /// The consent ledger's hash chain: one appender at a time.
+    ConsentLedger,
+    /// The access log's hash chain.
+    AccessLog,
+}
+
 /// One connection to a store. Transactions are explicit so that group commit
 /// can put many requests into one.
+///
+/// Besides the typed methods, `exec` and `query` run backend-neutral SQL:
+/// placeholders are written `$1, $2, ...`, integers are 64-bit, booleans are
+/// integers 0/1, and only syntax both SQLite and PostgreSQL accept is used
+/// (`ON CONFLICT`, `RETURNING`, `COALESCE`, `CAST(x AS BIGINT)`).
 pub trait Conn: Send {
     fn backend_name(&self) -> &'static str;
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;
+
+    /// Run a statement; the number of rows it changed.
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64>;
+    /// Run a query; every row.
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>>;
+    /// Take a transaction-scoped lock (no-op where the transaction already is one).
+    fn lock(&mut self, lock: TxLock) -> Result<()>;
+    /// A number that changes when another connection commits (SQLite's
+    /// `data_version`); constant where caches are not kept (PostgreSQL).
+    fn data_version(&mut self) -> Result<i64>;
+    /// The first row of a query, if any.
+    fn query_opt(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
 
     fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
     fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()>;

@@ -9,7 +9,11 @@
 //! that is not durably committed.
 
 pub mod conn;
+pub mod consent;
+pub mod doi;
+pub mod links;
 pub mod metrics;
+pub mod outbox;
 pub mod postgres;
 pub mod resolve;
 pub mod sqlite;
@@ -40,8 +44,48 @@ pub enum Error {
     Overloaded,
     #[error("the writer has stopped")]
     WriterGone,
+    /// Bad input found where only the store can tell (an unknown purpose, a
+    /// used token): nothing was written. `status` is the HTTP status to answer.
+    #[error("{message}")]
+    Rejected {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn rejected(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            status: 400,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            status: 404,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn gone(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            status: 410,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tarmo_core::consent::ConsentError> for Error {
+    fn from(e: tarmo_core::consent::ConsentError) -> Self {
+        Self::rejected(e.code(), e.to_string())
+    }
 }
 
 impl Error {

@@ -8,9 +8,10 @@ use crate::conn::*;
 use crate::vault::BlindIndex;
 use crate::{Error, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE api_keys (
     id BIGSERIAL PRIMARY KEY,
@@ -67,7 +68,100 @@ CREATE TABLE merges (
 CREATE INDEX merges_into ON merges(into_profile);
 CREATE INDEX merges_from ON merges(from_profile);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE purposes (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    min_notice_seq BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE purpose_versions (
+    purpose_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    spec TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    notice_version TEXT NOT NULL,
+    material BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (purpose_id, version)
+);
+CREATE TABLE consent_ledger (
+    seq BIGINT PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    method TEXT NOT NULL,
+    notice_version TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    recorded_ms BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    evidence BYTEA NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL
+);
+CREATE INDEX consent_ledger_profile ON consent_ledger(profile_id, seq);
+CREATE TABLE consent_state (
+    profile_id BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    method TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    gpc_ms BIGINT,
+    PRIMARY KEY (profile_id, purpose_id)
+);
+CREATE TABLE consent_signals (
+    profile_id BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (profile_id, hash)
+);
+CREATE TABLE suppression (
+    bidx BYTEA PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE TABLE profile_flags (
+    profile_id BIGINT PRIMARY KEY,
+    restricted_ms BIGINT
+);
+CREATE TABLE tokens (
+    hash BYTEA PRIMARY KEY,
+    kind TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    used_ms BIGINT
+);
+CREATE INDEX tokens_profile ON tokens(profile_id);
+CREATE TABLE outbox (
+    id BIGSERIAL PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BYTEA,
+    created_ms BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    sent_ms BIGINT,
+    last_error TEXT
+);
+CREATE INDEX outbox_due ON outbox(status, next_attempt_ms);
+CREATE INDEX outbox_profile ON outbox(profile_id);
+"#,
+    ),
+];
 
 pub struct PostgresBackend {
     url: String,
@@ -87,12 +181,32 @@ impl PostgresBackend {
 
     pub fn connect(&self) -> Result<PgConn> {
         let c = Client::connect(&self.url, NoTls)?;
-        Ok(PgConn { c })
+        Ok(PgConn {
+            c,
+            stmts: Default::default(),
+        })
     }
 }
 
 pub struct PgConn {
     c: Client,
+    /// Prepared statements of backend-neutral SQL, by text: one round trip
+    /// per statement instead of two.
+    stmts: std::collections::HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    fn prepared(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let st = self.c.prepare(sql)?;
+        if self.stmts.len() > 256 {
+            self.stmts.clear();
+        }
+        self.stmts.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
 }
 
 impl PgConn {
@@ -120,6 +234,66 @@ impl PgConn {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// A backend-neutral parameter as PostgreSQL wants it: integers fit the
+/// column's width, and NULL is accepted for any type.
+#[derive(Debug)]
+struct PgParam<'a>(P<'a>);
+
+impl postgres::types::ToSql for PgParam<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use postgres::types::{IsNull, Type};
+        match self.0 {
+            P::Null => Ok(IsNull::Yes),
+            P::Int(v) => match *ty {
+                Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+                Type::BOOL => (v != 0).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            P::Text(s) => s.to_sql(ty, out),
+            P::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn pg_cells(r: &postgres::Row) -> Result<Row> {
+    use postgres::types::Type;
+    let mut cells = Vec::with_capacity(r.len());
+    for (i, col) in r.columns().iter().enumerate() {
+        let c = match *col.type_() {
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::BOOL => r
+                .try_get::<_, Option<bool>>(i)?
+                .map(|v| Cell::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Blob),
+            Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
+                r.try_get::<_, Option<String>>(i)?.map(Cell::Text)
+            }
+            ref other => {
+                return Err(Error::Backend(format!(
+                    "column {} has type {other}, which backend-neutral queries do not read",
+                    col.name()
+                )));
+            }
+        };
+        cells.push(c.unwrap_or(Cell::Null));
+    }
+    Ok(Row(cells))
 }
 
 fn api_key_row(r: &postgres::Row) -> ApiKeyRow {
@@ -160,6 +334,39 @@ impl Conn for PgConn {
 
     fn rollback(&mut self) -> Result<()> {
         self.c.batch_execute("ROLLBACK")?;
+        Ok(())
+    }
+
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64> {
+        let ps: Vec<PgParam<'_>> = params.iter().map(|p| PgParam(*p)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = ps
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        let st = self.prepared(sql)?;
+        Ok(self.c.execute(&st, &refs)?)
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+        let ps: Vec<PgParam<'_>> = params.iter().map(|p| PgParam(*p)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = ps
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        let st = self.prepared(sql)?;
+        self.c.query(&st, &refs)?.iter().map(pg_cells).collect()
+    }
+
+    fn data_version(&mut self) -> Result<i64> {
+        Ok(0)
+    }
+
+    fn lock(&mut self, lock: TxLock) -> Result<()> {
+        let id: i64 = match lock {
+            TxLock::ConsentLedger => 7461727,
+            TxLock::AccessLog => 7461728,
+        };
+        self.c.execute("SELECT pg_advisory_xact_lock($1)", &[&id])?;
         Ok(())
     }
 

@@ -23,8 +23,11 @@ use tarmo_core::identity::IdentifierKind;
 use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::MessageKind;
 
+use tarmo_core::consent::{ConsentDecision, Method};
+
 use crate::Result;
-use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, ProfileId};
+use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
+use crate::consent::{Catalog, NewEntry};
 use crate::vault::{BlindIndex, DataKey, Place, Vault};
 
 /// An identifier ready for the store: its kind, blind index and the value to
@@ -55,6 +58,32 @@ pub struct PreparedEvent {
     pub traits: Map<String, Value>,
     /// The message as JSON, sealed by the writer under the profile's key.
     pub body: Vec<u8>,
+    /// Consent signals that came with the message.
+    pub consent: Option<Box<EventConsent>>,
+}
+
+/// What a message said about consent: the browser's Global Privacy Control
+/// header, and CMP strings (TCF, GPP) already decoded and mapped to purposes.
+#[derive(Clone, Default)]
+pub struct EventConsent {
+    /// The request carried `Sec-GPC: 1`.
+    pub gpc: bool,
+    pub signals: Vec<ConsentSignal>,
+    /// The collection point the entries name.
+    pub source: String,
+    /// Where the signal came from (IP address, user agent): sealed.
+    pub evidence: Map<String, Value>,
+}
+
+/// One CMP string and the ledger entries it maps to.
+#[derive(Clone)]
+pub struct ConsentSignal {
+    /// SHA-256 of the string: only its first arrival for a person writes.
+    pub hash: [u8; 32],
+    pub method: Method,
+    pub entries: Vec<(String, ConsentDecision)>,
+    /// The string itself and what was noticed about it, sealed.
+    pub evidence: Map<String, Value>,
 }
 
 impl std::fmt::Debug for PreparedEvent {
@@ -86,6 +115,7 @@ pub struct GroupStats {
     pub profiles_created: u64,
     pub merges: u64,
     pub merges_refused: u64,
+    pub consent_entries: u64,
 }
 
 /// The resolver keeps a bounded cache of identifier → profile between groups
@@ -94,8 +124,14 @@ pub struct GroupStats {
 pub struct Resolver {
     cache: Option<LruCache<BlindIndex, ProfileId>>,
     facts_cache: Option<LruCache<ProfileId, Facts>>,
+    /// (profile, catalog generation) whose GPC signal is already recorded, and
+    /// (profile, string hash) of CMP strings already recorded: repeats of the
+    /// same signal cost a hash lookup.
+    signals_seen: Option<LruCache<(ProfileId, [u8; 32]), ()>>,
     redirect: HashMap<ProfileId, ProfileId>,
     pending: Option<Pending>,
+    pending_signals: Vec<(ProfileId, [u8; 32])>,
+    clear_after_commit: bool,
 }
 
 /// State of one group (one transaction).
@@ -118,9 +154,17 @@ impl Resolver {
         Self {
             cache: cap.map(LruCache::new),
             facts_cache: cap.map(LruCache::new),
+            signals_seen: cap.map(LruCache::new),
             redirect: HashMap::new(),
             pending: None,
+            pending_signals: Vec::new(),
+            clear_after_commit: false,
         }
+    }
+
+    /// Drop the cache once the current transaction committed.
+    pub fn clear_after_commit(&mut self) {
+        self.clear_after_commit = true;
     }
 
     /// Forget everything cached: after a rollback, or when another writer may
@@ -130,6 +174,9 @@ impl Resolver {
             c.clear();
         }
         if let Some(c) = &mut self.facts_cache {
+            c.clear();
+        }
+        if let Some(c) = &mut self.signals_seen {
             c.clear();
         }
         self.redirect.clear();
@@ -148,9 +195,48 @@ impl Resolver {
         &mut self,
         conn: &mut dyn Conn,
         vault: &Vault,
+        catalog: &Catalog,
         events: &[&PreparedEvent],
         now_ms: i64,
     ) -> Result<(Vec<Outcome>, GroupStats)> {
+        let (outcomes, _, stats) = self.apply_with(conn, vault, catalog, events, &[], now_ms)?;
+        Ok((outcomes, stats))
+    }
+
+    /// Resolve one set of identifiers to its person's profile — creating,
+    /// attaching and merging by the same rules as events — without storing
+    /// an event. Inside the caller's transaction; the caller commits, then
+    /// calls [`Resolver::keep`] (or rolls back and calls [`Resolver::abandon`]).
+    pub fn resolve_identifiers(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        identifiers: &[PreparedIdentifier],
+        now_ms: i64,
+    ) -> Result<ProfileId> {
+        let (_, profiles, _) = self.apply_with(
+            conn,
+            vault,
+            &Catalog::default(),
+            &[],
+            &[identifiers],
+            now_ms,
+        )?;
+        Ok(profiles[0])
+    }
+
+    /// Apply events, and resolve `subjects` (identifier sets that are not
+    /// events) to profiles, in one pass. Returns the events' outcomes and the
+    /// subjects' current profiles.
+    pub fn apply_with(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        catalog: &Catalog,
+        events: &[&PreparedEvent],
+        subjects: &[&[PreparedIdentifier]],
+        now_ms: i64,
+    ) -> Result<(Vec<Outcome>, Vec<ProfileId>, GroupStats)> {
         let mut outcomes = vec![Outcome::Duplicate; events.len()];
         // Deduplication: within the group, then against the store.
         let mut seen = HashSet::with_capacity(events.len());
@@ -193,11 +279,14 @@ impl Resolver {
         };
         let mut unknown = Vec::new();
         let mut asked = HashSet::new();
-        for (i, e) in events.iter().enumerate() {
-            if !live[i] {
-                continue;
-            }
-            for id in &e.identifiers {
+        let named = events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| live[*i])
+            .map(|(_, e)| &e.identifiers[..])
+            .chain(subjects.iter().copied());
+        for identifiers in named {
+            for id in identifiers {
                 if let Some(p) = self.cache.as_mut().and_then(|c| c.get(&id.bidx).copied()) {
                     let p = self.canon(p);
                     g.ids.insert(id.bidx, p);
@@ -221,7 +310,7 @@ impl Resolver {
                 g.stats.duplicates += 1;
                 continue;
             }
-            let target = g.resolve(self, e)?;
+            let target = g.resolve(self, &e.identifiers)?;
             let key = g.key(target)?;
             let sealed = g.vault.seal(&key, Place::EventBody, target, &e.body)?;
             rows.push((
@@ -244,6 +333,11 @@ impl Resolver {
             }
             *g.counts.entry(target).or_default() += 1;
             g.stats.stored += 1;
+        }
+
+        let mut subject_profiles = Vec::with_capacity(subjects.len());
+        for ids in subjects {
+            subject_profiles.push(g.resolve(self, ids)?);
         }
 
         // Merges later in the group may have moved earlier events' profiles.
@@ -270,6 +364,15 @@ impl Resolver {
             }
         }
 
+        let subject_profiles = subject_profiles.into_iter().map(|p| g.canon(p)).collect();
+
+        // Consent signals, once every merge of the group is known.
+        for (i, e) in events.iter().enumerate() {
+            let (Some(c), Outcome::Stored(p)) = (&e.consent, outcomes[i]) else {
+                continue;
+            };
+            self.record_signals(g.conn, vault, catalog, p, c, now_ms, &mut g.stats)?;
+        }
         let stats = g.stats;
         // Keep what was learnt only once the transaction is known good: the
         // caller commits, then calls `keep`.
@@ -278,11 +381,98 @@ impl Resolver {
             facts: g.facts,
             redirect: g.redirect,
         });
-        Ok((outcomes, stats))
+        Ok((outcomes, subject_profiles, stats))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_signals(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        catalog: &Catalog,
+        profile: ProfileId,
+        c: &EventConsent,
+        now_ms: i64,
+        stats: &mut GroupStats,
+    ) -> Result<()> {
+        if c.gpc {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&catalog.generation.to_le_bytes());
+            k[8..11].copy_from_slice(b"gpc");
+            if !self.seen(profile, k) {
+                stats.consent_entries += crate::consent::record_gpc(
+                    conn,
+                    vault,
+                    catalog,
+                    profile,
+                    &c.source,
+                    &c.evidence,
+                    now_ms,
+                )? as u64;
+                self.mark(profile, k);
+            }
+        }
+        for sig in &c.signals {
+            if self.seen(profile, sig.hash) {
+                continue;
+            }
+            let fresh = conn.exec(
+                "INSERT INTO consent_signals (profile_id, hash, at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[P::Int(profile), P::Blob(&sig.hash), P::Int(now_ms)],
+            )? == 1;
+            if fresh {
+                let mut evidence = c.evidence.clone();
+                evidence.extend(sig.evidence.clone());
+                let entries: Vec<NewEntry> = sig
+                    .entries
+                    .iter()
+                    .filter(|(purpose, _)| catalog.get(purpose).is_some())
+                    .map(|(purpose, decision)| NewEntry {
+                        profile_id: profile,
+                        purpose: purpose.clone(),
+                        decision: *decision,
+                        method: sig.method,
+                        notice_version: None,
+                        at_ms: None,
+                        source: c.source.clone(),
+                        evidence: evidence.clone(),
+                    })
+                    .collect();
+                crate::consent::append(conn, vault, catalog, &entries, now_ms)?;
+                stats.consent_entries += entries.len() as u64;
+            }
+            self.mark(profile, sig.hash);
+        }
+        Ok(())
+    }
+
+    fn seen(&mut self, profile: ProfileId, k: [u8; 32]) -> bool {
+        self.signals_seen
+            .as_mut()
+            .is_some_and(|c| c.get(&(profile, k)).is_some())
+    }
+
+    /// Remembered only once the transaction commits, like everything else.
+    fn mark(&mut self, profile: ProfileId, k: [u8; 32]) {
+        if self.signals_seen.is_some() {
+            self.pending_signals.push((profile, k));
+        }
     }
 
     /// The transaction committed: keep what the group learnt.
     pub fn keep(&mut self) {
+        if std::mem::take(&mut self.clear_after_commit) {
+            self.pending = None;
+            self.pending_signals.clear();
+            self.clear();
+            return;
+        }
+        if let Some(c) = &mut self.signals_seen {
+            for k in self.pending_signals.drain(..) {
+                c.put(k, ());
+            }
+        }
         let Some(p) = self.pending.take() else { return };
         self.redirect.extend(p.redirect);
         if self.redirect.len() > 100_000 {
@@ -307,6 +497,8 @@ impl Resolver {
     /// new profile with a new key.
     pub fn abandon(&mut self, vault: &Vault) {
         self.pending = None;
+        self.pending_signals.clear();
+        self.clear_after_commit = false;
         vault.forget_all();
         self.clear();
     }
@@ -440,6 +632,7 @@ impl Group<'_> {
         self.dirty_traits.remove(&from);
         self.conn
             .profile_merge(from, into, kind.as_str(), self.now_ms)?;
+        crate::consent::after_merge(self.conn, from, into)?;
         let ff = self.facts.remove(&from).unwrap_or_default();
         let fi = self.facts.entry(into).or_default();
         fi.user_id = fi.user_id.or(ff.user_id);
@@ -451,23 +644,24 @@ impl Group<'_> {
 
     /// Choose the profile for one event, creating, attaching and merging as
     /// the rules in the module documentation say.
-    fn resolve(&mut self, r: &mut Resolver, e: &PreparedEvent) -> Result<ProfileId> {
+    fn resolve(
+        &mut self,
+        r: &mut Resolver,
+        identifiers: &[PreparedIdentifier],
+    ) -> Result<ProfileId> {
         // Each identifier's current profile, in the event's precedence order.
-        let found: Vec<Option<ProfileId>> = e
-            .identifiers
+        let found: Vec<Option<ProfileId>> = identifiers
             .iter()
             .map(|id| self.ids.get(&id.bidx).map(|&p| self.canon(r.canon(p))))
             .collect();
-        let user = e
-            .identifiers
+        let user = identifiers
             .iter()
             .position(|id| id.kind == IdentifierKind::UserId);
 
         // A profile reached only through a browser or device id is not the
         // one for a message that brings a new strong identifier, if that
         // profile already belongs to a known person.
-        let brings_new_strong = e
-            .identifiers
+        let brings_new_strong = identifiers
             .iter()
             .zip(&found)
             .any(|(id, p)| p.is_none() && id.kind.is_strong());
@@ -476,7 +670,7 @@ impl Group<'_> {
             target = found[u];
         }
         if target.is_none() {
-            for (id, p) in e.identifiers.iter().zip(&found) {
+            for (id, p) in identifiers.iter().zip(&found) {
                 let Some(p) = *p else { continue };
                 let f = self.facts(r, p)?;
                 if user.is_some() && f.user_id.is_some() {
@@ -494,13 +688,13 @@ impl Group<'_> {
         };
 
         // New identifiers join first, so the merge rules below see them.
-        for (id, p) in e.identifiers.iter().zip(&found) {
+        for (id, p) in identifiers.iter().zip(&found) {
             if p.is_none() && !self.ids.contains_key(&id.bidx) {
                 self.attach(r, id, target)?;
             }
         }
 
-        for (id, p) in e.identifiers.iter().zip(&found) {
+        for (id, p) in identifiers.iter().zip(&found) {
             let Some(p) = *p else { continue };
             let p = self.canon(p);
             let target = self.canon(target);

@@ -11,9 +11,10 @@ use crate::vault::BlindIndex;
 use crate::{Error, Result};
 
 /// Versioned migrations; each runs once, in order, in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY,
@@ -70,7 +71,100 @@ CREATE TABLE merges (
 CREATE INDEX merges_into ON merges(into_profile);
 CREATE INDEX merges_from ON merges(from_profile);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE purposes (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    min_notice_seq BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE purpose_versions (
+    purpose_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    spec TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    notice_version TEXT NOT NULL,
+    material BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (purpose_id, version)
+);
+CREATE TABLE consent_ledger (
+    seq BIGINT PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    method TEXT NOT NULL,
+    notice_version TEXT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    recorded_ms BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    evidence BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX consent_ledger_profile ON consent_ledger(profile_id, seq);
+CREATE TABLE consent_state (
+    profile_id BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    method TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    notice_seq BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    gpc_ms BIGINT,
+    PRIMARY KEY (profile_id, purpose_id)
+) WITHOUT ROWID;
+CREATE TABLE consent_signals (
+    profile_id BIGINT NOT NULL,
+    hash BLOB NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (profile_id, hash)
+) WITHOUT ROWID;
+CREATE TABLE suppression (
+    bidx BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE profile_flags (
+    profile_id BIGINT PRIMARY KEY,
+    restricted_ms BIGINT
+);
+CREATE TABLE tokens (
+    hash BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    used_ms BIGINT
+);
+CREATE INDEX tokens_profile ON tokens(profile_id);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB,
+    created_ms BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    sent_ms BIGINT,
+    last_error TEXT
+);
+CREATE INDEX outbox_due ON outbox(status, next_attempt_ms);
+CREATE INDEX outbox_profile ON outbox(profile_id);
+"#,
+    ),
+];
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -144,6 +238,32 @@ impl SqliteConn {
     }
 }
 
+/// `$1` placeholders, as written for both backends, in SQLite's `?1` form.
+fn sqlite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    if sql.contains('$') {
+        std::borrow::Cow::Owned(sql.replace('$', "?"))
+    } else {
+        std::borrow::Cow::Borrowed(sql)
+    }
+}
+
+fn to_sql<'a>(p: &'a P<'a>) -> rusqlite::types::ToSqlOutput<'a> {
+    use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+    match p {
+        P::Null => ToSqlOutput::Owned(Value::Null),
+        P::Int(v) => ToSqlOutput::Owned(Value::Integer(*v)),
+        P::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        P::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+    }
+}
+
+fn bind(st: &mut rusqlite::Statement<'_>, params: &[P<'_>]) -> Result<()> {
+    for (i, p) in params.iter().enumerate() {
+        st.raw_bind_parameter(i + 1, to_sql(p))?;
+    }
+    Ok(())
+}
+
 fn bidx_of(b: Vec<u8>) -> Result<BlindIndex> {
     BlindIndex::from_slice(&b)
 }
@@ -167,6 +287,44 @@ impl Conn for SqliteConn {
         if !self.c.is_autocommit() {
             self.c.execute_batch("ROLLBACK")?;
         }
+        Ok(())
+    }
+
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64> {
+        let mut st = self.c.prepare_cached(&sqlite_sql(sql))?;
+        bind(&mut st, params)?;
+        Ok(st.raw_execute()? as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+        use rusqlite::types::ValueRef;
+        let mut st = self.c.prepare_cached(&sqlite_sql(sql))?;
+        bind(&mut st, params)?;
+        let n = st.column_count();
+        let mut rows = st.raw_query();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut cells = Vec::with_capacity(n);
+            for i in 0..n {
+                cells.push(match r.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Real(v) => Cell::Int(v as i64),
+                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+                });
+            }
+            out.push(Row(cells));
+        }
+        Ok(out)
+    }
+
+    fn data_version(&mut self) -> Result<i64> {
+        Ok(self.c.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    fn lock(&mut self, _lock: TxLock) -> Result<()> {
+        // BEGIN IMMEDIATE already holds the database's only write lock.
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use tarmo_core::segment::Message;
 use utoipa::ToSchema;
 
 use crate::conn::{ApiKeyRow, Conn, ProfileId, StoreCounts};
+use crate::consent::{Catalog, CatalogCache};
 use crate::metrics::WriterMetrics;
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
@@ -99,6 +100,7 @@ pub struct Store {
     backend: Backend,
     vault: Arc<Vault>,
     pool: Mutex<Vec<Box<dyn Conn>>>,
+    catalog: Arc<CatalogCache>,
     pub metrics: Arc<WriterMetrics>,
 }
 
@@ -214,6 +216,7 @@ impl Store {
             backend,
             vault,
             pool: Mutex::new(vec![conn]),
+            catalog: Arc::new(CatalogCache::default()),
             metrics: Arc::new(WriterMetrics::default()),
         })
     }
@@ -250,9 +253,42 @@ impl Store {
         Ok(writer::spawn(
             self.backend.connect()?,
             self.vault.clone(),
+            self.catalog.clone(),
             self.metrics.clone(),
             cfg,
         ))
+    }
+
+    /// The purpose catalog (reloaded when another writer changed it).
+    pub fn catalog(&self) -> Result<Arc<Catalog>> {
+        self.catalog.get(&mut *self.conn()?)
+    }
+
+    /// Forget the loaded catalog, after a change made here.
+    pub fn catalog_changed(&self) {
+        self.catalog.invalidate();
+    }
+
+    /// Run `f` in one transaction on a connection of the pool, for commands
+    /// that run without the writer (the CLI). With a server running on the
+    /// same SQLite file this waits for its write lock.
+    pub fn transact_direct<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Conn, &Vault) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        conn.begin()?;
+        match f(&mut *conn, &self.vault) {
+            Ok(v) => {
+                conn.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                conn.rollback()?;
+                self.vault.forget_all();
+                Err(e)
+            }
+        }
     }
 
     /// Everything about a message that needs no store: blind indexes, the
@@ -277,6 +313,16 @@ impl Store {
             identifiers,
             traits: m.traits,
             body: serde_json::to_vec(&m.body).expect("JSON values serialise"),
+            consent: None,
+        }
+    }
+
+    /// An identifier ready for resolution: its blind index and value.
+    pub fn prepare_identifier(&self, id: &Identifier) -> PreparedIdentifier {
+        PreparedIdentifier {
+            bidx: self.vault.blind_index(id.kind().as_str(), id.value()),
+            kind: id.kind().clone(),
+            value: id.value().to_owned(),
         }
     }
 

@@ -139,6 +139,7 @@ pub type DataKey = Arc<LessSafeKey>;
 pub struct Vault {
     wrap: LessSafeKey,
     bidx: hmac::Key,
+    sign: hmac::Key,
     rng: SystemRandom,
     cache: Mutex<LruCache<i64, DataKey>>,
 }
@@ -157,9 +158,11 @@ impl Vault {
                 .expect("32 bytes is an AES-256 key"),
         );
         let bidx = hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"blind index"));
+        let sign = hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"signing"));
         Self {
             wrap,
             bidx,
+            sign,
             rng: SystemRandom::new(),
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_capacity.max(1)).expect("at least one"),
@@ -188,6 +191,34 @@ impl Vault {
         ctx.update(message_id.as_bytes());
         let tag = ctx.sign();
         i64::from_le_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// A MAC binding `data` to this installation, for links Tarmo hands out
+    /// (unsubscribe, preferences) and for the signed heads of hash chains.
+    /// `purpose` separates uses so that one MAC never stands for another.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.sign);
+        ctx.update(purpose.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// Check a MAC made by [`Vault::mac`] (possibly truncated), in constant time.
+    pub fn mac_ok(&self, purpose: &str, data: &[u8], tag: &[u8]) -> bool {
+        let full = self.mac(purpose, data);
+        tag.len() >= 16 && tag.len() <= full.len() && ct_eq(&full[..tag.len()], tag)
+    }
+
+    /// Random bytes, for tokens.
+    pub fn random<const N: usize>(&self) -> Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.rng
+            .fill(&mut b)
+            .map_err(|_| Error::Crypto("no randomness"))?;
+        Ok(b)
     }
 
     fn nonce(&self) -> Result<[u8; NONCE_LEN]> {
@@ -281,6 +312,18 @@ impl Vault {
     }
 }
 
+/// Equality of two secrets' bytes in time that depends only on their length.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    diff == 0
+}
+
 /// Where a sealed value lives: its table and field, bound into the AEAD.
 #[derive(Debug, Clone, Copy)]
 pub enum Place {
@@ -288,6 +331,8 @@ pub enum Place {
     ProfileTraits,
     EventBody,
     VaultCheck,
+    ConsentEvidence,
+    OutboxPayload,
 }
 
 impl Place {
@@ -297,6 +342,8 @@ impl Place {
             Place::ProfileTraits => b"profiles.traits",
             Place::EventBody => b"events.body",
             Place::VaultCheck => b"meta.vault_check",
+            Place::ConsentEvidence => b"consent_ledger.evidence",
+            Place::OutboxPayload => b"outbox.payload",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);

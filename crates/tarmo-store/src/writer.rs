@@ -2,6 +2,14 @@
 //! events, and every transaction takes all that is waiting, so concurrent
 //! requests share one fsync. A request is answered only after its events'
 //! transaction committed.
+//!
+//! Every other write that may touch identities or the consent ledger (a
+//! subscription, a confirmation, an erasure) comes as a transaction job
+//! ([`WriterHandle::transact`]) and runs on the same thread in a transaction
+//! of its own, so that on SQLite there is one writer and its identity cache
+//! stays true. Writes by another process (a `tarmo import` next to a running
+//! server) are noticed through SQLite's `data_version`, and the cache is
+//! dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,9 +17,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ProfileId};
+use crate::consent::{Catalog, CatalogCache};
 use crate::metrics::WriterMetrics;
-use crate::resolve::{Outcome, PreparedEvent, Resolver};
+use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier, Resolver};
 use crate::vault::Vault;
 use crate::{Error, Result, now_ms};
 
@@ -20,6 +29,63 @@ pub type Reply = Box<dyn FnOnce(Result<Vec<Outcome>>) + Send>;
 struct Job {
     events: Vec<PreparedEvent>,
     reply: Reply,
+}
+
+/// What a transaction job sees: the writer's connection inside an open
+/// transaction, the vault, the catalog, and identity resolution with the
+/// writer's cache.
+pub struct TxCtx<'a> {
+    pub conn: &'a mut dyn Conn,
+    pub vault: &'a Vault,
+    pub catalog: Arc<Catalog>,
+    pub now_ms: i64,
+    resolver: &'a mut Resolver,
+}
+
+impl TxCtx<'_> {
+    /// The profile these identifiers name, created, attached or merged by
+    /// the identity rules.
+    pub fn resolve(&mut self, identifiers: &[PreparedIdentifier]) -> Result<ProfileId> {
+        self.resolver
+            .resolve_identifiers(self.conn, self.vault, identifiers, self.now_ms)
+    }
+
+    /// Identity facts may have changed in ways the cache cannot follow (an
+    /// erasure deleted identifiers): drop it after this transaction.
+    pub fn identities_changed(&mut self) {
+        self.resolver.clear_after_commit();
+    }
+}
+
+/// A transaction job: `run` inside the transaction, `finish` once it
+/// committed (or failed), so a caller never hears "done" before it is.
+trait TxJob: Send {
+    fn run(&mut self, ctx: &mut TxCtx<'_>) -> Result<()>;
+    fn finish(self: Box<Self>, result: Result<()>);
+}
+
+struct TypedTx<T, F> {
+    f: Option<F>,
+    out: Option<T>,
+    reply: Option<Box<dyn FnOnce(Result<T>) + Send>>,
+}
+
+impl<T: Send, F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send> TxJob for TypedTx<T, F> {
+    fn run(&mut self, ctx: &mut TxCtx<'_>) -> Result<()> {
+        let f = self.f.take().expect("a transaction job runs once");
+        self.out = Some(f(ctx)?);
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, result: Result<()>) {
+        let reply = self.reply.take().expect("finished once");
+        reply(result.map(|()| self.out.take().expect("ran before it committed")));
+    }
+}
+
+enum Work {
+    Events(Job),
+    Tx(Box<dyn TxJob>),
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +114,7 @@ impl Default for WriterConfig {
 /// The queue side. Cloneable; the writer stops when every handle is dropped.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Work>,
 }
 
 impl WriterHandle {
@@ -62,22 +128,68 @@ impl WriterHandle {
         events: Vec<PreparedEvent>,
         reply: Reply,
     ) -> Result<(), (Error, Vec<PreparedEvent>, Reply)> {
-        match self.tx.try_send(Job { events, reply }) {
+        let unpack = |w: Work| match w {
+            Work::Events(j) => (j.events, j.reply),
+            Work::Tx(_) => unreachable!("an events job comes back as one"),
+        };
+        match self.tx.try_send(Work::Events(Job { events, reply })) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(j)) => Err((Error::Overloaded, j.events, j.reply)),
-            Err(TrySendError::Disconnected(j)) => Err((Error::WriterGone, j.events, j.reply)),
+            Err(TrySendError::Full(w)) => {
+                let (e, r) = unpack(w);
+                Err((Error::Overloaded, e, r))
+            }
+            Err(TrySendError::Disconnected(w)) => {
+                let (e, r) = unpack(w);
+                Err((Error::WriterGone, e, r))
+            }
         }
+    }
+
+    /// Run `f` in a transaction of its own on the writer thread; `reply`
+    /// gets its result once the transaction committed, or the error. Waits
+    /// for room in the queue: these jobs are few and must not be shed.
+    pub fn transact<T, F>(&self, f: F, reply: Box<dyn FnOnce(Result<T>) + Send>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        let job = Box::new(TypedTx {
+            f: Some(f),
+            out: None,
+            reply: Some(reply),
+        });
+        if let Err(e) = self.tx.send(Work::Tx(job))
+            && let Work::Tx(j) = e.0
+        {
+            j.finish(Err(Error::WriterGone));
+        }
+    }
+
+    /// [`WriterHandle::transact`], waiting for the result.
+    pub fn transact_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.transact(
+            f,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| Error::WriterGone)?
     }
 
     /// Submit and wait, for callers that are not async (imports, tests, bench).
     pub fn submit_blocking(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut job = Job {
+        let mut job = Work::Events(Job {
             events,
             reply: Box::new(move |r| {
                 let _ = tx.send(r);
             }),
-        };
+        });
         loop {
             match self.tx.try_send(job) {
                 Ok(()) => break,
@@ -96,13 +208,14 @@ impl WriterHandle {
 pub fn spawn(
     conn: Box<dyn Conn>,
     vault: Arc<Vault>,
+    catalog: Arc<CatalogCache>,
     metrics: Arc<WriterMetrics>,
     cfg: WriterConfig,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
     let join = std::thread::Builder::new()
         .name("tarmo-writer".into())
-        .spawn(move || run(conn, vault, metrics, cfg, rx))
+        .spawn(move || run(conn, vault, catalog, metrics, cfg, rx))
         .expect("spawn the writer thread");
     (WriterHandle { tx }, join)
 }
@@ -110,37 +223,101 @@ pub fn spawn(
 fn run(
     mut conn: Box<dyn Conn>,
     vault: Arc<Vault>,
+    catalog: Arc<CatalogCache>,
     metrics: Arc<WriterMetrics>,
     cfg: WriterConfig,
-    rx: Receiver<Job>,
+    rx: Receiver<Work>,
 ) {
     let mut resolver = Resolver::new(cfg.cache_capacity);
     let mut last_purge = Instant::now();
+    let mut seen_version = conn.data_version().unwrap_or(0);
+    let mut pending: Option<Work> = None;
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(j) => j,
-            Err(RecvTimeoutError::Timeout) => {
-                purge(&mut *conn, &cfg, &mut last_purge);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut n = first.events.len();
-        let mut jobs = vec![first];
-        while n < cfg.max_group_events {
-            match rx.try_recv() {
-                Ok(j) => {
-                    n += j.events.len();
-                    jobs.push(j);
+        let first = match pending.take() {
+            Some(w) => w,
+            None => match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(w) => w,
+                Err(RecvTimeoutError::Timeout) => {
+                    purge(&mut *conn, &cfg, &mut last_purge);
+                    continue;
                 }
-                Err(_) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        // Another connection committed since our last transaction: what the
+        // cache knows may be stale.
+        match conn.data_version() {
+            Ok(v) if v != seen_version => {
+                resolver.clear();
+                seen_version = v;
+            }
+            _ => {}
+        }
+        match first {
+            Work::Tx(job) => {
+                run_tx(&mut *conn, &vault, &catalog, &mut resolver, job);
+            }
+            Work::Events(first) => {
+                let mut n = first.events.len();
+                let mut jobs = vec![first];
+                while n < cfg.max_group_events {
+                    match rx.try_recv() {
+                        Ok(Work::Events(j)) => {
+                            n += j.events.len();
+                            jobs.push(j);
+                        }
+                        Ok(tx) => {
+                            pending = Some(tx);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                process(&mut *conn, &vault, &catalog, &metrics, &mut resolver, jobs);
             }
         }
-        process(&mut *conn, &vault, &metrics, &mut resolver, jobs);
+        if let Ok(v) = conn.data_version() {
+            seen_version = v;
+        }
         if last_purge.elapsed() > Duration::from_secs(3600) {
             purge(&mut *conn, &cfg, &mut last_purge);
         }
     }
+}
+
+fn run_tx(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &CatalogCache,
+    resolver: &mut Resolver,
+    mut job: Box<dyn TxJob>,
+) {
+    let result = (|| {
+        conn.begin()?;
+        let catalog = catalog.get(conn)?;
+        let mut ctx = TxCtx {
+            conn: &mut *conn,
+            vault,
+            catalog,
+            now_ms: now_ms(),
+            resolver: &mut *resolver,
+        };
+        job.run(&mut ctx)?;
+        conn.commit()
+    })();
+    match &result {
+        Ok(()) => resolver.keep(),
+        Err(e) => {
+            if !matches!(e, Error::Rejected { .. }) {
+                tracing::warn!(error = %e, "a write transaction failed");
+            }
+            if let Err(re) = conn.rollback() {
+                tracing::error!(error = %re, "rollback failed");
+            }
+            resolver.abandon(vault);
+        }
+    }
+    job.finish(result);
 }
 
 fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
@@ -158,13 +335,14 @@ fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
 fn process(
     conn: &mut dyn Conn,
     vault: &Vault,
+    catalog: &CatalogCache,
     metrics: &WriterMetrics,
     resolver: &mut Resolver,
     jobs: Vec<Job>,
 ) {
     let mut attempt = 0;
     loop {
-        match commit_group(conn, vault, metrics, resolver, &jobs) {
+        match commit_group(conn, vault, catalog, metrics, resolver, &jobs) {
             Ok(outcomes) => {
                 let mut it = outcomes.into_iter();
                 for j in jobs {
@@ -186,7 +364,7 @@ fn process(
                 }
                 tracing::warn!(error = %e, jobs = jobs.len(), "group commit failed; committing its requests one by one");
                 for j in jobs {
-                    process(conn, vault, metrics, resolver, vec![j]);
+                    process(conn, vault, catalog, metrics, resolver, vec![j]);
                 }
                 return;
             }
@@ -197,6 +375,7 @@ fn process(
 fn commit_group(
     conn: &mut dyn Conn,
     vault: &Vault,
+    catalog: &CatalogCache,
     metrics: &WriterMetrics,
     resolver: &mut Resolver,
     jobs: &[Job],
@@ -204,8 +383,9 @@ fn commit_group(
     let started = Instant::now();
     let events: Vec<&PreparedEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     conn.begin()?;
-    let result = resolver
-        .apply(conn, vault, &events, now_ms())
+    let result = catalog
+        .get(conn)
+        .and_then(|catalog| resolver.apply(conn, vault, &catalog, &events, now_ms()))
         .and_then(|r| conn.commit().map(|_| r));
     match result {
         Ok((outcomes, stats)) => {

@@ -62,6 +62,9 @@ impl Harness {
             .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
         let backend = Backend::open(dir.path(), url.as_deref()).unwrap();
         let store = Store::open(backend, &master, 1000).unwrap();
+        store
+            .transact_direct(|c, _| tarmo_store::consent::seed_defaults(c, 1_000))
+            .unwrap();
         let (writer, _join) = store.start_writer(WriterConfig::default()).unwrap();
         Self {
             store,
@@ -122,7 +125,18 @@ conformance!(
     events_page_newest_first_with_cursor,
     api_keys_are_hashed_and_revocable,
     a_wrong_master_key_is_refused,
+    purposes_are_versioned_and_material_changes_need_reconsent,
+    the_ledger_chain_detects_edits_removals_and_truncation,
+    materialised_state_equals_the_fold_of_the_ledger_through_merges,
+    double_opt_in_confirms_once_and_tokens_expire,
+    gpc_on_ingestion_opts_out_once_and_a_later_choice_stands,
+    unsubscribe_links_withdraw_for_their_purpose_only,
+    bad_consent_input_is_refused_and_nothing_is_written,
 );
+
+#[path = "conformance/consent.rs"]
+mod consent;
+use consent::*;
 
 fn identify_creates_an_encrypted_profile(h: &Harness) {
     let out = h.ingest(vec![json!({

@@ -1,1 +1,82 @@
 //! Purposes, legal bases, the consent ledger and the policy decision.
+//!
+//! Every use of a person's data names a purpose; the purpose names its legal
+//! basis; a purpose resting on consent is allowed only while the person's
+//! recorded consent stands. Nothing here does I/O: the store keeps the ledger,
+//! this module says what it means.
+
+pub mod ledger;
+pub mod policy;
+pub mod purpose;
+
+pub use ledger::{ConsentDecision, ConsentState, EntryFacts, Method, fold, gpc_applies};
+pub use policy::{ProfileFlags, Reason, Verdict, decide};
+pub use purpose::{Channel, DataCategory, LegalBasis, PurposeId, PurposeRule, PurposeSpec};
+
+/// Bad input about purposes and consent; each has a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsentError {
+    #[error("`{0}` is not a valid purpose id (lower-case letters, digits and underscores)")]
+    BadPurposeId(String),
+    #[error("`{0}` is not a valid data category (lower-case letters, digits and underscores)")]
+    BadDataCategory(String),
+    #[error("unknown channel `{0}` (email, sms, push, phone, post, web, ads)")]
+    UnknownChannel(String),
+    #[error(
+        "unknown decision `{0}` (granted, denied, withdrawn, pending_confirmation, expired, objected)"
+    )]
+    UnknownDecision(String),
+    #[error("unknown method `{0}`")]
+    UnknownMethod(String),
+    #[error("invalid purpose: {0}")]
+    InvalidPurpose(String),
+    #[error(
+        "special categories of data (GDPR Art. 9) may only be processed on explicit consent: set legal_basis = \"consent\""
+    )]
+    SpecialCategoryNeedsConsent,
+    #[error("purpose `{0}` does not rest on consent, so there is no consent to record for it")]
+    NotConsentBased(String),
+    #[error(
+        "purpose `{0}` rests on a basis a person cannot object to (contract, legal obligation, vital interests) and is not direct marketing"
+    )]
+    ObjectionNotApplicable(String),
+}
+
+/// Whether an entry with this decision and method may be recorded for a
+/// purpose with this rule: consent decisions only for purposes resting on
+/// consent; objections where Art. 21 gives the right to object; GPC opt-outs
+/// where the purpose is configured for them.
+pub fn check_entry(
+    purpose: &str,
+    rule: &PurposeRule,
+    decision: ConsentDecision,
+    method: Method,
+) -> Result<(), ConsentError> {
+    let objectable = rule.direct_marketing || rule.basis.objectionable();
+    match decision {
+        ConsentDecision::Objected if rule.basis == LegalBasis::Consent || objectable => Ok(()),
+        ConsentDecision::Objected => Err(ConsentError::ObjectionNotApplicable(purpose.into())),
+        _ if rule.basis == LegalBasis::Consent => Ok(()),
+        ConsentDecision::Denied | ConsentDecision::Withdrawn
+            if method == Method::Gpc && rule.gpc_opt_out =>
+        {
+            Ok(())
+        }
+        _ => Err(ConsentError::NotConsentBased(purpose.into())),
+    }
+}
+
+impl ConsentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadPurposeId(_) => "invalid_purpose_id",
+            Self::BadDataCategory(_) | Self::InvalidPurpose(_) => "invalid_purpose",
+            Self::UnknownChannel(_) => "unknown_channel",
+            Self::UnknownDecision(_) => "unknown_decision",
+            Self::UnknownMethod(_) => "unknown_method",
+            Self::SpecialCategoryNeedsConsent => "special_category_needs_consent",
+            Self::NotConsentBased(_) => "purpose_not_consent_based",
+            Self::ObjectionNotApplicable(_) => "objection_not_applicable",
+        }
+    }
+}

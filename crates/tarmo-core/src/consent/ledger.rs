@@ -1,0 +1,458 @@
+//! The consent ledger's vocabulary and rules: what a person decided, how it
+//! was recorded, how entries fold into the current state, and how each entry
+//! is chained to the one before it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::ConsentError;
+
+/// What the person's choice (or its absence) is, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentDecision {
+    Granted,
+    Denied,
+    Withdrawn,
+    /// Asked for, awaiting the click in the confirmation message.
+    PendingConfirmation,
+    /// A grant that outlived the purpose's consent lifetime.
+    Expired,
+    /// An objection under Art. 21: stops direct marketing and processing on
+    /// legitimate interests.
+    Objected,
+}
+
+impl ConsentDecision {
+    pub const ALL: [Self; 6] = [
+        Self::Granted,
+        Self::Denied,
+        Self::Withdrawn,
+        Self::PendingConfirmation,
+        Self::Expired,
+        Self::Objected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "granted",
+            Self::Denied => "denied",
+            Self::Withdrawn => "withdrawn",
+            Self::PendingConfirmation => "pending_confirmation",
+            Self::Expired => "expired",
+            Self::Objected => "objected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ConsentError> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| ConsentError::UnknownDecision(s.chars().take(40).collect()))
+    }
+
+    /// A no of any kind: the person does not want this.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, Self::Denied | Self::Withdrawn | Self::Objected)
+    }
+}
+
+/// How a decision reached the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    WebForm,
+    DoubleOptInEmail,
+    DoubleOptInSms,
+    /// A list from a till system, a CRM or a third party, with provenance.
+    Import,
+    /// An IAB TCF v2 TC string from a CMP.
+    Tcf,
+    /// An IAB GPP string.
+    Gpp,
+    /// The browser's Global Privacy Control signal (`Sec-GPC: 1`).
+    Gpc,
+    /// RFC 8058 one-click unsubscribe, or the unsubscribe page.
+    OneClickUnsubscribe,
+    /// The person's own preference page.
+    PreferenceCenter,
+    /// Staff, acting on the customer's request.
+    Staff,
+    /// An application calling the API on the person's behalf.
+    Api,
+    /// Tarmo itself (a consent that reached the end of its lifetime).
+    System,
+}
+
+impl Method {
+    pub const ALL: [Self; 12] = [
+        Self::WebForm,
+        Self::DoubleOptInEmail,
+        Self::DoubleOptInSms,
+        Self::Import,
+        Self::Tcf,
+        Self::Gpp,
+        Self::Gpc,
+        Self::OneClickUnsubscribe,
+        Self::PreferenceCenter,
+        Self::Staff,
+        Self::Api,
+        Self::System,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebForm => "web_form",
+            Self::DoubleOptInEmail => "double_opt_in_email",
+            Self::DoubleOptInSms => "double_opt_in_sms",
+            Self::Import => "import",
+            Self::Tcf => "tcf",
+            Self::Gpp => "gpp",
+            Self::Gpc => "gpc",
+            Self::OneClickUnsubscribe => "one_click_unsubscribe",
+            Self::PreferenceCenter => "preference_center",
+            Self::Staff => "staff",
+            Self::Api => "api",
+            Self::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ConsentError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| ConsentError::UnknownMethod(s.chars().take(40).collect()))
+    }
+
+    /// The person's own, explicit act, as opposed to a signal a browser or a
+    /// CMP sent, a list someone imported, or Tarmo's own bookkeeping. Only an
+    /// explicit act gives Art. 9 explicit consent, lifts an objection, or
+    /// overrides an earlier Global Privacy Control opt-out.
+    pub fn is_explicit(self) -> bool {
+        !matches!(
+            self,
+            Self::Import | Self::Tcf | Self::Gpp | Self::Gpc | Self::System
+        )
+    }
+}
+
+/// The current state of one person's consent for one purpose: the fold of
+/// their ledger entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentState {
+    pub decision: ConsentDecision,
+    pub method: Method,
+    /// When the deciding entry took effect (ms since the epoch).
+    pub at_ms: i64,
+    /// The notice version (its sequence number within the purpose) the
+    /// deciding entry was made under.
+    pub notice_seq: u32,
+    /// The ledger entry that decided the state.
+    pub seq: i64,
+    /// When a Global Privacy Control opt-out was last recorded for it.
+    pub gpc_ms: Option<i64>,
+}
+
+/// The facts of one entry that the fold needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFacts {
+    pub seq: i64,
+    pub decision: ConsentDecision,
+    pub method: Method,
+    pub at_ms: i64,
+    pub notice_seq: u32,
+}
+
+/// Fold one entry into the state. The rules:
+/// - a refusal (denied, withdrawn, objected) always takes effect;
+/// - a pending confirmation does not undo a standing grant (asking twice
+///   must not switch anyone off);
+/// - a grant that is not the person's explicit act (an import, a CMP string)
+///   does not lift an objection or an earlier GPC opt-out;
+/// - expiry replaces a grant only.
+pub fn fold(state: Option<ConsentState>, e: &EntryFacts) -> Option<ConsentState> {
+    let gpc_ms = match (e.method, state.and_then(|s| s.gpc_ms)) {
+        (Method::Gpc, prev) => Some(prev.map_or(e.at_ms, |p| p.max(e.at_ms))),
+        (_, prev) => prev,
+    };
+    let next = ConsentState {
+        decision: e.decision,
+        method: e.method,
+        at_ms: e.at_ms,
+        notice_seq: e.notice_seq,
+        seq: e.seq,
+        gpc_ms,
+    };
+    let Some(cur) = state else {
+        return Some(next);
+    };
+    let keep = |mut s: ConsentState| {
+        s.gpc_ms = gpc_ms;
+        Some(s)
+    };
+    match e.decision {
+        ConsentDecision::Denied | ConsentDecision::Withdrawn | ConsentDecision::Objected => {
+            Some(next)
+        }
+        ConsentDecision::PendingConfirmation if cur.decision == ConsentDecision::Granted => {
+            keep(cur)
+        }
+        ConsentDecision::PendingConfirmation => Some(next),
+        ConsentDecision::Granted => {
+            let blocked = !e.method.is_explicit()
+                && (cur.decision == ConsentDecision::Objected
+                    || (cur.decision.is_refusal() && cur.method == Method::Gpc));
+            if blocked { keep(cur) } else { Some(next) }
+        }
+        ConsentDecision::Expired if cur.decision == ConsentDecision::Granted => Some(next),
+        ConsentDecision::Expired => keep(cur),
+    }
+}
+
+/// Whether a Global Privacy Control signal should write an opt-out for a
+/// purpose in this state: yes unless the person already refused, or made a
+/// choice after an earlier GPC signal was recorded (their later explicit
+/// choice stands).
+pub fn gpc_applies(state: Option<&ConsentState>) -> bool {
+    match state {
+        None => true,
+        Some(s) if s.gpc_ms.is_some() => false,
+        Some(s) => !s.decision.is_refusal(),
+    }
+}
+
+/// The chain's first `prev_hash`.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// What one ledger entry commits to. The evidence is hashed sealed, so that
+/// crypto-shredding a person leaves the chain verifiable.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainFields<'a> {
+    pub seq: i64,
+    pub profile_id: i64,
+    pub key_owner: i64,
+    pub purpose: &'a str,
+    pub decision: &'a str,
+    pub method: &'a str,
+    pub notice_version: &'a str,
+    pub notice_seq: i64,
+    pub at_ms: i64,
+    pub recorded_ms: i64,
+    pub source: &'a str,
+    pub evidence: &'a [u8],
+}
+
+/// The entry's hash: SHA-256 over the previous hash and every field, each
+/// length-prefixed so that no two different entries hash the same.
+pub fn chain_hash(prev: &[u8; 32], f: &ChainFields<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"tarmo consent ledger v1\0");
+    h.update(prev);
+    for n in [
+        f.seq,
+        f.profile_id,
+        f.key_owner,
+        f.notice_seq,
+        f.at_ms,
+        f.recorded_ms,
+    ] {
+        h.update(n.to_le_bytes());
+    }
+    for s in [
+        f.purpose.as_bytes(),
+        f.decision.as_bytes(),
+        f.method.as_bytes(),
+        f.notice_version.as_bytes(),
+        f.source.as_bytes(),
+        f.evidence,
+    ] {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s);
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ConsentDecision::*;
+
+    fn e(seq: i64, decision: ConsentDecision, method: Method) -> EntryFacts {
+        EntryFacts {
+            seq,
+            decision,
+            method,
+            at_ms: seq * 1000,
+            notice_seq: 1,
+        }
+    }
+
+    fn run(entries: &[EntryFacts]) -> Option<ConsentState> {
+        entries.iter().fold(None, fold)
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for d in ConsentDecision::ALL {
+            assert_eq!(ConsentDecision::parse(d.as_str()).unwrap(), d);
+        }
+        for m in Method::ALL {
+            assert_eq!(Method::parse(m.as_str()).unwrap(), m);
+        }
+        assert!(Method::parse("carrier_pigeon").is_err());
+    }
+
+    #[test]
+    fn a_second_request_does_not_switch_a_grant_off() {
+        let s = run(&[
+            e(1, Granted, Method::DoubleOptInEmail),
+            e(2, PendingConfirmation, Method::DoubleOptInEmail),
+        ])
+        .unwrap();
+        assert_eq!((s.decision, s.seq), (Granted, 1));
+    }
+
+    #[test]
+    fn withdrawal_always_wins_and_a_new_grant_after_it_counts() {
+        let s = run(&[
+            e(1, Granted, Method::WebForm),
+            e(2, Withdrawn, Method::OneClickUnsubscribe),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Withdrawn);
+        let s = run(&[
+            e(1, Granted, Method::WebForm),
+            e(2, Withdrawn, Method::OneClickUnsubscribe),
+            e(3, Granted, Method::Import),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.decision, Granted,
+            "an import may renew a plain withdrawal"
+        );
+    }
+
+    #[test]
+    fn an_objection_is_lifted_only_by_the_persons_own_act() {
+        let s = run(&[e(1, Objected, Method::Staff), e(2, Granted, Method::Tcf)]).unwrap();
+        assert_eq!(s.decision, Objected);
+        let s = run(&[
+            e(1, Objected, Method::Staff),
+            e(2, Granted, Method::WebForm),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Granted);
+    }
+
+    #[test]
+    fn gpc_opts_out_once_and_a_later_explicit_choice_stands() {
+        let granted = run(&[e(1, Granted, Method::WebForm)]);
+        assert!(gpc_applies(granted.as_ref()));
+        let after_gpc = fold(granted, &e(2, Denied, Method::Gpc));
+        assert_eq!(after_gpc.unwrap().decision, Denied);
+        assert!(!gpc_applies(after_gpc.as_ref()));
+        // A CMP string does not override the GPC opt-out; the person does.
+        let tcf = fold(after_gpc, &e(3, Granted, Method::Tcf));
+        assert_eq!(tcf.unwrap().decision, Denied);
+        let explicit = fold(tcf, &e(4, Granted, Method::PreferenceCenter)).unwrap();
+        assert_eq!(explicit.decision, Granted);
+        assert_eq!(explicit.gpc_ms, Some(2000));
+        assert!(
+            !gpc_applies(Some(&explicit)),
+            "the explicit choice made after GPC stands"
+        );
+        assert!(gpc_applies(None));
+        assert!(!gpc_applies(
+            run(&[e(1, Withdrawn, Method::WebForm)]).as_ref()
+        ));
+    }
+
+    #[test]
+    fn expiry_replaces_only_a_grant() {
+        let s = run(&[
+            e(1, Granted, Method::WebForm),
+            e(2, Expired, Method::System),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Expired);
+        let s = run(&[
+            e(1, Withdrawn, Method::WebForm),
+            e(2, Expired, Method::System),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Withdrawn);
+    }
+
+    #[test]
+    fn the_chain_hash_covers_every_field() {
+        let base = ChainFields {
+            seq: 1,
+            profile_id: 2,
+            key_owner: 2,
+            purpose: "p",
+            decision: "granted",
+            method: "api",
+            notice_version: "v",
+            notice_seq: 1,
+            at_ms: 5,
+            recorded_ms: 5,
+            source: "s",
+            evidence: b"e",
+        };
+        let h = chain_hash(&GENESIS, &base);
+        let variants = [
+            ChainFields { seq: 9, ..base },
+            ChainFields {
+                profile_id: 9,
+                ..base
+            },
+            ChainFields {
+                key_owner: 9,
+                ..base
+            },
+            ChainFields {
+                purpose: "q",
+                ..base
+            },
+            ChainFields {
+                decision: "denied",
+                ..base
+            },
+            ChainFields {
+                method: "staff",
+                ..base
+            },
+            ChainFields {
+                notice_version: "w",
+                ..base
+            },
+            ChainFields {
+                notice_seq: 2,
+                ..base
+            },
+            ChainFields { at_ms: 6, ..base },
+            ChainFields {
+                recorded_ms: 6,
+                ..base
+            },
+            ChainFields {
+                source: "t",
+                ..base
+            },
+            ChainFields {
+                evidence: b"f",
+                ..base
+            },
+            // Moving a byte between adjacent fields must change the hash.
+            ChainFields {
+                purpose: "pg",
+                decision: "ranted",
+                ..base
+            },
+        ];
+        for v in variants {
+            assert_ne!(chain_hash(&GENESIS, &v), h, "{v:?}");
+        }
+        assert_ne!(chain_hash(&[1; 32], &base), h);
+    }
+}

@@ -1,0 +1,1112 @@
+//! The purpose catalog and the consent ledger in the store.
+//!
+//! The ledger is append-only and hash-chained: each entry commits to the one
+//! before it, and the newest entry's hash is kept in `meta`, signed with a key
+//! derived from the master key, so that neither an edited entry, a removed
+//! one, nor a cut-off tail goes unnoticed. Evidence (IP address, user agent,
+//! the string a CMP sent) is sealed under the person's data key; the chain
+//! hashes the sealed bytes, so crypto-shredding a person keeps it verifiable.
+//!
+//! `consent_state` is the fold of the ledger (see `tarmo_core::consent::fold`),
+//! updated in the same transaction as every append, and rebuilt identically
+//! from the ledger by [`fold_all`].
+//!
+//! Every function here runs inside the caller's transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tarmo_core::consent::ledger::{ChainFields, GENESIS, chain_hash};
+use tarmo_core::consent::{
+    ConsentDecision, ConsentState, EntryFacts, Method, ProfileFlags, PurposeId, PurposeRule,
+    PurposeSpec, check_entry, fold, gpc_applies,
+};
+use utoipa::ToSchema;
+
+use crate::conn::{Conn, P, ProfileId, Row, TxLock};
+use crate::vault::{BlindIndex, Place, Vault};
+use crate::{Error, Result, rfc3339};
+
+// ---------------------------------------------------------------- catalog
+
+/// One purpose as the catalog holds it now.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub id: PurposeId,
+    pub spec: PurposeSpec,
+    pub rule: PurposeRule,
+    /// The hash of the current notice texts.
+    pub notice_version: String,
+    /// The current notice's number within the purpose (1, 2, ...).
+    pub notice_seq: u32,
+    /// Number of the purpose's current definition (every change makes one).
+    pub version: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// The purposes, as loaded at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    by_id: HashMap<String, CatalogEntry>,
+    pub generation: i64,
+}
+
+impl Catalog {
+    pub fn get(&self, id: &str) -> Option<&CatalogEntry> {
+        self.by_id.get(id)
+    }
+
+    /// The purpose, or the error a client gets for naming an unknown one.
+    pub fn require(&self, id: &str) -> Result<&CatalogEntry> {
+        self.by_id.get(id).ok_or_else(|| {
+            Error::rejected(
+                "unknown_purpose",
+                format!(
+                    "unknown purpose `{}`; see GET /api/v1/purposes",
+                    id.chars().take(64).collect::<String>()
+                ),
+            )
+        })
+    }
+
+    /// Every purpose, in id order.
+    pub fn entries(&self) -> Vec<&CatalogEntry> {
+        let mut v: Vec<_> = self.by_id.values().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+const GENERATION_KEY: &str = "catalog_generation";
+
+/// The catalog as this process last loaded it. Another node (or process) may
+/// change it, so the generation in the store is checked again once its copy
+/// is older than [`CATALOG_RECHECK`].
+pub struct CatalogCache {
+    inner: std::sync::RwLock<(Arc<Catalog>, Instant)>,
+}
+
+/// How long a loaded catalog is used before the store's generation is
+/// checked again: the longest another node's purpose change takes to bite.
+pub const CATALOG_RECHECK: Duration = Duration::from_secs(1);
+
+impl Default for CatalogCache {
+    fn default() -> Self {
+        Self {
+            inner: std::sync::RwLock::new((
+                Arc::new(Catalog {
+                    by_id: HashMap::new(),
+                    generation: -1,
+                }),
+                Instant::now() - CATALOG_RECHECK * 2,
+            )),
+        }
+    }
+}
+
+impl CatalogCache {
+    /// The current catalog, reloaded through `conn` if another writer changed it.
+    pub fn get(&self, conn: &mut dyn Conn) -> Result<Arc<Catalog>> {
+        {
+            let g = self.inner.read().expect("catalog lock");
+            if g.1.elapsed() < CATALOG_RECHECK {
+                return Ok(g.0.clone());
+            }
+        }
+        let generation = catalog_generation(conn)?;
+        let mut g = self.inner.write().expect("catalog lock");
+        if g.0.generation != generation {
+            g.0 = Arc::new(load_catalog(conn)?);
+        }
+        g.1 = Instant::now();
+        Ok(g.0.clone())
+    }
+
+    /// Forget the loaded copy (after this process changed the catalog).
+    pub fn invalidate(&self) {
+        let mut g = self.inner.write().expect("catalog lock");
+        g.0 = Arc::new(Catalog {
+            by_id: HashMap::new(),
+            generation: -1,
+        });
+        g.1 = Instant::now() - CATALOG_RECHECK * 2;
+    }
+}
+
+/// A number that changes whenever any node changes the catalog.
+pub fn catalog_generation(conn: &mut dyn Conn) -> Result<i64> {
+    Ok(conn
+        .meta_get(GENERATION_KEY)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(i64::from_le_bytes)
+        .unwrap_or(0))
+}
+
+pub fn load_catalog(conn: &mut dyn Conn) -> Result<Catalog> {
+    let generation = catalog_generation(conn)?;
+    let rows = conn.query(
+        "SELECT p.id, p.spec, p.notice_seq, p.min_notice_seq, p.created_ms, p.updated_ms,
+                (SELECT max(v.version) FROM purpose_versions v WHERE v.purpose_id = p.id)
+         FROM purposes p",
+        &[],
+    )?;
+    let mut by_id = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let id = PurposeId::parse(&r.text(0)?)
+            .map_err(|e| Error::Corrupt(format!("purpose id in the catalog: {e}")))?;
+        let spec: PurposeSpec = serde_json::from_str(&r.text(1)?)
+            .map_err(|e| Error::Corrupt(format!("purpose {id}: {e}")))?;
+        let min_notice_seq = r.int(3)? as u32;
+        by_id.insert(
+            id.as_str().to_owned(),
+            CatalogEntry {
+                rule: PurposeRule::new(&spec, min_notice_seq),
+                notice_version: spec.notice_version(),
+                notice_seq: r.int(2)? as u32,
+                version: r.opt_int(6)?.unwrap_or(1),
+                created_ms: r.int(4)?,
+                updated_ms: r.int(5)?,
+                spec,
+                id,
+            },
+        );
+    }
+    Ok(Catalog { by_id, generation })
+}
+
+/// What a change to the catalog did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PurposeChange {
+    pub id: String,
+    /// `created`, `updated`, or `unchanged` (the same definition again).
+    pub outcome: &'static str,
+    /// The purpose's definition number after the change.
+    pub version: i64,
+    pub notice_version: String,
+    /// Whether consents given under earlier notices now need asking again.
+    pub reconsent_required: bool,
+}
+
+/// Create or change a purpose. A change never rewrites history: the old
+/// definition stays in `purpose_versions`, and entries keep naming the notice
+/// version they were made under. `requires_reconsent` marks a new notice text
+/// as a material change: consents given under older texts stop counting.
+pub fn upsert_purpose(
+    conn: &mut dyn Conn,
+    id: &PurposeId,
+    spec: &PurposeSpec,
+    requires_reconsent: bool,
+    now_ms: i64,
+) -> Result<PurposeChange> {
+    spec.validate()?;
+    let spec_json = serde_json::to_string(spec).expect("a purpose serialises");
+    let notice_version = spec.notice_version();
+    let current = conn.query_opt(
+        "SELECT spec, notice_seq, min_notice_seq,
+                (SELECT max(v.version) FROM purpose_versions v WHERE v.purpose_id = $1)
+         FROM purposes WHERE id = $1",
+        &[P::Text(id.as_str())],
+    )?;
+    let (outcome, version, notice_seq, min_seq) = match current {
+        None => {
+            if requires_reconsent {
+                return Err(Error::rejected(
+                    "reconsent_needs_new_notice",
+                    "a new purpose has no earlier consents to ask again",
+                ));
+            }
+            conn.exec(
+                "INSERT INTO purposes (id, spec, notice_seq, min_notice_seq, created_ms, updated_ms)
+                 VALUES ($1, $2, 1, 1, $3, $3)",
+                &[P::Text(id.as_str()), P::Text(&spec_json), P::Int(now_ms)],
+            )?;
+            ("created", 1, 1, 1)
+        }
+        Some(r) => {
+            let old: PurposeSpec = serde_json::from_str(&r.text(0)?)
+                .map_err(|e| Error::Corrupt(format!("purpose {id}: {e}")))?;
+            let (old_seq, old_min, old_version) =
+                (r.int(1)?, r.int(2)?, r.opt_int(3)?.unwrap_or(1));
+            let notice_changed = old.notice_version() != notice_version;
+            if requires_reconsent && !notice_changed {
+                return Err(Error::rejected(
+                    "reconsent_needs_new_notice",
+                    "asking everyone again needs a changed notice text that tells them what changed",
+                ));
+            }
+            if &old == spec {
+                return Ok(PurposeChange {
+                    id: id.to_string(),
+                    outcome: "unchanged",
+                    version: old_version,
+                    notice_version,
+                    reconsent_required: false,
+                });
+            }
+            let seq = if notice_changed { old_seq + 1 } else { old_seq };
+            let min = if requires_reconsent { seq } else { old_min };
+            conn.exec(
+                "UPDATE purposes SET spec = $2, notice_seq = $3, min_notice_seq = $4, updated_ms = $5 WHERE id = $1",
+                &[
+                    P::Text(id.as_str()),
+                    P::Text(&spec_json),
+                    P::Int(seq),
+                    P::Int(min),
+                    P::Int(now_ms),
+                ],
+            )?;
+            ("updated", old_version + 1, seq, min)
+        }
+    };
+    conn.exec(
+        "INSERT INTO purpose_versions (purpose_id, version, spec, notice_seq, notice_version, material, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            P::Text(id.as_str()),
+            P::Int(version),
+            P::Text(&spec_json),
+            P::Int(notice_seq),
+            P::Text(&notice_version),
+            P::from(requires_reconsent),
+            P::Int(now_ms),
+        ],
+    )?;
+    let generation = catalog_generation(conn)? + 1;
+    conn.meta_set(GENERATION_KEY, &generation.to_le_bytes())?;
+    Ok(PurposeChange {
+        id: id.to_string(),
+        outcome,
+        version,
+        notice_version,
+        reconsent_required: min_seq == notice_seq && requires_reconsent,
+    })
+}
+
+/// One earlier (or the current) definition of a purpose.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PurposeVersionView {
+    pub version: i64,
+    pub notice_version: String,
+    /// This definition's notice text made earlier consents need asking again.
+    pub material: bool,
+    pub created_at: String,
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+pub fn purpose_history(conn: &mut dyn Conn, id: &str) -> Result<Vec<PurposeVersionView>> {
+    conn.query(
+        "SELECT version, notice_version, material, created_ms, spec FROM purpose_versions
+         WHERE purpose_id = $1 ORDER BY version",
+        &[P::Text(id)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(PurposeVersionView {
+            version: r.int(0)?,
+            notice_version: r.text(1)?,
+            material: r.int(2)? != 0,
+            created_at: rfc3339(r.int(3)?),
+            definition: serde_json::from_str(&r.text(4)?)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+        })
+    })
+    .collect()
+}
+
+/// The notice texts of a purpose at a version, as the person saw them.
+pub fn notice_texts(
+    conn: &mut dyn Conn,
+    purpose: &str,
+    notice_version: &str,
+) -> Result<Option<BTreeMap<String, String>>> {
+    let Some(r) = conn.query_opt(
+        "SELECT spec FROM purpose_versions WHERE purpose_id = $1 AND notice_version = $2
+         ORDER BY version DESC LIMIT 1",
+        &[P::Text(purpose), P::Text(notice_version)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let spec: PurposeSpec =
+        serde_json::from_str(&r.text(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(Some(spec.notice))
+}
+
+fn notice_seq_of(conn: &mut dyn Conn, purpose: &str, notice_version: &str) -> Result<u32> {
+    let r = conn.query_opt(
+        "SELECT notice_seq FROM purpose_versions WHERE purpose_id = $1 AND notice_version = $2
+         ORDER BY version DESC LIMIT 1",
+        &[P::Text(purpose), P::Text(notice_version)],
+    )?;
+    match r {
+        Some(r) => Ok(r.int(0)? as u32),
+        None => Err(Error::rejected(
+            "unknown_notice_version",
+            format!(
+                "purpose `{purpose}` never had notice version `{}`",
+                notice_version.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+// ----------------------------------------------------------------- ledger
+
+/// An entry to append. Evidence is personal data: it is sealed under the
+/// person's key before it is written.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// The person's current (not merged-away) profile.
+    pub profile_id: ProfileId,
+    pub purpose: String,
+    pub decision: ConsentDecision,
+    pub method: Method,
+    /// The notice version shown; the current one when `None`.
+    pub notice_version: Option<String>,
+    /// When the decision took effect (a list's original consent date);
+    /// now when `None`.
+    pub at_ms: Option<i64>,
+    /// The collection point ("checkout form v3"). Never personal data.
+    pub source: String,
+    pub evidence: Map<String, Value>,
+}
+
+fn hash32(b: &[u8]) -> Result<[u8; 32]> {
+    b.try_into()
+        .map_err(|_| Error::Corrupt("a ledger hash is not 32 bytes".into()))
+}
+
+const HEAD_KEY: &str = "consent_ledger_head";
+const HEAD_MAC: &str = "consent ledger head";
+
+fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
+    let corrupt = |e: tarmo_core::consent::ConsentError| Error::Corrupt(e.to_string());
+    Ok(ConsentState {
+        decision: ConsentDecision::parse(&r.text(at)?).map_err(corrupt)?,
+        method: Method::parse(&r.text(at + 1)?).map_err(corrupt)?,
+        at_ms: r.int(at + 2)?,
+        notice_seq: r.int(at + 3)? as u32,
+        seq: r.int(at + 4)?,
+        gpc_ms: r.opt_int(at + 5)?,
+    })
+}
+
+const STATE_COLUMNS: &str = "decision, method, at_ms, notice_seq, seq, gpc_ms";
+
+/// The state of one person for one purpose.
+pub fn state(
+    conn: &mut dyn Conn,
+    profile: ProfileId,
+    purpose: &str,
+) -> Result<Option<ConsentState>> {
+    conn.query_opt(
+        "SELECT decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state
+         WHERE profile_id = $1 AND purpose_id = $2",
+        &[P::Int(profile), P::Text(purpose)],
+    )?
+    .map(|r| state_of_row(&r, 0))
+    .transpose()
+}
+
+/// Every purpose's state for one person.
+pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, ConsentState)>> {
+    conn.query(
+        "SELECT purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state
+         WHERE profile_id = $1 ORDER BY purpose_id",
+        &[P::Int(profile)],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?, state_of_row(r, 1)?)))
+    .collect()
+}
+
+fn put_state(
+    conn: &mut dyn Conn,
+    profile: ProfileId,
+    purpose: &str,
+    s: &ConsentState,
+) -> Result<()> {
+    conn.exec(
+        "INSERT INTO consent_state (profile_id, purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (profile_id, purpose_id) DO UPDATE SET decision = excluded.decision,
+             method = excluded.method, at_ms = excluded.at_ms, notice_seq = excluded.notice_seq,
+             seq = excluded.seq, gpc_ms = excluded.gpc_ms",
+        &[
+            P::Int(profile),
+            P::Text(purpose),
+            P::Text(s.decision.as_str()),
+            P::Text(s.method.as_str()),
+            P::Int(s.at_ms),
+            P::Int(s.notice_seq.into()),
+            P::Int(s.seq),
+            P::from(s.gpc_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Append entries (in order) and fold them into the state, in the caller's
+/// transaction. Returns each entry's sequence number.
+pub fn append(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    entries: &[NewEntry],
+    now_ms: i64,
+) -> Result<Vec<i64>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Check everything before writing anything.
+    let mut prepared = Vec::with_capacity(entries.len());
+    let mut seq_cache: HashMap<(String, String), u32> = HashMap::new();
+    for e in entries {
+        let c = catalog.require(&e.purpose)?;
+        check_entry(c.id.as_str(), &c.rule, e.decision, e.method)?;
+        if e.source.len() > 200 {
+            return Err(Error::rejected(
+                "invalid_source",
+                "`source` names a collection point in at most 200 characters",
+            ));
+        }
+        let (version, seq) = match &e.notice_version {
+            None => (c.notice_version.clone(), c.notice_seq),
+            Some(v) if *v == c.notice_version => (v.clone(), c.notice_seq),
+            Some(v) => {
+                let k = (e.purpose.clone(), v.clone());
+                let seq = match seq_cache.get(&k) {
+                    Some(s) => *s,
+                    None => {
+                        let s = notice_seq_of(conn, &e.purpose, v)?;
+                        seq_cache.insert(k, s);
+                        s
+                    }
+                };
+                (v.clone(), seq)
+            }
+        };
+        prepared.push((e, version, seq));
+    }
+
+    conn.lock(TxLock::ConsentLedger)?;
+    let head = conn.query_opt(
+        "SELECT seq, hash FROM consent_ledger ORDER BY seq DESC LIMIT 1",
+        &[],
+    )?;
+    let (mut seq, mut prev) = match head {
+        Some(r) => (r.int(0)?, hash32(&r.blob(1)?)?),
+        None => (0, GENESIS),
+    };
+    let mut touched: HashMap<(ProfileId, String), Option<ConsentState>> = HashMap::new();
+    let mut seqs = Vec::with_capacity(entries.len());
+    for (e, version, notice_seq) in prepared {
+        let key = vault
+            .data_key(e.profile_id, || conn.data_key_get(e.profile_id))?
+            .ok_or_else(|| Error::Corrupt(format!("profile {} has no data key", e.profile_id)))?;
+        let evidence = serde_json::to_vec(&e.evidence).expect("JSON serialises");
+        let sealed = vault.seal(&key, Place::ConsentEvidence, e.profile_id, &evidence)?;
+        seq += 1;
+        let at_ms = e.at_ms.unwrap_or(now_ms);
+        let f = ChainFields {
+            seq,
+            profile_id: e.profile_id,
+            key_owner: e.profile_id,
+            purpose: &e.purpose,
+            decision: e.decision.as_str(),
+            method: e.method.as_str(),
+            notice_version: &version,
+            notice_seq: notice_seq.into(),
+            at_ms,
+            recorded_ms: now_ms,
+            source: &e.source,
+            evidence: &sealed,
+        };
+        let hash = chain_hash(&prev, &f);
+        conn.exec(
+            "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,
+                 notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                P::Int(seq),
+                P::Int(e.profile_id),
+                P::Int(e.profile_id),
+                P::Text(&e.purpose),
+                P::Text(e.decision.as_str()),
+                P::Text(e.method.as_str()),
+                P::Text(&version),
+                P::Int(notice_seq.into()),
+                P::Int(at_ms),
+                P::Int(now_ms),
+                P::Text(&e.source),
+                P::Blob(&sealed),
+                P::Blob(&prev),
+                P::Blob(&hash),
+            ],
+        )?;
+        let k = (e.profile_id, e.purpose.clone());
+        let cur = match touched.get(&k) {
+            Some(s) => *s,
+            None => state(conn, e.profile_id, &e.purpose)?,
+        };
+        let next = fold(
+            cur,
+            &EntryFacts {
+                seq,
+                decision: e.decision,
+                method: e.method,
+                at_ms,
+                notice_seq,
+            },
+        );
+        touched.insert(k, next);
+        seqs.push(seq);
+        prev = hash;
+    }
+    for ((profile, purpose), s) in &touched {
+        if let Some(s) = s {
+            put_state(conn, *profile, purpose, s)?;
+        }
+    }
+    write_head(conn, vault, seq, &prev)?;
+    Ok(seqs)
+}
+
+fn head_bytes(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut b = seq.to_le_bytes().to_vec();
+    b.extend_from_slice(hash);
+    b
+}
+
+fn write_head(conn: &mut dyn Conn, vault: &Vault, seq: i64, hash: &[u8; 32]) -> Result<()> {
+    let mut b = head_bytes(seq, hash);
+    let mac = vault.mac(HEAD_MAC, &b);
+    b.extend_from_slice(&mac);
+    conn.meta_set(HEAD_KEY, &b)
+}
+
+/// One ledger entry, opened for an authorised reader.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub seq: i64,
+    /// The profile the entry was recorded for (a profile merged since keeps
+    /// its entries under its old id).
+    pub profile_id: ProfileId,
+    pub purpose: String,
+    pub decision: String,
+    pub method: String,
+    pub notice_version: String,
+    /// When the decision took effect.
+    pub at: String,
+    /// When Tarmo recorded it.
+    pub recorded_at: String,
+    pub source: String,
+    /// IP address, user agent, token id, list provenance, CMP string...
+    #[schema(value_type = Object)]
+    pub evidence: Value,
+    /// This entry's link in the chain (hex SHA-256).
+    pub hash: String,
+}
+
+/// The profile's entries and those of profiles merged into it, oldest first.
+pub fn history(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+) -> Result<Vec<LedgerEntryView>> {
+    let rows = conn.query(
+        "SELECT seq, profile_id, key_owner, purpose_id, decision, method, notice_version, at_ms,
+                recorded_ms, source, evidence, hash FROM consent_ledger
+         WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
+         ORDER BY seq",
+        &[P::Int(profile)],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let owner = r.int(2)?;
+        let key = vault
+            .data_key(owner, || conn.data_key_get(owner))?
+            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+        let plain = vault.open(&key, Place::ConsentEvidence, owner, &r.blob(10)?)?;
+        out.push(LedgerEntryView {
+            seq: r.int(0)?,
+            profile_id: r.int(1)?,
+            purpose: r.text(3)?,
+            decision: r.text(4)?,
+            method: r.text(5)?,
+            notice_version: r.text(6)?,
+            at: rfc3339(r.int(7)?),
+            recorded_at: rfc3339(r.int(8)?),
+            source: r.text(9)?,
+            evidence: serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?,
+            hash: hex::encode(r.blob(11)?),
+        });
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------ verification
+
+/// Where the chain first fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokenLink {
+    /// The entry (or, for a missing entry, the number expected).
+    pub seq: i64,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub first_broken: Option<BrokenLink>,
+}
+
+/// Walk the whole chain: every entry numbered one after the previous, naming
+/// the previous hash, hashing to its own; the last entry the signed head.
+/// `progress` is called with the number of entries checked so far.
+pub fn verify(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport> {
+    let mut prev = GENESIS;
+    let mut last = 0i64;
+    let mut n = 0u64;
+    let broken = |seq, problem: &str| {
+        Ok(VerifyReport {
+            entries: 0,
+            first_broken: Some(BrokenLink {
+                seq,
+                problem: problem.to_owned(),
+            }),
+        })
+    };
+    loop {
+        let rows = conn.query(
+            "SELECT seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
+                    notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash
+             FROM consent_ledger WHERE seq > $1 ORDER BY seq LIMIT 5000",
+            &[P::Int(last)],
+        )?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let seq = r.int(0)?;
+            if seq != last + 1 {
+                return broken(last + 1, "entry missing: the sequence jumps past it").map(
+                    |mut v: VerifyReport| {
+                        v.entries = n;
+                        v
+                    },
+                );
+            }
+            let (purpose, decision, method, version, source) =
+                (r.text(3)?, r.text(4)?, r.text(5)?, r.text(6)?, r.text(10)?);
+            let evidence = r.blob(11)?;
+            let f = ChainFields {
+                seq,
+                profile_id: r.int(1)?,
+                key_owner: r.int(2)?,
+                purpose: &purpose,
+                decision: &decision,
+                method: &method,
+                notice_version: &version,
+                notice_seq: r.int(7)?,
+                at_ms: r.int(8)?,
+                recorded_ms: r.int(9)?,
+                source: &source,
+                evidence: &evidence,
+            };
+            let problem = if r.blob(12)? != prev {
+                Some("its prev_hash is not the hash of the entry before it")
+            } else if r.blob(13)? != chain_hash(&prev, &f) {
+                Some("its content does not hash to its recorded hash (altered)")
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return broken(seq, p).map(|mut v: VerifyReport| {
+                    v.entries = n;
+                    v
+                });
+            }
+            prev = hash32(&r.blob(13)?)?;
+            last = seq;
+            n += 1;
+        }
+        progress(n);
+    }
+    let head = conn.meta_get(HEAD_KEY)?;
+    let head_problem = match head {
+        None if n == 0 => None,
+        None => Some("the signed head is missing"),
+        Some(h) if h.len() != 72 => Some("the signed head is malformed"),
+        Some(h) => {
+            if !vault.mac_ok(HEAD_MAC, &h[..40], &h[40..]) {
+                Some("the signed head's signature does not verify (forged, or another master key)")
+            } else if h[..40] != head_bytes(last, &prev)[..] {
+                Some(
+                    "the last entries were removed or rewritten: the chain ends before the signed head",
+                )
+            } else {
+                None
+            }
+        }
+    };
+    Ok(VerifyReport {
+        entries: n,
+        first_broken: head_problem.map(|p| BrokenLink {
+            seq: last + 1,
+            problem: p.to_owned(),
+        }),
+    })
+}
+
+// ---------------------------------------------------------- materialisation
+
+pub type StateMap = BTreeMap<(ProfileId, String), ConsentState>;
+
+/// The state as the ledger alone says it is: every entry, in order, folded
+/// under the profile it now belongs to. Erased profiles have none.
+pub fn fold_all(conn: &mut dyn Conn) -> Result<StateMap> {
+    let mut out: StateMap = BTreeMap::new();
+    let mut last = 0i64;
+    loop {
+        let rows = conn.query(
+            "SELECT l.seq, COALESCE(p.merged_into, p.id), l.purpose_id, l.decision, l.method,
+                    l.at_ms, l.notice_seq
+             FROM consent_ledger l JOIN profiles p ON p.id = l.profile_id
+             WHERE l.seq > $1 ORDER BY l.seq LIMIT 10000",
+            &[P::Int(last)],
+        )?;
+        let Some(r) = rows.last() else { break };
+        last = r.int(0)?;
+        for r in &rows {
+            let corrupt = |e: tarmo_core::consent::ConsentError| Error::Corrupt(e.to_string());
+            let facts = EntryFacts {
+                seq: r.int(0)?,
+                decision: ConsentDecision::parse(&r.text(3)?).map_err(corrupt)?,
+                method: Method::parse(&r.text(4)?).map_err(corrupt)?,
+                at_ms: r.int(5)?,
+                notice_seq: r.int(6)? as u32,
+            };
+            let k = (r.int(1)?, r.text(2)?);
+            let next = fold(out.get(&k).copied(), &facts);
+            match next {
+                Some(s) => out.insert(k, s),
+                None => out.remove(&k),
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// The materialised state as stored.
+pub fn materialised(conn: &mut dyn Conn) -> Result<StateMap> {
+    let rows = conn.query(
+        &format!("SELECT profile_id, purpose_id, {STATE_COLUMNS} FROM consent_state"),
+        &[],
+    )?;
+    rows.iter()
+        .map(|r| Ok(((r.int(0)?, r.text(1)?), state_of_row(r, 2)?)))
+        .collect()
+}
+
+/// Replace the materialised state by the fold of the ledger; the number of
+/// rows that differed.
+pub fn rebuild(conn: &mut dyn Conn) -> Result<u64> {
+    let folded = fold_all(conn)?;
+    let stored = materialised(conn)?;
+    let mut differed = 0;
+    for (k, v) in &stored {
+        if folded.get(k) != Some(v) {
+            differed += 1;
+        }
+    }
+    differed += folded.keys().filter(|k| !stored.contains_key(*k)).count() as u64;
+    conn.exec("DELETE FROM consent_state", &[])?;
+    for ((p, purpose), s) in &folded {
+        put_state(conn, *p, purpose, s)?;
+    }
+    Ok(differed)
+}
+
+/// Everything consent-related of `from` now belongs to `into`: the state is
+/// folded again from both profiles' entries, in ledger order.
+pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Result<()> {
+    let rows = conn.query(
+        "SELECT seq, purpose_id, decision, method, at_ms, notice_seq FROM consent_ledger
+         WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
+         ORDER BY seq",
+        &[P::Int(into)],
+    )?;
+    let mut folded: BTreeMap<String, ConsentState> = BTreeMap::new();
+    for r in &rows {
+        let corrupt = |e: tarmo_core::consent::ConsentError| Error::Corrupt(e.to_string());
+        let facts = EntryFacts {
+            seq: r.int(0)?,
+            decision: ConsentDecision::parse(&r.text(2)?).map_err(corrupt)?,
+            method: Method::parse(&r.text(3)?).map_err(corrupt)?,
+            at_ms: r.int(4)?,
+            notice_seq: r.int(5)? as u32,
+        };
+        let purpose = r.text(1)?;
+        if let Some(s) = fold(folded.get(&purpose).copied(), &facts) {
+            folded.insert(purpose, s);
+        }
+    }
+    conn.exec(
+        "DELETE FROM consent_state WHERE profile_id = $1 OR profile_id = $2",
+        &[P::Int(from), P::Int(into)],
+    )?;
+    for (purpose, s) in &folded {
+        put_state(conn, into, purpose, s)?;
+    }
+    conn.exec(
+        "INSERT INTO consent_signals (profile_id, hash, at_ms)
+         SELECT $2, hash, at_ms FROM consent_signals WHERE profile_id = $1
+         ON CONFLICT DO NOTHING",
+        &[P::Int(from), P::Int(into)],
+    )?;
+    conn.exec(
+        "DELETE FROM consent_signals WHERE profile_id = $1",
+        &[P::Int(from)],
+    )?;
+    // A restriction of either person's data restricts the merged profile.
+    conn.exec(
+        "INSERT INTO profile_flags (profile_id, restricted_ms)
+         SELECT $2, restricted_ms FROM profile_flags WHERE profile_id = $1 AND restricted_ms IS NOT NULL
+         ON CONFLICT (profile_id) DO UPDATE SET restricted_ms =
+             COALESCE(profile_flags.restricted_ms, excluded.restricted_ms)",
+        &[P::Int(from), P::Int(into)],
+    )?;
+    conn.exec(
+        "DELETE FROM profile_flags WHERE profile_id = $1",
+        &[P::Int(from)],
+    )?;
+    for table in ["tokens", "outbox"] {
+        conn.exec(
+            &format!("UPDATE {table} SET profile_id = $2 WHERE profile_id = $1"),
+            &[P::Int(from), P::Int(into)],
+        )?;
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- decisions
+
+/// What the policy needs to decide for one person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A known person (their current profile id), their state for the
+    /// purpose asked about, and their flags.
+    Known(ProfileId, Option<ConsentState>, ProfileFlags),
+    /// An erased person: the identifier is on the suppression list.
+    Suppressed(i64),
+    Unknown,
+}
+
+const SUBJECT_SQL: &str =
+    "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, f.restricted_ms
+     FROM profiles p
+     LEFT JOIN consent_state s ON s.profile_id = p.id AND s.purpose_id = $2
+     LEFT JOIN profile_flags f ON f.profile_id = p.id
+     WHERE p.id = ";
+
+fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
+    let Some(r) = row else { return Ok(None) };
+    let st = match r.opt_text(1)? {
+        Some(_) => Some(state_of_row(&r, 1)?),
+        None => None,
+    };
+    Ok(Some(Subject::Known(
+        r.int(0)?,
+        st,
+        ProfileFlags {
+            restricted_since: r.opt_int(7)?,
+            suppressed_since: None,
+        },
+    )))
+}
+
+/// The person with this profile id (following merges), for one purpose.
+pub fn subject_by_id(conn: &mut dyn Conn, profile: ProfileId, purpose: &str) -> Result<Subject> {
+    let sql =
+        format!("{SUBJECT_SQL}(SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)");
+    let row = conn.query_opt(&sql, &[P::Int(profile), P::Text(purpose)])?;
+    Ok(subject_of(row)?.unwrap_or(Subject::Unknown))
+}
+
+/// The person an identifier (by blind index) names, for one purpose.
+pub fn subject_by_identifier(
+    conn: &mut dyn Conn,
+    bidx: &BlindIndex,
+    purpose: &str,
+) -> Result<Subject> {
+    let sql = format!("{SUBJECT_SQL}(SELECT profile_id FROM identifiers WHERE bidx = $1)");
+    let row = conn.query_opt(&sql, &[P::Blob(&bidx.0), P::Text(purpose)])?;
+    if let Some(s) = subject_of(row)? {
+        return Ok(s);
+    }
+    Ok(match suppressed(conn, bidx)? {
+        Some(at) => Subject::Suppressed(at),
+        None => Subject::Unknown,
+    })
+}
+
+pub fn flags(conn: &mut dyn Conn, profile: ProfileId) -> Result<ProfileFlags> {
+    let r = conn.query_opt(
+        "SELECT restricted_ms FROM profile_flags WHERE profile_id = $1",
+        &[P::Int(profile)],
+    )?;
+    Ok(ProfileFlags {
+        restricted_since: r.map(|r| r.opt_int(0)).transpose()?.flatten(),
+        suppressed_since: None,
+    })
+}
+
+// -------------------------------------------------------------- suppression
+
+/// When the identifier was suppressed (its person erased), if it was.
+pub fn suppressed(conn: &mut dyn Conn, bidx: &BlindIndex) -> Result<Option<i64>> {
+    conn.query_opt(
+        "SELECT at_ms FROM suppression WHERE bidx = $1",
+        &[P::Blob(&bidx.0)],
+    )?
+    .map(|r| r.int(0))
+    .transpose()
+}
+
+// --------------------------------------------------------------------- GPC
+
+/// Record a Global Privacy Control opt-out for every purpose configured for
+/// it where [`gpc_applies`]; the number of entries written.
+pub fn record_gpc(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    profile: ProfileId,
+    source: &str,
+    evidence: &Map<String, Value>,
+    now_ms: i64,
+) -> Result<usize> {
+    let mut entries = Vec::new();
+    for c in catalog.entries() {
+        if !c.rule.gpc_opt_out {
+            continue;
+        }
+        if gpc_applies(state(conn, profile, c.id.as_str())?.as_ref()) {
+            entries.push(NewEntry {
+                profile_id: profile,
+                purpose: c.id.to_string(),
+                decision: ConsentDecision::Denied,
+                method: Method::Gpc,
+                notice_version: None,
+                at_ms: None,
+                source: source.to_owned(),
+                evidence: evidence.clone(),
+            });
+        }
+    }
+    append(conn, vault, catalog, &entries, now_ms)?;
+    Ok(entries.len())
+}
+
+// ------------------------------------------------------------------ defaults
+
+/// The catalog a new installation starts with, so that `tarmo serve` on an
+/// empty directory has purposes to ask about. Operators change it in
+/// `tarmo.toml` or through `PUT /api/v1/purposes/{id}`.
+pub fn default_purposes() -> Vec<(PurposeId, PurposeSpec)> {
+    let spec = r#"
+[email_marketing]
+name = "News and offers by email"
+legal_basis = "consent"
+channels = ["email"]
+data_categories = ["contact", "purchase_history"]
+retention_days = 730
+consent_lifetime_days = 730
+direct_marketing = true
+notice.en = "We send you news and offers by email, chosen by what you have bought. You can unsubscribe at any time with one click."
+notice.fi = "Lähetämme sinulle uutisia ja tarjouksia sähköpostilla ostojesi perusteella. Voit perua tilauksen milloin tahansa yhdellä napsautuksella."
+
+[sms_marketing]
+name = "Offers by text message"
+legal_basis = "consent"
+channels = ["sms"]
+data_categories = ["contact"]
+retention_days = 730
+consent_lifetime_days = 730
+direct_marketing = true
+notice.en = "We send you offers by text message. Reply STOP or use the link in any message to stop them."
+notice.fi = "Lähetämme sinulle tarjouksia tekstiviestillä. Voit lopettaa ne viestin linkistä."
+
+[personalisation]
+name = "Personalised recommendations"
+legal_basis = "consent"
+channels = ["web", "email", "push"]
+data_categories = ["behaviour", "purchase_history"]
+retention_days = 365
+consent_lifetime_days = 365
+notice.en = "We use what you view and buy to recommend products to you on our site and in our messages."
+notice.fi = "Käytämme katselu- ja ostotietojasi suositellaksemme sinulle tuotteita sivustollamme ja viesteissämme."
+
+[analytics]
+name = "Measuring how our site is used"
+legal_basis = "legitimate_interests"
+balancing_note = "Aggregate measurement of site use to fix and improve it; pseudonymous, short retention, expected by visitors, no profiling for marketing; visitors may object."
+channels = ["web"]
+data_categories = ["behaviour"]
+retention_days = 400
+
+[ad_audiences]
+name = "Advertising audiences on social media and search"
+legal_basis = "consent"
+channels = ["ads"]
+data_categories = ["contact"]
+retention_days = 180
+consent_lifetime_days = 365
+gpc_opt_out = true
+direct_marketing = true
+notice.en = "We share a scrambled (hashed) form of your email address with advertising platforms to show you our ads, or to leave you out of them."
+notice.fi = "Jaamme sähköpostiosoitteesi salatussa (tiivistetyssä) muodossa mainosalustoille näyttääksemme sinulle mainoksiamme."
+
+[order_fulfilment]
+name = "Delivering your orders"
+legal_basis = "contract"
+channels = ["email", "sms", "post", "phone"]
+data_categories = ["contact", "address", "purchase_history"]
+retention_days = 2555
+"#;
+    let parsed: BTreeMap<String, PurposeSpec> =
+        toml::from_str(spec).expect("the default catalog parses");
+    parsed
+        .into_iter()
+        .map(|(id, s)| (PurposeId::parse(&id).expect("valid default id"), s))
+        .collect()
+}
+
+/// Seed the default catalog into an empty one; the number of purposes added.
+pub fn seed_defaults(conn: &mut dyn Conn, now_ms: i64) -> Result<usize> {
+    if conn
+        .query_opt("SELECT id FROM purposes LIMIT 1", &[])?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let defaults = default_purposes();
+    for (id, spec) in &defaults {
+        upsert_purpose(conn, id, spec, false, now_ms)?;
+    }
+    Ok(defaults.len())
+}

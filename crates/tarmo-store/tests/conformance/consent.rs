@@ -1,0 +1,704 @@
+//! The consent ledger, the purpose catalog and double opt-in, on each backend.
+
+use serde_json::{Map, Value, json};
+use tarmo_core::consent::{ConsentDecision, Method, PurposeId, PurposeSpec, Reason, decide};
+use tarmo_store::conn::P;
+use tarmo_store::consent::{self, NewEntry, Subject};
+use tarmo_store::doi::{self, Subscribe};
+use tarmo_store::links::{self, SignedLink};
+use tarmo_store::outbox::{self, OutboxMessage};
+use tarmo_store::resolve::EventConsent;
+
+use super::Harness;
+
+fn ev(ip: &str) -> Map<String, Value> {
+    json!({"ip": ip, "user_agent": "Mozilla/5.0 test"})
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
+    NewEntry {
+        profile_id: profile,
+        purpose: purpose.into(),
+        decision,
+        method,
+        notice_version: None,
+        at_ms: None,
+        source: "test form".into(),
+        evidence: ev("192.0.2.1"),
+    }
+}
+
+fn profile_of(h: &Harness, user: &str) -> i64 {
+    h.ingest(vec![json!({"type": "identify", "userId": user})]);
+    h.lookup("user_id", user).unwrap()
+}
+
+fn append(h: &Harness, entries: Vec<NewEntry>) -> tarmo_store::Result<Vec<i64>> {
+    h.writer.transact_blocking(move |ctx| {
+        consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
+    })
+}
+
+fn state(h: &Harness, profile: i64, purpose: &str) -> Option<ConsentDecision> {
+    consent::state(&mut *h.store.conn().unwrap(), profile, purpose)
+        .unwrap()
+        .map(|s| s.decision)
+}
+
+fn verdict(h: &Harness, profile: i64, purpose: &str) -> (bool, Reason) {
+    let catalog = h.store.catalog().unwrap();
+    let rule = catalog.require(purpose).unwrap().rule;
+    match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
+        Subject::Known(_, st, flags) => {
+            let v = decide(&rule, None, st.as_ref(), flags, tarmo_store::now_ms());
+            (v.allowed, v.reason)
+        }
+        other => panic!("expected a known subject, got {other:?}"),
+    }
+}
+
+fn spec(h: &Harness, id: &str) -> PurposeSpec {
+    h.store.catalog().unwrap().require(id).unwrap().spec.clone()
+}
+
+fn upsert(
+    h: &Harness,
+    id: &str,
+    s: PurposeSpec,
+    reconsent: bool,
+) -> tarmo_store::Result<consent::PurposeChange> {
+    let id = PurposeId::parse(id).unwrap();
+    let r = h.writer.transact_blocking(move |ctx| {
+        consent::upsert_purpose(ctx.conn, &id, &s, reconsent, ctx.now_ms)
+    });
+    h.store.catalog_changed();
+    r
+}
+
+pub fn purposes_are_versioned_and_material_changes_need_reconsent(h: &Harness) {
+    let p = profile_of(h, "reader");
+    append(
+        h,
+        vec![entry(
+            p,
+            "email_marketing",
+            ConsentDecision::Granted,
+            Method::WebForm,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(h, p, "email_marketing"),
+        (true, Reason::ConsentGranted)
+    );
+    let v1 = h
+        .store
+        .catalog()
+        .unwrap()
+        .require("email_marketing")
+        .unwrap()
+        .notice_version
+        .clone();
+
+    // The same definition again changes nothing.
+    let same = upsert(h, "email_marketing", spec(h, "email_marketing"), false).unwrap();
+    assert_eq!(same.outcome, "unchanged");
+
+    // A new name only: a new definition, the same notice.
+    let mut s = spec(h, "email_marketing");
+    s.name = "Our newsletter".into();
+    let c = upsert(h, "email_marketing", s.clone(), false).unwrap();
+    assert_eq!(
+        (c.outcome, c.version, c.notice_version.as_str()),
+        ("updated", 2, v1.as_str())
+    );
+    // Asking everyone again without telling them what changed is refused.
+    let err = upsert(h, "email_marketing", s.clone(), true).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tarmo_store::Error::Rejected {
+                code: "reconsent_needs_new_notice",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // A reworded notice that is not material: earlier consents still count.
+    s.notice
+        .insert("en".into(), "We send you our weekly news by email.".into());
+    let c = upsert(h, "email_marketing", s.clone(), false).unwrap();
+    assert_ne!(c.notice_version, v1);
+    assert_eq!(
+        verdict(h, p, "email_marketing"),
+        (true, Reason::ConsentGranted)
+    );
+
+    // A material change: consents under older notices need asking again.
+    s.notice.insert(
+        "en".into(),
+        "We send you news, and share your email with partners.".into(),
+    );
+    let c = upsert(h, "email_marketing", s.clone(), true).unwrap();
+    assert!(c.reconsent_required);
+    assert_eq!(
+        verdict(h, p, "email_marketing"),
+        (false, Reason::ReconsentRequired)
+    );
+    append(
+        h,
+        vec![entry(
+            p,
+            "email_marketing",
+            ConsentDecision::Granted,
+            Method::WebForm,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(h, p, "email_marketing"),
+        (true, Reason::ConsentGranted)
+    );
+
+    // History is kept, and the old notice's text can still be shown.
+    let hist = consent::purpose_history(&mut *h.store.conn().unwrap(), "email_marketing").unwrap();
+    assert_eq!(hist.len(), 4);
+    assert!(hist[3].material && !hist[2].material);
+    let old = consent::notice_texts(&mut *h.store.conn().unwrap(), "email_marketing", &v1)
+        .unwrap()
+        .unwrap();
+    assert!(old["en"].contains("one click"), "{old:?}");
+    // An entry may name the (older) notice it was made under.
+    let mut e = entry(
+        p,
+        "email_marketing",
+        ConsentDecision::Granted,
+        Method::WebForm,
+    );
+    e.notice_version = Some(v1.clone());
+    append(h, vec![e]).unwrap();
+    assert_eq!(
+        verdict(h, p, "email_marketing"),
+        (false, Reason::ReconsentRequired)
+    );
+}
+
+fn verify(h: &Harness) -> consent::VerifyReport {
+    let mut conn = h.store.conn().unwrap();
+    consent::verify(&mut *conn, h.store.vault(), &mut |_| {}).unwrap()
+}
+
+pub fn the_ledger_chain_detects_edits_removals_and_truncation(h: &Harness) {
+    let p = profile_of(h, "chained");
+    let q = profile_of(h, "other");
+    for i in 0..10 {
+        let d = if i % 2 == 0 {
+            ConsentDecision::Granted
+        } else {
+            ConsentDecision::Withdrawn
+        };
+        let who = if i % 3 == 0 { q } else { p };
+        append(h, vec![entry(who, "email_marketing", d, Method::WebForm)]).unwrap();
+    }
+    let r = verify(h);
+    assert_eq!((r.entries, r.first_broken.clone()), (10, None), "{r:?}");
+
+    let exec = |sql: &str, params: &[P<'_>]| h.store.conn().unwrap().exec(sql, params).unwrap();
+    // An edited decision.
+    exec(
+        "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 4",
+        &[],
+    );
+    let r = verify(h);
+    assert_eq!(r.first_broken.as_ref().map(|b| b.seq), Some(4), "{r:?}");
+    assert!(r.first_broken.unwrap().problem.contains("altered"));
+    exec(
+        "UPDATE consent_ledger SET decision = 'withdrawn' WHERE seq = 4",
+        &[],
+    );
+    assert_eq!(verify(h).first_broken, None);
+
+    // Evidence swapped between entries.
+    exec(
+        "UPDATE consent_ledger SET evidence = (SELECT evidence FROM consent_ledger WHERE seq = 2) WHERE seq = 3",
+        &[],
+    );
+    assert_eq!(verify(h).first_broken.map(|b| b.seq), Some(3));
+
+    // Removal and truncation, on a fresh ledger.
+    let h = Harness::new(h.store.backend_name() == "postgres");
+    let p = profile_of(&h, "chained");
+    for _ in 0..6 {
+        append(
+            &h,
+            vec![entry(
+                p,
+                "sms_marketing",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            )],
+        )
+        .unwrap();
+    }
+    let exec = |sql: &str| h.store.conn().unwrap().exec(sql, &[]).unwrap();
+    exec("DELETE FROM consent_ledger WHERE seq = 6");
+    let r = verify(&h);
+    let b = r.first_broken.expect("truncation is noticed");
+    assert!(b.problem.contains("removed or rewritten"), "{b:?}");
+    exec("DELETE FROM consent_ledger WHERE seq = 3");
+    let r = verify(&h);
+    assert_eq!(
+        r.first_broken
+            .map(|b| (b.seq, b.problem.contains("missing"))),
+        Some((3, true))
+    );
+}
+
+pub fn materialised_state_equals_the_fold_of_the_ledger_through_merges(h: &Harness) {
+    // Two visitors, each with their own choices, then found to be one person.
+    let a = {
+        h.ingest(vec![
+            json!({"type": "identify", "anonymousId": "m-a", "traits": {"email": "merge@x.fi"}}),
+        ]);
+        h.lookup("anonymous_id", "m-a").unwrap()
+    };
+    let b = {
+        h.ingest(vec![json!({"type": "page", "anonymousId": "m-b"})]);
+        h.lookup("anonymous_id", "m-b").unwrap()
+    };
+    append(
+        h,
+        vec![
+            entry(
+                a,
+                "email_marketing",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            ),
+            entry(
+                b,
+                "personalisation",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            ),
+            entry(
+                a,
+                "personalisation",
+                ConsentDecision::Denied,
+                Method::WebForm,
+            ),
+            entry(
+                b,
+                "email_marketing",
+                ConsentDecision::Withdrawn,
+                Method::OneClickUnsubscribe,
+            ),
+            entry(
+                a,
+                "sms_marketing",
+                ConsentDecision::PendingConfirmation,
+                Method::DoubleOptInSms,
+            ),
+        ],
+    )
+    .unwrap();
+    for i in 0..20 {
+        let who = if i % 2 == 0 { a } else { b };
+        let d = [
+            ConsentDecision::Granted,
+            ConsentDecision::Withdrawn,
+            ConsentDecision::PendingConfirmation,
+        ][i % 3];
+        append(h, vec![entry(who, "ad_audiences", d, Method::Api)]).unwrap();
+    }
+    h.ingest(vec![
+        json!({"type": "identify", "anonymousId": "m-b", "traits": {"email": "merge@x.fi"}}),
+    ]);
+    assert_eq!(h.lookup("anonymous_id", "m-b"), Some(a), "the two merged");
+    assert_eq!(
+        state(h, a, "email_marketing"),
+        Some(ConsentDecision::Withdrawn),
+        "the later choice wins"
+    );
+    assert_eq!(
+        state(h, a, "personalisation"),
+        Some(ConsentDecision::Denied)
+    );
+    assert_eq!(
+        state(h, b, "personalisation"),
+        None,
+        "nothing stays under the merged-away id"
+    );
+
+    let mut conn = h.store.conn().unwrap();
+    let folded = consent::fold_all(&mut *conn).unwrap();
+    let stored = consent::materialised(&mut *conn).unwrap();
+    assert!(!folded.is_empty());
+    assert_eq!(folded, stored);
+    // Damage the materialised state; a rebuild restores it exactly.
+    conn.exec("UPDATE consent_state SET decision = 'granted'", &[])
+        .unwrap();
+    conn.exec(
+        "DELETE FROM consent_state WHERE purpose_id = 'sms_marketing'",
+        &[],
+    )
+    .unwrap();
+    conn.begin().unwrap();
+    let differed = consent::rebuild(&mut *conn).unwrap();
+    conn.commit().unwrap();
+    assert!(differed >= 2, "{differed}");
+    assert_eq!(consent::materialised(&mut *conn).unwrap(), folded);
+}
+
+fn subscribe_req(h: &Harness, email: &str, purposes: &[&str], ttl_ms: i64) -> Subscribe {
+    let id = h
+        .cfg
+        .identifier(h.cfg.kind("email").unwrap(), email)
+        .unwrap();
+    Subscribe {
+        identifier: h.store.prepare_identifier(&id),
+        address: id.value().to_owned(),
+        channel: "email",
+        purposes: purposes.iter().map(|s| s.to_string()).collect(),
+        language: "fi".into(),
+        source: "footer form".into(),
+        evidence: ev("198.51.100.7"),
+        token_ttl_ms: ttl_ms,
+    }
+}
+
+pub fn double_opt_in_confirms_once_and_tokens_expire(h: &Harness) {
+    let req = subscribe_req(
+        h,
+        "doi@example.fi",
+        &["email_marketing", "personalisation"],
+        3_600_000,
+    );
+    let s = h
+        .writer
+        .transact_blocking(move |ctx| doi::subscribe(ctx, req))
+        .unwrap();
+    assert_eq!(s.pending, ["email_marketing", "personalisation"]);
+    assert_eq!(
+        state(h, s.profile_id, "email_marketing"),
+        Some(ConsentDecision::PendingConfirmation)
+    );
+    assert_eq!(
+        verdict(h, s.profile_id, "email_marketing"),
+        (false, Reason::PendingConfirmation)
+    );
+
+    // The confirmation message waits in the outbox, sealed.
+    let claimed = h
+        .store
+        .transact_direct(|c, v| outbox::claim_due(c, v, tarmo_store::now_ms(), 10))
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let OutboxMessage::Confirmation {
+        to,
+        token,
+        language,
+        purposes,
+        ..
+    } = claimed[0].message.clone()
+    else {
+        panic!("expected a confirmation");
+    };
+    assert_eq!(
+        (to.as_str(), language.as_str(), purposes.len()),
+        ("doi@example.fi", "fi", 2)
+    );
+    let peek = doi::peek(&mut *h.store.conn().unwrap(), &token, tarmo_store::now_ms()).unwrap();
+    assert_eq!(peek.profile_id, s.profile_id);
+
+    let t = token.clone();
+    let c = h
+        .writer
+        .transact_blocking(move |ctx| doi::confirm(ctx, &t, ev("198.51.100.8")))
+        .unwrap();
+    assert_eq!(c.purposes.len(), 2);
+    assert_eq!(
+        verdict(h, s.profile_id, "email_marketing"),
+        (true, Reason::ConsentGranted)
+    );
+    let hist =
+        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), s.profile_id).unwrap();
+    let last = hist.last().unwrap();
+    assert_eq!(
+        (last.decision.as_str(), last.method.as_str()),
+        ("granted", "double_opt_in_email")
+    );
+    assert_eq!(last.evidence["ip"], "198.51.100.8");
+    assert_eq!(
+        last.evidence["confirmation_token_id"],
+        hist[0].evidence["confirmation_token_id"]
+    );
+
+    // Replayed: refused, nothing written.
+    let before = hist.len();
+    let t = token.clone();
+    let err = h
+        .writer
+        .transact_blocking(move |ctx| doi::confirm(ctx, &t, Map::new()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tarmo_store::Error::Rejected {
+                status: 410,
+                code: "token_used",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = h
+        .writer
+        .transact_blocking(|ctx| doi::confirm(ctx, "forged-token", Map::new()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tarmo_store::Error::Rejected {
+                status: 404,
+                code: "token_unknown",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), s.profile_id)
+            .unwrap()
+            .len(),
+        before
+    );
+
+    // Subscribing again to what was granted asks nothing.
+    let req = subscribe_req(h, "doi@example.fi", &["email_marketing"], 3_600_000);
+    let again = h
+        .writer
+        .transact_blocking(move |ctx| doi::subscribe(ctx, req))
+        .unwrap();
+    assert_eq!((again.pending.len(), again.already_granted.len()), (0, 1));
+
+    // An expired token does not confirm.
+    let req = subscribe_req(h, "late@example.fi", &["sms_marketing"], -1);
+    let late = h
+        .writer
+        .transact_blocking(move |ctx| doi::subscribe(ctx, req))
+        .unwrap();
+    let claimed = h
+        .store
+        .transact_direct(|c, v| outbox::claim_due(c, v, tarmo_store::now_ms(), 10))
+        .unwrap();
+    let OutboxMessage::Confirmation { token, .. } = claimed[0].message.clone() else {
+        panic!()
+    };
+    let err = h
+        .writer
+        .transact_blocking(move |ctx| doi::confirm(ctx, &token, Map::new()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tarmo_store::Error::Rejected {
+                code: "token_expired",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        verdict(h, late.profile_id, "sms_marketing"),
+        (false, Reason::PendingConfirmation)
+    );
+}
+
+pub fn gpc_on_ingestion_opts_out_once_and_a_later_choice_stands(h: &Harness) {
+    let p = profile_of(h, "gpc-user");
+    append(
+        h,
+        vec![entry(
+            p,
+            "ad_audiences",
+            ConsentDecision::Granted,
+            Method::WebForm,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(h, p, "ad_audiences"),
+        (true, Reason::ConsentGranted)
+    );
+    let send = |n: usize| {
+        let events = (0..n)
+            .map(|i| {
+                let m = tarmo_core::segment::parse_message(
+                    json!({"type": "page", "userId": "gpc-user", "messageId": format!("gpc-{}-{i}", tarmo_store::now_ms())}),
+                    0,
+                    None,
+                    Default::default(),
+                    1_000,
+                    &h.cfg,
+                )
+                .unwrap();
+                let mut e = h.store.prepare(m, 1);
+                e.consent = Some(Box::new(EventConsent {
+                    gpc: true,
+                    signals: vec![],
+                    source: "Sec-GPC header".into(),
+                    evidence: ev("203.0.113.9"),
+                }));
+                e
+            })
+            .collect();
+        h.writer.submit_blocking(events).unwrap();
+    };
+    send(3);
+    assert_eq!(verdict(h, p, "ad_audiences"), (false, Reason::OptedOut));
+    assert_eq!(
+        verdict(h, p, "email_marketing").1,
+        Reason::NoConsent,
+        "GPC touches only sale/sharing purposes"
+    );
+    let n = |h: &Harness| {
+        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p)
+            .unwrap()
+            .len()
+    };
+    let after_first = n(h);
+    assert_eq!(after_first, 2, "one grant, one GPC opt-out");
+    // The person chooses again on the preference page: that stands, even
+    // though the browser keeps sending GPC.
+    append(
+        h,
+        vec![entry(
+            p,
+            "ad_audiences",
+            ConsentDecision::Granted,
+            Method::PreferenceCenter,
+        )],
+    )
+    .unwrap();
+    send(2);
+    assert_eq!(
+        verdict(h, p, "ad_audiences"),
+        (true, Reason::ConsentGranted)
+    );
+    assert_eq!(n(h), 3);
+}
+
+pub fn unsubscribe_links_withdraw_for_their_purpose_only(h: &Harness) {
+    let p = profile_of(h, "unsub");
+    append(
+        h,
+        vec![
+            entry(
+                p,
+                "email_marketing",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            ),
+            entry(
+                p,
+                "sms_marketing",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            ),
+        ],
+    )
+    .unwrap();
+    let link = SignedLink {
+        profile_id: p,
+        scope: "email_marketing".into(),
+        issued_ms: 1,
+    };
+    let token = links::sign_link(h.store.vault(), doi::UNSUBSCRIBE_LINK, &link);
+    let opened = links::open_link(h.store.vault(), doi::UNSUBSCRIBE_LINK, &token).unwrap();
+    let changed = h
+        .writer
+        .transact_blocking(move |ctx| doi::unsubscribe(ctx, &opened, Map::new()))
+        .unwrap();
+    assert!(changed);
+    assert_eq!(verdict(h, p, "email_marketing"), (false, Reason::Withdrawn));
+    assert_eq!(
+        verdict(h, p, "sms_marketing"),
+        (true, Reason::ConsentGranted)
+    );
+    // A second click changes nothing and is not an error.
+    let opened = links::open_link(h.store.vault(), doi::UNSUBSCRIBE_LINK, &token).unwrap();
+    assert!(
+        !h.writer
+            .transact_blocking(move |ctx| doi::unsubscribe(ctx, &opened, Map::new()))
+            .unwrap()
+    );
+}
+
+pub fn bad_consent_input_is_refused_and_nothing_is_written(h: &Harness) {
+    let p = profile_of(h, "strict");
+    let cases: Vec<(NewEntry, &str)> = vec![
+        (
+            entry(p, "no_such_purpose", ConsentDecision::Granted, Method::Api),
+            "unknown_purpose",
+        ),
+        (
+            entry(p, "order_fulfilment", ConsentDecision::Granted, Method::Api),
+            "purpose_not_consent_based",
+        ),
+        (
+            entry(
+                p,
+                "order_fulfilment",
+                ConsentDecision::Objected,
+                Method::Api,
+            ),
+            "objection_not_applicable",
+        ),
+        (
+            NewEntry {
+                notice_version: Some("0000".into()),
+                ..entry(p, "email_marketing", ConsentDecision::Granted, Method::Api)
+            },
+            "unknown_notice_version",
+        ),
+        (
+            NewEntry {
+                source: "x".repeat(201),
+                ..entry(p, "email_marketing", ConsentDecision::Granted, Method::Api)
+            },
+            "invalid_source",
+        ),
+    ];
+    for (e, code) in cases {
+        // A good entry first in the same batch: it must not be written either.
+        let good = entry(p, "sms_marketing", ConsentDecision::Granted, Method::Api);
+        let err = append(h, vec![good, e]).unwrap_err();
+        match err {
+            tarmo_store::Error::Rejected { code: c, .. } => assert_eq!(c, code),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    assert!(
+        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(verify(h).entries, 0);
+    // Objection to an analytics purpose resting on legitimate interests is fine.
+    append(
+        h,
+        vec![entry(
+            p,
+            "analytics",
+            ConsentDecision::Objected,
+            Method::Staff,
+        )],
+    )
+    .unwrap();
+    assert_eq!(verdict(h, p, "analytics"), (false, Reason::Objected));
+}
