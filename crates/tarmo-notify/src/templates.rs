@@ -1,0 +1,384 @@
+//! The double opt-in confirmation message in each supported language: English,
+//! Finnish, German, Norwegian Bokmål, Hebrew (right to left) and Turkish.
+//!
+//! Each message lists the purposes with the exact notice text the person is
+//! agreeing to, says that nothing happens unless they confirm, and says when
+//! the link expires. Every interpolated value is HTML-escaped in the HTML body;
+//! the plain-text body and the SMS carry them as they are.
+
+/// What the person is asked to confirm.
+#[derive(Debug, Clone)]
+pub struct ConfirmationContext {
+    /// The controller's name as the person knows it.
+    pub organisation: String,
+    pub purposes: Vec<Purpose>,
+    /// The absolute `https` URL of the confirmation page, built by the caller.
+    pub confirm_url: String,
+    pub expires_in_hours: u32,
+}
+
+/// One purpose of processing and the notice shown for it.
+#[derive(Debug, Clone)]
+pub struct Purpose {
+    pub name: String,
+    /// The exact notice text; it is reproduced verbatim (line breaks kept).
+    pub notice: String,
+}
+
+/// A rendered email: the subject, the plain-text body and the HTML body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailContent {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// A language the templates are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Fi,
+    De,
+    /// Norwegian Bokmål; also chosen for `no` and for Nynorsk (`nn`), whose
+    /// readers all read Bokmål.
+    Nb,
+    He,
+    Tr,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 6] = [Lang::En, Lang::Fi, Lang::De, Lang::Nb, Lang::He, Lang::Tr];
+
+    /// Picks the language for a BCP 47 tag: the primary subtag decides
+    /// (`fi-FI` and `fi_FI` are Finnish), anything unknown is English.
+    pub fn negotiate(tag: &str) -> Lang {
+        let primary = tag.trim().split(['-', '_']).next().unwrap_or_default();
+        match primary.to_ascii_lowercase().as_str() {
+            "fi" => Lang::Fi,
+            "de" => Lang::De,
+            "nb" | "no" | "nn" => Lang::Nb,
+            "he" | "iw" => Lang::He,
+            "tr" => Lang::Tr,
+            _ => Lang::En,
+        }
+    }
+
+    /// The BCP 47 tag, as used in `<html lang>`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Fi => "fi",
+            Lang::De => "de",
+            Lang::Nb => "nb",
+            Lang::He => "he",
+            Lang::Tr => "tr",
+        }
+    }
+
+    pub fn is_rtl(self) -> bool {
+        self == Lang::He
+    }
+
+    fn texts(self) -> &'static Texts {
+        match self {
+            Lang::En => &EN,
+            Lang::Fi => &FI,
+            Lang::De => &DE,
+            Lang::Nb => &NB,
+            Lang::He => &HE,
+            Lang::Tr => &TR,
+        }
+    }
+
+    /// "in N hours", in the form each language's `expires` sentence needs.
+    fn hours(self, n: u32) -> String {
+        match self {
+            Lang::En if n == 1 => "1 hour".into(),
+            Lang::En => format!("{n} hours"),
+            // "… {n} tunnin kuluttua": the genitive is the same for 1 and many.
+            Lang::Fi => format!("{n} tunnin"),
+            Lang::De if n == 1 => "1 Stunde".into(),
+            Lang::De => format!("{n} Stunden"),
+            Lang::Nb if n == 1 => "1 time".into(),
+            Lang::Nb => format!("{n} timer"),
+            Lang::He if n == 1 => "שעה".into(),
+            Lang::He if n == 2 => "שעתיים".into(),
+            Lang::He => format!("{n} שעות"),
+            // Turkish keeps the noun singular after a number.
+            Lang::Tr => format!("{n} saat"),
+        }
+    }
+}
+
+/// One language's sentences. `{org}`, `{url}` and `{hours}` are filled in.
+struct Texts {
+    subject: &'static str,
+    greeting: &'static str,
+    intro: &'static str,
+    open_link: &'static str,
+    button: &'static str,
+    nothing_unless_confirmed: &'static str,
+    nothing_unless_pressed: &'static str,
+    expires: &'static str,
+    ignore: &'static str,
+    button_fallback: &'static str,
+    sms: &'static str,
+}
+
+const EN: Texts = Texts {
+    subject: "Please confirm your choices with {org}",
+    greeting: "Hello,",
+    intro: "{org} would like your permission for the following. Please read it and confirm only if you agree.",
+    open_link: "To confirm, open this link:",
+    button: "Yes, I confirm",
+    nothing_unless_confirmed: "Nothing happens unless you confirm.",
+    nothing_unless_pressed: "Nothing happens unless you press the button.",
+    expires: "The link expires in {hours}.",
+    ignore: "If you did not ask for this, you can simply ignore this email.",
+    button_fallback: "If the button does not work, copy this link into your browser:",
+    sms: "{org}: please confirm your choices: {url} Nothing happens unless you confirm. The link expires in {hours}.",
+};
+
+const FI: Texts = Texts {
+    subject: "Vahvista valintasi – {org}",
+    greeting: "Hei,",
+    intro: "{org} pyytää lupaasi seuraaviin asioihin. Lue ne ja vahvista vain, jos hyväksyt ne.",
+    open_link: "Vahvista avaamalla tämä linkki:",
+    button: "Kyllä, vahvistan",
+    nothing_unless_confirmed: "Mitään ei tapahdu, ellet vahvista.",
+    nothing_unless_pressed: "Mitään ei tapahdu, ellet paina painiketta.",
+    expires: "Linkki vanhenee {hours} kuluttua.",
+    ignore: "Jos et pyytänyt tätä, voit jättää viestin huomiotta.",
+    button_fallback: "Jos painike ei toimi, kopioi tämä linkki selaimeesi:",
+    sms: "{org}: vahvista valintasi: {url} Mitään ei tapahdu, ellet vahvista. Linkki vanhenee {hours} kuluttua.",
+};
+
+const DE: Texts = Texts {
+    subject: "Bitte bestätigen Sie Ihre Auswahl bei {org}",
+    greeting: "Hallo,",
+    intro: "{org} bittet Sie um Ihre Einwilligung zu Folgendem. Bitte lesen Sie es und bestätigen Sie nur, wenn Sie einverstanden sind.",
+    open_link: "Zum Bestätigen öffnen Sie diesen Link:",
+    button: "Ja, ich bestätige",
+    nothing_unless_confirmed: "Ohne Ihre Bestätigung passiert nichts.",
+    nothing_unless_pressed: "Es passiert nichts, solange Sie nicht auf die Schaltfläche klicken.",
+    expires: "Der Link läuft in {hours} ab.",
+    ignore: "Falls Sie das nicht angefordert haben, können Sie diese E-Mail einfach ignorieren.",
+    button_fallback: "Falls die Schaltfläche nicht funktioniert, kopieren Sie diesen Link in Ihren Browser:",
+    sms: "{org}: Bitte bestätigen Sie Ihre Auswahl: {url} Ohne Ihre Bestätigung passiert nichts. Der Link läuft in {hours} ab.",
+};
+
+const NB: Texts = Texts {
+    subject: "Bekreft valgene dine hos {org}",
+    greeting: "Hei,",
+    intro: "{org} ber om samtykke fra deg til følgende. Les gjennom og bekreft bare hvis du er enig.",
+    open_link: "Åpne denne lenken for å bekrefte:",
+    button: "Ja, jeg bekrefter",
+    nothing_unless_confirmed: "Ingenting skjer med mindre du bekrefter.",
+    nothing_unless_pressed: "Ingenting skjer med mindre du trykker på knappen.",
+    expires: "Lenken utløper om {hours}.",
+    ignore: "Hvis du ikke har bedt om dette, kan du bare se bort fra denne e-posten.",
+    button_fallback: "Hvis knappen ikke virker, kan du kopiere denne lenken inn i nettleseren:",
+    sms: "{org}: bekreft valgene dine: {url} Ingenting skjer med mindre du bekrefter. Lenken utløper om {hours}.",
+};
+
+// Worded without gendered verb forms (infinitives and nouns), so it reads
+// right for every recipient.
+const HE: Texts = Texts {
+    subject: "אישור הבחירות שלך אצל {org}",
+    greeting: "שלום,",
+    intro: "הודעה זו נשלחה מטעם {org} כדי לבקש את הסכמתך לנושאים הבאים. נא לקרוא אותם ולאשר רק אם הם מקובלים עליך.",
+    open_link: "לאישור יש לפתוח את הקישור הזה:",
+    button: "אישור",
+    nothing_unless_confirmed: "ללא אישורך שום דבר לא יקרה.",
+    nothing_unless_pressed: "ללא לחיצה על הכפתור שום דבר לא יקרה.",
+    expires: "תוקף הקישור יפוג בעוד {hours}.",
+    ignore: "אם לא ביקשת זאת, אפשר פשוט להתעלם מהודעה זו.",
+    button_fallback: "אם הכפתור אינו פועל, יש להעתיק את הקישור הזה לדפדפן:",
+    sms: "{org}: לאישור הבחירות שלך: {url} ללא אישורך שום דבר לא יקרה. תוקף הקישור יפוג בעוד {hours}.",
+};
+
+const TR: Texts = Texts {
+    subject: "{org}: lütfen seçimlerinizi onaylayın",
+    greeting: "Merhaba,",
+    intro: "{org} aşağıdakiler için izninizi istiyor. Lütfen okuyun ve yalnızca kabul ediyorsanız onaylayın.",
+    open_link: "Onaylamak için bu bağlantıyı açın:",
+    button: "Evet, onaylıyorum",
+    nothing_unless_confirmed: "Siz onaylamadıkça hiçbir şey olmaz.",
+    nothing_unless_pressed: "Düğmeye basmadıkça hiçbir şey olmaz.",
+    expires: "Bağlantının süresi {hours} sonra dolacak.",
+    ignore: "Bunu siz istemediyseniz bu e-postayı görmezden gelebilirsiniz.",
+    button_fallback: "Düğme çalışmazsa bu bağlantıyı tarayıcınıza kopyalayın:",
+    sms: "{org}: lütfen seçimlerinizi onaylayın: {url} Onaylamadıkça hiçbir şey olmaz. Bağlantının süresi {hours} sonra dolacak.",
+};
+
+/// The confirmation email in `lang` (a BCP 47 tag; see [`Lang::negotiate`]).
+pub fn confirmation_email(lang: &str, ctx: &ConfirmationContext) -> EmailContent {
+    let lang = Lang::negotiate(lang);
+    let t = lang.texts();
+    let hours = lang.hours(ctx.expires_in_hours);
+    let org = ctx.organisation.as_str();
+    let url = ctx.confirm_url.as_str();
+    let fill_plain = |template: &str| fill(template, org, url, &hours);
+    let fill_html = |template: &str| {
+        fill(
+            &escape(template),
+            &escape(org),
+            &escape(url),
+            &escape(&hours),
+        )
+    };
+
+    let subject = fill_plain(t.subject);
+
+    let mut text = format!("{}\n\n{}\n\n", t.greeting, fill_plain(t.intro));
+    for purpose in &ctx.purposes {
+        text.push_str(&format!("{}\n{}\n\n", purpose.name, purpose.notice));
+    }
+    text.push_str(&format!(
+        "{}\n{url}\n\n{} {} {}\n\n{org}\n",
+        t.open_link,
+        t.nothing_unless_confirmed,
+        fill_plain(t.expires),
+        t.ignore,
+    ));
+
+    let dir = if lang.is_rtl() { "rtl" } else { "ltr" };
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"{code}\" dir=\"{dir}\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title}</title>\n</head>\n\
+         <body style=\"margin:0;padding:0;background:#ffffff;\">\n\
+         <div dir=\"{dir}\" style=\"max-width:36em;margin:0 auto;padding:1.5em;font-family:Helvetica,Arial,sans-serif;font-size:16px;line-height:1.5;color:#222222;\">\n\
+         <p>{greeting}</p>\n<p>{intro}</p>\n",
+        code = lang.code(),
+        title = escape(&subject),
+        greeting = escape(t.greeting),
+        intro = fill_html(t.intro),
+    );
+    for purpose in &ctx.purposes {
+        html.push_str(&format!(
+            "<h2 style=\"font-size:1.1em;margin:1.2em 0 0.3em;\">{}</h2>\n\
+             <p style=\"margin:0;white-space:pre-line;\">{}</p>\n",
+            escape(&purpose.name),
+            escape(&purpose.notice),
+        ));
+    }
+    html.push_str(&format!(
+        "<p style=\"margin:2em 0;\"><a href=\"{url}\" style=\"display:inline-block;padding:0.8em 1.6em;background:#1a5fb4;color:#ffffff;text-decoration:none;border-radius:4px;font-weight:bold;\">{button}</a></p>\n\
+         <p>{nothing} {expires} {ignore}</p>\n\
+         <p style=\"font-size:0.9em;color:#555555;\">{fallback}<br>\n<a href=\"{url}\" dir=\"ltr\" style=\"color:#1a5fb4;word-break:break-all;\">{url}</a></p>\n\
+         <p>{org}</p>\n</div>\n</body>\n</html>\n",
+        url = escape(url),
+        button = escape(t.button),
+        nothing = escape(t.nothing_unless_pressed),
+        expires = fill_html(t.expires),
+        ignore = escape(t.ignore),
+        fallback = escape(t.button_fallback),
+        org = escape(org),
+    ));
+
+    EmailContent {
+        subject,
+        text,
+        html,
+    }
+}
+
+/// The confirmation SMS in `lang`: one short paragraph with the URL.
+pub fn confirmation_sms(lang: &str, ctx: &ConfirmationContext) -> String {
+    let lang = Lang::negotiate(lang);
+    fill(
+        lang.texts().sms,
+        &ctx.organisation,
+        &ctx.confirm_url,
+        &lang.hours(ctx.expires_in_hours),
+    )
+}
+
+/// Replaces `{org}`, `{url}` and `{hours}` in one pass, so a value that itself
+/// contains `{url}` is not substituted again.
+fn fill(template: &str, org: &str, url: &str, hours: &str) -> String {
+    let mut out = String::with_capacity(template.len() + org.len() + url.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let (value, len) = if after.starts_with("{org}") {
+            (org, 5)
+        } else if after.starts_with("{url}") {
+            (url, 5)
+        } else if after.starts_with("{hours}") {
+            (hours, 7)
+        } else {
+            ("{", 1)
+        };
+        out.push_str(value);
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Escapes text for HTML element content and double- or single-quoted attributes.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Lang::negotiate("fi"), Lang::Fi);
+        assert_eq!(Lang::negotiate("fi-FI"), Lang::Fi);
+        assert_eq!(Lang::negotiate("FI_fi"), Lang::Fi);
+        assert_eq!(Lang::negotiate("de-AT"), Lang::De);
+        assert_eq!(Lang::negotiate("no"), Lang::Nb);
+        assert_eq!(Lang::negotiate("nb-NO"), Lang::Nb);
+        assert_eq!(Lang::negotiate("nn"), Lang::Nb);
+        assert_eq!(Lang::negotiate("he-IL"), Lang::He);
+        assert_eq!(Lang::negotiate("iw"), Lang::He);
+        assert_eq!(Lang::negotiate("tr"), Lang::Tr);
+        assert_eq!(Lang::negotiate("sv-SE"), Lang::En);
+        assert_eq!(Lang::negotiate(""), Lang::En);
+        assert_eq!(Lang::negotiate("en-GB"), Lang::En);
+    }
+
+    #[test]
+    fn fill_is_one_pass() {
+        assert_eq!(
+            fill("{org} at {url} in {hours}", "A{url}", "U", "H"),
+            "A{url} at U in H"
+        );
+        assert_eq!(fill("{x} {org", "O", "U", "H"), "{x} {org");
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn hours_forms() {
+        assert_eq!(Lang::En.hours(1), "1 hour");
+        assert_eq!(Lang::En.hours(48), "48 hours");
+        assert_eq!(Lang::De.hours(1), "1 Stunde");
+        assert_eq!(Lang::Nb.hours(24), "24 timer");
+        assert_eq!(Lang::He.hours(2), "שעתיים");
+    }
+}
