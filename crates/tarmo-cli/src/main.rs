@@ -9,10 +9,14 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use tarmo_core::consent::{PurposeId, PurposeSpec};
 use tarmo_core::identity::IdentityConfig;
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
 use tarmo_store::{Backend, KeyRole, Store};
+
+mod import;
+mod ledger;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +46,18 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "TARMO_LISTEN")]
         listen: Option<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Check and repair the consent ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: ledger::LedgerCommand,
+    },
+    /// Import data from files.
+    Import {
+        #[command(subcommand)]
+        command: import::ImportCommand,
     },
     /// Manage API keys.
     Keys {
@@ -106,6 +122,38 @@ struct Common {
     default_region: Option<String>,
 }
 
+/// What `serve` needs beyond the store: where people reach it, and how it
+/// sends them messages.
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// The base URL people reach this server at, for links in messages
+    /// (default: http://LISTEN). Use https in production.
+    #[arg(long, env = "TARMO_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// SMTP server for confirmation and marketing email:
+    /// smtp://[user:pass@]host[:port][?tls=none|starttls|opportunistic] or smtps://...
+    #[arg(long, env = "TARMO_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// A PEM certificate to trust for the SMTP server (a private CA).
+    #[arg(long, env = "TARMO_SMTP_CA")]
+    smtp_ca: Option<PathBuf>,
+    /// The sender of Tarmo's email: an address, with an optional name as "Name <address>".
+    #[arg(long, env = "TARMO_MAIL_FROM")]
+    mail_from: Option<String>,
+    /// An HTTP(S) endpoint that sends SMS: Tarmo POSTs {"to", "body", "id"}.
+    #[arg(long, env = "TARMO_SMS_WEBHOOK_URL")]
+    sms_webhook_url: Option<String>,
+    /// Bearer token for the SMS webhook.
+    #[arg(long, env = "TARMO_SMS_WEBHOOK_TOKEN", hide_env_values = true)]
+    sms_webhook_token: Option<String>,
+    /// The organisation's name in messages and pages.
+    #[arg(long, env = "TARMO_ORGANISATION")]
+    organisation: Option<String>,
+    /// How long a confirmation link works, in hours (default 48).
+    #[arg(long, env = "TARMO_CONFIRMATION_TTL_HOURS")]
+    confirmation_ttl_hours: Option<u64>,
+}
+
 /// `tarmo.toml`. Every key is optional; flags and environment win.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +165,14 @@ struct FileConfig {
     identifier_types: Option<Vec<String>>,
     /// Unwrapped data keys kept in memory.
     key_cache: Option<usize>,
+    public_url: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    sms_webhook_url: Option<String>,
+    organisation: Option<String>,
+    confirmation_ttl_hours: Option<u64>,
+    /// The purpose catalog: `[purposes.email_marketing]` tables.
+    purposes: Option<toml::Table>,
 }
 
 struct Settings {
@@ -125,9 +181,39 @@ struct Settings {
     identity: IdentityConfig,
     key_cache: usize,
     listen: String,
+    serve: ServeArgs,
+    purposes: Vec<(PurposeId, PurposeSpec, bool)>,
+}
+
+/// Purposes from `tarmo.toml`: each table is a purpose definition, plus an
+/// optional `requires_reconsent = true` for a material change of its notice.
+fn file_purposes(t: toml::Table) -> anyhow::Result<Vec<(PurposeId, PurposeSpec, bool)>> {
+    let mut out = Vec::new();
+    for (id, v) in t {
+        let pid = PurposeId::parse(&id).with_context(|| format!("[purposes.{id}]"))?;
+        let toml::Value::Table(mut table) = v else {
+            bail!("[purposes.{id}] must be a table");
+        };
+        let reconsent = match table.remove("requires_reconsent") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => bail!("[purposes.{id}] requires_reconsent must be true or false"),
+        };
+        let spec: PurposeSpec = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("[purposes.{id}]"))?;
+        spec.validate()
+            .with_context(|| format!("[purposes.{id}]"))?;
+        out.push((pid, spec, reconsent));
+    }
+    Ok(out)
 }
 
 fn settings(c: &Common, listen: Option<String>) -> anyhow::Result<Settings> {
+    settings_with(c, listen, ServeArgs::default())
+}
+
+fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow::Result<Settings> {
     let path = c
         .config
         .clone()
@@ -147,6 +233,16 @@ fn settings(c: &Common, listen: Option<String>) -> anyhow::Result<Settings> {
         .identifier_types
         .unwrap_or_else(|| vec!["loyalty_card".into(), "social_handle".into()]);
     let identity = IdentityConfig::new(region.as_deref(), &kinds)?;
+    let serve = ServeArgs {
+        public_url: serve.public_url.or(file.public_url),
+        smtp_url: serve.smtp_url.or(file.smtp_url),
+        smtp_ca: serve.smtp_ca,
+        mail_from: serve.mail_from.or(file.mail_from),
+        sms_webhook_url: serve.sms_webhook_url.or(file.sms_webhook_url),
+        sms_webhook_token: serve.sms_webhook_token,
+        organisation: serve.organisation.or(file.organisation),
+        confirmation_ttl_hours: serve.confirmation_ttl_hours.or(file.confirmation_ttl_hours),
+    };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
         database_url: c.database_url.clone().or(file.database_url),
@@ -155,6 +251,12 @@ fn settings(c: &Common, listen: Option<String>) -> anyhow::Result<Settings> {
         listen: listen
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        serve,
+        purposes: file
+            .purposes
+            .map(file_purposes)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -206,9 +308,37 @@ fn init(s: &Settings) -> anyhow::Result<FirstKeys> {
     master.create_file(&s.data_dir.join(MASTER_KEY_FILE))?;
     let backend = Backend::open(&s.data_dir, s.database_url.as_deref())?;
     let store = Store::open(backend, &master, s.key_cache)?;
+    apply_purposes(&store, s)?;
     let (admin, _) = store.create_api_key(KeyRole::Admin, "first admin key")?;
     let (write, _) = store.create_api_key(KeyRole::Ingest, "first source")?;
     Ok(FirstKeys { admin, write })
+}
+
+/// Bring the catalog in line with `tarmo.toml`; with no purposes there and
+/// none in the store, start from the default catalog.
+fn apply_purposes(store: &Store, s: &Settings) -> anyhow::Result<()> {
+    let now = tarmo_store::now_ms();
+    if s.purposes.is_empty() {
+        let n = store.transact_direct(|c, _| tarmo_store::consent::seed_defaults(c, now))?;
+        if n > 0 {
+            tracing::info!(
+                purposes = n,
+                "the default purpose catalog was added; change it in tarmo.toml or with PUT /api/v1/purposes/{{id}}"
+            );
+        }
+    }
+    for (id, spec, reconsent) in &s.purposes {
+        let change = store
+            .transact_direct(|c, _| {
+                tarmo_store::consent::upsert_purpose(c, id, spec, *reconsent, now)
+            })
+            .with_context(|| format!("purpose {id} in tarmo.toml"))?;
+        if change.outcome != "unchanged" {
+            tracing::info!(purpose = %id, outcome = change.outcome, version = change.version, "purpose from tarmo.toml");
+        }
+    }
+    store.catalog_changed();
+    Ok(())
 }
 
 fn print_keys(k: &FirstKeys, json: bool) {
@@ -255,8 +385,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let keys = init(&s)?;
             print_keys(&keys, json);
         }
-        Command::Serve { common, listen } => {
-            let s = settings(&common, listen)?;
+        Command::Serve {
+            common,
+            listen,
+            serve: args,
+        } => {
+            let s = settings_with(&common, listen, args)?;
             if !is_initialised(&s) {
                 let keys = init(&s)?;
                 print_keys(&keys, false);
@@ -316,6 +450,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!("key {id} revoked");
             }
         },
+        Command::Ledger { command } => return ledger::run(command),
+        Command::Import { command } => return import::run(command),
         Command::Tcf { args } => return Ok(codec(tarmo_tcf::cli::tcf_main, &args)),
         Command::Gpp { args } => return Ok(codec(tarmo_tcf::cli::gpp_main, &args)),
     }
@@ -332,29 +468,140 @@ fn codec(main: CodecMain, args: &[String]) -> u8 {
     main(args, &mut input, &mut out, &mut err).clamp(0, 255) as u8
 }
 
+fn server_config(
+    s: &Settings,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<tarmo_server::ServerConfig> {
+    let public_url = s
+        .serve
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_owned();
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        bail!("--public-url must start with http:// or https://");
+    }
+    let defaults = tarmo_server::ServerConfig::default();
+    Ok(tarmo_server::ServerConfig {
+        public_url,
+        token_ttl: s
+            .serve
+            .confirmation_ttl_hours
+            .map(|h| std::time::Duration::from_secs(h * 3600))
+            .unwrap_or(defaults.token_ttl),
+        organisation: s
+            .serve
+            .organisation
+            .clone()
+            .unwrap_or(defaults.organisation),
+    })
+}
+
+/// "Name <address>" or a bare address.
+fn mailbox(raw: &str, organisation: &str) -> tarmo_notify::Mailbox {
+    match raw.rsplit_once('<') {
+        Some((name, rest)) => tarmo_notify::Mailbox::new(
+            rest.trim_end_matches('>').trim(),
+            name.trim().trim_matches('"'),
+        ),
+        None => tarmo_notify::Mailbox::new(raw.trim(), organisation),
+    }
+}
+
+fn mail_worker(
+    s: &Settings,
+    store: Arc<Store>,
+    writer: tarmo_store::writer::WriterHandle,
+    config: tarmo_server::ServerConfig,
+    signal: Arc<tarmo_server::mail::OutboxSignal>,
+) -> anyhow::Result<tarmo_server::mail::MailWorker> {
+    let email: Option<Box<dyn tarmo_notify::Deliver>> = match &s.serve.smtp_url {
+        None => {
+            tracing::warn!(
+                "no --smtp-url: confirmation and marketing email wait in the outbox until one is set"
+            );
+            None
+        }
+        Some(url) => {
+            let mut cfg = tarmo_notify::SmtpConfig::parse(url)?;
+            if let Some(ca) = &s.serve.smtp_ca {
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                cfg = cfg.with_root_certificate(&pem)?;
+            }
+            Some(Box::new(tarmo_notify::SmtpMailer::new(&cfg)?))
+        }
+    };
+    let sms: Option<Box<dyn tarmo_notify::DeliverSms>> = match &s.serve.sms_webhook_url {
+        None => None,
+        Some(url) => {
+            let mut w = tarmo_notify::SmsWebhook::new(url)?;
+            if let Some(t) = &s.serve.sms_webhook_token {
+                w = w.with_bearer_token(t);
+            }
+            Some(Box::new(w))
+        }
+    };
+    let from = mailbox(
+        s.serve.mail_from.as_deref().unwrap_or("tarmo@localhost"),
+        &config.organisation,
+    );
+    Ok(tarmo_server::mail::MailWorker {
+        store,
+        writer,
+        config,
+        email,
+        sms,
+        from,
+        signal,
+        poll: std::time::Duration::from_secs(2),
+    })
+}
+
 fn serve(s: Settings) -> anyhow::Result<()> {
     let store = Arc::new(open_store(&s)?);
-    let (writer, join) = store.start_writer(WriterConfig::default())?;
+    apply_purposes(&store, &s)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let served = store.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&s.listen))
+        .with_context(|| format!("cannot listen on {}", s.listen))?;
+    let addr = listener.local_addr()?;
+    let config = server_config(&s, addr)?;
+    if !config.public_url.starts_with("https://") {
+        tracing::warn!(public_url = %config.public_url, "links in messages are not https; set --public-url to the https address people reach");
+    }
+    let (writer, join) = store.start_writer(WriterConfig::default())?;
+    let state = tarmo_server::AppState::new(
+        store.clone(),
+        writer.clone(),
+        s.identity.clone(),
+        config.clone(),
+    );
+    let mailer = tarmo_server::mail::spawn(mail_worker(
+        &s,
+        store.clone(),
+        writer,
+        config,
+        state.outbox.clone(),
+    )?);
+    let backend = store.backend_name();
     rt.block_on(async move {
-        let store = served;
-        let listener = tokio::net::TcpListener::bind(&s.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", s.listen))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, store = store.backend_name(), "tarmo is serving");
+        tracing::info!(%addr, store = backend, "tarmo is serving");
         // Machine-readable line for scripts and tests that listen on port 0.
         println!("listening on http://{addr}");
-        let state = tarmo_server::AppState::new(store.clone(), writer, s.identity.clone());
-        axum::serve(listener, tarmo_server::app(state))
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        axum::serve(
+            listener,
+            tarmo_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown())
+        .await?;
         anyhow::Ok(())
     })?;
-    // Every request handler is gone, so the writer drains its queue and stops.
+    // The mail worker holds a writer handle: stop it first. Then every
+    // handle is gone, so the writer drains its queue and stops.
+    mailer.stop();
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     store.checkpoint()?;

@@ -58,6 +58,18 @@ impl ApiError {
 
 impl From<tarmo_store::Error> for ApiError {
     fn from(e: tarmo_store::Error) -> Self {
+        if let tarmo_store::Error::Rejected {
+            status,
+            code,
+            message,
+        } = e
+        {
+            return Self::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                code,
+                message,
+            );
+        }
         if e.is_transient() {
             tracing::warn!(error = %e, "transient store fault");
             return Self {
@@ -75,6 +87,18 @@ impl From<tarmo_store::Error> for ApiError {
             "internal_error",
             "internal error; it has been logged",
         )
+    }
+}
+
+impl From<tarmo_core::consent::ConsentError> for ApiError {
+    fn from(e: tarmo_core::consent::ConsentError) -> Self {
+        Self::bad_request(e.code(), e.to_string())
+    }
+}
+
+impl From<tarmo_core::identity::IdentifierError> for ApiError {
+    fn from(e: tarmo_core::identity::IdentifierError) -> Self {
+        Self::bad_request(e.code(), e.to_string())
     }
 }
 

@@ -18,7 +18,7 @@ use tarmo_core::segment::{
     parse_message,
 };
 use tarmo_store::KeyRole;
-use tarmo_store::resolve::Outcome;
+use tarmo_store::resolve::{EventConsent, Outcome};
 use utoipa::ToSchema;
 
 use crate::{ApiError, AppState, ErrorBody};
@@ -209,9 +209,35 @@ async fn ingest(
     };
     let rejected: usize = messages.iter().map(|m| m.rejected_identifiers).sum();
     s.metrics.identifiers_rejected(rejected as u64);
+    let gpc = headers
+        .get("sec-gpc")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "1");
     let events = messages
         .into_iter()
-        .map(|m| s.store.prepare(m, source))
+        .map(|m| {
+            let ip = m
+                .body
+                .pointer("/context/ip")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let mut e = s.store.prepare(m, source);
+            if gpc {
+                // The browser's Global Privacy Control signal: an opt-out of
+                // sale and sharing, recorded once per person.
+                let ua = headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                e.consent = Some(Box::new(EventConsent {
+                    gpc: true,
+                    signals: Vec::new(),
+                    source: "Sec-GPC header on ingestion".into(),
+                    evidence: crate::consent::evidence_of(ip, ua),
+                }));
+            }
+            e
+        })
         .collect();
     commit(&s, events).await?;
     Ok(axum::Json(Accepted { success: true }))

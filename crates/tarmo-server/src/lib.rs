@@ -6,9 +6,12 @@
 //! personal value, and must never answer 200 to ingestion before the events
 //! are durably committed.
 
+mod consent;
 mod error;
 mod ingest;
+pub mod mail;
 mod metrics;
+mod pages;
 mod profiles;
 
 use std::collections::HashMap;
@@ -28,12 +31,37 @@ use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
 
+/// What the operator configures beyond the store.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where people reach this server: the base of the links in messages
+    /// (confirmation, unsubscribe, preferences). No trailing slash.
+    pub public_url: String,
+    /// How long a confirmation link works.
+    pub token_ttl: Duration,
+    /// The controller's name, as people see it in messages and pages.
+    pub organisation: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            token_ttl: Duration::from_secs(48 * 3600),
+            organisation: "Tarmo".into(),
+        }
+    }
+}
+
 /// Everything a request needs.
 pub struct AppState {
     pub store: Arc<Store>,
     pub writer: WriterHandle,
     pub identity: IdentityConfig,
+    pub config: ServerConfig,
     pub metrics: metrics::HttpMetrics,
+    /// Rung when a message is queued, so the mail worker sends at once.
+    pub outbox: Arc<mail::OutboxSignal>,
     keys: Mutex<HashMap<String, (Option<ApiKeyRow>, Instant)>>,
 }
 
@@ -42,14 +70,55 @@ pub struct AppState {
 const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl AppState {
-    pub fn new(store: Arc<Store>, writer: WriterHandle, identity: IdentityConfig) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        writer: WriterHandle,
+        identity: IdentityConfig,
+        config: ServerConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             writer,
             identity,
+            config,
             metrics: metrics::HttpMetrics::default(),
+            outbox: Arc::new(mail::OutboxSignal::default()),
             keys: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Run `f` as a writer transaction job; its result once committed.
+    pub async fn transact<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut tarmo_store::writer::TxCtx<'_>) -> tarmo_store::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.writer.clone();
+        // Queuing waits for room, so it runs off the async workers.
+        tokio::task::spawn_blocking(move || {
+            writer.transact(
+                f,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+        })
+        .await
+        .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))?;
+        rx.await
+            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))?
+            .map_err(ApiError::from)
+    }
+
+    /// The purpose catalog; its reload, when due, is one small query.
+    pub async fn catalog(&self) -> Result<Arc<tarmo_store::consent::Catalog>, ApiError> {
+        Ok(self.store.catalog()?)
+    }
+
+    /// Tell the mail worker a message is waiting.
+    pub fn outbox_wake(&self) {
+        self.outbox.ring();
     }
 
     /// The key a secret names, if it exists, is not revoked and has `role`.
@@ -118,11 +187,31 @@ impl AppState {
         profiles::lookup,
         profiles::get_profile,
         profiles::events,
+        consent::list_purposes,
+        consent::get_purpose,
+        consent::put_purpose,
+        consent::record,
+        consent::profile_consents,
+        consent::decision,
+        consent::decisions_batch,
+        consent::subscribe,
+        consent::send_email,
+        pages::confirm_page,
+        pages::confirm_post,
+        pages::unsubscribe_page,
+        pages::unsubscribe_post,
+        pages::preferences_page,
+        pages::preferences_post,
+        pages::gpc_json,
         healthz,
         metrics_route,
         openapi_json,
     ),
-    components(schemas(ErrorBody, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::EventsPage)),
+    components(schemas(ErrorBody, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::EventsPage,
+        consent::PurposeView, consent::PurposeList, consent::ConsentInput, consent::RecordedList,
+        consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
+        consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
+        consent::EmailInput, consent::EmailQueued)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -161,6 +250,35 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/profiles/lookup", get(profiles::lookup))
         .route("/api/v1/profiles/{id}", get(profiles::get_profile))
         .route("/api/v1/profiles/{id}/events", get(profiles::events))
+        .route(
+            "/api/v1/profiles/{id}/consents",
+            get(consent::profile_consents),
+        )
+        .route("/api/v1/purposes", get(consent::list_purposes))
+        .route(
+            "/api/v1/purposes/{id}",
+            get(consent::get_purpose).put(consent::put_purpose),
+        )
+        .route("/api/v1/consents", post(consent::record))
+        .route(
+            "/api/v1/decisions",
+            get(consent::decision).post(consent::decisions_batch),
+        )
+        .route("/api/v1/subscriptions", post(consent::subscribe))
+        .route("/api/v1/messages/email", post(consent::send_email))
+        .route(
+            "/c/{token}",
+            get(pages::confirm_page).post(pages::confirm_post),
+        )
+        .route(
+            "/u/{token}",
+            get(pages::unsubscribe_page).post(pages::unsubscribe_post),
+        )
+        .route(
+            "/p/{token}",
+            get(pages::preferences_page).post(pages::preferences_post),
+        )
+        .route("/.well-known/gpc.json", get(pages::gpc_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
@@ -174,6 +292,16 @@ pub fn app(state: Arc<AppState>) -> Router {
             panic_response,
         ))
         .with_state(state)
+}
+
+/// Run blocking store work off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tarmo_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::from(tarmo_store::Error::Busy("worker gone".into())))?
+        .map_err(ApiError::from)
 }
 
 /// Panics become an opaque 500 in the common error shape, never a dropped

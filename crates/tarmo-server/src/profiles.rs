@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tarmo_store::{EventsPage, ProfileView};
 use utoipa::IntoParams;
 
-use crate::{ApiError, AppState, ErrorBody};
+use crate::{ApiError, AppState, ErrorBody, blocking};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -29,20 +29,11 @@ pub struct EventsQuery {
     pub before: Option<i64>,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> tarmo_store::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::from(tarmo_store::Error::Busy("worker gone".into())))?
-        .map_err(ApiError::from)
-}
-
 fn not_found() -> ApiError {
     ApiError::not_found("profile_not_found", "no profile matches")
 }
 
-fn profile_id(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn profile_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
         ApiError::bad_request("invalid_profile_id", "a profile id is a positive integer")
     })

@@ -90,17 +90,20 @@ pub struct Claimed {
     pub message: OutboxMessage,
 }
 
-/// Claim up to `limit` due messages: mark them `sending` and open them.
+/// Claim up to `limit` due messages of a channel (`email`, `sms`): mark
+/// them `sending` and open them.
 pub fn claim_due(
     conn: &mut dyn Conn,
     vault: &Vault,
+    channel: &str,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
     let rows = conn.query(
         "SELECT id, profile_id, key_owner, channel, attempts, payload, created_ms FROM outbox
-         WHERE status = 'pending' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms, id LIMIT $2",
-        &[P::Int(now_ms), P::Int(limit)],
+         WHERE status = 'pending' AND channel = $3 AND next_attempt_ms <= $1
+         ORDER BY next_attempt_ms, id LIMIT $2",
+        &[P::Int(now_ms), P::Int(limit), P::Text(channel)],
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {

@@ -287,14 +287,23 @@ impl PurposeSpec {
     /// The text for `lang`, falling back to its primary language, then
     /// English, then any.
     pub fn notice_text(&self, lang: &str) -> Option<(&str, &str)> {
-        let primary = lang.split('-').next().unwrap_or(lang);
-        self.notice
-            .get_key_value(lang)
-            .or_else(|| self.notice.get_key_value(primary))
-            .or_else(|| self.notice.get_key_value("en"))
-            .or_else(|| self.notice.iter().next())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        notice_text(&self.notice, lang)
     }
+}
+
+/// The text for `lang` among notice texts, falling back to its primary
+/// language, then English, then any.
+pub fn notice_text<'a>(
+    texts: &'a BTreeMap<String, String>,
+    lang: &str,
+) -> Option<(&'a str, &'a str)> {
+    let primary = lang.split('-').next().unwrap_or(lang);
+    texts
+        .get_key_value(lang)
+        .or_else(|| texts.get_key_value(primary))
+        .or_else(|| texts.get_key_value("en"))
+        .or_else(|| texts.iter().next())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 pub fn notice_version(texts: &BTreeMap<String, String>) -> String {

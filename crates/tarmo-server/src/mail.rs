@@ -1,0 +1,298 @@
+//! The mail worker: sends what the outbox holds, over SMTP (email) and the
+//! SMS webhook, and records each outcome through the writer. A marketing
+//! message is checked against the policy again when it is sent, so a
+//! withdrawal between queueing and sending stops it.
+//!
+//! It logs outbox ids and profile ids, never an address or a message body.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tarmo_core::consent::{Channel, decide};
+use tarmo_notify::templates::{self, ConfirmationContext};
+use tarmo_notify::{Deliver, DeliverSms, Email, Mailbox, MessageId, SendError};
+use tarmo_store::consent::{self as ledger, Subject};
+use tarmo_store::outbox::{self, Claimed, OutboxMessage};
+use tarmo_store::writer::WriterHandle;
+use tarmo_store::{Store, now_ms};
+
+use crate::ServerConfig;
+
+/// Wakes the worker when something was queued.
+#[derive(Default)]
+pub struct OutboxSignal {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl OutboxSignal {
+    pub fn ring(&self) {
+        *self.rung.lock().expect("outbox signal") = true;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let g = self.rung.lock().expect("outbox signal");
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |rung| !*rung)
+            .expect("outbox signal");
+        *g = false;
+    }
+}
+
+/// What the worker delivers with. A channel without a deliverer keeps its
+/// messages in the outbox until one is configured.
+pub struct MailWorker {
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub config: ServerConfig,
+    pub email: Option<Box<dyn Deliver>>,
+    pub sms: Option<Box<dyn DeliverSms>>,
+    pub from: Mailbox,
+    pub signal: Arc<OutboxSignal>,
+    /// How often the outbox is looked at when nobody rings.
+    pub poll: Duration,
+}
+
+/// A running worker; stop it before the writer.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    signal: Arc<OutboxSignal>,
+    join: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.signal.ring();
+        let _ = self.join.join();
+    }
+}
+
+/// After this many attempts a message is given up.
+const MAX_ATTEMPTS: i64 = 12;
+
+pub fn spawn(w: MailWorker) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = w.signal.clone();
+    let s = stop.clone();
+    let join = std::thread::Builder::new()
+        .name("tarmo-mail".into())
+        .spawn(move || run(w, s))
+        .expect("spawn the mail worker");
+    Running { stop, signal, join }
+}
+
+fn run(w: MailWorker, stop: Arc<AtomicBool>) {
+    match w.writer.transact_blocking(|ctx| outbox::recover(ctx.conn)) {
+        Ok(n) if n > 0 => tracing::warn!(
+            messages = n,
+            "messages interrupted mid-send are sent again, with the same Message-ID"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
+    }
+    let mut channels = Vec::new();
+    if w.email.is_some() {
+        channels.push("email");
+    }
+    if w.sms.is_some() {
+        channels.push("sms");
+    }
+    while !stop.load(Ordering::SeqCst) {
+        let mut worked = false;
+        for &channel in &channels {
+            let claimed = w.writer.transact_blocking(move |ctx| {
+                outbox::claim_due(ctx.conn, ctx.vault, channel, ctx.now_ms, 20)
+            });
+            match claimed {
+                Ok(list) => {
+                    worked |= !list.is_empty();
+                    for m in list {
+                        deliver(&w, m);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "claiming outbox messages failed"),
+            }
+        }
+        if !worked {
+            w.signal.wait(w.poll);
+        }
+    }
+}
+
+enum Outcome {
+    Sent,
+    Retry(String),
+    Failed(String),
+}
+
+fn classify(e: &SendError, attempts: i64) -> Outcome {
+    // Wrong credentials are the operator's to fix, not the recipient's
+    // fault: keep the message and keep trying.
+    let config_fault = matches!(e, SendError::Auth { .. });
+    let what = match e.code() {
+        Some(c) => format!("{} (reply {c})", kind_name(e)),
+        None => kind_name(e).to_owned(),
+    };
+    if (e.is_permanent() && !config_fault) || attempts >= MAX_ATTEMPTS {
+        Outcome::Failed(what)
+    } else {
+        Outcome::Retry(what)
+    }
+}
+
+fn kind_name(e: &SendError) -> &'static str {
+    match e {
+        SendError::Rejected { .. } => "rejected",
+        SendError::Auth { .. } => "authentication refused",
+        SendError::Deferred { .. } => "deferred",
+        SendError::Unreachable { .. } => "unreachable",
+        SendError::Protocol { .. } => "protocol error",
+        SendError::InvalidMessage { .. } => "invalid message",
+        _ => "delivery error",
+    }
+}
+
+fn deliver(w: &MailWorker, m: Claimed) {
+    let id = m.id;
+    let outcome = match build_and_send(w, &m) {
+        Ok(()) => Outcome::Sent,
+        Err(Stop::NotAllowed(reason)) => {
+            Outcome::Failed(format!("not allowed at send time: {reason}"))
+        }
+        Err(Stop::Send(e)) => classify(&e, m.attempts),
+        Err(Stop::Store(e)) => Outcome::Retry(format!("store: {e}")),
+    };
+    let attempts = m.attempts;
+    let r = match &outcome {
+        Outcome::Sent => {
+            tracing::info!(outbox_id = id, profile_id = m.profile_id, "message sent");
+            w.writer
+                .transact_blocking(move |ctx| outbox::mark_sent(ctx.conn, id, ctx.now_ms))
+        }
+        Outcome::Retry(why) => {
+            let delay = 30_000i64.saturating_mul(1 << attempts.clamp(0, 7));
+            tracing::warn!(outbox_id = id, attempts, error = %why, "sending failed; will retry");
+            let why = why.clone();
+            w.writer.transact_blocking(move |ctx| {
+                outbox::mark_retry(ctx.conn, id, ctx.now_ms + delay.min(3_600_000), &why)
+            })
+        }
+        Outcome::Failed(why) => {
+            tracing::warn!(outbox_id = id, error = %why, "message given up");
+            let why = why.clone();
+            w.writer
+                .transact_blocking(move |ctx| outbox::mark_failed(ctx.conn, id, &why))
+        }
+    };
+    if let Err(e) = r {
+        tracing::error!(outbox_id = id, error = %e, "recording a send outcome failed");
+    }
+}
+
+enum Stop {
+    NotAllowed(&'static str),
+    Send(SendError),
+    Store(tarmo_store::Error),
+}
+
+impl From<tarmo_store::Error> for Stop {
+    fn from(e: tarmo_store::Error) -> Self {
+        Stop::Store(e)
+    }
+}
+
+fn message_id(id: i64) -> MessageId {
+    MessageId::new(&format!("tarmo-outbox-{id}")).expect("a plain id is a valid Message-ID")
+}
+
+fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
+    let catalog = w.store.catalog()?;
+    match &m.message {
+        OutboxMessage::Confirmation {
+            to,
+            language,
+            token,
+            purposes,
+            expires_ms,
+        } => {
+            let mut conn = w.store.conn()?;
+            let mut list = Vec::with_capacity(purposes.len());
+            for (p, version) in purposes {
+                let texts = ledger::notice_texts(&mut *conn, p, version)?.unwrap_or_default();
+                let notice = tarmo_core::consent::purpose::notice_text(&texts, language)
+                    .map(|(_, t)| t.to_owned())
+                    .unwrap_or_default();
+                let name = catalog.get(p).map_or(p.clone(), |c| c.spec.name.clone());
+                list.push(templates::Purpose { name, notice });
+            }
+            drop(conn);
+            let ctx = ConfirmationContext {
+                organisation: w.config.organisation.clone(),
+                purposes: list,
+                confirm_url: format!("{}/c/{token}", w.config.public_url),
+                expires_in_hours: ((expires_ms - m.created_ms).max(0) / 3_600_000) as u32,
+            };
+            if m.channel == "sms" {
+                let body = templates::confirmation_sms(language, &ctx);
+                let sms = w.sms.as_ref().expect("claimed only with a deliverer");
+                sms.send_sms(to, &body, message_id(m.id).as_str())
+                    .map_err(Stop::Send)
+            } else {
+                let c = templates::confirmation_email(language, &ctx);
+                let email = Email {
+                    from: w.from.clone(),
+                    to: to.clone(),
+                    subject: c.subject,
+                    text: c.text,
+                    html: c.html,
+                    message_id: message_id(m.id),
+                    list_unsubscribe: None,
+                };
+                let d = w.email.as_ref().expect("claimed only with a deliverer");
+                d.send_email(&email).map_err(Stop::Send)
+            }
+        }
+        OutboxMessage::Marketing {
+            to,
+            purpose,
+            subject,
+            text,
+            html,
+            unsubscribe,
+        } => {
+            let Some(c) = catalog.get(purpose) else {
+                return Err(Stop::NotAllowed("unknown_purpose"));
+            };
+            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
+            let Subject::Known(_, st, flags) = subject_now else {
+                return Err(Stop::NotAllowed("unknown_profile"));
+            };
+            let v = decide(&c.rule, Some(Channel::Email), st.as_ref(), flags, now_ms());
+            if !v.allowed {
+                return Err(Stop::NotAllowed(v.reason.as_str()));
+            }
+            let html = html.clone().unwrap_or_else(|| {
+                format!(
+                    "<!doctype html><html><body><pre style=\"font:inherit;white-space:pre-wrap\">{}</pre></body></html>",
+                    crate::pages::esc(text)
+                )
+            });
+            let email = Email {
+                from: w.from.clone(),
+                to: to.clone(),
+                subject: subject.clone(),
+                text: text.clone(),
+                html,
+                message_id: message_id(m.id),
+                list_unsubscribe: Some(format!("{}/u/{unsubscribe}", w.config.public_url)),
+            };
+            let d = w.email.as_ref().expect("claimed only with a deliverer");
+            d.send_email(&email).map_err(Stop::Send)
+        }
+    }
+}
