@@ -1,0 +1,6 @@
+//! End-to-end tests of the real `tarmo` binary over real sockets. One test
+//! binary; each test has its own data directory and port.
+
+mod common;
+mod ingest;
+mod openapi;
