@@ -860,3 +860,33 @@ pub(crate) fn ledger_contact(
     }
     Ok(None)
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreferenceLink {
+    /// The person's preference page: what they allow, changeable without a login.
+    pub url: String,
+    pub expires_at: String,
+}
+
+/// A signed link to the person's preference page, to put in a message.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/preference-link", tag = "consent",
+    params(("id" = i64, Path, description = "Profile id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = PreferenceLink), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn preference_link(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<PreferenceLink>, ApiError> {
+    s.admin(&headers).await?;
+    let id = crate::profiles::profile_id(&raw)?;
+    let store = s.store.clone();
+    let profile = blocking(move || doi::current_profile(&mut *store.conn()?, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
+    Ok(Json(PreferenceLink {
+        url: crate::pages::preference_url(&s, profile),
+        expires_at: rfc3339(now_ms() + crate::pages::PREFERENCES_TTL_MS),
+    }))
+}

@@ -196,6 +196,7 @@ impl AppState {
         consent::decisions_batch,
         consent::subscribe,
         consent::send_email,
+        consent::preference_link,
         pages::confirm_page,
         pages::confirm_post,
         pages::unsubscribe_page,
@@ -211,7 +212,7 @@ impl AppState {
         consent::PurposeView, consent::PurposeList, consent::ConsentInput, consent::RecordedList,
         consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
         consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
-        consent::EmailInput, consent::EmailQueued)),
+        consent::EmailInput, consent::EmailQueued, consent::PreferenceLink)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -253,6 +254,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/profiles/{id}/consents",
             get(consent::profile_consents),
+        )
+        .route(
+            "/api/v1/profiles/{id}/preference-link",
+            post(consent::preference_link),
         )
         .route("/api/v1/purposes", get(consent::list_purposes))
         .route(
@@ -350,6 +355,21 @@ async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     s.metrics.render(&mut out);
     s.store.metrics.render(&mut out);
+    let store = s.store.clone();
+    let counts = blocking(move || tarmo_store::outbox::counts(&mut *store.conn()?)).await;
+    out.push_str(
+        "# HELP tarmo_outbox_messages Messages to people in the outbox, by status.\n# TYPE tarmo_outbox_messages gauge\n",
+    );
+    for status in ["pending", "sending", "sent", "failed"] {
+        let n = counts
+            .as_ref()
+            .ok()
+            .and_then(|c| c.iter().find(|(s, _)| s == status).map(|x| x.1))
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "tarmo_outbox_messages{{status=\"{status}\"}} {n}\n"
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

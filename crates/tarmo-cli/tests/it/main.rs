@@ -2,5 +2,6 @@
 //! binary; each test has its own data directory and port.
 
 mod common;
+mod consent;
 mod ingest;
 mod openapi;
