@@ -1,0 +1,179 @@
+//! `GET /api/v1/decisions` over loopback against a release `tarmo serve` on
+//! the embedded store, driven by wrk (Debian package `wrk`) with random
+//! people, next to the raw limit of the same run: wrk against a static route
+//! that touches neither keys nor the store (`/.well-known/gpc.json`). Also
+//! times the seeding through `POST /api/v1/consents` (batches of 1,000,
+//! creating each person's profile).
+//!
+//! cargo bench -p tarmo-cli --bench decisions   (env: PEOPLE, SECONDS, CONNECTIONS)
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+fn env_or(name: &str, d: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: bool,
+}
+
+fn ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap() / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap()
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap() * 1000.0
+    } else {
+        f64::NAN
+    }
+}
+
+fn wrk(url: &str, script: Option<&std::path::Path>, seconds: u64, conns: u64) -> Wrk {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{conns}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk is needed: apt-get install wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    Wrk {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50_ms: ms(&field("50%")),
+        p99_ms: ms(&field("99%")),
+        errors: text.contains("Non-2xx") || text.contains("Socket errors"),
+    }
+}
+
+fn main() {
+    let people = env_or("PEOPLE", 100_000);
+    let seconds = env_or("SECONDS", 10);
+    let conns = env_or("CONNECTIONS", 32);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = keys["admin_key"].as_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("TARMO_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let t = Instant::now();
+    for start in (0..people).step_by(1000) {
+        let entries: Vec<Value> = (start..(start + 1000).min(people))
+            .map(|i| {
+                json!({"subject": {"type": "email", "value": format!("p{i}@example.com")},
+                    "purpose": "email_marketing",
+                    "decision": if i % 5 == 0 { "withdrawn" } else { "granted" },
+                    "method": "web_form", "source": "bench form",
+                    "evidence": {"ip": "198.51.100.7", "user_agent": "Mozilla/5.0"}})
+            })
+            .collect();
+        let r = agent
+            .post(format!("{base}/api/v1/consents"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .header("Content-Type", "application/json")
+            .send(json!({"entries": entries}).to_string().as_bytes())
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let seed_rate = people as f64 / t.elapsed().as_secs_f64();
+
+    let script = |query: &str| {
+        let path = dir.path().join(format!("{}.lua", query.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "wrk.headers[\"Authorization\"] = \"Bearer {admin}\"\n\
+                 math.randomseed(42)\n\
+                 request = function()\n  local i = math.random(0, {})\n  \
+                 return wrk.format(\"GET\", \"/api/v1/decisions?purpose=email_marketing&channel=email&{query}\")\nend\n",
+                people - 1
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let by_email = script("type=email&value=p\" .. i .. \"%40example.com");
+    let by_id = script("profile=\" .. (i + 1) .. \"");
+    // Warm up the server's caches and the page cache.
+    wrk(&base, Some(&by_email), 2, conns);
+    let raw = wrk(
+        &format!("{base}/.well-known/gpc.json"),
+        None,
+        seconds,
+        conns,
+    );
+    let email = wrk(&base, Some(&by_email), seconds, conns);
+    let id = wrk(&base, Some(&by_id), seconds, conns);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!email.errors && !id.errors, "wrk saw errors");
+
+    println!("people with a recorded consent: {people}");
+    println!(
+        "seeding through POST /api/v1/consents (1,000 a request, new profiles): {seed_rate:.0} entries/s"
+    );
+    println!(
+        "wrk, 2 threads, {conns} connections, {seconds} s each, load generator on the same 2 cores:"
+    );
+    println!(
+        "  raw limit: GET /.well-known/gpc.json  {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+        raw.rps, raw.p50_ms, raw.p99_ms
+    );
+    for (name, w) in [("by email", &email), ("by profile id", &id)] {
+        println!(
+            "  GET /api/v1/decisions {name:<14} {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ratio {:.2}",
+            w.rps,
+            w.p50_ms,
+            w.p99_ms,
+            w.rps / raw.rps
+        );
+    }
+}
