@@ -113,7 +113,7 @@ fn main() {
     let mut found = 0u64;
     for i in 0..n as usize {
         let (p, purpose, _) = reqs[i % reqs.len()];
-        found += states.get(&(p, purpose)).is_some() as u64;
+        found += states.contains_key(&(p, purpose)) as u64;
     }
     black_box(found);
     let lookup_rate = n as f64 / t.elapsed().as_secs_f64();

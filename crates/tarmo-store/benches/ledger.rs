@@ -112,7 +112,7 @@ fn main() {
             })
             .unwrap();
         done += n;
-        if done % 1_000_000 == 0 {
+        if done.is_multiple_of(1_000_000) {
             eprintln!(
                 "{done} entries, {:.0}/s",
                 done as f64 / t.elapsed().as_secs_f64()
