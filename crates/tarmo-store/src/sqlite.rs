@@ -164,6 +164,89 @@ CREATE INDEX outbox_due ON outbox(status, next_attempt_ms);
 CREATE INDEX outbox_profile ON outbox(profile_id);
 "#,
     ),
+    (
+        3,
+        r#"
+ALTER TABLE events ADD COLUMN source_id BIGINT;
+CREATE TABLE processors (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    country TEXT NOT NULL,
+    transfer_safeguard TEXT,
+    dpa_reference TEXT NOT NULL,
+    dpa_signed_on TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    data_categories TEXT NOT NULL,
+    erasure_webhook TEXT,
+    webhook_token BLOB,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE disclosures (
+    id INTEGER PRIMARY KEY,
+    profile_id BIGINT NOT NULL,
+    processor_id BIGINT NOT NULL,
+    purpose TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX disclosures_profile ON disclosures(profile_id);
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    subject_kind TEXT NOT NULL,
+    subject_bidx BLOB NOT NULL,
+    profile_id BIGINT,
+    payload BLOB,
+    origin TEXT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    due_ms BIGINT NOT NULL,
+    extended_ms BIGINT,
+    verified_ms BIGINT,
+    completed_ms BIGINT,
+    outcome TEXT,
+    updated_ms BIGINT NOT NULL
+);
+CREATE INDEX requests_subject ON requests(subject_bidx, kind);
+CREATE INDEX requests_status ON requests(status, due_ms);
+CREATE INDEX requests_profile ON requests(profile_id);
+CREATE TABLE request_events (
+    id INTEGER PRIMARY KEY,
+    request_id BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    from_status TEXT,
+    to_status TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX request_events_request ON request_events(request_id);
+CREATE TABLE processor_notifications (
+    id INTEGER PRIMARY KEY,
+    request_id BIGINT NOT NULL,
+    processor_id BIGINT NOT NULL,
+    payload BLOB,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT NOT NULL,
+    last_error TEXT,
+    delivered_ms BIGINT,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX processor_notifications_due ON processor_notifications(status, next_attempt_ms);
+CREATE TABLE retention_runs (
+    id INTEGER PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    dry_run BIGINT NOT NULL,
+    cutoff_ms BIGINT,
+    events_deleted BIGINT NOT NULL,
+    consents_expired BIGINT NOT NULL,
+    profiles_erased BIGINT NOT NULL,
+    millis BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 pub struct SqliteBackend {
