@@ -215,11 +215,9 @@ async fn ingest(
         .is_some_and(|v| v.trim() == "1");
     let cookie = crate::signals::cookie_tc_string(&headers);
     let any_signal = cookie.is_some()
-        || messages.iter().any(|m| {
-            m.body
-                .get("context")
-                .is_some_and(|c| c.get("consent").is_some() || c.get("cookies").is_some())
-        });
+        || messages
+            .iter()
+            .any(|m| crate::signals::carries_string(&m.body));
     // The catalog is needed only to map CMP strings; most batches have none.
     let catalog = if any_signal {
         s.catalog().await?

@@ -195,7 +195,7 @@ impl AppState {
         consent::get_purpose,
         consent::put_purpose,
         consent::record,
-        signals::record,
+        signals::record_signal,
         consent::profile_consents,
         consent::decision,
         consent::decisions_batch,
@@ -266,7 +266,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(consent::get_purpose).put(consent::put_purpose),
         )
         .route("/api/v1/consents", post(consent::record))
-        .route("/api/v1/consents/signals", post(signals::record))
+        .route("/api/v1/consents/signals", post(signals::record_signal))
         .route(
             "/api/v1/decisions",
             get(consent::decision).post(consent::decisions_batch),

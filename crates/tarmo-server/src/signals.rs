@@ -173,6 +173,14 @@ fn field<'a>(body: &'a Value, pointer: &str) -> Field<'a> {
     }
 }
 
+/// Whether a message has a place for a CMP string filled in.
+pub fn carries_string(body: &Value) -> bool {
+    TC_PLACES
+        .iter()
+        .chain([&GPP_PLACE])
+        .any(|(pointer, _)| !matches!(field(body, pointer), Field::Absent))
+}
+
 /// Reads the CMP strings of one request's messages, decoding each distinct
 /// string once.
 pub struct IngestReader<'a> {
@@ -310,7 +318,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     responses((status = 200, body = SignalRecorded),
         (status = 400, body = ErrorBody, description = "invalid_signal, invalid_tc_string, invalid_gpp_string, invalid_source, or a bad subject; nothing written"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn record(
+pub async fn record_signal(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,

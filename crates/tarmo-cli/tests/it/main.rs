@@ -4,3 +4,4 @@
 mod common;
 mod ingest;
 mod openapi;
+mod signals;
