@@ -2,6 +2,7 @@
 //! layered: `tarmo.toml` (in the data directory, or `--config`), then
 //! `TARMO_*` environment variables, then flags.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use tarmo_core::consent::{PurposeId, PurposeSpec};
+use tarmo_core::consent::{PurposeId, PurposeSpec, SignalMap, SignalSources};
 use tarmo_core::identity::IdentityConfig;
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
@@ -173,6 +174,9 @@ struct FileConfig {
     confirmation_ttl_hours: Option<u64>,
     /// The purpose catalog: `[purposes.email_marketing]` tables.
     purposes: Option<toml::Table>,
+    /// What feeds each purpose from CMP strings: `[consent_signals.analytics]`
+    /// tables; replaces the default mapping.
+    consent_signals: Option<BTreeMap<PurposeId, SignalSources>>,
 }
 
 struct Settings {
@@ -183,6 +187,7 @@ struct Settings {
     listen: String,
     serve: ServeArgs,
     purposes: Vec<(PurposeId, PurposeSpec, bool)>,
+    consent_signals: SignalMap,
 }
 
 /// Purposes from `tarmo.toml`: each table is a purpose definition, plus an
@@ -255,6 +260,11 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         purposes: file
             .purposes
             .map(file_purposes)
+            .transpose()?
+            .unwrap_or_default(),
+        consent_signals: file
+            .consent_signals
+            .map(SignalMap::new)
             .transpose()?
             .unwrap_or_default(),
     })
@@ -338,6 +348,12 @@ fn apply_purposes(store: &Store, s: &Settings) -> anyhow::Result<()> {
         }
     }
     store.catalog_changed();
+    let catalog = store.catalog()?;
+    for (id, _) in s.consent_signals.purposes() {
+        if catalog.get(id.as_str()).is_none() {
+            tracing::warn!(purpose = %id, "[consent_signals] maps CMP strings to a purpose the catalog does not have; its entries are left out");
+        }
+    }
     Ok(())
 }
 
@@ -495,6 +511,7 @@ fn server_config(
             .organisation
             .clone()
             .unwrap_or(defaults.organisation),
+        consent_signals: s.consent_signals.clone(),
     })
 }
 

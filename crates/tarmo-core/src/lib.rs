@@ -1,5 +1,5 @@
-//! Tarmo's domain model: identifiers, Segment messages, traits, purposes, consent
-//! and the policy decision.
+//! Tarmo's domain model: identifiers, Segment messages, traits, purposes, consent,
+//! the policy decision, and CMP strings (TCF, GPP) read as consent.
 //!
 //! This crate is pure: no I/O, no async, no database or HTTP types. Everything
 //! that enters Tarmo is parsed into these types at the edge, so an invalid email

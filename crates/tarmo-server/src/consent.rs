@@ -70,7 +70,7 @@ impl AppState {
     }
 }
 
-fn subject_ref_lookup(
+pub(crate) fn subject_ref_lookup(
     s: &AppState,
     r: &SubjectRef,
 ) -> Result<(Lookup, Option<tarmo_core::identity::Identifier>), ApiError> {

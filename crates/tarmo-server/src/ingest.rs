@@ -213,32 +213,49 @@ async fn ingest(
         .get("sec-gpc")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "1");
+    let cookie = crate::signals::cookie_tc_string(&headers);
+    let any_signal = cookie.is_some()
+        || messages
+            .iter()
+            .any(|m| crate::signals::carries_string(&m.body));
+    // The catalog is needed only to map CMP strings; most batches have none.
+    let catalog = if any_signal {
+        s.catalog().await?
+    } else {
+        Default::default()
+    };
+    let mut reader = crate::signals::IngestReader::new(&s.config.consent_signals, &catalog, cookie);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let events = messages
         .into_iter()
         .map(|m| {
+            let signals = reader.signals(&m.body);
             let ip = m
                 .body
                 .pointer("/context/ip")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             let mut e = s.store.prepare(m, source);
-            if gpc {
-                // The browser's Global Privacy Control signal: an opt-out of
-                // sale and sharing, recorded once per person.
-                let ua = headers
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+            if gpc || !signals.is_empty() {
+                // The browser's Global Privacy Control signal (an opt-out of
+                // sale and sharing, recorded once per person) and CMP strings
+                // (recorded the first time each arrives for the person).
                 e.consent = Some(Box::new(EventConsent {
-                    gpc: true,
-                    signals: Vec::new(),
+                    gpc,
+                    signals,
                     source: "Sec-GPC header on ingestion".into(),
-                    evidence: crate::consent::evidence_of(ip, ua),
+                    evidence: crate::consent::evidence_of(ip, user_agent.clone()),
                 }));
             }
             e
         })
         .collect();
+    for (kind, n) in reader.invalid {
+        s.metrics.signals_invalid(kind, n);
+    }
     commit(&s, events).await?;
     Ok(axum::Json(Accepted { success: true }))
 }

@@ -13,6 +13,7 @@ pub mod mail;
 mod metrics;
 mod pages;
 mod profiles;
+pub mod signals;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// The controller's name, as people see it in messages and pages.
     pub organisation: String,
+    /// How CMP strings (TCF, GPP) map to the catalog's purposes.
+    pub consent_signals: tarmo_core::consent::SignalMap,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:8080".into(),
             token_ttl: Duration::from_secs(48 * 3600),
             organisation: "Tarmo".into(),
+            consent_signals: Default::default(),
         }
     }
 }
@@ -191,6 +195,7 @@ impl AppState {
         consent::get_purpose,
         consent::put_purpose,
         consent::record,
+        signals::record_signal,
         consent::profile_consents,
         consent::decision,
         consent::decisions_batch,
@@ -212,7 +217,8 @@ impl AppState {
         consent::PurposeView, consent::PurposeList, consent::ConsentInput, consent::RecordedList,
         consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
         consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
-        consent::EmailInput, consent::EmailQueued, consent::PreferenceLink)),
+        consent::EmailInput, consent::EmailQueued, consent::PreferenceLink, signals::SignalInput,
+        signals::SignalEntry, signals::SignalRecorded)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -265,6 +271,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(consent::get_purpose).put(consent::put_purpose),
         )
         .route("/api/v1/consents", post(consent::record))
+        .route("/api/v1/consents/signals", post(signals::record_signal))
         .route(
             "/api/v1/decisions",
             get(consent::decision).post(consent::decisions_batch),

@@ -18,11 +18,21 @@ pub struct HttpMetrics {
     requests: Mutex<HashMap<(String, String, u16), u64>>,
     latency: Mutex<HashMap<String, Arc<Histogram>>>,
     identifiers_rejected: AtomicU64,
+    /// Undecodable CMP strings on ingestion: TC strings, GPP strings.
+    signals_invalid: [AtomicU64; 2],
 }
 
 impl HttpMetrics {
     pub fn identifiers_rejected(&self, n: u64) {
         self.identifiers_rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn signals_invalid(&self, kind: crate::signals::Kind, n: u64) {
+        let i = match kind {
+            crate::signals::Kind::Tcf => 0,
+            crate::signals::Kind::Gpp => 1,
+        };
+        self.signals_invalid[i].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn render(&self, out: &mut String) {
@@ -72,6 +82,17 @@ impl HttpMetrics {
             "tarmo_identifiers_rejected_total {}",
             self.identifiers_rejected.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_consent_signals_invalid_total CMP strings on ingestion that did not decode (dropped; the events were kept).\n# TYPE tarmo_consent_signals_invalid_total counter"
+        );
+        for (i, kind) in ["tc_string", "gpp_string"].into_iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tarmo_consent_signals_invalid_total{{kind=\"{kind}\"}} {}",
+                self.signals_invalid[i].load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

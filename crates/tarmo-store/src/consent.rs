@@ -1022,6 +1022,90 @@ pub fn record_gpc(
     Ok(entries.len())
 }
 
+// ------------------------------------------------------------- CMP strings
+
+/// One CMP string (a TCF TC string or a GPP string), decoded and mapped to
+/// purposes at the edge (see `tarmo_core::consent::signals`).
+#[derive(Clone)]
+pub struct ConsentSignal {
+    /// SHA-256 of the string: only its first arrival for a person writes.
+    pub hash: [u8; 32],
+    pub method: Method,
+    pub entries: Vec<(String, ConsentDecision)>,
+    /// The collection point the entries name. Never personal data.
+    pub source: String,
+    /// The string itself and what was noticed about it, sealed.
+    pub evidence: Map<String, Value>,
+}
+
+/// What recording a CMP string did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// The person's ledger already holds this string: nothing was written.
+    Duplicate,
+    /// The first arrival: the entries written, as (purpose, decision, seq).
+    Recorded(Vec<(String, ConsentDecision, i64)>),
+}
+
+/// Record a CMP string for a person, once. Its first arrival appends its
+/// entries, leaving out any for a purpose the catalog no longer has or whose
+/// legal basis no longer admits it (the string was mapped against the
+/// catalog as the request saw it); later arrivals of the same string write
+/// nothing. `evidence` (where the request came from) is sealed with the
+/// signal's own, which wins on a clash.
+#[allow(clippy::too_many_arguments)]
+pub fn record_signal(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    profile: ProfileId,
+    signal: &ConsentSignal,
+    evidence: &Map<String, Value>,
+    now_ms: i64,
+) -> Result<SignalOutcome> {
+    let fresh = conn.exec(
+        "INSERT INTO consent_signals (profile_id, hash, at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &[P::Int(profile), P::Blob(&signal.hash), P::Int(now_ms)],
+    )? == 1;
+    if !fresh {
+        return Ok(SignalOutcome::Duplicate);
+    }
+    let mut sealed_evidence = evidence.clone();
+    sealed_evidence.extend(signal.evidence.clone());
+    let entries: Vec<NewEntry> = signal
+        .entries
+        .iter()
+        .filter(|(purpose, decision)| {
+            let ok = catalog.get(purpose).is_some_and(|c| {
+                check_entry(purpose, &c.rule, *decision, signal.method).is_ok()
+            });
+            if !ok {
+                tracing::debug!(purpose = %purpose, "a CMP signal's entry no longer fits the catalog; left out");
+            }
+            ok
+        })
+        .map(|(purpose, decision)| NewEntry {
+            profile_id: profile,
+            purpose: purpose.clone(),
+            decision: *decision,
+            method: signal.method,
+            notice_version: None,
+            at_ms: None,
+            source: signal.source.clone(),
+            evidence: sealed_evidence.clone(),
+        })
+        .collect();
+    let seqs = append(conn, vault, catalog, &entries, now_ms)?;
+    Ok(SignalOutcome::Recorded(
+        entries
+            .into_iter()
+            .zip(seqs)
+            .map(|(e, seq)| (e.purpose, e.decision, seq))
+            .collect(),
+    ))
+}
+
 // ------------------------------------------------------------------ defaults
 
 /// The catalog a new installation starts with, so that `tarmo serve` on an

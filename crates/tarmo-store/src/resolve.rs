@@ -23,11 +23,10 @@ use tarmo_core::identity::IdentifierKind;
 use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::MessageKind;
 
-use tarmo_core::consent::{ConsentDecision, Method};
-
 use crate::Result;
-use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
-use crate::consent::{Catalog, NewEntry};
+use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, ProfileId};
+pub use crate::consent::ConsentSignal;
+use crate::consent::{Catalog, SignalOutcome};
 use crate::vault::{BlindIndex, DataKey, Place, Vault};
 
 /// An identifier ready for the store: its kind, blind index and the value to
@@ -69,20 +68,10 @@ pub struct EventConsent {
     /// The request carried `Sec-GPC: 1`.
     pub gpc: bool,
     pub signals: Vec<ConsentSignal>,
-    /// The collection point the entries name.
+    /// The collection point GPC entries name (each signal names its own).
     pub source: String,
-    /// Where the signal came from (IP address, user agent): sealed.
-    pub evidence: Map<String, Value>,
-}
-
-/// One CMP string and the ledger entries it maps to.
-#[derive(Clone)]
-pub struct ConsentSignal {
-    /// SHA-256 of the string: only its first arrival for a person writes.
-    pub hash: [u8; 32],
-    pub method: Method,
-    pub entries: Vec<(String, ConsentDecision)>,
-    /// The string itself and what was noticed about it, sealed.
+    /// Where the request came from (IP address, user agent): sealed with
+    /// every entry the message makes.
     pub evidence: Map<String, Value>,
 }
 
@@ -416,31 +405,17 @@ impl Resolver {
             if self.seen(profile, sig.hash) {
                 continue;
             }
-            let fresh = conn.exec(
-                "INSERT INTO consent_signals (profile_id, hash, at_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                &[P::Int(profile), P::Blob(&sig.hash), P::Int(now_ms)],
-            )? == 1;
-            if fresh {
-                let mut evidence = c.evidence.clone();
-                evidence.extend(sig.evidence.clone());
-                let entries: Vec<NewEntry> = sig
-                    .entries
-                    .iter()
-                    .filter(|(purpose, _)| catalog.get(purpose).is_some())
-                    .map(|(purpose, decision)| NewEntry {
-                        profile_id: profile,
-                        purpose: purpose.clone(),
-                        decision: *decision,
-                        method: sig.method,
-                        notice_version: None,
-                        at_ms: None,
-                        source: c.source.clone(),
-                        evidence: evidence.clone(),
-                    })
-                    .collect();
-                crate::consent::append(conn, vault, catalog, &entries, now_ms)?;
-                stats.consent_entries += entries.len() as u64;
+            let outcome = crate::consent::record_signal(
+                conn,
+                vault,
+                catalog,
+                profile,
+                sig,
+                &c.evidence,
+                now_ms,
+            )?;
+            if let SignalOutcome::Recorded(written) = outcome {
+                stats.consent_entries += written.len() as u64;
             }
             self.mark(profile, sig.hash);
         }

@@ -130,6 +130,7 @@ conformance!(
     materialised_state_equals_the_fold_of_the_ledger_through_merges,
     double_opt_in_confirms_once_and_tokens_expire,
     gpc_on_ingestion_opts_out_once_and_a_later_choice_stands,
+    cmp_strings_write_once_per_person_and_never_fail_their_group,
     unsubscribe_links_withdraw_for_their_purpose_only,
     bad_consent_input_is_refused_and_nothing_is_written,
 );

@@ -1,6 +1,9 @@
 //! What every end-to-end test needs: a real `tarmo` binary, its own data
 //! directory and port, and an HTTP client.
 
+// Shared by every test module; not each module uses each helper.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -5,3 +5,4 @@ mod common;
 mod consent;
 mod ingest;
 mod openapi;
+mod signals;

@@ -8,10 +8,12 @@
 pub mod ledger;
 pub mod policy;
 pub mod purpose;
+pub mod signals;
 
 pub use ledger::{ConsentDecision, ConsentState, EntryFacts, Method, fold, gpc_applies};
 pub use policy::{ProfileFlags, Reason, Verdict, decide};
 pub use purpose::{Channel, DataCategory, LegalBasis, PurposeId, PurposeRule, PurposeSpec};
+pub use signals::{SignalMap, SignalReading, SignalSources, UsOptOut};
 
 /// Bad input about purposes and consent; each has a stable code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum ConsentError {
     UnknownMethod(String),
     #[error("invalid purpose: {0}")]
     InvalidPurpose(String),
+    #[error("invalid consent signal mapping: {0}")]
+    InvalidSignalMap(String),
     #[error(
         "special categories of data (GDPR Art. 9) may only be processed on explicit consent: set legal_basis = \"consent\""
     )]
@@ -77,6 +81,7 @@ impl ConsentError {
             Self::SpecialCategoryNeedsConsent => "special_category_needs_consent",
             Self::NotConsentBased(_) => "purpose_not_consent_based",
             Self::ObjectionNotApplicable(_) => "objection_not_applicable",
+            Self::InvalidSignalMap(_) => "invalid_signal_map",
         }
     }
 }

@@ -4,6 +4,7 @@ use serde_json::{Map, Value, json};
 use tarmo_core::consent::{ConsentDecision, Method, PurposeId, PurposeSpec, Reason, decide};
 use tarmo_store::conn::P;
 use tarmo_store::consent::{self, NewEntry, Subject};
+use tarmo_store::consent::{ConsentSignal, SignalOutcome};
 use tarmo_store::doi::{self, Subscribe};
 use tarmo_store::links::{self, SignedLink};
 use tarmo_store::outbox::{self, OutboxMessage};
@@ -591,6 +592,168 @@ pub fn gpc_on_ingestion_opts_out_once_and_a_later_choice_stands(h: &Harness) {
         (true, Reason::ConsentGranted)
     );
     assert_eq!(n(h), 3);
+}
+
+fn cmp_signal(hash: u8, entries: &[(&str, ConsentDecision)]) -> ConsentSignal {
+    ConsentSignal {
+        hash: [hash; 32],
+        method: Method::Tcf,
+        entries: entries.iter().map(|(p, d)| ((*p).to_owned(), *d)).collect(),
+        source: "test CMP".into(),
+        evidence: json!({"tc_string": format!("CQ-test-{hash}"), "outdated": false})
+            .as_object()
+            .unwrap()
+            .clone(),
+    }
+}
+
+pub fn cmp_strings_write_once_per_person_and_never_fail_their_group(h: &Harness) {
+    let p = profile_of(h, "cmp-user");
+    // Mapped against an older catalog: analytics now rests on legitimate
+    // interests (no grant possible), and one purpose is gone. Those entries
+    // are left out; the rest is written; the events are stored.
+    let signal = cmp_signal(
+        1,
+        &[
+            ("personalisation", ConsentDecision::Granted),
+            ("analytics", ConsentDecision::Granted),
+            ("retired_purpose", ConsentDecision::Granted),
+        ],
+    );
+    let send = |n: usize, signal: ConsentSignal| {
+        let events = (0..n)
+            .map(|i| {
+                let m = tarmo_core::segment::parse_message(
+                    json!({"type": "page", "userId": "cmp-user", "messageId": format!("cmp-{}-{i}", tarmo_store::now_ms())}),
+                    0,
+                    None,
+                    Default::default(),
+                    1_000,
+                    &h.cfg,
+                )
+                .unwrap();
+                let mut e = h.store.prepare(m, 1);
+                e.consent = Some(Box::new(EventConsent {
+                    gpc: false,
+                    signals: vec![signal.clone()],
+                    source: "Sec-GPC header".into(),
+                    evidence: ev("203.0.113.7"),
+                }));
+                e
+            })
+            .collect();
+        h.writer.submit_blocking(events).unwrap()
+    };
+    let outcomes = send(3, signal.clone());
+    assert_eq!(outcomes.len(), 3);
+    let history = || consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    let entries = history();
+    assert_eq!(entries.len(), 1, "one string, three events: written once");
+    assert_eq!(
+        (
+            entries[0].purpose.as_str(),
+            entries[0].decision.as_str(),
+            entries[0].method.as_str()
+        ),
+        ("personalisation", "granted", "tcf")
+    );
+    assert_eq!(entries[0].source, "test CMP");
+    assert_eq!(entries[0].evidence["tc_string"], "CQ-test-1");
+    assert_eq!(entries[0].evidence["ip"], "203.0.113.7");
+    // Again later, and directly: a duplicate, whatever the cache knows.
+    send(2, signal.clone());
+    let again = signal.clone();
+    let out = h
+        .writer
+        .transact_blocking(move |ctx| {
+            consent::record_signal(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                p,
+                &again,
+                &Map::new(),
+                ctx.now_ms,
+            )
+        })
+        .unwrap();
+    assert_eq!(out, SignalOutcome::Duplicate);
+    assert_eq!(history().len(), 1);
+    // A new string writes; its evidence wins over the caller's on a clash.
+    let denial = cmp_signal(2, &[("personalisation", ConsentDecision::Denied)]);
+    let caller = json!({"tc_string": "forged", "note": "kept"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let out = h
+        .writer
+        .transact_blocking(move |ctx| {
+            consent::record_signal(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                p,
+                &denial,
+                &caller,
+                ctx.now_ms,
+            )
+        })
+        .unwrap();
+    let SignalOutcome::Recorded(written) = out else {
+        panic!("expected a first arrival, got {out:?}")
+    };
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        (written[0].0.as_str(), written[0].1),
+        ("personalisation", ConsentDecision::Denied)
+    );
+    let last = history().pop().unwrap();
+    assert_eq!(last.seq, written[0].2);
+    assert_eq!(last.evidence["tc_string"], "CQ-test-2");
+    assert_eq!(last.evidence["note"], "kept");
+    assert_eq!(
+        state(h, p, "personalisation"),
+        Some(ConsentDecision::Denied)
+    );
+    // Seen strings follow a merge: the survivor does not record them again.
+    h.ingest(vec![json!({"type": "page", "anonymousId": "cmp-anon"})]);
+    let q = h.lookup("anonymous_id", "cmp-anon").unwrap();
+    assert_ne!(q, p);
+    let third = cmp_signal(3, &[("personalisation", ConsentDecision::Granted)]);
+    let s3 = third.clone();
+    h.writer
+        .transact_blocking(move |ctx| {
+            consent::record_signal(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                q,
+                &s3,
+                &Map::new(),
+                ctx.now_ms,
+            )
+        })
+        .unwrap();
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "cmp-user", "anonymousId": "cmp-anon"}),
+    ]);
+    let survivor = h.lookup("anonymous_id", "cmp-anon").unwrap();
+    assert_eq!(survivor, p, "the visitor merged into the known person");
+    let out = h
+        .writer
+        .transact_blocking(move |ctx| {
+            consent::record_signal(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                survivor,
+                &third,
+                &Map::new(),
+                ctx.now_ms,
+            )
+        })
+        .unwrap();
+    assert_eq!(out, SignalOutcome::Duplicate);
 }
 
 pub fn unsubscribe_links_withdraw_for_their_purpose_only(h: &Harness) {
