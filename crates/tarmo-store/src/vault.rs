@@ -333,6 +333,14 @@ pub enum Place {
     VaultCheck,
     ConsentEvidence,
     OutboxPayload,
+    /// A data subject request's details (corrected values, the address to
+    /// verify), sealed with the installation key, wiped when it closes.
+    RequestPayload,
+    /// What a processor is told when a person is erased (their identifiers),
+    /// sealed with the installation key, wiped once delivered.
+    ProcessorNotification,
+    /// A processor's webhook bearer token.
+    ProcessorSecret,
 }
 
 impl Place {
@@ -344,6 +352,9 @@ impl Place {
             Place::VaultCheck => b"meta.vault_check",
             Place::ConsentEvidence => b"consent_ledger.evidence",
             Place::OutboxPayload => b"outbox.payload",
+            Place::RequestPayload => b"requests.payload",
+            Place::ProcessorNotification => b"processor_notifications.payload",
+            Place::ProcessorSecret => b"processors.webhook_token",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);
