@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: ledger::LedgerCommand,
     },
+    /// Delete what has outlived its retention (see `tarmo retention run --help`).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// Import data from files.
     Import {
         #[command(subcommand)]
@@ -76,6 +81,19 @@ enum Command {
     Gpp {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Sweep now: delete events past their retention, record lapsed consent
+    /// as expired, erase people nothing keeps any more. Prints counts.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Count what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -153,6 +171,9 @@ struct ServeArgs {
     /// How long a confirmation link works, in hours (default 48).
     #[arg(long, env = "TARMO_CONFIRMATION_TTL_HOURS")]
     confirmation_ttl_hours: Option<u64>,
+    /// Minutes between retention sweeps (default 60; 0 turns them off).
+    #[arg(long, env = "TARMO_RETENTION_INTERVAL_MINUTES")]
+    retention_interval_minutes: Option<u64>,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -172,6 +193,7 @@ struct FileConfig {
     sms_webhook_url: Option<String>,
     organisation: Option<String>,
     confirmation_ttl_hours: Option<u64>,
+    retention_interval_minutes: Option<u64>,
     /// The purpose catalog: `[purposes.email_marketing]` tables.
     purposes: Option<toml::Table>,
     /// What feeds each purpose from CMP strings: `[consent_signals.analytics]`
@@ -247,6 +269,9 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         sms_webhook_token: serve.sms_webhook_token,
         organisation: serve.organisation.or(file.organisation),
         confirmation_ttl_hours: serve.confirmation_ttl_hours.or(file.confirmation_ttl_hours),
+        retention_interval_minutes: serve
+            .retention_interval_minutes
+            .or(file.retention_interval_minutes),
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -467,6 +492,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Command::Ledger { command } => return ledger::run(command),
+        Command::Retention {
+            command: RetentionCommand::Run { common, dry_run },
+        } => {
+            let s = settings(&common, None)?;
+            let store = open_store(&s)?;
+            let (writer, join) = store.start_writer(WriterConfig::default())?;
+            let report = tarmo_store::retention::sweep(&writer, tarmo_store::now_ms(), dry_run)?;
+            drop(writer);
+            join.join()
+                .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
         Command::Import { command } => return import::run(command),
         Command::Tcf { args } => return Ok(codec(tarmo_tcf::cli::tcf_main, &args)),
         Command::Gpp { args } => return Ok(codec(tarmo_tcf::cli::gpp_main, &args)),
@@ -575,6 +612,55 @@ fn mail_worker(
     })
 }
 
+/// The retention sweep, every `minutes` (0: never; `tarmo retention run`
+/// then does it on demand).
+struct Sweeper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sweeper {
+    fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn retention_thread(writer: tarmo_store::writer::WriterHandle, minutes: Option<u64>) -> Sweeper {
+    let minutes = minutes.unwrap_or(60);
+    if minutes == 0 {
+        return Sweeper {
+            stop: None,
+            join: None,
+        };
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let join = std::thread::Builder::new()
+        .name("tarmo-retention".into())
+        .spawn(move || {
+            let every = std::time::Duration::from_secs(minutes * 60);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                match tarmo_store::retention::sweep(&writer, tarmo_store::now_ms(), false) {
+                    Ok(r) => tracing::info!(
+                        events_deleted = r.events_deleted,
+                        consents_expired = r.consents_expired,
+                        profiles_erased = r.profiles_erased,
+                        millis = r.millis,
+                        "retention sweep"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+                }
+            }
+        })
+        .expect("spawn the retention thread");
+    Sweeper {
+        stop: Some(tx),
+        join: Some(join),
+    }
+}
+
 fn serve(s: Settings) -> anyhow::Result<()> {
     let store = Arc::new(open_store(&s)?);
     apply_purposes(&store, &s)?;
@@ -596,6 +682,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         s.identity.clone(),
         config.clone(),
     );
+    let writer_for_sweeps = writer.clone();
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,
         store.clone(),
@@ -603,6 +690,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         config,
         state.outbox.clone(),
     )?);
+    let sweeper = retention_thread(writer_for_sweeps, s.serve.retention_interval_minutes);
     let backend = store.backend_name();
     rt.block_on(async move {
         tracing::info!(%addr, store = backend, "tarmo is serving");
@@ -619,6 +707,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     // The mail worker holds a writer handle: stop it first. Then every
     // handle is gone, so the writer drains its queue and stops.
     mailer.stop();
+    sweeper.stop();
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     store.checkpoint()?;

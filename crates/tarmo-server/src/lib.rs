@@ -13,6 +13,7 @@ pub mod mail;
 mod metrics;
 mod pages;
 mod profiles;
+mod requests;
 pub mod signals;
 
 use std::collections::HashMap;
@@ -202,6 +203,14 @@ impl AppState {
         consent::subscribe,
         consent::send_email,
         consent::preference_link,
+        requests::create,
+        requests::list,
+        requests::get,
+        requests::verify,
+        requests::refuse,
+        requests::extend,
+        requests::lift,
+        requests::export,
         pages::confirm_page,
         pages::confirm_post,
         pages::unsubscribe_page,
@@ -209,6 +218,10 @@ impl AppState {
         pages::preferences_page,
         pages::preferences_post,
         pages::gpc_json,
+        pages::self_service_request,
+        pages::verify_request_page,
+        pages::verify_request_post,
+        pages::download,
         healthz,
         metrics_route,
         openapi_json,
@@ -218,7 +231,8 @@ impl AppState {
         consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
         consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
         consent::EmailInput, consent::EmailQueued, consent::PreferenceLink, signals::SignalInput,
-        signals::SignalEntry, signals::SignalRecorded)),
+        signals::SignalEntry, signals::SignalRecorded, requests::RequestInput,
+        requests::RequestDetail, requests::RequestList, requests::ReasonInput)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -273,6 +287,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/consents", post(consent::record))
         .route("/api/v1/consents/signals", post(signals::record_signal))
         .route(
+            "/api/v1/requests",
+            post(requests::create).get(requests::list),
+        )
+        .route("/api/v1/requests/{id}", get(requests::get))
+        .route("/api/v1/requests/{id}/verify", post(requests::verify))
+        .route("/api/v1/requests/{id}/refuse", post(requests::refuse))
+        .route("/api/v1/requests/{id}/extend", post(requests::extend))
+        .route("/api/v1/requests/{id}/lift", post(requests::lift))
+        .route("/api/v1/requests/{id}/export", get(requests::export))
+        .route(
             "/api/v1/decisions",
             get(consent::decision).post(consent::decisions_batch),
         )
@@ -291,6 +315,12 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(pages::preferences_page).post(pages::preferences_post),
         )
         .route("/.well-known/gpc.json", get(pages::gpc_json))
+        .route("/p/{token}/request", post(pages::self_service_request))
+        .route(
+            "/r/{token}",
+            get(pages::verify_request_page).post(pages::verify_request_post),
+        )
+        .route("/r/download/{token}", get(pages::download))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
@@ -363,7 +393,21 @@ async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     s.metrics.render(&mut out);
     s.store.metrics.render(&mut out);
     let store = s.store.clone();
-    let counts = blocking(move || tarmo_store::outbox::counts(&mut *store.conn()?)).await;
+    let (counts, overdue) = match blocking(move || {
+        let mut c = store.conn()?;
+        Ok((
+            tarmo_store::outbox::counts(&mut *c)?,
+            tarmo_store::requests::overdue_count(&mut *c, tarmo_store::now_ms())?,
+        ))
+    })
+    .await
+    {
+        Ok((c, o)) => (Ok(c), o),
+        Err(e) => (Err(e), 0),
+    };
+    out.push_str(&format!(
+        "# HELP tarmo_requests_overdue Open data subject requests past their deadline.\n# TYPE tarmo_requests_overdue gauge\ntarmo_requests_overdue {overdue}\n"
+    ));
     out.push_str(
         "# HELP tarmo_outbox_messages Messages to people in the outbox, by status.\n# TYPE tarmo_outbox_messages gauge\n",
     );

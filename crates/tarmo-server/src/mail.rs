@@ -210,6 +210,63 @@ fn message_id(id: i64) -> MessageId {
     MessageId::new(&format!("tarmo-outbox-{id}")).expect("a plain id is a valid Message-ID")
 }
 
+/// The message asking the person to confirm a request about their data.
+fn verification_text(
+    language: &str,
+    org: &str,
+    kind: &str,
+    id: i64,
+    url: &str,
+) -> (String, String) {
+    match language.split('-').next().unwrap_or("en") {
+        "fi" => {
+            let what = match kind {
+                "access" | "portability" => "saada kopion tiedoistasi",
+                "erasure" => "poistaa tietosi",
+                "rectification" => "korjata tietojasi",
+                "restriction" => "rajoittaa tietojesi käsittelyä",
+                _ => "vastustaa tietojesi käsittelyä",
+            };
+            (
+                format!("Vahvista pyyntösi ({org})"),
+                format!(
+                    "Hei,\n\n{org} sai pyynnön {what} (pyyntö {id}). Jos pyysit tätä itse, vahvista se tästä:\n\n{url}\n\nJos et pyytänyt, voit jättää viestin huomiotta: mitään ei tapahdu.\n"
+                ),
+            )
+        }
+        "de" => {
+            let what = match kind {
+                "access" | "portability" => "eine Kopie Ihrer Daten zu erhalten",
+                "erasure" => "Ihre Daten zu löschen",
+                "rectification" => "Ihre Daten zu berichtigen",
+                "restriction" => "die Verarbeitung Ihrer Daten einzuschränken",
+                _ => "der Verarbeitung Ihrer Daten zu widersprechen",
+            };
+            (
+                format!("Bitte bestätigen Sie Ihre Anfrage ({org})"),
+                format!(
+                    "Hallo,\n\n{org} hat eine Anfrage erhalten, {what} (Anfrage {id}). Wenn Sie das waren, bestätigen Sie hier:\n\n{url}\n\nWenn nicht, ignorieren Sie diese Nachricht: Es passiert nichts.\n"
+                ),
+            )
+        }
+        _ => {
+            let what = match kind {
+                "access" | "portability" => "send you a copy of your data",
+                "erasure" => "erase your data",
+                "rectification" => "correct your data",
+                "restriction" => "restrict the use of your data",
+                _ => "stop using your data as you objected",
+            };
+            (
+                format!("Please confirm your request ({org})"),
+                format!(
+                    "Hello,\n\n{org} was asked to {what} (request {id}). If that was you, confirm here:\n\n{url}\n\nIf it was not you, ignore this message: nothing will happen.\n"
+                ),
+            )
+        }
+    }
+}
+
 fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
     let catalog = w.store.catalog()?;
     match &m.message {
@@ -250,6 +307,43 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
                     subject: c.subject,
                     text: c.text,
                     html: c.html,
+                    message_id: message_id(m.id),
+                    list_unsubscribe: None,
+                };
+                let d = w.email.as_ref().expect("claimed only with a deliverer");
+                d.send_email(&email).map_err(Stop::Send)
+            }
+        }
+        OutboxMessage::RequestVerification {
+            to,
+            language,
+            token,
+            request_type,
+            request_id,
+        } => {
+            let url = format!("{}/r/{token}", w.config.public_url);
+            let (subject, text) = verification_text(
+                language,
+                &w.config.organisation,
+                request_type,
+                *request_id,
+                &url,
+            );
+            if m.channel == "sms" {
+                let sms = w.sms.as_ref().expect("claimed only with a deliverer");
+                sms.send_sms(to, &text, message_id(m.id).as_str())
+                    .map_err(Stop::Send)
+            } else {
+                let html = format!(
+                    "<!doctype html><html><body><pre style=\"font:inherit;white-space:pre-wrap\">{}</pre></body></html>",
+                    crate::pages::esc(&text)
+                );
+                let email = Email {
+                    from: w.from.clone(),
+                    to: to.clone(),
+                    subject,
+                    text,
+                    html,
                     message_id: message_id(m.id),
                     list_unsubscribe: None,
                 };

@@ -547,6 +547,7 @@ async fn record_gpc_if_sent(
 async fn render_preferences(
     s: &AppState,
     profile: i64,
+    token: &str,
     lang: &str,
     gpc_seen: bool,
     saved: bool,
@@ -600,6 +601,7 @@ async fn render_preferences(
         "<button type=\"submit\">{}</button></form>",
         esc(t.prefs_save)
     );
+    body.push_str(&rights_section(lang, token));
     page(StatusCode::OK, lang, t, t.prefs_title, &body)
 }
 
@@ -624,7 +626,7 @@ pub async fn preferences_page(
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
-    render_preferences(&s, link.profile_id, &lang, gpc_seen, false).await
+    render_preferences(&s, link.profile_id, &token, &lang, gpc_seen, false).await
 }
 
 /// Save the person's choices: each change is a ledger entry (method
@@ -698,7 +700,7 @@ pub async fn preferences_post(
     if let Err(e) = saved {
         return e.into_response();
     }
-    render_preferences(&s, profile, &lang, gpc_seen, true).await
+    render_preferences(&s, profile, &token, &lang, gpc_seen, true).await
 }
 
 // --------------------------------------------------------------------- GPC
@@ -718,4 +720,257 @@ pub async fn gpc_json() -> axum::Json<GpcSupport> {
         gpc: true,
         last_update: "2026-11-26",
     })
+}
+
+// -------------------------------------------------------- self-service rights
+
+pub const DOWNLOAD_LINK: &str = "request download";
+/// How long the download link of a person's own data works.
+pub const DOWNLOAD_TTL_MS: i64 = 7 * 86_400_000;
+
+fn rights_texts(
+    lang: &str,
+) -> (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+) {
+    // (section title, access button, erasure button, check your inbox, done)
+    match lang {
+        "fi" => (
+            "Tietosi",
+            "Lähetä minulle kopio tiedoistani",
+            "Poista kaikki tietoni",
+            "Lähetimme vahvistuslinkin osoitteeseesi. Pyyntö etenee, kun vahvistat sen.",
+            "Pyyntösi on vahvistettu.",
+        ),
+        "de" => (
+            "Ihre Daten",
+            "Eine Kopie meiner Daten",
+            "Alle meine Daten löschen",
+            "Wir haben einen Bestätigungslink an Ihre Adresse geschickt. Die Anfrage wird bearbeitet, sobald Sie ihn bestätigen.",
+            "Ihre Anfrage ist bestätigt.",
+        ),
+        _ => (
+            "Your data",
+            "Send me a copy of my data",
+            "Erase all my data",
+            "We sent a confirmation link to your address. The request goes ahead once you confirm it.",
+            "Your request is confirmed.",
+        ),
+    }
+}
+
+/// The "your data" part of the preference page.
+fn rights_section(lang: &str, token: &str) -> String {
+    let (title, access, erase, _, _) = rights_texts(lang);
+    format!(
+        "<h2>{}</h2><form method=\"post\" action=\"/p/{t}/request\"><input type=\"hidden\" name=\"type\" value=\"access\">\
+<button type=\"submit\">{}</button></form><p></p>\
+<form method=\"post\" action=\"/p/{t}/request\"><input type=\"hidden\" name=\"type\" value=\"erasure\">\
+<button type=\"submit\">{}</button></form>",
+        esc(title),
+        esc(access),
+        esc(erase),
+        t = esc(token)
+    )
+}
+
+/// A request for access or erasure from the person's own page. A link to
+/// confirm it goes to their address on record; nothing on the page says
+/// whether or what data is held.
+#[utoipa::path(post, path = "/p/{token}/request", tag = "pages",
+    params(("token" = String, Path, description = "The preference link's signed token")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "type=access or type=erasure"),
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 400, body = ErrorBody), (status = 404, content_type = "text/html", body = String)))]
+pub async fn self_service_request(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
+    let lang = browser_language(&headers);
+    let link = match open_preferences(&s, &token) {
+        Ok(l) => l,
+        Err(e) => return error_page(e, &lang),
+    };
+    let kind = match form(&body)
+        .into_iter()
+        .find(|(k, _)| k == "type")
+        .map(|(_, v)| v)
+        .as_deref()
+    {
+        Some("access") => tarmo_store::requests::RequestKind::Access,
+        Some("erasure") => tarmo_store::requests::RequestKind::Erasure,
+        _ => {
+            return ApiError::bad_request("unknown_request_type", "type=access or type=erasure")
+                .into_response();
+        }
+    };
+    let (l, t) = texts(&lang);
+    let ttl = s.config.token_ttl.as_millis() as i64;
+    let language = l.to_owned();
+    let profile = link.profile_id;
+    let created = s
+        .transact(move |ctx| {
+            let Some(p) = doi::current_profile(ctx.conn, profile)? else {
+                return Ok(());
+            };
+            let Some((kind_name, value)) =
+                tarmo_store::requests::contact_of(ctx.conn, ctx.vault, p)?
+            else {
+                return Ok(());
+            };
+            let bidx = ctx.vault.blind_index(&kind_name, &value);
+            let kind_id = if kind_name == "email" {
+                tarmo_core::identity::IdentifierKind::Email
+            } else {
+                tarmo_core::identity::IdentifierKind::Phone
+            };
+            let req = tarmo_store::requests::NewRequest {
+                kind,
+                subject: tarmo_store::resolve::PreparedIdentifier {
+                    kind: kind_id,
+                    bidx,
+                    value,
+                },
+                corrected: None,
+                purposes: None,
+                language,
+                origin: "self_service",
+                actor: "the person, from their preference page".into(),
+            };
+            match tarmo_store::requests::create(ctx, req, ttl) {
+                // An open request of the same kind: the person is told the
+                // same thing; the earlier link still works.
+                Err(tarmo_store::Error::Rejected {
+                    code: "duplicate_request",
+                    ..
+                }) => Ok(()),
+                r => r.map(|_| ()),
+            }
+        })
+        .await;
+    if let Err(e) = created {
+        return e.into_response();
+    }
+    s.outbox_wake();
+    let (_, _, _, sent, _) = rights_texts(l);
+    page(
+        StatusCode::OK,
+        l,
+        t,
+        t.prefs_title,
+        &format!("<p>{}</p>", esc(sent)),
+    )
+}
+
+/// The page a request's verification link opens. Changes nothing.
+#[utoipa::path(get, path = "/r/{token}", tag = "pages",
+    params(("token" = String, Path, description = "The verification link's token")),
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 404, content_type = "text/html", body = String),
+        (status = 410, content_type = "text/html", body = String)))]
+pub async fn verify_request_page(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let store = s.store.clone();
+    let t2 = token.clone();
+    let found = blocking(move || {
+        tarmo_store::links::find_token(
+            &mut *store.conn()?,
+            &t2,
+            tarmo_store::requests::VERIFY_TOKEN,
+            now_ms(),
+        )
+    })
+    .await;
+    let data = match found {
+        Ok(t) => t.data,
+        Err(e) => return error_page(e, &browser_language(&headers)),
+    };
+    let (l, t) = texts(&data.language);
+    let body = format!(
+        "<p>{}: <strong>{}</strong></p><form method=\"post\"><button type=\"submit\">{}</button></form>",
+        esc(t.confirm_lead.split('.').next().unwrap_or("")),
+        esc(&data.source),
+        esc(t.confirm_button)
+    );
+    page(StatusCode::OK, l, t, t.confirm_title, &body)
+}
+
+/// The person confirms the request is theirs: it is carried out at once.
+/// An access request's page then links to the download of their data.
+#[utoipa::path(post, path = "/r/{token}", tag = "pages",
+    params(("token" = String, Path, description = "The verification link's token")),
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 404, content_type = "text/html", body = String),
+        (status = 410, content_type = "text/html", body = String)))]
+pub async fn verify_request_post(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let lang = browser_language(&headers);
+    let done = s
+        .transact(move |ctx| tarmo_store::requests::verify_by_link(ctx, &token))
+        .await;
+    let (id, kind) = match done {
+        Ok(x) => x,
+        Err(e) => return error_page(e, &lang),
+    };
+    let (l, t) = texts(&lang);
+    let (_, _, _, _, confirmed) = rights_texts(l);
+    let mut body = String::new();
+    if kind.has_bundle() {
+        let signed = links::sign_link(
+            s.store.vault(),
+            DOWNLOAD_LINK,
+            &SignedLink {
+                profile_id: id,
+                scope: "bundle".into(),
+                issued_ms: now_ms(),
+            },
+        );
+        let _ = write!(
+            body,
+            "<p><a href=\"{}/r/download/{}\">bundle.zip</a></p>",
+            esc(&s.config.public_url),
+            esc(&signed)
+        );
+    }
+    page(StatusCode::OK, l, t, confirmed, &body)
+}
+
+/// The person's own data, from the link on the page after they confirmed an
+/// access request (valid for seven days).
+#[utoipa::path(get, path = "/r/download/{token}", tag = "pages",
+    params(("token" = String, Path, description = "The download link's signed token")),
+    responses((status = 200, content_type = "application/zip", body = Vec<u8>),
+        (status = 404, content_type = "text/html", body = String)))]
+pub async fn download(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let lang = browser_language(&headers);
+    let Some(link) = links::open_link(s.store.vault(), DOWNLOAD_LINK, &token)
+        .filter(|l| l.scope == "bundle" && now_ms() - l.issued_ms < DOWNLOAD_TTL_MS)
+    else {
+        return error_page(ApiError::not_found("link_invalid", ""), &lang);
+    };
+    match crate::requests::bundle_for(&s, link.profile_id).await {
+        Ok(b) => {
+            let mut r = crate::requests::bundle_response(&b, link.profile_id, Some("zip"))
+                .unwrap_or_else(IntoResponse::into_response);
+            secure_headers(r.headers_mut());
+            r
+        }
+        Err(e) => error_page(e, &lang),
+    }
 }

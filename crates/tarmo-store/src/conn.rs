@@ -12,6 +12,8 @@ pub struct NewEvent {
     pub profile_id: ProfileId,
     /// The profile whose data key sealed the body (kept through merges).
     pub key_owner: ProfileId,
+    /// The write key (source) that sent it.
+    pub source_id: i64,
     pub kind: &'static str,
     pub timestamp_ms: i64,
     pub received_ms: i64,
@@ -209,6 +211,9 @@ pub trait Conn: Send {
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>>;
     /// Take a transaction-scoped lock (no-op where the transaction already is one).
     fn lock(&mut self, lock: TxLock) -> Result<()>;
+    /// Fold the write-ahead log into the database file and truncate it, so
+    /// that deleted values leave no copy behind (no-op on PostgreSQL).
+    fn checkpoint(&mut self) -> Result<()>;
     /// A number that changes when another connection commits (SQLite's
     /// `data_version`); constant where caches are not kept (PostgreSQL).
     fn data_version(&mut self) -> Result<i64>;

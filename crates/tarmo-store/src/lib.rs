@@ -8,14 +8,18 @@
 //! them, and looked up only by blind index. It must never acknowledge a write
 //! that is not durably committed.
 
+pub mod bundle;
 pub mod conn;
 pub mod consent;
 pub mod doi;
+pub mod erasure;
 pub mod links;
 pub mod metrics;
 pub mod outbox;
 pub mod postgres;
+pub mod requests;
 pub mod resolve;
+pub mod retention;
 pub mod sqlite;
 mod store;
 pub mod vault;

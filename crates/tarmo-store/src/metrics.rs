@@ -66,6 +66,7 @@ impl Histogram {
 pub struct WriterMetrics {
     pub events_stored: AtomicU64,
     pub events_duplicate: AtomicU64,
+    pub events_suppressed: AtomicU64,
     pub profiles_created: AtomicU64,
     pub merges: AtomicU64,
     pub merges_refused: AtomicU64,
@@ -82,6 +83,7 @@ impl Default for WriterMetrics {
         Self {
             events_stored: AtomicU64::new(0),
             events_duplicate: AtomicU64::new(0),
+            events_suppressed: AtomicU64::new(0),
             profiles_created: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             merges_refused: AtomicU64::new(0),
@@ -110,6 +112,12 @@ impl WriterMetrics {
             "tarmo_events_duplicate_total",
             "Events dropped as repeats of a messageId.",
             &self.events_duplicate,
+        );
+        c(
+            out,
+            "tarmo_events_suppressed_total",
+            "Events acknowledged but not stored: they named an erased person.",
+            &self.events_suppressed,
         );
         c(
             out,

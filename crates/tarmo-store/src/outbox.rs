@@ -27,6 +27,14 @@ pub enum OutboxMessage {
         purposes: Vec<(String, String)>,
         expires_ms: i64,
     },
+    /// The link that verifies a data subject request came from the person.
+    RequestVerification {
+        to: String,
+        language: String,
+        token: String,
+        request_type: String,
+        request_id: i64,
+    },
     /// A marketing email, sent only while the purpose allows it; it carries
     /// a one-click unsubscribe link for that purpose.
     Marketing {
@@ -44,6 +52,7 @@ impl OutboxMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Confirmation { .. } => "confirmation",
+            Self::RequestVerification { .. } => "request_verification",
             Self::Marketing { .. } => "marketing",
         }
     }

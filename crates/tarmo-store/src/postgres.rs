@@ -165,6 +165,7 @@ CREATE INDEX outbox_profile ON outbox(profile_id);
         3,
         r#"
 ALTER TABLE events ADD COLUMN source_id BIGINT;
+CREATE INDEX events_received ON events(received_ms);
 CREATE TABLE processors (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -440,6 +441,10 @@ impl Conn for PgConn {
         self.c.query(&st, &refs)?.iter().map(pg_cells).collect()
     }
 
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     fn data_version(&mut self) -> Result<i64> {
         Ok(0)
     }
@@ -683,10 +688,11 @@ impl Conn for PgConn {
         let ts: Vec<i64> = rows.iter().map(|e| e.timestamp_ms).collect();
         let received: Vec<i64> = rows.iter().map(|e| e.received_ms).collect();
         let body: Vec<&[u8]> = rows.iter().map(|e| &e.sealed[..]).collect();
+        let source: Vec<i64> = rows.iter().map(|e| e.source_id).collect();
         self.c.execute(
-            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[])",
-            &[&profile, &owner, &kind, &ts, &received, &body],
+            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bigint[])",
+            &[&profile, &owner, &kind, &ts, &received, &body, &source],
         )?;
         Ok(())
     }

@@ -50,6 +50,8 @@ impl std::fmt::Debug for PreparedIdentifier {
 #[derive(Clone)]
 pub struct PreparedEvent {
     pub dedup: Option<i64>,
+    /// The write key (source) that sent it.
+    pub source: i64,
     pub kind: MessageKind,
     pub timestamp_ms: i64,
     /// In precedence order (user id first).
@@ -88,6 +90,8 @@ impl std::fmt::Debug for PreparedEvent {
 pub enum Outcome {
     Stored(ProfileId),
     Duplicate,
+    /// The message names an erased person: acknowledged, not stored.
+    Suppressed,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,6 +109,7 @@ pub struct GroupStats {
     pub merges: u64,
     pub merges_refused: u64,
     pub consent_entries: u64,
+    pub suppressed: u64,
 }
 
 /// The resolver keeps a bounded cache of identifier → profile between groups
@@ -284,11 +289,30 @@ impl Resolver {
                 }
             }
         }
+        // Identifiers nobody has: an erased person's are on the suppression
+        // list, and a message naming one is acknowledged but not stored.
+        let mut suppressed: HashSet<BlindIndex> = HashSet::new();
         if !unknown.is_empty() {
             let found = g.conn.identifiers_lookup(&unknown)?;
             for (b, p) in unknown.iter().zip(found) {
-                if let Some(p) = p {
-                    g.ids.insert(*b, p);
+                match p {
+                    Some(p) => {
+                        g.ids.insert(*b, p);
+                    }
+                    None => {
+                        if crate::consent::suppressed(g.conn, b)?.is_some() {
+                            suppressed.insert(*b);
+                        }
+                    }
+                }
+            }
+        }
+        if !suppressed.is_empty() {
+            for (i, e) in events.iter().enumerate() {
+                if live[i] && e.identifiers.iter().any(|id| suppressed.contains(&id.bidx)) {
+                    live[i] = false;
+                    outcomes[i] = Outcome::Suppressed;
+                    g.stats.suppressed += 1;
                 }
             }
         }
@@ -296,7 +320,9 @@ impl Resolver {
         let mut rows = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
             if !live[i] {
-                g.stats.duplicates += 1;
+                if outcomes[i] == Outcome::Duplicate {
+                    g.stats.duplicates += 1;
+                }
                 continue;
             }
             let target = g.resolve(self, &e.identifiers)?;
@@ -307,6 +333,7 @@ impl Resolver {
                 NewEvent {
                     profile_id: target,
                     key_owner: target,
+                    source_id: e.source,
                     kind: e.kind.as_str(),
                     timestamp_ms: e.timestamp_ms,
                     received_ms: now_ms,

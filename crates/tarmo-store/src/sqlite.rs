@@ -168,6 +168,7 @@ CREATE INDEX outbox_profile ON outbox(profile_id);
         3,
         r#"
 ALTER TABLE events ADD COLUMN source_id BIGINT;
+CREATE INDEX events_received ON events(received_ms);
 CREATE TABLE processors (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -313,12 +314,6 @@ impl SqliteConn {
         }
         Ok(())
     }
-
-    /// Move the WAL's content into the database file and truncate the WAL.
-    pub fn checkpoint(&mut self) -> Result<()> {
-        self.c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        Ok(())
-    }
 }
 
 /// `$1` placeholders, as written for both backends, in SQLite's `?1` form.
@@ -400,6 +395,13 @@ impl Conn for SqliteConn {
             out.push(Row(cells));
         }
         Ok(out)
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        // With secure_delete on, pages freed by deletions reach the database
+        // file zeroed, and the WAL that held the old pages is truncated.
+        self.c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
     }
 
     fn data_version(&mut self) -> Result<i64> {
@@ -641,7 +643,7 @@ impl Conn for SqliteConn {
 
     fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()> {
         let mut st = self.c.prepare_cached(
-            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for e in rows {
             st.execute(params![
@@ -650,7 +652,8 @@ impl Conn for SqliteConn {
                 e.kind,
                 e.timestamp_ms,
                 e.received_ms,
-                e.sealed
+                e.sealed,
+                e.source_id
             ])?;
         }
         Ok(())

@@ -304,6 +304,7 @@ impl Store {
             })
             .collect();
         PreparedEvent {
+            source,
             dedup: m
                 .message_id
                 .as_deref()
@@ -395,6 +396,24 @@ impl Store {
             traits,
             merges,
         }))
+    }
+
+    /// Everything held about a person, for an access or portability request.
+    pub fn bundle(&self, profile: ProfileId) -> Result<Option<crate::bundle::Bundle>> {
+        let Some(view) = self.profile_view(profile)? else {
+            return Ok(None);
+        };
+        let catalog = self.catalog()?;
+        let mut conn = self.conn()?;
+        crate::bundle::collect(
+            &mut *conn,
+            &self.vault,
+            &catalog,
+            view.id,
+            view,
+            crate::now_ms(),
+        )
+        .map(Some)
     }
 
     /// A page of the profile's events, newest first.

@@ -40,6 +40,7 @@ pub struct TxCtx<'a> {
     pub catalog: Arc<Catalog>,
     pub now_ms: i64,
     resolver: &'a mut Resolver,
+    checkpoint: bool,
 }
 
 impl TxCtx<'_> {
@@ -54,6 +55,12 @@ impl TxCtx<'_> {
     /// erasure deleted identifiers): drop it after this transaction.
     pub fn identities_changed(&mut self) {
         self.resolver.clear_after_commit();
+    }
+
+    /// Fold the write-ahead log into the database file once this commits
+    /// (after an erasure, so that no copy of deleted values stays behind).
+    pub fn checkpoint_after_commit(&mut self) {
+        self.checkpoint = true;
     }
 }
 
@@ -292,6 +299,7 @@ fn run_tx(
     resolver: &mut Resolver,
     mut job: Box<dyn TxJob>,
 ) {
+    let mut checkpoint = false;
     let result = (|| {
         conn.begin()?;
         let catalog = catalog.get(conn)?;
@@ -301,10 +309,18 @@ fn run_tx(
             catalog,
             now_ms: now_ms(),
             resolver: &mut *resolver,
+            checkpoint: false,
         };
         job.run(&mut ctx)?;
+        checkpoint = ctx.checkpoint;
         conn.commit()
     })();
+    if result.is_ok()
+        && checkpoint
+        && let Err(e) = conn.checkpoint()
+    {
+        tracing::error!(error = %e, "checkpoint after erasure failed");
+    }
     match &result {
         Ok(()) => resolver.keep(),
         Err(e) => {
@@ -397,6 +413,9 @@ fn commit_group(
             metrics
                 .events_duplicate
                 .fetch_add(stats.duplicates, Ordering::Relaxed);
+            metrics
+                .events_suppressed
+                .fetch_add(stats.suppressed, Ordering::Relaxed);
             metrics
                 .profiles_created
                 .fetch_add(stats.profiles_created, Ordering::Relaxed);

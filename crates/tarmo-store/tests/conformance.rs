@@ -99,7 +99,7 @@ impl Harness {
 fn stored(o: &Outcome) -> i64 {
     match o {
         Outcome::Stored(p) => *p,
-        Outcome::Duplicate => panic!("expected stored, got duplicate"),
+        other => panic!("expected stored, got {other:?}"),
     }
 }
 
@@ -133,11 +133,17 @@ conformance!(
     cmp_strings_write_once_per_person_and_never_fail_their_group,
     unsubscribe_links_withdraw_for_their_purpose_only,
     bad_consent_input_is_refused_and_nothing_is_written,
+    erasure_deletes_the_person_everywhere_suppresses_and_spares_others,
+    requests_follow_their_state_machine_and_deadlines,
+    retention_deletes_what_outlived_its_purposes,
 );
 
 #[path = "conformance/consent.rs"]
 mod consent;
 use consent::*;
+#[path = "conformance/requests.rs"]
+mod requests;
+use requests::*;
 
 fn identify_creates_an_encrypted_profile(h: &Harness) {
     let out = h.ingest(vec![json!({
