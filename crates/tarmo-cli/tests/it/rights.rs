@@ -71,7 +71,7 @@ fn forms(m: &str) -> Vec<Vec<u8>> {
             let start = (pad * 4).div_ceil(3);
             let end = enc.len().saturating_sub(2);
             if end > start + 8 {
-                out.push(enc[start..end].as_bytes().to_vec());
+                out.push(enc.as_bytes()[start..end].to_vec());
             }
         }
     }
