@@ -7,6 +7,7 @@
 //! that received it. It must never log or print a personal value: types that
 //! hold one redact it in `Debug`.
 
+pub mod access;
 pub mod consent;
 pub mod identity;
 pub mod profile;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tarmo_core::consent::{
@@ -23,6 +23,7 @@ use tarmo_store::vault::BlindIndex;
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
 /// A person named in a request: by profile id or by any identifier.
@@ -120,9 +121,8 @@ fn view(c: &ledger::CatalogEntry) -> PurposeView {
     responses((status = 200, body = PurposeList), (status = 401, body = ErrorBody)))]
 pub async fn list_purposes(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _p: Principal,
 ) -> Result<Json<PurposeList>, ApiError> {
-    s.admin(&headers).await?;
     let catalog = s.catalog().await?;
     Ok(Json(PurposeList {
         purposes: catalog.entries().into_iter().map(view).collect(),
@@ -136,10 +136,9 @@ pub async fn list_purposes(
     responses((status = 200, body = PurposeView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_purpose(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<PurposeView>, ApiError> {
-    s.admin(&headers).await?;
     let catalog = s.catalog().await?;
     let c = catalog
         .get(&id)
@@ -167,12 +166,11 @@ pub struct PutPurposeQuery {
     responses((status = 200, body = PurposeChange), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn put_purpose(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _p: Principal,
     Path(id): Path<String>,
     q: Result<Query<PutPurposeQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<PurposeChange>, ApiError> {
-    s.admin(&headers).await?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let id = PurposeId::parse(&id)?;
     let spec: PurposeSpec = serde_json::from_slice(&body)
@@ -250,10 +248,9 @@ const CALLER_METHODS: [Method; 4] = [Method::WebForm, Method::Api, Method::Staff
     responses((status = 200, body = RecordedList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn record(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<RecordedList>, ApiError> {
-    s.admin(&headers).await?;
     let body: ConsentBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_consent",
@@ -295,6 +292,7 @@ pub async fn record(
             )));
         }
         let c = catalog.require(&e.purpose).map_err(|x| at(x.into()))?;
+        p.may_act_for(&e.purpose).map_err(at)?;
         tarmo_core::consent::check_entry(&e.purpose, &c.rule, decision, method)
             .map_err(|x| at(x.into()))?;
         if e.source.trim().is_empty() {
@@ -389,10 +387,9 @@ pub struct ProfileConsents {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn profile_consents(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
 ) -> Result<Json<ProfileConsents>, ApiError> {
-    s.admin(&headers).await?;
     let id = crate::profiles::profile_id(&raw)?;
     let catalog = s.catalog().await?;
     let store = s.store.clone();
@@ -407,6 +404,7 @@ pub async fn profile_consents(
         Ok((profile, states, flags, entries))
     })
     .await?;
+    s.log_access(&p, "read", vec![profile]).await?;
     let now = now_ms();
     let states = states
         .into_iter()
@@ -517,10 +515,9 @@ fn read_subject(
     responses((status = 200, body = DecisionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn decision(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     q: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DecisionView>, ApiError> {
-    s.admin(&headers).await?;
     let Query(q) = q.map_err(|_| {
         ApiError::bad_request(
             "invalid_query",
@@ -529,6 +526,7 @@ pub async fn decision(
     })?;
     let catalog = s.catalog().await?;
     let c = catalog.require(&q.purpose)?;
+    p.may_act_for(&q.purpose)?;
     let channel = q.channel.as_deref().map(Channel::parse).transpose()?;
     let (lookup, _) = s.lookup_of(q.profile.as_deref(), q.kind.as_deref(), q.value.as_deref())?;
     let rule = c.rule;
@@ -539,6 +537,14 @@ pub async fn decision(
     let subject = read_subject(&mut *conn, lookup, &purpose)?;
     drop(conn);
     let (profile, v) = judge(&rule, channel, subject, now_ms());
+    s.access.count(
+        p.key.id,
+        p.key.user_id,
+        &p.key.roles,
+        &p.key.purposes,
+        &p.route,
+        1,
+    );
     Ok(Json(verdict_view(&purpose, profile, v)))
 }
 
@@ -564,10 +570,9 @@ pub struct BatchDecisions {
     responses((status = 200, body = BatchDecisions), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn decisions_batch(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<BatchDecisions>, ApiError> {
-    s.admin(&headers).await?;
     let b: BatchDecisionInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("{e}")))?;
     if b.subjects.len() > 10_000 {
@@ -578,6 +583,7 @@ pub async fn decisions_batch(
     }
     let catalog = s.catalog().await?;
     let rule = catalog.require(&b.purpose)?.rule;
+    p.may_act_for(&b.purpose)?;
     let channel = b.channel.as_deref().map(Channel::parse).transpose()?;
     let lookups = b
         .subjects
@@ -603,6 +609,14 @@ pub async fn decisions_batch(
     })
     .await?;
     let now = now_ms();
+    s.access.count(
+        p.key.id,
+        p.key.user_id,
+        &p.key.roles,
+        &p.key.purposes,
+        &p.route,
+        subjects.len() as i64,
+    );
     Ok(Json(BatchDecisions {
         decisions: subjects
             .into_iter()
@@ -672,10 +686,9 @@ pub(crate) fn evidence_of(ip: Option<String>, user_agent: Option<String>) -> Map
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn subscribe(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    s.admin(&headers).await?;
     let b: SubscriptionInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_subscription", format!("{e}")))?;
     let (kind, raw, channel) = match (&b.email, &b.phone) {
@@ -767,10 +780,9 @@ pub struct EmailQueued {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn send_email(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<EmailQueued>), ApiError> {
-    s.admin(&headers).await?;
     let b: EmailInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_message", format!("{e}")))?;
     if b.subject.trim().is_empty() || b.subject.len() > 400 || b.text.len() > 200_000 {
@@ -781,6 +793,7 @@ pub async fn send_email(
     }
     let catalog = s.catalog().await?;
     let rule = catalog.require(&b.purpose)?.rule;
+    p.may_act_for(&b.purpose)?;
     let (lookup, _) = subject_ref_lookup(&s, &b.recipient)?;
     let purpose = b.purpose.clone();
     let (decision, queued) = s
@@ -876,14 +889,15 @@ pub struct PreferenceLink {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn preference_link(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
 ) -> Result<Json<PreferenceLink>, ApiError> {
-    s.admin(&headers).await?;
     let id = crate::profiles::profile_id(&raw)?;
     let store = s.store.clone();
-    let profile = blocking(move || doi::current_profile(&mut *store.conn()?, id))
+    let grant = p.grant.clone();
+    let profile = blocking(move || store.visible_kinds(&grant, id))
         .await?
+        .map(|(p, _)| p)
         .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
     Ok(Json(PreferenceLink {
         url: crate::pages::preference_url(&s, profile),

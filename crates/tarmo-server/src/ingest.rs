@@ -17,7 +17,6 @@ use tarmo_core::segment::{
     BatchDefaults, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_MESSAGE_BYTES, MessageKind,
     parse_message,
 };
-use tarmo_store::KeyRole;
 use tarmo_store::resolve::{EventConsent, Outcome};
 use utoipa::ToSchema;
 
@@ -107,13 +106,18 @@ async fn source_of(
             "a write key is required: Basic auth with the write key as user name, or `writeKey` in the body",
         )
     })?;
-    let row = s.authorise(&key, KeyRole::Ingest).await?.ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "invalid_write_key",
-            "the write key is unknown, revoked, or not a write key",
-        )
-    })?;
+    let row = s
+        .key_for(&key)
+        .await?
+        .filter(|k| s.roles.grant(k).may(tarmo_core::access::Permission::Ingest))
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "invalid_write_key",
+                "the write key is unknown, revoked, or not a write key",
+            )
+        })?;
+    s.limit_key(row.id)?;
     Ok(row.id)
 }
 

@@ -6,6 +6,7 @@
 //! personal value, and must never answer 200 to ingestion before the events
 //! are durably committed.
 
+pub mod auth;
 mod consent;
 mod error;
 mod ingest;
@@ -22,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tarmo_core::identity::IdentityConfig;
-use tarmo_store::conn::ApiKeyRow;
+use tarmo_store::access_log::AccessLogger;
+use tarmo_store::keys::ApiKey;
 use tarmo_store::writer::WriterHandle;
-use tarmo_store::{KeyRole, Store};
+use tarmo_store::Store;
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
@@ -43,6 +45,9 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// The controller's name, as people see it in messages and pages.
     pub organisation: String,
+    /// Built-in and configured roles.
+    pub roles: auth::Roles,
+    pub limits: auth::RateLimits,
     /// How CMP strings (TCF, GPP) map to the catalog's purposes.
     pub consent_signals: tarmo_core::consent::SignalMap,
 }
@@ -53,6 +58,8 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:8080".into(),
             token_ttl: Duration::from_secs(48 * 3600),
             organisation: "Tarmo".into(),
+            roles: auth::Roles::default(),
+            limits: auth::RateLimits::default(),
             consent_signals: Default::default(),
         }
     }
@@ -67,12 +74,14 @@ pub struct AppState {
     pub metrics: metrics::HttpMetrics,
     /// Rung when a message is queued, so the mail worker sends at once.
     pub outbox: Arc<mail::OutboxSignal>,
-    keys: Mutex<HashMap<String, (Option<ApiKeyRow>, Instant)>>,
+    keys: Mutex<HashMap<Vec<u8>, (Option<ApiKey>, Instant)>>,
+    pub roles: auth::Roles,
+    pub limits: auth::RateLimits,
+    buckets: auth::Buckets,
+    /// The access log: reads of people's data, durably; decisions, counted.
+    pub access: AccessLogger,
 }
 
-/// How long a key lookup is trusted before the store is asked again: the
-/// longest a revocation made by another process takes to bite.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl AppState {
     pub fn new(
@@ -80,16 +89,39 @@ impl AppState {
         writer: WriterHandle,
         identity: IdentityConfig,
         config: ServerConfig,
+        access: AccessLogger,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             writer,
             identity,
+            roles: config.roles.clone(),
+            limits: config.limits,
             config,
             metrics: metrics::HttpMetrics::default(),
             outbox: Arc::new(mail::OutboxSignal::default()),
             keys: Mutex::new(HashMap::new()),
+            buckets: auth::Buckets::default(),
+            access,
         })
+    }
+
+    /// Log a read of people's data through `p`; returns once durable.
+    pub async fn log_access(
+        &self,
+        p: &auth::Principal,
+        action: &'static str,
+        profiles: Vec<i64>,
+    ) -> Result<(), ApiError> {
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        let logger = self.access.clone();
+        let record = p.access(action, profiles);
+        tokio::task::spawn_blocking(move || logger.record(record))
+            .await
+            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+        Ok(())
     }
 
     /// Run `f` as a writer transaction job; its result once committed.
@@ -126,52 +158,6 @@ impl AppState {
         self.outbox.ring();
     }
 
-    /// The key a secret names, if it exists, is not revoked and has `role`.
-    async fn authorise(&self, secret: &str, role: KeyRole) -> Result<Option<ApiKeyRow>, ApiError> {
-        if secret.is_empty() || secret.len() > 128 {
-            return Ok(None);
-        }
-        let cached = self
-            .keys
-            .lock()
-            .expect("key cache")
-            .get(secret)
-            .filter(|(_, t)| t.elapsed() < KEY_CACHE_TTL)
-            .map(|(k, _)| k.clone());
-        let row = match cached {
-            Some(k) => k,
-            None => {
-                let store = self.store.clone();
-                let s = secret.to_owned();
-                let row = tokio::task::spawn_blocking(move || store.authenticate(&s))
-                    .await
-                    .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
-                let mut cache = self.keys.lock().expect("key cache");
-                if cache.len() > 10_000 {
-                    cache.clear();
-                }
-                cache.insert(secret.to_owned(), (row.clone(), Instant::now()));
-                row
-            }
-        };
-        Ok(row.filter(|k| k.role == role.as_str()))
-    }
-
-    /// The admin key from `Authorization: Bearer ...`.
-    async fn admin(&self, headers: &HeaderMap) -> Result<ApiKeyRow, ApiError> {
-        let secret = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("an admin key is required: Authorization: Bearer <key>")
-            })?;
-        self.authorise(secret.trim(), KeyRole::Admin)
-            .await?
-            .ok_or_else(|| {
-                ApiError::unauthorized("the key is unknown, revoked, or not an admin key")
-            })
-    }
 }
 
 #[derive(OpenApi)]
@@ -326,6 +312,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
+use tarmo_core::access::DataKind;
 use tarmo_store::{EventsPage, ProfileView};
 use utoipa::IntoParams;
 
+use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,10 +47,9 @@ pub(crate) fn profile_id(raw: &str) -> Result<i64, ApiError> {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn lookup(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     q: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<ProfileView>, ApiError> {
-    s.admin(&headers).await?;
     let Query(q) =
         q.map_err(|_| ApiError::bad_request("invalid_query", "`type` and `value` are required"))?;
     let kind = s
@@ -60,13 +60,26 @@ pub async fn lookup(
         .identity
         .identifier(kind, &q.value)
         .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    // Looking a person up by an identifier the key may not see would tell
+    // it that the person exists: such a lookup finds nobody.
+    let needed = if matches!(id.kind().as_str(), "email" | "phone") {
+        DataKind::Contact
+    } else {
+        DataKind::Identifiers
+    };
+    if !p.grant.data.contains(&needed) {
+        return Err(not_found());
+    }
     let store = s.store.clone();
+    let grant = p.grant.clone();
     let view = blocking(move || match store.find_profile(&id)? {
-        Some(p) => store.profile_view(p),
+        Some(pid) => store.profile_view_for(&grant, pid),
         None => Ok(None),
     })
-    .await?;
-    view.map(axum::Json).ok_or_else(not_found)
+    .await?
+    .ok_or_else(not_found)?;
+    s.log_access(&p, "read", vec![view.id]).await?;
+    Ok(axum::Json(view))
 }
 
 /// A profile by id (a merged profile's id leads to the profile it joined).
@@ -77,16 +90,17 @@ pub async fn lookup(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_profile(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
 ) -> Result<axum::Json<ProfileView>, ApiError> {
-    s.admin(&headers).await?;
     let id = profile_id(&raw)?;
     let store = s.store.clone();
-    blocking(move || store.profile_view(id))
+    let grant = p.grant.clone();
+    let view = blocking(move || store.profile_view_for(&grant, id))
         .await?
-        .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    s.log_access(&p, "read", vec![view.id]).await?;
+    Ok(axum::Json(view))
 }
 
 /// A profile's events, newest first.
@@ -97,11 +111,10 @@ pub async fn get_profile(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<EventsPage>, ApiError> {
-    s.admin(&headers).await?;
     let id = profile_id(&raw)?;
     let Query(q) = q.map_err(|_| {
         ApiError::bad_request("invalid_query", "`limit` and `before` must be integers")
@@ -114,8 +127,12 @@ pub async fn events(
         ));
     }
     let store = s.store.clone();
-    blocking(move || store.events_page(id, q.before, limit))
+    let grant = p.grant.clone();
+    let page = blocking(move || store.events_page_for(&grant, id, q.before, limit))
         .await?
-        .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    if !page.events.is_empty() {
+        s.log_access(&p, "read", vec![page.profile_id]).await?;
+    }
+    Ok(axum::Json(page))
 }

@@ -17,6 +17,7 @@ use tarmo_store::requests::{self, Filter, NewRequest, RequestKind, RequestStatus
 use utoipa::{IntoParams, ToSchema};
 
 use crate::consent::SubjectRef;
+use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -83,12 +84,12 @@ async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "An open request of the same type for the same person")))]
 pub async fn create(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<RequestDetail>), ApiError> {
-    let key = s.admin(&headers).await?;
     let b: RequestInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("{e}")))?;
+    let key = p.key.clone();
     let kind = RequestKind::parse(&b.kind)?;
     let (kind_name, value) = match (&b.subject.kind, &b.subject.value, b.subject.profile) {
         (Some(k), Some(v), None) => (k.clone(), v.clone()),
@@ -152,10 +153,9 @@ pub struct RequestList {
     responses((status = 200, body = RequestList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
-    s.admin(&headers).await?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -192,10 +192,9 @@ pub async fn list(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
 ) -> Result<Json<RequestDetail>, ApiError> {
-    s.admin(&headers).await?;
     Ok(Json(detail(&s, id_of(&raw)?).await?))
 }
 
@@ -231,14 +230,13 @@ macro_rules! action {
                 (status = 409, body = ErrorBody, description = "Not possible in the request's state")))]
         pub async fn $name(
             State(s): State<Arc<AppState>>,
-            headers: HeaderMap,
+            p: Principal,
             Path(raw): Path<String>,
             body: axum::body::Bytes,
         ) -> Result<Json<RequestDetail>, ApiError> {
-            let key = s.admin(&headers).await?;
-            let id = id_of(&raw)?;
+                    let id = id_of(&raw)?;
             let reason = reason_of(&body).await?;
-            let actor = format!("key {} ({})", key.id, key.name);
+            let actor = format!("key {} ({})", p.key.id, p.key.name);
             s.transact(move |ctx| $f(ctx, id, &reason, &actor)).await?;
             s.outbox_wake();
             Ok(Json(detail(&s, id).await?))
@@ -279,12 +277,11 @@ action!(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn lift(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
 ) -> Result<Json<RequestDetail>, ApiError> {
-    let key = s.admin(&headers).await?;
     let id = id_of(&raw)?;
-    let actor = format!("key {} ({})", key.id, key.name);
+    let actor = format!("key {} ({})", p.key.id, p.key.name);
     s.transact(move |ctx| requests::lift(ctx, id, &actor))
         .await?;
     Ok(Json(detail(&s, id).await?))
@@ -342,10 +339,10 @@ pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError
 pub async fn export(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
+    p: Principal,
     Path(raw): Path<String>,
     q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.admin(&headers).await?;
     let id = id_of(&raw)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let bundle = bundle_for(&s, id).await?;

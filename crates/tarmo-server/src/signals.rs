@@ -23,6 +23,7 @@ use tarmo_store::doi;
 use utoipa::ToSchema;
 
 use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
+use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody};
 
 /// Longer strings are refused: real TC and GPP strings are a few hundred
@@ -320,10 +321,9 @@ fn invalid(message: impl Into<String>) -> ApiError {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn record_signal(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<SignalRecorded>, ApiError> {
-    s.admin(&headers).await?;
     let b: SignalInput = serde_json::from_slice(&body).map_err(|e| {
         invalid(format!(
             "expected {{\"subject\", \"tc_string\" or \"gpp_string\", \"source\", \"evidence\"}}: {e}"

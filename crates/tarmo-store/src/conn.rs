@@ -61,15 +61,6 @@ pub struct MergeRow {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRow {
-    pub id: i64,
-    pub role: String,
-    pub name: String,
-    pub created_ms: i64,
-    pub revoked_ms: Option<i64>,
-}
-
 /// A parameter of a backend-neutral statement.
 #[derive(Debug, Clone, Copy)]
 pub enum P<'a> {
@@ -265,11 +256,6 @@ pub trait Conn: Send {
         limit: u32,
     ) -> Result<Vec<EventRow>>;
 
-    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64>;
-    /// An unrevoked key by the hash of its secret.
-    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>>;
-    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>>;
-    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool>;
 
     fn counts(&mut self) -> Result<StoreCounts>;
 }

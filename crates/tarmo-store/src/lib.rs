@@ -8,11 +8,13 @@
 //! them, and looked up only by blind index. It must never acknowledge a write
 //! that is not durably committed.
 
+pub mod access_log;
 pub mod bundle;
 pub mod conn;
 pub mod consent;
 pub mod doi;
 pub mod erasure;
+pub mod keys;
 pub mod links;
 pub mod metrics;
 pub mod outbox;

@@ -245,6 +245,43 @@ CREATE TABLE retention_runs (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+ALTER TABLE api_keys ADD COLUMN roles TEXT;
+ALTER TABLE api_keys ADD COLUMN purposes TEXT;
+ALTER TABLE api_keys ADD COLUMN user_id BIGINT;
+ALTER TABLE api_keys ADD COLUMN expires_ms BIGINT;
+CREATE TABLE users (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    disabled_ms BIGINT
+);
+CREATE TABLE access_log (
+    seq BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    key_id BIGINT NOT NULL,
+    user_id BIGINT,
+    roles TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    route TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subjects BIGINT NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL
+);
+CREATE TABLE access_log_subjects (
+    profile_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (profile_id, seq)
+);
+CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
+"#,
+    ),
 ];
 
 pub struct PostgresBackend {
@@ -380,15 +417,6 @@ fn pg_cells(r: &postgres::Row) -> Result<Row> {
     Ok(Row(cells))
 }
 
-fn api_key_row(r: &postgres::Row) -> ApiKeyRow {
-    ApiKeyRow {
-        id: r.get(0),
-        role: r.get(1),
-        name: r.get(2),
-        created_ms: r.get(3),
-        revoked_ms: r.get(4),
-    }
-}
 
 fn merge_row(r: &postgres::Row) -> MergeRow {
     MergeRow {
@@ -720,46 +748,6 @@ impl Conn for PgConn {
                 sealed: r.get(5),
             })
             .collect())
-    }
-
-    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64> {
-        Ok(self
-            .c
-            .query_one(
-                "INSERT INTO api_keys (key_hash, role, name, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&hash, &role, &name, &now_ms],
-            )?
-            .get(0))
-    }
-
-    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>> {
-        Ok(self
-            .c
-            .query_opt(
-                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys WHERE key_hash = $1 AND revoked_ms IS NULL",
-                &[&hash],
-            )?
-            .as_ref()
-            .map(api_key_row))
-    }
-
-    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>> {
-        Ok(self
-            .c
-            .query(
-                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys ORDER BY id",
-                &[],
-            )?
-            .iter()
-            .map(api_key_row)
-            .collect())
-    }
-
-    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool> {
-        Ok(self.c.execute(
-            "UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
-            &[&id, &now_ms],
-        )? == 1)
     }
 
     fn counts(&mut self) -> Result<StoreCounts> {

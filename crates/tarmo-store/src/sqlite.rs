@@ -248,6 +248,43 @@ CREATE TABLE retention_runs (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+ALTER TABLE api_keys ADD COLUMN roles TEXT;
+ALTER TABLE api_keys ADD COLUMN purposes TEXT;
+ALTER TABLE api_keys ADD COLUMN user_id BIGINT;
+ALTER TABLE api_keys ADD COLUMN expires_ms BIGINT;
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    disabled_ms BIGINT
+);
+CREATE TABLE access_log (
+    seq BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    key_id BIGINT NOT NULL,
+    user_id BIGINT,
+    roles TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    route TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subjects BIGINT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE access_log_subjects (
+    profile_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (profile_id, seq)
+);
+CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
+"#,
+    ),
 ];
 
 pub struct SqliteBackend {
@@ -682,39 +719,6 @@ impl Conn for SqliteConn {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    fn api_key_insert(&mut self, hash: &[u8], role: &str, name: &str, now_ms: i64) -> Result<i64> {
-        self.c.execute(
-            "INSERT INTO api_keys (key_hash, role, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, role, name, now_ms],
-        )?;
-        Ok(self.c.last_insert_rowid())
-    }
-
-    fn api_key_find(&mut self, hash: &[u8]) -> Result<Option<ApiKeyRow>> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT id, role, name, created_ms, revoked_ms FROM api_keys WHERE key_hash = ?1 AND revoked_ms IS NULL",
-            )?
-            .query_row([hash], api_key_row)
-            .optional()?)
-    }
-
-    fn api_keys(&mut self) -> Result<Vec<ApiKeyRow>> {
-        let mut st = self.c.prepare_cached(
-            "SELECT id, role, name, created_ms, revoked_ms FROM api_keys ORDER BY id",
-        )?;
-        let rows = st.query_map([], api_key_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
-
-    fn api_key_revoke(&mut self, id: i64, now_ms: i64) -> Result<bool> {
-        Ok(self.c.execute(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-            [id, now_ms],
-        )? == 1)
-    }
-
     fn counts(&mut self) -> Result<StoreCounts> {
         Ok(self.c.query_row(
             "SELECT (SELECT count(*) FROM profiles WHERE merged_into IS NULL),
@@ -731,15 +735,6 @@ impl Conn for SqliteConn {
     }
 }
 
-fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
-    Ok(ApiKeyRow {
-        id: r.get(0)?,
-        role: r.get(1)?,
-        name: r.get(2)?,
-        created_ms: r.get(3)?,
-        revoked_ms: r.get(4)?,
-    })
-}
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {

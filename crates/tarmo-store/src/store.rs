@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ring::digest;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tarmo_core::identity::Identifier;
@@ -14,7 +12,12 @@ use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::Message;
 use utoipa::ToSchema;
 
-use crate::conn::{ApiKeyRow, Conn, ProfileId, StoreCounts};
+use std::collections::BTreeSet;
+
+use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
+
+use crate::conn::{Conn, ProfileId, StoreCounts};
+use crate::keys::{ApiKey, KeySpec};
 use crate::consent::{Catalog, CatalogCache};
 use crate::metrics::WriterMetrics;
 use crate::postgres::PostgresBackend;
@@ -64,37 +67,6 @@ impl Backend {
     }
 }
 
-/// What an API key may do. Issue-level roles (dpo, marketer, ...) extend this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRole {
-    Admin,
-    Ingest,
-}
-
-impl KeyRole {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "admin" => Ok(Self::Admin),
-            "ingest" => Ok(Self::Ingest),
-            other => Err(Error::Config(format!(
-                "unknown role `{other}` (known: admin, ingest)"
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Ingest => "ingest",
-        }
-    }
-}
-
-fn key_hash(secret: &str) -> Vec<u8> {
-    digest::digest(&digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .to_vec()
-}
 
 pub struct Store {
     backend: Backend,
@@ -194,6 +166,33 @@ pub struct EventsPage {
 }
 
 const VAULT_CHECK: &str = "vault_check";
+
+/// Take out of a message what names or reaches the person, unless the
+/// viewer may see it.
+fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
+    let Value::Object(m) = message else { return };
+    if !kinds.contains(&DataKind::Identifiers) {
+        for k in ["userId", "anonymousId", "previousId", "groupId"] {
+            m.remove(k);
+        }
+        if let Some(Value::Object(ctx)) = m.get_mut("context") {
+            for k in ["device", "externalIds", "ip", "userAgent"] {
+                ctx.remove(k);
+            }
+        }
+    }
+    if !kinds.contains(&DataKind::Contact) {
+        for section in ["traits"] {
+            if let Some(Value::Object(t)) = m.get_mut(section) {
+                t.retain(|k, _| !CONTACT_TRAITS.contains(&k.as_str()));
+            }
+        }
+        if let Some(Value::Object(ctx)) = m.get_mut("context") {
+            ctx.remove("traits");
+            ctx.remove("ip");
+        }
+    }
+}
 
 impl Store {
     /// Open a store: check that `master` is the key this store was created
@@ -416,6 +415,101 @@ impl Store {
         .map(Some)
     }
 
+    /// The kinds of this person's data `grant` may see, or `None` when the
+    /// person is not visible to it at all (a purpose-bound key sees only
+    /// people whose decision for one of its purposes allows it). The one
+    /// place where purpose binding is applied to reads.
+    pub fn visible_kinds(
+        &self,
+        grant: &Grant,
+        profile: ProfileId,
+    ) -> Result<Option<(ProfileId, BTreeSet<DataKind>)>> {
+        let mut conn = self.conn()?;
+        let Some(current) = crate::doi::current_profile(&mut *conn, profile)? else {
+            return Ok(None);
+        };
+        if !grant.bound() {
+            return Ok(Some((current, grant.data.clone())));
+        }
+        let catalog = self.catalog()?;
+        let now = crate::now_ms();
+        let mut categories: Vec<String> = Vec::new();
+        for purpose in &grant.purposes {
+            let Some(c) = catalog.get(purpose) else {
+                continue;
+            };
+            if let crate::consent::Subject::Known(_, st, flags) =
+                crate::consent::subject_by_id(&mut *conn, current, purpose)?
+                && tarmo_core::consent::decide(&c.rule, None, st.as_ref(), flags, now).allowed
+            {
+                categories.extend(c.spec.data_categories.iter().map(|d| d.as_str().to_owned()));
+            }
+        }
+        if categories.is_empty() {
+            return Ok(None);
+        }
+        let refs: Vec<&str> = categories.iter().map(String::as_str).collect();
+        Ok(Some((current, grant.visible(&refs))))
+    }
+
+    /// A profile as `grant` may see it: only the data kinds it may see;
+    /// `None` when the person is not visible to it.
+    pub fn profile_view_for(&self, grant: &Grant, id: ProfileId) -> Result<Option<ProfileView>> {
+        let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
+            return Ok(None);
+        };
+        let Some(mut v) = self.profile_view(current)? else {
+            return Ok(None);
+        };
+        v.identifiers.retain(|i| {
+            if i.kind == "email" || i.kind == "phone" {
+                kinds.contains(&DataKind::Contact)
+            } else {
+                kinds.contains(&DataKind::Identifiers)
+            }
+        });
+        v.traits.retain(|k, _| {
+            if CONTACT_TRAITS.contains(&k.as_str()) || k == "email" || k == "phone" {
+                kinds.contains(&DataKind::Contact)
+            } else {
+                kinds.contains(&DataKind::Traits)
+            }
+        });
+        if !kinds.contains(&DataKind::Behaviour) {
+            v.event_count = 0;
+        }
+        Ok(Some(v))
+    }
+
+    /// A page of events as `grant` may see it: none without `behaviour`, and
+    /// identifiers and contact traits taken out of each message unless the
+    /// grant sees them.
+    pub fn events_page_for(
+        &self,
+        grant: &Grant,
+        id: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Option<EventsPage>> {
+        let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
+            return Ok(None);
+        };
+        if !kinds.contains(&DataKind::Behaviour) {
+            return Ok(Some(EventsPage {
+                profile_id: current,
+                events: Vec::new(),
+                next_before: None,
+            }));
+        }
+        let Some(mut page) = self.events_page(current, before, limit)? else {
+            return Ok(None);
+        };
+        for e in &mut page.events {
+            scrub(&mut e.message, &kinds);
+        }
+        Ok(Some(page))
+    }
+
     /// A page of the profile's events, newest first.
     pub fn events_page(
         &self,
@@ -453,37 +547,21 @@ impl Store {
     }
 
     /// Make a key; the secret is returned once and stored only as a hash.
-    pub fn create_api_key(&self, role: KeyRole, name: &str) -> Result<(String, i64)> {
-        let mut raw = [0u8; 20];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| Error::Crypto("no randomness"))?;
-        let prefix = match role {
-            KeyRole::Admin => "tka",
-            KeyRole::Ingest => "tkw",
-        };
-        let secret = format!("{prefix}_{}", hex::encode(raw));
-        let id = self.conn()?.api_key_insert(
-            &key_hash(&secret),
-            role.as_str(),
-            name,
-            crate::now_ms(),
-        )?;
-        Ok((secret, id))
+    pub fn create_api_key(&self, spec: &KeySpec) -> Result<(String, i64)> {
+        crate::keys::create(&mut *self.conn()?, &self.vault, spec, crate::now_ms())
     }
 
-    /// The key a secret belongs to, unless unknown or revoked. The lookup is
-    /// by SHA-256 of the secret, so timing reveals nothing about stored keys.
-    pub fn authenticate(&self, secret: &str) -> Result<Option<ApiKeyRow>> {
-        self.conn()?.api_key_find(&key_hash(secret))
+    /// The key a secret belongs to, unless unknown, revoked or expired.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<ApiKey>> {
+        crate::keys::find(&mut *self.conn()?, secret, crate::now_ms())
     }
 
-    pub fn api_keys(&self) -> Result<Vec<ApiKeyRow>> {
-        self.conn()?.api_keys()
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>> {
+        crate::keys::list(&mut *self.conn()?)
     }
 
     pub fn revoke_api_key(&self, id: i64) -> Result<bool> {
-        self.conn()?.api_key_revoke(id, crate::now_ms())
+        crate::keys::revoke(&mut *self.conn()?, id, crate::now_ms())
     }
 
     pub fn counts(&self) -> Result<StoreCounts> {

@@ -1,0 +1,372 @@
+//! Who may call what: one table of every route's requirement, one
+//! middleware that enforces it before any handler runs, and rate limits.
+//!
+//! A route missing from the table is refused (fail closed), so a new route
+//! cannot be reachable by accident. Handlers get the caller as a
+//! [`Principal`]; the store's views of a person take its [`Grant`], which is
+//! where purpose binding and data kinds are applied.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tarmo_core::access::{Grant, Permission, Role};
+use tarmo_store::keys::ApiKey;
+
+use crate::{ApiError, AppState};
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Anyone (pages people open from messages, health, metrics, docs).
+    Public,
+    /// A write key; checked by the ingestion handler, which also reads it
+    /// from the body (Segment's Python SDK sends it there).
+    Ingest,
+    /// A staff key holding this permission.
+    Staff(Permission),
+}
+
+/// The requirement of every route. Keep it next to `app()`: the OpenAPI
+/// walk test fails for a route whose answer does not match its role.
+pub fn need(method: &Method, route: &str) -> Option<Need> {
+    use Need::*;
+    use Permission as P;
+    let get = method == Method::GET || method == Method::HEAD;
+    Some(match route {
+        r if r.starts_with("/v1/") => Ingest,
+        "/healthz" | "/metrics" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
+        "/c/{token}" | "/u/{token}" | "/p/{token}" | "/p/{token}/request" | "/r/{token}"
+        | "/r/download/{token}" => Public,
+        "/api/v1/sessions" => Public,
+        "/api/v1/profiles/lookup" | "/api/v1/profiles/{id}" | "/api/v1/profiles/{id}/events" => {
+            Staff(P::ProfilesRead)
+        }
+        "/api/v1/profiles/{id}/consents" => Staff(P::ConsentsRead),
+        "/api/v1/profiles/{id}/preference-link" => Staff(P::ConsentsWrite),
+        "/api/v1/stats" => Staff(P::StatsRead),
+        "/api/v1/purposes" | "/api/v1/purposes/{id}" if get => Staff(P::PurposesRead),
+        "/api/v1/purposes/{id}" => Staff(P::PurposesWrite),
+        "/api/v1/consents" | "/api/v1/consents/signals" => Staff(P::ConsentsWrite),
+        "/api/v1/decisions" => Staff(P::DecisionsRead),
+        "/api/v1/subscriptions" => Staff(P::Subscribe),
+        "/api/v1/messages/email" => Staff(P::MessagesSend),
+        "/api/v1/requests" if !get => Staff(P::RequestsCreate),
+        r if r.starts_with("/api/v1/requests") => Staff(P::RequestsManage),
+        "/api/v1/processors/{id}/exports" => Staff(P::ProcessorsExport),
+        r if r.starts_with("/api/v1/processors") => Staff(P::ProcessorsManage),
+        "/api/v1/records-of-processing" => Staff(P::RecordsRead),
+        "/api/v1/audit" => Staff(P::AuditRead),
+        _ => return None,
+    })
+}
+
+/// The authenticated caller of a staff route.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key: ApiKey,
+    pub grant: Grant,
+    /// The route template, for the access log.
+    pub route: String,
+}
+
+impl Principal {
+    /// Refuse a purpose the key is not bound to (a bound key acts only for
+    /// its purposes).
+    pub fn may_act_for(&self, purpose: &str) -> Result<(), ApiError> {
+        if self.grant.bound() && !self.grant.purposes.iter().any(|p| p == purpose) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "purpose_not_permitted",
+                format!("this key acts for {} only", self.grant.purposes.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        if self.grant.may(p) {
+            Ok(())
+        } else {
+            Err(forbidden(p))
+        }
+    }
+
+    /// An access log record for people read through this route.
+    pub fn access(&self, action: &'static str, profiles: Vec<i64>) -> tarmo_store::access_log::AccessRecord {
+        tarmo_store::access_log::AccessRecord {
+            at_ms: tarmo_store::now_ms(),
+            key_id: self.key.id,
+            user_id: self.key.user_id,
+            roles: self.key.roles.clone(),
+            purposes: self.key.purposes.clone(),
+            route: self.route.clone(),
+            action,
+            count: profiles.len() as i64,
+            profiles,
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Only the guard puts it there: a handler asking for it on a route
+        // the guard let through without a key is refused, not opened.
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("a key is required: Authorization: Bearer <key>"))
+    }
+}
+
+fn forbidden(p: Permission) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this key's roles do not include the permission `{p}`"),
+    )
+}
+
+/// The roles a key may hold: the built-in ones and those configured.
+#[derive(Debug, Clone)]
+pub struct Roles(pub HashMap<String, Role>);
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self(
+            tarmo_core::access::BUILTIN_ROLES
+                .iter()
+                .map(|n| (n.to_string(), tarmo_core::access::builtin_role(n).expect("built in")))
+                .collect(),
+        )
+    }
+}
+
+impl Roles {
+    /// The grant of a key; an unknown role (removed from the configuration)
+    /// grants nothing.
+    pub fn grant(&self, key: &ApiKey) -> Grant {
+        let roles: Vec<Role> = key
+            .roles
+            .iter()
+            .filter_map(|r| self.0.get(r).cloned())
+            .collect();
+        Grant::new(&roles, key.purposes.clone())
+    }
+}
+
+// ------------------------------------------------------------- rate limits
+
+/// A token bucket: `rate` a second, bursts of `burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// Per staff or write key.
+    pub per_key: Limit,
+    /// Per client IP address, on routes without a key (the pages).
+    pub per_ip: Limit,
+    /// Per client IP address, on the login route.
+    pub login: Limit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_key: Limit {
+                rate: 20_000.0,
+                burst: 40_000.0,
+            },
+            per_ip: Limit {
+                rate: 20.0,
+                burst: 60.0,
+            },
+            login: Limit {
+                rate: 0.2,
+                burst: 5.0,
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Buckets {
+    keys: Mutex<HashMap<i64, (f64, Instant)>>,
+    ips: Mutex<HashMap<(IpAddr, bool), (f64, Instant)>>,
+}
+
+/// Take one token; the seconds to wait when there is none.
+fn take<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, (f64, Instant)>>,
+    k: K,
+    l: Limit,
+) -> Option<u32> {
+    let mut m = map.lock().expect("rate limits");
+    if m.len() > 100_000 {
+        // Buckets refill in seconds; forgetting them all is safe.
+        m.clear();
+    }
+    let now = Instant::now();
+    let (tokens, last) = m.entry(k).or_insert((l.burst, now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * l.rate).min(l.burst);
+    *last = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        None
+    } else {
+        Some(((1.0 - *tokens) / l.rate).ceil().max(1.0) as u32)
+    }
+}
+
+fn too_many(wait: u32) -> Response {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; retry after the delay in Retry-After",
+    );
+    e.retry_after = Some(wait);
+    e.into_response()
+}
+
+impl AppState {
+    pub(crate) fn limit_key(&self, key_id: i64) -> Result<(), ApiError> {
+        match take(&self.buckets.keys, key_id, self.limits.per_key) {
+            None => Ok(()),
+            Some(wait) => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests for this key; retry after the delay in Retry-After",
+                );
+                e.retry_after = Some(wait);
+                Err(e)
+            }
+        }
+    }
+
+    /// The key a bearer secret names, from a short cache keyed by the
+    /// secret's hash (never by the secret itself).
+    pub(crate) async fn key_for(&self, secret: &str) -> Result<Option<ApiKey>, ApiError> {
+        if secret.is_empty() || secret.len() > 128 {
+            return Ok(None);
+        }
+        let h = tarmo_store::keys::key_hash(secret);
+        let cached = self
+            .keys
+            .lock()
+            .expect("key cache")
+            .get(&h)
+            .filter(|(_, t)| t.elapsed() < KEY_CACHE_TTL)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = cached {
+            return Ok(k.filter(|k| k.expires_ms.is_none_or(|e| tarmo_store::now_ms() < e)));
+        }
+        let store = self.store.clone();
+        let s = secret.to_owned();
+        let key = tokio::task::spawn_blocking(move || store.authenticate(&s))
+            .await
+            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+        let mut cache = self.keys.lock().expect("key cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(h, (key.clone(), Instant::now()));
+        Ok(key)
+    }
+
+    /// Forget cached keys (after a revocation here: it bites at once).
+    pub fn keys_changed(&self) {
+        self.keys.lock().expect("key cache").clear();
+    }
+}
+
+/// How long a key lookup is trusted before the store is asked again: the
+/// longest a revocation made by another process or node takes to bite.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+fn peer_ip(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The one place routes are guarded.
+pub async fn guard(State(s): State<std::sync::Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let Some(route) = route else {
+        // No route matched: the fallback answers 404.
+        return next.run(req).await;
+    };
+    let Some(need) = need(req.method(), &route) else {
+        tracing::error!(route, "a route has no entry in the access table; refused");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route is not open to any role",
+        )
+        .into_response();
+    };
+    match need {
+        Need::Public | Need::Ingest => {
+            if need == Need::Public
+                && let Some(ip) = peer_ip(&req)
+            {
+                let login = route == "/api/v1/sessions";
+                let limit = if login { s.limits.login } else { s.limits.per_ip };
+                let metered = login || route.starts_with("/c/") || route.starts_with("/u/")
+                    || route.starts_with("/p/") || route.starts_with("/r/");
+                if metered && let Some(wait) = take(&s.buckets.ips, (ip, login), limit) {
+                    return too_many(wait);
+                }
+            }
+            next.run(req).await
+        }
+        Need::Staff(p) => {
+            let secret = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|v| v.trim().to_owned());
+            let Some(secret) = secret else {
+                return ApiError::unauthorized("a key is required: Authorization: Bearer <key>")
+                    .into_response();
+            };
+            let key = match s.key_for(&secret).await {
+                Ok(Some(k)) => k,
+                Ok(None) => {
+                    return ApiError::unauthorized("the key is unknown, revoked or expired")
+                        .into_response();
+                }
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = s.limit_key(key.id) {
+                return e.into_response();
+            }
+            let grant = s.roles.grant(&key);
+            if !grant.may(p) {
+                return forbidden(p).into_response();
+            }
+            req.extensions_mut().insert(Principal { key, grant, route });
+            next.run(req).await
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The access log: who read or exported whose data, with which key, for
+//! which purpose, through which route, and when. Hash-chained like the
+//! consent ledger, with a signed head, so that an edited, removed or
+//! truncated record is found by `tarmo audit verify`. It holds profile ids
+//! and counts, never a value.
+//!
+//! Reads of one person's data (a profile, events, consents, a bundle, an
+//! export) are logged durably before the data is returned. Policy decisions,
+//! which services ask at thousands a second, are logged as counts per key,
+//! route and purpose, flushed every few seconds: the issue's "which profile
+//! ids or how many".
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::conn::{Conn, P, ProfileId, TxLock};
+use crate::consent::{BrokenLink, VerifyReport};
+use crate::vault::Vault;
+use crate::writer::WriterHandle;
+use crate::{Error, Result, rfc3339};
+
+/// One access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub at_ms: i64,
+    pub key_id: i64,
+    pub user_id: Option<i64>,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+    /// The route template (`/api/v1/profiles/{id}`), never the raw path.
+    pub route: String,
+    /// `read`, `export`, or `decisions` (a count).
+    pub action: &'static str,
+    /// The people whose data was read; empty for a count.
+    pub profiles: Vec<ProfileId>,
+    /// How many people (or decisions, for a count).
+    pub count: i64,
+}
+
+const HEAD_KEY: &str = "access_log_head";
+const HEAD_MAC: &str = "access log head";
+const GENESIS: [u8; 32] = [0; 32];
+
+#[allow(clippy::too_many_arguments)]
+fn chain_hash(
+    prev: &[u8; 32],
+    seq: i64,
+    r: &AccessRecord,
+    roles: &str,
+    purposes: &str,
+    profiles: &[ProfileId],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"tarmo access log v1\0");
+    h.update(prev);
+    for n in [
+        seq,
+        r.at_ms,
+        r.key_id,
+        r.user_id.unwrap_or(-1),
+        r.count,
+        profiles.len() as i64,
+    ] {
+        h.update(n.to_le_bytes());
+    }
+    for s in [roles, purposes, &r.route, r.action] {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    for p in profiles {
+        h.update(p.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+fn head_bytes(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut b = seq.to_le_bytes().to_vec();
+    b.extend_from_slice(hash);
+    b
+}
+
+/// Append records, in order, in the caller's transaction.
+pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    conn.lock(TxLock::AccessLog)?;
+    let head = conn.query_opt("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1", &[])?;
+    let (mut seq, mut prev) = match head {
+        Some(r) => (
+            r.int(0)?,
+            r.blob(1)?
+                .try_into()
+                .map_err(|_| Error::Corrupt("an access log hash is not 32 bytes".into()))?,
+        ),
+        None => (0, GENESIS),
+    };
+    for r in records {
+        seq += 1;
+        let mut profiles = r.profiles.clone();
+        profiles.sort_unstable();
+        profiles.dedup();
+        let roles = serde_json::to_string(&r.roles).expect("serialises");
+        let purposes = serde_json::to_string(&r.purposes).expect("serialises");
+        let hash = chain_hash(&prev, seq, r, &roles, &purposes, &profiles);
+        conn.exec(
+            "INSERT INTO access_log (seq, at_ms, key_id, user_id, roles, purposes, route, action, subjects, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                P::Int(seq),
+                P::Int(r.at_ms),
+                P::Int(r.key_id),
+                P::from(r.user_id),
+                P::Text(&roles),
+                P::Text(&purposes),
+                P::Text(&r.route),
+                P::Text(r.action),
+                P::Int(r.count),
+                P::Blob(&prev),
+                P::Blob(&hash),
+            ],
+        )?;
+        for p in &profiles {
+            conn.exec(
+                "INSERT INTO access_log_subjects (profile_id, seq) VALUES ($1, $2)",
+                &[P::Int(*p), P::Int(seq)],
+            )?;
+        }
+        prev = hash;
+    }
+    let mut b = head_bytes(seq, &prev);
+    let mac = vault.mac(HEAD_MAC, &b);
+    b.extend_from_slice(&mac);
+    conn.meta_set(HEAD_KEY, &b)
+}
+
+/// Walk the whole log; report the first broken link.
+pub fn verify(conn: &mut dyn Conn, vault: &Vault, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport> {
+    let mut prev = GENESIS;
+    let mut last = 0i64;
+    let mut n = 0u64;
+    let broken = |seq: i64, n: u64, problem: &str| VerifyReport {
+        entries: n,
+        first_broken: Some(BrokenLink {
+            seq,
+            problem: problem.into(),
+        }),
+    };
+    loop {
+        let rows = conn.query(
+            "SELECT seq, at_ms, key_id, user_id, roles, purposes, route, action, subjects, prev_hash, hash
+             FROM access_log WHERE seq > $1 ORDER BY seq LIMIT 5000",
+            &[P::Int(last)],
+        )?;
+        if rows.is_empty() {
+            break;
+        }
+        let (lo, hi) = (rows[0].int(0)?, rows[rows.len() - 1].int(0)?);
+        let mut subjects: HashMap<i64, Vec<ProfileId>> = HashMap::new();
+        for s in conn.query(
+            "SELECT seq, profile_id FROM access_log_subjects WHERE seq >= $1 AND seq <= $2",
+            &[P::Int(lo), P::Int(hi)],
+        )? {
+            subjects.entry(s.int(0)?).or_default().push(s.int(1)?);
+        }
+        for r in &rows {
+            let seq = r.int(0)?;
+            if seq != last + 1 {
+                return Ok(broken(last + 1, n, "record missing: the sequence jumps past it"));
+            }
+            let action = r.text(7)?;
+            let rec = AccessRecord {
+                at_ms: r.int(1)?,
+                key_id: r.int(2)?,
+                user_id: r.opt_int(3)?,
+                roles: Vec::new(),
+                purposes: Vec::new(),
+                route: r.text(6)?,
+                action: match action.as_str() {
+                    "read" => "read",
+                    "export" => "export",
+                    "decisions" => "decisions",
+                    _ => "unknown",
+                },
+                profiles: Vec::new(),
+                count: r.int(8)?,
+            };
+            let mut profiles = subjects.remove(&seq).unwrap_or_default();
+            profiles.sort_unstable();
+            let expected = chain_hash(&prev, seq, &rec, &r.text(4)?, &r.text(5)?, &profiles);
+            if r.blob(9)? != prev {
+                return Ok(broken(seq, n, "its prev_hash is not the hash of the record before it"));
+            }
+            if rec.action == "unknown" || r.blob(10)? != expected {
+                return Ok(broken(seq, n, "its content does not hash to its recorded hash (altered)"));
+            }
+            prev = expected;
+            last = seq;
+            n += 1;
+        }
+        progress(n);
+    }
+    let problem = match conn.meta_get(HEAD_KEY)? {
+        None if n == 0 => None,
+        None => Some("the signed head is missing"),
+        Some(h) if h.len() != 72 => Some("the signed head is malformed"),
+        Some(h) if !vault.mac_ok(HEAD_MAC, &h[..40], &h[40..]) => {
+            Some("the signed head's signature does not verify (forged, or another master key)")
+        }
+        Some(h) if h[..40] != head_bytes(last, &prev)[..] => {
+            Some("the last records were removed or rewritten: the log ends before the signed head")
+        }
+        Some(_) => None,
+    };
+    Ok(VerifyReport {
+        entries: n,
+        first_broken: problem.map(|p| BrokenLink {
+            seq: last + 1,
+            problem: p.into(),
+        }),
+    })
+}
+
+/// One record, as the DPO reads it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccessView {
+    pub seq: i64,
+    pub at: String,
+    pub key_id: i64,
+    pub user_id: Option<i64>,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+    pub route: String,
+    pub action: String,
+    /// How many people (or decisions) the access covered.
+    pub count: i64,
+}
+
+fn view(r: &crate::conn::Row) -> Result<AccessView> {
+    Ok(AccessView {
+        seq: r.int(0)?,
+        at: rfc3339(r.int(1)?),
+        key_id: r.int(2)?,
+        user_id: r.opt_int(3)?,
+        roles: serde_json::from_str(&r.text(4)?).unwrap_or_default(),
+        purposes: serde_json::from_str(&r.text(5)?).unwrap_or_default(),
+        route: r.text(6)?,
+        action: r.text(7)?,
+        count: r.int(8)?,
+    })
+}
+
+/// Who looked at this person: the newest first.
+pub fn for_profile(conn: &mut dyn Conn, profile: ProfileId, limit: i64) -> Result<Vec<AccessView>> {
+    conn.query(
+        "SELECT l.seq, l.at_ms, l.key_id, l.user_id, l.roles, l.purposes, l.route, l.action, l.subjects
+         FROM access_log_subjects s JOIN access_log l ON l.seq = s.seq
+         WHERE s.profile_id = $1 ORDER BY l.seq DESC LIMIT $2",
+        &[P::Int(profile), P::Int(limit)],
+    )?
+    .iter()
+    .map(view)
+    .collect()
+}
+
+/// The newest records of any kind.
+pub fn recent(conn: &mut dyn Conn, limit: i64) -> Result<Vec<AccessView>> {
+    conn.query(
+        "SELECT seq, at_ms, key_id, user_id, roles, purposes, route, action, subjects
+         FROM access_log ORDER BY seq DESC LIMIT $1",
+        &[P::Int(limit)],
+    )?
+    .iter()
+    .map(view)
+    .collect()
+}
+
+// -------------------------------------------------------------- the logger
+
+type Done = Sender<Result<()>>;
+
+/// Appends records through the writer, many to a transaction. `record`
+/// waits until the record is durable; `count` adds to an in-memory tally
+/// flushed every few seconds and at shutdown.
+#[derive(Clone)]
+pub struct AccessLogger {
+    tx: SyncSender<(AccessRecord, Option<Done>)>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+type TallyKey = (i64, Option<i64>, Vec<String>, Vec<String>, String);
+
+#[derive(Default)]
+struct Tally {
+    counts: HashMap<TallyKey, i64>,
+}
+
+/// How often decision counts are written.
+pub const TALLY_FLUSH: Duration = Duration::from_secs(5);
+
+pub struct LoggerThread {
+    join: JoinHandle<()>,
+}
+
+impl LoggerThread {
+    /// Waits until every record sent before the last `AccessLogger` was
+    /// dropped is written.
+    pub fn join(self) {
+        let _ = self.join.join();
+    }
+}
+
+impl AccessLogger {
+    pub fn spawn(writer: WriterHandle) -> (Self, LoggerThread) {
+        let (tx, rx) = sync_channel(10_000);
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let t = tally.clone();
+        let join = std::thread::Builder::new()
+            .name("tarmo-access-log".into())
+            .spawn(move || run(writer, rx, t))
+            .expect("spawn the access log thread");
+        (Self { tx, tally }, LoggerThread { join })
+    }
+
+    /// Log a read of people's data; returns once it is durable.
+    pub fn record(&self, r: AccessRecord) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send((r, Some(tx)))
+            .map_err(|_| Error::WriterGone)?;
+        rx.recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// Count policy decisions made for a key through a route.
+    pub fn count(
+        &self,
+        key_id: i64,
+        user_id: Option<i64>,
+        roles: &[String],
+        purposes: &[String],
+        route: &str,
+        n: i64,
+    ) {
+        let mut t = self.tally.lock().expect("tally");
+        *t.counts
+            .entry((key_id, user_id, roles.to_vec(), purposes.to_vec(), route.to_owned()))
+            .or_default() += n;
+    }
+}
+
+fn drain_tally(tally: &Mutex<Tally>) -> Vec<AccessRecord> {
+    let counts = std::mem::take(&mut tally.lock().expect("tally").counts);
+    let now = crate::now_ms();
+    counts
+        .into_iter()
+        .map(|((key_id, user_id, roles, purposes, route), count)| AccessRecord {
+            at_ms: now,
+            key_id,
+            user_id,
+            roles,
+            purposes,
+            route,
+            action: "decisions",
+            profiles: Vec::new(),
+            count,
+        })
+        .collect()
+}
+
+fn run(writer: WriterHandle, rx: Receiver<(AccessRecord, Option<Done>)>, tally: Arc<Mutex<Tally>>) {
+    let mut last_flush = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(TALLY_FLUSH) {
+            Ok(x) => Some(x),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                write(&writer, drain_tally(&tally), Vec::new());
+                return;
+            }
+        };
+        let mut records = Vec::new();
+        let mut waiters = Vec::new();
+        if let Some((r, w)) = first {
+            records.push(r);
+            waiters.extend(w);
+            while records.len() < 5000 {
+                match rx.try_recv() {
+                    Ok((r, w)) => {
+                        records.push(r);
+                        waiters.extend(w);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if last_flush.elapsed() >= TALLY_FLUSH {
+            records.extend(drain_tally(&tally));
+            last_flush = Instant::now();
+        }
+        write(&writer, records, waiters);
+    }
+}
+
+fn write(writer: &WriterHandle, records: Vec<AccessRecord>, waiters: Vec<Done>) {
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len();
+    let r = writer.transact_blocking(move |ctx| append(ctx.conn, ctx.vault, &records));
+    if let Err(e) = &r {
+        tracing::error!(error = %e, records = n, "writing the access log failed");
+    }
+    for w in waiters {
+        let _ = w.send(match &r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::Backend(format!("access log: {e}"))),
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! API keys and staff accounts.
+//!
+//! A key is a 160-bit random secret stored only as its SHA-256 (a slow hash
+//! adds nothing for secrets of that entropy); it holds roles and may be
+//! bound to purposes and expire. A staff account has an Argon2id password
+//! hash and roles; logging in makes a short-lived key with the account's
+//! roles.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use ring::digest;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::conn::{Conn, P, Row};
+use crate::vault::{Vault, ct_eq};
+use crate::{Error, Result, rfc3339};
+
+/// What a new key is.
+#[derive(Debug, Clone, Default)]
+pub struct KeySpec {
+    pub roles: Vec<String>,
+    /// Purposes the key acts for; empty: not bound.
+    pub purposes: Vec<String>,
+    pub name: String,
+    pub user_id: Option<i64>,
+    pub expires_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: i64,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+    pub name: String,
+    pub user_id: Option<i64>,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+}
+
+impl ApiKey {
+    /// Only ingestion: the key an SDK holds.
+    pub fn is_write_key(&self) -> bool {
+        self.roles.iter().all(|r| r == "ingest")
+    }
+}
+
+pub fn key_hash(secret: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+const KEY_COLUMNS: &str =
+    "id, role, roles, purposes, name, user_id, created_ms, revoked_ms, expires_ms, key_hash";
+
+fn key_of(r: &Row) -> Result<ApiKey> {
+    // Keys made before roles were lists have their one role in `role`.
+    let roles = match r.opt_text(2)? {
+        Some(j) => serde_json::from_str(&j).map_err(|e| Error::Corrupt(e.to_string()))?,
+        None => vec![r.text(1)?],
+    };
+    let purposes = match r.opt_text(3)? {
+        Some(j) => serde_json::from_str(&j).map_err(|e| Error::Corrupt(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(ApiKey {
+        id: r.int(0)?,
+        roles,
+        purposes,
+        name: r.text(4)?,
+        user_id: r.opt_int(5)?,
+        created_ms: r.int(6)?,
+        revoked_ms: r.opt_int(7)?,
+        expires_ms: r.opt_int(8)?,
+    })
+}
+
+/// Make a key; the secret is returned once.
+pub fn create(conn: &mut dyn Conn, vault: &Vault, spec: &KeySpec, now_ms: i64) -> Result<(String, i64)> {
+    if spec.roles.is_empty() {
+        return Err(Error::rejected("invalid_role", "a key needs at least one role"));
+    }
+    let raw: [u8; 20] = vault.random()?;
+    let prefix = if spec.roles.iter().all(|r| r == "ingest") {
+        "tkw"
+    } else {
+        "tka"
+    };
+    let secret = format!("{prefix}_{}", hex::encode(raw));
+    let id = conn
+        .query_opt(
+            "INSERT INTO api_keys (key_hash, role, roles, purposes, name, user_id, created_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                P::Blob(&key_hash(&secret)),
+                P::Text(&spec.roles[0]),
+                P::Text(&serde_json::to_string(&spec.roles).expect("serialises")),
+                P::Text(&serde_json::to_string(&spec.purposes).expect("serialises")),
+                P::Text(&spec.name),
+                P::from(spec.user_id),
+                P::Int(now_ms),
+                P::from(spec.expires_ms),
+            ],
+        )?
+        .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?
+        .int(0)?;
+    Ok((secret, id))
+}
+
+/// The key a secret names, unless unknown, revoked or expired. Found by the
+/// secret's SHA-256, then compared in constant time.
+pub fn find(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<ApiKey>> {
+    let hash = key_hash(secret);
+    let Some(r) = conn.query_opt(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"),
+        &[P::Blob(&hash)],
+    )?
+    else {
+        return Ok(None);
+    };
+    if !ct_eq(&r.blob(9)?, &hash) {
+        return Ok(None);
+    }
+    let k = key_of(&r)?;
+    if k.revoked_ms.is_some() || k.expires_ms.is_some_and(|e| now_ms >= e) {
+        return Ok(None);
+    }
+    Ok(Some(k))
+}
+
+pub fn list(conn: &mut dyn Conn) -> Result<Vec<ApiKey>> {
+    conn.query(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"), &[])?
+        .iter()
+        .map(key_of)
+        .collect()
+}
+
+pub fn revoke(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
+    Ok(conn.exec(
+        "UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+        &[P::Int(id), P::Int(now_ms)],
+    )? == 1)
+}
+
+// ------------------------------------------------------------------- users
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+    pub created_at: String,
+    pub disabled_at: Option<String>,
+}
+
+/// The shortest password accepted.
+pub const MIN_PASSWORD: usize = 12;
+
+fn argon2() -> argon2::Argon2<'static> {
+    // Argon2id, 19 MiB, 2 passes: OWASP's recommended minimum.
+    argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(19 * 1024, 2, 1, None).expect("valid Argon2 parameters"),
+    )
+}
+
+pub fn create_user(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    name: &str,
+    password: &str,
+    roles: &[String],
+    purposes: &[String],
+    now_ms: i64,
+) -> Result<i64> {
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err(Error::rejected("invalid_user", "a user name is 1 to 100 characters"));
+    }
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(Error::rejected(
+            "weak_password",
+            format!("a password has at least {MIN_PASSWORD} characters"),
+        ));
+    }
+    if roles.is_empty() {
+        return Err(Error::rejected("invalid_role", "a user needs at least one role"));
+    }
+    let salt_bytes: [u8; 16] = vault.random()?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| Error::Crypto("salt"))?;
+    let hash = argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|_| Error::Crypto("password hashing failed"))?
+        .to_string();
+    let r = conn.query_opt(
+        "INSERT INTO users (name, password_hash, roles, purposes, created_ms) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO NOTHING RETURNING id",
+        &[
+            P::Text(name),
+            P::Text(&hash),
+            P::Text(&serde_json::to_string(roles).expect("serialises")),
+            P::Text(&serde_json::to_string(purposes).expect("serialises")),
+            P::Int(now_ms),
+        ],
+    )?;
+    match r {
+        Some(r) => r.int(0),
+        None => Err(Error::Rejected {
+            status: 409,
+            code: "user_exists",
+            message: "a user with that name exists".into(),
+        }),
+    }
+}
+
+/// Check a password; on success, make a key with the user's roles that
+/// expires after `ttl_ms`. The same answer for an unknown user and a wrong
+/// password, and the same work (a hash is always verified).
+pub fn login(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    name: &str,
+    password: &str,
+    ttl_ms: i64,
+    now_ms: i64,
+) -> Result<Option<(String, ApiKey)>> {
+    let row = conn.query_opt(
+        "SELECT id, password_hash, roles, purposes, disabled_ms FROM users WHERE name = $1",
+        &[P::Text(name)],
+    )?;
+    // A fixed hash to verify against when the user does not exist, so that
+    // timing does not tell who has an account.
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$4bHCA8eI5qEJY3z4v6Jm+9gAyXgtVDKvl4Q8dWb9Qwo";
+    let stored = match &row {
+        Some(r) => r.text(1)?,
+        None => DUMMY.to_owned(),
+    };
+    let parsed = PasswordHash::new(&stored).map_err(|_| Error::Corrupt("password hash".into()))?;
+    let ok = argon2()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    let Some(r) = row.filter(|_| ok) else {
+        return Ok(None);
+    };
+    if r.opt_int(4)?.is_some() {
+        return Ok(None);
+    }
+    let roles: Vec<String> = serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let purposes: Vec<String> =
+        serde_json::from_str(&r.text(3)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let spec = KeySpec {
+        roles,
+        purposes,
+        name: format!("session of {name}"),
+        user_id: Some(r.int(0)?),
+        expires_ms: Some(now_ms + ttl_ms),
+    };
+    let (secret, id) = create(conn, vault, &spec, now_ms)?;
+    let key = ApiKey {
+        id,
+        roles: spec.roles,
+        purposes: spec.purposes,
+        name: spec.name,
+        user_id: spec.user_id,
+        created_ms: now_ms,
+        revoked_ms: None,
+        expires_ms: spec.expires_ms,
+    };
+    Ok(Some((secret, key)))
+}
+
+pub fn users(conn: &mut dyn Conn) -> Result<Vec<User>> {
+    conn.query(
+        "SELECT id, name, roles, purposes, created_ms, disabled_ms FROM users ORDER BY id",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(User {
+            id: r.int(0)?,
+            name: r.text(1)?,
+            roles: serde_json::from_str(&r.text(2)?).unwrap_or_default(),
+            purposes: serde_json::from_str(&r.text(3)?).unwrap_or_default(),
+            created_at: rfc3339(r.int(4)?),
+            disabled_at: r.opt_int(5)?.map(rfc3339),
+        })
+    })
+    .collect()
+}
+
+/// Disable an account and revoke every key it holds, at once.
+pub fn disable_user(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
+    let n = conn.exec(
+        "UPDATE users SET disabled_ms = $2 WHERE id = $1 AND disabled_ms IS NULL",
+        &[P::Int(id), P::Int(now_ms)],
+    )?;
+    conn.exec(
+        "UPDATE api_keys SET revoked_ms = $2 WHERE user_id = $1 AND revoked_ms IS NULL",
+        &[P::Int(id), P::Int(now_ms)],
+    )?;
+    Ok(n == 1)
+}
