@@ -153,6 +153,12 @@ struct ServeArgs {
     /// How long a confirmation link works, in hours (default 48).
     #[arg(long, env = "TARMO_CONFIRMATION_TTL_HOURS")]
     confirmation_ttl_hours: Option<u64>,
+    /// The controller's contact details, for the record of processing.
+    #[arg(long, env = "TARMO_CONTROLLER_CONTACT")]
+    controller_contact: Option<String>,
+    /// The data protection officer's contact details, for the record of processing.
+    #[arg(long, env = "TARMO_DPO_CONTACT")]
+    dpo_contact: Option<String>,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -172,6 +178,11 @@ struct FileConfig {
     sms_webhook_url: Option<String>,
     organisation: Option<String>,
     confirmation_ttl_hours: Option<u64>,
+    controller_contact: Option<String>,
+    dpo_contact: Option<String>,
+    /// Categories of data subjects in the record of processing (default:
+    /// derived from the purposes).
+    data_subject_categories: Option<Vec<String>>,
     /// The purpose catalog: `[purposes.email_marketing]` tables.
     purposes: Option<toml::Table>,
     /// What feeds each purpose from CMP strings: `[consent_signals.analytics]`
@@ -188,6 +199,7 @@ struct Settings {
     serve: ServeArgs,
     purposes: Vec<(PurposeId, PurposeSpec, bool)>,
     consent_signals: SignalMap,
+    data_subject_categories: Vec<String>,
 }
 
 /// Purposes from `tarmo.toml`: each table is a purpose definition, plus an
@@ -247,6 +259,8 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         sms_webhook_token: serve.sms_webhook_token,
         organisation: serve.organisation.or(file.organisation),
         confirmation_ttl_hours: serve.confirmation_ttl_hours.or(file.confirmation_ttl_hours),
+        controller_contact: serve.controller_contact.or(file.controller_contact),
+        dpo_contact: serve.dpo_contact.or(file.dpo_contact),
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -267,6 +281,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
             .map(SignalMap::new)
             .transpose()?
             .unwrap_or_default(),
+        data_subject_categories: file.data_subject_categories.unwrap_or_default(),
     })
 }
 
@@ -512,6 +527,9 @@ fn server_config(
             .clone()
             .unwrap_or(defaults.organisation),
         consent_signals: s.consent_signals.clone(),
+        controller_contact: s.serve.controller_contact.clone(),
+        dpo_contact: s.serve.dpo_contact.clone(),
+        data_subject_categories: s.data_subject_categories.clone(),
     })
 }
 
@@ -596,6 +614,13 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         s.identity.clone(),
         config.clone(),
     );
+    let notices = tarmo_server::notices::spawn(tarmo_server::notices::NoticeWorker {
+        writer: writer.clone(),
+        client: tarmo_notify::WebhookClient::default(),
+        signal: state.notices.clone(),
+        poll: std::time::Duration::from_secs(2),
+        retry: Default::default(),
+    });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,
         store.clone(),
@@ -616,9 +641,10 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })?;
-    // The mail worker holds a writer handle: stop it first. Then every
-    // handle is gone, so the writer drains its queue and stops.
+    // The workers hold writer handles: stop them first. Then every handle
+    // is gone, so the writer drains its queue and stops.
     mailer.stop();
+    notices.stop();
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     store.checkpoint()?;

@@ -1,5 +1,7 @@
-//! Tarmo's HTTP server: the Segment-compatible tracking API, the staff API,
-//! health, metrics and the OpenAPI document.
+//! Tarmo's HTTP server: the Segment-compatible tracking API, the staff API
+//! (consent, processors, the record of processing), health, metrics and the
+//! OpenAPI document, and the workers that send messages to people and
+//! erasure notices to processors.
 //!
 //! Handlers parse input into domain types at the edge, call one store
 //! operation and map every error to one JSON shape. A handler must never log a
@@ -11,8 +13,11 @@ mod error;
 mod ingest;
 pub mod mail;
 mod metrics;
+pub mod notices;
 mod pages;
+mod processors;
 mod profiles;
+mod ropa;
 pub mod signals;
 
 use std::collections::HashMap;
@@ -44,6 +49,13 @@ pub struct ServerConfig {
     pub organisation: String,
     /// How CMP strings (TCF, GPP) map to the catalog's purposes.
     pub consent_signals: tarmo_core::consent::SignalMap,
+    /// The controller's contact details, for the record of processing.
+    pub controller_contact: Option<String>,
+    /// The data protection officer's contact details, where one is designated.
+    pub dpo_contact: Option<String>,
+    /// Categories of data subjects for the record of processing; derived
+    /// from the purposes when empty.
+    pub data_subject_categories: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +65,9 @@ impl Default for ServerConfig {
             token_ttl: Duration::from_secs(48 * 3600),
             organisation: "Tarmo".into(),
             consent_signals: Default::default(),
+            controller_contact: None,
+            dpo_contact: None,
+            data_subject_categories: Vec::new(),
         }
     }
 }
@@ -66,6 +81,9 @@ pub struct AppState {
     pub metrics: metrics::HttpMetrics,
     /// Rung when a message is queued, so the mail worker sends at once.
     pub outbox: Arc<mail::OutboxSignal>,
+    /// Rung when erasure notifications are queued, so the notice worker
+    /// delivers them at once.
+    pub notices: Arc<mail::OutboxSignal>,
     keys: Mutex<HashMap<String, (Option<ApiKeyRow>, Instant)>>,
 }
 
@@ -87,6 +105,7 @@ impl AppState {
             config,
             metrics: metrics::HttpMetrics::default(),
             outbox: Arc::new(mail::OutboxSignal::default()),
+            notices: Arc::new(mail::OutboxSignal::default()),
             keys: Mutex::new(HashMap::new()),
         })
     }
@@ -123,6 +142,11 @@ impl AppState {
     /// Tell the mail worker a message is waiting.
     pub fn outbox_wake(&self) {
         self.outbox.ring();
+    }
+
+    /// Tell the notice worker erasure notifications are waiting.
+    pub fn notices_wake(&self) {
+        self.notices.ring();
     }
 
     /// The key a secret names, if it exists, is not revoked and has `role`.
@@ -209,6 +233,12 @@ impl AppState {
         pages::preferences_page,
         pages::preferences_post,
         pages::gpc_json,
+        processors::register_processor,
+        processors::list_processors,
+        processors::get_processor,
+        processors::update_processor,
+        processors::export,
+        ropa::records_of_processing,
         healthz,
         metrics_route,
         openapi_json,
@@ -218,7 +248,11 @@ impl AppState {
         consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
         consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
         consent::EmailInput, consent::EmailQueued, consent::PreferenceLink, signals::SignalInput,
-        signals::SignalEntry, signals::SignalRecorded)),
+        signals::SignalEntry, signals::SignalRecorded, processors::ProcessorBody,
+        processors::ProcessorList, processors::ExportInput, tarmo_store::processors::ProcessorView,
+        tarmo_store::processors::ExportView, tarmo_store::processors::ExportedPerson,
+        tarmo_store::processors::ExportedIdentifier, tarmo_store::processors::ExcludedSubject,
+        tarmo_store::processors::NotificationView, ropa::RecordOfProcessing)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -291,6 +325,19 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(pages::preferences_page).post(pages::preferences_post),
         )
         .route("/.well-known/gpc.json", get(pages::gpc_json))
+        .route(
+            "/api/v1/processors",
+            get(processors::list_processors).post(processors::register_processor),
+        )
+        .route(
+            "/api/v1/processors/{id}",
+            get(processors::get_processor).put(processors::update_processor),
+        )
+        .route("/api/v1/processors/{id}/exports", post(processors::export))
+        .route(
+            "/api/v1/records-of-processing",
+            get(ropa::records_of_processing),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
@@ -375,6 +422,22 @@ async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             .unwrap_or(0);
         out.push_str(&format!(
             "tarmo_outbox_messages{{status=\"{status}\"}} {n}\n"
+        ));
+    }
+    let store = s.store.clone();
+    let notices =
+        blocking(move || tarmo_store::processors::notification_counts(&mut *store.conn()?)).await;
+    out.push_str(
+        "# HELP tarmo_processor_notifications Erasure notifications to processors, by status.\n# TYPE tarmo_processor_notifications gauge\n",
+    );
+    for status in ["pending", "sending", "delivered", "failed", "manual"] {
+        let n = notices
+            .as_ref()
+            .ok()
+            .and_then(|c| c.iter().find(|(s, _)| s == status).map(|x| x.1))
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "tarmo_processor_notifications{{status=\"{status}\"}} {n}\n"
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -239,7 +239,7 @@ label{{display:block;margin:.8rem 0}}.muted{{color:#666;font-size:.9rem}}</style
 
 /// Headers for every page: no referrer (the URL holds the key), no caching,
 /// no framing, no scripts.
-fn secure_headers(h: &mut HeaderMap) {
+pub(crate) fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

@@ -15,6 +15,7 @@ pub mod links;
 pub mod metrics;
 pub mod outbox;
 pub mod postgres;
+pub mod processors;
 pub mod resolve;
 pub mod sqlite;
 mod store;

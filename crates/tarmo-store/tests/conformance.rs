@@ -133,11 +133,19 @@ conformance!(
     cmp_strings_write_once_per_person_and_never_fail_their_group,
     unsubscribe_links_withdraw_for_their_purpose_only,
     bad_consent_input_is_refused_and_nothing_is_written,
+    processors_are_registered_checked_and_their_tokens_sealed,
+    exports_follow_purposes_categories_and_decisions,
+    disclosures_follow_a_merge,
+    erasure_notifications_are_queued_once_sealed_and_wiped,
 );
 
 #[path = "conformance/consent.rs"]
 mod consent;
 use consent::*;
+
+#[path = "conformance/processors.rs"]
+mod processors;
+use processors::*;
 
 fn identify_creates_an_encrypted_profile(h: &Harness) {
     let out = h.ingest(vec![json!({

@@ -5,4 +5,5 @@ mod common;
 mod consent;
 mod ingest;
 mod openapi;
+mod processors;
 mod signals;

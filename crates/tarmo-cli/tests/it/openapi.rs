@@ -43,6 +43,10 @@ fn openapi_document_covers_every_route() {
         "/metrics",
         "/api/openapi.json",
         "/api/v1/profiles/{id}/preference-link",
+        "/api/v1/processors",
+        "/api/v1/processors/{id}",
+        "/api/v1/processors/{id}/exports",
+        "/api/v1/records-of-processing",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();
