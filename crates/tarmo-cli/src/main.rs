@@ -12,10 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use tarmo_core::consent::{PurposeId, PurposeSpec, SignalMap, SignalSources};
 use tarmo_core::identity::IdentityConfig;
+use tarmo_store::keys::KeySpec;
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
-use tarmo_store::{Backend, KeyRole, Store};
+use tarmo_store::{Backend, Store};
 
+mod access;
 mod import;
 mod ledger;
 
@@ -48,7 +50,7 @@ enum Command {
         #[arg(long, env = "TARMO_LISTEN")]
         listen: Option<String>,
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: Box<ServeArgs>,
     },
     /// Check and repair the consent ledger.
     Ledger {
@@ -65,10 +67,20 @@ enum Command {
         #[command(subcommand)]
         command: import::ImportCommand,
     },
-    /// Manage API keys.
+    /// Manage API keys (roles, purposes, expiry).
     Keys {
         #[command(subcommand)]
-        command: KeysCommand,
+        command: access::KeysCommand,
+    },
+    /// Manage staff accounts.
+    Users {
+        #[command(subcommand)]
+        command: access::UsersCommand,
+    },
+    /// Check the access log.
+    Audit {
+        #[command(subcommand)]
+        command: access::AuditCommand,
     },
     /// Decode and encode IAB TCF v2 TC strings (`tarmo tcf --help`).
     #[command(disable_help_flag = true)]
@@ -97,34 +109,6 @@ enum RetentionCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Make a key; its secret is printed once and stored only as a hash.
-    Create {
-        #[command(flatten)]
-        common: Common,
-        /// admin (staff API) or ingest (write key for the /v1 tracking routes).
-        #[arg(long)]
-        role: String,
-        /// A name to recognise the key by.
-        #[arg(long, default_value = "")]
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List keys (never their secrets).
-    List {
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Revoke a key by id, with immediate effect.
-    Revoke {
-        #[command(flatten)]
-        common: Common,
-        id: i64,
-    },
-}
-
 #[derive(Args, Clone)]
 struct Common {
     /// Where the SQLite file and the master key live.
@@ -139,6 +123,9 @@ struct Common {
     /// Region for phone numbers written without a country code (ISO 3166, e.g. FI).
     #[arg(long, env = "TARMO_DEFAULT_REGION")]
     default_region: Option<String>,
+    /// Requests a second one key may make (default 20,000; 429 beyond).
+    #[arg(long, env = "TARMO_RATE_LIMIT_PER_KEY")]
+    rate_limit_per_key: Option<f64>,
 }
 
 /// What `serve` needs beyond the store: where people reach it, and how it
@@ -174,6 +161,18 @@ struct ServeArgs {
     /// Minutes between retention sweeps (default 60; 0 turns them off).
     #[arg(long, env = "TARMO_RETENTION_INTERVAL_MINUTES")]
     retention_interval_minutes: Option<u64>,
+    /// Serve HTTPS: a PEM certificate chain (with --tls-key).
+    #[arg(long, env = "TARMO_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "TARMO_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The controller's contact details, for the record of processing.
+    #[arg(long, env = "TARMO_CONTROLLER_CONTACT")]
+    controller_contact: Option<String>,
+    /// The data protection officer's contact details, for the record of processing.
+    #[arg(long, env = "TARMO_DPO_CONTACT")]
+    dpo_contact: Option<String>,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -194,8 +193,19 @@ struct FileConfig {
     organisation: Option<String>,
     confirmation_ttl_hours: Option<u64>,
     retention_interval_minutes: Option<u64>,
+    controller_contact: Option<String>,
+    dpo_contact: Option<String>,
+    /// Categories of data subjects in the record of processing (default:
+    /// derived from the purposes).
+    data_subject_categories: Option<Vec<String>>,
     /// The purpose catalog: `[purposes.email_marketing]` tables.
     purposes: Option<toml::Table>,
+    /// Custom roles: `[roles.NAME]` tables.
+    roles: Option<toml::Table>,
+    /// Requests a second per key (default 20,000).
+    rate_limit_per_key: Option<f64>,
+    /// Requests a second per client address on the pages (default 20).
+    rate_limit_per_ip: Option<f64>,
     /// What feeds each purpose from CMP strings: `[consent_signals.analytics]`
     /// tables; replaces the default mapping.
     consent_signals: Option<BTreeMap<PurposeId, SignalSources>>,
@@ -210,6 +220,28 @@ struct Settings {
     serve: ServeArgs,
     purposes: Vec<(PurposeId, PurposeSpec, bool)>,
     consent_signals: SignalMap,
+    data_subject_categories: Vec<String>,
+    roles: tarmo_server::auth::Roles,
+    limits: tarmo_server::auth::RateLimits,
+}
+
+/// Roles from `tarmo.toml`: `[roles.NAME]` with `permissions` and `data`
+/// (the kinds of a person's data it sees), next to the built-in ones.
+fn file_roles(t: toml::Table) -> anyhow::Result<tarmo_server::auth::Roles> {
+    let mut roles = tarmo_server::auth::Roles::default();
+    for (name, v) in t {
+        if !tarmo_core::access::valid_role_name(&name) {
+            bail!("[roles.{name}]: a role name is lower-case letters, digits and underscores");
+        }
+        if tarmo_core::access::builtin_role(&name).is_some() {
+            bail!("[roles.{name}]: `{name}` is a built-in role and cannot be redefined");
+        }
+        let role: tarmo_core::access::Role = v
+            .try_into()
+            .with_context(|| format!("[roles.{name}] (permissions = [...], data = [...])"))?;
+        roles.0.insert(name, role);
+    }
+    Ok(roles)
 }
 
 /// Purposes from `tarmo.toml`: each table is a purpose definition, plus an
@@ -272,6 +304,10 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         retention_interval_minutes: serve
             .retention_interval_minutes
             .or(file.retention_interval_minutes),
+        tls_cert: serve.tls_cert,
+        tls_key: serve.tls_key,
+        controller_contact: serve.controller_contact.or(file.controller_contact),
+        dpo_contact: serve.dpo_contact.or(file.dpo_contact),
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -292,6 +328,26 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
             .map(SignalMap::new)
             .transpose()?
             .unwrap_or_default(),
+        data_subject_categories: file.data_subject_categories.unwrap_or_default(),
+        roles: file.roles.map(file_roles).transpose()?.unwrap_or_default(),
+        limits: {
+            let mut l = tarmo_server::auth::RateLimits::default();
+            if let Some(r) = c.rate_limit_per_key.or(file.rate_limit_per_key) {
+                anyhow::ensure!(r > 0.0, "the rate limit per key must be above 0");
+                l.per_key = tarmo_server::auth::Limit {
+                    rate: r,
+                    burst: r * 2.0,
+                };
+            }
+            if let Some(r) = file.rate_limit_per_ip {
+                anyhow::ensure!(r > 0.0, "the rate limit per address must be above 0");
+                l.per_ip = tarmo_server::auth::Limit {
+                    rate: r,
+                    burst: r * 3.0,
+                };
+            }
+            l
+        },
     })
 }
 
@@ -344,8 +400,16 @@ fn init(s: &Settings) -> anyhow::Result<FirstKeys> {
     let backend = Backend::open(&s.data_dir, s.database_url.as_deref())?;
     let store = Store::open(backend, &master, s.key_cache)?;
     apply_purposes(&store, s)?;
-    let (admin, _) = store.create_api_key(KeyRole::Admin, "first admin key")?;
-    let (write, _) = store.create_api_key(KeyRole::Ingest, "first source")?;
+    let (admin, _) = store.create_api_key(&KeySpec {
+        roles: vec!["admin".into()],
+        name: "first admin key".into(),
+        ..Default::default()
+    })?;
+    let (write, _) = store.create_api_key(&KeySpec {
+        roles: vec!["ingest".into()],
+        name: "first source".into(),
+        ..Default::default()
+    })?;
     Ok(FirstKeys { admin, write })
 }
 
@@ -431,66 +495,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             listen,
             serve: args,
         } => {
-            let s = settings_with(&common, listen, args)?;
+            let s = settings_with(&common, listen, *args)?;
             if !is_initialised(&s) {
                 let keys = init(&s)?;
                 print_keys(&keys, false);
             }
             serve(s)?;
         }
-        Command::Keys { command } => match command {
-            KeysCommand::Create {
-                common,
-                role,
-                name,
-                json,
-            } => {
-                let s = settings(&common, None)?;
-                let role = KeyRole::parse(&role)?;
-                let (secret, id) = open_store(&s)?.create_api_key(role, &name)?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"key": secret, "id": id, "role": role.as_str()})
-                    );
-                } else {
-                    println!("{secret}");
-                    eprintln!(
-                        "key {id} ({}) created; the secret above is shown once",
-                        role.as_str()
-                    );
-                }
-            }
-            KeysCommand::List { common } => {
-                let s = settings(&common, None)?;
-                let mut out = std::io::stdout().lock();
-                writeln!(
-                    out,
-                    "{:>5}  {:<7}  {:<25}  {:<25}  name",
-                    "id", "role", "created", "revoked"
-                )?;
-                for k in open_store(&s)?.api_keys()? {
-                    writeln!(
-                        out,
-                        "{:>5}  {:<7}  {:<25}  {:<25}  {}",
-                        k.id,
-                        k.role,
-                        tarmo_store::rfc3339(k.created_ms),
-                        k.revoked_ms
-                            .map(tarmo_store::rfc3339)
-                            .unwrap_or_else(|| "-".into()),
-                        k.name
-                    )?;
-                }
-            }
-            KeysCommand::Revoke { common, id } => {
-                let s = settings(&common, None)?;
-                if !open_store(&s)?.revoke_api_key(id)? {
-                    bail!("no active key with id {id}");
-                }
-                eprintln!("key {id} revoked");
-            }
-        },
+        Command::Keys { command } => return access::keys(command),
+        Command::Users { command } => return access::users(command),
+        Command::Audit { command } => return access::audit(command),
         Command::Ledger { command } => return ledger::run(command),
         Command::Retention {
             command: RetentionCommand::Run { common, dry_run },
@@ -549,6 +563,11 @@ fn server_config(
             .clone()
             .unwrap_or(defaults.organisation),
         consent_signals: s.consent_signals.clone(),
+        controller_contact: s.serve.controller_contact.clone(),
+        dpo_contact: s.serve.dpo_contact.clone(),
+        data_subject_categories: s.data_subject_categories.clone(),
+        roles: s.roles.clone(),
+        limits: s.limits,
     })
 }
 
@@ -675,14 +694,28 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     if !config.public_url.starts_with("https://") {
         tracing::warn!(public_url = %config.public_url, "links in messages are not https; set --public-url to the https address people reach");
     }
+    let tls = match (&s.serve.tls_cert, &s.serve.tls_key) {
+        (Some(c), Some(k)) => Some(tarmo_server::tls::acceptor(c, k).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
     let (writer, join) = store.start_writer(WriterConfig::default())?;
+    let (access, access_thread) = tarmo_store::access_log::AccessLogger::spawn(writer.clone());
     let state = tarmo_server::AppState::new(
         store.clone(),
         writer.clone(),
         s.identity.clone(),
         config.clone(),
+        access,
     );
     let writer_for_sweeps = writer.clone();
+    let notices = tarmo_server::notices::spawn(tarmo_server::notices::NoticeWorker {
+        writer: writer.clone(),
+        client: tarmo_notify::WebhookClient::default(),
+        signal: state.notices.clone(),
+        poll: std::time::Duration::from_secs(2),
+        retry: Default::default(),
+    });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,
         store.clone(),
@@ -693,21 +726,42 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     let sweeper = retention_thread(writer_for_sweeps, s.serve.retention_interval_minutes);
     let backend = store.backend_name();
     rt.block_on(async move {
-        tracing::info!(%addr, store = backend, "tarmo is serving");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, store = backend, scheme, "tarmo is serving");
         // Machine-readable line for scripts and tests that listen on port 0.
-        println!("listening on http://{addr}");
-        axum::serve(
-            listener,
-            tarmo_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown())
-        .await?;
+        println!("listening on {scheme}://{addr}");
+        let app = tarmo_server::app(state);
+        match tls {
+            None => {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown())
+                .await?
+            }
+            Some(acceptor) => {
+                let listener = tarmo_server::tls::TlsListener {
+                    tcp: listener,
+                    acceptor,
+                };
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<tarmo_server::tls::TlsPeer>(),
+                )
+                .with_graceful_shutdown(shutdown())
+                .await?
+            }
+        }
         anyhow::Ok(())
     })?;
-    // The mail worker holds a writer handle: stop it first. Then every
-    // handle is gone, so the writer drains its queue and stops.
+    // The access log's last counts are written once every request is done.
+    access_thread.join();
+    // The workers hold writer handles: stop them first. Then every handle
+    // is gone, so the writer drains its queue and stops.
     mailer.stop();
     sweeper.stop();
+    notices.stop();
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     store.checkpoint()?;

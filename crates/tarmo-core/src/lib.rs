@@ -1,5 +1,6 @@
 //! Tarmo's domain model: identifiers, Segment messages, traits, purposes, consent,
-//! the policy decision, and CMP strings (TCF, GPP) read as consent.
+//! the policy decision, CMP strings (TCF, GPP) read as consent, and processors
+//! with what each data category stands for.
 //!
 //! This crate is pure: no I/O, no async, no database or HTTP types. Everything
 //! that enters Tarmo is parsed into these types at the edge, so an invalid email
@@ -10,5 +11,6 @@
 pub mod access;
 pub mod consent;
 pub mod identity;
+pub mod processor;
 pub mod profile;
 pub mod segment;

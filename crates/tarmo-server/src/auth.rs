@@ -7,11 +7,11 @@
 //! where purpose binding and data kinds are applied.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,11 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
     Some(match route {
         r if r.starts_with("/v1/") => Ingest,
         "/healthz" | "/metrics" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
-        "/c/{token}" | "/u/{token}" | "/p/{token}" | "/p/{token}/request" | "/r/{token}"
+        "/c/{token}"
+        | "/u/{token}"
+        | "/p/{token}"
+        | "/p/{token}/request"
+        | "/r/{token}"
         | "/r/download/{token}" => Public,
         "/api/v1/sessions" => Public,
         "/api/v1/profiles/lookup" | "/api/v1/profiles/{id}" | "/api/v1/profiles/{id}/events" => {
@@ -98,7 +102,11 @@ impl Principal {
     }
 
     /// An access log record for people read through this route.
-    pub fn access(&self, action: &'static str, profiles: Vec<i64>) -> tarmo_store::access_log::AccessRecord {
+    pub fn access(
+        &self,
+        action: &'static str,
+        profiles: Vec<i64>,
+    ) -> tarmo_store::access_log::AccessRecord {
         tarmo_store::access_log::AccessRecord {
             at_ms: tarmo_store::now_ms(),
             key_id: self.key.id,
@@ -147,7 +155,12 @@ impl Default for Roles {
         Self(
             tarmo_core::access::BUILTIN_ROLES
                 .iter()
-                .map(|n| (n.to_string(), tarmo_core::access::builtin_role(n).expect("built in")))
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        tarmo_core::access::builtin_role(n).expect("built in"),
+                    )
+                })
                 .collect(),
         )
     }
@@ -300,13 +313,15 @@ impl AppState {
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 fn peer_ip(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+    crate::tls::peer_of(req.extensions()).map(|a| a.ip())
 }
 
 /// The one place routes are guarded.
-pub async fn guard(State(s): State<std::sync::Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn guard(
+    State(s): State<std::sync::Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -330,9 +345,16 @@ pub async fn guard(State(s): State<std::sync::Arc<AppState>>, mut req: Request, 
                 && let Some(ip) = peer_ip(&req)
             {
                 let login = route == "/api/v1/sessions";
-                let limit = if login { s.limits.login } else { s.limits.per_ip };
-                let metered = login || route.starts_with("/c/") || route.starts_with("/u/")
-                    || route.starts_with("/p/") || route.starts_with("/r/");
+                let limit = if login {
+                    s.limits.login
+                } else {
+                    s.limits.per_ip
+                };
+                let metered = login
+                    || route.starts_with("/c/")
+                    || route.starts_with("/u/")
+                    || route.starts_with("/p/")
+                    || route.starts_with("/r/");
                 if metered && let Some(wait) = take(&s.buckets.ips, (ip, login), limit) {
                     return too_many(wait);
                 }

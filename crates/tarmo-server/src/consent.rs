@@ -686,7 +686,7 @@ pub(crate) fn evidence_of(ip: Option<String>, user_agent: Option<String>) -> Map
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn subscribe(
     State(s): State<Arc<AppState>>,
-    p: Principal,
+    _p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let b: SubscriptionInput = serde_json::from_slice(&body)

@@ -1,5 +1,7 @@
-//! Tarmo's HTTP server: the Segment-compatible tracking API, the staff API,
-//! health, metrics and the OpenAPI document.
+//! Tarmo's HTTP server: the Segment-compatible tracking API, the staff API
+//! (consent, processors, the record of processing), health, metrics and the
+//! OpenAPI document, and the workers that send messages to people and
+//! erasure notices to processors.
 //!
 //! Handlers parse input into domain types at the edge, call one store
 //! operation and map every error to one JSON shape. A handler must never log a
@@ -12,10 +14,15 @@ mod error;
 mod ingest;
 pub mod mail;
 mod metrics;
+pub mod notices;
 mod pages;
+mod processors;
 mod profiles;
 mod requests;
+mod ropa;
 pub mod signals;
+mod staff;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,13 +34,16 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tarmo_core::identity::IdentityConfig;
+use tarmo_store::Store;
 use tarmo_store::access_log::AccessLogger;
 use tarmo_store::keys::ApiKey;
 use tarmo_store::writer::WriterHandle;
-use tarmo_store::Store;
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
+
+/// Keys by the hash of their secret, with when they were read.
+type KeyCache = HashMap<Vec<u8>, (Option<ApiKey>, Instant)>;
 
 /// What the operator configures beyond the store.
 #[derive(Debug, Clone)]
@@ -50,6 +60,13 @@ pub struct ServerConfig {
     pub limits: auth::RateLimits,
     /// How CMP strings (TCF, GPP) map to the catalog's purposes.
     pub consent_signals: tarmo_core::consent::SignalMap,
+    /// The controller's contact details, for the record of processing.
+    pub controller_contact: Option<String>,
+    /// The data protection officer's contact details, where one is designated.
+    pub dpo_contact: Option<String>,
+    /// Categories of data subjects for the record of processing; derived
+    /// from the purposes when empty.
+    pub data_subject_categories: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +78,9 @@ impl Default for ServerConfig {
             roles: auth::Roles::default(),
             limits: auth::RateLimits::default(),
             consent_signals: Default::default(),
+            controller_contact: None,
+            dpo_contact: None,
+            data_subject_categories: Vec::new(),
         }
     }
 }
@@ -74,14 +94,16 @@ pub struct AppState {
     pub metrics: metrics::HttpMetrics,
     /// Rung when a message is queued, so the mail worker sends at once.
     pub outbox: Arc<mail::OutboxSignal>,
-    keys: Mutex<HashMap<Vec<u8>, (Option<ApiKey>, Instant)>>,
+    /// Rung when erasure notifications are queued, so the notice worker
+    /// delivers them at once.
+    pub notices: Arc<mail::OutboxSignal>,
+    keys: Mutex<KeyCache>,
     pub roles: auth::Roles,
     pub limits: auth::RateLimits,
     buckets: auth::Buckets,
     /// The access log: reads of people's data, durably; decisions, counted.
     pub access: AccessLogger,
 }
-
 
 impl AppState {
     pub fn new(
@@ -100,6 +122,7 @@ impl AppState {
             config,
             metrics: metrics::HttpMetrics::default(),
             outbox: Arc::new(mail::OutboxSignal::default()),
+            notices: Arc::new(mail::OutboxSignal::default()),
             keys: Mutex::new(HashMap::new()),
             buckets: auth::Buckets::default(),
             access,
@@ -158,6 +181,10 @@ impl AppState {
         self.outbox.ring();
     }
 
+    /// Tell the notice worker erasure notifications are waiting.
+    pub fn notices_wake(&self) {
+        self.notices.ring();
+    }
 }
 
 #[derive(OpenApi)]
@@ -208,6 +235,15 @@ impl AppState {
         pages::verify_request_page,
         pages::verify_request_post,
         pages::download,
+        processors::register_processor,
+        processors::list_processors,
+        processors::get_processor,
+        processors::update_processor,
+        processors::export,
+        ropa::records_of_processing,
+        staff::login,
+        staff::audit,
+        staff::stats,
         healthz,
         metrics_route,
         openapi_json,
@@ -218,7 +254,13 @@ impl AppState {
         consent::BatchDecisions, consent::SubscriptionInput, consent::SubscriptionView,
         consent::EmailInput, consent::EmailQueued, consent::PreferenceLink, signals::SignalInput,
         signals::SignalEntry, signals::SignalRecorded, requests::RequestInput,
-        requests::RequestDetail, requests::RequestList, requests::ReasonInput)),
+        requests::RequestDetail, requests::RequestList, requests::ReasonInput,
+        processors::ProcessorBody,
+        processors::ProcessorList, processors::ExportInput, tarmo_store::processors::ProcessorView,
+        tarmo_store::processors::ExportView, tarmo_store::processors::ExportedPerson,
+        tarmo_store::processors::ExportedIdentifier, tarmo_store::processors::ExcludedSubject,
+        tarmo_store::processors::NotificationView, ropa::RecordOfProcessing, staff::LoginInput,
+        staff::Session, staff::AuditList, staff::Stats, tarmo_store::access_log::AccessView)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -307,6 +349,22 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(pages::verify_request_page).post(pages::verify_request_post),
         )
         .route("/r/download/{token}", get(pages::download))
+        .route(
+            "/api/v1/processors",
+            get(processors::list_processors).post(processors::register_processor),
+        )
+        .route(
+            "/api/v1/processors/{id}",
+            get(processors::get_processor).put(processors::update_processor),
+        )
+        .route("/api/v1/processors/{id}/exports", post(processors::export))
+        .route(
+            "/api/v1/records-of-processing",
+            get(ropa::records_of_processing),
+        )
+        .route("/api/v1/sessions", post(staff::login))
+        .route("/api/v1/audit", get(staff::audit))
+        .route("/api/v1/stats", get(staff::stats))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
@@ -409,6 +467,22 @@ async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             .unwrap_or(0);
         out.push_str(&format!(
             "tarmo_outbox_messages{{status=\"{status}\"}} {n}\n"
+        ));
+    }
+    let store = s.store.clone();
+    let notices =
+        blocking(move || tarmo_store::processors::notification_counts(&mut *store.conn()?)).await;
+    out.push_str(
+        "# HELP tarmo_processor_notifications Erasure notifications to processors, by status.\n# TYPE tarmo_processor_notifications gauge\n",
+    );
+    for status in ["pending", "sending", "delivered", "failed", "manual"] {
+        let n = notices
+            .as_ref()
+            .ok()
+            .and_then(|c| c.iter().find(|(s, _)| s == status).map(|x| x.1))
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "tarmo_processor_notifications{{status=\"{status}\"}} {n}\n"
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -33,7 +33,7 @@ impl OutboxSignal {
         self.cv.notify_one();
     }
 
-    fn wait(&self, timeout: Duration) {
+    pub(crate) fn wait(&self, timeout: Duration) {
         let g = self.rung.lock().expect("outbox signal");
         let (mut g, _) = self
             .cv
@@ -59,9 +59,9 @@ pub struct MailWorker {
 
 /// A running worker; stop it before the writer.
 pub struct Running {
-    stop: Arc<AtomicBool>,
-    signal: Arc<OutboxSignal>,
-    join: JoinHandle<()>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) signal: Arc<OutboxSignal>,
+    pub(crate) join: JoinHandle<()>,
 }
 
 impl Running {

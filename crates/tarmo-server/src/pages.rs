@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -239,7 +239,7 @@ label{{display:block;margin:.8rem 0}}.muted{{color:#666;font-size:.9rem}}</style
 
 /// Headers for every page: no referrer (the URL holds the key), no caching,
 /// no framing, no scripts.
-fn secure_headers(h: &mut HeaderMap) {
+pub(crate) fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -311,12 +311,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
+        Ok(Peer(crate::tls::peer_of(&parts.extensions)))
     }
 }
 
@@ -924,6 +919,7 @@ pub async fn verify_request_post(
         Ok(x) => x,
         Err(e) => return error_page(e, &lang),
     };
+    s.notices_wake();
     let (l, t) = texts(&lang);
     let (_, _, _, _, confirmed) = rights_texts(l);
     let mut body = String::new();

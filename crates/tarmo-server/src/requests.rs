@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,8 +16,8 @@ use tarmo_store::now_ms;
 use tarmo_store::requests::{self, Filter, NewRequest, RequestKind, RequestStatus, RequestView};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::consent::SubjectRef;
 use crate::auth::Principal;
+use crate::consent::SubjectRef;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -42,7 +42,7 @@ pub struct RequestDetail {
     #[serde(flatten)]
     pub request: RequestView,
     /// Erasure: the processors told, and how that went.
-    pub processors: Vec<Value>,
+    pub processors: Vec<tarmo_store::processors::NotificationView>,
 }
 
 fn id_of(raw: &str) -> Result<i64, ApiError> {
@@ -53,12 +53,10 @@ fn id_of(raw: &str) -> Result<i64, ApiError> {
 
 /// The processors told of an erasure, and how that went.
 fn processors_view(
-    _conn: &mut dyn tarmo_store::conn::Conn,
-    _request: i64,
-) -> tarmo_store::Result<Vec<Value>> {
-    // MERGE: tarmo_store::processors::notifications_for_request lands with
-    // the processors branch.
-    Ok(Vec::new())
+    conn: &mut dyn tarmo_store::conn::Conn,
+    request: i64,
+) -> tarmo_store::Result<Vec<tarmo_store::processors::NotificationView>> {
+    tarmo_store::processors::notifications_for_request(conn, request)
 }
 
 async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
@@ -77,7 +75,7 @@ async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
 
 /// Record a data subject request. If the person is known and has an email
 /// address or phone number, a verification link is sent to it.
-#[utoipa::path(post, path = "/api/v1/requests", tag = "requests",
+#[utoipa::path(post, path = "/api/v1/requests", tag = "requests", operation_id = "create_request",
     request_body = RequestInput,
     security(("admin_key" = [])),
     responses((status = 201, body = RequestDetail), (status = 400, body = ErrorBody),
@@ -148,12 +146,12 @@ pub struct RequestList {
 }
 
 /// Requests, soonest due first.
-#[utoipa::path(get, path = "/api/v1/requests", tag = "requests", params(ListQuery),
+#[utoipa::path(get, path = "/api/v1/requests", tag = "requests", operation_id = "list_requests", params(ListQuery),
     security(("admin_key" = [])),
     responses((status = 200, body = RequestList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
-    p: Principal,
+    _p: Principal,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -185,14 +183,14 @@ pub async fn list(
 }
 
 /// One request with its history.
-#[utoipa::path(get, path = "/api/v1/requests/{id}", tag = "requests",
+#[utoipa::path(get, path = "/api/v1/requests/{id}", tag = "requests", operation_id = "get_request",
     params(("id" = i64, Path, description = "Request id")),
     security(("admin_key" = [])),
     responses((status = 200, body = RequestDetail), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(s): State<Arc<AppState>>,
-    p: Principal,
+    _p: Principal,
     Path(raw): Path<String>,
 ) -> Result<Json<RequestDetail>, ApiError> {
     Ok(Json(detail(&s, id_of(&raw)?).await?))
@@ -221,7 +219,7 @@ async fn reason_of(body: &[u8]) -> Result<String, ApiError> {
 macro_rules! action {
     ($name:ident, $path:literal, $doc:literal, $f:path) => {
         #[doc = $doc]
-        #[utoipa::path(post, path = $path, tag = "requests",
+        #[utoipa::path(post, path = $path, tag = "requests", operation_id = concat!(stringify!($name), "_request"),
             params(("id" = i64, Path, description = "Request id")),
             request_body = ReasonInput,
             security(("admin_key" = [])),
@@ -239,6 +237,7 @@ macro_rules! action {
             let actor = format!("key {} ({})", p.key.id, p.key.name);
             s.transact(move |ctx| $f(ctx, id, &reason, &actor)).await?;
             s.outbox_wake();
+            s.notices_wake();
             Ok(Json(detail(&s, id).await?))
         }
     };
@@ -270,7 +269,7 @@ action!(
 );
 
 /// End the restriction a completed restriction request put in place.
-#[utoipa::path(post, path = "/api/v1/requests/{id}/lift", tag = "requests",
+#[utoipa::path(post, path = "/api/v1/requests/{id}/lift", tag = "requests", operation_id = "lift_restriction",
     params(("id" = i64, Path, description = "Request id")),
     security(("admin_key" = [])),
     responses((status = 200, body = RequestDetail), (status = 400, body = ErrorBody),
@@ -330,7 +329,7 @@ pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError
 
 /// The data of a completed access or portability request: JSON, plus a
 /// CSV per table, in a zip.
-#[utoipa::path(get, path = "/api/v1/requests/{id}/export", tag = "requests",
+#[utoipa::path(get, path = "/api/v1/requests/{id}/export", tag = "requests", operation_id = "export_request_bundle",
     params(("id" = i64, Path, description = "Request id"), ExportQuery),
     security(("admin_key" = [])),
     responses((status = 200, content_type = "application/zip", body = Vec<u8>),
@@ -338,7 +337,6 @@ pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn export(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
     p: Principal,
     Path(raw): Path<String>,
     q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
@@ -346,6 +344,7 @@ pub async fn export(
     let id = id_of(&raw)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let bundle = bundle_for(&s, id).await?;
+    s.log_access(&p, "export", vec![bundle.profile_id]).await?;
     bundle_response(&bundle, id, q.format.as_deref())
 }
 

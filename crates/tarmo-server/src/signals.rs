@@ -22,8 +22,8 @@ use tarmo_store::consent::{self as ledger, Catalog, ConsentSignal, SignalOutcome
 use tarmo_store::doi;
 use utoipa::ToSchema;
 
-use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
 use crate::auth::Principal;
+use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
 use crate::{ApiError, AppState, ErrorBody};
 
 /// Longer strings are refused: real TC and GPP strings are a few hundred
@@ -321,7 +321,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn record_signal(
     State(s): State<Arc<AppState>>,
-    p: Principal,
+    _p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<SignalRecorded>, ApiError> {
     let b: SignalInput = serde_json::from_slice(&body).map_err(|e| {

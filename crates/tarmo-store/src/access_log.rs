@@ -92,7 +92,10 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
         return Ok(());
     }
     conn.lock(TxLock::AccessLog)?;
-    let head = conn.query_opt("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1", &[])?;
+    let head = conn.query_opt(
+        "SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1",
+        &[],
+    )?;
     let (mut seq, mut prev) = match head {
         Some(r) => (
             r.int(0)?,
@@ -142,7 +145,11 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
 }
 
 /// Walk the whole log; report the first broken link.
-pub fn verify(conn: &mut dyn Conn, vault: &Vault, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport> {
+pub fn verify(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport> {
     let mut prev = GENESIS;
     let mut last = 0i64;
     let mut n = 0u64;
@@ -173,7 +180,11 @@ pub fn verify(conn: &mut dyn Conn, vault: &Vault, progress: &mut dyn FnMut(u64))
         for r in &rows {
             let seq = r.int(0)?;
             if seq != last + 1 {
-                return Ok(broken(last + 1, n, "record missing: the sequence jumps past it"));
+                return Ok(broken(
+                    last + 1,
+                    n,
+                    "record missing: the sequence jumps past it",
+                ));
             }
             let action = r.text(7)?;
             let rec = AccessRecord {
@@ -196,10 +207,18 @@ pub fn verify(conn: &mut dyn Conn, vault: &Vault, progress: &mut dyn FnMut(u64))
             profiles.sort_unstable();
             let expected = chain_hash(&prev, seq, &rec, &r.text(4)?, &r.text(5)?, &profiles);
             if r.blob(9)? != prev {
-                return Ok(broken(seq, n, "its prev_hash is not the hash of the record before it"));
+                return Ok(broken(
+                    seq,
+                    n,
+                    "its prev_hash is not the hash of the record before it",
+                ));
             }
             if rec.action == "unknown" || r.blob(10)? != expected {
-                return Ok(broken(seq, n, "its content does not hash to its recorded hash (altered)"));
+                return Ok(broken(
+                    seq,
+                    n,
+                    "its content does not hash to its recorded hash (altered)",
+                ));
             }
             prev = expected;
             last = seq;
@@ -332,9 +351,7 @@ impl AccessLogger {
     /// Log a read of people's data; returns once it is durable.
     pub fn record(&self, r: AccessRecord) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.tx
-            .send((r, Some(tx)))
-            .map_err(|_| Error::WriterGone)?;
+        self.tx.send((r, Some(tx))).map_err(|_| Error::WriterGone)?;
         rx.recv().map_err(|_| Error::WriterGone)?
     }
 
@@ -350,7 +367,13 @@ impl AccessLogger {
     ) {
         let mut t = self.tally.lock().expect("tally");
         *t.counts
-            .entry((key_id, user_id, roles.to_vec(), purposes.to_vec(), route.to_owned()))
+            .entry((
+                key_id,
+                user_id,
+                roles.to_vec(),
+                purposes.to_vec(),
+                route.to_owned(),
+            ))
             .or_default() += n;
     }
 }
@@ -360,17 +383,19 @@ fn drain_tally(tally: &Mutex<Tally>) -> Vec<AccessRecord> {
     let now = crate::now_ms();
     counts
         .into_iter()
-        .map(|((key_id, user_id, roles, purposes, route), count)| AccessRecord {
-            at_ms: now,
-            key_id,
-            user_id,
-            roles,
-            purposes,
-            route,
-            action: "decisions",
-            profiles: Vec::new(),
-            count,
-        })
+        .map(
+            |((key_id, user_id, roles, purposes, route), count)| AccessRecord {
+                at_ms: now,
+                key_id,
+                user_id,
+                roles,
+                purposes,
+                route,
+                action: "decisions",
+                profiles: Vec::new(),
+                count,
+            },
+        )
         .collect()
 }
 

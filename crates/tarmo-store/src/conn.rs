@@ -256,7 +256,6 @@ pub trait Conn: Send {
         limit: u32,
     ) -> Result<Vec<EventRow>>;
 
-
     fn counts(&mut self) -> Result<StoreCounts>;
 }
 

@@ -78,9 +78,17 @@ pub fn erase_profile(
         ));
     }
     report.identifiers = identifiers.len() as u64;
-    // MERGE: processors::enqueue_erasure_notifications(ctx.conn, ctx.vault,
-    // request_id, &ids, &identifiers, now) lands with the processors branch.
-    let _ = request_id;
+    if let Some(request_id) = request_id {
+        // Before the disclosures go: they say who received the person's data.
+        report.processors_notified = crate::processors::enqueue_erasure_notifications(
+            ctx.conn,
+            ctx.vault,
+            request_id,
+            &ids,
+            &identifiers,
+            now,
+        )? as u64;
+    }
     drop(identifiers);
 
     let mut owners = Vec::new();

@@ -77,9 +77,17 @@ fn key_of(r: &Row) -> Result<ApiKey> {
 }
 
 /// Make a key; the secret is returned once.
-pub fn create(conn: &mut dyn Conn, vault: &Vault, spec: &KeySpec, now_ms: i64) -> Result<(String, i64)> {
+pub fn create(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    spec: &KeySpec,
+    now_ms: i64,
+) -> Result<(String, i64)> {
     if spec.roles.is_empty() {
-        return Err(Error::rejected("invalid_role", "a key needs at least one role"));
+        return Err(Error::rejected(
+            "invalid_role",
+            "a key needs at least one role",
+        ));
     }
     let raw: [u8; 20] = vault.random()?;
     let prefix = if spec.roles.iter().all(|r| r == "ingest") {
@@ -130,10 +138,13 @@ pub fn find(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<Api
 }
 
 pub fn list(conn: &mut dyn Conn) -> Result<Vec<ApiKey>> {
-    conn.query(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"), &[])?
-        .iter()
-        .map(key_of)
-        .collect()
+    conn.query(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"),
+        &[],
+    )?
+    .iter()
+    .map(key_of)
+    .collect()
 }
 
 pub fn revoke(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
@@ -177,7 +188,10 @@ pub fn create_user(
     now_ms: i64,
 ) -> Result<i64> {
     if name.trim().is_empty() || name.len() > 100 {
-        return Err(Error::rejected("invalid_user", "a user name is 1 to 100 characters"));
+        return Err(Error::rejected(
+            "invalid_user",
+            "a user name is 1 to 100 characters",
+        ));
     }
     if password.chars().count() < MIN_PASSWORD {
         return Err(Error::rejected(
@@ -186,7 +200,10 @@ pub fn create_user(
         ));
     }
     if roles.is_empty() {
-        return Err(Error::rejected("invalid_role", "a user needs at least one role"));
+        return Err(Error::rejected(
+            "invalid_role",
+            "a user needs at least one role",
+        ));
     }
     let salt_bytes: [u8; 16] = vault.random()?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| Error::Crypto("salt"))?;
@@ -247,7 +264,8 @@ pub fn login(
     if r.opt_int(4)?.is_some() {
         return Ok(None);
     }
-    let roles: Vec<String> = serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let roles: Vec<String> =
+        serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let purposes: Vec<String> =
         serde_json::from_str(&r.text(3)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let spec = KeySpec {

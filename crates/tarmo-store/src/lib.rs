@@ -19,6 +19,7 @@ pub mod links;
 pub mod metrics;
 pub mod outbox;
 pub mod postgres;
+pub mod processors;
 pub mod requests;
 pub mod resolve;
 pub mod retention;

@@ -417,7 +417,6 @@ fn pg_cells(r: &postgres::Row) -> Result<Row> {
     Ok(Row(cells))
 }
 
-
 fn merge_row(r: &postgres::Row) -> MergeRow {
     MergeRow {
         into_profile: r.get(0),

@@ -635,6 +635,7 @@ impl Group<'_> {
         self.conn
             .profile_merge(from, into, kind.as_str(), self.now_ms)?;
         crate::consent::after_merge(self.conn, from, into)?;
+        crate::processors::after_merge(self.conn, from, into)?;
         let ff = self.facts.remove(&from).unwrap_or_default();
         let fi = self.facts.entry(into).or_default();
         fi.user_id = fi.user_id.or(ff.user_id);

@@ -735,7 +735,6 @@ impl Conn for SqliteConn {
     }
 }
 
-
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         if let rusqlite::Error::SqliteFailure(f, _) = &e

@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 
 use crate::conn::{Conn, ProfileId, StoreCounts};
-use crate::keys::{ApiKey, KeySpec};
 use crate::consent::{Catalog, CatalogCache};
+use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
@@ -66,7 +66,6 @@ impl Backend {
         }
     }
 }
-
 
 pub struct Store {
     backend: Backend,

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde_json::{Value, json};
 use tarmo_core::identity::{IdentifierKind, IdentityConfig};
 use tarmo_core::segment::{BatchDefaults, parse_message};
+use tarmo_store::keys::KeySpec;
 use tarmo_store::resolve::Outcome;
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::{WriterConfig, WriterHandle};
-use tarmo_store::{Backend, KeyRole, Store};
+use tarmo_store::{Backend, Store};
 
 pub struct Harness {
     pub store: Store,
@@ -124,6 +125,7 @@ conformance!(
     message_ids_are_deduplicated,
     events_page_newest_first_with_cursor,
     api_keys_are_hashed_and_revocable,
+    the_access_log_is_chained_and_finds_tampering,
     a_wrong_master_key_is_refused,
     purposes_are_versioned_and_material_changes_need_reconsent,
     the_ledger_chain_detects_edits_removals_and_truncation,
@@ -136,6 +138,10 @@ conformance!(
     erasure_deletes_the_person_everywhere_suppresses_and_spares_others,
     requests_follow_their_state_machine_and_deadlines,
     retention_deletes_what_outlived_its_purposes,
+    processors_are_registered_checked_and_their_tokens_sealed,
+    exports_follow_purposes_categories_and_decisions,
+    disclosures_follow_a_merge,
+    erasure_notifications_are_queued_once_sealed_and_wiped,
 );
 
 #[path = "conformance/consent.rs"]
@@ -144,6 +150,10 @@ use consent::*;
 #[path = "conformance/requests.rs"]
 mod requests;
 use requests::*;
+
+#[path = "conformance/processors.rs"]
+mod processors;
+use processors::*;
 
 fn identify_creates_an_encrypted_profile(h: &Harness) {
     let out = h.ingest(vec![json!({
@@ -335,16 +345,152 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
 }
 
 fn api_keys_are_hashed_and_revocable(h: &Harness) {
-    let (secret, id) = h.store.create_api_key(KeyRole::Ingest, "web").unwrap();
-    assert!(secret.len() >= 40);
+    let spec = KeySpec {
+        roles: vec!["marketer".into(), "analyst".into()],
+        purposes: vec!["email_marketing".into()],
+        name: "web".into(),
+        ..Default::default()
+    };
+    let (secret, id) = h.store.create_api_key(&spec).unwrap();
+    assert!(secret.len() >= 40 && secret.starts_with("tka_"));
     let k = h.store.authenticate(&secret).unwrap().unwrap();
-    assert_eq!((k.id, k.role.as_str()), (id, "ingest"));
+    assert_eq!(k.id, id);
+    assert_eq!(k.roles, ["marketer", "analyst"]);
+    assert_eq!(k.purposes, ["email_marketing"]);
     assert!(h.store.authenticate("tkw_0000").unwrap().is_none());
+    // The secret itself is nowhere in the table; its hash is.
+    let rows = h
+        .store
+        .conn()
+        .unwrap()
+        .query("SELECT * FROM api_keys", &[])
+        .unwrap();
+    for r in rows {
+        for c in r.0 {
+            if let tarmo_store::conn::Cell::Text(t) = c {
+                assert!(!t.contains(&secret[4..]));
+            }
+        }
+    }
     assert!(h.store.revoke_api_key(id).unwrap());
     assert!(h.store.authenticate(&secret).unwrap().is_none());
     assert!(!h.store.revoke_api_key(id).unwrap());
     let listed = h.store.api_keys().unwrap();
     assert!(listed.iter().any(|k| k.id == id && k.revoked_ms.is_some()));
+    // An expired key stops working.
+    let (old, _) = h
+        .store
+        .create_api_key(&KeySpec {
+            roles: vec!["ingest".into()],
+            expires_ms: Some(tarmo_store::now_ms() - 1),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(old.starts_with("tkw_"));
+    assert!(h.store.authenticate(&old).unwrap().is_none());
+    // Staff accounts: Argon2id, weak passwords refused, login makes an
+    // expiring key with the account's roles, disabling revokes it.
+    let mk = |name: &str, pw: &str| {
+        h.store.transact_direct(|c, v| {
+            tarmo_store::keys::create_user(c, v, name, pw, &["dpo".into()], &[], 1)
+        })
+    };
+    assert!(matches!(
+        mk("dana", "short").unwrap_err(),
+        tarmo_store::Error::Rejected {
+            code: "weak_password",
+            ..
+        }
+    ));
+    let uid = mk("dana", "correct horse battery").unwrap();
+    assert!(matches!(
+        mk("dana", "another long password").unwrap_err(),
+        tarmo_store::Error::Rejected {
+            code: "user_exists",
+            ..
+        }
+    ));
+    let login = |pw: &str| {
+        h.store.transact_direct(|c, v| {
+            tarmo_store::keys::login(c, v, "dana", pw, 60_000, tarmo_store::now_ms())
+        })
+    };
+    assert!(login("wrong password!").unwrap().is_none());
+    let (session, key) = login("correct horse battery").unwrap().unwrap();
+    assert_eq!(
+        (key.roles.as_slice(), key.user_id),
+        (&["dpo".to_owned()][..], Some(uid))
+    );
+    assert!(h.store.authenticate(&session).unwrap().is_some());
+    let stored = h
+        .store
+        .conn()
+        .unwrap()
+        .query("SELECT password_hash FROM users", &[])
+        .unwrap();
+    assert!(stored[0].text(0).unwrap().starts_with("$argon2id$"));
+    assert!(
+        h.store
+            .transact_direct(|c, _| tarmo_store::keys::disable_user(c, uid, 5))
+            .unwrap()
+    );
+    assert!(
+        h.store.authenticate(&session).unwrap().is_none(),
+        "disabling revokes at once"
+    );
+    assert!(login("correct horse battery").unwrap().is_none());
+}
+
+fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
+    use tarmo_store::access_log::{self, AccessRecord};
+    let rec = |profiles: Vec<i64>, action: &'static str| AccessRecord {
+        at_ms: 1_000,
+        key_id: 7,
+        user_id: None,
+        roles: vec!["support".into()],
+        purposes: vec![],
+        route: "/api/v1/profiles/{id}".into(),
+        action,
+        count: profiles.len() as i64,
+        profiles,
+    };
+    let (logger, thread) = access_log::AccessLogger::spawn(h.writer.clone());
+    logger.record(rec(vec![11], "read")).unwrap();
+    logger.record(rec(vec![12, 11], "export")).unwrap();
+    logger.count(
+        7,
+        None,
+        &["marketer".into()],
+        &["email_marketing".into()],
+        "/api/v1/decisions",
+        5,
+    );
+    logger.count(
+        7,
+        None,
+        &["marketer".into()],
+        &["email_marketing".into()],
+        "/api/v1/decisions",
+        3,
+    );
+    drop(logger);
+    thread.join();
+    let mut c = h.store.conn().unwrap();
+    let r = access_log::verify(&mut *c, h.store.vault(), &mut |_| {}).unwrap();
+    assert_eq!((r.entries, r.first_broken), (3, None));
+    let who = access_log::for_profile(&mut *c, 11, 10).unwrap();
+    assert_eq!(who.len(), 2);
+    assert_eq!(who[0].action, "export");
+    let recent = access_log::recent(&mut *c, 10).unwrap();
+    assert_eq!(
+        (recent[0].action.as_str(), recent[0].count),
+        ("decisions", 8)
+    );
+    // A record removed from who-saw-whom is found.
+    c.exec("DELETE FROM access_log_subjects WHERE profile_id = 12", &[])
+        .unwrap();
+    let r = access_log::verify(&mut *c, h.store.vault(), &mut |_| {}).unwrap();
+    assert_eq!(r.first_broken.map(|b| b.seq), Some(2));
 }
 
 fn a_wrong_master_key_is_refused(h: &Harness) {

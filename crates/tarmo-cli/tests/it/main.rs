@@ -5,5 +5,6 @@ mod common;
 mod consent;
 mod ingest;
 mod openapi;
+mod processors;
 mod rights;
 mod signals;

@@ -43,6 +43,23 @@ fn openapi_document_covers_every_route() {
         "/metrics",
         "/api/openapi.json",
         "/api/v1/profiles/{id}/preference-link",
+        "/api/v1/processors",
+        "/api/v1/processors/{id}",
+        "/api/v1/processors/{id}/exports",
+        "/api/v1/records-of-processing",
+        "/api/v1/requests",
+        "/api/v1/requests/{id}",
+        "/api/v1/requests/{id}/verify",
+        "/api/v1/requests/{id}/refuse",
+        "/api/v1/requests/{id}/extend",
+        "/api/v1/requests/{id}/lift",
+        "/api/v1/requests/{id}/export",
+        "/p/{token}/request",
+        "/r/{token}",
+        "/r/download/{token}",
+        "/api/v1/sessions",
+        "/api/v1/audit",
+        "/api/v1/stats",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();

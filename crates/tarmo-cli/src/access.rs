@@ -1,0 +1,283 @@
+//! `tarmo keys`, `tarmo users` and `tarmo audit`: who may see what.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use tarmo_store::keys::KeySpec;
+
+use crate::{Common, Settings, open_store, settings};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a key; its secret is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// A role: admin, dpo, marketer, support, analyst, ingest, or one
+        /// configured in tarmo.toml. Repeat for several.
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        /// Bind the key to a purpose: it then sees only people whose
+        /// decision for it allows it, and only the data it uses. Repeat for several.
+        #[arg(long)]
+        purpose: Vec<String>,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The key stops working after this many hours.
+        #[arg(long)]
+        expires_in_hours: Option<u64>,
+        /// Print {"key": ..., "id": ..., "roles": [...], "purposes": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a key by id, with immediate effect.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Make a staff account; the password is read from standard input
+    /// (at least 12 characters) and stored as an Argon2id hash.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+        /// Repeat for several roles.
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        #[arg(long)]
+        purpose: Vec<String>,
+    },
+    /// List staff accounts.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Disable an account and revoke its keys at once.
+    Disable {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the access log's hash chain and signed head; exit 1 naming the
+    /// first broken record.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn check_roles_and_purposes(
+    s: &Settings,
+    store: &tarmo_store::Store,
+    roles: &[String],
+    purposes: &[String],
+) -> anyhow::Result<()> {
+    for r in roles {
+        if !s.roles.0.contains_key(r) {
+            let mut known: Vec<&String> = s.roles.0.keys().collect();
+            known.sort();
+            bail!(
+                "unknown role `{r}` (known: {})",
+                known
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let catalog = store.catalog()?;
+    for p in purposes {
+        catalog.require(p)?;
+    }
+    Ok(())
+}
+
+pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
+    match cmd {
+        KeysCommand::Create {
+            common,
+            role,
+            purpose,
+            name,
+            expires_in_hours,
+            json,
+        } => {
+            let s = settings(&common, None)?;
+            let store = open_store(&s)?;
+            check_roles_and_purposes(&s, &store, &role, &purpose)?;
+            let spec = KeySpec {
+                roles: role.clone(),
+                purposes: purpose.clone(),
+                name,
+                user_id: None,
+                expires_ms: expires_in_hours.map(|h| tarmo_store::now_ms() + h as i64 * 3_600_000),
+            };
+            let (secret, id) = store.create_api_key(&spec)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key": secret, "id": id, "roles": role, "purposes": purpose})
+                );
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "key {id} ({}) created; the secret above is shown once",
+                    role.join(", ")
+                );
+            }
+        }
+        KeysCommand::List { common } => {
+            let s = settings(&common, None)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  name",
+                "id", "roles", "purposes", "created", "revoked / expires"
+            )?;
+            for k in open_store(&s)?.api_keys()? {
+                let end = match (k.revoked_ms, k.expires_ms) {
+                    (Some(r), _) => format!("revoked {}", tarmo_store::rfc3339(r)),
+                    (None, Some(e)) => format!("expires {}", tarmo_store::rfc3339(e)),
+                    _ => "-".into(),
+                };
+                writeln!(
+                    out,
+                    "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  {}",
+                    k.id,
+                    k.roles.join(","),
+                    if k.purposes.is_empty() {
+                        "-".into()
+                    } else {
+                        k.purposes.join(",")
+                    },
+                    tarmo_store::rfc3339(k.created_ms),
+                    end,
+                    k.name
+                )?;
+            }
+        }
+        KeysCommand::Revoke { common, id } => {
+            let s = settings(&common, None)?;
+            if !open_store(&s)?.revoke_api_key(id)? {
+                bail!("no active key with id {id}");
+            }
+            eprintln!("key {id} revoked");
+        }
+    }
+    Ok(0)
+}
+
+pub fn users(cmd: UsersCommand) -> anyhow::Result<u8> {
+    match cmd {
+        UsersCommand::Create {
+            common,
+            name,
+            role,
+            purpose,
+        } => {
+            let s = settings(&common, None)?;
+            let store = open_store(&s)?;
+            check_roles_and_purposes(&s, &store, &role, &purpose)?;
+            if std::io::stdin().is_terminal() {
+                eprint!(
+                    "password (at least {} characters): ",
+                    tarmo_store::keys::MIN_PASSWORD
+                );
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            let id = store.transact_direct(|c, v| {
+                tarmo_store::keys::create_user(
+                    c,
+                    v,
+                    &name,
+                    password,
+                    &role,
+                    &purpose,
+                    tarmo_store::now_ms(),
+                )
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({"id": id, "name": name, "roles": role})
+            );
+        }
+        UsersCommand::List { common } => {
+            let s = settings(&common, None)?;
+            let users = tarmo_store::keys::users(&mut *open_store(&s)?.conn()?)?;
+            println!("{}", serde_json::to_string_pretty(&users)?);
+        }
+        UsersCommand::Disable { common, id } => {
+            let s = settings(&common, None)?;
+            let store = open_store(&s)?;
+            if !store.transact_direct(|c, _| {
+                tarmo_store::keys::disable_user(c, id, tarmo_store::now_ms())
+            })? {
+                bail!("no active user with id {id}");
+            }
+            eprintln!("user {id} disabled; their keys are revoked");
+        }
+    }
+    Ok(0)
+}
+
+pub fn audit(cmd: AuditCommand) -> anyhow::Result<u8> {
+    let AuditCommand::Verify { common, json } = cmd;
+    let s = settings(&common, None)?;
+    let store = open_store(&s)?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal() && !json;
+    let report = tarmo_store::access_log::verify(&mut *store.conn()?, store.vault(), &mut |n| {
+        if tty {
+            eprint!("\rverified {n} records");
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = report.first_broken.is_none();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": ok, "records": report.entries, "first_broken": report.first_broken, "seconds": secs})
+        );
+    } else {
+        match &report.first_broken {
+            None => println!(
+                "access log intact: {} records verified in {secs:.2} s",
+                report.entries
+            ),
+            Some(b) => println!(
+                "access log BROKEN at record {}: {} ({} records verified before it)",
+                b.seq, b.problem, report.entries
+            ),
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}

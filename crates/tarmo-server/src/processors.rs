@@ -1,0 +1,247 @@
+//! The register of processors and the exports to them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tarmo_core::processor::ProcessorInput;
+use tarmo_store::now_ms;
+use tarmo_store::processors::{self as register, ExportView, ProcessorView, SubjectKey};
+use utoipa::ToSchema;
+
+use crate::auth::Principal;
+use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
+use crate::{ApiError, AppState, ErrorBody, blocking};
+
+/// A processor's definition (the whole of it, also on a change).
+/// The schema of `tarmo_core::processor::ProcessorInput` (the core crate
+/// knows nothing of OpenAPI), which is what the routes parse.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ProcessorBody {
+    /// 1 to 200 characters, unique (ignoring case).
+    pub name: String,
+    /// What it does for you: "email delivery", "payment processing".
+    pub role: String,
+    /// ISO 3166-1 alpha-2, where it processes the data.
+    pub country: String,
+    /// Required outside the EEA: "SCC 2021/914", "adequacy decision", "EU-US DPF".
+    pub transfer_safeguard: Option<String>,
+    /// The data processing agreement's reference.
+    pub dpa_reference: String,
+    /// When the agreement was signed: YYYY-MM-DD, not in the future.
+    pub dpa_signed_on: String,
+    /// Purposes (from the catalog) it may receive data for.
+    pub purposes: Vec<String>,
+    /// Data categories it may receive: contact, identifiers, traits, address,
+    /// behaviour, purchase_history, ...
+    pub data_categories: Vec<String>,
+    /// http(s) URL that is POSTed `{"type": "erasure", ...}` when a person
+    /// whose data it received is erased.
+    pub erasure_webhook: Option<String>,
+    /// Bearer token for the webhook; stored sealed, never shown. On a change:
+    /// absent keeps the stored one, null removes it.
+    pub webhook_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessorList {
+    pub processors: Vec<ProcessorView>,
+}
+
+fn parse_input(body: &[u8]) -> Result<tarmo_core::processor::ProcessorSpec, ApiError> {
+    let input: ProcessorInput = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_processor", format!("{e}")))?;
+    input
+        .parse(now_ms())
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))
+}
+
+fn processor_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_processor_id",
+            "a processor id is a positive integer",
+        )
+    })
+}
+
+/// Register a processor.
+#[utoipa::path(post, path = "/api/v1/processors", tag = "processors",
+    request_body = ProcessorBody,
+    security(("admin_key" = [])),
+    responses((status = 201, body = ProcessorView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "The name is taken")))]
+pub async fn register_processor(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<ProcessorView>), ApiError> {
+    let spec = parse_input(&body)?;
+    let view = s
+        .transact(move |ctx| {
+            register::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
+        })
+        .await?;
+    tracing::info!(processor_id = view.id, "processor registered");
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The register of processors.
+#[utoipa::path(get, path = "/api/v1/processors", tag = "processors",
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProcessorList), (status = 401, body = ErrorBody)))]
+pub async fn list_processors(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+) -> Result<Json<ProcessorList>, ApiError> {
+    let store = s.store.clone();
+    let processors = blocking(move || register::list(&mut *store.conn()?)).await?;
+    Ok(Json(ProcessorList { processors }))
+}
+
+/// One processor.
+#[utoipa::path(get, path = "/api/v1/processors/{id}", tag = "processors",
+    params(("id" = i64, Path, description = "Processor id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProcessorView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_processor(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    Path(raw): Path<String>,
+) -> Result<Json<ProcessorView>, ApiError> {
+    let id = processor_id(&raw)?;
+    let store = s.store.clone();
+    blocking(move || register::get(&mut *store.conn()?, id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("processor_not_found", "no processor with that id"))
+}
+
+/// Change a processor: send its whole definition. The webhook token stays
+/// unless `webhook_token` is given (a string sets it, null removes it).
+#[utoipa::path(put, path = "/api/v1/processors/{id}", tag = "processors",
+    params(("id" = i64, Path, description = "Processor id")),
+    request_body = ProcessorBody,
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProcessorView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_processor(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ProcessorView>, ApiError> {
+    let id = processor_id(&raw)?;
+    let spec = parse_input(&body)?;
+    let view = s
+        .transact(move |ctx| {
+            register::update(ctx.conn, ctx.vault, &ctx.catalog, id, &spec, ctx.now_ms)
+        })
+        .await?;
+    tracing::info!(processor_id = id, "processor changed");
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportInput {
+    /// The purpose the processor receives the data for.
+    pub purpose: String,
+    /// Up to 10,000 people, each `{"profile": 42}` or `{"type": "email", "value": "..."}`.
+    pub subjects: Vec<SubjectRef>,
+}
+
+/// Export people's data to a processor for one of its purposes.
+///
+/// Refused with 403 `purpose_not_permitted` when the processor is not
+/// registered for the purpose, and with 403 `no_common_data_categories` when
+/// the purpose and the processor share no data category. The data exported
+/// is limited to the categories both name, mapped to data so:
+///
+/// - `contact`: the email and phone identifiers;
+/// - `identifiers`: every identifier;
+/// - `profile` or `traits`: the traits (a trait repeating an identifier,
+///   such as `email`, only where that identifier goes);
+/// - `address`: the `address` trait;
+/// - `behaviour`: `track`, `page` and `screen` events, the most recent 1,000;
+/// - `purchase_history`: `track` events, the most recent 1,000.
+///
+/// Events carry their type, name, properties and timestamp, never the
+/// context (IP address, user agent, device). Any other category stands for
+/// no data Tarmo exports. A person is included only if the policy allows the
+/// purpose for them now; the others are listed in `excluded` by position,
+/// with the reason, and nothing else about them. Each person exported gets a
+/// disclosure record in the same transaction.
+#[utoipa::path(post, path = "/api/v1/processors/{id}/exports", tag = "processors",
+    params(("id" = i64, Path, description = "Processor id")),
+    request_body = ExportInput,
+    security(("admin_key" = [])),
+    responses((status = 200, body = ExportView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "Outside the processor's purposes or categories"),
+        (status = 404, body = ErrorBody)))]
+pub async fn export(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ExportView>, ApiError> {
+    let id = processor_id(&raw)?;
+    let b: ExportInput = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_export", format!("{e}")))?;
+    if b.subjects.len() > register::EXPORT_MAX_SUBJECTS {
+        return Err(ApiError::bad_request(
+            "too_many_subjects",
+            "at most 10,000 people an export",
+        ));
+    }
+    let subjects = b
+        .subjects
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            subject_ref_lookup(&s, r)
+                .map(|(l, _)| match l {
+                    Lookup::Id(p) => SubjectKey::Profile(p),
+                    Lookup::Identifier(b) => SubjectKey::Identifier(b),
+                })
+                .map_err(|e| ApiError {
+                    message: format!("subject {i}: {}", e.message),
+                    ..e
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    p.may_act_for(&b.purpose)?;
+    let purpose = b.purpose;
+    let view = s
+        .transact(move |ctx| {
+            register::export(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                id,
+                &purpose,
+                &subjects,
+                ctx.now_ms,
+            )
+        })
+        .await?;
+    tracing::info!(
+        processor_id = id,
+        purpose = %view.purpose,
+        exported = view.exported.len(),
+        excluded = view.excluded.len(),
+        "export to a processor"
+    );
+    s.log_access(
+        &p,
+        "export",
+        view.exported.iter().map(|x| x.profile_id).collect(),
+    )
+    .await?;
+    Ok(Json(view))
+}

@@ -1,0 +1,164 @@
+//! Staff routes that are about access itself: logging in, the access log,
+//! and aggregates for those who may see no person.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use tarmo_store::access_log::AccessView;
+use tarmo_store::conn::P;
+use tarmo_store::{now_ms, rfc3339};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Principal;
+use crate::{ApiError, AppState, ErrorBody, blocking};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginInput {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    /// A key with the account's roles and purposes; use it as a Bearer key.
+    pub key: String,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+    pub expires_at: String,
+}
+
+/// How long a login lasts.
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+
+/// Log in with a staff account: a key that expires in 12 hours. Wrong names
+/// and wrong passwords get the same answer, after the same work.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "access",
+    request_body = LoginInput,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn login(
+    State(s): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Session>, ApiError> {
+    let b: LoginInput = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_login", format!("{e}")))?;
+    if b.name.len() > 200 || b.password.len() > 1000 {
+        return Err(ApiError::bad_request(
+            "invalid_login",
+            "name or password too long",
+        ));
+    }
+    let store = s.store.clone();
+    let r = blocking(move || {
+        store.transact_direct(|c, v| {
+            tarmo_store::keys::login(c, v, &b.name, &b.password, SESSION_TTL_MS, now_ms())
+        })
+    })
+    .await?;
+    let Some((secret, key)) = r else {
+        return Err(ApiError::unauthorized("wrong name or password"));
+    };
+    Ok(Json(Session {
+        key: secret,
+        roles: key.roles,
+        purposes: key.purposes,
+        expires_at: key.expires_ms.map(rfc3339).unwrap_or_default(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Who looked at this person (a profile id); absent: the newest records.
+    pub profile: Option<i64>,
+    /// 1 to 1000; 100 when absent.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    pub records: Vec<AccessView>,
+}
+
+/// The access log: who read or exported whose data, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "access", params(AuditQuery),
+    security(("admin_key" = [])),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be 1 to 1000",
+        ));
+    }
+    let store = s.store.clone();
+    let records = blocking(move || {
+        let mut c = store.conn()?;
+        match q.profile {
+            Some(p) => tarmo_store::access_log::for_profile(&mut *c, p, limit),
+            None => tarmo_store::access_log::recent(&mut *c, limit),
+        }
+    })
+    .await?;
+    Ok(Json(AuditList { records }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PurposeCount {
+    pub purpose: String,
+    pub decision: String,
+    pub people: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub profiles: i64,
+    pub events: i64,
+    pub identifiers: i64,
+    /// People by their recorded decision, per purpose.
+    pub consents: Vec<PurposeCount>,
+}
+
+/// Aggregates: counts, no person.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "access",
+    security(("admin_key" = [])),
+    responses((status = 200, body = Stats), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn stats(State(s): State<Arc<AppState>>, _p: Principal) -> Result<Json<Stats>, ApiError> {
+    let store = s.store.clone();
+    let st = blocking(move || {
+        let c = store.counts()?;
+        let rows = store.conn()?.query(
+            "SELECT purpose_id, decision, count(*) FROM consent_state GROUP BY purpose_id, decision
+             ORDER BY purpose_id, decision",
+            &[] as &[P<'_>],
+        )?;
+        let consents = rows
+            .iter()
+            .map(|r| {
+                Ok(PurposeCount {
+                    purpose: r.text(0)?,
+                    decision: r.text(1)?,
+                    people: r.int(2)?,
+                })
+            })
+            .collect::<tarmo_store::Result<Vec<_>>>()?;
+        Ok(Stats {
+            profiles: c.profiles,
+            events: c.events,
+            identifiers: c.identifiers,
+            consents,
+        })
+    })
+    .await?;
+    Ok(Json(st))
+}
