@@ -41,10 +41,12 @@ pub enum Permission {
     RecordsRead,
     /// The access log.
     AuditRead,
+    /// Make and revoke keys.
+    KeysManage,
 }
 
 impl Permission {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -61,6 +63,7 @@ impl Permission {
         Self::ProcessorsExport,
         Self::RecordsRead,
         Self::AuditRead,
+        Self::KeysManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Permission {
             Self::ProcessorsExport => "processors_export",
             Self::RecordsRead => "records_read",
             Self::AuditRead => "audit_read",
+            Self::KeysManage => "keys_manage",
         }
     }
 

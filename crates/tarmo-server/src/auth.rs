@@ -66,6 +66,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         r if r.starts_with("/api/v1/processors") => Staff(P::ProcessorsManage),
         "/api/v1/records-of-processing" => Staff(P::RecordsRead),
         "/api/v1/audit" => Staff(P::AuditRead),
+        "/api/v1/keys" | "/api/v1/keys/{id}/revoke" => Staff(P::KeysManage),
         _ => return None,
     })
 }
@@ -358,6 +359,25 @@ pub async fn guard(
                 if metered && let Some(wait) = take(&s.buckets.ips, (ip, login), limit) {
                     return too_many(wait);
                 }
+            }
+            // A form on another site must not press a person's buttons: a
+            // browser's POST names its origin, which must be ours. (Mail
+            // clients posting one-click unsubscribes send no Origin.)
+            if need == Need::Public
+                && req.method() == Method::POST
+                && let Some(origin) = req
+                    .headers()
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok())
+                && origin != "null"
+                && !s.config.public_url.starts_with(origin)
+            {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    "this form may only be sent from this site's own pages",
+                )
+                .into_response();
             }
             next.run(req).await
         }

@@ -244,6 +244,9 @@ impl AppState {
         staff::login,
         staff::audit,
         staff::stats,
+        staff::create_key,
+        staff::list_keys,
+        staff::revoke_key,
         healthz,
         metrics_route,
         openapi_json,
@@ -260,7 +263,8 @@ impl AppState {
         tarmo_store::processors::ExportView, tarmo_store::processors::ExportedPerson,
         tarmo_store::processors::ExportedIdentifier, tarmo_store::processors::ExcludedSubject,
         tarmo_store::processors::NotificationView, ropa::RecordOfProcessing, staff::LoginInput,
-        staff::Session, staff::AuditList, staff::Stats, tarmo_store::access_log::AccessView)),
+        staff::Session, staff::AuditList, staff::Stats, tarmo_store::access_log::AccessView,
+        staff::KeyInput, staff::NewKey, staff::KeyList, tarmo_store::keys::ApiKey)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -365,10 +369,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions", post(staff::login))
         .route("/api/v1/audit", get(staff::audit))
         .route("/api/v1/stats", get(staff::stats))
+        .route(
+            "/api/v1/keys",
+            get(staff::list_keys).post(staff::create_key),
+        )
+        .route("/api/v1/keys/{id}/revoke", post(staff::revoke_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -382,6 +392,34 @@ pub fn app(state: Arc<AppState>) -> Router {
             panic_response,
         ))
         .with_state(state)
+}
+
+/// Rejections made by axum itself (a body over the limit, a method a route
+/// does not have, a malformed path) in the common error shape.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let ctype = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.starts_with("application/json")
+        || ctype.starts_with("text/html")
+        || resp.status().is_success()
+    {
+        return resp;
+    }
+    let (code, message) = match resp.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body is larger than 1 MB"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "this route does not take that method")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            ("invalid_request", "the request could not be read")
+        }
+        _ => return resp,
+    };
+    ApiError::new(resp.status(), code, message).into_response()
 }
 
 /// Run blocking store work off the async workers.

@@ -162,3 +162,121 @@ pub async fn stats(State(s): State<Arc<AppState>>, _p: Principal) -> Result<Json
     .await?;
     Ok(Json(st))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInput {
+    /// Roles: admin, dpo, marketer, support, analyst, ingest, or configured ones.
+    pub roles: Vec<String>,
+    /// Purposes the key acts for (empty: not bound).
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    #[serde(default)]
+    pub name: String,
+    /// The key stops working after this many hours.
+    pub expires_in_hours: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewKey {
+    /// The secret: shown once, stored only as a hash.
+    pub key: String,
+    pub id: i64,
+    pub roles: Vec<String>,
+    pub purposes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<tarmo_store::keys::ApiKey>,
+}
+
+/// Make a key (its secret is in the answer, once).
+#[utoipa::path(post, path = "/api/v1/keys", tag = "access", operation_id = "create_key",
+    request_body = KeyInput,
+    security(("admin_key" = [])),
+    responses((status = 201, body = NewKey), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_key(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<NewKey>), ApiError> {
+    let b: KeyInput = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_key", format!("{e}")))?;
+    if b.roles.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_role",
+            "a key needs at least one role",
+        ));
+    }
+    for r in &b.roles {
+        if !s.roles.0.contains_key(r) {
+            return Err(ApiError::bad_request(
+                "invalid_role",
+                format!("unknown role `{r}`"),
+            ));
+        }
+    }
+    let catalog = s.catalog().await?;
+    for p in &b.purposes {
+        catalog.require(p)?;
+    }
+    let spec = tarmo_store::keys::KeySpec {
+        roles: b.roles.clone(),
+        purposes: b.purposes.clone(),
+        name: b.name.chars().take(200).collect(),
+        user_id: None,
+        expires_ms: b.expires_in_hours.map(|h| now_ms() + h as i64 * 3_600_000),
+    };
+    let store = s.store.clone();
+    let (key, id) = blocking(move || store.create_api_key(&spec)).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(NewKey {
+            key,
+            id,
+            roles: b.roles,
+            purposes: b.purposes,
+        }),
+    ))
+}
+
+/// Every key (never a secret).
+#[utoipa::path(get, path = "/api/v1/keys", tag = "access", operation_id = "list_keys",
+    security(("admin_key" = [])),
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_keys(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+) -> Result<Json<KeyList>, ApiError> {
+    let store = s.store.clone();
+    Ok(Json(KeyList {
+        keys: blocking(move || store.api_keys()).await?,
+    }))
+}
+
+/// Revoke a key; it stops working on the next request.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "access", operation_id = "revoke_key",
+    params(("id" = i64, Path, description = "Key id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_key(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    let id: i64 = raw
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_key_id", "a key id is an integer"))?;
+    let store = s.store.clone();
+    if !blocking(move || store.revoke_api_key(id)).await? {
+        return Err(ApiError::not_found(
+            "key_not_found",
+            "no active key with that id",
+        ));
+    }
+    s.keys_changed();
+    list_keys(State(s), _p).await
+}

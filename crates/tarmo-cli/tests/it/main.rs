@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `tarmo` binary over real sockets. One test
 //! binary; each test has its own data directory and port.
 
+mod access;
 mod common;
 mod consent;
 mod ingest;

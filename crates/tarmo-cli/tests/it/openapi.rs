@@ -60,6 +60,8 @@ fn openapi_document_covers_every_route() {
         "/api/v1/sessions",
         "/api/v1/audit",
         "/api/v1/stats",
+        "/api/v1/keys",
+        "/api/v1/keys/{id}/revoke",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();
