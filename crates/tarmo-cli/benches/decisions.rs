@@ -5,7 +5,9 @@
 //! times the seeding through `POST /api/v1/consents` (batches of 1,000,
 //! creating each person's profile).
 //!
-//! cargo bench -p tarmo-cli --bench decisions   (env: PEOPLE, SECONDS, CONNECTIONS)
+//! cargo bench -p tarmo-cli --bench decisions   (env: PEOPLE, SECONDS, CONNECTIONS,
+//! TARMO_BIN: another `tarmo` binary to measure, e.g. an older build, for an
+//! A/B comparison in the same session)
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -74,16 +76,17 @@ fn main() {
     let people = env_or("PEOPLE", 100_000);
     let seconds = env_or("SECONDS", 10);
     let conns = env_or("CONNECTIONS", 32);
+    let bin = std::env::var("TARMO_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tarmo").to_owned());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+    let out = Command::new(&bin)
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
     let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
     let admin = keys["admin_key"].as_str().unwrap().to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+    let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env("TARMO_LOG", "error")

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -74,8 +74,8 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
 /// The authenticated caller of a staff route.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub key: ApiKey,
-    pub grant: Grant,
+    pub key: Arc<ApiKey>,
+    pub grant: Arc<Grant>,
     /// The route template, for the access log.
     pub route: String,
 }
@@ -273,9 +273,9 @@ impl AppState {
         }
     }
 
-    /// The key a bearer secret names, from a short cache keyed by the
-    /// secret's hash (never by the secret itself).
-    pub(crate) async fn key_for(&self, secret: &str) -> Result<Option<ApiKey>, ApiError> {
+    /// The key a bearer secret names and what it grants, from a short cache
+    /// keyed by the secret's hash (never by the secret itself).
+    pub(crate) async fn key_for(&self, secret: &str) -> Result<Option<KeyGrant>, ApiError> {
         if secret.is_empty() || secret.len() > 128 {
             return Ok(None);
         }
@@ -288,13 +288,17 @@ impl AppState {
             .filter(|(_, t)| t.elapsed() < KEY_CACHE_TTL)
             .map(|(k, _)| k.clone());
         if let Some(k) = cached {
-            return Ok(k.filter(|k| k.expires_ms.is_none_or(|e| tarmo_store::now_ms() < e)));
+            return Ok(k.filter(|(k, _)| k.expires_ms.is_none_or(|e| tarmo_store::now_ms() < e)));
         }
         let store = self.store.clone();
         let s = secret.to_owned();
         let key = tokio::task::spawn_blocking(move || store.authenticate(&s))
             .await
-            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??
+            .map(|k| {
+                let g = self.roles.grant(&k);
+                (Arc::new(k), Arc::new(g))
+            });
         let mut cache = self.keys.lock().expect("key cache");
         if cache.len() > 10_000 {
             cache.clear();
@@ -308,6 +312,9 @@ impl AppState {
         self.keys.lock().expect("key cache").clear();
     }
 }
+
+/// A key and what it grants, shared between requests.
+pub type KeyGrant = (Arc<ApiKey>, Arc<Grant>);
 
 /// How long a key lookup is trusted before the store is asked again: the
 /// longest a revocation made by another process or node takes to bite.
@@ -392,7 +399,7 @@ pub async fn guard(
                 return ApiError::unauthorized("a key is required: Authorization: Bearer <key>")
                     .into_response();
             };
-            let key = match s.key_for(&secret).await {
+            let (key, grant) = match s.key_for(&secret).await {
                 Ok(Some(k)) => k,
                 Ok(None) => {
                     return ApiError::unauthorized("the key is unknown, revoked or expired")
@@ -403,7 +410,6 @@ pub async fn guard(
             if let Err(e) = s.limit_key(key.id) {
                 return e.into_response();
             }
-            let grant = s.roles.grant(&key);
             if !grant.may(p) {
                 return forbidden(p).into_response();
             }

@@ -109,7 +109,8 @@ async fn source_of(
     let row = s
         .key_for(&key)
         .await?
-        .filter(|k| s.roles.grant(k).may(tarmo_core::access::Permission::Ingest))
+        .filter(|(_, g)| g.may(tarmo_core::access::Permission::Ingest))
+        .map(|(k, _)| k)
         .ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,

@@ -36,14 +36,13 @@ use axum::routing::{get, post};
 use tarmo_core::identity::IdentityConfig;
 use tarmo_store::Store;
 use tarmo_store::access_log::AccessLogger;
-use tarmo_store::keys::ApiKey;
 use tarmo_store::writer::WriterHandle;
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
 
 /// Keys by the hash of their secret, with when they were read.
-type KeyCache = HashMap<Vec<u8>, (Option<ApiKey>, Instant)>;
+type KeyCache = HashMap<Vec<u8>, (Option<auth::KeyGrant>, Instant)>;
 
 /// What the operator configures beyond the store.
 #[derive(Debug, Clone)]
