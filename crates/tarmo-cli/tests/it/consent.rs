@@ -789,4 +789,29 @@ fn csv_import_checks_every_row_first_then_imports_all_with_provenance() {
         decision(&s, "email_marketing", "email", "pekka@example.fi")["reason"],
         "withdrawn"
     );
+    // An erased person is not brought back by the next import of the list.
+    let (_, r) = admin(
+        &s,
+        "POST",
+        "/api/v1/requests",
+        Some(
+            &json!({"type": "erasure", "subject": {"type": "email", "value": "pekka@example.fi"}}),
+        ),
+    );
+    let (st, _) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/requests/{}/verify", r["id"]),
+        Some(&json!({"reason": "letter"})),
+    );
+    assert_eq!(st, 200);
+    drop(s);
+    let out = import(&csv);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 rows skipped"), "{text}");
+    let s = start(&data, &a, &w);
+    assert_eq!(
+        decision(&s, "email_marketing", "email", "pekka@example.fi")["reason"],
+        "suppressed"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tarmo_notify::testing::SmtpSink;
+use tarmo_notify::testing::{HttpSink, SmtpSink};
 
 use crate::common::*;
 
@@ -608,4 +608,119 @@ fn request_api_errors_have_codes_and_change_nothing() {
 
 fn walk_root(d: &tempfile::TempDir) -> std::path::PathBuf {
     d.path().join("data")
+}
+
+/// A person's data went to a processor: their access bundle names it, and
+/// their erasure reaches its webhook with what it received, delivered and
+/// recorded on the request.
+#[test]
+fn erasure_reaches_every_processor_that_received_the_data() {
+    let hook = HttpSink::start();
+    hook.fail_next(1, 503);
+    let (_d, s) = server();
+    batch(
+        &s,
+        json!({"batch": [{"type": "identify", "userId": "shared-1", "traits": {"email": "shared@example.fi", "phone": "040 5550001"}}]}),
+        &[],
+    );
+    admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "user_id", "value": "shared-1"}, "purpose": "email_marketing",
+            "decision": "granted", "method": "web_form", "source": "form"}),
+        ),
+    );
+    let (st, p) = admin(
+        &s,
+        "POST",
+        "/api/v1/processors",
+        Some(
+            &json!({"name": "Mailer Oy", "role": "email delivery", "country": "FI",
+            "dpa_reference": "DPA-1", "dpa_signed_on": "2024-05-02", "purposes": ["email_marketing"],
+            "data_categories": ["contact"], "erasure_webhook": format!("{}/erase", hook.url()),
+            "webhook_token": "hook-secret"}),
+        ),
+    );
+    assert_eq!(st, 201, "{p}");
+    let (st, x) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/processors/{}/exports", p["id"]),
+        Some(
+            &json!({"purpose": "email_marketing", "subjects": [{"type": "user_id", "value": "shared-1"}]}),
+        ),
+    );
+    assert_eq!(st, 200, "{x}");
+    // Access: the recipient is in the bundle.
+    let (_, r) = admin(
+        &s,
+        "POST",
+        "/api/v1/requests",
+        Some(&json!({"type": "access", "subject": {"type": "user_id", "value": "shared-1"}})),
+    );
+    admin(
+        &s,
+        "POST",
+        &format!("/api/v1/requests/{}/verify", r["id"]),
+        Some(&json!({"reason": "phone call, PIN"})),
+    );
+    let mut resp = agent()
+        .get(format!(
+            "{}/api/v1/requests/{}/export?format=json",
+            s.base, r["id"]
+        ))
+        .header("Authorization", &format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
+    let b: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(b["recipients"][0]["processor"], "Mailer Oy");
+    assert_eq!(b["recipients"][0]["purpose"], "email_marketing");
+    // Erasure: the processor is told, through a failure and a retry.
+    let (_, r) = admin(
+        &s,
+        "POST",
+        "/api/v1/requests",
+        Some(&json!({"type": "erasure", "subject": {"type": "user_id", "value": "shared-1"}})),
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/requests/{}/verify", r["id"]),
+        Some(&json!({"reason": "signed letter"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("1 processors to notify"),
+        "{v}"
+    );
+    let got = hook.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].status, 503);
+    assert_eq!(got[0].header("Authorization"), Some("Bearer hook-secret"));
+    let body = got[0].json();
+    assert_eq!(body["type"], "erasure");
+    let kinds: Vec<&str> = body["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"email") && kinds.contains(&"phone") && !kinds.contains(&"user_id"),
+        "only what it received: {kinds:?}"
+    );
+    let (_, v) = admin(&s, "GET", &format!("/api/v1/requests/{}", r["id"]), None);
+    assert_eq!(v["processors"][0]["processor"], "Mailer Oy");
+    assert!(
+        matches!(
+            v["processors"][0]["status"].as_str(),
+            Some("pending") | Some("sending")
+        ),
+        "{v}"
+    );
+    assert_eq!(v["processors"][0]["attempts"], 1);
 }
