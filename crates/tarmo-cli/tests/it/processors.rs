@@ -4,10 +4,10 @@
 //! a processor's webhook — by the running server, and by the notice worker
 //! through failures and retries.
 //!
-//! No HTTP route queues an erasure notification on this branch (erasure is
-//! built separately): the tests queue them with
-//! `tarmo_store::processors::enqueue_erasure_notifications`, as the erasure
-//! does, on the server's own store.
+//! The delivery tests queue notifications directly with
+//! `tarmo_store::processors::enqueue_erasure_notifications` (as the erasure
+//! does) to drive the worker through failures; the full path from an
+//! erasure request is in `rights.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
