@@ -314,11 +314,18 @@ pub struct AccessLogger {
     tally: Arc<Mutex<Tally>>,
 }
 
-type TallyKey = (i64, Option<i64>, Vec<String>, Vec<String>, String);
-
+/// Decision counts by key id, then route; with the key's user, roles and
+/// purposes for the record. Looked up without allocating once present.
 #[derive(Default)]
 struct Tally {
-    counts: HashMap<TallyKey, i64>,
+    counts: HashMap<i64, HashMap<String, TallyEntry>>,
+}
+
+struct TallyEntry {
+    user_id: Option<i64>,
+    roles: Vec<String>,
+    purposes: Vec<String>,
+    n: i64,
 }
 
 /// How often decision counts are written.
@@ -366,15 +373,21 @@ impl AccessLogger {
         n: i64,
     ) {
         let mut t = self.tally.lock().expect("tally");
-        *t.counts
-            .entry((
-                key_id,
-                user_id,
-                roles.to_vec(),
-                purposes.to_vec(),
-                route.to_owned(),
-            ))
-            .or_default() += n;
+        let by_route = t.counts.entry(key_id).or_default();
+        match by_route.get_mut(route) {
+            Some(e) => e.n += n,
+            None => {
+                by_route.insert(
+                    route.to_owned(),
+                    TallyEntry {
+                        user_id,
+                        roles: roles.to_vec(),
+                        purposes: purposes.to_vec(),
+                        n,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -383,19 +396,19 @@ fn drain_tally(tally: &Mutex<Tally>) -> Vec<AccessRecord> {
     let now = crate::now_ms();
     counts
         .into_iter()
-        .map(
-            |((key_id, user_id, roles, purposes, route), count)| AccessRecord {
+        .flat_map(|(key_id, by_route)| {
+            by_route.into_iter().map(move |(route, e)| AccessRecord {
                 at_ms: now,
                 key_id,
-                user_id,
-                roles,
-                purposes,
+                user_id: e.user_id,
+                roles: e.roles,
+                purposes: e.purposes,
                 route,
                 action: "decisions",
                 profiles: Vec::new(),
-                count,
-            },
-        )
+                count: e.n,
+            })
+        })
         .collect()
 }
 
