@@ -123,7 +123,7 @@ struct Common {
     /// Region for phone numbers written without a country code (ISO 3166, e.g. FI).
     #[arg(long, env = "TARMO_DEFAULT_REGION")]
     default_region: Option<String>,
-    /// Requests a second one key may make (default 20,000; 429 beyond).
+    /// Requests a second one key may make (default 100,000; 429 beyond).
     #[arg(long, env = "TARMO_RATE_LIMIT_PER_KEY")]
     rate_limit_per_key: Option<f64>,
 }
@@ -202,7 +202,7 @@ struct FileConfig {
     purposes: Option<toml::Table>,
     /// Custom roles: `[roles.NAME]` tables.
     roles: Option<toml::Table>,
-    /// Requests a second per key (default 20,000).
+    /// Requests a second per key (default 100,000).
     rate_limit_per_key: Option<f64>,
     /// Requests a second per client address on the pages (default 20).
     rate_limit_per_ip: Option<f64>,

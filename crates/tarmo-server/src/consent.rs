@@ -542,7 +542,7 @@ pub async fn decision(
         p.key.user_id,
         &p.key.roles,
         &p.key.purposes,
-        &p.route,
+        p.route.as_str(),
         1,
     );
     Ok(Json(verdict_view(&purpose, profile, v)))
@@ -614,7 +614,7 @@ pub async fn decisions_batch(
         p.key.user_id,
         &p.key.roles,
         &p.key.purposes,
-        &p.route,
+        p.route.as_str(),
         subjects.len() as i64,
     );
     Ok(Json(BatchDecisions {

@@ -15,7 +15,8 @@ use crate::AppState;
 
 #[derive(Default)]
 pub struct HttpMetrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    /// By route: (method, status) and its count.
+    requests: Mutex<HashMap<String, Vec<(axum::http::Method, u16, u64)>>>,
     latency: Mutex<HashMap<String, Arc<Histogram>>>,
     identifiers_rejected: AtomicU64,
     /// Undecodable CMP strings on ingestion: TC strings, GPP strings.
@@ -40,12 +41,15 @@ impl HttpMetrics {
             out,
             "# HELP tarmo_http_requests_total HTTP requests by route, method and status.\n# TYPE tarmo_http_requests_total counter"
         );
-        let mut reqs: Vec<_> = self
+        let mut reqs: Vec<((String, String, u16), u64)> = self
             .requests
             .lock()
             .expect("metrics")
-            .clone()
-            .into_iter()
+            .iter()
+            .flat_map(|(route, c)| {
+                c.iter()
+                    .map(move |(m, st, n)| ((route.clone(), m.as_str().to_owned(), *st), *n))
+            })
             .collect();
         reqs.sort();
         for ((route, method, status), n) in reqs {
@@ -99,28 +103,36 @@ impl HttpMetrics {
 pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     // The matched route template, never the raw path: paths may hold ids.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let resp = next.run(req).await;
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     let status = resp.status().as_u16();
-    *s.metrics
-        .requests
-        .lock()
-        .expect("metrics")
-        .entry((route.clone(), method, status))
-        .or_default() += 1;
-    let h = s
-        .metrics
-        .latency
-        .lock()
-        .expect("metrics")
-        .entry(route)
-        .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
-        .clone();
+    {
+        // Counted without allocating once the route, method and status were seen.
+        let mut reqs = s.metrics.requests.lock().expect("metrics");
+        let counts = match reqs.get_mut(route) {
+            Some(c) => c,
+            None => reqs.entry(route.to_owned()).or_default(),
+        };
+        match counts
+            .iter_mut()
+            .find(|(m, st, _)| *m == method && *st == status)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => counts.push((method, status, 1)),
+        }
+    }
+    let h = {
+        let mut lat = s.metrics.latency.lock().expect("metrics");
+        match lat.get(route) {
+            Some(h) => h.clone(),
+            None => lat
+                .entry(route.to_owned())
+                .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
+                .clone(),
+        }
+    };
     h.observe(started.elapsed());
     resp
 }
