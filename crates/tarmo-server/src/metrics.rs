@@ -13,10 +13,12 @@ use tarmo_store::metrics::{Histogram, LATENCY_BUCKETS};
 
 use crate::AppState;
 
+type MethodStatusCount = (axum::http::Method, u16, u64);
+
 #[derive(Default)]
 pub struct HttpMetrics {
     /// By route: (method, status) and its count.
-    requests: Mutex<HashMap<String, Vec<(axum::http::Method, u16, u64)>>>,
+    requests: Mutex<HashMap<String, Vec<MethodStatusCount>>>,
     latency: Mutex<HashMap<String, Arc<Histogram>>>,
     identifiers_rejected: AtomicU64,
     /// Undecodable CMP strings on ingestion: TC strings, GPP strings.
