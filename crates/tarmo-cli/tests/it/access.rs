@@ -591,3 +591,66 @@ fn tls_serves_https_when_given_a_certificate() {
     let plain = s.base.replace("https://", "http://");
     assert!(agent.get(format!("{plain}/healthz")).call().is_err());
 }
+
+#[test]
+fn custom_roles_from_tarmo_toml_grant_what_they_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    std::fs::write(
+        data.join("tarmo.toml"),
+        "[roles.auditor]\npermissions = [\"audit_read\", \"records_read\", \"profiles_read\"]\ndata = [\"traits\"]\n",
+    )
+    .unwrap();
+    let auditor = key(&data, &["auditor"], &[]);
+    let bad = Command::new(BIN)
+        .args(["keys", "create", "--role", "overlord", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role `overlord`"));
+    let s = start(&data, &a, &w);
+    seed_two_people(&s);
+    assert_eq!(call(&s.base, "get", "/api/v1/audit", &auditor, None).0, 200);
+    assert_eq!(
+        call(
+            &s.base,
+            "get",
+            "/api/v1/records-of-processing",
+            &auditor,
+            None
+        )
+        .0,
+        200
+    );
+    let (st, v) = call(
+        &s.base,
+        "get",
+        "/api/v1/decisions?purpose=email_marketing&profile=1",
+        &auditor,
+        None,
+    );
+    assert_eq!((st, v["code"].as_str()), (403, Some("forbidden")));
+    let (st, p) = call(&s.base, "get", "/api/v1/profiles/1", &auditor, None);
+    assert_eq!(st, 200);
+    assert!(
+        p["identifiers"].as_array().unwrap().is_empty(),
+        "only traits: {p}"
+    );
+    assert!(p["traits"].get("tier").is_some() && p["traits"].get("email").is_none());
+    drop(s);
+    // A role that redefines a built-in one is refused at start.
+    std::fs::write(
+        data.join("tarmo.toml"),
+        "[roles.admin]\npermissions = []\ndata = []\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in role"));
+}
