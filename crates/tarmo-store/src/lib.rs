@@ -17,6 +17,7 @@ pub mod erasure;
 pub mod keys;
 pub mod links;
 pub mod metrics;
+mod migrations;
 pub mod outbox;
 pub mod postgres;
 pub mod processors;

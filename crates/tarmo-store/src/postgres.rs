@@ -8,10 +8,11 @@ use crate::conn::*;
 use crate::vault::BlindIndex;
 use crate::{Error, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        r#"
+/// The first migration, in this backend's dialect; the later ones are
+/// shared (`crate::migrations`).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE api_keys (
     id BIGSERIAL PRIMARY KEY,
@@ -68,221 +69,7 @@ CREATE TABLE merges (
 CREATE INDEX merges_into ON merges(into_profile);
 CREATE INDEX merges_from ON merges(from_profile);
 "#,
-    ),
-    (
-        2,
-        r#"
-CREATE TABLE purposes (
-    id TEXT PRIMARY KEY,
-    spec TEXT NOT NULL,
-    notice_seq BIGINT NOT NULL,
-    min_notice_seq BIGINT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL
-);
-CREATE TABLE purpose_versions (
-    purpose_id TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    spec TEXT NOT NULL,
-    notice_seq BIGINT NOT NULL,
-    notice_version TEXT NOT NULL,
-    material BIGINT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (purpose_id, version)
-);
-CREATE TABLE consent_ledger (
-    seq BIGINT PRIMARY KEY,
-    profile_id BIGINT NOT NULL,
-    key_owner BIGINT NOT NULL,
-    purpose_id TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    method TEXT NOT NULL,
-    notice_version TEXT NOT NULL,
-    notice_seq BIGINT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    recorded_ms BIGINT NOT NULL,
-    source TEXT NOT NULL,
-    evidence BYTEA NOT NULL,
-    prev_hash BYTEA NOT NULL,
-    hash BYTEA NOT NULL
-);
-CREATE INDEX consent_ledger_profile ON consent_ledger(profile_id, seq);
-CREATE TABLE consent_state (
-    profile_id BIGINT NOT NULL,
-    purpose_id TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    method TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    notice_seq BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    gpc_ms BIGINT,
-    PRIMARY KEY (profile_id, purpose_id)
-);
-CREATE TABLE consent_signals (
-    profile_id BIGINT NOT NULL,
-    hash BYTEA NOT NULL,
-    at_ms BIGINT NOT NULL,
-    PRIMARY KEY (profile_id, hash)
-);
-CREATE TABLE suppression (
-    bidx BYTEA PRIMARY KEY,
-    kind TEXT NOT NULL,
-    at_ms BIGINT NOT NULL
-);
-CREATE TABLE profile_flags (
-    profile_id BIGINT PRIMARY KEY,
-    restricted_ms BIGINT
-);
-CREATE TABLE tokens (
-    hash BYTEA PRIMARY KEY,
-    kind TEXT NOT NULL,
-    profile_id BIGINT NOT NULL,
-    data TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    expires_ms BIGINT NOT NULL,
-    used_ms BIGINT
-);
-CREATE INDEX tokens_profile ON tokens(profile_id);
-CREATE TABLE outbox (
-    id BIGSERIAL PRIMARY KEY,
-    profile_id BIGINT NOT NULL,
-    key_owner BIGINT NOT NULL,
-    channel TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    payload BYTEA,
-    created_ms BIGINT NOT NULL,
-    next_attempt_ms BIGINT NOT NULL,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    sent_ms BIGINT,
-    last_error TEXT
-);
-CREATE INDEX outbox_due ON outbox(status, next_attempt_ms);
-CREATE INDEX outbox_profile ON outbox(profile_id);
-"#,
-    ),
-    (
-        3,
-        r#"
-ALTER TABLE events ADD COLUMN source_id BIGINT;
-CREATE INDEX events_received ON events(received_ms);
-CREATE TABLE processors (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    country TEXT NOT NULL,
-    transfer_safeguard TEXT,
-    dpa_reference TEXT NOT NULL,
-    dpa_signed_on TEXT NOT NULL,
-    purposes TEXT NOT NULL,
-    data_categories TEXT NOT NULL,
-    erasure_webhook TEXT,
-    webhook_token BYTEA,
-    created_ms BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL
-);
-CREATE TABLE disclosures (
-    id BIGSERIAL PRIMARY KEY,
-    profile_id BIGINT NOT NULL,
-    processor_id BIGINT NOT NULL,
-    purpose TEXT NOT NULL,
-    categories TEXT NOT NULL,
-    at_ms BIGINT NOT NULL
-);
-CREATE INDEX disclosures_profile ON disclosures(profile_id);
-CREATE TABLE requests (
-    id BIGSERIAL PRIMARY KEY,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    subject_kind TEXT NOT NULL,
-    subject_bidx BYTEA NOT NULL,
-    profile_id BIGINT,
-    payload BYTEA,
-    origin TEXT NOT NULL,
-    received_ms BIGINT NOT NULL,
-    due_ms BIGINT NOT NULL,
-    extended_ms BIGINT,
-    verified_ms BIGINT,
-    completed_ms BIGINT,
-    outcome TEXT,
-    updated_ms BIGINT NOT NULL
-);
-CREATE INDEX requests_subject ON requests(subject_bidx, kind);
-CREATE INDEX requests_status ON requests(status, due_ms);
-CREATE INDEX requests_profile ON requests(profile_id);
-CREATE TABLE request_events (
-    id BIGSERIAL PRIMARY KEY,
-    request_id BIGINT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    from_status TEXT,
-    to_status TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    note TEXT
-);
-CREATE INDEX request_events_request ON request_events(request_id);
-CREATE TABLE processor_notifications (
-    id BIGSERIAL PRIMARY KEY,
-    request_id BIGINT NOT NULL,
-    processor_id BIGINT NOT NULL,
-    payload BYTEA,
-    status TEXT NOT NULL,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    next_attempt_ms BIGINT NOT NULL,
-    last_error TEXT,
-    delivered_ms BIGINT,
-    created_ms BIGINT NOT NULL
-);
-CREATE INDEX processor_notifications_due ON processor_notifications(status, next_attempt_ms);
-CREATE TABLE retention_runs (
-    id BIGSERIAL PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    dry_run BIGINT NOT NULL,
-    cutoff_ms BIGINT,
-    events_deleted BIGINT NOT NULL,
-    consents_expired BIGINT NOT NULL,
-    profiles_erased BIGINT NOT NULL,
-    millis BIGINT NOT NULL
-);
-"#,
-    ),
-    (
-        4,
-        r#"
-ALTER TABLE api_keys ADD COLUMN roles TEXT;
-ALTER TABLE api_keys ADD COLUMN purposes TEXT;
-ALTER TABLE api_keys ADD COLUMN user_id BIGINT;
-ALTER TABLE api_keys ADD COLUMN expires_ms BIGINT;
-CREATE TABLE users (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    password_hash TEXT NOT NULL,
-    roles TEXT NOT NULL,
-    purposes TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    disabled_ms BIGINT
-);
-CREATE TABLE access_log (
-    seq BIGINT PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    key_id BIGINT NOT NULL,
-    user_id BIGINT,
-    roles TEXT NOT NULL,
-    purposes TEXT NOT NULL,
-    route TEXT NOT NULL,
-    action TEXT NOT NULL,
-    subjects BIGINT NOT NULL,
-    prev_hash BYTEA NOT NULL,
-    hash BYTEA NOT NULL
-);
-CREATE TABLE access_log_subjects (
-    profile_id BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    PRIMARY KEY (profile_id, seq)
-);
-CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
-"#,
-    ),
-];
+)];
 
 pub struct PostgresBackend {
     url: String,
@@ -337,7 +124,12 @@ impl PgConn {
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
         )?;
-        for (version, sql) in MIGRATIONS {
+        let all: Vec<(i64, String)> = MIGRATIONS
+            .iter()
+            .map(|(v, s)| (*v, (*s).to_owned()))
+            .chain(crate::migrations::postgres())
+            .collect();
+        for (version, sql) in &all {
             let done = tx
                 .query_opt(
                     "SELECT version FROM schema_migrations WHERE version = $1",
