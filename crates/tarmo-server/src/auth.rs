@@ -282,14 +282,18 @@ impl AppState {
         if secret.is_empty() || secret.len() > 128 {
             return Ok(None);
         }
-        let h = tarmo_store::keys::key_hash(secret);
+        // The cache is found by a keyed 64-bit hash of the secret (cheap, and
+        // random per process), then the secret is compared in constant time.
+        let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());
         let cached = self
             .keys
             .lock()
             .expect("key cache")
             .get(&h)
-            .filter(|(_, t)| t.elapsed() < KEY_CACHE_TTL)
-            .map(|(k, _)| k.clone());
+            .filter(|(stored, _, t)| {
+                t.elapsed() < KEY_CACHE_TTL && tarmo_store::vault::ct_eq(stored, secret.as_bytes())
+            })
+            .map(|(_, k, _)| k.clone());
         if let Some(k) = cached {
             return Ok(k.filter(|(k, _)| k.expires_ms.is_none_or(|e| tarmo_store::now_ms() < e)));
         }
@@ -306,7 +310,7 @@ impl AppState {
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(h, (key.clone(), Instant::now()));
+        cache.insert(h, (secret.as_bytes().into(), key.clone(), Instant::now()));
         Ok(key)
     }
 

@@ -238,10 +238,9 @@ async fn ingest(
         .into_iter()
         .map(|m| {
             let signals = reader.signals(&m.body);
-            let ip = m
-                .body
-                .pointer("/context/ip")
-                .and_then(Value::as_str)
+            let ip = (gpc || !signals.is_empty())
+                .then(|| m.body.pointer("/context/ip").and_then(Value::as_str))
+                .flatten()
                 .map(str::to_owned);
             let mut e = s.store.prepare(m, source);
             if gpc || !signals.is_empty() {

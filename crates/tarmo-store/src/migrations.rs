@@ -101,7 +101,6 @@ CREATE INDEX outbox_profile ON outbox(profile_id);
         3,
         r#"
 ALTER TABLE events ADD COLUMN source_id BIGINT;
-CREATE INDEX events_received ON events(received_ms);
 CREATE TABLE processors (
     id {SERIAL},
     name TEXT NOT NULL UNIQUE,

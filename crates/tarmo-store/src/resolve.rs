@@ -126,6 +126,9 @@ pub struct Resolver {
     pending: Option<Pending>,
     pending_signals: Vec<(ProfileId, [u8; 32])>,
     clear_after_commit: bool,
+    /// Whether the suppression list has any entry, while caching (a store
+    /// nobody was erased from needs no lookup per new identifier).
+    any_suppressed: Option<bool>,
 }
 
 /// State of one group (one transaction).
@@ -153,6 +156,7 @@ impl Resolver {
             pending: None,
             pending_signals: Vec::new(),
             clear_after_commit: false,
+            any_suppressed: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl Resolver {
         if let Some(c) = &mut self.signals_seen {
             c.clear();
         }
+        self.any_suppressed = None;
         self.redirect.clear();
     }
 
@@ -292,6 +297,20 @@ impl Resolver {
         // Identifiers nobody has: an erased person's are on the suppression
         // list, and a message naming one is acknowledged but not stored.
         let mut suppressed: HashSet<BlindIndex> = HashSet::new();
+        let any_suppressed = match self.any_suppressed {
+            Some(a) => a,
+            None if unknown.is_empty() => false,
+            None => {
+                let a = g
+                    .conn
+                    .query_opt("SELECT 1 FROM suppression LIMIT 1", &[])?
+                    .is_some();
+                if self.cache.is_some() {
+                    self.any_suppressed = Some(a);
+                }
+                a
+            }
+        };
         if !unknown.is_empty() {
             let found = g.conn.identifiers_lookup(&unknown)?;
             for (b, p) in unknown.iter().zip(found) {
@@ -300,7 +319,7 @@ impl Resolver {
                         g.ids.insert(*b, p);
                     }
                     None => {
-                        if crate::consent::suppressed(g.conn, b)?.is_some() {
+                        if any_suppressed && crate::consent::suppressed(g.conn, b)?.is_some() {
                             suppressed.insert(*b);
                         }
                     }

@@ -72,46 +72,52 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
     let cutoff = now_ms - i64::from(event_days) * DAY_MS;
     report.event_cutoff = Some(rfc3339(cutoff));
 
-    // Events, oldest first, a bounded chunk per transaction.
-    loop {
-        let n = writer.transact_blocking(move |ctx| {
-            let rows = ctx.conn.query(
-                "SELECT id, profile_id FROM events WHERE received_ms < $1 ORDER BY received_ms LIMIT $2",
-                &[P::Int(cutoff), P::Int(CHUNK)],
-            )?;
-            if dry_run || rows.is_empty() {
-                return Ok(rows.len() as u64);
-            }
-            let mut per_profile: std::collections::HashMap<i64, i64> = Default::default();
-            for r in &rows {
-                ctx.conn
-                    .exec("DELETE FROM events WHERE id = $1", &[P::Int(r.int(0)?)])?;
-                *per_profile.entry(r.int(1)?).or_default() += 1;
-            }
-            for (p, n) in per_profile {
-                ctx.conn.exec(
-                    "UPDATE profiles SET event_count = event_count - $2 WHERE id = $1",
-                    &[P::Int(p), P::Int(n)],
+    // Events, oldest first, a bounded chunk per transaction. Events are
+    // numbered in the order they were received, so the oldest are the lowest
+    // ids and the sweep stops at the first one still within its retention:
+    // no index on the receipt time is needed (one more B-tree on every
+    // ingested event).
+    if dry_run {
+        report.events_deleted = writer.transact_blocking(move |ctx| {
+            ctx.conn
+                .query_opt(
+                    "SELECT count(*) FROM events WHERE received_ms < $1",
+                    &[P::Int(cutoff)],
+                )?
+                .map_or(Ok(0), |r| r.int(0))
+        })? as u64;
+    } else {
+        loop {
+            let (n, done) = writer.transact_blocking(move |ctx| {
+                let rows = ctx.conn.query(
+                    "SELECT id, profile_id, received_ms FROM events ORDER BY id LIMIT $1",
+                    &[P::Int(CHUNK)],
                 )?;
-            }
-            Ok(rows.len() as u64)
-        })?;
-        report.events_deleted += n;
-        if dry_run && n > 0 {
-            // Counting only: the first chunk's count, then the rest at once.
-            let rest = writer.transact_blocking(move |ctx| {
-                ctx.conn
-                    .query_opt(
-                        "SELECT count(*) FROM events WHERE received_ms < $1",
-                        &[P::Int(cutoff)],
-                    )?
-                    .map_or(Ok(0), |r| r.int(0))
+                let mut per_profile: std::collections::HashMap<i64, i64> = Default::default();
+                let mut n = 0u64;
+                let mut reached_newer = rows.len() < CHUNK as usize;
+                for r in &rows {
+                    if r.int(2)? >= cutoff {
+                        reached_newer = true;
+                        break;
+                    }
+                    ctx.conn
+                        .exec("DELETE FROM events WHERE id = $1", &[P::Int(r.int(0)?)])?;
+                    *per_profile.entry(r.int(1)?).or_default() += 1;
+                    n += 1;
+                }
+                for (p, k) in per_profile {
+                    ctx.conn.exec(
+                        "UPDATE profiles SET event_count = event_count - $2 WHERE id = $1",
+                        &[P::Int(p), P::Int(k)],
+                    )?;
+                }
+                Ok((n, reached_newer))
             })?;
-            report.events_deleted = rest as u64;
-            break;
-        }
-        if (n as i64) < CHUNK {
-            break;
+            report.events_deleted += n;
+            if done {
+                break;
+            }
         }
     }
 

@@ -145,15 +145,6 @@ impl SqliteConn {
     }
 }
 
-/// `$1` placeholders, as written for both backends, in SQLite's `?1` form.
-fn sqlite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
-    if sql.contains('$') {
-        std::borrow::Cow::Owned(sql.replace('$', "?"))
-    } else {
-        std::borrow::Cow::Borrowed(sql)
-    }
-}
-
 fn to_sql<'a>(p: &'a P<'a>) -> rusqlite::types::ToSqlOutput<'a> {
     use rusqlite::types::{ToSqlOutput, Value, ValueRef};
     match p {
@@ -164,9 +155,24 @@ fn to_sql<'a>(p: &'a P<'a>) -> rusqlite::types::ToSqlOutput<'a> {
     }
 }
 
+/// Bind `$1, $2, ...` as written for both backends. SQLite reads `$1` as a
+/// parameter named "$1", numbered in order of first appearance, so each
+/// slot is bound by the number in its name (a statement may use `$2`
+/// before `$1`, or `$1` twice).
 fn bind(st: &mut rusqlite::Statement<'_>, params: &[P<'_>]) -> Result<()> {
-    for (i, p) in params.iter().enumerate() {
-        st.raw_bind_parameter(i + 1, to_sql(p))?;
+    for slot in 1..=st.parameter_count() {
+        let n = st
+            .parameter_name(slot)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=params.len()).contains(n))
+            .ok_or_else(|| {
+                Error::Backend(format!(
+                    "statement parameter {slot} is not one of $1..${}",
+                    params.len()
+                ))
+            })?;
+        st.raw_bind_parameter(slot, to_sql(&params[n - 1]))?;
     }
     Ok(())
 }
@@ -198,14 +204,14 @@ impl Conn for SqliteConn {
     }
 
     fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64> {
-        let mut st = self.c.prepare_cached(&sqlite_sql(sql))?;
+        let mut st = self.c.prepare_cached(sql)?;
         bind(&mut st, params)?;
         Ok(st.raw_execute()? as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
         use rusqlite::types::ValueRef;
-        let mut st = self.c.prepare_cached(&sqlite_sql(sql))?;
+        let mut st = self.c.prepare_cached(sql)?;
         bind(&mut st, params)?;
         let n = st.column_count();
         let mut rows = st.raw_query();
