@@ -113,6 +113,12 @@ impl Default for CatalogCache {
 }
 
 impl CatalogCache {
+    /// The loaded catalog, if it was checked against the store recently.
+    pub fn fresh(&self) -> Option<Arc<Catalog>> {
+        let g = self.inner.read().expect("catalog lock");
+        (g.1.elapsed() < CATALOG_RECHECK).then(|| g.0.clone())
+    }
+
     /// The current catalog, reloaded through `conn` if another writer changed it.
     pub fn get(&self, conn: &mut dyn Conn) -> Result<Arc<Catalog>> {
         {
@@ -916,12 +922,24 @@ pub enum Subject {
     Unknown,
 }
 
-const SUBJECT_SQL: &str =
-    "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, f.restricted_ms
-     FROM profiles p
-     LEFT JOIN consent_state s ON s.profile_id = p.id AND s.purpose_id = $2
-     LEFT JOIN profile_flags f ON f.profile_id = p.id
-     WHERE p.id = ";
+/// The decision's inputs for one person and purpose, in one read; the person
+/// named by the condition that completes it. Whole statements, so that the
+/// hot path formats nothing.
+macro_rules! subject_sql {
+    ($who:literal) => {
+        concat!(
+            "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, f.restricted_ms
+             FROM profiles p
+             LEFT JOIN consent_state s ON s.profile_id = p.id AND s.purpose_id = $2
+             LEFT JOIN profile_flags f ON f.profile_id = p.id
+             WHERE p.id = ",
+            $who
+        )
+    };
+}
+const SUBJECT_BY_ID: &str =
+    subject_sql!("(SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)");
+const SUBJECT_BY_BIDX: &str = subject_sql!("(SELECT profile_id FROM identifiers WHERE bidx = $1)");
 
 fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
     let Some(r) = row else { return Ok(None) };
@@ -941,9 +959,7 @@ fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
 
 /// The person with this profile id (following merges), for one purpose.
 pub fn subject_by_id(conn: &mut dyn Conn, profile: ProfileId, purpose: &str) -> Result<Subject> {
-    let sql =
-        format!("{SUBJECT_SQL}(SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)");
-    let row = conn.query_opt(&sql, &[P::Int(profile), P::Text(purpose)])?;
+    let row = conn.query_opt(SUBJECT_BY_ID, &[P::Int(profile), P::Text(purpose)])?;
     Ok(subject_of(row)?.unwrap_or(Subject::Unknown))
 }
 
@@ -953,8 +969,7 @@ pub fn subject_by_identifier(
     bidx: &BlindIndex,
     purpose: &str,
 ) -> Result<Subject> {
-    let sql = format!("{SUBJECT_SQL}(SELECT profile_id FROM identifiers WHERE bidx = $1)");
-    let row = conn.query_opt(&sql, &[P::Blob(&bidx.0), P::Text(purpose)])?;
+    let row = conn.query_opt(SUBJECT_BY_BIDX, &[P::Blob(&bidx.0), P::Text(purpose)])?;
     if let Some(s) = subject_of(row)? {
         return Ok(s);
     }

@@ -259,6 +259,10 @@ impl Store {
 
     /// The purpose catalog (reloaded when another writer changed it).
     pub fn catalog(&self) -> Result<Arc<Catalog>> {
+        // Most calls find it fresh and need no connection.
+        if let Some(c) = self.catalog.fresh() {
+            return Ok(c);
+        }
         self.catalog.get(&mut *self.conn()?)
     }
 
