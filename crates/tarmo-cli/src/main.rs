@@ -173,6 +173,10 @@ struct ServeArgs {
     /// The data protection officer's contact details, for the record of processing.
     #[arg(long, env = "TARMO_DPO_CONTACT")]
     dpo_contact: Option<String>,
+    /// SQLite: flush the log inside every commit instead of on the flusher
+    /// thread (same durability, lower throughput; for comparisons).
+    #[arg(long, env = "TARMO_SYNC_IN_COMMIT")]
+    sync_in_commit: bool,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -308,6 +312,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         tls_key: serve.tls_key,
         controller_contact: serve.controller_contact.or(file.controller_contact),
         dpo_contact: serve.dpo_contact.or(file.dpo_contact),
+        sync_in_commit: serve.sync_in_commit,
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -699,7 +704,10 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
-    let (writer, join) = store.start_writer(WriterConfig::default())?;
+    let (writer, join) = store.start_writer(WriterConfig {
+        pipelined: !s.serve.sync_in_commit,
+        ..WriterConfig::default()
+    })?;
     let (access, access_thread) = tarmo_store::access_log::AccessLogger::spawn(writer.clone());
     let state = tarmo_server::AppState::new(
         store.clone(),

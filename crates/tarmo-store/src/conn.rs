@@ -183,6 +183,12 @@ pub enum TxLock {
     AccessLog,
 }
 
+/// Makes the commits already written by a connection durable; see
+/// [`Conn::defer_sync`].
+pub trait Flusher: Send {
+    fn flush(&mut self) -> Result<()>;
+}
+
 /// One connection to a store. Transactions are explicit so that group commit
 /// can put many requests into one.
 ///
@@ -208,6 +214,13 @@ pub trait Conn: Send {
     /// A number that changes when another connection commits (SQLite's
     /// `data_version`); constant where caches are not kept (PostgreSQL).
     fn data_version(&mut self) -> Result<i64>;
+    /// Pipelined commit: from now on this connection's commits are written
+    /// but not flushed to stable storage, and the returned flusher makes
+    /// every commit so far durable (from any thread). `None` where a commit
+    /// is durable by itself (the default; PostgreSQL).
+    fn defer_sync(&mut self) -> Result<Option<Box<dyn Flusher>>> {
+        Ok(None)
+    }
     /// The first row of a query, if any.
     fn query_opt(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())

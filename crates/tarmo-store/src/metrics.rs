@@ -73,6 +73,8 @@ pub struct WriterMetrics {
     pub groups: AtomicU64,
     pub group_failures: AtomicU64,
     pub commit_seconds: Histogram,
+    /// One flush of the write-ahead log under pipelined commit.
+    pub flush_seconds: Histogram,
     pub group_events: Histogram,
 }
 
@@ -90,6 +92,7 @@ impl Default for WriterMetrics {
             groups: AtomicU64::new(0),
             group_failures: AtomicU64::new(0),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
+            flush_seconds: Histogram::new(LATENCY_BUCKETS),
             group_events: Histogram::new(GROUP_SIZE_BUCKETS),
         }
     }
@@ -155,6 +158,12 @@ impl WriterMetrics {
         );
         self.commit_seconds
             .render(out, "tarmo_store_commit_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_store_flush_seconds Time to make the commits written meanwhile durable (one fdatasync of the SQLite log).\n# TYPE tarmo_store_flush_seconds histogram"
+        );
+        self.flush_seconds
+            .render(out, "tarmo_store_flush_seconds", "");
         let _ = writeln!(
             out,
             "# HELP tarmo_store_group_events Events per group commit.\n# TYPE tarmo_store_group_events histogram"

@@ -10,6 +10,13 @@
 //! stays true. Writes by another process (a `tarmo import` next to a running
 //! server) are noticed through SQLite's `data_version`, and the cache is
 //! dropped.
+//!
+//! Pipelined commit (SQLite): the writer's commits write the log without
+//! waiting for the disk, and a second thread, the flusher, makes them
+//! durable with one fdatasync for every commit written meanwhile, and only
+//! then answers their requests. So the writer resolves group N+1 while the
+//! disk flushes group N, and no request hears "done" before its events are
+//! on stable storage.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::conn::{Conn, ProfileId};
+use crate::conn::{Conn, Flusher, ProfileId};
 use crate::consent::{Catalog, CatalogCache};
 use crate::metrics::WriterMetrics;
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier, Resolver};
@@ -105,6 +112,9 @@ pub struct WriterConfig {
     pub cache_capacity: Option<usize>,
     /// How long a messageId is remembered.
     pub dedup_window: Duration,
+    /// Flush the log on a thread of its own while the next group is
+    /// resolved (where the backend can; see the module's documentation).
+    pub pipelined: bool,
 }
 
 impl Default for WriterConfig {
@@ -114,6 +124,7 @@ impl Default for WriterConfig {
             max_group_events: 10_000,
             cache_capacity: Some(500_000),
             dedup_window: Duration::from_secs(7 * 24 * 3600),
+            pipelined: true,
         }
     }
 }
@@ -222,9 +233,96 @@ pub fn spawn(
     let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
     let join = std::thread::Builder::new()
         .name("tarmo-writer".into())
-        .spawn(move || run(conn, vault, catalog, metrics, cfg, rx))
+        .spawn(move || {
+            let mut conn = conn;
+            let deferred = if cfg.pipelined {
+                conn.defer_sync()
+            } else {
+                Ok(None)
+            };
+            let flusher = match deferred {
+                Ok(f) => f.map(|f| Acks::spawn(f, metrics.clone())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pipelined commit unavailable; every commit waits for the disk");
+                    None
+                }
+            };
+            let acks = flusher.unwrap_or(Acks::Now);
+            run(conn, vault, catalog, metrics, cfg, rx, &acks);
+            acks.finish();
+        })
         .expect("spawn the writer thread");
     (WriterHandle { tx }, join)
+}
+
+/// An answer to send once what it answers is durable.
+type Ack = Box<dyn FnOnce() + Send>;
+
+/// Where the writer sends its answers after a commit.
+enum Acks {
+    /// The commit was durable by itself: answer at once.
+    Now,
+    /// Answer after the flusher thread flushed.
+    Pipelined {
+        tx: SyncSender<Vec<Ack>>,
+        join: JoinHandle<()>,
+    },
+}
+
+impl Acks {
+    fn spawn(mut flusher: Box<dyn Flusher>, metrics: Arc<WriterMetrics>) -> Self {
+        // Bounded: when the disk falls behind, the writer waits here rather
+        // than piling up answered-in-memory work.
+        let (tx, rx) = sync_channel::<Vec<Ack>>(64);
+        let join = std::thread::Builder::new()
+            .name("tarmo-flusher".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut acks = first;
+                    while let Ok(more) = rx.try_recv() {
+                        acks.extend(more);
+                    }
+                    let started = Instant::now();
+                    if let Err(e) = flusher.flush() {
+                        // After a failed fsync the kernel may have dropped the
+                        // unwritten pages and marked them clean: nothing can
+                        // be promised any more about what was committed. Stop
+                        // (as PostgreSQL does) and let recovery read the log.
+                        tracing::error!(error = %e, "flushing the write-ahead log failed; stopping");
+                        std::process::abort();
+                    }
+                    metrics.flush_seconds.observe(started.elapsed());
+                    for ack in acks {
+                        ack();
+                    }
+                }
+            })
+            .expect("spawn the flusher thread");
+        Acks::Pipelined { tx, join }
+    }
+
+    /// Send `acks` once everything committed so far is durable.
+    fn after_commit(&self, acks: Vec<Ack>) {
+        match self {
+            Acks::Now => acks.into_iter().for_each(|a| a()),
+            Acks::Pipelined { tx, .. } => {
+                if let Err(e) = tx.send(acks) {
+                    // The flusher is gone only if it panicked; answer rather
+                    // than leave requests hanging.
+                    tracing::error!("the flusher has stopped");
+                    e.0.into_iter().for_each(|a| a());
+                }
+            }
+        }
+    }
+
+    /// Wait until every answer has been sent.
+    fn finish(self) {
+        if let Acks::Pipelined { tx, join } = self {
+            drop(tx);
+            let _ = join.join();
+        }
+    }
 }
 
 fn run(
@@ -234,6 +332,7 @@ fn run(
     metrics: Arc<WriterMetrics>,
     cfg: WriterConfig,
     rx: Receiver<Work>,
+    acks: &Acks,
 ) {
     let mut resolver = Resolver::new(cfg.cache_capacity);
     let mut last_purge = Instant::now();
@@ -262,7 +361,7 @@ fn run(
         }
         match first {
             Work::Tx(job) => {
-                run_tx(&mut *conn, &vault, &catalog, &mut resolver, job);
+                run_tx(&mut *conn, &vault, &catalog, &mut resolver, job, acks);
             }
             Work::Events(first) => {
                 let mut n = first.events.len();
@@ -280,7 +379,15 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                process(&mut *conn, &vault, &catalog, &metrics, &mut resolver, jobs);
+                process(
+                    &mut *conn,
+                    &vault,
+                    &catalog,
+                    &metrics,
+                    &mut resolver,
+                    jobs,
+                    acks,
+                );
             }
         }
         if let Ok(v) = conn.data_version() {
@@ -298,6 +405,7 @@ fn run_tx(
     catalog: &CatalogCache,
     resolver: &mut Resolver,
     mut job: Box<dyn TxJob>,
+    acks: &Acks,
 ) {
     let mut checkpoint = false;
     let result = (|| {
@@ -333,7 +441,11 @@ fn run_tx(
             resolver.abandon(vault);
         }
     }
-    job.finish(result);
+    if result.is_ok() {
+        acks.after_commit(vec![Box::new(move || job.finish(result))]);
+    } else {
+        job.finish(result);
+    }
 }
 
 fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
@@ -355,16 +467,22 @@ fn process(
     metrics: &WriterMetrics,
     resolver: &mut Resolver,
     jobs: Vec<Job>,
+    acks: &Acks,
 ) {
     let mut attempt = 0;
     loop {
         match commit_group(conn, vault, catalog, metrics, resolver, &jobs) {
             Ok(outcomes) => {
                 let mut it = outcomes.into_iter();
-                for j in jobs {
-                    let mine: Vec<Outcome> = it.by_ref().take(j.events.len()).collect();
-                    (j.reply)(Ok(mine));
-                }
+                let answers: Vec<Ack> = jobs
+                    .into_iter()
+                    .map(|j| {
+                        let mine: Vec<Outcome> = it.by_ref().take(j.events.len()).collect();
+                        let reply = j.reply;
+                        Box::new(move || reply(Ok(mine))) as Ack
+                    })
+                    .collect();
+                acks.after_commit(answers);
                 return;
             }
             Err(e) if e.is_transient() && attempt < 3 => {
@@ -380,7 +498,7 @@ fn process(
                 }
                 tracing::warn!(error = %e, jobs = jobs.len(), "group commit failed; committing its requests one by one");
                 for j in jobs {
-                    process(conn, vault, catalog, metrics, resolver, vec![j]);
+                    process(conn, vault, catalog, metrics, resolver, vec![j], acks);
                 }
                 return;
             }
@@ -437,5 +555,92 @@ fn commit_group(
             resolver.abandon(vault);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A flusher that flushes only when the test lets it, and counts.
+    struct Gate {
+        open: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+        flushes: Arc<AtomicUsize>,
+    }
+
+    impl Flusher for Gate {
+        fn flush(&mut self) -> Result<()> {
+            self.open.lock().unwrap().recv().unwrap();
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_answer_before_the_flush_and_one_flush_covers_what_waited() {
+        let (open_tx, open_rx) = std::sync::mpsc::channel();
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let acks = Acks::spawn(
+            Box::new(Gate {
+                open: Arc::new(Mutex::new(open_rx)),
+                flushes: flushes.clone(),
+            }),
+            Arc::new(WriterMetrics::default()),
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<u32>();
+        let answer = |n: u32| {
+            let done = done_tx.clone();
+            Box::new(move || done.send(n).unwrap()) as Ack
+        };
+        // The first commit's flush starts and blocks; two more commits are
+        // written meanwhile.
+        acks.after_commit(vec![answer(1)]);
+        std::thread::sleep(Duration::from_millis(50));
+        acks.after_commit(vec![answer(2), answer(3)]);
+        acks.after_commit(vec![answer(4)]);
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "answered before the log was flushed"
+        );
+        open_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "commits written after the flush began were answered by it"
+        );
+        open_tx.send(()).unwrap();
+        let rest: Vec<u32> = (0..3)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        assert_eq!(rest, vec![2, 3, 4]);
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            2,
+            "one flush for the three that waited"
+        );
+        acks.finish();
+    }
+
+    #[test]
+    fn sqlite_defers_its_log_sync_to_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = crate::sqlite::SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+        let mut c = b.connect().unwrap();
+        let mut f = c
+            .defer_sync()
+            .unwrap()
+            .expect("a file database has a log to flush");
+        let mode = c.query_opt("PRAGMA synchronous", &[]).unwrap().unwrap();
+        assert_eq!(mode.int(0).unwrap(), 1, "NORMAL: commits no longer fsync");
+        c.begin().unwrap();
+        c.meta_set("k", b"v").unwrap();
+        c.commit().unwrap();
+        f.flush().unwrap();
+        // Another connection keeps its own, durable, setting.
+        let mut other = b.connect().unwrap();
+        let mode = other.query_opt("PRAGMA synchronous", &[]).unwrap().unwrap();
+        assert_eq!(mode.int(0).unwrap(), 2);
     }
 }
