@@ -261,6 +261,93 @@ pub trait Conn: Send {
     fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>>;
 
     fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()>;
+
+    // ----------------------------------------------------------- batches
+    //
+    // Where every statement is a network round trip (PostgreSQL), a group
+    // reads what it needs up front and writes its new profiles, keys and
+    // identifiers with one statement each. The defaults loop over the
+    // single-row methods: in-process (SQLite) a call costs next to nothing,
+    // and the group never buffers there (`batch_writes` is false).
+
+    /// Whether a group should read ahead and buffer its writes.
+    fn batch_writes(&self) -> bool {
+        false
+    }
+    /// Reserve ids for `n` profiles to be created later with
+    /// [`Conn::profiles_insert`], without creating them. Ids reserved but not
+    /// used are never handed out again. Only where `batch_writes`.
+    fn profile_ids_reserve(&mut self, n: usize) -> Result<Vec<ProfileId>> {
+        let _ = n;
+        Err(crate::Error::Backend(format!(
+            "{} does not reserve profile ids",
+            self.backend_name()
+        )))
+    }
+    /// Create profiles with ids from [`Conn::profile_ids_reserve`].
+    fn profiles_insert(&mut self, ids: &[ProfileId], now_ms: i64) -> Result<()> {
+        let _ = (ids, now_ms);
+        Err(crate::Error::Backend(format!(
+            "{} does not create profiles by id",
+            self.backend_name()
+        )))
+    }
+    /// `(owner, profile, wrapped)` rows, as [`Conn::data_key_insert`].
+    fn data_keys_insert(&mut self, rows: &[(ProfileId, ProfileId, Vec<u8>)]) -> Result<()> {
+        for (owner, profile, wrapped) in rows {
+            self.data_key_insert(*owner, *profile, wrapped)?;
+        }
+        Ok(())
+    }
+    /// As [`Conn::identifier_insert`], for each `(row, profile)`.
+    fn identifiers_insert(&mut self, rows: &[(IdentifierRow, ProfileId)]) -> Result<()> {
+        for (row, profile) in rows {
+            self.identifier_insert(row, *profile)?;
+        }
+        Ok(())
+    }
+    /// As [`Conn::data_key_get`], for each owner.
+    fn data_keys_get(&mut self, owners: &[ProfileId]) -> Result<Vec<Option<Vec<u8>>>> {
+        owners.iter().map(|&o| self.data_key_get(o)).collect()
+    }
+    /// As [`Conn::profile_get`] (following merges), for each id.
+    fn profiles_get(&mut self, ids: &[ProfileId]) -> Result<Vec<Option<ProfileRow>>> {
+        ids.iter().map(|&p| self.profile_get(p)).collect()
+    }
+    /// As [`Conn::identifiers_of`], for each profile: `(profile, row)` pairs.
+    fn identifiers_of_many(
+        &mut self,
+        profiles: &[ProfileId],
+    ) -> Result<Vec<(ProfileId, IdentifierRow)>> {
+        let mut out = Vec::new();
+        for &p in profiles {
+            out.extend(self.identifiers_of(p)?.into_iter().map(|r| (p, r)));
+        }
+        Ok(out)
+    }
+    /// As [`Conn::profile_set_traits`], for each `(profile, sealed traits)`.
+    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Vec<u8>)], now_ms: i64) -> Result<()> {
+        for (p, sealed) in rows {
+            self.profile_set_traits(*p, sealed, now_ms)?;
+        }
+        Ok(())
+    }
+    /// As [`Conn::profile_add_events`], for each `(profile, n)`.
+    fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], now_ms: i64) -> Result<()> {
+        for &(p, n) in rows {
+            self.profile_add_events(p, n, now_ms)?;
+        }
+        Ok(())
+    }
+    /// Which of these blind indexes are on the suppression list.
+    fn suppressed_many(&mut self, keys: &[BlindIndex]) -> Result<Vec<bool>> {
+        keys.iter()
+            .map(|k| {
+                let q = "SELECT 1 FROM suppression WHERE bidx = $1";
+                Ok(self.query_opt(q, &[P::Blob(&k.0)])?.is_some())
+            })
+            .collect()
+    }
     /// Newest first; `before` is an event id cursor.
     fn events_page(
         &mut self,

@@ -497,6 +497,175 @@ impl Conn for PgConn {
             .collect()
     }
 
+    fn batch_writes(&self) -> bool {
+        true
+    }
+
+    fn profile_ids_reserve(&mut self, n: usize) -> Result<Vec<ProfileId>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .c
+            .query(
+                "SELECT nextval('profiles_id_seq') FROM generate_series(1, $1::bigint)",
+                &[&(n as i64)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn profiles_insert(&mut self, ids: &[ProfileId], now_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.c.execute(
+            "INSERT INTO profiles (id, created_ms, updated_ms) SELECT unnest($1::bigint[]), $2, $2",
+            &[&ids, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn data_keys_insert(&mut self, rows: &[(ProfileId, ProfileId, Vec<u8>)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let owner: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let profile: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let wrapped: Vec<&[u8]> = rows.iter().map(|r| &r.2[..]).collect();
+        self.c.execute(
+            "INSERT INTO data_keys (owner_id, profile_id, wrapped)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            &[&owner, &profile, &wrapped],
+        )?;
+        Ok(())
+    }
+
+    fn identifiers_insert(&mut self, rows: &[(IdentifierRow, ProfileId)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let bidx: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.bidx.0[..]).collect();
+        let kind: Vec<&str> = rows.iter().map(|(r, _)| r.kind.as_str()).collect();
+        let profile: Vec<i64> = rows.iter().map(|(_, p)| *p).collect();
+        let owner: Vec<i64> = rows.iter().map(|(r, _)| r.key_owner).collect();
+        let sealed: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.sealed[..]).collect();
+        let first: Vec<i64> = rows.iter().map(|(r, _)| r.first_seen_ms).collect();
+        self.c.execute(
+            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])",
+            &[&bidx, &kind, &profile, &owner, &sealed, &first],
+        )?;
+        Ok(())
+    }
+
+    fn data_keys_get(&mut self, owners: &[ProfileId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let rows = self.c.query(
+            "SELECT owner_id, wrapped FROM data_keys WHERE owner_id = ANY($1)",
+            &[&owners],
+        )?;
+        let mut found: std::collections::HashMap<i64, Vec<u8>> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(owners.iter().map(|o| found.remove(o)).collect())
+    }
+
+    fn profiles_get(&mut self, ids: &[ProfileId]) -> Result<Vec<Option<ProfileRow>>> {
+        // Each asked id with the row of the profile it was merged into, if any.
+        let rows = self.c.query(
+            "SELECT q.id, p.id, p.created_ms, p.updated_ms, p.event_count, p.traits
+             FROM unnest($1::bigint[]) AS q(id)
+             JOIN profiles m ON m.id = q.id
+             JOIN profiles p ON p.id = COALESCE(m.merged_into, m.id)",
+            &[&ids],
+        )?;
+        let mut found: std::collections::HashMap<i64, ProfileRow> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ProfileRow {
+                        id: r.get(1),
+                        created_ms: r.get(2),
+                        updated_ms: r.get(3),
+                        event_count: r.get(4),
+                        traits: r.get(5),
+                    },
+                )
+            })
+            .collect();
+        Ok(ids.iter().map(|p| found.remove(p)).collect())
+    }
+
+    fn identifiers_of_many(
+        &mut self,
+        profiles: &[ProfileId],
+    ) -> Result<Vec<(ProfileId, IdentifierRow)>> {
+        self.c
+            .query(
+                "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+                 WHERE profile_id = ANY($1) ORDER BY profile_id, first_seen_ms, kind",
+                &[&profiles],
+            )?
+            .iter()
+            .map(|r| {
+                let b: Vec<u8> = r.get(2);
+                Ok((
+                    r.get(0),
+                    IdentifierRow {
+                        kind: r.get(1),
+                        bidx: BlindIndex::from_slice(&b)?,
+                        key_owner: r.get(3),
+                        sealed: r.get(4),
+                        first_seen_ms: r.get(5),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Vec<u8>)], now_ms: i64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let traits: Vec<&[u8]> = rows.iter().map(|r| &r.1[..]).collect();
+        self.c.execute(
+            "UPDATE profiles p SET traits = u.traits, updated_ms = $3
+             FROM unnest($1::bigint[], $2::bytea[]) AS u(id, traits) WHERE p.id = u.id",
+            &[&id, &traits, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], now_ms: i64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let n: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        self.c.execute(
+            "UPDATE profiles p SET event_count = p.event_count + u.n,
+                 updated_ms = greatest(p.updated_ms, $3)
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(id, n) WHERE p.id = u.id",
+            &[&id, &n, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn suppressed_many(&mut self, keys: &[BlindIndex]) -> Result<Vec<bool>> {
+        let arr: Vec<&[u8]> = keys.iter().map(|k| &k.0[..]).collect();
+        let rows = self
+            .c
+            .query("SELECT bidx FROM suppression WHERE bidx = ANY($1)", &[&arr])?;
+        let mut found = std::collections::HashSet::with_capacity(rows.len());
+        for r in &rows {
+            let b: Vec<u8> = r.get(0);
+            found.insert(BlindIndex::from_slice(&b)?);
+        }
+        Ok(keys.iter().map(|k| found.contains(k)).collect())
+    }
+
     fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());

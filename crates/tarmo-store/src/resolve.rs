@@ -100,6 +100,18 @@ struct Facts {
     strong: bool,
 }
 
+impl Facts {
+    /// Take in one of the profile's stored identifiers.
+    fn observe(&mut self, row: &IdentifierRow) {
+        if row.kind == "user_id" {
+            self.user_id = Some(row.bidx);
+        }
+        if row.kind != "anonymous_id" && row.kind != "device_id" {
+            self.strong = true;
+        }
+    }
+}
+
 /// Counters of what a group did, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GroupStats {
@@ -143,6 +155,28 @@ struct Group<'a> {
     counts: HashMap<ProfileId, i64>,
     redirect: HashMap<ProfileId, ProfileId>,
     stats: GroupStats,
+    /// Data keys the group has used or made, by owner. A new profile's key
+    /// must stay at hand: with batched writes it is not in the store yet.
+    keys: HashMap<ProfileId, DataKey>,
+    /// Sealed traits read ahead, by profile asked for (not yet opened).
+    sealed_traits: HashMap<ProfileId, Option<Vec<u8>>>,
+    /// Writes held until the end of the group, where the backend batches.
+    batch: Option<Batch>,
+}
+
+/// Where every statement is a network round trip (PostgreSQL), the rows a
+/// group creates are held here and written with one statement per table
+/// (`Group::flush`): before any merge (which moves rows by profile id in the
+/// store, and so must see them) and before the events. Held rows live only
+/// as long as the group: on failure they are dropped with it, and the
+/// transaction is rolled back.
+#[derive(Default)]
+struct Batch {
+    /// Reserved ids not handed out yet (last first).
+    free_ids: Vec<ProfileId>,
+    profiles: Vec<ProfileId>,
+    data_keys: Vec<(ProfileId, ProfileId, Vec<u8>)>,
+    identifiers: Vec<(IdentifierRow, ProfileId)>,
 }
 
 impl Resolver {
@@ -275,6 +309,9 @@ impl Resolver {
             counts: HashMap::new(),
             redirect: HashMap::new(),
             stats: GroupStats::default(),
+            keys: HashMap::new(),
+            sealed_traits: HashMap::new(),
+            batch: None,
         };
         let mut unknown = Vec::new();
         let mut asked = HashSet::new();
@@ -313,15 +350,20 @@ impl Resolver {
         };
         if !unknown.is_empty() {
             let found = g.conn.identifiers_lookup(&unknown)?;
+            let mut nobody = Vec::new();
             for (b, p) in unknown.iter().zip(found) {
                 match p {
                     Some(p) => {
                         g.ids.insert(*b, p);
                     }
-                    None => {
-                        if any_suppressed && crate::consent::suppressed(g.conn, b)?.is_some() {
-                            suppressed.insert(*b);
-                        }
+                    None => nobody.push(*b),
+                }
+            }
+            if any_suppressed && !nobody.is_empty() {
+                let on_list = g.conn.suppressed_many(&nobody)?;
+                for (b, s) in nobody.iter().zip(on_list) {
+                    if s {
+                        suppressed.insert(*b);
                     }
                 }
             }
@@ -334,6 +376,27 @@ impl Resolver {
                     g.stats.suppressed += 1;
                 }
             }
+        }
+
+        if g.conn.batch_writes() {
+            // Profiles needed: at most one per event or subject that names
+            // an identifier nobody has (or none at all); more are reserved
+            // on the way should that ever fall short.
+            let needed = events
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| live[*i])
+                .map(|(_, e)| &e.identifiers[..])
+                .chain(subjects.iter().copied())
+                .filter(|ids| ids.is_empty() || ids.iter().any(|id| !g.ids.contains_key(&id.bidx)))
+                .count();
+            g.read_ahead()?;
+            let mut free_ids = g.conn.profile_ids_reserve(needed)?;
+            free_ids.reverse();
+            g.batch = Some(Batch {
+                free_ids,
+                ..Batch::default()
+            });
         }
 
         let mut rows = Vec::with_capacity(events.len());
@@ -382,22 +445,32 @@ impl Resolver {
             outcomes[i] = Outcome::Stored(ev.profile_id);
             new_events.push(ev);
         }
+        g.flush()?;
         g.conn.events_insert(&new_events)?;
         let mut counts: HashMap<ProfileId, i64> = HashMap::new();
         for (p, n) in std::mem::take(&mut g.counts) {
             *counts.entry(g.canon(p)).or_default() += n;
         }
-        for (p, n) in counts {
-            g.conn.profile_add_events(p, n, now_ms)?;
-        }
-        for p in std::mem::take(&mut g.dirty_traits) {
-            let p = g.canon(p);
+        // In id order, so that concurrent writers lock rows in one order.
+        let mut counts: Vec<(ProfileId, i64)> = counts.into_iter().collect();
+        counts.sort_unstable();
+        g.conn.profiles_add_events(&counts, now_ms)?;
+        let mut dirty: Vec<ProfileId> = std::mem::take(&mut g.dirty_traits)
+            .into_iter()
+            .map(|p| g.canon(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        dirty.sort_unstable();
+        let mut traits = Vec::with_capacity(dirty.len());
+        for p in dirty {
             if let Some(bytes) = g.traits.get(&p).map(TraitSet::to_bytes) {
                 let key = g.key(p)?;
                 let sealed = g.vault.seal(&key, Place::ProfileTraits, p, &bytes)?;
-                g.conn.profile_set_traits(p, &sealed, now_ms)?;
+                traits.push((p, sealed));
             }
         }
+        g.conn.profiles_set_traits(&traits, now_ms)?;
 
         let subject_profiles = subject_profiles.into_iter().map(|p| g.canon(p)).collect();
 
@@ -540,10 +613,67 @@ impl Group<'_> {
     }
 
     fn key(&mut self, owner: ProfileId) -> Result<DataKey> {
+        if let Some(k) = self.keys.get(&owner) {
+            return Ok(k.clone());
+        }
         let conn = &mut *self.conn;
-        self.vault
+        let key = self
+            .vault
             .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| crate::Error::Corrupt(format!("profile {owner} has no data key")))
+            .ok_or_else(|| crate::Error::Corrupt(format!("profile {owner} has no data key")))?;
+        self.keys.insert(owner, key.clone());
+        Ok(key)
+    }
+
+    /// Read, in one statement each, what resolving will ask of every profile
+    /// the group's identifiers were found on: its identifiers (for the merge
+    /// rules), its traits and its data key. Without this, each profile
+    /// costs several round trips.
+    fn read_ahead(&mut self) -> Result<()> {
+        let mut profiles: Vec<ProfileId> = self
+            .ids
+            .values()
+            .copied()
+            .filter(|p| !self.facts.contains_key(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        profiles.sort_unstable();
+        for &p in &profiles {
+            self.facts.insert(p, Facts::default());
+        }
+        for (p, row) in self.conn.identifiers_of_many(&profiles)? {
+            let f = self.facts.entry(p).or_default();
+            f.observe(&row);
+        }
+        for (&p, row) in profiles.iter().zip(self.conn.profiles_get(&profiles)?) {
+            self.sealed_traits.insert(p, row.and_then(|r| r.traits));
+        }
+        for (&p, wrapped) in profiles.iter().zip(self.conn.data_keys_get(&profiles)?) {
+            if let Some(w) = wrapped
+                && let Some(k) = self.vault.data_key(p, || Ok(Some(w)))?
+            {
+                self.keys.insert(p, k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Write what the batch holds: profiles first, then what refers to them.
+    fn flush(&mut self) -> Result<()> {
+        let Some(b) = &mut self.batch else {
+            return Ok(());
+        };
+        let profiles = std::mem::take(&mut b.profiles);
+        let data_keys = std::mem::take(&mut b.data_keys);
+        let identifiers = std::mem::take(&mut b.identifiers);
+        self.conn.profiles_insert(&profiles, self.now_ms)?;
+        self.conn.data_keys_insert(&data_keys)?;
+        self.conn.identifiers_insert(&identifiers)?;
+        Ok(())
     }
 
     fn facts(&mut self, r: &mut Resolver, p: ProfileId) -> Result<Facts> {
@@ -556,12 +686,7 @@ impl Group<'_> {
         }
         let mut f = Facts::default();
         for row in self.conn.identifiers_of(p)? {
-            if row.kind == "user_id" {
-                f.user_id = Some(row.bidx);
-            }
-            if row.kind != "anonymous_id" && row.kind != "device_id" {
-                f.strong = true;
-            }
+            f.observe(&row);
         }
         self.facts.insert(p, f);
         Ok(f)
@@ -571,8 +696,11 @@ impl Group<'_> {
         if self.traits.contains_key(&p) {
             return Ok(());
         }
-        let row = self.conn.profile_get(p)?;
-        let t = match row.and_then(|r| r.traits) {
+        let sealed = match self.sealed_traits.remove(&p) {
+            Some(read_ahead) => read_ahead,
+            None => self.conn.profile_get(p)?.and_then(|r| r.traits),
+        };
+        let t = match sealed {
             None => TraitSet::default(),
             Some(sealed) => {
                 let key = self.key(p)?;
@@ -585,9 +713,26 @@ impl Group<'_> {
     }
 
     fn create_profile(&mut self) -> Result<ProfileId> {
-        let p = self.conn.profile_create(self.now_ms)?;
-        let (_, wrapped) = self.vault.new_data_key(p)?;
-        self.conn.data_key_insert(p, p, &wrapped)?;
+        let p = match &mut self.batch {
+            None => self.conn.profile_create(self.now_ms)?,
+            Some(b) => {
+                if b.free_ids.is_empty() {
+                    b.free_ids = self.conn.profile_ids_reserve(64)?;
+                    b.free_ids.reverse();
+                }
+                let p = b.free_ids.pop().ok_or_else(|| {
+                    crate::Error::Backend("no profile id was reserved".to_owned())
+                })?;
+                b.profiles.push(p);
+                p
+            }
+        };
+        let (key, wrapped) = self.vault.new_data_key(p)?;
+        self.keys.insert(p, key);
+        match &mut self.batch {
+            None => self.conn.data_key_insert(p, p, &wrapped)?,
+            Some(b) => b.data_keys.push((p, p, wrapped)),
+        }
         self.facts.insert(p, Facts::default());
         self.traits.insert(p, TraitSet::default());
         self.stats.profiles_created += 1;
@@ -600,16 +745,17 @@ impl Group<'_> {
         let sealed = self
             .vault
             .seal(&key, Place::IdentifierValue, p, id.value.as_bytes())?;
-        self.conn.identifier_insert(
-            &IdentifierRow {
-                kind: id.kind.as_str().to_owned(),
-                bidx: id.bidx,
-                key_owner: p,
-                sealed,
-                first_seen_ms: self.now_ms,
-            },
-            p,
-        )?;
+        let row = IdentifierRow {
+            kind: id.kind.as_str().to_owned(),
+            bidx: id.bidx,
+            key_owner: p,
+            sealed,
+            first_seen_ms: self.now_ms,
+        };
+        match &mut self.batch {
+            None => self.conn.identifier_insert(&row, p)?,
+            Some(b) => b.identifiers.push((row, p)),
+        }
         self.ids.insert(id.bidx, p);
         let f = self.facts.entry(p).or_default();
         if id.kind == IdentifierKind::UserId {
@@ -651,6 +797,8 @@ impl Group<'_> {
             self.dirty_traits.insert(into);
         }
         self.dirty_traits.remove(&from);
+        // The merge moves rows by profile id in the store: held ones too.
+        self.flush()?;
         self.conn
             .profile_merge(from, into, kind.as_str(), self.now_ms)?;
         crate::consent::after_merge(self.conn, from, into)?;

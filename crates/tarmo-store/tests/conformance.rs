@@ -142,6 +142,7 @@ conformance!(
     exports_follow_purposes_categories_and_decisions,
     disclosures_follow_a_merge,
     erasure_notifications_are_queued_once_sealed_and_wiped,
+    a_group_resolves_as_its_messages_one_by_one,
 );
 
 #[path = "conformance/consent.rs"]
@@ -505,4 +506,85 @@ fn a_wrong_master_key_is_refused(h: &Harness) {
     let again = Backend::open(h._dir.path(), url.as_deref()).unwrap();
     assert!(Store::open(again, &MasterKey::from_hex(&h.master_hex).unwrap(), 10).is_ok());
     let _ = IdentifierKind::Email;
+}
+
+/// Messages that create, link, merge and refuse to merge customers, some of
+/// them new within the group: ingested as one group (where PostgreSQL holds
+/// the new rows until the group's end) they must give the same profiles as
+/// ingested one at a time.
+fn a_group_resolves_as_its_messages_one_by_one(h: &Harness) {
+    let before = vec![json!({"type": "identify", "userId": "u0", "anonymousId": "a0"})];
+    let group = vec![
+        json!({"type": "track", "anonymousId": "a1", "event": "Viewed"}),
+        json!({"type": "identify", "anonymousId": "a1", "userId": "u1", "timestamp": "2024-01-01T00:00:00Z", "traits": {"email": "e1@x.fi", "tier": "gold"}}),
+        json!({"type": "track", "anonymousId": "a2", "event": "Viewed", "properties": {"n": 1}}),
+        json!({"type": "identify", "anonymousId": "a2", "timestamp": "2024-01-03T00:00:00Z", "traits": {"email": "e1@x.fi", "city": "Oulu"}}),
+        json!({"type": "identify", "userId": "u2", "anonymousId": "a3"}),
+        json!({"type": "identify", "userId": "u2", "traits": {"email": "e1@x.fi"}}),
+        json!({"type": "identify", "anonymousId": "a4", "traits": {"email": "e2@x.fi"}, "context": {"device": {"id": "d1"}}}),
+        json!({"type": "identify", "anonymousId": "a5", "traits": {"email": "e3@x.fi"}, "context": {"device": {"id": "d1"}}}),
+        json!({"type": "identify", "userId": "u1", "timestamp": "2023-01-01T00:00:00Z", "traits": {"tier": "free", "age": 40}}),
+        json!({"type": "identify", "userId": "u1", "timestamp": "2024-02-01T00:00:00Z", "traits": {"tier": "silver"}}),
+        json!({"type": "identify", "anonymousId": "a0", "traits": {"email": "e0@x.fi"}}),
+        json!({"type": "track", "userId": "u0", "anonymousId": "a1", "event": "Paid"}),
+        json!({"type": "track", "anonymousId": "a6", "event": "Viewed"}),
+        json!({"type": "identify", "anonymousId": "a6", "traits": {"email": "e0@x.fi"}}),
+    ];
+    let one_by_one = Harness::new(h.pg.is_some());
+    h.ingest(before.clone());
+    one_by_one.ingest(before);
+    let together = h.ingest(group.clone());
+    assert!(together.iter().all(|o| matches!(o, Outcome::Stored(_))));
+    for m in group {
+        stored(&one_by_one.ingest(vec![m])[0]);
+    }
+    let describe = |h: &Harness| {
+        let mut ids = std::collections::BTreeSet::new();
+        for (kind, values) in [
+            ("user_id", &["u0", "u1", "u2"][..]),
+            (
+                "anonymous_id",
+                &["a0", "a1", "a2", "a3", "a4", "a5", "a6"][..],
+            ),
+            ("email", &["e0@x.fi", "e1@x.fi", "e2@x.fi", "e3@x.fi"][..]),
+            ("device_id", &["d1"][..]),
+        ] {
+            for v in values {
+                ids.insert(h.lookup(kind, v).unwrap_or_else(|| panic!("{kind} {v}")));
+            }
+        }
+        let mut profiles: Vec<String> = ids
+            .into_iter()
+            .map(|p| {
+                let v = h.store.profile_view(p).unwrap().unwrap();
+                let mut idents: Vec<_> = v
+                    .identifiers
+                    .iter()
+                    .map(|i| format!("{}={}", i.kind, i.value))
+                    .collect();
+                idents.sort();
+                let mut merges: Vec<_> = v
+                    .merges
+                    .iter()
+                    .map(|m| format!("{} {} {:?}", m.identifier_type, m.outcome, m.reason))
+                    .collect();
+                merges.sort();
+                format!(
+                    "{idents:?} events={} traits={} merges={merges:?}",
+                    v.event_count,
+                    Value::Object(v.traits)
+                )
+            })
+            .collect();
+        profiles.sort();
+        (profiles, h.store.counts().unwrap())
+    };
+    let (a, ca) = describe(h);
+    let (b, cb) = describe(&one_by_one);
+    assert_eq!(a, b);
+    assert_eq!(
+        (ca.profiles, ca.events, ca.identifiers),
+        (cb.profiles, cb.events, cb.identifiers)
+    );
+    assert_eq!(ca.events, 15);
 }
