@@ -189,10 +189,18 @@ fn main() {
     );
     let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .ok()
-        .and_then(|s| {
+        .map(|s| {
+            // VmRSS, and how much of it is the database's pages mapped in
+            // (RssFile: page cache, given back under memory pressure).
             s.lines()
-                .find(|l| l.starts_with("VmRSS"))
-                .map(str::to_owned)
+                .filter(|l| {
+                    ["VmRSS", "RssAnon", "RssFile"]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                })
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join(", ")
         })
         .unwrap_or_default();
     println!("server {rss}");

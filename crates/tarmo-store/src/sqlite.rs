@@ -115,12 +115,98 @@ pub struct SqliteConn {
 /// transaction committed to it before the call survives power loss.
 struct WalFlusher {
     wal: std::fs::File,
+    checkpointer: Checkpointer,
 }
 
 impl Flusher for WalFlusher {
     fn flush(&mut self) -> Result<()> {
         self.wal.sync_data()?;
+        self.checkpointer.nudge();
         Ok(())
+    }
+}
+
+/// At most one checkpoint in this time: a page that many groups wrote
+/// meanwhile is copied into the database once.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Log size at which the checkpointer waits for the writer to get the log
+/// back to its start, should passive checkpoints not have managed it.
+const RESTART_AT: u64 = 1 << 30;
+
+/// Checkpoints on a thread and connection of its own, so that the writer
+/// never stops to copy pages into the database file: it only appends to the
+/// log. A passive checkpoint runs beside the writer; once it has copied the
+/// whole log, the writer's next transaction starts the log from the
+/// beginning again.
+struct Checkpointer {
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(db: &str) -> Result<Self> {
+        let c = Connection::open(db)?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        let wal = PathBuf::from(format!("{db}-wal"));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let join = std::thread::Builder::new()
+            .name("tarmo-checkpointer".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                // Woken by a flush (something was written), or now and then
+                // to finish a checkpoint the writer held back.
+                let mut asked = false;
+                loop {
+                    if !asked {
+                        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+                            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    asked = false;
+                    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    if len == 0 {
+                        continue;
+                    }
+                    let mode = if len > RESTART_AT {
+                        "RESTART"
+                    } else {
+                        "PASSIVE"
+                    };
+                    if let Err(e) = c.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
+                        tracing::warn!(error = %e, mode, "checkpoint failed; trying again later");
+                    }
+                    let rest = std::time::Instant::now() + CHECKPOINT_EVERY;
+                    loop {
+                        let left = rest.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(()) => asked = true,
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            nudge: Some(tx),
+            join: Some(join),
+        })
+    }
+
+    fn nudge(&self) {
+        if let Some(tx) = &self.nudge {
+            // Full: a checkpoint is already asked for.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.nudge.take();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
     }
 }
 
@@ -274,14 +360,18 @@ impl Conn for SqliteConn {
         // the database after, so only the flush below is deferred.
         self.c.pragma_update(None, "synchronous", "NORMAL")?;
         // The writer touches random pages of several indexes (dedup hashes,
-        // events by profile, identifiers): a 64 MiB page cache and reads
-        // through a memory map instead of a pread per page missed, and
-        // checkpoints every ~40 MB of log rather than 4 MB, so a page
-        // written by many groups is copied to the database once.
+        // events by profile, identifiers): a 64 MiB page cache, and reads
+        // through a memory map instead of a pread per page missed.
         self.c.pragma_update(None, "cache_size", -65536)?;
         self.c.pragma_update(None, "mmap_size", 1i64 << 30)?;
-        self.c.pragma_update(None, "wal_autocheckpoint", 10000)?;
-        Ok(Some(Box::new(WalFlusher { wal })))
+        // Checkpoints move to a thread of their own; once the log has been
+        // copied and starts again from the beginning, it is cut back to
+        // 64 MiB, so its size tells whether checkpoints keep up.
+        let checkpointer = Checkpointer::spawn(db)?;
+        self.c.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.c
+            .pragma_update(None, "journal_size_limit", 64i64 << 20)?;
+        Ok(Some(Box::new(WalFlusher { wal, checkpointer })))
     }
 
     fn data_version(&mut self) -> Result<i64> {

@@ -638,6 +638,25 @@ mod tests {
         c.meta_set("k", b"v").unwrap();
         c.commit().unwrap();
         f.flush().unwrap();
+        // The writer no longer checkpoints (it would stop to copy pages):
+        // the checkpointer thread does, once woken by a flush.
+        let db = dir.path().join("t.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        for i in 0..64 {
+            c.begin().unwrap();
+            c.meta_set(&format!("blob{i}"), &vec![i as u8; 32 * 1024])
+                .unwrap();
+            c.commit().unwrap();
+        }
+        f.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&db).unwrap().len() < before + 1_000_000 {
+            assert!(
+                Instant::now() < deadline,
+                "the log was not checkpointed into the database file"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Another connection keeps its own, durable, setting.
         let mut other = b.connect().unwrap();
         let mode = other.query_opt("PRAGMA synchronous", &[]).unwrap().unwrap();
