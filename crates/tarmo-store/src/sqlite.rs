@@ -129,15 +129,14 @@ impl Flusher for WalFlusher {
 /// At most one checkpoint in this time: a page that many groups wrote
 /// meanwhile is copied into the database once.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Log size at which the checkpointer waits for the writer to get the log
-/// back to its start, should passive checkpoints not have managed it.
-const RESTART_AT: u64 = 1 << 30;
 
 /// Checkpoints on a thread and connection of its own, so that the writer
-/// never stops to copy pages into the database file: it only appends to the
+/// seldom stops to copy pages into the database file: it appends to the
 /// log. A passive checkpoint runs beside the writer; once it has copied the
 /// whole log, the writer's next transaction starts the log from the
-/// beginning again.
+/// beginning again. When the writer appends faster than checkpoints copy
+/// (a very large database, pages everywhere), the log would grow without
+/// end: the writer's own checkpoint at 256 MiB of log is the brake.
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
     join: Option<std::thread::JoinHandle<()>>,
@@ -168,13 +167,8 @@ impl Checkpointer {
                     if len == 0 {
                         continue;
                     }
-                    let mode = if len > RESTART_AT {
-                        "RESTART"
-                    } else {
-                        "PASSIVE"
-                    };
-                    if let Err(e) = c.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
-                        tracing::warn!(error = %e, mode, "checkpoint failed; trying again later");
+                    if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(error = %e, "checkpoint failed; trying again later");
                     }
                     let rest = std::time::Instant::now() + CHECKPOINT_EVERY;
                     loop {
@@ -364,11 +358,11 @@ impl Conn for SqliteConn {
         // through a memory map instead of a pread per page missed.
         self.c.pragma_update(None, "cache_size", -65536)?;
         self.c.pragma_update(None, "mmap_size", 1i64 << 30)?;
-        // Checkpoints move to a thread of their own; once the log has been
-        // copied and starts again from the beginning, it is cut back to
-        // 64 MiB, so its size tells whether checkpoints keep up.
+        // Checkpoints move to a thread of their own (the writer checkpoints
+        // only if they fall 256 MiB behind); once the log has been copied
+        // and starts again from the beginning, it is cut back to 64 MiB.
         let checkpointer = Checkpointer::spawn(db)?;
-        self.c.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.c.pragma_update(None, "wal_autocheckpoint", 65536)?;
         self.c
             .pragma_update(None, "journal_size_limit", 64i64 << 20)?;
         Ok(Some(Box::new(WalFlusher { wal, checkpointer })))
