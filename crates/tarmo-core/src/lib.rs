@@ -14,3 +14,4 @@ pub mod identity;
 pub mod processor;
 pub mod profile;
 pub mod segment;
+pub mod segments;
