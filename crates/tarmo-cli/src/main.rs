@@ -213,6 +213,8 @@ struct FileConfig {
     /// What feeds each purpose from CMP strings: `[consent_signals.analytics]`
     /// tables; replaces the default mapping.
     consent_signals: Option<BTreeMap<PurposeId, SignalSources>>,
+    /// Orders and lifecycle thresholds: `[commerce]`.
+    commerce: Option<tarmo_core::segments::LifecycleConfig>,
 }
 
 struct Settings {
@@ -227,6 +229,7 @@ struct Settings {
     data_subject_categories: Vec<String>,
     roles: tarmo_server::auth::Roles,
     limits: tarmo_server::auth::RateLimits,
+    commerce: tarmo_core::segments::LifecycleConfig,
 }
 
 /// Roles from `tarmo.toml`: `[roles.NAME]` with `permissions` and `data`
@@ -334,6 +337,11 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
             .transpose()?
             .unwrap_or_default(),
         data_subject_categories: file.data_subject_categories.unwrap_or_default(),
+        commerce: {
+            let c = file.commerce.unwrap_or_default();
+            c.validate().map_err(anyhow::Error::msg)?;
+            c
+        },
         roles: file.roles.map(file_roles).transpose()?.unwrap_or_default(),
         limits: {
             let mut l = tarmo_server::auth::RateLimits::default();
@@ -709,12 +717,24 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         ..WriterConfig::default()
     })?;
     let (access, access_thread) = tarmo_store::access_log::AccessLogger::spawn(writer.clone());
+    let segments = tarmo_store::segments::engine::SegmentEngine::start(
+        store.clone(),
+        writer.clone(),
+        s.commerce.clone(),
+    )?;
+    let segments_thread = {
+        let engine = segments.clone();
+        std::thread::Builder::new()
+            .name("tarmo-segments".into())
+            .spawn(move || engine.run())?
+    };
     let state = tarmo_server::AppState::new(
         store.clone(),
         writer.clone(),
         s.identity.clone(),
         config.clone(),
         access,
+        segments.clone(),
     );
     let writer_for_sweeps = writer.clone();
     let notices = tarmo_server::notices::spawn(tarmo_server::notices::NoticeWorker {
@@ -767,6 +787,9 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     access_thread.join();
     // The workers hold writer handles: stop them first. Then every handle
     // is gone, so the writer drains its queue and stops.
+    segments.stop();
+    let _ = segments_thread.join();
+    drop(segments);
     mailer.stop();
     sweeper.stop();
     notices.stop();

@@ -43,10 +43,14 @@ pub enum Permission {
     AuditRead,
     /// Make and revoke keys.
     KeysManage,
+    /// Segment definitions, counts and members (profile ids).
+    SegmentsRead,
+    /// Define, change, preview and delete segments.
+    SegmentsManage,
 }
 
 impl Permission {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -64,6 +68,8 @@ impl Permission {
         Self::RecordsRead,
         Self::AuditRead,
         Self::KeysManage,
+        Self::SegmentsRead,
+        Self::SegmentsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +91,8 @@ impl Permission {
             Self::RecordsRead => "records_read",
             Self::AuditRead => "audit_read",
             Self::KeysManage => "keys_manage",
+            Self::SegmentsRead => "segments_read",
+            Self::SegmentsManage => "segments_manage",
         }
     }
 
@@ -200,6 +208,7 @@ pub fn builtin_role(name: &str) -> Option<Role> {
                 P::ProcessorsManage,
                 P::RecordsRead,
                 P::AuditRead,
+                P::SegmentsRead,
             ],
             &DataKind::ALL,
         ),
@@ -212,6 +221,8 @@ pub fn builtin_role(name: &str) -> Option<Role> {
                 P::Subscribe,
                 P::MessagesSend,
                 P::ProcessorsExport,
+                P::SegmentsRead,
+                P::SegmentsManage,
             ],
             &[D::Contact, D::Traits, D::Behaviour, D::Consent],
         ),
@@ -227,7 +238,12 @@ pub fn builtin_role(name: &str) -> Option<Role> {
             &DataKind::ALL,
         ),
         "analyst" => (
-            &[P::ProfilesRead, P::StatsRead, P::PurposesRead],
+            &[
+                P::ProfilesRead,
+                P::StatsRead,
+                P::PurposesRead,
+                P::SegmentsRead,
+            ],
             &[D::Traits, D::Behaviour],
         ),
         "ingest" => (&[P::Ingest], &[]),

@@ -67,6 +67,14 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         "/api/v1/records-of-processing" => Staff(P::RecordsRead),
         "/api/v1/audit" => Staff(P::AuditRead),
         "/api/v1/keys" | "/api/v1/keys/{id}/revoke" => Staff(P::KeysManage),
+        "/api/v1/segments" | "/api/v1/segments/{id}" | "/api/v1/segments/{id}/members" if get => {
+            Staff(P::SegmentsRead)
+        }
+        "/api/v1/segments" | "/api/v1/segments/{id}" | "/api/v1/segments/preview" => {
+            Staff(P::SegmentsManage)
+        }
+        "/api/v1/profiles/{id}/segments" => Staff(P::ProfilesRead),
+        "/api/v1/lifecycle" => Staff(P::StatsRead),
         _ => return None,
     })
 }

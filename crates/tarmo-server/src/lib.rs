@@ -20,6 +20,7 @@ mod processors;
 mod profiles;
 mod requests;
 mod ropa;
+mod segments;
 pub mod signals;
 mod staff;
 pub mod tls;
@@ -36,6 +37,7 @@ use axum::routing::{get, post};
 use tarmo_core::identity::IdentityConfig;
 use tarmo_store::Store;
 use tarmo_store::access_log::AccessLogger;
+use tarmo_store::segments::engine::SegmentEngine;
 use tarmo_store::writer::WriterHandle;
 use utoipa::OpenApi;
 
@@ -105,6 +107,8 @@ pub struct AppState {
     buckets: auth::Buckets,
     /// The access log: reads of people's data, durably; decisions, counted.
     pub access: AccessLogger,
+    /// Live segment membership, lifecycle and RFM.
+    pub segments: Arc<SegmentEngine>,
 }
 
 impl AppState {
@@ -114,6 +118,7 @@ impl AppState {
         identity: IdentityConfig,
         config: ServerConfig,
         access: AccessLogger,
+        segments: Arc<SegmentEngine>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -129,6 +134,7 @@ impl AppState {
             key_hasher: std::hash::RandomState::new(),
             buckets: auth::Buckets::default(),
             access,
+            segments,
         })
     }
 
@@ -250,6 +256,15 @@ impl AppState {
         staff::create_key,
         staff::list_keys,
         staff::revoke_key,
+        segments::create,
+        segments::list,
+        segments::get,
+        segments::update,
+        segments::delete,
+        segments::members,
+        segments::preview,
+        segments::of_profile,
+        segments::lifecycle,
         healthz,
         metrics_route,
         openapi_json,
@@ -267,7 +282,10 @@ impl AppState {
         tarmo_store::processors::ExportedIdentifier, tarmo_store::processors::ExcludedSubject,
         tarmo_store::processors::NotificationView, ropa::RecordOfProcessing, staff::LoginInput,
         staff::Session, staff::AuditList, staff::Stats, tarmo_store::access_log::AccessView,
-        staff::KeyInput, staff::NewKey, staff::KeyList, tarmo_store::keys::ApiKey)),
+        staff::KeyInput, staff::NewKey, staff::KeyList, tarmo_store::keys::ApiKey,
+        segments::SegmentInput, segments::PreviewInput, segments::SegmentView, segments::SegmentList,
+        segments::Member, segments::MemberPage, segments::Preview, segments::Membership,
+        segments::ProfileSegments, segments::ScoreCounts, segments::LifecycleOverview)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -377,6 +395,20 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(staff::list_keys).post(staff::create_key),
         )
         .route("/api/v1/keys/{id}/revoke", post(staff::revoke_key))
+        .route(
+            "/api/v1/segments",
+            get(segments::list).post(segments::create),
+        )
+        .route("/api/v1/segments/preview", post(segments::preview))
+        .route(
+            "/api/v1/segments/{id}",
+            get(segments::get)
+                .put(segments::update)
+                .delete(segments::delete),
+        )
+        .route("/api/v1/segments/{id}/members", get(segments::members))
+        .route("/api/v1/profiles/{id}/segments", get(segments::of_profile))
+        .route("/api/v1/lifecycle", get(segments::lifecycle))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))

@@ -394,7 +394,7 @@ fn hash32(b: &[u8]) -> Result<[u8; 32]> {
 const HEAD_KEY: &str = "consent_ledger_head";
 const HEAD_MAC: &str = "consent ledger head";
 
-fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
+pub(crate) fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
     let corrupt = |e: tarmo_core::consent::ConsentError| Error::Corrupt(e.to_string());
     Ok(ConsentState {
         decision: ConsentDecision::parse(&r.text(at)?).map_err(corrupt)?,

@@ -127,6 +127,10 @@ pub fn erase_profile(
     for &id in &ids {
         ctx.conn
             .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id)])?;
+        // Out of every segment, history and all; the touch tells the
+        // segment engine (on any node) to forget them.
+        crate::segments::erase(ctx.conn, id)?;
+        crate::segments::touch(ctx.conn, id, now)?;
     }
     for o in owners {
         ctx.vault.forget(o);

@@ -24,6 +24,7 @@ pub mod processors;
 pub mod requests;
 pub mod resolve;
 pub mod retention;
+pub mod segments;
 pub mod sqlite;
 mod store;
 pub mod vault;

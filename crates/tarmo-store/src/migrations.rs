@@ -217,6 +217,39 @@ CREATE TABLE access_log_subjects (
 CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
 "#,
     ),
+    (
+        8,
+        r#"
+CREATE TABLE segments (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    rule {BLOB} NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE segment_members (
+    segment_id TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL,
+    PRIMARY KEY (segment_id, profile_id)
+){NOROWID};
+CREATE INDEX segment_members_profile ON segment_members(profile_id);
+CREATE TABLE segment_history (
+    id {SERIAL},
+    segment_id TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    entered BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX segment_history_profile ON segment_history(profile_id);
+CREATE TABLE profile_touches (
+    id {SERIAL},
+    profile_id BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 /// The shared migrations in SQLite's dialect.

@@ -609,6 +609,7 @@ fn rectify(ctx: &mut TxCtx<'_>, profile: ProfileId, corrected: &Map<String, Valu
         .vault
         .seal(&key, Place::ProfileTraits, profile, &traits.to_bytes())?;
     ctx.conn.profile_set_traits(profile, &sealed, ctx.now_ms)?;
+    crate::segments::touch(ctx.conn, profile, ctx.now_ms)?;
     ctx.identities_changed();
     Ok(())
 }

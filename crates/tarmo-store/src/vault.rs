@@ -341,6 +341,9 @@ pub enum Place {
     ProcessorNotification,
     /// A processor's webhook bearer token.
     ProcessorSecret,
+    /// A segment's rule: written by staff, and it may name a value that
+    /// identifies someone; sealed with the installation key.
+    SegmentRule,
 }
 
 impl Place {
@@ -355,6 +358,7 @@ impl Place {
             Place::RequestPayload => b"requests.payload",
             Place::ProcessorNotification => b"processor_notifications.payload",
             Place::ProcessorSecret => b"processors.webhook_token",
+            Place::SegmentRule => b"segments.rule",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);

@@ -13,7 +13,7 @@ use tarmo_store::writer::{WriterConfig, WriterHandle};
 use tarmo_store::{Backend, Store};
 
 pub struct Harness {
-    pub store: Store,
+    pub store: std::sync::Arc<Store>,
     pub writer: WriterHandle,
     pub cfg: IdentityConfig,
     _dir: tempfile::TempDir,
@@ -62,7 +62,7 @@ impl Harness {
             .as_ref()
             .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
         let backend = Backend::open(dir.path(), url.as_deref()).unwrap();
-        let store = Store::open(backend, &master, 1000).unwrap();
+        let store = std::sync::Arc::new(Store::open(backend, &master, 1000).unwrap());
         store
             .transact_direct(|c, _| tarmo_store::consent::seed_defaults(c, 1_000))
             .unwrap();
@@ -143,7 +143,13 @@ conformance!(
     disclosures_follow_a_merge,
     erasure_notifications_are_queued_once_sealed_and_wiped,
     a_group_resolves_as_its_messages_one_by_one,
+    segments_follow_events_consent_time_and_erasure,
+    bad_segment_definitions_are_refused_and_nothing_is_saved,
 );
+
+#[path = "conformance/segments.rs"]
+mod segments;
+use segments::*;
 
 #[path = "conformance/consent.rs"]
 mod consent;

@@ -1,0 +1,450 @@
+//! Segments, lifecycle and RFM over HTTP: definitions (JSON tree or text
+//! form), counts, members, previews, a person's memberships. Membership is
+//! computed by the store's segment engine; handlers parse, call it and map.
+//!
+//! A purpose-bound key works only with segments of its purposes and sees
+//! only members whose decision for one of them allows it now.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tarmo_core::segments::{Rule, text, valid_segment_id};
+use tarmo_store::segments::SegmentDef;
+use tarmo_store::{now_ms, rfc3339};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Principal;
+use crate::{ApiError, AppState, ErrorBody, blocking};
+
+/// A segment as written: the rule as a JSON condition tree (`rule`) or in
+/// the text form (`rule_text`), one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentInput {
+    /// `[a-z][a-z0-9_]{0,63}`; on PUT taken from the path.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    /// The purpose the segment serves; the rule may read only the kinds of
+    /// data that purpose uses.
+    pub purpose: String,
+    /// The condition tree, e.g. `{"event": "Order Completed", "within": "365d", "count": {"gte": 3}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub rule: Option<Value>,
+    /// The same rule in text: `event "Order Completed" in 365d count >= 3`.
+    #[serde(default)]
+    pub rule_text: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewInput {
+    pub purpose: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub rule: Option<Value>,
+    #[serde(default)]
+    pub rule_text: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SegmentView {
+    pub id: String,
+    pub name: String,
+    pub purpose: String,
+    #[schema(value_type = Object)]
+    pub rule: Value,
+    pub rule_text: String,
+    /// Members now.
+    pub count: usize,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SegmentList {
+    pub segments: Vec<SegmentView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    pub profile_id: i64,
+    /// When they entered.
+    pub since: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberPage {
+    pub members: Vec<Member>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Preview {
+    pub count: usize,
+    /// Up to ten profile ids that hold.
+    pub sample: Vec<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Membership {
+    pub id: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileSegments {
+    pub profile_id: i64,
+    pub segments: Vec<Membership>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MembersQuery {
+    /// 1 to 1000; 100 when absent.
+    pub limit: Option<usize>,
+    /// A profile id from `next`: members after it.
+    pub after: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoreCounts {
+    /// Customers with score 1, 2, 3, 4, 5.
+    pub r: [u64; 5],
+    pub f: [u64; 5],
+    pub m: [u64; 5],
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LifecycleOverview {
+    /// People per stage: new, active, loyal, at_risk, lapsed.
+    #[schema(value_type = Object)]
+    pub stages: Value,
+    /// People with no order.
+    pub without_orders: u64,
+    pub scores: ScoreCounts,
+    /// The quintile boundaries the scores are cut at (recency in days).
+    #[schema(value_type = Object)]
+    pub quintiles: Value,
+}
+
+fn invalid_rule(e: tarmo_core::segments::RuleError) -> ApiError {
+    ApiError::bad_request("invalid_rule", e.to_string())
+}
+
+fn parse_rule(rule: Option<Value>, text_form: Option<String>) -> Result<Rule, ApiError> {
+    match (rule, text_form) {
+        (Some(v), None) => Rule::from_json(&v).map_err(invalid_rule),
+        (None, Some(t)) => text::parse(&t).map_err(invalid_rule),
+        _ => Err(ApiError::bad_request(
+            "invalid_rule",
+            "give the rule as `rule` (a JSON condition tree) or as `rule_text`, one of the two",
+        )),
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8], code: &'static str) -> Result<T, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::bad_request(
+            code,
+            "a JSON body is needed: {\"name\", \"purpose\", \"rule\" or \"rule_text\"}",
+        ));
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(code, e.to_string()))
+}
+
+fn view(d: &SegmentDef, count: usize) -> SegmentView {
+    SegmentView {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        purpose: d.purpose.clone(),
+        rule: d.rule.to_json(),
+        rule_text: text::to_text(&d.rule),
+        count,
+        created_at: rfc3339(d.created_ms),
+        updated_at: rfc3339(d.updated_ms),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("segment_not_found", "no such segment")
+}
+
+/// A purpose-bound key sees only segments of its purposes.
+fn visible(p: &Principal, d: &SegmentDef) -> bool {
+    !p.grant.bound() || p.grant.purposes.iter().any(|u| *u == d.purpose)
+}
+
+fn define(id: String, input: SegmentInput) -> Result<SegmentDef, ApiError> {
+    if !valid_segment_id(&id) {
+        return Err(ApiError::bad_request(
+            "invalid_segment_id",
+            "a segment id is 1-64 of a-z, 0-9 and _, starting with a letter",
+        ));
+    }
+    let rule = parse_rule(input.rule, input.rule_text)?;
+    let now = now_ms();
+    Ok(SegmentDef {
+        id,
+        name: input.name,
+        purpose: input.purpose,
+        rule,
+        created_ms: now,
+        updated_ms: now,
+    })
+}
+
+/// Define a segment; its members are computed before the answer.
+#[utoipa::path(post, path = "/api/v1/segments", tag = "segments",
+    request_body = SegmentInput,
+    security(("admin_key" = [])),
+    responses((status = 201, body = SegmentView), (status = 400, body = ErrorBody,
+        description = "invalid_rule (naming the path or line and column), unknown_purpose, unknown_segment, segment_cycle, rule_data_not_permitted"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<SegmentView>), ApiError> {
+    let input: SegmentInput = body(&raw, "invalid_segment")?;
+    let Some(id) = input.id.clone() else {
+        return Err(ApiError::bad_request("invalid_segment", "`id` is required"));
+    };
+    p.may_act_for(&input.purpose)?;
+    if s.segments.get(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "segment_exists",
+            format!("segment `{id}` exists; PUT /api/v1/segments/{id} changes it"),
+        ));
+    }
+    let def = define(id, input)?;
+    let engine = s.segments.clone();
+    let (def, n) = blocking(move || engine.put(def)).await?;
+    tracing::info!(segment = %def.id, members = n, "segment defined");
+    Ok((StatusCode::CREATED, Json(view(&def, n))))
+}
+
+/// Change a segment's definition; members move at once.
+#[utoipa::path(put, path = "/api/v1/segments/{id}", tag = "segments",
+    params(("id" = String, Path, description = "Segment id")),
+    request_body = SegmentInput,
+    security(("admin_key" = [])),
+    responses((status = 200, body = SegmentView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<SegmentView>, ApiError> {
+    let input: SegmentInput = body(&raw, "invalid_segment")?;
+    if input.id.as_ref().is_some_and(|i| *i != id) {
+        return Err(ApiError::bad_request(
+            "invalid_segment",
+            "the body's `id` differs from the path's",
+        ));
+    }
+    let Some((old, _)) = s.segments.get(&id) else {
+        return Err(not_found());
+    };
+    if !visible(&p, &old) {
+        return Err(not_found());
+    }
+    p.may_act_for(&input.purpose)?;
+    let def = define(id, input)?;
+    let engine = s.segments.clone();
+    let (def, n) = blocking(move || engine.put(def)).await?;
+    Ok(Json(view(&def, n)))
+}
+
+/// Every segment with its count.
+#[utoipa::path(get, path = "/api/v1/segments", tag = "segments",
+    security(("admin_key" = [])),
+    responses((status = 200, body = SegmentList), (status = 401, body = ErrorBody)))]
+pub async fn list(State(s): State<Arc<AppState>>, p: Principal) -> Json<SegmentList> {
+    Json(SegmentList {
+        segments: s
+            .segments
+            .list()
+            .iter()
+            .filter(|(d, _)| visible(&p, d))
+            .map(|(d, n)| view(d, *n))
+            .collect(),
+    })
+}
+
+/// One segment with its rule and count.
+#[utoipa::path(get, path = "/api/v1/segments/{id}", tag = "segments",
+    params(("id" = String, Path, description = "Segment id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = SegmentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<SegmentView>, ApiError> {
+    match s.segments.get(&id) {
+        Some((d, n)) if visible(&p, &d) => Ok(Json(view(&d, n))),
+        _ => Err(not_found()),
+    }
+}
+
+/// Delete a segment (refused while another segment names it).
+#[utoipa::path(delete, path = "/api/v1/segments/{id}", tag = "segments",
+    params(("id" = String, Path, description = "Segment id")),
+    security(("admin_key" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "segment_in_use")))]
+pub async fn delete(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match s.segments.get(&id) {
+        Some((d, _)) if visible(&p, &d) => {}
+        _ => return Err(not_found()),
+    }
+    let engine = s.segments.clone();
+    if blocking(move || engine.delete(&id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// The members, in profile id order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/segments/{id}/members", tag = "segments",
+    params(("id" = String, Path, description = "Segment id"), MembersQuery),
+    security(("admin_key" = [])),
+    responses((status = 200, body = MemberPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn members(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+    q: Result<Query<MembersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<MemberPage>, ApiError> {
+    let Query(q) = q.map_err(|_| {
+        ApiError::bad_request("invalid_query", "`limit` and `after` must be integers")
+    })?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` is 1 to 1000",
+        ));
+    }
+    match s.segments.get(&id) {
+        Some((d, _)) if visible(&p, &d) => {}
+        _ => return Err(not_found()),
+    }
+    let engine = s.segments.clone();
+    let purposes = p.grant.bound().then(|| p.grant.purposes.clone());
+    let page = blocking(move || engine.members(&id, q.after, limit, purposes.as_deref()))
+        .await?
+        .ok_or_else(not_found)?;
+    s.log_access(
+        &p,
+        "segment_members",
+        page.members.iter().map(|m| m.0).collect(),
+    )
+    .await?;
+    Ok(Json(MemberPage {
+        members: page
+            .members
+            .into_iter()
+            .map(|(profile_id, since)| Member {
+                profile_id,
+                since: rfc3339(since),
+            })
+            .collect(),
+        next: page.next,
+    }))
+}
+
+/// How many people a rule holds now, and a few of them, without saving it.
+#[utoipa::path(post, path = "/api/v1/segments/preview", tag = "segments",
+    request_body = PreviewInput,
+    security(("admin_key" = [])),
+    responses((status = 200, body = Preview), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn preview(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    raw: axum::body::Bytes,
+) -> Result<Json<Preview>, ApiError> {
+    let input: PreviewInput = body(&raw, "invalid_segment")?;
+    p.may_act_for(&input.purpose)?;
+    let rule = parse_rule(input.rule, input.rule_text)?;
+    let def = SegmentDef {
+        id: "preview".into(),
+        name: "preview".into(),
+        purpose: input.purpose,
+        rule,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let engine = s.segments.clone();
+    let (count, sample) = blocking(move || engine.preview(&def, 10)).await?;
+    s.log_access(&p, "segment_preview", sample.clone()).await?;
+    Ok(Json(Preview { count, sample }))
+}
+
+/// The segments a person is in.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/segments", tag = "segments",
+    params(("id" = i64, Path, description = "Profile id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = ProfileSegments), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn of_profile(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(raw): Path<String>,
+) -> Result<Json<ProfileSegments>, ApiError> {
+    let id = crate::profiles::profile_id(&raw)?;
+    let store = s.store.clone();
+    let grant = p.grant.clone();
+    let (current, _) = blocking(move || store.visible_kinds(&grant, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
+    let segments = s
+        .segments
+        .of_profile(current)
+        .into_iter()
+        .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
+        .map(|(id, _, since)| Membership {
+            id,
+            since: rfc3339(since),
+        })
+        .collect();
+    s.log_access(&p, "read", vec![current]).await?;
+    Ok(Json(ProfileSegments {
+        profile_id: current,
+        segments,
+    }))
+}
+
+/// People per lifecycle stage and the distribution of RFM scores.
+#[utoipa::path(get, path = "/api/v1/lifecycle", tag = "segments",
+    security(("admin_key" = [])),
+    responses((status = 200, body = LifecycleOverview), (status = 401, body = ErrorBody)))]
+pub async fn lifecycle(State(s): State<Arc<AppState>>, _p: Principal) -> Json<LifecycleOverview> {
+    let sum = s.segments.lifecycle_summary();
+    Json(LifecycleOverview {
+        stages: serde_json::to_value(&sum.stages).unwrap_or_default(),
+        without_orders: sum.without_orders,
+        scores: ScoreCounts {
+            r: sum.r,
+            f: sum.f,
+            m: sum.m,
+        },
+        quintiles: serde_json::to_value(&sum.quintiles).unwrap_or_default(),
+    })
+}

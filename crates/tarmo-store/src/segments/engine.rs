@@ -1,0 +1,1120 @@
+//! Live segment membership.
+//!
+//! The engine keeps, in memory only, the facts the defined segments look
+//! at: for each person the traits and event properties some rule names,
+//! their identifier kinds and their consent state for the purposes involved.
+//! Nothing of it is written at rest; on start it is read back (opened) from
+//! the store. It then follows what commits — new events (by id), consent
+//! ledger entries (by sequence), merges, and touches (erasures,
+//! rectifications) — every [`TICK`], re-evaluates the people concerned, and
+//! moves people whose answer changes with time alone when that time comes.
+//! Every entry and exit is written through the writer, with its time, to
+//! `segment_members` and `segment_history` (which automations read).
+//!
+//! It must never keep a person the store no longer has, and never list a
+//! member to someone who may not see them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, decide};
+use tarmo_core::profile::TraitSet;
+use tarmo_core::segments::lifecycle::Quintiles;
+use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, evaluate};
+
+use super::SegmentDef;
+use crate::conn::{Conn, P, ProfileId};
+use crate::consent::Catalog;
+use crate::vault::Place;
+use crate::writer::WriterHandle;
+use crate::{Error, Result, Store};
+
+/// How often the engine looks for what committed.
+pub const TICK: Duration = Duration::from_millis(200);
+const PAGE: i64 = 5000;
+const DAY_MS: i64 = 86_400_000;
+
+/// What the defined segments look at; nothing else is kept.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Needs {
+    events: BTreeSet<String>,
+    props: BTreeSet<String>,
+    traits: BTreeSet<String>,
+    purposes: BTreeSet<String>,
+}
+
+impl Needs {
+    fn of(defs: &[SegmentDef], cfg: &LifecycleConfig) -> Self {
+        let mut n = Needs::default();
+        // Orders feed lifecycle and RFM, which are in every profile view.
+        n.events.insert(cfg.order_event.clone());
+        n.props.insert(cfg.revenue_property.clone());
+        for d in defs {
+            let u = d.rule.usage();
+            n.events.extend(u.events);
+            n.props.extend(u.properties);
+            n.traits.extend(u.traits);
+            n.purposes.extend(u.purposes);
+            n.purposes.insert(d.purpose.clone());
+        }
+        n
+    }
+
+    fn covers(&self, other: &Needs) -> bool {
+        other.events.is_subset(&self.events)
+            && other.props.is_subset(&self.props)
+            && other.traits.is_subset(&self.traits)
+            && other.purposes.is_subset(&self.purposes)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Person {
+    traits: Map<String, Value>,
+    kinds: Vec<Box<str>>,
+    events: HashMap<Box<str>, Vec<EventFact>>,
+    consent: HashMap<String, ConsentState>,
+    flags: ProfileFlags,
+}
+
+impl Person {
+    fn add_event(&mut self, name: &str, fact: EventFact) {
+        let list = self.events.entry(name.into()).or_default();
+        let at = list.partition_point(|e| e.ts_ms <= fact.ts_ms);
+        list.insert(at, fact);
+    }
+
+    /// (orders, first, last, revenue)
+    fn orders(&self, cfg: &LifecycleConfig) -> Option<(u64, i64, i64, f64)> {
+        let list = self.events.get(cfg.order_event.as_str())?;
+        let (first, last) = (list.first()?.ts_ms, list.last()?.ts_ms);
+        let revenue = list
+            .iter()
+            .filter_map(|e| e.prop(&cfg.revenue_property).and_then(number))
+            .sum();
+        Some((list.len() as u64, first, last, revenue))
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
+        _ => None,
+    }
+}
+
+/// A person's lifecycle as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub stage: Option<Stage>,
+    pub rfm: Option<Rfm>,
+    pub orders: u64,
+    pub revenue: f64,
+    pub last_order_ms: Option<i64>,
+}
+
+/// Counts per stage and the distribution of scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleSummary {
+    pub stages: BTreeMap<&'static str, u64>,
+    pub without_orders: u64,
+    /// Customers with each score 1..=5 (index 0 is score 1).
+    pub r: [u64; 5],
+    pub f: [u64; 5],
+    pub m: [u64; 5],
+    pub quintiles: Quintiles,
+}
+
+struct View<'a> {
+    p: &'a Person,
+    now: i64,
+    catalog: &'a Catalog,
+    cfg: &'a LifecycleConfig,
+    q: &'a Quintiles,
+    current: &'a [&'a str],
+}
+
+impl Facts for View<'_> {
+    fn trait_value(&self, name: &str) -> Option<&Value> {
+        self.p.traits.get(name)
+    }
+
+    fn has_identifier(&self, kind: &str) -> bool {
+        self.p.kinds.iter().any(|k| &**k == kind)
+    }
+
+    fn events(&self, name: &str) -> &[EventFact] {
+        self.p.events.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    fn consent_allows(&self, purpose: &str, channel: Option<&str>) -> bool {
+        allowed(self.p, self.catalog, purpose, channel, self.now)
+    }
+
+    fn lifecycle(&self) -> Option<Stage> {
+        let (n, first, last, _) = self.p.orders(self.cfg)?;
+        self.cfg.stage(n, first, last, self.now)
+    }
+
+    fn rfm(&self) -> Option<Rfm> {
+        let (n, _, last, revenue) = self.p.orders(self.cfg)?;
+        Some(
+            self.q
+                .score(((self.now - last) / DAY_MS) as f64, n as f64, revenue),
+        )
+    }
+
+    fn lifecycle_changes_at(&self) -> Option<i64> {
+        let (_, first, last, _) = self.p.orders(self.cfg)?;
+        self.cfg.next_change(first, last, self.now)
+    }
+
+    fn in_segment(&self, id: &str) -> bool {
+        self.current.contains(&id)
+    }
+}
+
+fn allowed(p: &Person, catalog: &Catalog, purpose: &str, channel: Option<&str>, now: i64) -> bool {
+    let Some(c) = catalog.get(purpose) else {
+        return false;
+    };
+    let channel = match channel {
+        Some(ch) => match Channel::parse(ch) {
+            Ok(c) => Some(c),
+            Err(_) => return false,
+        },
+        None => None,
+    };
+    decide(&c.rule, channel, p.consent.get(purpose), p.flags, now).allowed
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursors {
+    event: i64,
+    ledger: i64,
+    merge: i64,
+    touch: i64,
+}
+
+#[derive(Default)]
+struct State {
+    defs: Vec<SegmentDef>,
+    needs: Needs,
+    people: HashMap<ProfileId, Person>,
+    /// Segment → member → since.
+    members: HashMap<String, BTreeMap<ProfileId, i64>>,
+    /// When each person's answers may next change by time alone.
+    wake: BTreeSet<(i64, ProfileId)>,
+    wake_of: HashMap<ProfileId, i64>,
+    cursors: Cursors,
+    quintiles: Quintiles,
+    quintiles_day: i64,
+}
+
+/// A membership change to record.
+#[derive(Debug, Clone)]
+enum Change {
+    Enter(String, ProfileId, i64),
+    Leave(String, ProfileId, i64),
+}
+
+/// The engine; see the module documentation.
+pub struct SegmentEngine {
+    store: Arc<Store>,
+    writer: WriterHandle,
+    cfg: LifecycleConfig,
+    state: Mutex<State>,
+    stopped: AtomicBool,
+    /// How long the initial load took.
+    pub loaded_in: Mutex<Duration>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly {
+    event: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WithProps {
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
+/// The page of members a caller asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembersPage {
+    pub members: Vec<(ProfileId, i64)>,
+    pub next: Option<ProfileId>,
+}
+
+impl SegmentEngine {
+    /// Load the definitions and everyone's facts, record what changed while
+    /// no engine ran, and return the engine (call [`SegmentEngine::run`] on a
+    /// thread of its own to keep it live).
+    pub fn start(
+        store: Arc<Store>,
+        writer: WriterHandle,
+        cfg: LifecycleConfig,
+    ) -> Result<Arc<Self>> {
+        let began = Instant::now();
+        let engine = Arc::new(Self {
+            store,
+            writer,
+            cfg,
+            state: Mutex::new(State::default()),
+            stopped: AtomicBool::new(false),
+            loaded_in: Mutex::new(Duration::ZERO),
+        });
+        {
+            let mut st = engine.lock();
+            let defs = {
+                let mut conn = engine.store.conn()?;
+                super::load_all(&mut *conn, engine.store.vault())?
+            };
+            st.defs = super::ordered(&defs);
+            st.needs = Needs::of(&st.defs, &engine.cfg);
+            engine.reload_all(&mut st)?;
+            engine.load_members(&mut st)?;
+            let now = crate::now_ms();
+            let everyone: Vec<ProfileId> = st.people.keys().copied().collect();
+            let changes = engine.evaluate_people(&mut st, &everyone, now)?;
+            // Members whose profile is gone (erased or merged while no
+            // engine ran) leave.
+            let mut gone = Vec::new();
+            for (seg, m) in &st.members {
+                for p in m.keys() {
+                    if !st.people.contains_key(p) {
+                        gone.push(Change::Leave(seg.clone(), *p, now));
+                    }
+                }
+            }
+            for c in &gone {
+                if let Change::Leave(s, p, _) = c
+                    && let Some(m) = st.members.get_mut(s)
+                {
+                    m.remove(p);
+                }
+            }
+            engine.write(changes.into_iter().chain(gone).collect())?;
+        }
+        *engine.loaded_in.lock().expect("load time") = began.elapsed();
+        tracing::info!(
+            ms = began.elapsed().as_millis() as u64,
+            "segment engine loaded"
+        );
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves facts that may be half
+        // updated; they are rebuilt on the next definition change or start,
+        // and serving stale membership beats serving none.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follow the store until [`SegmentEngine::stop`].
+    pub fn run(self: &Arc<Self>) {
+        while !self.stopped.load(Ordering::Relaxed) {
+            let began = Instant::now();
+            if let Err(e) = self.tick() {
+                tracing::warn!(error = %e, "segment engine: will retry");
+            }
+            if let Some(rest) = TICK.checked_sub(began.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Take in everything committed since the last look and move the people
+    /// concerned, and those whose time came. Returns the changes recorded.
+    pub fn tick(&self) -> Result<usize> {
+        let mut st = self.lock();
+        let now = crate::now_ms();
+        let mut conn = self.store.conn()?;
+        let mut dirty: HashSet<ProfileId> = HashSet::new();
+        let mut reload: HashSet<ProfileId> = HashSet::new();
+        let mut changes = Vec::new();
+
+        // Merges first: the events of a merged profile now belong to the survivor.
+        let rows = conn.query(
+            "SELECT id, into_profile, from_profile, refused FROM merges WHERE id > $1 ORDER BY id",
+            &[P::Int(st.cursors.merge)],
+        )?;
+        for r in rows {
+            st.cursors.merge = r.int(0)?;
+            if r.int(3)? != 0 {
+                continue;
+            }
+            let (into, from) = (r.int(1)?, r.int(2)?);
+            changes.extend(forget(&mut st, from, now));
+            reload.insert(into);
+        }
+        // New events.
+        loop {
+            let rows = conn.query(
+                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+                &[P::Int(st.cursors.event), P::Int(PAGE)],
+            )?;
+            let n = rows.len() as i64;
+            for r in rows {
+                st.cursors.event = r.int(0)?;
+                let profile = r.int(1)?;
+                if reload.contains(&profile) {
+                    continue;
+                }
+                if !st.people.contains_key(&profile) || r.text(3)? != "track" {
+                    // A new person, or traits and identifiers that may have changed.
+                    reload.insert(profile);
+                    continue;
+                }
+                let Some((name, fact)) =
+                    self.open_event(&mut *conn, &st.needs, r.int(2)?, r.int(4)?, &r.blob(5)?)?
+                else {
+                    continue;
+                };
+                if let Some(p) = st.people.get_mut(&profile) {
+                    p.add_event(&name, fact);
+                    dirty.insert(profile);
+                }
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        // Consent decisions.
+        let rows = conn.query(
+            "SELECT seq, profile_id FROM consent_ledger WHERE seq > $1 ORDER BY seq",
+            &[P::Int(st.cursors.ledger)],
+        )?;
+        for r in rows {
+            st.cursors.ledger = r.int(0)?;
+            let profile = r.int(1)?;
+            if st.people.contains_key(&profile) && !reload.contains(&profile) {
+                let needs = st.needs.clone();
+                if let Some(p) = st.people.get_mut(&profile) {
+                    load_consent(&mut *conn, profile, &needs, p)?;
+                }
+                dirty.insert(profile);
+            } else {
+                reload.insert(profile);
+            }
+        }
+        // Erasures and rectifications.
+        let rows = conn.query(
+            "SELECT id, profile_id FROM profile_touches WHERE id > $1 ORDER BY id",
+            &[P::Int(st.cursors.touch)],
+        )?;
+        for r in rows {
+            st.cursors.touch = r.int(0)?;
+            reload.insert(r.int(1)?);
+        }
+        for profile in reload {
+            match self.load_person(&mut *conn, &st.needs, profile)? {
+                Some(p) => {
+                    st.people.insert(profile, p);
+                    dirty.insert(profile);
+                }
+                None => changes.extend(forget(&mut st, profile, now)),
+            }
+        }
+        // People whose time came.
+        while let Some(&(t, p)) = st.wake.first() {
+            if t > now {
+                break;
+            }
+            st.wake.pop_first();
+            st.wake_of.remove(&p);
+            dirty.insert(p);
+        }
+        if now / DAY_MS != st.quintiles_day {
+            self.recompute_quintiles(&mut st, now);
+            // Scores moved for everyone.
+            dirty.extend(st.people.keys().copied());
+        }
+        drop(conn);
+        let dirty: Vec<ProfileId> = dirty.into_iter().collect();
+        changes.extend(self.evaluate_people(&mut st, &dirty, now)?);
+        let n = changes.len();
+        self.write(changes)?;
+        Ok(n)
+    }
+
+    /// Record changes through the writer, in transactions of bounded size.
+    fn write(&self, changes: Vec<Change>) -> Result<()> {
+        let mut it = changes.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<Change> = it.by_ref().take(5000).collect();
+            self.writer.transact_blocking(move |ctx| {
+                for c in &chunk {
+                    match c {
+                        Change::Enter(s, p, at) => {
+                            let n = ctx.conn.exec(
+                                "INSERT INTO segment_members (segment_id, profile_id, since_ms)
+                                 SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT)
+                                 WHERE EXISTS (SELECT 1 FROM profiles WHERE id = $2 AND merged_into IS NULL)
+                                   AND EXISTS (SELECT 1 FROM segments WHERE id = $1)
+                                 ON CONFLICT DO NOTHING",
+                                &[P::Text(s), P::Int(*p), P::Int(*at)],
+                            )?;
+                            if n > 0 {
+                                history(ctx.conn, s, *p, true, *at)?;
+                            }
+                        }
+                        Change::Leave(s, p, at) => {
+                            let n = ctx.conn.exec(
+                                "DELETE FROM segment_members WHERE segment_id = $1 AND profile_id = $2",
+                                &[P::Text(s), P::Int(*p)],
+                            )?;
+                            if n > 0 {
+                                history(ctx.conn, s, *p, false, *at)?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn catalog(&self) -> Result<Arc<Catalog>> {
+        self.store.catalog()
+    }
+
+    /// Evaluate every segment for these people; the changes against the
+    /// current membership, which is updated.
+    fn evaluate_people(
+        &self,
+        st: &mut State,
+        people: &[ProfileId],
+        now: i64,
+    ) -> Result<Vec<Change>> {
+        let catalog = self.catalog()?;
+        let mut changes = Vec::new();
+        let State {
+            defs,
+            people: persons,
+            members,
+            wake,
+            wake_of,
+            quintiles,
+            ..
+        } = st;
+        for &id in people {
+            let Some(p) = persons.get(&id) else {
+                continue;
+            };
+            let mut current: Vec<&str> = Vec::new();
+            let mut next: Option<i64> = None;
+            for d in defs.iter() {
+                let view = View {
+                    p,
+                    now,
+                    catalog: &catalog,
+                    cfg: &self.cfg,
+                    q: quintiles,
+                    current: &current,
+                };
+                let (holds, t) = evaluate(&d.rule, &view, now);
+                if let Some(t) = t {
+                    next = Some(next.map_or(t, |n: i64| n.min(t)));
+                }
+                let m = members.entry(d.id.clone()).or_default();
+                match (holds, m.contains_key(&id)) {
+                    (true, false) => {
+                        m.insert(id, now);
+                        changes.push(Change::Enter(d.id.clone(), id, now));
+                    }
+                    (false, true) => {
+                        m.remove(&id);
+                        changes.push(Change::Leave(d.id.clone(), id, now));
+                    }
+                    _ => {}
+                }
+                if holds {
+                    current.push(&d.id);
+                }
+            }
+            if let Some(old) = wake_of.remove(&id) {
+                wake.remove(&(old, id));
+            }
+            if let Some(t) = next {
+                wake.insert((t, id));
+                wake_of.insert(id, t);
+            }
+        }
+        Ok(changes)
+    }
+
+    fn recompute_quintiles(&self, st: &mut State, now: i64) {
+        let rows: Vec<(f64, f64, f64)> = st
+            .people
+            .values()
+            .filter_map(|p| p.orders(&self.cfg))
+            .map(|(n, _, last, revenue)| (((now - last) / DAY_MS) as f64, n as f64, revenue))
+            .collect();
+        st.quintiles = Quintiles::compute(rows);
+        st.quintiles_day = now / DAY_MS;
+    }
+
+    fn load_members(&self, st: &mut State) -> Result<()> {
+        let mut conn = self.store.conn()?;
+        st.members.clear();
+        for r in conn.query(
+            "SELECT segment_id, profile_id, since_ms FROM segment_members",
+            &[],
+        )? {
+            st.members
+                .entry(r.text(0)?)
+                .or_default()
+                .insert(r.int(1)?, r.int(2)?);
+        }
+        for d in &st.defs {
+            st.members.entry(d.id.clone()).or_default();
+        }
+        Ok(())
+    }
+
+    /// Read everyone's facts again (at start, and when a new definition
+    /// needs facts that are not kept yet).
+    fn reload_all(&self, st: &mut State) -> Result<()> {
+        let mut conn = self.store.conn()?;
+        let needs = st.needs.clone();
+        let mut people: HashMap<ProfileId, Person> = HashMap::new();
+        let mut after = 0i64;
+        loop {
+            let rows = conn.query(
+                "SELECT id, traits FROM profiles WHERE merged_into IS NULL AND id > $1 ORDER BY id LIMIT $2",
+                &[P::Int(after), P::Int(PAGE)],
+            )?;
+            let n = rows.len() as i64;
+            for r in rows {
+                let id = r.int(0)?;
+                after = id;
+                let mut p = Person::default();
+                if !needs.traits.is_empty()
+                    && let Some(sealed) = r.opt_blob(1)?
+                {
+                    p.traits = self.open_traits(&mut *conn, id, &sealed, &needs)?;
+                }
+                people.insert(id, p);
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        for r in conn.query("SELECT profile_id, kind FROM identifiers", &[])? {
+            if let Some(p) = people.get_mut(&r.int(0)?) {
+                let k = r.text(1)?;
+                if !p.kinds.iter().any(|x| **x == *k) {
+                    p.kinds.push(k.into());
+                }
+            }
+        }
+        let mut cursor = 0i64;
+        loop {
+            let rows = conn.query(
+                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+                &[P::Int(cursor), P::Int(PAGE)],
+            )?;
+            let n = rows.len() as i64;
+            for r in rows {
+                cursor = r.int(0)?;
+                if r.text(3)? != "track" {
+                    continue;
+                }
+                let Some(p) = people.get_mut(&r.int(1)?) else {
+                    continue;
+                };
+                if let Some((name, fact)) =
+                    self.open_event(&mut *conn, &needs, r.int(2)?, r.int(4)?, &r.blob(5)?)?
+                {
+                    p.add_event(&name, fact);
+                }
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        for purpose in &needs.purposes {
+            for r in conn.query(
+                "SELECT profile_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state WHERE purpose_id = $1",
+                &[P::Text(purpose)],
+            )? {
+                if let Some(p) = people.get_mut(&r.int(0)?) {
+                    p.consent
+                        .insert(purpose.clone(), crate::consent::state_of_row(&r, 1)?);
+                }
+            }
+        }
+        for r in conn.query(
+            "SELECT profile_id, restricted_ms FROM profile_flags WHERE restricted_ms IS NOT NULL",
+            &[],
+        )? {
+            if let Some(p) = people.get_mut(&r.int(0)?) {
+                p.flags.restricted_since = r.opt_int(1)?;
+            }
+        }
+        let cur = |conn: &mut dyn Conn, sql: &str| -> Result<i64> {
+            Ok(conn
+                .query_opt(sql, &[])?
+                .map(|r| r.opt_int(0))
+                .transpose()?
+                .flatten()
+                .unwrap_or(0))
+        };
+        // Anything that committed while loading is taken in by the next tick.
+        st.cursors = Cursors {
+            event: cursor,
+            ledger: cur(&mut *conn, "SELECT MAX(seq) FROM consent_ledger")?,
+            merge: cur(&mut *conn, "SELECT MAX(id) FROM merges")?,
+            touch: cur(&mut *conn, "SELECT MAX(id) FROM profile_touches")?,
+        };
+        st.people = people;
+        st.wake.clear();
+        st.wake_of.clear();
+        self.recompute_quintiles(st, crate::now_ms());
+        Ok(())
+    }
+
+    fn open_traits(
+        &self,
+        conn: &mut dyn Conn,
+        owner: ProfileId,
+        sealed: &[u8],
+        needs: &Needs,
+    ) -> Result<Map<String, Value>> {
+        let vault = self.store.vault();
+        let key = vault
+            .data_key(owner, || conn.data_key_get(owner))?
+            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+        let plain = vault.open(&key, Place::ProfileTraits, owner, sealed)?;
+        let mut all = TraitSet::from_bytes(&plain)
+            .map_err(|e| Error::Corrupt(e.to_string()))?
+            .to_object();
+        all.retain(|k, _| needs.traits.contains(k));
+        Ok(all)
+    }
+
+    /// A track event's name and the properties some rule needs, if any
+    /// rule looks at events of its name.
+    fn open_event(
+        &self,
+        conn: &mut dyn Conn,
+        needs: &Needs,
+        owner: ProfileId,
+        ts_ms: i64,
+        sealed: &[u8],
+    ) -> Result<Option<(String, EventFact)>> {
+        let vault = self.store.vault();
+        let key = vault
+            .data_key(owner, || conn.data_key_get(owner))?
+            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+        let plain = vault.open(&key, Place::EventBody, owner, sealed)?;
+        let Ok(NameOnly { event: Some(name) }) = serde_json::from_slice::<NameOnly>(&plain) else {
+            return Ok(None);
+        };
+        if !needs.events.contains(&name) {
+            return Ok(None);
+        }
+        let props: Vec<(Box<str>, Value)> = match serde_json::from_slice::<WithProps>(&plain) {
+            Ok(WithProps {
+                properties: Some(m),
+            }) => m
+                .into_iter()
+                .filter(|(k, _)| needs.props.contains(k))
+                .map(|(k, v)| (k.into_boxed_str(), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Some((
+            name,
+            EventFact {
+                ts_ms,
+                props: props.into_boxed_slice(),
+            },
+        )))
+    }
+
+    /// One person's facts, or `None` when the profile is gone or merged.
+    fn load_person(
+        &self,
+        conn: &mut dyn Conn,
+        needs: &Needs,
+        id: ProfileId,
+    ) -> Result<Option<Person>> {
+        let Some(r) = conn.query_opt(
+            "SELECT merged_into, traits FROM profiles WHERE id = $1",
+            &[P::Int(id)],
+        )?
+        else {
+            return Ok(None);
+        };
+        if r.opt_int(0)?.is_some() {
+            return Ok(None);
+        }
+        let mut p = Person::default();
+        if !needs.traits.is_empty()
+            && let Some(sealed) = r.opt_blob(1)?
+        {
+            p.traits = self.open_traits(conn, id, &sealed, needs)?;
+        }
+        for r in conn.query(
+            "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
+            &[P::Int(id)],
+        )? {
+            p.kinds.push(r.text(0)?.into());
+        }
+        for r in conn.query(
+            "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY id",
+            &[P::Int(id)],
+        )? {
+            if let Some((name, fact)) = self.open_event(conn, needs, r.int(0)?, r.int(1)?, &r.blob(2)?)? {
+                p.add_event(&name, fact);
+            }
+        }
+        load_consent(conn, id, needs, &mut p)?;
+        Ok(Some(p))
+    }
+
+    // ------------------------------------------------------------ the API
+
+    /// Add or replace a definition (validated by the caller's use case,
+    /// saved through the writer), and compute its members now.
+    pub fn put(&self, def: SegmentDef) -> Result<(SegmentDef, usize)> {
+        let mut st = self.lock();
+        let catalog = self.catalog()?;
+        let mut all: BTreeMap<String, SegmentDef> =
+            st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
+        let mut def = def;
+        if let Some(old) = all.get(&def.id) {
+            def.created_ms = old.created_ms;
+        }
+        let others = {
+            let mut o = all.clone();
+            o.remove(&def.id);
+            o
+        };
+        super::validate(&def, &catalog, &others)?;
+        let saved = def.clone();
+        self.writer
+            .transact_blocking(move |ctx| super::save(ctx.conn, ctx.vault, &saved))?;
+        all.insert(def.id.clone(), def.clone());
+        st.defs = super::ordered(&all);
+        let needs = Needs::of(&st.defs, &self.cfg);
+        st.members.entry(def.id.clone()).or_default();
+        if !st.needs.covers(&needs) {
+            st.needs = needs;
+            self.reload_all(&mut st)?;
+        } else {
+            st.needs = needs;
+        }
+        let everyone: Vec<ProfileId> = st.people.keys().copied().collect();
+        let changes = self.evaluate_people(&mut st, &everyone, crate::now_ms())?;
+        self.write(changes)?;
+        let n = st.members.get(&def.id).map_or(0, BTreeMap::len);
+        Ok((def, n))
+    }
+
+    /// Delete a definition; `false` if there was none. Refused while another
+    /// segment names it.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let mut st = self.lock();
+        if let Some(user) = st
+            .defs
+            .iter()
+            .find(|d| d.id != id && d.rule.usage().segments.contains(id))
+        {
+            return Err(Error::Rejected {
+                status: 409,
+                code: "segment_in_use",
+                message: format!("segment `{}` names it; change that one first", user.id),
+            });
+        }
+        let owned = id.to_owned();
+        let existed = self
+            .writer
+            .transact_blocking(move |ctx| super::delete(ctx.conn, &owned))?;
+        st.defs.retain(|d| d.id != id);
+        st.members.remove(id);
+        st.needs = Needs::of(&st.defs, &self.cfg);
+        Ok(existed)
+    }
+
+    pub fn list(&self) -> Vec<(SegmentDef, usize)> {
+        let st = self.lock();
+        let mut out: Vec<(SegmentDef, usize)> = st
+            .defs
+            .iter()
+            .map(|d| (d.clone(), st.members.get(&d.id).map_or(0, BTreeMap::len)))
+            .collect();
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        out
+    }
+
+    pub fn get(&self, id: &str) -> Option<(SegmentDef, usize)> {
+        let st = self.lock();
+        let d = st.defs.iter().find(|d| d.id == id)?.clone();
+        let n = st.members.get(id).map_or(0, BTreeMap::len);
+        Some((d, n))
+    }
+
+    /// Members after `after`, in profile id order. With `purposes`, only
+    /// people whose decision allows one of them now (a purpose-bound key).
+    pub fn members(
+        &self,
+        id: &str,
+        after: Option<ProfileId>,
+        limit: usize,
+        purposes: Option<&[String]>,
+    ) -> Result<Option<MembersPage>> {
+        let st = self.lock();
+        let Some(m) = st.members.get(id) else {
+            return Ok(None);
+        };
+        if !st.defs.iter().any(|d| d.id == id) {
+            return Ok(None);
+        }
+        let catalog = self.catalog()?;
+        let now = crate::now_ms();
+        let mut out = Vec::with_capacity(limit.min(1000));
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut next = None;
+        for (&p, &since) in m.range((from, std::ops::Bound::Unbounded)) {
+            if let Some(purposes) = purposes {
+                let Some(person) = st.people.get(&p) else {
+                    continue;
+                };
+                if !purposes
+                    .iter()
+                    .any(|u| allowed(person, &catalog, u, None, now))
+                {
+                    continue;
+                }
+            }
+            if out.len() == limit {
+                next = out.last().map(|(p, _)| *p);
+                break;
+            }
+            out.push((p, since));
+        }
+        Ok(Some(MembersPage { members: out, next }))
+    }
+
+    /// How many people a rule would hold now, and a few of them, without
+    /// saving anything. The rule may name existing segments.
+    pub fn preview(&self, def: &SegmentDef, sample: usize) -> Result<(usize, Vec<ProfileId>)> {
+        let mut st = self.lock();
+        let catalog = self.catalog()?;
+        let others: BTreeMap<String, SegmentDef> =
+            st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
+        super::validate(def, &catalog, &others)?;
+        let mut needs = st.needs.clone();
+        let extra = Needs::of(std::slice::from_ref(def), &self.cfg);
+        if !needs.covers(&extra) {
+            needs.events.extend(extra.events);
+            needs.props.extend(extra.props);
+            needs.traits.extend(extra.traits);
+            needs.purposes.extend(extra.purposes);
+            st.needs = needs;
+            self.reload_all(&mut st)?;
+        }
+        let now = crate::now_ms();
+        let mut n = 0;
+        let mut some = Vec::new();
+        let mut ids: Vec<ProfileId> = st.people.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(p) = st.people.get(&id) else {
+                continue;
+            };
+            let current: Vec<&str> = st
+                .members
+                .iter()
+                .filter(|(_, m)| m.contains_key(&id))
+                .map(|(s, _)| s.as_str())
+                .collect();
+            let view = View {
+                p,
+                now,
+                catalog: &catalog,
+                cfg: &self.cfg,
+                q: &st.quintiles,
+                current: &current,
+            };
+            if evaluate(&def.rule, &view, now).0 {
+                n += 1;
+                if some.len() < sample {
+                    some.push(id);
+                }
+            }
+        }
+        Ok((n, some))
+    }
+
+    /// Count the people a rule holds now (the benchmark's question).
+    pub fn count(&self, rule: &Rule) -> Result<usize> {
+        let st = self.lock();
+        let catalog = self.catalog()?;
+        let now = crate::now_ms();
+        let none: Vec<&str> = Vec::new();
+        Ok(st
+            .people
+            .values()
+            .filter(|p| {
+                let view = View {
+                    p,
+                    now,
+                    catalog: &catalog,
+                    cfg: &self.cfg,
+                    q: &st.quintiles,
+                    current: &none,
+                };
+                evaluate(rule, &view, now).0
+            })
+            .count())
+    }
+
+    /// The segments a person is in, with when they entered.
+    pub fn of_profile(&self, profile: ProfileId) -> Vec<(String, String, i64)> {
+        let st = self.lock();
+        st.defs
+            .iter()
+            .filter_map(|d| {
+                st.members
+                    .get(&d.id)
+                    .and_then(|m| m.get(&profile))
+                    .map(|since| (d.id.clone(), d.purpose.clone(), *since))
+            })
+            .collect()
+    }
+
+    pub fn lifecycle_of(&self, profile: ProfileId) -> Option<Lifecycle> {
+        let st = self.lock();
+        let p = st.people.get(&profile)?;
+        let now = crate::now_ms();
+        Some(match p.orders(&self.cfg) {
+            None => Lifecycle {
+                stage: None,
+                rfm: None,
+                orders: 0,
+                revenue: 0.0,
+                last_order_ms: None,
+            },
+            Some((n, first, last, revenue)) => Lifecycle {
+                stage: self.cfg.stage(n, first, last, now),
+                rfm: Some(
+                    st.quintiles
+                        .score(((now - last) / DAY_MS) as f64, n as f64, revenue),
+                ),
+                orders: n,
+                revenue,
+                last_order_ms: Some(last),
+            },
+        })
+    }
+
+    pub fn lifecycle_summary(&self) -> LifecycleSummary {
+        let st = self.lock();
+        let now = crate::now_ms();
+        let mut s = LifecycleSummary {
+            stages: Stage::ALL.iter().map(|x| (x.as_str(), 0)).collect(),
+            without_orders: 0,
+            r: [0; 5],
+            f: [0; 5],
+            m: [0; 5],
+            quintiles: st.quintiles.clone(),
+        };
+        for p in st.people.values() {
+            match p.orders(&self.cfg) {
+                None => s.without_orders += 1,
+                Some((n, first, last, revenue)) => {
+                    if let Some(stage) = self.cfg.stage(n, first, last, now) {
+                        *s.stages.entry(stage.as_str()).or_default() += 1;
+                    }
+                    let rfm = st
+                        .quintiles
+                        .score(((now - last) / DAY_MS) as f64, n as f64, revenue);
+                    s.r[(rfm.r.clamp(1, 5) - 1) as usize] += 1;
+                    s.f[(rfm.f.clamp(1, 5) - 1) as usize] += 1;
+                    s.m[(rfm.m.clamp(1, 5) - 1) as usize] += 1;
+                }
+            }
+        }
+        s
+    }
+
+    /// Whether the decision for `purpose` allows it for this person now, as
+    /// the engine last read their consent.
+    pub fn allows(&self, profile: ProfileId, purpose: &str) -> Result<bool> {
+        let st = self.lock();
+        let catalog = self.catalog()?;
+        Ok(st
+            .people
+            .get(&profile)
+            .is_some_and(|p| allowed(p, &catalog, purpose, None, crate::now_ms())))
+    }
+
+    /// People and events held in memory, for metrics.
+    pub fn size(&self) -> (usize, usize) {
+        let st = self.lock();
+        let events = st
+            .people
+            .values()
+            .map(|p| p.events.values().map(Vec::len).sum::<usize>())
+            .sum();
+        (st.people.len(), events)
+    }
+}
+
+fn history(
+    conn: &mut dyn Conn,
+    segment: &str,
+    profile: ProfileId,
+    entered: bool,
+    at: i64,
+) -> Result<()> {
+    conn.exec(
+        "INSERT INTO segment_history (segment_id, profile_id, entered, at_ms) VALUES ($1, $2, $3, $4)",
+        &[P::Text(segment), P::Int(profile), P::Int(entered as i64), P::Int(at)],
+    )?;
+    Ok(())
+}
+
+/// A person who is gone (erased, or merged into another): out of memory and
+/// out of every segment.
+fn forget(st: &mut State, profile: ProfileId, now: i64) -> Vec<Change> {
+    st.people.remove(&profile);
+    if let Some(t) = st.wake_of.remove(&profile) {
+        st.wake.remove(&(t, profile));
+    }
+    let mut out = Vec::new();
+    for (seg, m) in st.members.iter_mut() {
+        if m.remove(&profile).is_some() {
+            out.push(Change::Leave(seg.clone(), profile, now));
+        }
+    }
+    out
+}
+
+fn load_consent(conn: &mut dyn Conn, id: ProfileId, needs: &Needs, p: &mut Person) -> Result<()> {
+    p.consent.clear();
+    for purpose in &needs.purposes {
+        if let crate::consent::Subject::Known(_, Some(state), _) =
+            crate::consent::subject_by_id(conn, id, purpose)?
+        {
+            p.consent.insert(purpose.clone(), state);
+        }
+    }
+    p.flags = crate::consent::flags(conn, id)?;
+    Ok(())
+}

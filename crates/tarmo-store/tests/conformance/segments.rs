@@ -1,0 +1,276 @@
+//! Segments on each backend: membership follows events, consent, time and
+//! erasure; bad definitions are refused and nothing is saved.
+
+use serde_json::{Value, json};
+use tarmo_core::consent::{ConsentDecision, Method};
+use tarmo_core::segments::{LifecycleConfig, Rule, text};
+use tarmo_store::conn::P;
+use tarmo_store::consent::{self, NewEntry};
+use tarmo_store::segments::SegmentDef;
+use tarmo_store::segments::engine::SegmentEngine;
+
+use super::Harness;
+
+fn ago(days: f64) -> String {
+    let ms = tarmo_store::now_ms() - (days * 86_400_000.0) as i64;
+    tarmo_store::rfc3339(ms)
+}
+
+fn def(id: &str, purpose: &str, rule: Value) -> SegmentDef {
+    SegmentDef {
+        id: id.into(),
+        name: format!("{id} segment"),
+        purpose: purpose.into(),
+        rule: Rule::from_json(&rule).unwrap(),
+        created_ms: tarmo_store::now_ms(),
+        updated_ms: tarmo_store::now_ms(),
+    }
+}
+
+fn consent(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
+    let e = NewEntry {
+        profile_id: profile,
+        purpose: purpose.into(),
+        decision: d,
+        method: Method::WebForm,
+        notice_version: None,
+        at_ms: None,
+        source: "test form".into(),
+        evidence: Default::default(),
+    };
+    h.writer
+        .transact_blocking(move |ctx| {
+            consent::append(ctx.conn, ctx.vault, &ctx.catalog, &[e], ctx.now_ms)
+        })
+        .unwrap();
+}
+
+fn members(e: &SegmentEngine, id: &str) -> Vec<i64> {
+    e.members(id, None, 1000, None)
+        .unwrap()
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.0)
+        .collect()
+}
+
+fn stored_members(h: &Harness, id: &str) -> Vec<i64> {
+    h.store
+        .conn()
+        .unwrap()
+        .query(
+            "SELECT profile_id FROM segment_members WHERE segment_id = $1 ORDER BY profile_id",
+            &[P::Text(id)],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.int(0).unwrap())
+        .collect()
+}
+
+fn history(h: &Harness, profile: i64) -> Vec<(String, i64)> {
+    h.store
+        .conn()
+        .unwrap()
+        .query(
+            "SELECT segment_id, entered FROM segment_history WHERE profile_id = $1 ORDER BY id",
+            &[P::Int(profile)],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.text(0).unwrap(), r.int(1).unwrap()))
+        .collect()
+}
+
+fn order(user: &str, revenue: f64, days_ago: f64) -> Value {
+    json!({"type": "track", "userId": user, "event": "Order Completed",
+        "properties": {"revenue": revenue}, "timestamp": ago(days_ago)})
+}
+
+pub fn segments_follow_events_consent_time_and_erasure(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "city": "Tampere"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi"}}),
+        order("ann", 300.0, 200.0),
+        order("ann", 150.0, 100.0),
+        order("ann", 100.0, 10.0),
+        order("ann", 999.0, 500.0),
+        order("bob", 20.0, 3.0),
+    ]);
+    let ann = h.lookup("user_id", "ann").unwrap();
+    let bob = h.lookup("user_id", "bob").unwrap();
+    consent(h, ann, "email_marketing", ConsentDecision::Granted);
+    consent(h, bob, "email_marketing", ConsentDecision::Granted);
+
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    // The issue's example, in the text form.
+    let rule = text::parse(
+        r#"event "Order Completed" in 365d count >= 3 and event "Order Completed" in 365d sum revenue > 500 and consent(email_marketing, email)"#,
+    )
+    .unwrap();
+    let big = SegmentDef {
+        rule,
+        ..def(
+            "big_spenders",
+            "email_marketing",
+            json!({"identifier": "email"}),
+        )
+    };
+    let (_, n) = engine.put(big).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(members(&engine, "big_spenders"), vec![ann]);
+    assert_eq!(stored_members(h, "big_spenders"), vec![ann]);
+    assert_eq!(history(h, ann), vec![("big_spenders".into(), 1)]);
+
+    // The count agrees with the segment.
+    let r = engine.get("big_spenders").unwrap().0.rule;
+    assert_eq!(engine.count(&r).unwrap(), 1);
+
+    // Bob's orders arrive: he joins within a tick of the commit.
+    h.ingest(vec![order("bob", 400.0, 2.0), order("bob", 300.0, 1.0)]);
+    engine.tick().unwrap();
+    assert_eq!(
+        members(&engine, "big_spenders"),
+        vec![ann.min(bob), ann.max(bob)]
+    );
+
+    // A withdrawal takes Ann out at the next tick; the history says when.
+    consent(h, ann, "email_marketing", ConsentDecision::Withdrawn);
+    engine.tick().unwrap();
+    assert_eq!(members(&engine, "big_spenders"), vec![bob]);
+    assert_eq!(stored_members(h, "big_spenders"), vec![bob]);
+    assert_eq!(
+        history(h, ann),
+        vec![("big_spenders".into(), 1), ("big_spenders".into(), 0)]
+    );
+
+    // A segment on another, and one whose window passes without any event.
+    engine
+        .put(def(
+            "recent_viewers",
+            "personalisation",
+            json!({"all": [
+            {"event": "Product Viewed", "within": "3s"},
+            {"not": {"segment": "big_spenders"}}]}),
+        ))
+        .unwrap();
+    h.ingest(vec![
+        json!({"type": "track", "userId": "ann", "event": "Product Viewed",
+        "properties": {"sku": "A1"}, "timestamp": ago(0.0)}),
+    ]);
+    engine.tick().unwrap();
+    assert_eq!(members(&engine, "recent_viewers"), vec![ann]);
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    engine.tick().unwrap();
+    assert!(
+        members(&engine, "recent_viewers").is_empty(),
+        "the window passed"
+    );
+
+    // Lifecycle and RFM from the orders.
+    let lc = engine.lifecycle_of(ann).unwrap();
+    assert_eq!(lc.orders, 4);
+    assert!(lc.rfm.is_some());
+    let sum = engine.lifecycle_summary();
+    assert_eq!(sum.stages.values().sum::<u64>(), 2);
+
+    // Erasure: out of every segment, history gone, and the engine forgets.
+    h.writer
+        .transact_blocking(move |ctx| tarmo_store::erasure::erase_profile(ctx, bob, None, true))
+        .unwrap();
+    engine.tick().unwrap();
+    assert!(members(&engine, "big_spenders").is_empty());
+    assert!(stored_members(h, "big_spenders").is_empty());
+    assert!(history(h, bob).is_empty());
+    assert!(engine.lifecycle_of(bob).is_none());
+
+    // A restarted engine finds the same members.
+    drop(engine);
+    let again = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(again.list().len(), 2);
+    assert!(members(&again, "big_spenders").is_empty());
+}
+
+pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    let code = |d: SegmentDef| match engine.put(d) {
+        Err(tarmo_store::Error::Rejected { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        code(def("a", "no_such_purpose", json!({"identifier": "email"}))),
+        "unknown_purpose"
+    );
+    // email_marketing uses contact and purchase history, not other traits.
+    assert_eq!(
+        code(def(
+            "a",
+            "email_marketing",
+            json!({"trait": "city", "value": "Tampere"})
+        )),
+        "rule_data_not_permitted"
+    );
+    assert_eq!(
+        code(def("a", "email_marketing", json!({"consent": "nope"}))),
+        "unknown_purpose"
+    );
+    assert_eq!(
+        code(def("a", "email_marketing", json!({"segment": "missing"}))),
+        "unknown_segment"
+    );
+    assert_eq!(
+        code(def("a", "email_marketing", json!({"segment": "a"}))),
+        "segment_cycle"
+    );
+    engine
+        .put(def("b", "email_marketing", json!({"identifier": "email"})))
+        .unwrap();
+    engine
+        .put(def("c", "email_marketing", json!({"segment": "b"})))
+        .unwrap();
+    assert_eq!(
+        code(def("b", "email_marketing", json!({"segment": "c"}))),
+        "segment_cycle"
+    );
+    // Still only the two good ones, and `b` as it was.
+    let n: i64 = h
+        .store
+        .conn()
+        .unwrap()
+        .query_opt("SELECT COUNT(*) FROM segments", &[])
+        .unwrap()
+        .unwrap()
+        .int(0)
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        engine.get("b").unwrap().0.rule,
+        Rule::from_json(&json!({"identifier": "email"})).unwrap()
+    );
+    // A segment another names cannot be deleted.
+    assert!(matches!(
+        engine.delete("b"),
+        Err(tarmo_store::Error::Rejected {
+            code: "segment_in_use",
+            ..
+        })
+    ));
+    assert!(engine.delete("c").unwrap());
+    assert!(engine.delete("b").unwrap());
+}
