@@ -78,8 +78,41 @@ pub async fn lookup(
     })
     .await?
     .ok_or_else(not_found)?;
+    let view = with_segments(&s, &p, view);
     s.log_access(&p, "read", vec![view.id]).await?;
     Ok(axum::Json(view))
+}
+
+/// Add what the segment engine knows: the person's segments (of the key's
+/// purposes, for a bound key) and, where the key sees behaviour, their
+/// lifecycle stage and scores.
+fn with_segments(s: &AppState, p: &Principal, mut view: ProfileView) -> ProfileView {
+    view.segments = s
+        .segments
+        .of_profile(view.id)
+        .into_iter()
+        .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
+        .map(|(id, _, since)| tarmo_store::MembershipView {
+            id,
+            since: tarmo_store::rfc3339(since),
+        })
+        .collect();
+    // A bound key sees behaviour only where its purposes allow; the view's
+    // event count is zeroed then, and so is this.
+    let behaviour =
+        p.grant.data.contains(&DataKind::Behaviour) && (!p.grant.bound() || view.event_count > 0);
+    if behaviour && let Some(l) = s.segments.lifecycle_of(view.id) {
+        view.lifecycle = Some(tarmo_store::LifecycleView {
+            stage: l.stage.map(|x| x.as_str().to_owned()),
+            r: l.rfm.map(|x| x.r),
+            f: l.rfm.map(|x| x.f),
+            m: l.rfm.map(|x| x.m),
+            orders: l.orders,
+            revenue: l.revenue,
+            last_order_at: l.last_order_ms.map(tarmo_store::rfc3339),
+        });
+    }
+    view
 }
 
 /// A profile by id (a merged profile's id leads to the profile it joined).
@@ -99,6 +132,7 @@ pub async fn get_profile(
     let view = blocking(move || store.profile_view_for(&grant, id))
         .await?
         .ok_or_else(not_found)?;
+    let view = with_segments(&s, &p, view);
     s.log_access(&p, "read", vec![view.id]).await?;
     Ok(axum::Json(view))
 }

@@ -420,7 +420,7 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let readme = format!(
         "Everything held about you (profile {}), generated {}.\n\
          bundle.json has it all; each CSV file holds one part of it.\n\
-         segments: none (this installation has no segments).\n",
+         segments.csv lists the segments (groups for a purpose) you are in.\n",
         b.profile_id, b.generated_at
     );
     file("README.txt", readme.as_bytes())?;
@@ -434,6 +434,18 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     )?;
     let traits = b.traits.iter().map(|(k, v)| vec![k.clone(), s(v)]);
     file("traits.csv", &csv_of(&["trait", "value"], traits))?;
+    let segments = b.segments.iter().map(|g| {
+        vec![
+            g.id.clone(),
+            g.name.clone(),
+            g.purpose.clone(),
+            g.since.clone(),
+        ]
+    });
+    file(
+        "segments.csv",
+        &csv_of(&["segment", "name", "purpose", "since"], segments),
+    )?;
     let events = b.events.iter().map(|e| {
         vec![
             e.id.to_string(),

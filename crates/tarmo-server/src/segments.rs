@@ -178,7 +178,7 @@ fn not_found() -> ApiError {
 
 /// A purpose-bound key sees only segments of its purposes.
 fn visible(p: &Principal, d: &SegmentDef) -> bool {
-    !p.grant.bound() || p.grant.purposes.iter().any(|u| *u == d.purpose)
+    !p.grant.bound() || p.grant.purposes.contains(&d.purpose)
 }
 
 fn define(id: String, input: SegmentInput) -> Result<SegmentDef, ApiError> {

@@ -78,12 +78,22 @@ pub struct Bundle {
     pub events: Vec<BundleEvent>,
     pub consents: Vec<BundleConsent>,
     pub merges: Vec<MergeView>,
-    /// Segments the person belongs to. Tarmo has no segments yet (see the
-    /// roadmap), so this is always empty.
-    pub segments: Vec<String>,
+    /// Segments the person belongs to, with the purpose each serves.
+    pub segments: Vec<BundleSegment>,
     pub purposes: Vec<BundlePurpose>,
     pub sources: Vec<BundleSource>,
     pub recipients: Vec<BundleRecipient>,
+}
+
+/// A segment the person is in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BundleSegment {
+    pub id: String,
+    pub name: String,
+    /// The purpose the segment serves.
+    pub purpose: String,
+    /// When they entered it.
+    pub since: String,
 }
 
 /// Collect the bundle for a person's current profile.
@@ -204,6 +214,20 @@ pub fn collect(
         })
         .collect::<Result<Vec<_>>>()?;
 
+    let mut segments = Vec::new();
+    for r in conn.query(
+        "SELECT m.segment_id, s.name, s.purpose_id, m.since_ms FROM segment_members m
+         JOIN segments s ON s.id = m.segment_id WHERE m.profile_id = $1 ORDER BY m.segment_id",
+        &[P::Int(profile)],
+    )? {
+        segments.push(BundleSegment {
+            id: r.text(0)?,
+            name: r.text(1)?,
+            purpose: r.text(2)?,
+            since: rfc3339(r.int(3)?),
+        });
+    }
+
     Ok(Bundle {
         generated_at: rfc3339(now_ms),
         profile_id: profile,
@@ -212,7 +236,7 @@ pub fn collect(
         events,
         consents,
         merges: view.merges,
-        segments: Vec::new(),
+        segments,
         purposes,
         sources,
         recipients,

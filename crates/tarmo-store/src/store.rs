@@ -141,6 +141,33 @@ pub struct ProfileView {
     #[schema(value_type = Object)]
     pub traits: Map<String, Value>,
     pub merges: Vec<MergeView>,
+    /// The segments the person is in (a purpose-bound key sees those of its
+    /// purposes only).
+    pub segments: Vec<MembershipView>,
+    /// Lifecycle stage and RFM scores from their orders; shown with
+    /// behaviour data only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MembershipView {
+    pub id: String,
+    /// When they entered.
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LifecycleView {
+    /// new, active, loyal, at_risk or lapsed; absent without orders.
+    pub stage: Option<String>,
+    /// Recency, frequency and monetary scores, 1-5 (quintiles of the customer base).
+    pub r: Option<u8>,
+    pub f: Option<u8>,
+    pub m: Option<u8>,
+    pub orders: u64,
+    pub revenue: f64,
+    pub last_order_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -397,6 +424,8 @@ impl Store {
             identifiers,
             traits,
             merges,
+            segments: Vec::new(),
+            lifecycle: None,
         }))
     }
 

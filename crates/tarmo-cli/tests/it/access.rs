@@ -36,6 +36,7 @@ fn call(base: &str, method: &str, path: &str, key: &str, body: Option<&Value>) -
     let auth = format!("Bearer {key}");
     let resp = match method {
         "get" => a.get(&url).header("Authorization", &auth).call(),
+        "delete" => a.delete(&url).header("Authorization", &auth).call(),
         "put" => a.put(&url).header("Authorization", &auth).send(
             body.map(|b| b.to_string())
                 .unwrap_or_else(|| "{}".into())
@@ -80,6 +81,12 @@ fn allowed(role: &str, method: &str, path: &str) -> bool {
         (_, p) if p.starts_with("/api/v1/processors") => &["admin", "dpo"],
         ("get", "/api/v1/records-of-processing" | "/api/v1/audit") => &["admin", "dpo"],
         (_, p) if p.starts_with("/api/v1/keys") => &["admin"],
+        ("get", "/api/v1/profiles/{id}/segments") => &staff,
+        ("get", "/api/v1/segments" | "/api/v1/segments/{id}" | "/api/v1/segments/{id}/members") => {
+            &["admin", "dpo", "marketer", "analyst"]
+        }
+        (_, p) if p.starts_with("/api/v1/segments") => &["admin", "marketer"],
+        ("get", "/api/v1/lifecycle") => &["admin", "dpo", "marketer", "analyst"],
         _ => return true,
     };
     roles.contains(&role)

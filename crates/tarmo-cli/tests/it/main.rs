@@ -8,4 +8,5 @@ mod ingest;
 mod openapi;
 mod processors;
 mod rights;
+mod segments;
 mod signals;

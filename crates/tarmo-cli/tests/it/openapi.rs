@@ -62,6 +62,12 @@ fn openapi_document_covers_every_route() {
         "/api/v1/stats",
         "/api/v1/keys",
         "/api/v1/keys/{id}/revoke",
+        "/api/v1/segments",
+        "/api/v1/segments/preview",
+        "/api/v1/segments/{id}",
+        "/api/v1/segments/{id}/members",
+        "/api/v1/profiles/{id}/segments",
+        "/api/v1/lifecycle",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();
@@ -79,6 +85,7 @@ fn openapi_document_covers_every_route() {
                 "get" => agent().get(&url).call().unwrap(),
                 "post" => agent().post(&url).send(&b"{}"[..]).unwrap(),
                 "put" => agent().put(&url).send(&b"{}"[..]).unwrap(),
+                "delete" => agent().delete(&url).call().unwrap(),
                 m => panic!("unexpected method {m}"),
             };
             let st = resp.status().as_u16();
