@@ -248,6 +248,31 @@ CREATE TABLE profile_touches (
     profile_id BIGINT NOT NULL,
     at_ms BIGINT NOT NULL
 );
+CREATE TABLE audiences (
+    id TEXT PRIMARY KEY,
+    segment_id TEXT NOT NULL,
+    processor_id BIGINT NOT NULL,
+    format TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE audience_members (
+    audience_id TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    hashes {BLOB} NOT NULL,
+    erased BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (audience_id, profile_id)
+){NOROWID};
+CREATE INDEX audience_members_profile ON audience_members(profile_id);
+CREATE TABLE audience_syncs (
+    audience_id TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    added BIGINT NOT NULL,
+    removed BIGINT NOT NULL,
+    excluded TEXT NOT NULL,
+    file {BLOB},
+    PRIMARY KEY (audience_id, n)
+){NOROWID};
 "#,
     ),
 ];

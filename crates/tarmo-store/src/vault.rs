@@ -344,6 +344,11 @@ pub enum Place {
     /// A segment's rule: written by staff, and it may name a value that
     /// identifies someone; sealed with the installation key.
     SegmentRule,
+    /// The hashed identifiers an ad platform received for a person, kept
+    /// (installation key) until the platform is told to remove them.
+    AudienceHashes,
+    /// An audience sync's file (hashed identifiers), installation key.
+    AudienceFile,
 }
 
 impl Place {
@@ -359,6 +364,8 @@ impl Place {
             Place::ProcessorNotification => b"processor_notifications.payload",
             Place::ProcessorSecret => b"processors.webhook_token",
             Place::SegmentRule => b"segments.rule",
+            Place::AudienceHashes => b"audience_members.hashes",
+            Place::AudienceFile => b"audience_syncs.file",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);

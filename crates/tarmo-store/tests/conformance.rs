@@ -145,6 +145,7 @@ conformance!(
     a_group_resolves_as_its_messages_one_by_one,
     segments_follow_events_consent_time_and_erasure,
     bad_segment_definitions_are_refused_and_nothing_is_saved,
+    audiences_carry_only_hashes_of_people_allowed_now_and_removals,
 );
 
 #[path = "conformance/segments.rs"]

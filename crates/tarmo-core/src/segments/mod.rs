@@ -13,6 +13,7 @@
 //! can move people in and out without any new event. It must never log a
 //! personal value; [`Facts`] are plaintext and live only in memory.
 
+pub mod audience;
 mod duration;
 mod eval;
 pub mod lifecycle;

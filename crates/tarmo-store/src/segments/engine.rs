@@ -1064,6 +1064,44 @@ impl SegmentEngine {
             .is_some_and(|p| allowed(p, &catalog, purpose, None, crate::now_ms())))
     }
 
+    /// Define an audience of a segment for a processor.
+    pub fn create_audience(&self, def: super::audiences::AudienceDef) -> Result<()> {
+        let Some((seg, _)) = self.get(&def.segment) else {
+            return Err(Error::rejected(
+                "unknown_segment",
+                format!("no segment `{}`", def.segment),
+            ));
+        };
+        self.writer.transact_blocking(move |ctx| {
+            super::audiences::create(ctx.conn, &ctx.catalog, &def, &seg.purpose)
+        })
+    }
+
+    /// Sync an audience with its segment's members as they are now; `None`
+    /// when there is no such audience.
+    pub fn sync_audience(&self, id: &str) -> Result<Option<super::audiences::SyncReport>> {
+        let Some(def) = super::audiences::get(&mut *self.store.conn()?, id)? else {
+            return Ok(None);
+        };
+        let Some((seg, _)) = self.get(&def.segment) else {
+            return Err(Error::rejected(
+                "unknown_segment",
+                format!("the audience's segment `{}` no longer exists", def.segment),
+            ));
+        };
+        let members: Vec<ProfileId> = {
+            let st = self.lock();
+            st.members
+                .get(&def.segment)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default()
+        };
+        let report = self.writer.transact_blocking(move |ctx| {
+            super::audiences::sync(ctx, &def, &seg.purpose, &members)
+        })?;
+        Ok(Some(report))
+    }
+
     /// People and events held in memory, for metrics.
     pub fn size(&self) -> (usize, usize) {
         let st = self.lock();

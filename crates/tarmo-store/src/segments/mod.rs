@@ -7,6 +7,7 @@
 //! This module must never accept a rule that reads data kinds its purpose
 //! does not use, nor keep a member whose profile is gone.
 
+pub mod audiences;
 pub mod engine;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -274,3 +274,124 @@ pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
     assert!(engine.delete("c").unwrap());
     assert!(engine.delete("b").unwrap());
 }
+
+pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harness) {
+    use tarmo_core::segments::audience::{AudienceFormat, hashed};
+    use tarmo_store::segments::audiences::{self, AudienceDef};
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "u1", "traits": {"email": "Ann.Lee@Gmail.com", "phone": "040 1234567"}}),
+        json!({"type": "identify", "userId": "u2", "traits": {"email": "bob@example.fi"}}),
+        json!({"type": "identify", "userId": "u3", "traits": {"email": "cid@example.fi"}}),
+        json!({"type": "identify", "userId": "u4"}),
+    ]);
+    let [u1, u2, u3, u4] = ["u1", "u2", "u3", "u4"].map(|u| h.lookup("user_id", u).unwrap());
+    for p in [u1, u3, u4] {
+        consent(h, p, "ad_audiences", ConsentDecision::Granted);
+    }
+    let input: tarmo_core::processor::ProcessorInput = serde_json::from_value(json!({
+        "name": "Ad platform", "role": "advertising", "country": "ie", "dpa_reference": "DPA-ads",
+        "dpa_signed_on": "2024-05-02", "purposes": ["ad_audiences"], "data_categories": ["contact"]}))
+    .unwrap();
+    let spec = input.parse(tarmo_store::now_ms()).unwrap();
+    let processor = h
+        .writer
+        .transact_blocking(move |ctx| {
+            tarmo_store::processors::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
+        })
+        .unwrap()
+        .id;
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    engine
+        .put(def(
+            "everyone",
+            "ad_audiences",
+            json!({"any": [{"identifier": "email"}, {"not": {"identifier": "email"}}]}),
+        ))
+        .unwrap();
+    let audience = |id: &str, processor_id: i64| AudienceDef {
+        id: id.into(),
+        segment: "everyone".into(),
+        processor_id,
+        format: AudienceFormat::GoogleCustomerMatch,
+        created_ms: 1,
+    };
+    // A processor not registered for the purpose is refused.
+    assert!(matches!(
+        engine.create_audience(audience("nope", processor + 100)),
+        Err(tarmo_store::Error::Rejected {
+            code: "unknown_processor",
+            ..
+        })
+    ));
+    engine
+        .create_audience(audience("google", processor))
+        .unwrap();
+    let r = engine.sync_audience("google").unwrap().unwrap();
+    assert_eq!((r.sync, r.added, r.removed), (1, 2, 0), "{r:?}");
+    assert_eq!(r.excluded.get("no_consent"), Some(&1), "{r:?}");
+    assert_eq!(r.excluded.get("missing_contact"), Some(&1), "{r:?}");
+    let file = |n: i64| {
+        String::from_utf8(
+            audiences::file(&mut *h.store.conn().unwrap(), h.store.vault(), "google", n)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let f1 = file(1);
+    let ann = hashed("annlee@gmail.com");
+    assert!(f1.starts_with("action,Email,Phone\n"), "{f1}");
+    assert!(
+        f1.contains(&format!("add,{ann},{}", hashed("+358401234567"))),
+        "{f1}"
+    );
+    assert!(
+        f1.contains(&format!("add,{},", hashed("cid@example.fi"))),
+        "{f1}"
+    );
+    for plain in ["Ann", "ann", "gmail", "example.fi", "358401234567", "bob"] {
+        assert!(!f1.contains(plain), "plaintext {plain} in {f1}");
+    }
+    // Each person added is a disclosure to the processor.
+    let disclosures = |p: i64| {
+        tarmo_store::processors::disclosures_of(&mut *h.store.conn().unwrap(), p)
+            .unwrap()
+            .len()
+    };
+    assert_eq!((disclosures(u1), disclosures(u2)), (1, 0));
+
+    // Nothing changed: nothing added or removed.
+    let r = engine.sync_audience("google").unwrap().unwrap();
+    assert_eq!((r.sync, r.added, r.removed), (2, 0, 0));
+
+    // Ann withdraws, Cid is erased: both are removals in the next file.
+    consent(h, u1, "ad_audiences", ConsentDecision::Withdrawn);
+    h.writer
+        .transact_blocking(move |ctx| tarmo_store::erasure::erase_profile(ctx, u3, None, true))
+        .unwrap();
+    engine.tick().unwrap();
+    let r = engine.sync_audience("google").unwrap().unwrap();
+    assert_eq!((r.added, r.removed), (0, 2), "{r:?}");
+    let f3 = file(3);
+    assert!(f3.contains(&format!("remove,{ann},")), "{f3}");
+    assert!(
+        f3.contains(&format!("remove,{},", hashed("cid@example.fi"))),
+        "{f3}"
+    );
+    let left: i64 = h
+        .store
+        .conn()
+        .unwrap()
+        .query_opt("SELECT COUNT(*) FROM audience_members", &[])
+        .unwrap()
+        .unwrap()
+        .int(0)
+        .unwrap();
+    assert_eq!(left, 0, "what the platform was told to remove is not kept");
+    let _ = (u2, u4);
+}

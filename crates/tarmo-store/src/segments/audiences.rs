@@ -1,0 +1,312 @@
+//! Audiences for ad platforms: a segment's members whose decision for the
+//! segment's purpose over the `ads` channel allows it *now*, as hashed,
+//! normalised identifiers in the platform's file format, plus removals for
+//! those who left, withdrew or were erased since the last sync.
+//!
+//! Each sync decides and discloses in one writer transaction: a person
+//! added is a disclosure to the processor (so an erasure notifies it), and
+//! a withdrawal one second earlier keeps them out. What a platform received
+//! is kept sealed with the installation key only until it has been told to
+//! remove it. No plaintext identifier is ever written to an audience file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tarmo_core::consent::{Channel, decide};
+use tarmo_core::segments::audience::{AudienceFormat, hashed};
+
+use crate::conn::{Conn, P, ProfileId};
+use crate::consent::{Catalog, Subject, subject_by_id};
+use crate::vault::{Place, Vault};
+use crate::writer::TxCtx;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudienceDef {
+    pub id: String,
+    pub segment: String,
+    pub processor_id: i64,
+    pub format: AudienceFormat,
+    pub created_ms: i64,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SyncReport {
+    pub sync: i64,
+    pub added: u64,
+    pub removed: u64,
+    /// People of the segment left out, by reason (`no_consent`, `withdrawn`,
+    /// `missing_contact`, ...).
+    pub excluded: BTreeMap<String, u64>,
+}
+
+/// Check and save a new audience for a segment serving `purpose`.
+pub fn create(
+    conn: &mut dyn Conn,
+    catalog: &Catalog,
+    def: &AudienceDef,
+    purpose: &str,
+) -> Result<()> {
+    if !tarmo_core::segments::valid_segment_id(&def.id) {
+        return Err(Error::rejected(
+            "invalid_audience_id",
+            "an audience id is 1-64 of a-z, 0-9 and _, starting with a letter",
+        ));
+    }
+    if get(conn, &def.id)?.is_some() {
+        return Err(Error::Rejected {
+            status: 409,
+            code: "audience_exists",
+            message: format!("audience `{}` exists", def.id),
+        });
+    }
+    let Some(p) = crate::processors::get(conn, def.processor_id)? else {
+        return Err(Error::rejected(
+            "unknown_processor",
+            format!("no processor {}", def.processor_id),
+        ));
+    };
+    if !p.purposes.iter().any(|x| x == purpose) {
+        return Err(Error::Rejected {
+            status: 403,
+            code: "purpose_not_permitted",
+            message: format!(
+                "processor {} is not registered for purpose `{purpose}` (its purposes: {})",
+                p.id,
+                p.purposes.join(", ")
+            ),
+        });
+    }
+    let entry = catalog.require(purpose)?;
+    if !entry.spec.channels.contains(&Channel::Ads) {
+        return Err(Error::rejected(
+            "channel_not_covered",
+            format!("purpose `{purpose}` does not cover the ads channel"),
+        ));
+    }
+    conn.exec(
+        "INSERT INTO audiences (id, segment_id, processor_id, format, created_ms) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            P::Text(&def.id),
+            P::Text(&def.segment),
+            P::Int(def.processor_id),
+            P::Text(def.format.as_str()),
+            P::Int(def.created_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+fn def_of(r: &crate::conn::Row) -> Result<AudienceDef> {
+    Ok(AudienceDef {
+        id: r.text(0)?,
+        segment: r.text(1)?,
+        processor_id: r.int(2)?,
+        format: AudienceFormat::parse(&r.text(3)?)
+            .ok_or_else(|| Error::Corrupt("unknown audience format".into()))?,
+        created_ms: r.int(4)?,
+    })
+}
+
+pub fn get(conn: &mut dyn Conn, id: &str) -> Result<Option<AudienceDef>> {
+    conn.query_opt(
+        "SELECT id, segment_id, processor_id, format, created_ms FROM audiences WHERE id = $1",
+        &[P::Text(id)],
+    )?
+    .map(|r| def_of(&r))
+    .transpose()
+}
+
+pub fn list(conn: &mut dyn Conn) -> Result<Vec<AudienceDef>> {
+    conn.query(
+        "SELECT id, segment_id, processor_id, format, created_ms FROM audiences ORDER BY id",
+        &[],
+    )?
+    .iter()
+    .map(def_of)
+    .collect()
+}
+
+/// The syncs so far: (n, at, added, removed).
+pub fn syncs(conn: &mut dyn Conn, id: &str) -> Result<Vec<(i64, i64, i64, i64)>> {
+    conn.query(
+        "SELECT n, at_ms, added, removed FROM audience_syncs WHERE audience_id = $1 ORDER BY n",
+        &[P::Text(id)],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.int(0)?, r.int(1)?, r.int(2)?, r.int(3)?)))
+    .collect()
+}
+
+/// An erased person's entries wait, sealed, for the next sync to remove
+/// them from the platform; then they go.
+pub fn erased(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
+    conn.exec(
+        "UPDATE audience_members SET erased = 1 WHERE profile_id = $1",
+        &[P::Int(profile)],
+    )?;
+    Ok(())
+}
+
+/// The hashed identifiers of a person, as the format wants them; empty
+/// hashes when the person has no such identifier.
+fn hashes_of(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+    format: AudienceFormat,
+) -> Result<(String, String)> {
+    let (mut email, mut phone) = (String::new(), String::new());
+    for row in conn.identifiers_of(profile)? {
+        if row.kind != "email" && row.kind != "phone" {
+            continue;
+        }
+        let key = vault
+            .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
+            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {}", row.key_owner)))?;
+        let plain = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
+        let v = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // The first of each kind (identifiers come in a stable order).
+        if row.kind == "email" && email.is_empty() {
+            email = hashed(&format.email(&v));
+        } else if row.kind == "phone" && phone.is_empty() {
+            phone = hashed(&format.phone(&v));
+        }
+    }
+    Ok((email, phone))
+}
+
+/// Sync the audience with the segment's current `members`: decide each
+/// person now, write the platform file and record the disclosures.
+pub fn sync(
+    ctx: &mut TxCtx<'_>,
+    def: &AudienceDef,
+    purpose: &str,
+    members: &[ProfileId],
+) -> Result<SyncReport> {
+    let now = ctx.now_ms;
+    let entry = ctx.catalog.require(purpose)?.clone();
+    let n = ctx
+        .conn
+        .query_opt(
+            "SELECT MAX(n) FROM audience_syncs WHERE audience_id = $1",
+            &[P::Text(&def.id)],
+        )?
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten()
+        .unwrap_or(0)
+        + 1;
+    let mut report = SyncReport {
+        sync: n,
+        ..Default::default()
+    };
+    // What the platform holds now, from earlier syncs.
+    let mut held: HashMap<ProfileId, (String, bool)> = HashMap::new();
+    for r in ctx.conn.query(
+        "SELECT profile_id, hashes, erased FROM audience_members WHERE audience_id = $1",
+        &[P::Text(&def.id)],
+    )? {
+        let plain = ctx.vault.open_system(Place::AudienceHashes, &r.blob(1)?)?;
+        let h = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+        held.insert(r.int(0)?, (h, r.int(2)? != 0));
+    }
+    let mut now_in: HashMap<ProfileId, String> = HashMap::new();
+    for &p in members {
+        let verdict = match subject_by_id(ctx.conn, p, purpose)? {
+            Subject::Known(cur, st, flags) if cur == p => {
+                decide(&entry.rule, Some(Channel::Ads), st.as_ref(), flags, now)
+            }
+            _ => {
+                *report.excluded.entry("unknown_profile".into()).or_default() += 1;
+                continue;
+            }
+        };
+        if !verdict.allowed {
+            *report
+                .excluded
+                .entry(verdict.reason.as_str().into())
+                .or_default() += 1;
+            continue;
+        }
+        let (email, phone) = hashes_of(ctx.conn, ctx.vault, p, def.format)?;
+        if email.is_empty() && phone.is_empty() {
+            *report.excluded.entry("missing_contact".into()).or_default() += 1;
+            continue;
+        }
+        now_in.insert(p, format!("{email},{phone}"));
+    }
+    let (ce, cp) = def.format.columns();
+    let mut file = format!("action,{ce},{cp}\n");
+    let mut removals: Vec<ProfileId> = Vec::new();
+    for (p, (h, erased)) in &held {
+        if *erased || now_in.get(p) != Some(h) {
+            file.push_str(&format!("remove,{h}\n"));
+            removals.push(*p);
+        }
+    }
+    removals.sort_unstable();
+    for p in &removals {
+        ctx.conn.exec(
+            "DELETE FROM audience_members WHERE audience_id = $1 AND profile_id = $2",
+            &[P::Text(&def.id), P::Int(*p)],
+        )?;
+    }
+    report.removed = removals.len() as u64;
+    let mut adds: Vec<(&ProfileId, &String)> = now_in
+        .iter()
+        .filter(|(p, h)| held.get(p).is_none_or(|(old, erased)| *erased || old != *h))
+        .collect();
+    adds.sort_unstable();
+    for (p, h) in adds {
+        file.push_str(&format!("add,{h}\n"));
+        let sealed = ctx.vault.seal_system(Place::AudienceHashes, h.as_bytes())?;
+        ctx.conn.exec(
+            "INSERT INTO audience_members (audience_id, profile_id, hashes, erased) VALUES ($1, $2, $3, 0)",
+            &[P::Text(&def.id), P::Int(*p), P::Blob(&sealed)],
+        )?;
+        crate::processors::record_disclosure(
+            ctx.conn,
+            *p,
+            def.processor_id,
+            purpose,
+            &["contact"],
+            now,
+        )?;
+        report.added += 1;
+    }
+    let sealed = ctx
+        .vault
+        .seal_system(Place::AudienceFile, file.as_bytes())?;
+    let excluded =
+        serde_json::to_string(&report.excluded).map_err(|e| Error::Corrupt(e.to_string()))?;
+    ctx.conn.exec(
+        "INSERT INTO audience_syncs (audience_id, n, at_ms, added, removed, excluded, file)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            P::Text(&def.id),
+            P::Int(n),
+            P::Int(now),
+            P::Int(report.added as i64),
+            P::Int(report.removed as i64),
+            P::Text(&excluded),
+            P::Blob(&sealed),
+        ],
+    )?;
+    Ok(report)
+}
+
+/// A sync's file (CSV), opened.
+pub fn file(conn: &mut dyn Conn, vault: &Vault, id: &str, n: i64) -> Result<Option<Vec<u8>>> {
+    let Some(r) = conn.query_opt(
+        "SELECT file FROM audience_syncs WHERE audience_id = $1 AND n = $2",
+        &[P::Text(id), P::Int(n)],
+    )?
+    else {
+        return Ok(None);
+    };
+    match r.opt_blob(0)? {
+        Some(sealed) => Ok(Some(vault.open_system(Place::AudienceFile, &sealed)?)),
+        None => Ok(None),
+    }
+}
