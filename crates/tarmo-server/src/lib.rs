@@ -265,6 +265,11 @@ impl AppState {
         segments::preview,
         segments::of_profile,
         segments::lifecycle,
+        segments::create_audience,
+        segments::list_audiences,
+        segments::get_audience,
+        segments::sync_audience,
+        segments::sync_file,
         healthz,
         metrics_route,
         openapi_json,
@@ -286,7 +291,9 @@ impl AppState {
         staff::KeyInput, staff::NewKey, staff::KeyList, tarmo_store::keys::ApiKey,
         segments::SegmentInput, segments::PreviewInput, segments::SegmentView, segments::SegmentList,
         segments::Member, segments::MemberPage, segments::Preview, segments::Membership,
-        segments::ProfileSegments, segments::ScoreCounts, segments::LifecycleOverview)),
+        segments::ProfileSegments, segments::ScoreCounts, segments::LifecycleOverview,
+        segments::AudienceInput, segments::AudienceView, segments::AudienceList, segments::SyncSummary,
+        segments::SyncResult)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -410,6 +417,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/segments/{id}/members", get(segments::members))
         .route("/api/v1/profiles/{id}/segments", get(segments::of_profile))
         .route("/api/v1/lifecycle", get(segments::lifecycle))
+        .route(
+            "/api/v1/audiences",
+            get(segments::list_audiences).post(segments::create_audience),
+        )
+        .route("/api/v1/audiences/{id}", get(segments::get_audience))
+        .route("/api/v1/audiences/{id}/sync", post(segments::sync_audience))
+        .route(
+            "/api/v1/audiences/{id}/syncs/{n}/file",
+            get(segments::sync_file),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))

@@ -448,3 +448,253 @@ pub async fn lifecycle(State(s): State<Arc<AppState>>, _p: Principal) -> Json<Li
         quintiles: serde_json::to_value(&sum.quintiles).unwrap_or_default(),
     })
 }
+
+// ---------------------------------------------------------------- audiences
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceInput {
+    pub id: String,
+    /// The segment whose members are the audience (its purpose applies).
+    pub segment: String,
+    /// The processor (ad platform) registered for the segment's purpose.
+    pub processor: i64,
+    /// `meta_custom_audience` or `google_customer_match`.
+    pub format: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncSummary {
+    pub sync: i64,
+    pub at: String,
+    pub added: i64,
+    pub removed: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudienceView {
+    pub id: String,
+    pub segment: String,
+    pub processor: i64,
+    pub format: String,
+    pub created_at: String,
+    pub syncs: Vec<SyncSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudienceList {
+    pub audiences: Vec<AudienceView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncResult {
+    pub sync: i64,
+    pub added: u64,
+    pub removed: u64,
+    /// Members left out, by reason: no_consent, withdrawn, missing_contact, ...
+    #[schema(value_type = Object)]
+    pub excluded: Value,
+}
+
+fn audience_not_found() -> ApiError {
+    ApiError::not_found("audience_not_found", "no such audience")
+}
+
+async fn audience_view(
+    s: &AppState,
+    p: &Principal,
+    def: tarmo_store::segments::audiences::AudienceDef,
+) -> Result<Option<AudienceView>, ApiError> {
+    match s.segments.get(&def.segment) {
+        Some((seg, _)) if visible(p, &seg) => {}
+        _ => return Ok(None),
+    }
+    let store = s.store.clone();
+    let id = def.id.clone();
+    let syncs =
+        blocking(move || tarmo_store::segments::audiences::syncs(&mut *store.conn()?, &id)).await?;
+    Ok(Some(AudienceView {
+        id: def.id,
+        segment: def.segment,
+        processor: def.processor_id,
+        format: def.format.as_str().into(),
+        created_at: rfc3339(def.created_ms),
+        syncs: syncs
+            .into_iter()
+            .map(|(n, at, added, removed)| SyncSummary {
+                sync: n,
+                at: rfc3339(at),
+                added,
+                removed,
+            })
+            .collect(),
+    }))
+}
+
+/// Define an audience: a segment's members for an ad platform.
+#[utoipa::path(post, path = "/api/v1/audiences", tag = "segments",
+    request_body = AudienceInput,
+    security(("admin_key" = [])),
+    responses((status = 201, body = AudienceView), (status = 400, body = ErrorBody,
+        description = "invalid_audience, invalid_audience_id, unknown_format, unknown_segment, unknown_processor, channel_not_covered"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "purpose_not_permitted"),
+        (status = 409, body = ErrorBody)))]
+pub async fn create_audience(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<AudienceView>), ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_audience",
+            "a JSON body is needed: {\"id\", \"segment\", \"processor\", \"format\"}",
+        ));
+    }
+    let input: AudienceInput = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_audience", e.to_string()))?;
+    let format =
+        tarmo_core::segments::audience::AudienceFormat::parse(&input.format).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_format",
+                "format is meta_custom_audience or google_customer_match",
+            )
+        })?;
+    match s.segments.get(&input.segment) {
+        Some((seg, _)) if visible(&p, &seg) => p.may_act_for(&seg.purpose)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "unknown_segment",
+                format!("no segment `{}`", input.segment),
+            ));
+        }
+    }
+    let def = tarmo_store::segments::audiences::AudienceDef {
+        id: input.id,
+        segment: input.segment,
+        processor_id: input.processor,
+        format,
+        created_ms: now_ms(),
+    };
+    let engine = s.segments.clone();
+    let saved = def.clone();
+    blocking(move || engine.create_audience(saved)).await?;
+    let view = audience_view(&s, &p, def)
+        .await?
+        .ok_or_else(audience_not_found)?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Every audience with its syncs.
+#[utoipa::path(get, path = "/api/v1/audiences", tag = "segments",
+    security(("admin_key" = [])),
+    responses((status = 200, body = AudienceList), (status = 401, body = ErrorBody)))]
+pub async fn list_audiences(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+) -> Result<Json<AudienceList>, ApiError> {
+    let store = s.store.clone();
+    let defs =
+        blocking(move || tarmo_store::segments::audiences::list(&mut *store.conn()?)).await?;
+    let mut audiences = Vec::new();
+    for d in defs {
+        if let Some(v) = audience_view(&s, &p, d).await? {
+            audiences.push(v);
+        }
+    }
+    Ok(Json(AudienceList { audiences }))
+}
+
+async fn audience_of(s: &AppState, p: &Principal, id: &str) -> Result<AudienceView, ApiError> {
+    let store = s.store.clone();
+    let owned = id.to_owned();
+    let def = blocking(move || tarmo_store::segments::audiences::get(&mut *store.conn()?, &owned))
+        .await?
+        .ok_or_else(audience_not_found)?;
+    audience_view(s, p, def)
+        .await?
+        .ok_or_else(audience_not_found)
+}
+
+/// One audience with its syncs.
+#[utoipa::path(get, path = "/api/v1/audiences/{id}", tag = "segments",
+    params(("id" = String, Path, description = "Audience id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = AudienceView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_audience(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<AudienceView>, ApiError> {
+    Ok(Json(audience_of(&s, &p, &id).await?))
+}
+
+/// Decide every member now and produce the platform file: additions of
+/// people allowed now, removals of those who left, withdrew or were erased.
+#[utoipa::path(post, path = "/api/v1/audiences/{id}/sync", tag = "segments",
+    params(("id" = String, Path, description = "Audience id")),
+    security(("admin_key" = [])),
+    responses((status = 200, body = SyncResult), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn sync_audience(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<SyncResult>, ApiError> {
+    audience_of(&s, &p, &id).await?;
+    let engine = s.segments.clone();
+    let r = blocking(move || engine.sync_audience(&id))
+        .await?
+        .ok_or_else(audience_not_found)?;
+    tracing::info!(
+        sync = r.sync,
+        added = r.added,
+        removed = r.removed,
+        "audience synced"
+    );
+    Ok(Json(SyncResult {
+        sync: r.sync,
+        added: r.added,
+        removed: r.removed,
+        excluded: serde_json::to_value(&r.excluded).unwrap_or_default(),
+    }))
+}
+
+/// A sync's file for the platform (CSV: action and the hashed identifiers).
+#[utoipa::path(get, path = "/api/v1/audiences/{id}/syncs/{n}/file", tag = "segments",
+    params(("id" = String, Path, description = "Audience id"), ("n" = i64, Path, description = "Sync number")),
+    security(("admin_key" = [])),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn sync_file(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let n: i64 = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::bad_request("invalid_sync", "a sync number is a positive integer")
+    })?;
+    audience_of(&s, &p, &id).await?;
+    let store = s.store.clone();
+    let name = format!("{id}-{n}.csv");
+    let file = blocking(move || {
+        tarmo_store::segments::audiences::file(&mut *store.conn()?, store.vault(), &id, n)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("sync_not_found", "no such sync"))?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/csv; charset=utf-8".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        file,
+    )
+        .into_response())
+}

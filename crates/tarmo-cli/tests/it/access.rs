@@ -87,6 +87,11 @@ fn allowed(role: &str, method: &str, path: &str) -> bool {
         }
         (_, p) if p.starts_with("/api/v1/segments") => &["admin", "marketer"],
         ("get", "/api/v1/lifecycle") => &["admin", "dpo", "marketer", "analyst"],
+        ("get", "/api/v1/audiences" | "/api/v1/audiences/{id}") => {
+            &["admin", "dpo", "marketer", "analyst"]
+        }
+        ("post", "/api/v1/audiences") => &["admin", "marketer"],
+        (_, p) if p.starts_with("/api/v1/audiences") => &["admin", "marketer"],
         _ => return true,
     };
     roles.contains(&role)
@@ -112,7 +117,7 @@ fn every_route_in_the_openapi_document_answers_each_role_as_the_issue_says() {
             continue;
         }
         for method in ops.as_object().unwrap().keys() {
-            let url = path.replace("{id}", "1");
+            let url = path.replace("{id}", "1").replace("{n}", "1");
             for role in roles {
                 let (st, v) = if path.starts_with("/v1/") {
                     let body =

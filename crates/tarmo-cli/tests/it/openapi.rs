@@ -68,6 +68,10 @@ fn openapi_document_covers_every_route() {
         "/api/v1/segments/{id}/members",
         "/api/v1/profiles/{id}/segments",
         "/api/v1/lifecycle",
+        "/api/v1/audiences",
+        "/api/v1/audiences/{id}",
+        "/api/v1/audiences/{id}/sync",
+        "/api/v1/audiences/{id}/syncs/{n}/file",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();
@@ -79,7 +83,9 @@ fn openapi_document_covers_every_route() {
             let url = format!(
                 "{}{}",
                 s.base,
-                path.replace("{id}", "1").replace("{token}", "not-a-token")
+                path.replace("{id}", "1")
+                    .replace("{n}", "1")
+                    .replace("{token}", "not-a-token")
             );
             let mut resp = match method.as_str() {
                 "get" => agent().get(&url).call().unwrap(),

@@ -465,3 +465,121 @@ fn a_purpose_bound_key_sees_only_its_segments_and_allowed_members() {
             .is_some_and(|m| m.len() == 1)
     });
 }
+
+#[test]
+fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() {
+    let (_d, s) = server();
+    batch(
+        &s,
+        vec![
+            json!({"type": "identify", "userId": "dee", "traits": {"email": "Dee.Doe@gmail.com"}}),
+            json!({"type": "identify", "userId": "eve", "traits": {"email": "eve@example.fi"}}),
+        ],
+    );
+    for (user, decision) in [("dee", "granted"), ("eve", "denied")] {
+        let (st, v) = admin(
+            &s,
+            "POST",
+            "/api/v1/consents",
+            Some(
+                &json!({"subject": {"type": "user_id", "value": user}, "purpose": "ad_audiences",
+                "decision": decision, "method": "web_form", "source": "cookie banner"}),
+            ),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    let (st, p) = admin(
+        &s,
+        "POST",
+        "/api/v1/processors",
+        Some(
+            &json!({"name": "Ads Inc", "role": "advertising", "country": "ie", "dpa_reference": "DPA-9",
+            "dpa_signed_on": "2024-01-02", "purposes": ["ad_audiences"], "data_categories": ["contact"]}),
+        ),
+    );
+    assert_eq!(st, 201, "{p}");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/segments",
+        Some(
+            &json!({"id": "has_email", "name": "Has email", "purpose": "ad_audiences", "rule_text": "has email"}),
+        ),
+    );
+    assert_eq!((st, v["count"].as_i64()), (201, Some(2)), "{v}");
+    let bad = [
+        (
+            json!({"id": "x", "segment": "has_email", "processor": p["id"], "format": "tiktok"}),
+            "unknown_format",
+        ),
+        (
+            json!({"id": "x", "segment": "nope", "processor": p["id"], "format": "meta_custom_audience"}),
+            "unknown_segment",
+        ),
+        (
+            json!({"id": "x", "segment": "has_email", "processor": 999, "format": "meta_custom_audience"}),
+            "unknown_processor",
+        ),
+    ];
+    for (body, code) in bad {
+        let (st, v) = admin(&s, "POST", "/api/v1/audiences", Some(&body));
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{body}: {v}");
+    }
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/audiences",
+        Some(
+            &json!({"id": "meta", "segment": "has_email", "processor": p["id"], "format": "meta_custom_audience"}),
+        ),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, r) = admin(&s, "POST", "/api/v1/audiences/meta/sync", None);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["sync"].as_i64(), r["added"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["excluded"]["denied"], 1, "{r}");
+    let file = |n: i64| {
+        let mut resp = agent()
+            .get(format!("{}/api/v1/audiences/meta/syncs/{n}/file", s.base))
+            .header("Authorization", &format!("Bearer {}", s.admin))
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.body_mut().read_to_string().unwrap()
+    };
+    // Meta: trimmed, lower-cased, SHA-256 hex; the dots stay.
+    let dee = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(b"dee.doe@gmail.com"))
+    };
+    let f = file(1);
+    assert_eq!(f, format!("action,EMAIL,PHONE\nadd,{dee},\n"));
+    // Dee withdraws; the next sync removes her.
+    let (st, _) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "user_id", "value": "dee"}, "purpose": "ad_audiences",
+            "decision": "withdrawn", "method": "web_form", "source": "preference page"}),
+        ),
+    );
+    assert_eq!(st, 200);
+    let (_, r) = admin(&s, "POST", "/api/v1/audiences/meta/sync", None);
+    assert_eq!(
+        (r["added"].as_u64(), r["removed"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    assert_eq!(file(2), format!("action,EMAIL,PHONE\nremove,{dee},\n"));
+    let (_, a) = admin(&s, "GET", "/api/v1/audiences/meta", None);
+    assert_eq!(a["syncs"].as_array().unwrap().len(), 2, "{a}");
+    assert_eq!(
+        admin(&s, "GET", "/api/v1/audiences/meta/syncs/9/file", None).0,
+        404
+    );
+}
