@@ -494,6 +494,8 @@ pub struct SyncResult {
     /// Members left out, by reason: no_consent, withdrawn, missing_contact, ...
     #[schema(value_type = Object)]
     pub excluded: Value,
+    /// The file was queued for the processor's webhook.
+    pub pushed: bool,
 }
 
 fn audience_not_found() -> ApiError {
@@ -645,10 +647,14 @@ pub async fn sync_audience(
     let r = blocking(move || engine.sync_audience(&id))
         .await?
         .ok_or_else(audience_not_found)?;
+    if r.pushed {
+        s.notices_wake();
+    }
     tracing::info!(
         sync = r.sync,
         added = r.added,
         removed = r.removed,
+        pushed = r.pushed,
         "audience synced"
     );
     Ok(Json(SyncResult {
@@ -656,6 +662,7 @@ pub async fn sync_audience(
         added: r.added,
         removed: r.removed,
         excluded: serde_json::to_value(&r.excluded).unwrap_or_default(),
+        pushed: r.pushed,
     }))
 }
 

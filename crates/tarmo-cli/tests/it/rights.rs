@@ -195,6 +195,15 @@ fn forensic_erasure_leaves_no_trace_of_the_person_in_any_file() {
     );
     assert_eq!(p["traits"]["lastName"], markers[11]);
     let profile = p["id"].as_i64().unwrap();
+    // A segment the person is in, whose rule names one of their values.
+    let (st, seg) = admin(
+        &s,
+        "POST",
+        "/api/v1/segments",
+        Some(&json!({"id": "forensic", "name": "Forensic", "purpose": "personalisation",
+            "rule": {"event": markers[8], "within": "365d"}})),
+    );
+    assert_eq!((st, seg["count"].as_i64()), (201, Some(1)), "{seg}");
 
     // What an attacker with the files might look for besides the values:
     // the person's wrapped data key and their sealed values.
@@ -259,6 +268,10 @@ fn forensic_erasure_leaves_no_trace_of_the_person_in_any_file() {
         None,
     );
     assert_eq!(d["reason"], "suppressed");
+    // Out of the segment, whose rule stays sealed.
+    let (_, seg) = admin(&s, "GET", "/api/v1/segments/forensic", None);
+    assert_eq!(seg["count"], 0, "{seg}");
+    assert_eq!(seg["rule"]["event"], markers[8]);
     drop(s);
 
     let mut needles: Vec<(String, Vec<u8>)> = Vec::new();

@@ -468,6 +468,7 @@ fn a_purpose_bound_key_sees_only_its_segments_and_allowed_members() {
 
 #[test]
 fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() {
+    let sink = tarmo_notify::testing::HttpSink::start();
     let (_d, s) = server();
     batch(
         &s,
@@ -494,7 +495,8 @@ fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() 
         "/api/v1/processors",
         Some(
             &json!({"name": "Ads Inc", "role": "advertising", "country": "ie", "dpa_reference": "DPA-9",
-            "dpa_signed_on": "2024-01-02", "purposes": ["ad_audiences"], "data_categories": ["contact"]}),
+            "dpa_signed_on": "2024-01-02", "purposes": ["ad_audiences"], "data_categories": ["contact"],
+            "erasure_webhook": format!("{}/audiences", sink.url()), "webhook_token": "ads-token"}),
         ),
     );
     assert_eq!(st, 201, "{p}");
@@ -558,6 +560,16 @@ fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() 
     };
     let f = file(1);
     assert_eq!(f, format!("action,EMAIL,PHONE\nadd,{dee},\n"));
+    // The processor's webhook receives the same file.
+    assert_eq!(r["pushed"], true);
+    let got = sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].header("Authorization"), Some("Bearer ads-token"));
+    let pushed = got[0].json();
+    assert_eq!(
+        (pushed["type"].as_str(), pushed["audience"].as_str(), pushed["sync"].as_i64()),
+        (Some("audience_sync"), Some("meta"), Some(1))
+    );
+    assert_eq!(pushed["file"].as_str(), Some(f.as_str()));
     // Dee withdraws; the next sync removes her.
     let (st, _) = admin(
         &s,

@@ -38,7 +38,13 @@ pub struct SyncReport {
     /// People of the segment left out, by reason (`no_consent`, `withdrawn`,
     /// `missing_contact`, ...).
     pub excluded: BTreeMap<String, u64>,
+    /// Whether the file was queued for the processor's webhook.
+    pub pushed: bool,
 }
+
+/// The largest file pushed to a webhook in one request (8 MiB, some 60,000
+/// people); larger ones are downloaded.
+const MAX_PUSHED_FILE: usize = 8 * 1024 * 1024;
 
 /// Check and save a new audience for a segment serving `purpose`.
 pub fn create(
@@ -274,6 +280,39 @@ pub fn sync(
             now,
         )?;
         report.added += 1;
+    }
+    // Where the processor has a webhook, the file goes there through the
+    // processors' delivery queue (retried with backoff, never logged);
+    // a file too large for one request waits to be downloaded.
+    let webhook = ctx
+        .conn
+        .query_opt(
+            "SELECT erasure_webhook FROM processors WHERE id = $1",
+            &[P::Int(def.processor_id)],
+        )?
+        .map(|r| r.opt_text(0))
+        .transpose()?
+        .flatten();
+    if webhook.is_some() && file.len() <= MAX_PUSHED_FILE {
+        let payload = serde_json::json!({
+            "type": "audience_sync",
+            "audience": def.id,
+            "sync": n,
+            "format": def.format.as_str(),
+            "added": report.added,
+            "removed": report.removed,
+            "file": file,
+        });
+        let plain = serde_json::to_vec(&payload).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let sealed = ctx.vault.seal_system(Place::ProcessorNotification, &plain)?;
+        // Request 0: no data subject request asked for it.
+        ctx.conn.exec(
+            "INSERT INTO processor_notifications (request_id, processor_id, payload, status,
+                 attempts, next_attempt_ms, created_ms)
+             VALUES (0, $1, $2, 'pending', 0, $3, $3)",
+            &[P::Int(def.processor_id), P::Blob(&sealed), P::Int(now)],
+        )?;
+        report.pushed = true;
     }
     let sealed = ctx
         .vault

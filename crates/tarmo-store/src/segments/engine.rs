@@ -439,6 +439,15 @@ impl SegmentEngine {
             self.recompute_quintiles(&mut st, now);
             // Scores moved for everyone.
             dirty.extend(st.people.keys().copied());
+            // Touches older than a day have been read by every engine that runs.
+            let before = now - DAY_MS;
+            self.writer.transact_blocking(move |ctx| {
+                ctx.conn.exec(
+                    "DELETE FROM profile_touches WHERE at_ms < $1",
+                    &[P::Int(before)],
+                )?;
+                Ok(())
+            })?;
         }
         drop(conn);
         let dirty: Vec<ProfileId> = dirty.into_iter().collect();
