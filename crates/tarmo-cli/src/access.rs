@@ -29,7 +29,13 @@ pub enum KeysCommand {
         /// The key stops working after this many hours.
         #[arg(long)]
         expires_in_hours: Option<u64>,
-        /// Print {"key": ..., "id": ..., "roles": [...], "purposes": [...]}.
+        /// A write key's trust level: `client` (the default: a key shipped
+        /// in a web page or an app, whose identifiers are claims) or
+        /// `server` (a back end, a till, a CRM: its identifiers are verified
+        /// and may merge known people).
+        #[arg(long, value_parser = ["client", "server"])]
+        trust: Option<String>,
+        /// Print {"key": ..., "id": ..., "roles": [...], "purposes": [...], "trust": ...}.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +127,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
             purpose,
             name,
             expires_in_hours,
+            trust,
             json,
         } => {
             let s = settings(&common, None)?;
@@ -132,12 +139,19 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 name,
                 user_id: None,
                 expires_ms: expires_in_hours.map(|h| tarmo_store::now_ms() + h as i64 * 3_600_000),
+                trust: trust
+                    .as_deref()
+                    .and_then(tarmo_core::identity::Trust::parse),
             };
             let (secret, id) = store.create_api_key(&spec)?;
+            let trust = role
+                .iter()
+                .all(|r| r == "ingest")
+                .then(|| trust.unwrap_or_else(|| "client".into()));
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"key": secret, "id": id, "roles": role, "purposes": purpose})
+                    serde_json::json!({"key": secret, "id": id, "roles": role, "purposes": purpose, "trust": trust})
                 );
             } else {
                 println!("{secret}");

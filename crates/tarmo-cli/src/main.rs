@@ -410,9 +410,13 @@ fn init(s: &Settings) -> anyhow::Result<FirstKeys> {
         name: "first admin key".into(),
         ..Default::default()
     })?;
+    // The first write key is the one pasted into a web page: a client key,
+    // whose identifiers are claims. Back ends get theirs with
+    // `tarmo keys create --role ingest --trust server`.
     let (write, _) = store.create_api_key(&KeySpec {
         roles: vec!["ingest".into()],
-        name: "first source".into(),
+        name: "first source (client)".into(),
+        trust: Some(tarmo_core::identity::Trust::Client),
         ..Default::default()
     })?;
     Ok(FirstKeys { admin, write })

@@ -560,8 +560,8 @@ impl Conn for SqliteConn {
     fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()> {
         self.c
             .prepare_cached(
-                "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 &row.bidx.0[..],
@@ -569,14 +569,15 @@ impl Conn for SqliteConn {
                 profile,
                 row.key_owner,
                 row.sealed,
-                row.first_seen_ms
+                row.first_seen_ms,
+                row.verified_ms
             ])?;
         Ok(())
     }
 
     fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>> {
         let mut st = self.c.prepare_cached(
-            "SELECT kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+            "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
              WHERE profile_id = ?1 ORDER BY first_seen_ms, kind",
         )?;
         let rows = st.query_map([profile], |r| {
@@ -586,16 +587,18 @@ impl Conn for SqliteConn {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                r.get(5)?,
             ))
         })?;
         rows.map(|r| {
-            let (kind, b, key_owner, sealed, first_seen_ms) = r?;
+            let (kind, b, key_owner, sealed, first_seen_ms, verified_ms) = r?;
             Ok(IdentifierRow {
                 kind,
                 bidx: bidx_of(b)?,
                 key_owner,
                 sealed,
                 first_seen_ms,
+                verified_ms,
             })
         })
         .collect()
