@@ -415,7 +415,7 @@ fn init(s: &Settings) -> anyhow::Result<FirstKeys> {
     // `tarmo keys create --role ingest --trust server`.
     let (write, _) = store.create_api_key(&KeySpec {
         roles: vec!["ingest".into()],
-        name: "first source (client)".into(),
+        name: "first source".into(),
         trust: Some(tarmo_core::identity::Trust::Client),
         ..Default::default()
     })?;
@@ -470,6 +470,9 @@ fn print_keys(k: &FirstKeys, json: bool) {
         println!(
             "  write key (SDKs, Basic auth user name):       {}",
             k.write
+        );
+        println!(
+            "  (a client key, for web pages and apps: identities it sends are claims;\n   for a back end: tarmo keys create --role ingest --trust server)"
         );
     }
 }

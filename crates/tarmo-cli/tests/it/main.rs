@@ -9,3 +9,4 @@ mod openapi;
 mod processors;
 mod rights;
 mod signals;
+mod trust;
