@@ -166,8 +166,8 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  name",
-                "id", "roles", "purposes", "created", "revoked / expires"
+                "{:>5}  {:<20}  {:<20}  {:<6}  {:<25}  {:<25}  name",
+                "id", "roles", "purposes", "trust", "created", "revoked / expires"
             )?;
             for k in open_store(&s)?.api_keys()? {
                 let end = match (k.revoked_ms, k.expires_ms) {
@@ -177,7 +177,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 };
                 writeln!(
                     out,
-                    "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  {}",
+                    "{:>5}  {:<20}  {:<20}  {:<6}  {:<25}  {:<25}  {}",
                     k.id,
                     k.roles.join(","),
                     if k.purposes.is_empty() {
@@ -185,6 +185,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                     } else {
                         k.purposes.join(",")
                     },
+                    k.trust.map_or("-", |t| t.as_str()),
                     tarmo_store::rfc3339(k.created_ms),
                     end,
                     k.name

@@ -156,6 +156,7 @@ conformance!(
     a_server_source_verifies_what_a_client_claimed,
     profile_ids_never_come_back_after_erasure,
     request_links_go_only_to_verified_addresses,
+    a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act,
 );
 
 #[path = "conformance/consent.rs"]

@@ -65,6 +65,21 @@ fn write_keys_have_a_trust_level_and_init_prints_a_client_key() {
     let (ok, _, _) = keys_create(&data, &["--role", "ingest", "--trust", "browser"]);
     assert!(!ok);
 
+    let out = Command::new(BIN)
+        .args(["keys", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][3], "trust", "{list}");
+    assert_eq!(rows[1][3], "-", "the admin key: {list}");
+    assert_eq!(rows[2][3], "client", "init's write key: {list}");
+    assert_eq!(rows[3][3], "server", "{list}");
+
     let s = start(&data, &a, &w);
     let (st, v) = admin(
         &s,
