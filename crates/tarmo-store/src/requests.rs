@@ -455,9 +455,14 @@ fn not_open(id: i64, status: RequestStatus) -> Error {
     }
 }
 
-/// Identity verified (by staff with `note`, or by the person's link): the
-/// request goes in progress and is carried out in the same transaction.
+/// Identity verified by staff (`note` says how): the request goes in
+/// progress and is carried out in the same transaction. Staff having
+/// verified the person, the identifier the request names is verified too.
 pub fn verify(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str) -> Result<()> {
+    verify_as(ctx, id, actor, note, true)
+}
+
+fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bool) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if !matches!(
         r.status,
@@ -480,6 +485,13 @@ pub fn verify(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str) -> Result<(
         "UPDATE requests SET verified_ms = $2 WHERE id = $1",
         &[P::Int(id), P::Int(now)],
     )?;
+    if by_staff {
+        ctx.conn.exec(
+            "UPDATE identifiers SET verified_ms = $2
+             WHERE bidx = (SELECT subject_bidx FROM requests WHERE id = $1) AND verified_ms IS NULL",
+            &[P::Int(id), P::Int(now)],
+        )?;
+    }
     record_transition(
         ctx.conn,
         id,
@@ -504,7 +516,7 @@ pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, Request
         .and_then(|(_, v)| v.parse().ok())
         .ok_or_else(|| Error::Corrupt("verification token without a request".into()))?;
     let kind = load(ctx.conn, id)?.kind;
-    verify(
+    verify_as(
         ctx,
         id,
         "the person",
@@ -512,6 +524,7 @@ pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, Request
             "verification link (token {}) followed",
             links::token_id(&t.hash)
         ),
+        false,
     )?;
     Ok((id, kind))
 }

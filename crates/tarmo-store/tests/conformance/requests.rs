@@ -637,6 +637,13 @@ pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
     let v = view(h, r);
     assert_eq!(v.status, RequestStatus::Received, "staff verify; no link");
     assert!(outbox_mail(h).is_empty());
+    // Staff verifying the person (here: the claimer herself) verify the
+    // address the request names.
+    let claimed = prepared(h, "email", "mallory@evil.example").bidx;
+    let is_verified = |h: &Harness| {
+        requests::identifier_verified(&mut *h.store.conn().unwrap(), &claimed).unwrap()
+    };
+    assert!(!is_verified(h));
 
     // A person whose profile holds a claimed address beside a verified one:
     // a request naming the claimed one sends its link to the verified one.
@@ -693,8 +700,32 @@ pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
     h.writer
         .transact_blocking(move |ctx| doi::confirm(ctx, &token, Map::new()))
         .unwrap();
+    assert!(is_verified(h), "double opt-in verified the address");
     let r2 = request(h, RequestKind::Erasure, ("email", "mallory@evil.example")).unwrap();
     assert_eq!(view(h, r2).status, RequestStatus::AwaitingVerification);
+
+    // Staff verification verifies the address a request names.
+    let q = stored_of(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "identify",
+        "anonymousId": "q-1", "traits": {"email": "quinn@shop.fi"}})],
+        )[0],
+    );
+    let quinn = prepared(h, "email", "quinn@shop.fi").bidx;
+    let r3 = request(h, RequestKind::Restriction, ("email", "quinn@shop.fi")).unwrap();
+    assert_eq!(view(h, r3).status, RequestStatus::Received);
+    verify(h, r3).unwrap();
+    assert!(requests::identifier_verified(&mut *h.store.conn().unwrap(), &quinn).unwrap());
+    assert!(
+        h.store
+            .profile_view(q)
+            .unwrap()
+            .unwrap()
+            .identifiers
+            .iter()
+            .any(|i| i.value == "quinn@shop.fi" && i.verified)
+    );
 }
 
 fn stored_of(o: &Outcome) -> i64 {
