@@ -918,7 +918,11 @@ impl Group<'_> {
         // What the target held before this message: a client's claims are
         // judged against that, so that identifiers arriving together on a
         // new or anonymous profile (a sign-up) all join it.
-        let held = self.facts(r, target)?;
+        let held = if claims {
+            self.facts(r, target)?
+        } else {
+            Facts::default()
+        };
         if verified {
             let mut any_claims = false;
             for &p in found.iter().flatten() {
