@@ -29,7 +29,13 @@ pub enum KeysCommand {
         /// The key stops working after this many hours.
         #[arg(long)]
         expires_in_hours: Option<u64>,
-        /// Print {"key": ..., "id": ..., "roles": [...], "purposes": [...]}.
+        /// A write key's trust level: `client` (the default: a key shipped
+        /// in a web page or an app, whose identifiers are claims) or
+        /// `server` (a back end, a till, a CRM: its identifiers are verified
+        /// and may merge known people).
+        #[arg(long, value_parser = ["client", "server"])]
+        trust: Option<String>,
+        /// Print {"key": ..., "id": ..., "roles": [...], "purposes": [...], "trust": ...}.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +127,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
             purpose,
             name,
             expires_in_hours,
+            trust,
             json,
         } => {
             let s = settings(&common, None)?;
@@ -132,12 +139,19 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 name,
                 user_id: None,
                 expires_ms: expires_in_hours.map(|h| tarmo_store::now_ms() + h as i64 * 3_600_000),
+                trust: trust
+                    .as_deref()
+                    .and_then(tarmo_core::identity::Trust::parse),
             };
             let (secret, id) = store.create_api_key(&spec)?;
+            let trust = role
+                .iter()
+                .all(|r| r == "ingest")
+                .then(|| trust.unwrap_or_else(|| "client".into()));
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"key": secret, "id": id, "roles": role, "purposes": purpose})
+                    serde_json::json!({"key": secret, "id": id, "roles": role, "purposes": purpose, "trust": trust})
                 );
             } else {
                 println!("{secret}");
@@ -152,8 +166,8 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  name",
-                "id", "roles", "purposes", "created", "revoked / expires"
+                "{:>5}  {:<20}  {:<20}  {:<6}  {:<25}  {:<25}  name",
+                "id", "roles", "purposes", "trust", "created", "revoked / expires"
             )?;
             for k in open_store(&s)?.api_keys()? {
                 let end = match (k.revoked_ms, k.expires_ms) {
@@ -163,7 +177,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 };
                 writeln!(
                     out,
-                    "{:>5}  {:<20}  {:<20}  {:<25}  {:<25}  {}",
+                    "{:>5}  {:<20}  {:<20}  {:<6}  {:<25}  {:<25}  {}",
                     k.id,
                     k.roles.join(","),
                     if k.purposes.is_empty() {
@@ -171,6 +185,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                     } else {
                         k.purposes.join(",")
                     },
+                    k.trust.map_or("-", |t| t.as_str()),
                     tarmo_store::rfc3339(k.created_ms),
                     end,
                     k.name

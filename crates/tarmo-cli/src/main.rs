@@ -418,9 +418,13 @@ fn init(s: &Settings) -> anyhow::Result<FirstKeys> {
         name: "first admin key".into(),
         ..Default::default()
     })?;
+    // The first write key is the one pasted into a web page: a client key,
+    // whose identifiers are claims. Back ends get theirs with
+    // `tarmo keys create --role ingest --trust server`.
     let (write, _) = store.create_api_key(&KeySpec {
         roles: vec!["ingest".into()],
         name: "first source".into(),
+        trust: Some(tarmo_core::identity::Trust::Client),
         ..Default::default()
     })?;
     Ok(FirstKeys { admin, write })
@@ -474,6 +478,9 @@ fn print_keys(k: &FirstKeys, json: bool) {
         println!(
             "  write key (SDKs, Basic auth user name):       {}",
             k.write
+        );
+        println!(
+            "  (a client key, for web pages and apps: identities it sends are claims;\n   for a back end: tarmo keys create --role ingest --trust server)"
         );
     }
 }

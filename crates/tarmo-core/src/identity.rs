@@ -68,6 +68,28 @@ impl IdentifierKind {
         !matches!(self, Self::AnonymousId | Self::DeviceId)
     }
 
+    /// How much a claimed identifier says about who a person is: 2 for a
+    /// user id (the operator's own account), 1 for the other strong kinds
+    /// (an address, a card), 0 for weak ones. From a client source, a new
+    /// identifier does not join a profile that already holds a strong one
+    /// of this rank or higher (see [`Trust`]).
+    pub fn claim_rank(&self) -> u8 {
+        match self {
+            Self::UserId => 2,
+            Self::AnonymousId | Self::DeviceId => 0,
+            _ => 1,
+        }
+    }
+
+    /// [`IdentifierKind::claim_rank`] of a stored kind name.
+    pub fn claim_rank_of(name: &str) -> u8 {
+        match name {
+            "user_id" => 2,
+            "anonymous_id" | "device_id" => 0,
+            _ => 1,
+        }
+    }
+
     /// Order in which a message's identifiers choose the profile it belongs to.
     pub fn precedence(&self) -> u8 {
         match self {
@@ -84,6 +106,39 @@ impl IdentifierKind {
 impl fmt::Display for IdentifierKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How far the source of a message is trusted about who the person is.
+///
+/// A write key shipped in a web page or an app is public: whatever it sends
+/// about identity is a *claim*. Claims may stitch an anonymous visitor into
+/// a known person (the login case) but never merge two known people, never
+/// add an identifier to a known person that holds one of the same or a
+/// stronger kind, and never make an address verified. A server key (a back
+/// end, a till, a CRM) is the operator's own system: its identifiers are
+/// verified and may merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Trust {
+    #[default]
+    Client,
+    Server,
+}
+
+impl Trust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client" => Some(Self::Client),
+            "server" => Some(Self::Server),
+            _ => None,
+        }
     }
 }
 

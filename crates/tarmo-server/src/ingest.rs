@@ -98,7 +98,7 @@ async fn source_of(
     s: &AppState,
     headers: &HeaderMap,
     body_key: Option<&str>,
-) -> Result<i64, ApiError> {
+) -> Result<(i64, tarmo_core::identity::Trust), ApiError> {
     let key = basic_user(headers).or_else(|| body_key.map(str::to_owned)).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
@@ -119,7 +119,7 @@ async fn source_of(
             )
         })?;
     s.limit_key(row.id)?;
-    Ok(row.id)
+    Ok((row.id, row.source_trust()))
 }
 
 async fn commit(
@@ -171,7 +171,7 @@ async fn ingest(
         e
     })?;
     let now = tarmo_store::now_ms();
-    let (source, messages) = if let Some(kind) = route_kind {
+    let ((source, trust), messages) = if let Some(kind) = route_kind {
         let v: Value = serde_json::from_slice(&raw).map_err(json_error)?;
         let key = v.get("writeKey").and_then(Value::as_str).map(str::to_owned);
         let source = source_of(&s, &headers, key.as_deref()).await?;
@@ -243,6 +243,7 @@ async fn ingest(
                 .flatten()
                 .map(str::to_owned);
             let mut e = s.store.prepare(m, source);
+            e.trust = trust;
             if gpc || !signals.is_empty() {
                 // The browser's Global Privacy Control signal (an opt-out of
                 // sale and sharing, recorded once per person) and CMP strings

@@ -175,6 +175,10 @@ pub struct KeyInput {
     pub name: String,
     /// The key stops working after this many hours.
     pub expires_in_hours: Option<u64>,
+    /// Write keys only: `client` (the default; shipped in a web page or an
+    /// app, its identifiers are claims) or `server` (a back end).
+    #[schema(example = "server")]
+    pub trust: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -184,6 +188,8 @@ pub struct NewKey {
     pub id: i64,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
+    /// A write key's trust level.
+    pub trust: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -218,11 +224,18 @@ pub async fn create_key(
             ));
         }
     }
+    let trust = match b.trust.as_deref() {
+        None => None,
+        Some(t) => Some(tarmo_core::identity::Trust::parse(t).ok_or_else(|| {
+            ApiError::bad_request("invalid_trust", "trust is `client` or `server`")
+        })?),
+    };
     let catalog = s.catalog().await?;
     for p in &b.purposes {
         catalog.require(p)?;
     }
     let spec = tarmo_store::keys::KeySpec {
+        trust,
         roles: b.roles.clone(),
         purposes: b.purposes.clone(),
         name: b.name.chars().take(200).collect(),
@@ -236,6 +249,11 @@ pub async fn create_key(
         Json(NewKey {
             key,
             id,
+            trust: b
+                .roles
+                .iter()
+                .all(|r| r == "ingest")
+                .then(|| trust.unwrap_or_default().as_str().to_owned()),
             roles: b.roles,
             purposes: b.purposes,
         }),

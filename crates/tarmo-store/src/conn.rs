@@ -37,6 +37,9 @@ pub struct IdentifierRow {
     pub key_owner: ProfileId,
     pub sealed: Vec<u8>,
     pub first_seen_ms: i64,
+    /// When the identifier was shown to be the person's (a trusted source,
+    /// a confirmation link used, staff); `None`: a claim.
+    pub verified_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

@@ -131,6 +131,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
         .collect();
     consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, now)?;
     let data = ConfirmationData {
+        verifies: Some(hex::encode(req.identifier.bidx.0)),
         purposes: pending.clone(),
         channel: req.channel.into(),
         language: req.language.clone(),
@@ -232,6 +233,14 @@ pub fn confirm(
         })
         .collect();
     consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, now)?;
+    // The confirmation came through the address it was sent to: that
+    // address is the person's (double opt-in is what verifies a claim).
+    if let Some(bidx) = t.data.verifies.as_deref().and_then(|h| hex::decode(h).ok()) {
+        ctx.conn.exec(
+            "UPDATE identifiers SET verified_ms = $2 WHERE bidx = $1 AND verified_ms IS NULL",
+            &[P::Blob(&bidx), P::Int(now)],
+        )?;
+    }
     Ok(Confirmed {
         profile_id: profile,
         purposes: entries.into_iter().map(|e| e.purpose).collect(),

@@ -11,6 +11,8 @@ use ring::digest;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use tarmo_core::identity::Trust;
+
 use crate::conn::{Conn, P, Row};
 use crate::vault::{Vault, ct_eq};
 use crate::{Error, Result, rfc3339};
@@ -24,6 +26,8 @@ pub struct KeySpec {
     pub name: String,
     pub user_id: Option<i64>,
     pub expires_ms: Option<i64>,
+    /// Write keys only: `client` (the default) or `server`.
+    pub trust: Option<Trust>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -36,12 +40,35 @@ pub struct ApiKey {
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
     pub expires_ms: Option<i64>,
+    /// A write key's trust level: `client` (shipped in a web page or an
+    /// app: what it says about identity is a claim) or `server`; absent for
+    /// other keys.
+    #[serde(serialize_with = "trust_name")]
+    #[schema(value_type = Option<String>, example = "client")]
+    pub trust: Option<Trust>,
+}
+
+fn trust_name<S: serde::Serializer>(
+    t: &Option<Trust>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(t.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 impl ApiKey {
     /// Only ingestion: the key an SDK holds.
     pub fn is_write_key(&self) -> bool {
         self.roles.iter().all(|r| r == "ingest")
+    }
+
+    /// How far what this key sends about identity is trusted: a write key
+    /// made before trust levels existed is a client key (it may be in a web
+    /// page).
+    pub fn source_trust(&self) -> Trust {
+        self.trust.unwrap_or(Trust::Client)
     }
 }
 
@@ -52,7 +79,7 @@ pub fn key_hash(secret: &str) -> Vec<u8> {
 }
 
 const KEY_COLUMNS: &str =
-    "id, role, roles, purposes, name, user_id, created_ms, revoked_ms, expires_ms, key_hash";
+    "id, role, roles, purposes, name, user_id, created_ms, revoked_ms, expires_ms, key_hash, trust";
 
 fn key_of(r: &Row) -> Result<ApiKey> {
     // Keys made before roles were lists have their one role in `role`.
@@ -64,7 +91,15 @@ fn key_of(r: &Row) -> Result<ApiKey> {
         Some(j) => serde_json::from_str(&j).map_err(|e| Error::Corrupt(e.to_string()))?,
         None => Vec::new(),
     };
+    let write_key = roles.iter().all(|r| r == "ingest");
+    let trust = match r.opt_text(10)? {
+        Some(t) => Some(
+            Trust::parse(&t).ok_or_else(|| Error::Corrupt(format!("unknown key trust {t:?}")))?,
+        ),
+        None => write_key.then_some(Trust::Client),
+    };
     Ok(ApiKey {
+        trust,
         id: r.int(0)?,
         roles,
         purposes,
@@ -89,17 +124,24 @@ pub fn create(
             "a key needs at least one role",
         ));
     }
-    let raw: [u8; 20] = vault.random()?;
-    let prefix = if spec.roles.iter().all(|r| r == "ingest") {
-        "tkw"
-    } else {
-        "tka"
+    let write_key = spec.roles.iter().all(|r| r == "ingest");
+    let trust = match (write_key, spec.trust) {
+        (true, t) => Some(t.unwrap_or(Trust::Client)),
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(Error::rejected(
+                "invalid_trust",
+                "only write keys (role ingest alone) have a trust level",
+            ));
+        }
     };
+    let raw: [u8; 20] = vault.random()?;
+    let prefix = if write_key { "tkw" } else { "tka" };
     let secret = format!("{prefix}_{}", hex::encode(raw));
     let id = conn
         .query_opt(
-            "INSERT INTO api_keys (key_hash, role, roles, purposes, name, user_id, created_ms, expires_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO api_keys (key_hash, role, roles, purposes, name, user_id, created_ms, expires_ms, trust)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             &[
                 P::Blob(&key_hash(&secret)),
                 P::Text(&spec.roles[0]),
@@ -109,6 +151,7 @@ pub fn create(
                 P::from(spec.user_id),
                 P::Int(now_ms),
                 P::from(spec.expires_ms),
+                P::from(trust.map(Trust::as_str)),
             ],
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?
@@ -274,6 +317,7 @@ pub fn login(
         name: format!("session of {name}"),
         user_id: Some(r.int(0)?),
         expires_ms: Some(now_ms + ttl_ms),
+        trust: None,
     };
     let (secret, id) = create(conn, vault, &spec, now_ms)?;
     let key = ApiKey {
@@ -285,6 +329,7 @@ pub fn login(
         created_ms: now_ms,
         revoked_ms: None,
         expires_ms: spec.expires_ms,
+        trust: None,
     };
     Ok(Some((secret, key)))
 }

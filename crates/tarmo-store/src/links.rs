@@ -50,6 +50,10 @@ pub struct ConfirmationData {
     pub channel: String,
     pub language: String,
     pub source: String,
+    /// The blind index (hex) of the address the link was sent to: using the
+    /// link proves the address is the person's, and verifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifies: Option<String>,
 }
 
 pub fn store_token(

@@ -1,7 +1,9 @@
 //! Migrations written once for both backends: `{BLOB}` is BLOB or BYTEA,
 //! `{SERIAL}` an integer key the database numbers, `{NOROWID}` SQLite's
-//! ` WITHOUT ROWID` (nothing on PostgreSQL). The first migration, from before
-//! this file, stays in each backend.
+//! ` WITHOUT ROWID` (nothing on PostgreSQL), `{IDS_NEVER_REUSED}` SQLite's
+//! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
+//! whose sequences never go back). The first migration, from before this
+//! file, stays in each backend.
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -218,6 +220,14 @@ CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
 "#,
     ),
     (
+        5,
+        r#"
+ALTER TABLE api_keys ADD COLUMN trust TEXT;
+ALTER TABLE identifiers ADD COLUMN verified_ms BIGINT;
+{IDS_NEVER_REUSED}
+"#,
+    ),
+    (
         8,
         r#"
 CREATE TABLE segments (
@@ -277,6 +287,59 @@ CREATE TABLE audience_syncs (
     ),
 ];
 
+/// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
+/// largest id plus one: after the erasure of the newest person, the next new
+/// person would get their id, and with it the erased person's ledger rows,
+/// links and open requests. With `AUTOINCREMENT` an id is never given twice;
+/// the high-water mark starts at the largest id any table still names, so
+/// ids already freed before this migration do not come back either.
+const SQLITE_IDS_NEVER_REUSED: &str = r#"
+CREATE TABLE profiles_v5 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    merged_into INTEGER,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    traits BLOB
+);
+INSERT INTO profiles_v5 (id, created_ms, updated_ms, merged_into, event_count, traits)
+    SELECT id, created_ms, updated_ms, merged_into, event_count, traits FROM profiles;
+DROP TABLE profiles;
+ALTER TABLE profiles_v5 RENAME TO profiles;
+CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
+CREATE TABLE outbox_v5 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    profile_id BIGINT NOT NULL,
+    key_owner BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB,
+    created_ms BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    sent_ms BIGINT,
+    last_error TEXT
+);
+INSERT INTO outbox_v5 SELECT id, profile_id, key_owner, channel, kind, payload, created_ms,
+    next_attempt_ms, attempts, status, sent_ms, last_error FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v5 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox(status, next_attempt_ms);
+CREATE INDEX outbox_profile ON outbox(profile_id);
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'profiles', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'profiles');
+UPDATE sqlite_sequence SET seq = max(
+    seq,
+    coalesce((SELECT max(id) FROM profiles), 0),
+    coalesce((SELECT max(max(profile_id), max(key_owner)) FROM consent_ledger), 0),
+    coalesce((SELECT max(profile_id) FROM requests), 0),
+    coalesce((SELECT max(profile_id) FROM access_log_subjects), 0),
+    coalesce((SELECT max(max(into_profile), max(from_profile)) FROM merges), 0),
+    coalesce((SELECT max(owner_id) FROM data_keys), 0)
+) WHERE name = 'profiles';
+"#;
+
 /// The shared migrations in SQLite's dialect.
 pub fn sqlite() -> Vec<(i64, String)> {
     SHARED
@@ -285,7 +348,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
             let s = sql
                 .replace("{BLOB}", "BLOB")
                 .replace("{SERIAL}", "INTEGER PRIMARY KEY")
-                .replace("{NOROWID}", " WITHOUT ROWID");
+                .replace("{NOROWID}", " WITHOUT ROWID")
+                .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED);
             (*v, s)
         })
         .collect()
@@ -299,7 +363,8 @@ pub fn postgres() -> Vec<(i64, String)> {
             let s = sql
                 .replace("{BLOB}", "BYTEA")
                 .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY")
-                .replace("{NOROWID}", "");
+                .replace("{NOROWID}", "")
+                .replace("{IDS_NEVER_REUSED}", "");
             (*v, s)
         })
         .collect()

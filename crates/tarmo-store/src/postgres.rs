@@ -462,8 +462,8 @@ impl Conn for PgConn {
 
     fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()> {
         self.c.execute(
-            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &&row.bidx.0[..],
                 &row.kind,
@@ -471,6 +471,7 @@ impl Conn for PgConn {
                 &row.key_owner,
                 &row.sealed,
                 &row.first_seen_ms,
+                &row.verified_ms,
             ],
         )?;
         Ok(())
@@ -479,7 +480,7 @@ impl Conn for PgConn {
     fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>> {
         self.c
             .query(
-                "SELECT kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+                "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
                  WHERE profile_id = $1 ORDER BY first_seen_ms, kind",
                 &[&profile],
             )?
@@ -492,6 +493,7 @@ impl Conn for PgConn {
                     key_owner: r.get(2),
                     sealed: r.get(3),
                     first_seen_ms: r.get(4),
+                    verified_ms: r.get(5),
                 })
             })
             .collect()
@@ -552,10 +554,11 @@ impl Conn for PgConn {
         let owner: Vec<i64> = rows.iter().map(|(r, _)| r.key_owner).collect();
         let sealed: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.sealed[..]).collect();
         let first: Vec<i64> = rows.iter().map(|(r, _)| r.first_seen_ms).collect();
+        let verified: Vec<Option<i64>> = rows.iter().map(|(r, _)| r.verified_ms).collect();
         self.c.execute(
-            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
-             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])",
-            &[&bidx, &kind, &profile, &owner, &sealed, &first],
+            "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bigint[])",
+            &[&bidx, &kind, &profile, &owner, &sealed, &first, &verified],
         )?;
         Ok(())
     }
@@ -603,7 +606,7 @@ impl Conn for PgConn {
     ) -> Result<Vec<(ProfileId, IdentifierRow)>> {
         self.c
             .query(
-                "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+                "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
                  WHERE profile_id = ANY($1) ORDER BY profile_id, first_seen_ms, kind",
                 &[&profiles],
             )?
@@ -618,6 +621,7 @@ impl Conn for PgConn {
                         key_owner: r.get(3),
                         sealed: r.get(4),
                         first_seen_ms: r.get(5),
+                        verified_ms: r.get(6),
                     },
                 ))
             })

@@ -238,8 +238,11 @@ pub struct NewRequest {
 
 pub const VERIFY_TOKEN: &str = "verify_request";
 
-/// Record a request. If the person is known and has an email address or a
-/// phone number, a verification link goes to it; otherwise staff verify.
+/// Record a request. If the person is known and has a verified email address
+/// or phone number, a verification link goes to it (to the address the
+/// request names if that one is verified); otherwise staff verify. An
+/// address anyone can claim through a public write key never receives a
+/// link: the person's data would follow it.
 pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result<i64> {
     let now = ctx.now_ms;
     if req.kind == RequestKind::Rectification && req.corrected.as_ref().is_none_or(|c| c.is_empty())
@@ -322,12 +325,15 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         now,
     )?;
     // Where to send the verification link: the identifier itself when it is
-    // an address, else the person's email or phone on record.
+    // a verified address, else the person's verified email or phone on
+    // record; none of them: staff verify.
     let contact = match profile {
         None => None,
         Some(p) => {
             let kind = req.subject.kind.as_str();
-            if kind == "email" || kind == "phone" {
+            if (kind == "email" || kind == "phone")
+                && identifier_verified(ctx.conn, &req.subject.bidx)?
+            {
                 Some((kind.to_owned(), req.subject.value.clone()))
             } else {
                 contact_of(ctx.conn, ctx.vault, p)?
@@ -346,6 +352,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
                 channel: if kind == "phone" { "sms" } else { "email" }.into(),
                 language: req.language.clone(),
                 source: req.kind.as_str().into(),
+                verifies: None,
             },
             now,
             now + token_ttl_ms,
@@ -377,7 +384,19 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
     Ok(id)
 }
 
-/// The person's first email address, else phone number, opened.
+/// Whether the identifier with this blind index is verified (see
+/// `IdentifierRow::verified_ms`).
+pub fn identifier_verified(conn: &mut dyn Conn, bidx: &crate::vault::BlindIndex) -> Result<bool> {
+    Ok(conn
+        .query_opt(
+            "SELECT 1 FROM identifiers WHERE bidx = $1 AND verified_ms IS NOT NULL",
+            &[P::Blob(&bidx.0)],
+        )?
+        .is_some())
+}
+
+/// The person's first verified email address, else verified phone number,
+/// opened: where links that open their data may go.
 pub fn contact_of(
     conn: &mut dyn Conn,
     vault: &Vault,
@@ -385,7 +404,10 @@ pub fn contact_of(
 ) -> Result<Option<(String, String)>> {
     let rows = conn.identifiers_of(profile)?;
     for kind in ["email", "phone"] {
-        if let Some(row) = rows.iter().find(|r| r.kind == kind) {
+        if let Some(row) = rows
+            .iter()
+            .find(|r| r.kind == kind && r.verified_ms.is_some())
+        {
             let key = vault
                 .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
                 .ok_or_else(|| Error::Corrupt("no data key".into()))?;
@@ -433,9 +455,14 @@ fn not_open(id: i64, status: RequestStatus) -> Error {
     }
 }
 
-/// Identity verified (by staff with `note`, or by the person's link): the
-/// request goes in progress and is carried out in the same transaction.
+/// Identity verified by staff (`note` says how): the request goes in
+/// progress and is carried out in the same transaction. Staff having
+/// verified the person, the identifier the request names is verified too.
 pub fn verify(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str) -> Result<()> {
+    verify_as(ctx, id, actor, note, true)
+}
+
+fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bool) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if !matches!(
         r.status,
@@ -458,6 +485,13 @@ pub fn verify(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str) -> Result<(
         "UPDATE requests SET verified_ms = $2 WHERE id = $1",
         &[P::Int(id), P::Int(now)],
     )?;
+    if by_staff {
+        ctx.conn.exec(
+            "UPDATE identifiers SET verified_ms = $2
+             WHERE bidx = (SELECT subject_bidx FROM requests WHERE id = $1) AND verified_ms IS NULL",
+            &[P::Int(id), P::Int(now)],
+        )?;
+    }
     record_transition(
         ctx.conn,
         id,
@@ -482,7 +516,7 @@ pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, Request
         .and_then(|(_, v)| v.parse().ok())
         .ok_or_else(|| Error::Corrupt("verification token without a request".into()))?;
     let kind = load(ctx.conn, id)?.kind;
-    verify(
+    verify_as(
         ctx,
         id,
         "the person",
@@ -490,6 +524,7 @@ pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, Request
             "verification link (token {}) followed",
             links::token_id(&t.hash)
         ),
+        false,
     )?;
     Ok((id, kind))
 }

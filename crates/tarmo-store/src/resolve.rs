@@ -12,6 +12,15 @@
 //!   weak identifier (a browser or device id) between two profiles that both
 //!   have strong identifiers: a shared laptop does not make two people one.
 //!   Refused merges are recorded and logged with profile ids only;
+//! - from a client source (a write key shipped in a web page or an app),
+//!   strong identifiers are claims: they never merge two profiles that both
+//!   hold strong identifiers, and a new one never joins a profile that held,
+//!   before the message, a strong identifier of the same or a stronger kind
+//!   (`IdentifierKind::claim_rank`); both are recorded as refused, with a
+//!   reason. Stitching an anonymous-only profile into a known person still
+//!   works. Identifiers a server source brings are verified; a client's stay
+//!   unverified until a confirmation link, a server source or staff verify
+//!   them;
 //! - traits merge last-write-wins by the message's own timestamp.
 
 use std::collections::{HashMap, HashSet};
@@ -19,12 +28,12 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use serde_json::{Map, Value};
-use tarmo_core::identity::IdentifierKind;
+use tarmo_core::identity::{IdentifierKind, Trust};
 use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::MessageKind;
 
 use crate::Result;
-use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, ProfileId};
+use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
 pub use crate::consent::ConsentSignal;
 use crate::consent::{Catalog, SignalOutcome};
 use crate::vault::{BlindIndex, DataKey, Place, Vault};
@@ -52,6 +61,9 @@ pub struct PreparedEvent {
     pub dedup: Option<i64>,
     /// The write key (source) that sent it.
     pub source: i64,
+    /// Whether that source is trusted about identity (a server) or only
+    /// claims (a client): see the module's rules.
+    pub trust: Trust,
     pub kind: MessageKind,
     pub timestamp_ms: i64,
     /// In precedence order (user id first).
@@ -98,6 +110,11 @@ pub enum Outcome {
 struct Facts {
     user_id: Option<BlindIndex>,
     strong: bool,
+    /// The highest `claim_rank` of the profile's identifiers.
+    strongest: u8,
+    /// Some identifier of the profile is not verified (a trusted source
+    /// naming it verifies it).
+    claims: bool,
 }
 
 impl Facts {
@@ -108,7 +125,9 @@ impl Facts {
         }
         if row.kind != "anonymous_id" && row.kind != "device_id" {
             self.strong = true;
+            self.claims |= row.verified_ms.is_none();
         }
+        self.strongest = self.strongest.max(IdentifierKind::claim_rank_of(&row.kind));
     }
 }
 
@@ -407,7 +426,7 @@ impl Resolver {
                 }
                 continue;
             }
-            let target = g.resolve(self, &e.identifiers)?;
+            let target = g.resolve(self, &e.identifiers, e.trust, true)?;
             let key = g.key(target)?;
             let sealed = g.vault.seal(&key, Place::EventBody, target, &e.body)?;
             rows.push((
@@ -435,7 +454,9 @@ impl Resolver {
 
         let mut subject_profiles = Vec::with_capacity(subjects.len());
         for ids in subjects {
-            subject_profiles.push(g.resolve(self, ids)?);
+            // Staff and API callers name one identifier to act on; the
+            // address stays unverified until its confirmation link is used.
+            subject_profiles.push(g.resolve(self, ids, Trust::Server, false)?);
         }
 
         // Merges later in the group may have moved earlier events' profiles.
@@ -739,7 +760,13 @@ impl Group<'_> {
         Ok(p)
     }
 
-    fn attach(&mut self, r: &mut Resolver, id: &PreparedIdentifier, p: ProfileId) -> Result<()> {
+    fn attach(
+        &mut self,
+        r: &mut Resolver,
+        id: &PreparedIdentifier,
+        p: ProfileId,
+        verified: bool,
+    ) -> Result<()> {
         self.facts(r, p)?;
         let key = self.key(p)?;
         let sealed = self
@@ -751,6 +778,7 @@ impl Group<'_> {
             key_owner: p,
             sealed,
             first_seen_ms: self.now_ms,
+            verified_ms: verified.then_some(self.now_ms),
         };
         match &mut self.batch {
             None => self.conn.identifier_insert(&row, p)?,
@@ -762,7 +790,32 @@ impl Group<'_> {
             f.user_id = Some(id.bidx);
         }
         f.strong |= id.kind.is_strong();
+        f.strongest = f.strongest.max(id.kind.claim_rank());
+        f.claims |= !verified && id.kind.is_strong();
         Ok(())
+    }
+
+    /// A trusted source named identifiers the store holds as claims: they
+    /// are verified now.
+    fn verify_found(&mut self, identifiers: &[PreparedIdentifier]) -> Result<()> {
+        self.flush()?;
+        for id in identifiers.iter().filter(|id| id.kind.is_strong()) {
+            self.conn.exec(
+                "UPDATE identifiers SET verified_ms = $2 WHERE bidx = $1 AND verified_ms IS NULL",
+                &[P::Blob(&id.bidx.0), P::Int(self.now_ms)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A client's claim of an identifier for a known person, not attached.
+    fn refuse_claim(&mut self, p: ProfileId, kind: &IdentifierKind) -> Result<()> {
+        self.refuse(
+            p,
+            p,
+            kind,
+            "a client write key's claim does not add an identifier to a known person who holds one of the same or a stronger kind",
+        )
     }
 
     fn refuse(
@@ -807,6 +860,8 @@ impl Group<'_> {
         let fi = self.facts.entry(into).or_default();
         fi.user_id = fi.user_id.or(ff.user_id);
         fi.strong |= ff.strong;
+        fi.strongest = fi.strongest.max(ff.strongest);
+        fi.claims |= ff.claims;
         self.redirect.insert(from, into);
         self.stats.merges += 1;
         Ok(())
@@ -818,7 +873,11 @@ impl Group<'_> {
         &mut self,
         r: &mut Resolver,
         identifiers: &[PreparedIdentifier],
+        trust: Trust,
+        verifies: bool,
     ) -> Result<ProfileId> {
+        let claims = trust == Trust::Client;
+        let verified = verifies && !claims;
         // Each identifier's current profile, in the event's precedence order.
         let found: Vec<Option<ProfileId>> = identifiers
             .iter()
@@ -856,11 +915,37 @@ impl Group<'_> {
             Some(p) => p,
             None => self.create_profile()?,
         };
+        // What the target held before this message: a client's claims are
+        // judged against that, so that identifiers arriving together on a
+        // new or anonymous profile (a sign-up) all join it.
+        let held = if claims {
+            self.facts(r, target)?
+        } else {
+            Facts::default()
+        };
+        if verified {
+            let mut any_claims = false;
+            for &p in found.iter().flatten() {
+                let p = self.canon(p);
+                any_claims |= self.facts(r, p)?.claims;
+            }
+            if any_claims {
+                self.verify_found(identifiers)?;
+            }
+        }
 
         // New identifiers join first, so the merge rules below see them.
         for (id, p) in identifiers.iter().zip(&found) {
             if p.is_none() && !self.ids.contains_key(&id.bidx) {
-                self.attach(r, id, target)?;
+                if claims
+                    && id.kind.is_strong()
+                    && held.strong
+                    && held.strongest >= id.kind.claim_rank()
+                {
+                    self.refuse_claim(target, &id.kind)?;
+                    continue;
+                }
+                self.attach(r, id, target, verified)?;
             }
         }
 
@@ -880,6 +965,15 @@ impl Group<'_> {
                     p,
                     &id.kind,
                     "the merge would give one profile two user ids",
+                )?;
+                continue;
+            }
+            if claims && ft.strong && fp.strong {
+                self.refuse(
+                    target,
+                    p,
+                    &id.kind,
+                    "a client write key's claim does not merge two known people",
                 )?;
                 continue;
             }

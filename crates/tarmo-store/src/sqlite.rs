@@ -560,8 +560,8 @@ impl Conn for SqliteConn {
     fn identifier_insert(&mut self, row: &IdentifierRow, profile: ProfileId) -> Result<()> {
         self.c
             .prepare_cached(
-                "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 &row.bidx.0[..],
@@ -569,14 +569,15 @@ impl Conn for SqliteConn {
                 profile,
                 row.key_owner,
                 row.sealed,
-                row.first_seen_ms
+                row.first_seen_ms,
+                row.verified_ms
             ])?;
         Ok(())
     }
 
     fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>> {
         let mut st = self.c.prepare_cached(
-            "SELECT kind, bidx, key_owner, sealed, first_seen_ms FROM identifiers
+            "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
              WHERE profile_id = ?1 ORDER BY first_seen_ms, kind",
         )?;
         let rows = st.query_map([profile], |r| {
@@ -586,16 +587,18 @@ impl Conn for SqliteConn {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                r.get(5)?,
             ))
         })?;
         rows.map(|r| {
-            let (kind, b, key_owner, sealed, first_seen_ms) = r?;
+            let (kind, b, key_owner, sealed, first_seen_ms, verified_ms) = r?;
             Ok(IdentifierRow {
                 kind,
                 bidx: bidx_of(b)?,
                 key_owner,
                 sealed,
                 first_seen_ms,
+                verified_ms,
             })
         })
         .collect()
@@ -674,5 +677,83 @@ impl From<rusqlite::Error> for Error {
             return Error::Busy(e.to_string());
         }
         Error::Backend(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made before migration 5, whose newest profile was erased:
+    /// after the upgrade, its id is not given again, and nothing is lost.
+    #[test]
+    fn migration_5_keeps_rows_and_never_gives_an_erased_id_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            let old = MIGRATIONS
+                .iter()
+                .map(|(v, s)| (*v, (*s).to_owned()))
+                .chain(crate::migrations::sqlite())
+                .filter(|(v, _)| *v < 5);
+            for (v, sql) in old {
+                c.execute_batch(&sql).unwrap();
+                c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
+                    .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO profiles (id, created_ms, updated_ms, traits) VALUES (1, 1, 1, x'01'), (2, 2, 2, NULL), (3, 3, 3, NULL);
+                 INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
+                     notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash)
+                     VALUES (1, 3, 3, 'p', 'granted', 'api', 'v', 1, 3, 3, 's', x'00', x'00', x'00');
+                 INSERT INTO outbox (id, profile_id, key_owner, channel, kind, created_ms, next_attempt_ms, status)
+                     VALUES (7, 3, 3, 'email', 'confirmation', 3, 3, 'sent');
+                 DELETE FROM profiles WHERE id = 3;
+                 DELETE FROM outbox WHERE id = 7;",
+            )
+            .unwrap();
+        }
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut c = b.connect().unwrap();
+        assert_eq!(
+            c.profile_create(10).unwrap(),
+            4,
+            "3 was erased; it stays gone"
+        );
+        let kept: Vec<(i64, Option<Vec<u8>>)> =
+            c.c.prepare("SELECT id, traits FROM profiles ORDER BY id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+        assert_eq!(kept, [(1, Some(vec![1])), (2, None), (4, None)]);
+        c.c.execute("DELETE FROM profiles WHERE id = 4", [])
+            .unwrap();
+        assert_eq!(c.profile_create(11).unwrap(), 5);
+        c.c.execute_batch(
+            "INSERT INTO outbox (profile_id, key_owner, channel, kind, created_ms, next_attempt_ms, status)
+                 VALUES (5, 5, 'email', 'confirmation', 11, 11, 'pending')",
+        )
+        .unwrap();
+        let outbox_id: i64 =
+            c.c.query_row("SELECT max(id) FROM outbox", [], |r| r.get(0))
+                .unwrap();
+        assert!(outbox_id >= 1);
+        c.c.execute("DELETE FROM outbox", []).unwrap();
+        c.c.execute_batch(
+            "INSERT INTO outbox (profile_id, key_owner, channel, kind, created_ms, next_attempt_ms, status)
+                 VALUES (5, 5, 'email', 'confirmation', 12, 12, 'pending')",
+        )
+        .unwrap();
+        let next: i64 =
+            c.c.query_row("SELECT max(id) FROM outbox", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(next, outbox_id + 1, "a message id is never given twice");
     }
 }

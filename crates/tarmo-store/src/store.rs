@@ -114,6 +114,10 @@ pub struct IdentifierView {
     pub kind: String,
     pub value: String,
     pub first_seen: String,
+    /// Shown to be the person's (a server source, a confirmation link,
+    /// staff); a claim from a client write key is not, and no link that
+    /// opens the person's data goes to it.
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -334,6 +338,8 @@ impl Store {
             .collect();
         PreparedEvent {
             source,
+            // A claim until the caller says the source is a trusted server.
+            trust: tarmo_core::identity::Trust::Client,
             dedup: m
                 .message_id
                 .as_deref()
@@ -402,6 +408,7 @@ impl Store {
                 kind: row.kind,
                 value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
                 first_seen: rfc3339(row.first_seen_ms),
+                verified: row.verified_ms.is_some(),
             });
         }
         let merges = conn

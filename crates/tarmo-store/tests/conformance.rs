@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
-use tarmo_core::identity::{IdentifierKind, IdentityConfig};
+use tarmo_core::identity::{IdentifierKind, IdentityConfig, Trust};
 use tarmo_core::segment::{BatchDefaults, parse_message};
 use tarmo_store::keys::KeySpec;
 use tarmo_store::resolve::Outcome;
@@ -77,14 +77,22 @@ impl Harness {
         }
     }
 
+    /// Ingest through a server write key (a back end): what it says about
+    /// identity is trusted.
     pub fn ingest(&self, msgs: Vec<Value>) -> Vec<Outcome> {
+        self.ingest_as(Trust::Server, msgs)
+    }
+
+    pub fn ingest_as(&self, trust: Trust, msgs: Vec<Value>) -> Vec<Outcome> {
         let events = msgs
             .into_iter()
             .enumerate()
             .map(|(i, v)| {
                 let m =
                     parse_message(v, i, None, BatchDefaults::default(), 1_000, &self.cfg).unwrap();
-                self.store.prepare(m, 1)
+                let mut e = self.store.prepare(m, 1);
+                e.trust = trust;
+                e
             })
             .collect();
         self.writer.submit_blocking(events).unwrap()
@@ -143,6 +151,12 @@ conformance!(
     disclosures_follow_a_merge,
     erasure_notifications_are_queued_once_sealed_and_wiped,
     a_group_resolves_as_its_messages_one_by_one,
+    client_claims_never_attach_to_or_merge_known_people,
+    a_client_key_still_stitches_a_visitor_and_signs_people_up,
+    a_server_source_verifies_what_a_client_claimed,
+    profile_ids_never_come_back_after_erasure,
+    request_links_go_only_to_verified_addresses,
+    a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act,
     segments_follow_events_consent_time_and_erasure,
     bad_segment_definitions_are_refused_and_nothing_is_saved,
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
@@ -162,6 +176,209 @@ use requests::*;
 #[path = "conformance/processors.rs"]
 mod processors;
 use processors::*;
+
+fn identifiers_of(h: &Harness, p: i64) -> Vec<(String, String, bool)> {
+    let mut v: Vec<_> = h
+        .store
+        .profile_view(p)
+        .unwrap()
+        .unwrap()
+        .identifiers
+        .into_iter()
+        .map(|i| (i.kind, i.value, i.verified))
+        .collect();
+    v.sort();
+    v
+}
+
+fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
+    // Known to the shop's back end.
+    let victim = stored(
+        &h.ingest(vec![json!({"type": "identify", "userId": "victim-1",
+        "traits": {"email": "victim@shop.fi"}})])[0],
+    );
+    let other = stored(
+        &h.ingest(vec![json!({"type": "identify", "userId": "other-1",
+        "traits": {"email": "other@shop.fi", "phone": "+358401111111"}})])[0],
+    );
+    let card_only = stored(
+        &h.ingest(vec![json!({"type": "identify", "anonymousId": "till-1",
+        "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-1"}]}})])[0],
+    );
+    let before = h.store.counts().unwrap();
+
+    // Mallory holds the public write key and names the victim's address.
+    let out = h.ingest_as(
+        Trust::Client,
+        vec![json!({"type": "identify", "anonymousId": "mallory-browser",
+        "traits": {"email": "mallory@evil.example"},
+        "context": {"externalIds": [{"type": "email", "id": "victim@shop.fi"}]}})],
+    );
+    let landed = stored(&out[0]);
+    assert_eq!(
+        h.lookup("email", "mallory@evil.example"),
+        None,
+        "mallory's address is not attached to anyone"
+    );
+    assert!(
+        !identifiers_of(h, victim)
+            .iter()
+            .any(|(_, v, _)| v == "mallory@evil.example"),
+        "mallory's address never joins the victim's profile"
+    );
+    assert_eq!(landed, victim);
+    let v = h.store.profile_view(victim).unwrap().unwrap();
+    let refused: Vec<_> = v.merges.iter().filter(|m| m.outcome == "refused").collect();
+    assert_eq!(refused.len(), 1, "{:?}", v.merges);
+    assert_eq!(refused[0].identifier_type, "email");
+    assert!(
+        refused[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("client write key")
+    );
+
+    // A phone (same rank as an address) and a loyalty card do not join a
+    // known person either; a user id does not join a profile holding one.
+    h.ingest_as(Trust::Client, vec![
+        json!({"type": "identify", "userId": "other-1", "traits": {"phone": "+358402222222"}}),
+        json!({"type": "identify", "userId": "other-1",
+            "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-2"}]}}),
+        json!({"type": "identify", "userId": "mallory-1",
+            "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-1"}]}, "traits": {"email": "x@evil.example"}}),
+    ]);
+    assert_eq!(h.lookup("phone", "+358402222222"), None);
+    assert_eq!(h.lookup("loyalty_card", "LC-2"), None);
+    assert_eq!(
+        h.lookup("email", "x@evil.example"),
+        None,
+        "an address does not join a known card holder"
+    );
+
+    // Two strong identifiers in one client message never merge two people.
+    let out = h.ingest_as(
+        Trust::Client,
+        vec![json!({"type": "identify", "userId": "victim-1",
+        "traits": {"email": "other@shop.fi"}})],
+    );
+    assert_eq!(stored(&out[0]), victim);
+    assert_eq!(h.lookup("email", "other@shop.fi"), Some(other));
+    assert_eq!(h.lookup("user_id", "other-1"), Some(other));
+    assert_eq!(h.lookup("loyalty_card", "LC-1"), Some(card_only));
+    let after = h.store.counts().unwrap();
+    assert_eq!(
+        after.profiles, before.profiles,
+        "no merge, and no profile made for a refused claim"
+    );
+    assert!(
+        h.store
+            .profile_view(victim)
+            .unwrap()
+            .unwrap()
+            .merges
+            .iter()
+            .any(|m| m.from_profile == other && m.outcome == "refused"),
+        "the refused merge is recorded"
+    );
+    // From a server source, the same kind of message merges (the rules of old).
+    let card = stored(
+        &h.ingest(vec![json!({"type": "identify", "anonymousId": "till-9",
+        "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-9"}]}})])[0],
+    );
+    let claim = json!({"type": "identify", "anonymousId": "kiosk-9", "traits": {"email": "victim@shop.fi"},
+        "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-9"}]}});
+    h.ingest_as(Trust::Client, vec![claim.clone()]);
+    assert_eq!(
+        h.lookup("loyalty_card", "LC-9"),
+        Some(card),
+        "a client may not merge them"
+    );
+    h.ingest(vec![claim]);
+    assert_eq!(h.lookup("loyalty_card", "LC-9"), Some(victim));
+}
+
+fn a_client_key_still_stitches_a_visitor_and_signs_people_up(h: &Harness) {
+    let known = stored(
+        &h.ingest(vec![json!({"type": "identify", "userId": "cust-1",
+        "traits": {"email": "ann@shop.fi"}})])[0],
+    );
+    // The seeds' core case: a visitor browses, then logs in.
+    let visitor = stored(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "page", "anonymousId": "v-1", "name": "Home"})],
+        )[0],
+    );
+    assert_ne!(visitor, known);
+    let out = h.ingest_as(
+        Trust::Client,
+        vec![json!({"type": "identify", "anonymousId": "v-1", "userId": "cust-1"})],
+    );
+    assert_eq!(stored(&out[0]), known);
+    assert_eq!(h.lookup("anonymous_id", "v-1"), Some(known));
+    assert_eq!(h.store.profile_view(known).unwrap().unwrap().event_count, 3);
+    // A sign-up: a new visitor's first identify brings a user id and an
+    // address together; both join (as claims, not verified).
+    let out = h.ingest_as(Trust::Client, vec![
+        json!({"type": "page", "anonymousId": "v-2"}),
+        json!({"type": "identify", "anonymousId": "v-2", "userId": "cust-2", "traits": {"email": "bo@shop.fi"}}),
+    ]);
+    let p = stored(&out[1]);
+    assert_eq!(stored(&out[0]), p);
+    assert_eq!(
+        identifiers_of(h, p),
+        [
+            ("anonymous_id".into(), "v-2".into(), false),
+            ("email".into(), "bo@shop.fi".into(), false),
+            ("user_id".into(), "cust-2".into(), false),
+        ]
+    );
+    // A user id may still join a person known only by an address (a
+    // newsletter subscriber logging in for the first time).
+    let subscriber = stored(
+        &h.ingest(vec![
+            json!({"type": "identify", "anonymousId": "nl-1", "traits": {"email": "cy@shop.fi"}}),
+        ])[0],
+    );
+    let out = h.ingest_as(
+        Trust::Client,
+        vec![json!({"type": "identify", "userId": "cust-3", "traits": {"email": "cy@shop.fi"}})],
+    );
+    assert_eq!(stored(&out[0]), subscriber);
+    assert_eq!(h.lookup("user_id", "cust-3"), Some(subscriber));
+}
+
+fn a_server_source_verifies_what_a_client_claimed(h: &Harness) {
+    let p = stored(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "identify", "anonymousId": "v-9",
+        "userId": "cust-9", "traits": {"email": "dee@shop.fi"}})],
+        )[0],
+    );
+    assert!(
+        identifiers_of(h, p)
+            .iter()
+            .all(|(_, _, verified)| !verified)
+    );
+    h.ingest(vec![
+        json!({"type": "track", "userId": "cust-9", "event": "Order Completed"}),
+    ]);
+    let ids = identifiers_of(h, p);
+    assert!(
+        ids.contains(&("user_id".into(), "cust-9".into(), true)),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&("email".into(), "dee@shop.fi".into(), false)),
+        "only what the server named: {ids:?}"
+    );
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "cust-9", "traits": {"email": "dee@shop.fi"}}),
+    ]);
+    assert!(identifiers_of(h, p).contains(&("email".into(), "dee@shop.fi".into(), true)));
+}
 
 fn identify_creates_an_encrypted_profile(h: &Harness) {
     let out = h.ingest(vec![json!({

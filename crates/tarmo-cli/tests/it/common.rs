@@ -218,3 +218,18 @@ pub fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The server, sending with a `server`-trust write key (a back end) instead
+/// of `init`'s client key: for tests whose meaning is what the shop's own
+/// systems say about a person (merges, addresses that receive links).
+pub fn trusted(mut s: Server) -> Server {
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/keys",
+        Some(&serde_json::json!({"roles": ["ingest"], "trust": "server", "name": "back end"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    s.write = v["key"].as_str().unwrap().to_owned();
+    s
+}

@@ -10,3 +10,4 @@ mod processors;
 mod rights;
 mod segments;
 mod signals;
+mod trust;

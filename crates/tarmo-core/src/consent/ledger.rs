@@ -134,6 +134,27 @@ impl Method {
             Self::Import | Self::Tcf | Self::Gpp | Self::Gpc | Self::System
         )
     }
+
+    /// A string a consent management platform sent: anyone holding a public
+    /// write key can send one, so it is a claim about the person, not their
+    /// act.
+    pub fn is_cmp_string(self) -> bool {
+        matches!(self, Self::Tcf | Self::Gpp)
+    }
+
+    /// An act that proves it is the person's own: a link only they received
+    /// (confirmation, unsubscribe, preference page), or staff acting on their
+    /// request. A refusal made this way is not undone by a CMP string.
+    pub fn is_proven_act(self) -> bool {
+        matches!(
+            self,
+            Self::DoubleOptInEmail
+                | Self::DoubleOptInSms
+                | Self::OneClickUnsubscribe
+                | Self::PreferenceCenter
+                | Self::Staff
+        )
+    }
 }
 
 /// The current state of one person's consent for one purpose: the fold of
@@ -169,6 +190,9 @@ pub struct EntryFacts {
 ///   must not switch anyone off);
 /// - a grant that is not the person's explicit act (an import, a CMP string)
 ///   does not lift an objection or an earlier GPC opt-out;
+/// - a CMP string's grant does not lift a refusal the person made by a
+///   proven act (confirmation or preference page, unsubscribe, staff): a CMP
+///   string can come from anyone holding the public write key;
 /// - expiry replaces a grant only.
 pub fn fold(state: Option<ConsentState>, e: &EntryFacts) -> Option<ConsentState> {
     let gpc_ms = match (e.method, state.and_then(|s| s.gpc_ms)) {
@@ -190,6 +214,12 @@ pub fn fold(state: Option<ConsentState>, e: &EntryFacts) -> Option<ConsentState>
         s.gpc_ms = gpc_ms;
         Some(s)
     };
+    // A refusal the person made by a proven act stays the deciding entry
+    // whatever CMP strings follow: were a CMP refusal to replace it, the
+    // next CMP grant would lift it. (Every refusal stops the use alike.)
+    if e.method.is_cmp_string() && cur.decision.is_refusal() && cur.method.is_proven_act() {
+        return keep(cur);
+    }
     match e.decision {
         ConsentDecision::Denied | ConsentDecision::Withdrawn | ConsentDecision::Objected => {
             Some(next)
@@ -342,6 +372,76 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.decision, Granted);
+    }
+
+    #[test]
+    fn a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act() {
+        for strong in Method::ALL.into_iter().filter(|m| m.is_proven_act()) {
+            for refusal in [Denied, Withdrawn, Objected] {
+                for cmp in [Method::Tcf, Method::Gpp] {
+                    let s = run(&[
+                        e(1, Granted, Method::WebForm),
+                        e(2, refusal, strong),
+                        e(3, Granted, cmp),
+                    ])
+                    .unwrap();
+                    assert_eq!((s.decision, s.seq), (refusal, 2), "{strong:?} {cmp:?}");
+                }
+            }
+        }
+        // A CMP denial first does not open the way for a CMP grant after it.
+        let s = run(&[
+            e(1, Withdrawn, Method::OneClickUnsubscribe),
+            e(2, Denied, Method::Tcf),
+            e(3, Granted, Method::Tcf),
+        ])
+        .unwrap();
+        assert_eq!((s.decision, s.seq), (Withdrawn, 1));
+        // A CMP string may still deny, and may lift a refusal it made itself.
+        let s = run(&[
+            e(1, Granted, Method::DoubleOptInEmail),
+            e(2, Denied, Method::Tcf),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Denied);
+        let s = run(&[e(1, Denied, Method::Tcf), e(2, Granted, Method::Gpp)]).unwrap();
+        assert_eq!(s.decision, Granted);
+        // The person's own later act still lifts it.
+        let s = run(&[
+            e(1, Withdrawn, Method::OneClickUnsubscribe),
+            e(2, Granted, Method::Tcf),
+            e(3, Granted, Method::DoubleOptInEmail),
+        ])
+        .unwrap();
+        assert_eq!(s.decision, Granted);
+    }
+
+    proptest::proptest! {
+        /// Whatever came before, once a proven act refused, no sequence of
+        /// CMP strings afterwards leaves the state granted.
+        #[test]
+        fn cmp_strings_after_a_proven_refusal_never_grant(
+            before in proptest::collection::vec((0usize..6, 0usize..12), 0..8),
+            refusal in 0usize..3,
+            strong in 0usize..5,
+            after in proptest::collection::vec((0usize..6, proptest::bool::ANY), 0..8),
+        ) {
+            let strong_methods: Vec<Method> =
+                Method::ALL.into_iter().filter(|m| m.is_proven_act()).collect();
+            let mut entries: Vec<EntryFacts> = before
+                .iter()
+                .enumerate()
+                .map(|(i, &(d, m))| e(i as i64 + 1, ConsentDecision::ALL[d], Method::ALL[m]))
+                .collect();
+            let n = entries.len() as i64;
+            entries.push(e(n + 1, [Denied, Withdrawn, Objected][refusal], strong_methods[strong]));
+            for (i, &(d, tcf)) in after.iter().enumerate() {
+                let m = if tcf { Method::Tcf } else { Method::Gpp };
+                entries.push(e(n + 2 + i as i64, ConsentDecision::ALL[d], m));
+            }
+            let s = run(&entries).unwrap();
+            proptest::prop_assert_ne!(s.decision, Granted);
+        }
     }
 
     #[test]

@@ -865,3 +865,99 @@ pub fn bad_consent_input_is_refused_and_nothing_is_written(h: &Harness) {
     .unwrap();
     assert_eq!(verdict(h, p, "analytics"), (false, Reason::Objected));
 }
+
+pub fn a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act(h: &Harness) {
+    let p = profile_of(h, "cmp-unsub");
+    append(
+        h,
+        vec![
+            entry(
+                p,
+                "email_marketing",
+                ConsentDecision::Granted,
+                Method::DoubleOptInEmail,
+            ),
+            entry(
+                p,
+                "personalisation",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            ),
+        ],
+    )
+    .unwrap();
+    // The person unsubscribes, and withdraws personalisation on their page.
+    append(
+        h,
+        vec![
+            entry(
+                p,
+                "email_marketing",
+                ConsentDecision::Withdrawn,
+                Method::OneClickUnsubscribe,
+            ),
+            entry(
+                p,
+                "personalisation",
+                ConsentDecision::Withdrawn,
+                Method::PreferenceCenter,
+            ),
+        ],
+    )
+    .unwrap();
+    // Anyone with the public write key sends a denial, then an "accept all".
+    let signals = [
+        cmp_signal(31, &[("email_marketing", ConsentDecision::Denied)]),
+        cmp_signal(
+            32,
+            &[
+                ("email_marketing", ConsentDecision::Granted),
+                ("personalisation", ConsentDecision::Granted),
+            ],
+        ),
+    ];
+    for signal in signals {
+        let m = tarmo_core::segment::parse_message(
+            json!({"type": "page", "userId": "cmp-unsub"}),
+            0,
+            None,
+            Default::default(),
+            1_000,
+            &h.cfg,
+        )
+        .unwrap();
+        let mut e = h.store.prepare(m, 1);
+        e.consent = Some(Box::new(EventConsent {
+            gpc: false,
+            signals: vec![signal],
+            source: "CMP on ingestion".into(),
+            evidence: ev("203.0.113.31"),
+        }));
+        h.writer.submit_blocking(vec![e]).unwrap();
+    }
+    assert_eq!(verdict(h, p, "email_marketing"), (false, Reason::Withdrawn));
+    assert_eq!(verdict(h, p, "personalisation"), (false, Reason::Withdrawn));
+    // The stored state is the fold of the ledger, still.
+    let folded = consent::fold_all(&mut *h.store.conn().unwrap()).unwrap();
+    let decided = folded
+        .iter()
+        .filter(|((q, _), _)| *q == p)
+        .map(|(_, s)| s.decision)
+        .collect::<Vec<_>>();
+    assert!(decided.iter().all(|d| d.is_refusal()), "{decided:?}");
+    // The person's own new choice still counts.
+    append(
+        h,
+        vec![entry(
+            p,
+            "personalisation",
+            ConsentDecision::Granted,
+            Method::PreferenceCenter,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(h, p, "personalisation"),
+        (true, Reason::ConsentGranted)
+    );
+}

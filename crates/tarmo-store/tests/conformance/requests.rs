@@ -544,3 +544,193 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
         .unwrap();
     assert_eq!(runs[0].int(0).unwrap(), 3);
 }
+
+fn outbox_mail(h: &Harness) -> Vec<tarmo_store::outbox::Claimed> {
+    h.store
+        .transact_direct(|c, v| {
+            tarmo_store::outbox::claim_due(c, v, "email", tarmo_store::now_ms() + 1, 100)
+        })
+        .unwrap()
+}
+
+pub fn profile_ids_never_come_back_after_erasure(h: &Harness) {
+    use tarmo_store::links::SignedLink;
+    let older = stored_of(
+        &h.ingest(vec![json!({"type": "identify", "userId": "older-1",
+        "traits": {"email": "older@shop.fi"}})])[0],
+    );
+    let gone = stored_of(
+        &h.ingest(vec![json!({"type": "identify", "userId": "gone-1",
+        "traits": {"email": "gone@shop.fi"}})])[0],
+    );
+    assert!(gone > older, "the person to erase is the newest profile");
+    grant(h, gone, "email_marketing", json!({}));
+    // A request still open when the person is erased, and a link they had.
+    let open = request(h, RequestKind::Access, ("email", "gone@shop.fi")).unwrap();
+    assert_eq!(view(h, open).status, RequestStatus::AwaitingVerification);
+    let newest_mail: i64 = h
+        .store
+        .conn()
+        .unwrap()
+        .query_opt("SELECT max(id) FROM outbox", &[])
+        .unwrap()
+        .unwrap()
+        .int(0)
+        .unwrap();
+    let erase = request(h, RequestKind::Erasure, ("user_id", "gone-1")).unwrap();
+    verify(h, erase).unwrap();
+    assert_eq!(view(h, erase).status, RequestStatus::Completed);
+
+    // The next new person gets an id never given before.
+    let next = stored_of(
+        &h.ingest(vec![json!({"type": "identify", "userId": "next-1",
+        "traits": {"email": "next@shop.fi"}})])[0],
+    );
+    assert!(next > gone, "id {next} after erasing {gone}");
+    grant(h, next, "email_marketing", json!({}));
+
+    // The erased person's unsubscribe link reaches nobody.
+    let link = SignedLink {
+        profile_id: gone,
+        scope: "email_marketing".into(),
+        issued_ms: tarmo_store::now_ms(),
+    };
+    let acted = h
+        .writer
+        .transact_blocking(move |ctx| doi::unsubscribe(ctx, &link, Map::new()))
+        .unwrap();
+    assert!(!acted);
+    assert_eq!(reason(h, next, "email_marketing"), Reason::ConsentGranted);
+    // Their preference page finds no one.
+    assert_eq!(
+        doi::current_profile(&mut *h.store.conn().unwrap(), gone).unwrap(),
+        None
+    );
+    // Their open request, verified now, does not act on the new person.
+    verify(h, open).unwrap();
+    let v = view(h, open);
+    assert_eq!(v.status, RequestStatus::Completed);
+    assert_eq!(
+        v.outcome.as_deref(),
+        Some("no data is held about the person")
+    );
+    // Messages get new ids too (a mail's id is its Message-ID).
+    let fresh = request(h, RequestKind::Access, ("email", "next@shop.fi")).unwrap();
+    assert_eq!(view(h, fresh).status, RequestStatus::AwaitingVerification);
+    let mail = outbox_mail(h);
+    assert!(mail.iter().all(|m| m.id > newest_mail), "outbox ids reused");
+    assert!(mail.iter().all(|m| m.profile_id == next));
+}
+
+pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
+    use tarmo_core::identity::Trust;
+    // Mallory's own profile, made through the public write key: her address
+    // is a claim.
+    let mallory = stored_of(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "identify",
+        "anonymousId": "m-1", "traits": {"email": "mallory@evil.example"}})],
+        )[0],
+    );
+    let r = request(h, RequestKind::Access, ("email", "mallory@evil.example")).unwrap();
+    let v = view(h, r);
+    assert_eq!(v.status, RequestStatus::Received, "staff verify; no link");
+    assert!(outbox_mail(h).is_empty());
+    // Staff verifying the person (here: the claimer herself) verify the
+    // address the request names.
+    let claimed = prepared(h, "email", "mallory@evil.example").bidx;
+    let is_verified = |h: &Harness| {
+        requests::identifier_verified(&mut *h.store.conn().unwrap(), &claimed).unwrap()
+    };
+    assert!(!is_verified(h));
+
+    // A person whose profile holds a claimed address beside a verified one:
+    // a request naming the claimed one sends its link to the verified one.
+    let p = stored_of(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "identify", "userId": "u-77",
+        "traits": {"email": "claimed@evil.example"}})],
+        )[0],
+    );
+    assert_ne!(p, mallory);
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "u-77", "traits": {"email": "real@shop.fi"}}),
+    ]);
+    let r = request(h, RequestKind::Access, ("email", "claimed@evil.example")).unwrap();
+    assert_eq!(view(h, r).status, RequestStatus::AwaitingVerification);
+    let mail = outbox_mail(h);
+    assert_eq!(mail.len(), 1);
+    let tarmo_store::outbox::OutboxMessage::RequestVerification { to, .. } = &mail[0].message
+    else {
+        panic!("expected a request verification");
+    };
+    assert_eq!(to, "real@shop.fi");
+
+    // Double opt-in verifies the address it confirmed: afterwards a request
+    // naming it is sent its link.
+    let s = h
+        .writer
+        .transact_blocking({
+            let identifier = prepared(h, "email", "mallory@evil.example");
+            move |ctx| {
+                doi::subscribe(
+                    ctx,
+                    Subscribe {
+                        identifier,
+                        address: "mallory@evil.example".into(),
+                        channel: "email",
+                        purposes: vec!["email_marketing".into()],
+                        language: "en".into(),
+                        source: "form".into(),
+                        evidence: Map::new(),
+                        token_ttl_ms: 3_600_000,
+                    },
+                )
+            }
+        })
+        .unwrap();
+    assert_eq!(s.profile_id, mallory);
+    let mail = outbox_mail(h);
+    let tarmo_store::outbox::OutboxMessage::Confirmation { token, .. } = mail[0].message.clone()
+    else {
+        panic!("expected a confirmation");
+    };
+    h.writer
+        .transact_blocking(move |ctx| doi::confirm(ctx, &token, Map::new()))
+        .unwrap();
+    assert!(is_verified(h), "double opt-in verified the address");
+    let r2 = request(h, RequestKind::Erasure, ("email", "mallory@evil.example")).unwrap();
+    assert_eq!(view(h, r2).status, RequestStatus::AwaitingVerification);
+
+    // Staff verification verifies the address a request names.
+    let q = stored_of(
+        &h.ingest_as(
+            Trust::Client,
+            vec![json!({"type": "identify",
+        "anonymousId": "q-1", "traits": {"email": "quinn@shop.fi"}})],
+        )[0],
+    );
+    let quinn = prepared(h, "email", "quinn@shop.fi").bidx;
+    let r3 = request(h, RequestKind::Restriction, ("email", "quinn@shop.fi")).unwrap();
+    assert_eq!(view(h, r3).status, RequestStatus::Received);
+    verify(h, r3).unwrap();
+    assert!(requests::identifier_verified(&mut *h.store.conn().unwrap(), &quinn).unwrap());
+    assert!(
+        h.store
+            .profile_view(q)
+            .unwrap()
+            .unwrap()
+            .identifiers
+            .iter()
+            .any(|i| i.value == "quinn@shop.fi" && i.verified)
+    );
+}
+
+fn stored_of(o: &Outcome) -> i64 {
+    match o {
+        Outcome::Stored(p) => *p,
+        other => panic!("expected stored, got {other:?}"),
+    }
+}
