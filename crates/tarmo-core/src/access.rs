@@ -43,10 +43,13 @@ pub enum Permission {
     AuditRead,
     /// Make and revoke keys.
     KeysManage,
+    /// The Prometheus metrics (`GET /metrics`): counts and timings, no
+    /// person, but they tell how the installation is used.
+    MetricsRead,
 }
 
 impl Permission {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -64,6 +67,7 @@ impl Permission {
         Self::RecordsRead,
         Self::AuditRead,
         Self::KeysManage,
+        Self::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,11 +89,27 @@ impl Permission {
             Self::RecordsRead => "records_read",
             Self::AuditRead => "audit_read",
             Self::KeysManage => "keys_manage",
+            Self::MetricsRead => "metrics_read",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Permissions a purpose-bound key never uses, whatever its roles: they
+    /// reach people regardless of any purpose (rights requests, the access
+    /// log) or would let the key step out of its binding (make an unbound
+    /// key, widen its purpose's data categories).
+    pub fn unbound_only(self) -> bool {
+        matches!(
+            self,
+            Self::KeysManage
+                | Self::PurposesWrite
+                | Self::RequestsCreate
+                | Self::RequestsManage
+                | Self::AuditRead
+        )
     }
 }
 
@@ -231,6 +251,8 @@ pub fn builtin_role(name: &str) -> Option<Role> {
             &[D::Traits, D::Behaviour],
         ),
         "ingest" => (&[P::Ingest], &[]),
+        // What Prometheus scrapes with (`GET /metrics`), and nothing else.
+        "monitoring" => (&[P::MetricsRead], &[]),
         _ => return None,
     };
     Some(Role {
@@ -239,7 +261,15 @@ pub fn builtin_role(name: &str) -> Option<Role> {
     })
 }
 
-pub const BUILTIN_ROLES: [&str; 6] = ["admin", "dpo", "marketer", "support", "analyst", "ingest"];
+pub const BUILTIN_ROLES: [&str; 7] = [
+    "admin",
+    "dpo",
+    "marketer",
+    "support",
+    "analyst",
+    "ingest",
+    "monitoring",
+];
 
 /// A role name: `[a-z][a-z0-9_]{0,31}`.
 pub fn valid_role_name(s: &str) -> bool {

@@ -217,6 +217,12 @@ CREATE TABLE access_log_subjects (
 CREATE INDEX access_log_subjects_seq ON access_log_subjects(seq);
 "#,
     ),
+    (
+        6,
+        r#"
+ALTER TABLE request_events ADD COLUMN note_sealed {BLOB};
+"#,
+    ),
 ];
 
 /// The shared migrations in SQLite's dialect.

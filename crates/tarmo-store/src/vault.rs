@@ -341,6 +341,10 @@ pub enum Place {
     ProcessorNotification,
     /// A processor's webhook bearer token.
     ProcessorSecret,
+    /// A staff note on a data subject request's step (why it was verified,
+    /// refused, extended), sealed with the installation key: the request
+    /// outlives the person, and the note may name them.
+    RequestNote,
 }
 
 impl Place {
@@ -355,6 +359,7 @@ impl Place {
             Place::RequestPayload => b"requests.payload",
             Place::ProcessorNotification => b"processor_notifications.payload",
             Place::ProcessorSecret => b"processors.webhook_token",
+            Place::RequestNote => b"request_events.note",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);
