@@ -441,13 +441,14 @@ fn same_origin(origin: &[u8], public_url: &str) -> bool {
         return false;
     };
     // An origin is exactly scheme://host[:port], nothing after it.
+    // An origin is exactly scheme://host[:port], nothing after it.
     if origin
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .contains('/')
+        .split_once("://")
+        .is_none_or(|(_, rest)| rest.contains(['/', '?', '#']))
     {
         return false;
     }
+
     match (parts(origin), parts(public_url)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
