@@ -334,11 +334,14 @@ impl AppState {
 /// Real keys enter only from the store, so their map cannot be flooded.
 #[derive(Default)]
 pub struct KeyCache {
-    /// By keyed hash: the secret, the key, when read, the epoch read with it.
-    valid: HashMap<u64, (Box<[u8]>, KeyGrant, Instant, Vec<u8>)>,
+    valid: HashMap<u64, CachedKey>,
     /// Secrets that named no active key, by keyed hash.
     unknown: HashMap<u64, (Box<[u8]>, Instant)>,
 }
+
+/// A key found by a keyed hash: the secret, the key, when it was read, and
+/// the revocation epoch read before it.
+type CachedKey = (Box<[u8]>, KeyGrant, Instant, Vec<u8>);
 
 /// The most entries each map of the key cache holds.
 const KEY_CACHE_MAX: usize = 10_000;
