@@ -193,7 +193,16 @@ fn bump_epoch(conn: &mut dyn Conn) -> Result<()> {
 
 /// The current revocation epoch (empty before the first revocation).
 pub fn epoch(conn: &mut dyn Conn) -> Result<Vec<u8>> {
-    Ok(conn.meta_get(KEYS_EPOCH)?.unwrap_or_default())
+    // Through the prepared-statement cache (`meta_get` is not prepared on
+    // PostgreSQL): this runs on every staff request.
+    Ok(conn
+        .query_opt(
+            "SELECT value FROM meta WHERE key = $1",
+            &[P::Text(KEYS_EPOCH)],
+        )?
+        .map(|r| r.blob(0))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// The longest a key may be made to last: ten years. Also keeps the
