@@ -945,6 +945,15 @@ pub async fn preference_link(
     Path(raw): Path<String>,
 ) -> Result<Json<PreferenceLink>, ApiError> {
     let id = crate::profiles::profile_id(&raw)?;
+    // The page behind the link shows and changes every purpose, and lets
+    // its holder ask for the person's data: not for a key bound to some.
+    if p.grant.bound() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "purpose_not_permitted",
+            "a preference link covers every purpose; a key bound to purposes cannot make one",
+        ));
+    }
     let store = s.store.clone();
     let grant = p.grant.clone();
     let profile = blocking(move || store.visible_kinds(&grant, id))

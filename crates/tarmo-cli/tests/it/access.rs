@@ -918,9 +918,11 @@ fn every_route_walked_with_a_purpose_bound_key_of_each_role_returns_nothing_outs
                     assert!(!ids.contains(&no), "the refusing person's id in {what}");
                     // Routes that reach people regardless of a purpose, or
                     // step out of the binding, are closed to bound keys.
+                    // (A preference link opens every purpose's page.)
                     if path.starts_with("/api/v1/requests")
                         || path.starts_with("/api/v1/keys")
                         || path == "/api/v1/audit"
+                        || path == "/api/v1/profiles/{id}/preference-link"
                         || (method == "put" && path.starts_with("/api/v1/purposes/"))
                     {
                         assert!(st == 403, "{what}");
