@@ -415,8 +415,9 @@ impl KeyCache {
 /// A key and what it grants, shared between requests.
 pub type KeyGrant = (Arc<ApiKey>, Arc<Grant>);
 
-/// How long a key lookup is trusted before the store is asked again: the
-/// longest a revocation made by another process or node takes to bite.
+/// How long a key lookup is trusted before the store is asked again.
+/// Revocations do not wait for it (the key epoch is read on every request);
+/// it bounds how long a key's other changes (an account's roles) take.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Whether an `Origin` header names the origin of `public_url` (scheme,
