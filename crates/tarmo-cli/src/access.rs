@@ -44,11 +44,14 @@ pub enum KeysCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Revoke a key by id, with immediate effect.
+    /// Revoke a key, with immediate effect (also in a running server on the
+    /// same store): by its id, or by its secret (`-` reads the secret from
+    /// standard input, which keeps it out of the shell's history).
     Revoke {
         #[command(flatten)]
         common: Common,
-        id: i64,
+        /// The key's id (`tarmo keys list`), its secret, or `-`.
+        key: String,
     },
 }
 
@@ -138,7 +141,10 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 purposes: purpose.clone(),
                 name,
                 user_id: None,
-                expires_ms: expires_in_hours.map(|h| tarmo_store::now_ms() + h as i64 * 3_600_000),
+                expires_ms: expires_in_hours
+                    .map(|h| tarmo_store::keys::expiry(tarmo_store::now_ms(), h))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("invalid_expiry: {e}"))?,
                 trust: trust
                     .as_deref()
                     .and_then(tarmo_core::identity::Trust::parse),
@@ -192,12 +198,27 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 )?;
             }
         }
-        KeysCommand::Revoke { common, id } => {
+        KeysCommand::Revoke { common, key } => {
             let s = settings(&common, None)?;
-            if !open_store(&s)?.revoke_api_key(id)? {
-                bail!("no active key with id {id}");
+            let store = open_store(&s)?;
+            if let Ok(id) = key.parse::<i64>() {
+                if !store.revoke_api_key(id)? {
+                    bail!("key_not_found: no active key with id {id}");
+                }
+                eprintln!("key {id} revoked");
+            } else {
+                let secret = if key == "-" {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line.trim().to_owned()
+                } else {
+                    key
+                };
+                match store.revoke_api_key_by_secret(&secret)? {
+                    Some(id) => eprintln!("key {id} revoked"),
+                    None => bail!("key_not_found: no active key has that secret"),
+                }
             }
-            eprintln!("key {id} revoked");
         }
     }
     Ok(0)

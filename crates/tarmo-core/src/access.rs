@@ -47,10 +47,13 @@ pub enum Permission {
     SegmentsRead,
     /// Define, change, preview and delete segments.
     SegmentsManage,
+    /// The Prometheus metrics (`GET /metrics`): counts and timings, no
+    /// person, but they tell how the installation is used.
+    MetricsRead,
 }
 
 impl Permission {
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -70,6 +73,7 @@ impl Permission {
         Self::KeysManage,
         Self::SegmentsRead,
         Self::SegmentsManage,
+        Self::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,11 +97,27 @@ impl Permission {
             Self::KeysManage => "keys_manage",
             Self::SegmentsRead => "segments_read",
             Self::SegmentsManage => "segments_manage",
+            Self::MetricsRead => "metrics_read",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Permissions a purpose-bound key never uses, whatever its roles: they
+    /// reach people regardless of any purpose (rights requests, the access
+    /// log) or would let the key step out of its binding (make an unbound
+    /// key, widen its purpose's data categories).
+    pub fn unbound_only(self) -> bool {
+        matches!(
+            self,
+            Self::KeysManage
+                | Self::PurposesWrite
+                | Self::RequestsCreate
+                | Self::RequestsManage
+                | Self::AuditRead
+        )
     }
 }
 
@@ -247,6 +267,8 @@ pub fn builtin_role(name: &str) -> Option<Role> {
             &[D::Traits, D::Behaviour],
         ),
         "ingest" => (&[P::Ingest], &[]),
+        // What Prometheus scrapes with (`GET /metrics`), and nothing else.
+        "monitoring" => (&[P::MetricsRead], &[]),
         _ => return None,
     };
     Some(Role {
@@ -255,7 +277,15 @@ pub fn builtin_role(name: &str) -> Option<Role> {
     })
 }
 
-pub const BUILTIN_ROLES: [&str; 6] = ["admin", "dpo", "marketer", "support", "analyst", "ingest"];
+pub const BUILTIN_ROLES: [&str; 7] = [
+    "admin",
+    "dpo",
+    "marketer",
+    "support",
+    "analyst",
+    "ingest",
+    "monitoring",
+];
 
 /// A role name: `[a-z][a-z0-9_]{0,31}`.
 pub fn valid_role_name(s: &str) -> bool {

@@ -359,6 +359,10 @@ pub struct ExportScope {
     pub traits: bool,
     pub address: bool,
     pub events: EventScope,
+    /// Traits that reach or name the person (`firstName`, `address`, ...;
+    /// see [`crate::access::CONTACT_TRAITS`]) go with the other traits
+    /// unless the caller may not see contact data.
+    pub contact_traits: bool,
 }
 
 impl ExportScope {
@@ -369,6 +373,7 @@ impl ExportScope {
             traits: false,
             address: false,
             events: EventScope::None,
+            contact_traits: true,
         };
         for c in categories {
             match c.as_str() {
@@ -382,6 +387,26 @@ impl ExportScope {
             }
         }
         s
+    }
+
+    /// What of this scope a caller who may see only `kinds` of a person's
+    /// data may send: a marketer (no `identifiers`) exports the email and
+    /// phone of an `identifiers` processor, not its user ids.
+    pub fn narrowed(self, kinds: &std::collections::BTreeSet<crate::access::DataKind>) -> Self {
+        use crate::access::DataKind as K;
+        let contact = kinds.contains(&K::Contact);
+        Self {
+            contact: contact && (self.contact || self.all_identifiers),
+            all_identifiers: self.all_identifiers && kinds.contains(&K::Identifiers),
+            traits: self.traits && kinds.contains(&K::Traits),
+            address: self.address && contact,
+            events: if kinds.contains(&K::Behaviour) {
+                self.events
+            } else {
+                EventScope::None
+            },
+            contact_traits: self.contact_traits && contact,
+        }
     }
 
     /// Whether identifiers of this kind (`email`, `user_id`, ...) are in scope.
@@ -415,7 +440,9 @@ impl ExportScope {
             }
             _ => None,
         };
-        let in_traits = self.traits || (self.address && name == "address");
+        let in_traits = (self.traits
+            && (self.contact_traits || !crate::access::CONTACT_TRAITS.contains(&name)))
+            || (self.address && name == "address");
         in_traits && as_identifier.is_none_or(|kind| self.identifier(kind))
     }
 
@@ -432,6 +459,28 @@ impl ExportScope {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_narrowed_scope_keeps_only_the_kinds_the_caller_may_see() {
+        use crate::access::{DataKind as K, builtin_role};
+        let cats: Vec<DataCategory> = ["identifiers", "traits", "behaviour"]
+            .iter()
+            .map(|c| DataCategory::parse(c).unwrap())
+            .collect();
+        let marketer = builtin_role("marketer").unwrap().data;
+        let s = ExportScope::of(&cats).narrowed(&marketer);
+        assert!(s.identifier("email") && !s.identifier("user_id"));
+        assert!(s.trait_named("tier", &[]) && s.trait_named("firstName", &[]));
+        let traits_only: std::collections::BTreeSet<K> = [K::Traits].into_iter().collect();
+        let s = ExportScope::of(&cats).narrowed(&traits_only);
+        assert!(!s.identifier("email") && !s.event("track"));
+        assert!(s.trait_named("tier", &[]) && !s.trait_named("firstName", &[]));
+        assert!(
+            ExportScope::of(&cats)
+                .narrowed(&Default::default())
+                .is_empty()
+        );
+    }
 
     fn input() -> ProcessorInput {
         ProcessorInput {

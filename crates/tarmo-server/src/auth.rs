@@ -40,7 +40,8 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
     let get = method == Method::GET || method == Method::HEAD;
     Some(match route {
         r if r.starts_with("/v1/") => Ingest,
-        "/healthz" | "/metrics" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
+        "/healthz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
+        "/metrics" => Staff(P::MetricsRead),
         "/c/{token}"
         | "/u/{token}"
         | "/p/{token}"
@@ -211,6 +212,8 @@ pub struct RateLimits {
     pub per_ip: Limit,
     /// Per client IP address, on the login route.
     pub login: Limit,
+    /// Per key, on `/metrics` (each scrape counts the outbox and requests).
+    pub metrics: Limit,
 }
 
 impl Default for RateLimits {
@@ -231,6 +234,11 @@ impl Default for RateLimits {
                 rate: 0.2,
                 burst: 5.0,
             },
+            // Prometheus scrapes every 15 s or so.
+            metrics: Limit {
+                rate: 2.0,
+                burst: 10.0,
+            },
         }
     }
 }
@@ -238,6 +246,7 @@ impl Default for RateLimits {
 #[derive(Default)]
 pub struct Buckets {
     keys: Mutex<HashMap<i64, (f64, Instant)>>,
+    metrics: Mutex<HashMap<i64, (f64, Instant)>>,
     ips: Mutex<HashMap<(IpAddr, bool), (f64, Instant)>>,
 }
 
@@ -296,18 +305,18 @@ impl AppState {
         if secret.is_empty() || secret.len() > 128 {
             return Ok(None);
         }
+        // One point read a request: a revocation by any process or node on
+        // this store changes the epoch, and no cached key outlives it.
+        let epoch = self.store.keys_epoch()?;
         // The cache is found by a keyed 64-bit hash of the secret (cheap, and
         // random per process), then the secret is compared in constant time.
         let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());
+        let now = Instant::now();
         let cached = self
             .keys
             .lock()
             .expect("key cache")
-            .get(&h)
-            .filter(|(stored, _, t)| {
-                t.elapsed() < KEY_CACHE_TTL && tarmo_store::vault::ct_eq(stored, secret.as_bytes())
-            })
-            .map(|(_, k, _)| k.clone());
+            .get(h, secret.as_bytes(), &epoch, now);
         if let Some(k) = cached {
             return Ok(k.filter(|(k, _)| k.expires_ms.is_none_or(|e| tarmo_store::now_ms() < e)));
         }
@@ -320,11 +329,10 @@ impl AppState {
                 let g = self.roles.grant(&k);
                 (Arc::new(k), Arc::new(g))
             });
-        let mut cache = self.keys.lock().expect("key cache");
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(h, (secret.as_bytes().into(), key.clone(), Instant::now()));
+        self.keys
+            .lock()
+            .expect("key cache")
+            .put(h, secret.as_bytes(), key.clone(), epoch, now);
         Ok(key)
     }
 
@@ -334,12 +342,136 @@ impl AppState {
     }
 }
 
+/// Key lookups, kept for [`KEY_CACHE_TTL`]: the keys found apart from the
+/// secrets that name no key, so that a flood of made-up secrets (each a
+/// store lookup, and each remembered) can never push the real keys out.
+/// Real keys enter only from the store, so their map cannot be flooded.
+#[derive(Default)]
+pub struct KeyCache {
+    valid: HashMap<u64, CachedKey>,
+    /// Secrets that named no active key, by keyed hash.
+    unknown: HashMap<u64, (Box<[u8]>, Instant)>,
+}
+
+/// A key found by a keyed hash: the secret, the key, when it was read, and
+/// the revocation epoch read before it.
+type CachedKey = (Box<[u8]>, KeyGrant, Instant, Vec<u8>);
+
+/// The most entries each map of the key cache holds.
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    /// `Some(Some(key))` for a key found lately under the same epoch,
+    /// `Some(None)` for a secret known lately to name no key, `None` when
+    /// the store must be asked.
+    pub fn get(
+        &self,
+        h: u64,
+        secret: &[u8],
+        epoch: &[u8],
+        now: Instant,
+    ) -> Option<Option<KeyGrant>> {
+        let fresh = |t: &Instant| now.saturating_duration_since(*t) < KEY_CACHE_TTL;
+        if let Some((stored, k, t, e)) = self.valid.get(&h)
+            && fresh(t)
+            && e.as_slice() == epoch
+            && tarmo_store::vault::ct_eq(stored, secret)
+        {
+            return Some(Some(k.clone()));
+        }
+        if let Some((stored, t)) = self.unknown.get(&h)
+            && fresh(t)
+            && tarmo_store::vault::ct_eq(stored, secret)
+        {
+            return Some(None);
+        }
+        None
+    }
+
+    pub fn put(
+        &mut self,
+        h: u64,
+        secret: &[u8],
+        key: Option<KeyGrant>,
+        epoch: Vec<u8>,
+        now: Instant,
+    ) {
+        match key {
+            Some(k) => {
+                if self.valid.len() >= KEY_CACHE_MAX {
+                    self.valid.retain(|_, (_, _, t, _)| {
+                        now.saturating_duration_since(*t) < KEY_CACHE_TTL
+                    });
+                }
+                if self.valid.len() < KEY_CACHE_MAX {
+                    self.unknown.remove(&h);
+                    self.valid.insert(h, (secret.into(), k, now, epoch));
+                }
+            }
+            None => {
+                if self.unknown.len() >= KEY_CACHE_MAX {
+                    // Forgetting made-up secrets costs a store lookup each
+                    // when they come again, and touches no real key.
+                    self.unknown.clear();
+                }
+                self.valid.remove(&h);
+                self.unknown.insert(h, (secret.into(), now));
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.valid.clear();
+        self.unknown.clear();
+    }
+}
+
 /// A key and what it grants, shared between requests.
 pub type KeyGrant = (Arc<ApiKey>, Arc<Grant>);
 
-/// How long a key lookup is trusted before the store is asked again: the
-/// longest a revocation made by another process or node takes to bite.
+/// How long a key lookup is trusted before the store is asked again.
+/// Revocations do not wait for it (the key epoch is read on every request);
+/// it bounds how long a key's other changes (an account's roles) take.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Whether an `Origin` header names the origin of `public_url` (scheme,
+/// host and port; the default port may be left out on either side).
+fn same_origin(origin: &[u8], public_url: &str) -> bool {
+    fn parts(url: &str) -> Option<(String, String)> {
+        let (scheme, rest) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+        if authority.is_empty() || authority.contains('@') {
+            return None;
+        }
+        let default = match scheme.as_str() {
+            "http" => ":80",
+            "https" => ":443",
+            _ => return None,
+        };
+        let authority = authority
+            .strip_suffix(default)
+            .map(str::to_owned)
+            .unwrap_or(authority);
+        Some((scheme, authority))
+    }
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    // An origin is exactly scheme://host[:port], nothing after it.
+    // An origin is exactly scheme://host[:port], nothing after it.
+    if origin
+        .split_once("://")
+        .is_none_or(|(_, rest)| rest.contains(['/', '?', '#']))
+    {
+        return false;
+    }
+
+    match (parts(origin), parts(public_url)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
 
 fn peer_ip(req: &Request) -> Option<IpAddr> {
     crate::tls::peer_of(req.extensions()).map(|a| a.ip())
@@ -387,16 +519,14 @@ pub async fn guard(
                 }
             }
             // A form on another site must not press a person's buttons: a
-            // browser's POST names its origin, which must be ours. (Mail
-            // clients posting one-click unsubscribes send no Origin.)
+            // browser's POST names its origin, which must be ours, exactly
+            // (a prefix would let `https://shop.example.evil` through, and
+            // `null` is what a sandboxed frame anywhere sends). Mail clients
+            // posting one-click unsubscribes send no Origin.
             if need == Need::Public
                 && req.method() == Method::POST
-                && let Some(origin) = req
-                    .headers()
-                    .get(header::ORIGIN)
-                    .and_then(|v| v.to_str().ok())
-                && origin != "null"
-                && !s.config.public_url.starts_with(origin)
+                && let Some(origin) = req.headers().get(header::ORIGIN)
+                && !same_origin(origin.as_bytes(), &s.config.public_url)
             {
                 return ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -429,8 +559,21 @@ pub async fn guard(
             if let Err(e) = s.limit_key(key.id) {
                 return e.into_response();
             }
+            if p == Permission::MetricsRead
+                && let Some(wait) = take(&s.buckets.metrics, key.id, s.limits.metrics)
+            {
+                return too_many(wait);
+            }
             if !grant.may(p) {
                 return forbidden(p).into_response();
+            }
+            if grant.bound() && p.unbound_only() {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "purpose_not_permitted",
+                    format!("a key bound to purposes cannot use the permission `{p}`"),
+                )
+                .into_response();
             }
             req.extensions_mut().insert(Principal {
                 key,
@@ -439,5 +582,91 @@ pub async fn guard(
             });
             next.run(req).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: i64) -> KeyGrant {
+        let k = ApiKey {
+            id,
+            roles: vec!["admin".into()],
+            purposes: vec![],
+            name: String::new(),
+            user_id: None,
+            created_ms: 0,
+            revoked_ms: None,
+            expires_ms: None,
+        };
+        let g = Roles::default().grant(&k);
+        (Arc::new(k), Arc::new(g))
+    }
+
+    #[test]
+    fn a_flood_of_unknown_secrets_does_not_push_out_a_real_key() {
+        let mut c = KeyCache::default();
+        let now = Instant::now();
+        c.put(1, b"tka_real", Some(key(7)), vec![], now);
+        for i in 0..(3 * KEY_CACHE_MAX as u64) {
+            c.put(
+                100 + i,
+                format!("tka_made_up_{i}").as_bytes(),
+                None,
+                vec![],
+                now,
+            );
+        }
+        let hit = c.get(1, b"tka_real", &[], now);
+        assert_eq!(hit.flatten().map(|(k, _)| k.id), Some(7));
+        assert!(matches!(
+            c.get(
+                100 + 3 * KEY_CACHE_MAX as u64 - 1,
+                format!("tka_made_up_{}", 3 * KEY_CACHE_MAX - 1).as_bytes(),
+                &[],
+                now
+            ),
+            Some(None)
+        ));
+        // Another secret under the same hash is not the key.
+        assert!(c.get(1, b"tka_other", &[], now).is_none());
+    }
+
+    #[test]
+    fn a_new_revocation_epoch_or_age_makes_a_cached_key_be_read_again() {
+        let mut c = KeyCache::default();
+        let now = Instant::now();
+        c.put(1, b"tka_real", Some(key(7)), b"e1".to_vec(), now);
+        assert!(c.get(1, b"tka_real", b"e1", now).is_some());
+        assert!(c.get(1, b"tka_real", b"e2", now).is_none());
+        assert!(c.get(1, b"tka_real", b"e1", now + KEY_CACHE_TTL).is_none());
+    }
+
+    #[test]
+    fn only_our_exact_origin_is_the_same_origin() {
+        let ours = "https://shop.example/tarmo";
+        assert!(same_origin(b"https://shop.example", ours));
+        assert!(same_origin(b"HTTPS://Shop.Example:443", ours));
+        for other in [
+            "null",
+            "https://shop.example.evil",
+            "https://shop.exampl",
+            "http://shop.example",
+            "https://shop.example:8443",
+            "https://shop.example/",
+            "https://evil@shop.example",
+            "",
+        ] {
+            assert!(!same_origin(other.as_bytes(), ours), "{other}");
+        }
+        assert!(same_origin(
+            b"http://127.0.0.1:8080",
+            "http://127.0.0.1:8080"
+        ));
+        assert!(!same_origin(
+            b"http://127.0.0.1:80",
+            "http://127.0.0.1:8080"
+        ));
     }
 }

@@ -356,6 +356,12 @@ pub async fn record(
             Ok(out)
         })
         .await?;
+    let mut recorded = recorded;
+    for r in &mut recorded {
+        if let Some(id) = r.profile_id {
+            r.profile_id = s.visible_id(&p, id).await?;
+        }
+    }
     Ok(Json(RecordedList { recorded }))
 }
 
@@ -375,7 +381,9 @@ pub struct ProfileConsents {
     pub profile_id: ProfileId,
     /// The current state, one per purpose the person has a record for.
     pub states: Vec<ConsentStateView>,
-    /// Every ledger entry, oldest first, evidence opened.
+    /// Every ledger entry, oldest first, evidence opened (null for a key
+    /// whose data kinds do not include consent). A purpose-bound key gets
+    /// the states and entries of its purposes only.
     pub ledger: Vec<LedgerEntryView>,
 }
 
@@ -393,14 +401,27 @@ pub async fn profile_consents(
     let id = crate::profiles::profile_id(&raw)?;
     let catalog = s.catalog().await?;
     let store = s.store.clone();
+    let grant = p.grant.clone();
     let (profile, states, flags, entries) = blocking(move || {
-        let mut c = store.conn()?;
-        let profile = doi::current_profile(&mut *c, id)?.ok_or_else(|| {
+        // A person the key may not see reads as absent, as on the profile
+        // routes; a purpose-bound key sees its purposes' entries only, and
+        // the evidence (IP address, user agent, CMP strings) only where its
+        // data kinds, narrowed by its purposes, include consent.
+        let (profile, kinds) = store.visible_kinds(&grant, id)?.ok_or_else(|| {
             tarmo_store::Error::not_found("profile_not_found", "no profile matches")
         })?;
-        let states = ledger::states(&mut *c, profile)?;
+        let ours = |purpose: &str| !grant.bound() || grant.purposes.iter().any(|p| p == purpose);
+        let mut c = store.conn()?;
+        let mut states = ledger::states(&mut *c, profile)?;
+        states.retain(|(purpose, _)| ours(purpose));
         let flags = ledger::flags(&mut *c, profile)?;
-        let entries = ledger::history(&mut *c, store.vault(), profile)?;
+        let mut entries = ledger::history(&mut *c, store.vault(), profile)?;
+        entries.retain(|e| ours(&e.purpose));
+        if !kinds.contains(&tarmo_core::access::DataKind::Consent) {
+            for e in &mut entries {
+                e.evidence = Value::Null;
+            }
+        }
         Ok((profile, states, flags, entries))
     })
     .await?;
@@ -471,20 +492,40 @@ fn verdict_view(purpose: &str, profile: Option<ProfileId>, v: Verdict) -> Decisi
     }
 }
 
+/// The person's id as `p` may be told it: a purpose-bound key sees a
+/// person only while a decision for its purposes allows them, so it learns
+/// the id of an identifier (or that an id is in use) only then. `allowed`
+/// is the purpose's decision on any channel (the route checked that the key
+/// acts for the purpose). A person allowed only through another of the
+/// key's purposes stays hidden here: cheaper, and it errs on the side of
+/// telling less.
+fn shown_id(p: &Principal, profile: Option<ProfileId>, allowed: bool) -> Option<ProfileId> {
+    profile.filter(|_| !p.grant.bound() || allowed)
+}
+
+/// The decision, the person's id, and whether the purpose is allowed on
+/// any channel (see [`shown_id`]).
 fn judge(
     rule: &tarmo_core::consent::PurposeRule,
     channel: Option<Channel>,
     subject: Subject,
     now: i64,
-) -> (Option<ProfileId>, Verdict) {
+) -> (Option<ProfileId>, Verdict, bool) {
     match subject {
-        Subject::Known(p, st, flags) => (Some(p), decide(rule, channel, st.as_ref(), flags, now)),
+        Subject::Known(p, st, flags) => {
+            let v = decide(rule, channel, st.as_ref(), flags, now);
+            let any = match channel {
+                None => v.allowed,
+                Some(_) => decide(rule, None, st.as_ref(), flags, now).allowed,
+            };
+            (Some(p), v, any)
+        }
         Subject::Suppressed(at) => {
             let flags = tarmo_core::consent::ProfileFlags {
                 suppressed_since: Some(at),
                 ..Default::default()
             };
-            (None, decide(rule, channel, None, flags, now))
+            (None, decide(rule, channel, None, flags, now), false)
         }
         Subject::Unknown => (
             None,
@@ -494,6 +535,7 @@ fn judge(
                 reason: Reason::UnknownProfile,
                 since_ms: None,
             },
+            false,
         ),
     }
 }
@@ -536,7 +578,8 @@ pub async fn decision(
     // blocking pool.
     let subject = read_subject(&mut *conn, lookup, &purpose)?;
     drop(conn);
-    let (profile, v) = judge(&rule, channel, subject, now_ms());
+    let (profile, v, any) = judge(&rule, channel, subject, now_ms());
+    let profile = shown_id(&p, profile, any);
     s.access.count(
         p.key.id,
         p.key.user_id,
@@ -621,8 +664,8 @@ pub async fn decisions_batch(
         decisions: subjects
             .into_iter()
             .map(|sub| {
-                let (p, v) = judge(&rule, channel, sub, now);
-                verdict_view(&b.purpose, p, v)
+                let (id, v, any) = judge(&rule, channel, sub, now);
+                verdict_view(&b.purpose, shown_id(&p, id, any), v)
             })
             .collect(),
     }))
@@ -686,11 +729,14 @@ pub(crate) fn evidence_of(ip: Option<String>, user_agent: Option<String>) -> Map
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn subscribe(
     State(s): State<Arc<AppState>>,
-    _p: Principal,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let b: SubscriptionInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_subscription", format!("{e}")))?;
+    for purpose in &b.purposes {
+        p.may_act_for(purpose)?;
+    }
     let (kind, raw, channel) = match (&b.email, &b.phone) {
         (Some(e), None) => ("email", e, "email"),
         (None, Some(p)) => ("phone", p, "sms"),
@@ -726,6 +772,11 @@ pub async fn subscribe(
     };
     let r = s.transact(move |ctx| doi::subscribe(ctx, req)).await?;
     s.outbox_wake();
+    let shown = if r.suppressed {
+        None
+    } else {
+        s.visible_id(&p, r.profile_id).await?
+    };
     let status = if r.suppressed {
         "suppressed"
     } else if r.pending.is_empty() {
@@ -742,7 +793,7 @@ pub async fn subscribe(
         code,
         Json(SubscriptionView {
             status,
-            profile_id: (!r.suppressed).then_some(r.profile_id),
+            profile_id: shown,
             pending: r.pending,
             already_granted: r.already_granted,
             expires_at: r.expires_ms.map(rfc3339),
@@ -796,11 +847,12 @@ pub async fn send_email(
     p.may_act_for(&b.purpose)?;
     let (lookup, _) = subject_ref_lookup(&s, &b.recipient)?;
     let purpose = b.purpose.clone();
+    let principal = p.clone();
     let (decision, queued) = s
         .transact(move |ctx| {
             let subject = read_subject(ctx.conn, lookup, &purpose)?;
-            let (profile, v) = judge(&rule, Some(Channel::Email), subject, ctx.now_ms);
-            let view = verdict_view(&purpose, profile, v);
+            let (profile, v, any) = judge(&rule, Some(Channel::Email), subject, ctx.now_ms);
+            let view = verdict_view(&purpose, shown_id(&principal, profile, any), v);
             let Some(profile) = profile.filter(|_| v.allowed) else {
                 return Ok((view, false));
             };
@@ -893,6 +945,15 @@ pub async fn preference_link(
     Path(raw): Path<String>,
 ) -> Result<Json<PreferenceLink>, ApiError> {
     let id = crate::profiles::profile_id(&raw)?;
+    // The page behind the link shows and changes every purpose, and lets
+    // its holder ask for the person's data: not for a key bound to some.
+    if p.grant.bound() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "purpose_not_permitted",
+            "a preference link covers every purpose; a key bound to purposes cannot make one",
+        ));
+    }
     let store = s.store.clone();
     let grant = p.grant.clone();
     let profile = blocking(move || store.visible_kinds(&grant, id))

@@ -11,6 +11,7 @@
 pub mod auth;
 mod consent;
 mod error;
+mod form;
 mod ingest;
 pub mod mail;
 mod metrics;
@@ -25,9 +26,8 @@ pub mod signals;
 mod staff;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -42,11 +42,6 @@ use tarmo_store::writer::WriterHandle;
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
-
-/// Keys by the hash of their secret, with when they were read.
-/// Keys by a keyed hash of their secret: the secret (compared in constant
-/// time), the key and its grant, and when they were read.
-type KeyCache = HashMap<u64, (Box<[u8]>, Option<auth::KeyGrant>, Instant)>;
 
 /// What the operator configures beyond the store.
 #[derive(Debug, Clone)]
@@ -100,7 +95,7 @@ pub struct AppState {
     /// Rung when erasure notifications are queued, so the notice worker
     /// delivers them at once.
     pub notices: Arc<mail::OutboxSignal>,
-    keys: Mutex<KeyCache>,
+    keys: Mutex<auth::KeyCache>,
     key_hasher: std::hash::RandomState,
     pub roles: auth::Roles,
     pub limits: auth::RateLimits,
@@ -130,7 +125,7 @@ impl AppState {
             metrics: metrics::HttpMetrics::default(),
             outbox: Arc::new(mail::OutboxSignal::default()),
             notices: Arc::new(mail::OutboxSignal::default()),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(auth::KeyCache::default()),
             key_hasher: std::hash::RandomState::new(),
             buckets: auth::Buckets::default(),
             access,
@@ -154,6 +149,23 @@ impl AppState {
             .await
             .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
         Ok(())
+    }
+
+    /// The person's current id as `p` may be told it: a purpose-bound key
+    /// learns ids only of people it may see; anyone else reads as absent.
+    pub(crate) async fn visible_id(
+        &self,
+        p: &auth::Principal,
+        id: tarmo_store::conn::ProfileId,
+    ) -> Result<Option<tarmo_store::conn::ProfileId>, ApiError> {
+        if !p.grant.bound() {
+            return Ok(Some(id));
+        }
+        let store = self.store.clone();
+        let grant = p.grant.clone();
+        Ok(blocking(move || store.visible_kinds(&grant, id))
+            .await?
+            .map(|(current, _)| current))
     }
 
     /// Run `f` as a writer transaction job; its result once committed.
@@ -522,8 +534,10 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, A
 }
 
 /// Prometheus text: requests, latencies, events ingested, store timings.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
-async fn metrics_route(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", security(("admin_key" = [])),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     s.metrics.render(&mut out);
     s.store.metrics.render(&mut out);

@@ -237,8 +237,11 @@ label{{display:block;margin:.8rem 0}}.muted{{color:#666;font-size:.9rem}}</style
     r
 }
 
-/// Headers for every page: no referrer (the URL holds the key), no caching,
-/// no framing, no scripts.
+/// Headers for every page: no referrer to other sites (the URL holds the
+/// key), no caching, no framing, no scripts. `same-origin` rather than
+/// `no-referrer`: under `no-referrer` a browser sends `Origin: null` with
+/// the page's own form posts, and `null` is what a sandboxed frame on any
+/// site sends too, so the origin check could not tell them apart.
 pub(crate) fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -248,7 +251,7 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -477,9 +480,15 @@ pub async fn unsubscribe_post(
         Ok(l) => l,
         Err(e) => return error_page(e, &lang),
     };
-    let one_click = form(&body)
-        .iter()
-        .any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click");
+    // Mailbox providers post multipart/form-data (RFC 8058 §3.1) or the
+    // urlencoded form; the page's own button posts the latter.
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let one_click = crate::form::fields(ctype, &body).is_ok_and(|f| {
+        f.iter()
+            .any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click")
+    });
     if !one_click {
         return ApiError::bad_request(
             "invalid_unsubscribe",

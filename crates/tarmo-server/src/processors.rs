@@ -217,6 +217,7 @@ pub async fn export(
         .collect::<Result<Vec<_>, _>>()?;
     p.may_act_for(&b.purpose)?;
     let purpose = b.purpose;
+    let kinds = p.grant.data.clone();
     let view = s
         .transact(move |ctx| {
             register::export(
@@ -226,6 +227,7 @@ pub async fn export(
                 id,
                 &purpose,
                 &subjects,
+                &kinds,
                 ctx.now_ms,
             )
         })

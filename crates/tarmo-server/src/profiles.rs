@@ -72,8 +72,14 @@ pub async fn lookup(
     }
     let store = s.store.clone();
     let grant = p.grant.clone();
+    // The same holds for the kinds a purpose-bound key sees of this person:
+    // a purpose that does not use contact data does not find people by
+    // their address.
     let view = blocking(move || match store.find_profile(&id)? {
-        Some(pid) => store.profile_view_for(&grant, pid),
+        Some(pid) => match store.visible_kinds(&grant, pid)? {
+            Some((_, kinds)) if kinds.contains(&needed) => store.profile_view_for(&grant, pid),
+            _ => Ok(None),
+        },
         None => Ok(None),
     })
     .await?

@@ -63,7 +63,7 @@ async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
     let store = s.store.clone();
     blocking(move || {
         let mut c = store.conn()?;
-        let request = requests::get(&mut *c, id, now_ms())?;
+        let request = requests::get(&mut *c, store.vault(), id, now_ms())?;
         let processors = processors_view(&mut *c, id)?;
         Ok(RequestDetail {
             request,
@@ -394,9 +394,21 @@ fn csv_of(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Vec<u
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(header);
     for row in rows {
-        let _ = w.write_record(row);
+        let _ = w.write_record(row.iter().map(|c| defused(c)));
     }
     w.into_inner().unwrap_or_default()
+}
+
+/// A cell a spreadsheet will not run as a formula (OWASP's CSV injection
+/// advice): the person's own values, typed in a web form by anyone, could
+/// otherwise start with `=HYPERLINK(...)` and run when staff or the person
+/// open the file. A leading single quote makes the cell text.
+fn defused(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_owned()
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -597,4 +609,41 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         ),
     )?;
     Ok(z.finish()?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_made_text() {
+        let out = csv_of(
+            &["a", "b"],
+            [
+                vec!["=HYPERLINK(\"http://x\")".into(), "+1".into()],
+                vec!["-2".into(), "@SUM(A1)".into()],
+                vec!["\tx".into(), "\ry".into()],
+                vec!["plain".into(), "a=b".into()],
+            ],
+        );
+        let text = String::from_utf8(out).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let cells: Vec<String> = r
+            .records()
+            .flat_map(|r| r.unwrap().iter().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "'=HYPERLINK(\"http://x\")",
+                "'+1",
+                "'-2",
+                "'@SUM(A1)",
+                "'\tx",
+                "'\ry",
+                "plain",
+                "a=b"
+            ]
+        );
+    }
 }

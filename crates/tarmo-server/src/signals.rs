@@ -321,7 +321,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn record_signal(
     State(s): State<Arc<AppState>>,
-    _p: Principal,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<SignalRecorded>, ApiError> {
     let b: SignalInput = serde_json::from_slice(&body).map_err(|e| {
@@ -349,6 +349,12 @@ pub async fn record_signal(
             format!("undecodable {}: {e}", kind.label()),
         )
     })?;
+    // A string speaks for every purpose it maps to; a purpose-bound key may
+    // record it only when all of them are its own (recording part of it
+    // would mark the string as seen and lose the rest for good).
+    for (purpose, _) in &signal.entries {
+        p.may_act_for(purpose)?;
+    }
     let method = signal.method.as_str();
     let (outdated, policy_version) = facts(&signal);
     let evidence = b.evidence;
@@ -393,8 +399,12 @@ pub async fn record_signal(
         Some(SignalOutcome::Duplicate) => (Vec::new(), true),
         None => (Vec::new(), false),
     };
+    let shown = match profile {
+        Some(id) => s.visible_id(&p, id).await?,
+        None => None,
+    };
     Ok(Json(SignalRecorded {
-        profile_id: profile,
+        profile_id: shown,
         method,
         entries,
         duplicate,

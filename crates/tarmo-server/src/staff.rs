@@ -240,7 +240,10 @@ pub async fn create_key(
         purposes: b.purposes.clone(),
         name: b.name.chars().take(200).collect(),
         user_id: None,
-        expires_ms: b.expires_in_hours.map(|h| now_ms() + h as i64 * 3_600_000),
+        expires_ms: b
+            .expires_in_hours
+            .map(|h| tarmo_store::keys::expiry(now_ms(), h))
+            .transpose()?,
     };
     let store = s.store.clone();
     let (key, id) = blocking(move || store.create_api_key(&spec)).await?;

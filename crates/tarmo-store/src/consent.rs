@@ -519,7 +519,16 @@ pub fn append(
         let key = vault
             .data_key(e.profile_id, || conn.data_key_get(e.profile_id))?
             .ok_or_else(|| Error::Corrupt(format!("profile {} has no data key", e.profile_id)))?;
-        let evidence = serde_json::to_vec(&e.evidence).expect("JSON serialises");
+        // The collection point is free text (staff may write "phone call
+        // with Ann Virtanen"): it is sealed with the evidence, under the
+        // person's key, and the column holds only a marker. The chain hashes
+        // the column and the sealed bytes as it always did, so entries
+        // written before keep verifying.
+        let evidence = serde_json::to_vec(&serde_json::json!({
+            SEALED_SOURCE_FIELD: e.source,
+            SEALED_EVIDENCE_FIELD: e.evidence,
+        }))
+        .expect("JSON serialises");
         let sealed = vault.seal(&key, Place::ConsentEvidence, e.profile_id, &evidence)?;
         seq += 1;
         let at_ms = e.at_ms.unwrap_or(now_ms);
@@ -534,7 +543,7 @@ pub fn append(
             notice_seq: notice_seq.into(),
             at_ms,
             recorded_ms: now_ms,
-            source: &e.source,
+            source: SEALED_SOURCE,
             evidence: &sealed,
         };
         let hash = chain_hash(&prev, &f);
@@ -553,7 +562,7 @@ pub fn append(
                 P::Int(notice_seq.into()),
                 P::Int(at_ms),
                 P::Int(now_ms),
-                P::Text(&e.source),
+                P::Text(SEALED_SOURCE),
                 P::Blob(&sealed),
                 P::Blob(&prev),
                 P::Blob(&hash),
@@ -623,6 +632,34 @@ pub struct LedgerEntryView {
     pub hash: String,
 }
 
+/// What `consent_ledger.source` holds for an entry whose collection point is
+/// sealed in its evidence.
+pub const SEALED_SOURCE: &str = "(sealed)";
+const SEALED_SOURCE_FIELD: &str = "source";
+const SEALED_EVIDENCE_FIELD: &str = "evidence";
+
+/// The collection point and the evidence of an opened entry: from the
+/// sealed wrapper, or (entries from before the source was sealed) the
+/// column and the evidence as they are.
+fn unseal_source(column: String, opened: Value) -> (String, Value) {
+    match opened {
+        Value::Object(mut m)
+            if column == SEALED_SOURCE
+                && m.len() == 2
+                && m.get(SEALED_SOURCE_FIELD).is_some_and(Value::is_string)
+                && m.contains_key(SEALED_EVIDENCE_FIELD) =>
+        {
+            let source = m
+                .remove(SEALED_SOURCE_FIELD)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let evidence = m.remove(SEALED_EVIDENCE_FIELD).unwrap_or(Value::Null);
+            (source, evidence)
+        }
+        other => (column, other),
+    }
+}
+
 /// The profile's entries and those of profiles merged into it, oldest first.
 pub fn history(
     conn: &mut dyn Conn,
@@ -643,6 +680,9 @@ pub fn history(
             .data_key(owner, || conn.data_key_get(owner))?
             .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
         let plain = vault.open(&key, Place::ConsentEvidence, owner, &r.blob(10)?)?;
+        let opened: Value =
+            serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let (source, evidence) = unseal_source(r.text(9)?, opened);
         out.push(LedgerEntryView {
             seq: r.int(0)?,
             profile_id: r.int(1)?,
@@ -652,8 +692,8 @@ pub fn history(
             notice_version: r.text(6)?,
             at: rfc3339(r.int(7)?),
             recorded_at: rfc3339(r.int(8)?),
-            source: r.text(9)?,
-            evidence: serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?,
+            source,
+            evidence,
             hash: hex::encode(r.blob(11)?),
         });
     }

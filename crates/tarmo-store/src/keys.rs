@@ -191,10 +191,78 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ApiKey>> {
 }
 
 pub fn revoke(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
-    Ok(conn.exec(
+    let revoked = conn.exec(
         "UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
         &[P::Int(id), P::Int(now_ms)],
-    )? == 1)
+    )? == 1;
+    if revoked {
+        bump_epoch(conn)?;
+    }
+    Ok(revoked)
+}
+
+/// Revoke the key a secret names (someone holding a leaked secret may not
+/// know its id): its id, or `None` when no active key has that secret.
+pub fn revoke_by_secret(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<i64>> {
+    let hash = key_hash(secret);
+    let Some(r) = conn.query_opt(
+        "SELECT id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_ms IS NULL",
+        &[P::Blob(&hash)],
+    )?
+    else {
+        return Ok(None);
+    };
+    if !ct_eq(&r.blob(1)?, &hash) {
+        return Ok(None);
+    }
+    let id = r.int(0)?;
+    Ok(revoke(conn, id, now_ms)?.then_some(id))
+}
+
+/// The `meta` entry that changes whenever a key stops working before its
+/// time (a revocation, a disabled account). Servers read it on every
+/// request, so a revocation made by any process or node on the same store
+/// bites at once, while their key caches stay valid otherwise.
+const KEYS_EPOCH: &str = "keys_epoch";
+
+/// A new random value, not a counter: two processes revoking at once need
+/// no read-modify-write, and any change is all a reader looks for.
+fn bump_epoch(conn: &mut dyn Conn) -> Result<()> {
+    let mut v = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut v)
+        .map_err(|_| Error::Crypto("random"))?;
+    conn.meta_set(KEYS_EPOCH, &v)
+}
+
+/// The current revocation epoch (empty before the first revocation).
+pub fn epoch(conn: &mut dyn Conn) -> Result<Vec<u8>> {
+    // Through the prepared-statement cache (`meta_get` is not prepared on
+    // PostgreSQL): this runs on every staff request.
+    Ok(conn
+        .query_opt(
+            "SELECT value FROM meta WHERE key = $1",
+            &[P::Text(KEYS_EPOCH)],
+        )?
+        .map(|r| r.blob(0))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// The longest a key may be made to last: ten years. Also keeps the
+/// expiry time far from overflowing.
+pub const MAX_EXPIRES_IN_HOURS: u64 = 10 * 366 * 24;
+
+/// When a key made now and lasting `hours` expires; refused (and nothing
+/// made) beyond [`MAX_EXPIRES_IN_HOURS`].
+pub fn expiry(now_ms: i64, hours: u64) -> Result<i64> {
+    if hours > MAX_EXPIRES_IN_HOURS {
+        return Err(Error::rejected(
+            "invalid_expiry",
+            format!("`expires_in_hours` is at most {MAX_EXPIRES_IN_HOURS} (ten years)"),
+        ));
+    }
+    // At most ~3.2e11 ms after now: no overflow for any time before 2262.
+    Ok(now_ms.saturating_add(hours as i64 * 3_600_000))
 }
 
 // ------------------------------------------------------------------- users
@@ -359,9 +427,12 @@ pub fn disable_user(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
         "UPDATE users SET disabled_ms = $2 WHERE id = $1 AND disabled_ms IS NULL",
         &[P::Int(id), P::Int(now_ms)],
     )?;
-    conn.exec(
+    if conn.exec(
         "UPDATE api_keys SET revoked_ms = $2 WHERE user_id = $1 AND revoked_ms IS NULL",
         &[P::Int(id), P::Int(now_ms)],
-    )?;
+    )? > 0
+    {
+        bump_epoch(conn)?;
+    }
     Ok(n == 1)
 }

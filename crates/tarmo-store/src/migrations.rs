@@ -228,6 +228,12 @@ ALTER TABLE identifiers ADD COLUMN verified_ms BIGINT;
 "#,
     ),
     (
+        6,
+        r#"
+ALTER TABLE request_events ADD COLUMN note_sealed {BLOB};
+"#,
+    ),
+    (
         8,
         r#"
 CREATE TABLE segments (

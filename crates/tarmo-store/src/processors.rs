@@ -368,7 +368,10 @@ pub struct ExportView {
 /// disclosure for each person exported. Refused (403) when the purpose is
 /// not one the processor is registered for, or when the purpose and the
 /// processor share no data category; people the policy does not allow the
-/// purpose for now are listed as excluded.
+/// purpose for now are listed as excluded. Only the kinds of data the
+/// caller may see (`kinds`, its grant's) leave: a key that may not see
+/// identifiers cannot send them to a processor either.
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     conn: &mut dyn Conn,
     vault: &Vault,
@@ -376,6 +379,7 @@ pub fn export(
     processor_id: i64,
     purpose: &str,
     subjects: &[SubjectKey],
+    kinds: &BTreeSet<tarmo_core::access::DataKind>,
     now_ms: i64,
 ) -> Result<ExportView> {
     let processor = get(conn, processor_id)?.ok_or_else(not_found)?;
@@ -411,8 +415,19 @@ pub fn export(
             ),
         });
     }
-    let scope = ExportScope::of(&categories);
     let names: Vec<&str> = categories.iter().map(DataCategory::as_str).collect();
+    let whole = ExportScope::of(&categories);
+    let scope = whole.narrowed(kinds);
+    if scope.is_empty() && !whole.is_empty() {
+        return Err(Error::Rejected {
+            status: 403,
+            code: "data_kind_not_permitted",
+            message: format!(
+                "this key may not see the data the shared categories ({}) stand for",
+                names.join(", ")
+            ),
+        });
+    }
     if scope.is_empty() {
         return Err(Error::rejected(
             "no_exportable_categories",

@@ -195,8 +195,13 @@ pub fn open_details(vault: &Vault, sealed: &[u8]) -> Result<Details> {
     serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
+/// A step in a request's history. The note is free text staff type (the
+/// reason for a verification or a refusal may name the person or their
+/// papers), so it is stored sealed; `note` stays empty for new steps.
+#[allow(clippy::too_many_arguments)]
 fn record_transition(
     conn: &mut dyn Conn,
+    vault: &Vault,
     id: i64,
     from: Option<RequestStatus>,
     to: RequestStatus,
@@ -204,15 +209,21 @@ fn record_transition(
     note: Option<&str>,
     now_ms: i64,
 ) -> Result<()> {
+    let sealed = note
+        .map(|n| vault.seal_system(Place::RequestNote, n.as_bytes()))
+        .transpose()?;
     conn.exec(
-        "INSERT INTO request_events (request_id, at_ms, from_status, to_status, actor, note) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO request_events (request_id, at_ms, from_status, to_status, actor, note_sealed) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             P::Int(id),
             P::Int(now_ms),
             P::from(from.map(|f| f.as_str())),
             P::Text(to.as_str()),
             P::Text(actor),
-            P::from(note),
+            match &sealed {
+                Some(b) => P::Blob(b),
+                None => P::Null,
+            },
         ],
     )?;
     conn.exec(
@@ -317,6 +328,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         .int(0)?;
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         None,
         RequestStatus::Received,
@@ -373,6 +385,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         )?;
         record_transition(
             ctx.conn,
+            ctx.vault,
             id,
             Some(RequestStatus::Received),
             RequestStatus::AwaitingVerification,
@@ -494,6 +507,7 @@ fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bo
     }
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         Some(r.status),
         RequestStatus::InProgress,
@@ -537,6 +551,7 @@ fn complete(ctx: &mut TxCtx<'_>, id: i64, outcome: &str) -> Result<()> {
     )?;
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         Some(RequestStatus::InProgress),
         RequestStatus::Completed,
@@ -667,6 +682,7 @@ pub fn refuse(ctx: &mut TxCtx<'_>, id: i64, legal_reason: &str, actor: &str) -> 
     )?;
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         Some(r.status),
         RequestStatus::Refused,
@@ -705,6 +721,7 @@ pub fn extend(ctx: &mut TxCtx<'_>, id: i64, reason: &str, actor: &str) -> Result
     )?;
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         Some(r.status),
         r.status,
@@ -737,6 +754,7 @@ pub fn lift(ctx: &mut TxCtx<'_>, id: i64, actor: &str) -> Result<()> {
     }
     record_transition(
         ctx.conn,
+        ctx.vault,
         id,
         Some(r.status),
         r.status,
@@ -750,13 +768,20 @@ const VIEW_COLUMNS: &str =
     "id, kind, status, subject_kind, profile_id, origin, received_ms, due_ms,
     extended_ms, verified_ms, completed_ms, outcome";
 
-fn view_of(conn: &mut dyn Conn, r: &Row, now_ms: i64, with_history: bool) -> Result<RequestView> {
+/// A request as staff see it; its history (with the notes opened) only
+/// when a vault is given.
+fn view_of(
+    conn: &mut dyn Conn,
+    r: &Row,
+    now_ms: i64,
+    history_with: Option<&Vault>,
+) -> Result<RequestView> {
     let id = r.int(0)?;
     let status = RequestStatus::parse(&r.text(2)?)?;
     let due = r.int(7)?;
-    let history = if with_history {
+    let history = if let Some(vault) = history_with {
         conn.query(
-            "SELECT at_ms, from_status, to_status, actor, note FROM request_events WHERE request_id = $1 ORDER BY id",
+            "SELECT at_ms, from_status, to_status, actor, note, note_sealed FROM request_events WHERE request_id = $1 ORDER BY id",
             &[P::Int(id)],
         )?
         .iter()
@@ -766,7 +791,14 @@ fn view_of(conn: &mut dyn Conn, r: &Row, now_ms: i64, with_history: bool) -> Res
                 from: e.opt_text(1)?,
                 to: e.text(2)?,
                 actor: e.text(3)?,
-                note: e.opt_text(4)?,
+                // Steps recorded before notes were sealed keep theirs in `note`.
+                note: match e.opt_blob(5)? {
+                    Some(sealed) => Some(
+                        String::from_utf8(vault.open_system(Place::RequestNote, &sealed)?)
+                            .map_err(|e| Error::Corrupt(e.to_string()))?,
+                    ),
+                    None => e.opt_text(4)?,
+                },
             })
         })
         .collect::<Result<Vec<_>>>()?
@@ -792,14 +824,14 @@ fn view_of(conn: &mut dyn Conn, r: &Row, now_ms: i64, with_history: bool) -> Res
     })
 }
 
-pub fn get(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<RequestView> {
+pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64, now_ms: i64) -> Result<RequestView> {
     let r = conn
         .query_opt(
             &format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"),
             &[P::Int(id)],
         )?
         .ok_or_else(|| Error::not_found("request_not_found", "no such request"))?;
-    view_of(conn, &r, now_ms, true)
+    view_of(conn, &r, now_ms, Some(vault))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -839,7 +871,7 @@ pub fn list(conn: &mut dyn Conn, f: &Filter, now_ms: i64) -> Result<Vec<RequestV
     sql.push_str(&format!(" ORDER BY due_ms, id LIMIT ${}", params.len()));
     let rows = conn.query(&sql, &params)?;
     rows.iter()
-        .map(|r| view_of(conn, r, now_ms, false))
+        .map(|r| view_of(conn, r, now_ms, None))
         .collect()
 }
 

@@ -74,6 +74,34 @@ CREATE INDEX merges_from ON merges(from_profile);
 "#,
 )];
 
+/// Make the database file (created empty if absent) readable by its owner
+/// only, and tighten the log files an older version left. SQLite creates
+/// its `-wal` and `-shm` files with the database file's permissions, so
+/// they follow. The data directory is 0700 too; this keeps the files
+/// closed should it be opened up or the file copied elsewhere.
+fn owner_only(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 pub struct SqliteBackend {
     path: PathBuf,
 }
@@ -81,6 +109,7 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Open (creating if needed) the database file and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
+        owner_only(path)?;
         let b = Self {
             path: path.to_owned(),
         };

@@ -211,13 +211,29 @@ fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
             }
         }
     }
-    if !kinds.contains(&DataKind::Contact) {
-        for section in ["traits"] {
-            if let Some(Value::Object(t)) = m.get_mut(section) {
-                t.retain(|k, _| !CONTACT_TRAITS.contains(&k.as_str()));
+    // Traits ride in identify and group messages: each goes with its kind
+    // (a purpose that uses contact data does not open the other traits).
+    let (contact, traits) = (
+        kinds.contains(&DataKind::Contact),
+        kinds.contains(&DataKind::Traits),
+    );
+    let keep = |t: &mut serde_json::Map<String, Value>| {
+        t.retain(|k, _| {
+            if CONTACT_TRAITS.contains(&k.as_str()) {
+                contact
+            } else {
+                traits
             }
+        })
+    };
+    if let Some(Value::Object(t)) = m.get_mut("traits") {
+        keep(t);
+    }
+    if let Some(Value::Object(ctx)) = m.get_mut("context") {
+        if let Some(Value::Object(t)) = ctx.get_mut("traits") {
+            keep(t);
         }
-        if let Some(Value::Object(ctx)) = m.get_mut("context") {
+        if !contact {
             ctx.remove("traits");
             ctx.remove("ip");
         }
@@ -601,6 +617,16 @@ impl Store {
 
     pub fn revoke_api_key(&self, id: i64) -> Result<bool> {
         crate::keys::revoke(&mut *self.conn()?, id, crate::now_ms())
+    }
+
+    /// Revoke the key a secret names; its id, `None` when no active key has it.
+    pub fn revoke_api_key_by_secret(&self, secret: &str) -> Result<Option<i64>> {
+        crate::keys::revoke_by_secret(&mut *self.conn()?, secret, crate::now_ms())
+    }
+
+    /// Changes whenever a key is revoked: see [`crate::keys::epoch`].
+    pub fn keys_epoch(&self) -> Result<Vec<u8>> {
+        crate::keys::epoch(&mut *self.conn()?)
     }
 
     pub fn counts(&self) -> Result<StoreCounts> {

@@ -349,6 +349,10 @@ pub enum Place {
     AudienceHashes,
     /// An audience sync's file (hashed identifiers), installation key.
     AudienceFile,
+    /// A staff note on a data subject request's step (why it was verified,
+    /// refused, extended), sealed with the installation key: the request
+    /// outlives the person, and the note may name them.
+    RequestNote,
 }
 
 impl Place {
@@ -366,6 +370,7 @@ impl Place {
             Place::SegmentRule => b"segments.rule",
             Place::AudienceHashes => b"audience_members.hashes",
             Place::AudienceFile => b"audience_syncs.file",
+            Place::RequestNote => b"request_events.note",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);

@@ -160,6 +160,8 @@ conformance!(
     segments_follow_events_consent_time_and_erasure,
     bad_segment_definitions_are_refused_and_nothing_is_saved,
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
+    staff_notes_and_collection_points_are_stored_sealed,
+    a_revocation_by_id_or_secret_changes_the_key_epoch,
 );
 
 #[path = "conformance/segments.rs"]
@@ -567,6 +569,38 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
     assert_eq!(second.events[2].message["properties"]["n"], 0);
     assert!(second.next_before.is_none());
     assert!(h.store.events_page(999_999, None, 10).unwrap().is_none());
+}
+
+fn a_revocation_by_id_or_secret_changes_the_key_epoch(h: &Harness) {
+    let spec = KeySpec {
+        roles: vec!["dpo".into()],
+        ..Default::default()
+    };
+    let (a, a_id) = h.store.create_api_key(&spec).unwrap();
+    let (b, _) = h.store.create_api_key(&spec).unwrap();
+    let e0 = h.store.keys_epoch().unwrap();
+    assert_eq!(
+        h.store.keys_epoch().unwrap(),
+        e0,
+        "reading does not change it"
+    );
+    assert!(h.store.revoke_api_key(a_id).unwrap());
+    let e1 = h.store.keys_epoch().unwrap();
+    assert_ne!(e1, e0);
+    assert!(h.store.authenticate(&a).unwrap().is_none());
+    // By the secret: the key's id; a secret no active key has: nothing.
+    let b_id = h.store.revoke_api_key_by_secret(&b).unwrap();
+    assert!(b_id.is_some());
+    assert_ne!(h.store.keys_epoch().unwrap(), e1);
+    assert!(h.store.authenticate(&b).unwrap().is_none());
+    assert_eq!(h.store.revoke_api_key_by_secret(&b).unwrap(), None);
+    assert_eq!(
+        h.store.revoke_api_key_by_secret("tka_nothing").unwrap(),
+        None
+    );
+    // Expiry beyond ten years (or past i64) is refused, not wrapped.
+    assert!(tarmo_store::keys::expiry(0, u64::MAX).is_err());
+    assert_eq!(tarmo_store::keys::expiry(1, 2).unwrap(), 1 + 7_200_000);
 }
 
 fn api_keys_are_hashed_and_revocable(h: &Harness) {

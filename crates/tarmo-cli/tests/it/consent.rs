@@ -42,6 +42,7 @@ fn link(text: &str, prefix: &str) -> String {
 fn metrics(s: &Server) -> String {
     agent()
         .get(format!("{}/metrics", s.base))
+        .header("Authorization", &format!("Bearer {}", s.admin))
         .call()
         .unwrap()
         .body_mut()
@@ -58,7 +59,8 @@ fn wait_metric(s: &Server, needle: &str) {
             "{needle} not in {}",
             metrics(s)
         );
-        std::thread::sleep(Duration::from_millis(50));
+        // /metrics answers a key 2 a second (bursts of 10).
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -813,5 +815,65 @@ fn csv_import_checks_every_row_first_then_imports_all_with_provenance() {
     assert_eq!(
         decision(&s, "email_marketing", "email", "pekka@example.fi")["reason"],
         "suppressed"
+    );
+}
+
+#[test]
+fn a_mailbox_providers_multipart_one_click_unsubscribe_withdraws() {
+    let sink = SmtpSink::builder().without_starttls().start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let s = start_with(&data, &a, &w, &smtp_args(&sink, dir.path()));
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "email", "value": "maija@example.fi"}, "purpose": "email_marketing",
+            "decision": "granted", "method": "web_form", "source": "footer form"}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/messages/email",
+        Some(
+            &json!({"recipient": {"type": "email", "value": "maija@example.fi"},
+            "purpose": "email_marketing", "subject": "News", "text": "Kale is in."}),
+        ),
+    );
+    assert_eq!(st, 202, "{v}");
+    let mail = sink.wait_for(1, Duration::from_secs(20)).remove(0);
+    let lu = mail.header("List-Unsubscribe").unwrap();
+    let url = lu.trim_start_matches('<').trim_end_matches('>').to_owned();
+    let post = |ctype: &str, body: &[u8]| {
+        agent()
+            .post(&url)
+            .header("Content-Type", ctype)
+            .send(body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // A body that is not what it says is refused and changes nothing.
+    let broken =
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click";
+    assert_eq!(post("multipart/form-data; boundary=b0undary", broken), 400);
+    assert_eq!(
+        decision(&s, "email_marketing", "email", "maija@example.fi")["allowed"],
+        true
+    );
+    // What RFC 8058 §3.1 says a mailbox provider SHOULD send.
+    let body = b"--XyZ-0fT9\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ-0fT9--\r\n";
+    assert_eq!(
+        post("multipart/form-data; boundary=\"XyZ-0fT9\"", body),
+        200
+    );
+    let d = decision(&s, "email_marketing", "email", "maija@example.fi");
+    assert_eq!(
+        (d["allowed"].as_bool(), d["reason"].as_str()),
+        (Some(false), Some("withdrawn"))
     );
 }

@@ -172,7 +172,11 @@ fn bad_input_gets_its_own_code_and_stores_nothing() {
     assert_eq!(r.status().as_u16(), 401);
     let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(v["code"], "invalid_api_key");
-    let mut m = agent().get(format!("{}/metrics", s.base)).call().unwrap();
+    let mut m = agent()
+        .get(format!("{}/metrics", s.base))
+        .header("Authorization", &format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
     let metrics = m.body_mut().read_to_string().unwrap();
     assert!(
         metrics.contains("tarmo_events_ingested_total 0"),

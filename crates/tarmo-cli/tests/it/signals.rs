@@ -42,7 +42,7 @@ fn tc(consents: &[u8], legitimate_interests: &[u8], policy: u8, stamp: u64) -> S
 }
 
 /// Everything consented, legitimate interests standing: accept all.
-fn accept_all(stamp: u64) -> String {
+pub(crate) fn accept_all(stamp: u64) -> String {
     let all: Vec<u8> = (1..=11).collect();
     tc(&all, &[2, 7, 8, 9, 10], 4, stamp)
 }
@@ -99,7 +99,11 @@ fn decision(s: &Server, purpose: &str, user: &str) -> (bool, String) {
 }
 
 fn metric(s: &Server, line_start: &str) -> u64 {
-    let mut r = agent().get(format!("{}/metrics", s.base)).call().unwrap();
+    let mut r = agent()
+        .get(format!("{}/metrics", s.base))
+        .header("Authorization", &format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
     let text = r.body_mut().read_to_string().unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))

@@ -188,6 +188,7 @@ fn export(
             processor,
             &purpose,
             &subjects,
+            &tarmo_core::access::DataKind::ALL.into_iter().collect(),
             ctx.now_ms,
         )
     })

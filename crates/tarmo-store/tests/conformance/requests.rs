@@ -36,7 +36,13 @@ fn verify(h: &Harness, id: i64) -> tarmo_store::Result<()> {
 }
 
 fn view(h: &Harness, id: i64) -> requests::RequestView {
-    requests::get(&mut *h.store.conn().unwrap(), id, tarmo_store::now_ms()).unwrap()
+    requests::get(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        id,
+        tarmo_store::now_ms(),
+    )
+    .unwrap()
 }
 
 fn grant(h: &Harness, profile: i64, purpose: &str, ev: Value) {
@@ -733,4 +739,52 @@ fn stored_of(o: &Outcome) -> i64 {
         Outcome::Stored(p) => *p,
         other => panic!("expected stored, got {other:?}"),
     }
+pub fn staff_notes_and_collection_points_are_stored_sealed(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "noted", "traits": {"email": "noted@example.fi"}}),
+    ]);
+    let p = h.lookup("user_id", "noted").unwrap();
+    let e = NewEntry {
+        profile_id: p,
+        purpose: "email_marketing".into(),
+        decision: ConsentDecision::Granted,
+        method: Method::Staff,
+        notice_version: None,
+        at_ms: None,
+        source: "phone call with Src-Marker-Virtanen".into(),
+        evidence: json!({"ip": "192.0.2.8"}).as_object().unwrap().clone(),
+    };
+    h.writer
+        .transact_blocking(move |ctx| {
+            consent::append(ctx.conn, ctx.vault, &ctx.catalog, &[e], ctx.now_ms)
+        })
+        .unwrap();
+    let id = request(h, RequestKind::Access, ("user_id", "noted")).unwrap();
+    h.writer
+        .transact_blocking(move |ctx| {
+            requests::verify(ctx, id, "staff", "passport Note-Marker-AB123 seen")
+        })
+        .unwrap();
+    for (table, text) in all_content(h) {
+        assert!(
+            !text.contains("Src-Marker") && !text.contains("Note-Marker"),
+            "plaintext in {table}: {text}"
+        );
+    }
+    // Staff and the person still read them.
+    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    assert_eq!(hist[0].source, "phone call with Src-Marker-Virtanen");
+    assert_eq!(hist[0].evidence, json!({"ip": "192.0.2.8"}));
+    let notes: Vec<String> = view(h, id)
+        .history
+        .into_iter()
+        .filter_map(|t| t.note)
+        .collect();
+    assert!(
+        notes.iter().any(|n| n == "passport Note-Marker-AB123 seen"),
+        "{notes:?}"
+    );
+    // The chain still verifies with the sealed bytes hashed.
+    let r = consent::verify(&mut *h.store.conn().unwrap(), h.store.vault(), &mut |_| {}).unwrap();
+    assert_eq!(r.first_broken, None, "{r:?}");
 }
