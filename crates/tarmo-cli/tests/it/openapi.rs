@@ -58,6 +58,7 @@ fn openapi_document_covers_every_route() {
         "/r/{token}",
         "/r/download/{token}",
         "/api/v1/sessions",
+        "/api/v1/sessions/current",
         "/api/v1/audit",
         "/api/v1/stats",
         "/api/v1/keys",
@@ -79,6 +80,7 @@ fn openapi_document_covers_every_route() {
                 "get" => agent().get(&url).call().unwrap(),
                 "post" => agent().post(&url).send(&b"{}"[..]).unwrap(),
                 "put" => agent().put(&url).send(&b"{}"[..]).unwrap(),
+                "delete" => agent().delete(&url).call().unwrap(),
                 m => panic!("unexpected method {m}"),
             };
             let st = resp.status().as_u16();

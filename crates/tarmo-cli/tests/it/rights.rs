@@ -617,7 +617,7 @@ fn walk_root(d: &tempfile::TempDir) -> std::path::PathBuf {
 fn erasure_reaches_every_processor_that_received_the_data() {
     let hook = HttpSink::start();
     hook.fail_next(1, 503);
-    let (_d, s) = server();
+    let (_d, s) = server_allowing_private_webhooks();
     batch(
         &s,
         json!({"batch": [{"type": "identify", "userId": "shared-1", "traits": {"email": "shared@example.fi", "phone": "040 5550001"}}]}),
