@@ -251,3 +251,196 @@ fn an_sms_gateway_on_loopback_needs_the_option() {
         "{err}"
     );
 }
+
+fn create_user(data: &std::path::Path, name: &str, role: &str) -> i64 {
+    let mut child = Command::new(BIN)
+        .args([
+            "users",
+            "create",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery staple\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// One request from a chosen loopback address (127.0.0.0/8 all reaches
+/// this machine); the status.
+fn login_from(base: &str, from: std::net::Ipv4Addr, name: &str, password: &str) -> u16 {
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((from, 0).into()).unwrap();
+        sock.connect(addr).await.unwrap().into_std().unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    let body = json!({"name": name, "password": password}).to_string();
+    let mut stream = stream;
+    write!(
+        stream,
+        "POST /api/v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn call(s: &Server, method: &str, path: &str, key: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", s.base);
+    let auth = format!("Bearer {key}");
+    let a = agent();
+    let r = match method {
+        "DELETE" => a.delete(&url).header("Authorization", &auth).call(),
+        _ => a.get(&url).header("Authorization", &auth).call(),
+    };
+    let mut r = r.unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn login(s: &Server, name: &str) -> String {
+    let mut r = agent()
+        .post(format!("{}/api/v1/sessions", s.base))
+        .send(
+            json!({"name": name, "password": "correct horse battery staple"})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn sign_out_ends_a_session_at_once_and_sessions_follow_their_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let dana = create_user(&data, "dana", "dpo");
+    let s = start(&data, &a, &w);
+
+    // Sign-out: the key stops working on the very next request.
+    let k = login(&s, "dana");
+    assert_eq!(call(&s, "GET", "/api/v1/records-of-processing", &k).0, 200);
+    assert_eq!(call(&s, "DELETE", "/api/v1/sessions/current", &k).0, 204);
+    let (st, v) = call(&s, "GET", "/api/v1/records-of-processing", &k);
+    assert_eq!((st, v["code"].as_str()), (401, Some("invalid_api_key")));
+    // Only sessions sign out: a service's key is not ended by a stray call.
+    let (st, v) = call(&s, "DELETE", "/api/v1/sessions/current", &s.admin);
+    assert_eq!((st, v["code"].as_str()), (400, Some("not_a_session")));
+    assert_eq!(call(&s, "GET", "/api/v1/keys", &s.admin).0, 200);
+
+    // Staff revoke a session like any key.
+    let k = login(&s, "dana");
+    let (_, keys) = call(&s, "GET", "/api/v1/keys", &s.admin);
+    let id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["user_id"] == dana && k["revoked_ms"].is_null())
+        .map(|k| k["id"].as_i64().unwrap())
+        .next()
+        .unwrap();
+    let (st, _) = admin(&s, "POST", &format!("/api/v1/keys/{id}/revoke"), None);
+    assert_eq!(st, 200);
+    assert_eq!(call(&s, "GET", "/api/v1/records-of-processing", &k).0, 401);
+
+    // A change of the account's roles bites on its live session.
+    let k = login(&s, "dana");
+    assert_eq!(call(&s, "GET", "/api/v1/records-of-processing", &k).0, 200);
+    let out = Command::new(BIN)
+        .args([
+            "users",
+            "roles",
+            &dana.to_string(),
+            "--role",
+            "analyst",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another process changed it: the server's key cache holds a key for
+    // at most a second.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let (st, v) = call(&s, "GET", "/api/v1/records-of-processing", &k);
+    assert_eq!((st, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    assert_eq!(call(&s, "GET", "/api/v1/stats", &k).0, 200);
+    // Disabled: the session ends.
+    let out = Command::new(BIN)
+        .args(["users", "disable", &dana.to_string(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert_eq!(call(&s, "GET", "/api/v1/stats", &k).0, 401);
+}
+
+#[test]
+fn logins_are_limited_per_account_from_any_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    create_user(&data, "dana", "dpo");
+    create_user(&data, "erik", "dpo");
+    let s = start(&data, &a, &w);
+    let addr = |i: u8| std::net::Ipv4Addr::new(127, 0, 1, i);
+    // A guesser with a fresh address for every try: each address is far
+    // under its own limit, the account is not.
+    let mut statuses = Vec::new();
+    for i in 1..=12 {
+        statuses.push(login_from(&s.base, addr(i), "erik", "not the password"));
+    }
+    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
+    assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+    // Another account is not held up by it.
+    assert_eq!(
+        login_from(&s.base, addr(50), "dana", "correct horse battery staple"),
+        200
+    );
+    // One address is limited on its own: five tries, then a wait.
+    let one = addr(99);
+    let statuses: Vec<u16> = (0..7)
+        .map(|i| login_from(&s.base, one, &format!("nobody-{i}"), "x"))
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+}
