@@ -15,7 +15,10 @@ const RECEIVED: i64 = 1_714_557_600_000;
 
 fn check(v: Value, kind: Option<MessageKind>, defaults: BatchDefaults<'_>, cfg: &IdentityConfig) {
     if let Ok(m) = parse_message(v, 0, kind, defaults, RECEIVED, cfg) {
-        assert!(m.timestamp_ms <= RECEIVED, "an event dated after its arrival");
+        assert!(
+            m.timestamp_ms <= RECEIVED,
+            "an event dated after its arrival"
+        );
         assert!(m.body.is_object());
         assert_eq!(m.body["type"], m.kind.as_str());
         if let Some(k) = kind {
@@ -45,6 +48,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // As one message on its own route and on the batch route.
-    check(v.clone(), Some(MessageKind::Track), BatchDefaults::default(), &cfg);
+    check(
+        v.clone(),
+        Some(MessageKind::Track),
+        BatchDefaults::default(),
+        &cfg,
+    );
     check(v, None, BatchDefaults::default(), &cfg);
 });
