@@ -75,6 +75,18 @@ pub enum UsersCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Give an account other roles (and purposes); its live sessions
+    /// follow at once (within a second in a running server).
+    Roles {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+        /// Repeat for several roles.
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        #[arg(long)]
+        purpose: Vec<String>,
+    },
     /// Disable an account and revoke its keys at once.
     Disable {
         #[command(flatten)]
@@ -267,6 +279,25 @@ pub fn users(cmd: UsersCommand) -> anyhow::Result<u8> {
             let s = settings(&common, None)?;
             let users = tarmo_store::keys::users(&mut *open_store(&s)?.conn()?)?;
             println!("{}", serde_json::to_string_pretty(&users)?);
+        }
+        UsersCommand::Roles {
+            common,
+            id,
+            role,
+            purpose,
+        } => {
+            let s = settings(&common, None)?;
+            let store = open_store(&s)?;
+            check_roles_and_purposes(&s, &store, &role, &purpose)?;
+            if !store
+                .transact_direct(|c, _| tarmo_store::keys::set_user_roles(c, id, &role, &purpose))?
+            {
+                bail!("no active user with id {id}");
+            }
+            println!(
+                "{}",
+                serde_json::json!({"id": id, "roles": role, "purposes": purpose})
+            );
         }
         UsersCommand::Disable { common, id } => {
             let s = settings(&common, None)?;

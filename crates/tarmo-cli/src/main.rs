@@ -177,6 +177,10 @@ struct ServeArgs {
     /// thread (same durability, lower throughput; for comparisons).
     #[arg(long, env = "TARMO_SYNC_IN_COMMIT")]
     sync_in_commit: bool,
+    /// Let webhooks (processors' erasure webhooks, the SMS gateway) use
+    /// plain http and reach private, loopback and link-local addresses.
+    #[arg(long, env = "TARMO_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -194,6 +198,8 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     sms_webhook_url: Option<String>,
+    /// Webhooks may be http and reach private networks (default false).
+    allow_private_webhooks: Option<bool>,
     organisation: Option<String>,
     confirmation_ttl_hours: Option<u64>,
     retention_interval_minutes: Option<u64>,
@@ -316,6 +322,8 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         controller_contact: serve.controller_contact.or(file.controller_contact),
         dpo_contact: serve.dpo_contact.or(file.dpo_contact),
         sync_in_commit: serve.sync_in_commit,
+        allow_private_webhooks: serve.allow_private_webhooks
+            || file.allow_private_webhooks.unwrap_or(false),
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -588,7 +596,16 @@ fn server_config(
         data_subject_categories: s.data_subject_categories.clone(),
         roles: s.roles.clone(),
         limits: s.limits,
+        webhook_targets: webhook_targets(s),
     })
+}
+
+fn webhook_targets(s: &Settings) -> tarmo_notify::WebhookTargets {
+    if s.serve.allow_private_webhooks {
+        tarmo_notify::WebhookTargets::Any
+    } else {
+        tarmo_notify::WebhookTargets::Public
+    }
 }
 
 /// "Name <address>" or a bare address.
@@ -628,7 +645,8 @@ fn mail_worker(
     let sms: Option<Box<dyn tarmo_notify::DeliverSms>> = match &s.serve.sms_webhook_url {
         None => None,
         Some(url) => {
-            let mut w = tarmo_notify::SmsWebhook::new(url)?;
+            let mut w = tarmo_notify::SmsWebhook::new(url, webhook_targets(s))
+                .context("--sms-webhook-url")?;
             if let Some(t) = &s.serve.sms_webhook_token {
                 w = w.with_bearer_token(t);
             }
@@ -746,7 +764,10 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     let writer_for_sweeps = writer.clone();
     let notices = tarmo_server::notices::spawn(tarmo_server::notices::NoticeWorker {
         writer: writer.clone(),
-        client: tarmo_notify::WebhookClient::default(),
+        client: tarmo_notify::WebhookClient::new(
+            std::time::Duration::from_secs(10),
+            webhook_targets(&s),
+        ),
         signal: state.notices.clone(),
         poll: std::time::Duration::from_secs(2),
         retry: Default::default(),
@@ -766,28 +787,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         // Machine-readable line for scripts and tests that listen on port 0.
         println!("listening on {scheme}://{addr}");
         let app = tarmo_server::app(state);
-        match tls {
-            None => {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(shutdown())
-                .await?
-            }
-            Some(acceptor) => {
-                let listener = tarmo_server::tls::TlsListener {
-                    tcp: listener,
-                    acceptor,
-                };
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<tarmo_server::tls::TlsPeer>(),
-                )
-                .with_graceful_shutdown(shutdown())
-                .await?
-            }
-        }
+        tarmo_server::serve::run(listener, tls, app, shutdown(), Default::default()).await;
         anyhow::Ok(())
     })?;
     // The access log's last counts are written once every request is done.

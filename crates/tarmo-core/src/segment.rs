@@ -58,7 +58,9 @@ pub struct Message {
     /// The SDK's messageId; `None` when the sender gave none (it is then not
     /// deduplicated, as there is nothing to recognise a retry by).
     pub message_id: Option<String>,
-    /// When the event happened, as the sender says, in milliseconds since the epoch.
+    /// When the event happened, in milliseconds since the epoch: the
+    /// sender's time corrected for its clock's skew and never later than
+    /// when it arrived (see [`event_time_ms`]).
     pub timestamp_ms: i64,
     pub identifiers: Vec<Identifier>,
     /// Traits to merge into the profile (identify, and `context.traits`).
@@ -192,6 +194,23 @@ fn object_field<'a>(
 pub struct BatchDefaults<'a> {
     pub context: Option<&'a Value>,
     pub integrations: Option<&'a Value>,
+    /// The batch's `sentAt` (the sender's clock when it sent the batch),
+    /// used for messages that carry none of their own.
+    pub sent_at: Option<&'a Value>,
+}
+
+/// When an event happened, on the server's clock. The sender's clock may be
+/// wrong: as Segment does, the event's time is shifted by how far the
+/// sender's clock was off when it sent the message (`received - sentAt`).
+/// Whatever is still later than `received_ms` is taken as `received_ms`: a
+/// time in the future is never true, and traits are last-write-wins by this
+/// time, so a trait dated in the future could never be corrected.
+pub fn event_time_ms(timestamp_ms: i64, sent_at_ms: Option<i64>, received_ms: i64) -> i64 {
+    let corrected = match sent_at_ms {
+        Some(sent) => timestamp_ms.saturating_add(received_ms.saturating_sub(sent)),
+        None => timestamp_ms,
+    };
+    corrected.min(received_ms)
 }
 
 /// Parse one message. `kind_from_route` is set for `/v1/track` and friends,
@@ -231,15 +250,35 @@ pub fn parse_message(
     }
     let message_id = id_field(obj, "messageId", index)?;
 
+    let sent_at_ms = match obj.get("sentAt").or(defaults.sent_at) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(parse_timestamp_ms(s).ok_or(MessageError::BadTimestamp {
+                index,
+                field: "sentAt",
+            })?)
+        }
+        Some(_) => {
+            return Err(MessageError::WrongType {
+                index,
+                field: "sentAt",
+                expected: "an ISO 8601 string",
+            });
+        }
+    };
     let timestamp_ms = match obj
         .get("timestamp")
         .or_else(|| obj.get("originalTimestamp"))
     {
         None | Some(Value::Null) => now_ms,
-        Some(Value::String(s)) => parse_timestamp_ms(s).ok_or(MessageError::BadTimestamp {
-            index,
-            field: "timestamp",
-        })?,
+        Some(Value::String(s)) => event_time_ms(
+            parse_timestamp_ms(s).ok_or(MessageError::BadTimestamp {
+                index,
+                field: "timestamp",
+            })?,
+            sent_at_ms,
+            now_ms,
+        ),
         Some(_) => {
             return Err(MessageError::WrongType {
                 index,
@@ -382,8 +421,12 @@ mod tests {
         IdentityConfig::new(Some("FI"), &["loyalty_card".into()]).unwrap()
     }
 
+    /// When the messages arrive: after every timestamp in them (a time
+    /// later than arrival is taken as the arrival).
+    const RECEIVED: i64 = 4_000_000_000_000;
+
     fn parse(v: Value) -> Result<Message, MessageError> {
-        parse_message(v, 0, None, BatchDefaults::default(), 1_000, &cfg())
+        parse_message(v, 0, None, BatchDefaults::default(), RECEIVED, &cfg())
     }
 
     #[test]
@@ -423,6 +466,7 @@ mod tests {
             BatchDefaults {
                 context: Some(&ctx),
                 integrations: None,
+                sent_at: None,
             },
             1,
             &cfg(),
@@ -485,5 +529,81 @@ mod tests {
             &cfg(),
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn a_skewed_clock_is_corrected_and_the_future_is_clamped() {
+        // The sender's clock is an hour fast: the event happened a minute
+        // before it sent the message, which arrived at 10:00.
+        let received = parse_timestamp_ms("2024-05-01T10:00:00Z").unwrap();
+        let m = parse_message(
+            json!({"type": "identify", "userId": "u", "timestamp": "2024-05-01T10:59:00Z",
+                "sentAt": "2024-05-01T11:00:00Z"}),
+            0,
+            None,
+            BatchDefaults::default(),
+            received,
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(m.timestamp_ms, received - 60_000);
+        // The batch's sentAt serves messages without their own.
+        let sent = json!("2024-05-01T11:00:00Z");
+        let m = parse_message(
+            json!({"type": "identify", "userId": "u", "timestamp": "2024-05-01T10:59:00Z"}),
+            0,
+            None,
+            BatchDefaults {
+                sent_at: Some(&sent),
+                ..BatchDefaults::default()
+            },
+            received,
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(m.timestamp_ms, received - 60_000);
+        // Without sentAt, a date in the future becomes the time of arrival.
+        let m = parse_message(
+            json!({"type": "identify", "userId": "u", "timestamp": "9999-12-31T23:59:59Z"}),
+            0,
+            None,
+            BatchDefaults::default(),
+            received,
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(m.timestamp_ms, received);
+        let e = parse(json!({"type": "page", "userId": "u", "sentAt": "soon"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_timestamp");
+    }
+
+    mod props {
+        use super::super::event_time_ms;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_in_the_future(ts in any::<i64>(), sent in proptest::option::of(any::<i64>()),
+                received in any::<i64>()) {
+                prop_assert!(event_time_ms(ts, sent, received) <= received);
+            }
+
+            #[test]
+            fn a_true_clock_changes_nothing_in_the_past(ts in -1i64 << 50..1i64 << 50,
+                received in -1i64 << 50..1i64 << 50) {
+                let t = event_time_ms(ts, Some(received), received);
+                prop_assert_eq!(t, ts.min(received));
+            }
+
+            #[test]
+            fn the_skew_is_removed(ts in -1i64 << 50..1i64 << 50, lag in 0i64..1 << 40,
+                skew in -1i64 << 40..1i64 << 40, received in -1i64 << 50..1i64 << 50) {
+                // Sent `lag` after the event, by a clock `skew` off.
+                let sender_ts = ts + skew;
+                let sent = ts + lag + skew;
+                let t = event_time_ms(sender_ts, Some(sent), received);
+                prop_assert_eq!(t, (received - lag).min(received));
+            }
+        }
     }
 }

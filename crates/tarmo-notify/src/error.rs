@@ -16,8 +16,26 @@ pub enum Error {
     Certificate(String),
     #[error("invalid webhook URL: {0}")]
     WebhookUrl(&'static str),
+    #[error("a webhook URL must be https (set allow_private_webhooks for http)")]
+    WebhookNotHttps,
+    #[error(
+        "a webhook may not point at a private, loopback or link-local address (set allow_private_webhooks to allow it)"
+    )]
+    WebhookTargetPrivate,
     #[error("invalid message id: {0}")]
     MessageId(&'static str),
+}
+
+impl Error {
+    /// A stable machine-readable code for the webhook errors an API shows.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::WebhookNotHttps => "webhook_url_not_https",
+            Error::WebhookTargetPrivate => "webhook_target_private",
+            Error::WebhookUrl(_) => "invalid_webhook_url",
+            _ => "invalid_configuration",
+        }
+    }
 }
 
 /// Why a message was not delivered. [`SendError::is_permanent`] tells the
@@ -55,6 +73,11 @@ pub enum SendError {
     /// unsubscribe URL. Sending it again cannot succeed.
     #[error("invalid message: {detail}")]
     InvalidMessage { detail: String },
+    /// The webhook's target is one webhooks may not reach (plain http, or a
+    /// private, loopback or link-local address, also after resolution).
+    /// Permanent: the configuration is at fault.
+    #[error("target refused: {detail}")]
+    TargetRefused { detail: String },
 }
 
 impl SendError {
@@ -62,7 +85,10 @@ impl SendError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            SendError::Rejected { .. } | SendError::Auth { .. } | SendError::InvalidMessage { .. }
+            SendError::Rejected { .. }
+                | SendError::Auth { .. }
+                | SendError::InvalidMessage { .. }
+                | SendError::TargetRefused { .. }
         )
     }
 

@@ -28,7 +28,7 @@ pub mod testing;
 pub use email::{Email, Mailbox, MessageId};
 pub use error::{Error, SendError};
 pub use smtp::{SmtpConfig, SmtpMailer, TlsMode};
-pub use webhook::{SmsWebhook, WebhookClient, WebhookUrl};
+pub use webhook::{SmsWebhook, WebhookClient, WebhookTargets, WebhookUrl, is_public};
 
 /// Sends one email. Implementations block until the receiving server has
 /// accepted or refused the message, so call it from a worker thread (or

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use lru::LruCache;
 use tarmo_core::access::{Grant, Permission, Role};
 use tarmo_store::keys::ApiKey;
 
@@ -30,6 +32,8 @@ pub enum Need {
     Ingest,
     /// A staff key holding this permission.
     Staff(Permission),
+    /// Any valid staff key, whatever it may do (signing itself out).
+    AnyStaffKey,
 }
 
 /// The requirement of every route. Keep it next to `app()`: the OpenAPI
@@ -49,6 +53,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         | "/r/{token}"
         | "/r/download/{token}" => Public,
         "/api/v1/sessions" => Public,
+        "/api/v1/sessions/current" => AnyStaffKey,
         "/api/v1/profiles/lookup" | "/api/v1/profiles/{id}" | "/api/v1/profiles/{id}/events" => {
             Staff(P::ProfilesRead)
         }
@@ -210,10 +215,14 @@ pub struct RateLimits {
     pub per_key: Limit,
     /// Per client IP address, on routes without a key (the pages).
     pub per_ip: Limit,
-    /// Per client IP address, on the login route.
+    /// Per client address (IPv4) or /64 (IPv6), on the login route.
     pub login: Limit,
     /// Per key, on `/metrics` (each scrape counts the outbox and requests).
     pub metrics: Limit,
+    /// Per account name, on the login route, from whatever address: what
+    /// stops guessing from many addresses (IPv6 gives each client plenty)
+    /// and does not punish everyone behind one proxy for one account.
+    pub login_account: Limit,
 }
 
 impl Default for RateLimits {
@@ -239,30 +248,67 @@ impl Default for RateLimits {
                 rate: 2.0,
                 burst: 10.0,
             },
+            login_account: Limit {
+                rate: 0.1,
+                burst: 10.0,
+            },
         }
     }
 }
 
-#[derive(Default)]
+/// Token buckets, each map bounded: when full, the bucket used least
+/// recently is forgotten (a bucket refills in seconds, so forgetting an idle
+/// one changes nothing), never all at once, which anyone could trigger by
+/// sending from many addresses.
 pub struct Buckets {
-    keys: Mutex<HashMap<i64, (f64, Instant)>>,
-    metrics: Mutex<HashMap<i64, (f64, Instant)>>,
-    ips: Mutex<HashMap<(IpAddr, bool), (f64, Instant)>>,
+    keys: Mutex<LruCache<i64, (f64, Instant)>>,
+    ips: Mutex<LruCache<(IpAddr, bool), (f64, Instant)>>,
+    accounts: Mutex<LruCache<String, (f64, Instant)>>,
+    metrics: Mutex<LruCache<i64, (f64, Instant)>>,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self::with_capacity(100_000)
+    }
+}
+
+impl Buckets {
+    pub fn with_capacity(n: usize) -> Self {
+        let n = NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            keys: Mutex::new(LruCache::new(n)),
+            ips: Mutex::new(LruCache::new(n)),
+            accounts: Mutex::new(LruCache::new(n)),
+            metrics: Mutex::new(LruCache::new(n)),
+        }
+    }
+}
+
+/// Where a client is, for rate limits: its IPv4 address, or the /64 of its
+/// IPv6 address (one subscriber's network: each client has 2^64 addresses
+/// to rotate through inside it).
+pub fn address_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 /// Take one token; the seconds to wait when there is none.
 fn take<K: std::hash::Hash + Eq>(
-    map: &Mutex<HashMap<K, (f64, Instant)>>,
+    map: &Mutex<LruCache<K, (f64, Instant)>>,
     k: K,
     l: Limit,
 ) -> Option<u32> {
     let mut m = map.lock().expect("rate limits");
-    if m.len() > 100_000 {
-        // Buckets refill in seconds; forgetting them all is safe.
-        m.clear();
-    }
     let now = Instant::now();
-    let (tokens, last) = m.entry(k).or_insert((l.burst, now));
+    let (tokens, last) = m.get_or_insert_mut(k, || (l.burst, now));
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * l.rate).min(l.burst);
     *last = now;
     if *tokens >= 1.0 {
@@ -292,6 +338,24 @@ impl AppState {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     "too many requests for this key; retry after the delay in Retry-After",
+                );
+                e.retry_after = Some(wait);
+                Err(e)
+            }
+        }
+    }
+
+    /// One login attempt for this account name (limited per account, from
+    /// whatever address).
+    pub(crate) fn limit_login_account(&self, name: &str) -> Result<(), ApiError> {
+        let account = name.trim().to_lowercase();
+        match take(&self.buckets.accounts, account, self.limits.login_account) {
+            None => Ok(()),
+            Some(wait) => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many login attempts for this account; retry after the delay in Retry-After",
                 );
                 e.retry_after = Some(wait);
                 Err(e)
@@ -514,7 +578,9 @@ pub async fn guard(
                     || route.starts_with("/u/")
                     || route.starts_with("/p/")
                     || route.starts_with("/r/");
-                if metered && let Some(wait) = take(&s.buckets.ips, (ip, login), limit) {
+                if metered
+                    && let Some(wait) = take(&s.buckets.ips, (address_bucket(ip), login), limit)
+                {
                     return too_many(wait);
                 }
             }
@@ -537,7 +603,7 @@ pub async fn guard(
             }
             next.run(req).await
         }
-        Need::Staff(p) => {
+        Need::Staff(_) | Need::AnyStaffKey => {
             let secret = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -559,21 +625,23 @@ pub async fn guard(
             if let Err(e) = s.limit_key(key.id) {
                 return e.into_response();
             }
-            if p == Permission::MetricsRead
-                && let Some(wait) = take(&s.buckets.metrics, key.id, s.limits.metrics)
-            {
-                return too_many(wait);
-            }
-            if !grant.may(p) {
-                return forbidden(p).into_response();
-            }
-            if grant.bound() && p.unbound_only() {
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "purpose_not_permitted",
-                    format!("a key bound to purposes cannot use the permission `{p}`"),
-                )
-                .into_response();
+            if let Need::Staff(p) = need {
+                if p == Permission::MetricsRead
+                    && let Some(wait) = take(&s.buckets.metrics, key.id, s.limits.metrics)
+                {
+                    return too_many(wait);
+                }
+                if !grant.may(p) {
+                    return forbidden(p).into_response();
+                }
+                if grant.bound() && p.unbound_only() {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "purpose_not_permitted",
+                        format!("a key bound to purposes cannot use the permission `{p}`"),
+                    )
+                    .into_response();
+                }
             }
             req.extensions_mut().insert(Principal {
                 key,
@@ -599,6 +667,7 @@ mod tests {
             created_ms: 0,
             revoked_ms: None,
             expires_ms: None,
+            trust: None,
         };
         let g = Roles::default().grant(&k);
         (Arc::new(k), Arc::new(g))
@@ -668,5 +737,62 @@ mod tests {
             b"http://127.0.0.1:80",
             "http://127.0.0.1:8080"
         ));
+    }
+
+    const LOGIN: Limit = Limit {
+        rate: 0.001,
+        burst: 2.0,
+    };
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_bucket(a), address_bucket(b));
+        assert_ne!(address_bucket(a), address_bucket(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_bucket(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_bucket(mapped), v4);
+        assert_ne!(
+            address_bucket(v4),
+            address_bucket("192.0.2.8".parse().unwrap())
+        );
+        // Rotating addresses inside one /64 does not buy attempts.
+        let buckets = Buckets::default();
+        let mut refused = 0;
+        for i in 0..10u128 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from("2001:db8:1:2::".parse::<std::net::Ipv6Addr>().unwrap()) + i,
+            ));
+            if take(&buckets.ips, (address_bucket(ip), true), LOGIN).is_some() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 8);
+    }
+
+    #[test]
+    fn a_flood_of_new_buckets_does_not_reset_a_busy_one() {
+        let buckets = Buckets::with_capacity(100);
+        let victim: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(take(&buckets.ips, (victim, true), LOGIN).is_none());
+        assert!(take(&buckets.ips, (victim, true), LOGIN).is_none());
+        assert!(take(&buckets.ips, (victim, true), LOGIN).is_some());
+        // The attacker comes from many addresses; between their requests
+        // the limited client keeps trying, and stays limited: only the
+        // least recently used buckets are forgotten, not all of them.
+        for i in 0..10_000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            take(&buckets.ips, (ip, true), LOGIN);
+            if i % 50 == 0 {
+                assert!(
+                    take(&buckets.ips, (victim, true), LOGIN).is_some(),
+                    "reset after {i} new addresses"
+                );
+            }
+        }
+        assert!(buckets.ips.lock().unwrap().len() <= 100);
     }
 }

@@ -88,6 +88,8 @@ struct BatchEnvelope<'a> {
     write_key: Option<String>,
     context: Option<Value>,
     integrations: Option<Value>,
+    #[serde(rename = "sentAt")]
+    sent_at: Option<Value>,
 }
 
 fn json_error(e: serde_json::Error) -> ApiError {
@@ -196,6 +198,7 @@ async fn ingest(
         let defaults = BatchDefaults {
             context: env.context.as_ref(),
             integrations: env.integrations.as_ref(),
+            sent_at: env.sent_at.as_ref(),
         };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {

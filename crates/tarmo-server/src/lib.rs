@@ -22,6 +22,7 @@ mod profiles;
 mod requests;
 mod ropa;
 mod segments;
+pub mod serve;
 pub mod signals;
 mod staff;
 pub mod tls;
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     /// Categories of data subjects for the record of processing; derived
     /// from the purposes when empty.
     pub data_subject_categories: Vec<String>,
+    /// What processors' erasure webhooks may point at (`allow_private_webhooks`).
+    pub webhook_targets: tarmo_notify::WebhookTargets,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             controller_contact: None,
             dpo_contact: None,
             data_subject_categories: Vec::new(),
+            webhook_targets: tarmo_notify::WebhookTargets::Public,
         }
     }
 }
@@ -263,6 +267,7 @@ impl AppState {
         processors::export,
         ropa::records_of_processing,
         staff::login,
+        staff::sign_out,
         staff::audit,
         staff::stats,
         staff::create_key,
@@ -329,7 +334,7 @@ impl utoipa::Modify for SecurityAddon {
 
 /// Largest request body accepted on the wire (gzip bodies are checked again
 /// after inflating).
-const MAX_WIRE_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_WIRE_BODY: usize = 1024 * 1024;
 
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
@@ -408,6 +413,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(ropa::records_of_processing),
         )
         .route("/api/v1/sessions", post(staff::login))
+        .route(
+            "/api/v1/sessions/current",
+            axum::routing::delete(staff::sign_out),
+        )
         .route("/api/v1/audit", get(staff::audit))
         .route("/api/v1/stats", get(staff::stats))
         .route(

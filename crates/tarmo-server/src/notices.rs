@@ -122,6 +122,10 @@ fn describe(e: &SendError) -> String {
         SendError::Deferred { code, .. } => format!("HTTP {code}: try again later"),
         SendError::Unreachable { .. } => "the webhook could not be reached".into(),
         SendError::Protocol { .. } => "the webhook did not answer HTTP as expected".into(),
+        SendError::TargetRefused { .. } => {
+            "refused: the webhook is not https or points at a private address (allow_private_webhooks)"
+                .into()
+        }
         _ => "delivery error".into(),
     }
 }

@@ -51,12 +51,22 @@ pub struct ProcessorList {
     pub processors: Vec<ProcessorView>,
 }
 
-fn parse_input(body: &[u8]) -> Result<tarmo_core::processor::ProcessorSpec, ApiError> {
+fn parse_input(
+    body: &[u8],
+    targets: tarmo_notify::WebhookTargets,
+) -> Result<tarmo_core::processor::ProcessorSpec, ApiError> {
     let input: ProcessorInput = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_processor", format!("{e}")))?;
-    input
+    let spec = input
         .parse(now_ms())
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    // A webhook into the internal network would make the notification's
+    // outcome a probe of it (see tarmo_notify::webhook).
+    if let Some(url) = &spec.erasure_webhook {
+        tarmo_notify::WebhookUrl::parse_for(url, targets)
+            .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    }
+    Ok(spec)
 }
 
 fn processor_id(raw: &str) -> Result<i64, ApiError> {
@@ -79,7 +89,7 @@ pub async fn register_processor(
     _p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ProcessorView>), ApiError> {
-    let spec = parse_input(&body)?;
+    let spec = parse_input(&body, s.config.webhook_targets)?;
     let view = s
         .transact(move |ctx| {
             register::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
@@ -136,7 +146,7 @@ pub async fn update_processor(
     body: axum::body::Bytes,
 ) -> Result<Json<ProcessorView>, ApiError> {
     let id = processor_id(&raw)?;
-    let spec = parse_input(&body)?;
+    let spec = parse_input(&body, s.config.webhook_targets)?;
     let view = s
         .transact(move |ctx| {
             register::update(ctx.conn, ctx.vault, &ctx.catalog, id, &spec, ctx.now_ms)

@@ -33,8 +33,11 @@ pub struct Session {
 /// How long a login lasts.
 pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
 
-/// Log in with a staff account: a key that expires in 12 hours. Wrong names
-/// and wrong passwords get the same answer, after the same work.
+/// Log in with a staff account: a key that expires in 12 hours and holds
+/// the account's roles as they are at each request (a change of roles, or a
+/// disabled account, bites on live sessions). Wrong names and wrong
+/// passwords get the same answer, after the same work. Limited per address
+/// (the /64 for IPv6) and per account.
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "access",
     request_body = LoginInput,
     responses((status = 200, body = Session), (status = 400, body = ErrorBody),
@@ -51,13 +54,10 @@ pub async fn login(
             "name or password too long",
         ));
     }
+    s.limit_login_account(&b.name)?;
     let store = s.store.clone();
-    let r = blocking(move || {
-        store.transact_direct(|c, v| {
-            tarmo_store::keys::login(c, v, &b.name, &b.password, SESSION_TTL_MS, now_ms())
-        })
-    })
-    .await?;
+    // On the blocking pool, and Argon2 outside any transaction.
+    let r = blocking(move || store.login(&b.name, &b.password, SESSION_TTL_MS)).await?;
     let Some((secret, key)) = r else {
         return Err(ApiError::unauthorized("wrong name or password"));
     };
@@ -67,6 +67,32 @@ pub async fn login(
         purposes: key.purposes,
         expires_at: key.expires_ms.map(rfc3339).unwrap_or_default(),
     }))
+}
+
+/// Sign out: the session key this request carries stops working at once
+/// (here at once, within a second on other nodes). Other keys are revoked
+/// with `POST /api/v1/keys/{id}/revoke`, which also ends anyone's session.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "access", operation_id = "sign_out",
+    security(("admin_key" = [])),
+    responses((status = 204, description = "Signed out"), (status = 400, body = ErrorBody,
+        description = "The key is not a session (`not_a_session`)"), (status = 401, body = ErrorBody)))]
+pub async fn sign_out(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+) -> Result<axum::http::StatusCode, ApiError> {
+    // Only sessions: a service's long-lived key is not ended by a stray call.
+    if p.key.user_id.is_none() {
+        return Err(ApiError::bad_request(
+            "not_a_session",
+            "this key is not a login session; revoke keys with POST /api/v1/keys/{id}/revoke",
+        ));
+    }
+    let store = s.store.clone();
+    let id = p.key.id;
+    blocking(move || store.revoke_api_key(id)).await?;
+    s.keys_changed();
+    tracing::info!(key_id = id, "signed out");
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,18 +1,14 @@
 //! Optional TLS (`--tls-cert`, `--tls-key`): rustls with the ring provider,
-//! TLS 1.2 and 1.3, as a listener `axum::serve` accepts.
+//! TLS 1.2 and 1.3. The handshake itself runs in each connection's own task
+//! (see `serve`).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::server::TlsStream;
 
 /// Read a certificate chain and its private key (PEM) into a server config.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
@@ -35,57 +31,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Accepts TCP connections and completes their TLS handshake; a client that
-/// fails or stalls the handshake is dropped without holding up others for
-/// longer than the handshake timeout.
-pub struct TlsListener {
-    pub tcp: TcpListener,
-    pub acceptor: TlsAcceptor,
-}
-
-const HANDSHAKE: Duration = Duration::from_secs(10);
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// The client's address on a TLS connection (read like `ConnectInfo<SocketAddr>`).
-#[derive(Debug, Clone, Copy)]
-pub struct TlsPeer(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        TlsPeer(*stream.remote_addr())
-    }
-}
-
-/// The client's address, over plain TCP or TLS.
+/// The client's address (put there by the accept loop, over TCP or TLS).
 pub fn peer_of(ext: &axum::http::Extensions) -> Option<SocketAddr> {
-    use axum::extract::ConnectInfo;
-    ext.get::<ConnectInfo<SocketAddr>>()
+    ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
-        .or_else(|| ext.get::<ConnectInfo<TlsPeer>>().map(|c| c.0.0))
 }

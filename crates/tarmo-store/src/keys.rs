@@ -173,9 +173,24 @@ pub fn find(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<Api
     if !ct_eq(&r.blob(9)?, &hash) {
         return Ok(None);
     }
-    let k = key_of(&r)?;
+    let mut k = key_of(&r)?;
     if k.revoked_ms.is_some() || k.expires_ms.is_some_and(|e| now_ms >= e) {
         return Ok(None);
+    }
+    // A staff account's keys (its sessions) hold what the account holds
+    // now, not what it held at login: a change of roles or a disabled
+    // account bites on live sessions at once.
+    if let Some(user) = k.user_id {
+        let Some(u) = conn.query_opt(
+            "SELECT roles, purposes FROM users WHERE id = $1 AND disabled_ms IS NULL",
+            &[P::Int(user)],
+        )?
+        else {
+            return Ok(None);
+        };
+        k.roles = serde_json::from_str(&u.text(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+        k.purposes =
+            serde_json::from_str(&u.text(1)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     }
     Ok(Some(k))
 }
@@ -343,27 +358,23 @@ pub fn create_user(
     }
 }
 
-/// Check a password; on success, make a key with the user's roles that
-/// expires after `ttl_ms`. The same answer for an unknown user and a wrong
-/// password, and the same work (a hash is always verified).
-pub fn login(
-    conn: &mut dyn Conn,
-    vault: &Vault,
-    name: &str,
-    password: &str,
-    ttl_ms: i64,
-    now_ms: i64,
-) -> Result<Option<(String, ApiKey)>> {
+/// A fixed hash to verify against when the user does not exist, so that
+/// timing does not tell who has an account.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$4bHCA8eI5qEJY3z4v6Jm+9gAyXgtVDKvl4Q8dWb9Qwo";
+
+/// Check a password; the account's id when it is right and the account is
+/// active. The same answer for an unknown user and a wrong password, and
+/// the same work (a hash is always verified). Call it outside any
+/// transaction: Argon2 takes tens of milliseconds on purpose, and on SQLite
+/// a transaction would hold the one write lock, and ingestion, meanwhile.
+pub fn check_password(conn: &mut dyn Conn, name: &str, password: &str) -> Result<Option<i64>> {
     let row = conn.query_opt(
-        "SELECT id, password_hash, roles, purposes, disabled_ms FROM users WHERE name = $1",
+        "SELECT id, password_hash, disabled_ms FROM users WHERE name = $1",
         &[P::Text(name)],
     )?;
-    // A fixed hash to verify against when the user does not exist, so that
-    // timing does not tell who has an account.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$4bHCA8eI5qEJY3z4v6Jm+9gAyXgtVDKvl4Q8dWb9Qwo";
     let stored = match &row {
         Some(r) => r.text(1)?,
-        None => DUMMY.to_owned(),
+        None => DUMMY_HASH.to_owned(),
     };
     let parsed = PasswordHash::new(&stored).map_err(|_| Error::Corrupt("password hash".into()))?;
     let ok = argon2()
@@ -372,18 +383,38 @@ pub fn login(
     let Some(r) = row.filter(|_| ok) else {
         return Ok(None);
     };
-    if r.opt_int(4)?.is_some() {
+    if r.opt_int(2)?.is_some() {
         return Ok(None);
     }
+    Ok(Some(r.int(0)?))
+}
+
+/// Make a session key for an account whose password was checked, with its
+/// roles (which it keeps following: see [`find`]), expiring after `ttl_ms`.
+/// `None` if the account was disabled meanwhile.
+pub fn start_session(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    user_id: i64,
+    ttl_ms: i64,
+    now_ms: i64,
+) -> Result<Option<(String, ApiKey)>> {
+    let Some(r) = conn.query_opt(
+        "SELECT name, roles, purposes FROM users WHERE id = $1 AND disabled_ms IS NULL",
+        &[P::Int(user_id)],
+    )?
+    else {
+        return Ok(None);
+    };
     let roles: Vec<String> =
-        serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+        serde_json::from_str(&r.text(1)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let purposes: Vec<String> =
-        serde_json::from_str(&r.text(3)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+        serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let spec = KeySpec {
         roles,
         purposes,
-        name: format!("session of {name}"),
-        user_id: Some(r.int(0)?),
+        name: format!("session of {}", r.text(0)?),
+        user_id: Some(user_id),
         expires_ms: Some(now_ms + ttl_ms),
         trust: None,
     };
@@ -419,6 +450,30 @@ pub fn users(conn: &mut dyn Conn) -> Result<Vec<User>> {
         })
     })
     .collect()
+}
+
+/// Give an account other roles (and purposes); its live sessions follow at
+/// once. `false` if there is no active account with that id.
+pub fn set_user_roles(
+    conn: &mut dyn Conn,
+    id: i64,
+    roles: &[String],
+    purposes: &[String],
+) -> Result<bool> {
+    if roles.is_empty() {
+        return Err(Error::rejected(
+            "invalid_role",
+            "a user needs at least one role",
+        ));
+    }
+    Ok(conn.exec(
+        "UPDATE users SET roles = $2, purposes = $3 WHERE id = $1 AND disabled_ms IS NULL",
+        &[
+            P::Int(id),
+            P::Text(&serde_json::to_string(roles).expect("serialises")),
+            P::Text(&serde_json::to_string(purposes).expect("serialises")),
+        ],
+    )? == 1)
 }
 
 /// Disable an account and revoke every key it holds, at once.

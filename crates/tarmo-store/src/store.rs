@@ -615,6 +615,22 @@ impl Store {
         crate::keys::list(&mut *self.conn()?)
     }
 
+    /// Log a staff account in: the password is checked outside any
+    /// transaction (Argon2 is slow on purpose; a transaction would hold
+    /// SQLite's write lock meanwhile), then the session key is written in a
+    /// short one. `None` for a wrong name or password or a disabled account.
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<(String, ApiKey)>> {
+        let Some(user) = crate::keys::check_password(&mut *self.conn()?, name, password)? else {
+            return Ok(None);
+        };
+        self.transact_direct(|c, v| crate::keys::start_session(c, v, user, ttl_ms, crate::now_ms()))
+    }
+
     pub fn revoke_api_key(&self, id: i64) -> Result<bool> {
         crate::keys::revoke(&mut *self.conn()?, id, crate::now_ms())
     }

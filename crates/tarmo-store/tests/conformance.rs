@@ -88,8 +88,15 @@ impl Harness {
             .into_iter()
             .enumerate()
             .map(|(i, v)| {
-                let m =
-                    parse_message(v, i, None, BatchDefaults::default(), 1_000, &self.cfg).unwrap();
+                let m = parse_message(
+                    v,
+                    i,
+                    None,
+                    BatchDefaults::default(),
+                    tarmo_store::now_ms(),
+                    &self.cfg,
+                )
+                .unwrap();
                 let mut e = self.store.prepare(m, 1);
                 e.trust = trust;
                 e
@@ -133,6 +140,7 @@ conformance!(
     message_ids_are_deduplicated,
     events_page_newest_first_with_cursor,
     api_keys_are_hashed_and_revocable,
+    sessions_follow_their_account,
     the_access_log_is_chained_and_finds_tampering,
     a_wrong_master_key_is_refused,
     purposes_are_versioned_and_material_changes_need_reconsent,
@@ -669,11 +677,7 @@ fn api_keys_are_hashed_and_revocable(h: &Harness) {
             ..
         }
     ));
-    let login = |pw: &str| {
-        h.store.transact_direct(|c, v| {
-            tarmo_store::keys::login(c, v, "dana", pw, 60_000, tarmo_store::now_ms())
-        })
-    };
+    let login = |pw: &str| h.store.login("dana", pw, 60_000);
     assert!(login("wrong password!").unwrap().is_none());
     let (session, key) = login("correct horse battery").unwrap().unwrap();
     assert_eq!(
@@ -698,6 +702,86 @@ fn api_keys_are_hashed_and_revocable(h: &Harness) {
         "disabling revokes at once"
     );
     assert!(login("correct horse battery").unwrap().is_none());
+}
+
+/// A session holds what its account holds now: a change of roles bites on
+/// a live session, as does disabling the account (even where its keys'
+/// revocation were missed).
+fn sessions_follow_their_account(h: &Harness) {
+    let uid = h
+        .store
+        .transact_direct(|c, v| {
+            tarmo_store::keys::create_user(
+                c,
+                v,
+                "erik",
+                "a long enough password",
+                &["dpo".into()],
+                &[],
+                1,
+            )
+        })
+        .unwrap();
+    let (session, _) = h
+        .store
+        .login("erik", "a long enough password", 60_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.store.authenticate(&session).unwrap().unwrap().roles,
+        ["dpo"]
+    );
+    assert!(
+        h.store
+            .transact_direct(|c, _| tarmo_store::keys::set_user_roles(
+                c,
+                uid,
+                &["analyst".into()],
+                &["analytics".into()]
+            ))
+            .unwrap()
+    );
+    let k = h.store.authenticate(&session).unwrap().unwrap();
+    assert_eq!(
+        (k.roles.as_slice(), k.purposes.as_slice()),
+        (&["analyst".to_owned()][..], &["analytics".to_owned()][..])
+    );
+    h.store
+        .conn()
+        .unwrap()
+        .exec(
+            "UPDATE users SET disabled_ms = 5 WHERE id = $1",
+            &[tarmo_store::conn::P::Int(uid)],
+        )
+        .unwrap();
+    assert!(
+        h.store.authenticate(&session).unwrap().is_none(),
+        "a disabled account's session no longer works"
+    );
+    // A failed login needs no write transaction: with another one holding
+    // the write lock (on SQLite, the one lock ingestion needs too), it still
+    // answers at once instead of queueing behind it with Argon2 inside.
+    let mut holder = h.store.conn().unwrap();
+    holder.begin().unwrap();
+    holder
+        .exec(
+            "UPDATE users SET name = name WHERE id = $1",
+            &[tarmo_store::conn::P::Int(uid)],
+        )
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(
+        h.store
+            .login("erik", "wrong password!!", 60_000)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    holder.rollback().unwrap();
 }
 
 fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {

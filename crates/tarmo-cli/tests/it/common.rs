@@ -148,6 +148,15 @@ pub fn server() -> (tempfile::TempDir, Server) {
     (dir, s)
 }
 
+/// A server whose webhooks may be plain http on loopback (the test sinks).
+pub fn server_allowing_private_webhooks() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let s = start_with(&data, &a, &w, &["--allow-private-webhooks".into()]);
+    (dir, s)
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -294,6 +294,7 @@ fn sms_confirmation_goes_through_the_webhook() {
     let data = dir.path().join("data");
     let (a, w) = init(&data);
     let args = vec![
+        "--allow-private-webhooks".to_string(),
         "--sms-webhook-url".to_string(),
         format!("{}/sms", gw.url()),
         "--sms-webhook-token".into(),

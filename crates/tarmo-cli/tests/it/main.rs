@@ -5,6 +5,7 @@ mod access;
 mod common;
 mod consent;
 mod ingest;
+mod network;
 mod openapi;
 mod processors;
 mod rights;

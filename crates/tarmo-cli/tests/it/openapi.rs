@@ -58,6 +58,7 @@ fn openapi_document_covers_every_route() {
         "/r/{token}",
         "/r/download/{token}",
         "/api/v1/sessions",
+        "/api/v1/sessions/current",
         "/api/v1/audit",
         "/api/v1/stats",
         "/api/v1/keys",

@@ -542,7 +542,7 @@ fn wait_statuses(store: &Store, request: i64, want: &[(&str, usize)]) -> Vec<Not
 #[test]
 fn the_server_delivers_erasure_notifications_to_the_processors_webhook() {
     let sink = HttpSink::start();
-    let (d, s) = server();
+    let (d, s) = server_allowing_private_webhooks();
     let data = d.path().join("data");
     batch(
         &s,
@@ -690,7 +690,10 @@ fn the_notice_worker_retries_until_delivered_and_gives_up_when_it_must() {
     let signal = Arc::new(tarmo_server::mail::OutboxSignal::default());
     let worker = tarmo_server::notices::spawn(NoticeWorker {
         writer: writer.clone(),
-        client: tarmo_notify::WebhookClient::new(Duration::from_secs(5)),
+        client: tarmo_notify::WebhookClient::new(
+            Duration::from_secs(5),
+            tarmo_notify::WebhookTargets::Any,
+        ),
         signal: signal.clone(),
         poll: Duration::from_millis(20),
         retry: RetryPolicy {

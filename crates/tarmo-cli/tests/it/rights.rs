@@ -200,8 +200,10 @@ fn forensic_erasure_leaves_no_trace_of_the_person_in_any_file() {
         &s,
         "POST",
         "/api/v1/segments",
-        Some(&json!({"id": "forensic", "name": "Forensic", "purpose": "personalisation",
-            "rule": {"event": markers[8], "within": "365d"}})),
+        Some(
+            &json!({"id": "forensic", "name": "Forensic", "purpose": "personalisation",
+            "rule": {"event": markers[8], "within": "365d"}}),
+        ),
     );
     assert_eq!((st, seg["count"].as_i64()), (201, Some(1)), "{seg}");
 
@@ -632,7 +634,7 @@ fn walk_root(d: &tempfile::TempDir) -> std::path::PathBuf {
 fn erasure_reaches_every_processor_that_received_the_data() {
     let hook = HttpSink::start();
     hook.fail_next(1, 503);
-    let (_d, s) = server();
+    let (_d, s) = server_allowing_private_webhooks();
     batch(
         &s,
         json!({"batch": [{"type": "identify", "userId": "shared-1", "traits": {"email": "shared@example.fi", "phone": "040 5550001"}}]}),

@@ -469,7 +469,8 @@ fn a_purpose_bound_key_sees_only_its_segments_and_allowed_members() {
 #[test]
 fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() {
     let sink = tarmo_notify::testing::HttpSink::start();
-    let (_d, s) = server();
+    // The sink is on loopback, over http.
+    let (_d, s) = server_allowing_private_webhooks();
     batch(
         &s,
         vec![
@@ -566,7 +567,11 @@ fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() 
     assert_eq!(got[0].header("Authorization"), Some("Bearer ads-token"));
     let pushed = got[0].json();
     assert_eq!(
-        (pushed["type"].as_str(), pushed["audience"].as_str(), pushed["sync"].as_i64()),
+        (
+            pushed["type"].as_str(),
+            pushed["audience"].as_str(),
+            pushed["sync"].as_i64()
+        ),
         (Some("audience_sync"), Some("meta"), Some(1))
     );
     assert_eq!(pushed["file"].as_str(), Some(f.as_str()));

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tarmo_notify::testing::HttpSink;
-use tarmo_notify::{DeliverSms, SendError, SmsWebhook, WebhookClient, WebhookUrl};
+use tarmo_notify::{DeliverSms, SendError, SmsWebhook, WebhookClient, WebhookTargets, WebhookUrl};
 
 use crate::{WAIT, closed_port, silent_listener};
 
@@ -11,7 +11,7 @@ const BODY: &str = "Kahvila Ilo: vahvista valintasi: https://tarmo.example/c/abc
 #[test]
 fn posts_json_with_the_bearer_token() {
     let sink = HttpSink::start();
-    let sms = SmsWebhook::new(&format!("{}/v1/sms", sink.url()))
+    let sms = SmsWebhook::new(&format!("{}/v1/sms", sink.url()), WebhookTargets::Any)
         .unwrap()
         .with_bearer_token("tok-123");
     sms.send_sms("+358401234567", BODY, "outbox-7").unwrap();
@@ -31,7 +31,7 @@ fn posts_json_with_the_bearer_token() {
 #[test]
 fn no_token_no_authorization_header() {
     let sink = HttpSink::start();
-    let sms = SmsWebhook::new(&format!("{}/sms", sink.url())).unwrap();
+    let sms = SmsWebhook::new(&format!("{}/sms", sink.url()), WebhookTargets::Any).unwrap();
     sms.send_sms("+4712345678", "Hei", "m1").unwrap();
     assert_eq!(sink.wait_for(1, WAIT)[0].header("Authorization"), None);
 }
@@ -39,7 +39,7 @@ fn no_token_no_authorization_header() {
 fn status_error(status: u16) -> SendError {
     let sink = HttpSink::start();
     sink.set_status(status);
-    SmsWebhook::new(&sink.url())
+    SmsWebhook::new(&sink.url(), WebhookTargets::Any)
         .unwrap()
         .send_sms("+358401234567", BODY, "m1")
         .unwrap_err()
@@ -73,7 +73,7 @@ fn server_errors_and_rate_limits_are_transient() {
 fn a_gateway_that_fails_twice_then_recovers() {
     let sink = HttpSink::start();
     sink.fail_next(2, 503);
-    let sms = SmsWebhook::new(&sink.url()).unwrap();
+    let sms = SmsWebhook::new(&sink.url(), WebhookTargets::Any).unwrap();
     let results: Vec<_> = (0..3)
         .map(|_| sms.send_sms("+358401234567", BODY, "outbox-9"))
         .collect();
@@ -91,7 +91,11 @@ fn a_gateway_that_fails_twice_then_recovers() {
 
 #[test]
 fn a_closed_port_is_transient() {
-    let sms = SmsWebhook::new(&format!("http://127.0.0.1:{}/sms", closed_port())).unwrap();
+    let sms = SmsWebhook::new(
+        &format!("http://127.0.0.1:{}/sms", closed_port()),
+        WebhookTargets::Any,
+    )
+    .unwrap();
     let error = sms.send_sms("+358401234567", BODY, "m1").unwrap_err();
     assert!(matches!(error, SendError::Unreachable { .. }), "{error:?}");
     assert!(error.is_transient());
@@ -100,7 +104,7 @@ fn a_closed_port_is_transient() {
 #[test]
 fn a_silent_gateway_times_out() {
     let (_listener, port) = silent_listener();
-    let sms = SmsWebhook::new(&format!("http://127.0.0.1:{port}/sms"))
+    let sms = SmsWebhook::new(&format!("http://127.0.0.1:{port}/sms"), WebhookTargets::Any)
         .unwrap()
         .with_timeout(Duration::from_millis(300));
     let started = Instant::now();
@@ -117,7 +121,7 @@ fn a_silent_gateway_times_out() {
 #[test]
 fn an_invalid_number_is_permanent_and_never_sent() {
     let sink = HttpSink::start();
-    let sms = SmsWebhook::new(&sink.url()).unwrap();
+    let sms = SmsWebhook::new(&sink.url(), WebhookTargets::Any).unwrap();
     for bad in ["0401234567", "+358 40 123", "+", ""] {
         let error = sms.send_sms(bad, BODY, "m1").unwrap_err();
         assert!(
@@ -138,7 +142,7 @@ fn an_invalid_number_is_permanent_and_never_sent() {
 #[test]
 fn post_json_is_reusable_for_processor_notifications() {
     let sink = HttpSink::start();
-    let client = WebhookClient::new(Duration::from_secs(5));
+    let client = WebhookClient::new(Duration::from_secs(5), WebhookTargets::Any);
     let url = WebhookUrl::parse(&format!("{}/erasure", sink.url())).unwrap();
     let body =
         json!({ "event": "erasure", "subject": "pseudonym-1f3a", "purposes": ["marketing"] });
@@ -152,4 +156,27 @@ fn post_json_is_reusable_for_processor_notifications() {
     assert_eq!(requests[0].json(), body);
     assert_eq!(requests[0].header("Authorization"), None);
     assert_eq!(requests[1].header("Authorization"), Some("Bearer t"));
+}
+
+#[test]
+fn a_private_or_plain_http_gateway_is_refused_unless_allowed() {
+    let sink = HttpSink::start();
+    assert_eq!(
+        SmsWebhook::new(&sink.url(), WebhookTargets::Public).unwrap_err(),
+        tarmo_notify::Error::WebhookNotHttps
+    );
+    assert_eq!(
+        SmsWebhook::new("https://127.0.0.1:1/sms", WebhookTargets::Public).unwrap_err(),
+        tarmo_notify::Error::WebhookTargetPrivate
+    );
+    // A strict client given a URL that was accepted elsewhere sends nothing.
+    let client = WebhookClient::new(Duration::from_secs(5), WebhookTargets::Public);
+    let url = WebhookUrl::parse(&format!("{}/erasure", sink.url())).unwrap();
+    let error = client.post_json(&url, &json!({}), None).unwrap_err();
+    assert!(
+        matches!(error, SendError::TargetRefused { .. }),
+        "{error:?}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(sink.requests().is_empty());
 }

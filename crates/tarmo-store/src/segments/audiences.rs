@@ -304,7 +304,9 @@ pub fn sync(
             "file": file,
         });
         let plain = serde_json::to_vec(&payload).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let sealed = ctx.vault.seal_system(Place::ProcessorNotification, &plain)?;
+        let sealed = ctx
+            .vault
+            .seal_system(Place::ProcessorNotification, &plain)?;
         // Request 0: no data subject request asked for it.
         ctx.conn.exec(
             "INSERT INTO processor_notifications (request_id, processor_id, payload, status,

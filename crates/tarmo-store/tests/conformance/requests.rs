@@ -739,6 +739,8 @@ fn stored_of(o: &Outcome) -> i64 {
         Outcome::Stored(p) => *p,
         other => panic!("expected stored, got {other:?}"),
     }
+}
+
 pub fn staff_notes_and_collection_points_are_stored_sealed(h: &Harness) {
     h.ingest(vec![
         json!({"type": "identify", "userId": "noted", "traits": {"email": "noted@example.fi"}}),
