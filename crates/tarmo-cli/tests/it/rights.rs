@@ -392,6 +392,7 @@ fn the_person_downloads_their_data_and_erases_it_from_their_own_page() {
             "merges.csv",
             "purposes.csv",
             "recipients.csv",
+            "segments.csv",
             "sources.csv",
             "traits.csv"
         ]
