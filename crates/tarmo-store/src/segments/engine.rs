@@ -695,6 +695,40 @@ impl SegmentEngine {
         Ok(())
     }
 
+    /// Make sure the facts cover `needs`: a new purpose costs one query per
+    /// purpose; new events, properties or traits mean reading everyone again.
+    fn cover(&self, st: &mut State, needs: Needs) -> Result<()> {
+        if st.needs.covers(&needs) {
+            st.needs = needs;
+            return Ok(());
+        }
+        let only_purposes = needs.events.is_subset(&st.needs.events)
+            && needs.props.is_subset(&st.needs.props)
+            && needs.traits.is_subset(&st.needs.traits);
+        let new: Vec<String> = needs
+            .purposes
+            .difference(&st.needs.purposes)
+            .cloned()
+            .collect();
+        st.needs = needs;
+        if !only_purposes {
+            return self.reload_all(st);
+        }
+        let mut conn = self.store.conn()?;
+        for purpose in new {
+            for r in conn.query(
+                "SELECT profile_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state WHERE purpose_id = $1",
+                &[P::Text(&purpose)],
+            )? {
+                if let Some(p) = st.people.get_mut(&r.int(0)?) {
+                    p.consent
+                        .insert(purpose.clone(), crate::consent::state_of_row(&r, 1)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn open_traits(
         &self,
         conn: &mut dyn Conn,
@@ -821,12 +855,7 @@ impl SegmentEngine {
         st.defs = super::ordered(&all);
         let needs = Needs::of(&st.defs, &self.cfg);
         st.members.entry(def.id.clone()).or_default();
-        if !st.needs.covers(&needs) {
-            st.needs = needs;
-            self.reload_all(&mut st)?;
-        } else {
-            st.needs = needs;
-        }
+        self.cover(&mut st, needs)?;
         let everyone: Vec<ProfileId> = st.people.keys().copied().collect();
         let changes = self.evaluate_people(&mut st, &everyone, crate::now_ms())?;
         self.write(changes)?;
@@ -929,14 +958,11 @@ impl SegmentEngine {
         super::validate(def, &catalog, &others)?;
         let mut needs = st.needs.clone();
         let extra = Needs::of(std::slice::from_ref(def), &self.cfg);
-        if !needs.covers(&extra) {
-            needs.events.extend(extra.events);
-            needs.props.extend(extra.props);
-            needs.traits.extend(extra.traits);
-            needs.purposes.extend(extra.purposes);
-            st.needs = needs;
-            self.reload_all(&mut st)?;
-        }
+        needs.events.extend(extra.events);
+        needs.props.extend(extra.props);
+        needs.traits.extend(extra.traits);
+        needs.purposes.extend(extra.purposes);
+        self.cover(&mut st, needs)?;
         let now = crate::now_ms();
         let mut n = 0;
         let mut some = Vec::new();
