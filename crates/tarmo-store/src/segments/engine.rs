@@ -342,6 +342,7 @@ impl SegmentEngine {
         let mut conn = self.store.conn()?;
         let mut dirty: HashSet<ProfileId> = HashSet::new();
         let mut reload: HashSet<ProfileId> = HashSet::new();
+        let mut refresh: HashSet<ProfileId> = HashSet::new();
         let mut changes = Vec::new();
 
         // Merges first: the events of a merged profile now belong to the survivor.
@@ -371,9 +372,14 @@ impl SegmentEngine {
                 if reload.contains(&profile) {
                     continue;
                 }
-                if !st.people.contains_key(&profile) || r.text(3)? != "track" {
-                    // A new person, or traits and identifiers that may have changed.
+                if !st.people.contains_key(&profile) {
                     reload.insert(profile);
+                    continue;
+                }
+                if r.text(3)? != "track" {
+                    // Traits and identifiers may have changed; the events
+                    // the engine keeps have not.
+                    refresh.insert(profile);
                     continue;
                 }
                 let Some((name, fact)) =
@@ -416,6 +422,24 @@ impl SegmentEngine {
         for r in rows {
             st.cursors.touch = r.int(0)?;
             reload.insert(r.int(1)?);
+        }
+        for profile in refresh {
+            if reload.contains(&profile) {
+                continue;
+            }
+            let needs = st.needs.clone();
+            match st.people.get_mut(&profile) {
+                Some(p) => {
+                    if self.refresh_person(&mut *conn, &needs, profile, p)? {
+                        dirty.insert(profile);
+                    } else {
+                        changes.extend(forget(&mut st, profile, now));
+                    }
+                }
+                None => {
+                    reload.insert(profile);
+                }
+            }
         }
         for profile in reload {
             match self.load_person(&mut *conn, &st.needs, profile)? {
@@ -786,6 +810,40 @@ impl SegmentEngine {
                 props: props.into_boxed_slice(),
             },
         )))
+    }
+
+    /// Read a person's traits and identifier kinds again (after an
+    /// identify); `false` when the profile is gone or merged.
+    fn refresh_person(
+        &self,
+        conn: &mut dyn Conn,
+        needs: &Needs,
+        id: ProfileId,
+        p: &mut Person,
+    ) -> Result<bool> {
+        let Some(r) = conn.query_opt(
+            "SELECT merged_into, traits FROM profiles WHERE id = $1",
+            &[P::Int(id)],
+        )?
+        else {
+            return Ok(false);
+        };
+        if r.opt_int(0)?.is_some() {
+            return Ok(false);
+        }
+        if !needs.traits.is_empty()
+            && let Some(sealed) = r.opt_blob(1)?
+        {
+            p.traits = self.open_traits(conn, id, &sealed, needs)?;
+        }
+        p.kinds.clear();
+        for r in conn.query(
+            "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
+            &[P::Int(id)],
+        )? {
+            p.kinds.push(r.text(0)?.into());
+        }
+        Ok(true)
     }
 
     /// One person's facts, or `None` when the profile is gone or merged.
