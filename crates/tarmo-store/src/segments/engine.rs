@@ -338,7 +338,15 @@ impl SegmentEngine {
     /// concerned, and those whose time came. Returns the changes recorded.
     pub fn tick(&self) -> Result<usize> {
         let mut st = self.lock();
-        let now = crate::now_ms();
+        let changes = self.follow(&mut st, crate::now_ms())?;
+        let n = changes.len();
+        self.write(changes)?;
+        Ok(n)
+    }
+
+    /// Take in what committed since the last look and evaluate the people
+    /// concerned; the membership changes to record.
+    fn follow(&self, st: &mut State, now: i64) -> Result<Vec<Change>> {
         let mut conn = self.store.conn()?;
         let mut dirty: HashSet<ProfileId> = HashSet::new();
         let mut reload: HashSet<ProfileId> = HashSet::new();
@@ -356,7 +364,7 @@ impl SegmentEngine {
                 continue;
             }
             let (into, from) = (r.int(1)?, r.int(2)?);
-            changes.extend(forget(&mut st, from, now));
+            changes.extend(forget(st, from, now));
             reload.insert(into);
         }
         // New events.
@@ -433,7 +441,7 @@ impl SegmentEngine {
                     if self.refresh_person(&mut *conn, &needs, profile, p)? {
                         dirty.insert(profile);
                     } else {
-                        changes.extend(forget(&mut st, profile, now));
+                        changes.extend(forget(st, profile, now));
                     }
                 }
                 None => {
@@ -447,7 +455,7 @@ impl SegmentEngine {
                     st.people.insert(profile, p);
                     dirty.insert(profile);
                 }
-                None => changes.extend(forget(&mut st, profile, now)),
+                None => changes.extend(forget(st, profile, now)),
             }
         }
         // People whose time came.
@@ -460,7 +468,7 @@ impl SegmentEngine {
             dirty.insert(p);
         }
         if now / DAY_MS != st.quintiles_day {
-            self.recompute_quintiles(&mut st, now);
+            self.recompute_quintiles(st, now);
             // Scores moved for everyone.
             dirty.extend(st.people.keys().copied());
             // Touches older than a day have been read by every engine that runs.
@@ -475,10 +483,8 @@ impl SegmentEngine {
         }
         drop(conn);
         let dirty: Vec<ProfileId> = dirty.into_iter().collect();
-        changes.extend(self.evaluate_people(&mut st, &dirty, now)?);
-        let n = changes.len();
-        self.write(changes)?;
-        Ok(n)
+        changes.extend(self.evaluate_people(st, &dirty, now)?);
+        Ok(changes)
     }
 
     /// Record changes through the writer, in transactions of bounded size.
@@ -893,6 +899,9 @@ impl SegmentEngine {
     /// saved through the writer), and compute its members now.
     pub fn put(&self, def: SegmentDef) -> Result<(SegmentDef, usize)> {
         let mut st = self.lock();
+        // Everything acknowledged before this call counts.
+        let caught_up = self.follow(&mut st, crate::now_ms())?;
+        self.write(caught_up)?;
         let catalog = self.catalog()?;
         let mut all: BTreeMap<String, SegmentDef> =
             st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
@@ -1010,6 +1019,8 @@ impl SegmentEngine {
     /// saving anything. The rule may name existing segments.
     pub fn preview(&self, def: &SegmentDef, sample: usize) -> Result<(usize, Vec<ProfileId>)> {
         let mut st = self.lock();
+        let caught_up = self.follow(&mut st, crate::now_ms())?;
+        self.write(caught_up)?;
         let catalog = self.catalog()?;
         let others: BTreeMap<String, SegmentDef> =
             st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
