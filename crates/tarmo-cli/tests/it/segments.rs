@@ -600,3 +600,51 @@ fn an_audience_sync_sends_hashes_of_consented_members_and_removes_withdrawals() 
         404
     );
 }
+
+#[test]
+fn the_order_event_and_stage_thresholds_come_from_tarmo_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    // Thresholds that contradict each other are refused at start.
+    std::fs::write(data.join("tarmo.toml"), "[commerce]\nat_risk_days = 200\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at_risk_days < lapsed_days"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        data.join("tarmo.toml"),
+        "[commerce]\norder_event = \"Purchase\"\nrevenue_property = \"total\"\nloyal_orders = 2\nnew_days = 1\n",
+    )
+    .unwrap();
+    let s = start(&data, &a, &w);
+    batch(
+        &s,
+        vec![
+            json!({"type": "identify", "userId": "fay", "traits": {"email": "fay@example.fi"}}),
+            json!({"type": "track", "userId": "fay", "event": "Purchase", "properties": {"total": 40}, "timestamp": ago(20.0)}),
+            json!({"type": "track", "userId": "fay", "event": "Purchase", "properties": {"total": 2}, "timestamp": ago(2.0)}),
+            json!({"type": "track", "userId": "fay", "event": "Order Completed", "properties": {"revenue": 999}}),
+        ],
+    );
+    let v = wait_for_lifecycle(&s, "fay");
+    assert_eq!(v["orders"], 2, "{v}");
+    assert_eq!(v["revenue"], 42.0, "{v}");
+    assert_eq!(v["stage"], "loyal", "{v}");
+}
+
+fn wait_for_lifecycle(s: &Server, user: &str) -> Value {
+    let mut last = Value::Null;
+    wait_for("the orders reach the engine", || {
+        last = lookup(s, user)["lifecycle"].clone();
+        last["orders"].as_u64().unwrap_or(0) > 0
+    });
+    last
+}
