@@ -84,7 +84,7 @@ pub async fn lookup(
     })
     .await?
     .ok_or_else(not_found)?;
-    let view = with_segments(&s, &p, view);
+    let view = with_segments(&s, &p, view).await?;
     s.log_access(&p, "read", vec![view.id]).await?;
     Ok(axum::Json(view))
 }
@@ -92,10 +92,15 @@ pub async fn lookup(
 /// Add what the segment engine knows: the person's segments (of the key's
 /// purposes, for a bound key) and, where the key sees behaviour, their
 /// lifecycle stage and scores.
-fn with_segments(s: &AppState, p: &Principal, mut view: ProfileView) -> ProfileView {
-    view.segments = s
-        .segments
-        .of_profile(view.id)
+async fn with_segments(
+    s: &AppState,
+    p: &Principal,
+    mut view: ProfileView,
+) -> Result<ProfileView, ApiError> {
+    let id = view.id;
+    let (segments, lifecycle) =
+        crate::segments::engine(s, move |e| (e.of_profile(id), e.lifecycle_of(id))).await?;
+    view.segments = segments
         .into_iter()
         .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
         .map(|(id, _, since)| tarmo_store::MembershipView {
@@ -107,7 +112,7 @@ fn with_segments(s: &AppState, p: &Principal, mut view: ProfileView) -> ProfileV
     // event count is zeroed then, and so is this.
     let behaviour =
         p.grant.data.contains(&DataKind::Behaviour) && (!p.grant.bound() || view.event_count > 0);
-    if behaviour && let Some(l) = s.segments.lifecycle_of(view.id) {
+    if behaviour && let Some(l) = lifecycle {
         view.lifecycle = Some(tarmo_store::LifecycleView {
             stage: l.stage.map(|x| x.as_str().to_owned()),
             r: l.rfm.map(|x| x.r),
@@ -118,7 +123,7 @@ fn with_segments(s: &AppState, p: &Principal, mut view: ProfileView) -> ProfileV
             last_order_at: l.last_order_ms.map(tarmo_store::rfc3339),
         });
     }
-    view
+    Ok(view)
 }
 
 /// A profile by id (a merged profile's id leads to the profile it joined).
@@ -138,7 +143,7 @@ pub async fn get_profile(
     let view = blocking(move || store.profile_view_for(&grant, id))
         .await?
         .ok_or_else(not_found)?;
-    let view = with_segments(&s, &p, view);
+    let view = with_segments(&s, &p, view).await?;
     s.log_access(&p, "read", vec![view.id]).await?;
     Ok(axum::Json(view))
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tarmo_core::segments::{Rule, text, valid_segment_id};
 use tarmo_store::segments::SegmentDef;
+use tarmo_store::segments::engine::SegmentEngine;
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
@@ -134,6 +135,19 @@ pub struct LifecycleOverview {
     pub quintiles: Value,
 }
 
+/// Ask the segment engine, off the async workers: while it reads everyone's
+/// facts again (a definition that needs new ones) it holds its lock for
+/// long, and an async worker must never wait for that.
+pub(crate) async fn engine<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&SegmentEngine) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let e = s.segments.clone();
+    tokio::task::spawn_blocking(move || f(&e))
+        .await
+        .map_err(|_| ApiError::from(tarmo_store::Error::Busy("worker gone".into())))
+}
+
 fn invalid_rule(e: tarmo_core::segments::RuleError) -> ApiError {
     ApiError::bad_request("invalid_rule", e.to_string())
 }
@@ -217,7 +231,13 @@ pub async fn create(
         return Err(ApiError::bad_request("invalid_segment", "`id` is required"));
     };
     p.may_act_for(&input.purpose)?;
-    if s.segments.get(&id).is_some() {
+    if engine(&s, {
+        let id = id.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    .is_some()
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "segment_exists",
@@ -251,7 +271,12 @@ pub async fn update(
             "the body's `id` differs from the path's",
         ));
     }
-    let Some((old, _)) = s.segments.get(&id) else {
+    let Some((old, _)) = engine(&s, {
+        let id = id.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    else {
         return Err(not_found());
     };
     if !visible(&p, &old) {
@@ -268,16 +293,18 @@ pub async fn update(
 #[utoipa::path(get, path = "/api/v1/segments", tag = "segments",
     security(("admin_key" = [])),
     responses((status = 200, body = SegmentList), (status = 401, body = ErrorBody)))]
-pub async fn list(State(s): State<Arc<AppState>>, p: Principal) -> Json<SegmentList> {
-    Json(SegmentList {
-        segments: s
-            .segments
-            .list()
+pub async fn list(
+    State(s): State<Arc<AppState>>,
+    p: Principal,
+) -> Result<Json<SegmentList>, ApiError> {
+    let all = engine(&s, |e| e.list()).await?;
+    Ok(Json(SegmentList {
+        segments: all
             .iter()
             .filter(|(d, _)| visible(&p, d))
             .map(|(d, n)| view(d, *n))
             .collect(),
-    })
+    }))
 }
 
 /// One segment with its rule and count.
@@ -290,7 +317,12 @@ pub async fn get(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<SegmentView>, ApiError> {
-    match s.segments.get(&id) {
+    match engine(&s, {
+        let id = id.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    {
         Some((d, n)) if visible(&p, &d) => Ok(Json(view(&d, n))),
         _ => Err(not_found()),
     }
@@ -307,7 +339,12 @@ pub async fn delete(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match s.segments.get(&id) {
+    match engine(&s, {
+        let id = id.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    {
         Some((d, _)) if visible(&p, &d) => {}
         _ => return Err(not_found()),
     }
@@ -341,7 +378,12 @@ pub async fn members(
             "`limit` is 1 to 1000",
         ));
     }
-    match s.segments.get(&id) {
+    match engine(&s, {
+        let id = id.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    {
         Some((d, _)) if visible(&p, &d) => {}
         _ => return Err(not_found()),
     }
@@ -414,9 +456,8 @@ pub async fn of_profile(
     let (current, _) = blocking(move || store.visible_kinds(&grant, id))
         .await?
         .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
-    let segments = s
-        .segments
-        .of_profile(current)
+    let segments = engine(&s, move |e| e.of_profile(current))
+        .await?
         .into_iter()
         .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
         .map(|(id, _, since)| Membership {
@@ -435,9 +476,12 @@ pub async fn of_profile(
 #[utoipa::path(get, path = "/api/v1/lifecycle", tag = "segments",
     security(("admin_key" = [])),
     responses((status = 200, body = LifecycleOverview), (status = 401, body = ErrorBody)))]
-pub async fn lifecycle(State(s): State<Arc<AppState>>, _p: Principal) -> Json<LifecycleOverview> {
-    let sum = s.segments.lifecycle_summary();
-    Json(LifecycleOverview {
+pub async fn lifecycle(
+    State(s): State<Arc<AppState>>,
+    _p: Principal,
+) -> Result<Json<LifecycleOverview>, ApiError> {
+    let sum = engine(&s, |e| e.lifecycle_summary()).await?;
+    Ok(Json(LifecycleOverview {
         stages: serde_json::to_value(&sum.stages).unwrap_or_default(),
         without_orders: sum.without_orders,
         scores: ScoreCounts {
@@ -446,7 +490,7 @@ pub async fn lifecycle(State(s): State<Arc<AppState>>, _p: Principal) -> Json<Li
             m: sum.m,
         },
         quintiles: serde_json::to_value(&sum.quintiles).unwrap_or_default(),
-    })
+    }))
 }
 
 // ---------------------------------------------------------------- audiences
@@ -507,7 +551,12 @@ async fn audience_view(
     p: &Principal,
     def: tarmo_store::segments::audiences::AudienceDef,
 ) -> Result<Option<AudienceView>, ApiError> {
-    match s.segments.get(&def.segment) {
+    match engine(s, {
+        let id = def.segment.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    {
         Some((seg, _)) if visible(p, &seg) => {}
         _ => return Ok(None),
     }
@@ -561,7 +610,12 @@ pub async fn create_audience(
                 "format is meta_custom_audience or google_customer_match",
             )
         })?;
-    match s.segments.get(&input.segment) {
+    match engine(&s, {
+        let id = input.segment.clone();
+        move |e| e.get(&id)
+    })
+    .await?
+    {
         Some((seg, _)) if visible(&p, &seg) => p.may_act_for(&seg.purpose)?,
         _ => {
             return Err(ApiError::bad_request(
