@@ -148,6 +148,12 @@ pub(crate) async fn engine<T: Send + 'static>(
         .map_err(|_| ApiError::from(tarmo_store::Error::Busy("worker gone".into())))
 }
 
+/// A segment's definition and count, from the engine.
+async fn segment(s: &AppState, id: &str) -> Result<Option<(SegmentDef, usize)>, ApiError> {
+    let id = id.to_owned();
+    engine(s, move |e| e.get(&id)).await
+}
+
 fn invalid_rule(e: tarmo_core::segments::RuleError) -> ApiError {
     ApiError::bad_request("invalid_rule", e.to_string())
 }
@@ -231,13 +237,7 @@ pub async fn create(
         return Err(ApiError::bad_request("invalid_segment", "`id` is required"));
     };
     p.may_act_for(&input.purpose)?;
-    if engine(&s, {
-        let id = id.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    .is_some()
-    {
+    if segment(&s, &id).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "segment_exists",
@@ -271,12 +271,7 @@ pub async fn update(
             "the body's `id` differs from the path's",
         ));
     }
-    let Some((old, _)) = engine(&s, {
-        let id = id.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    else {
+    let Some((old, _)) = segment(&s, &id).await? else {
         return Err(not_found());
     };
     if !visible(&p, &old) {
@@ -317,12 +312,7 @@ pub async fn get(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<SegmentView>, ApiError> {
-    match engine(&s, {
-        let id = id.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    {
+    match segment(&s, &id).await? {
         Some((d, n)) if visible(&p, &d) => Ok(Json(view(&d, n))),
         _ => Err(not_found()),
     }
@@ -339,12 +329,7 @@ pub async fn delete(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match engine(&s, {
-        let id = id.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    {
+    match segment(&s, &id).await? {
         Some((d, _)) if visible(&p, &d) => {}
         _ => return Err(not_found()),
     }
@@ -378,12 +363,7 @@ pub async fn members(
             "`limit` is 1 to 1000",
         ));
     }
-    match engine(&s, {
-        let id = id.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    {
+    match segment(&s, &id).await? {
         Some((d, _)) if visible(&p, &d) => {}
         _ => return Err(not_found()),
     }
@@ -551,12 +531,7 @@ async fn audience_view(
     p: &Principal,
     def: tarmo_store::segments::audiences::AudienceDef,
 ) -> Result<Option<AudienceView>, ApiError> {
-    match engine(s, {
-        let id = def.segment.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    {
+    match segment(s, &def.segment).await? {
         Some((seg, _)) if visible(p, &seg) => {}
         _ => return Ok(None),
     }
@@ -610,12 +585,7 @@ pub async fn create_audience(
                 "format is meta_custom_audience or google_customer_match",
             )
         })?;
-    match engine(&s, {
-        let id = input.segment.clone();
-        move |e| e.get(&id)
-    })
-    .await?
-    {
+    match segment(&s, &input.segment).await? {
         Some((seg, _)) if visible(&p, &seg) => p.may_act_for(&seg.purpose)?,
         _ => {
             return Err(ApiError::bad_request(
