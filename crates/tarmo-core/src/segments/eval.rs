@@ -125,7 +125,7 @@ fn event_holds(e: &EventRule, events: &[EventFact], now: i64, next: &mut Option<
 }
 
 /// A number, or a string that is one (SDKs send "12.50" as often as 12.5).
-pub(crate) fn number(v: &Value) -> Option<f64> {
+pub fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),

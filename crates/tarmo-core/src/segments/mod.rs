@@ -21,7 +21,7 @@ mod rule;
 pub mod text;
 
 pub use duration::Span;
-pub use eval::{EventFact, Facts, evaluate};
+pub use eval::{EventFact, Facts, evaluate, number};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
 pub use rule::{Cmp, CmpOp, EventRule, Measure, PropFilter, Rule, RuleError, TraitOp, Usage};
 

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, decide};
 use tarmo_core::profile::TraitSet;
 use tarmo_core::segments::lifecycle::Quintiles;
-use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, evaluate};
+use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, evaluate, number};
 
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
@@ -97,14 +97,6 @@ impl Person {
             .filter_map(|e| e.prop(&cfg.revenue_property).and_then(number))
             .sum();
         Some((list.len() as u64, first, last, revenue))
-    }
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
-        _ => None,
     }
 }
 
