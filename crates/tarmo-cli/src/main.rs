@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -18,6 +18,7 @@ use tarmo_store::writer::WriterConfig;
 use tarmo_store::{Backend, Store};
 
 mod access;
+mod backup;
 mod import;
 mod ledger;
 
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: access::AuditCommand,
     },
+    /// Copy the store, while it serves, into a new directory (see `tarmo backup --help`).
+    Backup(backup::BackupArgs),
+    /// Make a new data directory from a backup, replaying the erasures made
+    /// since (see `tarmo restore --help`).
+    Restore(backup::RestoreArgs),
     /// Decode and encode IAB TCF v2 TC strings (`tarmo tcf --help`).
     #[command(disable_help_flag = true)]
     Tcf {
@@ -126,6 +132,12 @@ struct Common {
     /// Requests a second one key may make (default 100,000; 429 beyond).
     #[arg(long, env = "TARMO_RATE_LIMIT_PER_KEY")]
     rate_limit_per_key: Option<f64>,
+    /// A command that prints the master key (64 hexadecimal characters) on
+    /// its standard output, run with `sh -c`: a KMS or secrets-manager
+    /// client, instead of DATA_DIR/master.key. TARMO_MASTER_KEY (the key
+    /// itself) comes first when set.
+    #[arg(long, env = "TARMO_MASTER_KEY_COMMAND")]
+    master_key_command: Option<String>,
 }
 
 /// What `serve` needs beyond the store: where people reach it, and how it
@@ -225,6 +237,7 @@ struct FileConfig {
 
 struct Settings {
     data_dir: PathBuf,
+    master_key_command: Option<String>,
     database_url: Option<String>,
     identity: IdentityConfig,
     key_cache: usize,
@@ -327,6 +340,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
+        master_key_command: c.master_key_command.clone(),
         database_url: c.database_url.clone().or(file.database_url),
         identity,
         key_cache: file.key_cache.unwrap_or(100_000),
@@ -374,25 +388,51 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
 
 const MASTER_KEY_FILE: &str = "master.key";
 
-fn master_key(dir: &Path) -> anyhow::Result<MasterKey> {
+fn master_key(s: &Settings) -> anyhow::Result<MasterKey> {
     if let Ok(hex) = std::env::var("TARMO_MASTER_KEY") {
         return Ok(MasterKey::from_hex(&hex)?);
     }
-    let path = dir.join(MASTER_KEY_FILE);
+    if let Some(cmd) = &s.master_key_command {
+        return master_key_from_command(cmd);
+    }
+    let path = s.data_dir.join(MASTER_KEY_FILE);
     MasterKey::load(&path).with_context(|| {
         format!(
-            "cannot read the master key {}; run `tarmo init` first or set TARMO_MASTER_KEY",
+            "cannot read the master key {}; run `tarmo init` first, or set TARMO_MASTER_KEY or --master-key-command",
             path.display()
         )
     })
 }
 
+/// The master key printed by `cmd` (a KMS or secrets-manager client). Its
+/// output is the key itself, so it is never echoed in an error.
+fn master_key_from_command(cmd: &str) -> anyhow::Result<MasterKey> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the master key command `{cmd}`"))?;
+    if !out.status.success() {
+        bail!("the master key command `{cmd}` failed ({})", out.status);
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| {
+        anyhow::anyhow!("the master key command `{cmd}` printed something that is not text")
+    })?;
+    MasterKey::from_hex(text.trim()).with_context(|| {
+        format!("the master key command `{cmd}` must print the key as 64 hexadecimal characters")
+    })
+}
+
 fn is_initialised(s: &Settings) -> bool {
-    std::env::var("TARMO_MASTER_KEY").is_ok() || s.data_dir.join(MASTER_KEY_FILE).exists()
+    std::env::var("TARMO_MASTER_KEY").is_ok()
+        || s.master_key_command.is_some()
+        || s.data_dir.join(MASTER_KEY_FILE).exists()
 }
 
 fn open_store(s: &Settings) -> anyhow::Result<Store> {
-    let master = master_key(&s.data_dir)?;
+    let master = master_key(s)?;
     let backend = Backend::open(&s.data_dir, s.database_url.as_deref())?;
     Ok(Store::open(backend, &master, s.key_cache)?)
 }
@@ -547,6 +587,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Import { command } => return import::run(command),
+        Command::Backup(args) => backup::backup(args)?,
+        Command::Restore(args) => backup::restore(args)?,
         Command::Tcf { args } => return Ok(codec(tarmo_tcf::cli::tcf_main, &args)),
         Command::Gpp { args } => return Ok(codec(tarmo_tcf::cli::gpp_main, &args)),
     }

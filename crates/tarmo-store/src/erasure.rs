@@ -127,6 +127,12 @@ pub fn erase_profile(
     for &id in &ids {
         ctx.conn
             .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id)])?;
+        // Ids and a time, never a value: what a restore of an older backup
+        // replays so that it does not bring the person back.
+        ctx.conn.exec(
+            "INSERT INTO erasure_log (profile_id, request_id, at_ms) VALUES ($1, $2, $3)",
+            &[P::Int(id), request_id.map_or(P::Null, P::Int), P::Int(now)],
+        )?;
         // Out of every segment, history and all; the touch tells the
         // segment engine (on any node) to forget them.
         crate::segments::erase(ctx.conn, id)?;

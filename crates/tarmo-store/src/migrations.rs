@@ -291,6 +291,17 @@ CREATE TABLE audience_syncs (
 ){NOROWID};
 "#,
     ),
+    (
+        13,
+        r#"
+CREATE TABLE erasure_log (
+    seq {SERIAL},
+    profile_id BIGINT NOT NULL,
+    request_id BIGINT,
+    at_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the

@@ -1,0 +1,265 @@
+//! Backups that erasure still reaches: back up while serving, erase, restore
+//! with the erasures replayed; the master key from a command; a damaged
+//! backup refused before anything is written.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn tarmo(args: &[&str], dir_args: &[&Path], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for d in dir_args {
+        c.arg(d);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env("TARMO_LOG", "warn").output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn failed(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "should have failed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+}
+
+fn ingest(s: &Server, body: Value) {
+    let (st, v) = post(
+        s,
+        "/v1/batch",
+        Some(basic(&s.write)),
+        body.to_string().as_bytes(),
+        false,
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+fn erase(s: &Server, email: &str) {
+    let (st, r) = admin(
+        s,
+        "POST",
+        "/api/v1/requests",
+        Some(&json!({"type": "erasure", "subject": {"type": "email", "value": email}})),
+    );
+    assert_eq!(st, 201, "{r}");
+    let (st, r) = admin(
+        s,
+        "POST",
+        &format!("/api/v1/requests/{}/verify", r["id"]),
+        Some(&json!({"reason": "signed letter"})),
+    );
+    assert_eq!((st, r["status"].as_str()), (200, Some("completed")), "{r}");
+}
+
+fn lookup(s: &Server, email: &str) -> (u16, Value) {
+    admin(
+        s,
+        "GET",
+        &format!("/api/v1/profiles/lookup?type=email&value={email}"),
+        None,
+    )
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("live");
+    let (a, w) = init(&data);
+    let s = trusted(start(&data, &a, &w));
+    ingest(
+        &s,
+        json!({"batch": [
+            {"type": "identify", "userId": "b-1", "traits": {"email": "leaves@example.fi", "city": "Oulu"}},
+            {"type": "identify", "userId": "b-2", "traits": {"email": "stays@example.fi", "city": "Turku"}},
+            {"type": "track", "userId": "b-1", "event": "Order Completed", "properties": {"revenue": 10}}
+        ]}),
+    );
+    let (st, leaver) = lookup(&s, "leaves@example.fi");
+    assert_eq!(st, 200);
+    let leaver_id = leaver["id"].as_i64().unwrap();
+
+    // Online: the server keeps serving while the copy is made.
+    let b1 = tmp.path().join("backup-1");
+    failed(&tarmo(&["backup", "--data-dir"], &[&data], &[]), "--to");
+    ok(&tarmo(
+        &["backup", "--to"],
+        &[&b1, Path::new("--data-dir"), &data],
+        &[],
+    ));
+    let names: Vec<String> = std::fs::read_dir(&b1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"tarmo.db".to_owned()), "{names:?}");
+    assert!(names.contains(&"backup.json".to_owned()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains("master")),
+        "the master key is never in a backup: {names:?}"
+    );
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&b1), 0o700);
+        assert_eq!(mode(&b1.join("tarmo.db")), 0o600);
+    }
+    // A backup never writes over another.
+    failed(
+        &tarmo(
+            &["backup", "--to"],
+            &[&b1, Path::new("--data-dir"), &data],
+            &[],
+        ),
+        "not empty",
+    );
+
+    // After the backup: one person is erased, and someone new arrives.
+    erase(&s, "leaves@example.fi");
+    ingest(
+        &s,
+        json!({"batch": [{"type": "identify", "userId": "b-3", "traits": {"email": "late@example.fi"}}]}),
+    );
+
+    // The master key comes from a command (a KMS client, say): the new
+    // directory holds no key file.
+    let key_cmd = format!("cat '{}'", data.join("master.key").display());
+    let restored = tmp.path().join("restored");
+
+    // Without naming the live store (or saying it is lost), nothing happens.
+    failed(
+        &tarmo(
+            &["restore", "--from"],
+            &[&b1, Path::new("--data-dir"), &restored],
+            &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
+        ),
+        "--replay-from",
+    );
+    assert!(!restored.exists(), "a refused restore writes nothing");
+
+    // A damaged backup is refused before anything is written.
+    let damaged = tmp.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for n in ["tarmo.db", "backup.json"] {
+        std::fs::copy(b1.join(n), damaged.join(n)).unwrap();
+    }
+    let mut db = std::fs::read(damaged.join("tarmo.db")).unwrap();
+    let mid = db.len() / 2;
+    db[mid] ^= 0x55;
+    std::fs::write(damaged.join("tarmo.db"), db).unwrap();
+    failed(
+        &tarmo(
+            &["restore", "--from"],
+            &[
+                &damaged,
+                Path::new("--data-dir"),
+                &restored,
+                Path::new("--replay-from"),
+                &data,
+            ],
+            &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
+        ),
+        "damaged",
+    );
+    assert!(!restored.exists(), "a refused restore writes nothing");
+
+    // A command that fails stops the restore too.
+    failed(
+        &tarmo(
+            &["restore", "--from"],
+            &[
+                &b1,
+                Path::new("--data-dir"),
+                &restored,
+                Path::new("--replay-from"),
+                &data,
+            ],
+            &[("TARMO_MASTER_KEY_COMMAND", "exit 3")],
+        ),
+        "master key command",
+    );
+    assert!(!restored.exists(), "a refused restore writes nothing");
+
+    let out = ok(&tarmo(
+        &["restore", "--from"],
+        &[
+            &b1,
+            Path::new("--data-dir"),
+            &restored,
+            Path::new("--replay-from"),
+            &data,
+        ],
+        &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
+    ));
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(replay["erasures"], 1, "{replay}");
+    assert_eq!(replay["profiles_erased"], 1, "{replay}");
+    assert!(
+        replay["suppressions_added"].as_u64().unwrap() >= 1,
+        "{replay}"
+    );
+    drop(s);
+
+    // The restored store, served: the erased person is gone and suppressed,
+    // the other is as the backup had them, and what came later is not there.
+    std::fs::copy(data.join("master.key"), restored.join("master.key")).unwrap();
+    let r = start(&restored, &a, &w);
+    assert_eq!(lookup(&r, "leaves@example.fi").0, 404);
+    let (_, d) = admin(
+        &r,
+        "GET",
+        "/api/v1/decisions?purpose=email_marketing&type=email&value=leaves@example.fi",
+        None,
+    );
+    assert_eq!(d["reason"], "suppressed", "{d}");
+    let (st, p) = lookup(&r, "stays@example.fi");
+    assert_eq!(st, 200);
+    assert_eq!(p["traits"]["city"], "Turku");
+    assert_eq!(lookup(&r, "late@example.fi").0, 404);
+    drop(r);
+
+    // On disk: no data key and no row of the erased profile is left.
+    let c = rusqlite::Connection::open(restored.join("tarmo.db")).unwrap();
+    for (table, col) in [
+        ("data_keys", "owner_id"),
+        ("profiles", "id"),
+        ("identifiers", "profile_id"),
+        ("events", "profile_id"),
+    ] {
+        let n: i64 = c
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE {col} = ?1"),
+                [leaver_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0, "{table} still holds the erased profile");
+    }
+    // ... while the backup itself still does: it is the replay that erased.
+    let c = rusqlite::Connection::open(b1.join("tarmo.db")).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM data_keys WHERE owner_id = ?1",
+            [leaver_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
