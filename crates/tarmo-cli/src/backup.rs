@@ -127,7 +127,6 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         &master,
         s.key_cache,
     )?;
-    drop(master);
     let Some(source) = source else {
         eprintln!(
             "warning: no erasures were replayed; people erased after the backup was taken are in the restored store"
