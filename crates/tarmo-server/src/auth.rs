@@ -371,7 +371,12 @@ impl AppState {
         }
         // One point read a request: a revocation by any process or node on
         // this store changes the epoch, and no cached key outlives it.
-        let epoch = self.store.keys_epoch()?;
+        // Off the async workers: the PostgreSQL client blocks (and panics
+        // when asked to block inside the runtime).
+        let store = self.store.clone();
+        let epoch = tokio::task::spawn_blocking(move || store.keys_epoch())
+            .await
+            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
         // The cache is found by a keyed 64-bit hash of the secret (cheap, and
         // random per process), then the secret is compared in constant time.
         let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());

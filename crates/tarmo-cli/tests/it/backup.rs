@@ -263,3 +263,90 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+const PG: &str = "host=127.0.0.1 user=postgres";
+
+/// A new, empty database on the test machine's PostgreSQL; its URL.
+fn fresh_pg_database(tag: &str) -> String {
+    let name = format!("tarmo_it_{tag}_{}", std::process::id());
+    let mut c = postgres::Client::connect(PG, postgres::NoTls).unwrap();
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    format!("postgres://postgres@127.0.0.1/{name}")
+}
+
+#[test]
+fn on_postgresql_a_restored_dump_replays_the_erasures_of_the_live_database() {
+    let live = fresh_pg_database("bk_live");
+    let rest = fresh_pg_database("bk_rest");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let out = ok(&tarmo(
+        &["init", "--json", "--database-url", &live, "--data-dir"],
+        &[&data],
+        &[],
+    ));
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    let (a, w) = (
+        keys["admin_key"].as_str().unwrap(),
+        keys["write_key"].as_str().unwrap(),
+    );
+    // Served from PostgreSQL: authenticated requests (admin and write
+    // keys) read the store off the async workers.
+    let s = trusted(start_with(
+        &data,
+        a,
+        w,
+        &["--database-url".into(), live.clone()],
+    ));
+    ingest(
+        &s,
+        json!({"batch": [
+            {"type": "identify", "userId": "p-1", "traits": {"email": "leaves@example.fi"}},
+            {"type": "identify", "userId": "p-2", "traits": {"email": "stays@example.fi"}}
+        ]}),
+    );
+    let dump = tmp.path().join("dump");
+    let o = Command::new("pg_dump")
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&live)
+        .output()
+        .unwrap();
+    ok(&o);
+    erase(&s, "leaves@example.fi");
+    drop(s);
+    let o = Command::new("pg_restore")
+        .args(["--no-owner", "-d", &rest])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    ok(&o);
+
+    let out = ok(&tarmo(
+        &[
+            "restore",
+            "--database-url",
+            &rest,
+            "--replay-database-url",
+            &live,
+            "--data-dir",
+        ],
+        &[&data],
+        &[],
+    ));
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            replay["erasures"].as_u64(),
+            replay["profiles_erased"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{replay}"
+    );
+
+    let r = start_with(&data, a, w, &["--database-url".into(), rest.clone()]);
+    assert_eq!(lookup(&r, "leaves@example.fi").0, 404);
+    assert_eq!(lookup(&r, "stays@example.fi").0, 200);
+}
