@@ -19,6 +19,12 @@ pub struct BackupArgs {
     /// master key is not copied: keep it apart from the backups.
     #[arg(long)]
     to: PathBuf,
+    /// A new (or empty) directory, apart from `--to`, for the people's
+    /// data keys (`keyring.db`). Keep keyring backups on a short retention
+    /// (say 30 days): once every keyring backup older than an erasure has
+    /// expired, no data backup can bring the erased person back.
+    #[arg(long)]
+    keyring_to: PathBuf,
 }
 
 #[derive(Args)]
@@ -34,6 +40,10 @@ pub struct RestoreArgs {
     /// restored with `pg_restore`.
     #[arg(long)]
     from: Option<PathBuf>,
+    /// A keyring backup directory (`tarmo backup --keyring-to`) to take the
+    /// data keys from; without it they come from the live store.
+    #[arg(long, requires = "from")]
+    keyring: Option<PathBuf>,
     /// The live data directory, whose erasure log is replayed into the
     /// restored store: everyone erased after the backup was taken stays
     /// erased.
@@ -68,15 +78,17 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| s.data_dir.join("tarmo.toml"));
-    let m = backup::backup_sqlite(&db, Some(&config), &a.to)
+    let (m, k) = backup::backup_sqlite(&db, Some(&config), &a.to, &a.keyring_to)
         .with_context(|| format!("backing up into {}", a.to.display()))?;
     let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
     eprintln!(
-        "backed up {} ({} files, {bytes} bytes, last erasure #{}) into {}",
+        "backed up {} ({} files, {bytes} bytes, last erasure #{}) into {}, its data keys ({} bytes) into {}",
         s.data_dir.display(),
         m.files.len(),
         m.erasure_seq,
-        a.to.display()
+        a.to.display(),
+        k.files.iter().map(|f| f.bytes).sum::<u64>(),
+        a.keyring_to.display()
     );
     Ok(())
 }
@@ -97,6 +109,13 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         ),
         (None, None) => bail!("--from BACKUP_DIR is needed"),
     };
+    if let Some(k) = &a.keyring {
+        backup::verify_keyring(k)?;
+    } else if manifest.is_some() && a.no_replay {
+        bail!(
+            "the backup holds no data keys: name a keyring backup (--keyring DIR) or the live store (--replay-from DATA_DIR)"
+        );
+    }
     let master = crate::master_key(&s)
         .context("the restored store is opened with the master key the backup was made with")?;
     let source = match (&a.replay_from, &a.replay_database_url) {
@@ -113,37 +132,55 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
+    let mut out = serde_json::Map::new();
     if let (Some(from), Some(m)) = (&a.from, &manifest) {
-        backup::restore_files(from, m, &s.data_dir, &[crate::MASTER_KEY_FILE])
+        let db = backup::restore_files(from, m, &s.data_dir, &[crate::MASTER_KEY_FILE])
             .with_context(|| format!("restoring into {}", s.data_dir.display()))?;
+        let keys = match (&a.keyring, &source) {
+            (Some(k), _) => backup::restore_keys(&db, backup::Keys::Keyring(k))?,
+            (None, Some(src)) => {
+                backup::restore_keys(&db, backup::Keys::Live(&mut *src.connect()?))?
+            }
+            (None, None) => unreachable!("a keyring or a live store was required above"),
+        };
         eprintln!(
             "restored the backup of {} into {}",
             tarmo_store::rfc3339(m.created_ms),
             s.data_dir.display()
         );
+        out.insert("keys".into(), serde_json::to_value(&keys)?);
     }
     let store = tarmo_store::Store::open(
         Backend::open(&s.data_dir, s.database_url.as_deref())?,
         &master,
         s.key_cache,
     )?;
-    let Some(source) = source else {
-        eprintln!(
-            "warning: no erasures were replayed; people erased after the backup was taken are in the restored store"
-        );
-        return Ok(());
-    };
     let (writer, join) = store.start_writer(WriterConfig::default())?;
-    let replay = {
-        let mut src = source.connect()?;
-        let mut dst = store.conn()?;
-        backup::replay_erasures(&mut *src, &mut *dst, &writer)
-    };
+    let result = (|| -> anyhow::Result<()> {
+        // The log first: it goes on from the copy's last erasure.
+        if let Some(source) = &source {
+            let mut src = source.connect()?;
+            let mut dst = store.conn()?;
+            let replay = backup::replay_erasures(&mut *src, &mut *dst, &writer)
+                .context("replaying erasures")?;
+            out.insert("replay".into(), serde_json::to_value(&replay)?);
+        }
+        if manifest.is_some() {
+            let n = backup::erase_keyless(&writer).context("erasing people without a key")?;
+            out.insert("erased_without_key".into(), n.into());
+        }
+        Ok(())
+    })();
     drop(writer);
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    let replay = replay.context("replaying erasures")?;
+    result?;
     store.checkpoint()?;
-    println!("{}", serde_json::to_string_pretty(&replay)?);
+    if source.is_none() {
+        eprintln!(
+            "warning: no erasure log was replayed; people erased after the keyring backup was taken are in the restored store"
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -7,6 +7,16 @@
 //! last erasure it holds, and a SHA-256 of each file. The master key is never
 //! part of a backup: it is kept apart, so a stolen backup is sealed bytes.
 //!
+//! The people's wrapped data keys are not in the data backup either: they go
+//! to a keyring backup in a directory of its own (`keyring.db`,
+//! `keyring.json`), kept on a short retention. The data backup keeps which
+//! key belongs to whom, with the key itself left empty. A restore takes the
+//! keys from a keyring backup or from the live store; a person erased since
+//! that keyring was copied has no key in it, so their values in every older
+//! data backup are noise, and the restore erases what is left of them. An
+//! erasure thus reaches every data backup once the keyring backups older
+//! than it have expired.
+//!
 //! Erasure must reach a backup taken before it. Each erasure writes the
 //! profile ids it removed to `erasure_log` (ids and a time, never a value),
 //! and the suppression list keeps the erased identifiers' blind indexes. A
@@ -31,11 +41,16 @@ pub const MANIFEST: &str = "backup.json";
 pub const DATABASE: &str = "tarmo.db";
 /// The configuration file, copied when the data directory has one.
 pub const CONFIG: &str = "tarmo.toml";
+/// The keyring backup's manifest and database, in a directory of their own.
+pub const KEYRING_MANIFEST: &str = "keyring.json";
+pub const KEYRING: &str = "keyring.db";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     /// 1: this layout.
     pub format: u32,
+    /// `data` (the store without its data keys) or `keyring` (only them).
+    pub contents: String,
     /// The version of Tarmo that made it.
     pub tarmo_version: String,
     pub created_ms: i64,
@@ -62,6 +77,23 @@ pub struct Replay {
     pub profiles_erased: u64,
     /// Suppression-list entries the restored copy lacked.
     pub suppressions_added: u64,
+}
+
+/// Where a restore takes the people's data keys from.
+pub enum Keys<'a> {
+    /// A keyring backup directory made by [`backup_sqlite`].
+    Keyring(&'a Path),
+    /// The live store.
+    Live(&'a mut dyn Conn),
+}
+
+/// What putting the keys back did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct KeysRestored {
+    pub keys: u64,
+    /// Keys the source no longer has: their people were erased after the
+    /// data backup was taken, and are erased from the restored store.
+    pub missing: u64,
 }
 
 fn fail(msg: impl Into<String>) -> Error {
@@ -147,64 +179,107 @@ pub fn erasure_seq(conn: &mut dyn Conn) -> Result<i64> {
         .unwrap_or(0))
 }
 
+fn manifest_of(contents: &str, erasure_seq: i64, files: Vec<BackupFile>) -> Manifest {
+    Manifest {
+        format: 1,
+        contents: contents.into(),
+        tarmo_version: env!("CARGO_PKG_VERSION").into(),
+        created_ms: crate::now_ms(),
+        erasure_seq,
+        files,
+    }
+}
+
+fn write_manifest(dir: &Path, name: &str, m: &Manifest) -> Result<()> {
+    let mut f = private_file(&dir.join(name))?;
+    f.write_all(&serde_json::to_vec_pretty(m).expect("a manifest serialises"))?;
+    f.sync_all()?;
+    sync_dir(dir)
+}
+
+fn listed(dir: &Path, name: &str) -> Result<BackupFile> {
+    let (bytes, sha256) = sha256_file(&dir.join(name))?;
+    Ok(BackupFile {
+        name: name.into(),
+        bytes,
+        sha256,
+    })
+}
+
 /// Back up the SQLite database `db` (and `config`, if given) into the new
-/// directory `to`, while the store keeps serving.
-pub fn backup_sqlite(db: &Path, config: Option<&Path>, to: &Path) -> Result<Manifest> {
+/// directory `to`, and its data keys into the new directory `keyring_to`,
+/// while the store keeps serving. Returns the two manifests.
+pub fn backup_sqlite(
+    db: &Path,
+    config: Option<&Path>,
+    to: &Path,
+    keyring_to: &Path,
+) -> Result<(Manifest, Manifest)> {
+    let (a, b) = (std::path::absolute(to)?, std::path::absolute(keyring_to)?);
+    if a.starts_with(&b) || b.starts_with(&a) {
+        return Err(fail(
+            "the keyring backup must go to a directory apart from the data backup (it is kept on a shorter retention)",
+        ));
+    }
     fresh_dir(to, "the backup directory", &[])?;
+    fresh_dir(keyring_to, "the keyring backup directory", &[])?;
     let copy = to.join(DATABASE);
+    let keyring = keyring_to.join(KEYRING);
     drop(private_file(&copy)?);
+    drop(private_file(&keyring)?);
     {
         let c = rusqlite::Connection::open(db)?;
         c.busy_timeout(std::time::Duration::from_secs(30))?;
         c.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()])?;
     }
-    std::fs::File::open(&copy)?.sync_all()?;
     let erasure_seq = {
-        let c = rusqlite::Connection::open_with_flags(
-            &copy,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        // The keys move out of the copy; zeroed pages, then a VACUUM, leave
+        // no trace of them in it.
+        let mut c = rusqlite::Connection::open(&copy)?;
+        c.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA secure_delete = ON;")?;
+        c.execute("ATTACH ?1 AS k", [keyring.to_string_lossy().as_ref()])?;
+        let tx = c.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE k.data_keys (owner_id INTEGER PRIMARY KEY, profile_id INTEGER NOT NULL, wrapped BLOB NOT NULL);
+             INSERT INTO k.data_keys SELECT owner_id, profile_id, wrapped FROM main.data_keys;
+             UPDATE main.data_keys SET wrapped = x'';",
         )?;
+        tx.commit()?;
+        c.execute_batch("DETACH k; VACUUM;")?;
         c.query_row("SELECT coalesce(max(seq), 0) FROM erasure_log", [], |r| {
-            r.get(0)
+            r.get::<_, i64>(0)
         })?
     };
-    let mut files = Vec::new();
-    let (bytes, sha256) = sha256_file(&copy)?;
-    files.push(BackupFile {
-        name: DATABASE.into(),
-        bytes,
-        sha256,
-    });
+    std::fs::File::open(&copy)?.sync_all()?;
+    std::fs::File::open(&keyring)?.sync_all()?;
+    let mut files = vec![listed(to, DATABASE)?];
     if let Some(cfg) = config.filter(|p| p.exists()) {
         let dst = to.join(CONFIG);
         let mut out = private_file(&dst)?;
         out.write_all(&std::fs::read(cfg)?)?;
         out.sync_all()?;
-        let (bytes, sha256) = sha256_file(&dst)?;
-        files.push(BackupFile {
-            name: CONFIG.into(),
-            bytes,
-            sha256,
-        });
+        files.push(listed(to, CONFIG)?);
     }
-    let manifest = Manifest {
-        format: 1,
-        tarmo_version: env!("CARGO_PKG_VERSION").into(),
-        created_ms: crate::now_ms(),
-        erasure_seq,
-        files,
-    };
-    let mut f = private_file(&to.join(MANIFEST))?;
-    f.write_all(&serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"))?;
-    f.sync_all()?;
-    sync_dir(to)?;
-    Ok(manifest)
+    let data = manifest_of("data", erasure_seq, files);
+    let keys = manifest_of("keyring", erasure_seq, vec![listed(keyring_to, KEYRING)?]);
+    write_manifest(keyring_to, KEYRING_MANIFEST, &keys)?;
+    write_manifest(to, MANIFEST, &data)?;
+    Ok((data, keys))
 }
 
 /// Read a backup's manifest and check every file it names against its
 /// hash, before anything is restored.
 pub fn verify(from: &Path) -> Result<Manifest> {
-    let path = from.join(MANIFEST);
+    verify_as(from, MANIFEST, "data", DATABASE)
+}
+
+/// The same for a keyring backup.
+pub fn verify_keyring(from: &Path) -> Result<Manifest> {
+    verify_as(from, KEYRING_MANIFEST, "keyring", KEYRING)
+}
+
+fn verify_as(from: &Path, name: &str, contents: &str, main: &str) -> Result<Manifest> {
+    let path = from.join(name);
     let text = std::fs::read(&path).map_err(|e| {
         fail(format!(
             "{} is not a Tarmo backup ({}: {e})",
@@ -220,8 +295,11 @@ pub fn verify(from: &Path) -> Result<Manifest> {
             m.format
         )));
     }
-    if !m.files.iter().any(|f| f.name == DATABASE) {
-        return Err(fail(format!("{} names no {DATABASE}", path.display())));
+    if m.contents != contents || !m.files.iter().any(|f| f.name == main) {
+        return Err(fail(format!(
+            "{} is not a {contents} backup's manifest",
+            path.display()
+        )));
     }
     for f in &m.files {
         if f.name.contains('/') || f.name.contains('\\') || f.name.starts_with('.') {
@@ -259,6 +337,82 @@ pub fn restore_files(
     }
     sync_dir(to)?;
     Ok(to.join(DATABASE))
+}
+
+/// Put the people's data keys back into a restored copy of the embedded
+/// store (the file `db`, not yet opened by a store), from a keyring backup
+/// or the live store. Keys the source lacks stay empty: see
+/// [`erase_keyless`], which must run next.
+pub fn restore_keys(db: &Path, keys: Keys<'_>) -> Result<KeysRestored> {
+    let mut c = rusqlite::Connection::open(db)?;
+    c.execute_batch("PRAGMA secure_delete = ON;")?;
+    match keys {
+        Keys::Keyring(dir) => {
+            verify_keyring(dir)?;
+            c.execute(
+                "ATTACH ?1 AS k",
+                [dir.join(KEYRING).to_string_lossy().as_ref()],
+            )?;
+            c.execute(
+                "UPDATE main.data_keys SET wrapped = k.data_keys.wrapped
+                 FROM k.data_keys WHERE k.data_keys.owner_id = main.data_keys.owner_id",
+                [],
+            )?;
+            c.execute_batch("DETACH k")?;
+        }
+        Keys::Live(src) => {
+            let tx = c.transaction()?;
+            let mut after = 0i64;
+            loop {
+                let rows = src.query(
+                    "SELECT owner_id, wrapped FROM data_keys WHERE owner_id > $1 ORDER BY owner_id LIMIT 10000",
+                    &[P::Int(after)],
+                )?;
+                if rows.is_empty() {
+                    break;
+                }
+                {
+                    let mut st =
+                        tx.prepare_cached("UPDATE data_keys SET wrapped = ?2 WHERE owner_id = ?1")?;
+                    for r in &rows {
+                        after = r.int(0)?;
+                        st.execute(rusqlite::params![after, r.blob(1)?])?;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+    }
+    let count =
+        |sql: &str| -> Result<u64> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+    Ok(KeysRestored {
+        keys: count("SELECT count(*) FROM data_keys WHERE length(wrapped) > 0")?,
+        missing: count("SELECT count(*) FROM data_keys WHERE length(wrapped) = 0")?,
+    })
+}
+
+/// Erase, in a restored store, everyone whose data key the keyring no
+/// longer had: they were erased after the data backup was taken, and their
+/// sealed values are noise. Returns how many profiles went.
+pub fn erase_keyless(writer: &WriterHandle) -> Result<u64> {
+    writer.transact_blocking(|ctx| {
+        let holders: Vec<ProfileId> = ctx
+            .conn
+            .query(
+                "SELECT DISTINCT p.id FROM data_keys k JOIN profiles p ON p.id = k.profile_id
+                 WHERE length(k.wrapped) = 0 AND p.merged_into IS NULL ORDER BY p.id",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.int(0))
+            .collect::<Result<_>>()?;
+        for &p in &holders {
+            crate::erasure::erase_profile(ctx, p, None, false)?;
+        }
+        ctx.conn
+            .exec("DELETE FROM data_keys WHERE length(wrapped) = 0", &[])?;
+        Ok(holders.len() as u64)
+    })
 }
 
 /// Bring the erasures and suppressions of the live store (`source`) into a

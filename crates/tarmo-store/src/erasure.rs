@@ -57,8 +57,23 @@ pub fn erase_profile(
 
     // The identifiers, opened while the keys still exist: their blind
     // indexes go on the suppression list, their values to the processors.
+    // Values are opened only for the processors' notifications (a request);
+    // suppression needs nothing but the blind indexes, so a person whose
+    // keys are already gone (a restore from a keyring without them) can
+    // still be erased.
     let mut identifiers = Vec::new();
-    for row in ctx.conn.identifiers_of(profile)? {
+    let rows = ctx.conn.identifiers_of(profile)?;
+    report.identifiers = rows.len() as u64;
+    for row in rows {
+        if suppress {
+            ctx.conn.exec(
+                "INSERT INTO suppression (bidx, kind, at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[P::Blob(&row.bidx.0), P::Text(&row.kind), P::Int(now)],
+            )?;
+        }
+        if request_id.is_none() {
+            continue;
+        }
         let key = ctx
             .vault
             .data_key(row.key_owner, || ctx.conn.data_key_get(row.key_owner))?
@@ -66,18 +81,11 @@ pub fn erase_profile(
         let value = ctx
             .vault
             .open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-        if suppress {
-            ctx.conn.exec(
-                "INSERT INTO suppression (bidx, kind, at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[P::Blob(&row.bidx.0), P::Text(&row.kind), P::Int(now)],
-            )?;
-        }
         identifiers.push((
             row.kind,
             String::from_utf8(value).map_err(|e| Error::Corrupt(e.to_string()))?,
         ));
     }
-    report.identifiers = identifiers.len() as u64;
     if let Some(request_id) = request_id {
         // Before the disclosures go: they say who received the person's data.
         report.processors_notified = crate::processors::enqueue_erasure_notifications(

@@ -100,10 +100,32 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
 
     // Online: the server keeps serving while the copy is made.
     let b1 = tmp.path().join("backup-1");
+    let k1 = tmp.path().join("keyring-1");
     failed(&tarmo(&["backup", "--data-dir"], &[&data], &[]), "--to");
+    // The keys never go beside the data.
+    failed(
+        &tarmo(
+            &["backup", "--to"],
+            &[
+                &b1,
+                Path::new("--keyring-to"),
+                &b1.join("k"),
+                Path::new("--data-dir"),
+                &data,
+            ],
+            &[],
+        ),
+        "apart",
+    );
     ok(&tarmo(
         &["backup", "--to"],
-        &[&b1, Path::new("--data-dir"), &data],
+        &[
+            &b1,
+            Path::new("--keyring-to"),
+            &k1,
+            Path::new("--data-dir"),
+            &data,
+        ],
         &[],
     ));
     let names: Vec<String> = std::fs::read_dir(&b1)
@@ -120,12 +142,34 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
     {
         assert_eq!(mode(&b1), 0o700);
         assert_eq!(mode(&b1.join("tarmo.db")), 0o600);
+        assert_eq!(mode(&k1.join("keyring.db")), 0o600);
     }
+    // The data backup knows whose keys there are, and holds none of them;
+    // the keyring holds them all.
+    let count = |db: &Path, sql: &str| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let with_key = "SELECT count(*) FROM data_keys WHERE length(wrapped) > 0";
+    assert_eq!(count(&b1.join("tarmo.db"), with_key), 0);
+    assert!(count(&b1.join("tarmo.db"), "SELECT count(*) FROM data_keys") >= 2);
+    assert_eq!(
+        count(&k1.join("keyring.db"), with_key),
+        count(&data.join("tarmo.db"), with_key)
+    );
     // A backup never writes over another.
     failed(
         &tarmo(
             &["backup", "--to"],
-            &[&b1, Path::new("--data-dir"), &data],
+            &[
+                &b1,
+                Path::new("--keyring-to"),
+                &tmp.path().join("k-x"),
+                Path::new("--data-dir"),
+                &data,
+            ],
             &[],
         ),
         "not empty",
@@ -208,14 +252,69 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
         ],
         &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
     ));
-    let replay: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(replay["erasures"], 1, "{replay}");
-    assert_eq!(replay["profiles_erased"], 1, "{replay}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let replay = &report["replay"];
+    assert_eq!(replay["erasures"], 1, "{report}");
+    assert_eq!(replay["profiles_erased"], 1, "{report}");
     assert!(
         replay["suppressions_added"].as_u64().unwrap() >= 1,
-        "{replay}"
+        "{report}"
     );
+    // Keys from the live store: the erased person's was gone already, and
+    // the replayed log erased them before anyone was found keyless.
+    assert_eq!(report["keys"]["missing"], 1, "{report}");
+    assert_eq!(report["erased_without_key"], 0, "{report}");
+
+    // The live store lost: the data backup with a keyring backup taken
+    // after the erasure. The erased person has no key in it, so what the
+    // data backup holds of them is noise, and the restore removes it.
+    let b2 = tmp.path().join("backup-2");
+    let k2 = tmp.path().join("keyring-2");
+    ok(&tarmo(
+        &["backup", "--to"],
+        &[
+            &b2,
+            Path::new("--keyring-to"),
+            &k2,
+            Path::new("--data-dir"),
+            &data,
+        ],
+        &[],
+    ));
     drop(s);
+    let from_keyring = tmp.path().join("from-keyring");
+    failed(
+        &tarmo(
+            &["restore", "--no-replay", "--from"],
+            &[&b1, Path::new("--data-dir"), &from_keyring],
+            &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
+        ),
+        "--keyring",
+    );
+    let out = ok(&tarmo(
+        &["restore", "--no-replay", "--from"],
+        &[
+            &b1,
+            Path::new("--keyring"),
+            &k2,
+            Path::new("--data-dir"),
+            &from_keyring,
+        ],
+        &[("TARMO_MASTER_KEY_COMMAND", &key_cmd)],
+    ));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["keys"]["missing"], 1, "{report}");
+    assert_eq!(report["erased_without_key"], 1, "{report}");
+    std::fs::copy(data.join("master.key"), from_keyring.join("master.key")).unwrap();
+    let r = start(&from_keyring, &a, &w);
+    assert_eq!(lookup(&r, "leaves@example.fi").0, 404);
+    let (st, p) = lookup(&r, "stays@example.fi");
+    assert_eq!(
+        (st, p["traits"]["city"].as_str()),
+        (200, Some("Turku")),
+        "{p}"
+    );
+    drop(r);
 
     // The restored store, served: the erased person is gone and suppressed,
     // the other is as the backup had them, and what came later is not there.
@@ -336,7 +435,8 @@ fn on_postgresql_a_restored_dump_replays_the_erasures_of_the_live_database() {
         &[&data],
         &[],
     ));
-    let replay: Value = serde_json::from_str(&out).unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let replay = &report["replay"];
     assert_eq!(
         (
             replay["erasures"].as_u64(),
