@@ -4,6 +4,7 @@
 mod access;
 mod common;
 mod consent;
+mod faults;
 mod ingest;
 mod network;
 mod openapi;
