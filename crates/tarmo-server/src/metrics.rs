@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use tarmo_store::health::{Health, QueueView};
 use tarmo_store::metrics::{Histogram, LATENCY_BUCKETS};
 
 use crate::AppState;
@@ -143,11 +144,7 @@ pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
 }
 
 /// The parts of this node and its queues, as gauges.
-pub fn render_health(
-    out: &mut String,
-    health: &tarmo_store::health::Health,
-    queues: &[tarmo_store::health::QueueView],
-) {
+pub fn render_health(out: &mut String, health: &Health, queues: &[QueueView]) {
     let components = health.components();
     let _ = writeln!(
         out,
@@ -177,7 +174,8 @@ pub fn render_health(
         "# HELP tarmo_storage_full Whether writes fail for want of space now (1) or not (0).\n# TYPE tarmo_storage_full gauge\ntarmo_storage_full {}",
         u8::from(health.storage_full_since().is_some())
     );
-    let gauges: [(&str, &str, fn(&tarmo_store::health::QueueView) -> i64); 3] = [
+    type Gauge = (&'static str, &'static str, fn(&QueueView) -> i64);
+    let gauges: [Gauge; 3] = [
         (
             "tarmo_queue_depth",
             "Items waiting or being worked on, by queue.",
