@@ -173,6 +173,11 @@ struct ServeArgs {
     /// Minutes between retention sweeps (default 60; 0 turns them off).
     #[arg(long, env = "TARMO_RETENTION_INTERVAL_MINUTES")]
     retention_interval_minutes: Option<u64>,
+    /// Seconds between looks at the queues (outbox, erasure notifications):
+    /// a queue that grows with nothing to drain it is warned about at each
+    /// look (default 60).
+    #[arg(long, env = "TARMO_QUEUE_WATCH_SECONDS")]
+    queue_watch_seconds: Option<u64>,
     /// Serve HTTPS: a PEM certificate chain (with --tls-key).
     #[arg(long, env = "TARMO_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -330,6 +335,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         retention_interval_minutes: serve
             .retention_interval_minutes
             .or(file.retention_interval_minutes),
+        queue_watch_seconds: serve.queue_watch_seconds,
         tls_cert: serve.tls_cert,
         tls_key: serve.tls_key,
         controller_contact: serve.controller_contact.or(file.controller_contact),
@@ -715,11 +721,14 @@ fn mail_worker(
 /// then does it on demand).
 struct Sweeper {
     stop: Option<std::sync::mpsc::Sender<()>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sweeper {
     fn stop(mut self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         drop(self.stop.take());
         if let Some(j) = self.join.take() {
             let _ = j.join();
@@ -732,14 +741,21 @@ fn retention_thread(writer: tarmo_store::writer::WriterHandle, minutes: Option<u
     if minutes == 0 {
         return Sweeper {
             stop: None,
+            stopped: Arc::default(),
             join: None,
         };
     }
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let join = std::thread::Builder::new()
-        .name("tarmo-retention".into())
-        .spawn(move || {
-            let every = std::time::Duration::from_secs(minutes * 60);
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut_short = stopped.clone();
+    let health = writer.health().clone();
+    let every = std::time::Duration::from_secs(minutes * 60);
+    // Restarted after a backoff should a sweep panic.
+    let join = tarmo_store::health::supervise(
+        health,
+        "retention",
+        move || cut_short.load(std::sync::atomic::Ordering::SeqCst),
+        move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
                 match tarmo_store::retention::sweep(&writer, tarmo_store::now_ms(), false) {
                     Ok(r) => tracing::info!(
@@ -752,10 +768,12 @@ fn retention_thread(writer: tarmo_store::writer::WriterHandle, minutes: Option<u
                     Err(e) => tracing::error!(error = %e, "retention sweep failed"),
                 }
             }
-        })
-        .expect("spawn the retention thread");
+        },
+    )
+    .expect("spawn the retention thread");
     Sweeper {
         stop: Some(tx),
+        stopped,
         join: Some(join),
     }
 }
@@ -790,11 +808,20 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         s.commerce.clone(),
     )?;
     let segments_thread = {
-        let engine = segments.clone();
-        std::thread::Builder::new()
-            .name("tarmo-segments".into())
-            .spawn(move || engine.run())?
+        let (engine, watched) = (segments.clone(), segments.clone());
+        tarmo_store::health::supervise(
+            store.health.clone(),
+            "segments",
+            move || watched.is_stopped(),
+            move || engine.run(),
+        )?
     };
+    let queues_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let queue_watch = tarmo_store::health::watch_queues(
+        store.clone(),
+        std::time::Duration::from_secs(s.serve.queue_watch_seconds.unwrap_or(60).max(1)),
+        queues_stop.clone(),
+    )?;
     let state = tarmo_server::AppState::new(
         store.clone(),
         writer.clone(),
@@ -842,6 +869,8 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     mailer.stop();
     sweeper.stop();
     notices.stop();
+    queues_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = queue_watch.join();
     join.join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     store.checkpoint()?;

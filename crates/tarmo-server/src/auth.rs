@@ -44,7 +44,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
     let get = method == Method::GET || method == Method::HEAD;
     Some(match route {
         r if r.starts_with("/v1/") => Ingest,
-        "/healthz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
+        "/healthz" | "/readyz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
         "/metrics" => Staff(P::MetricsRead),
         "/c/{token}"
         | "/u/{token}"

@@ -70,6 +70,25 @@ impl From<tarmo_store::Error> for ApiError {
                 message,
             );
         }
+        if let tarmo_store::Error::StorageFull(why) = &e {
+            tracing::error!(error = %why, "no space left: write refused");
+            return Self {
+                retry_after: Some(30),
+                ..Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the store has no space left; nothing was written. Retry once space is freed",
+                )
+            };
+        }
+        if matches!(e, tarmo_store::Error::Panicked) {
+            // The panic and its place are in the log (the panic hook).
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error: the write failed and was rolled back; it has been logged",
+            );
+        }
         if e.is_transient() {
             tracing::warn!(error = %e, "transient store fault");
             return Self {
@@ -117,5 +136,31 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_is_507_storage_full_and_a_panic_an_internal_error() {
+        let full = ApiError::from(tarmo_store::Error::StorageFull(
+            "database or disk is full".into(),
+        ));
+        assert_eq!(
+            (full.status.as_u16(), full.code, full.retry_after),
+            (507, "storage_full", Some(30))
+        );
+        let io = ApiError::from(tarmo_store::Error::from(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        assert_eq!((io.status.as_u16(), io.code), (507, "storage_full"));
+        let panicked = ApiError::from(tarmo_store::Error::Panicked);
+        assert_eq!(
+            (panicked.status.as_u16(), panicked.code),
+            (500, "internal_error")
+        );
+        assert!(panicked.message.contains("rolled back"));
     }
 }

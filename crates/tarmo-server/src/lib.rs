@@ -288,10 +288,12 @@ impl AppState {
         segments::sync_audience,
         segments::sync_file,
         healthz,
+        readyz,
         metrics_route,
         openapi_json,
     ),
-    components(schemas(ErrorBody, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::MembershipView,
+    components(schemas(ErrorBody, Readiness, tarmo_store::health::ComponentView,
+        tarmo_store::health::QueueView, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::MembershipView,
         tarmo_store::LifecycleView, tarmo_store::bundle::BundleSegment, tarmo_store::EventsPage,
         consent::PurposeView, consent::PurposeList, consent::ConsentInput, consent::RecordedList,
         consent::ProfileConsents, consent::DecisionView, consent::BatchDecisionInput,
@@ -449,6 +451,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(segments::sync_file),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(not_found)
@@ -542,6 +545,81 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, A
     }))
 }
 
+/// Whether this node should get traffic, and the state of its parts and
+/// queues. Public like `/healthz`: it holds names, counts and ages only.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    /// `not_ready` when not ready (with `message`, as in every error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    store: &'static str,
+    /// The writer and the workers: each up, or down with its reason.
+    components: Vec<tarmo_store::health::ComponentView>,
+    /// Work waiting: depth, the oldest item's age, and whether anything
+    /// drains it. A stuck queue does not make the node unready (taking it
+    /// out of a load balancer would not drain it); it is warned about in
+    /// the log.
+    queues: Vec<tarmo_store::health::QueueView>,
+    /// Since when writes fail for want of space (RFC 3339), if they do.
+    /// Reads still work, so this does not make the node unready.
+    storage_full_since: Option<String>,
+}
+
+/// Readiness: 200 while the store answers and every part (the writer, the
+/// access log, the segment engine, the workers) is up; 503 while one is
+/// down (it is being restarted) or the store does not answer.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Readiness),
+    (status = 503, body = Readiness, description = "Not ready: `code` is `not_ready`, `message` says which part")))]
+async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readiness>) {
+    let store = s.store.clone();
+    let health = s.store.health.clone();
+    let queues = tokio::task::spawn_blocking(move || {
+        let mut c = store.conn()?;
+        c.meta_get("vault_check")?;
+        tarmo_store::health::queue_states(&mut *c, &health, tarmo_store::now_ms())
+    })
+    .await;
+    let health = &s.store.health;
+    let components = health.components();
+    let mut problems: Vec<String> = components
+        .iter()
+        .filter(|c| !c.up)
+        .map(|c| format!("{}: {}", c.name, c.reason.as_deref().unwrap_or("down")))
+        .collect();
+    let queues = match queues {
+        Ok(Ok(q)) => q,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            problems.push("store: does not answer".into());
+            Vec::new()
+        }
+        Err(_) => {
+            problems.push("store: the check did not finish".into());
+            Vec::new()
+        }
+    };
+    let ready = problems.is_empty();
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        code: (!ready).then_some("not_ready"),
+        message: (!ready).then(|| problems.join("; ")),
+        store: s.store.backend_name(),
+        components,
+        queues,
+        storage_full_since: health.storage_full_since().map(tarmo_store::rfc3339),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
 /// Prometheus text: requests, latencies, events ingested, store timings.
 #[utoipa::path(get, path = "/metrics", security(("admin_key" = [])),
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = ErrorBody),
@@ -579,6 +657,14 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
             "tarmo_outbox_messages{{status=\"{status}\"}} {n}\n"
         ));
     }
+    let store = s.store.clone();
+    let health = s.store.health.clone();
+    let queues = blocking(move || {
+        tarmo_store::health::queue_states(&mut *store.conn()?, &health, tarmo_store::now_ms())
+    })
+    .await
+    .unwrap_or_default();
+    metrics::render_health(&mut out, &s.store.health, &queues);
     let store = s.store.clone();
     let notices =
         blocking(move || tarmo_store::processors::notification_counts(&mut *store.conn()?)).await;

@@ -75,18 +75,28 @@ impl Running {
 /// After this many attempts a message is given up.
 const MAX_ATTEMPTS: i64 = 12;
 
+/// Start the worker; restarted after a backoff should it panic (a message
+/// it was sending is sent again, with the same Message-ID).
 pub fn spawn(w: MailWorker) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let signal = w.signal.clone();
-    let s = stop.clone();
-    let join = std::thread::Builder::new()
-        .name("tarmo-mail".into())
-        .spawn(move || run(w, s))
-        .expect("spawn the mail worker");
+    let health = w.store.health.clone();
+    // What this node drains: the readiness body and the queue watch say
+    // which queues wait for nothing.
+    health.set_consumer("outbox_email", w.email.is_some());
+    health.set_consumer("outbox_sms", w.sms.is_some());
+    let (s, cut_short) = (stop.clone(), stop.clone());
+    let join = tarmo_store::health::supervise(
+        health,
+        "mail",
+        move || cut_short.load(Ordering::SeqCst),
+        move || run(&w, &s),
+    )
+    .expect("spawn the mail worker");
     Running { stop, signal, join }
 }
 
-fn run(w: MailWorker, stop: Arc<AtomicBool>) {
+fn run(w: &MailWorker, stop: &AtomicBool) {
     match w.writer.transact_blocking(|ctx| outbox::recover(ctx.conn)) {
         Ok(n) if n > 0 => tracing::warn!(
             messages = n,
@@ -112,7 +122,7 @@ fn run(w: MailWorker, stop: Arc<AtomicBool>) {
                 Ok(list) => {
                     worked |= !list.is_empty();
                     for m in list {
-                        deliver(&w, m);
+                        deliver(w, m);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "claiming outbox messages failed"),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use tarmo_store::health::{Health, QueueView};
 use tarmo_store::metrics::{Histogram, LATENCY_BUCKETS};
 
 use crate::AppState;
@@ -140,4 +141,61 @@ pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     };
     h.observe(started.elapsed());
     resp
+}
+
+/// The parts of this node and its queues, as gauges.
+pub fn render_health(out: &mut String, health: &Health, queues: &[QueueView]) {
+    let components = health.components();
+    let _ = writeln!(
+        out,
+        "# HELP tarmo_component_up Whether each part of this node (writer, workers) runs (1) or is down and being restarted (0).\n# TYPE tarmo_component_up gauge"
+    );
+    for c in &components {
+        let _ = writeln!(
+            out,
+            "tarmo_component_up{{component=\"{}\"}} {}",
+            c.name,
+            u8::from(c.up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tarmo_component_restarts_total Restarts of each part after a panic.\n# TYPE tarmo_component_restarts_total counter"
+    );
+    for c in &components {
+        let _ = writeln!(
+            out,
+            "tarmo_component_restarts_total{{component=\"{}\"}} {}",
+            c.name, c.restarts
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tarmo_storage_full Whether writes fail for want of space now (1) or not (0).\n# TYPE tarmo_storage_full gauge\ntarmo_storage_full {}",
+        u8::from(health.storage_full_since().is_some())
+    );
+    type Gauge = (&'static str, &'static str, fn(&QueueView) -> i64);
+    let gauges: [Gauge; 3] = [
+        (
+            "tarmo_queue_depth",
+            "Items waiting or being worked on, by queue.",
+            |q| q.depth,
+        ),
+        (
+            "tarmo_queue_oldest_age_seconds",
+            "Age of the oldest item waiting, by queue (0 when empty).",
+            |q| q.oldest_age_seconds.unwrap_or(0),
+        ),
+        (
+            "tarmo_queue_consumer",
+            "Whether something on this node drains the queue (1) or nothing does (0).",
+            |q| i64::from(q.consumer),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for q in queues {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.name, value(q));
+        }
+    }
 }

@@ -61,18 +61,24 @@ pub struct NoticeWorker {
     pub retry: RetryPolicy,
 }
 
+/// Start the worker; restarted after a backoff should it panic.
 pub fn spawn(w: NoticeWorker) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let signal = w.signal.clone();
-    let s = stop.clone();
-    let join = std::thread::Builder::new()
-        .name("tarmo-notices".into())
-        .spawn(move || run(w, s))
-        .expect("spawn the erasure-notice worker");
+    let health = w.writer.health().clone();
+    health.set_consumer("processor_notifications", true);
+    let (s, cut_short) = (stop.clone(), stop.clone());
+    let join = tarmo_store::health::supervise(
+        health,
+        "notices",
+        move || cut_short.load(Ordering::SeqCst),
+        move || run(&w, &s),
+    )
+    .expect("spawn the erasure-notice worker");
     Running { stop, signal, join }
 }
 
-fn run(w: NoticeWorker, stop: Arc<AtomicBool>) {
+fn run(w: &NoticeWorker, stop: &AtomicBool) {
     match w
         .writer
         .transact_blocking(|ctx| register::recover_notifications(ctx.conn))
@@ -92,7 +98,7 @@ fn run(w: NoticeWorker, stop: Arc<AtomicBool>) {
             Ok(list) => {
                 let any = !list.is_empty();
                 for n in list {
-                    deliver(&w, n);
+                    deliver(w, n);
                 }
                 any
             }

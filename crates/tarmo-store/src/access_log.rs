@@ -348,10 +348,16 @@ impl AccessLogger {
         let (tx, rx) = sync_channel(10_000);
         let tally = Arc::new(Mutex::new(Tally::default()));
         let t = tally.clone();
-        let join = std::thread::Builder::new()
-            .name("tarmo-access-log".into())
-            .spawn(move || run(writer, rx, t))
-            .expect("spawn the access log thread");
+        // Restarted should it panic; the queue outlives each run. It ends
+        // once every logger is dropped.
+        let health = writer.health().clone();
+        let join = crate::health::supervise(
+            health,
+            "access-log",
+            || false,
+            move || run(&writer, &rx, &t),
+        )
+        .expect("spawn the access log thread");
         (Self { tx, tally }, LoggerThread { join })
     }
 
@@ -412,14 +418,14 @@ fn drain_tally(tally: &Mutex<Tally>) -> Vec<AccessRecord> {
         .collect()
 }
 
-fn run(writer: WriterHandle, rx: Receiver<(AccessRecord, Option<Done>)>, tally: Arc<Mutex<Tally>>) {
+fn run(writer: &WriterHandle, rx: &Receiver<(AccessRecord, Option<Done>)>, tally: &Mutex<Tally>) {
     let mut last_flush = Instant::now();
     loop {
         let first = match rx.recv_timeout(TALLY_FLUSH) {
             Ok(x) => Some(x),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
-                write(&writer, drain_tally(&tally), Vec::new());
+                write(writer, tally, drain_tally(tally), Vec::new());
                 return;
             }
         };
@@ -439,25 +445,55 @@ fn run(writer: WriterHandle, rx: Receiver<(AccessRecord, Option<Done>)>, tally: 
             }
         }
         if last_flush.elapsed() >= TALLY_FLUSH {
-            records.extend(drain_tally(&tally));
+            records.extend(drain_tally(tally));
             last_flush = Instant::now();
         }
-        write(&writer, records, waiters);
+        write(writer, tally, records, waiters);
     }
 }
 
-fn write(writer: &WriterHandle, records: Vec<AccessRecord>, waiters: Vec<Done>) {
+fn write(
+    writer: &WriterHandle,
+    tally: &Mutex<Tally>,
+    records: Vec<AccessRecord>,
+    waiters: Vec<Done>,
+) {
     if records.is_empty() {
         return;
     }
     let n = records.len();
+    // Decision counts go back to the tally should the write fail (a full
+    // disk): they are written with the next batch, not lost.
+    let counts: Vec<AccessRecord> = records
+        .iter()
+        .filter(|r| r.action == "decisions")
+        .cloned()
+        .collect();
     let r = writer.transact_blocking(move |ctx| append(ctx.conn, ctx.vault, &records));
     if let Err(e) = &r {
         tracing::error!(error = %e, records = n, "writing the access log failed");
+        let mut t = tally.lock().expect("tally");
+        for c in counts {
+            let e = t
+                .counts
+                .entry(c.key_id)
+                .or_default()
+                .entry(c.route)
+                .or_insert(TallyEntry {
+                    user_id: c.user_id,
+                    roles: c.roles,
+                    purposes: c.purposes,
+                    n: 0,
+                });
+            e.n += c.count;
+        }
     }
     for w in waiters {
+        // A read that could not be logged is refused: the reader hears why
+        // (a full disk answers 507 like any write).
         let _ = w.send(match &r {
             Ok(()) => Ok(()),
+            Err(Error::StorageFull(why)) => Err(Error::StorageFull(format!("access log: {why}"))),
             Err(e) => Err(Error::Backend(format!("access log: {e}"))),
         });
     }

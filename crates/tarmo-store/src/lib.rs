@@ -15,6 +15,7 @@ pub mod conn;
 pub mod consent;
 pub mod doi;
 pub mod erasure;
+pub mod health;
 pub mod keys;
 pub mod links;
 pub mod metrics;
@@ -62,8 +63,26 @@ pub enum Error {
         code: &'static str,
         message: String,
     },
+    /// The disk (or the database's quota) is full: the transaction was
+    /// rolled back and nothing of it was written. Clears once space is freed.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// A job panicked on the writer thread: its transaction was rolled back
+    /// and the writer went on with the next job.
+    #[error("a write job panicked; its transaction was rolled back")]
+    Panicked,
     #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Error::StorageFull(e.to_string()),
+            _ => Error::Io(e),
+        }
+    }
 }
 
 impl Error {

@@ -72,6 +72,8 @@ pub struct WriterMetrics {
     pub merges_refused: AtomicU64,
     pub groups: AtomicU64,
     pub group_failures: AtomicU64,
+    /// Checkpoints after an erasure that readers held off (retried).
+    pub checkpoint_failures: AtomicU64,
     pub commit_seconds: Histogram,
     /// One flush of the write-ahead log under pipelined commit.
     pub flush_seconds: Histogram,
@@ -91,6 +93,7 @@ impl Default for WriterMetrics {
             merges_refused: AtomicU64::new(0),
             groups: AtomicU64::new(0),
             group_failures: AtomicU64::new(0),
+            checkpoint_failures: AtomicU64::new(0),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             flush_seconds: Histogram::new(LATENCY_BUCKETS),
             group_events: Histogram::new(GROUP_SIZE_BUCKETS),
@@ -151,6 +154,12 @@ impl WriterMetrics {
             "tarmo_store_group_failures_total",
             "Group commits that failed and were retried or refused.",
             &self.group_failures,
+        );
+        c(
+            out,
+            "tarmo_store_checkpoint_failures_total",
+            "Checkpoints after an erasure that could not truncate the SQLite log (retried while idle).",
+            &self.checkpoint_failures,
         );
         let _ = writeln!(
             out,

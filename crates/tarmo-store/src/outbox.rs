@@ -121,23 +121,58 @@ pub fn claim_due(
             "UPDATE outbox SET status = 'sending', attempts = attempts + 1 WHERE id = $1",
             &[P::Int(id)],
         )?;
-        let Some(sealed) = r.opt_blob(5)? else {
-            continue;
+        let message = match open_payload(conn, vault, owner, r.opt_blob(5)?)? {
+            Ok(m) => m,
+            Err(why) => {
+                // One message that cannot be sent must not hold up those
+                // behind it: it is parked with its reason for staff to see.
+                tracing::error!(
+                    outbox_id = id,
+                    reason = why,
+                    "an outbox message is parked as failed"
+                );
+                mark_failed(conn, id, why)?;
+                continue;
+            }
         };
-        let key = vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        let plain = vault.open(&key, Place::OutboxPayload, owner, &sealed)?;
         out.push(Claimed {
             id,
             profile_id: r.int(1)?,
             channel: r.text(3)?,
             attempts: r.int(4)? + 1,
             created_ms: r.int(6)?,
-            message: serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?,
+            message,
         });
     }
     Ok(out)
+}
+
+/// Open and read a message's sealed payload, or say in words (no personal
+/// data) why it cannot be (the inner error). A store fault while reading
+/// the key is no reason to park the message (the outer error): only what
+/// is wrong with this row is.
+fn open_payload(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    owner: ProfileId,
+    sealed: Option<Vec<u8>>,
+) -> Result<Result<OutboxMessage, &'static str>> {
+    let Some(sealed) = sealed else {
+        return Ok(Err("the payload is missing"));
+    };
+    let key = match vault.data_key(owner, || conn.data_key_get(owner)) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Ok(Err("the person's data key is gone")),
+        Err(Error::Crypto(_) | Error::Corrupt(_)) => {
+            return Ok(Err("the person's data key does not open"));
+        }
+        Err(e) => return Err(e),
+    };
+    let Ok(plain) = vault.open(&key, Place::OutboxPayload, owner, &sealed) else {
+        return Ok(Err("the sealed payload does not open"));
+    };
+    Ok(serde_json::from_slice(&plain)
+        .map_err(|_| "the payload is not a message this version reads"))
 }
 
 /// Sent: the payload (addresses, tokens) is wiped.

@@ -745,6 +745,7 @@ impl From<postgres::Error> for Error {
             {
                 Error::Busy(text)
             }
+            Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(text),
             _ => Error::Backend(text),
         }
     }

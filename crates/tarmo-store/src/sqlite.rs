@@ -155,6 +155,11 @@ impl Flusher for WalFlusher {
     }
 }
 
+/// A truncating checkpoint (after an erasure) waits this long for readers
+/// at each of its attempts.
+const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const CHECKPOINT_ATTEMPTS: u32 = 5;
+
 /// At most one checkpoint in this time: a page that many groups wrote
 /// meanwhile is copied into the database once.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -353,8 +358,30 @@ impl Conn for SqliteConn {
     fn checkpoint(&mut self) -> Result<()> {
         // With secure_delete on, pages freed by deletions reach the database
         // file zeroed, and the WAL that held the old pages is truncated.
-        self.c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        Ok(())
+        // TRUNCATE waits for readers still on an older snapshot and then
+        // answers busy = 1 rather than an error: look at the answer, and
+        // try again a few times, each wait short so that a long read does
+        // not hold the writer (the busy timeout would be 10 s).
+        self.c.busy_timeout(CHECKPOINT_WAIT)?;
+        let r = (|| {
+            for attempt in 0..CHECKPOINT_ATTEMPTS {
+                let (busy, log, done): (i64, i64, i64) =
+                    self.c
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                tracing::debug!(attempt, log, done, "checkpoint held off by readers");
+                std::thread::sleep(CHECKPOINT_WAIT * (attempt + 1));
+            }
+            Err(Error::Busy(format!(
+                "the write-ahead log could not be truncated: readers held it through {CHECKPOINT_ATTEMPTS} attempts"
+            )))
+        })();
+        self.c.busy_timeout(std::time::Duration::from_secs(10))?;
+        r
     }
 
     fn defer_sync(&mut self) -> Result<Option<Box<dyn Flusher>>> {
@@ -705,6 +732,13 @@ impl From<rusqlite::Error> for Error {
         {
             return Error::Busy(e.to_string());
         }
+        // SQLITE_FULL: a write of the log or the database found no space
+        // (ENOSPC, or the file-size quota). SQLite rolled the write back.
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return Error::StorageFull(e.to_string());
+        }
         Error::Backend(e.to_string())
     }
 }
@@ -712,6 +746,30 @@ impl From<rusqlite::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_held_off_by_a_reader_says_so_then_goes_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut w = b.connect().unwrap();
+        let r = b.connect().unwrap();
+        w.meta_set("a", b"1").unwrap();
+        // A reader on the snapshot before the next commit.
+        r.c.execute_batch("BEGIN").unwrap();
+        let _: i64 =
+            r.c.query_row("SELECT count(*) FROM meta", [], |x| x.get(0))
+                .unwrap();
+        w.meta_set("b", &[7u8; 8192]).unwrap();
+        let t = std::time::Instant::now();
+        let e = w.checkpoint().expect_err("a reader holds the log");
+        assert!(matches!(e, Error::Busy(_)), "{e:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        r.c.execute_batch("COMMIT").unwrap();
+        w.checkpoint().unwrap();
+        let wal = std::fs::metadata(dir.path().join("t.db-wal")).unwrap();
+        assert_eq!(wal.len(), 0, "truncated");
+    }
 
     /// A database made before migration 5, whose newest profile was erased:
     /// after the upgrade, its id is not given again, and nothing is lost.

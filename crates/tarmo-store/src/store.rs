@@ -73,6 +73,8 @@ pub struct Store {
     pool: Mutex<Vec<Box<dyn Conn>>>,
     catalog: Arc<CatalogCache>,
     pub metrics: Arc<WriterMetrics>,
+    /// Which of this node's parts work (see [`crate::health`]).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// A connection borrowed from the pool, given back when dropped.
@@ -263,6 +265,7 @@ impl Store {
             pool: Mutex::new(vec![conn]),
             catalog: Arc::new(CatalogCache::default()),
             metrics: Arc::new(WriterMetrics::default()),
+            health: Arc::default(),
         })
     }
 
@@ -300,6 +303,7 @@ impl Store {
             self.vault.clone(),
             self.catalog.clone(),
             self.metrics.clone(),
+            self.health.clone(),
             cfg,
         ))
     }

@@ -17,7 +17,15 @@
 //! then answers their requests. So the writer resolves group N+1 while the
 //! disk flushes group N, and no request hears "done" before its events are
 //! on stable storage.
+//!
+//! Faults: every job runs under `catch_unwind`. A job that panics is rolled
+//! back and answered [`Error::Panicked`], and the writer goes on with the
+//! next; a panic outside a job marks the writer down in [`Health`] and the
+//! loop starts again after a backoff, keeping its queue. A full disk fails
+//! the transaction with [`Error::StorageFull`] (SQLite rolled it back); the
+//! writer answers so, and writes again once there is space.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -26,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::{Conn, Flusher, ProfileId};
 use crate::consent::{Catalog, CatalogCache};
+use crate::health::{Backoff, Health};
 use crate::metrics::WriterMetrics;
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier, Resolver};
 use crate::vault::Vault;
@@ -100,7 +109,15 @@ impl<T: Send, F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send> TxJob for TypedTx<T
 enum Work {
     Events(Job),
     Tx(Box<dyn TxJob>),
+    /// Panics outside any job: tests the writer's own restart.
+    #[cfg(test)]
+    Crash,
 }
+
+/// Events from this source make the group that holds them panic (tests
+/// only): a job that fails the writer, to show the writer survives it.
+#[cfg(test)]
+pub(crate) const PANIC_SOURCE: i64 = -4242;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -133,9 +150,16 @@ impl Default for WriterConfig {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Work>,
+    health: Arc<Health>,
 }
 
 impl WriterHandle {
+    /// The registry the writer reports to; workers holding this handle
+    /// report there too.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// Queue events; `reply` runs on the writer thread once they committed
     /// (or failed). A full queue is refused at once so the caller can shed
     /// load instead of piling up memory.
@@ -148,7 +172,7 @@ impl WriterHandle {
     ) -> Result<(), (Error, Vec<PreparedEvent>, Reply)> {
         let unpack = |w: Work| match w {
             Work::Events(j) => (j.events, j.reply),
-            Work::Tx(_) => unreachable!("an events job comes back as one"),
+            _ => unreachable!("an events job comes back as one"),
         };
         match self.tx.try_send(Work::Events(Job { events, reply })) {
             Ok(()) => Ok(()),
@@ -228,9 +252,14 @@ pub fn spawn(
     vault: Arc<Vault>,
     catalog: Arc<CatalogCache>,
     metrics: Arc<WriterMetrics>,
+    health: Arc<Health>,
     cfg: WriterConfig,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+    let handle = WriterHandle {
+        tx,
+        health: health.clone(),
+    };
     let join = std::thread::Builder::new()
         .name("tarmo-writer".into())
         .spawn(move || {
@@ -248,11 +277,38 @@ pub fn spawn(
                 }
             };
             let acks = flusher.unwrap_or(Acks::Now);
-            run(conn, vault, catalog, metrics, cfg, rx, &acks);
+            let mut backoff = Backoff::default();
+            loop {
+                health.up("writer");
+                let began = Instant::now();
+                let ran = catch_unwind(AssertUnwindSafe(|| {
+                    run(
+                        &mut *conn, &vault, &catalog, &metrics, &health, &cfg, &rx, &acks,
+                    )
+                }));
+                if ran.is_ok() {
+                    break;
+                }
+                // Jobs are caught one by one: this panic came from the
+                // writer's own code. The queue is kept; what was being
+                // handled was answered `WriterGone` as its replies dropped.
+                let wait = backoff.after(began.elapsed());
+                tracing::error!(
+                    restart_in_ms = wait.as_millis() as u64,
+                    "the writer panicked; it is started again"
+                );
+                health.down("writer", "panicked; restarting");
+                if let Err(e) = conn.rollback() {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+                std::thread::sleep(wait);
+                health.restarted("writer");
+            }
+            health.stopped("writer");
             acks.finish();
         })
         .expect("spawn the writer thread");
-    (WriterHandle { tx }, join)
+    (handle, join)
 }
 
 /// An answer to send once what it answers is durable.
@@ -325,26 +381,41 @@ impl Acks {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
-    mut conn: Box<dyn Conn>,
-    vault: Arc<Vault>,
-    catalog: Arc<CatalogCache>,
-    metrics: Arc<WriterMetrics>,
-    cfg: WriterConfig,
-    rx: Receiver<Work>,
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &CatalogCache,
+    metrics: &WriterMetrics,
+    health: &Health,
+    cfg: &WriterConfig,
+    rx: &Receiver<Work>,
     acks: &Acks,
 ) {
     let mut resolver = Resolver::new(cfg.cache_capacity);
     let mut last_purge = Instant::now();
     let mut seen_version = conn.data_version().unwrap_or(0);
     let mut pending: Option<Work> = None;
+    // A checkpoint after an erasure that readers held off: tried again
+    // whenever the writer is idle, until it goes through.
+    let mut checkpoint_owed = false;
     loop {
+        let idle = if checkpoint_owed {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(60)
+        };
         let first = match pending.take() {
             Some(w) => w,
-            None => match rx.recv_timeout(Duration::from_secs(60)) {
+            None => match rx.recv_timeout(idle) {
                 Ok(w) => w,
                 Err(RecvTimeoutError::Timeout) => {
-                    purge(&mut *conn, &cfg, &mut last_purge);
+                    if checkpoint_owed {
+                        checkpoint_owed = !checkpoint(conn, metrics, true);
+                    }
+                    if last_purge.elapsed() >= Duration::from_secs(60) {
+                        purge(conn, cfg, &mut last_purge);
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -360,8 +431,20 @@ fn run(
             _ => {}
         }
         match first {
+            #[cfg(test)]
+            Work::Crash => panic!("the writer's own code failed"),
             Work::Tx(job) => {
-                run_tx(&mut *conn, &vault, &catalog, &mut resolver, job, acks);
+                let owed = run_tx(
+                    conn,
+                    vault,
+                    catalog,
+                    metrics,
+                    health,
+                    &mut resolver,
+                    job,
+                    acks,
+                );
+                checkpoint_owed |= owed;
             }
             Work::Events(first) => {
                 let mut n = first.events.len();
@@ -380,10 +463,11 @@ fn run(
                     }
                 }
                 process(
-                    &mut *conn,
-                    &vault,
-                    &catalog,
-                    &metrics,
+                    conn,
+                    vault,
+                    catalog,
+                    metrics,
+                    health,
                     &mut resolver,
                     jobs,
                     acks,
@@ -394,20 +478,54 @@ fn run(
             seen_version = v;
         }
         if last_purge.elapsed() > Duration::from_secs(3600) {
-            purge(&mut *conn, &cfg, &mut last_purge);
+            purge(conn, cfg, &mut last_purge);
         }
     }
 }
 
+/// Fold the log into the database and truncate it; false (said in the log
+/// and the metrics) when readers held it off through every attempt.
+fn checkpoint(conn: &mut dyn Conn, metrics: &WriterMetrics, retrying: bool) -> bool {
+    match conn.checkpoint() {
+        Ok(()) => {
+            if retrying {
+                tracing::info!("the checkpoint after an erasure went through");
+            }
+            true
+        }
+        Err(e) => {
+            if !retrying {
+                metrics.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "checkpoint after an erasure failed; trying again while idle");
+            }
+            false
+        }
+    }
+}
+
+/// Note whether the store had room for the last write.
+fn storage_outcome<T>(health: &Health, result: &Result<T>) {
+    match result {
+        Ok(_) => health.storage_full(false),
+        Err(Error::StorageFull(_)) => health.storage_full(true),
+        Err(_) => {}
+    }
+}
+
+/// Run one transaction job; true when its checkpoint is owed (it failed).
+#[allow(clippy::too_many_arguments)]
 fn run_tx(
     conn: &mut dyn Conn,
     vault: &Vault,
     catalog: &CatalogCache,
+    metrics: &WriterMetrics,
+    health: &Health,
     resolver: &mut Resolver,
     mut job: Box<dyn TxJob>,
     acks: &Acks,
-) {
-    let mut checkpoint = false;
+) -> bool {
+    let mut checkpoint_asked = false;
+    let mut panicked = false;
     let result = (|| {
         conn.begin()?;
         let catalog = catalog.get(conn)?;
@@ -419,16 +537,18 @@ fn run_tx(
             resolver: &mut *resolver,
             checkpoint: false,
         };
-        job.run(&mut ctx)?;
-        checkpoint = ctx.checkpoint;
+        match catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))) {
+            Ok(r) => r?,
+            Err(_) => {
+                panicked = true;
+                return Err(Error::Panicked);
+            }
+        }
+        checkpoint_asked = ctx.checkpoint;
         conn.commit()
     })();
-    if result.is_ok()
-        && checkpoint
-        && let Err(e) = conn.checkpoint()
-    {
-        tracing::error!(error = %e, "checkpoint after erasure failed");
-    }
+    storage_outcome(health, &result);
+    let owed = result.is_ok() && checkpoint_asked && !checkpoint(conn, metrics, false);
     match &result {
         Ok(()) => resolver.keep(),
         Err(e) => {
@@ -439,6 +559,10 @@ fn run_tx(
                 tracing::error!(error = %re, "rollback failed");
             }
             resolver.abandon(vault);
+            if panicked {
+                // What the job left in the cache cannot be trusted.
+                resolver.clear();
+            }
         }
     }
     if result.is_ok() {
@@ -446,6 +570,7 @@ fn run_tx(
     } else {
         job.finish(result);
     }
+    owed
 }
 
 fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
@@ -458,20 +583,25 @@ fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
 }
 
 /// One transaction for all jobs; on a transient failure try again, and on
-/// any other failure fall back to one transaction per job so that one bad
-/// request cannot fail its neighbours.
+/// any other failure (a panic included) fall back to one transaction per
+/// job so that one bad request cannot fail its neighbours. A full disk
+/// fails them all at once: one by one would not find room either.
+#[allow(clippy::too_many_arguments)]
 fn process(
     conn: &mut dyn Conn,
     vault: &Vault,
     catalog: &CatalogCache,
     metrics: &WriterMetrics,
+    health: &Health,
     resolver: &mut Resolver,
     jobs: Vec<Job>,
     acks: &Acks,
 ) {
     let mut attempt = 0;
     loop {
-        match commit_group(conn, vault, catalog, metrics, resolver, &jobs) {
+        let result = commit_group(conn, vault, catalog, metrics, resolver, &jobs);
+        storage_outcome(health, &result);
+        match result {
             Ok(outcomes) => {
                 let mut it = outcomes.into_iter();
                 let answers: Vec<Ack> = jobs
@@ -489,6 +619,13 @@ fn process(
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "group commit retried");
             }
+            Err(Error::StorageFull(why)) => {
+                tracing::error!(error = %why, jobs = jobs.len(), "no space left for a group commit; refused");
+                for j in jobs {
+                    (j.reply)(Err(Error::StorageFull(why.clone())));
+                }
+                return;
+            }
             Err(e) => {
                 if jobs.len() == 1 {
                     tracing::error!(error = %e, "group commit failed");
@@ -498,7 +635,16 @@ fn process(
                 }
                 tracing::warn!(error = %e, jobs = jobs.len(), "group commit failed; committing its requests one by one");
                 for j in jobs {
-                    process(conn, vault, catalog, metrics, resolver, vec![j], acks);
+                    process(
+                        conn,
+                        vault,
+                        catalog,
+                        metrics,
+                        health,
+                        resolver,
+                        vec![j],
+                        acks,
+                    );
                 }
                 return;
             }
@@ -517,9 +663,22 @@ fn commit_group(
     let started = Instant::now();
     let events: Vec<&PreparedEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     conn.begin()?;
+    let mut panicked = false;
     let result = catalog
         .get(conn)
-        .and_then(|catalog| resolver.apply(conn, vault, &catalog, &events, now_ms()))
+        .and_then(|catalog| {
+            catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(test)]
+                if events.iter().any(|e| e.source == PANIC_SOURCE) {
+                    panic!("a test asked this group to fail");
+                }
+                resolver.apply(conn, vault, &catalog, &events, now_ms())
+            }))
+            .unwrap_or_else(|_| {
+                panicked = true;
+                Err(Error::Panicked)
+            })
+        })
         .and_then(|r| conn.commit().map(|_| r));
     match result {
         Ok((outcomes, stats)) => {
@@ -553,6 +712,9 @@ fn commit_group(
                 tracing::error!(error = %re, "rollback failed");
             }
             resolver.abandon(vault);
+            if panicked {
+                resolver.clear();
+            }
             Err(e)
         }
     }
@@ -621,6 +783,97 @@ mod tests {
             "one flush for the three that waited"
         );
         acks.finish();
+    }
+
+    fn store() -> (tempfile::TempDir, crate::Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::Backend::open(dir.path(), None).unwrap();
+        let master = crate::vault::MasterKey::generate().unwrap();
+        let store = crate::Store::open(backend, &master, 1000).unwrap();
+        (dir, store)
+    }
+
+    fn identify(store: &crate::Store, user: &str, source: i64) -> PreparedEvent {
+        let cfg = tarmo_core::identity::IdentityConfig::new(None, &[]).unwrap();
+        let m = tarmo_core::segment::parse_message(
+            serde_json::json!({"type": "identify", "userId": user, "messageId": user}),
+            0,
+            None,
+            Default::default(),
+            now_ms(),
+            &cfg,
+        )
+        .unwrap();
+        store.prepare(m, source)
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        let r = writer.transact_blocking(|_| -> Result<()> { panic!("a job's bug") });
+        assert!(matches!(r, Err(Error::Panicked)), "{r:?}");
+        writer
+            .transact_blocking(|ctx| ctx.conn.meta_set("after", b"panic"))
+            .expect("the next transaction job runs");
+
+        // Three requests queued together: the middle one makes its group
+        // panic; the others are stored all the same.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, source) in [(0, 1), (1, PANIC_SOURCE), (2, 1)] {
+            let tx = tx.clone();
+            let ev = identify(&store, &format!("user-{i}"), source);
+            writer
+                .submit(vec![ev], Box::new(move |r| tx.send((i, r)).unwrap()))
+                .map_err(|(e, _, _)| e)
+                .unwrap();
+        }
+        let mut answers: Vec<_> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        answers.sort_by_key(|(i, _)| *i);
+        assert!(matches!(answers[0].1.as_deref(), Ok([Outcome::Stored(_)])));
+        assert!(matches!(answers[1].1, Err(Error::Panicked)));
+        assert!(matches!(answers[2].1.as_deref(), Ok([Outcome::Stored(_)])));
+        let later = writer
+            .submit_blocking(vec![identify(&store, "user-3", 1)])
+            .unwrap();
+        assert!(matches!(later[..], [Outcome::Stored(_)]));
+        assert!(store.health.ready(), "{:?}", store.health.components());
+        drop(writer);
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn a_panic_outside_any_job_restarts_the_writer_with_its_queue() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        writer.tx.send(Work::Crash).unwrap();
+        // Queued while the writer is down: answered once it is back.
+        let w = writer.clone();
+        let queued =
+            std::thread::spawn(move || w.transact_blocking(|ctx| ctx.conn.meta_set("k", b"v")));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.health.ready() {
+            assert!(Instant::now() < deadline, "the writer never showed down");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let c = store.health.components();
+        assert_eq!(c[0].name, "writer");
+        assert_eq!(c[0].reason.as_deref(), Some("panicked; restarting"));
+        queued
+            .join()
+            .unwrap()
+            .expect("the queue survived the restart");
+        assert!(store.health.ready());
+        assert_eq!(store.health.components()[0].restarts, 1);
+        let stored = writer
+            .submit_blocking(vec![identify(&store, "after-restart", 1)])
+            .unwrap();
+        assert!(matches!(stored[..], [Outcome::Stored(_)]));
+        drop(writer);
+        join.join().unwrap();
+        assert!(store.health.components().is_empty(), "stopped, not down");
     }
 
     #[test]

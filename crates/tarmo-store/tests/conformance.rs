@@ -170,7 +170,13 @@ conformance!(
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
     staff_notes_and_collection_points_are_stored_sealed,
     a_revocation_by_id_or_secret_changes_the_key_epoch,
+    an_outbox_message_that_does_not_open_is_parked_and_the_rest_go,
+    queues_show_depth_age_and_whether_anything_drains_them,
 );
+
+#[path = "conformance/faults.rs"]
+mod faults;
+use faults::*;
 
 #[path = "conformance/segments.rs"]
 mod segments;

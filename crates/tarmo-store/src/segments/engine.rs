@@ -326,6 +326,10 @@ impl SegmentEngine {
         self.stopped.store(true, Ordering::Relaxed);
     }
 
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     /// Take in everything committed since the last look and move the people
     /// concerned, and those whose time came. Returns the changes recorded.
     pub fn tick(&self) -> Result<usize> {

@@ -1,0 +1,401 @@
+//! Faults on one node: a disk that fills up, and readiness with the queues
+//! that wait. (Panicking jobs are tested in the store, where a test can make
+//! one panic: no route can.)
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// A tmpfs of the test's own with a size limit, unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` when this machine does not let the test mount (not root).
+    fn mount(dir: &Path, megabytes: u32) -> Option<Self> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn resize(&self, megabytes: u32) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file must not leave it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn status_of(s: &Server, path: &str, body: &Value) -> (u16, Value, Option<String>) {
+    let mut r = agent()
+        .post(format!("{}{}", s.base, path))
+        .header("Content-Type", "application/json")
+        .header("Authorization", &basic(&s.write))
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        r.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        retry,
+    )
+}
+
+fn track(user: &str, id: &str, filler: usize) -> Value {
+    json!({"type": "track", "userId": user, "event": "Page Read", "messageId": id,
+           "properties": {"text": "x".repeat(filler)}})
+}
+
+#[test]
+fn a_full_disk_answers_507_keeps_the_store_whole_and_serves_again_once_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), 12) else {
+        eprintln!("SKIPPED: mounting a tmpfs is not permitted here (the test needs root)");
+        return;
+    };
+    let data = fs.dir.join("data");
+    let (a, w) = init(&data);
+    let mut s = start_with(
+        &data,
+        &a,
+        &w,
+        &["--retention-interval-minutes".into(), "0".into()],
+    );
+    let s2 = trusted_copy(&s);
+    s.write = s2;
+
+    // Someone to read later, and a consent in the ledger.
+    let (st, v, _) = status_of(
+        &s,
+        "/v1/identify",
+        &json!({"userId": "full-1", "messageId": "full-id-0", "traits": {"email": "full@example.fi"}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "user_id", "value": "full-1"}, "purpose": "email_marketing",
+            "decision": "granted", "method": "web_form", "source": "before the disk filled"}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = get(&s, "/api/v1/profiles/lookup?type=user_id&value=full-1");
+    assert_eq!(st, 200, "{v}");
+    let profile = v["id"].as_i64().unwrap();
+    let mut acked = 1u64;
+    let mut reads_answered = 1u64;
+
+    // Fill the disk with batches until ingestion is refused.
+    let mut n = 0u64;
+    let refusal = loop {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| track("full-1", &format!("full-{n}-{i}"), 1500))
+            .collect();
+        let (st, v, retry) = status_of(&s, "/v1/batch", &json!({"batch": batch}));
+        match st {
+            200 => acked += 100,
+            507 => break (v, retry),
+            other => panic!("ingestion answered {other}: {v}"),
+        }
+        n += 1;
+        assert!(n < 400, "the disk never filled");
+    };
+    assert!(n >= 3, "only {n} batches fitted: the test measures nothing");
+    assert_eq!(refusal.0["code"], "storage_full", "{}", refusal.0);
+    assert!(refusal.1.is_some(), "507 carries Retry-After");
+    assert!(s.child.try_wait().unwrap().is_none(), "the server survived");
+
+    // Small writes too, until nothing fits; reads that cannot be logged are
+    // refused, never answered unlogged.
+    let mut refused_reads = 0;
+    for i in 0..300 {
+        let (st, v, _) = status_of(&s, "/v1/track", &track("full-1", &format!("small-{i}"), 10));
+        match st {
+            200 => acked += 1,
+            507 => {}
+            other => panic!("a small write answered {other}: {v}"),
+        }
+        let (st, v) = get(&s, &format!("/api/v1/profiles/{profile}"));
+        match st {
+            200 => reads_answered += 1,
+            507 => {
+                assert_eq!(v["code"], "storage_full");
+                refused_reads += 1;
+                if refused_reads >= 3 {
+                    break;
+                }
+            }
+            other => panic!("a read answered {other}: {v}"),
+        }
+    }
+    assert!(
+        refused_reads >= 3,
+        "reads were never refused on a full disk"
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "user_id", "value": "full-1"}, "purpose": "email_marketing",
+            "decision": "withdrawn", "method": "web_form", "source": "while the disk was full"}),
+        ),
+    );
+    assert_eq!((st, v["code"].as_str()), (507, Some("storage_full")), "{v}");
+    let (st, v) = get_public(&s, "/readyz");
+    assert_eq!(
+        st, 200,
+        "a full disk does not take the node out: reads work: {v}"
+    );
+    assert!(v["storage_full_since"].is_string(), "{v}");
+
+    // Room again: the same server takes writes and reads.
+    fs.resize(64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, v, _) = status_of(&s, "/v1/track", &track("full-1", "after-freed", 10));
+        if st == 200 {
+            acked += 1;
+            break;
+        }
+        assert_eq!(st, 507, "{v}");
+        assert!(
+            Instant::now() < deadline,
+            "never wrote again after space was freed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, v) = get(&s, &format!("/api/v1/profiles/{profile}"));
+    assert_eq!(st, 200, "{v}");
+    reads_answered += 1;
+    let (st, v) = get_public(&s, "/readyz");
+    assert_eq!((st, &v["storage_full_since"]), (200, &Value::Null), "{v}");
+
+    // Every acknowledged message is stored, no refused one is.
+    let (_, stats) = get(&s, "/api/v1/stats");
+    assert_eq!(stats["events"].as_u64(), Some(acked), "{stats}");
+    // Every read answered is in the access log; no refused one.
+    let (_, audit) = get(&s, &format!("/api/v1/audit?profile={profile}&limit=1000"));
+    let logged = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["route"] == "/api/v1/profiles/{id}" || r["route"] == "/api/v1/profiles/lookup"
+        })
+        .count() as u64;
+    assert_eq!(logged, reads_answered, "{audit}");
+
+    // Crash it, then check the files.
+    kill9(s);
+    let db = data.join("tarmo.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(c);
+    for what in [["ledger", "verify"], ["audit", "verify"]] {
+        let out = Command::new(BIN)
+            .args(what)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tarmo {} {}: {}{}",
+            what[0],
+            what[1],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A server write key (a back end), so the test's identify is trusted.
+fn trusted_copy(s: &Server) -> String {
+    let (st, v) = admin(
+        s,
+        "POST",
+        "/api/v1/keys",
+        Some(&json!({"roles": ["ingest"], "trust": "server", "name": "back end"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    v["key"].as_str().unwrap().to_owned()
+}
+
+fn get_public(s: &Server, path: &str) -> (u16, Value) {
+    let mut r = agent().get(format!("{}{}", s.base, path)).call().unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn queue<'a>(ready: &'a Value, name: &str) -> &'a Value {
+    ready["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no queue {name} in {ready}"))
+}
+
+#[test]
+fn readyz_shows_every_part_and_the_queues_and_a_stuck_outbox_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let log = dir.path().join("stderr.log");
+    // Started here rather than with `start_with`: the test reads the log.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("TARMO_LOG", "warn")
+        .env("TARMO_QUEUE_WATCH_SECONDS", "1")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    while !line.ends_with('\n') {
+        assert_eq!(out.read(&mut b).unwrap(), 1, "the server ended: {line}");
+        line.push(b[0] as char);
+    }
+    let s = Server {
+        base: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned(),
+        child,
+        admin: a,
+        write: w,
+    };
+
+    let (st, ready) = get_public(&s, "/readyz");
+    assert_eq!(
+        (st, ready["status"].as_str()),
+        (200, Some("ready")),
+        "{ready}"
+    );
+    let parts: Vec<&str> = ready["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["up"], true, "{c}");
+            c["name"].as_str().unwrap()
+        })
+        .collect();
+    for part in [
+        "writer",
+        "access-log",
+        "segments",
+        "mail",
+        "notices",
+        "retention",
+        "queue-watch",
+    ] {
+        assert!(parts.contains(&part), "{part} missing from {parts:?}");
+    }
+    let email = queue(&ready, "outbox_email");
+    assert_eq!(
+        (email["depth"].as_i64(), email["state"].as_str()),
+        (Some(0), Some("empty"))
+    );
+    assert_eq!(
+        email["consumer"], false,
+        "no --smtp-url: nothing sends email"
+    );
+    assert_eq!(queue(&ready, "processor_notifications")["consumer"], true);
+
+    // Without --smtp-url, confirmations pile up.
+    for i in 0..2 {
+        let (st, v) = admin(
+            &s,
+            "POST",
+            "/api/v1/subscriptions",
+            Some(
+                &json!({"email": format!("wait{i}@example.fi"), "purposes": ["email_marketing"],
+                "language": "en", "source": "footer form"}),
+            ),
+        );
+        assert_eq!(st, 202, "{v}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let (_, ready) = get_public(&s, "/readyz");
+    let email = queue(&ready, "outbox_email");
+    assert_eq!(
+        (email["depth"].as_i64(), email["state"].as_str()),
+        (Some(2), Some("stuck")),
+        "{ready}"
+    );
+    assert!(
+        email["oldest_age_seconds"].as_i64().unwrap() >= 1,
+        "{email}"
+    );
+    let metrics = metrics_text(&s);
+    assert!(
+        metrics.contains("tarmo_queue_depth{queue=\"outbox_email\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tarmo_queue_consumer{queue=\"outbox_email\"} 0"));
+    assert!(metrics.contains("tarmo_queue_oldest_age_seconds{queue=\"outbox_email\"} "));
+    assert!(metrics.contains("tarmo_component_up{component=\"writer\"} 1"));
+
+    // A warning at each look while it grows: one for each subscription.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("nothing drains it") && l.contains("outbox_email"))
+        .count();
+    assert!(
+        warnings >= 2,
+        "expected a warning per growth, got {warnings}:\n{text}"
+    );
+    assert!(text.contains("--smtp-url"), "the warning says what to do");
+    assert!(!text.contains("wait0@example.fi"), "no address in the log");
+}
+
+fn metrics_text(s: &Server) -> String {
+    let mut r = agent()
+        .get(format!("{}/metrics", s.base))
+        .header("Authorization", &format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.body_mut().read_to_string().unwrap()
+}
