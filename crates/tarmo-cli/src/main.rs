@@ -19,6 +19,7 @@ use tarmo_store::{Backend, Store};
 
 mod access;
 mod backup;
+mod demo;
 mod import;
 mod ledger;
 
@@ -83,6 +84,9 @@ enum Command {
         #[command(subcommand)]
         command: access::AuditCommand,
     },
+    /// Make a new data directory holding a believable demo shop and serve it
+    /// (see `tarmo demo --help`).
+    Demo(Box<demo::DemoArgs>),
     /// Copy the store, while it serves, into a new directory (see `tarmo backup --help`).
     Backup(backup::BackupArgs),
     /// Make a new data directory from a backup, replaying the erasures made
@@ -594,6 +598,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Import { command } => return import::run(command),
         Command::Backup(args) => backup::backup(args)?,
+        Command::Demo(args) => demo::run(*args)?,
         Command::Restore(args) => backup::restore(args)?,
         Command::Tcf { args } => return Ok(codec(tarmo_tcf::cli::tcf_main, &args)),
         Command::Gpp { args } => return Ok(codec(tarmo_tcf::cli::gpp_main, &args)),

@@ -5,6 +5,7 @@ mod access;
 mod backup;
 mod common;
 mod consent;
+mod demo;
 mod faults;
 mod ingest;
 mod network;
