@@ -44,7 +44,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
     let get = method == Method::GET || method == Method::HEAD;
     Some(match route {
         r if r.starts_with("/v1/") => Ingest,
-        "/healthz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
+        "/healthz" | "/readyz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
         "/metrics" => Staff(P::MetricsRead),
         "/c/{token}"
         | "/u/{token}"
@@ -371,7 +371,10 @@ impl AppState {
         }
         // One point read a request: a revocation by any process or node on
         // this store changes the epoch, and no cached key outlives it.
-        let epoch = self.store.keys_epoch()?;
+        // Off the async workers: a database that does not answer must not
+        // stall the runtime.
+        let store = self.store.clone();
+        let epoch = crate::blocking(move || store.keys_epoch()).await?;
         // The cache is found by a keyed 64-bit hash of the secret (cheap, and
         // random per process), then the secret is compared in constant time.
         let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());

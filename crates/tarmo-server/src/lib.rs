@@ -198,7 +198,8 @@ impl AppState {
 
     /// The purpose catalog; its reload, when due, is one small query.
     pub async fn catalog(&self) -> Result<Arc<tarmo_store::consent::Catalog>, ApiError> {
-        Ok(self.store.catalog()?)
+        let store = self.store.clone();
+        blocking(move || store.catalog()).await
     }
 
     /// Tell the mail worker a message is waiting.
@@ -288,6 +289,7 @@ impl AppState {
         segments::sync_audience,
         segments::sync_file,
         healthz,
+        readyz,
         metrics_route,
         openapi_json,
     ),
@@ -449,6 +451,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(segments::sync_file),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(not_found)
@@ -524,22 +527,53 @@ struct Health {
     store: &'static str,
 }
 
-/// Liveness and store reachability.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
-async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, ApiError> {
-    let store = s.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store
-            .conn()
-            .and_then(|mut c| c.meta_get("vault_check"))
-            .map(|_| ())
-    })
-    .await
-    .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
-    Ok(axum::Json(Health {
+/// Liveness: the process serves HTTP. It does not ask the database (a
+/// restart of Tarmo would not bring PostgreSQL back); `/readyz` does.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz(State(s): State<Arc<AppState>>) -> axum::Json<Health> {
+    axum::Json(Health {
         status: "ok",
         store: s.store.backend_name(),
-    }))
+    })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready`, or `not_ready` with the reason in `database`.
+    status: &'static str,
+    /// `up` when the writer and the read pool reach the database, else `down`.
+    database: &'static str,
+}
+
+/// Readiness: whether this node can take traffic now. Not ready (503)
+/// while the database cannot be reached; it becomes ready again by itself
+/// once it can.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readiness>) {
+    let store = s.store.clone();
+    // Ask the database only when the last word was bad, or every probe
+    // would cost a round trip; the writer checks its own connection.
+    let up = store.database_ready()
+        || tokio::task::spawn_blocking(move || store.probe_database())
+            .await
+            .unwrap_or(false);
+    if up {
+        (
+            StatusCode::OK,
+            axum::Json(Readiness {
+                status: "ready",
+                database: "up",
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Readiness {
+                status: "not_ready",
+                database: "down",
+            }),
+        )
+    }
 }
 
 /// Prometheus text: requests, latencies, events ingested, store timings.

@@ -201,6 +201,16 @@ pub trait Flusher: Send {
 /// (`ON CONFLICT`, `RETURNING`, `COALESCE`, `CAST(x AS BIGINT)`).
 pub trait Conn: Send {
     fn backend_name(&self) -> &'static str;
+    /// The connection is lost (the server went away): it must not be used
+    /// again, and the pool or the writer opens a new one.
+    fn is_broken(&self) -> bool {
+        false
+    }
+    /// One round trip, to find out whether a connection that sat idle still
+    /// works (a no-op where there is no server).
+    fn ping(&mut self) -> Result<()> {
+        Ok(())
+    }
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;
