@@ -171,8 +171,17 @@ impl Drop for PooledConn {
     }
 }
 
+/// While the database is known to be away, a caller waits this long at
+/// most (enough for a connection to a database that came back).
+const CHECKOUT_WHILE_DOWN: Duration = Duration::from_millis(500);
+
 pub(crate) fn checkout(pool: &r2d2::Pool<Manager>, health: &DbHealth) -> Result<PooledConn> {
-    match pool.get() {
+    let wait = if health.pool.load(Ordering::Relaxed) {
+        CHECKOUT_TIMEOUT
+    } else {
+        CHECKOUT_WHILE_DOWN
+    };
+    match pool.get_timeout(wait) {
         Ok(inner) => {
             health.set_pool(true);
             Ok(PooledConn { inner })

@@ -7,6 +7,7 @@ mod consent;
 mod ingest;
 mod network;
 mod openapi;
+mod pg_faults;
 mod processors;
 mod rights;
 mod segments;
