@@ -211,6 +211,13 @@ pub trait Conn: Send {
     fn ping(&mut self) -> Result<()> {
         Ok(())
     }
+    /// What ends a `SELECT` of queued rows to claim, so that two nodes
+    /// skip each other's rows instead of waiting on them: `FOR UPDATE OF
+    /// table SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one writer
+    /// never meets another.
+    fn skip_locked(&self, _table: &str) -> String {
+        String::new()
+    }
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;

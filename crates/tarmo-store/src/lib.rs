@@ -15,6 +15,7 @@ pub mod consent;
 pub mod doi;
 pub mod erasure;
 pub mod keys;
+pub mod lease;
 pub mod links;
 pub mod metrics;
 mod migrations;

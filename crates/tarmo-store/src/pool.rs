@@ -93,7 +93,8 @@ impl r2d2::ManageConnection for Manager {
 
     fn connect(&self) -> Result<Slot> {
         let r = self.backend.connect();
-        self.health.set_pool(r.is_ok() || !is_unavailable(r.as_ref().err()));
+        self.health
+            .set_pool(r.is_ok() || !is_unavailable(r.as_ref().err()));
         Ok(Slot {
             conn: r?,
             idle_since: Instant::now(),

@@ -275,6 +275,10 @@ impl Conn for PgConn {
         Ok(())
     }
 
+    fn skip_locked(&self, table: &str) -> String {
+        format!(" FOR UPDATE OF {table} SKIP LOCKED")
+    }
+
     fn begin(&mut self) -> Result<()> {
         self.c.batch_execute("BEGIN")?;
         Ok(())

@@ -170,6 +170,9 @@ conformance!(
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
     staff_notes_and_collection_points_are_stored_sealed,
     a_revocation_by_id_or_secret_changes_the_key_epoch,
+    outbox_claims_are_leases_only_their_node_acts_on,
+    a_periodic_job_runs_on_one_node_per_turn,
+    claims_skip_rows_another_node_is_claiming,
 );
 
 #[path = "conformance/segments.rs"]
@@ -182,6 +185,10 @@ use consent::*;
 #[path = "conformance/requests.rs"]
 mod requests;
 use requests::*;
+
+#[path = "conformance/leases.rs"]
+mod leases;
+use leases::*;
 
 #[path = "conformance/processors.rs"]
 mod processors;

@@ -213,7 +213,10 @@ pub fn send_with_retries(
 
 /// Every messageId stored for a user id's profile, by reading its events.
 pub fn stored_message_ids(s: &Server, user: &str) -> Vec<String> {
-    let (st, p) = get(s, &format!("/api/v1/profiles/lookup?type=user_id&value={user}"));
+    let (st, p) = get(
+        s,
+        &format!("/api/v1/profiles/lookup?type=user_id&value={user}"),
+    );
     if st == 404 {
         return Vec::new();
     }
@@ -334,7 +337,10 @@ fn postgres_restart_mid_load_loses_nothing_acknowledged_and_recovers_by_itself()
     for t in load {
         t.join().unwrap();
     }
-    assert!(live, "/healthz must stay a liveness probe while the database is away");
+    assert!(
+        live,
+        "/healthz must stay a liveness probe while the database is away"
+    );
     assert!(
         s.child.try_wait().unwrap().is_none(),
         "Tarmo must recover without a restart"
@@ -359,7 +365,10 @@ fn postgres_restart_mid_load_loses_nothing_acknowledged_and_recovers_by_itself()
     let unique: BTreeSet<String> = stored.iter().cloned().collect();
     assert_eq!(unique.len(), stored.len(), "a message was stored twice");
     let missing: Vec<_> = acked.difference(&unique).take(5).collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
     // The probe was refused, and nothing else crept in.
     assert_eq!(unique, acked);
     s.child.kill().unwrap();
