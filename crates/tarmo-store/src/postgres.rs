@@ -434,6 +434,27 @@ impl Conn for PgConn {
         cause_kind: &str,
         now_ms: i64,
     ) -> Result<()> {
+        // Another node may be merging the same people: the first to mark
+        // `from` merged wins (the row lock orders them), and the other's
+        // group is retried on what the winner committed, so a merge
+        // happens, and is recorded, once. `into` must still be a profile
+        // of its own too.
+        let marked = self.c.execute(
+            "UPDATE profiles SET merged_into = $2, updated_ms = $3 WHERE id = $1 AND merged_into IS NULL",
+            &[&from, &into, &now_ms],
+        )?;
+        let into_alive = self
+            .c
+            .query_opt(
+                "SELECT 1 FROM profiles WHERE id = $1 AND merged_into IS NULL FOR UPDATE",
+                &[&into],
+            )?
+            .is_some();
+        if marked != 1 || !into_alive {
+            return Err(Error::Busy(format!(
+                "profile {from} or {into} was merged by another writer meanwhile"
+            )));
+        }
         self.c.execute(
             "UPDATE identifiers SET profile_id = $2 WHERE profile_id = $1",
             &[&from, &into],

@@ -8,6 +8,7 @@ mod ingest;
 mod network;
 mod openapi;
 mod pg_faults;
+mod pg_nodes;
 mod processors;
 mod rights;
 mod segments;
