@@ -20,6 +20,7 @@ pub mod links;
 pub mod metrics;
 mod migrations;
 pub mod outbox;
+mod pg_tls;
 pub mod pool;
 pub mod postgres;
 pub mod processors;

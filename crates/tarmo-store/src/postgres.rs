@@ -74,7 +74,9 @@ CREATE INDEX merges_from ON merges(from_profile);
 )];
 
 pub struct PostgresBackend {
-    config: postgres::Config,
+    config: Box<postgres::Config>,
+    /// `None`: plain TCP (no `sslmode`, or `disable`, `allow`, `prefer`).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// How long a connection attempt may take when the URL does not say
@@ -103,6 +105,7 @@ impl PostgresBackend {
     /// The connection settings of `url`, with Tarmo's defaults for the
     /// timeouts it leaves out. Connects to nothing.
     pub fn new(url: &str) -> Result<Self> {
+        let (url, ssl) = take_ssl_params(url)?;
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("the PostgreSQL URL is not valid: {e}")))?;
@@ -123,16 +126,87 @@ impl PostgresBackend {
         if config.get_application_name().is_none() {
             config.application_name("tarmo");
         }
-        Ok(Self { config })
+        let tls = match ssl.mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => None,
+            Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
+                config.ssl_mode(postgres::config::SslMode::Require);
+                Some(crate::pg_tls::connector(mode, ssl.root_cert.as_deref())?)
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                )));
+            }
+        };
+        Ok(Self {
+            config: Box::new(config),
+            tls,
+        })
     }
 
     pub fn connect(&self) -> Result<PgConn> {
-        let c = self.config.connect(NoTls)?;
+        let c = match &self.tls {
+            None => self.config.connect(NoTls)?,
+            Some(tls) => self.config.connect(tls.clone())?,
+        };
         Ok(PgConn {
             c,
             stmts: Default::default(),
         })
     }
+}
+
+/// `sslmode` and `sslrootcert` as libpq reads them.
+struct SslParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Take `sslmode` and `sslrootcert` out of a URL's query: the driver knows
+/// only `disable`, `prefer` and `require`, and no root certificates, so
+/// Tarmo applies them itself (see [`crate::pg_tls`]).
+fn take_ssl_params(url: &str) -> Result<(String, SslParams)> {
+    let mut p = SslParams {
+        mode: None,
+        root_cert: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), p));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => p.mode = Some(v.to_owned()),
+            Some(("sslrootcert", v)) => p.root_cert = Some(percent_decode(v)?),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, p))
+}
+
+fn percent_decode(v: &str) -> Result<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::Config("a bad %-escape in sslrootcert".into()))?;
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::Config("sslrootcert is not UTF-8".into()))
 }
 
 pub struct PgConn {

@@ -51,6 +51,12 @@ fn free_port() -> u16 {
 impl Cluster {
     /// `initdb` a new cluster and start it on a free port.
     pub fn start(conf: &[&str]) -> Self {
+        Self::start_with(conf, None, &[])
+    }
+
+    /// Also: a `pg_hba.conf` in place of initdb's, and files (certificates)
+    /// in the cluster's directory.
+    pub fn start_with(conf: &[&str], hba: Option<&str>, files: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pg");
         std::fs::create_dir(&dir).unwrap();
@@ -77,6 +83,21 @@ impl Cluster {
             extra.push('\n');
         }
         std::fs::write(dir.join("postgresql.auto.conf"), extra).unwrap();
+        if let Some(h) = hba {
+            std::fs::write(dir.join("pg_hba.conf"), h).unwrap();
+        }
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
         let c = Self {
             dir,
             port: free_port(),
@@ -372,4 +393,99 @@ fn postgres_restart_mid_load_loses_nothing_acknowledged_and_recovers_by_itself()
     // The probe was refused, and nothing else crept in.
     assert_eq!(unique, acked);
     s.child.kill().unwrap();
+}
+
+fn init_output(dir: &Path, url: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["init", "--json", "--database-url", url, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sslmode_is_honoured_with_rustls() {
+    let server =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cluster = Cluster::start_with(
+        &[
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+        ],
+        // Only TLS connections are let in over TCP.
+        Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\n"),
+        &[
+            ("server.crt", &server.cert.pem()),
+            ("server.key", &server.signing_key.serialize_pem()),
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    let wrong = tmp.path().join("wrong.pem");
+    std::fs::write(&wrong, stranger.cert.pem()).unwrap();
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+
+    // Without TLS the server does not let Tarmo in.
+    let out = init_output(&tmp.path().join("plain"), &base);
+    assert!(!out.status.success(), "a plain connection was let in");
+    // verify-full refuses a certificate that no trusted root signed ...
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", wrong.display());
+    let out = init_output(&tmp.path().join("wrong"), &url);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+    // ... and a certificate for another name.
+    let other_name = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        cluster.port,
+        wrong.display()
+    );
+    assert!(
+        !init_output(&tmp.path().join("other"), &other_name)
+            .status
+            .success()
+    );
+    // verify-full with the right root: Tarmo serves and stores over TLS.
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let data = tmp.path().join("data");
+    let out = init_output(&data, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (admin, write) = (
+        v["admin_key"].as_str().unwrap().to_owned(),
+        v["write_key"].as_str().unwrap().to_owned(),
+    );
+    let s = start_with(&data, &admin, &write, &["--database-url".into(), url]);
+    assert_eq!(status_of(&s.base, "/readyz"), Some(200));
+    let (body, ids) = batch_body("tls-user", 0, 3);
+    let a = send_batch(&s.base, &write, &body).unwrap();
+    assert_eq!(a.status, 200);
+    let mut stored = stored_message_ids(&s, "tls-user");
+    stored.sort();
+    assert_eq!(stored, ids);
+    // require encrypts without checking the certificate (libpq's meaning).
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "list",
+            "--database-url",
+            &format!("{base}?sslmode=require"),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -195,7 +195,9 @@ fn merges_racing_on_two_nodes_end_in_one_profile_with_both_histories() {
         );
         send(
             &n1,
-            vec![json!({"type": "identify", "userId": format!("user-{i}"), "traits": {"plan": "gold"}})],
+            vec![
+                json!({"type": "identify", "userId": format!("user-{i}"), "traits": {"plan": "gold"}}),
+            ],
         );
     }
     // Then both nodes hear, at the same moment, that they are one person.
@@ -226,9 +228,15 @@ fn merges_racing_on_two_nodes_end_in_one_profile_with_both_histories() {
         r.join().unwrap();
     }
     for i in 0..PEOPLE {
-        let (st, a) = get(&n0, &format!("/api/v1/profiles/lookup?type=anonymous_id&value=anon-{i}"));
+        let (st, a) = get(
+            &n0,
+            &format!("/api/v1/profiles/lookup?type=anonymous_id&value=anon-{i}"),
+        );
         assert_eq!(st, 200, "{a}");
-        let (st, u) = get(&n1, &format!("/api/v1/profiles/lookup?type=user_id&value=user-{i}"));
+        let (st, u) = get(
+            &n1,
+            &format!("/api/v1/profiles/lookup?type=user_id&value=user-{i}"),
+        );
         assert_eq!(st, 200, "{u}");
         assert_eq!(a["id"], u["id"], "person {i} is one profile on both nodes");
         // Both histories: the visit, the first identify, and both logins.
