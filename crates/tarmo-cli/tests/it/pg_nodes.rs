@@ -218,7 +218,7 @@ fn merges_racing_on_two_nodes_end_in_one_profile_with_both_histories() {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let seen = Mutex::new(BTreeMap::new());
                 assert!(
-                    send_with_retries(&[s.base.clone()], &s.write, body.as_bytes(), deadline, &seen),
+                    send_with_retries(std::slice::from_ref(&s.base), &s.write, body.as_bytes(), deadline, &seen),
                     "{seen:?}"
                 );
             })
