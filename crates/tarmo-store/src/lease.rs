@@ -60,7 +60,15 @@ pub fn node_id_of(dir: &std::path::Path) -> std::io::Result<String> {
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
                 .map_err(|_| std::io::Error::other("no randomness for a node id"))?;
             let id = format!("node-{}", hex::encode(b));
-            std::fs::write(&path, &id)?;
+            // Like every file Tarmo writes: the owner's only.
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            std::io::Write::write_all(&mut opts.open(&path)?, id.as_bytes())?;
             Ok(id)
         }
     }

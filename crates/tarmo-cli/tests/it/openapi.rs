@@ -40,6 +40,7 @@ fn openapi_document_covers_every_route() {
         "/p/{token}",
         "/.well-known/gpc.json",
         "/healthz",
+        "/readyz",
         "/metrics",
         "/api/openapi.json",
         "/api/v1/profiles/{id}/preference-link",
