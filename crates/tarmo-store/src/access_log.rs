@@ -458,6 +458,9 @@ fn write(writer: &WriterHandle, records: Vec<AccessRecord>, waiters: Vec<Done>) 
     for w in waiters {
         let _ = w.send(match &r {
             Ok(()) => Ok(()),
+            // The read is refused either way; a database that is away is
+            // said as such (503, retry), not as an internal error.
+            Err(Error::Unavailable(why)) => Err(Error::Unavailable(format!("access log: {why}"))),
             Err(e) => Err(Error::Backend(format!("access log: {e}"))),
         });
     }

@@ -343,6 +343,13 @@ fn postgres_restart_mid_load_loses_nothing_acknowledged_and_recovers_by_itself()
     assert_eq!(a.status, 503);
     assert_eq!(a.code.as_deref(), Some("database_unavailable"));
     assert!(a.retry_after.is_some(), "503 without Retry-After");
+    // So do staff reads: the database is away, not broken.
+    let (st, v) = get(&s, "/api/v1/profiles/lookup?type=user_id&value=load-user-0");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (503, Some("database_unavailable")),
+        "{v}"
+    );
     cluster.up();
     let up_at = Instant::now();
     loop {
