@@ -4,7 +4,11 @@
 //! same run: SQLite inserts of rows of the same size, no HTTP, no crypto, no
 //! identity work. Also times profile lookups by email over HTTP.
 //!
-//! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS, RAW_ROWS, DATABASE_URL)
+//! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS, RAW_ROWS, DATABASE_URL, NODES)
+//!
+//! With DATABASE_URL, NODES=n starts n `tarmo serve` nodes on that database
+//! (the same master key), the clients spread over them, and the raw limit is
+//! PostgreSQL's multi-row INSERT of the same rows.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -79,23 +83,44 @@ fn main() {
         keys["admin_key"].as_str().unwrap().to_owned(),
         keys["write_key"].as_str().unwrap().to_owned(),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .args(&db_args)
-        .env("TARMO_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let nodes = if db_url.is_some() {
+        env_or("NODES", 1).max(1)
+    } else {
+        1
+    };
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..nodes {
+        let dir_i = if i == 0 {
+            data.clone()
+        } else {
+            let d = dir.path().join(format!("data{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(data.join("master.key"), d.join("master.key")).unwrap();
+            d
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir_i)
+            .args(&db_args)
+            .env("TARMO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        bases.push(
+            line.trim()
+                .strip_prefix("listening on ")
+                .unwrap()
+                .to_owned(),
+        );
+        children.push(child);
+    }
+    let base = bases[0].clone();
+    let mut child = children.remove(0);
     use base64::Engine;
     let auth = format!(
         "Basic {}",
@@ -111,12 +136,12 @@ fn main() {
     let lat = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|k| {
             let (next, lat, bodies, base, auth) = (
                 next.clone(),
                 lat.clone(),
                 bodies.clone(),
-                base.clone(),
+                bases[k as usize % bases.len()].clone(),
                 auth.clone(),
             );
             std::thread::spawn(move || {
@@ -151,7 +176,7 @@ fn main() {
     let mut l = lat.lock().unwrap().clone();
     let ingest_rate = (batches * 100) as f64 / secs;
     println!(
-        "ingest: {} events ({avg_bytes} B avg JSON each), {clients} clients, {customers} customers",
+        "ingest: {} events ({avg_bytes} B avg JSON each), {clients} clients, {customers} customers, {nodes} node(s)",
         batches * 100
     );
     println!(
@@ -237,6 +262,47 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    if let Some(url) = &db_url {
+        // PostgreSQL's raw limit in the same run: the same rows, a unique
+        // random messageId index, multi-row INSERTs of 1000 in transactions
+        // of 1000.
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        c.batch_execute(
+            "DROP TABLE IF EXISTS raw_limit;
+             CREATE TABLE raw_limit (id BIGSERIAL PRIMARY KEY, mid TEXT NOT NULL UNIQUE, body BYTEA NOT NULL)",
+        )
+        .unwrap();
+        let body = vec![7u8; avg_bytes];
+        let n = env_or("RAW_ROWS", batches * 100).min(batches * 100);
+        let t = Instant::now();
+        for chunk in 0..(n / 1000).max(1) {
+            let mids: Vec<String> = (0..1000u64)
+                .map(|i| {
+                    let k = (chunk * 1000 + i).wrapping_mul(0x9E3779B97F4A7C15);
+                    format!("{k:016x}-msg")
+                })
+                .collect();
+            let bodies: Vec<&[u8]> = (0..1000).map(|_| &body[..]).collect();
+            let mut tx = c.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO raw_limit (mid, body) SELECT * FROM unnest($1::text[], $2::bytea[])",
+                &[&mids, &bodies],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let raw_rate = n as f64 / t.elapsed().as_secs_f64();
+        c.batch_execute("DROP TABLE raw_limit").unwrap();
+        println!(
+            "raw PostgreSQL limit (same rows, multi-row INSERT of 1000, no HTTP/crypto/identity): {raw_rate:.0} rows/s"
+        );
+        println!("ratio tarmo/raw: {:.2}", ingest_rate / raw_rate);
+        return;
+    }
 
     // The raw limit in the same run: same row count and size, one unique
     // random messageId index, transactions of 1000, WAL, synchronous=FULL.

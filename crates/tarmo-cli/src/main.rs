@@ -202,6 +202,16 @@ struct ServeArgs {
     /// plain http and reach private, loopback and link-local addresses.
     #[arg(long, env = "TARMO_ALLOW_PRIVATE_WEBHOOKS")]
     allow_private_webhooks: bool,
+    /// This node's name among several on one PostgreSQL (default: made once
+    /// and kept in DATA_DIR/node.id). A restarted node takes back the work
+    /// it had claimed under this name.
+    #[arg(long, env = "TARMO_NODE_ID")]
+    node_id: Option<String>,
+    /// How long a node's claim on queued work (a message, an erasure
+    /// notification) lasts; another node takes the work over once a dead
+    /// node's claim has run out (default 60).
+    #[arg(long, env = "TARMO_WORK_LEASE_SECONDS")]
+    work_lease_seconds: Option<u64>,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -347,6 +357,8 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         sync_in_commit: serve.sync_in_commit,
         allow_private_webhooks: serve.allow_private_webhooks
             || file.allow_private_webhooks.unwrap_or(false),
+        node_id: serve.node_id,
+        work_lease_seconds: serve.work_lease_seconds,
     };
     Ok(Settings {
         data_dir: c.data_dir.clone(),
@@ -678,6 +690,7 @@ fn mail_worker(
     writer: tarmo_store::writer::WriterHandle,
     config: tarmo_server::ServerConfig,
     signal: Arc<tarmo_server::mail::OutboxSignal>,
+    claimant: tarmo_store::lease::Claimant,
 ) -> anyhow::Result<tarmo_server::mail::MailWorker> {
     let email: Option<Box<dyn tarmo_notify::Deliver>> = match &s.serve.smtp_url {
         None => {
@@ -719,6 +732,7 @@ fn mail_worker(
         from,
         signal,
         poll: std::time::Duration::from_secs(2),
+        claimant,
     })
 }
 
@@ -741,7 +755,13 @@ impl Sweeper {
     }
 }
 
-fn retention_thread(writer: tarmo_store::writer::WriterHandle, minutes: Option<u64>) -> Sweeper {
+/// Several nodes on one store sweep in turn: each turn, the node that takes
+/// the `retention` lease sweeps, and the others skip.
+fn retention_thread(
+    writer: tarmo_store::writer::WriterHandle,
+    minutes: Option<u64>,
+    node: String,
+) -> Sweeper {
     let minutes = minutes.unwrap_or(60);
     if minutes == 0 {
         return Sweeper {
@@ -762,6 +782,28 @@ fn retention_thread(writer: tarmo_store::writer::WriterHandle, minutes: Option<u
         move || cut_short.load(std::sync::atomic::Ordering::SeqCst),
         move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                let me = node.clone();
+                // Held until just before this node's next turn.
+                let hold = every.as_millis() as i64 - 1000;
+                match writer.transact_blocking(move |ctx| {
+                    tarmo_store::lease::take_job(
+                        ctx.conn,
+                        "retention",
+                        &me,
+                        ctx.now_ms,
+                        ctx.now_ms + hold,
+                    )
+                }) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("another node sweeps this turn");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "taking the retention lease failed");
+                        continue;
+                    }
+                }
                 match tarmo_store::retention::sweep(&writer, tarmo_store::now_ms(), false) {
                     Ok(r) => tracing::info!(
                         events_deleted = r.events_deleted,
@@ -802,6 +844,15 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
+    let node = match &s.serve.node_id {
+        Some(n) => n.clone(),
+        None => tarmo_store::lease::node_id_of(&s.data_dir)
+            .with_context(|| format!("keeping the node id in {}", s.data_dir.display()))?,
+    };
+    let claimant = tarmo_store::lease::Claimant::new(
+        node.clone(),
+        std::time::Duration::from_secs(s.serve.work_lease_seconds.unwrap_or(60).max(1)),
+    );
     let (writer, join) = store.start_writer(WriterConfig {
         pipelined: !s.serve.sync_in_commit,
         ..WriterConfig::default()
@@ -845,6 +896,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         signal: state.notices.clone(),
         poll: std::time::Duration::from_secs(2),
         retry: Default::default(),
+        claimant: claimant.clone(),
     });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,
@@ -852,8 +904,9 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         writer,
         config,
         state.outbox.clone(),
+        claimant,
     )?);
-    let sweeper = retention_thread(writer_for_sweeps, s.serve.retention_interval_minutes);
+    let sweeper = retention_thread(writer_for_sweeps, s.serve.retention_interval_minutes, node);
     let backend = store.backend_name();
     rt.block_on(async move {
         let scheme = if tls.is_some() { "https" } else { "http" };

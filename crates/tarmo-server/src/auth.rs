@@ -371,12 +371,10 @@ impl AppState {
         }
         // One point read a request: a revocation by any process or node on
         // this store changes the epoch, and no cached key outlives it.
-        // Off the async workers: the PostgreSQL client blocks (and panics
-        // when asked to block inside the runtime).
+        // Off the async workers: a database that does not answer must not
+        // stall the runtime.
         let store = self.store.clone();
-        let epoch = tokio::task::spawn_blocking(move || store.keys_epoch())
-            .await
-            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
+        let epoch = crate::blocking(move || store.keys_epoch()).await?;
         // The cache is found by a keyed 64-bit hash of the secret (cheap, and
         // random per process), then the secret is compared in constant time.
         let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());

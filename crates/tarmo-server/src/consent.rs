@@ -573,11 +573,14 @@ pub async fn decision(
     let (lookup, _) = s.lookup_of(q.profile.as_deref(), q.kind.as_deref(), q.value.as_deref())?;
     let rule = c.rule;
     let purpose = q.purpose;
-    let mut conn = s.store.conn()?;
-    // A point read of an indexed row: cheaper inline than a hop to the
-    // blocking pool.
-    let subject = read_subject(&mut *conn, lookup, &purpose)?;
-    drop(conn);
+    // A point read, but still off the async workers: a database that does
+    // not answer must stall this request, not the runtime.
+    let store = s.store.clone();
+    let (subject, purpose) = crate::blocking(move || {
+        let subject = read_subject(&mut *store.conn()?, lookup, &purpose)?;
+        Ok((subject, purpose))
+    })
+    .await?;
     let (profile, v, any) = judge(&rule, channel, subject, now_ms());
     let profile = shown_id(&p, profile, any);
     s.access.count(

@@ -56,6 +56,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The database cannot be reached: nothing was stored; retry.
+    pub fn database_unavailable() -> Self {
+        Self {
+            retry_after: Some(2),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database cannot be reached; nothing was stored; retry after the delay in Retry-After",
+            )
+        }
+    }
+}
+
 impl From<tarmo_store::Error> for ApiError {
     fn from(e: tarmo_store::Error) -> Self {
         if let tarmo_store::Error::Rejected {
@@ -88,6 +102,10 @@ impl From<tarmo_store::Error> for ApiError {
                 "internal_error",
                 "internal error: the write failed and was rolled back; it has been logged",
             );
+        }
+        if let tarmo_store::Error::Unavailable(why) = &e {
+            tracing::warn!(error = %why, "the database is unavailable");
+            return Self::database_unavailable();
         }
         if e.is_transient() {
             tracing::warn!(error = %e, "transient store fault");

@@ -128,6 +128,10 @@ async fn commit(
     s: &AppState,
     events: Vec<tarmo_store::resolve::PreparedEvent>,
 ) -> Result<Vec<Outcome>, ApiError> {
+    // While the writer has no connection, say so at once rather than queue.
+    if !s.store.writer_ready() {
+        return Err(ApiError::database_unavailable());
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reply: tarmo_store::writer::Reply = Box::new(move |r| {
         let _ = tx.send(r);

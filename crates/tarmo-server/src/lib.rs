@@ -198,7 +198,8 @@ impl AppState {
 
     /// The purpose catalog; its reload, when due, is one small query.
     pub async fn catalog(&self) -> Result<Arc<tarmo_store::consent::Catalog>, ApiError> {
-        Ok(self.store.catalog()?)
+        let store = self.store.clone();
+        blocking(move || store.catalog()).await
     }
 
     /// Tell the mail worker a message is waiting.
@@ -527,22 +528,14 @@ struct Health {
     store: &'static str,
 }
 
-/// Liveness and store reachability.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
-async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, ApiError> {
-    let store = s.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store
-            .conn()
-            .and_then(|mut c| c.meta_get("vault_check"))
-            .map(|_| ())
-    })
-    .await
-    .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))??;
-    Ok(axum::Json(Health {
+/// Liveness: the process serves HTTP. It does not ask the database (a
+/// restart of Tarmo would not bring PostgreSQL back); `/readyz` does.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz(State(s): State<Arc<AppState>>) -> axum::Json<Health> {
+    axum::Json(Health {
         status: "ok",
         store: s.store.backend_name(),
-    }))
+    })
 }
 
 /// Whether this node should get traffic, and the state of its parts and
@@ -557,6 +550,8 @@ struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
     store: &'static str,
+    /// `up` when the writer and the read pool reach the database, else `down`.
+    database: &'static str,
     /// The writer and the workers: each up, or down with its reason.
     components: Vec<tarmo_store::health::ComponentView>,
     /// Work waiting: depth, the oldest item's age, and whether anything
@@ -575,6 +570,14 @@ struct Readiness {
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Readiness),
     (status = 503, body = Readiness, description = "Not ready: `code` is `not_ready`, `message` says which part")))]
 async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readiness>) {
+    // Ask the database only when the last word was bad, or every probe
+    // would cost a round trip; the writer checks its own connection.
+    let database_up = s.store.database_ready() || {
+        let store = s.store.clone();
+        tokio::task::spawn_blocking(move || store.probe_database())
+            .await
+            .unwrap_or(false)
+    };
     let store = s.store.clone();
     let health = s.store.health.clone();
     let queues = tokio::task::spawn_blocking(move || {
@@ -590,6 +593,9 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readi
         .filter(|c| !c.up)
         .map(|c| format!("{}: {}", c.name, c.reason.as_deref().unwrap_or("down")))
         .collect();
+    if !database_up {
+        problems.push("database: cannot be reached".into());
+    }
     let queues = match queues {
         Ok(Ok(q)) => q,
         Ok(Err(e)) => {
@@ -608,6 +614,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readi
         code: (!ready).then_some("not_ready"),
         message: (!ready).then(|| problems.join("; ")),
         store: s.store.backend_name(),
+        database: if database_up { "up" } else { "down" },
         components,
         queues,
         storage_full_since: health.storage_full_since().map(tarmo_store::rfc3339),

@@ -55,6 +55,8 @@ pub struct MailWorker {
     pub signal: Arc<OutboxSignal>,
     /// How often the outbox is looked at when nobody rings.
     pub poll: Duration,
+    /// This node, and how long its claims on messages last.
+    pub claimant: tarmo_store::lease::Claimant,
 }
 
 /// A running worker; stop it before the writer.
@@ -97,7 +99,11 @@ pub fn spawn(w: MailWorker) -> Running {
 }
 
 fn run(w: &MailWorker, stop: &AtomicBool) {
-    match w.writer.transact_blocking(|ctx| outbox::recover(ctx.conn)) {
+    let me = w.claimant.clone();
+    match w
+        .writer
+        .transact_blocking(move |ctx| outbox::recover(ctx.conn, &me))
+    {
         Ok(n) if n > 0 => tracing::warn!(
             messages = n,
             "messages interrupted mid-send are sent again, with the same Message-ID"
@@ -115,14 +121,35 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let mut worked = false;
         for &channel in &channels {
+            let me = w.claimant.clone();
             let claimed = w.writer.transact_blocking(move |ctx| {
-                outbox::claim_due(ctx.conn, ctx.vault, channel, ctx.now_ms, 20)
+                outbox::claim_due(ctx.conn, ctx.vault, &me, channel, ctx.now_ms, 20)
             });
             match claimed {
                 Ok(list) => {
                     worked |= !list.is_empty();
+                    let mut leased = std::time::Instant::now();
+                    let mut held: Vec<i64> = list.iter().map(|m| m.id).collect();
                     for m in list {
-                        deliver(w, m);
+                        // Half the lease gone: extend it for what is left,
+                        // and skip what another node has taken over.
+                        if leased.elapsed() > w.claimant.lease / 2 {
+                            let me = w.claimant.clone();
+                            let ids = held.clone();
+                            match w.writer.transact_blocking(move |ctx| {
+                                outbox::renew(ctx.conn, &me, &ids, ctx.now_ms)
+                            }) {
+                                Ok(h) => held = h,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "renewing outbox claims failed");
+                                    break;
+                                }
+                            }
+                            leased = std::time::Instant::now();
+                        }
+                        if held.contains(&m.id) {
+                            deliver(w, m);
+                        }
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "claiming outbox messages failed"),
@@ -181,26 +208,32 @@ fn deliver(w: &MailWorker, m: Claimed) {
     let r = match &outcome {
         Outcome::Sent => {
             tracing::info!(outbox_id = id, profile_id = m.profile_id, "message sent");
+            let me = w.claimant.clone();
             w.writer
-                .transact_blocking(move |ctx| outbox::mark_sent(ctx.conn, id, ctx.now_ms))
+                .transact_blocking(move |ctx| outbox::mark_sent(ctx.conn, &me, id, ctx.now_ms))
         }
         Outcome::Retry(why) => {
             let delay = 30_000i64.saturating_mul(1 << attempts.clamp(0, 7));
             tracing::warn!(outbox_id = id, attempts, error = %why, "sending failed; will retry");
-            let why = why.clone();
+            let (why, me) = (why.clone(), w.claimant.clone());
             w.writer.transact_blocking(move |ctx| {
-                outbox::mark_retry(ctx.conn, id, ctx.now_ms + delay.min(3_600_000), &why)
+                outbox::mark_retry(ctx.conn, &me, id, ctx.now_ms + delay.min(3_600_000), &why)
             })
         }
         Outcome::Failed(why) => {
             tracing::warn!(outbox_id = id, error = %why, "message given up");
-            let why = why.clone();
+            let (why, me) = (why.clone(), w.claimant.clone());
             w.writer
-                .transact_blocking(move |ctx| outbox::mark_failed(ctx.conn, id, &why))
+                .transact_blocking(move |ctx| outbox::mark_failed(ctx.conn, &me, id, &why))
         }
     };
-    if let Err(e) = r {
-        tracing::error!(outbox_id = id, error = %e, "recording a send outcome failed");
+    match r {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            outbox_id = id,
+            "the claim on this message ran out and another node took it over"
+        ),
+        Err(e) => tracing::error!(outbox_id = id, error = %e, "recording a send outcome failed"),
     }
 }
 

@@ -59,6 +59,8 @@ pub struct NoticeWorker {
     /// How often due notifications are looked for when nobody rings.
     pub poll: Duration,
     pub retry: RetryPolicy,
+    /// This node, and how long its claims on notifications last.
+    pub claimant: tarmo_store::lease::Claimant,
 }
 
 /// Start the worker; restarted after a backoff should it panic.
@@ -79,9 +81,10 @@ pub fn spawn(w: NoticeWorker) -> Running {
 }
 
 fn run(w: &NoticeWorker, stop: &AtomicBool) {
+    let me = w.claimant.clone();
     match w
         .writer
-        .transact_blocking(|ctx| register::recover_notifications(ctx.conn))
+        .transact_blocking(move |ctx| register::recover_notifications(ctx.conn, &me))
     {
         Ok(n) if n > 0 => tracing::warn!(
             notifications = n,
@@ -91,13 +94,34 @@ fn run(w: &NoticeWorker, stop: &AtomicBool) {
         Err(e) => tracing::error!(error = %e, "recovering erasure notifications failed"),
     }
     while !stop.load(Ordering::SeqCst) {
-        let claimed = w.writer.transact_blocking(|ctx| {
-            register::claim_due_notifications(ctx.conn, ctx.vault, ctx.now_ms, 20)
+        let me = w.claimant.clone();
+        let claimed = w.writer.transact_blocking(move |ctx| {
+            register::claim_due_notifications(ctx.conn, ctx.vault, &me, ctx.now_ms, 20)
         });
         let worked = match claimed {
             Ok(list) => {
                 let any = !list.is_empty();
+                let mut leased = std::time::Instant::now();
+                let mut held: Vec<i64> = list.iter().map(|n| n.id).collect();
                 for n in list {
+                    // Half the lease gone: extend it for what is left, and
+                    // skip what another node has taken over meanwhile.
+                    if leased.elapsed() > w.claimant.lease / 2 {
+                        let (me, ids) = (w.claimant.clone(), held.clone());
+                        match w.writer.transact_blocking(move |ctx| {
+                            register::renew_notifications(ctx.conn, &me, &ids, ctx.now_ms)
+                        }) {
+                            Ok(h) => held = h,
+                            Err(e) => {
+                                tracing::error!(error = %e, "renewing notification claims failed");
+                                break;
+                            }
+                        }
+                        leased = std::time::Instant::now();
+                    }
+                    if !held.contains(&n.id) {
+                        continue;
+                    }
                     deliver(w, n);
                 }
                 any
@@ -186,8 +210,10 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 attempts,
                 "erasure notification delivered"
             );
-            w.writer
-                .transact_blocking(move |ctx| register::mark_delivered(ctx.conn, id, ctx.now_ms))
+            let me = w.claimant.clone();
+            w.writer.transact_blocking(move |ctx| {
+                register::mark_delivered(ctx.conn, &me, id, ctx.now_ms)
+            })
         }
         Outcome::Retry(why) => {
             let delay = w.retry.delay(attempts).as_millis() as i64;
@@ -199,8 +225,9 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 error = %why,
                 "erasure notification not delivered; will retry"
             );
+            let me = w.claimant.clone();
             w.writer.transact_blocking(move |ctx| {
-                register::mark_retry(ctx.conn, id, ctx.now_ms + delay, &why)
+                register::mark_retry(ctx.conn, &me, id, ctx.now_ms + delay, &why)
             })
         }
         Outcome::Failed(why) => {
@@ -212,12 +239,20 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 error = %why,
                 "erasure notification given up: the processor must be told another way"
             );
+            let me = w.claimant.clone();
             w.writer
-                .transact_blocking(move |ctx| register::mark_failed(ctx.conn, id, &why))
+                .transact_blocking(move |ctx| register::mark_failed(ctx.conn, &me, id, &why))
         }
     };
-    if let Err(e) = r {
-        tracing::error!(notification_id = id, error = %e, "recording a notification outcome failed");
+    match r {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            notification_id = id,
+            "the claim on this notification ran out and another node took it over"
+        ),
+        Err(e) => {
+            tracing::error!(notification_id = id, error = %e, "recording a notification outcome failed")
+        }
     }
 }
 

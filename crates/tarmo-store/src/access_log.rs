@@ -494,6 +494,9 @@ fn write(
         let _ = w.send(match &r {
             Ok(()) => Ok(()),
             Err(Error::StorageFull(why)) => Err(Error::StorageFull(format!("access log: {why}"))),
+            // The read is refused either way; a database that is away is
+            // said as such (503, retry), not as an internal error.
+            Err(Error::Unavailable(why)) => Err(Error::Unavailable(format!("access log: {why}"))),
             Err(e) => Err(Error::Backend(format!("access log: {e}"))),
         });
     }

@@ -201,6 +201,23 @@ pub trait Flusher: Send {
 /// (`ON CONFLICT`, `RETURNING`, `COALESCE`, `CAST(x AS BIGINT)`).
 pub trait Conn: Send {
     fn backend_name(&self) -> &'static str;
+    /// The connection is lost (the server went away): it must not be used
+    /// again, and the pool or the writer opens a new one.
+    fn is_broken(&self) -> bool {
+        false
+    }
+    /// One round trip, to find out whether a connection that sat idle still
+    /// works (a no-op where there is no server).
+    fn ping(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// What ends a `SELECT` of queued rows to claim, so that two nodes
+    /// skip each other's rows instead of waiting on them: `FOR UPDATE OF
+    /// table SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one writer
+    /// never meets another.
+    fn skip_locked(&self, _table: &str) -> String {
+        String::new()
+    }
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;

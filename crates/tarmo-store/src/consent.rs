@@ -95,8 +95,10 @@ pub struct CatalogCache {
 }
 
 /// How long a loaded catalog is used before the store's generation is
-/// checked again: the longest another node's purpose change takes to bite.
-pub const CATALOG_RECHECK: Duration = Duration::from_secs(1);
+/// checked again: the longest another node's purpose change takes to bite
+/// (half a second, so that a change reaches every node within a second
+/// with the request that sees it; the check is one point read).
+pub const CATALOG_RECHECK: Duration = Duration::from_millis(500);
 
 impl Default for CatalogCache {
     fn default() -> Self {

@@ -17,10 +17,13 @@ pub mod doi;
 pub mod erasure;
 pub mod health;
 pub mod keys;
+pub mod lease;
 pub mod links;
 pub mod metrics;
 mod migrations;
 pub mod outbox;
+mod pg_tls;
+pub mod pool;
 pub mod postgres;
 pub mod processors;
 pub mod requests;
@@ -43,6 +46,10 @@ pub enum Error {
     Conflict(String),
     #[error("the store is busy: {0}")]
     Busy(String),
+    /// The database cannot be reached (PostgreSQL down, restarting, or the
+    /// connection was lost): nothing was written, and the caller may retry.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cryptography: {0}")]
@@ -123,7 +130,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Busy(_) | Error::Conflict(_) | Error::Overloaded | Error::WriterGone
+            Error::Busy(_)
+                | Error::Conflict(_)
+                | Error::Overloaded
+                | Error::WriterGone
+                | Error::Unavailable(_)
         )
     }
 }

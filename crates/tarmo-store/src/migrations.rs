@@ -292,6 +292,20 @@ CREATE TABLE audience_syncs (
 "#,
     ),
     (
+        12,
+        r#"
+ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE outbox ADD COLUMN lease_until BIGINT;
+ALTER TABLE processor_notifications ADD COLUMN claimed_by TEXT;
+ALTER TABLE processor_notifications ADD COLUMN lease_until BIGINT;
+CREATE TABLE work_leases (
+    name TEXT PRIMARY KEY,
+    claimed_by TEXT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
+"#,
+    ),
+    (
         13,
         r#"
 CREATE TABLE erasure_log (

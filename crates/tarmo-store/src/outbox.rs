@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Conn, P, ProfileId};
+use crate::lease::Claimant;
 use crate::vault::{Place, Vault};
 use crate::{Error, Result};
 
@@ -99,28 +100,45 @@ pub struct Claimed {
     pub message: OutboxMessage,
 }
 
-/// Claim up to `limit` due messages of a channel (`email`, `sms`): mark
-/// them `sending` and open them.
+/// Claim up to `limit` due messages of a channel (`email`, `sms`) for
+/// `who`: mark them `sending` under a lease and open them. Due are pending
+/// messages whose time came, and messages whose sender's lease ran out (a
+/// node that died mid-send): those are sent again, with the same
+/// Message-ID.
 pub fn claim_due(
     conn: &mut dyn Conn,
     vault: &Vault,
+    who: &Claimant,
     channel: &str,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
-    let rows = conn.query(
+    let sql = format!(
         "SELECT id, profile_id, key_owner, channel, attempts, payload, created_ms FROM outbox
-         WHERE status = 'pending' AND channel = $3 AND next_attempt_ms <= $1
-         ORDER BY next_attempt_ms, id LIMIT $2",
-        &[P::Int(now_ms), P::Int(limit), P::Text(channel)],
-    )?;
+         WHERE channel = $3 AND ((status = 'pending' AND next_attempt_ms <= $1)
+             OR (status = 'sending' AND lease_until <= $1))
+         ORDER BY next_attempt_ms, id LIMIT $2{}",
+        conn.skip_locked("outbox")
+    );
+    let rows = conn.query(&sql, &[P::Int(now_ms), P::Int(limit), P::Text(channel)])?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let (id, owner) = (r.int(0)?, r.int(2)?);
-        conn.exec(
-            "UPDATE outbox SET status = 'sending', attempts = attempts + 1 WHERE id = $1",
-            &[P::Int(id)],
-        )?;
+        // Another node may have claimed it since the read: only one wins.
+        let won = conn.exec(
+            "UPDATE outbox SET status = 'sending', attempts = attempts + 1,
+                 claimed_by = $2, lease_until = $3
+             WHERE id = $1 AND (status = 'pending' OR (status = 'sending' AND lease_until <= $4))",
+            &[
+                P::Int(id),
+                P::Text(&who.node),
+                P::Int(who.until(now_ms)),
+                P::Int(now_ms),
+            ],
+        )? == 1;
+        if !won {
+            continue;
+        }
         let message = match open_payload(conn, vault, owner, r.opt_blob(5)?)? {
             Ok(m) => m,
             Err(why) => {
@@ -131,7 +149,7 @@ pub fn claim_due(
                     reason = why,
                     "an outbox message is parked as failed"
                 );
-                mark_failed(conn, id, why)?;
+                mark_failed(conn, who, id, why)?;
                 continue;
             }
         };
@@ -175,40 +193,76 @@ fn open_payload(
         .map_err(|_| "the payload is not a message this version reads"))
 }
 
-/// Sent: the payload (addresses, tokens) is wiped.
-pub fn mark_sent(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<()> {
-    conn.exec(
-        "UPDATE outbox SET status = 'sent', sent_ms = $2, payload = NULL, last_error = NULL WHERE id = $1",
-        &[P::Int(id), P::Int(now_ms)],
-    )?;
-    Ok(())
+/// Extend `who`'s leases on these messages; the ids it still holds (a
+/// message whose lease ran out and that another node took is not sent).
+pub fn renew(conn: &mut dyn Conn, who: &Claimant, ids: &[i64], now_ms: i64) -> Result<Vec<i64>> {
+    let mut held = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let n = conn.exec(
+            "UPDATE outbox SET lease_until = $3
+             WHERE id = $1 AND status = 'sending' AND claimed_by = $2",
+            &[P::Int(id), P::Text(&who.node), P::Int(who.until(now_ms))],
+        )?;
+        if n == 1 {
+            held.push(id);
+        }
+    }
+    Ok(held)
 }
 
-/// Try again at `next_ms`. `error` must hold no personal data.
-pub fn mark_retry(conn: &mut dyn Conn, id: i64, next_ms: i64, error: &str) -> Result<()> {
-    conn.exec(
-        "UPDATE outbox SET status = 'pending', next_attempt_ms = $2, last_error = $3 WHERE id = $1",
-        &[P::Int(id), P::Int(next_ms), P::Text(error)],
-    )?;
-    Ok(())
+/// Sent: the payload (addresses, tokens) is wiped. Only while `who` holds
+/// the claim; `false` when it no longer did.
+pub fn mark_sent(conn: &mut dyn Conn, who: &Claimant, id: i64, now_ms: i64) -> Result<bool> {
+    Ok(conn.exec(
+        "UPDATE outbox SET status = 'sent', sent_ms = $2, payload = NULL, last_error = NULL,
+             lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
+        &[P::Int(id), P::Int(now_ms), P::Text(&who.node)],
+    )? == 1)
+}
+
+/// Try again at `next_ms`. `error` must hold no personal data. Only while
+/// `who` holds the claim.
+pub fn mark_retry(
+    conn: &mut dyn Conn,
+    who: &Claimant,
+    id: i64,
+    next_ms: i64,
+    error: &str,
+) -> Result<bool> {
+    Ok(conn.exec(
+        "UPDATE outbox SET status = 'pending', next_attempt_ms = $2, last_error = $3,
+             claimed_by = NULL, lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $4",
+        &[
+            P::Int(id),
+            P::Int(next_ms),
+            P::Text(error),
+            P::Text(&who.node),
+        ],
+    )? == 1)
 }
 
 /// Given up (a permanent refusal, too many attempts, or the purpose no
 /// longer allows it): the payload is wiped. `error` holds no personal data.
-pub fn mark_failed(conn: &mut dyn Conn, id: i64, error: &str) -> Result<()> {
-    conn.exec(
-        "UPDATE outbox SET status = 'failed', payload = NULL, last_error = $2 WHERE id = $1",
-        &[P::Int(id), P::Text(error)],
-    )?;
-    Ok(())
+/// Only while `who` holds the claim.
+pub fn mark_failed(conn: &mut dyn Conn, who: &Claimant, id: i64, error: &str) -> Result<bool> {
+    Ok(conn.exec(
+        "UPDATE outbox SET status = 'failed', payload = NULL, last_error = $2, lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
+        &[P::Int(id), P::Text(error), P::Text(&who.node)],
+    )? == 1)
 }
 
-/// After a crash: messages that were being sent are due again (with the same
-/// Message-ID). The number of messages recovered.
-pub fn recover(conn: &mut dyn Conn) -> Result<u64> {
+/// After a restart: the messages this node was sending are due again (with
+/// the same Message-ID); other nodes' claims are theirs until their leases
+/// run out. Claims from before leases (no node named) are taken back too.
+/// The number of messages recovered.
+pub fn recover(conn: &mut dyn Conn, who: &Claimant) -> Result<u64> {
     conn.exec(
-        "UPDATE outbox SET status = 'pending' WHERE status = 'sending'",
-        &[],
+        "UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL
+         WHERE status = 'sending' AND (claimed_by = $1 OR claimed_by IS NULL)",
+        &[P::Text(&who.node)],
     )
 }
 

@@ -2,6 +2,8 @@
 //! `tarmo serve` nodes. Batched operations use arrays (`unnest`, `= ANY`) so a
 //! group commit costs a handful of round trips, not one per event.
 
+use std::time::Duration;
+
 use postgres::{Client, NoTls};
 
 use crate::conn::*;
@@ -72,28 +74,139 @@ CREATE INDEX merges_from ON merges(from_profile);
 )];
 
 pub struct PostgresBackend {
-    url: String,
+    config: Box<postgres::Config>,
+    /// `None`: plain TCP (no `sslmode`, or `disable`, `allow`, `prefer`).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
+
+/// How long a connection attempt may take when the URL does not say
+/// (`connect_timeout=` in seconds): a database that does not answer must
+/// turn into an error, not a thread stuck for the kernel's TCP timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one statement may run when the URL's `options` do not set
+/// `statement_timeout`: a stuck statement fails and frees its connection.
+pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+/// Unacknowledged data on a connection for this long means the database is
+/// gone (a blackholed network): the kernel closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl PostgresBackend {
     /// Connect, and run migrations under an advisory lock so that several
     /// nodes starting at once do not race.
     pub fn open(url: &str) -> Result<Self> {
-        let b = Self {
-            url: url.to_owned(),
-        };
+        let b = Self::new(url)?;
         let mut c = b.connect()?;
         c.migrate()?;
         Ok(b)
     }
 
+    /// The connection settings of `url`, with Tarmo's defaults for the
+    /// timeouts it leaves out. Connects to nothing.
+    pub fn new(url: &str) -> Result<Self> {
+        let (url, ssl) = take_ssl_params(url)?;
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("the PostgreSQL URL is not valid: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config.keepalives(true);
+        let options = config.get_options().unwrap_or("").to_owned();
+        if !options.contains("statement_timeout") {
+            let sep = if options.is_empty() { "" } else { " " };
+            config.options(&format!(
+                "{options}{sep}-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            ));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tarmo");
+        }
+        let tls = match ssl.mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => None,
+            Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
+                config.ssl_mode(postgres::config::SslMode::Require);
+                Some(crate::pg_tls::connector(mode, ssl.root_cert.as_deref())?)
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                )));
+            }
+        };
+        Ok(Self {
+            config: Box::new(config),
+            tls,
+        })
+    }
+
     pub fn connect(&self) -> Result<PgConn> {
-        let c = Client::connect(&self.url, NoTls)?;
+        let c = match &self.tls {
+            None => self.config.connect(NoTls)?,
+            Some(tls) => self.config.connect(tls.clone())?,
+        };
         Ok(PgConn {
             c,
             stmts: Default::default(),
         })
     }
+}
+
+/// `sslmode` and `sslrootcert` as libpq reads them.
+struct SslParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Take `sslmode` and `sslrootcert` out of a URL's query: the driver knows
+/// only `disable`, `prefer` and `require`, and no root certificates, so
+/// Tarmo applies them itself (see [`crate::pg_tls`]).
+fn take_ssl_params(url: &str) -> Result<(String, SslParams)> {
+    let mut p = SslParams {
+        mode: None,
+        root_cert: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), p));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => p.mode = Some(v.to_owned()),
+            Some(("sslrootcert", v)) => p.root_cert = Some(percent_decode(v)?),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, p))
+}
+
+fn percent_decode(v: &str) -> Result<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::Config("a bad %-escape in sslrootcert".into()))?;
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::Config("sslrootcert is not UTF-8".into()))
 }
 
 pub struct PgConn {
@@ -120,6 +233,8 @@ impl PgConn {
 impl PgConn {
     fn migrate(&mut self) -> Result<()> {
         let mut tx = self.c.transaction()?;
+        // A migration may rewrite a large table: no statement timeout here.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")?;
         tx.execute("SELECT pg_advisory_xact_lock(7461726)", &[])?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
@@ -223,6 +338,19 @@ fn merge_row(r: &postgres::Row) -> MergeRow {
 impl Conn for PgConn {
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn is_broken(&self) -> bool {
+        self.c.is_closed()
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.c.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+
+    fn skip_locked(&self, table: &str) -> String {
+        format!(" FOR UPDATE OF {table} SKIP LOCKED")
     }
 
     fn begin(&mut self) -> Result<()> {
@@ -380,6 +508,27 @@ impl Conn for PgConn {
         cause_kind: &str,
         now_ms: i64,
     ) -> Result<()> {
+        // Another node may be merging the same people: the first to mark
+        // `from` merged wins (the row lock orders them), and the other's
+        // group is retried on what the winner committed, so a merge
+        // happens, and is recorded, once. `into` must still be a profile
+        // of its own too.
+        let marked = self.c.execute(
+            "UPDATE profiles SET merged_into = $2, updated_ms = $3 WHERE id = $1 AND merged_into IS NULL",
+            &[&from, &into, &now_ms],
+        )?;
+        let into_alive = self
+            .c
+            .query_opt(
+                "SELECT 1 FROM profiles WHERE id = $1 AND merged_into IS NULL FOR UPDATE",
+                &[&into],
+            )?
+            .is_some();
+        if marked != 1 || !into_alive {
+            return Err(Error::Busy(format!(
+                "profile {from} or {into} was merged by another writer meanwhile"
+            )));
+        }
         self.c.execute(
             "UPDATE identifiers SET profile_id = $2 WHERE profile_id = $1",
             &[&from, &into],
@@ -737,16 +886,52 @@ impl From<postgres::Error> for Error {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => e.to_string(),
         };
+        if unreachable(&e) {
+            return Error::Unavailable(text);
+        }
         match e.code() {
             Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::Conflict(text),
             Some(c)
                 if *c == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::QUERY_CANCELED =>
             {
                 Error::Busy(text)
             }
             Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(text),
             _ => Error::Backend(text),
+        }
+    }
+}
+
+/// The server cannot be reached or went away (restart, crash, network):
+/// nothing the statement did is kept, and the same work may succeed on a
+/// new connection.
+fn unreachable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Connection exceptions (class 08), the server shutting down or
+        // starting (57P01-57P03), no connection slots left.
+        Some(c) => {
+            let c = c.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300")
+        }
+        // Not a database error: I/O, connect, TLS and timeouts are the
+        // server being away; conversion errors are bugs.
+        None => {
+            let t = e.to_string();
+            [
+                "error communicating with the server",
+                "error connecting to server",
+                "timeout waiting for server",
+                "error performing TLS handshake",
+                "unexpected message from server",
+                "error parsing response from server",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
         }
     }
 }

@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
+use crate::lease::Claimant;
 use crate::vault::{BlindIndex, Place, Vault};
 use crate::{Error, Result, rfc3339};
 
@@ -779,35 +780,46 @@ impl std::fmt::Debug for ClaimedNotification {
     }
 }
 
-/// Claim up to `limit` due notifications: mark them `sending` and open them.
+/// Claim up to `limit` due notifications for `who`: mark them `sending`
+/// under a lease and open them. Due are pending notifications whose time
+/// came, and those whose deliverer's lease ran out (a node that died).
 pub fn claim_due_notifications(
     conn: &mut dyn Conn,
     vault: &Vault,
+    who: &Claimant,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<ClaimedNotification>> {
-    let rows = conn.query(
+    let sql = format!(
         "SELECT n.id, n.request_id, n.processor_id, n.attempts, n.payload, p.erasure_webhook,
                 p.webhook_token
          FROM processor_notifications n LEFT JOIN processors p ON p.id = n.processor_id
-         WHERE n.status = 'pending' AND n.next_attempt_ms <= $1
-         ORDER BY n.next_attempt_ms, n.id LIMIT $2",
-        &[P::Int(now_ms), P::Int(limit)],
-    )?;
+         WHERE (n.status = 'pending' AND n.next_attempt_ms <= $1)
+            OR (n.status = 'sending' AND n.lease_until <= $1)
+         ORDER BY n.next_attempt_ms, n.id LIMIT $2{}",
+        conn.skip_locked("n")
+    );
+    let rows = conn.query(&sql, &[P::Int(now_ms), P::Int(limit)])?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let id = r.int(0)?;
         // Another node may have claimed it since the read: only one wins.
         let won = conn.exec(
-            "UPDATE processor_notifications SET status = 'sending', attempts = attempts + 1
-             WHERE id = $1 AND status = 'pending'",
-            &[P::Int(id)],
+            "UPDATE processor_notifications SET status = 'sending', attempts = attempts + 1,
+                 claimed_by = $2, lease_until = $3
+             WHERE id = $1 AND (status = 'pending' OR (status = 'sending' AND lease_until <= $4))",
+            &[
+                P::Int(id),
+                P::Text(&who.node),
+                P::Int(who.until(now_ms)),
+                P::Int(now_ms),
+            ],
         )? == 1;
         if !won {
             continue;
         }
         let Some(sealed) = r.opt_blob(4)? else {
-            mark_failed(conn, id, "the payload is missing")?;
+            mark_failed(conn, who, id, "the payload is missing")?;
             continue;
         };
         let opened = open_notification(vault, &sealed, r.opt_blob(6)?.as_deref());
@@ -818,7 +830,7 @@ pub fn claim_due_notifications(
                 notification_id = id,
                 "an erasure notification does not open"
             );
-            mark_failed(conn, id, "the sealed payload or token does not open")?;
+            mark_failed(conn, who, id, "the sealed payload or token does not open")?;
             continue;
         };
         out.push(ClaimedNotification {
@@ -852,43 +864,81 @@ fn open_notification(
     Ok((payload, token))
 }
 
-/// Delivered: the payload (identifiers) is wiped.
-pub fn mark_delivered(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<()> {
-    conn.exec(
+/// Delivered: the payload (identifiers) is wiped. Only while `who` holds
+/// the claim; `false` when it no longer did.
+pub fn mark_delivered(conn: &mut dyn Conn, who: &Claimant, id: i64, now_ms: i64) -> Result<bool> {
+    Ok(conn.exec(
         "UPDATE processor_notifications SET status = 'delivered', delivered_ms = $2,
-             payload = NULL, last_error = NULL WHERE id = $1",
-        &[P::Int(id), P::Int(now_ms)],
-    )?;
-    Ok(())
+             payload = NULL, last_error = NULL, lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
+        &[P::Int(id), P::Int(now_ms), P::Text(&who.node)],
+    )? == 1)
 }
 
-/// Try again at `next_ms`. `error` must hold no personal data.
-pub fn mark_retry(conn: &mut dyn Conn, id: i64, next_ms: i64, error: &str) -> Result<()> {
-    conn.exec(
+/// Try again at `next_ms`. `error` must hold no personal data. Only while
+/// `who` holds the claim.
+pub fn mark_retry(
+    conn: &mut dyn Conn,
+    who: &Claimant,
+    id: i64,
+    next_ms: i64,
+    error: &str,
+) -> Result<bool> {
+    Ok(conn.exec(
         "UPDATE processor_notifications SET status = 'pending', next_attempt_ms = $2,
-             last_error = $3 WHERE id = $1",
-        &[P::Int(id), P::Int(next_ms), P::Text(error)],
-    )?;
-    Ok(())
+             last_error = $3, claimed_by = NULL, lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $4",
+        &[
+            P::Int(id),
+            P::Int(next_ms),
+            P::Text(error),
+            P::Text(&who.node),
+        ],
+    )? == 1)
 }
 
 /// Given up (a permanent refusal or too many attempts): the payload is
-/// wiped. `error` must hold no personal data.
-pub fn mark_failed(conn: &mut dyn Conn, id: i64, error: &str) -> Result<()> {
-    conn.exec(
-        "UPDATE processor_notifications SET status = 'failed', payload = NULL, last_error = $2
-         WHERE id = $1",
-        &[P::Int(id), P::Text(error)],
-    )?;
-    Ok(())
+/// wiped. `error` must hold no personal data. Only while `who` holds the
+/// claim.
+pub fn mark_failed(conn: &mut dyn Conn, who: &Claimant, id: i64, error: &str) -> Result<bool> {
+    Ok(conn.exec(
+        "UPDATE processor_notifications SET status = 'failed', payload = NULL, last_error = $2,
+             lease_until = NULL
+         WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
+        &[P::Int(id), P::Text(error), P::Text(&who.node)],
+    )? == 1)
 }
 
-/// After a crash: notifications that were being delivered are due again.
+/// Extend `who`'s leases on these notifications; the ids it still holds.
+pub fn renew_notifications(
+    conn: &mut dyn Conn,
+    who: &Claimant,
+    ids: &[i64],
+    now_ms: i64,
+) -> Result<Vec<i64>> {
+    let mut held = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let n = conn.exec(
+            "UPDATE processor_notifications SET lease_until = $3
+             WHERE id = $1 AND status = 'sending' AND claimed_by = $2",
+            &[P::Int(id), P::Text(&who.node), P::Int(who.until(now_ms))],
+        )?;
+        if n == 1 {
+            held.push(id);
+        }
+    }
+    Ok(held)
+}
+
+/// After a restart: the notifications this node was delivering are due
+/// again; other nodes' claims are theirs until their leases run out.
 /// The number recovered.
-pub fn recover_notifications(conn: &mut dyn Conn) -> Result<u64> {
+pub fn recover_notifications(conn: &mut dyn Conn, who: &Claimant) -> Result<u64> {
     conn.exec(
-        "UPDATE processor_notifications SET status = 'pending' WHERE status = 'sending'",
-        &[],
+        "UPDATE processor_notifications SET status = 'pending', claimed_by = NULL,
+             lease_until = NULL
+         WHERE status = 'sending' AND (claimed_by = $1 OR claimed_by IS NULL)",
+        &[P::Text(&who.node)],
     )
 }
 

@@ -3,7 +3,7 @@
 //! caller.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -20,6 +20,7 @@ use crate::conn::{Conn, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
 use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
+use crate::pool::{DbHealth, PooledConn};
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
 use crate::sqlite::SqliteBackend;
@@ -68,46 +69,14 @@ impl Backend {
 }
 
 pub struct Store {
-    backend: Backend,
+    backend: Arc<Backend>,
     vault: Arc<Vault>,
-    pool: Mutex<Vec<Box<dyn Conn>>>,
+    pool: r2d2::Pool<crate::pool::Manager>,
+    db_health: Arc<DbHealth>,
     catalog: Arc<CatalogCache>,
     pub metrics: Arc<WriterMetrics>,
     /// Which of this node's parts work (see [`crate::health`]).
     pub health: Arc<crate::health::Health>,
-}
-
-/// A connection borrowed from the pool, given back when dropped.
-pub struct PooledConn<'a> {
-    conn: Option<Box<dyn Conn>>,
-    store: &'a Store,
-}
-
-impl std::ops::Deref for PooledConn<'_> {
-    type Target = dyn Conn;
-    fn deref(&self) -> &Self::Target {
-        &**self.conn.as_ref().expect("present until drop")
-    }
-}
-
-impl std::ops::DerefMut for PooledConn<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut **self.conn.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for PooledConn<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(c) = self.conn.take() {
-            let mut pool = self.store.pool.lock().expect("pool");
-            if pool.len() < 32 {
-                pool.push(c);
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -259,10 +228,14 @@ impl Store {
                 conn.meta_set(VAULT_CHECK, &sealed)?;
             }
         }
+        drop(conn);
+        let backend = Arc::new(backend);
+        let health = Arc::new(DbHealth::default());
         Ok(Self {
+            pool: crate::pool::build(backend.clone(), health.clone()),
+            db_health: health,
             backend,
             vault,
-            pool: Mutex::new(vec![conn]),
             catalog: Arc::new(CatalogCache::default()),
             metrics: Arc::new(WriterMetrics::default()),
             health: Arc::default(),
@@ -277,16 +250,29 @@ impl Store {
         &self.vault
     }
 
-    pub fn conn(&self) -> Result<PooledConn<'_>> {
-        let pooled = self.pool.lock().expect("pool").pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => self.backend.connect()?,
-        };
-        Ok(PooledConn {
-            conn: Some(conn),
-            store: self,
-        })
+    /// A connection of the pool; `Error::Unavailable` when none can be had
+    /// within the pool's checkout timeout.
+    pub fn conn(&self) -> Result<PooledConn> {
+        crate::pool::checkout(&self.pool, &self.db_health)
+    }
+
+    /// Whether the writer and the read pool last reached the database.
+    pub fn database_ready(&self) -> bool {
+        self.db_health.ready()
+    }
+
+    /// Whether the writer has a working connection: ingestion is refused
+    /// at once (503) while it has none.
+    pub fn writer_ready(&self) -> bool {
+        self.db_health.writer_ready()
+    }
+
+    /// Ask the database now (one pooled connection, one round trip) and
+    /// update what [`Store::database_ready`] says.
+    pub fn probe_database(&self) -> bool {
+        let ok = self.conn().and_then(|mut c| c.ping()).is_ok();
+        self.db_health.set_pool(ok);
+        ok && self.db_health.writer_ready()
     }
 
     /// Start the group-commit writer on its own connection.
@@ -294,12 +280,17 @@ impl Store {
         &self,
         mut cfg: WriterConfig,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-        if matches!(self.backend, Backend::Postgres(_)) {
+        if matches!(*self.backend, Backend::Postgres(_)) {
             // Other nodes may merge profiles: never trust a cached mapping.
             cfg.cache_capacity = None;
         }
-        Ok(writer::spawn(
+        let backend = self.backend.clone();
+        Ok(writer::spawn_reconnecting(
             self.backend.connect()?,
+            writer::Reconnect {
+                connect: Box::new(move || backend.connect()),
+                health: self.db_health.clone(),
+            },
             self.vault.clone(),
             self.catalog.clone(),
             self.metrics.clone(),
@@ -655,7 +646,7 @@ impl Store {
 
     /// Fold the SQLite WAL into the database file (no-op on PostgreSQL).
     pub fn checkpoint(&self) -> Result<()> {
-        if let Backend::Sqlite(b) = &self.backend {
+        if let Backend::Sqlite(b) = &*self.backend {
             b.connect()?.checkpoint()?;
         }
         Ok(())

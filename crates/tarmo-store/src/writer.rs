@@ -246,9 +246,56 @@ impl WriterHandle {
     }
 }
 
+/// How the writer replaces a lost connection (PostgreSQL restarted, the
+/// network dropped): it opens a new one with backoff, and meanwhile answers
+/// every job `Error::Unavailable` at once, so that callers retry (HTTP 503)
+/// instead of waiting on a queue that does not move. Nothing is answered
+/// "stored" that did not commit; a commit whose answer was lost is answered
+/// unavailable, and the client's retry is deduplicated by its messageId.
+pub struct Reconnect {
+    pub connect: Box<dyn Fn() -> Result<Box<dyn Conn>> + Send>,
+    /// Where readiness is told whether the writer has a connection.
+    pub health: Arc<crate::pool::DbHealth>,
+}
+
+/// Backoff between connection attempts: from the first to the last.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// An idle connection is checked with a round trip this often, and before
+/// use after this long: a database restart is noticed before a request
+/// meets it.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
 /// Start the writer thread on `conn`.
 pub fn spawn(
     conn: Box<dyn Conn>,
+    vault: Arc<Vault>,
+    catalog: Arc<CatalogCache>,
+    metrics: Arc<WriterMetrics>,
+    health: Arc<Health>,
+    cfg: WriterConfig,
+) -> (WriterHandle, JoinHandle<()>) {
+    spawn_inner(conn, None, vault, catalog, metrics, health, cfg)
+}
+
+/// Start the writer thread on `conn`, replacing it through `reconnect`
+/// whenever it is lost.
+pub fn spawn_reconnecting(
+    conn: Box<dyn Conn>,
+    reconnect: Reconnect,
+    vault: Arc<Vault>,
+    catalog: Arc<CatalogCache>,
+    metrics: Arc<WriterMetrics>,
+    health: Arc<Health>,
+    cfg: WriterConfig,
+) -> (WriterHandle, JoinHandle<()>) {
+    spawn_inner(conn, Some(reconnect), vault, catalog, metrics, health, cfg)
+}
+
+fn spawn_inner(
+    conn: Box<dyn Conn>,
+    reconnect: Option<Reconnect>,
     vault: Arc<Vault>,
     catalog: Arc<CatalogCache>,
     metrics: Arc<WriterMetrics>,
@@ -283,7 +330,15 @@ pub fn spawn(
                 let began = Instant::now();
                 let ran = catch_unwind(AssertUnwindSafe(|| {
                     run(
-                        &mut *conn, &vault, &catalog, &metrics, &health, &cfg, &rx, &acks,
+                        &mut conn,
+                        reconnect.as_ref(),
+                        &vault,
+                        &catalog,
+                        &metrics,
+                        &health,
+                        &cfg,
+                        &rx,
+                        &acks,
                     )
                 }));
                 if ran.is_ok() {
@@ -381,9 +436,66 @@ impl Acks {
     }
 }
 
+/// Answer a job that could not run because the database is unavailable.
+fn refuse(w: Work, why: &str) {
+    let e = || Error::Unavailable(why.to_owned());
+    match w {
+        Work::Events(j) => (j.reply)(Err(e())),
+        Work::Tx(j) => j.finish(Err(e())),
+        #[cfg(test)]
+        Work::Crash => {}
+    }
+}
+
+/// A working connection in place of `conn`, opened with backoff. Jobs that
+/// arrive meanwhile are refused; `None` once every handle is dropped.
+fn reconnect_with_backoff(
+    r: &Reconnect,
+    rx: &Receiver<Work>,
+    waiting: &mut Option<Work>,
+) -> Option<Box<dyn Conn>> {
+    r.health.set_writer(false);
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        match (r.connect)() {
+            Ok(c) => {
+                r.health.set_writer(true);
+                return Some(c);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the writer could not reconnect");
+                let why = format!("the database cannot be reached: {e}");
+                if let Some(w) = waiting.take() {
+                    refuse(w, &why);
+                }
+                let until = Instant::now() + delay;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(w) => refuse(w, &why),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return None,
+                    }
+                }
+                delay = (delay * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+/// Whether `conn` must be replaced before it is used: it was lost, or it sat
+/// idle and does not answer.
+fn needs_reconnect(conn: &mut dyn Conn, idle: Duration) -> bool {
+    conn.is_broken() || (idle >= IDLE_CHECK && conn.ping().is_err())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
-    conn: &mut dyn Conn,
+    conn: &mut Box<dyn Conn>,
+    reconnect: Option<&Reconnect>,
     vault: &Vault,
     catalog: &CatalogCache,
     metrics: &WriterMetrics,
@@ -399,27 +511,46 @@ fn run(
     // A checkpoint after an erasure that readers held off: tried again
     // whenever the writer is idle, until it goes through.
     let mut checkpoint_owed = false;
+    let mut last_used = Instant::now();
     loop {
-        let idle = if checkpoint_owed {
+        // Without a way to reconnect (SQLite), the idle wake-up only purges
+        // and retries an owed checkpoint.
+        let idle_wait = if checkpoint_owed {
             Duration::from_secs(1)
+        } else if reconnect.is_some() {
+            IDLE_CHECK
         } else {
             Duration::from_secs(60)
         };
-        let first = match pending.take() {
-            Some(w) => w,
-            None => match rx.recv_timeout(idle) {
-                Ok(w) => w,
-                Err(RecvTimeoutError::Timeout) => {
-                    if checkpoint_owed {
-                        checkpoint_owed = !checkpoint(conn, metrics, true);
-                    }
-                    if last_purge.elapsed() >= Duration::from_secs(60) {
-                        purge(conn, cfg, &mut last_purge);
-                    }
-                    continue;
-                }
+        let mut first = match pending.take() {
+            Some(w) => Some(w),
+            None => match rx.recv_timeout(idle_wait) {
+                Ok(w) => Some(w),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             },
+        };
+        if let Some(r) = reconnect
+            && needs_reconnect(&mut **conn, last_used.elapsed())
+        {
+            match reconnect_with_backoff(r, rx, &mut first) {
+                Some(c) => *conn = c,
+                None => break,
+            }
+            // Whatever the cache knew was read on the old connection.
+            resolver.clear();
+        }
+        last_used = Instant::now();
+        let Some(first) = first else {
+            // Idle: a good moment to fold an owed checkpoint and to forget
+            // old messageIds.
+            if checkpoint_owed {
+                checkpoint_owed = !checkpoint(&mut **conn, metrics, true);
+            }
+            if last_purge.elapsed() >= Duration::from_secs(60) {
+                purge(&mut **conn, cfg, &mut last_purge);
+            }
+            continue;
         };
         // Another connection committed since our last transaction: what the
         // cache knows may be stale.
@@ -435,7 +566,7 @@ fn run(
             Work::Crash => panic!("the writer's own code failed"),
             Work::Tx(job) => {
                 let owed = run_tx(
-                    conn,
+                    &mut **conn,
                     vault,
                     catalog,
                     metrics,
@@ -463,7 +594,7 @@ fn run(
                     }
                 }
                 process(
-                    conn,
+                    &mut **conn,
                     vault,
                     catalog,
                     metrics,
@@ -478,7 +609,7 @@ fn run(
             seen_version = v;
         }
         if last_purge.elapsed() > Duration::from_secs(3600) {
-            purge(conn, cfg, &mut last_purge);
+            purge(&mut **conn, cfg, &mut last_purge);
         }
     }
 }
@@ -613,6 +744,16 @@ fn process(
                     })
                     .collect();
                 acks.after_commit(answers);
+                return;
+            }
+            Err(Error::Unavailable(why)) => {
+                // The connection is gone: neither a retry nor committing the
+                // requests one by one can succeed on it. The writer
+                // reconnects before its next job; the clients retry.
+                tracing::warn!(error = %why, jobs = jobs.len(), "group commit: the database is unavailable");
+                for j in jobs {
+                    (j.reply)(Err(Error::Unavailable(why.clone())));
+                }
                 return;
             }
             Err(e) if e.is_transient() && attempt < 3 => {

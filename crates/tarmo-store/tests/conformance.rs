@@ -172,6 +172,9 @@ conformance!(
     a_revocation_by_id_or_secret_changes_the_key_epoch,
     an_outbox_message_that_does_not_open_is_parked_and_the_rest_go,
     queues_show_depth_age_and_whether_anything_drains_them,
+    outbox_claims_are_leases_only_their_node_acts_on,
+    a_periodic_job_runs_on_one_node_per_turn,
+    claims_skip_rows_another_node_is_claiming,
 );
 
 #[path = "conformance/faults.rs"]
@@ -188,6 +191,10 @@ use consent::*;
 #[path = "conformance/requests.rs"]
 mod requests;
 use requests::*;
+
+#[path = "conformance/leases.rs"]
+mod leases;
+use leases::*;
 
 #[path = "conformance/processors.rs"]
 mod processors;

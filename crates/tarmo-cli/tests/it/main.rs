@@ -10,6 +10,8 @@ mod faults;
 mod ingest;
 mod network;
 mod openapi;
+mod pg_faults;
+mod pg_nodes;
 mod processors;
 mod rights;
 mod segments;

@@ -701,6 +701,7 @@ fn the_notice_worker_retries_until_delivered_and_gives_up_when_it_must() {
             max_delay: Duration::from_millis(300),
             max_attempts: 3,
         },
+        claimant: Default::default(),
     });
     signal.ring();
     let started = Instant::now();

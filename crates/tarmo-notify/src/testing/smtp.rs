@@ -177,6 +177,7 @@ impl SmtpSinkBuilder {
             replies: Mutex::new(Replies {
                 rcpt: self.rcpt_reply,
                 data: self.data_reply,
+                delay: Duration::ZERO,
             }),
             received: Recorder::new(),
         });
@@ -275,6 +276,12 @@ impl SmtpSink {
         lock(&self.shared.replies).rcpt = reply.map(|(c, t)| (c, t.to_owned()));
     }
 
+    /// From now on, wait this long at the end of DATA before answering (a
+    /// slow server, so that a sender can be stopped mid-send).
+    pub fn set_data_delay(&self, delay: Duration) {
+        lock(&self.shared.replies).delay = delay;
+    }
+
     /// From now on, answer the end of DATA with `reply`, or accept (`None`).
     pub fn set_data_reply(&self, reply: Option<(u16, &str)>) {
         lock(&self.shared.replies).data = reply.map(|(c, t)| (c, t.to_owned()));
@@ -292,6 +299,8 @@ struct Settings {
 struct Replies {
     rcpt: Reply,
     data: Reply,
+    /// How long the end of DATA waits before it is answered.
+    delay: Duration,
 }
 
 struct Shared {
@@ -599,7 +608,11 @@ impl<'a> Session<'a> {
             data.extend_from_slice(line);
             data.extend_from_slice(b"\r\n");
         }
-        let refusal = lock(&self.shared.replies).data.clone();
+        let (refusal, delay) = {
+            let r = lock(&self.shared.replies);
+            (r.data.clone(), r.delay)
+        };
+        std::thread::sleep(delay);
         if let Some((code, text)) = refusal {
             self.reset();
             return self.reply(code, &text);

@@ -396,7 +396,16 @@ pub fn double_opt_in_confirms_once_and_tokens_expire(h: &Harness) {
     // The confirmation message waits in the outbox, sealed.
     let claimed = h
         .store
-        .transact_direct(|c, v| outbox::claim_due(c, v, "email", tarmo_store::now_ms(), 10))
+        .transact_direct(|c, v| {
+            outbox::claim_due(
+                c,
+                v,
+                &Default::default(),
+                "email",
+                tarmo_store::now_ms(),
+                10,
+            )
+        })
         .unwrap();
     assert_eq!(claimed.len(), 1);
     let OutboxMessage::Confirmation {
@@ -495,7 +504,16 @@ pub fn double_opt_in_confirms_once_and_tokens_expire(h: &Harness) {
         .unwrap();
     let claimed = h
         .store
-        .transact_direct(|c, v| outbox::claim_due(c, v, "email", tarmo_store::now_ms(), 10))
+        .transact_direct(|c, v| {
+            outbox::claim_due(
+                c,
+                v,
+                &Default::default(),
+                "email",
+                tarmo_store::now_ms(),
+                10,
+            )
+        })
         .unwrap();
     let OutboxMessage::Confirmation { token, .. } = claimed[0].message.clone() else {
         panic!()

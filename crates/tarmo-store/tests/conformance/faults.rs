@@ -4,9 +4,15 @@
 use serde_json::json;
 use tarmo_store::conn::P;
 use tarmo_store::health::queue_states;
+use tarmo_store::lease::Claimant;
 use tarmo_store::outbox::{self, OutboxMessage};
 
 use super::{Harness, stored};
+
+/// This node, as the outbox worker would claim.
+fn me() -> Claimant {
+    Claimant::new("node-test", std::time::Duration::from_secs(60))
+}
 
 fn message(n: u32) -> OutboxMessage {
     OutboxMessage::RequestVerification {
@@ -52,7 +58,7 @@ pub fn an_outbox_message_that_does_not_open_is_parked_and_the_rest_go(h: &Harnes
         .unwrap();
     let claimed = h
         .store
-        .transact_direct(|c, v| outbox::claim_due(c, v, "email", tarmo_store::now_ms(), 10))
+        .transact_direct(|c, v| outbox::claim_due(c, v, &me(), "email", tarmo_store::now_ms(), 10))
         .expect("broken rows do not fail the claim");
     assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[3]]);
     assert_eq!(claimed[0].message, message(3));
@@ -85,7 +91,7 @@ pub fn an_outbox_message_that_does_not_open_is_parked_and_the_rest_go(h: &Harnes
     // Parked rows are not claimed again.
     let again = h
         .store
-        .transact_direct(|c, v| outbox::claim_due(c, v, "email", tarmo_store::now_ms(), 10))
+        .transact_direct(|c, v| outbox::claim_due(c, v, &me(), "email", tarmo_store::now_ms(), 10))
         .unwrap();
     assert!(again.is_empty());
 }
@@ -127,12 +133,12 @@ pub fn queues_show_depth_age_and_whether_anything_drains_them(h: &Harness) {
     // Sent and failed messages no longer wait.
     let claimed = h
         .store
-        .transact_direct(|c, v| outbox::claim_due(c, v, "email", t0, 2))
+        .transact_direct(|c, v| outbox::claim_due(c, v, &me(), "email", t0, 2))
         .unwrap();
     h.store
         .transact_direct(|c, _| {
-            outbox::mark_sent(c, claimed[0].id, t0)?;
-            outbox::mark_failed(c, claimed[1].id, "test")
+            outbox::mark_sent(c, &me(), claimed[0].id, t0)?;
+            outbox::mark_failed(c, &me(), claimed[1].id, "test")
         })
         .unwrap();
     let email = q(states(t0));

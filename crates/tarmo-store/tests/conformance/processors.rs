@@ -2,6 +2,7 @@
 //! notifications, on each backend.
 
 use serde_json::{Value, json};
+use std::time::Duration;
 use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_core::processor::ProcessorInput;
 use tarmo_store::conn::P;
@@ -512,7 +513,13 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
     let claim = |h: &Harness, at: i64| {
         h.writer
             .transact_blocking(move |ctx| {
-                processors::claim_due_notifications(ctx.conn, ctx.vault, at, 10)
+                processors::claim_due_notifications(
+                    ctx.conn,
+                    ctx.vault,
+                    &Default::default(),
+                    at,
+                    10,
+                )
             })
             .unwrap()
     };
@@ -540,28 +547,53 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
         "Debug hides the payload"
     );
     assert!(claim(h, now + 1000).is_empty(), "claimed once");
+    let other = tarmo_store::lease::Claimant::new("another-node", Duration::from_secs(60));
+    let by_other = {
+        let other = other.clone();
+        h.writer
+            .transact_blocking(move |ctx| {
+                processors::claim_due_notifications(ctx.conn, ctx.vault, &other, now + 1000, 10)
+            })
+            .unwrap()
+    };
+    assert!(
+        by_other.is_empty(),
+        "another node does not take a live claim"
+    );
 
     let (mid, sid) = (m.id, s.id);
     h.writer
         .transact_blocking(move |ctx| {
-            processors::mark_retry(ctx.conn, mid, now + 60_000, "HTTP 503: try again later")?;
-            processors::mark_delivered(ctx.conn, sid, ctx.now_ms)
+            processors::mark_retry(
+                ctx.conn,
+                &Default::default(),
+                mid,
+                now + 60_000,
+                "HTTP 503: try again later",
+            )?;
+            processors::mark_delivered(ctx.conn, &Default::default(), sid, ctx.now_ms)
         })
         .unwrap();
     assert!(claim(h, now + 59_000).is_empty(), "not due yet");
     let again = claim(h, now + 60_000);
     assert_eq!((again.len(), again[0].attempts), (1, 2));
+    // Another node's restart leaves this node's claims alone.
+    let n = h
+        .writer
+        .transact_blocking(move |ctx| processors::recover_notifications(ctx.conn, &other))
+        .unwrap();
+    assert_eq!(n, 0);
     // A crash mid-delivery: the notification is due again.
     let n = h
         .writer
-        .transact_blocking(|ctx| processors::recover_notifications(ctx.conn))
+        .transact_blocking(|ctx| processors::recover_notifications(ctx.conn, &Default::default()))
         .unwrap();
     assert_eq!(n, 1);
     let again = claim(h, now + 60_000);
     assert_eq!(again[0].attempts, 3);
     h.writer
         .transact_blocking(move |ctx| {
-            processors::mark_failed(ctx.conn, mid, "refused with HTTP 404")
+            processors::mark_failed(ctx.conn, &Default::default(), mid, "refused with HTTP 404")
         })
         .unwrap();
 

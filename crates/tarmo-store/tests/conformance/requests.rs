@@ -554,7 +554,14 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
 fn outbox_mail(h: &Harness) -> Vec<tarmo_store::outbox::Claimed> {
     h.store
         .transact_direct(|c, v| {
-            tarmo_store::outbox::claim_due(c, v, "email", tarmo_store::now_ms() + 1, 100)
+            tarmo_store::outbox::claim_due(
+                c,
+                v,
+                &Default::default(),
+                "email",
+                tarmo_store::now_ms() + 1,
+                100,
+            )
         })
         .unwrap()
 }
