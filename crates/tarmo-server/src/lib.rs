@@ -696,3 +696,52 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
 async fn openapi_json() -> impl IntoResponse {
     axum::Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_is_503_naming_the_part_while_one_is_down_and_200_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = tarmo_store::Backend::open(dir.path(), None).unwrap();
+        let master = tarmo_store::vault::MasterKey::generate().unwrap();
+        let store = Arc::new(Store::open(backend, &master, 100).unwrap());
+        let (writer, join) = store.start_writer(Default::default()).unwrap();
+        let (access, access_thread) = AccessLogger::spawn(writer.clone());
+        let segments =
+            SegmentEngine::start(store.clone(), writer.clone(), Default::default()).unwrap();
+        let state = AppState::new(
+            store.clone(),
+            writer,
+            IdentityConfig::new(None, &[]).unwrap(),
+            ServerConfig::default(),
+            access,
+            segments,
+        );
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{:?}", body.0.message);
+        assert_eq!((body.0.status, body.0.code), ("ready", None));
+        let names: Vec<_> = body.0.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["access-log", "writer"]);
+        assert_eq!(body.0.queues.len(), tarmo_store::health::QUEUES.len());
+
+        store.health.down("mail", "panicked; restarting");
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (body.0.status, body.0.code),
+            ("not_ready", Some("not_ready"))
+        );
+        assert_eq!(
+            body.0.message.as_deref(),
+            Some("mail: panicked; restarting")
+        );
+
+        store.health.up("mail");
+        assert_eq!(readyz(State(state.clone())).await.0, StatusCode::OK);
+        drop(state);
+        access_thread.join();
+        join.join().unwrap();
+    }
+}

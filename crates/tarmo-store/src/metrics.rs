@@ -40,6 +40,10 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
     /// Append this histogram in Prometheus text format; `labels` is either
     /// empty or `key="value",...` without braces.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -74,6 +78,8 @@ pub struct WriterMetrics {
     pub group_failures: AtomicU64,
     /// Checkpoints after an erasure that readers held off (retried).
     pub checkpoint_failures: AtomicU64,
+    /// Truncating checkpoints after an erasure, failed ones included.
+    pub checkpoint_seconds: Histogram,
     pub commit_seconds: Histogram,
     /// One flush of the write-ahead log under pipelined commit.
     pub flush_seconds: Histogram,
@@ -94,6 +100,7 @@ impl Default for WriterMetrics {
             groups: AtomicU64::new(0),
             group_failures: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
+            checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             flush_seconds: Histogram::new(LATENCY_BUCKETS),
             group_events: Histogram::new(GROUP_SIZE_BUCKETS),
@@ -167,6 +174,12 @@ impl WriterMetrics {
         );
         self.commit_seconds
             .render(out, "tarmo_store_commit_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP tarmo_store_checkpoint_seconds Time of the truncating checkpoint after an erasure.\n# TYPE tarmo_store_checkpoint_seconds histogram"
+        );
+        self.checkpoint_seconds
+            .render(out, "tarmo_store_checkpoint_seconds", "");
         let _ = writeln!(
             out,
             "# HELP tarmo_store_flush_seconds Time to make the commits written meanwhile durable (one fdatasync of the SQLite log).\n# TYPE tarmo_store_flush_seconds histogram"

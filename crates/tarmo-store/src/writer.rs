@@ -617,7 +617,10 @@ fn run(
 /// Fold the log into the database and truncate it; false (said in the log
 /// and the metrics) when readers held it off through every attempt.
 fn checkpoint(conn: &mut dyn Conn, metrics: &WriterMetrics, retrying: bool) -> bool {
-    match conn.checkpoint() {
+    let started = Instant::now();
+    let r = conn.checkpoint();
+    metrics.checkpoint_seconds.observe(started.elapsed());
+    match r {
         Ok(()) => {
             if retrying {
                 tracing::info!("the checkpoint after an erasure went through");
