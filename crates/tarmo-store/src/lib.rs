@@ -14,6 +14,7 @@ pub mod conn;
 pub mod consent;
 pub mod doi;
 pub mod erasure;
+pub mod imports;
 pub mod keys;
 pub mod links;
 pub mod metrics;

@@ -58,6 +58,23 @@ impl TxCtx<'_> {
             .resolve_identifiers(self.conn, self.vault, identifiers, self.now_ms)
     }
 
+    /// Store events by the same rules as ingestion (resolution, merges,
+    /// sealing, counters, traits), inside this transaction; each stored
+    /// event's id beside its outcome. Imports use it.
+    pub fn apply_events(
+        &mut self,
+        events: &[&PreparedEvent],
+    ) -> Result<(Vec<Outcome>, Vec<Option<i64>>)> {
+        let (outcomes, ids, _) = self.resolver.apply_returning_ids(
+            self.conn,
+            self.vault,
+            &self.catalog,
+            events,
+            self.now_ms,
+        )?;
+        Ok((outcomes, ids))
+    }
+
     /// Identity facts may have changed in ways the cache cannot follow (an
     /// erasure deleted identifiers): drop it after this transaction.
     pub fn identities_changed(&mut self) {
