@@ -191,7 +191,8 @@ pub struct ImportReport {
     pub anonymous: u64,
     /// Columns the mapping does not use.
     pub ignored_columns: Vec<String>,
-    /// The first errors, with line numbers (all are counted in `invalid`).
+    /// The first errors, with line numbers (a row may have several; every
+    /// row with one is counted in `invalid`).
     pub errors: Vec<RowError>,
     pub dry_run: bool,
 }
@@ -548,7 +549,11 @@ pub fn parse(
         .cloned()
         .collect();
     errors.sort_by_key(|e| e.line);
-    parsed.report.invalid = errors.len() as u64;
+    parsed.report.invalid = errors
+        .iter()
+        .map(|e| e.line)
+        .collect::<HashSet<_>>()
+        .len() as u64;
     parsed.report.records = parsed.records() as u64;
     parsed.report.errors = errors.iter().take(MAX_ERRORS).cloned().collect();
     parsed.errors = errors;
