@@ -1462,7 +1462,7 @@ pub fn run(
     id: Option<i64>,
     on_progress: impl FnOnce(Arc<AtomicU64>, u64),
 ) -> Result<Finished> {
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    let sha = file_sha256(bytes);
     let parsed = match parse(&spec, bytes, identity, store.vault(), crate::now_ms()) {
         Ok(p) => p,
         Err(e) => {
@@ -1473,6 +1473,25 @@ pub fn run(
             return Err(e);
         }
     };
+    run_parsed(store, writer, spec, parsed, sha, id, on_progress)
+}
+
+/// The file's SHA-256, in hex: which file an import was.
+pub fn file_sha256(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// [`run`] for a file already parsed (the HTTP route parses before it
+/// answers, so a mapping that cannot work is a 400 and records nothing).
+pub fn run_parsed(
+    store: &Store,
+    writer: &WriterHandle,
+    spec: ImportSpec,
+    parsed: Parsed,
+    sha: String,
+    id: Option<i64>,
+    on_progress: impl FnOnce(Arc<AtomicU64>, u64),
+) -> Result<Finished> {
     let blocked = !parsed.errors.is_empty() && !spec.skip_invalid;
     if spec.dry_run || blocked {
         let report = {
