@@ -4,6 +4,7 @@
 mod access;
 mod common;
 mod consent;
+mod imports;
 mod ingest;
 mod network;
 mod openapi;
