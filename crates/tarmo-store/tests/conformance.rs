@@ -170,7 +170,13 @@ conformance!(
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
     staff_notes_and_collection_points_are_stored_sealed,
     a_revocation_by_id_or_secret_changes_the_key_epoch,
+    imports_are_idempotent_replace_orders_and_skip_erased_people,
+    stock_imports_answer_the_offer,
 );
+
+#[path = "conformance/imports.rs"]
+mod imports;
+use imports::*;
 
 #[path = "conformance/segments.rs"]
 mod segments;

@@ -535,7 +535,8 @@ pub struct OfferStore {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct OfferProduct {
     pub id: String,
-    /// In the language asked for, else the default name, else any.
+    /// In the language asked for, else the default name, else English,
+    /// else any.
     pub name: String,
     pub category: Option<String>,
     pub price: Option<String>,
@@ -554,7 +555,7 @@ pub struct Offer {
 /// The offer for `profile` and `product_id`: the person's store (see
 /// [`store_of`]; among several stores in their city, the one with the most
 /// in stock) with the product in stock there, named in `language` (`fi`,
-/// `en`, ...). `None` when the person has no store, the product is unknown
+/// `en`, ...; else the default name, else English). `None` when the person has no store, the product is unknown
 /// or it is not in stock there. For templates (`{{ offer.store.name }}`,
 /// `{{ offer.product.name }}`): it reads only the person's
 /// `preferred_store` and `city` traits and their orders' store ids.
@@ -596,6 +597,7 @@ pub fn offer(
     let name = language
         .and_then(|l| names.get(l))
         .or_else(|| names.get("default"))
+        .or_else(|| names.get("en"))
         .or_else(|| names.values().next())
         .and_then(Value::as_str)
         .unwrap_or(product_id)

@@ -1067,6 +1067,17 @@ impl Status {
     }
 }
 
+/// A record to write, and what the file's earlier imports knew of it.
+struct Todo {
+    key: i64,
+    mac: i64,
+    /// The event an earlier version became (an order to replace).
+    old: Option<i64>,
+    /// Never imported before (else: changed).
+    new: bool,
+    event: PreparedEvent,
+}
+
 /// What is kept of earlier imports' rows of a kind: key → (content, event).
 fn known_rows(conn: &mut dyn Conn, kind: ImportKind) -> Result<HashMap<i64, (i64, Option<i64>)>> {
     let mut out = HashMap::new();
@@ -1109,24 +1120,26 @@ pub fn apply(
     };
     let source = -id;
     let now = ctx.now_ms;
-    // (key, mac, line, old event, prepared)
-    let mut todo: Vec<(i64, i64, Option<i64>, PreparedEvent)> = Vec::new();
-    let flush = |ctx: &mut TxCtx<'_>,
-                     todo: &mut Vec<(i64, i64, Option<i64>, PreparedEvent)>,
-                     report: &mut ImportReport|
+    let mut todo: Vec<Todo> = Vec::new();
+    let flush = |ctx: &mut TxCtx<'_>, todo: &mut Vec<Todo>, report: &mut ImportReport|
      -> Result<()> {
         if todo.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.3).collect();
+        let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
         let (outcomes, event_ids) = ctx.apply_events(&refs)?;
         let mut touched = HashSet::new();
-        for ((key, mac, old, _), (outcome, event_id)) in
-            todo.iter().zip(outcomes.into_iter().zip(event_ids))
-        {
+        for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
+            let (key, mac, old) = (&t.key, &t.mac, &t.old);
             let profile = match outcome {
                 Outcome::Stored(p) => p,
                 Outcome::Suppressed => {
+                    // Counted as new or changed above; it is neither.
+                    if t.new {
+                        report.created -= 1;
+                    } else {
+                        report.updated -= 1;
+                    }
                     report.suppressed += 1;
                     continue;
                 }
@@ -1156,6 +1169,7 @@ pub fn apply(
         todo.clear();
         Ok(())
     };
+    // Whether a record must be written: `Some(the event it replaces)`.
     let note = |key: i64, mac: i64, report: &mut ImportReport| -> Option<Option<i64>> {
         match known.get(&key) {
             Some((m, _)) if *m == mac => {
@@ -1174,20 +1188,21 @@ pub fn apply(
     };
     for c in &parsed.customers {
         progress.fetch_add(1, Ordering::Relaxed);
-        let Some(_) = note(c.key, c.mac, &mut report) else {
+        if note(c.key, c.mac, &mut report).is_none() {
             continue;
-        };
+        }
         let body = json!({
             "type": "identify",
             "traits": c.traits,
             "timestamp": rfc3339(now),
             "context": {"import": provenance(c.line)},
         });
-        todo.push((
-            c.key,
-            c.mac,
-            None,
-            PreparedEvent {
+        todo.push(Todo {
+            key: c.key,
+            mac: c.mac,
+            old: None,
+            new: !known.contains_key(&c.key),
+            event: PreparedEvent {
                 dedup: None,
                 source,
                 trust: Trust::Server,
@@ -1198,7 +1213,7 @@ pub fn apply(
                 body: serde_json::to_vec(&body).expect("serialises"),
                 consent: None,
             },
-        ));
+        });
         if todo.len() >= CHUNK {
             flush(ctx, &mut todo, &mut report)?;
         }
@@ -1215,11 +1230,12 @@ pub fn apply(
             "timestamp": rfc3339(o.ts_ms),
             "context": {"import": provenance(o.line)},
         });
-        todo.push((
-            o.key,
-            o.mac,
+        todo.push(Todo {
+            key: o.key,
+            mac: o.mac,
             old,
-            PreparedEvent {
+            new: !known.contains_key(&o.key),
+            event: PreparedEvent {
                 dedup: None,
                 source,
                 trust: Trust::Server,
@@ -1230,7 +1246,7 @@ pub fn apply(
                 body: serde_json::to_vec(&body).expect("serialises"),
                 consent: None,
             },
-        ));
+        });
         if todo.len() >= CHUNK {
             flush(ctx, &mut todo, &mut report)?;
         }
