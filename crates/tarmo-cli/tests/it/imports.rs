@@ -346,3 +346,121 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
     let v: Value = serde_json::from_str(&m.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(v["code"], "forbidden", "{v}");
 }
+
+/// Wait until `segment`'s members are `want` (profile ids, sorted).
+fn wait_members(s: &Server, segment: &str, want: &[i64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, v) = admin(s, "GET", &format!("/api/v1/segments/{segment}/members"), None);
+        assert_eq!(st, 200, "{v}");
+        let mut got: Vec<i64> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["profile_id"].as_i64().unwrap())
+            .collect();
+        got.sort_unstable();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segment}: members {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_viewed_but_not_bought_reminder_goes_only_where_the_product_is_in_stock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let products = file(
+        "products.csv",
+        "product_id,name_fi,name_en,category,price\nP1,Vihreä tee,Green tea,tea,4.50\nP2,Muki,Mug,kitchen,12\n",
+    );
+    let stores = file(
+        "stores.csv",
+        "store_id,name,city,latitude,longitude\nS1,Keskusta,Tampere,61.4981,23.7610\nS3,Kamppi,Helsinki,60.1690,24.9320\n",
+    );
+    let stock = file("stock.csv", "store_id,product_id,quantity\nS1,P1,5\nS3,P1,2\nS3,P2,0\n");
+    let customers = file(
+        "customers.csv",
+        "user_id,email,city,preferred_store\nu-anna,anna@example.fi,Tampere,S1\nu-bob,bob@example.fi,Helsinki,\n",
+    );
+    for (kind, f) in [
+        ("products", &products),
+        ("stores", &stores),
+        ("stock", &stock),
+        ("customers", &customers),
+    ] {
+        let (code, out, err) = import(&data, kind, f, &[]);
+        assert_eq!(code, 0, "{kind}: {out}{err}");
+    }
+    let s = trusted(start(&data, &a, &w));
+    // A purpose that may read where people shop (a profile trait) and
+    // what they viewed and bought.
+    let (st, v) = admin(
+        &s,
+        "PUT",
+        "/api/v1/purposes/store_offers",
+        Some(&json!({"name": "Offers from your store", "legal_basis": "consent",
+            "channels": ["email"], "data_categories": ["contact", "profile", "purchase_history"],
+            "retention_days": 365, "consent_lifetime_days": 365, "direct_marketing": true,
+            "notice": {"en": "Offers on what you looked at, from your store."}})),
+    );
+    assert!(st == 200 || st == 201, "{v}");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/segments",
+        Some(&json!({"id": "in_stock_reminder", "name": "Viewed, not bought, in stock near them",
+            "purpose": "store_offers",
+            "rule_text": "event \"Product Viewed\" in 2d and not event \"Order Completed\" in 2d and in_stock(viewed, preferred)"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        v["rule"]["all"][2],
+        json!({"in_stock": {"product": "viewed", "store": "preferred"}})
+    );
+    let view = |user: &str, product: &str| {
+        let body = json!({"type": "track", "userId": user, "event": "Product Viewed",
+            "properties": {"product_id": product}});
+        let (st, v) = post(&s, "/v1/track", Some(basic(&s.write)), body.to_string().as_bytes(), false);
+        assert_eq!(st, 200, "{v}");
+    };
+    let id_of = |user: &str| {
+        lookup(&s, "user_id", user).unwrap()["id"].as_i64().unwrap()
+    };
+    let (anna, bob) = (id_of("u-anna"), id_of("u-bob"));
+    // Anna views tea, in stock at her store; Bob a mug, out in Helsinki.
+    view("u-anna", "P1");
+    view("u-bob", "P2");
+    wait_members(&s, "in_stock_reminder", &[anna]);
+    // The nightly stock file brings mugs to Kamppi: Bob enters.
+    let restock = file("stock-2.csv", "store_id,product_id,quantity\nS3,P2,4\n");
+    let (code, out, err) = import(&data, "stock", &restock, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&s, "in_stock_reminder", &[anna, bob]);
+    // Anna buys at the till: she leaves (no reminder for what she bought).
+    let orders = file(
+        "orders.csv",
+        &format!(
+            "order_id,ordered_at,user_id,store_id,product_id,quantity,price\nR9,{},u-anna,S1,P1,1,4.50\n",
+            tarmo_store::rfc3339(tarmo_store::now_ms() - 60_000)
+        ),
+    );
+    let (code, out, err) = import(&data, "orders", &orders, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&s, "in_stock_reminder", &[bob]);
+    // Mugs sell out at Kamppi: Bob leaves too.
+    let sold_out = file("stock-3.csv", "store_id,product_id,quantity\nS3,P2,0\n");
+    assert_eq!(import(&data, "stock", &sold_out, &[]).0, 0);
+    wait_members(&s, "in_stock_reminder", &[]);
+}
