@@ -210,7 +210,11 @@ fn register(kind: ImportKind, a: RegisterArgs) -> anyhow::Result<u8> {
             writeln!(err, "... (the first 1000 errors)")?;
         }
         if !r.ignored_columns.is_empty() {
-            writeln!(err, "columns not imported: {}", r.ignored_columns.join(", "))?;
+            writeln!(
+                err,
+                "columns not imported: {}",
+                r.ignored_columns.join(", ")
+            )?;
         }
     }
     let what = match kind {

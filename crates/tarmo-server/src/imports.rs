@@ -142,7 +142,11 @@ pub async fn create(
         .name(format!("tarmo-import-{id}"))
         .spawn(move || {
             match imports::run_parsed(&store, &writer, spec, parsed, sha, Some(id), |_, _| {}) {
-                Ok(done) => tracing::info!(import = id, status = done.status.as_str(), "import finished"),
+                Ok(done) => tracing::info!(
+                    import = id,
+                    status = done.status.as_str(),
+                    "import finished"
+                ),
                 Err(e) => tracing::warn!(import = id, error = %e, "import failed"),
             }
         })

@@ -114,7 +114,10 @@ fn customers_and_orders_from_files_with_provenance_idempotence_and_suppression()
     // With --skip-invalid the good rows of the bad file are the same people.
     let (code, out, err) = import(&data, "customers", &bad, &["--skip-invalid"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("2 unchanged") && out.contains("2 invalid rows"), "{out}");
+    assert!(
+        out.contains("2 unchanged") && out.contains("2 invalid rows"),
+        "{out}"
+    );
 
     // Orders, a line per row; the anonymous sale is skipped and counted.
     let orders_csv = file("orders.csv", ORDERS);
@@ -143,7 +146,8 @@ fn customers_and_orders_from_files_with_provenance_idempotence_and_suppression()
         "a till or CRM file is a trusted source: {anna}"
     );
     assert!(
-        ids.iter().any(|i| i["type"] == "phone" && i["value"] == "+358401234567"),
+        ids.iter()
+            .any(|i| i["type"] == "phone" && i["value"] == "+358401234567"),
         "{anna}"
     );
     let evs = events(&s, id);
@@ -168,7 +172,10 @@ fn customers_and_orders_from_files_with_provenance_idempotence_and_suppression()
             assert_eq!(p["lifecycle"]["revenue"], 9.0, "{p}");
             break;
         }
-        assert!(Instant::now() < deadline, "lifecycle never saw the order: {p}");
+        assert!(
+            Instant::now() < deadline,
+            "lifecycle never saw the order: {p}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -195,8 +202,14 @@ fn customers_and_orders_from_files_with_provenance_idempotence_and_suppression()
     );
     assert_eq!(st, 200, "{bundle}");
     let imports = bundle["imports"].as_array().unwrap();
-    let kinds: Vec<&str> = imports.iter().map(|i| i["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"customers") && kinds.contains(&"orders"), "{imports:#?}");
+    let kinds: Vec<&str> = imports
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"customers") && kinds.contains(&"orders"),
+        "{imports:#?}"
+    );
     for i in imports {
         assert_eq!(i["source"], "till export 2026-11");
         assert_eq!(i["documentation"], "loyalty forms, archive box 12");
@@ -290,7 +303,10 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
     assert!(errors.iter().all(|e| e["line"] == 2), "{errors:#?}");
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_eq!(v["source"], "CRM nightly sync");
-    assert!(lookup(&s, "email", "eva@example.fi").is_none(), "all or nothing");
+    assert!(
+        lookup(&s, "email", "eva@example.fi").is_none(),
+        "all or nothing"
+    );
 
     let (st, q) = admin(&s, "POST", "/api/v1/imports", Some(&body(true)));
     assert_eq!(st, 202, "{q}");
@@ -304,7 +320,10 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
 
     // Bad requests are refused whole and record nothing.
     for (b, code) in [
-        (json!({"kind": "pets", "source": "x", "content": ""}), "invalid_import_kind"),
+        (
+            json!({"kind": "pets", "source": "x", "content": ""}),
+            "invalid_import_kind",
+        ),
         (
             json!({"kind": "customers", "source": "", "documentation": "d", "content": "email\n"}),
             "invalid_import_source",
@@ -324,7 +343,11 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
         (json!({"kind": "customers"}), "invalid_import"),
     ] {
         let (st, v) = admin(&s, "POST", "/api/v1/imports", Some(&b));
-        assert_eq!((st, v["code"].as_str().unwrap_or("")), (400, code), "{b}: {v}");
+        assert_eq!(
+            (st, v["code"].as_str().unwrap_or("")),
+            (400, code),
+            "{b}: {v}"
+        );
     }
     let (st, v) = admin(&s, "GET", "/api/v1/imports/9999", None);
     assert_eq!((st, v["code"].as_str()), (404, Some("import_not_found")));
@@ -338,7 +361,10 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
     );
     let mut m = agent()
         .post(format!("{}/api/v1/imports", s.base))
-        .header("Authorization", &format!("Bearer {}", k["key"].as_str().unwrap()))
+        .header(
+            "Authorization",
+            &format!("Bearer {}", k["key"].as_str().unwrap()),
+        )
         .header("Content-Type", "application/json")
         .send(body(true).to_string().as_bytes())
         .unwrap();
@@ -351,7 +377,12 @@ fn http_imports_run_in_the_background_and_report_errors_by_line() {
 fn wait_members(s: &Server, segment: &str, want: &[i64]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (st, v) = admin(s, "GET", &format!("/api/v1/segments/{segment}/members"), None);
+        let (st, v) = admin(
+            s,
+            "GET",
+            &format!("/api/v1/segments/{segment}/members"),
+            None,
+        );
         assert_eq!(st, 200, "{v}");
         let mut got: Vec<i64> = v["members"]
             .as_array()
@@ -389,7 +420,10 @@ fn the_viewed_but_not_bought_reminder_goes_only_where_the_product_is_in_stock() 
         "stores.csv",
         "store_id,name,city,latitude,longitude\nS1,Keskusta,Tampere,61.4981,23.7610\nS3,Kamppi,Helsinki,60.1690,24.9320\n",
     );
-    let stock = file("stock.csv", "store_id,product_id,quantity\nS1,P1,5\nS3,P1,2\nS3,P2,0\n");
+    let stock = file(
+        "stock.csv",
+        "store_id,product_id,quantity\nS1,P1,5\nS3,P1,2\nS3,P2,0\n",
+    );
     let customers = file(
         "customers.csv",
         "user_id,email,city,preferred_store\nu-anna,anna@example.fi,Tampere,S1\nu-bob,bob@example.fi,Helsinki,\n",
@@ -410,19 +444,23 @@ fn the_viewed_but_not_bought_reminder_goes_only_where_the_product_is_in_stock() 
         &s,
         "PUT",
         "/api/v1/purposes/store_offers",
-        Some(&json!({"name": "Offers from your store", "legal_basis": "consent",
+        Some(
+            &json!({"name": "Offers from your store", "legal_basis": "consent",
             "channels": ["email"], "data_categories": ["contact", "profile", "purchase_history"],
             "retention_days": 365, "consent_lifetime_days": 365, "direct_marketing": true,
-            "notice": {"en": "Offers on what you looked at, from your store."}})),
+            "notice": {"en": "Offers on what you looked at, from your store."}}),
+        ),
     );
     assert!(st == 200 || st == 201, "{v}");
     let (st, v) = admin(
         &s,
         "POST",
         "/api/v1/segments",
-        Some(&json!({"id": "in_stock_reminder", "name": "Viewed, not bought, in stock near them",
+        Some(
+            &json!({"id": "in_stock_reminder", "name": "Viewed, not bought, in stock near them",
             "purpose": "store_offers",
-            "rule_text": "event \"Product Viewed\" in 2d and not event \"Order Completed\" in 2d and in_stock(viewed, preferred)"})),
+            "rule_text": "event \"Product Viewed\" in 2d and not event \"Order Completed\" in 2d and in_stock(viewed, preferred)"}),
+        ),
     );
     assert_eq!(st, 201, "{v}");
     assert_eq!(
@@ -432,12 +470,16 @@ fn the_viewed_but_not_bought_reminder_goes_only_where_the_product_is_in_stock() 
     let view = |user: &str, product: &str| {
         let body = json!({"type": "track", "userId": user, "event": "Product Viewed",
             "properties": {"product_id": product}});
-        let (st, v) = post(&s, "/v1/track", Some(basic(&s.write)), body.to_string().as_bytes(), false);
+        let (st, v) = post(
+            &s,
+            "/v1/track",
+            Some(basic(&s.write)),
+            body.to_string().as_bytes(),
+            false,
+        );
         assert_eq!(st, 200, "{v}");
     };
-    let id_of = |user: &str| {
-        lookup(&s, "user_id", user).unwrap()["id"].as_i64().unwrap()
-    };
+    let id_of = |user: &str| lookup(&s, "user_id", user).unwrap()["id"].as_i64().unwrap();
     let (anna, bob) = (id_of("u-anna"), id_of("u-bob"));
     // Anna views tea, in stock at her store; Bob a mug, out in Helsinki.
     view("u-anna", "P1");

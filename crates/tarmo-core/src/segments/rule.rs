@@ -683,7 +683,10 @@ fn parse(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Rule,
         "in_stock" => {
             let p = at("in_stock");
             let Some(Value::Object(io)) = o.get("in_stock") else {
-                return Err(err(&p, "{\"product\": \"viewed\", \"store\": \"preferred\"}"));
+                return Err(err(
+                    &p,
+                    "{\"product\": \"viewed\", \"store\": \"preferred\"}",
+                ));
             };
             if let Some(extra) = io.keys().find(|k| *k != "product" && *k != "store") {
                 return Err(err(
@@ -694,14 +697,20 @@ fn parse(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Rule,
             let product = match io.get("product") {
                 None => ProductSource::Viewed,
                 Some(Value::String(s)) => ProductSource::parse(s).ok_or_else(|| {
-                    err(&format!("{p}.product"), format!("`{s}` is not a product source: viewed"))
+                    err(
+                        &format!("{p}.product"),
+                        format!("`{s}` is not a product source: viewed"),
+                    )
                 })?,
                 Some(_) => return Err(err(&format!("{p}.product"), "\"viewed\"")),
             };
             let store = match io.get("store") {
                 None => StoreSource::Preferred,
                 Some(Value::String(s)) => StoreSource::parse(s).ok_or_else(|| {
-                    err(&format!("{p}.store"), format!("`{s}` is not a store source: preferred"))
+                    err(
+                        &format!("{p}.store"),
+                        format!("`{s}` is not a store source: preferred"),
+                    )
                 })?,
                 Some(_) => return Err(err(&format!("{p}.store"), "\"preferred\"")),
             };
@@ -866,7 +875,10 @@ mod tests {
                 "$.colour",
             ),
             (r#"[1]"#, "$"),
-            (r#"{"in_stock": {"product": "liked"}}"#, "$.in_stock.product"),
+            (
+                r#"{"in_stock": {"product": "liked"}}"#,
+                "$.in_stock.product",
+            ),
             (r#"{"in_stock": {"store": "cheapest"}}"#, "$.in_stock.store"),
             (r#"{"in_stock": {"colour": "red"}}"#, "$.in_stock.colour"),
             (r#"{"in_stock": true}"#, "$.in_stock"),

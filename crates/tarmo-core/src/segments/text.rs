@@ -37,7 +37,8 @@ use serde_json::Value;
 use super::duration::Span;
 use super::lifecycle::Stage;
 use super::rule::{
-    Cmp, CmpOp, EventRule, Measure, ProductSource, PropFilter, Rule, RuleError, StoreSource, TraitOp,
+    Cmp, CmpOp, EventRule, Measure, ProductSource, PropFilter, Rule, RuleError, StoreSource,
+    TraitOp,
 };
 
 const KEYWORDS: &[&str] = &[

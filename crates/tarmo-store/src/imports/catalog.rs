@@ -100,7 +100,10 @@ pub(crate) fn parse(
                     "a products file needs a `name` or `name_<language>` column (name_fi, name_en, ...)",
                 ));
             }
-            let (cat_col, price_col) = (m.column("category").to_owned(), m.column("price").to_owned());
+            let (cat_col, price_col) = (
+                m.column("category").to_owned(),
+                m.column("price").to_owned(),
+            );
             used.insert(id_col.clone());
             used.extend(name_cols.iter().map(|(_, c)| c.clone()));
             used.insert(cat_col.clone());
@@ -148,7 +151,13 @@ pub(crate) fn parse(
                 m.column("latitude").to_owned(),
                 m.column("longitude").to_owned(),
             );
-            used.extend([id_col.clone(), name_col.clone(), city_col.clone(), lat_col.clone(), lon_col.clone()]);
+            used.extend([
+                id_col.clone(),
+                name_col.clone(),
+                city_col.clone(),
+                lat_col.clone(),
+                lon_col.clone(),
+            ]);
             for (line, r) in records {
                 let mut errs = Vec::new();
                 let id = text(&r, &id_col).unwrap_or_default();
@@ -333,8 +342,7 @@ pub(crate) fn apply(
         }
     }
     if stock_changed {
-        ctx.conn
-            .meta_set(STOCK_VERSION, &now.to_le_bytes())?;
+        ctx.conn.meta_set(STOCK_VERSION, &now.to_le_bytes())?;
     }
     Ok(())
 }
@@ -451,13 +459,26 @@ impl StockSnapshot {
     }
 }
 
+/// [`StoreHints`] as read from the store.
+struct OwnedHints {
+    preferred: Option<String>,
+    latest: Option<String>,
+    city: Option<String>,
+}
+
+impl OwnedHints {
+    fn hints(&self) -> StoreHints<'_> {
+        StoreHints {
+            preferred_store: self.preferred.as_deref(),
+            latest_purchase_store: self.latest.as_deref(),
+            city: self.city.as_deref(),
+        }
+    }
+}
+
 /// What a person's store is read from: the traits and the latest order
 /// with a store, opened with their key. (Only these facts are read.)
-fn hints_of(
-    conn: &mut dyn Conn,
-    vault: &Vault,
-    profile: ProfileId,
-) -> Result<Option<(Option<String>, Option<String>, Option<String>)>> {
+fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Option<OwnedHints>> {
     let Some(p) = conn.profile_get(profile)? else {
         return Ok(None);
     };
@@ -502,7 +523,11 @@ fn hints_of(
             break;
         }
     }
-    Ok(Some((preferred, latest.map(|l| l.1), city)))
+    Ok(Some(OwnedHints {
+        preferred,
+        latest: latest.map(|l| l.1),
+        city,
+    }))
 }
 
 /// A person's store and how it was chosen; `None` when nothing points to
@@ -512,15 +537,11 @@ pub fn store_of(
     vault: &Vault,
     profile: ProfileId,
 ) -> Result<Option<(String, StoreBasis)>> {
-    let Some((pref, latest, city)) = hints_of(conn, vault, profile)? else {
+    let Some(owned) = hints_of(conn, vault, profile)? else {
         return Ok(None);
     };
     let snap = StockSnapshot::load(conn)?;
-    let h = StoreHints {
-        preferred_store: pref.as_deref(),
-        latest_purchase_store: latest.as_deref(),
-        city: city.as_deref(),
-    };
+    let h = owned.hints();
     let (stores, basis) = snap.stores_for(&h);
     Ok(stores.first().zip(basis).map(|(s, b)| (s.to_string(), b)))
 }
@@ -566,15 +587,11 @@ pub fn offer(
     product_id: &str,
     language: Option<&str>,
 ) -> Result<Option<Offer>> {
-    let Some((pref, latest, city)) = hints_of(conn, vault, profile)? else {
+    let Some(owned) = hints_of(conn, vault, profile)? else {
         return Ok(None);
     };
     let snap = StockSnapshot::load(conn)?;
-    let h = StoreHints {
-        preferred_store: pref.as_deref(),
-        latest_purchase_store: latest.as_deref(),
-        city: city.as_deref(),
-    };
+    let h = owned.hints();
     let (stores, basis) = snap.stores_for(&h);
     let Some(basis) = basis else { return Ok(None) };
     let Some((store, quantity)) = stores
@@ -603,7 +620,10 @@ pub fn offer(
         .unwrap_or(product_id)
         .to_owned();
     let s = conn
-        .query_opt("SELECT name, city FROM stores WHERE id = $1", &[P::Text(store)])?
+        .query_opt(
+            "SELECT name, city FROM stores WHERE id = $1",
+            &[P::Text(store)],
+        )?
         .ok_or_else(|| Error::Corrupt(format!("store `{store}` vanished")))?;
     Ok(Some(Offer {
         store: OfferStore {

@@ -222,7 +222,10 @@ fn read_records(
                 .map(|h| h.trim_start_matches('\u{feff}').to_owned())
                 .collect();
             if headers.iter().all(String::is_empty) {
-                return Err(Error::rejected("invalid_file", "the file has no header row"));
+                return Err(Error::rejected(
+                    "invalid_file",
+                    "the file has no header row",
+                ));
             }
             let mut out = Vec::new();
             for rec in rdr.records() {
@@ -525,9 +528,16 @@ pub fn parse(
     };
     let mut used: HashSet<String> = HashSet::new();
     match spec.kind {
-        ImportKind::Customers => {
-            parse_customers(spec, &headers, records, identity, vault, &mut parsed, &mut errors, &mut used)?
-        }
+        ImportKind::Customers => parse_customers(
+            spec,
+            &headers,
+            records,
+            identity,
+            vault,
+            &mut parsed,
+            &mut errors,
+            &mut used,
+        )?,
         ImportKind::Orders => parse_orders(
             spec,
             &headers,
@@ -549,11 +559,7 @@ pub fn parse(
         .cloned()
         .collect();
     errors.sort_by_key(|e| e.line);
-    parsed.report.invalid = errors
-        .iter()
-        .map(|e| e.line)
-        .collect::<HashSet<_>>()
-        .len() as u64;
+    parsed.report.invalid = errors.iter().map(|e| e.line).collect::<HashSet<_>>().len() as u64;
     parsed.report.records = parsed.records() as u64;
     parsed.report.errors = errors.iter().take(MAX_ERRORS).cloned().collect();
     parsed.errors = errors;
@@ -1121,54 +1127,54 @@ pub fn apply(
     let source = -id;
     let now = ctx.now_ms;
     let mut todo: Vec<Todo> = Vec::new();
-    let flush = |ctx: &mut TxCtx<'_>, todo: &mut Vec<Todo>, report: &mut ImportReport|
-     -> Result<()> {
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
-        let (outcomes, event_ids) = ctx.apply_events(&refs)?;
-        let mut touched = HashSet::new();
-        for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
-            let (key, mac, old) = (&t.key, &t.mac, &t.old);
-            let profile = match outcome {
-                Outcome::Stored(p) => p,
-                Outcome::Suppressed => {
-                    // Counted as new or changed above; it is neither.
-                    if t.new {
-                        report.created -= 1;
-                    } else {
-                        report.updated -= 1;
-                    }
-                    report.suppressed += 1;
-                    continue;
-                }
-                Outcome::Duplicate => continue,
-            };
-            if let Some(old) = old {
-                replace_event(ctx.conn, *old, now, &mut touched)?;
+    let flush =
+        |ctx: &mut TxCtx<'_>, todo: &mut Vec<Todo>, report: &mut ImportReport| -> Result<()> {
+            if todo.is_empty() {
+                return Ok(());
             }
-            ctx.conn.exec(
-                "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
+            let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
+            let (outcomes, event_ids) = ctx.apply_events(&refs)?;
+            let mut touched = HashSet::new();
+            for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
+                let (key, mac, old) = (&t.key, &t.mac, &t.old);
+                let profile = match outcome {
+                    Outcome::Stored(p) => p,
+                    Outcome::Suppressed => {
+                        // Counted as new or changed above; it is neither.
+                        if t.new {
+                            report.created -= 1;
+                        } else {
+                            report.updated -= 1;
+                        }
+                        report.suppressed += 1;
+                        continue;
+                    }
+                    Outcome::Duplicate => continue,
+                };
+                if let Some(old) = old {
+                    replace_event(ctx.conn, *old, now, &mut touched)?;
+                }
+                ctx.conn.exec(
+                    "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (h) DO UPDATE SET mac = EXCLUDED.mac, profile_id = EXCLUDED.profile_id,
                      event_id = EXCLUDED.event_id, import_id = EXCLUDED.import_id",
-                &[
-                    P::Int(*key),
-                    P::Text(parsed.kind.as_str()),
-                    P::Int(*mac),
-                    P::Int(profile),
-                    event_id.map_or(P::Null, P::Int),
-                    P::Int(id),
-                ],
-            )?;
-        }
-        for p in touched {
-            crate::segments::touch(ctx.conn, p, now)?;
-        }
-        todo.clear();
-        Ok(())
-    };
+                    &[
+                        P::Int(*key),
+                        P::Text(parsed.kind.as_str()),
+                        P::Int(*mac),
+                        P::Int(profile),
+                        event_id.map_or(P::Null, P::Int),
+                        P::Int(id),
+                    ],
+                )?;
+            }
+            for p in touched {
+                crate::segments::touch(ctx.conn, p, now)?;
+            }
+            todo.clear();
+            Ok(())
+        };
     // Whether a record must be written: `Some(the event it replaces)`.
     let note = |key: i64, mac: i64, report: &mut ImportReport| -> Option<Option<i64>> {
         match known.get(&key) {
@@ -1370,10 +1376,9 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
     else {
         return Ok(None);
     };
-    let details: Details = serde_json::from_slice(
-        &vault.open_system(Place::ImportDetails, &r.blob(2)?)?,
-    )
-    .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let details: Details =
+        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
     let status = Status::parse(&r.text(1)?);
     let (report, failure) = match r.opt_blob(3)? {
         None => (None, None),
@@ -1484,7 +1489,9 @@ pub fn run(
         Err(e) => {
             if let Some(id) = id {
                 let why = e.to_string();
-                writer.transact_blocking(move |ctx| fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms))?;
+                writer.transact_blocking(move |ctx| {
+                    fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms)
+                })?;
             }
             return Err(e);
         }
@@ -1526,7 +1533,9 @@ pub fn run_parsed(
         }
         if let Some(id) = id {
             let r = report.clone();
-            writer.transact_blocking(move |ctx| finish(ctx.conn, ctx.vault, id, status, &r, ctx.now_ms))?;
+            writer.transact_blocking(move |ctx| {
+                finish(ctx.conn, ctx.vault, id, status, &r, ctx.now_ms)
+            })?;
         }
         return Ok(Finished { id, status, report });
     }
@@ -1564,7 +1573,8 @@ pub fn run_parsed(
                     Error::Rejected { message, .. } => message.clone(),
                     _ => "the import could not be written; nothing was imported".to_owned(),
                 };
-                let _ = writer.transact_blocking(move |ctx| fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms));
+                let _ = writer
+                    .transact_blocking(move |ctx| fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms));
             }
             Err(e)
         }

@@ -32,9 +32,9 @@ use tarmo_core::segments::lifecycle::Quintiles;
 use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, evaluate, number};
 
 use super::SegmentDef;
-use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
+use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
 use crate::vault::Place;
 use crate::writer::WriterHandle;
 use crate::{Error, Result, Store};
@@ -189,15 +189,16 @@ impl Facts for View<'_> {
     }
 
     fn in_stock(&self, product: &str) -> bool {
-        let latest_purchase_store = self
-            .p
-            .events
-            .get(self.cfg.order_event.as_str())
-            .and_then(|l| {
-                l.iter()
-                    .rev()
-                    .find_map(|e| e.prop(tarmo_core::segments::STORE_PROPERTY).and_then(name_of))
-            });
+        let latest_purchase_store =
+            self.p
+                .events
+                .get(self.cfg.order_event.as_str())
+                .and_then(|l| {
+                    l.iter().rev().find_map(|e| {
+                        e.prop(tarmo_core::segments::STORE_PROPERTY)
+                            .and_then(name_of)
+                    })
+                });
         let hints = StoreHints {
             preferred_store: self.p.traits.get("preferred_store").and_then(name_of),
             latest_purchase_store,

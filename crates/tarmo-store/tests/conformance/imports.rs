@@ -61,7 +61,11 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     assert!(view.identifiers.iter().all(|i| i.verified));
     let again = run(h, ImportKind::Customers, CUSTOMERS);
     assert_eq!(
-        (again.report.created, again.report.updated, again.report.unchanged),
+        (
+            again.report.created,
+            again.report.updated,
+            again.report.unchanged
+        ),
         (0, 0, 3)
     );
     let events_before = view.event_count;
@@ -75,7 +79,10 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     let r = run(h, ImportKind::Customers, &changed).report;
     assert_eq!((r.updated, r.unchanged), (1, 2));
     let ben = h.lookup("email", "ben@example.fi").unwrap();
-    assert_eq!(h.store.profile_view(ben).unwrap().unwrap().traits["city"], "Espoo");
+    assert_eq!(
+        h.store.profile_view(ben).unwrap().unwrap().traits["city"],
+        "Espoo"
+    );
 
     let orders = "\
 order_id,ordered_at,loyalty_card,store_id,total,currency
@@ -148,7 +155,11 @@ pub fn stock_imports_answer_the_offer(h: &Harness) {
     let stock = "store_id,product_id,quantity\nS1,P1,5\nS2,P1,0\nS3,P1,3\nS2,P2,9\n";
     assert_eq!(run(h, ImportKind::Stock, stock).report.created, 4);
     let r = run(h, ImportKind::Stock, stock).report;
-    assert_eq!((r.created, r.updated, r.unchanged), (0, 0, 4), "a re-import changes nothing");
+    assert_eq!(
+        (r.created, r.updated, r.unchanged),
+        (0, 0, 4),
+        "a re-import changes nothing"
+    );
     // Bad rows are refused whole.
     let bad = imports::run(
         &h.store,
@@ -177,14 +188,23 @@ pub fn stock_imports_answer_the_offer(h: &Harness) {
     let mut c = h.store.conn().unwrap();
     let v = h.store.vault().clone();
     // Ada: her preferred store.
-    let o = catalog::offer(&mut *c, &v, ada, "P1", Some("fi")).unwrap().unwrap();
+    let o = catalog::offer(&mut *c, &v, ada, "P1", Some("fi"))
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        (o.store.name.as_str(), o.product.name.as_str(), o.quantity, o.basis),
+        (
+            o.store.name.as_str(),
+            o.product.name.as_str(),
+            o.quantity,
+            o.basis
+        ),
         ("Tarmo Keskusta", "Vihreä tee", 5, StoreBasis::Preferred)
     );
     // Ben: no preference, no purchase; the stores of his city, the one
     // that has it.
-    let o = catalog::offer(&mut *c, &v, ben, "P1", Some("en")).unwrap().unwrap();
+    let o = catalog::offer(&mut *c, &v, ben, "P1", Some("en"))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (o.store.id.as_str(), o.product.name.as_str(), o.basis),
         ("S3", "Green tea", StoreBasis::City)
@@ -196,7 +216,12 @@ pub fn stock_imports_answer_the_offer(h: &Harness) {
     );
     assert_eq!(catalog::offer(&mut *c, &v, cy, "P1", None).unwrap(), None);
     // A language the product has no name in: English, then any.
-    let o = catalog::offer(&mut *c, &v, cy, "P2", Some("sv")).unwrap().unwrap();
+    let o = catalog::offer(&mut *c, &v, cy, "P2", Some("sv"))
+        .unwrap()
+        .unwrap();
     assert_eq!((o.product.name.as_str(), o.quantity), ("Mug", 9));
-    assert_eq!(catalog::offer(&mut *c, &v, ada, "P404", None).unwrap(), None);
+    assert_eq!(
+        catalog::offer(&mut *c, &v, ada, "P404", None).unwrap(),
+        None
+    );
 }
