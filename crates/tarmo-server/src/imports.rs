@@ -101,7 +101,7 @@ fn spec_of(input: ImportInput) -> Result<(ImportSpec, String), ApiError> {
 
 /// Start an import. Every row is checked before anything is written; the
 /// outcome (and the errors by line) is read with `GET /api/v1/imports/{id}`.
-#[utoipa::path(post, path = "/api/v1/imports", tag = "imports",
+#[utoipa::path(post, path = "/api/v1/imports", tag = "imports", operation_id = "create_import",
     request_body = ImportInput,
     security(("admin_key" = [])),
     responses((status = 202, body = ImportQueued),
@@ -162,7 +162,7 @@ pub async fn create(
 }
 
 /// An import's progress (while it runs on this node) and outcome.
-#[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports",
+#[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "imports", operation_id = "get_import",
     params(("id" = i64, Path, description = "Import id")),
     security(("admin_key" = [])),
     responses((status = 200, body = ImportView), (status = 400, body = ErrorBody),

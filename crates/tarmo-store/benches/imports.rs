@@ -171,10 +171,16 @@ fn main() {
     };
     let first = run(ImportKind::Customers, &c, "customers, first import");
     let again = run(ImportKind::Customers, &c, "customers, unchanged re-import");
-    println!("customers re-import: {:.1}× faster than the first", first / again);
+    println!(
+        "customers re-import: {:.1}× faster than the first",
+        first / again
+    );
     let first = run(ImportKind::Orders, &o, "order lines, first import");
     let again = run(ImportKind::Orders, &o, "order lines, unchanged re-import");
-    println!("orders re-import: {:.1}× faster than the first", first / again);
+    println!(
+        "orders re-import: {:.1}× faster than the first",
+        first / again
+    );
     drop(writer);
     join.join().unwrap();
 }
