@@ -1379,7 +1379,12 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
     let details: Details =
         serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let status = Status::parse(&r.text(1)?);
+    // Running here: the store says `queued` until the one commit.
+    let progress = running().get(id);
+    let status = match (Status::parse(&r.text(1)?), progress) {
+        (Status::Queued, Some(_)) => Status::Running,
+        (s, _) => s,
+    };
     let (report, failure) = match r.opt_blob(3)? {
         None => (None, None),
         Some(sealed) => {
@@ -1406,7 +1411,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         file_sha256: details.file_sha256,
         created_at: rfc3339(r.int(4)?),
         finished_at: r.opt_int(5)?.map(rfc3339),
-        progress: running().get(id),
+        progress,
         report,
         failure,
     }))
@@ -1578,5 +1583,130 @@ pub fn run_parsed(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::MasterKey;
+
+    fn vault() -> Vault {
+        Vault::new(&MasterKey::generate().unwrap(), 10)
+    }
+
+    fn spec(kind: ImportKind, format: Format) -> ImportSpec {
+        ImportSpec {
+            kind,
+            format,
+            mapping: Mapping::default(),
+            source: "s".into(),
+            documentation: "d".into(),
+            file_name: "f".into(),
+            skip_invalid: false,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn json_lines_orders_carry_their_items_and_a_computed_total() {
+        let v = vault();
+        let text = concat!(
+            r#"{"order_id": "J1", "ordered_at": "2026-10-01", "email": "a@example.fi", "store_id": "S1", "items": [{"product_id": "P1", "quantity": 2, "price": 4.5}, {"product_id": "P2", "price": "1,25"}]}"#,
+            "\n\n",
+            r#"{"order_id": "J2", "ordered_at": "2026-10-02", "items": [{"product_id": "P1"}]}"#,
+            "\n",
+        );
+        let p = parse(
+            &spec(ImportKind::Orders, Format::Jsonl),
+            text.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!((p.orders.len(), p.report.anonymous), (1, 1));
+        let props = &p.orders[0].properties;
+        assert_eq!(props["revenue"], json!(10.25));
+        assert_eq!(props["products"].as_array().unwrap().len(), 2);
+        assert_eq!(props["products"][1]["quantity"], json!(1));
+        assert_eq!(p.orders[0].line, 1);
+    }
+
+    #[test]
+    fn lines_of_one_order_must_agree_and_errors_name_both_lines() {
+        let v = vault();
+        let csv = "order_id,ordered_at,email,product_id\nX,2026-10-01,a@example.fi,P1\nY,2026-10-01,b@example.fi,P1\nX,2026-10-01,b@example.fi,P2\nZ,2099-01-01,a@example.fi,P1\n";
+        let p = parse(
+            &spec(ImportKind::Orders, Format::Csv),
+            csv.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        let msgs: Vec<(u64, &str)> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0].0, 4);
+        assert!(msgs[0].1.contains("another customer on line 2"), "{msgs:?}");
+        assert_eq!(msgs[1].0, 5);
+        assert!(msgs[1].1.contains("in the future"), "{msgs:?}");
+        // Order X is refused whole; Y stands.
+        assert_eq!(p.orders.len(), 1);
+        assert_eq!(p.report.invalid, 2);
+    }
+
+    #[test]
+    fn a_mapping_that_cannot_work_refuses_the_file() {
+        let v = vault();
+        let mut s = spec(ImportKind::Customers, Format::Csv);
+        s.mapping = Mapping::parse("[identifiers]\nshoe_size = \"x\"").unwrap();
+        let e = parse(&s, b"x\n1\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_mapping",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let s = spec(ImportKind::Customers, Format::Csv);
+        let e = parse(&s, b"name,city\nA,B\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_mapping",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut s = spec(ImportKind::Customers, Format::Csv);
+        s.source = " ".into();
+        let e = parse(&s, b"email\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_import_source",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }
