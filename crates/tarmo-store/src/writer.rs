@@ -59,12 +59,21 @@ impl TxCtx<'_> {
     }
 
     /// Store events by the same rules as ingestion (resolution, merges,
-    /// sealing, counters, traits), inside this transaction; each stored
-    /// event's id beside its outcome. Imports use it.
+    /// sealing, counters, traits), inside this transaction; with `want_ids`,
+    /// each stored event's id beside its outcome (else `None`s). Imports
+    /// use it.
     pub fn apply_events(
         &mut self,
         events: &[&PreparedEvent],
+        want_ids: bool,
     ) -> Result<(Vec<Outcome>, Vec<Option<i64>>)> {
+        if !want_ids {
+            let (outcomes, _) =
+                self.resolver
+                    .apply(self.conn, self.vault, &self.catalog, events, self.now_ms)?;
+            let none = vec![None; outcomes.len()];
+            return Ok((outcomes, none));
+        }
         let (outcomes, ids, _) = self.resolver.apply_returning_ids(
             self.conn,
             self.vault,

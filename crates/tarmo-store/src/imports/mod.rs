@@ -700,6 +700,10 @@ fn typed(raw: &Value, ty: TraitType) -> std::result::Result<Option<Value>, Strin
 struct OrderDraft {
     line: u64,
     person: Option<Person>,
+    /// The identifier columns as the first line wrote them: later lines of
+    /// the order are compared by these, without normalising and hashing
+    /// the same customer again.
+    raw_ids: Vec<Option<String>>,
     ts_ms: i64,
     time: String,
     store: Option<String>,
@@ -761,7 +765,17 @@ fn parse_orders(
         if order_id.len() > 128 {
             errs.push(format!("`{}`: at most 128 bytes", o.id));
         }
-        let person = person_of(vault, identity, &id_cols, &m, &mut errs);
+        let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
+        // A further line of an order already seen names the same customer
+        // when it writes the same values (or none); only a first line is
+        // parsed into identifiers.
+        let (person, same_customer) = match drafts.get(&order_id) {
+            Some(d) => {
+                let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
+                (None, Some(same))
+            }
+            None => (person_of(vault, identity, &id_cols, &m, &mut errs), None),
+        };
         let time = text(&m, &o.time);
         let ts_ms = match &time {
             None => {
@@ -862,6 +876,7 @@ fn parse_orders(
                     OrderDraft {
                         line,
                         person,
+                        raw_ids,
                         ts_ms,
                         time: time.unwrap_or_default(),
                         store,
@@ -875,14 +890,8 @@ fn parse_orders(
             }
             Some(d) => {
                 // Another line of the same order must tell the same story.
-                let same_person = match (&d.person, &person) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => a.identifiers[0].bidx == b.identifiers[0].bidx,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                };
                 let mut conflict = Vec::new();
-                if !same_person {
+                if same_customer == Some(false) {
                     conflict.push("customer");
                 }
                 if d.ts_ms != ts_ms {
@@ -1133,7 +1142,9 @@ pub fn apply(
                 return Ok(());
             }
             let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
-            let (outcomes, event_ids) = ctx.apply_events(&refs)?;
+            // Only an order's event is ever replaced: only orders need ids.
+            let want_ids = parsed.kind == ImportKind::Orders;
+            let (outcomes, event_ids) = ctx.apply_events(&refs, want_ids)?;
             let mut touched = HashSet::new();
             for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
                 let (key, mac, old) = (&t.key, &t.mac, &t.old);
