@@ -777,12 +777,19 @@ fn parse_orders(
             None => (person_of(vault, identity, &id_cols, &m, &mut errs), None),
         };
         let time = text(&m, &o.time);
-        let ts_ms = match &time {
-            None => {
+        // A further line that writes its order's time as the first did
+        // needs no second parse.
+        let seen_time = drafts
+            .get(&order_id)
+            .filter(|d| Some(&d.time) == time.as_ref())
+            .map(|d| d.ts_ms);
+        let ts_ms = match (&time, seen_time) {
+            (_, Some(ms)) => ms,
+            (None, _) => {
                 errs.push(format!("`{}`: when the order was made is required", o.time));
                 0
             }
-            Some(t) => match parse_time(t) {
+            (Some(t), None) => match parse_time(t) {
                 Some(ms) if ms <= now_ms + 60_000 => ms,
                 Some(_) => {
                     errs.push(format!("`{}`: in the future", o.time));
@@ -809,12 +816,12 @@ fn parse_orders(
             None
         });
         // The lines: a list in JSON Lines, or this row's own line.
-        let mut lines: Vec<Map<String, Value>> = Vec::new();
+        let mut lines: Vec<&Map<String, Value>> = Vec::new();
         match m.get(&o.items) {
             Some(Value::Array(a)) => {
                 for it in a {
                     match it {
-                        Value::Object(x) => lines.push(x.clone()),
+                        Value::Object(x) => lines.push(x),
                         _ => errs.push(format!("`{}`: a list of line objects", o.items)),
                     }
                 }
@@ -822,7 +829,7 @@ fn parse_orders(
             Some(_) => errs.push(format!("`{}`: a list of line objects", o.items)),
             None => {
                 if m.contains_key(&o.product) {
-                    lines.push(m.clone());
+                    lines.push(&m);
                 }
             }
         }
