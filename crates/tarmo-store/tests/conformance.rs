@@ -172,6 +172,7 @@ conformance!(
     a_revocation_by_id_or_secret_changes_the_key_epoch,
     imports_are_idempotent_replace_orders_and_skip_erased_people,
     stock_imports_answer_the_offer,
+    in_stock_follows_views_and_stock_imports,
 );
 
 #[path = "conformance/imports.rs"]

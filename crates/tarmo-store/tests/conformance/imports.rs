@@ -225,3 +225,70 @@ pub fn stock_imports_answer_the_offer(h: &Harness) {
         None
     );
 }
+
+pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
+    use serde_json::json;
+    use tarmo_core::consent::{PurposeId, PurposeSpec};
+    use tarmo_core::segments::{LifecycleConfig, Rule};
+    use tarmo_store::segments::SegmentDef;
+    use tarmo_store::segments::engine::SegmentEngine;
+
+    // A purpose that reads where people shop (traits) and what they do.
+    let mut spec: PurposeSpec = h
+        .store
+        .catalog()
+        .unwrap()
+        .require("personalisation")
+        .unwrap()
+        .spec
+        .clone();
+    spec.data_categories
+        .push(tarmo_core::consent::DataCategory::parse("profile").unwrap());
+    let id = PurposeId::parse("personalisation").unwrap();
+    h.writer
+        .transact_blocking(move |ctx| {
+            tarmo_store::consent::upsert_purpose(ctx.conn, &id, &spec, false, ctx.now_ms)
+        })
+        .unwrap();
+    h.store.catalog_changed();
+
+    run(h, ImportKind::Stores, "store_id,name,city\nS1,Keskusta,Tampere\n");
+    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,0\n");
+    run(h, ImportKind::Customers, "user_id,city\nann,Tampere\nbob,Oulu\n");
+    h.ingest(vec![
+        json!({"type": "track", "userId": "ann", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
+        json!({"type": "track", "userId": "bob", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
+    ]);
+    let ann = h.lookup("user_id", "ann").unwrap();
+    let engine =
+        SegmentEngine::start(h.store.clone(), h.writer.clone(), LifecycleConfig::default())
+            .unwrap();
+    let now = tarmo_store::now_ms();
+    let (_, n) = engine
+        .put(SegmentDef {
+            id: "reminder".into(),
+            name: "In stock near them".into(),
+            purpose: "personalisation".into(),
+            rule: Rule::from_json(&json!({"in_stock": {"product": "viewed", "store": "preferred"}}))
+                .unwrap(),
+            created_ms: now,
+            updated_ms: now,
+        })
+        .unwrap();
+    assert_eq!(n, 0, "sold out in Tampere");
+    let members = |e: &SegmentEngine| -> Vec<i64> {
+        e.members("reminder", None, 100, None)
+            .unwrap()
+            .unwrap()
+            .members
+            .into_iter()
+            .map(|m| m.0)
+            .collect()
+    };
+    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,3\n");
+    engine.tick().unwrap();
+    assert_eq!(members(&engine), vec![ann], "Bob's city has no store");
+    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,0\n");
+    engine.tick().unwrap();
+    assert_eq!(members(&engine), Vec::<i64>::new());
+}
