@@ -252,25 +252,42 @@ pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
         .unwrap();
     h.store.catalog_changed();
 
-    run(h, ImportKind::Stores, "store_id,name,city\nS1,Keskusta,Tampere\n");
-    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,0\n");
-    run(h, ImportKind::Customers, "user_id,city\nann,Tampere\nbob,Oulu\n");
+    run(
+        h,
+        ImportKind::Stores,
+        "store_id,name,city\nS1,Keskusta,Tampere\n",
+    );
+    run(
+        h,
+        ImportKind::Stock,
+        "store_id,product_id,quantity\nS1,P1,0\n",
+    );
+    run(
+        h,
+        ImportKind::Customers,
+        "user_id,city\nann,Tampere\nbob,Oulu\n",
+    );
     h.ingest(vec![
         json!({"type": "track", "userId": "ann", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
         json!({"type": "track", "userId": "bob", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
     ]);
     let ann = h.lookup("user_id", "ann").unwrap();
-    let engine =
-        SegmentEngine::start(h.store.clone(), h.writer.clone(), LifecycleConfig::default())
-            .unwrap();
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
     let now = tarmo_store::now_ms();
     let (_, n) = engine
         .put(SegmentDef {
             id: "reminder".into(),
             name: "In stock near them".into(),
             purpose: "personalisation".into(),
-            rule: Rule::from_json(&json!({"in_stock": {"product": "viewed", "store": "preferred"}}))
-                .unwrap(),
+            rule: Rule::from_json(
+                &json!({"in_stock": {"product": "viewed", "store": "preferred"}}),
+            )
+            .unwrap(),
             created_ms: now,
             updated_ms: now,
         })
@@ -285,10 +302,18 @@ pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
             .map(|m| m.0)
             .collect()
     };
-    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,3\n");
+    run(
+        h,
+        ImportKind::Stock,
+        "store_id,product_id,quantity\nS1,P1,3\n",
+    );
     engine.tick().unwrap();
     assert_eq!(members(&engine), vec![ann], "Bob's city has no store");
-    run(h, ImportKind::Stock, "store_id,product_id,quantity\nS1,P1,0\n");
+    run(
+        h,
+        ImportKind::Stock,
+        "store_id,product_id,quantity\nS1,P1,0\n",
+    );
     engine.tick().unwrap();
     assert_eq!(members(&engine), Vec::<i64>::new());
 }
