@@ -3,6 +3,10 @@
 //! is written; then the whole file goes in one transaction, so a file is
 //! either imported whole or not at all. People who were erased (their
 //! identifiers are on the suppression list) are not brought back.
+//!
+//! `tarmo import customers|orders|products|stores|stock FILE`: the offline
+//! register, by the same rules; the use case is `tarmo_store::imports`,
+//! shared with `POST /api/v1/imports`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,19 +15,64 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tarmo_core::consent::{ConsentDecision, Method, check_entry};
 use tarmo_core::identity::Identifier;
 use tarmo_core::segment::parse_timestamp_ms;
 use tarmo_store::consent::NewEntry;
+use tarmo_store::imports::{Format, ImportKind, ImportSpec, Mapping, Status};
 use tarmo_store::writer::WriterConfig;
 
 use crate::{Common, open_store, settings};
 
+/// What every register import takes.
+#[derive(Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The file: CSV with a header row, or JSON Lines (one object a line).
+    file: PathBuf,
+    /// Where the file comes from, e.g. "till export 2026-11" (1-200 characters).
+    #[arg(long)]
+    source: String,
+    /// Where the proof that the people in it were collected lawfully is kept
+    /// (required for customers and orders).
+    #[arg(long, default_value = "")]
+    documentation: String,
+    /// A TOML or JSON file mapping the file's columns (see the README).
+    #[arg(long)]
+    mapping: Option<PathBuf>,
+    /// csv or jsonl (default: by the file's extension).
+    #[arg(long)]
+    format: Option<String>,
+    /// Check every row and count what would change, without writing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Import the valid rows and report the others, instead of nothing.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
 #[derive(Subcommand)]
 pub enum ImportCommand {
+    /// Import customers from the CRM or the till: identifier columns
+    /// (email, phone, loyalty_card, user_id, custom kinds such as a CRM id)
+    /// and traits. A re-import of an unchanged row changes nothing.
+    Customers(RegisterArgs),
+    /// Import orders from the till: order_id, ordered_at, store_id, total,
+    /// currency, and a line per row (product_id, quantity, price) or, in
+    /// JSON Lines, an `items` list. Each order becomes an `Order Completed`
+    /// event; an order id seen before is replaced, not duplicated.
+    Orders(RegisterArgs),
+    /// Import products: product_id, name (or name_fi, name_en, ...),
+    /// category, price.
+    Products(RegisterArgs),
+    /// Import stores: store_id, name, city, latitude, longitude.
+    Stores(RegisterArgs),
+    /// Import stock levels: store_id, product_id, quantity.
+    Stock(RegisterArgs),
     /// Import consent decisions from a CSV file. Columns: one or more
     /// identifier columns (email, phone, user_id, loyalty_card, ...),
     /// `purpose`, and optionally `decision` (granted, denied, withdrawn or
@@ -63,13 +112,152 @@ fn parse_date(s: &str) -> Option<i64> {
 }
 
 pub fn run(cmd: ImportCommand) -> anyhow::Result<u8> {
-    let ImportCommand::Consents {
-        common,
-        file,
-        source,
-        documentation,
-        dry_run,
-    } = cmd;
+    let (kind, args) = match cmd {
+        ImportCommand::Consents {
+            common,
+            file,
+            source,
+            documentation,
+            dry_run,
+        } => return consents(common, file, source, documentation, dry_run),
+        ImportCommand::Customers(a) => (ImportKind::Customers, a),
+        ImportCommand::Orders(a) => (ImportKind::Orders, a),
+        ImportCommand::Products(a) => (ImportKind::Products, a),
+        ImportCommand::Stores(a) => (ImportKind::Stores, a),
+        ImportCommand::Stock(a) => (ImportKind::Stock, a),
+    };
+    register(kind, args)
+}
+
+fn register(kind: ImportKind, a: RegisterArgs) -> anyhow::Result<u8> {
+    let s = settings(&a.common, None)?;
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let mapping = match &a.mapping {
+        None => Mapping::default(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Mapping::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+    };
+    let file_name = a
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let format = match &a.format {
+        None => Format::of_file_name(&file_name),
+        Some(f) => Format::parse(f).context("--format is csv or jsonl")?,
+    };
+    let spec = ImportSpec {
+        kind,
+        format,
+        mapping,
+        source: a.source,
+        documentation: a.documentation,
+        file_name,
+        skip_invalid: a.skip_invalid,
+        dry_run: a.dry_run,
+    };
+    let store = open_store(&s)?;
+    let (writer, join) = store.start_writer(WriterConfig::default())?;
+    let tty = std::io::stderr().is_terminal();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut printer = None;
+    let result = tarmo_store::imports::run(
+        &store,
+        &writer,
+        &s.identity,
+        spec,
+        &bytes,
+        None,
+        |done, total| {
+            if tty {
+                let stop = stop.clone();
+                printer = Some(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = done.load(Ordering::Relaxed);
+                        eprint!(
+                            "\rimporting {n} / {total} records ({}%)",
+                            n * 100 / total.max(1)
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    eprintln!("\rimporting {total} / {total} records (100%), committed");
+                }));
+            }
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = printer {
+        let _ = p.join();
+    }
+    drop(writer);
+    join.join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let done = match result {
+        Ok(d) => d,
+        Err(tarmo_store::Error::Rejected { message, .. }) => bail!("{message}"),
+        Err(e) => return Err(e.into()),
+    };
+    let r = &done.report;
+    {
+        let mut err = std::io::stderr().lock();
+        for e in &r.errors {
+            writeln!(err, "{}:{}: {}", a.file.display(), e.line, e.message)?;
+        }
+        if r.errors.len() >= 1000 {
+            writeln!(err, "... (the first 1000 errors)")?;
+        }
+        if !r.ignored_columns.is_empty() {
+            writeln!(
+                err,
+                "columns not imported: {}",
+                r.ignored_columns.join(", ")
+            )?;
+        }
+    }
+    let what = match kind {
+        ImportKind::Customers => "customers",
+        ImportKind::Orders => "orders",
+        ImportKind::Products => "products",
+        ImportKind::Stores => "stores",
+        ImportKind::Stock => "stock levels",
+    };
+    let counts = format!(
+        "{} rows, {} {what}: {} new, {} updated, {} unchanged, {} skipped (erased people), {} skipped (no customer), {} invalid rows",
+        r.rows, r.records, r.created, r.updated, r.unchanged, r.suppressed, r.anonymous, r.invalid
+    );
+    match done.status {
+        Status::Invalid => {
+            eprintln!("{counts}");
+            eprintln!(
+                "{} rows have errors; nothing was imported (--skip-invalid imports the valid rows)",
+                r.invalid
+            );
+            Ok(1)
+        }
+        Status::Checked => {
+            println!("dry run, nothing written: {counts}");
+            Ok(0)
+        }
+        _ => {
+            println!(
+                "import {}: {counts}",
+                done.id.map(|i| i.to_string()).unwrap_or_default()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn consents(
+    common: Common,
+    file: PathBuf,
+    source: String,
+    documentation: String,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
     if source.trim().is_empty() || source.len() > 200 {
         bail!("--source names where the list comes from, in 1 to 200 characters");
     }

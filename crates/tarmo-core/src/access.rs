@@ -50,10 +50,13 @@ pub enum Permission {
     /// The Prometheus metrics (`GET /metrics`): counts and timings, no
     /// person, but they tell how the installation is used.
     MetricsRead,
+    /// Imports of customers, orders, products, stores and stock
+    /// (`/api/v1/imports`): writes people whatever the purpose.
+    ImportsWrite,
 }
 
 impl Permission {
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -74,6 +77,7 @@ impl Permission {
         Self::SegmentsRead,
         Self::SegmentsManage,
         Self::MetricsRead,
+        Self::ImportsWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Permission {
             Self::SegmentsRead => "segments_read",
             Self::SegmentsManage => "segments_manage",
             Self::MetricsRead => "metrics_read",
+            Self::ImportsWrite => "imports_write",
         }
     }
 
@@ -117,6 +122,7 @@ impl Permission {
                 | Self::RequestsCreate
                 | Self::RequestsManage
                 | Self::AuditRead
+                | Self::ImportsWrite
         )
     }
 }

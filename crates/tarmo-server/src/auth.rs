@@ -83,6 +83,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         "/api/v1/lifecycle" => Staff(P::StatsRead),
         "/api/v1/audiences" | "/api/v1/audiences/{id}" if get => Staff(P::SegmentsRead),
         "/api/v1/audiences" => Staff(P::SegmentsManage),
+        "/api/v1/imports" | "/api/v1/imports/{id}" => Staff(P::ImportsWrite),
         // A sync decides and discloses people to a processor: an export.
         "/api/v1/audiences/{id}/sync" | "/api/v1/audiences/{id}/syncs/{n}/file" => {
             Staff(P::ProcessorsExport)

@@ -12,6 +12,7 @@ pub mod auth;
 mod consent;
 mod error;
 mod form;
+mod imports;
 mod ingest;
 pub mod mail;
 mod metrics;
@@ -288,6 +289,8 @@ impl AppState {
         segments::get_audience,
         segments::sync_audience,
         segments::sync_file,
+        imports::create,
+        imports::get,
         healthz,
         readyz,
         metrics_route,
@@ -313,7 +316,11 @@ impl AppState {
         segments::Member, segments::MemberPage, segments::Preview, segments::Membership,
         segments::ProfileSegments, segments::ScoreCounts, segments::LifecycleOverview,
         segments::AudienceInput, segments::AudienceView, segments::AudienceList, segments::SyncSummary,
-        segments::SyncResult)),
+        segments::SyncResult, imports::ImportInput, imports::ImportQueued,
+        tarmo_store::imports::ImportView, tarmo_store::imports::ImportReport,
+        tarmo_store::imports::RowError, tarmo_store::imports::Progress,
+        tarmo_store::imports::Status, tarmo_store::imports::ImportKind,
+        tarmo_store::bundle::BundleImport)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -451,6 +458,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/audiences/{id}/syncs/{n}/file",
             get(segments::sync_file),
         )
+        .route("/api/v1/imports", post(imports::create))
+        .route("/api/v1/imports/{id}", get(imports::get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))

@@ -584,6 +584,32 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
             sources,
         ),
     )?;
+    let imports = b.imports.iter().map(|x| {
+        vec![
+            x.import_id.to_string(),
+            x.kind.clone(),
+            x.source.clone(),
+            x.documentation.clone(),
+            x.file.clone(),
+            x.events.to_string(),
+            x.imported_at.clone(),
+        ]
+    });
+    file(
+        "imports.csv",
+        &csv_of(
+            &[
+                "import_id",
+                "kind",
+                "source",
+                "documentation",
+                "file",
+                "events",
+                "imported_at",
+            ],
+            imports,
+        ),
+    )?;
     let recipients = b.recipients.iter().map(|r| {
         vec![
             r.processor.clone(),

@@ -57,6 +57,22 @@ pub struct BundleSource {
     pub last_received: String,
 }
 
+/// A file imported from the till or the CRM that brought some of the
+/// person's data (their events name it in `context.import`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BundleImport {
+    pub import_id: i64,
+    /// customers or orders.
+    pub kind: String,
+    /// Where the file came from, as the operator said.
+    pub source: String,
+    /// Where the proof of lawful collection is kept.
+    pub documentation: String,
+    pub file: String,
+    pub events: i64,
+    pub imported_at: String,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BundleRecipient {
     pub processor: String,
@@ -82,6 +98,8 @@ pub struct Bundle {
     pub segments: Vec<BundleSegment>,
     pub purposes: Vec<BundlePurpose>,
     pub sources: Vec<BundleSource>,
+    /// Imported files the person's data came from.
+    pub imports: Vec<BundleImport>,
     pub recipients: Vec<BundleRecipient>,
 }
 
@@ -176,7 +194,7 @@ pub fn collect(
         .query(
             "SELECT e.source_id, COALESCE(k.name, ''), count(*), min(e.received_ms), max(e.received_ms)
              FROM events e LEFT JOIN api_keys k ON k.id = e.source_id
-             WHERE e.profile_id = $1 AND e.source_id IS NOT NULL
+             WHERE e.profile_id = $1 AND e.source_id IS NOT NULL AND e.source_id >= 0
              GROUP BY e.source_id, k.name ORDER BY e.source_id",
             &[P::Int(profile)],
         )?
@@ -191,6 +209,27 @@ pub fn collect(
             })
         })
         .collect::<Result<Vec<_>>>()?;
+
+    // Imports record their events under minus the import's id.
+    let mut imports = Vec::new();
+    for r in conn.query(
+        "SELECT -e.source_id, count(*), min(e.received_ms) FROM events e
+         WHERE e.profile_id = $1 AND e.source_id < 0 GROUP BY e.source_id ORDER BY e.source_id DESC",
+        &[P::Int(profile)],
+    )? {
+        let id = r.int(0)?;
+        if let Some(v) = crate::imports::get(conn, vault, id)? {
+            imports.push(BundleImport {
+                import_id: id,
+                kind: v.kind.as_str().to_owned(),
+                source: v.source,
+                documentation: v.documentation,
+                file: v.file,
+                events: r.int(1)?,
+                imported_at: rfc3339(r.int(2)?),
+            });
+        }
+    }
 
     let recipients = conn
         .query(
@@ -239,6 +278,7 @@ pub fn collect(
         segments,
         purposes,
         sources,
+        imports,
         recipients,
     })
 }

@@ -281,6 +281,30 @@ pub trait Conn: Send {
     fn identifiers_of(&mut self, profile: ProfileId) -> Result<Vec<IdentifierRow>>;
 
     fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()>;
+    /// As [`Conn::events_insert`], giving each row's id (an import keeps
+    /// the id of the event an order became, to replace it when the order
+    /// changes). One statement per row: imports are not the hot path.
+    fn events_insert_returning_ids(&mut self, rows: &[NewEvent]) -> Result<Vec<i64>> {
+        rows.iter()
+            .map(|e| {
+                let r = self.query_opt(
+                    "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    &[
+                        P::Int(e.profile_id),
+                        P::Int(e.key_owner),
+                        P::Text(e.kind),
+                        P::Int(e.timestamp_ms),
+                        P::Int(e.received_ms),
+                        P::Blob(&e.sealed),
+                        P::Int(e.source_id),
+                    ],
+                )?;
+                r.ok_or_else(|| crate::Error::Backend("INSERT ... RETURNING gave no row".into()))?
+                    .int(0)
+            })
+            .collect()
+    }
 
     // ----------------------------------------------------------- batches
     //

@@ -16,6 +16,7 @@ pub mod consent;
 pub mod doi;
 pub mod erasure;
 pub mod health;
+pub mod imports;
 pub mod keys;
 pub mod lease;
 pub mod links;

@@ -292,6 +292,53 @@ CREATE TABLE audience_syncs (
 "#,
     ),
     (
+        9,
+        r#"
+CREATE TABLE imports (
+    id {SERIAL},
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    details {BLOB} NOT NULL,
+    report {BLOB},
+    rows_total BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    finished_ms BIGINT
+);
+CREATE TABLE import_rows (
+    h BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    mac BIGINT NOT NULL,
+    profile_id BIGINT,
+    event_id BIGINT,
+    import_id BIGINT NOT NULL
+);
+CREATE INDEX import_rows_kind ON import_rows(kind);
+CREATE INDEX import_rows_profile ON import_rows(profile_id);
+CREATE TABLE products (
+    id TEXT PRIMARY KEY,
+    names TEXT NOT NULL,
+    category TEXT,
+    price TEXT,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE stores (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    city TEXT,
+    lat TEXT,
+    lon TEXT,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE stock (
+    store_id TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (store_id, product_id)
+){NOROWID};
+"#,
+    ),
+    (
         12,
         r#"
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;

@@ -234,11 +234,19 @@ impl Resolver {
         self.redirect.clear();
     }
 
+    /// Where `p` lives now: through committed merges, and through merges
+    /// made earlier in the same transaction (a job that applies several
+    /// groups in one transaction, as an import does).
     fn canon(&self, mut p: ProfileId) -> ProfileId {
-        while let Some(&n) = self.redirect.get(&p) {
-            p = n;
+        loop {
+            if let Some(&n) = self.redirect.get(&p) {
+                p = n;
+            } else if let Some(&n) = self.pending.as_ref().and_then(|x| x.redirect.get(&p)) {
+                p = n;
+            } else {
+                return p;
+            }
         }
-        p
     }
 
     /// Apply a group of events inside the caller's open transaction. On error
@@ -289,6 +297,38 @@ impl Resolver {
         subjects: &[&[PreparedIdentifier]],
         now_ms: i64,
     ) -> Result<(Vec<Outcome>, Vec<ProfileId>, GroupStats)> {
+        let (outcomes, subjects, stats, _) =
+            self.apply_inner(conn, vault, catalog, events, subjects, now_ms, false)?;
+        Ok((outcomes, subjects, stats))
+    }
+
+    /// As [`Resolver::apply`], also giving the id of each stored event
+    /// (`None` for a duplicate or suppressed one), for imports that replace
+    /// an event when its record changes.
+    pub fn apply_returning_ids(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        catalog: &Catalog,
+        events: &[&PreparedEvent],
+        now_ms: i64,
+    ) -> Result<(Vec<Outcome>, Vec<Option<i64>>, GroupStats)> {
+        let (outcomes, _, stats, ids) =
+            self.apply_inner(conn, vault, catalog, events, &[], now_ms, true)?;
+        Ok((outcomes, ids, stats))
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn apply_inner(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        catalog: &Catalog,
+        events: &[&PreparedEvent],
+        subjects: &[&[PreparedIdentifier]],
+        now_ms: i64,
+        want_ids: bool,
+    ) -> Result<(Vec<Outcome>, Vec<ProfileId>, GroupStats, Vec<Option<i64>>)> {
         let mut outcomes = vec![Outcome::Duplicate; events.len()];
         // Deduplication: within the group, then against the store.
         let mut seen = HashSet::with_capacity(events.len());
@@ -461,13 +501,24 @@ impl Resolver {
 
         // Merges later in the group may have moved earlier events' profiles.
         let mut new_events = Vec::with_capacity(rows.len());
+        let mut stored_at = Vec::with_capacity(rows.len());
         for (i, mut ev) in rows {
             ev.profile_id = g.canon(ev.profile_id);
             outcomes[i] = Outcome::Stored(ev.profile_id);
             new_events.push(ev);
+            stored_at.push(i);
         }
         g.flush()?;
-        g.conn.events_insert(&new_events)?;
+        let mut event_ids = Vec::new();
+        if want_ids {
+            event_ids = vec![None; events.len()];
+            let ids = g.conn.events_insert_returning_ids(&new_events)?;
+            for (i, id) in stored_at.into_iter().zip(ids) {
+                event_ids[i] = Some(id);
+            }
+        } else {
+            g.conn.events_insert(&new_events)?;
+        }
         let mut counts: HashMap<ProfileId, i64> = HashMap::new();
         for (p, n) in std::mem::take(&mut g.counts) {
             *counts.entry(g.canon(p)).or_default() += n;
@@ -505,12 +556,17 @@ impl Resolver {
         let stats = g.stats;
         // Keep what was learnt only once the transaction is known good: the
         // caller commits, then calls `keep`.
-        self.pending = Some(Pending {
-            ids: g.ids,
-            facts: g.facts,
-            redirect: g.redirect,
+        // Several groups in one transaction: what each learnt adds up.
+        let mut pending = self.pending.take().unwrap_or(Pending {
+            ids: HashMap::new(),
+            facts: HashMap::new(),
+            redirect: HashMap::new(),
         });
-        Ok((outcomes, subject_profiles, stats))
+        pending.ids.extend(g.ids);
+        pending.facts.extend(g.facts);
+        pending.redirect.extend(g.redirect);
+        self.pending = Some(pending);
+        Ok((outcomes, subject_profiles, stats, event_ids))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -701,6 +757,11 @@ impl Group<'_> {
         if let Some(f) = self.facts.get(&p) {
             return Ok(*f);
         }
+        // Learnt earlier in this transaction: newer than the cache.
+        if let Some(f) = r.pending.as_ref().and_then(|x| x.facts.get(&p).copied()) {
+            self.facts.insert(p, f);
+            return Ok(f);
+        }
         if let Some(f) = r.facts_cache.as_mut().and_then(|c| c.get(&p).copied()) {
             self.facts.insert(p, f);
             return Ok(f);
@@ -856,6 +917,7 @@ impl Group<'_> {
             .profile_merge(from, into, kind.as_str(), self.now_ms)?;
         crate::consent::after_merge(self.conn, from, into)?;
         crate::processors::after_merge(self.conn, from, into)?;
+        crate::imports::after_merge(self.conn, from, into)?;
         let ff = self.facts.remove(&from).unwrap_or_default();
         let fi = self.facts.entry(into).or_default();
         fi.user_id = fi.user_id.or(ff.user_id);

@@ -353,6 +353,9 @@ pub enum Place {
     /// refused, extended), sealed with the installation key: the request
     /// outlives the person, and the note may name them.
     RequestNote,
+    /// An import's provenance (source, documentation, file) and its report
+    /// (an error may quote a value), installation key.
+    ImportDetails,
 }
 
 impl Place {
@@ -371,6 +374,7 @@ impl Place {
             Place::AudienceHashes => b"audience_members.hashes",
             Place::AudienceFile => b"audience_syncs.file",
             Place::RequestNote => b"request_events.note",
+            Place::ImportDetails => b"imports.details",
         };
         let mut aad = Vec::with_capacity(tf.len() + 9);
         aad.extend_from_slice(tf);

@@ -67,6 +67,32 @@ impl TxCtx<'_> {
             .resolve_identifiers(self.conn, self.vault, identifiers, self.now_ms)
     }
 
+    /// Store events by the same rules as ingestion (resolution, merges,
+    /// sealing, counters, traits), inside this transaction; with `want_ids`,
+    /// each stored event's id beside its outcome (else `None`s). Imports
+    /// use it.
+    pub fn apply_events(
+        &mut self,
+        events: &[&PreparedEvent],
+        want_ids: bool,
+    ) -> Result<(Vec<Outcome>, Vec<Option<i64>>)> {
+        if !want_ids {
+            let (outcomes, _) =
+                self.resolver
+                    .apply(self.conn, self.vault, &self.catalog, events, self.now_ms)?;
+            let none = vec![None; outcomes.len()];
+            return Ok((outcomes, none));
+        }
+        let (outcomes, ids, _) = self.resolver.apply_returning_ids(
+            self.conn,
+            self.vault,
+            &self.catalog,
+            events,
+            self.now_ms,
+        )?;
+        Ok((outcomes, ids))
+    }
+
     /// Identity facts may have changed in ways the cache cannot follow (an
     /// erasure deleted identifiers): drop it after this transaction.
     pub fn identities_changed(&mut self) {

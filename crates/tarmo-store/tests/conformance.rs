@@ -175,11 +175,18 @@ conformance!(
     outbox_claims_are_leases_only_their_node_acts_on,
     a_periodic_job_runs_on_one_node_per_turn,
     claims_skip_rows_another_node_is_claiming,
+    imports_are_idempotent_replace_orders_and_skip_erased_people,
+    stock_imports_answer_the_offer,
+    in_stock_follows_views_and_stock_imports,
 );
 
 #[path = "conformance/faults.rs"]
 mod faults;
 use faults::*;
+
+#[path = "conformance/imports.rs"]
+mod imports;
+use imports::*;
 
 #[path = "conformance/segments.rs"]
 mod segments;

@@ -93,6 +93,7 @@ fn allowed(role: &str, method: &str, path: &str) -> bool {
         ("post", "/api/v1/audiences") => &["admin", "marketer"],
         (_, p) if p.starts_with("/api/v1/audiences") => &["admin", "marketer"],
         ("get", "/metrics") => &["admin", "monitoring"],
+        (_, p) if p.starts_with("/api/v1/imports") => &["admin"],
         _ => return true,
     };
     roles.contains(&role)

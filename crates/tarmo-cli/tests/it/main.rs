@@ -7,6 +7,7 @@ mod common;
 mod consent;
 mod demo;
 mod faults;
+mod imports;
 mod ingest;
 mod network;
 mod openapi;

@@ -389,6 +389,7 @@ fn the_person_downloads_their_data_and_erases_it_from_their_own_page() {
             "consents.csv",
             "events.csv",
             "identifiers.csv",
+            "imports.csv",
             "merges.csv",
             "purposes.csv",
             "recipients.csv",

@@ -5,7 +5,7 @@ use serde_json::Value;
 use time::{Date, Month, OffsetDateTime};
 
 use super::lifecycle::{Rfm, Stage};
-use super::rule::{Cmp, EventRule, Measure, Rule, TraitOp};
+use super::rule::{Cmp, EventRule, Measure, PRODUCT_PROPERTY, Rule, TraitOp, VIEWED_EVENT};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -39,6 +39,12 @@ pub trait Facts {
     /// When the lifecycle stage changes by time alone.
     fn lifecycle_changes_at(&self) -> Option<i64>;
     fn in_segment(&self, id: &str) -> bool;
+    /// Whether `product` is in stock at the person's store (see
+    /// [`Rule::InStock`]); false where no stock is known.
+    fn in_stock(&self, product: &str) -> bool {
+        let _ = product;
+        false
+    }
 }
 
 /// Whether `rule` holds for the person now, and the earliest later time at
@@ -89,6 +95,17 @@ fn eval(rule: &Rule, f: &dyn Facts, now: i64, next: &mut Option<i64>) -> bool {
             }
         }
         Rule::Segment(id) => f.in_segment(id),
+        Rule::InStock { .. } => {
+            // The latest view that names its product.
+            let viewed = f.events(VIEWED_EVENT).iter().rev().find_map(|e| {
+                match e.prop(PRODUCT_PROPERTY)? {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }
+            });
+            viewed.is_some_and(|p| f.in_stock(&p))
+        }
     }
 }
 

@@ -23,7 +23,10 @@ pub mod text;
 pub use duration::Span;
 pub use eval::{EventFact, Facts, evaluate, number};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
-pub use rule::{Cmp, CmpOp, EventRule, Measure, PropFilter, Rule, RuleError, TraitOp, Usage};
+pub use rule::{
+    Cmp, CmpOp, EventRule, Measure, PRODUCT_PROPERTY, ProductSource, PropFilter, Rule, RuleError,
+    STORE_PROPERTY, STORE_TRAITS, StoreSource, TraitOp, Usage, VIEWED_EVENT,
+};
 
 /// A segment's id: `[a-z][a-z0-9_]{0,63}`, like a purpose's.
 pub fn valid_segment_id(s: &str) -> bool {

@@ -10,7 +10,13 @@
 //! {"consent": "email_marketing", "channel": "email"}
 //! {"lifecycle": "at_risk"}   {"rfm": {"r": {"gte": 4}, "m": {"gte": 3}}}
 //! {"birthday_within": "7d"}  {"segment": "vip"}
+//! {"in_stock": {"product": "viewed", "store": "preferred"}}
 //! ```
+//!
+//! `in_stock`: the product of the person's latest `Product Viewed` event
+//! (property `product_id`) is in stock at their store — the trait
+//! `preferred_store`, else the store (`store_id`) of their latest order,
+//! else a store in their `city`. Those are the only sources today.
 
 use std::collections::BTreeSet;
 
@@ -50,6 +56,55 @@ pub enum Rule {
     },
     BirthdayWithin(Span),
     Segment(String),
+    /// The viewed product is in stock at the person's store.
+    InStock {
+        product: ProductSource,
+        store: StoreSource,
+    },
+}
+
+/// The event whose product `in_stock` asks about.
+pub const VIEWED_EVENT: &str = "Product Viewed";
+/// The property naming the product, in views and order lines.
+pub const PRODUCT_PROPERTY: &str = "product_id";
+/// The property naming the store an order was made in.
+pub const STORE_PROPERTY: &str = "store_id";
+/// The traits that say where a person shops.
+pub const STORE_TRAITS: [&str; 2] = ["preferred_store", "city"];
+
+/// Which product `in_stock` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductSource {
+    /// The product of the latest `Product Viewed` event.
+    Viewed,
+}
+
+/// Which store `in_stock` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreSource {
+    /// The person's store: `preferred_store`, else the latest order's
+    /// store, else a store in their city.
+    Preferred,
+}
+
+impl ProductSource {
+    pub fn as_str(self) -> &'static str {
+        "viewed"
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "viewed").then_some(Self::Viewed)
+    }
+}
+
+impl StoreSource {
+    pub fn as_str(self) -> &'static str {
+        "preferred"
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "preferred").then_some(Self::Preferred)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +262,8 @@ pub struct Usage {
     /// Trait names the rule reads (for the purpose check).
     pub traits: BTreeSet<String>,
     pub lifecycle: bool,
+    /// The rule asks about stock (which changes without any person's event).
+    pub stock: bool,
 }
 
 impl Rule {
@@ -280,6 +337,9 @@ impl Rule {
             }
             Rule::BirthdayWithin(s) => json!({"birthday_within": s.to_string()}),
             Rule::Segment(id) => json!({"segment": id}),
+            Rule::InStock { product, store } => {
+                json!({"in_stock": {"product": product.as_str(), "store": store.as_str()}})
+            }
         }
     }
 
@@ -330,6 +390,16 @@ impl Rule {
             }
             Rule::Segment(id) => {
                 u.segments.insert(id.clone());
+            }
+            Rule::InStock { .. } => {
+                u.kinds.insert(DataKind::Behaviour);
+                u.kinds.insert(DataKind::Traits);
+                u.events.insert(VIEWED_EVENT.into());
+                u.events.insert("Order Completed".into());
+                u.properties.insert(PRODUCT_PROPERTY.into());
+                u.properties.insert(STORE_PROPERTY.into());
+                u.traits.extend(STORE_TRAITS.iter().map(|t| t.to_string()));
+                u.stock = true;
             }
         }
     }
@@ -387,6 +457,7 @@ fn parse(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Rule,
         "rfm",
         "birthday_within",
         "segment",
+        "in_stock",
     ];
     let found: Vec<&str> = head
         .iter()
@@ -609,6 +680,42 @@ fn parse(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Rule,
             }
             Rule::Segment(id)
         }
+        "in_stock" => {
+            let p = at("in_stock");
+            let Some(Value::Object(io)) = o.get("in_stock") else {
+                return Err(err(
+                    &p,
+                    "{\"product\": \"viewed\", \"store\": \"preferred\"}",
+                ));
+            };
+            if let Some(extra) = io.keys().find(|k| *k != "product" && *k != "store") {
+                return Err(err(
+                    &format!("{p}.{extra}"),
+                    format!("`{extra}` does not belong in `in_stock`: product, store"),
+                ));
+            }
+            let product = match io.get("product") {
+                None => ProductSource::Viewed,
+                Some(Value::String(s)) => ProductSource::parse(s).ok_or_else(|| {
+                    err(
+                        &format!("{p}.product"),
+                        format!("`{s}` is not a product source: viewed"),
+                    )
+                })?,
+                Some(_) => return Err(err(&format!("{p}.product"), "\"viewed\"")),
+            };
+            let store = match io.get("store") {
+                None => StoreSource::Preferred,
+                Some(Value::String(s)) => StoreSource::parse(s).ok_or_else(|| {
+                    err(
+                        &format!("{p}.store"),
+                        format!("`{s}` is not a store source: preferred"),
+                    )
+                })?,
+                Some(_) => return Err(err(&format!("{p}.store"), "\"preferred\"")),
+            };
+            Rule::InStock { product, store }
+        }
         _ => unreachable!("every head is matched above"),
     })
 }
@@ -724,6 +831,7 @@ mod tests {
             r#"{"rfm": {"r": {"gte": 4}, "m": {"gte": 3}}}"#,
             r#"{"birthday_within": "7d"}"#,
             r#"{"segment": "vip"}"#,
+            r#"{"in_stock": {"product": "viewed", "store": "preferred"}}"#,
             r#"{"all": [{"event": "Product Viewed", "within": "2d"}, {"not": {"event": "Order Completed", "within": "2d"}}]}"#,
         ] {
             let r = parse_str(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -767,6 +875,13 @@ mod tests {
                 "$.colour",
             ),
             (r#"[1]"#, "$"),
+            (
+                r#"{"in_stock": {"product": "liked"}}"#,
+                "$.in_stock.product",
+            ),
+            (r#"{"in_stock": {"store": "cheapest"}}"#, "$.in_stock.store"),
+            (r#"{"in_stock": {"colour": "red"}}"#, "$.in_stock.colour"),
+            (r#"{"in_stock": true}"#, "$.in_stock"),
         ];
         for (s, path) in cases {
             let e = parse_str(s).unwrap_err();

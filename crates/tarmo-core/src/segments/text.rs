@@ -14,6 +14,7 @@
 //!          | "rfm" SCORE CMP NUMBER {"," SCORE CMP NUMBER}  -- SCORE: r, f, m
 //!          | "birthday" "in" SPAN
 //!          | "segment" NAME
+//!          | "in_stock" "(" NAME "," NAME ")"            -- product, store: in_stock(viewed, preferred)
 //! filter  := NAME (OP VALUE | "exists")
 //! OP      := CMP | "contains" | "in"                       -- `in` takes a [list]
 //! CMP     := "=" | "!=" | ">" | ">=" | "<" | "<="
@@ -35,7 +36,10 @@ use serde_json::Value;
 
 use super::duration::Span;
 use super::lifecycle::Stage;
-use super::rule::{Cmp, CmpOp, EventRule, Measure, PropFilter, Rule, RuleError, TraitOp};
+use super::rule::{
+    Cmp, CmpOp, EventRule, Measure, ProductSource, PropFilter, Rule, RuleError, StoreSource,
+    TraitOp,
+};
 
 const KEYWORDS: &[&str] = &[
     "and",
@@ -53,6 +57,7 @@ const KEYWORDS: &[&str] = &[
     "rfm",
     "birthday",
     "segment",
+    "in_stock",
     "exists",
     "contains",
     "true",
@@ -484,12 +489,24 @@ impl Parser {
                 Rule::BirthdayWithin(self.span()?)
             }
             "segment" => Rule::Segment(self.name("a segment id")?),
+            "in_stock" => {
+                self.expect_sym("(")?;
+                let p = self.name("a product source")?;
+                let product = ProductSource::parse(&p)
+                    .ok_or_else(|| at(l, c, format!("`{p}` is not a product source: viewed")))?;
+                self.expect_sym(",")?;
+                let s = self.name("a store source")?;
+                let store = StoreSource::parse(&s)
+                    .ok_or_else(|| at(l, c, format!("`{s}` is not a store source: preferred")))?;
+                self.expect_sym(")")?;
+                Rule::InStock { product, store }
+            }
             other => {
                 return Err(at(
                     l,
                     c,
                     format!(
-                        "`{other}` is not a condition: trait, has, event, consent, lifecycle, rfm, birthday, segment"
+                        "`{other}` is not a condition: trait, has, event, consent, lifecycle, rfm, birthday, segment, in_stock"
                     ),
                 ));
             }
@@ -619,6 +636,9 @@ pub fn to_text(r: &Rule) -> String {
         }
         Rule::BirthdayWithin(s) => format!("birthday in {s}"),
         Rule::Segment(id) => format!("segment {}", name(id)),
+        Rule::InStock { product, store } => {
+            format!("in_stock({}, {})", product.as_str(), store.as_str())
+        }
     }
 }
 
@@ -770,6 +790,10 @@ mod tests {
             }),
             (1i64..400).prop_map(|d| Rule::BirthdayWithin(Span::from_secs(d * 86_400))),
             "[a-z][a-z0-9_]{0,8}".prop_map(Rule::Segment),
+            Just(Rule::InStock {
+                product: ProductSource::Viewed,
+                store: StoreSource::Preferred
+            }),
         ]
     }
 

@@ -11,6 +11,11 @@
 //! Every entry and exit is written through the writer, with its time, to
 //! `segment_members` and `segment_history` (which automations read).
 //!
+//! The shop's stores and stock (`in_stock`) are kept too — they are not
+//! personal — and read again whenever an import changes them (the
+//! `stock_version` meta key), which re-evaluates everyone a stock rule
+//! concerns.
+//!
 //! It must never keep a person the store no longer has, and never list a
 //! member to someone who may not see them.
 
@@ -29,6 +34,7 @@ use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, 
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
+use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
 use crate::vault::Place;
 use crate::writer::WriterHandle;
 use crate::{Error, Result, Store};
@@ -45,6 +51,8 @@ struct Needs {
     props: BTreeSet<String>,
     traits: BTreeSet<String>,
     purposes: BTreeSet<String>,
+    /// Some rule asks about stock.
+    stock: bool,
 }
 
 impl Needs {
@@ -60,6 +68,7 @@ impl Needs {
             n.traits.extend(u.traits);
             n.purposes.extend(u.purposes);
             n.purposes.insert(d.purpose.clone());
+            n.stock |= u.stock;
         }
         n
     }
@@ -129,6 +138,15 @@ struct View<'a> {
     cfg: &'a LifecycleConfig,
     q: &'a Quintiles,
     current: &'a [&'a str],
+    stock: &'a StockSnapshot,
+}
+
+/// A trait or property as a store or city name.
+fn name_of(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim()),
+        _ => None,
+    }
 }
 
 impl Facts for View<'_> {
@@ -169,6 +187,25 @@ impl Facts for View<'_> {
     fn in_segment(&self, id: &str) -> bool {
         self.current.contains(&id)
     }
+
+    fn in_stock(&self, product: &str) -> bool {
+        let latest_purchase_store =
+            self.p
+                .events
+                .get(self.cfg.order_event.as_str())
+                .and_then(|l| {
+                    l.iter().rev().find_map(|e| {
+                        e.prop(tarmo_core::segments::STORE_PROPERTY)
+                            .and_then(name_of)
+                    })
+                });
+        let hints = StoreHints {
+            preferred_store: self.p.traits.get("preferred_store").and_then(name_of),
+            latest_purchase_store,
+            city: self.p.traits.get("city").and_then(name_of),
+        };
+        self.stock.in_stock(&hints, product)
+    }
 }
 
 fn allowed(p: &Person, catalog: &Catalog, purpose: &str, channel: Option<&str>, now: i64) -> bool {
@@ -206,6 +243,9 @@ struct State {
     cursors: Cursors,
     quintiles: Quintiles,
     quintiles_day: i64,
+    stock: StockSnapshot,
+    /// The `stock_version` the snapshot was read at.
+    stock_version: Option<Vec<u8>>,
 }
 
 /// A membership change to record.
@@ -348,6 +388,17 @@ impl SegmentEngine {
         let mut reload: HashSet<ProfileId> = HashSet::new();
         let mut refresh: HashSet<ProfileId> = HashSet::new();
         let mut changes = Vec::new();
+
+        // Stores or stock changed (an import): read them again, and ask
+        // everyone a stock rule concerns again.
+        let version = conn.meta_get(STOCK_VERSION)?;
+        if version != st.stock_version {
+            st.stock = StockSnapshot::load(&mut *conn)?;
+            st.stock_version = version;
+            if st.needs.stock {
+                dirty.extend(st.people.keys().copied());
+            }
+        }
 
         // Merges first: the events of a merged profile now belong to the survivor.
         let rows = conn.query(
@@ -542,6 +593,7 @@ impl SegmentEngine {
             wake,
             wake_of,
             quintiles,
+            stock,
             ..
         } = st;
         for &id in people {
@@ -558,6 +610,7 @@ impl SegmentEngine {
                     cfg: &self.cfg,
                     q: quintiles,
                     current: &current,
+                    stock,
                 };
                 let (holds, t) = evaluate(&d.rule, &view, now);
                 if let Some(t) = t {
@@ -714,6 +767,8 @@ impl SegmentEngine {
             merge: cur(&mut *conn, "SELECT MAX(id) FROM merges")?,
             touch: cur(&mut *conn, "SELECT MAX(id) FROM profile_touches")?,
         };
+        st.stock_version = conn.meta_get(STOCK_VERSION)?;
+        st.stock = StockSnapshot::load(&mut *conn)?;
         st.people = people;
         st.wake.clear();
         st.wake_of.clear();
@@ -1027,6 +1082,7 @@ impl SegmentEngine {
         needs.props.extend(extra.props);
         needs.traits.extend(extra.traits);
         needs.purposes.extend(extra.purposes);
+        needs.stock |= extra.stock;
         self.cover(&mut st, needs)?;
         let now = crate::now_ms();
         let mut n = 0;
@@ -1050,6 +1106,7 @@ impl SegmentEngine {
                 cfg: &self.cfg,
                 q: &st.quintiles,
                 current: &current,
+                stock: &st.stock,
             };
             if evaluate(&def.rule, &view, now).0 {
                 n += 1;
@@ -1078,6 +1135,7 @@ impl SegmentEngine {
                     cfg: &self.cfg,
                     q: &st.quintiles,
                     current: &none,
+                    stock: &st.stock,
                 };
                 evaluate(rule, &view, now).0
             })

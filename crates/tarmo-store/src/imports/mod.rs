@@ -1,0 +1,1730 @@
+//! The offline register: customers and orders from the till and the CRM,
+//! and the shop's products, stores and stock, imported from CSV or JSON
+//! Lines. One use case for the CLI (`tarmo import customers FILE`) and the
+//! HTTP API (`POST /api/v1/imports`).
+//!
+//! The shape of an import: every row is parsed and checked first (errors
+//! carry line numbers); then, unless there were errors and the caller did
+//! not ask to skip them, the whole file is applied in one writer
+//! transaction, so a file goes in whole or not at all. People go in through
+//! the same identity resolution as a server write key's messages
+//! (identifiers verified, merges by the rules, sealing, counters): a
+//! customer row becomes an `identify` message with its traits, an order an
+//! `Order Completed` track message with its lines, each carrying the file's
+//! provenance (`context.import`: source, documentation, file, line), under
+//! a source id of its own (minus the import's id), so the access bundle can
+//! say where each piece of data came from. Erased people's identifiers are
+//! on the suppression list: their rows are skipped and counted.
+//!
+//! Idempotence: each applied row leaves a keyed hash of its key (the
+//! person's key identifier, or the order id) and of its content in
+//! `import_rows`. A row whose content is unchanged is skipped without
+//! touching a person, which also makes re-imports cheap; an order seen
+//! before with a new content replaces the event it became.
+//!
+//! This module must never write a personal value unsealed: the imports
+//! table holds the provenance and the error report sealed with the
+//! installation key (an error may quote a value), and `import_rows` only
+//! keyed hashes.
+
+pub mod catalog;
+pub mod mapping;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tarmo_core::identity::{IdentifierKind, IdentityConfig, Trust};
+use tarmo_core::segment::{MessageKind, parse_timestamp_ms};
+use utoipa::ToSchema;
+
+pub use mapping::{Mapping, TraitType};
+
+use crate::conn::{Conn, P, ProfileId};
+use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier};
+use crate::vault::{Place, Vault};
+use crate::writer::{TxCtx, WriterHandle};
+use crate::{Error, Result, Store, rfc3339};
+
+/// Rows applied per resolution group inside the import's transaction.
+const CHUNK: usize = 2000;
+/// Errors kept in a report (the count is always complete).
+const MAX_ERRORS: usize = 1000;
+/// The event an order becomes (what lifecycle and RFM count by default).
+pub const ORDER_EVENT: &str = "Order Completed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportKind {
+    Customers,
+    Orders,
+    Products,
+    Stores,
+    Stock,
+}
+
+impl ImportKind {
+    pub const ALL: [Self; 5] = [
+        Self::Customers,
+        Self::Orders,
+        Self::Products,
+        Self::Stores,
+        Self::Stock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customers => "customers",
+            Self::Orders => "orders",
+            Self::Products => "products",
+            Self::Stores => "stores",
+            Self::Stock => "stock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether rows name people (and so carry provenance and suppression).
+    pub fn personal(self) -> bool {
+        matches!(self, Self::Customers | Self::Orders)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "csv" => Some(Self::Csv),
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            _ => None,
+        }
+    }
+
+    /// By a file name's extension; CSV unless it says JSON Lines.
+    pub fn of_file_name(name: &str) -> Self {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+            Self::Jsonl
+        } else {
+            Self::Csv
+        }
+    }
+}
+
+/// What an import is asked to do.
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    pub kind: ImportKind,
+    pub format: Format,
+    pub mapping: Mapping,
+    /// Where the file comes from ("till export 2026-11"), 1-200 characters.
+    pub source: String,
+    /// Where the proof of its lawful collection is kept.
+    pub documentation: String,
+    pub file_name: String,
+    /// Import the valid rows and report the rest, instead of nothing.
+    pub skip_invalid: bool,
+    /// Check and count, write nothing.
+    pub dry_run: bool,
+}
+
+impl ImportSpec {
+    /// Refuse a spec that cannot be right whatever the file holds.
+    pub fn check(&self) -> Result<()> {
+        let s = self.source.trim();
+        if s.is_empty() || s.chars().count() > 200 {
+            return Err(Error::rejected(
+                "invalid_import_source",
+                "`source` names where the file comes from, in 1 to 200 characters",
+            ));
+        }
+        if self.kind.personal() && self.documentation.trim().is_empty() {
+            return Err(Error::rejected(
+                "invalid_import_documentation",
+                "`documentation` says where the proof that these people's data was collected lawfully is kept",
+            ));
+        }
+        if self.documentation.chars().count() > 1000 {
+            return Err(Error::rejected(
+                "invalid_import_documentation",
+                "`documentation` is at most 1000 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A row that could not be imported, by its line in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RowError {
+    pub line: u64,
+    pub message: String,
+}
+
+/// What an import did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    /// Data rows read (CSV records or JSON lines).
+    pub rows: u64,
+    /// Records built from them: people, orders (lines grouped), products...
+    pub records: u64,
+    pub invalid: u64,
+    /// Records new to Tarmo.
+    pub created: u64,
+    /// Records seen before whose content changed (an order is replaced).
+    pub updated: u64,
+    /// Records seen before, unchanged: nothing written.
+    pub unchanged: u64,
+    /// Records naming an erased person: skipped.
+    pub suppressed: u64,
+    /// Orders naming no customer (an anonymous till sale): skipped.
+    pub anonymous: u64,
+    /// Columns the mapping does not use.
+    pub ignored_columns: Vec<String>,
+    /// The first errors, with line numbers (a row may have several; every
+    /// row with one is counted in `invalid`).
+    pub errors: Vec<RowError>,
+    pub dry_run: bool,
+}
+
+// ------------------------------------------------------------ reading
+
+/// A data row: its line and its fields.
+type Record = (u64, Map<String, Value>);
+
+/// Read the file's rows; a row that is not valid CSV or JSON is an error
+/// at its line.
+fn read_records(
+    format: Format,
+    bytes: &[u8],
+    errors: &mut Vec<RowError>,
+) -> Result<(Vec<String>, Vec<Record>)> {
+    match format {
+        Format::Csv => {
+            let mut rdr = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .flexible(false)
+                .from_reader(bytes);
+            let headers: Vec<String> = rdr
+                .headers()
+                .map_err(|e| Error::rejected("invalid_file", format!("the CSV header: {e}")))?
+                .iter()
+                .map(|h| h.trim_start_matches('\u{feff}').to_owned())
+                .collect();
+            if headers.iter().all(String::is_empty) {
+                return Err(Error::rejected(
+                    "invalid_file",
+                    "the file has no header row",
+                ));
+            }
+            let mut out = Vec::new();
+            for rec in rdr.records() {
+                match rec {
+                    Ok(r) => {
+                        let line = r.position().map_or(0, |p| p.line());
+                        let mut m = Map::new();
+                        for (h, v) in headers.iter().zip(r.iter()) {
+                            if !v.is_empty() {
+                                m.insert(h.clone(), Value::String(v.to_owned()));
+                            }
+                        }
+                        out.push((line, m));
+                    }
+                    Err(e) => {
+                        let line = e.position().map_or(0, |p| p.line());
+                        errors.push(RowError {
+                            line,
+                            message: format!("not valid CSV: {}", csv_error_kind(&e)),
+                        });
+                    }
+                }
+            }
+            Ok((headers, out))
+        }
+        Format::Jsonl => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| Error::rejected("invalid_file", "a JSON Lines file is UTF-8"))?;
+            let mut headers: Vec<String> = Vec::new();
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for (i, l) in text.lines().enumerate() {
+                let line = i as u64 + 1;
+                if l.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(l) {
+                    Ok(Value::Object(m)) => {
+                        for k in m.keys() {
+                            if seen.insert(k.clone()) {
+                                headers.push(k.clone());
+                            }
+                        }
+                        let m = m.into_iter().filter(|(_, v)| !v.is_null()).collect();
+                        out.push((line, m));
+                    }
+                    Ok(_) => errors.push(RowError {
+                        line,
+                        message: "a line is one JSON object".into(),
+                    }),
+                    Err(e) => errors.push(RowError {
+                        line,
+                        message: format!("not valid JSON (column {})", e.column()),
+                    }),
+                }
+            }
+            Ok((headers, out))
+        }
+    }
+}
+
+/// A CSV error without the record's content (which may be personal).
+fn csv_error_kind(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("{len} fields where the header has {expected_len}"),
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8".into(),
+        _ => "malformed record".into(),
+    }
+}
+
+/// A field as text: strings trimmed, numbers and booleans written out.
+fn text(m: &Map<String, Value>, col: &str) -> Option<String> {
+    match m.get(col)? {
+        Value::String(s) => {
+            let s = s.trim();
+            (!s.is_empty()).then(|| s.to_owned())
+        }
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A field as a number (a decimal comma is read too: `12,50`).
+fn number(m: &Map<String, Value>, col: &str) -> std::result::Result<Option<f64>, String> {
+    match m.get(col) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .replace(',', ".")
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| format!("`{col}` is not a number")),
+        Some(_) => Err(format!("`{col}` is not a number")),
+    }
+}
+
+/// A date (`YYYY-MM-DD`) or an RFC 3339 date-time, as milliseconds.
+fn parse_time(s: &str) -> Option<i64> {
+    parse_timestamp_ms(s).or_else(|| {
+        if s.len() == 10 {
+            parse_timestamp_ms(&format!("{s}T00:00:00Z"))
+        } else {
+            None
+        }
+    })
+}
+
+fn json_number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        json!(x as i64)
+    } else {
+        json!((x * 1e6).round() / 1e6)
+    }
+}
+
+// ------------------------------------------------------------ validation
+
+/// A person as a row names them: identifiers in precedence order, the key
+/// identifier first.
+#[derive(Clone)]
+struct Person {
+    identifiers: Vec<PreparedIdentifier>,
+}
+
+struct CustomerRec {
+    line: u64,
+    key: i64,
+    mac: i64,
+    person: Person,
+    traits: Map<String, Value>,
+}
+
+struct OrderRec {
+    line: u64,
+    key: i64,
+    mac: i64,
+    person: Person,
+    ts_ms: i64,
+    properties: Map<String, Value>,
+}
+
+/// A validated file: the records to apply and what was wrong.
+pub struct Parsed {
+    kind: ImportKind,
+    customers: Vec<CustomerRec>,
+    orders: Vec<OrderRec>,
+    pub(crate) catalog: Vec<catalog::CatalogRec>,
+    pub report: ImportReport,
+    /// All errors (the report keeps the first ones).
+    pub errors: Vec<RowError>,
+}
+
+impl Parsed {
+    pub fn records(&self) -> usize {
+        self.customers.len() + self.orders.len() + self.catalog.len()
+    }
+}
+
+/// Which identifier columns a file has: the mapping's, or headers named as
+/// identifier kinds.
+fn identifier_columns(
+    spec: &ImportSpec,
+    headers: &[String],
+    identity: &IdentityConfig,
+) -> Result<Vec<(IdentifierKind, String)>> {
+    let mut cols = Vec::new();
+    if spec.mapping.identifiers.is_empty() {
+        for h in headers {
+            if let Ok(k) = identity.kind(h)
+                && !matches!(k, IdentifierKind::AnonymousId | IdentifierKind::DeviceId)
+            {
+                cols.push((k, h.clone()));
+            }
+        }
+    } else {
+        for (k, c) in &spec.mapping.identifiers {
+            let kind = identity.kind(k).map_err(|e| {
+                Error::rejected(
+                    "invalid_mapping",
+                    format!("identifier `{k}`: {e} (custom kinds are set in tarmo.toml's identity.custom_kinds)"),
+                )
+            })?;
+            if matches!(kind, IdentifierKind::AnonymousId | IdentifierKind::DeviceId) {
+                return Err(Error::rejected(
+                    "invalid_mapping",
+                    format!("`{k}` names a browser or device, not a customer"),
+                ));
+            }
+            cols.push((kind, c.clone()));
+        }
+    }
+    if cols.is_empty() {
+        return Err(Error::rejected(
+            "invalid_mapping",
+            "no identifier column: name columns as identifier kinds (email, phone, user_id, loyalty_card, ...) or map them under [identifiers]",
+        ));
+    }
+    // The key identifier first, then by precedence.
+    let key_kind = match &spec.mapping.key {
+        Some(k) => {
+            if !cols.iter().any(|(kind, _)| kind.as_str() == k) {
+                return Err(Error::rejected(
+                    "invalid_mapping",
+                    format!("`key` names `{k}`, which is not among the identifiers"),
+                ));
+            }
+            Some(k.clone())
+        }
+        None => None,
+    };
+    let rank = |k: &IdentifierKind| -> (u8, String) {
+        if key_kind.as_deref() == Some(k.as_str()) {
+            return (0, String::new());
+        }
+        let r = match k {
+            IdentifierKind::UserId => 1,
+            IdentifierKind::Custom(_) => 2,
+            IdentifierKind::Email => 3,
+            IdentifierKind::Phone => 4,
+            _ => 5,
+        };
+        (r, k.as_str().to_owned())
+    };
+    cols.sort_by_key(|(k, _)| rank(k));
+    Ok(cols)
+}
+
+fn person_of(
+    store: &Vault,
+    identity: &IdentityConfig,
+    cols: &[(IdentifierKind, String)],
+    m: &Map<String, Value>,
+    err: &mut Vec<String>,
+) -> Option<Person> {
+    let mut identifiers = Vec::new();
+    for (kind, col) in cols {
+        let Some(v) = text(m, col) else { continue };
+        match identity.identifier(kind.clone(), &v) {
+            Ok(id) => identifiers.push(PreparedIdentifier {
+                bidx: store.blind_index(id.kind().as_str(), id.value()),
+                kind: id.kind().clone(),
+                value: id.value().to_owned(),
+            }),
+            Err(e) => err.push(format!("`{col}`: {e}")),
+        }
+    }
+    (!identifiers.is_empty()).then_some(Person { identifiers })
+}
+
+/// A keyed 64-bit hash (the vault's MAC key): no value can be read back
+/// from it, and nobody without the master key can test a guess.
+fn keyed(vault: &Vault, label: &str, data: &[u8]) -> i64 {
+    let t = vault.mac(label, data);
+    i64::from_le_bytes(t[..8].try_into().expect("8 bytes"))
+}
+
+fn person_key(vault: &Vault, kind: ImportKind, p: &Person) -> i64 {
+    let first = &p.identifiers[0];
+    let mut d = Vec::with_capacity(40);
+    d.extend_from_slice(kind.as_str().as_bytes());
+    d.push(0);
+    d.extend_from_slice(&first.bidx.0);
+    keyed(vault, "import-row-key", &d)
+}
+
+fn content_mac(vault: &Vault, v: &Value) -> i64 {
+    keyed(vault, "import-row-content", v.to_string().as_bytes())
+}
+
+/// Parse and check every row. Bad input in the file is reported per line;
+/// an error here (a mapping that cannot work) refuses the whole file.
+pub fn parse(
+    spec: &ImportSpec,
+    bytes: &[u8],
+    identity: &IdentityConfig,
+    vault: &Vault,
+    now_ms: i64,
+) -> Result<Parsed> {
+    spec.check()?;
+    let mut errors = Vec::new();
+    let (headers, records) = read_records(spec.format, bytes, &mut errors)?;
+    let mut parsed = Parsed {
+        kind: spec.kind,
+        customers: Vec::new(),
+        orders: Vec::new(),
+        catalog: Vec::new(),
+        report: ImportReport {
+            rows: records.len() as u64 + errors.len() as u64,
+            dry_run: spec.dry_run,
+            ..Default::default()
+        },
+        errors: Vec::new(),
+    };
+    let mut used: HashSet<String> = HashSet::new();
+    match spec.kind {
+        ImportKind::Customers => parse_customers(
+            spec,
+            &headers,
+            records,
+            identity,
+            vault,
+            &mut parsed,
+            &mut errors,
+            &mut used,
+        )?,
+        ImportKind::Orders => parse_orders(
+            spec,
+            &headers,
+            records,
+            identity,
+            vault,
+            now_ms,
+            &mut parsed,
+            &mut errors,
+            &mut used,
+        )?,
+        ImportKind::Products | ImportKind::Stores | ImportKind::Stock => {
+            catalog::parse(spec, &headers, records, &mut parsed, &mut errors, &mut used)?
+        }
+    }
+    parsed.report.ignored_columns = headers
+        .iter()
+        .filter(|h| !h.is_empty() && !used.contains(*h))
+        .cloned()
+        .collect();
+    errors.sort_by_key(|e| e.line);
+    parsed.report.invalid = errors.iter().map(|e| e.line).collect::<HashSet<_>>().len() as u64;
+    parsed.report.records = parsed.records() as u64;
+    parsed.report.errors = errors.iter().take(MAX_ERRORS).cloned().collect();
+    parsed.errors = errors;
+    Ok(parsed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_customers(
+    spec: &ImportSpec,
+    headers: &[String],
+    records: Vec<Record>,
+    identity: &IdentityConfig,
+    vault: &Vault,
+    parsed: &mut Parsed,
+    errors: &mut Vec<RowError>,
+    used: &mut HashSet<String>,
+) -> Result<()> {
+    let id_cols = identifier_columns(spec, headers, identity)?;
+    used.extend(id_cols.iter().map(|(_, c)| c.clone()));
+    let trait_cols: Vec<(String, String, TraitType)> = if spec.mapping.traits.is_empty() {
+        headers
+            .iter()
+            .filter(|h| !h.is_empty() && !used.contains(*h))
+            .map(|h| {
+                let ty = if h == "birthday" {
+                    TraitType::Date
+                } else {
+                    TraitType::Text
+                };
+                (h.clone(), h.clone(), ty)
+            })
+            .collect()
+    } else {
+        spec.mapping
+            .traits
+            .iter()
+            .map(|(name, c)| (name.clone(), c.column().to_owned(), c.ty()))
+            .collect()
+    };
+    for (name, _, _) in &trait_cols {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::rejected(
+                "invalid_mapping",
+                "a trait's name is 1-128 bytes",
+            ));
+        }
+    }
+    used.extend(trait_cols.iter().map(|(_, c, _)| c.clone()));
+    let mut keys: HashMap<i64, u64> = HashMap::new();
+    for (line, m) in records {
+        let mut errs = Vec::new();
+        let person = person_of(vault, identity, &id_cols, &m, &mut errs);
+        if person.is_none() && errs.is_empty() {
+            errs.push("no identifier: every identifier column is empty".into());
+        }
+        let mut traits = Map::new();
+        for (name, col, ty) in &trait_cols {
+            let Some(raw) = m.get(col) else { continue };
+            match typed(raw, *ty) {
+                Ok(Some(v)) => {
+                    traits.insert(name.clone(), v);
+                }
+                Ok(None) => {}
+                Err(e) => errs.push(format!("`{col}`: {e}")),
+            }
+        }
+        if let Some(p) = &person
+            && errs.is_empty()
+        {
+            let key = person_key(vault, ImportKind::Customers, p);
+            if let Some(first) = keys.insert(key, line) {
+                errs.push(format!(
+                    "the same customer as line {first} (one row per customer)"
+                ));
+            }
+        }
+        match (errs.is_empty(), person) {
+            (true, Some(person)) => {
+                let key = person_key(vault, ImportKind::Customers, &person);
+                let ids: Vec<Value> = person
+                    .identifiers
+                    .iter()
+                    .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
+                    .collect();
+                let mac = content_mac(vault, &json!({"ids": ids, "traits": traits}));
+                parsed.customers.push(CustomerRec {
+                    line,
+                    key,
+                    mac,
+                    person,
+                    traits,
+                });
+            }
+            _ => errors.extend(errs.into_iter().map(|message| RowError { line, message })),
+        }
+    }
+    Ok(())
+}
+
+fn typed(raw: &Value, ty: TraitType) -> std::result::Result<Option<Value>, String> {
+    let s = match raw {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Null => return Ok(None),
+        Value::Array(_) | Value::Object(_) => {
+            return Err("a trait is a single value".into());
+        }
+        other => other.to_string(),
+    };
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match ty {
+        TraitType::Text => {
+            if s.len() > 2000 {
+                return Err("at most 2000 bytes".into());
+            }
+            Value::String(s)
+        }
+        TraitType::Number => match s.replace(',', ".").parse::<f64>() {
+            Ok(x) if x.is_finite() => json_number(x),
+            _ => return Err("not a number".into()),
+        },
+        TraitType::Date => {
+            if parse_time(&s).is_none() {
+                return Err("not a date (YYYY-MM-DD) or an RFC 3339 date-time".into());
+            }
+            Value::String(s)
+        }
+        TraitType::Boolean => match s.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => Value::Bool(true),
+            "false" | "no" | "0" => Value::Bool(false),
+            _ => return Err("not true/false".into()),
+        },
+    }))
+}
+
+/// An order as it is built from its lines.
+struct OrderDraft {
+    line: u64,
+    person: Option<Person>,
+    /// The identifier columns as the first line wrote them: later lines of
+    /// the order are compared by these, without normalising and hashing
+    /// the same customer again.
+    raw_ids: Vec<Option<String>>,
+    ts_ms: i64,
+    time: String,
+    store: Option<String>,
+    currency: Option<String>,
+    total: Option<f64>,
+    items: Vec<Value>,
+    /// Every line had a price, so the total can be computed.
+    priced: bool,
+    computed: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_orders(
+    spec: &ImportSpec,
+    headers: &[String],
+    records: Vec<Record>,
+    identity: &IdentityConfig,
+    vault: &Vault,
+    now_ms: i64,
+    parsed: &mut Parsed,
+    errors: &mut Vec<RowError>,
+    used: &mut HashSet<String>,
+) -> Result<()> {
+    let id_cols = identifier_columns(spec, headers, identity)?;
+    used.extend(id_cols.iter().map(|(_, c)| c.clone()));
+    let o = &spec.mapping.order;
+    used.extend(
+        [
+            &o.id,
+            &o.time,
+            &o.store,
+            &o.total,
+            &o.currency,
+            &o.items,
+            &o.product,
+            &o.quantity,
+            &o.price,
+        ]
+        .into_iter()
+        .cloned(),
+    );
+    if !headers.contains(&o.id) {
+        return Err(Error::rejected(
+            "invalid_mapping",
+            format!("the file has no order id column `{}`", o.id),
+        ));
+    }
+    let mut drafts: BTreeMap<String, OrderDraft> = BTreeMap::new();
+    let mut bad: HashSet<String> = HashSet::new();
+    for (line, m) in records {
+        let mut errs = Vec::new();
+        let Some(order_id) = text(&m, &o.id) else {
+            errors.push(RowError {
+                line,
+                message: format!("`{}`: an order id is required", o.id),
+            });
+            continue;
+        };
+        if order_id.len() > 128 {
+            errs.push(format!("`{}`: at most 128 bytes", o.id));
+        }
+        let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
+        // A further line of an order already seen names the same customer
+        // when it writes the same values (or none); only a first line is
+        // parsed into identifiers.
+        let (person, same_customer) = match drafts.get(&order_id) {
+            Some(d) => {
+                let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
+                (None, Some(same))
+            }
+            None => (person_of(vault, identity, &id_cols, &m, &mut errs), None),
+        };
+        let time = text(&m, &o.time);
+        // A further line that writes its order's time as the first did
+        // needs no second parse.
+        let seen_time = drafts
+            .get(&order_id)
+            .filter(|d| Some(&d.time) == time.as_ref())
+            .map(|d| d.ts_ms);
+        let ts_ms = match (&time, seen_time) {
+            (_, Some(ms)) => ms,
+            (None, _) => {
+                errs.push(format!("`{}`: when the order was made is required", o.time));
+                0
+            }
+            (Some(t), None) => match parse_time(t) {
+                Some(ms) if ms <= now_ms + 60_000 => ms,
+                Some(_) => {
+                    errs.push(format!("`{}`: in the future", o.time));
+                    0
+                }
+                None => {
+                    errs.push(format!(
+                        "`{}`: not a date (YYYY-MM-DD) or an RFC 3339 date-time",
+                        o.time
+                    ));
+                    0
+                }
+            },
+        };
+        let store = text(&m, &o.store);
+        let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
+        if let Some(c) = &currency
+            && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
+        }
+        let total = number(&m, &o.total).unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        });
+        // The lines: a list in JSON Lines, or this row's own line.
+        let mut lines: Vec<&Map<String, Value>> = Vec::new();
+        match m.get(&o.items) {
+            Some(Value::Array(a)) => {
+                for it in a {
+                    match it {
+                        Value::Object(x) => lines.push(x),
+                        _ => errs.push(format!("`{}`: a list of line objects", o.items)),
+                    }
+                }
+            }
+            Some(_) => errs.push(format!("`{}`: a list of line objects", o.items)),
+            None => {
+                if m.contains_key(&o.product) {
+                    lines.push(&m);
+                }
+            }
+        }
+        let mut items = Vec::new();
+        let (mut priced, mut computed) = (true, 0.0);
+        for l in &lines {
+            let Some(product) = text(l, &o.product) else {
+                errs.push(format!("`{}`: a line needs its product id", o.product));
+                continue;
+            };
+            let qty = match number(l, &o.quantity) {
+                Ok(Some(q)) if q > 0.0 => q,
+                Ok(None) => 1.0,
+                Ok(Some(_)) => {
+                    errs.push(format!("`{}`: a quantity above 0", o.quantity));
+                    continue;
+                }
+                Err(e) => {
+                    errs.push(e);
+                    continue;
+                }
+            };
+            let price = match number(l, &o.price) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(e);
+                    continue;
+                }
+            };
+            let mut item = Map::new();
+            item.insert("product_id".into(), Value::String(product));
+            item.insert("quantity".into(), json_number(qty));
+            match price {
+                Some(p) => {
+                    item.insert("price".into(), json_number(p));
+                    computed += p * qty;
+                }
+                None => priced = false,
+            }
+            items.push(Value::Object(item));
+        }
+        if !errs.is_empty() {
+            bad.insert(order_id);
+            errors.extend(errs.into_iter().map(|message| RowError { line, message }));
+            continue;
+        }
+        match drafts.get_mut(&order_id) {
+            None => {
+                drafts.insert(
+                    order_id,
+                    OrderDraft {
+                        line,
+                        person,
+                        raw_ids,
+                        ts_ms,
+                        time: time.unwrap_or_default(),
+                        store,
+                        currency,
+                        total,
+                        items,
+                        priced,
+                        computed,
+                    },
+                );
+            }
+            Some(d) => {
+                // Another line of the same order must tell the same story.
+                let mut conflict = Vec::new();
+                if same_customer == Some(false) {
+                    conflict.push("customer");
+                }
+                if d.ts_ms != ts_ms {
+                    conflict.push("time");
+                }
+                if store.is_some() && d.store.is_some() && store != d.store {
+                    conflict.push("store");
+                }
+                if currency.is_some() && d.currency.is_some() && currency != d.currency {
+                    conflict.push("currency");
+                }
+                if !conflict.is_empty() {
+                    errors.push(RowError {
+                        line,
+                        message: format!(
+                            "order `{order_id}` was given another {} on line {}",
+                            conflict.join(", "),
+                            d.line
+                        ),
+                    });
+                    bad.insert(order_id);
+                    continue;
+                }
+                d.store = d.store.take().or(store);
+                d.currency = d.currency.take().or(currency);
+                d.total = d.total.or(total);
+                d.items.extend(items);
+                d.priced &= priced;
+                d.computed += computed;
+            }
+        }
+    }
+    for (order_id, d) in drafts {
+        if bad.contains(&order_id) {
+            continue;
+        }
+        let Some(person) = d.person else {
+            parsed.report.anonymous += 1;
+            continue;
+        };
+        let total = d
+            .total
+            .or((d.priced && !d.items.is_empty()).then_some(d.computed));
+        let mut props = Map::new();
+        props.insert("order_id".into(), Value::String(order_id.clone()));
+        if let Some(s) = d.store {
+            props.insert("store_id".into(), Value::String(s));
+        }
+        if let Some(c) = d.currency {
+            props.insert("currency".into(), Value::String(c));
+        }
+        if let Some(t) = total {
+            props.insert("total".into(), json_number(t));
+            props.insert("revenue".into(), json_number(t));
+        }
+        props.insert("products".into(), Value::Array(d.items));
+        props.insert("channel".into(), Value::String("offline".into()));
+        let key = keyed(
+            vault,
+            "import-row-key",
+            format!("orders\0{order_id}").as_bytes(),
+        );
+        let ids: Vec<Value> = person
+            .identifiers
+            .iter()
+            .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
+            .collect();
+        let mac = content_mac(
+            vault,
+            &json!({"ids": ids, "time": d.time, "properties": props}),
+        );
+        parsed.orders.push(OrderRec {
+            line: d.line,
+            key,
+            mac,
+            person,
+            ts_ms: d.ts_ms,
+            properties: props,
+        });
+    }
+    parsed.orders.sort_by_key(|o| o.line);
+    Ok(())
+}
+
+// ------------------------------------------------------------ applying
+
+/// The provenance every message of an import carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Details {
+    source: String,
+    documentation: String,
+    file: String,
+    file_sha256: String,
+    format: Format,
+    skip_invalid: bool,
+}
+
+/// Record a new import (`queued`), in the caller's transaction.
+pub fn create(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    spec: &ImportSpec,
+    file_sha256: &str,
+    now_ms: i64,
+) -> Result<i64> {
+    let details = Details {
+        source: spec.source.trim().to_owned(),
+        documentation: spec.documentation.trim().to_owned(),
+        file: spec.file_name.clone(),
+        file_sha256: file_sha256.to_owned(),
+        format: spec.format,
+        skip_invalid: spec.skip_invalid,
+    };
+    let sealed = vault.seal_system(
+        Place::ImportDetails,
+        &serde_json::to_vec(&details).expect("serialises"),
+    )?;
+    let row = conn
+        .query_opt(
+            "INSERT INTO imports (kind, status, details, created_ms) VALUES ($1, 'queued', $2, $3) RETURNING id",
+            &[P::Text(spec.kind.as_str()), P::Blob(&sealed), P::Int(now_ms)],
+        )?
+        .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?;
+    row.int(0)
+}
+
+/// Record how an import ended.
+pub fn finish(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    id: i64,
+    status: Status,
+    report: &ImportReport,
+    now_ms: i64,
+) -> Result<()> {
+    let sealed = vault.seal_system(
+        Place::ImportDetails,
+        &serde_json::to_vec(report).expect("serialises"),
+    )?;
+    conn.exec(
+        "UPDATE imports SET status = $2, report = $3, rows_total = $4, finished_ms = $5 WHERE id = $1",
+        &[
+            P::Int(id),
+            P::Text(status.as_str()),
+            P::Blob(&sealed),
+            P::Int(report.rows as i64),
+            P::Int(now_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    /// Applied (with `skip_invalid`, the valid rows).
+    Done,
+    /// Rows had errors and nothing was written.
+    Invalid,
+    /// Checked only.
+    Checked,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Invalid => "invalid",
+            Self::Checked => "checked",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            "invalid" => Self::Invalid,
+            "checked" => Self::Checked,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// A record to write, and what the file's earlier imports knew of it.
+struct Todo {
+    key: i64,
+    mac: i64,
+    /// The event an earlier version became (an order to replace).
+    old: Option<i64>,
+    /// Never imported before (else: changed).
+    new: bool,
+    event: PreparedEvent,
+}
+
+/// What is kept of earlier imports' rows of a kind: key → (content, event).
+fn known_rows(conn: &mut dyn Conn, kind: ImportKind) -> Result<HashMap<i64, (i64, Option<i64>)>> {
+    let mut out = HashMap::new();
+    for r in conn.query(
+        "SELECT h, mac, event_id FROM import_rows WHERE kind = $1",
+        &[P::Text(kind.as_str())],
+    )? {
+        out.insert(r.int(0)?, (r.int(1)?, r.opt_int(2)?));
+    }
+    Ok(out)
+}
+
+/// Apply a validated file inside the writer transaction `ctx`; `progress`
+/// counts the records done. The caller decides whether a file with errors
+/// may be applied (`skip_invalid`).
+pub fn apply(
+    ctx: &mut TxCtx<'_>,
+    id: i64,
+    spec: &ImportSpec,
+    file_sha256: &str,
+    parsed: &Parsed,
+    progress: &AtomicU64,
+) -> Result<ImportReport> {
+    let mut report = parsed.report.clone();
+    if !parsed.kind.personal() {
+        catalog::apply(ctx, parsed, &mut report, progress)?;
+        return Ok(report);
+    }
+    let known = known_rows(ctx.conn, parsed.kind)?;
+    let provenance = |line: u64| {
+        json!({
+            "id": id,
+            "kind": parsed.kind.as_str(),
+            "source": spec.source.trim(),
+            "documentation": spec.documentation.trim(),
+            "file": spec.file_name,
+            "file_sha256": file_sha256,
+            "line": line,
+        })
+    };
+    let source = -id;
+    let now = ctx.now_ms;
+    let mut todo: Vec<Todo> = Vec::new();
+    let flush =
+        |ctx: &mut TxCtx<'_>, todo: &mut Vec<Todo>, report: &mut ImportReport| -> Result<()> {
+            if todo.is_empty() {
+                return Ok(());
+            }
+            let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
+            // Only an order's event is ever replaced: only orders need ids.
+            let want_ids = parsed.kind == ImportKind::Orders;
+            let (outcomes, event_ids) = ctx.apply_events(&refs, want_ids)?;
+            let mut touched = HashSet::new();
+            for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
+                let (key, mac, old) = (&t.key, &t.mac, &t.old);
+                let profile = match outcome {
+                    Outcome::Stored(p) => p,
+                    Outcome::Suppressed => {
+                        // Counted as new or changed above; it is neither.
+                        if t.new {
+                            report.created -= 1;
+                        } else {
+                            report.updated -= 1;
+                        }
+                        report.suppressed += 1;
+                        continue;
+                    }
+                    Outcome::Duplicate => continue,
+                };
+                if let Some(old) = old {
+                    replace_event(ctx.conn, *old, now, &mut touched)?;
+                }
+                ctx.conn.exec(
+                    "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (h) DO UPDATE SET mac = EXCLUDED.mac, profile_id = EXCLUDED.profile_id,
+                     event_id = EXCLUDED.event_id, import_id = EXCLUDED.import_id",
+                    &[
+                        P::Int(*key),
+                        P::Text(parsed.kind.as_str()),
+                        P::Int(*mac),
+                        P::Int(profile),
+                        event_id.map_or(P::Null, P::Int),
+                        P::Int(id),
+                    ],
+                )?;
+            }
+            for p in touched {
+                crate::segments::touch(ctx.conn, p, now)?;
+            }
+            todo.clear();
+            Ok(())
+        };
+    // Whether a record must be written: `Some(the event it replaces)`.
+    let note = |key: i64, mac: i64, report: &mut ImportReport| -> Option<Option<i64>> {
+        match known.get(&key) {
+            Some((m, _)) if *m == mac => {
+                report.unchanged += 1;
+                None
+            }
+            Some((_, ev)) => {
+                report.updated += 1;
+                Some(*ev)
+            }
+            None => {
+                report.created += 1;
+                Some(None)
+            }
+        }
+    };
+    for c in &parsed.customers {
+        progress.fetch_add(1, Ordering::Relaxed);
+        if note(c.key, c.mac, &mut report).is_none() {
+            continue;
+        }
+        let body = json!({
+            "type": "identify",
+            "traits": c.traits,
+            "timestamp": rfc3339(now),
+            "context": {"import": provenance(c.line)},
+        });
+        todo.push(Todo {
+            key: c.key,
+            mac: c.mac,
+            old: None,
+            new: !known.contains_key(&c.key),
+            event: PreparedEvent {
+                dedup: None,
+                source,
+                trust: Trust::Server,
+                kind: MessageKind::Identify,
+                timestamp_ms: now,
+                identifiers: c.person.identifiers.clone(),
+                traits: c.traits.clone(),
+                body: serde_json::to_vec(&body).expect("serialises"),
+                consent: None,
+            },
+        });
+        if todo.len() >= CHUNK {
+            flush(ctx, &mut todo, &mut report)?;
+        }
+    }
+    for o in &parsed.orders {
+        progress.fetch_add(1, Ordering::Relaxed);
+        let Some(old) = note(o.key, o.mac, &mut report) else {
+            continue;
+        };
+        let body = json!({
+            "type": "track",
+            "event": ORDER_EVENT,
+            "properties": o.properties,
+            "timestamp": rfc3339(o.ts_ms),
+            "context": {"import": provenance(o.line)},
+        });
+        todo.push(Todo {
+            key: o.key,
+            mac: o.mac,
+            old,
+            new: !known.contains_key(&o.key),
+            event: PreparedEvent {
+                dedup: None,
+                source,
+                trust: Trust::Server,
+                kind: MessageKind::Track,
+                timestamp_ms: o.ts_ms,
+                identifiers: o.person.identifiers.clone(),
+                traits: Map::new(),
+                body: serde_json::to_vec(&body).expect("serialises"),
+                consent: None,
+            },
+        });
+        if todo.len() >= CHUNK {
+            flush(ctx, &mut todo, &mut report)?;
+        }
+    }
+    flush(ctx, &mut todo, &mut report)?;
+    // Several resolution groups shared this transaction; let the identity
+    // cache start afresh rather than reason about what they learnt.
+    ctx.identities_changed();
+    Ok(report)
+}
+
+/// An order changed: the event it became goes (the new one is stored), and
+/// the segment engine reads the person again.
+fn replace_event(
+    conn: &mut dyn Conn,
+    event_id: i64,
+    now_ms: i64,
+    touched: &mut HashSet<ProfileId>,
+) -> Result<()> {
+    let Some(r) = conn.query_opt(
+        "SELECT profile_id FROM events WHERE id = $1",
+        &[P::Int(event_id)],
+    )?
+    else {
+        // Gone already (retention, erasure of that person).
+        return Ok(());
+    };
+    let p = r.int(0)?;
+    conn.exec("DELETE FROM events WHERE id = $1", &[P::Int(event_id)])?;
+    conn.profiles_add_events(&[(p, -1)], now_ms)?;
+    touched.insert(p);
+    Ok(())
+}
+
+/// Before counting: what a dry run would do, read without writing.
+pub fn dry_run(conn: &mut dyn Conn, parsed: &Parsed) -> Result<ImportReport> {
+    let mut report = parsed.report.clone();
+    if !parsed.kind.personal() {
+        report.created = parsed.catalog.len() as u64;
+        return Ok(report);
+    }
+    let known = known_rows(conn, parsed.kind)?;
+    let rows = parsed
+        .customers
+        .iter()
+        .map(|c| (c.key, c.mac, &c.person))
+        .chain(parsed.orders.iter().map(|o| (o.key, o.mac, &o.person)));
+    for (key, mac, person) in rows {
+        match known.get(&key) {
+            Some((m, _)) if *m == mac => report.unchanged += 1,
+            _ => {
+                let b: Vec<_> = person.identifiers.iter().map(|i| i.bidx).collect();
+                if conn.suppressed_many(&b)?.into_iter().any(|s| s) {
+                    report.suppressed += 1;
+                } else if known.contains_key(&key) {
+                    report.updated += 1;
+                } else {
+                    report.created += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Forget an erased person's import rows (their keyed hashes), so that a
+/// later import of the same file finds them suppressed, not unchanged.
+pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
+    conn.exec(
+        "DELETE FROM import_rows WHERE profile_id = $1",
+        &[P::Int(profile)],
+    )?;
+    Ok(())
+}
+
+/// Follow a merge.
+pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Result<()> {
+    conn.exec(
+        "UPDATE import_rows SET profile_id = $2 WHERE profile_id = $1",
+        &[P::Int(from), P::Int(into)],
+    )?;
+    Ok(())
+}
+
+// ------------------------------------------------------------ reading back
+
+/// An import as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ImportView {
+    pub id: i64,
+    pub kind: ImportKind,
+    pub status: Status,
+    pub source: String,
+    pub documentation: String,
+    pub file: String,
+    pub file_sha256: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// While running: records done of records to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ImportReport>,
+    /// Why a failed import failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportView>> {
+    let Some(r) = conn.query_opt(
+        "SELECT kind, status, details, report, created_ms, finished_ms FROM imports WHERE id = $1",
+        &[P::Int(id)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let details: Details =
+        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+    // Running here: the store says `queued` until the one commit.
+    let progress = running().get(id);
+    let status = match (Status::parse(&r.text(1)?), progress) {
+        (Status::Queued, Some(_)) => Status::Running,
+        (s, _) => s,
+    };
+    let (report, failure) = match r.opt_blob(3)? {
+        None => (None, None),
+        Some(sealed) => {
+            let plain = vault.open_system(Place::ImportDetails, &sealed)?;
+            match serde_json::from_slice::<ImportReport>(&plain) {
+                Ok(rep) => (Some(rep), None),
+                Err(_) => (
+                    None,
+                    serde_json::from_slice::<Value>(&plain)
+                        .ok()
+                        .and_then(|v| v.get("failure").and_then(Value::as_str).map(str::to_owned)),
+                ),
+            }
+        }
+    };
+    Ok(Some(ImportView {
+        id,
+        kind: ImportKind::parse(&r.text(0)?)
+            .ok_or_else(|| Error::Corrupt("unknown import kind".into()))?,
+        status,
+        source: details.source,
+        documentation: details.documentation,
+        file: details.file,
+        file_sha256: details.file_sha256,
+        created_at: rfc3339(r.int(4)?),
+        finished_at: r.opt_int(5)?.map(rfc3339),
+        progress,
+        report,
+        failure,
+    }))
+}
+
+/// Mark an import failed (its transaction was rolled back).
+pub fn fail(conn: &mut dyn Conn, vault: &Vault, id: i64, why: &str, now_ms: i64) -> Result<()> {
+    let sealed = vault.seal_system(
+        Place::ImportDetails,
+        json!({ "failure": why }).to_string().as_bytes(),
+    )?;
+    conn.exec(
+        "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
+        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+    )?;
+    Ok(())
+}
+
+/// Imports running in this process, for progress: the store has only what
+/// committed, and an import commits once.
+#[derive(Default)]
+pub struct Running(Mutex<HashMap<i64, (Arc<AtomicU64>, u64)>>);
+
+impl Running {
+    fn start(&self, id: i64, total: u64) -> Arc<AtomicU64> {
+        let c = Arc::new(AtomicU64::new(0));
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (c.clone(), total));
+        c
+    }
+
+    fn end(&self, id: i64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    fn get(&self, id: i64) -> Option<Progress> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|(c, total)| Progress {
+                done: c.load(Ordering::Relaxed),
+                total: *total,
+            })
+    }
+}
+
+fn running() -> &'static Running {
+    static R: OnceLock<Running> = OnceLock::new();
+    R.get_or_init(Running::default)
+}
+
+/// How a whole import went, for callers that run one start to end.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: Option<i64>,
+    pub status: Status,
+    pub report: ImportReport,
+}
+
+/// Run an import start to end: parse and check every row, then (unless
+/// errors stop it, or it is a dry run) apply the file in one writer
+/// transaction. `id` is an import recorded with [`create`] (HTTP), or
+/// `None` to record one here (CLI). `on_progress` gets the counter and the
+/// total once applying starts.
+pub fn run(
+    store: &Store,
+    writer: &WriterHandle,
+    identity: &IdentityConfig,
+    spec: ImportSpec,
+    bytes: &[u8],
+    id: Option<i64>,
+    on_progress: impl FnOnce(Arc<AtomicU64>, u64),
+) -> Result<Finished> {
+    let sha = file_sha256(bytes);
+    let parsed = match parse(&spec, bytes, identity, store.vault(), crate::now_ms()) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(id) = id {
+                let why = e.to_string();
+                writer.transact_blocking(move |ctx| {
+                    fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms)
+                })?;
+            }
+            return Err(e);
+        }
+    };
+    run_parsed(store, writer, spec, parsed, sha, id, on_progress)
+}
+
+/// The file's SHA-256, in hex: which file an import was.
+pub fn file_sha256(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// [`run`] for a file already parsed (the HTTP route parses before it
+/// answers, so a mapping that cannot work is a 400 and records nothing).
+pub fn run_parsed(
+    store: &Store,
+    writer: &WriterHandle,
+    spec: ImportSpec,
+    parsed: Parsed,
+    sha: String,
+    id: Option<i64>,
+    on_progress: impl FnOnce(Arc<AtomicU64>, u64),
+) -> Result<Finished> {
+    let blocked = !parsed.errors.is_empty() && !spec.skip_invalid;
+    if spec.dry_run || blocked {
+        let report = {
+            let mut conn = store.conn()?;
+            dry_run(&mut *conn, &parsed)?
+        };
+        let status = if blocked {
+            Status::Invalid
+        } else {
+            Status::Checked
+        };
+        let mut report = report;
+        if blocked {
+            // Nothing was written: the counts say what would have been.
+            report.dry_run = true;
+        }
+        if let Some(id) = id {
+            let r = report.clone();
+            writer.transact_blocking(move |ctx| {
+                finish(ctx.conn, ctx.vault, id, status, &r, ctx.now_ms)
+            })?;
+        }
+        return Ok(Finished { id, status, report });
+    }
+    let total = parsed.records() as u64;
+    let parsed = Arc::new(parsed);
+    let spec = Arc::new(spec);
+    let (p2, s2) = (parsed.clone(), spec.clone());
+    let counter = Arc::new(AtomicU64::new(0));
+    let c2 = counter.clone();
+    let registered = id.map(|id| running().start(id, total));
+    let c3 = registered.clone();
+    on_progress(registered.clone().unwrap_or(counter.clone()), total);
+    let result = writer.transact_blocking(move |ctx| {
+        let id = match id {
+            Some(id) => id,
+            None => create(ctx.conn, ctx.vault, &s2, &sha, ctx.now_ms)?,
+        };
+        let counter = c3.as_deref().unwrap_or(&c2);
+        let report = apply(ctx, id, &s2, &sha, &p2, counter)?;
+        finish(ctx.conn, ctx.vault, id, Status::Done, &report, ctx.now_ms)?;
+        Ok((id, report))
+    });
+    if let Some(id) = id {
+        running().end(id);
+    }
+    match result {
+        Ok((id, report)) => Ok(Finished {
+            id: Some(id),
+            status: Status::Done,
+            report,
+        }),
+        Err(e) => {
+            if let Some(id) = id {
+                let why = match &e {
+                    Error::Rejected { message, .. } => message.clone(),
+                    _ => "the import could not be written; nothing was imported".to_owned(),
+                };
+                let _ = writer
+                    .transact_blocking(move |ctx| fail(ctx.conn, ctx.vault, id, &why, ctx.now_ms));
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::MasterKey;
+
+    fn vault() -> Vault {
+        Vault::new(&MasterKey::generate().unwrap(), 10)
+    }
+
+    fn spec(kind: ImportKind, format: Format) -> ImportSpec {
+        ImportSpec {
+            kind,
+            format,
+            mapping: Mapping::default(),
+            source: "s".into(),
+            documentation: "d".into(),
+            file_name: "f".into(),
+            skip_invalid: false,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn json_lines_orders_carry_their_items_and_a_computed_total() {
+        let v = vault();
+        let text = concat!(
+            r#"{"order_id": "J1", "ordered_at": "2026-10-01", "email": "a@example.fi", "store_id": "S1", "items": [{"product_id": "P1", "quantity": 2, "price": 4.5}, {"product_id": "P2", "price": "1,25"}]}"#,
+            "\n\n",
+            r#"{"order_id": "J2", "ordered_at": "2026-10-02", "items": [{"product_id": "P1"}]}"#,
+            "\n",
+        );
+        let p = parse(
+            &spec(ImportKind::Orders, Format::Jsonl),
+            text.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!((p.orders.len(), p.report.anonymous), (1, 1));
+        let props = &p.orders[0].properties;
+        assert_eq!(props["revenue"], json!(10.25));
+        assert_eq!(props["products"].as_array().unwrap().len(), 2);
+        assert_eq!(props["products"][1]["quantity"], json!(1));
+        assert_eq!(p.orders[0].line, 1);
+    }
+
+    #[test]
+    fn lines_of_one_order_must_agree_and_errors_name_both_lines() {
+        let v = vault();
+        let csv = "order_id,ordered_at,email,product_id\nX,2026-10-01,a@example.fi,P1\nY,2026-10-01,b@example.fi,P1\nX,2026-10-01,b@example.fi,P2\nZ,2099-01-01,a@example.fi,P1\n";
+        let p = parse(
+            &spec(ImportKind::Orders, Format::Csv),
+            csv.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        let msgs: Vec<(u64, &str)> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0].0, 4);
+        assert!(msgs[0].1.contains("another customer on line 2"), "{msgs:?}");
+        assert_eq!(msgs[1].0, 5);
+        assert!(msgs[1].1.contains("in the future"), "{msgs:?}");
+        // Order X is refused whole; Y stands.
+        assert_eq!(p.orders.len(), 1);
+        assert_eq!(p.report.invalid, 2);
+    }
+
+    #[test]
+    fn a_mapping_that_cannot_work_refuses_the_file() {
+        let v = vault();
+        let mut s = spec(ImportKind::Customers, Format::Csv);
+        s.mapping = Mapping::parse("[identifiers]\nshoe_size = \"x\"").unwrap();
+        let e = parse(&s, b"x\n1\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_mapping",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let s = spec(ImportKind::Customers, Format::Csv);
+        let e = parse(&s, b"name,city\nA,B\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_mapping",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut s = spec(ImportKind::Customers, Format::Csv);
+        s.source = " ".into();
+        let e = parse(&s, b"email\n", &IdentityConfig::default(), &v, 0)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Rejected {
+                    code: "invalid_import_source",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
