@@ -50,10 +50,15 @@ pub enum Permission {
     /// The Prometheus metrics (`GET /metrics`): counts and timings, no
     /// person, but they tell how the installation is used.
     MetricsRead,
+    /// Templates, automations and campaigns: definitions and counters.
+    AutomationsRead,
+    /// Define, change, dry-run, delete templates, automations and
+    /// campaigns (they send marketing to people).
+    AutomationsManage,
 }
 
 impl Permission {
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 22] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -74,6 +79,8 @@ impl Permission {
         Self::SegmentsRead,
         Self::SegmentsManage,
         Self::MetricsRead,
+        Self::AutomationsRead,
+        Self::AutomationsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +105,8 @@ impl Permission {
             Self::SegmentsRead => "segments_read",
             Self::SegmentsManage => "segments_manage",
             Self::MetricsRead => "metrics_read",
+            Self::AutomationsRead => "automations_read",
+            Self::AutomationsManage => "automations_manage",
         }
     }
 
@@ -243,6 +252,8 @@ pub fn builtin_role(name: &str) -> Option<Role> {
                 P::ProcessorsExport,
                 P::SegmentsRead,
                 P::SegmentsManage,
+                P::AutomationsRead,
+                P::AutomationsManage,
             ],
             &[D::Contact, D::Traits, D::Behaviour, D::Consent],
         ),

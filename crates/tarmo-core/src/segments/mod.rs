@@ -23,7 +23,9 @@ pub mod text;
 pub use duration::Span;
 pub use eval::{EventFact, Facts, evaluate, number};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
-pub use rule::{Cmp, CmpOp, EventRule, Measure, PropFilter, Rule, RuleError, TraitOp, Usage};
+pub use rule::{
+    Cmp, CmpOp, EventRule, Measure, PropFilter, Rule, RuleError, TraitOp, Usage, trait_kind,
+};
 
 /// A segment's id: `[a-z][a-z0-9_]{0,63}`, like a purpose's.
 pub fn valid_segment_id(s: &str) -> bool {
