@@ -9,6 +9,8 @@
 //! are durably committed.
 
 pub mod auth;
+mod automations;
+pub mod scheduler;
 mod consent;
 mod error;
 mod form;
@@ -68,6 +70,23 @@ pub struct ServerConfig {
     pub data_subject_categories: Vec<String>,
     /// What processors' erasure webhooks may point at (`allow_private_webhooks`).
     pub webhook_targets: tarmo_notify::WebhookTargets,
+    /// Birthdays and quiet hours of people without a `timezone` trait, and
+    /// cron schedules (`default_timezone`).
+    pub default_timezone: tarmo_core::automations::clock::TimeZone,
+    /// The SMS provider's bearer token for `POST /v1/sms/inbound`; without
+    /// one the route answers 404.
+    pub sms_inbound_token: Option<String>,
+}
+
+impl ServerConfig {
+    /// What automations and campaigns send with.
+    pub fn send_config(&self) -> tarmo_store::automations::SendConfig {
+        tarmo_store::automations::SendConfig {
+            public_url: self.public_url.clone(),
+            organisation: self.organisation.clone(),
+            default_tz: self.default_timezone.clone(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -83,6 +102,8 @@ impl Default for ServerConfig {
             dpo_contact: None,
             data_subject_categories: Vec::new(),
             webhook_targets: tarmo_notify::WebhookTargets::Public,
+            default_timezone: tarmo_core::automations::clock::TimeZone::UTC,
+            sms_inbound_token: None,
         }
     }
 }
@@ -206,6 +227,11 @@ impl AppState {
         self.outbox.ring();
     }
 
+    /// What automations and campaigns send with.
+    pub fn send_config(&self) -> tarmo_store::automations::SendConfig {
+        self.config.send_config()
+    }
+
     /// Tell the notice worker erasure notifications are waiting.
     pub fn notices_wake(&self) {
         self.notices.ring();
@@ -287,6 +313,21 @@ impl AppState {
         segments::get_audience,
         segments::sync_audience,
         segments::sync_file,
+        automations::create_template,
+        automations::list_templates,
+        automations::get_template,
+        automations::put_template,
+        automations::delete_template,
+        automations::create_automation,
+        automations::list_automations,
+        automations::get_automation,
+        automations::put_automation,
+        automations::delete_automation,
+        automations::dry_run,
+        automations::create_campaign,
+        automations::get_campaign,
+        automations::cancel_campaign,
+        automations::sms_inbound,
         healthz,
         metrics_route,
         openapi_json,
@@ -310,7 +351,10 @@ impl AppState {
         segments::Member, segments::MemberPage, segments::Preview, segments::Membership,
         segments::ProfileSegments, segments::ScoreCounts, segments::LifecycleOverview,
         segments::AudienceInput, segments::AudienceView, segments::AudienceList, segments::SyncSummary,
-        segments::SyncResult)),
+        segments::SyncResult, automations::TemplateView, automations::TemplateList,
+        automations::FlowView, automations::FlowList, automations::CountersView,
+        automations::DryRunView, automations::DryRunRow, automations::InboundSms,
+        automations::InboundResult)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -448,6 +492,37 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/audiences/{id}/syncs/{n}/file",
             get(segments::sync_file),
         )
+        .route(
+            "/api/v1/templates",
+            get(automations::list_templates).post(automations::create_template),
+        )
+        .route(
+            "/api/v1/templates/{id}",
+            get(automations::get_template)
+                .put(automations::put_template)
+                .delete(automations::delete_template),
+        )
+        .route(
+            "/api/v1/automations",
+            get(automations::list_automations).post(automations::create_automation),
+        )
+        .route(
+            "/api/v1/automations/{id}",
+            get(automations::get_automation)
+                .put(automations::put_automation)
+                .delete(automations::delete_automation),
+        )
+        .route(
+            "/api/v1/automations/{id}/dry-run",
+            post(automations::dry_run),
+        )
+        .route("/api/v1/campaigns", post(automations::create_campaign))
+        .route("/api/v1/campaigns/{id}", get(automations::get_campaign))
+        .route(
+            "/api/v1/campaigns/{id}/cancel",
+            post(automations::cancel_campaign),
+        )
+        .route("/v1/sms/inbound", post(automations::sms_inbound))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))

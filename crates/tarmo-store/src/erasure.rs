@@ -130,6 +130,7 @@ pub fn erase_profile(
         // Out of every segment, history and all; the touch tells the
         // segment engine (on any node) to forget them.
         crate::segments::erase(ctx.conn, id)?;
+        crate::automations::erase(ctx.conn, id)?;
         crate::segments::audiences::erased(ctx.conn, id)?;
         crate::segments::touch(ctx.conn, id, now)?;
     }

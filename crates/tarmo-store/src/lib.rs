@@ -9,6 +9,7 @@
 //! that is not durably committed.
 
 pub mod access_log;
+pub mod automations;
 pub mod bundle;
 pub mod conn;
 pub mod consent;

@@ -4,7 +4,7 @@
 //! the host's files.
 
 use jiff::civil::{Date, Time};
-use jiff::tz::TimeZone;
+pub use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 
 /// A time zone by IANA name (`Europe/Helsinki`); `None` when unknown.
