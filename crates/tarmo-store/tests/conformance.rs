@@ -170,7 +170,17 @@ conformance!(
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,
     staff_notes_and_collection_points_are_stored_sealed,
     a_revocation_by_id_or_secret_changes_the_key_epoch,
+    automations_send_once_per_occurrence_and_decide_at_send_time,
+    caps_and_quiet_hours_are_applied_at_send_time,
+    due_sends_are_claimed_by_one_node_only,
+    birthdays_are_scheduled_a_year_at_a_time,
+    bad_automations_are_refused_and_nothing_is_saved,
+    sms_stop_withdraws_the_numbers_sms_purposes,
 );
+
+#[path = "conformance/automations.rs"]
+mod automations;
+use automations::*;
 
 #[path = "conformance/segments.rs"]
 mod segments;

@@ -417,6 +417,10 @@ pub fn automation_put(
         }
         _ => {}
     }
+    if let Trigger::Schedule { .. } = a.trigger {
+        // A cron that never fires is refused before anything it names.
+        start_of(conn, &a.trigger, cfg, now_ms)?;
+    }
     let flow = Flow::Automation(a.clone());
     check_flow(conn, catalog, &flow)?;
     let same_trigger = matches!(&old, Some(FlowRecord { flow: Flow::Automation(o), .. }) if o.trigger == a.trigger);
