@@ -2,6 +2,7 @@
 //! binary; each test has its own data directory and port.
 
 mod access;
+mod automations;
 mod common;
 mod consent;
 mod ingest;
