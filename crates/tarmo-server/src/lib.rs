@@ -74,7 +74,7 @@ pub struct ServerConfig {
     /// cron schedules (`default_timezone`).
     pub default_timezone: tarmo_core::automations::clock::TimeZone,
     /// The SMS provider's bearer token for `POST /v1/sms/inbound`; without
-    /// one the route answers 404.
+    /// one the route refuses every call (401).
     pub sms_inbound_token: Option<String>,
 }
 
