@@ -89,8 +89,11 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         "/api/v1/audiences/{id}/sync" | "/api/v1/audiences/{id}/syncs/{n}/file" => {
             Staff(P::ProcessorsExport)
         }
-        "/api/v1/templates" | "/api/v1/templates/{id}" | "/api/v1/automations"
-        | "/api/v1/automations/{id}" | "/api/v1/campaigns/{id}"
+        "/api/v1/templates"
+        | "/api/v1/templates/{id}"
+        | "/api/v1/automations"
+        | "/api/v1/automations/{id}"
+        | "/api/v1/campaigns/{id}"
             if get =>
         {
             Staff(P::AutomationsRead)

@@ -215,7 +215,10 @@ pub async fn delete_template(
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("template_not_found", "no such template"))
+        Err(ApiError::not_found(
+            "template_not_found",
+            "no such template",
+        ))
     }
 }
 
@@ -294,7 +297,8 @@ pub async fn create_automation(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let a = Automation::from_json(&json_body(&raw, "invalid_automation")?, None).map_err(def_error)?;
+    let a =
+        Automation::from_json(&json_body(&raw, "invalid_automation")?, None).map_err(def_error)?;
     p.may_act_for(&a.purpose)?;
     let cfg = s.send_config();
     let f = s
@@ -396,13 +400,24 @@ pub async fn dry_run(
         blocking(move || flows::flow_get(&mut *store.conn()?, &id)).await?
     };
     let Some(f) = f.filter(|f| visible(&p, f)) else {
-        return Err(ApiError::not_found("automation_not_found", "no such automation"));
+        return Err(ApiError::not_found(
+            "automation_not_found",
+            "no such automation",
+        ));
     };
     let template = f.flow.sending().2.to_owned();
     let rows = blocking(move || {
         let catalog = store.catalog()?;
         let mut conn = store.conn()?;
-        flows::send::dry_run(&mut *conn, store.vault(), &catalog, &cfg, &id, now_ms(), 1000)
+        flows::send::dry_run(
+            &mut *conn,
+            store.vault(),
+            &catalog,
+            &cfg,
+            &id,
+            now_ms(),
+            1000,
+        )
     })
     .await?
     .unwrap_or_default();
@@ -441,7 +456,8 @@ pub async fn create_campaign(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let c = Campaign::from_json(&json_body(&raw, "invalid_campaign")?, now_ms()).map_err(def_error)?;
+    let c =
+        Campaign::from_json(&json_body(&raw, "invalid_campaign")?, now_ms()).map_err(def_error)?;
     p.may_act_for(&c.purpose)?;
     let f = s
         .transact(move |ctx| flows::campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms))
@@ -533,7 +549,14 @@ pub async fn sms_inbound(
     let keyword: String = m.body.trim().chars().take(20).collect();
     let purposes = s
         .transact(move |ctx| {
-            flows::sms_stop(ctx.conn, ctx.vault, &ctx.catalog, &bidx, &keyword, ctx.now_ms)
+            flows::sms_stop(
+                ctx.conn,
+                ctx.vault,
+                &ctx.catalog,
+                &bidx,
+                &keyword,
+                ctx.now_ms,
+            )
         })
         .await?;
     tracing::info!(withdrawn = purposes.len(), "SMS stop word received");

@@ -10,7 +10,6 @@
 
 pub mod auth;
 mod automations;
-pub mod scheduler;
 mod consent;
 mod error;
 mod form;
@@ -23,6 +22,7 @@ mod processors;
 mod profiles;
 mod requests;
 mod ropa;
+pub mod scheduler;
 mod segments;
 pub mod serve;
 pub mod signals;

@@ -63,7 +63,12 @@ fn run(s: Scheduler, stop: Arc<AtomicBool>, signal: Arc<OutboxSignal>) {
                     s.outbox.ring();
                 }
                 if r.sent + r.skipped > 0 {
-                    tracing::debug!(sent = r.sent, skipped = r.skipped, waiting = r.waiting, "automation sends");
+                    tracing::debug!(
+                        sent = r.sent,
+                        skipped = r.skipped,
+                        waiting = r.waiting,
+                        "automation sends"
+                    );
                 }
                 more |= r.more;
             }

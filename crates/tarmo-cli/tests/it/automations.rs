@@ -28,7 +28,13 @@ fn smtp_args(sink: &SmtpSink, dir: &Path) -> Vec<String> {
 
 fn batch(s: &Server, msgs: Vec<Value>) {
     let body = json!({ "batch": msgs }).to_string();
-    let (st, v) = post(s, "/v1/batch", Some(basic(&s.write)), body.as_bytes(), false);
+    let (st, v) = post(
+        s,
+        "/v1/batch",
+        Some(basic(&s.write)),
+        body.as_bytes(),
+        false,
+    );
     assert_eq!(st, 200, "{v}");
 }
 
@@ -37,8 +43,10 @@ fn consent(s: &Server, email: &str, purpose: &str, decision: &str) {
         s,
         "POST",
         "/api/v1/consents",
-        Some(&json!({"subject": {"type": "email", "value": email}, "purpose": purpose,
-            "decision": decision, "method": "web_form", "source": "checkout form"})),
+        Some(
+            &json!({"subject": {"type": "email", "value": email}, "purpose": purpose,
+            "decision": decision, "method": "web_form", "source": "checkout form"}),
+        ),
     );
     assert_eq!(st, 200, "{v}");
 }
@@ -61,8 +69,10 @@ fn automation(s: &Server, id: &str, trigger: Value) {
         s,
         "POST",
         "/api/v1/automations",
-        Some(&json!({"id": id, "name": id, "purpose": "email_marketing", "channel": "email",
-            "template": "hello", "trigger": trigger})),
+        Some(
+            &json!({"id": id, "name": id, "purpose": "email_marketing", "channel": "email",
+            "template": "hello", "trigger": trigger}),
+        ),
     );
     assert_eq!(st, 201, "{v}");
 }
@@ -144,7 +154,10 @@ fn the_reminder_arrives_after_its_delay_and_not_when_an_order_came_first() {
         ],
     );
     let mail = sink.wait_for(1, Duration::from_secs(20));
-    assert!(viewed.elapsed() >= Duration::from_secs(2), "not before its delay");
+    assert!(
+        viewed.elapsed() >= Duration::from_secs(2),
+        "not before its delay"
+    );
     assert_eq!(mail.len(), 1);
     assert!(to_of(&mail[0]).contains("ann@example.fi"));
     assert_eq!(mail[0].header("Subject").as_deref(), Some("Hello Ann"));
@@ -165,7 +178,11 @@ fn a_withdrawal_between_scheduling_and_sending_stops_the_send() {
         vec![json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi"}})],
     );
     consent(&s, "ann@example.fi", "email_marketing", "granted");
-    automation(&s, "later", json!({"event": "Product Viewed", "delay": "3s"}));
+    automation(
+        &s,
+        "later",
+        json!({"event": "Product Viewed", "delay": "3s"}),
+    );
     batch(
         &s,
         vec![json!({"type": "track", "userId": "ann", "event": "Product Viewed"})],
@@ -223,14 +240,21 @@ fn kill_9_in_the_middle_of_a_campaign_neither_loses_nor_doubles_a_message() {
             .collect(),
     );
     for i in 0..n {
-        consent(&s, &format!("u{i}@example.fi"), "email_marketing", "granted");
+        consent(
+            &s,
+            &format!("u{i}@example.fi"),
+            "email_marketing",
+            "granted",
+        );
     }
     let (st, v) = admin(
         &s,
         "POST",
         "/api/v1/segments",
-        Some(&json!({"id": "everyone", "name": "Everyone", "purpose": "email_marketing",
-            "rule": {"identifier": "email"}})),
+        Some(
+            &json!({"id": "everyone", "name": "Everyone", "purpose": "email_marketing",
+            "rule": {"identifier": "email"}}),
+        ),
     );
     assert_eq!((st, v["count"].as_u64()), (201, Some(n)), "{v}");
     // Ten a second: three seconds for everyone.
@@ -238,8 +262,10 @@ fn kill_9_in_the_middle_of_a_campaign_neither_loses_nor_doubles_a_message() {
         &s,
         "POST",
         "/api/v1/campaigns",
-        Some(&json!({"id": "launch", "segment": "everyone", "template": "hello",
-            "purpose": "email_marketing", "channel": "email", "per_minute": 600})),
+        Some(
+            &json!({"id": "launch", "segment": "everyone", "template": "hello",
+            "purpose": "email_marketing", "channel": "email", "per_minute": 600}),
+        ),
     );
     assert_eq!(st, 201, "{v}");
     let before = sink.wait_for(5, Duration::from_secs(20)).len();
@@ -292,8 +318,10 @@ fn sms_stop_withdraws_the_numbers_sms_purposes() {
         &s,
         "POST",
         "/api/v1/consents",
-        Some(&json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "sms_marketing",
-            "decision": "granted", "method": "web_form", "source": "till"})),
+        Some(
+            &json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "sms_marketing",
+            "decision": "granted", "method": "web_form", "source": "till"}),
+        ),
     );
     assert_eq!(st, 200, "{v}");
     let inbound = |token: &str, body: &str| {
@@ -301,7 +329,9 @@ fn sms_stop_withdraws_the_numbers_sms_purposes() {
             &s,
             "/v1/sms/inbound",
             Some(format!("Bearer {token}")),
-            json!({"from": "+358401234567", "body": body}).to_string().as_bytes(),
+            json!({"from": "+358401234567", "body": body})
+                .to_string()
+                .as_bytes(),
             false,
         )
     };
@@ -330,7 +360,9 @@ fn bad_automations_get_their_own_codes_and_nothing_is_saved() {
         &s,
         "POST",
         "/api/v1/templates",
-        Some(&json!({"id": "city", "channel": "email", "languages": {"en": {"subject": "x", "text": "{{ traits.city }}"}}})),
+        Some(
+            &json!({"id": "city", "channel": "email", "languages": {"en": {"subject": "x", "text": "{{ traits.city }}"}}}),
+        ),
     );
     assert_eq!(st, 201, "{v}");
     let base = json!({"id": "a", "purpose": "email_marketing", "channel": "email", "template": "hello",
@@ -341,13 +373,31 @@ fn bad_automations_get_their_own_codes_and_nothing_is_saved() {
         b
     };
     for (body, code) in [
-        (with("template", json!("city")), "template_field_not_permitted"),
+        (
+            with("template", json!("city")),
+            "template_field_not_permitted",
+        ),
         (with("template", json!("nope")), "unknown_template"),
         (with("purpose", json!("nope")), "unknown_purpose"),
-        (with("purpose", json!("sms_marketing")), "channel_not_covered"),
-        (with("trigger", json!({"segment_entered": "nope"})), "unknown_segment"),
-        (with("trigger", json!({"schedule": {"cron": "0 0 30 2 *", "segment": "x"}})), "cron_never_fires"),
-        (with("quiet_hours", json!({"start": "08:00", "end": "08:00"})), "quiet_hours_whole_day"),
+        (
+            with("purpose", json!("sms_marketing")),
+            "channel_not_covered",
+        ),
+        (
+            with("trigger", json!({"segment_entered": "nope"})),
+            "unknown_segment",
+        ),
+        (
+            with(
+                "trigger",
+                json!({"schedule": {"cron": "0 0 30 2 *", "segment": "x"}}),
+            ),
+            "cron_never_fires",
+        ),
+        (
+            with("quiet_hours", json!({"start": "08:00", "end": "08:00"})),
+            "quiet_hours_whole_day",
+        ),
         (with("channel", json!("fax")), "invalid_channel"),
     ] {
         let (st, v) = admin(&s, "POST", "/api/v1/automations", Some(&body));

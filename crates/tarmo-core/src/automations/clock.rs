@@ -53,9 +53,11 @@ pub fn birthday_md(s: &str) -> Option<(i8, i8)> {
 
 /// The birthday's date in `year`: 29 February in a common year is 28 February.
 fn birthday_in(year: i16, (m, d): (i8, i8)) -> Option<Date> {
-    Date::new(year, m, d)
-        .ok()
-        .or_else(|| (m == 2 && d == 29).then(|| Date::new(year, 2, 28).ok()).flatten())
+    Date::new(year, m, d).ok().or_else(|| {
+        (m == 2 && d == 29)
+            .then(|| Date::new(year, 2, 28).ok())
+            .flatten()
+    })
 }
 
 /// The next birthday greeting at or after `from_ms` - `grace_ms` (a greeting
@@ -157,7 +159,8 @@ mod tests {
     fn birthdays_at_local_time() {
         let hel = zone("Europe/Helsinki").unwrap();
         // 09:00 in Helsinki in June is 06:00 UTC.
-        let (y, at) = next_birthday("1990-06-15", &hel, 9 * 60, ms("2026-06-01T00:00:00Z")).unwrap();
+        let (y, at) =
+            next_birthday("1990-06-15", &hel, 9 * 60, ms("2026-06-01T00:00:00Z")).unwrap();
         assert_eq!((y, at), (2026, ms("2026-06-15T06:00:00Z")));
         // Later the same local day it is still today's greeting.
         let (_, at2) = next_birthday("06-15", &hel, 9 * 60, ms("2026-06-15T12:00:00Z")).unwrap();
@@ -167,7 +170,8 @@ mod tests {
         assert_eq!(y, 2027);
         // 29 February in a common year: 28 February.
         let utc = zone("UTC").unwrap();
-        let (y, at) = next_birthday("2000-02-29", &utc, 9 * 60, ms("2027-01-01T00:00:00Z")).unwrap();
+        let (y, at) =
+            next_birthday("2000-02-29", &utc, 9 * 60, ms("2027-01-01T00:00:00Z")).unwrap();
         assert_eq!((y, at), (2027, ms("2027-02-28T09:00:00Z")));
         let (_, at) = next_birthday("02-29", &utc, 9 * 60, ms("2028-01-01T00:00:00Z")).unwrap();
         assert_eq!(at, ms("2028-02-29T09:00:00Z"));

@@ -68,18 +68,29 @@ pub enum Trigger {
         unless: Option<(String, Span)>,
     },
     /// On the person's birthday at this local time (minutes after midnight).
-    Birthday { local_minutes: u16 },
+    Birthday {
+        local_minutes: u16,
+    },
     /// `event` has not happened for `for_` since the last one: once per absence.
-    Absence { event: String, for_: Span },
+    Absence {
+        event: String,
+        for_: Span,
+    },
     /// Recurring: every firing of `cron` (in the default time zone), to
     /// the members of `segment` at that moment.
-    Schedule { cron: String, segment: String },
+    Schedule {
+        cron: String,
+        segment: String,
+    },
 }
 
 fn span(v: &Value, at: &str) -> Result<Span, DefError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| bad("invalid_trigger", format!("{at} must be a duration (\"48h\")")))?;
+    let s = v.as_str().ok_or_else(|| {
+        bad(
+            "invalid_trigger",
+            format!("{at} must be a duration (\"48h\")"),
+        )
+    })?;
     Span::parse(s).map_err(|e| bad("invalid_trigger", format!("{at}: {e}")))
 }
 
@@ -120,19 +131,22 @@ impl Trigger {
         })?;
         if let Some(s) = o.get("segment_entered") {
             only(o, &["segment_entered"], "trigger")?;
-            return Ok(Self::SegmentEntered(segment_id(Some(s), "trigger.segment_entered")?));
+            return Ok(Self::SegmentEntered(segment_id(
+                Some(s),
+                "trigger.segment_entered",
+            )?));
         }
         if let Some(s) = o.get("segment_left") {
             only(o, &["segment_left"], "trigger")?;
-            return Ok(Self::SegmentLeft(segment_id(Some(s), "trigger.segment_left")?));
+            return Ok(Self::SegmentLeft(segment_id(
+                Some(s),
+                "trigger.segment_left",
+            )?));
         }
         if o.contains_key("event") {
             only(o, &["event", "delay", "unless"], "trigger")?;
             let event = event_name(o.get("event"), "trigger.event")?;
-            let delay = span(
-                o.get("delay").unwrap_or(&Value::Null),
-                "trigger.delay",
-            )?;
+            let delay = span(o.get("delay").unwrap_or(&Value::Null), "trigger.delay")?;
             let unless = match o.get("unless") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(u)) => {
@@ -172,9 +186,9 @@ impl Trigger {
         }
         if let Some(a) = o.get("absence") {
             only(o, &["absence"], "trigger")?;
-            let a = a.as_object().ok_or_else(|| {
-                bad("invalid_trigger", "trigger.absence is {\"event\", \"for\"}")
-            })?;
+            let a = a
+                .as_object()
+                .ok_or_else(|| bad("invalid_trigger", "trigger.absence is {\"event\", \"for\"}"))?;
             only(a, &["event", "for"], "trigger.absence")?;
             return Ok(Self::Absence {
                 event: event_name(a.get("event"), "trigger.absence.event")?,
@@ -184,7 +198,10 @@ impl Trigger {
         if let Some(s) = o.get("schedule") {
             only(o, &["schedule"], "trigger")?;
             let s = s.as_object().ok_or_else(|| {
-                bad("invalid_trigger", "trigger.schedule is {\"cron\", \"segment\"}")
+                bad(
+                    "invalid_trigger",
+                    "trigger.schedule is {\"cron\", \"segment\"}",
+                )
             })?;
             only(s, &["cron", "segment"], "trigger.schedule")?;
             let cron = s
@@ -539,9 +556,15 @@ mod tests {
             assert_eq!(Trigger::from_json(&t).unwrap().to_json(), t);
         }
         for (t, code) in [
-            (json!({"schedule": {"cron": "nope", "segment": "vip"}}), "invalid_cron"),
+            (
+                json!({"schedule": {"cron": "nope", "segment": "vip"}}),
+                "invalid_cron",
+            ),
             (json!({"event": "X", "delay": "soon"}), "invalid_trigger"),
-            (json!({"birthday": {"local_time": "25:00"}}), "invalid_trigger"),
+            (
+                json!({"birthday": {"local_time": "25:00"}}),
+                "invalid_trigger",
+            ),
             (json!({"weather": "rain"}), "invalid_trigger"),
         ] {
             assert_eq!(Trigger::from_json(&t).unwrap_err().0, code);

@@ -71,7 +71,9 @@ mod ordered {
         m.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Content)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, Content)>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Vec<(String, Content)>;
@@ -188,7 +190,9 @@ impl Template {
                 }
             }
             if c.text.trim().is_empty() {
-                return Err(TemplateError::Invalid(format!("`text` is empty in `{lang}`")));
+                return Err(TemplateError::Invalid(format!(
+                    "`text` is empty in `{lang}`"
+                )));
             }
             let total = c.text.len()
                 + c.subject.as_ref().map_or(0, String::len)
@@ -291,8 +295,14 @@ impl Template {
         let (lang, c) = self.language_for(language);
         let mut ctx = BTreeMap::new();
         ctx.insert("traits", Value::Object(traits.clone()));
-        ctx.insert("unsubscribe_url", Value::String(links.unsubscribe_url.clone()));
-        ctx.insert("preferences_url", Value::String(links.preferences_url.clone()));
+        ctx.insert(
+            "unsubscribe_url",
+            Value::String(links.unsubscribe_url.clone()),
+        );
+        ctx.insert(
+            "preferences_url",
+            Value::String(links.preferences_url.clone()),
+        );
         ctx.insert("organisation", Value::String(links.organisation.clone()));
         ctx.insert(OFFER_VARIABLE, offer.cloned().unwrap_or(Value::Null));
         let mut env = env();
@@ -394,41 +404,75 @@ mod tests {
 
     #[test]
     fn renders_in_the_persons_language_with_html_escaped_and_missing_traits_empty() {
-        let tpl = t(serde_json::json!({"id": "bday", "channel": "email", "languages": {
+        let tpl = t(
+            serde_json::json!({"id": "bday", "channel": "email", "languages": {
             "en": {"subject": "Happy birthday {{ traits.first_name }}", "text": "Hi {{ traits.first_name }}{{ traits.nope.deeper }}!", "html": "<p>Hi {{ traits.first_name }}</p>"},
-            "fi": {"subject": "Hyvää syntymäpäivää {{ traits.first_name }}", "text": "Hei {{ traits.first_name }}"}}}));
-        assert_eq!(tpl.fields(), BTreeSet::from(["first_name".to_owned(), "nope".to_owned()]));
+            "fi": {"subject": "Hyvää syntymäpäivää {{ traits.first_name }}", "text": "Hei {{ traits.first_name }}"}}}),
+        );
+        assert_eq!(
+            tpl.fields(),
+            BTreeSet::from(["first_name".to_owned(), "nope".to_owned()])
+        );
         let mut traits = Map::new();
         traits.insert("first_name".into(), Value::String("<b>Ann</b>".into()));
-        let r = tpl.render(Some("fi-FI"), &traits, &Links::default(), None).unwrap();
+        let r = tpl
+            .render(Some("fi-FI"), &traits, &Links::default(), None)
+            .unwrap();
         assert_eq!(r.language, "fi");
         assert_eq!(r.text, "Hei <b>Ann</b>");
-        let r = tpl.render(Some("sv"), &traits, &Links::default(), None).unwrap();
+        let r = tpl
+            .render(Some("sv"), &traits, &Links::default(), None)
+            .unwrap();
         assert_eq!(r.language, "en");
         assert_eq!(r.text, "Hi <b>Ann</b>!");
-        assert_eq!(r.html.as_deref(), Some("<p>Hi &lt;b&gt;Ann&lt;&#x2f;b&gt;</p>"));
-        let r = tpl.render(None, &Map::new(), &Links::default(), None).unwrap();
+        assert_eq!(
+            r.html.as_deref(),
+            Some("<p>Hi &lt;b&gt;Ann&lt;&#x2f;b&gt;</p>")
+        );
+        let r = tpl
+            .render(None, &Map::new(), &Links::default(), None)
+            .unwrap();
         assert_eq!(r.subject.as_deref(), Some("Happy birthday "));
     }
 
     #[test]
     fn fields_are_checked_against_the_purpose() {
-        let tpl = t(serde_json::json!({"id": "x", "channel": "sms", "languages": {
-            "en": {"text": "{{ traits.city }}"}}}));
+        let tpl = t(
+            serde_json::json!({"id": "x", "channel": "sms", "languages": {
+            "en": {"text": "{{ traits.city }}"}}}),
+        );
         let contact = BTreeSet::from([DataKind::Contact]);
         let e = tpl.check_fields("email_marketing", &contact).unwrap_err();
         assert_eq!(e.code(), "template_field_not_permitted");
-        assert!(tpl.check_fields("p", &BTreeSet::from([DataKind::Traits])).is_ok());
+        assert!(
+            tpl.check_fields("p", &BTreeSet::from([DataKind::Traits]))
+                .is_ok()
+        );
     }
 
     #[test]
     fn bad_templates_are_refused() {
         for (j, code) in [
-            (serde_json::json!({"id": "x", "channel": "email", "languages": {"en": {"text": "a"}}}), "invalid_template"),
-            (serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{{ traits }}"}}}), "invalid_template"),
-            (serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{{ secret }}"}}}), "invalid_template"),
-            (serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{% if %}"}}}), "invalid_template_syntax"),
-            (serde_json::json!({"id": "x", "channel": "sms", "languages": {}}), "invalid_template"),
+            (
+                serde_json::json!({"id": "x", "channel": "email", "languages": {"en": {"text": "a"}}}),
+                "invalid_template",
+            ),
+            (
+                serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{{ traits }}"}}}),
+                "invalid_template",
+            ),
+            (
+                serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{{ secret }}"}}}),
+                "invalid_template",
+            ),
+            (
+                serde_json::json!({"id": "x", "channel": "sms", "languages": {"en": {"text": "{% if %}"}}}),
+                "invalid_template_syntax",
+            ),
+            (
+                serde_json::json!({"id": "x", "channel": "sms", "languages": {}}),
+                "invalid_template",
+            ),
         ] {
             assert_eq!(t(j).validate().unwrap_err().code(), code);
         }

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tarmo_core::automations::clock::{self, Schedule};
 use tarmo_core::automations::Trigger;
+use tarmo_core::automations::clock::{self, Schedule};
 use tarmo_core::profile::TraitSet;
 
 use super::{Flow, FlowRecord, SendConfig, flows};
@@ -223,8 +223,7 @@ fn follow_segments(
             (r.int(0)?, r.text(1)?, r.int(2)?, r.int(3)? != 0, r.int(4)?);
         for &(flow, s, wants_entry, cursor) in &autos {
             if id > cursor && s == seg && wants_entry == entered {
-                out.made_due +=
-                    insert_due(conn, flow, profile, &format!("h{id}"), at, at, now_ms)?;
+                out.made_due += insert_due(conn, flow, profile, &format!("h{id}"), at, at, now_ms)?;
             }
         }
     }
@@ -412,7 +411,11 @@ fn fire(
                 Trigger::Schedule { cron, segment } => {
                     let s = Schedule::parse(cron).map_err(Error::Corrupt)?;
                     // Firings missed while no node ran collapse into this one.
-                    (segment.as_str(), s.next_after(&cfg.default_tz, now_ms), "active")
+                    (
+                        segment.as_str(),
+                        s.next_after(&cfg.default_tz, now_ms),
+                        "active",
+                    )
                 }
                 _ => continue,
             },

@@ -408,12 +408,18 @@ pub fn automation_put(
                 format!("`{}` exists; PUT changes it", a.id),
             ));
         }
-        (Some(FlowRecord {
-            flow: Flow::Campaign(_),
-            ..
-        }), false)
+        (
+            Some(FlowRecord {
+                flow: Flow::Campaign(_),
+                ..
+            }),
+            false,
+        )
         | (None, false) => {
-            return Err(Error::not_found("automation_not_found", "no such automation"));
+            return Err(Error::not_found(
+                "automation_not_found",
+                "no such automation",
+            ));
         }
         _ => {}
     }
@@ -522,7 +528,10 @@ pub fn automation_delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 
 /// An erased person's sends go with them.
 pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
-    conn.exec("DELETE FROM sends WHERE profile_id = $1", &[P::Int(profile)])?;
+    conn.exec(
+        "DELETE FROM sends WHERE profile_id = $1",
+        &[P::Int(profile)],
+    )?;
     Ok(())
 }
 
@@ -618,7 +627,10 @@ pub fn sms_stop(
         }
         let mut evidence = serde_json::Map::new();
         evidence.insert("channel".into(), "sms".into());
-        evidence.insert("keyword".into(), keyword.chars().take(20).collect::<String>().into());
+        evidence.insert(
+            "keyword".into(),
+            keyword.chars().take(20).collect::<String>().into(),
+        );
         entries.push(crate::consent::NewEntry {
             profile_id: profile,
             purpose: c.id.to_string(),

@@ -102,12 +102,7 @@ fn contact(
     Ok(None)
 }
 
-fn sent_since(
-    conn: &mut dyn Conn,
-    flow: &str,
-    profiles: &[ProfileId],
-    since: i64,
-) -> Result<i64> {
+fn sent_since(conn: &mut dyn Conn, flow: &str, profiles: &[ProfileId], since: i64) -> Result<i64> {
     let mut n = 0;
     for &p in profiles {
         let r = conn.query_opt(

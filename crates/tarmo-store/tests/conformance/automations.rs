@@ -146,9 +146,18 @@ pub fn automations_send_once_per_occurrence_and_decide_at_send_time(h: &Harness)
         .map(|(p, _, s, r)| (p, s, r))
         .collect();
     assert!(by.contains(&(ann, "sent".into(), None)), "{by:?}");
-    assert!(by.contains(&(bob, "skipped".into(), Some("converted".into()))), "{by:?}");
-    assert!(by.contains(&(cy, "skipped".into(), Some("withdrawn".into()))), "{by:?}");
-    assert!(by.contains(&(dee, "skipped".into(), Some("missing_contact".into()))), "{by:?}");
+    assert!(
+        by.contains(&(bob, "skipped".into(), Some("converted".into()))),
+        "{by:?}"
+    );
+    assert!(
+        by.contains(&(cy, "skipped".into(), Some("withdrawn".into()))),
+        "{by:?}"
+    );
+    assert!(
+        by.contains(&(dee, "skipped".into(), Some("missing_contact".into()))),
+        "{by:?}"
+    );
 
     // Once: another pass, and the same occurrence queued again, send nothing.
     assert_eq!(pass(h, now + 10_000), (0, 0, 0));
@@ -161,7 +170,10 @@ pub fn automations_send_once_per_occurrence_and_decide_at_send_time(h: &Harness)
         .writer
         .transact_blocking(move |ctx| insert_due(ctx.conn, "reminder", ann, &occ, 0, 0, 0))
         .unwrap();
-    assert_eq!(again, 0, "the (flow, person, occurrence) key refuses a second send");
+    assert_eq!(
+        again, 0,
+        "the (flow, person, occurrence) key refuses a second send"
+    );
     assert_eq!(pass(h, now + 20_000), (0, 0, 0));
 
     let mail = outbox_of(h, "email");
@@ -180,7 +192,10 @@ pub fn automations_send_once_per_occurrence_and_decide_at_send_time(h: &Harness)
     assert_eq!(to, "ann@example.fi");
     assert_eq!(subject, "Mietitkö vielä, Ann?");
     assert!(text.starts_with("Hei Ann"), "{text}");
-    assert!(text.contains("/p/") && text.contains(&format!("/u/{unsubscribe}")), "{text}");
+    assert!(
+        text.contains("/p/") && text.contains(&format!("/u/{unsubscribe}")),
+        "{text}"
+    );
 
     let c = flows::counters(&mut *h.store.conn().unwrap(), "reminder", "email_marketing").unwrap();
     assert_eq!(c.sent, 1);
@@ -233,7 +248,10 @@ pub fn caps_and_quiet_hours_are_applied_at_send_time(h: &Harness) {
         .map(|r| r.int(0).unwrap())
         .collect();
     let end = (now / 60_000 + 60) * 60_000;
-    assert!(due.iter().all(|d| (*d - end).abs() <= 1000), "{due:?} vs {end}");
+    assert!(
+        due.iter().all(|d| (*d - end).abs() <= 1000),
+        "{due:?} vs {end}"
+    );
     // After the quiet hours: both sent (this one has no caps).
     assert_eq!(pass(h, end + 1000), (2, 0, 0));
     let c = flows::counters(&mut *h.store.conn().unwrap(), "quiet", "email_marketing").unwrap();
@@ -297,9 +315,9 @@ pub fn due_sends_are_claimed_by_one_node_only(h: &Harness) {
                 s.spawn(move || {
                     let mut n = 0;
                     for _ in 0..40 {
-                        match store.transact_direct(|c, v| {
-                            send_due(c, v, &catalog, &cfg, now + 60_000, 5)
-                        }) {
+                        match store
+                            .transact_direct(|c, v| send_due(c, v, &catalog, &cfg, now + 60_000, 5))
+                        {
                             Ok(r) => n += r.sent,
                             // SQLite's single writer may be busy: try again.
                             Err(e) if e.is_transient() => {}
@@ -313,7 +331,11 @@ pub fn due_sends_are_claimed_by_one_node_only(h: &Harness) {
         runs.into_iter().map(|r| r.join().unwrap()).sum()
     });
     assert_eq!(total, 40);
-    assert_eq!(outbox_of(h, "email").len(), 40, "one message each, none twice");
+    assert_eq!(
+        outbox_of(h, "email").len(),
+        40,
+        "one message each, none twice"
+    );
     let c = flows::counters(&mut *h.store.conn().unwrap(), "launch", "email_marketing").unwrap();
     assert_eq!((c.sent, c.pending), (40, 0));
 }
@@ -326,7 +348,10 @@ pub fn birthdays_are_scheduled_a_year_at_a_time(h: &Harness) {
         json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "birthday": format!("1990-{md}"), "timezone": "UTC"}}),
         json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi", "birthday": md}}),
     ]);
-    let (ann, bob) = (h.lookup("user_id", "ann").unwrap(), h.lookup("user_id", "bob").unwrap());
+    let (ann, bob) = (
+        h.lookup("user_id", "ann").unwrap(),
+        h.lookup("user_id", "bob").unwrap(),
+    );
     grant(h, ann, "email_marketing", ConsentDecision::Granted);
     template(h, welcome()).unwrap();
     automation(
@@ -339,19 +364,39 @@ pub fn birthdays_are_scheduled_a_year_at_a_time(h: &Harness) {
     assert_eq!(pass(h, now), (1, 1, 0));
     let s = sends(h, "bday");
     let year: i64 = today[..4].parse().unwrap();
-    assert!(s.contains(&(ann, format!("b{year}"), "sent".into(), None)), "{s:?}");
-    assert!(s.contains(&(bob, format!("b{year}"), "skipped".into(), Some("no_consent".into()))), "{s:?}");
+    assert!(
+        s.contains(&(ann, format!("b{year}"), "sent".into(), None)),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&(
+            bob,
+            format!("b{year}"),
+            "skipped".into(),
+            Some("no_consent".into())
+        )),
+        "{s:?}"
+    );
     // Next year's greetings wait.
-    assert!(s.contains(&(ann, format!("b{}", year + 1), "due".into(), None)), "{s:?}");
+    assert!(
+        s.contains(&(ann, format!("b{}", year + 1), "due".into(), None)),
+        "{s:?}"
+    );
     // An identify later today does not greet again.
-    h.ingest(vec![json!({"type": "identify", "userId": "ann", "traits": {"first_name": "Ann"}})]);
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"first_name": "Ann"}}),
+    ]);
     assert_eq!(pass(h, now + 1000), (0, 0, 0));
     assert_eq!(outbox_of(h, "email").len(), 1);
 }
 
 pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
     template(h, welcome()).unwrap();
-    template(h, json!({"id": "sms_hi", "channel": "sms", "languages": {"en": {"text": "Hi"}}})).unwrap();
+    template(
+        h,
+        json!({"id": "sms_hi", "channel": "sms", "languages": {"en": {"text": "Hi"}}}),
+    )
+    .unwrap();
     template(h, json!({"id": "city", "channel": "email", "languages": {"en": {"subject": "x", "text": "{{ traits.city }}"}}})).unwrap();
     let base = json!({"id": "a", "purpose": "email_marketing", "channel": "email", "template": "welcome",
         "trigger": {"event": "Product Viewed", "delay": "1h"}});
@@ -363,12 +408,27 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
     for (a, code) in [
         (with("purpose", json!("nope")), "unknown_purpose"),
         (with("template", json!("nope")), "unknown_template"),
-        (with("template", json!("sms_hi")), "template_channel_mismatch"),
-        (with("template", json!("city")), "template_field_not_permitted"),
-        (with("purpose", json!("sms_marketing")), "channel_not_covered"),
-        (with("trigger", json!({"segment_entered": "nope"})), "unknown_segment"),
         (
-            with("trigger", json!({"schedule": {"cron": "0 0 31 2 *", "segment": "nope"}})),
+            with("template", json!("sms_hi")),
+            "template_channel_mismatch",
+        ),
+        (
+            with("template", json!("city")),
+            "template_field_not_permitted",
+        ),
+        (
+            with("purpose", json!("sms_marketing")),
+            "channel_not_covered",
+        ),
+        (
+            with("trigger", json!({"segment_entered": "nope"})),
+            "unknown_segment",
+        ),
+        (
+            with(
+                "trigger",
+                json!({"schedule": {"cron": "0 0 31 2 *", "segment": "nope"}}),
+            ),
             "cron_never_fires",
         ),
     ] {
@@ -377,7 +437,11 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
             other => panic!("{code}: {other:?}"),
         }
     }
-    assert!(flows::flows(&mut *h.store.conn().unwrap()).unwrap().is_empty());
+    assert!(
+        flows::flows(&mut *h.store.conn().unwrap())
+            .unwrap()
+            .is_empty()
+    );
     // A template in use may not start reading what its purpose does not allow.
     automation(h, base).unwrap();
     let bad: Template = serde_json::from_value(json!({"id": "welcome", "channel": "email",
@@ -387,17 +451,31 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
         flows::template_put(ctx.conn, &ctx.catalog, bad, false, ctx.now_ms).map(|_| ())
     });
     assert!(
-        matches!(r, Err(tarmo_store::Error::Rejected { code: "template_field_not_permitted", .. })),
+        matches!(
+            r,
+            Err(tarmo_store::Error::Rejected {
+                code: "template_field_not_permitted",
+                ..
+            })
+        ),
         "{r:?}"
     );
     let r = h
         .writer
         .transact_blocking(|ctx| flows::template_delete(ctx.conn, "welcome"));
-    assert!(matches!(r, Err(tarmo_store::Error::Rejected { code: "template_in_use", .. })));
+    assert!(matches!(
+        r,
+        Err(tarmo_store::Error::Rejected {
+            code: "template_in_use",
+            ..
+        })
+    ));
 }
 
 pub fn sms_stop_withdraws_the_numbers_sms_purposes(h: &Harness) {
-    h.ingest(vec![json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567"}})]);
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567"}}),
+    ]);
     let ann = h.lookup("user_id", "ann").unwrap();
     grant(h, ann, "sms_marketing", ConsentDecision::Granted);
     let k = h.cfg.kind("phone").unwrap();
