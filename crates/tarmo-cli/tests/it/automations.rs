@@ -406,3 +406,62 @@ fn bad_automations_get_their_own_codes_and_nothing_is_saved() {
     let (_, v) = admin(&s, "GET", "/api/v1/automations", None);
     assert_eq!(v["automations"], json!([]));
 }
+
+#[test]
+fn a_marketing_sms_ends_with_the_opt_out_text_of_its_language() {
+    let gw = tarmo_notify::testing::HttpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let s = start_with(
+        &data,
+        &a,
+        &w,
+        &[
+            "--allow-private-webhooks".into(),
+            "--sms-webhook-url".into(),
+            format!("{}/sms", gw.url()),
+        ],
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/templates",
+        Some(&json!({"id": "sms_hi", "channel": "sms", "languages": {
+            "en": {"text": "Hi {{ traits.first_name }}, your cart misses you."},
+            "fi": {"text": "Hei {{ traits.first_name }}, ostoskorisi odottaa."}}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/automations",
+        Some(&json!({"id": "sms_reminder", "purpose": "sms_marketing", "channel": "sms",
+            "template": "sms_hi", "trigger": {"event": "Product Viewed", "delay": "1s"}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    batch(
+        &s,
+        vec![json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567",
+            "first_name": "Ann", "language": "fi"}})],
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(&json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "sms_marketing",
+            "decision": "granted", "method": "web_form", "source": "till"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    batch(
+        &s,
+        vec![json!({"type": "track", "userId": "ann", "event": "Product Viewed"})],
+    );
+    let reqs = gw.wait_for(1, Duration::from_secs(20));
+    let body = reqs[0].json();
+    assert_eq!(body["to"], "+358401234567");
+    assert_eq!(
+        body["body"], "Hei Ann, ostoskorisi odottaa. Peru viestit: vastaa STOP",
+        "{body}"
+    );
+}
