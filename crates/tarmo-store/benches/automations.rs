@@ -157,8 +157,7 @@ fn main() {
             .enumerate()
             .map(|(k, v)| {
                 store.prepare(
-                    parse_message(v.clone(), k, None, BatchDefaults::default(), now, &cfg)
-                        .unwrap(),
+                    parse_message(v.clone(), k, None, BatchDefaults::default(), now, &cfg).unwrap(),
                     1,
                 )
             })

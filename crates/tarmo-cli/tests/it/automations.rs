@@ -436,21 +436,27 @@ fn a_marketing_sms_ends_with_the_opt_out_text_of_its_language() {
         &s,
         "POST",
         "/api/v1/automations",
-        Some(&json!({"id": "sms_reminder", "purpose": "sms_marketing", "channel": "sms",
-            "template": "sms_hi", "trigger": {"event": "Product Viewed", "delay": "1s"}})),
+        Some(
+            &json!({"id": "sms_reminder", "purpose": "sms_marketing", "channel": "sms",
+            "template": "sms_hi", "trigger": {"event": "Product Viewed", "delay": "1s"}}),
+        ),
     );
     assert_eq!(st, 201, "{v}");
     batch(
         &s,
-        vec![json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567",
-            "first_name": "Ann", "language": "fi"}})],
+        vec![
+            json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567",
+            "first_name": "Ann", "language": "fi"}}),
+        ],
     );
     let (st, v) = admin(
         &s,
         "POST",
         "/api/v1/consents",
-        Some(&json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "sms_marketing",
-            "decision": "granted", "method": "web_form", "source": "till"})),
+        Some(
+            &json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "sms_marketing",
+            "decision": "granted", "method": "web_form", "source": "till"}),
+        ),
     );
     assert_eq!(st, 200, "{v}");
     batch(
