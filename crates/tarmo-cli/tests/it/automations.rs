@@ -123,6 +123,14 @@ fn a_birthday_mail_goes_to_the_person_who_consented_and_not_to_the_other() {
     assert_eq!(st, 200);
     assert_eq!(v["counters"]["sent"], 1, "{v}");
     assert_eq!(v["counters"]["skipped"]["no_consent"], 1, "{v}");
+    assert_eq!(v["counters"]["unsubscribed"], 0, "{v}");
+    // Ann unsubscribes with one click: counted as an unsubscribe that followed.
+    let lu = m.header("List-Unsubscribe").unwrap();
+    let url = lu.trim_start_matches('<').trim_end_matches('>').to_owned();
+    let (st, _) = page("POST", &url, Some("List-Unsubscribe=One-Click"), &[]);
+    assert_eq!(st, 200);
+    let (_, v) = admin(&s, "GET", "/api/v1/automations/bday", None);
+    assert_eq!(v["counters"]["unsubscribed"], 1, "{v}");
 }
 
 #[test]
