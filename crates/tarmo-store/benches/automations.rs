@@ -9,7 +9,11 @@
 //!   writer transactions of 200, and the share of that time the consent
 //!   decision alone takes.
 //!
-//! cargo bench -p tarmo-store --bench automations   (env: PEOPLE, SENDS)
+//! - reminder latency: one reminder per person falling due over three
+//!   seconds while PENDING others wait, taken by the scheduler's loop
+//!   (a pass, a one-second sleep when idle): due time to outbox row.
+//!
+//! cargo bench -p tarmo-store --bench automations   (env: PEOPLE, SENDS, PENDING)
 
 use std::time::Instant;
 
@@ -262,5 +266,89 @@ fn main() {
         sent as f64 / pipeline_s,
         decide_s * 1000.0,
         decide_s / pipeline_s * 100.0
+    );
+
+    // ---- reminder latency: PENDING reminders waiting (due in an hour),
+    // and one reminder per person falling due over three seconds, taken by
+    // the scheduler's loop (a pass, then a one-second sleep when idle).
+    let pending = env_or("PENDING", 100_000);
+    let start = now_ms() + 1000;
+    let people = ids.clone();
+    writer
+        .transact_blocking(move |ctx| {
+            let a = tarmo_core::automations::Automation::from_json(
+                &json!({"id": "reminder", "purpose": "email_marketing", "channel": "email",
+                    "template": "hello", "trigger": {"event": "Product Viewed", "delay": "1h"}}),
+                None,
+            )
+            .unwrap();
+            flows::automation_put(ctx.conn, &ctx.catalog, &SendConfig::default(), a, true, ctx.now_ms)?;
+            for i in 0..pending as i64 {
+                ctx.conn.exec(
+                    "INSERT INTO sends (flow_id, profile_id, occurrence, due_ms, since_ms, status, created_ms)
+                     VALUES ('reminder', $1, 'waiting', $2, 0, 'due', 0)",
+                    &[P::Int(10_000_000 + i), P::Int(start + 3_600_000)],
+                )?;
+            }
+            for (i, p) in people.iter().enumerate() {
+                ctx.conn.exec(
+                    "INSERT INTO sends (flow_id, profile_id, occurrence, due_ms, since_ms, status, created_ms)
+                     VALUES ('reminder', $1, 'now', $2, 0, 'due', 0)",
+                    &[P::Int(*p), P::Int(start + (i as i64 * 3000) / people.len() as i64)],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    loop {
+        let r = writer
+            .transact_blocking(|ctx| {
+                send_due(
+                    ctx.conn,
+                    ctx.vault,
+                    &ctx.catalog,
+                    &SendConfig::default(),
+                    ctx.now_ms,
+                    200,
+                )
+            })
+            .unwrap();
+        if !r.more {
+            let left = store
+                .conn()
+                .unwrap()
+                .query_opt(
+                    "SELECT count(*) FROM sends WHERE flow_id = 'reminder' AND occurrence = 'now' AND status = 'due'",
+                    &[],
+                )
+                .unwrap()
+                .unwrap()
+                .int(0)
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let mut lat: Vec<f64> = store
+        .conn()
+        .unwrap()
+        .query(
+            "SELECT done_ms - due_ms FROM sends WHERE flow_id = 'reminder' AND occurrence = 'now'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.int(0).unwrap() as f64)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "reminder latency after the delay, {} reminders with {pending} others waiting: \
+         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        lat.len(),
+        lat[lat.len() / 2],
+        lat[(lat.len() as f64 * 0.99) as usize],
+        lat[lat.len() - 1]
     );
 }
