@@ -168,6 +168,9 @@ struct ServeArgs {
     /// Bearer token for the SMS webhook.
     #[arg(long, env = "TARMO_SMS_WEBHOOK_TOKEN", hide_env_values = true)]
     sms_webhook_token: Option<String>,
+    /// Bearer token the SMS provider sends to `POST /v1/sms/inbound` (replies, STOP).
+    #[arg(long, env = "TARMO_SMS_INBOUND_TOKEN", hide_env_values = true)]
+    sms_inbound_token: Option<String>,
     /// The organisation's name in messages and pages.
     #[arg(long, env = "TARMO_ORGANISATION")]
     organisation: Option<String>,
@@ -252,6 +255,9 @@ struct FileConfig {
     consent_signals: Option<BTreeMap<PurposeId, SignalSources>>,
     /// Orders and lifecycle thresholds: `[commerce]`.
     commerce: Option<tarmo_core::segments::LifecycleConfig>,
+    /// IANA time zone for people without a `timezone` trait and for cron
+    /// schedules (default UTC).
+    default_timezone: Option<String>,
 }
 
 struct Settings {
@@ -268,6 +274,7 @@ struct Settings {
     roles: tarmo_server::auth::Roles,
     limits: tarmo_server::auth::RateLimits,
     commerce: tarmo_core::segments::LifecycleConfig,
+    default_timezone: tarmo_core::automations::clock::TimeZone,
 }
 
 /// Roles from `tarmo.toml`: `[roles.NAME]` with `permissions` and `data`
@@ -344,6 +351,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
         mail_from: serve.mail_from.or(file.mail_from),
         sms_webhook_url: serve.sms_webhook_url.or(file.sms_webhook_url),
         sms_webhook_token: serve.sms_webhook_token,
+        sms_inbound_token: serve.sms_inbound_token,
         organisation: serve.organisation.or(file.organisation),
         confirmation_ttl_hours: serve.confirmation_ttl_hours.or(file.confirmation_ttl_hours),
         retention_interval_minutes: serve
@@ -385,6 +393,12 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
             let c = file.commerce.unwrap_or_default();
             c.validate().map_err(anyhow::Error::msg)?;
             c
+        },
+        default_timezone: match &file.default_timezone {
+            None => tarmo_core::automations::clock::TimeZone::UTC,
+            Some(z) => tarmo_core::automations::clock::zone(z).with_context(|| {
+                format!("default_timezone `{z}` is not an IANA time zone (\"Europe/Helsinki\")")
+            })?,
         },
         roles: file.roles.map(file_roles).transpose()?.unwrap_or_default(),
         limits: {
@@ -662,6 +676,8 @@ fn server_config(
         roles: s.roles.clone(),
         limits: s.limits,
         webhook_targets: webhook_targets(s),
+        default_timezone: s.default_timezone.clone(),
+        sms_inbound_token: s.serve.sms_inbound_token.clone(),
     })
 }
 
@@ -898,6 +914,13 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         retry: Default::default(),
         claimant: claimant.clone(),
     });
+    let scheduler = tarmo_server::scheduler::spawn(tarmo_server::scheduler::Scheduler {
+        writer: writer.clone(),
+        config: config.send_config(),
+        outbox: state.outbox.clone(),
+        tick: std::time::Duration::from_secs(1),
+        batch: 200,
+    });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,
         store.clone(),
@@ -924,6 +947,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     segments.stop();
     let _ = segments_thread.join();
     drop(segments);
+    scheduler.stop();
     mailer.stop();
     sweeper.stop();
     notices.stop();

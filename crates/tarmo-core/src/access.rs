@@ -53,10 +53,15 @@ pub enum Permission {
     /// Imports of customers, orders, products, stores and stock
     /// (`/api/v1/imports`): writes people whatever the purpose.
     ImportsWrite,
+    /// Templates, automations and campaigns: definitions and counters.
+    AutomationsRead,
+    /// Define, change, dry-run, delete templates, automations and
+    /// campaigns (they send marketing to people).
+    AutomationsManage,
 }
 
 impl Permission {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::Ingest,
         Self::ProfilesRead,
         Self::StatsRead,
@@ -78,6 +83,8 @@ impl Permission {
         Self::SegmentsManage,
         Self::MetricsRead,
         Self::ImportsWrite,
+        Self::AutomationsRead,
+        Self::AutomationsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +110,8 @@ impl Permission {
             Self::SegmentsManage => "segments_manage",
             Self::MetricsRead => "metrics_read",
             Self::ImportsWrite => "imports_write",
+            Self::AutomationsRead => "automations_read",
+            Self::AutomationsManage => "automations_manage",
         }
     }
 
@@ -249,6 +258,8 @@ pub fn builtin_role(name: &str) -> Option<Role> {
                 P::ProcessorsExport,
                 P::SegmentsRead,
                 P::SegmentsManage,
+                P::AutomationsRead,
+                P::AutomationsManage,
             ],
             &[D::Contact, D::Traits, D::Behaviour, D::Consent],
         ),

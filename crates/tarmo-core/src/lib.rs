@@ -9,6 +9,7 @@
 //! hold one redact it in `Debug`.
 
 pub mod access;
+pub mod automations;
 pub mod consent;
 pub mod identity;
 pub mod processor;

@@ -43,6 +43,8 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
     use Permission as P;
     let get = method == Method::GET || method == Method::HEAD;
     Some(match route {
+        // The SMS provider's callback carries its own token (checked by the handler).
+        "/v1/sms/inbound" => Public,
         r if r.starts_with("/v1/") => Ingest,
         "/healthz" | "/readyz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
         "/metrics" => Staff(P::MetricsRead),
@@ -88,6 +90,22 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         "/api/v1/audiences/{id}/sync" | "/api/v1/audiences/{id}/syncs/{n}/file" => {
             Staff(P::ProcessorsExport)
         }
+        "/api/v1/templates"
+        | "/api/v1/templates/{id}"
+        | "/api/v1/automations"
+        | "/api/v1/automations/{id}"
+        | "/api/v1/campaigns/{id}"
+            if get =>
+        {
+            Staff(P::AutomationsRead)
+        }
+        "/api/v1/templates"
+        | "/api/v1/templates/{id}"
+        | "/api/v1/automations"
+        | "/api/v1/automations/{id}"
+        | "/api/v1/automations/{id}/dry-run"
+        | "/api/v1/campaigns"
+        | "/api/v1/campaigns/{id}/cancel" => Staff(P::AutomationsManage),
         _ => return None,
     })
 }

@@ -9,6 +9,7 @@
 //! are durably committed.
 
 pub mod auth;
+mod automations;
 mod consent;
 mod error;
 mod form;
@@ -22,6 +23,7 @@ mod processors;
 mod profiles;
 mod requests;
 mod ropa;
+pub mod scheduler;
 mod segments;
 pub mod serve;
 pub mod signals;
@@ -69,6 +71,23 @@ pub struct ServerConfig {
     pub data_subject_categories: Vec<String>,
     /// What processors' erasure webhooks may point at (`allow_private_webhooks`).
     pub webhook_targets: tarmo_notify::WebhookTargets,
+    /// Birthdays and quiet hours of people without a `timezone` trait, and
+    /// cron schedules (`default_timezone`).
+    pub default_timezone: tarmo_core::automations::clock::TimeZone,
+    /// The SMS provider's bearer token for `POST /v1/sms/inbound`; without
+    /// one the route refuses every call (401).
+    pub sms_inbound_token: Option<String>,
+}
+
+impl ServerConfig {
+    /// What automations and campaigns send with.
+    pub fn send_config(&self) -> tarmo_store::automations::SendConfig {
+        tarmo_store::automations::SendConfig {
+            public_url: self.public_url.clone(),
+            organisation: self.organisation.clone(),
+            default_tz: self.default_timezone.clone(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -84,6 +103,8 @@ impl Default for ServerConfig {
             dpo_contact: None,
             data_subject_categories: Vec::new(),
             webhook_targets: tarmo_notify::WebhookTargets::Public,
+            default_timezone: tarmo_core::automations::clock::TimeZone::UTC,
+            sms_inbound_token: None,
         }
     }
 }
@@ -208,6 +229,11 @@ impl AppState {
         self.outbox.ring();
     }
 
+    /// What automations and campaigns send with.
+    pub fn send_config(&self) -> tarmo_store::automations::SendConfig {
+        self.config.send_config()
+    }
+
     /// Tell the notice worker erasure notifications are waiting.
     pub fn notices_wake(&self) {
         self.notices.ring();
@@ -291,6 +317,21 @@ impl AppState {
         segments::sync_file,
         imports::create,
         imports::get,
+        automations::create_template,
+        automations::list_templates,
+        automations::get_template,
+        automations::put_template,
+        automations::delete_template,
+        automations::create_automation,
+        automations::list_automations,
+        automations::get_automation,
+        automations::put_automation,
+        automations::delete_automation,
+        automations::dry_run,
+        automations::create_campaign,
+        automations::get_campaign,
+        automations::cancel_campaign,
+        automations::sms_inbound,
         healthz,
         readyz,
         metrics_route,
@@ -320,7 +361,10 @@ impl AppState {
         tarmo_store::imports::ImportView, tarmo_store::imports::ImportReport,
         tarmo_store::imports::RowError, tarmo_store::imports::Progress,
         tarmo_store::imports::Status, tarmo_store::imports::ImportKind,
-        tarmo_store::bundle::BundleImport)),
+        tarmo_store::bundle::BundleImport, automations::TemplateView, automations::TemplateList,
+        automations::FlowView, automations::FlowList, automations::CountersView,
+        automations::DryRunView, automations::DryRunRow, automations::InboundSms,
+        automations::InboundResult)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -460,6 +504,37 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/imports", post(imports::create))
         .route("/api/v1/imports/{id}", get(imports::get))
+        .route(
+            "/api/v1/templates",
+            get(automations::list_templates).post(automations::create_template),
+        )
+        .route(
+            "/api/v1/templates/{id}",
+            get(automations::get_template)
+                .put(automations::put_template)
+                .delete(automations::delete_template),
+        )
+        .route(
+            "/api/v1/automations",
+            get(automations::list_automations).post(automations::create_automation),
+        )
+        .route(
+            "/api/v1/automations/{id}",
+            get(automations::get_automation)
+                .put(automations::put_automation)
+                .delete(automations::delete_automation),
+        )
+        .route(
+            "/api/v1/automations/{id}/dry-run",
+            post(automations::dry_run),
+        )
+        .route("/api/v1/campaigns", post(automations::create_campaign))
+        .route("/api/v1/campaigns/{id}", get(automations::get_campaign))
+        .route(
+            "/api/v1/campaigns/{id}/cancel",
+            post(automations::cancel_campaign),
+        )
+        .route("/v1/sms/inbound", post(automations::sms_inbound))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))

@@ -199,7 +199,7 @@ fn deliver(w: &MailWorker, m: Claimed) {
     let outcome = match build_and_send(w, &m) {
         Ok(()) => Outcome::Sent,
         Err(Stop::NotAllowed(reason)) => {
-            Outcome::Failed(format!("not allowed at send time: {reason}"))
+            Outcome::Failed(format!("{}{reason}", tarmo_store::automations::NOT_ALLOWED))
         }
         Err(Stop::Send(e)) => classify(&e, m.attempts),
         Err(Stop::Store(e)) => Outcome::Retry(format!("store: {e}")),
@@ -430,6 +430,22 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             };
             let d = w.email.as_ref().expect("claimed only with a deliverer");
             d.send_email(&email).map_err(Stop::Send)
+        }
+        OutboxMessage::MarketingSms { to, purpose, text } => {
+            let Some(c) = catalog.get(purpose) else {
+                return Err(Stop::NotAllowed("unknown_purpose"));
+            };
+            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
+            let Subject::Known(_, st, flags) = subject_now else {
+                return Err(Stop::NotAllowed("unknown_profile"));
+            };
+            let v = decide(&c.rule, Some(Channel::Sms), st.as_ref(), flags, now_ms());
+            if !v.allowed {
+                return Err(Stop::NotAllowed(v.reason.as_str()));
+            }
+            let sms = w.sms.as_ref().expect("claimed only with a deliverer");
+            sms.send_sms(to, text, message_id(m.id).as_str())
+                .map_err(Stop::Send)
         }
     }
 }

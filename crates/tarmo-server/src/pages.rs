@@ -21,7 +21,9 @@ use tarmo_store::now_ms;
 
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
-pub const PREFERENCES_LINK: &str = "preferences";
+/// The preference page's link kind; marketing messages made in the store
+/// carry the same links.
+pub use tarmo_store::automations::PREFERENCES_LINK;
 /// How long a preference link works.
 pub const PREFERENCES_TTL_MS: i64 = 90 * 86_400_000;
 

@@ -145,6 +145,7 @@ pub fn erase_profile(
         // segment engine (on any node) to forget them.
         crate::segments::erase(ctx.conn, id)?;
         crate::imports::erase(ctx.conn, id)?;
+        crate::automations::erase(ctx.conn, id)?;
         crate::segments::audiences::erased(ctx.conn, id)?;
         crate::segments::touch(ctx.conn, id, now)?;
     }

@@ -9,6 +9,7 @@
 //! that is not durably committed.
 
 pub mod access_log;
+pub mod automations;
 pub mod backup;
 pub mod bundle;
 pub mod conn;

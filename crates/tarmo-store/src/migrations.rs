@@ -339,6 +339,46 @@ CREATE TABLE stock (
 "#,
     ),
     (
+        10,
+        r#"
+CREATE TABLE templates (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE automations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    next_fire_ms BIGINT,
+    cursor BIGINT NOT NULL,
+    backfill BIGINT,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE sends (
+    flow_id TEXT NOT NULL,
+    profile_id BIGINT NOT NULL,
+    occurrence TEXT NOT NULL,
+    due_ms BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    deferrals BIGINT NOT NULL DEFAULT 0,
+    outbox_id BIGINT,
+    created_ms BIGINT NOT NULL,
+    done_ms BIGINT,
+    PRIMARY KEY (flow_id, profile_id, occurrence)
+){NOROWID};
+CREATE INDEX sends_due ON sends(due_ms) WHERE status = 'due';
+CREATE INDEX sends_profile ON sends(profile_id);
+CREATE INDEX sends_outbox ON sends(outbox_id) WHERE outbox_id IS NOT NULL;
+"#,
+    ),
+    (
         12,
         r#"
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;

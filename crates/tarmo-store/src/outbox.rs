@@ -47,6 +47,13 @@ pub enum OutboxMessage {
         /// Signed unsubscribe link token for `purpose`.
         unsubscribe: String,
     },
+    /// A marketing SMS (automations, campaigns), sent only while the
+    /// purpose allows it over SMS; its text ends with the opt-out line.
+    MarketingSms {
+        to: String,
+        purpose: String,
+        text: String,
+    },
 }
 
 impl OutboxMessage {
@@ -55,6 +62,7 @@ impl OutboxMessage {
             Self::Confirmation { .. } => "confirmation",
             Self::RequestVerification { .. } => "request_verification",
             Self::Marketing { .. } => "marketing",
+            Self::MarketingSms { .. } => "marketing_sms",
         }
     }
 }

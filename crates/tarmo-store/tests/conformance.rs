@@ -178,6 +178,12 @@ conformance!(
     imports_are_idempotent_replace_orders_and_skip_erased_people,
     stock_imports_answer_the_offer,
     in_stock_follows_views_and_stock_imports,
+    automations_send_once_per_occurrence_and_decide_at_send_time,
+    caps_and_quiet_hours_are_applied_at_send_time,
+    due_sends_are_claimed_by_one_node_only,
+    birthdays_are_scheduled_a_year_at_a_time,
+    bad_automations_are_refused_and_nothing_is_saved,
+    sms_stop_withdraws_the_numbers_sms_purposes,
 );
 
 #[path = "conformance/faults.rs"]
@@ -187,6 +193,10 @@ use faults::*;
 #[path = "conformance/imports.rs"]
 mod imports;
 use imports::*;
+
+#[path = "conformance/automations.rs"]
+mod automations;
+use automations::*;
 
 #[path = "conformance/segments.rs"]
 mod segments;

@@ -2,6 +2,7 @@
 //! binary; each test has its own data directory and port.
 
 mod access;
+mod automations;
 mod backup;
 mod common;
 mod consent;

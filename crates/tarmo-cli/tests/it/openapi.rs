@@ -76,6 +76,15 @@ fn openapi_document_covers_every_route() {
         "/api/v1/audiences/{id}/syncs/{n}/file",
         "/api/v1/imports",
         "/api/v1/imports/{id}",
+        "/api/v1/templates",
+        "/api/v1/templates/{id}",
+        "/api/v1/automations",
+        "/api/v1/automations/{id}",
+        "/api/v1/automations/{id}/dry-run",
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}",
+        "/api/v1/campaigns/{id}/cancel",
+        "/v1/sms/inbound",
     ];
     let mut documented: Vec<_> = paths.keys().map(String::as_str).collect();
     documented.sort();

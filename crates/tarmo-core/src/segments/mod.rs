@@ -25,7 +25,7 @@ pub use eval::{EventFact, Facts, evaluate, number};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
 pub use rule::{
     Cmp, CmpOp, EventRule, Measure, PRODUCT_PROPERTY, ProductSource, PropFilter, Rule, RuleError,
-    STORE_PROPERTY, STORE_TRAITS, StoreSource, TraitOp, Usage, VIEWED_EVENT,
+    STORE_PROPERTY, STORE_TRAITS, StoreSource, TraitOp, Usage, VIEWED_EVENT, trait_kind,
 };
 
 /// A segment's id: `[a-z][a-z0-9_]{0,63}`, like a purpose's.

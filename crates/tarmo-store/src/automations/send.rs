@@ -1,0 +1,507 @@
+//! Sending what is due. Due rows are claimed (on PostgreSQL with
+//! `FOR UPDATE SKIP LOCKED`, so two nodes take different rows) and, each in
+//! the same transaction as its outbox row: the policy decides again for
+//! (purpose, channel) now; the trigger's condition is checked again (no
+//! order since the view; still absent); quiet hours in the person's zone
+//! move the row to their end; caps count what this flow sent the person in
+//! the last day and week; then the template is rendered in the person's
+//! language with only the traits the purpose allows, sealed into the
+//! outbox, and the row marked. The row's key makes a second send of the
+//! same occurrence impossible, and a crash before commit leaves the row
+//! due: nothing is lost.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use tarmo_core::automations::template::{Links, Template, sms_opt_out};
+use tarmo_core::automations::{SendChannel, Trigger};
+use tarmo_core::consent::{Channel, decide};
+use tarmo_core::segments::trait_kind;
+
+use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
+use super::{Flow, FlowRecord, PREFERENCES_LINK, SendConfig, allowed_kinds, flows, template_get};
+use crate::conn::{Conn, P, ProfileId};
+use crate::consent::{Catalog, Subject, subject_by_id};
+use crate::doi::UNSUBSCRIBE_LINK;
+use crate::links::{SignedLink, sign_link};
+use crate::outbox::{self, OutboxMessage};
+use crate::vault::{Place, Vault};
+use crate::{Error, Result};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// What happens to one due send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// To the outbox: the person (current id), the channel, the message.
+    Send {
+        profile: ProfileId,
+        language: String,
+        message: OutboxMessage,
+    },
+    /// Not sent, with the reason (`no_consent`, `withdrawn`, `capped`, ...).
+    Skip(String),
+    /// Inside quiet hours: due again at this time.
+    Wait(i64),
+}
+
+/// A due send.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub flow: String,
+    pub profile: ProfileId,
+    pub occurrence: String,
+    pub since_ms: i64,
+}
+
+fn skip(r: &str) -> Verdict {
+    Verdict::Skip(r.to_owned())
+}
+
+/// Did the person do `event` between `from` and `to`? (Events are opened
+/// to read their names: a person has few in such a window.)
+fn did(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+    event: &str,
+    from: i64,
+    to: i64,
+) -> Result<bool> {
+    let rows = conn.query(
+        "SELECT key_owner, body FROM events WHERE profile_id = $1 AND kind = 'track'
+         AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY id DESC LIMIT 1000",
+        &[P::Int(profile), P::Int(from), P::Int(to)],
+    )?;
+    for r in rows {
+        if event_name(conn, vault, r.int(0)?, &r.blob(1)?)?.as_deref() == Some(event) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The person's first identifier of `kind`, opened.
+fn contact(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+    kind: &str,
+) -> Result<Option<String>> {
+    for row in conn.identifiers_of(profile)? {
+        if row.kind == kind {
+            let key = vault
+                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
+                .ok_or_else(|| Error::Corrupt("no data key".into()))?;
+            let v = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
+            return String::from_utf8(v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(e.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+fn sent_since(conn: &mut dyn Conn, flow: &str, profiles: &[ProfileId], since: i64) -> Result<i64> {
+    let mut n = 0;
+    for &p in profiles {
+        let r = conn.query_opt(
+            "SELECT count(*) FROM sends WHERE flow_id = $1 AND profile_id = $2
+             AND status = 'sent' AND done_ms >= $3",
+            &[P::Text(flow), P::Int(p), P::Int(since)],
+        )?;
+        n += r.map_or(Ok(0), |r| r.int(0))?;
+    }
+    Ok(n)
+}
+
+/// Decide one due send now. Reads only; the caller writes what follows.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    cfg: &SendConfig,
+    f: &FlowRecord,
+    template: Option<&Template>,
+    due: &Due,
+    now_ms: i64,
+) -> Result<Verdict> {
+    if f.status == "disabled" {
+        return Ok(skip("disabled"));
+    }
+    if f.status == "cancelled" {
+        return Ok(skip("cancelled"));
+    }
+    let (purpose, channel, _) = f.flow.sending();
+    let Some(entry) = catalog.get(purpose) else {
+        return Ok(skip("unknown_purpose"));
+    };
+    let ch = match channel {
+        SendChannel::Email => Channel::Email,
+        SendChannel::Sms => Channel::Sms,
+    };
+    // The decision, now, in this transaction.
+    let (profile, state, flags) = match subject_by_id(conn, due.profile, purpose)? {
+        Subject::Known(p, st, fl) => (p, st, fl),
+        Subject::Suppressed(_) => return Ok(skip("suppressed")),
+        Subject::Unknown => return Ok(skip("unknown_profile")),
+    };
+    let v = decide(&entry.rule, Some(ch), state.as_ref(), flags, now_ms);
+    if !v.allowed {
+        return Ok(skip(v.reason.as_str()));
+    }
+    // The trigger's own condition, again.
+    if let Flow::Automation(a) = &f.flow {
+        match &a.trigger {
+            Trigger::Event {
+                unless: Some((event, within)),
+                ..
+            } if did(
+                conn,
+                vault,
+                profile,
+                event,
+                due.since_ms,
+                due.since_ms + within.ms(),
+            )? =>
+            {
+                return Ok(skip("converted"));
+            }
+            Trigger::Absence { event, .. }
+                if did(conn, vault, profile, event, due.since_ms + 1, i64::MAX)? =>
+            {
+                return Ok(skip("not_absent"));
+            }
+            _ => {}
+        }
+    }
+    let traits = traits_of(conn, vault, profile)?;
+    if let Some(q) = f.flow.quiet()
+        && let Some(until) = q.until(&zone_of(&traits, cfg), now_ms)
+    {
+        return Ok(Verdict::Wait(until));
+    }
+    if let Flow::Automation(a) = &f.flow {
+        let ids: Vec<ProfileId> = if profile == due.profile {
+            vec![profile]
+        } else {
+            vec![profile, due.profile]
+        };
+        let flow = f.flow.id();
+        if let Some(n) = a.caps.per_day
+            && sent_since(conn, flow, &ids, now_ms - DAY_MS)? >= n as i64
+        {
+            return Ok(skip("capped"));
+        }
+        if let Some(n) = a.caps.per_week
+            && sent_since(conn, flow, &ids, now_ms - 7 * DAY_MS)? >= n as i64
+        {
+            return Ok(skip("capped"));
+        }
+    }
+    let kind = match channel {
+        SendChannel::Email => "email",
+        SendChannel::Sms => "phone",
+    };
+    let Some(to) = contact(conn, vault, profile, kind)? else {
+        return Ok(skip("missing_contact"));
+    };
+    let Some(template) = template else {
+        return Ok(skip("unknown_template"));
+    };
+    // Only what the purpose allows reaches the template.
+    let allowed = allowed_kinds(catalog, purpose);
+    let language = traits
+        .get("language")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let merge: Map<String, Value> = traits
+        .into_iter()
+        .filter(|(k, _)| allowed.contains(&trait_kind(k)))
+        .collect();
+    let unsubscribe = sign_link(
+        vault,
+        UNSUBSCRIBE_LINK,
+        &SignedLink {
+            profile_id: profile,
+            scope: purpose.to_owned(),
+            issued_ms: now_ms,
+        },
+    );
+    let preferences = sign_link(
+        vault,
+        PREFERENCES_LINK,
+        &SignedLink {
+            profile_id: profile,
+            scope: "*".into(),
+            issued_ms: now_ms,
+        },
+    );
+    let links = Links {
+        unsubscribe_url: format!("{}/u/{unsubscribe}", cfg.public_url),
+        preferences_url: format!("{}/p/{preferences}", cfg.public_url),
+        organisation: cfg.organisation.clone(),
+    };
+    // The commerce branch's offers go in as `offer` (None until wired).
+    let r = match template.render(language.as_deref(), &merge, &links, None) {
+        Ok(r) => r,
+        Err(_) => return Ok(skip("render_failed")),
+    };
+    let message = match channel {
+        SendChannel::Email => OutboxMessage::Marketing {
+            to,
+            purpose: purpose.to_owned(),
+            subject: r.subject.unwrap_or_default(),
+            text: format!(
+                "{}\n\n--\n{}: {}\nUnsubscribe: {}\n",
+                r.text.trim_end(),
+                "Your choices",
+                links.preferences_url,
+                links.unsubscribe_url
+            ),
+            html: r.html.map(|h| {
+                format!(
+                    "{h}\n<p style=\"font-size:small\"><a href=\"{}\">Your choices</a> · <a href=\"{}\">Unsubscribe</a></p>",
+                    links.preferences_url, links.unsubscribe_url
+                )
+            }),
+            unsubscribe,
+        },
+        SendChannel::Sms => OutboxMessage::MarketingSms {
+            to,
+            purpose: purpose.to_owned(),
+            text: format!("{} {}", r.text.trim_end(), sms_opt_out(&r.language)),
+        },
+    };
+    Ok(Verdict::Send {
+        profile,
+        language: r.language,
+        message,
+    })
+}
+
+/// What one pass sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub sent: u64,
+    pub skipped: u64,
+    pub waiting: u64,
+    /// The pass took `limit` rows: more may be due.
+    pub more: bool,
+}
+
+/// Claim up to `limit` due sends and carry each out. Run in a writer
+/// transaction; the outbox rows commit with the marks.
+pub fn send_due(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    cfg: &SendConfig,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Sent> {
+    let lock = if conn.backend_name() == "postgres" {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let rows = conn.query(
+        &format!(
+            "SELECT flow_id, profile_id, occurrence, since_ms FROM sends
+             WHERE status = 'due' AND due_ms <= $1 ORDER BY due_ms LIMIT $2{lock}"
+        ),
+        &[P::Int(now_ms), P::Int(limit)],
+    )?;
+    let mut out = Sent {
+        more: rows.len() as i64 == limit,
+        ..Sent::default()
+    };
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let all: HashMap<String, FlowRecord> = flows(conn)?
+        .into_iter()
+        .map(|f| (f.flow.id().to_owned(), f))
+        .collect();
+    let mut templates: HashMap<String, Option<Template>> = HashMap::new();
+    for r in rows {
+        let due = Due {
+            flow: r.text(0)?,
+            profile: r.int(1)?,
+            occurrence: r.text(2)?,
+            since_ms: r.int(3)?,
+        };
+        let key = [
+            P::Text(&due.flow),
+            P::Int(due.profile),
+            P::Text(&due.occurrence),
+        ];
+        let Some(f) = all.get(&due.flow) else {
+            conn.exec(
+                "DELETE FROM sends WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3",
+                &key,
+            )?;
+            continue;
+        };
+        let tid = f.flow.sending().2.to_owned();
+        if !templates.contains_key(&tid) {
+            let t = template_get(conn, &tid)?.map(|t| t.template);
+            templates.insert(tid.clone(), t);
+        }
+        let template = templates.get(&tid).and_then(Option::as_ref);
+        let verdict = judge(conn, vault, catalog, cfg, f, template, &due, now_ms)?;
+        match verdict {
+            Verdict::Send {
+                profile, message, ..
+            } => {
+                let ch = f.flow.sending().1.as_str();
+                let id = outbox::enqueue(conn, vault, profile, ch, &message, now_ms)?;
+                let n = conn.exec(
+                    "UPDATE sends SET status = 'sent', outbox_id = $4, done_ms = $5
+                     WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status = 'due'",
+                    &[key[0], key[1], key[2], P::Int(id), P::Int(now_ms)],
+                )?;
+                if n != 1 {
+                    // Taken by someone else meanwhile: undo by failing the
+                    // transaction rather than send twice.
+                    return Err(Error::Conflict("a due send was taken twice".into()));
+                }
+                out.sent += 1;
+            }
+            Verdict::Skip(reason) => {
+                conn.exec(
+                    "UPDATE sends SET status = 'skipped', reason = $4, done_ms = $5
+                     WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status = 'due'",
+                    &[key[0], key[1], key[2], P::Text(&reason), P::Int(now_ms)],
+                )?;
+                out.skipped += 1;
+            }
+            Verdict::Wait(until) => {
+                conn.exec(
+                    "UPDATE sends SET due_ms = $4, deferrals = deferrals + 1
+                     WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status = 'due'",
+                    &[key[0], key[1], key[2], P::Int(until)],
+                )?;
+                out.waiting += 1;
+                continue;
+            }
+        }
+        // A birthday greeted (or passed over) schedules next year's.
+        if let Flow::Automation(a) = &f.flow
+            && let Trigger::Birthday { local_minutes } = a.trigger
+        {
+            schedule_birthday(
+                conn,
+                vault,
+                cfg,
+                &due.flow,
+                local_minutes,
+                due.profile,
+                now_ms + DAY_MS,
+                now_ms,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// One person in a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRow {
+    pub profile_id: ProfileId,
+    /// `send`, `skip` or `wait`.
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    /// The language the message would be in.
+    pub language: Option<String>,
+    pub wait_until_ms: Option<i64>,
+}
+
+/// Who would receive what now, and who not, with reasons: the flow's
+/// waiting sends, and for a segment-based flow its members now. Nothing
+/// is written.
+pub fn dry_run(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &Catalog,
+    cfg: &SendConfig,
+    id: &str,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Option<Vec<DryRow>>> {
+    let Some(f) = super::flow_get(conn, id)? else {
+        return Ok(None);
+    };
+    let template = template_get(conn, f.flow.sending().2)?.map(|t| t.template);
+    let mut dues: Vec<Due> = conn
+        .query(
+            "SELECT profile_id, occurrence, since_ms FROM sends WHERE flow_id = $1 AND status = 'due'
+             ORDER BY due_ms LIMIT $2",
+            &[P::Text(id), P::Int(limit)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(Due {
+                flow: id.to_owned(),
+                profile: r.int(0)?,
+                occurrence: r.text(1)?,
+                since_ms: r.int(2)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let segment = match &f.flow {
+        Flow::Automation(a) => match &a.trigger {
+            Trigger::SegmentEntered(s) | Trigger::Schedule { segment: s, .. } => Some(s.clone()),
+            _ => None,
+        },
+        Flow::Campaign(c) if f.status == "scheduled" => Some(c.segment.clone()),
+        Flow::Campaign(_) => None,
+    };
+    if let Some(s) = segment {
+        let left = limit - dues.len() as i64;
+        for r in conn.query(
+            "SELECT profile_id, since_ms FROM segment_members WHERE segment_id = $1
+             ORDER BY profile_id LIMIT $2",
+            &[P::Text(&s), P::Int(left.max(0))],
+        )? {
+            let p = r.int(0)?;
+            if !dues.iter().any(|d| d.profile == p) {
+                dues.push(Due {
+                    flow: id.to_owned(),
+                    profile: p,
+                    occurrence: "dry_run".into(),
+                    since_ms: r.int(1)?,
+                });
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(dues.len());
+    for d in dues {
+        let v = judge(conn, vault, catalog, cfg, &f, template.as_ref(), &d, now_ms)?;
+        out.push(match v {
+            Verdict::Send { language, .. } => DryRow {
+                profile_id: d.profile,
+                outcome: "send",
+                reason: None,
+                language: Some(language),
+                wait_until_ms: None,
+            },
+            Verdict::Skip(r) => DryRow {
+                profile_id: d.profile,
+                outcome: "skip",
+                reason: Some(r),
+                language: None,
+                wait_until_ms: None,
+            },
+            Verdict::Wait(t) => DryRow {
+                profile_id: d.profile,
+                outcome: "wait",
+                reason: Some("quiet_hours".into()),
+                language: None,
+                wait_until_ms: Some(t),
+            },
+        });
+    }
+    Ok(Some(out))
+}

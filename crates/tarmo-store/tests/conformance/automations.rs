@@ -1,0 +1,502 @@
+//! Automations and campaigns on each backend: one send per (flow, person,
+//! occurrence) by the database's own key; claims that two nodes cannot
+//! share; the decision, caps and quiet hours taken at send time; bad
+//! definitions refused with nothing saved.
+
+use serde_json::{Value, json};
+use tarmo_core::automations::template::Template;
+use tarmo_core::automations::{Automation, Campaign};
+use tarmo_core::consent::{ConsentDecision, Method};
+use tarmo_store::automations::follow::{follow, insert_due};
+use tarmo_store::automations::send::send_due;
+use tarmo_store::automations::{self as flows, SendConfig};
+use tarmo_store::conn::P;
+use tarmo_store::consent::{self, NewEntry};
+use tarmo_store::outbox::OutboxMessage;
+
+use super::Harness;
+
+fn grant(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
+    let e = NewEntry {
+        profile_id: profile,
+        purpose: purpose.into(),
+        decision: d,
+        method: Method::WebForm,
+        notice_version: None,
+        at_ms: None,
+        source: "test form".into(),
+        evidence: Default::default(),
+    };
+    h.writer
+        .transact_blocking(move |ctx| {
+            consent::append(ctx.conn, ctx.vault, &ctx.catalog, &[e], ctx.now_ms)
+        })
+        .unwrap();
+}
+
+fn template(h: &Harness, t: Value) -> tarmo_store::Result<()> {
+    let t: Template = serde_json::from_value(t).unwrap();
+    h.writer.transact_blocking(move |ctx| {
+        flows::template_put(ctx.conn, &ctx.catalog, t, true, ctx.now_ms).map(|_| ())
+    })
+}
+
+fn automation(h: &Harness, a: Value) -> tarmo_store::Result<()> {
+    let a = Automation::from_json(&a, None).unwrap();
+    h.writer.transact_blocking(move |ctx| {
+        flows::automation_put(
+            ctx.conn,
+            &ctx.catalog,
+            &SendConfig::default(),
+            a,
+            true,
+            ctx.now_ms,
+        )
+        .map(|_| ())
+    })
+}
+
+/// One scheduler pass at `at`: follow, then send. (sent, skipped, waiting)
+fn pass(h: &Harness, at: i64) -> (u64, u64, u64) {
+    let cfg = SendConfig::default();
+    h.writer
+        .transact_blocking(move |ctx| {
+            follow(ctx.conn, ctx.vault, &cfg, at)?;
+            let s = send_due(ctx.conn, ctx.vault, &ctx.catalog, &cfg, at, 1000)?;
+            Ok((s.sent, s.skipped, s.waiting))
+        })
+        .unwrap()
+}
+
+fn sends(h: &Harness, flow: &str) -> Vec<(i64, String, String, Option<String>)> {
+    h.store
+        .conn()
+        .unwrap()
+        .query(
+            "SELECT profile_id, occurrence, status, reason FROM sends WHERE flow_id = $1
+             ORDER BY profile_id, occurrence",
+            &[P::Text(flow)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.int(0).unwrap(),
+                r.text(1).unwrap(),
+                r.text(2).unwrap(),
+                r.opt_text(3).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn outbox_of(h: &Harness, channel: &str) -> Vec<tarmo_store::outbox::Claimed> {
+    let ch = channel.to_owned();
+    h.writer
+        .transact_blocking(move |ctx| {
+            tarmo_store::outbox::claim_due(
+                ctx.conn,
+                ctx.vault,
+                &tarmo_store::lease::Claimant::new("node-test", std::time::Duration::from_secs(60)),
+                &ch,
+                i64::MAX / 2,
+                10_000,
+            )
+        })
+        .unwrap()
+}
+
+fn welcome() -> Value {
+    json!({"id": "welcome", "channel": "email", "languages": {
+        "en": {"subject": "Still thinking, {{ traits.first_name }}?", "text": "Hi {{ traits.first_name }}", "html": "<p>Hi {{ traits.first_name }}</p>"},
+        "fi": {"subject": "Mietitkö vielä, {{ traits.first_name }}?", "text": "Hei {{ traits.first_name }}"}}})
+}
+
+fn view(user: &str) -> Value {
+    json!({"type": "track", "userId": user, "event": "Product Viewed"})
+}
+
+pub fn automations_send_once_per_occurrence_and_decide_at_send_time(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "first_name": "Ann", "language": "fi"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi"}}),
+        json!({"type": "identify", "userId": "cy", "traits": {"email": "cy@example.fi"}}),
+        json!({"type": "identify", "userId": "dee"}),
+    ]);
+    let [ann, bob, cy, dee] = ["ann", "bob", "cy", "dee"].map(|u| h.lookup("user_id", u).unwrap());
+    for p in [ann, bob, cy, dee] {
+        grant(h, p, "email_marketing", ConsentDecision::Granted);
+    }
+    template(h, welcome()).unwrap();
+    automation(
+        h,
+        json!({"id": "reminder", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"event": "Product Viewed", "delay": "2s", "unless": {"event": "Order Completed", "within": "1h"}}}),
+    )
+    .unwrap();
+    h.ingest(vec![
+        view("ann"),
+        view("bob"),
+        json!({"type": "track", "userId": "bob", "event": "Order Completed"}),
+        view("cy"),
+        view("dee"),
+    ]);
+    let now = tarmo_store::now_ms();
+    // Due in two seconds: nothing yet.
+    assert_eq!(pass(h, now), (0, 0, 0));
+    assert_eq!(sends(h, "reminder").len(), 4);
+    // Cy withdraws between scheduling and sending.
+    grant(h, cy, "email_marketing", ConsentDecision::Withdrawn);
+    assert_eq!(pass(h, now + 3000), (1, 3, 0));
+    let by: Vec<(i64, String, Option<String>)> = sends(h, "reminder")
+        .into_iter()
+        .map(|(p, _, s, r)| (p, s, r))
+        .collect();
+    assert!(by.contains(&(ann, "sent".into(), None)), "{by:?}");
+    assert!(
+        by.contains(&(bob, "skipped".into(), Some("converted".into()))),
+        "{by:?}"
+    );
+    assert!(
+        by.contains(&(cy, "skipped".into(), Some("withdrawn".into()))),
+        "{by:?}"
+    );
+    assert!(
+        by.contains(&(dee, "skipped".into(), Some("missing_contact".into()))),
+        "{by:?}"
+    );
+
+    // Once: another pass, and the same occurrence queued again, send nothing.
+    assert_eq!(pass(h, now + 10_000), (0, 0, 0));
+    let occ = sends(h, "reminder")
+        .into_iter()
+        .find(|s| s.0 == ann)
+        .unwrap()
+        .1;
+    let again = h
+        .writer
+        .transact_blocking(move |ctx| insert_due(ctx.conn, "reminder", ann, &occ, 0, 0, 0))
+        .unwrap();
+    assert_eq!(
+        again, 0,
+        "the (flow, person, occurrence) key refuses a second send"
+    );
+    assert_eq!(pass(h, now + 20_000), (0, 0, 0));
+
+    let mail = outbox_of(h, "email");
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].profile_id, ann);
+    let OutboxMessage::Marketing {
+        to,
+        subject,
+        text,
+        unsubscribe,
+        ..
+    } = &mail[0].message
+    else {
+        panic!("a marketing email")
+    };
+    assert_eq!(to, "ann@example.fi");
+    assert_eq!(subject, "Mietitkö vielä, Ann?");
+    assert!(text.starts_with("Hei Ann"), "{text}");
+    assert!(
+        text.contains("/p/") && text.contains(&format!("/u/{unsubscribe}")),
+        "{text}"
+    );
+
+    let c = flows::counters(&mut *h.store.conn().unwrap(), "reminder", "email_marketing").unwrap();
+    assert_eq!(c.sent, 1);
+    assert_eq!(c.skipped.get("converted"), Some(&1));
+    assert_eq!(c.skipped.get("withdrawn"), Some(&1));
+    assert_eq!(c.pending, 0);
+}
+
+pub fn caps_and_quiet_hours_are_applied_at_send_time(h: &Harness) {
+    h.ingest(vec![json!({"type": "identify", "userId": "ann",
+        "traits": {"email": "ann@example.fi", "timezone": "UTC"}})]);
+    let ann = h.lookup("user_id", "ann").unwrap();
+    grant(h, ann, "email_marketing", ConsentDecision::Granted);
+    template(h, welcome()).unwrap();
+    let now = tarmo_store::now_ms();
+    let minute_of_day = ((now / 60_000) % 1440) as u32;
+    let hhmm = |m: u32| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    // Quiet from an hour ago to an hour from now, in the person's zone.
+    automation(
+        h,
+        json!({"id": "quiet", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"event": "Product Viewed", "delay": "1s"},
+            "quiet_hours": {"start": hhmm(minute_of_day + 1380), "end": hhmm(minute_of_day + 60)}}),
+    )
+    .unwrap();
+    automation(
+        h,
+        json!({"id": "capped", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"event": "Product Viewed", "delay": "1s"},
+            "caps": {"per_person_per_day": 1, "per_person_per_week": 3}}),
+    )
+    .unwrap();
+    h.ingest(vec![view("ann"), view("ann")]);
+    // capped: the first view is sent, the second capped; quiet: both wait.
+    assert_eq!(pass(h, now + 2000), (1, 1, 2));
+    let quiet = sends(h, "quiet");
+    assert!(quiet.iter().all(|s| s.2 == "due"), "{quiet:?}");
+    let capped: Vec<Option<String>> = sends(h, "capped").into_iter().map(|s| s.3).collect();
+    assert!(capped.contains(&Some("capped".into())), "{capped:?}");
+    let due: Vec<i64> = h
+        .store
+        .conn()
+        .unwrap()
+        .query(
+            "SELECT due_ms FROM sends WHERE flow_id = 'quiet'",
+            &[P::Null; 0],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.int(0).unwrap())
+        .collect();
+    let end = (now / 60_000 + 60) * 60_000;
+    assert!(
+        due.iter().all(|d| (*d - end).abs() <= 1000),
+        "{due:?} vs {end}"
+    );
+    // After the quiet hours: both sent (this one has no caps).
+    assert_eq!(pass(h, end + 1000), (2, 0, 0));
+    let c = flows::counters(&mut *h.store.conn().unwrap(), "quiet", "email_marketing").unwrap();
+    assert_eq!((c.sent, c.deferred_quiet_hours), (2, 2));
+}
+
+pub fn due_sends_are_claimed_by_one_node_only(h: &Harness) {
+    let msgs: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "identify", "userId": format!("u{i}"), "traits": {"email": format!("u{i}@example.fi")}}))
+        .collect();
+    h.ingest(msgs);
+    let ids: Vec<i64> = (0..40)
+        .map(|i| h.lookup("user_id", &format!("u{i}")).unwrap())
+        .collect();
+    for &p in &ids {
+        grant(h, p, "email_marketing", ConsentDecision::Granted);
+    }
+    template(h, welcome()).unwrap();
+    h.store
+        .conn()
+        .unwrap()
+        .exec(
+            "INSERT INTO segments (id, name, purpose_id, rule, created_ms, updated_ms) VALUES ('all', 'all', 'email_marketing', $1, 0, 0)",
+            &[P::Blob(b"unused by this test")],
+        )
+        .unwrap();
+    for &p in &ids {
+        h.store
+            .conn()
+            .unwrap()
+            .exec(
+                "INSERT INTO segment_members (segment_id, profile_id, since_ms) VALUES ('all', $1, 0)",
+                &[P::Int(p)],
+            )
+            .unwrap();
+    }
+    let now = tarmo_store::now_ms();
+    let c = Campaign::from_json(
+        &json!({"id": "launch", "segment": "all", "template": "welcome", "purpose": "email_marketing",
+            "channel": "email", "per_minute": 100_000}),
+        now,
+    )
+    .unwrap();
+    h.writer
+        .transact_blocking(move |ctx| {
+            flows::campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms).map(|_| ())
+        })
+        .unwrap();
+    let cfg = SendConfig::default();
+    let c2 = cfg.clone();
+    h.writer
+        .transact_blocking(move |ctx| follow(ctx.conn, ctx.vault, &c2, now + 1000))
+        .unwrap();
+    assert_eq!(sends(h, "launch").len(), 40);
+    // Two "nodes" on their own connections, at once, in batches of five.
+    let catalog = h.store.catalog().unwrap();
+    let total: u64 = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, catalog, cfg) = (h.store.clone(), catalog.clone(), cfg.clone());
+                s.spawn(move || {
+                    let mut n = 0;
+                    for _ in 0..40 {
+                        match store
+                            .transact_direct(|c, v| send_due(c, v, &catalog, &cfg, now + 60_000, 5))
+                        {
+                            Ok(r) => n += r.sent,
+                            // SQLite's single writer may be busy: try again.
+                            Err(e) if e.is_transient() => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).sum()
+    });
+    assert_eq!(total, 40);
+    assert_eq!(
+        outbox_of(h, "email").len(),
+        40,
+        "one message each, none twice"
+    );
+    let c = flows::counters(&mut *h.store.conn().unwrap(), "launch", "email_marketing").unwrap();
+    assert_eq!((c.sent, c.pending), (40, 0));
+}
+
+pub fn birthdays_are_scheduled_a_year_at_a_time(h: &Harness) {
+    let now = tarmo_store::now_ms();
+    let today = tarmo_store::rfc3339(now);
+    let md = &today[5..10];
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "birthday": format!("1990-{md}"), "timezone": "UTC"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi", "birthday": md}}),
+    ]);
+    let (ann, bob) = (
+        h.lookup("user_id", "ann").unwrap(),
+        h.lookup("user_id", "bob").unwrap(),
+    );
+    grant(h, ann, "email_marketing", ConsentDecision::Granted);
+    template(h, welcome()).unwrap();
+    automation(
+        h,
+        json!({"id": "bday", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"birthday": {"local_time": "00:00"}}}),
+    )
+    .unwrap();
+    // The day's due set: an index range.
+    assert_eq!(pass(h, now), (1, 1, 0));
+    let s = sends(h, "bday");
+    let year: i64 = today[..4].parse().unwrap();
+    assert!(
+        s.contains(&(ann, format!("b{year}"), "sent".into(), None)),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&(
+            bob,
+            format!("b{year}"),
+            "skipped".into(),
+            Some("no_consent".into())
+        )),
+        "{s:?}"
+    );
+    // Next year's greetings wait.
+    assert!(
+        s.contains(&(ann, format!("b{}", year + 1), "due".into(), None)),
+        "{s:?}"
+    );
+    // An identify later today does not greet again.
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"first_name": "Ann"}}),
+    ]);
+    assert_eq!(pass(h, now + 1000), (0, 0, 0));
+    assert_eq!(outbox_of(h, "email").len(), 1);
+}
+
+pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
+    template(h, welcome()).unwrap();
+    template(
+        h,
+        json!({"id": "sms_hi", "channel": "sms", "languages": {"en": {"text": "Hi"}}}),
+    )
+    .unwrap();
+    template(h, json!({"id": "city", "channel": "email", "languages": {"en": {"subject": "x", "text": "{{ traits.city }}"}}})).unwrap();
+    let base = json!({"id": "a", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+        "trigger": {"event": "Product Viewed", "delay": "1h"}});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    for (a, code) in [
+        (with("purpose", json!("nope")), "unknown_purpose"),
+        (with("template", json!("nope")), "unknown_template"),
+        (
+            with("template", json!("sms_hi")),
+            "template_channel_mismatch",
+        ),
+        (
+            with("template", json!("city")),
+            "template_field_not_permitted",
+        ),
+        (
+            with("purpose", json!("sms_marketing")),
+            "channel_not_covered",
+        ),
+        (
+            with("trigger", json!({"segment_entered": "nope"})),
+            "unknown_segment",
+        ),
+        (
+            with(
+                "trigger",
+                json!({"schedule": {"cron": "0 0 31 2 *", "segment": "nope"}}),
+            ),
+            "cron_never_fires",
+        ),
+    ] {
+        match automation(h, a) {
+            Err(tarmo_store::Error::Rejected { code: c, .. }) => assert_eq!(c, code),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    assert!(
+        flows::flows(&mut *h.store.conn().unwrap())
+            .unwrap()
+            .is_empty()
+    );
+    // A template in use may not start reading what its purpose does not allow.
+    automation(h, base).unwrap();
+    let bad: Template = serde_json::from_value(json!({"id": "welcome", "channel": "email",
+        "languages": {"en": {"subject": "x", "text": "{{ traits.city }}"}}}))
+    .unwrap();
+    let r = h.writer.transact_blocking(move |ctx| {
+        flows::template_put(ctx.conn, &ctx.catalog, bad, false, ctx.now_ms).map(|_| ())
+    });
+    assert!(
+        matches!(
+            r,
+            Err(tarmo_store::Error::Rejected {
+                code: "template_field_not_permitted",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = h
+        .writer
+        .transact_blocking(|ctx| flows::template_delete(ctx.conn, "welcome"));
+    assert!(matches!(
+        r,
+        Err(tarmo_store::Error::Rejected {
+            code: "template_in_use",
+            ..
+        })
+    ));
+}
+
+pub fn sms_stop_withdraws_the_numbers_sms_purposes(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567"}}),
+    ]);
+    let ann = h.lookup("user_id", "ann").unwrap();
+    grant(h, ann, "sms_marketing", ConsentDecision::Granted);
+    let k = h.cfg.kind("phone").unwrap();
+    let id = h.cfg.identifier(k, "+358401234567").unwrap();
+    let bidx = h.store.vault().blind_index(id.kind().as_str(), id.value());
+    let withdrawn = h
+        .writer
+        .transact_blocking(move |ctx| {
+            flows::sms_stop(ctx.conn, ctx.vault, &ctx.catalog, &bidx, "STOP", ctx.now_ms)
+        })
+        .unwrap();
+    assert_eq!(withdrawn, vec!["sms_marketing".to_owned()]);
+    let st = consent::state(&mut *h.store.conn().unwrap(), ann, "sms_marketing")
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.decision, ConsentDecision::Withdrawn);
+}
