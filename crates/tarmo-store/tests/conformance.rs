@@ -173,6 +173,7 @@ conformance!(
     outbox_claims_are_leases_only_their_node_acts_on,
     a_periodic_job_runs_on_one_node_per_turn,
     claims_skip_rows_another_node_is_claiming,
+    lost_connections_are_replaced_and_say_unavailable,
 );
 
 #[path = "conformance/segments.rs"]
@@ -185,6 +186,10 @@ use consent::*;
 #[path = "conformance/requests.rs"]
 mod requests;
 use requests::*;
+
+#[path = "conformance/pg_outage.rs"]
+mod pg_outage;
+use pg_outage::*;
 
 #[path = "conformance/leases.rs"]
 mod leases;
