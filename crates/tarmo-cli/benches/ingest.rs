@@ -192,6 +192,7 @@ fn main() {
         .build()
         .into();
     let mut ll = Vec::new();
+    let mut not_found = 0;
     for i in 0..2000u64 {
         // A customer who was identified (with an email): the k-th identify.
         let k = (i * 7919) % (batches * 10);
@@ -204,9 +205,15 @@ fn main() {
             .header("Authorization", &format!("Bearer {admin}"))
             .call()
             .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "customer{c} was identified");
-        ll.push(t.elapsed().as_secs_f64() * 1000.0);
+        // A client key's claims do not add an email to a known person (the
+        // trust model), so some customers have none: count them apart.
+        match r.status().as_u16() {
+            200 => ll.push(t.elapsed().as_secs_f64() * 1000.0),
+            404 => not_found += 1,
+            other => panic!("lookup answered {other}"),
+        }
     }
+    println!("lookup by email: {not_found} of 2000 customers hold no email (client-key claims)");
     println!(
         "lookup by email over HTTP: p50 {:.2} ms, p99 {:.2} ms",
         pct(&mut ll, 0.5),

@@ -184,6 +184,7 @@ conformance!(
     birthdays_are_scheduled_a_year_at_a_time,
     bad_automations_are_refused_and_nothing_is_saved,
     sms_stop_withdraws_the_numbers_sms_purposes,
+    lost_connections_are_replaced_and_say_unavailable,
 );
 
 #[path = "conformance/faults.rs"]
@@ -208,6 +209,10 @@ use consent::*;
 #[path = "conformance/requests.rs"]
 mod requests;
 use requests::*;
+
+#[path = "conformance/pg_outage.rs"]
+mod pg_outage;
+use pg_outage::*;
 
 #[path = "conformance/leases.rs"]
 mod leases;
