@@ -591,16 +591,42 @@ fn run(
             #[cfg(test)]
             Work::Crash => panic!("the writer's own code failed"),
             Work::Tx(job) => {
-                let owed = run_tx(
-                    &mut **conn,
-                    vault,
-                    catalog,
-                    metrics,
-                    health,
-                    &mut resolver,
-                    job,
-                    acks,
-                );
+                // Transaction jobs waiting together share one transaction
+                // and one flush, as events do.
+                let mut jobs = vec![job];
+                while jobs.len() < MAX_GROUP_TX {
+                    match rx.try_recv() {
+                        Ok(Work::Tx(j)) => jobs.push(j),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let owed = if jobs.len() == 1 {
+                    run_tx(
+                        &mut **conn,
+                        vault,
+                        catalog,
+                        metrics,
+                        health,
+                        &mut resolver,
+                        jobs.pop().expect("one job"),
+                        acks,
+                    )
+                } else {
+                    run_tx_group(
+                        &mut **conn,
+                        vault,
+                        catalog,
+                        metrics,
+                        health,
+                        &mut resolver,
+                        jobs,
+                        acks,
+                    )
+                };
                 checkpoint_owed |= owed;
             }
             Work::Events(first) => {
@@ -710,7 +736,11 @@ fn run_tx(
     storage_outcome(health, &result);
     let owed = result.is_ok() && checkpoint_asked && !checkpoint(conn, metrics, false);
     match &result {
-        Ok(()) => resolver.keep(),
+        Ok(()) => {
+            resolver.keep();
+            metrics.tx_commits.fetch_add(1, Ordering::Relaxed);
+            metrics.tx_jobs.fetch_add(1, Ordering::Relaxed);
+        }
         Err(e) => {
             if !matches!(e, Error::Rejected { .. }) {
                 tracing::warn!(error = %e, "a write transaction failed");
@@ -731,6 +761,143 @@ fn run_tx(
         job.finish(result);
     }
     owed
+}
+
+/// At most this many transaction jobs share one transaction.
+const MAX_GROUP_TX: usize = 256;
+
+/// Several transaction jobs in one transaction, each inside a savepoint of
+/// its own: a job that fails (an error, a panic) is rolled back to its
+/// savepoint and answered alone, while the others commit together and are
+/// answered after the one flush. What a failed job may have left in the
+/// caches is dropped, since a rolled-back row id can be handed out again.
+/// A job that changed the purpose catalog is seen by the jobs after it.
+/// Returns whether an asked-for checkpoint is still owed.
+#[allow(clippy::too_many_arguments)]
+fn run_tx_group(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &CatalogCache,
+    metrics: &WriterMetrics,
+    health: &Health,
+    resolver: &mut Resolver,
+    jobs: Vec<Box<dyn TxJob>>,
+    acks: &Acks,
+) -> bool {
+    let started = Instant::now();
+    let mut current = match conn.begin().and_then(|()| catalog.get(conn)) {
+        Ok(c) => c,
+        Err(e) => {
+            storage_outcome(health, &Err::<(), _>(same_error(&e)));
+            let _ = conn.rollback();
+            for job in jobs {
+                job.finish(Err(same_error(&e)));
+            }
+            return false;
+        }
+    };
+    let mut ran: Vec<Box<dyn TxJob>> = Vec::with_capacity(jobs.len());
+    let mut checkpoint_asked = false;
+    let mut clear_after_commit = false;
+    for mut job in jobs {
+        let outcome = (|| {
+            if let Ok(generation) = crate::consent::catalog_generation(conn)
+                && generation != current.generation
+            {
+                current = Arc::new(crate::consent::load_catalog(conn)?);
+            }
+            conn.exec("SAVEPOINT tx_job", &[])?;
+            let mut ctx = TxCtx {
+                conn: &mut *conn,
+                vault,
+                catalog: current.clone(),
+                now_ms: now_ms(),
+                resolver: &mut *resolver,
+                checkpoint: false,
+            };
+            let r = match catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))) {
+                Ok(r) => r,
+                Err(_) => Err(Error::Panicked),
+            };
+            let wants_checkpoint = ctx.checkpoint;
+            match r {
+                Ok(()) => {
+                    conn.exec("RELEASE SAVEPOINT tx_job", &[])?;
+                    Ok(wants_checkpoint)
+                }
+                Err(e) => {
+                    if let Err(re) = conn
+                        .exec("ROLLBACK TO SAVEPOINT tx_job", &[])
+                        .and_then(|_| conn.exec("RELEASE SAVEPOINT tx_job", &[]))
+                    {
+                        tracing::error!(error = %re, "rollback to a job's savepoint failed");
+                    }
+                    Err(e)
+                }
+            }
+        })();
+        match outcome {
+            Ok(wants_checkpoint) => {
+                checkpoint_asked |= wants_checkpoint;
+                ran.push(job);
+            }
+            Err(e) => {
+                if !matches!(e, Error::Rejected { .. }) {
+                    tracing::warn!(error = %e, "a write transaction failed");
+                }
+                // What this job put in the caches is gone from the database;
+                // whether an earlier job asked for a clear is kept.
+                clear_after_commit |= resolver.take_clear_after_commit();
+                resolver.abandon(vault);
+                job.finish(Err(e));
+            }
+        }
+    }
+    if clear_after_commit {
+        resolver.clear_after_commit();
+    }
+    let committed = conn.commit();
+    storage_outcome(health, &committed);
+    match committed {
+        Ok(()) => {
+            resolver.keep();
+            metrics.commit_seconds.observe(started.elapsed());
+            metrics.tx_commits.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .tx_jobs
+                .fetch_add(ran.len() as u64, Ordering::Relaxed);
+            let owed = checkpoint_asked && !checkpoint(conn, metrics, false);
+            acks.after_commit(
+                ran.into_iter()
+                    .map(|job| Box::new(move || job.finish(Ok(()))) as Ack)
+                    .collect(),
+            );
+            owed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = ran.len(), "a group of write transactions failed to commit");
+            if let Err(re) = conn.rollback() {
+                tracing::error!(error = %re, "rollback failed");
+            }
+            resolver.abandon(vault);
+            for job in ran {
+                job.finish(Err(same_error(&e)));
+            }
+            false
+        }
+    }
+}
+
+/// The error a group's failure gives each of its jobs.
+fn same_error(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(s) => Error::Unavailable(s.clone()),
+        Error::StorageFull(s) => Error::StorageFull(s.clone()),
+        Error::Busy(s) => Error::Busy(s.clone()),
+        Error::Conflict(s) => Error::Conflict(s.clone()),
+        Error::WriterGone => Error::WriterGone,
+        other => Error::Backend(other.to_string()),
+    }
 }
 
 fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
@@ -975,6 +1142,106 @@ mod tests {
         )
         .unwrap();
         store.prepare(m, source)
+    }
+
+    #[test]
+    fn waiting_transaction_jobs_share_a_transaction_and_a_failing_one_is_rolled_back_alone() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        // Hold the writer so that the jobs below queue up behind it.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        writer.transact(
+            move |_| -> Result<()> {
+                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..40u32 {
+            let tx = tx.clone();
+            writer.transact(
+                move |ctx| -> Result<i64> {
+                    let key = format!("job-{i}");
+                    ctx.conn.meta_set(&key, b"written")?;
+                    // A new profile in every job: ids handed out in a
+                    // rolled-back savepoint must not confuse the caches.
+                    let ev = [PreparedIdentifier {
+                        bidx: ctx.vault.blind_index("user_id", &key),
+                        kind: tarmo_core::identity::IdentifierKind::UserId,
+                        value: key.clone(),
+                    }];
+                    let profile = ctx.resolve(&ev)?;
+                    match i {
+                        7 => Err(Error::rejected("bad_input", "job 7 is refused")),
+                        13 => panic!("job 13 has a bug"),
+                        _ => Ok(profile),
+                    }
+                },
+                Box::new(move |r| tx.send((i, r)).unwrap()),
+            );
+        }
+        let commits_before = store.metrics.tx_commits.load(Ordering::SeqCst);
+        hold_tx.send(()).unwrap();
+        let mut answers: Vec<_> = (0..40)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        answers.sort_by_key(|(i, _)| *i);
+        let commits = store.metrics.tx_commits.load(Ordering::SeqCst) - commits_before;
+        assert!(commits < 5, "40 waiting jobs took {commits} transactions");
+        assert!(
+            store.metrics.tx_jobs.load(Ordering::SeqCst) >= 38,
+            "38 jobs committed"
+        );
+        let mut profiles = std::collections::HashSet::new();
+        for (i, r) in &answers {
+            let written = store
+                .transact_direct(|c, _| c.meta_get(&format!("job-{i}")))
+                .unwrap();
+            match i {
+                7 => {
+                    assert!(
+                        matches!(
+                            r,
+                            Err(Error::Rejected {
+                                code: "bad_input",
+                                ..
+                            })
+                        ),
+                        "{r:?}"
+                    );
+                    assert_eq!(written, None, "a refused job's writes were rolled back");
+                }
+                13 => {
+                    assert!(matches!(r, Err(Error::Panicked)), "{r:?}");
+                    assert_eq!(written, None, "a panicked job's writes were rolled back");
+                }
+                _ => {
+                    let id = *r.as_ref().unwrap();
+                    assert!(profiles.insert(id), "profile {id} given twice");
+                    assert_eq!(written.as_deref(), Some(&b"written"[..]), "job {i}");
+                }
+            }
+        }
+        // Each stored person is found again through their identifier, with
+        // the key their profile was sealed with.
+        for (i, r) in &answers {
+            if let Ok(id) = r {
+                let key = format!("job-{i}");
+                let found = writer
+                    .transact_blocking(move |ctx| {
+                        ctx.resolve(&[PreparedIdentifier {
+                            bidx: ctx.vault.blind_index("user_id", &key),
+                            kind: tarmo_core::identity::IdentifierKind::UserId,
+                            value: key.clone(),
+                        }])
+                    })
+                    .unwrap();
+                assert_eq!(found, *id, "job {i}");
+            }
+        }
+        drop(writer);
+        join.join().unwrap();
     }
 
     #[test]
