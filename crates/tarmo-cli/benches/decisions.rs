@@ -46,7 +46,8 @@ fn ms(s: &str) -> f64 {
 fn wrk(url: &str, script: Option<&std::path::Path>, seconds: u64, conns: u64) -> Wrk {
     let mut cmd = Command::new("wrk");
     cmd.args([
-        "-t2",
+        // wrk needs at least one connection per thread.
+        &format!("-t{}", conns.min(2)),
         &format!("-c{conns}"),
         &format!("-d{seconds}s"),
         "--latency",

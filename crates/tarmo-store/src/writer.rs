@@ -430,7 +430,11 @@ impl Acks {
                     }
                     metrics.flush_seconds.observe(started.elapsed());
                     for ack in acks {
-                        ack();
+                        // An answer's own bug must not stop the thread that
+                        // makes every later commit durable.
+                        if catch_unwind(AssertUnwindSafe(ack)).is_err() {
+                            tracing::error!("answering a durable commit panicked");
+                        }
                     }
                 }
             })
@@ -443,11 +447,14 @@ impl Acks {
         match self {
             Acks::Now => acks.into_iter().for_each(|a| a()),
             Acks::Pipelined { tx, .. } => {
-                if let Err(e) = tx.send(acks) {
-                    // The flusher is gone only if it panicked; answer rather
-                    // than leave requests hanging.
-                    tracing::error!("the flusher has stopped");
-                    e.0.into_iter().for_each(|a| a());
+                if tx.send(acks).is_err() {
+                    // Nothing but a failed flush stops the flusher, and that
+                    // aborts the process; should it be gone all the same,
+                    // these commits are written but not durable, and saying
+                    // "stored" would be a lie. Stop, as after a failed flush:
+                    // recovery reads the log.
+                    tracing::error!("the flusher has stopped; stopping");
+                    std::process::abort();
                 }
             }
         }
@@ -1142,6 +1149,37 @@ mod tests {
         )
         .unwrap();
         store.prepare(m, source)
+    }
+
+    #[test]
+    fn an_answer_that_panics_does_not_stop_the_flusher() {
+        let (open_tx, open_rx) = std::sync::mpsc::channel();
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let acks = Acks::spawn(
+            Box::new(Gate {
+                open: Arc::new(Mutex::new(open_rx)),
+                flushes: flushes.clone(),
+            }),
+            Arc::new(WriterMetrics::default()),
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let first = done_tx.clone();
+        acks.after_commit(vec![Box::new(move || {
+            first.send(1).unwrap();
+            panic!("a reply's bug")
+        })]);
+        open_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        let done = done_tx.clone();
+        acks.after_commit(vec![Box::new(move || done.send(2).unwrap())]);
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "answered before its flush"
+        );
+        open_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 2);
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+        acks.finish();
     }
 
     #[test]
