@@ -134,7 +134,10 @@ impl<T: Send, F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send> TxJob for TypedTx<T
 
 enum Work {
     Events(Job),
-    Tx(Box<dyn TxJob>),
+    /// Transaction jobs are waiting in the [`Urgent`] queue.
+    Wake,
+    /// Transaction jobs taken from it, to run as one group.
+    Txs(Vec<Box<dyn TxJob>>),
     /// Panics outside any job: tests the writer's own restart.
     #[cfg(test)]
     Crash,
@@ -172,10 +175,46 @@ impl Default for WriterConfig {
     }
 }
 
+/// Transaction jobs (consents, requests, erasures, staff changes) wait
+/// apart from ingestion and go first: a person waiting on their erasure or
+/// a consent form should not wait behind the events already queued. Bounded
+/// like the main queue; a full queue makes `transact` wait.
+struct Urgent {
+    q: std::sync::Mutex<std::collections::VecDeque<Box<dyn TxJob>>>,
+    room: std::sync::Condvar,
+    cap: usize,
+}
+
+impl Urgent {
+    fn push(&self, job: Box<dyn TxJob>) {
+        let mut q = self.q.lock().expect("urgent queue");
+        while q.len() >= self.cap {
+            q = self.room.wait(q).expect("urgent queue");
+        }
+        q.push_back(job);
+    }
+
+    fn take(&self, max: usize) -> Option<Vec<Box<dyn TxJob>>> {
+        let mut q = self.q.lock().expect("urgent queue");
+        if q.is_empty() {
+            return None;
+        }
+        let n = q.len().min(max);
+        let jobs = q.drain(..n).collect();
+        self.room.notify_all();
+        Some(jobs)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.q.lock().expect("urgent queue").is_empty()
+    }
+}
+
 /// The queue side. Cloneable; the writer stops when every handle is dropped.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Work>,
+    urgent: Arc<Urgent>,
     health: Arc<Health>,
 }
 
@@ -213,9 +252,11 @@ impl WriterHandle {
         }
     }
 
-    /// Run `f` in a transaction of its own on the writer thread; `reply`
-    /// gets its result once the transaction committed, or the error. Waits
-    /// for room in the queue: these jobs are few and must not be shed.
+    /// Run `f` in a transaction on the writer thread, ahead of queued
+    /// ingestion (alone, or with other transaction jobs waiting at the same
+    /// time, each in a savepoint of its own); `reply` gets its result once
+    /// the transaction committed and is durable, or the error. Waits for
+    /// room in the queue: these jobs are few and must not be shed.
     pub fn transact<T, F>(&self, f: F, reply: Box<dyn FnOnce(Result<T>) + Send>)
     where
         T: Send + 'static,
@@ -226,10 +267,15 @@ impl WriterHandle {
             out: None,
             reply: Some(reply),
         });
-        if let Err(e) = self.tx.send(Work::Tx(job))
-            && let Work::Tx(j) = e.0
-        {
-            j.finish(Err(Error::WriterGone));
+        self.urgent.push(job);
+        // Full: the writer is busy and looks at the urgent queue before its
+        // next group. Gone: nobody will run what waits.
+        if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(Work::Wake) {
+            while let Some(jobs) = self.urgent.take(usize::MAX) {
+                for j in jobs {
+                    j.finish(Err(Error::WriterGone));
+                }
+            }
         }
     }
 
@@ -329,10 +375,19 @@ fn spawn_inner(
     cfg: WriterConfig,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+    let urgent = Arc::new(Urgent {
+        q: Default::default(),
+        room: Default::default(),
+        cap: cfg.queue_capacity.max(1),
+    });
     let handle = WriterHandle {
         tx,
+        urgent: urgent.clone(),
         health: health.clone(),
     };
+    // Registered before the thread runs, so that readiness asked right
+    // after the start already names the writer.
+    health.up("writer");
     let join = std::thread::Builder::new()
         .name("tarmo-writer".into())
         .spawn(move || {
@@ -364,6 +419,7 @@ fn spawn_inner(
                         &health,
                         &cfg,
                         &rx,
+                        &urgent,
                         &acks,
                     )
                 }));
@@ -474,7 +530,12 @@ fn refuse(w: Work, why: &str) {
     let e = || Error::Unavailable(why.to_owned());
     match w {
         Work::Events(j) => (j.reply)(Err(e())),
-        Work::Tx(j) => j.finish(Err(e())),
+        Work::Wake => {}
+        Work::Txs(jobs) => {
+            for j in jobs {
+                j.finish(Err(e()));
+            }
+        }
         #[cfg(test)]
         Work::Crash => {}
     }
@@ -485,6 +546,7 @@ fn refuse(w: Work, why: &str) {
 fn reconnect_with_backoff(
     r: &Reconnect,
     rx: &Receiver<Work>,
+    urgent: &Urgent,
     waiting: &mut Option<Work>,
 ) -> Option<Box<dyn Conn>> {
     r.health.set_writer(false);
@@ -501,6 +563,12 @@ fn reconnect_with_backoff(
                 if let Some(w) = waiting.take() {
                     refuse(w, &why);
                 }
+                let refuse_urgent = || {
+                    while let Some(jobs) = urgent.take(usize::MAX) {
+                        refuse(Work::Txs(jobs), &why);
+                    }
+                };
+                refuse_urgent();
                 let until = Instant::now() + delay;
                 loop {
                     let left = until.saturating_duration_since(Instant::now());
@@ -508,7 +576,10 @@ fn reconnect_with_backoff(
                         break;
                     }
                     match rx.recv_timeout(left) {
-                        Ok(w) => refuse(w, &why),
+                        Ok(w) => {
+                            refuse(w, &why);
+                            refuse_urgent();
+                        }
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => return None,
                     }
@@ -535,6 +606,7 @@ fn run(
     health: &Health,
     cfg: &WriterConfig,
     rx: &Receiver<Work>,
+    urgent: &Urgent,
     acks: &Acks,
 ) {
     let mut resolver = Resolver::new(cfg.cache_capacity);
@@ -555,18 +627,22 @@ fn run(
         } else {
             Duration::from_secs(60)
         };
-        let mut first = match pending.take() {
-            Some(w) => Some(w),
-            None => match rx.recv_timeout(idle_wait) {
-                Ok(w) => Some(w),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+        // Transaction jobs first, then what was set aside, then the queue.
+        let mut first = match urgent.take(MAX_GROUP_TX) {
+            Some(jobs) => Some(Work::Txs(jobs)),
+            None => match pending.take() {
+                Some(w) => Some(w),
+                None => match rx.recv_timeout(idle_wait) {
+                    Ok(w) => Some(w),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
             },
         };
         if let Some(r) = reconnect
             && needs_reconnect(&mut **conn, last_used.elapsed())
         {
-            match reconnect_with_backoff(r, rx, &mut first) {
+            match reconnect_with_backoff(r, rx, urgent, &mut first) {
                 Some(c) => *conn = c,
                 None => break,
             }
@@ -597,20 +673,9 @@ fn run(
         match first {
             #[cfg(test)]
             Work::Crash => panic!("the writer's own code failed"),
-            Work::Tx(job) => {
-                // Transaction jobs waiting together share one transaction
-                // and one flush, as events do.
-                let mut jobs = vec![job];
-                while jobs.len() < MAX_GROUP_TX {
-                    match rx.try_recv() {
-                        Ok(Work::Tx(j)) => jobs.push(j),
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+            // The queue said transaction jobs wait: the next turn takes them.
+            Work::Wake => {}
+            Work::Txs(mut jobs) => {
                 let owed = if jobs.len() == 1 {
                     run_tx(
                         &mut **conn,
@@ -639,12 +704,14 @@ fn run(
             Work::Events(first) => {
                 let mut n = first.events.len();
                 let mut jobs = vec![first];
-                while n < cfg.max_group_events {
+                while n < cfg.max_group_events && urgent.is_empty() {
                     match rx.try_recv() {
                         Ok(Work::Events(j)) => {
                             n += j.events.len();
                             jobs.push(j);
                         }
+                        // Transaction jobs wait: this group goes as it is.
+                        Ok(Work::Wake) => break,
                         Ok(tx) => {
                             pending = Some(tx);
                             break;
@@ -1152,6 +1219,62 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_job_goes_ahead_of_queued_ingestion() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        writer.transact(
+            move |_| -> Result<()> {
+                started_tx.send(()).unwrap();
+                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // While the writer is busy: ingestion queued first, then an
+        // erasure-like job.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let cfg = WriterConfig::default();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for i in 0..30 {
+            let ev = identify(&store, &format!("queued-{i}"), 1);
+            let (order, done) = (order.clone(), done_tx.clone());
+            writer
+                .submit(
+                    vec![ev],
+                    Box::new(move |r| {
+                        assert!(r.is_ok());
+                        order.lock().unwrap().push(format!("event-{i}"));
+                        done.send(()).unwrap();
+                    }),
+                )
+                .map_err(|(e, _, _)| e)
+                .unwrap();
+        }
+        assert!(cfg.queue_capacity > 30);
+        let (order2, done) = (order.clone(), done_tx.clone());
+        writer.transact(
+            |ctx| ctx.conn.meta_set("urgent", b"1"),
+            Box::new(move |r| {
+                assert!(r.is_ok());
+                order2.lock().unwrap().push("transaction".to_owned());
+                done.send(()).unwrap();
+            }),
+        );
+        hold_tx.send(()).unwrap();
+        for _ in 0..31 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|o| o == "transaction").unwrap();
+        assert_eq!(at, 0, "the transaction waited behind ingestion: {order:?}");
+        drop(writer);
+        join.join().unwrap();
+    }
+
+    #[test]
     fn an_answer_that_panics_does_not_stop_the_flusher() {
         let (open_tx, open_rx) = std::sync::mpsc::channel();
         let flushes = Arc::new(AtomicUsize::new(0));
@@ -1324,15 +1447,15 @@ mod tests {
         let (_dir, store) = store();
         let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
         writer.tx.send(Work::Crash).unwrap();
-        // Queued while the writer is down: answered once it is back.
-        let w = writer.clone();
-        let queued =
-            std::thread::spawn(move || w.transact_blocking(|ctx| ctx.conn.meta_set("k", b"v")));
         let deadline = Instant::now() + Duration::from_secs(5);
         while store.health.ready() {
             assert!(Instant::now() < deadline, "the writer never showed down");
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Queued while the writer is down: answered once it is back.
+        let w = writer.clone();
+        let queued =
+            std::thread::spawn(move || w.transact_blocking(|ctx| ctx.conn.meta_set("k", b"v")));
         let c = store.health.components();
         assert_eq!(c[0].name, "writer");
         assert_eq!(c[0].reason.as_deref(), Some("panicked; restarting"));

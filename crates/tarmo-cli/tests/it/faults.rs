@@ -400,12 +400,20 @@ fn readyz_shows_every_part_and_the_queues_and_a_stuck_outbox_is_warned_about() {
         write: w,
     };
 
-    let (st, ready) = get_public(&s, "/readyz");
-    assert_eq!(
-        (st, ready["status"].as_str()),
-        (200, Some("ready")),
-        "{ready}"
-    );
+    // The workers register as their threads start: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (st, ready) = get_public(&s, "/readyz");
+        assert_eq!(
+            (st, ready["status"].as_str()),
+            (200, Some("ready")),
+            "{ready}"
+        );
+        if ready["components"].as_array().unwrap().len() >= 7 || Instant::now() > deadline {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let parts: Vec<&str> = ready["components"]
         .as_array()
         .unwrap()
