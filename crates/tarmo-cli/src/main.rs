@@ -920,6 +920,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         outbox: state.outbox.clone(),
         tick: std::time::Duration::from_secs(1),
         batch: 200,
+        health: store.health.clone(),
     });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,

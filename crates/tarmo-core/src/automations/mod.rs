@@ -314,6 +314,29 @@ impl Caps {
     }
 }
 
+/// Marketing messages a person may get per channel across every
+/// automation and campaign (`[frequency_caps]` in tarmo.toml): one
+/// automation's own caps cannot stop three automations from each sending
+/// their one a day. `0` lifts a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrequencyCaps {
+    pub per_day: u32,
+    pub per_week: u32,
+}
+
+impl Default for FrequencyCaps {
+    /// A birthday greeting and a reminder may meet on one day; a third
+    /// message that day, or an eighth that week, is more than a customer
+    /// asked for when they agreed to offers.
+    fn default() -> Self {
+        Self {
+            per_day: 2,
+            per_week: 7,
+        }
+    }
+}
+
 /// `{"start": "21:00", "end": "08:00"}`.
 pub fn quiet_from_json(v: Option<&Value>) -> Result<Option<clock::Quiet>, DefError> {
     let Some(v) = v.filter(|v| !v.is_null()) else {

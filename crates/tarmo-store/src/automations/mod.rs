@@ -22,7 +22,7 @@ use serde_json::Value;
 use tarmo_core::access::DataKind;
 use tarmo_core::automations::clock::{Schedule, TimeZone};
 use tarmo_core::automations::template::{Template, TemplateChannel};
-use tarmo_core::automations::{Automation, Campaign, SendChannel, Trigger};
+use tarmo_core::automations::{Automation, Campaign, FrequencyCaps, SendChannel, Trigger};
 use tarmo_core::consent::Channel;
 
 use crate::conn::{Conn, P, ProfileId};
@@ -37,6 +37,8 @@ pub struct SendConfig {
     pub organisation: String,
     /// For people without a `timezone` trait, and for cron schedules.
     pub default_tz: TimeZone,
+    /// Marketing messages per person and channel across all flows.
+    pub frequency_caps: FrequencyCaps,
 }
 
 impl Default for SendConfig {
@@ -45,6 +47,7 @@ impl Default for SendConfig {
             public_url: "http://127.0.0.1:8080".into(),
             organisation: "Tarmo".into(),
             default_tz: TimeZone::UTC,
+            frequency_caps: FrequencyCaps::default(),
         }
     }
 }
@@ -229,6 +232,14 @@ impl Flow {
         }
     }
 
+    /// The segment the flow sends to or is triggered by.
+    pub fn segment(&self) -> Option<&str> {
+        match self {
+            Self::Automation(a) => a.trigger.segment(),
+            Self::Campaign(c) => Some(&c.segment),
+        }
+    }
+
     pub fn quiet(&self) -> Option<tarmo_core::automations::clock::Quiet> {
         match self {
             Self::Automation(a) => a.quiet,
@@ -346,11 +357,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
         ));
     };
     check_template(&t.template, catalog, purpose, channel)?;
-    let segment = match f {
-        Flow::Automation(a) => a.trigger.segment(),
-        Flow::Campaign(c) => Some(c.segment.as_str()),
-    };
-    if let Some(s) = segment
+    if let Some(s) = f.segment()
         && !segment_exists(conn, s)?
     {
         return Err(rejected("unknown_segment", format!("no segment `{s}`")));
@@ -365,6 +372,9 @@ fn max_id(conn: &mut dyn Conn, table: &str) -> Result<i64> {
 
 /// Where a trigger starts following: from now on (entries and events
 /// already committed do not fire), and for birthdays a pass over everyone.
+/// A win-back also looks back over the orders made before it existed: a
+/// customer who stopped buying a year ago is the one it is for, and
+/// following only new orders would reach nobody until `for` had passed.
 fn start_of(
     conn: &mut dyn Conn,
     t: &Trigger,
@@ -375,7 +385,8 @@ fn start_of(
         Trigger::SegmentEntered(_) | Trigger::SegmentLeft(_) => {
             (max_id(conn, "segment_history")?, None, None)
         }
-        Trigger::Event { .. } | Trigger::Absence { .. } => (max_id(conn, "events")?, None, None),
+        Trigger::Event { .. } => (max_id(conn, "events")?, None, None),
+        Trigger::Absence { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Birthday { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Schedule { cron, .. } => {
             let s = Schedule::parse(cron).map_err(|e| rejected("invalid_cron", e))?;
