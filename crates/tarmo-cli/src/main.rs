@@ -751,6 +751,10 @@ fn mail_worker(
         config,
         email,
         sms,
+        webhook: Some(tarmo_notify::WebhookClient::new(
+            std::time::Duration::from_secs(10),
+            webhook_targets(s),
+        )),
         from,
         signal,
         poll: std::time::Duration::from_secs(2),

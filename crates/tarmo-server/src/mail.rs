@@ -1,5 +1,6 @@
-//! The mail worker: sends what the outbox holds, over SMTP (email) and the
-//! SMS webhook, and records each outcome through the writer. A marketing
+//! The mail worker: sends what the outbox holds, over SMTP (email), the
+//! SMS webhook and processors' webhooks (push and call lists of webhook
+//! automations), and records each outcome through the writer. A marketing
 //! message is checked against the policy again when it is sent, so a
 //! withdrawal between queueing and sending stops it.
 //!
@@ -51,6 +52,8 @@ pub struct MailWorker {
     pub config: ServerConfig,
     pub email: Option<Box<dyn Deliver>>,
     pub sms: Option<Box<dyn DeliverSms>>,
+    /// Push and call lists to processors' webhooks.
+    pub webhook: Option<tarmo_notify::WebhookClient>,
     pub from: Mailbox,
     pub signal: Arc<OutboxSignal>,
     /// How often the outbox is looked at when nobody rings.
@@ -87,6 +90,7 @@ pub fn spawn(w: MailWorker) -> Running {
     // which queues wait for nothing.
     health.set_consumer("outbox_email", w.email.is_some());
     health.set_consumer("outbox_sms", w.sms.is_some());
+    health.set_consumer("outbox_webhook", w.webhook.is_some());
     let (s, cut_short) = (stop.clone(), stop.clone());
     let join = tarmo_store::health::supervise(
         health,
@@ -117,6 +121,9 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
     }
     if w.sms.is_some() {
         channels.push("sms");
+    }
+    if w.webhook.is_some() {
+        channels.push("webhook");
     }
     while !stop.load(Ordering::SeqCst) {
         let mut worked = false;
@@ -430,6 +437,52 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             };
             let d = w.email.as_ref().expect("claimed only with a deliverer");
             d.send_email(&email).map_err(Stop::Send)
+        }
+        OutboxMessage::ProcessorList {
+            processor_id,
+            purpose,
+            list,
+            payload,
+        } => {
+            let Some(c) = catalog.get(purpose) else {
+                return Err(Stop::NotAllowed("unknown_purpose"));
+            };
+            let mut conn = w.store.conn()?;
+            let Subject::Known(_, st, flags) =
+                ledger::subject_by_id(&mut *conn, m.profile_id, purpose)?
+            else {
+                return Err(Stop::NotAllowed("unknown_profile"));
+            };
+            let channel = if list == "call" {
+                Channel::Phone
+            } else {
+                Channel::Push
+            };
+            let v = decide(&c.rule, Some(channel), st.as_ref(), flags, now_ms());
+            if !v.allowed {
+                return Err(Stop::NotAllowed(v.reason.as_str()));
+            }
+            let Some((url, token)) =
+                tarmo_store::processors::webhook_of(&mut *conn, w.store.vault(), *processor_id)?
+            else {
+                return Err(Stop::NotAllowed("processor_without_webhook"));
+            };
+            drop(conn);
+            let url = tarmo_notify::WebhookUrl::parse(&url).map_err(|e| {
+                Stop::Send(SendError::TargetRefused {
+                    detail: e.to_string(),
+                })
+            })?;
+            // The processor deduplicates by `id`: a send repeated after a
+            // crash carries the same one.
+            let mut body = payload.clone();
+            if let Some(o) = body.as_object_mut() {
+                o.insert("id".into(), message_id(m.id).as_str().into());
+            }
+            let client = w.webhook.as_ref().expect("claimed only with a deliverer");
+            client
+                .post_json(&url, &body, token.as_deref())
+                .map_err(Stop::Send)
         }
         OutboxMessage::MarketingSms { to, purpose, text } => {
             let Some(c) = catalog.get(purpose) else {

@@ -287,6 +287,12 @@ pub const QUEUES: &[(&str, &str, &str)] = &[
         "SMS is sent only with --sms-webhook-url",
     ),
     (
+        "outbox_webhook",
+        "SELECT count(*), min(created_ms) FROM outbox
+         WHERE status IN ('pending', 'sending') AND channel = 'webhook' AND created_ms <= $1",
+        "push and call lists go to processors from the mail worker of `tarmo serve`",
+    ),
+    (
         "processor_notifications",
         "SELECT count(*), min(created_ms) FROM processor_notifications
          WHERE status IN ('pending', 'sending') AND created_ms <= $1",

@@ -22,7 +22,9 @@ use serde_json::Value;
 use tarmo_core::access::DataKind;
 use tarmo_core::automations::clock::{Schedule, TimeZone};
 use tarmo_core::automations::template::{Template, TemplateChannel};
-use tarmo_core::automations::{Automation, Campaign, FrequencyCaps, SendChannel, Trigger};
+use tarmo_core::automations::{
+    Automation, Campaign, FrequencyCaps, ListKind, SendChannel, Trigger, WebhookAction,
+};
 use tarmo_core::consent::Channel;
 
 use crate::conn::{Conn, P, ProfileId};
@@ -188,9 +190,10 @@ fn check_template(
     purpose: &str,
     channel: SendChannel,
 ) -> Result<()> {
+    // A push or a call script is text, as an SMS is.
     let wanted = match channel {
         SendChannel::Email => TemplateChannel::Email,
-        SendChannel::Sms => TemplateChannel::Sms,
+        SendChannel::Sms | SendChannel::Webhook => TemplateChannel::Sms,
     };
     if t.channel != wanted {
         return Err(rejected(
@@ -237,6 +240,29 @@ impl Flow {
         match self {
             Self::Automation(a) => a.trigger.segment(),
             Self::Campaign(c) => Some(&c.segment),
+        }
+    }
+
+    pub fn webhook(&self) -> Option<WebhookAction> {
+        match self {
+            Self::Automation(a) => a.webhook,
+            Self::Campaign(c) => c.webhook,
+        }
+    }
+
+    /// The consent channel the flow reaches people over.
+    pub fn consent_channel(&self) -> Channel {
+        match (self.sending().1, self.webhook()) {
+            (SendChannel::Email, _) => Channel::Email,
+            (SendChannel::Sms, _) => Channel::Sms,
+            (
+                SendChannel::Webhook,
+                Some(WebhookAction {
+                    list: ListKind::Call,
+                    ..
+                }),
+            ) => Channel::Phone,
+            (SendChannel::Webhook, _) => Channel::Push,
         }
     }
 
@@ -337,10 +363,7 @@ fn segment_exists(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     let (purpose, channel, template) = f.sending();
     let entry = catalog.require(purpose)?;
-    let ch = match channel {
-        SendChannel::Email => Channel::Email,
-        SendChannel::Sms => Channel::Sms,
-    };
+    let ch = f.consent_channel();
     if !entry.rule.covers(ch) {
         return Err(rejected(
             "channel_not_covered",
@@ -349,6 +372,9 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
                 ch.as_str()
             ),
         ));
+    }
+    if let Some(w) = f.webhook() {
+        processor_categories(conn, catalog, purpose, w.processor)?;
     }
     let Some(t) = template_get(conn, template)? else {
         return Err(rejected(
@@ -363,6 +389,51 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
         return Err(rejected("unknown_segment", format!("no segment `{s}`")));
     }
     Ok(())
+}
+
+/// The data categories a webhook flow discloses to its processor: the
+/// purpose's that the processor is registered for. The processor must
+/// exist, be registered for the purpose, share a category with it and
+/// have a webhook to send to.
+pub fn processor_categories(
+    conn: &mut dyn Conn,
+    catalog: &Catalog,
+    purpose: &str,
+    processor: i64,
+) -> Result<Vec<String>> {
+    let Some(p) = crate::processors::get(conn, processor)? else {
+        return Err(rejected(
+            "unknown_processor",
+            format!("no processor {processor}"),
+        ));
+    };
+    if !p.purposes.iter().any(|x| x == purpose) {
+        return Err(rejected(
+            "processor_purpose_not_registered",
+            format!("processor {processor} is not registered for purpose `{purpose}`"),
+        ));
+    }
+    if p.erasure_webhook.is_none() {
+        return Err(rejected(
+            "processor_without_webhook",
+            format!("processor {processor} has no webhook to send to"),
+        ));
+    }
+    let entry = catalog.require(purpose)?;
+    let shared: Vec<String> = entry
+        .spec
+        .data_categories
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .filter(|c| p.data_categories.contains(c))
+        .collect();
+    if shared.is_empty() {
+        return Err(rejected(
+            "no_common_data_categories",
+            format!("purpose `{purpose}` and processor {processor} share no data category"),
+        ));
+    }
+    Ok(shared)
 }
 
 fn max_id(conn: &mut dyn Conn, table: &str) -> Result<i64> {

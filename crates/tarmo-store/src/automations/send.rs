@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tarmo_core::automations::template::{Links, Template, sms_opt_out};
-use tarmo_core::automations::{SendChannel, Trigger};
+use tarmo_core::automations::{ListKind, SendChannel, Trigger};
 use tarmo_core::consent::{Channel, decide};
 use tarmo_core::segments::{PRODUCT_PROPERTY, trait_kind};
 
@@ -38,6 +38,9 @@ pub enum Verdict {
         profile: ProfileId,
         language: String,
         message: OutboxMessage,
+        /// A webhook send: the processor and the data categories that go
+        /// to it, recorded as a disclosure with the outbox row.
+        disclosure: Option<(i64, Vec<String>)>,
     },
     /// Not sent, with the reason (`no_consent`, `withdrawn`, `capped`, ...).
     Skip(String),
@@ -208,10 +211,7 @@ pub fn judge(
     let Some(entry) = catalog.get(purpose) else {
         return Ok(skip("unknown_purpose"));
     };
-    let ch = match channel {
-        SendChannel::Email => Channel::Email,
-        SendChannel::Sms => Channel::Sms,
-    };
+    let ch = f.flow.consent_channel();
     // The decision, now, in this transaction.
     let (profile, state, flags) = match subject_by_id(conn, due.profile, purpose)? {
         Subject::Known(p, st, fl) => (p, st, fl),
@@ -282,9 +282,11 @@ pub fn judge(
     {
         return Ok(skip("frequency_capped"));
     }
-    let kind = match channel {
-        SendChannel::Email => "email",
-        SendChannel::Sms => "phone",
+    // A push list names the person as the processor's app knows them.
+    let kind = match ch {
+        Channel::Email => "email",
+        Channel::Push => "user_id",
+        _ => "phone",
     };
     let Some(to) = contact(conn, vault, profile, kind)? else {
         return Ok(skip("missing_contact"));
@@ -335,6 +337,7 @@ pub fn judge(
         Ok(r) => r,
         Err(_) => return Ok(skip("render_failed")),
     };
+    let mut disclosure = None;
     let message = match channel {
         SendChannel::Email => OutboxMessage::Marketing {
             to,
@@ -360,11 +363,44 @@ pub fn judge(
             purpose: purpose.to_owned(),
             text: format!("{} {}", r.text.trim_end(), sms_opt_out(&r.language)),
         },
+        SendChannel::Webhook => {
+            let Some(w) = f.flow.webhook() else {
+                return Ok(skip("invalid_webhook"));
+            };
+            // Checked at save; the processor may have changed since.
+            let categories = match super::processor_categories(conn, catalog, purpose, w.processor)
+            {
+                Ok(c) => c,
+                Err(Error::Rejected { code, .. }) => return Ok(skip(code)),
+                Err(e) => return Err(e),
+            };
+            let recipient = match w.list {
+                ListKind::Push => json!({ "user_id": to }),
+                ListKind::Call => json!({ "phone": to }),
+            };
+            let payload = json!({
+                "list": w.list.as_str(),
+                "flow": f.flow.id(),
+                "purpose": purpose,
+                "recipient": recipient,
+                "language": r.language,
+                "text": r.text.trim_end(),
+                "preferences_url": links.preferences_url,
+            });
+            disclosure = Some((w.processor, categories));
+            OutboxMessage::ProcessorList {
+                processor_id: w.processor,
+                purpose: purpose.to_owned(),
+                list: w.list.as_str().to_owned(),
+                payload,
+            }
+        }
     };
     Ok(Verdict::Send {
         profile,
         language: r.language,
         message,
+        disclosure,
     })
 }
 
@@ -440,10 +476,22 @@ pub fn send_due(
         let verdict = judge(conn, vault, catalog, cfg, &all, f, template, &due, now_ms)?;
         match verdict {
             Verdict::Send {
-                profile, message, ..
+                profile,
+                message,
+                disclosure,
+                ..
             } => {
                 let ch = f.flow.sending().1.as_str();
                 let id = outbox::enqueue(conn, vault, profile, ch, &message, now_ms)?;
+                // Data leaving for a processor is a disclosure, so an
+                // erasure later reaches it; recorded with the row that sends.
+                if let Some((processor, categories)) = disclosure {
+                    let purpose = f.flow.sending().0;
+                    let cats: Vec<&str> = categories.iter().map(String::as_str).collect();
+                    crate::processors::record_disclosure(
+                        conn, profile, processor, purpose, &cats, now_ms,
+                    )?;
+                }
                 let n = conn.exec(
                     "UPDATE sends SET status = 'sent', outbox_id = $4, done_ms = $5
                      WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status = 'due'",
