@@ -6,6 +6,7 @@
 //!
 //! It logs outbox ids and profile ids, never an address or a message body.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -135,6 +136,13 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
             match claimed {
                 Ok(list) => {
                     worked |= !list.is_empty();
+                    let subjects = match subjects_of(w, &list) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the decisions' inputs failed");
+                            Subjects::new()
+                        }
+                    };
                     let mut leased = std::time::Instant::now();
                     let mut held: Vec<i64> = list.iter().map(|m| m.id).collect();
                     for m in list {
@@ -155,7 +163,7 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
                             leased = std::time::Instant::now();
                         }
                         if held.contains(&m.id) {
-                            deliver(w, m);
+                            deliver(w, m, &subjects);
                         }
                     }
                 }
@@ -165,6 +173,49 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
         if !worked {
             w.signal.wait(w.poll);
         }
+    }
+}
+
+/// The decision's inputs for a claimed page's marketing messages, by
+/// (purpose, profile), read at once: one read a page instead of one a
+/// message. The page is sent within moments of the read; the decision
+/// that let each message into the outbox was taken in the transaction
+/// that wrote it.
+type Subjects = HashMap<(String, i64), Subject>;
+
+fn subjects_of(w: &MailWorker, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
+    let mut by_purpose: HashMap<&str, Vec<i64>> = HashMap::new();
+    for m in list {
+        if let OutboxMessage::Marketing { purpose, .. }
+        | OutboxMessage::MarketingSms { purpose, .. }
+        | OutboxMessage::ProcessorList { purpose, .. } = &m.message
+        {
+            by_purpose.entry(purpose).or_default().push(m.profile_id);
+        }
+    }
+    let mut out = Subjects::new();
+    if by_purpose.is_empty() {
+        return Ok(out);
+    }
+    let mut conn = w.store.conn()?;
+    for (purpose, ids) in by_purpose {
+        for (p, s) in ledger::subjects_by_id(&mut *conn, &ids, purpose)? {
+            out.insert((purpose.to_owned(), p), s);
+        }
+    }
+    Ok(out)
+}
+
+/// The person's decision inputs: from the page's read, else read now.
+fn subject_now(
+    w: &MailWorker,
+    subjects: &Subjects,
+    profile: i64,
+    purpose: &str,
+) -> Result<Subject, tarmo_store::Error> {
+    match subjects.get(&(purpose.to_owned(), profile)) {
+        Some(s) => Ok(*s),
+        None => ledger::subject_by_id(&mut *w.store.conn()?, profile, purpose),
     }
 }
 
@@ -201,9 +252,9 @@ fn kind_name(e: &SendError) -> &'static str {
     }
 }
 
-fn deliver(w: &MailWorker, m: Claimed) {
+fn deliver(w: &MailWorker, m: Claimed, subjects: &Subjects) {
     let id = m.id;
-    let outcome = match build_and_send(w, &m) {
+    let outcome = match build_and_send(w, &m, subjects) {
         Ok(()) => Outcome::Sent,
         Err(Stop::NotAllowed(reason)) => {
             Outcome::Failed(format!("{}{reason}", tarmo_store::automations::NOT_ALLOWED))
@@ -317,7 +368,7 @@ fn verification_text(
     }
 }
 
-fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
+fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<(), Stop> {
     let catalog = w.store.catalog()?;
     match &m.message {
         OutboxMessage::Confirmation {
@@ -412,8 +463,8 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
-            let Subject::Known(_, st, flags) = subject_now else {
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
             let v = decide(&c.rule, Some(Channel::Email), st.as_ref(), flags, now_ms());
@@ -447,9 +498,7 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let mut conn = w.store.conn()?;
-            let Subject::Known(_, st, flags) =
-                ledger::subject_by_id(&mut *conn, m.profile_id, purpose)?
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
             else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
@@ -462,6 +511,7 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             if !v.allowed {
                 return Err(Stop::NotAllowed(v.reason.as_str()));
             }
+            let mut conn = w.store.conn()?;
             let Some((url, token)) =
                 tarmo_store::processors::webhook_of(&mut *conn, w.store.vault(), *processor_id)?
             else {
@@ -488,8 +538,8 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
-            let Subject::Known(_, st, flags) = subject_now else {
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
             let v = decide(&c.rule, Some(Channel::Sms), st.as_ref(), flags, now_ms());

@@ -55,6 +55,9 @@ pub struct Due {
     pub profile: ProfileId,
     pub occurrence: String,
     pub since_ms: i64,
+    /// The decision's inputs, read with the page in this transaction;
+    /// `None`: read them for this one.
+    pub subject: Option<Subject>,
 }
 
 fn skip(r: &str) -> Verdict {
@@ -213,7 +216,11 @@ pub fn judge(
     };
     let ch = f.flow.consent_channel();
     // The decision, now, in this transaction.
-    let (profile, state, flags) = match subject_by_id(conn, due.profile, purpose)? {
+    let subject = match due.subject {
+        Some(s) => s,
+        None => subject_by_id(conn, due.profile, purpose)?,
+    };
+    let (profile, state, flags) = match subject {
         Subject::Known(p, st, fl) => (p, st, fl),
         Subject::Suppressed(_) => return Ok(skip("suppressed")),
         Subject::Unknown => return Ok(skip("unknown_profile")),
@@ -448,12 +455,35 @@ pub fn send_due(
         .map(|f| (f.flow.id().to_owned(), f))
         .collect();
     let mut templates: HashMap<String, Option<Template>> = HashMap::new();
+    // The decision's reads for the whole page, one per purpose.
+    let mut by_purpose: HashMap<&str, Vec<ProfileId>> = HashMap::new();
+    for r in &rows {
+        if let Some(f) = all.get(&r.text(0)?) {
+            by_purpose
+                .entry(f.flow.sending().0)
+                .or_default()
+                .push(r.int(1)?);
+        }
+    }
+    let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
+    for (purpose, ids) in by_purpose {
+        for (p, s) in crate::consent::subjects_by_id(conn, &ids, purpose)? {
+            subjects.insert((purpose, p), s);
+        }
+    }
     for r in rows {
+        let flow = r.text(0)?;
+        let profile = r.int(1)?;
+        let subject = all
+            .get(&flow)
+            .and_then(|f| subjects.get(&(f.flow.sending().0, profile)))
+            .copied();
         let due = Due {
-            flow: r.text(0)?,
-            profile: r.int(1)?,
+            flow,
+            profile,
             occurrence: r.text(2)?,
             since_ms: r.int(3)?,
+            subject,
         };
         let key = [
             P::Text(&due.flow),
@@ -586,6 +616,7 @@ pub fn dry_run(
                 profile: r.int(0)?,
                 occurrence: r.text(1)?,
                 since_ms: r.int(2)?,
+                subject: None,
             })
         })
         .collect::<Result<_>>()?;
@@ -611,6 +642,7 @@ pub fn dry_run(
                     profile: p,
                     occurrence: "dry_run".into(),
                     since_ms: r.int(1)?,
+                    subject: None,
                 });
             }
         }
