@@ -290,7 +290,8 @@ fn decode(s: &str, what: &str) -> Result<String, Error> {
 /// Sends email over SMTP with lettre, reusing its connections: a campaign
 /// of thousands would otherwise pay EHLO, TLS and AUTH for each message.
 /// A parked connection is tested (NOOP) before reuse and dropped after a
-/// minute idle; the pool's one dependency (`futures-util`) is already built.
+/// minute idle; the pool needs only `futures-util` (already built) and its
+/// small `futures-io` part.
 #[derive(Clone)]
 pub struct SmtpMailer {
     transport: SmtpTransport,
