@@ -258,6 +258,9 @@ struct FileConfig {
     /// IANA time zone for people without a `timezone` trait and for cron
     /// schedules (default UTC).
     default_timezone: Option<String>,
+    /// Marketing messages a person may get per channel across every
+    /// automation and campaign: `[frequency_caps]` `per_day`, `per_week`.
+    frequency_caps: Option<tarmo_core::automations::FrequencyCaps>,
 }
 
 struct Settings {
@@ -275,6 +278,7 @@ struct Settings {
     limits: tarmo_server::auth::RateLimits,
     commerce: tarmo_core::segments::LifecycleConfig,
     default_timezone: tarmo_core::automations::clock::TimeZone,
+    frequency_caps: tarmo_core::automations::FrequencyCaps,
 }
 
 /// Roles from `tarmo.toml`: `[roles.NAME]` with `permissions` and `data`
@@ -400,6 +404,7 @@ fn settings_with(c: &Common, listen: Option<String>, serve: ServeArgs) -> anyhow
                 format!("default_timezone `{z}` is not an IANA time zone (\"Europe/Helsinki\")")
             })?,
         },
+        frequency_caps: file.frequency_caps.unwrap_or_default(),
         roles: file.roles.map(file_roles).transpose()?.unwrap_or_default(),
         limits: {
             let mut l = tarmo_server::auth::RateLimits::default();
@@ -677,6 +682,7 @@ fn server_config(
         limits: s.limits,
         webhook_targets: webhook_targets(s),
         default_timezone: s.default_timezone.clone(),
+        frequency_caps: s.frequency_caps,
         sms_inbound_token: s.serve.sms_inbound_token.clone(),
     })
 }
@@ -745,6 +751,10 @@ fn mail_worker(
         config,
         email,
         sms,
+        webhook: Some(tarmo_notify::WebhookClient::new(
+            std::time::Duration::from_secs(10),
+            webhook_targets(s),
+        )),
         from,
         signal,
         poll: std::time::Duration::from_secs(2),
@@ -920,6 +930,7 @@ fn serve(s: Settings) -> anyhow::Result<()> {
         outbox: state.outbox.clone(),
         tick: std::time::Duration::from_secs(1),
         batch: 200,
+        health: store.health.clone(),
     });
     let mailer = tarmo_server::mail::spawn(mail_worker(
         &s,

@@ -286,7 +286,8 @@ async fn flow_of(
 }
 
 /// Define an automation: `{"id", "name", "purpose", "channel", "template",
-/// "trigger", "caps", "quiet_hours", "enabled"}`.
+/// "trigger", "caps", "quiet_hours", "enabled"}`; with the `webhook` channel,
+/// `"webhook": {"processor": ID, "list": "push" | "call"}` and an `sms` template.
 #[utoipa::path(post, path = "/api/v1/automations", tag = "automations",
     request_body(content = Object), security(("admin_key" = [])),
     responses((status = 201, body = FlowView), (status = 400, body = ErrorBody,

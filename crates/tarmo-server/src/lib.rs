@@ -74,6 +74,9 @@ pub struct ServerConfig {
     /// Birthdays and quiet hours of people without a `timezone` trait, and
     /// cron schedules (`default_timezone`).
     pub default_timezone: tarmo_core::automations::clock::TimeZone,
+    /// Marketing messages per person and channel across all automations
+    /// and campaigns (`[frequency_caps]`).
+    pub frequency_caps: tarmo_core::automations::FrequencyCaps,
     /// The SMS provider's bearer token for `POST /v1/sms/inbound`; without
     /// one the route refuses every call (401).
     pub sms_inbound_token: Option<String>,
@@ -86,6 +89,7 @@ impl ServerConfig {
             public_url: self.public_url.clone(),
             organisation: self.organisation.clone(),
             default_tz: self.default_timezone.clone(),
+            frequency_caps: self.frequency_caps,
         }
     }
 }
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
             data_subject_categories: Vec::new(),
             webhook_targets: tarmo_notify::WebhookTargets::Public,
             default_timezone: tarmo_core::automations::clock::TimeZone::UTC,
+            frequency_caps: Default::default(),
             sms_inbound_token: None,
         }
     }

@@ -1,10 +1,12 @@
-//! The mail worker: sends what the outbox holds, over SMTP (email) and the
-//! SMS webhook, and records each outcome through the writer. A marketing
+//! The mail worker: sends what the outbox holds, over SMTP (email), the
+//! SMS webhook and processors' webhooks (push and call lists of webhook
+//! automations), and records each outcome through the writer. A marketing
 //! message is checked against the policy again when it is sent, so a
 //! withdrawal between queueing and sending stops it.
 //!
 //! It logs outbox ids and profile ids, never an address or a message body.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +53,8 @@ pub struct MailWorker {
     pub config: ServerConfig,
     pub email: Option<Box<dyn Deliver>>,
     pub sms: Option<Box<dyn DeliverSms>>,
+    /// Push and call lists to processors' webhooks.
+    pub webhook: Option<tarmo_notify::WebhookClient>,
     pub from: Mailbox,
     pub signal: Arc<OutboxSignal>,
     /// How often the outbox is looked at when nobody rings.
@@ -87,6 +91,7 @@ pub fn spawn(w: MailWorker) -> Running {
     // which queues wait for nothing.
     health.set_consumer("outbox_email", w.email.is_some());
     health.set_consumer("outbox_sms", w.sms.is_some());
+    health.set_consumer("outbox_webhook", w.webhook.is_some());
     let (s, cut_short) = (stop.clone(), stop.clone());
     let join = tarmo_store::health::supervise(
         health,
@@ -118,6 +123,9 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
     if w.sms.is_some() {
         channels.push("sms");
     }
+    if w.webhook.is_some() {
+        channels.push("webhook");
+    }
     while !stop.load(Ordering::SeqCst) {
         let mut worked = false;
         for &channel in &channels {
@@ -128,6 +136,13 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
             match claimed {
                 Ok(list) => {
                     worked |= !list.is_empty();
+                    let subjects = match subjects_of(w, &list) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the decisions' inputs failed");
+                            Subjects::new()
+                        }
+                    };
                     let mut leased = std::time::Instant::now();
                     let mut held: Vec<i64> = list.iter().map(|m| m.id).collect();
                     for m in list {
@@ -148,7 +163,7 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
                             leased = std::time::Instant::now();
                         }
                         if held.contains(&m.id) {
-                            deliver(w, m);
+                            deliver(w, m, &subjects);
                         }
                     }
                 }
@@ -158,6 +173,49 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
         if !worked {
             w.signal.wait(w.poll);
         }
+    }
+}
+
+/// The decision's inputs for a claimed page's marketing messages, by
+/// (purpose, profile), read at once: one read a page instead of one a
+/// message. The page is sent within moments of the read; the decision
+/// that let each message into the outbox was taken in the transaction
+/// that wrote it.
+type Subjects = HashMap<(String, i64), Subject>;
+
+fn subjects_of(w: &MailWorker, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
+    let mut by_purpose: HashMap<&str, Vec<i64>> = HashMap::new();
+    for m in list {
+        if let OutboxMessage::Marketing { purpose, .. }
+        | OutboxMessage::MarketingSms { purpose, .. }
+        | OutboxMessage::ProcessorList { purpose, .. } = &m.message
+        {
+            by_purpose.entry(purpose).or_default().push(m.profile_id);
+        }
+    }
+    let mut out = Subjects::new();
+    if by_purpose.is_empty() {
+        return Ok(out);
+    }
+    let mut conn = w.store.conn()?;
+    for (purpose, ids) in by_purpose {
+        for (p, s) in ledger::subjects_by_id(&mut *conn, &ids, purpose)? {
+            out.insert((purpose.to_owned(), p), s);
+        }
+    }
+    Ok(out)
+}
+
+/// The person's decision inputs: from the page's read, else read now.
+fn subject_now(
+    w: &MailWorker,
+    subjects: &Subjects,
+    profile: i64,
+    purpose: &str,
+) -> Result<Subject, tarmo_store::Error> {
+    match subjects.get(&(purpose.to_owned(), profile)) {
+        Some(s) => Ok(*s),
+        None => ledger::subject_by_id(&mut *w.store.conn()?, profile, purpose),
     }
 }
 
@@ -194,9 +252,9 @@ fn kind_name(e: &SendError) -> &'static str {
     }
 }
 
-fn deliver(w: &MailWorker, m: Claimed) {
+fn deliver(w: &MailWorker, m: Claimed, subjects: &Subjects) {
     let id = m.id;
-    let outcome = match build_and_send(w, &m) {
+    let outcome = match build_and_send(w, &m, subjects) {
         Ok(()) => Outcome::Sent,
         Err(Stop::NotAllowed(reason)) => {
             Outcome::Failed(format!("{}{reason}", tarmo_store::automations::NOT_ALLOWED))
@@ -310,7 +368,7 @@ fn verification_text(
     }
 }
 
-fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
+fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<(), Stop> {
     let catalog = w.store.catalog()?;
     match &m.message {
         OutboxMessage::Confirmation {
@@ -405,8 +463,8 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
-            let Subject::Known(_, st, flags) = subject_now else {
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
             let v = decide(&c.rule, Some(Channel::Email), st.as_ref(), flags, now_ms());
@@ -431,12 +489,57 @@ fn build_and_send(w: &MailWorker, m: &Claimed) -> Result<(), Stop> {
             let d = w.email.as_ref().expect("claimed only with a deliverer");
             d.send_email(&email).map_err(Stop::Send)
         }
+        OutboxMessage::ProcessorList {
+            processor_id,
+            purpose,
+            list,
+            payload,
+        } => {
+            let Some(c) = catalog.get(purpose) else {
+                return Err(Stop::NotAllowed("unknown_purpose"));
+            };
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            else {
+                return Err(Stop::NotAllowed("unknown_profile"));
+            };
+            let channel = if list == "call" {
+                Channel::Phone
+            } else {
+                Channel::Push
+            };
+            let v = decide(&c.rule, Some(channel), st.as_ref(), flags, now_ms());
+            if !v.allowed {
+                return Err(Stop::NotAllowed(v.reason.as_str()));
+            }
+            let mut conn = w.store.conn()?;
+            let Some((url, token)) =
+                tarmo_store::processors::webhook_of(&mut *conn, w.store.vault(), *processor_id)?
+            else {
+                return Err(Stop::NotAllowed("processor_without_webhook"));
+            };
+            drop(conn);
+            let url = tarmo_notify::WebhookUrl::parse(&url).map_err(|e| {
+                Stop::Send(SendError::TargetRefused {
+                    detail: e.to_string(),
+                })
+            })?;
+            // The processor deduplicates by `id`: a send repeated after a
+            // crash carries the same one.
+            let mut body = payload.clone();
+            if let Some(o) = body.as_object_mut() {
+                o.insert("id".into(), message_id(m.id).as_str().into());
+            }
+            let client = w.webhook.as_ref().expect("claimed only with a deliverer");
+            client
+                .post_json(&url, &body, token.as_deref())
+                .map_err(Stop::Send)
+        }
         OutboxMessage::MarketingSms { to, purpose, text } => {
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let subject_now = ledger::subject_by_id(&mut *w.store.conn()?, m.profile_id, purpose)?;
-            let Subject::Known(_, st, flags) = subject_now else {
+            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
             let v = decide(&c.rule, Some(Channel::Sms), st.as_ref(), flags, now_ms());

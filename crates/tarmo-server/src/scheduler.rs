@@ -26,11 +26,14 @@ pub struct Scheduler {
     pub tick: Duration,
     /// Sends carried out per transaction.
     pub batch: i64,
+    /// Where the scheduler says it drains the `automation_sends` queue.
+    pub health: Arc<tarmo_store::health::Health>,
 }
 
 pub fn spawn(s: Scheduler) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(OutboxSignal::default());
+    s.health.set_consumer("automation_sends", true);
     let (st, sig) = (stop.clone(), signal.clone());
     let join = std::thread::Builder::new()
         .name("tarmo-automations".into())

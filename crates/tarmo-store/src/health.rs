@@ -269,27 +269,39 @@ where
 // ------------------------------------------------------------------ queues
 
 /// The queues of work waiting in the store: name, the query giving their
-/// depth and the creation time (ms) of their oldest item, and what drains
-/// them. Automations' queue is one more row here once it exists, and its
-/// worker calls [`Health::set_consumer`] with its name.
+/// depth and the time (ms) their oldest item has waited since, given now
+/// as `$1`, and what drains them. Each queue's worker calls
+/// [`Health::set_consumer`] with its name. Automations' sends wait from
+/// their due time: a greeting due next year is not yet work.
 pub const QUEUES: &[(&str, &str, &str)] = &[
     (
         "outbox_email",
         "SELECT count(*), min(created_ms) FROM outbox
-         WHERE status IN ('pending', 'sending') AND channel = 'email'",
+         WHERE status IN ('pending', 'sending') AND channel = 'email' AND created_ms <= $1",
         "email is sent only with --smtp-url",
     ),
     (
         "outbox_sms",
         "SELECT count(*), min(created_ms) FROM outbox
-         WHERE status IN ('pending', 'sending') AND channel = 'sms'",
+         WHERE status IN ('pending', 'sending') AND channel = 'sms' AND created_ms <= $1",
         "SMS is sent only with --sms-webhook-url",
+    ),
+    (
+        "outbox_webhook",
+        "SELECT count(*), min(created_ms) FROM outbox
+         WHERE status IN ('pending', 'sending') AND channel = 'webhook' AND created_ms <= $1",
+        "push and call lists go to processors from the mail worker of `tarmo serve`",
     ),
     (
         "processor_notifications",
         "SELECT count(*), min(created_ms) FROM processor_notifications
-         WHERE status IN ('pending', 'sending')",
+         WHERE status IN ('pending', 'sending') AND created_ms <= $1",
         "erasure notifications are sent by the notice worker of `tarmo serve`",
+    ),
+    (
+        "automation_sends",
+        "SELECT count(*), min(due_ms) FROM sends WHERE status = 'due' AND due_ms <= $1",
+        "automations and campaigns are sent by the scheduler of `tarmo serve`",
     ),
 ];
 
@@ -312,7 +324,7 @@ pub struct QueueView {
 pub fn queue_states(conn: &mut dyn Conn, health: &Health, now_ms: i64) -> Result<Vec<QueueView>> {
     let mut out = Vec::with_capacity(QUEUES.len());
     for (name, sql, _) in QUEUES {
-        let (depth, oldest) = match conn.query_opt(sql, &[])? {
+        let (depth, oldest) = match conn.query_opt(sql, &[crate::conn::P::Int(now_ms)])? {
             Some(r) => (r.int(0)?, r.opt_int(1)?),
             None => (0, None),
         };

@@ -54,6 +54,18 @@ pub enum OutboxMessage {
         purpose: String,
         text: String,
     },
+    /// A push or call-list entry for a processor (a webhook automation or
+    /// campaign), POSTed to the processor's webhook only while the purpose
+    /// allows it over the list's channel. Its disclosure was recorded with
+    /// the row.
+    ProcessorList {
+        processor_id: i64,
+        purpose: String,
+        /// `push` or `call`.
+        list: String,
+        /// What the processor receives, without the delivery id.
+        payload: serde_json::Value,
+    },
 }
 
 impl OutboxMessage {
@@ -63,6 +75,7 @@ impl OutboxMessage {
             Self::RequestVerification { .. } => "request_verification",
             Self::Marketing { .. } => "marketing",
             Self::MarketingSms { .. } => "marketing_sms",
+            Self::ProcessorList { .. } => "processor_list",
         }
     }
 }

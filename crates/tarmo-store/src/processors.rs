@@ -864,6 +864,34 @@ fn open_notification(
     Ok((payload, token))
 }
 
+/// A processor's webhook and its bearer token, opened, for a send to it
+/// (a webhook automation's push or call list). `None`: no such processor,
+/// or it has no webhook.
+pub fn webhook_of(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    id: i64,
+) -> Result<Option<(String, Option<String>)>> {
+    let Some(r) = conn.query_opt(
+        "SELECT erasure_webhook, webhook_token FROM processors WHERE id = $1",
+        &[P::Int(id)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let Some(url) = r.opt_text(0)? else {
+        return Ok(None);
+    };
+    let token = match r.opt_blob(1)? {
+        None => None,
+        Some(s) => {
+            let t = vault.open_system(Place::ProcessorSecret, &s)?;
+            Some(String::from_utf8(t).map_err(|e| Error::Corrupt(e.to_string()))?)
+        }
+    };
+    Ok(Some((url, token)))
+}
+
 /// Delivered: the payload (identifiers) is wiped. Only while `who` holds
 /// the claim; `false` when it no longer did.
 pub fn mark_delivered(conn: &mut dyn Conn, who: &Claimant, id: i64, now_ms: i64) -> Result<bool> {

@@ -184,6 +184,10 @@ conformance!(
     birthdays_are_scheduled_a_year_at_a_time,
     bad_automations_are_refused_and_nothing_is_saved,
     sms_stop_withdraws_the_numbers_sms_purposes,
+    frequency_caps_hold_across_automations_per_channel,
+    a_reminder_names_the_viewed_product_its_price_and_the_store_that_has_it,
+    a_new_win_back_looks_back_at_orders_made_before_it,
+    a_segment_that_a_flow_names_is_not_deleted,
     lost_connections_are_replaced_and_say_unavailable,
 );
 

@@ -479,3 +479,159 @@ fn a_marketing_sms_ends_with_the_opt_out_text_of_its_language() {
         "{body}"
     );
 }
+
+/// The webhook channel: a call list goes to the processor's webhook (its
+/// bearer token, an id to deduplicate by), only for the person who agreed
+/// to be called, and is recorded as a disclosure to that processor so an
+/// erasure later reaches it.
+#[test]
+fn a_call_list_goes_to_the_processors_webhook_as_a_disclosure() {
+    let sink = tarmo_notify::testing::HttpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let s = start_with(&data, &a, &w, &["--allow-private-webhooks".into()]);
+    let (st, v) = admin(
+        &s,
+        "PUT",
+        "/api/v1/purposes/phone_marketing",
+        Some(
+            &json!({"name": "Offers by phone", "legal_basis": "consent", "channels": ["phone"],
+            "data_categories": ["contact"], "retention_days": 365, "consent_lifetime_days": 365,
+            "direct_marketing": true, "notice": {"en": "We may call you with offers."}}),
+        ),
+    );
+    assert!(st == 200 || st == 201, "{st} {v}");
+    let (st, p) = admin(
+        &s,
+        "POST",
+        "/api/v1/processors",
+        Some(
+            &json!({"name": "Soitto Oy", "role": "call centre", "country": "FI",
+            "dpa_reference": "DPA-9", "dpa_signed_on": "2026-01-02",
+            "purposes": ["phone_marketing"], "data_categories": ["contact"],
+            "erasure_webhook": format!("{}/calls", sink.url()), "webhook_token": "call-centre-token"}),
+        ),
+    );
+    assert_eq!(st, 201, "{p}");
+    let processor = p["id"].as_i64().unwrap();
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/templates",
+        Some(&json!({"id": "script", "channel": "sms", "languages": {
+            "en": {"text": "Call {{ traits.first_name }} about the autumn sale"}}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let flow = |extra: Value| {
+        let mut f = json!({"id": "calls", "purpose": "phone_marketing", "channel": "webhook",
+            "template": "script", "trigger": {"event": "Product Viewed", "delay": "1s"}});
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        f
+    };
+    // Bad input: each its own code, nothing saved.
+    for (extra, code) in [
+        (json!({}), "invalid_webhook"),
+        (
+            json!({"webhook": {"processor": 999, "list": "call"}}),
+            "unknown_processor",
+        ),
+        (
+            json!({"webhook": {"processor": processor, "list": "push"}}),
+            "channel_not_covered",
+        ),
+        (
+            json!({"purpose": "email_marketing", "webhook": {"processor": processor, "list": "call"}}),
+            "channel_not_covered",
+        ),
+    ] {
+        let (st, v) = admin(&s, "POST", "/api/v1/automations", Some(&flow(extra)));
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{v}");
+    }
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/automations",
+        Some(&flow(
+            json!({"webhook": {"processor": processor, "list": "call"}}),
+        )),
+    );
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        v["definition"]["webhook"],
+        json!({"processor": processor, "list": "call"}),
+        "{v}"
+    );
+    batch(
+        &s,
+        vec![
+            json!({"type": "identify", "userId": "ann", "traits": {"phone": "+358401234567", "first_name": "Ann"}}),
+            json!({"type": "identify", "userId": "bob", "traits": {"phone": "+358401234568", "first_name": "Bob"}}),
+        ],
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "phone", "value": "+358401234567"}, "purpose": "phone_marketing",
+            "decision": "granted", "method": "web_form", "source": "checkout form"}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    batch(
+        &s,
+        vec![
+            json!({"type": "track", "userId": "ann", "event": "Product Viewed"}),
+            json!({"type": "track", "userId": "bob", "event": "Product Viewed"}),
+        ],
+    );
+    let got = sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].path, "/calls");
+    assert_eq!(
+        got[0].header("Authorization"),
+        Some("Bearer call-centre-token")
+    );
+    let body = got[0].json();
+    assert_eq!(body["list"], "call");
+    assert_eq!(body["recipient"], json!({"phone": "+358401234567"}));
+    assert_eq!(body["text"], "Call Ann about the autumn sale");
+    assert_eq!(body["purpose"], "phone_marketing");
+    assert!(
+        body["id"].as_str().unwrap().starts_with("tarmo-outbox-"),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sink.requests().len(), 1, "bob did not agree to be called");
+    let (_, v) = admin(&s, "GET", "/api/v1/automations/calls", None);
+    assert_eq!(v["counters"]["sent"], 1, "{v}");
+    assert_eq!(v["counters"]["skipped"]["no_consent"], 1, "{v}");
+    // A disclosure to the processor, which an erasure will notify.
+    let (st, ann) = admin(
+        &s,
+        "GET",
+        "/api/v1/profiles/lookup?type=user_id&value=ann",
+        None,
+    );
+    assert_eq!(st, 200, "{ann}");
+    let ann = ann["id"].as_i64().unwrap();
+    let master = tarmo_store::vault::MasterKey::load(&data.join("master.key")).unwrap();
+    let store = tarmo_store::Store::open(
+        tarmo_store::Backend::open(&data, None).unwrap(),
+        &master,
+        100,
+    )
+    .unwrap();
+    let d = tarmo_store::processors::disclosures_of(&mut *store.conn().unwrap(), ann).unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (
+            d[0].processor_id,
+            d[0].purpose.as_str(),
+            d[0].categories.clone()
+        ),
+        (processor, "phone_marketing", vec!["contact".to_owned()])
+    );
+}

@@ -26,6 +26,9 @@ fn bad(code: &'static str, msg: impl Into<String>) -> DefError {
 pub enum SendChannel {
     Email,
     Sms,
+    /// To a registered processor's webhook, who pushes or calls: a
+    /// disclosure to that processor.
+    Webhook,
 }
 
 impl SendChannel {
@@ -33,14 +36,11 @@ impl SendChannel {
         match s {
             "email" => Ok(Self::Email),
             "sms" => Ok(Self::Sms),
-            "webhook" => Err(bad(
-                "channel_not_supported",
-                "the `webhook` channel is not built yet (see the README's roadmap); use email or sms",
-            )),
+            "webhook" => Ok(Self::Webhook),
             _ => Err(bad(
                 "invalid_channel",
                 format!(
-                    "`{}` is not a channel: email or sms",
+                    "`{}` is not a channel: email, sms or webhook",
                     s.chars().take(20).collect::<String>()
                 ),
             )),
@@ -51,8 +51,90 @@ impl SendChannel {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Webhook => "webhook",
         }
     }
+}
+
+/// What a processor does with a webhook send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// A push notification: the person is named by their `user_id`, which
+    /// the processor's app knows; consent over the `push` channel.
+    Push,
+    /// A call list: the person's phone number; consent over `phone`.
+    Call,
+}
+
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Call => "call",
+        }
+    }
+}
+
+/// `"webhook": {"processor": 3, "list": "push" | "call"}`: where a
+/// webhook flow's sends go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookAction {
+    pub processor: i64,
+    pub list: ListKind,
+}
+
+impl WebhookAction {
+    /// Required with the `webhook` channel, refused with the others.
+    pub fn from_json(v: Option<&Value>, channel: SendChannel) -> Result<Option<Self>, DefError> {
+        let v = v.filter(|v| !v.is_null());
+        match (v, channel) {
+            (None, SendChannel::Webhook) => Err(bad(
+                "invalid_webhook",
+                "the webhook channel needs `webhook`: {\"processor\": ID, \"list\": \"push\" | \"call\"}",
+            )),
+            (None, _) => Ok(None),
+            (Some(_), SendChannel::Email | SendChannel::Sms) => Err(bad(
+                "invalid_webhook",
+                "`webhook` goes with the webhook channel only",
+            )),
+            (Some(v), SendChannel::Webhook) => {
+                let o = v.as_object().ok_or_else(|| {
+                    bad("invalid_webhook", "`webhook` is {\"processor\", \"list\"}")
+                })?;
+                if let Some(k) = o.keys().find(|k| *k != "processor" && *k != "list") {
+                    return Err(bad(
+                        "invalid_webhook",
+                        format!("webhook: unknown field `{k}`"),
+                    ));
+                }
+                let processor = o
+                    .get("processor")
+                    .and_then(Value::as_i64)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        bad("invalid_webhook", "webhook.processor is a processor's id")
+                    })?;
+                let list = match o.get("list").and_then(Value::as_str) {
+                    Some("push") => ListKind::Push,
+                    Some("call") => ListKind::Call,
+                    _ => return Err(bad("invalid_webhook", "webhook.list is push or call")),
+                };
+                Ok(Some(Self { processor, list }))
+            }
+        }
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({"processor": self.processor, "list": self.list.as_str()})
+    }
+}
+
+/// `webhook` beside the other fields, only where there is one.
+fn with_webhook(mut v: Value, w: Option<WebhookAction>) -> Value {
+    if let (Some(w), Some(o)) = (w, v.as_object_mut()) {
+        o.insert("webhook".into(), w.to_json());
+    }
+    v
 }
 
 /// What starts a send.
@@ -314,6 +396,29 @@ impl Caps {
     }
 }
 
+/// Marketing messages a person may get per channel across every
+/// automation and campaign (`[frequency_caps]` in tarmo.toml): one
+/// automation's own caps cannot stop three automations from each sending
+/// their one a day. `0` lifts a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrequencyCaps {
+    pub per_day: u32,
+    pub per_week: u32,
+}
+
+impl Default for FrequencyCaps {
+    /// A birthday greeting and a reminder may meet on one day; a third
+    /// message that day, or an eighth that week, is more than a customer
+    /// asked for when they agreed to offers.
+    fn default() -> Self {
+        Self {
+            per_day: 2,
+            per_week: 7,
+        }
+    }
+}
+
 /// `{"start": "21:00", "end": "08:00"}`.
 pub fn quiet_from_json(v: Option<&Value>) -> Result<Option<clock::Quiet>, DefError> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
@@ -356,6 +461,8 @@ pub struct Automation {
     pub name: String,
     pub purpose: String,
     pub channel: SendChannel,
+    /// With the webhook channel: the processor and the kind of list.
+    pub webhook: Option<WebhookAction>,
     pub template: String,
     pub trigger: Trigger,
     pub caps: Caps,
@@ -386,6 +493,7 @@ impl Automation {
             "caps",
             "quiet_hours",
             "enabled",
+            "webhook",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad("invalid_automation", format!("unknown field `{k}`")));
@@ -414,13 +522,14 @@ impl Automation {
         let channel = SendChannel::parse(
             o.get("channel")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("invalid_channel", "`channel` is email or sms"))?,
+                .ok_or_else(|| bad("invalid_channel", "`channel` is email, sms or webhook"))?,
         )?;
         Ok(Self {
             id,
             name,
             purpose: text_field(o, "purpose", "invalid_automation")?,
             channel,
+            webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
             template: text_field(o, "template", "invalid_automation")?,
             trigger: Trigger::from_json(o.get("trigger").unwrap_or(&Value::Null))?,
             caps: Caps::from_json(o.get("caps"))?,
@@ -434,17 +543,20 @@ impl Automation {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "purpose": self.purpose,
-            "channel": self.channel.as_str(),
-            "template": self.template,
-            "trigger": self.trigger.to_json(),
-            "caps": self.caps.to_json(),
-            "quiet_hours": quiet_to_json(self.quiet),
-            "enabled": self.enabled,
-        })
+        with_webhook(
+            json!({
+                "id": self.id,
+                "name": self.name,
+                "purpose": self.purpose,
+                "channel": self.channel.as_str(),
+                "template": self.template,
+                "trigger": self.trigger.to_json(),
+                "caps": self.caps.to_json(),
+                "quiet_hours": quiet_to_json(self.quiet),
+                "enabled": self.enabled,
+            }),
+            self.webhook,
+        )
     }
 }
 
@@ -456,6 +568,7 @@ pub struct Campaign {
     pub template: String,
     pub purpose: String,
     pub channel: SendChannel,
+    pub webhook: Option<WebhookAction>,
     pub send_at_ms: i64,
     /// At most this many sends a minute (1-100,000).
     pub per_minute: u32,
@@ -476,6 +589,7 @@ impl Campaign {
             "send_at",
             "per_minute",
             "quiet_hours",
+            "webhook",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad("invalid_campaign", format!("unknown field `{k}`")));
@@ -503,17 +617,19 @@ impl Campaign {
                 .ok_or_else(|| bad("invalid_per_minute", "`per_minute` is 1-100000"))?
                 as u32,
         };
+        let channel = SendChannel::parse(
+            o.get("channel")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("invalid_channel", "`channel` is email, sms or webhook"))?,
+        )?;
         Ok(Self {
             id,
             segment: segment_id(o.get("segment"), "segment")
                 .map_err(|(_, m)| bad("invalid_campaign", m))?,
             template: text_field(o, "template", "invalid_campaign")?,
             purpose: text_field(o, "purpose", "invalid_campaign")?,
-            channel: SendChannel::parse(
-                o.get("channel")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad("invalid_channel", "`channel` is email or sms"))?,
-            )?,
+            channel,
+            webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
             send_at_ms,
             per_minute,
             quiet: quiet_from_json(o.get("quiet_hours"))?,
@@ -521,16 +637,19 @@ impl Campaign {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "segment": self.segment,
-            "template": self.template,
-            "purpose": self.purpose,
-            "channel": self.channel.as_str(),
-            "send_at_ms": self.send_at_ms,
-            "per_minute": self.per_minute,
-            "quiet_hours": quiet_to_json(self.quiet),
-        })
+        with_webhook(
+            json!({
+                "id": self.id,
+                "segment": self.segment,
+                "template": self.template,
+                "purpose": self.purpose,
+                "channel": self.channel.as_str(),
+                "send_at_ms": self.send_at_ms,
+                "per_minute": self.per_minute,
+                "quiet_hours": quiet_to_json(self.quiet),
+            }),
+            self.webhook,
+        )
     }
 
     /// When the `i`-th send (from 0) is due: throttled evenly.

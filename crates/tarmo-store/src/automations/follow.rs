@@ -5,7 +5,8 @@
 //! would meet the unique key anyway). Cron schedules and campaigns fire
 //! from `next_fire_ms`, moved with a compare-and-set so that one node fans
 //! out each firing. Birthdays are scheduled a year at a time per person:
-//! the day's due set is an index range, not a scan of everyone.
+//! the day's due set is an index range, not a scan of everyone. A new
+//! win-back looks back over the orders made before it existed.
 //!
 //! On PostgreSQL an event whose transaction commits after a later id was
 //! read is not seen (the segment engine has the same limit; see the
@@ -161,6 +162,45 @@ pub fn schedule_birthday(
     Ok(())
 }
 
+/// An order (`event` of an absence trigger, id `id` at `ts`) starts a new
+/// absence: the one waiting before it ends, and a send is due `for_ms`
+/// after it unless a later order already started another (whatever became
+/// of that one). Order-independent, so the look-back over old orders and
+/// the following of new ones may meet.
+fn absence_begins(
+    conn: &mut dyn Conn,
+    flow: &str,
+    profile: ProfileId,
+    id: i64,
+    ts: i64,
+    for_ms: i64,
+    now_ms: i64,
+) -> Result<u64> {
+    conn.exec(
+        "DELETE FROM sends WHERE flow_id = $1 AND profile_id = $2
+         AND status = 'due' AND since_ms <= $3",
+        &[P::Text(flow), P::Int(profile), P::Int(ts)],
+    )?;
+    let later = conn
+        .query_opt(
+            "SELECT 1 FROM sends WHERE flow_id = $1 AND profile_id = $2 AND since_ms > $3",
+            &[P::Text(flow), P::Int(profile), P::Int(ts)],
+        )?
+        .is_some();
+    if later {
+        return Ok(0);
+    }
+    insert_due(
+        conn,
+        flow,
+        profile,
+        &format!("a{id}"),
+        ts + for_ms,
+        ts,
+        now_ms,
+    )
+}
+
 /// What one pass made due.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Followed {
@@ -184,7 +224,7 @@ pub fn follow(
     let mut out = Followed::default();
     follow_segments(conn, &all, now_ms, &mut out)?;
     follow_events(conn, vault, cfg, &all, now_ms, &mut out)?;
-    backfill_birthdays(conn, vault, cfg, &all, now_ms, &mut out)?;
+    backfill(conn, vault, cfg, &all, now_ms, &mut out)?;
     fire(conn, cfg, &all, now_ms, &mut out)?;
     Ok(out)
 }
@@ -299,30 +339,8 @@ fn follow_events(
                         )?;
                     }
                     Trigger::Absence { event, for_ } if *event == name => {
-                        // A new order ends the absence that was waiting.
-                        conn.exec(
-                            "DELETE FROM sends WHERE flow_id = $1 AND profile_id = $2
-                             AND status = 'due' AND since_ms <= $3",
-                            &[P::Text(flow), P::Int(profile), P::Int(ts)],
-                        )?;
-                        let later = conn
-                            .query_opt(
-                                "SELECT 1 FROM sends WHERE flow_id = $1 AND profile_id = $2
-                                 AND status = 'due' AND since_ms > $3",
-                                &[P::Text(flow), P::Int(profile), P::Int(ts)],
-                            )?
-                            .is_some();
-                        if !later {
-                            out.made_due += insert_due(
-                                conn,
-                                flow,
-                                profile,
-                                &format!("a{id}"),
-                                ts + for_.ms(),
-                                ts,
-                                now_ms,
-                            )?;
-                        }
+                        out.made_due +=
+                            absence_begins(conn, flow, profile, id, ts, for_.ms(), now_ms)?;
                     }
                     _ => {}
                 }
@@ -352,8 +370,9 @@ fn follow_events(
     Ok(())
 }
 
-/// A new birthday automation goes over everyone once, a page a pass.
-fn backfill_birthdays(
+/// A new birthday automation goes over everyone once, and a new win-back
+/// over the orders made before it existed, a page a pass.
+fn backfill(
     conn: &mut dyn Conn,
     vault: &Vault,
     cfg: &SendConfig,
@@ -365,27 +384,44 @@ fn backfill_birthdays(
         let (Flow::Automation(a), Some(from)) = (&f.flow, f.backfill) else {
             continue;
         };
-        let Trigger::Birthday { local_minutes } = a.trigger else {
-            continue;
+        let next = match &a.trigger {
+            Trigger::Birthday { local_minutes } => {
+                let ids: Vec<i64> = conn
+                    .query(
+                        "SELECT id FROM profiles WHERE id > $1 AND merged_into IS NULL AND traits IS NOT NULL
+                         ORDER BY id LIMIT $2",
+                        &[P::Int(from), P::Int(PAGE)],
+                    )?
+                    .iter()
+                    .map(|r| r.int(0))
+                    .collect::<Result<_>>()?;
+                for &p in &ids {
+                    schedule_birthday(conn, vault, cfg, &a.id, *local_minutes, p, now_ms, now_ms)?;
+                }
+                ids.last().copied().filter(|_| ids.len() as i64 == PAGE)
+            }
+            Trigger::Absence { event, for_ } => {
+                // Up to where following began; what came after is followed.
+                let rows = conn.query(
+                    "SELECT id, profile_id, key_owner, ts_ms, body FROM events
+                     WHERE kind = 'track' AND id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+                    &[P::Int(from), P::Int(f.cursor), P::Int(PAGE)],
+                )?;
+                for r in &rows {
+                    let (id, profile, owner, ts) = (r.int(0)?, r.int(1)?, r.int(2)?, r.int(3)?);
+                    if event_name(conn, vault, owner, &r.blob(4)?)?.as_deref() == Some(event) {
+                        out.made_due +=
+                            absence_begins(conn, &a.id, profile, id, ts, for_.ms(), now_ms)?;
+                    }
+                }
+                match rows.last() {
+                    Some(r) if rows.len() as i64 == PAGE => Some(r.int(0)?),
+                    _ => None,
+                }
+            }
+            _ => None,
         };
-        let ids: Vec<i64> = conn
-            .query(
-                "SELECT id FROM profiles WHERE id > $1 AND merged_into IS NULL AND traits IS NOT NULL
-                 ORDER BY id LIMIT $2",
-                &[P::Int(from), P::Int(PAGE)],
-            )?
-            .iter()
-            .map(|r| r.int(0))
-            .collect::<Result<_>>()?;
-        for &p in &ids {
-            schedule_birthday(conn, vault, cfg, &a.id, local_minutes, p, now_ms, now_ms)?;
-        }
-        let next = if ids.len() as i64 == PAGE {
-            out.more = true;
-            ids.last().copied()
-        } else {
-            None
-        };
+        out.more |= next.is_some();
         conn.exec(
             "UPDATE automations SET backfill = $2 WHERE id = $1",
             &[P::Text(&a.id), next.into()],

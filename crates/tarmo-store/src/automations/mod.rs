@@ -22,7 +22,9 @@ use serde_json::Value;
 use tarmo_core::access::DataKind;
 use tarmo_core::automations::clock::{Schedule, TimeZone};
 use tarmo_core::automations::template::{Template, TemplateChannel};
-use tarmo_core::automations::{Automation, Campaign, SendChannel, Trigger};
+use tarmo_core::automations::{
+    Automation, Campaign, FrequencyCaps, ListKind, SendChannel, Trigger, WebhookAction,
+};
 use tarmo_core::consent::Channel;
 
 use crate::conn::{Conn, P, ProfileId};
@@ -37,6 +39,8 @@ pub struct SendConfig {
     pub organisation: String,
     /// For people without a `timezone` trait, and for cron schedules.
     pub default_tz: TimeZone,
+    /// Marketing messages per person and channel across all flows.
+    pub frequency_caps: FrequencyCaps,
 }
 
 impl Default for SendConfig {
@@ -45,6 +49,7 @@ impl Default for SendConfig {
             public_url: "http://127.0.0.1:8080".into(),
             organisation: "Tarmo".into(),
             default_tz: TimeZone::UTC,
+            frequency_caps: FrequencyCaps::default(),
         }
     }
 }
@@ -185,9 +190,10 @@ fn check_template(
     purpose: &str,
     channel: SendChannel,
 ) -> Result<()> {
+    // A push or a call script is text, as an SMS is.
     let wanted = match channel {
         SendChannel::Email => TemplateChannel::Email,
-        SendChannel::Sms => TemplateChannel::Sms,
+        SendChannel::Sms | SendChannel::Webhook => TemplateChannel::Sms,
     };
     if t.channel != wanted {
         return Err(rejected(
@@ -226,6 +232,37 @@ impl Flow {
         match self {
             Self::Automation(a) => (&a.purpose, a.channel, &a.template),
             Self::Campaign(c) => (&c.purpose, c.channel, &c.template),
+        }
+    }
+
+    /// The segment the flow sends to or is triggered by.
+    pub fn segment(&self) -> Option<&str> {
+        match self {
+            Self::Automation(a) => a.trigger.segment(),
+            Self::Campaign(c) => Some(&c.segment),
+        }
+    }
+
+    pub fn webhook(&self) -> Option<WebhookAction> {
+        match self {
+            Self::Automation(a) => a.webhook,
+            Self::Campaign(c) => c.webhook,
+        }
+    }
+
+    /// The consent channel the flow reaches people over.
+    pub fn consent_channel(&self) -> Channel {
+        match (self.sending().1, self.webhook()) {
+            (SendChannel::Email, _) => Channel::Email,
+            (SendChannel::Sms, _) => Channel::Sms,
+            (
+                SendChannel::Webhook,
+                Some(WebhookAction {
+                    list: ListKind::Call,
+                    ..
+                }),
+            ) => Channel::Phone,
+            (SendChannel::Webhook, _) => Channel::Push,
         }
     }
 
@@ -326,10 +363,7 @@ fn segment_exists(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     let (purpose, channel, template) = f.sending();
     let entry = catalog.require(purpose)?;
-    let ch = match channel {
-        SendChannel::Email => Channel::Email,
-        SendChannel::Sms => Channel::Sms,
-    };
+    let ch = f.consent_channel();
     if !entry.rule.covers(ch) {
         return Err(rejected(
             "channel_not_covered",
@@ -339,6 +373,9 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
             ),
         ));
     }
+    if let Some(w) = f.webhook() {
+        processor_categories(conn, catalog, purpose, w.processor)?;
+    }
     let Some(t) = template_get(conn, template)? else {
         return Err(rejected(
             "unknown_template",
@@ -346,16 +383,57 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
         ));
     };
     check_template(&t.template, catalog, purpose, channel)?;
-    let segment = match f {
-        Flow::Automation(a) => a.trigger.segment(),
-        Flow::Campaign(c) => Some(c.segment.as_str()),
-    };
-    if let Some(s) = segment
+    if let Some(s) = f.segment()
         && !segment_exists(conn, s)?
     {
         return Err(rejected("unknown_segment", format!("no segment `{s}`")));
     }
     Ok(())
+}
+
+/// The data categories a webhook flow discloses to its processor: the
+/// purpose's that the processor is registered for. The processor must
+/// exist, be registered for the purpose, share a category with it and
+/// have a webhook to send to.
+pub fn processor_categories(
+    conn: &mut dyn Conn,
+    catalog: &Catalog,
+    purpose: &str,
+    processor: i64,
+) -> Result<Vec<String>> {
+    let Some(p) = crate::processors::get(conn, processor)? else {
+        return Err(rejected(
+            "unknown_processor",
+            format!("no processor {processor}"),
+        ));
+    };
+    if !p.purposes.iter().any(|x| x == purpose) {
+        return Err(rejected(
+            "processor_purpose_not_registered",
+            format!("processor {processor} is not registered for purpose `{purpose}`"),
+        ));
+    }
+    if p.erasure_webhook.is_none() {
+        return Err(rejected(
+            "processor_without_webhook",
+            format!("processor {processor} has no webhook to send to"),
+        ));
+    }
+    let entry = catalog.require(purpose)?;
+    let shared: Vec<String> = entry
+        .spec
+        .data_categories
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .filter(|c| p.data_categories.contains(c))
+        .collect();
+    if shared.is_empty() {
+        return Err(rejected(
+            "no_common_data_categories",
+            format!("purpose `{purpose}` and processor {processor} share no data category"),
+        ));
+    }
+    Ok(shared)
 }
 
 fn max_id(conn: &mut dyn Conn, table: &str) -> Result<i64> {
@@ -365,6 +443,9 @@ fn max_id(conn: &mut dyn Conn, table: &str) -> Result<i64> {
 
 /// Where a trigger starts following: from now on (entries and events
 /// already committed do not fire), and for birthdays a pass over everyone.
+/// A win-back also looks back over the orders made before it existed: a
+/// customer who stopped buying a year ago is the one it is for, and
+/// following only new orders would reach nobody until `for` had passed.
 fn start_of(
     conn: &mut dyn Conn,
     t: &Trigger,
@@ -375,7 +456,8 @@ fn start_of(
         Trigger::SegmentEntered(_) | Trigger::SegmentLeft(_) => {
             (max_id(conn, "segment_history")?, None, None)
         }
-        Trigger::Event { .. } | Trigger::Absence { .. } => (max_id(conn, "events")?, None, None),
+        Trigger::Event { .. } => (max_id(conn, "events")?, None, None),
+        Trigger::Absence { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Birthday { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Schedule { cron, .. } => {
             let s = Schedule::parse(cron).map_err(|e| rejected("invalid_cron", e))?;

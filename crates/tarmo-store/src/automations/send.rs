@@ -12,11 +12,11 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tarmo_core::automations::template::{Links, Template, sms_opt_out};
-use tarmo_core::automations::{SendChannel, Trigger};
+use tarmo_core::automations::{ListKind, SendChannel, Trigger};
 use tarmo_core::consent::{Channel, decide};
-use tarmo_core::segments::trait_kind;
+use tarmo_core::segments::{PRODUCT_PROPERTY, trait_kind};
 
 use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
 use super::{Flow, FlowRecord, PREFERENCES_LINK, SendConfig, allowed_kinds, flows, template_get};
@@ -38,6 +38,9 @@ pub enum Verdict {
         profile: ProfileId,
         language: String,
         message: OutboxMessage,
+        /// A webhook send: the processor and the data categories that go
+        /// to it, recorded as a disclosure with the outbox row.
+        disclosure: Option<(i64, Vec<String>)>,
     },
     /// Not sent, with the reason (`no_consent`, `withdrawn`, `capped`, ...).
     Skip(String),
@@ -52,6 +55,9 @@ pub struct Due {
     pub profile: ProfileId,
     pub occurrence: String,
     pub since_ms: i64,
+    /// The decision's inputs, read with the page in this transaction;
+    /// `None`: read them for this one.
+    pub subject: Option<Subject>,
 }
 
 fn skip(r: &str) -> Verdict {
@@ -102,17 +108,87 @@ fn contact(
     Ok(None)
 }
 
-fn sent_since(conn: &mut dyn Conn, flow: &str, profiles: &[ProfileId], since: i64) -> Result<i64> {
-    let mut n = 0;
+/// What the person was sent in the last week, by any flow: (flow, when).
+/// One read serves this flow's caps and the caps across flows.
+fn sent_in_week(
+    conn: &mut dyn Conn,
+    profiles: &[ProfileId],
+    now_ms: i64,
+) -> Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
     for &p in profiles {
-        let r = conn.query_opt(
-            "SELECT count(*) FROM sends WHERE flow_id = $1 AND profile_id = $2
-             AND status = 'sent' AND done_ms >= $3",
-            &[P::Text(flow), P::Int(p), P::Int(since)],
-        )?;
-        n += r.map_or(Ok(0), |r| r.int(0))?;
+        for r in conn.query(
+            "SELECT flow_id, done_ms FROM sends WHERE profile_id = $1
+             AND status = 'sent' AND done_ms >= $2",
+            &[P::Int(p), P::Int(now_ms - 7 * DAY_MS)],
+        )? {
+            out.push((r.text(0)?, r.int(1)?));
+        }
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// Would one more send break a cap of `limit` (`None` or `0`: no cap)?
+fn over(limit: Option<u32>, sent: usize) -> bool {
+    limit.is_some_and(|n| n > 0 && sent >= n as usize)
+}
+
+/// The offer for the product an event trigger's event names (its
+/// `product_id` property): the product, its price and the person's store
+/// that has it in stock, for `{{ offer.* }}`. Nothing when the purpose does
+/// not open what the choice of store reads (the `preferred_store` and
+/// `city` traits, the orders), the event names no product, or the store
+/// does not have it.
+fn offer_of(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+    due: &Due,
+    allowed: &std::collections::BTreeSet<tarmo_core::access::DataKind>,
+    language: Option<&str>,
+) -> Result<Option<Value>> {
+    let reads = [
+        trait_kind("preferred_store"),
+        trait_kind("city"),
+        tarmo_core::access::DataKind::Behaviour,
+    ];
+    if !reads.iter().all(|k| allowed.contains(k)) {
+        return Ok(None);
+    }
+    // An event trigger's occurrence is `e` and the event's id.
+    let Some(event) = due
+        .occurrence
+        .strip_prefix('e')
+        .and_then(|i| i.parse::<i64>().ok())
+    else {
+        return Ok(None);
+    };
+    let Some(r) = conn.query_opt(
+        "SELECT key_owner, body FROM events WHERE id = $1",
+        &[P::Int(event)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let owner = r.int(0)?;
+    let key = vault
+        .data_key(owner, || conn.data_key_get(owner))?
+        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+    let body = vault.open(&key, Place::EventBody, owner, &r.blob(1)?)?;
+    let product = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
+        match b.get("properties")?.get(PRODUCT_PROPERTY)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    });
+    let Some(product) = product else {
+        return Ok(None);
+    };
+    Ok(
+        crate::imports::catalog::offer(conn, vault, profile, &product, language)?
+            .and_then(|o| serde_json::to_value(o).ok()),
+    )
 }
 
 /// Decide one due send now. Reads only; the caller writes what follows.
@@ -122,6 +198,7 @@ pub fn judge(
     vault: &Vault,
     catalog: &Catalog,
     cfg: &SendConfig,
+    all: &HashMap<String, FlowRecord>,
     f: &FlowRecord,
     template: Option<&Template>,
     due: &Due,
@@ -137,12 +214,13 @@ pub fn judge(
     let Some(entry) = catalog.get(purpose) else {
         return Ok(skip("unknown_purpose"));
     };
-    let ch = match channel {
-        SendChannel::Email => Channel::Email,
-        SendChannel::Sms => Channel::Sms,
-    };
+    let ch = f.flow.consent_channel();
     // The decision, now, in this transaction.
-    let (profile, state, flags) = match subject_by_id(conn, due.profile, purpose)? {
+    let subject = match due.subject {
+        Some(s) => s,
+        None => subject_by_id(conn, due.profile, purpose)?,
+    };
+    let (profile, state, flags) = match subject {
         Subject::Known(p, st, fl) => (p, st, fl),
         Subject::Suppressed(_) => return Ok(skip("suppressed")),
         Subject::Unknown => return Ok(skip("unknown_profile")),
@@ -182,27 +260,40 @@ pub fn judge(
     {
         return Ok(Verdict::Wait(until));
     }
+    // Caps: this automation's own, then the person's marketing messages
+    // over this channel from every automation and campaign.
+    let ids: Vec<ProfileId> = if profile == due.profile {
+        vec![profile]
+    } else {
+        vec![profile, due.profile]
+    };
+    let week = sent_in_week(conn, &ids, now_ms)?;
+    let day_from = now_ms - DAY_MS;
     if let Flow::Automation(a) = &f.flow {
-        let ids: Vec<ProfileId> = if profile == due.profile {
-            vec![profile]
-        } else {
-            vec![profile, due.profile]
-        };
-        let flow = f.flow.id();
-        if let Some(n) = a.caps.per_day
-            && sent_since(conn, flow, &ids, now_ms - DAY_MS)? >= n as i64
-        {
-            return Ok(skip("capped"));
-        }
-        if let Some(n) = a.caps.per_week
-            && sent_since(conn, flow, &ids, now_ms - 7 * DAY_MS)? >= n as i64
+        let mine = || week.iter().filter(|(fl, _)| *fl == a.id);
+        if over(
+            a.caps.per_day,
+            mine().filter(|(_, t)| *t >= day_from).count(),
+        ) || over(a.caps.per_week, mine().count())
         {
             return Ok(skip("capped"));
         }
     }
-    let kind = match channel {
-        SendChannel::Email => "email",
-        SendChannel::Sms => "phone",
+    let same_channel = |fl: &str| all.get(fl).is_some_and(|o| o.flow.sending().1 == channel);
+    let on_channel = || week.iter().filter(|(fl, _)| same_channel(fl));
+    let caps = cfg.frequency_caps;
+    if over(
+        Some(caps.per_day),
+        on_channel().filter(|(_, t)| *t >= day_from).count(),
+    ) || over(Some(caps.per_week), on_channel().count())
+    {
+        return Ok(skip("frequency_capped"));
+    }
+    // A push list names the person as the processor's app knows them.
+    let kind = match ch {
+        Channel::Email => "email",
+        Channel::Push => "user_id",
+        _ => "phone",
     };
     let Some(to) = contact(conn, vault, profile, kind)? else {
         return Ok(skip("missing_contact"));
@@ -243,11 +334,17 @@ pub fn judge(
         preferences_url: format!("{}/p/{preferences}", cfg.public_url),
         organisation: cfg.organisation.clone(),
     };
-    // The commerce branch's offers go in as `offer` (None until wired).
-    let r = match template.render(language.as_deref(), &merge, &links, None) {
+    let offer = match &f.flow {
+        Flow::Automation(a) if matches!(a.trigger, Trigger::Event { .. }) => {
+            offer_of(conn, vault, profile, due, &allowed, language.as_deref())?
+        }
+        _ => None,
+    };
+    let r = match template.render(language.as_deref(), &merge, &links, offer.as_ref()) {
         Ok(r) => r,
         Err(_) => return Ok(skip("render_failed")),
     };
+    let mut disclosure = None;
     let message = match channel {
         SendChannel::Email => OutboxMessage::Marketing {
             to,
@@ -273,11 +370,44 @@ pub fn judge(
             purpose: purpose.to_owned(),
             text: format!("{} {}", r.text.trim_end(), sms_opt_out(&r.language)),
         },
+        SendChannel::Webhook => {
+            let Some(w) = f.flow.webhook() else {
+                return Ok(skip("invalid_webhook"));
+            };
+            // Checked at save; the processor may have changed since.
+            let categories = match super::processor_categories(conn, catalog, purpose, w.processor)
+            {
+                Ok(c) => c,
+                Err(Error::Rejected { code, .. }) => return Ok(skip(code)),
+                Err(e) => return Err(e),
+            };
+            let recipient = match w.list {
+                ListKind::Push => json!({ "user_id": to }),
+                ListKind::Call => json!({ "phone": to }),
+            };
+            let payload = json!({
+                "list": w.list.as_str(),
+                "flow": f.flow.id(),
+                "purpose": purpose,
+                "recipient": recipient,
+                "language": r.language,
+                "text": r.text.trim_end(),
+                "preferences_url": links.preferences_url,
+            });
+            disclosure = Some((w.processor, categories));
+            OutboxMessage::ProcessorList {
+                processor_id: w.processor,
+                purpose: purpose.to_owned(),
+                list: w.list.as_str().to_owned(),
+                payload,
+            }
+        }
     };
     Ok(Verdict::Send {
         profile,
         language: r.language,
         message,
+        disclosure,
     })
 }
 
@@ -325,12 +455,35 @@ pub fn send_due(
         .map(|f| (f.flow.id().to_owned(), f))
         .collect();
     let mut templates: HashMap<String, Option<Template>> = HashMap::new();
+    // The decision's reads for the whole page, one per purpose.
+    let mut by_purpose: HashMap<&str, Vec<ProfileId>> = HashMap::new();
+    for r in &rows {
+        if let Some(f) = all.get(&r.text(0)?) {
+            by_purpose
+                .entry(f.flow.sending().0)
+                .or_default()
+                .push(r.int(1)?);
+        }
+    }
+    let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
+    for (purpose, ids) in by_purpose {
+        for (p, s) in crate::consent::subjects_by_id(conn, &ids, purpose)? {
+            subjects.insert((purpose, p), s);
+        }
+    }
     for r in rows {
+        let flow = r.text(0)?;
+        let profile = r.int(1)?;
+        let subject = all
+            .get(&flow)
+            .and_then(|f| subjects.get(&(f.flow.sending().0, profile)))
+            .copied();
         let due = Due {
-            flow: r.text(0)?,
-            profile: r.int(1)?,
+            flow,
+            profile,
             occurrence: r.text(2)?,
             since_ms: r.int(3)?,
+            subject,
         };
         let key = [
             P::Text(&due.flow),
@@ -350,13 +503,25 @@ pub fn send_due(
             templates.insert(tid.clone(), t);
         }
         let template = templates.get(&tid).and_then(Option::as_ref);
-        let verdict = judge(conn, vault, catalog, cfg, f, template, &due, now_ms)?;
+        let verdict = judge(conn, vault, catalog, cfg, &all, f, template, &due, now_ms)?;
         match verdict {
             Verdict::Send {
-                profile, message, ..
+                profile,
+                message,
+                disclosure,
+                ..
             } => {
                 let ch = f.flow.sending().1.as_str();
                 let id = outbox::enqueue(conn, vault, profile, ch, &message, now_ms)?;
+                // Data leaving for a processor is a disclosure, so an
+                // erasure later reaches it; recorded with the row that sends.
+                if let Some((processor, categories)) = disclosure {
+                    let purpose = f.flow.sending().0;
+                    let cats: Vec<&str> = categories.iter().map(String::as_str).collect();
+                    crate::processors::record_disclosure(
+                        conn, profile, processor, purpose, &cats, now_ms,
+                    )?;
+                }
                 let n = conn.exec(
                     "UPDATE sends SET status = 'sent', outbox_id = $4, done_ms = $5
                      WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status = 'due'",
@@ -434,6 +599,10 @@ pub fn dry_run(
         return Ok(None);
     };
     let template = template_get(conn, f.flow.sending().2)?.map(|t| t.template);
+    let all: HashMap<String, FlowRecord> = flows(conn)?
+        .into_iter()
+        .map(|f| (f.flow.id().to_owned(), f))
+        .collect();
     let mut dues: Vec<Due> = conn
         .query(
             "SELECT profile_id, occurrence, since_ms FROM sends WHERE flow_id = $1 AND status = 'due'
@@ -447,6 +616,7 @@ pub fn dry_run(
                 profile: r.int(0)?,
                 occurrence: r.text(1)?,
                 since_ms: r.int(2)?,
+                subject: None,
             })
         })
         .collect::<Result<_>>()?;
@@ -472,13 +642,24 @@ pub fn dry_run(
                     profile: p,
                     occurrence: "dry_run".into(),
                     since_ms: r.int(1)?,
+                    subject: None,
                 });
             }
         }
     }
     let mut out = Vec::with_capacity(dues.len());
     for d in dues {
-        let v = judge(conn, vault, catalog, cfg, &f, template.as_ref(), &d, now_ms)?;
+        let v = judge(
+            conn,
+            vault,
+            catalog,
+            cfg,
+            &all,
+            &f,
+            template.as_ref(),
+            &d,
+            now_ms,
+        )?;
         out.push(match v {
             Verdict::Send { language, .. } => DryRow {
                 profile_id: d.profile,

@@ -195,8 +195,26 @@ pub fn save(conn: &mut dyn Conn, vault: &Vault, def: &SegmentDef) -> Result<()> 
 }
 
 /// Delete a definition and its members; its history stays for the
-/// automations that read it, until those people are erased.
+/// automations that read it, until those people are erased. Refused
+/// (`409 segment_in_use`, naming them) while an automation or a campaign
+/// names it: the flow would go on firing for nobody.
 pub fn delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
+    let users: Vec<String> = crate::automations::flows(conn)?
+        .into_iter()
+        // A campaign reads its segment once, when it fires.
+        .filter(|f| {
+            f.flow.segment() == Some(id)
+                && (f.status == "scheduled" || f.flow.kind() == "automation")
+        })
+        .map(|f| format!("{} `{}`", f.flow.kind(), f.flow.id()))
+        .collect();
+    if !users.is_empty() {
+        return Err(Error::Rejected {
+            status: 409,
+            code: "segment_in_use",
+            message: format!("{} names it; change or delete that first", users.join(", ")),
+        });
+    }
     conn.exec(
         "DELETE FROM segment_members WHERE segment_id = $1",
         &[P::Text(id)],

@@ -237,7 +237,15 @@ pub fn caps_and_quiet_hours_are_applied_at_send_time(h: &Harness) {
     .unwrap();
     h.ingest(vec![view("ann"), view("ann")]);
     // capped: the first view is sent, the second capped; quiet: both wait.
-    assert_eq!(pass(h, now + 2000), (1, 1, 2));
+    // This automation's own caps; the caps across flows are lifted here.
+    let own = SendConfig {
+        frequency_caps: tarmo_core::automations::FrequencyCaps {
+            per_day: 0,
+            per_week: 0,
+        },
+        ..SendConfig::default()
+    };
+    assert_eq!(pass_with(h, own.clone(), now + 2000), (1, 1, 2));
     let quiet = sends(h, "quiet");
     assert!(quiet.iter().all(|s| s.2 == "due"), "{quiet:?}");
     let capped: Vec<Option<String>> = sends(h, "capped").into_iter().map(|s| s.3).collect();
@@ -260,7 +268,7 @@ pub fn caps_and_quiet_hours_are_applied_at_send_time(h: &Harness) {
         "{due:?} vs {end}"
     );
     // After the quiet hours: both sent (this one has no caps).
-    assert_eq!(pass(h, end + 1000), (2, 0, 0));
+    assert_eq!(pass_with(h, own, end + 1000), (2, 0, 0));
     let c = flows::counters(&mut *h.store.conn().unwrap(), "quiet", "email_marketing").unwrap();
     assert_eq!((c.sent, c.deferred_quiet_hours), (2, 2));
 }
@@ -499,4 +507,263 @@ pub fn sms_stop_withdraws_the_numbers_sms_purposes(h: &Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(st.decision, ConsentDecision::Withdrawn);
+}
+
+fn pass_with(h: &Harness, cfg: SendConfig, at: i64) -> (u64, u64, u64) {
+    h.writer
+        .transact_blocking(move |ctx| {
+            follow(ctx.conn, ctx.vault, &cfg, at)?;
+            let s = send_due(ctx.conn, ctx.vault, &ctx.catalog, &cfg, at, 1000)?;
+            Ok((s.sent, s.skipped, s.waiting))
+        })
+        .unwrap()
+}
+
+pub fn frequency_caps_hold_across_automations_per_channel(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "phone": "+358401234567"}}),
+    ]);
+    let ann = h.lookup("user_id", "ann").unwrap();
+    grant(h, ann, "email_marketing", ConsentDecision::Granted);
+    grant(h, ann, "sms_marketing", ConsentDecision::Granted);
+    template(h, welcome()).unwrap();
+    template(
+        h,
+        json!({"id": "sms_hi", "channel": "sms", "languages": {"en": {"text": "Hi"}}}),
+    )
+    .unwrap();
+    // Three email automations and one SMS, each uncapped on its own.
+    for (id, purpose, channel, t) in [
+        ("one", "email_marketing", "email", "welcome"),
+        ("two", "email_marketing", "email", "welcome"),
+        ("three", "email_marketing", "email", "welcome"),
+        ("text", "sms_marketing", "sms", "sms_hi"),
+    ] {
+        automation(
+            h,
+            json!({"id": id, "purpose": purpose, "channel": channel, "template": t,
+                "trigger": {"event": "Product Viewed", "delay": "1s"}}),
+        )
+        .unwrap();
+    }
+    h.ingest(vec![view("ann")]);
+    let now = tarmo_store::now_ms();
+    let mut cfg = SendConfig::default();
+    cfg.frequency_caps.per_day = 2;
+    // Two emails, the third capped across automations; the SMS is its own channel.
+    assert_eq!(pass_with(h, cfg.clone(), now + 2000), (3, 1, 0));
+    let skipped: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .flat_map(|f| sends(h, f))
+        .filter_map(|s| s.3)
+        .collect();
+    assert_eq!(skipped, vec!["frequency_capped".to_owned()]);
+    assert_eq!(outbox_of(h, "email").len(), 2);
+    assert_eq!(outbox_of(h, "sms").len(), 1);
+    // The week's cap counts the same sends: 2 a week stops the next day's too.
+    cfg.frequency_caps = tarmo_core::automations::FrequencyCaps {
+        per_day: 0,
+        per_week: 2,
+    };
+    h.ingest(vec![view("ann")]);
+    let (sent, skipped, _) = pass_with(h, cfg, now + 86_400_000 + 5000);
+    assert_eq!((sent, skipped), (1, 3), "sms sent, every email capped");
+}
+
+pub fn a_reminder_names_the_viewed_product_its_price_and_the_store_that_has_it(h: &Harness) {
+    use tarmo_store::imports::{self, Format, ImportKind, ImportSpec, Mapping};
+    let import = |kind: ImportKind, csv: &str| {
+        let spec = ImportSpec {
+            kind,
+            format: Format::Csv,
+            mapping: Mapping::default(),
+            source: "till".into(),
+            documentation: "forms".into(),
+            file_name: format!("{}.csv", kind.as_str()),
+            skip_invalid: false,
+            dry_run: false,
+        };
+        imports::run(
+            &h.store,
+            &h.writer,
+            &h.cfg,
+            spec,
+            csv.as_bytes(),
+            None,
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    // Offers read where people shop (traits) and what they did.
+    let mut spec = h
+        .store
+        .catalog()
+        .unwrap()
+        .require("email_marketing")
+        .unwrap()
+        .spec
+        .clone();
+    spec.data_categories
+        .push(tarmo_core::consent::DataCategory::parse("profile").unwrap());
+    let id = tarmo_core::consent::PurposeId::parse("email_marketing").unwrap();
+    h.writer
+        .transact_blocking(move |ctx| {
+            consent::upsert_purpose(ctx.conn, &id, &spec, false, ctx.now_ms)
+        })
+        .unwrap();
+    h.store.catalog_changed();
+    import(
+        ImportKind::Products,
+        "product_id,name_fi,name_en,category,price\nP1,Vihreä tee,Green tea,tea,4.50\n",
+    );
+    import(
+        ImportKind::Stores,
+        "store_id,name,city\nS1,Tarmo Keskusta,Tampere\nS2,Tarmo Itis,Helsinki\n",
+    );
+    import(
+        ImportKind::Stock,
+        "store_id,product_id,quantity\nS1,P1,5\nS2,P1,0\n",
+    );
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi", "first_name": "Ann", "preferred_store": "S1", "language": "en"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi", "first_name": "Bob", "preferred_store": "S2", "language": "en"}}),
+    ]);
+    let (ann, bob) = (
+        h.lookup("user_id", "ann").unwrap(),
+        h.lookup("user_id", "bob").unwrap(),
+    );
+    grant(h, ann, "email_marketing", ConsentDecision::Granted);
+    grant(h, bob, "email_marketing", ConsentDecision::Granted);
+    template(
+        h,
+        json!({"id": "offer", "channel": "email", "languages": {"en": {
+            "subject": "{{ offer.product.name }} is waiting",
+            "text": "Hi {{ traits.first_name }}, {% if offer %}{{ offer.product.name }} ({{ offer.product.price }} €) is in stock at {{ offer.store.name }}.{% else %}have a look again.{% endif %}",
+            "html": "<p>{{ offer.product.name }} at {{ offer.store.name }}</p>"}}}),
+    )
+    .unwrap();
+    automation(
+        h,
+        json!({"id": "viewed", "purpose": "email_marketing", "channel": "email", "template": "offer",
+            "trigger": {"event": "Product Viewed", "delay": "1s", "unless": {"event": "Order Completed", "within": "1h"}}}),
+    )
+    .unwrap();
+    h.ingest(vec![
+        json!({"type": "track", "userId": "ann", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
+        json!({"type": "track", "userId": "bob", "event": "Product Viewed", "properties": {"product_id": "P1"}}),
+    ]);
+    assert_eq!(pass(h, tarmo_store::now_ms() + 2000), (2, 0, 0));
+    let mail = outbox_of(h, "email");
+    let text_of = |p: i64| {
+        let m = mail.iter().find(|m| m.profile_id == p).unwrap();
+        let OutboxMessage::Marketing { subject, text, .. } = &m.message else {
+            panic!("a marketing email")
+        };
+        (subject.clone(), text.clone())
+    };
+    let (subject, text) = text_of(ann);
+    assert_eq!(subject, "Green tea is waiting");
+    assert!(
+        text.starts_with("Hi Ann, Green tea (4.5 €) is in stock at Tarmo Keskusta."),
+        "{text}"
+    );
+    // Sold out at Bob's store: no offer, the template's other branch.
+    let (_, text) = text_of(bob);
+    assert!(text.starts_with("Hi Bob, have a look again."), "{text}");
+}
+
+pub fn a_new_win_back_looks_back_at_orders_made_before_it(h: &Harness) {
+    let now = tarmo_store::now_ms();
+    let days_ago = |d: i64| tarmo_store::rfc3339(now - d * 86_400_000);
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi"}}),
+        json!({"type": "identify", "userId": "cy", "traits": {"email": "cy@example.fi"}}),
+        // Ann stopped buying 200 days ago; Bob bought 200 and 10 days ago.
+        json!({"type": "track", "userId": "ann", "event": "Order Completed", "timestamp": days_ago(300)}),
+        json!({"type": "track", "userId": "ann", "event": "Order Completed", "timestamp": days_ago(200)}),
+        json!({"type": "track", "userId": "bob", "event": "Order Completed", "timestamp": days_ago(200)}),
+        json!({"type": "track", "userId": "bob", "event": "Order Completed", "timestamp": days_ago(10)}),
+        json!({"type": "track", "userId": "cy", "event": "Product Viewed", "timestamp": days_ago(200)}),
+    ]);
+    let [ann, bob, cy] = ["ann", "bob", "cy"].map(|u| h.lookup("user_id", u).unwrap());
+    for p in [ann, bob, cy] {
+        grant(h, p, "email_marketing", ConsentDecision::Granted);
+    }
+    template(h, welcome()).unwrap();
+    automation(
+        h,
+        json!({"id": "winback", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"absence": {"event": "Order Completed", "for": "180d"}}}),
+    )
+    .unwrap();
+    // The look-back: Ann's absence is long over, Bob's starts anew 10 days ago.
+    assert_eq!(pass(h, now + 1000), (1, 0, 0));
+    let s = sends(h, "winback");
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert!(s.iter().any(|r| r.0 == ann && r.2 == "sent"), "{s:?}");
+    assert!(s.iter().any(|r| r.0 == bob && r.2 == "due"), "{s:?}");
+    // Once per absence: later passes do not send Ann another.
+    assert_eq!(pass(h, now + 5000), (0, 0, 0));
+    assert_eq!(outbox_of(h, "email").len(), 1);
+    // Bob's comes when his 180 days have passed.
+    assert_eq!(pass(h, now + 171 * 86_400_000), (1, 0, 0));
+}
+
+pub fn a_segment_that_a_flow_names_is_not_deleted(h: &Harness) {
+    template(h, welcome()).unwrap();
+    let mut c = h.store.conn().unwrap();
+    for s in ["vip", "spare"] {
+        c.exec(
+            "INSERT INTO segments (id, name, purpose_id, rule, created_ms, updated_ms) VALUES ($1, $1, 'email_marketing', $2, 0, 0)",
+            &[P::Text(s), P::Blob(b"unused by this test")],
+        )
+        .unwrap();
+    }
+    drop(c);
+    automation(
+        h,
+        json!({"id": "welcome_vip", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"segment_entered": "vip"}}),
+    )
+    .unwrap();
+    let c = Campaign::from_json(
+        &json!({"id": "launch", "segment": "vip", "template": "welcome", "purpose": "email_marketing",
+            "channel": "email", "send_at": "2099-01-01T00:00:00Z"}),
+        0,
+    )
+    .unwrap();
+    h.writer
+        .transact_blocking(move |ctx| {
+            flows::campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms).map(|_| ())
+        })
+        .unwrap();
+    let r = h
+        .writer
+        .transact_blocking(|ctx| tarmo_store::segments::delete(ctx.conn, "vip"));
+    match r {
+        Err(tarmo_store::Error::Rejected {
+            status: 409,
+            code: "segment_in_use",
+            message,
+        }) => assert!(
+            message.contains("automation `welcome_vip`") && message.contains("campaign `launch`"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let n = h
+        .store
+        .conn()
+        .unwrap()
+        .query("SELECT id FROM segments", &[])
+        .unwrap()
+        .len();
+    assert_eq!(n, 2, "nothing deleted");
+    // A segment no flow names goes.
+    assert!(
+        h.writer
+            .transact_blocking(|ctx| tarmo_store::segments::delete(ctx.conn, "spare"))
+            .unwrap()
+    );
 }

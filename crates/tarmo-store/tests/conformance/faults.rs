@@ -143,4 +143,28 @@ pub fn queues_show_depth_age_and_whether_anything_drains_them(h: &Harness) {
         .unwrap();
     let email = q(states(t0));
     assert_eq!((email.depth, email.oldest_age_seconds), (1, Some(59)));
+
+    // Automations' sends wait from their due time; one due next year is
+    // not work yet.
+    for (occ, due) in [("past", t0 - 30_000), ("next_year", t0 + 365 * 86_400_000)] {
+        h.store
+            .transact_direct(|c, _| {
+                tarmo_store::automations::follow::insert_due(c, "bday", p, occ, due, due, t0)
+            })
+            .unwrap();
+    }
+    let sends = states(t0)
+        .into_iter()
+        .find(|q| q.name == "automation_sends")
+        .unwrap();
+    assert_eq!(
+        (sends.depth, sends.oldest_age_seconds, sends.state),
+        (1, Some(30), "stuck")
+    );
+    health.set_consumer("automation_sends", true);
+    assert!(
+        states(t0)
+            .iter()
+            .any(|q| q.name == "automation_sends" && q.state == "draining")
+    );
 }
