@@ -50,6 +50,8 @@ use crate::{Error, Result, Store, rfc3339};
 
 /// Rows applied per resolution group inside the import's transaction.
 const CHUNK: usize = 2000;
+/// Below this many rows a part, a thread costs more than it saves.
+const PAR_MIN: usize = 2048;
 /// Errors kept in a report (the count is always complete).
 const MAX_ERRORS: usize = 1000;
 /// The event an order becomes (what lifecycle and RFM count by default).
@@ -227,19 +229,10 @@ fn read_records(
                     "the file has no header row",
                 ));
             }
-            let mut out = Vec::new();
+            let mut raw = Vec::new();
             for rec in rdr.records() {
                 match rec {
-                    Ok(r) => {
-                        let line = r.position().map_or(0, |p| p.line());
-                        let mut m = Map::new();
-                        for (h, v) in headers.iter().zip(r.iter()) {
-                            if !v.is_empty() {
-                                m.insert(h.clone(), Value::String(v.to_owned()));
-                            }
-                        }
-                        out.push((line, m));
-                    }
+                    Ok(r) => raw.push(r),
                     Err(e) => {
                         let line = e.position().map_or(0, |p| p.line());
                         errors.push(RowError {
@@ -249,6 +242,21 @@ fn read_records(
                     }
                 }
             }
+            // Building each row's map is most of the reading: on every core.
+            let out = par_chunks(raw, |part| {
+                part.into_iter()
+                    .map(|r| {
+                        let line = r.position().map_or(0, |p| p.line());
+                        let mut m = Map::new();
+                        for (h, v) in headers.iter().zip(r.iter()) {
+                            if !v.is_empty() {
+                                m.insert(h.clone(), Value::String(v.to_owned()));
+                            }
+                        }
+                        (line, m)
+                    })
+                    .collect()
+            });
             Ok((headers, out))
         }
         Format::Jsonl => {
@@ -296,6 +304,40 @@ fn csv_error_kind(e: &csv::Error) -> String {
         csv::ErrorKind::Utf8 { .. } => "not UTF-8".into(),
         _ => "malformed record".into(),
     }
+}
+
+/// Rows are independent until they are grouped (an order's lines, a
+/// customer seen twice): the checks that cost (normalising identifiers,
+/// blind indexes, keyed hashes, building maps) run on every core, in parts
+/// of consecutive rows whose results come back in file order.
+fn par_chunks<T: Send, U: Send>(items: Vec<T>, f: impl Fn(Vec<T>) -> Vec<U> + Sync) -> Vec<U> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || items.len() < 2 * PAR_MIN {
+        return f(items);
+    }
+    let per = items.len().div_ceil(cores);
+    let mut parts = Vec::with_capacity(cores);
+    let mut it = items.into_iter();
+    loop {
+        let part: Vec<T> = it.by_ref().take(per).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || f(part)))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            // A panic in a part is the same bug as in one thread: pass it on.
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
 }
 
 /// A field as text: strings trimmed, numbers and booleans written out.
@@ -608,52 +650,67 @@ fn parse_customers(
         }
     }
     used.extend(trait_cols.iter().map(|(_, c, _)| c.clone()));
-    let mut keys: HashMap<i64, u64> = HashMap::new();
-    for (line, m) in records {
-        let mut errs = Vec::new();
-        let person = person_of(vault, identity, &id_cols, &m, &mut errs);
-        if person.is_none() && errs.is_empty() {
-            errs.push("no identifier: every identifier column is empty".into());
-        }
-        let mut traits = Map::new();
-        for (name, col, ty) in &trait_cols {
-            let Some(raw) = m.get(col) else { continue };
-            match typed(raw, *ty) {
-                Ok(Some(v)) => {
-                    traits.insert(name.clone(), v);
+    // Each row on its own (on every core), then in file order whether a
+    // customer comes twice.
+    let checked = par_chunks(records, |part| {
+        part.into_iter()
+            .map(|(line, m)| {
+                let mut errs = Vec::new();
+                let person = person_of(vault, identity, &id_cols, &m, &mut errs);
+                if person.is_none() && errs.is_empty() {
+                    errs.push("no identifier: every identifier column is empty".into());
                 }
-                Ok(None) => {}
-                Err(e) => errs.push(format!("`{col}`: {e}")),
+                let mut traits = Map::new();
+                for (name, col, ty) in &trait_cols {
+                    let Some(raw) = m.get(col) else { continue };
+                    match typed(raw, *ty) {
+                        Ok(Some(v)) => {
+                            traits.insert(name.clone(), v);
+                        }
+                        Ok(None) => {}
+                        Err(e) => errs.push(format!("`{col}`: {e}")),
+                    }
+                }
+                match (errs.is_empty(), person) {
+                    (true, Some(person)) => {
+                        let key = person_key(vault, ImportKind::Customers, &person);
+                        let ids: Vec<Value> = person
+                            .identifiers
+                            .iter()
+                            .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
+                            .collect();
+                        let mac = content_mac(vault, &json!({"ids": ids, "traits": traits}));
+                        Ok(CustomerRec {
+                            line,
+                            key,
+                            mac,
+                            person,
+                            traits,
+                        })
+                    }
+                    _ => Err((line, errs)),
+                }
+            })
+            .collect()
+    });
+    let mut keys: HashMap<i64, u64> = HashMap::new();
+    for c in checked {
+        match c {
+            Ok(c) => {
+                if let Some(first) = keys.insert(c.key, c.line) {
+                    errors.push(RowError {
+                        line: c.line,
+                        message: format!(
+                            "the same customer as line {first} (one row per customer)"
+                        ),
+                    });
+                } else {
+                    parsed.customers.push(c);
+                }
             }
-        }
-        if let Some(p) = &person
-            && errs.is_empty()
-        {
-            let key = person_key(vault, ImportKind::Customers, p);
-            if let Some(first) = keys.insert(key, line) {
-                errs.push(format!(
-                    "the same customer as line {first} (one row per customer)"
-                ));
+            Err((line, errs)) => {
+                errors.extend(errs.into_iter().map(|message| RowError { line, message }));
             }
-        }
-        match (errs.is_empty(), person) {
-            (true, Some(person)) => {
-                let key = person_key(vault, ImportKind::Customers, &person);
-                let ids: Vec<Value> = person
-                    .identifiers
-                    .iter()
-                    .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
-                    .collect();
-                let mac = content_mac(vault, &json!({"ids": ids, "traits": traits}));
-                parsed.customers.push(CustomerRec {
-                    line,
-                    key,
-                    mac,
-                    person,
-                    traits,
-                });
-            }
-            _ => errors.extend(errs.into_iter().map(|message| RowError { line, message })),
         }
     }
     Ok(())
@@ -715,6 +772,101 @@ struct OrderDraft {
     computed: f64,
 }
 
+/// What one order line says on its own.
+struct LinePre {
+    line: u64,
+    order_id: Option<String>,
+    raw_ids: Vec<Option<String>>,
+    /// The customer and what was wrong with it; `None` when the line
+    /// continues the order of the line before it.
+    person: Option<(Option<Person>, Vec<String>)>,
+    time: Option<String>,
+    ts: Option<std::result::Result<i64, String>>,
+    errs: Vec<String>,
+    store: Option<String>,
+    currency: Option<String>,
+    total: Option<f64>,
+    items: Vec<Value>,
+    priced: bool,
+    computed: f64,
+}
+
+/// When an order was made, not in the future (a minute's clock skew aside).
+fn order_time(t: &str, now_ms: i64, col: &str) -> std::result::Result<i64, String> {
+    match parse_time(t) {
+        Some(ms) if ms <= now_ms + 60_000 => Ok(ms),
+        Some(_) => Err(format!("`{col}`: in the future")),
+        None => Err(format!(
+            "`{col}`: not a date (YYYY-MM-DD) or an RFC 3339 date-time"
+        )),
+    }
+}
+
+/// A row's order lines (a list in JSON Lines, or the row's own line): the
+/// items, whether each had a price, and the total of those prices.
+fn order_items(
+    m: &Map<String, Value>,
+    o: &mapping::OrderColumns,
+    errs: &mut Vec<String>,
+) -> (Vec<Value>, bool, f64) {
+    let mut lines: Vec<&Map<String, Value>> = Vec::new();
+    match m.get(&o.items) {
+        Some(Value::Array(a)) => {
+            for it in a {
+                match it {
+                    Value::Object(x) => lines.push(x),
+                    _ => errs.push(format!("`{}`: a list of line objects", o.items)),
+                }
+            }
+        }
+        Some(_) => errs.push(format!("`{}`: a list of line objects", o.items)),
+        None => {
+            if m.contains_key(&o.product) {
+                lines.push(m);
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let (mut priced, mut computed) = (true, 0.0);
+    for l in &lines {
+        let Some(product) = text(l, &o.product) else {
+            errs.push(format!("`{}`: a line needs its product id", o.product));
+            continue;
+        };
+        let qty = match number(l, &o.quantity) {
+            Ok(Some(q)) if q > 0.0 => q,
+            Ok(None) => 1.0,
+            Ok(Some(_)) => {
+                errs.push(format!("`{}`: a quantity above 0", o.quantity));
+                continue;
+            }
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        let price = match number(l, &o.price) {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        let mut item = Map::new();
+        item.insert("product_id".into(), Value::String(product));
+        item.insert("quantity".into(), json_number(qty));
+        match price {
+            Some(p) => {
+                item.insert("price".into(), json_number(p));
+                computed += p * qty;
+            }
+            None => priced = false,
+        }
+        items.push(Value::Object(item));
+    }
+    (items, priced, computed)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn parse_orders(
     spec: &ImportSpec,
@@ -751,11 +903,80 @@ fn parse_orders(
             format!("the file has no order id column `{}`", o.id),
         ));
     }
+    // What each line says on its own, on every core; a line that continues
+    // the order of the line before it reuses that line's customer and time.
+    let pre = par_chunks(records, |part| {
+        let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
+        for (line, m) in part {
+            let order_id = text(&m, &o.id);
+            let prev = out
+                .last()
+                .filter(|p| p.order_id.is_some() && p.order_id == order_id);
+            let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
+            let person = match prev {
+                Some(_) => None,
+                None => {
+                    let mut errs = Vec::new();
+                    let p = person_of(vault, identity, &id_cols, &m, &mut errs);
+                    Some((p, errs))
+                }
+            };
+            let time = text(&m, &o.time);
+            let ts = match prev {
+                Some(p) if p.time == time && p.ts.is_some() => p.ts.clone(),
+                _ => time.as_deref().map(|t| order_time(t, now_ms, &o.time)),
+            };
+            let mut errs = Vec::new();
+            let store = text(&m, &o.store);
+            let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
+            if let Some(c) = &currency
+                && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
+            }
+            let total = number(&m, &o.total).unwrap_or_else(|e| {
+                errs.push(e);
+                None
+            });
+            let (items, priced, computed) = order_items(&m, o, &mut errs);
+            out.push(LinePre {
+                line,
+                order_id,
+                raw_ids,
+                person,
+                time,
+                ts,
+                errs,
+                store,
+                currency,
+                total,
+                items,
+                priced,
+                computed,
+            });
+        }
+        out
+    });
     let mut drafts: BTreeMap<String, OrderDraft> = BTreeMap::new();
     let mut bad: HashSet<String> = HashSet::new();
-    for (line, m) in records {
+    for p in pre {
+        let LinePre {
+            line,
+            order_id,
+            raw_ids,
+            person: pre_person,
+            time,
+            ts: pre_ts,
+            errs: rest,
+            store,
+            currency,
+            total,
+            items,
+            priced,
+            computed,
+        } = p;
         let mut errs = Vec::new();
-        let Some(order_id) = text(&m, &o.id) else {
+        let Some(order_id) = order_id else {
             errors.push(RowError {
                 line,
                 message: format!("`{}`: an order id is required", o.id),
@@ -765,7 +986,6 @@ fn parse_orders(
         if order_id.len() > 128 {
             errs.push(format!("`{}`: at most 128 bytes", o.id));
         }
-        let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
         // A further line of an order already seen names the same customer
         // when it writes the same values (or none); only a first line is
         // parsed into identifiers.
@@ -774,103 +994,41 @@ fn parse_orders(
                 let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
                 (None, Some(same))
             }
-            None => (person_of(vault, identity, &id_cols, &m, &mut errs), None),
+            None => {
+                let (p, e) = pre_person.unwrap_or_else(|| {
+                    // Its order began in another part of the file: read
+                    // the customer here.
+                    let mut e = Vec::new();
+                    let m: Map<String, Value> = id_cols
+                        .iter()
+                        .zip(&raw_ids)
+                        .filter_map(|((_, c), v)| Some((c.clone(), Value::String(v.clone()?))))
+                        .collect();
+                    (person_of(vault, identity, &id_cols, &m, &mut e), e)
+                });
+                errs.extend(e);
+                (p, None)
+            }
         };
-        let time = text(&m, &o.time);
         // A further line that writes its order's time as the first did
         // needs no second parse.
         let seen_time = drafts
             .get(&order_id)
             .filter(|d| Some(&d.time) == time.as_ref())
             .map(|d| d.ts_ms);
-        let ts_ms = match (&time, seen_time) {
-            (_, Some(ms)) => ms,
-            (None, _) => {
+        let ts_ms = match (seen_time, pre_ts) {
+            (Some(ms), _) => ms,
+            (None, None) => {
                 errs.push(format!("`{}`: when the order was made is required", o.time));
                 0
             }
-            (Some(t), None) => match parse_time(t) {
-                Some(ms) if ms <= now_ms + 60_000 => ms,
-                Some(_) => {
-                    errs.push(format!("`{}`: in the future", o.time));
-                    0
-                }
-                None => {
-                    errs.push(format!(
-                        "`{}`: not a date (YYYY-MM-DD) or an RFC 3339 date-time",
-                        o.time
-                    ));
-                    0
-                }
-            },
+            (None, Some(Ok(ms))) => ms,
+            (None, Some(Err(e))) => {
+                errs.push(e);
+                0
+            }
         };
-        let store = text(&m, &o.store);
-        let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
-        if let Some(c) = &currency
-            && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
-        {
-            errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
-        }
-        let total = number(&m, &o.total).unwrap_or_else(|e| {
-            errs.push(e);
-            None
-        });
-        // The lines: a list in JSON Lines, or this row's own line.
-        let mut lines: Vec<&Map<String, Value>> = Vec::new();
-        match m.get(&o.items) {
-            Some(Value::Array(a)) => {
-                for it in a {
-                    match it {
-                        Value::Object(x) => lines.push(x),
-                        _ => errs.push(format!("`{}`: a list of line objects", o.items)),
-                    }
-                }
-            }
-            Some(_) => errs.push(format!("`{}`: a list of line objects", o.items)),
-            None => {
-                if m.contains_key(&o.product) {
-                    lines.push(&m);
-                }
-            }
-        }
-        let mut items = Vec::new();
-        let (mut priced, mut computed) = (true, 0.0);
-        for l in &lines {
-            let Some(product) = text(l, &o.product) else {
-                errs.push(format!("`{}`: a line needs its product id", o.product));
-                continue;
-            };
-            let qty = match number(l, &o.quantity) {
-                Ok(Some(q)) if q > 0.0 => q,
-                Ok(None) => 1.0,
-                Ok(Some(_)) => {
-                    errs.push(format!("`{}`: a quantity above 0", o.quantity));
-                    continue;
-                }
-                Err(e) => {
-                    errs.push(e);
-                    continue;
-                }
-            };
-            let price = match number(l, &o.price) {
-                Ok(p) => p,
-                Err(e) => {
-                    errs.push(e);
-                    continue;
-                }
-            };
-            let mut item = Map::new();
-            item.insert("product_id".into(), Value::String(product));
-            item.insert("quantity".into(), json_number(qty));
-            match price {
-                Some(p) => {
-                    item.insert("price".into(), json_number(p));
-                    computed += p * qty;
-                }
-                None => priced = false,
-            }
-            items.push(Value::Object(item));
-        }
+        errs.extend(rest);
         if !errs.is_empty() {
             bad.insert(order_id);
             errors.extend(errs.into_iter().map(|message| RowError { line, message }));
