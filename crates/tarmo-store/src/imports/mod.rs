@@ -48,7 +48,9 @@ use crate::vault::{Place, Vault};
 use crate::writer::{TxCtx, WriterHandle};
 use crate::{Error, Result, Store, rfc3339};
 
-/// Rows applied per resolution group inside the import's transaction.
+/// Records applied per writer transaction (one resolution group, one
+/// checkpoint): small enough that ingestion waits a fraction of a second
+/// between chunks, large enough that a commit is a small part of a chunk.
 const CHUNK: usize = 2000;
 /// Below this many rows a part, a thread costs more than it saves.
 const PAR_MIN: usize = 2048;
@@ -1270,23 +1272,48 @@ fn known_rows(conn: &mut dyn Conn, kind: ImportKind) -> Result<HashMap<i64, (i64
     Ok(out)
 }
 
-/// Apply a validated file inside the writer transaction `ctx`; `progress`
-/// counts the records done. The caller decides whether a file with errors
-/// may be applied (`skip_invalid`).
-pub fn apply(
+/// What earlier imports kept of these keys: key → (content, event). Read
+/// inside the chunk's transaction, so that two imports of the same file
+/// at once cannot both count a record as new.
+fn known_for(conn: &mut dyn Conn, keys: &[i64]) -> Result<HashMap<i64, (i64, Option<i64>)>> {
+    let mut out = HashMap::with_capacity(keys.len());
+    // Bounded: both backends cap the parameters of one statement.
+    for part in keys.chunks(500) {
+        let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+        let params: Vec<P<'_>> = part.iter().map(|k| P::Int(*k)).collect();
+        let sql = format!(
+            "SELECT h, mac, event_id FROM import_rows WHERE h IN ({})",
+            marks.join(",")
+        );
+        for r in conn.query(&sql, &params)? {
+            out.insert(r.int(0)?, (r.int(1)?, r.opt_int(2)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Apply the records `range` (in the order parsing gave them) of a
+/// validated file inside the writer transaction `ctx`, adding what was
+/// done to `report`. The caller decides whether a file with errors may be
+/// applied (`skip_invalid`) and records the checkpoint in the same
+/// transaction.
+fn apply_chunk(
     ctx: &mut TxCtx<'_>,
     id: i64,
     spec: &ImportSpec,
     file_sha256: &str,
     parsed: &Parsed,
-    progress: &AtomicU64,
-) -> Result<ImportReport> {
-    let mut report = parsed.report.clone();
-    if !parsed.kind.personal() {
-        catalog::apply(ctx, parsed, &mut report, progress)?;
-        return Ok(report);
-    }
-    let known = known_rows(ctx.conn, parsed.kind)?;
+    range: std::ops::Range<usize>,
+    report: &mut ImportReport,
+) -> Result<()> {
+    let customers = parsed.customers.get(range.clone()).unwrap_or(&[]);
+    let orders = parsed.orders.get(range).unwrap_or(&[]);
+    let keys: Vec<i64> = customers
+        .iter()
+        .map(|c| c.key)
+        .chain(orders.iter().map(|o| o.key))
+        .collect();
+    let known = known_for(ctx.conn, &keys)?;
     let provenance = |line: u64| {
         json!({
             "id": id,
@@ -1301,56 +1328,6 @@ pub fn apply(
     let source = -id;
     let now = ctx.now_ms;
     let mut todo: Vec<Todo> = Vec::new();
-    let flush =
-        |ctx: &mut TxCtx<'_>, todo: &mut Vec<Todo>, report: &mut ImportReport| -> Result<()> {
-            if todo.is_empty() {
-                return Ok(());
-            }
-            let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
-            // Only an order's event is ever replaced: only orders need ids.
-            let want_ids = parsed.kind == ImportKind::Orders;
-            let (outcomes, event_ids) = ctx.apply_events(&refs, want_ids)?;
-            let mut touched = HashSet::new();
-            for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
-                let (key, mac, old) = (&t.key, &t.mac, &t.old);
-                let profile = match outcome {
-                    Outcome::Stored(p) => p,
-                    Outcome::Suppressed => {
-                        // Counted as new or changed above; it is neither.
-                        if t.new {
-                            report.created -= 1;
-                        } else {
-                            report.updated -= 1;
-                        }
-                        report.suppressed += 1;
-                        continue;
-                    }
-                    Outcome::Duplicate => continue,
-                };
-                if let Some(old) = old {
-                    replace_event(ctx.conn, *old, now, &mut touched)?;
-                }
-                ctx.conn.exec(
-                    "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (h) DO UPDATE SET mac = EXCLUDED.mac, profile_id = EXCLUDED.profile_id,
-                     event_id = EXCLUDED.event_id, import_id = EXCLUDED.import_id",
-                    &[
-                        P::Int(*key),
-                        P::Text(parsed.kind.as_str()),
-                        P::Int(*mac),
-                        P::Int(profile),
-                        event_id.map_or(P::Null, P::Int),
-                        P::Int(id),
-                    ],
-                )?;
-            }
-            for p in touched {
-                crate::segments::touch(ctx.conn, p, now)?;
-            }
-            todo.clear();
-            Ok(())
-        };
     // Whether a record must be written: `Some(the event it replaces)`.
     let note = |key: i64, mac: i64, report: &mut ImportReport| -> Option<Option<i64>> {
         match known.get(&key) {
@@ -1368,9 +1345,8 @@ pub fn apply(
             }
         }
     };
-    for c in &parsed.customers {
-        progress.fetch_add(1, Ordering::Relaxed);
-        if note(c.key, c.mac, &mut report).is_none() {
+    for c in customers {
+        if note(c.key, c.mac, report).is_none() {
             continue;
         }
         let body = json!({
@@ -1396,13 +1372,9 @@ pub fn apply(
                 consent: None,
             },
         });
-        if todo.len() >= CHUNK {
-            flush(ctx, &mut todo, &mut report)?;
-        }
     }
-    for o in &parsed.orders {
-        progress.fetch_add(1, Ordering::Relaxed);
-        let Some(old) = note(o.key, o.mac, &mut report) else {
+    for o in orders {
+        let Some(old) = note(o.key, o.mac, report) else {
             continue;
         };
         let body = json!({
@@ -1429,15 +1401,52 @@ pub fn apply(
                 consent: None,
             },
         });
-        if todo.len() >= CHUNK {
-            flush(ctx, &mut todo, &mut report)?;
-        }
     }
-    flush(ctx, &mut todo, &mut report)?;
-    // Several resolution groups shared this transaction; let the identity
-    // cache start afresh rather than reason about what they learnt.
-    ctx.identities_changed();
-    Ok(report)
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&PreparedEvent> = todo.iter().map(|t| &t.event).collect();
+    // Only an order's event is ever replaced: only orders need ids.
+    let want_ids = parsed.kind == ImportKind::Orders;
+    let (outcomes, event_ids) = ctx.apply_events(&refs, want_ids)?;
+    let mut touched = HashSet::new();
+    for (t, (outcome, event_id)) in todo.iter().zip(outcomes.into_iter().zip(event_ids)) {
+        let profile = match outcome {
+            Outcome::Stored(p) => p,
+            Outcome::Suppressed => {
+                // Counted as new or changed above; it is neither.
+                if t.new {
+                    report.created -= 1;
+                } else {
+                    report.updated -= 1;
+                }
+                report.suppressed += 1;
+                continue;
+            }
+            Outcome::Duplicate => continue,
+        };
+        if let Some(old) = t.old {
+            replace_event(ctx.conn, old, now, &mut touched)?;
+        }
+        ctx.conn.exec(
+            "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (h) DO UPDATE SET mac = EXCLUDED.mac, profile_id = EXCLUDED.profile_id,
+                 event_id = EXCLUDED.event_id, import_id = EXCLUDED.import_id",
+            &[
+                P::Int(t.key),
+                P::Text(parsed.kind.as_str()),
+                P::Int(t.mac),
+                P::Int(profile),
+                event_id.map_or(P::Null, P::Int),
+                P::Int(id),
+            ],
+        )?;
+    }
+    for p in touched {
+        crate::segments::touch(ctx.conn, p, now)?;
+    }
+    Ok(())
 }
 
 /// An order changed: the event it became goes (the new one is stored), and
@@ -1555,8 +1564,8 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
     let details: Details =
         serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-    // Running here: the store says `queued` until the one commit.
-    let progress = running().get(id);
+    // Running here: the counter is fresher than the last checkpoint.
+    let mut progress = running().get(id);
     let status = match (Status::parse(&r.text(1)?), progress) {
         (Status::Queued, Some(_)) => Status::Running,
         (s, _) => s,
@@ -1565,14 +1574,24 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         None => (None, None),
         Some(sealed) => {
             let plain = vault.open_system(Place::ImportDetails, &sealed)?;
-            match serde_json::from_slice::<ImportReport>(&plain) {
-                Ok(rep) => (Some(rep), None),
-                Err(_) => (
-                    None,
-                    serde_json::from_slice::<Value>(&plain)
-                        .ok()
-                        .and_then(|v| v.get("failure").and_then(Value::as_str).map(str::to_owned)),
-                ),
+            if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&plain) {
+                // Running (here, on another node, or in a process that
+                // died) or stopped: how far it got.
+                progress = progress.or(Some(Progress {
+                    done: cp.done,
+                    total: cp.total,
+                }));
+                (None, cp.failure)
+            } else {
+                match serde_json::from_slice::<ImportReport>(&plain) {
+                    Ok(rep) => (Some(rep), None),
+                    Err(_) => (
+                        None,
+                        serde_json::from_slice::<Value>(&plain).ok().and_then(|v| {
+                            v.get("failure").and_then(Value::as_str).map(str::to_owned)
+                        }),
+                    ),
+                }
             }
         }
     };
@@ -1720,10 +1739,106 @@ pub fn run_parsed(
         }
         return Ok(Finished { id, status, report });
     }
+    if !parsed.kind.personal() {
+        return run_catalog(writer, spec, parsed, sha, id, on_progress);
+    }
     let total = parsed.records() as u64;
     let parsed = Arc::new(parsed);
     let spec = Arc::new(spec);
-    let (p2, s2) = (parsed.clone(), spec.clone());
+    let sha = Arc::new(sha);
+    // Recorded (or found, to resume) and marked running in a transaction of
+    // its own; then the records in chunks, each with its checkpoint.
+    let (s2, p2, h2) = (spec.clone(), parsed.clone(), sha.clone());
+    let (id, mut cp) = writer.transact_blocking(move |ctx| {
+        let id = match id {
+            Some(id) => id,
+            None => create_or_resume(ctx.conn, ctx.vault, &s2, &h2, total, ctx.now_ms)?,
+        };
+        let cp = match checkpoint_of(ctx.conn, ctx.vault, id)? {
+            Some(cp) if cp.total == total => Checkpoint {
+                failure: None,
+                ..cp
+            },
+            _ => Checkpoint {
+                done: 0,
+                total,
+                report: p2.report.clone(),
+                failure: None,
+            },
+        };
+        save_checkpoint(ctx.conn, ctx.vault, id, &cp)?;
+        Ok((id, cp))
+    })?;
+    let counter = running().start(id, total);
+    counter.store(cp.done, Ordering::Relaxed);
+    on_progress(counter.clone(), total);
+    let result = loop {
+        let start = cp.done as usize;
+        let end = (start + CHUNK).min(total as usize);
+        let (s2, p2, h2, mut next) = (spec.clone(), parsed.clone(), sha.clone(), cp.clone());
+        let step = writer.transact_blocking(move |ctx| {
+            apply_chunk(ctx, id, &s2, &h2, &p2, start..end, &mut next.report)?;
+            next.done = end as u64;
+            if next.done >= next.total {
+                finish(
+                    ctx.conn,
+                    ctx.vault,
+                    id,
+                    Status::Done,
+                    &next.report,
+                    ctx.now_ms,
+                )?;
+            } else {
+                save_checkpoint(ctx.conn, ctx.vault, id, &next)?;
+            }
+            Ok(next)
+        });
+        match step {
+            Ok(next) => {
+                cp = next;
+                counter.store(cp.done, Ordering::Relaxed);
+                if cp.done >= cp.total {
+                    break Ok(cp.report.clone());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    running().end(id);
+    match result {
+        Ok(report) => Ok(Finished {
+            id: Some(id),
+            status: Status::Done,
+            report,
+        }),
+        Err(e) => {
+            let why = match &e {
+                Error::Rejected { message, .. } => message.clone(),
+                _ => "the import could not be written".to_owned(),
+            };
+            cp.failure = Some(format!(
+                "{why}; stopped after {} of {} records (each chunk whole); importing the same file again finishes it",
+                cp.done, cp.total
+            ));
+            let _ = writer.transact_blocking(move |ctx| {
+                record_failure(ctx.conn, ctx.vault, id, &cp, ctx.now_ms)
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Products, stores and stock: one transaction (a catalog is small, and
+/// names nobody).
+fn run_catalog(
+    writer: &WriterHandle,
+    spec: ImportSpec,
+    parsed: Parsed,
+    sha: String,
+    id: Option<i64>,
+    on_progress: impl FnOnce(Arc<AtomicU64>, u64),
+) -> Result<Finished> {
+    let total = parsed.records() as u64;
     let counter = Arc::new(AtomicU64::new(0));
     let c2 = counter.clone();
     let registered = id.map(|id| running().start(id, total));
@@ -1732,10 +1847,11 @@ pub fn run_parsed(
     let result = writer.transact_blocking(move |ctx| {
         let id = match id {
             Some(id) => id,
-            None => create(ctx.conn, ctx.vault, &s2, &sha, ctx.now_ms)?,
+            None => create(ctx.conn, ctx.vault, &spec, &sha, ctx.now_ms)?,
         };
         let counter = c3.as_deref().unwrap_or(&c2);
-        let report = apply(ctx, id, &s2, &sha, &p2, counter)?;
+        let mut report = parsed.report.clone();
+        catalog::apply(ctx, &parsed, &mut report, counter)?;
         finish(ctx.conn, ctx.vault, id, Status::Done, &report, ctx.now_ms)?;
         Ok((id, report))
     });
@@ -1760,6 +1876,100 @@ pub fn run_parsed(
             Err(e)
         }
     }
+}
+
+/// How far an import of people has got. Kept sealed in its row (the
+/// report may quote a value) while it runs and after it stopped, in the
+/// same transaction as the chunk it counts: the records before `done` are
+/// in the store, none after. Importing the same file again (same kind,
+/// same bytes, same choice of skipping invalid rows) resumes there, so an
+/// interrupted import ends exactly as an uninterrupted one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Records applied, in the order parsing gives them (the file's).
+    done: u64,
+    total: u64,
+    report: ImportReport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
+}
+
+fn save_checkpoint(conn: &mut dyn Conn, vault: &Vault, id: i64, cp: &Checkpoint) -> Result<()> {
+    let sealed = vault.seal_system(
+        Place::ImportDetails,
+        &serde_json::to_vec(cp).expect("serialises"),
+    )?;
+    conn.exec(
+        "UPDATE imports SET status = 'running', report = $2, rows_total = $3 WHERE id = $1",
+        &[P::Int(id), P::Blob(&sealed), P::Int(cp.report.rows as i64)],
+    )?;
+    Ok(())
+}
+
+/// An import stopped between chunks: failed, with where it stopped.
+fn record_failure(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    id: i64,
+    cp: &Checkpoint,
+    now_ms: i64,
+) -> Result<()> {
+    let sealed = vault.seal_system(
+        Place::ImportDetails,
+        &serde_json::to_vec(cp).expect("serialises"),
+    )?;
+    conn.exec(
+        "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
+        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+    )?;
+    Ok(())
+}
+
+fn checkpoint_of(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<Checkpoint>> {
+    let Some(r) = conn.query_opt("SELECT report FROM imports WHERE id = $1", &[P::Int(id)])? else {
+        return Ok(None);
+    };
+    let Some(sealed) = r.opt_blob(0)? else {
+        return Ok(None);
+    };
+    let plain = vault.open_system(Place::ImportDetails, &sealed)?;
+    Ok(serde_json::from_slice::<Checkpoint>(&plain).ok())
+}
+
+/// Record an import of people, or find the interrupted import of the same
+/// file to resume (one that stopped or whose process died, not one running
+/// in this process).
+pub fn create_or_resume(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    spec: &ImportSpec,
+    file_sha256: &str,
+    records: u64,
+    now_ms: i64,
+) -> Result<i64> {
+    if spec.dry_run || !spec.kind.personal() {
+        return create(conn, vault, spec, file_sha256, now_ms);
+    }
+    let rows = conn.query(
+        "SELECT id, details FROM imports WHERE kind = $1 AND status IN ('running', 'failed') AND report IS NOT NULL ORDER BY id DESC",
+        &[P::Text(spec.kind.as_str())],
+    )?;
+    for r in rows {
+        let id = r.int(0)?;
+        if running().get(id).is_some() {
+            continue;
+        }
+        let details: Details =
+            serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(1)?)?)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+        if details.file_sha256 != file_sha256 || details.skip_invalid != spec.skip_invalid {
+            continue;
+        }
+        if checkpoint_of(conn, vault, id)?.is_some_and(|cp| cp.total == records) {
+            return Ok(id);
+        }
+    }
+    create(conn, vault, spec, file_sha256, now_ms)
 }
 
 #[cfg(test)]
