@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use tarmo_store::imports::CHUNK;
+
 use crate::common::*;
 
 /// Run `tarmo import KIND FILE ...`: exit code, stdout, stderr.
@@ -513,9 +515,11 @@ fn counts(db: &Path) -> (String, i64, i64, i64) {
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     let status = c
-        .query_row("SELECT status FROM imports ORDER BY id DESC LIMIT 1", [], |r| {
-            r.get::<_, String>(0)
-        })
+        .query_row(
+            "SELECT status FROM imports ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
         .unwrap_or_default();
     (
         status,
@@ -527,7 +531,7 @@ fn counts(db: &Path) -> (String, i64, i64, i64) {
 
 #[test]
 fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
-    const N: u64 = 40_000;
+    const N: u64 = 4 * CHUNK as u64;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     init(&data);
@@ -557,7 +561,7 @@ fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
         if db.exists() {
             let (status, rows, _, _) = counts(&db);
             assert_ne!(status, "done", "the import ended before it could be killed");
-            if rows >= 4_000 {
+            if rows >= CHUNK as i64 {
                 break;
             }
         }
@@ -570,7 +574,7 @@ fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
     assert!(rows > 0 && rows < N as i64, "{rows}");
     // Each chunk committed whole: a person, their identify event and their
     // import row together, or none of them.
-    assert_eq!(rows % 2_000, 0, "{rows}");
+    assert_eq!(rows % CHUNK as i64, 0, "{rows}");
     assert_eq!((profiles, events), (rows, rows));
 
     // The same file again resumes that import (same id), and the outcome is
@@ -587,6 +591,9 @@ fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
     );
     let (code, out, err) = import(&data, "customers", &file, &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("0 new, 0 updated, {N} unchanged")), "{out}");
+    assert!(
+        out.contains(&format!("0 new, 0 updated, {N} unchanged")),
+        "{out}"
+    );
     assert_eq!(counts(&db).1, N as i64);
 }
