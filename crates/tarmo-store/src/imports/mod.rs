@@ -1970,7 +1970,14 @@ pub fn create_or_resume(
         let details: Details =
             serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(1)?)?)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
-        if details.file_sha256 != file_sha256 || details.skip_invalid != spec.skip_invalid {
+        // The records already in carry this import's provenance: only the
+        // same file with the same provenance goes on under it.
+        if details.file_sha256 != file_sha256
+            || details.skip_invalid != spec.skip_invalid
+            || details.format != spec.format
+            || details.source != spec.source.trim()
+            || details.documentation != spec.documentation.trim()
+        {
             continue;
         }
         if checkpoint_of(conn, vault, id)?.is_some_and(|cp| cp.total == records) {
