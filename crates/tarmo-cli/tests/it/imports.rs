@@ -548,7 +548,10 @@ fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
         .arg(&file)
         .arg("--data-dir")
         .arg(&data)
-        .args(["--source", "CRM export", "--documentation", "signup forms"])
+        // As `import` gives them: the resumed import keeps its provenance.
+        .args(["--source", "till export 2026-11"])
+        .args(["--documentation", "loyalty forms, archive box 12"])
+        .env("TARMO_DEFAULT_REGION", "FI")
         .env("TARMO_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
