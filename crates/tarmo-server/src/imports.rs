@@ -132,9 +132,12 @@ pub async fn create(
         Ok((parsed, imports::file_sha256(&bytes)))
     })
     .await?;
-    let (sp, sh) = (spec.clone(), sha.clone());
+    let (sp, sh, records) = (spec.clone(), sha.clone(), parsed.records() as u64);
+    // The same file again after an interruption resumes that import.
     let id = s
-        .transact(move |ctx| imports::create(ctx.conn, ctx.vault, &sp, &sh, ctx.now_ms))
+        .transact(move |ctx| {
+            imports::create_or_resume(ctx.conn, ctx.vault, &sp, &sh, records, ctx.now_ms)
+        })
         .await?;
     log(&s, &p, "import_started").await?;
     let (store, writer) = (s.store.clone(), s.writer.clone());

@@ -1,7 +1,8 @@
 //! Imports of the offline register on the embedded store: CUSTOMERS
 //! customers and ORDER_LINES order lines (1-5 lines an order) from CSV,
-//! through the whole use case (parse and check every row, blind indexes,
-//! identity resolution, sealing, one transaction), then the same files
+//! through the whole use case (parse and check every row on every core,
+//! blind indexes, identity resolution, sealing, writer transactions of
+//! `imports::CHUNK` records with a checkpoint each), then the same files
 //! again unchanged. Beside them, in the same run, the raw limit: plain
 //! SQLite inserts of 400-byte rows with a unique index on a random text
 //! key, in transactions of 1000 (as `limits.md` measures it).

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use tarmo_store::imports::CHUNK;
+
 use crate::common::*;
 
 /// Run `tarmo import KIND FILE ...`: exit code, stdout, stderr.
@@ -505,4 +507,96 @@ fn the_viewed_but_not_bought_reminder_goes_only_where_the_product_is_in_stock() 
     let sold_out = file("stock-3.csv", "store_id,product_id,quantity\nS3,P2,0\n");
     assert_eq!(import(&data, "stock", &sold_out, &[]).0, 0);
     wait_members(&s, "in_stock_reminder", &[]);
+}
+
+/// Counts in the data directory's database, read beside a running import.
+fn counts(db: &Path) -> (String, i64, i64, i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let status = c
+        .query_row(
+            "SELECT status FROM imports ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap_or_default();
+    (
+        status,
+        n("SELECT count(*) FROM import_rows"),
+        n("SELECT count(*) FROM profiles"),
+        n("SELECT count(*) FROM events"),
+    )
+}
+
+#[test]
+fn an_import_killed_mid_way_resumes_and_ends_as_if_never_stopped() {
+    const N: u64 = 4 * CHUNK as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data);
+    let db = data.join("tarmo.db");
+    let mut text = String::from("email,loyalty_card,first_name,city\n");
+    for i in 0..N {
+        text.push_str(&format!("k{i}@example.fi,LC-{i:08},Name{},Oulu\n", i % 97));
+    }
+    let file = dir.path().join("crm.csv");
+    std::fs::write(&file, &text).unwrap();
+
+    let mut child = Command::new(BIN)
+        .args(["import", "customers"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        // As `import` gives them: the resumed import keeps its provenance.
+        .args(["--source", "till export 2026-11"])
+        .args(["--documentation", "loyalty forms, archive box 12"])
+        .env("TARMO_DEFAULT_REGION", "FI")
+        .env("TARMO_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once some chunks have committed, well before the end.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no chunk committed");
+        if db.exists() {
+            let (status, rows, _, _) = counts(&db);
+            assert_ne!(status, "done", "the import ended before it could be killed");
+            if rows >= CHUNK as i64 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (status, rows, profiles, events) = counts(&db);
+    assert_eq!(status, "running");
+    assert!(rows > 0 && rows < N as i64, "{rows}");
+    // Each chunk committed whole: a person, their identify event and their
+    // import row together, or none of them.
+    assert_eq!(rows % CHUNK as i64, 0, "{rows}");
+    assert_eq!((profiles, events), (rows, rows));
+
+    // The same file again resumes that import (same id), and the outcome is
+    // the one an uninterrupted run gives.
+    let (code, out, err) = import(&data, "customers", &file, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("import 1: ") && out.contains(&format!("{N} new, 0 updated, 0 unchanged")),
+        "{out}"
+    );
+    assert_eq!(
+        counts(&db),
+        ("done".to_owned(), N as i64, N as i64, N as i64)
+    );
+    let (code, out, err) = import(&data, "customers", &file, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("0 new, 0 updated, {N} unchanged")),
+        "{out}"
+    );
+    assert_eq!(counts(&db).1, N as i64);
 }
