@@ -19,6 +19,7 @@
 mod email;
 mod error;
 mod smtp;
+pub mod pages;
 pub mod templates;
 mod webhook;
 
