@@ -18,8 +18,8 @@
 
 mod email;
 mod error;
-mod smtp;
 pub mod pages;
+mod smtp;
 pub mod templates;
 mod webhook;
 

@@ -101,7 +101,10 @@ impl Lang {
         Some(self.rows(&REQUEST_WORDS)[i])
     }
 
-    fn rows<const N: usize>(self, table: &'static [[&'static str; N]; 6]) -> &'static [&'static str; N] {
+    fn rows<const N: usize>(
+        self,
+        table: &'static [[&'static str; N]; 6],
+    ) -> &'static [&'static str; N] {
         &table[Lang::ALL.iter().position(|l| *l == self).unwrap_or(0)]
     }
 }

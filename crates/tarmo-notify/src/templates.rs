@@ -425,11 +425,19 @@ mod tests {
         assert_eq!(f(None, "sv-SE, de;q=0.3, tr;q=0.4"), Lang::Tr);
         assert_eq!(f(None, "de;q=0, fi;q=0.1"), Lang::Fi);
         assert_eq!(f(None, "de;q=0"), Lang::En);
-        assert_eq!(f(None, "de;q=2, nb;q=0.2"), Lang::Nb, "a broken weight is ignored");
+        assert_eq!(
+            f(None, "de;q=2, nb;q=0.2"),
+            Lang::Nb,
+            "a broken weight is ignored"
+        );
         assert_eq!(f(None, "de;q=0.1234, nb;q=0.2"), Lang::Nb);
         assert_eq!(f(None, "*, fi;q=0.5"), Lang::Fi);
         assert_eq!(f(None, "de, fi"), Lang::De, "equal weights: header order");
-        assert_eq!(f(Some("he"), "fi"), Lang::He, "the person's own language first");
+        assert_eq!(
+            f(Some("he"), "fi"),
+            Lang::He,
+            "the person's own language first"
+        );
         assert_eq!(f(Some("sv"), "fi"), Lang::Fi);
         assert_eq!(Lang::for_person(None, None), Lang::En);
         assert_eq!(qvalue("0.5"), Some(500));

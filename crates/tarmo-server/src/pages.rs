@@ -14,12 +14,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method, decide};
-use tarmo_store::consent::{self as ledger, NewEntry};
-use tarmo_store::doi;
-use tarmo_store::links::{self, SignedLink};
 use tarmo_notify::pages::{fill_days, fill_org, tag_is_rtl};
 use tarmo_notify::templates::Lang;
 use tarmo_store::automations::{preferences_language, preferences_scope};
+use tarmo_store::consent::{self as ledger, NewEntry};
+use tarmo_store::doi;
+use tarmo_store::links::{self, SignedLink};
 use tarmo_store::now_ms;
 
 use crate::{ApiError, AppState, ErrorBody, blocking};
@@ -662,7 +662,10 @@ fn controller_section(s: &AppState, lang: Lang) -> String {
     let mut o = format!(
         "<section><h2>{}</h2><p>{}</p>",
         esc(t.controller_title),
-        fill_org(&esc(t.controller_body), &format!("<bdi>{}</bdi>", esc(&s.config.organisation)))
+        fill_org(
+            &esc(t.controller_body),
+            &format!("<bdi>{}</bdi>", esc(&s.config.organisation))
+        )
     );
     let contacts = [
         (t.contact_label, s.config.controller_contact.as_deref()),

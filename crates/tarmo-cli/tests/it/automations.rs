@@ -482,8 +482,16 @@ fn a_marketing_sms_ends_with_the_opt_out_text_of_its_language() {
         s.base
     );
     assert!(text.starts_with(&prefix), "{body}");
-    let (st, html) = page("GET", text.rsplit(' ').next().unwrap(), None, &[("Accept-Language", "de")]);
+    let (st, html) = page(
+        "GET",
+        text.rsplit(' ').next().unwrap(),
+        None,
+        &[("Accept-Language", "de")],
+    );
     assert_eq!(st, 200);
     assert!(html.contains("<html lang=\"fi\" dir=\"ltr\">"), "{html}");
-    assert!(html.contains("Tekstiviestillä") || html.contains("tekstiviestillä"), "{html}");
+    assert!(
+        html.contains("Tekstiviestillä") || html.contains("tekstiviestillä"),
+        "{html}"
+    );
 }

@@ -314,7 +314,9 @@ impl PurposeSpec {
         self.names
             .get_key_value(lang)
             .or_else(|| self.names.get_key_value(primary))
-            .map_or(("en", self.name.as_str()), |(k, v)| (k.as_str(), v.as_str()))
+            .map_or(("en", self.name.as_str()), |(k, v)| {
+                (k.as_str(), v.as_str())
+            })
     }
 
     /// The description for `lang`, with the same fallback as the notice.
