@@ -100,7 +100,7 @@ impl Lang {
             })
             .collect();
         // Stable: among equal weights the header's order stands.
-        ranges.sort_by(|a, b| b.0.cmp(&a.0));
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
         ranges.first().map_or(Lang::En, |r| r.1)
     }
 
