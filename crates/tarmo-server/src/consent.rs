@@ -937,6 +937,7 @@ pub struct PreferenceLink {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PreferenceLinkQuery {
     /// The person's own language (`fi`, `he`, ...): the page opens in it
     /// whatever their browser asks for. Without it, the browser decides.
