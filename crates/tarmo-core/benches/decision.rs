@@ -36,6 +36,8 @@ fn spec(basis: LegalBasis, life: Option<u32>, special: bool) -> PurposeSpec {
         gpc_opt_out: true,
         direct_marketing: true,
         notice: [("en".to_owned(), "text".to_owned())].into(),
+        names: Default::default(),
+        description: Default::default(),
     }
 }
 

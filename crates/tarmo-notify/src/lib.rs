@@ -18,6 +18,7 @@
 
 mod email;
 mod error;
+pub mod pages;
 mod smtp;
 pub mod templates;
 mod webhook;

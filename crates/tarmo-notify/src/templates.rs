@@ -63,6 +63,47 @@ impl Lang {
         }
     }
 
+    /// The supported language for a BCP 47 tag, if there is one (the same
+    /// primary-subtag rule as [`Lang::negotiate`], without its English default).
+    pub fn supported(tag: &str) -> Option<Lang> {
+        let primary = tag.trim().split(['-', '_']).next().unwrap_or_default();
+        let l = Lang::negotiate(primary);
+        (l != Lang::En || primary.eq_ignore_ascii_case("en")).then_some(l)
+    }
+
+    /// The language of a page shown to a person: their own language when it
+    /// is one of ours (they chose it when they subscribed), else the first
+    /// supported language of the browser's `Accept-Language` by q-value
+    /// (RFC 9110 §12.5.4; equal weights keep the header's order, `q=0` means
+    /// "not this one"), else English.
+    pub fn for_person(own: Option<&str>, accept_language: Option<&str>) -> Lang {
+        if let Some(l) = own.and_then(Lang::supported) {
+            return l;
+        }
+        let Some(header) = accept_language else {
+            return Lang::En;
+        };
+        // A browser sends a handful of ranges; more is noise or an attack.
+        let mut ranges: Vec<(u16, Lang)> = header
+            .split(',')
+            .take(32)
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let tag = parts.next()?.trim();
+                let q = parts
+                    .find_map(|p| {
+                        let p = p.trim();
+                        p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+                    })
+                    .map_or(Some(1000), qvalue)?;
+                (q > 0).then_some((q, Lang::supported(tag)?))
+            })
+            .collect();
+        // Stable: among equal weights the header's order stands.
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
+        ranges.first().map_or(Lang::En, |r| r.1)
+    }
+
     /// The BCP 47 tag, as used in `<html lang>`.
     pub fn code(self) -> &'static str {
         match self {
@@ -295,6 +336,26 @@ pub fn confirmation_sms(lang: &str, ctx: &ConfirmationContext) -> String {
     )
 }
 
+/// An RFC 9110 weight (`0`, `0.5`, `1.000`) in thousandths; `None` when
+/// malformed, so that a range with a broken weight is ignored rather than
+/// taken at full weight.
+fn qvalue(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
 /// Replaces `{org}`, `{url}` and `{hours}` in one pass, so a value that itself
 /// contains `{url}` is not substituted again.
 fn fill(template: &str, org: &str, url: &str, hours: &str) -> String {
@@ -354,6 +415,100 @@ mod tests {
         assert_eq!(Lang::negotiate("sv-SE"), Lang::En);
         assert_eq!(Lang::negotiate(""), Lang::En);
         assert_eq!(Lang::negotiate("en-GB"), Lang::En);
+    }
+
+    #[test]
+    fn accept_language_by_weight() {
+        let f = |own: Option<&str>, h: &str| Lang::for_person(own, Some(h));
+        assert_eq!(f(None, "fi-FI,fi;q=0.9,en-US;q=0.8,en;q=0.7"), Lang::Fi);
+        assert_eq!(f(None, "en;q=0.5, he;q=0.8"), Lang::He);
+        assert_eq!(f(None, "sv-SE, de;q=0.3, tr;q=0.4"), Lang::Tr);
+        assert_eq!(f(None, "de;q=0, fi;q=0.1"), Lang::Fi);
+        assert_eq!(f(None, "de;q=0"), Lang::En);
+        assert_eq!(
+            f(None, "de;q=2, nb;q=0.2"),
+            Lang::Nb,
+            "a broken weight is ignored"
+        );
+        assert_eq!(f(None, "de;q=0.1234, nb;q=0.2"), Lang::Nb);
+        assert_eq!(f(None, "*, fi;q=0.5"), Lang::Fi);
+        assert_eq!(f(None, "de, fi"), Lang::De, "equal weights: header order");
+        assert_eq!(
+            f(Some("he"), "fi"),
+            Lang::He,
+            "the person's own language first"
+        );
+        assert_eq!(f(Some("sv"), "fi"), Lang::Fi);
+        assert_eq!(Lang::for_person(None, None), Lang::En);
+        assert_eq!(qvalue("0.5"), Some(500));
+        assert_eq!(qvalue("1.000"), Some(1000));
+        assert_eq!(qvalue("1.001"), None);
+        assert_eq!(qvalue("0."), Some(0));
+        assert_eq!(qvalue(".5"), None);
+        assert_eq!(Lang::supported("EN-gb"), Some(Lang::En));
+        assert_eq!(Lang::supported("sv"), None);
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn tag() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("en".to_owned()),
+                Just("fi-FI".to_owned()),
+                Just("de".to_owned()),
+                Just("nb-NO".to_owned()),
+                Just("he".to_owned()),
+                Just("tr".to_owned()),
+                Just("sv".to_owned()),
+                Just("*".to_owned()),
+                "[a-z]{2,3}(-[A-Z]{2})?",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics(own in proptest::option::of(".{0,20}"), h in ".{0,200}") {
+                let _ = Lang::for_person(own.as_deref(), Some(&h));
+            }
+
+            #[test]
+            fn the_heaviest_supported_range_wins(
+                items in proptest::collection::vec((tag(), 0u16..=1000), 0..8)
+            ) {
+                let header = items
+                    .iter()
+                    .map(|(t, q)| format!("{t};q={}.{:03}", q / 1000, q % 1000))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let got = Lang::for_person(None, Some(&header));
+                // The model: the first range of the greatest weight above 0
+                // among supported tags, else English.
+                let best = items
+                    .iter()
+                    .filter(|(t, q)| *q > 0 && Lang::supported(t).is_some())
+                    .max_by_key(|(_, q)| *q)
+                    .map(|(_, q)| *q);
+                let want = best.map_or(Lang::En, |b| {
+                    items
+                        .iter()
+                        .find(|(t, q)| *q == b && Lang::supported(t).is_some())
+                        .and_then(|(t, _)| Lang::supported(t))
+                        .unwrap_or(Lang::En)
+                });
+                prop_assert_eq!(got, want, "{}", header);
+            }
+
+            #[test]
+            fn the_persons_own_language_comes_first(
+                own in tag(), h in ".{0,100}"
+            ) {
+                if let Some(l) = Lang::supported(&own) {
+                    prop_assert_eq!(Lang::for_person(Some(&own), Some(&h)), l);
+                }
+            }
+        }
     }
 
     #[test]

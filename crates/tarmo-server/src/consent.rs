@@ -936,9 +936,17 @@ pub struct PreferenceLink {
     pub expires_at: String,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreferenceLinkQuery {
+    /// The person's own language (`fi`, `he`, ...): the page opens in it
+    /// whatever their browser asks for. Without it, the browser decides.
+    language: Option<String>,
+}
+
 /// A signed link to the person's preference page, to put in a message.
 #[utoipa::path(post, path = "/api/v1/profiles/{id}/preference-link", tag = "consent",
-    params(("id" = i64, Path, description = "Profile id")),
+    params(("id" = i64, Path, description = "Profile id"), PreferenceLinkQuery),
     security(("admin_key" = [])),
     responses((status = 200, body = PreferenceLink), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -946,8 +954,17 @@ pub async fn preference_link(
     State(s): State<Arc<AppState>>,
     p: Principal,
     Path(raw): Path<String>,
+    Query(q): Query<PreferenceLinkQuery>,
 ) -> Result<Json<PreferenceLink>, ApiError> {
     let id = crate::profiles::profile_id(&raw)?;
+    if let Some(l) = &q.language
+        && !tarmo_core::consent::purpose::valid_language(l)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_language",
+            "`language` must be a language tag such as fi, he or pt-BR",
+        ));
+    }
     // The page behind the link shows and changes every purpose, and lets
     // its holder ask for the person's data: not for a key bound to some.
     if p.grant.bound() {
@@ -964,7 +981,7 @@ pub async fn preference_link(
         .map(|(p, _)| p)
         .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
     Ok(Json(PreferenceLink {
-        url: crate::pages::preference_url(&s, profile),
+        url: crate::pages::preference_url(&s, profile, q.language.as_deref()),
         expires_at: rfc3339(now_ms() + crate::pages::PREFERENCES_TTL_MS),
     }))
 }

@@ -385,7 +385,10 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
                 let notice = tarmo_core::consent::purpose::notice_text(&texts, language)
                     .map(|(_, t)| t.to_owned())
                     .unwrap_or_default();
-                let name = catalog.get(p).map_or(p.clone(), |c| c.spec.name.clone());
+                let lang = tarmo_notify::templates::Lang::negotiate(language).code();
+                let name = catalog
+                    .get(p)
+                    .map_or(p.clone(), |c| c.spec.name_in(lang).1.to_owned());
                 list.push(templates::Purpose { name, notice });
             }
             drop(conn);

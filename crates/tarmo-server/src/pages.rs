@@ -14,6 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method, decide};
+use tarmo_notify::pages::{fill_days, fill_org, tag_is_rtl};
+use tarmo_notify::templates::Lang;
+use tarmo_store::automations::{preferences_language, preferences_scope};
 use tarmo_store::consent::{self as ledger, NewEntry};
 use tarmo_store::doi;
 use tarmo_store::links::{self, SignedLink};
@@ -27,179 +30,32 @@ pub use tarmo_store::automations::PREFERENCES_LINK;
 /// How long a preference link works.
 pub const PREFERENCES_TTL_MS: i64 = 90 * 86_400_000;
 
-struct Texts {
-    dir: &'static str,
-    confirm_title: &'static str,
-    confirm_lead: &'static str,
-    confirm_button: &'static str,
-    confirmed_title: &'static str,
-    confirmed_body: &'static str,
-    used: &'static str,
-    expired: &'static str,
-    invalid: &'static str,
-    unsub_title: &'static str,
-    unsub_button: &'static str,
-    unsubscribed: &'static str,
-    prefs_title: &'static str,
-    prefs_lead: &'static str,
-    prefs_save: &'static str,
-    prefs_saved: &'static str,
-    gpc_note: &'static str,
-    manage: &'static str,
+/// The page's language: the person's own language when known, else the
+/// browser's `Accept-Language` by weight, else English.
+fn lang_for(own: Option<&str>, headers: &HeaderMap) -> Lang {
+    Lang::for_person(
+        own,
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
-const EN: Texts = Texts {
-    dir: "ltr",
-    confirm_title: "Please confirm",
-    confirm_lead: "You asked to hear from us. Nothing is switched on until you press the button below. You agree to:",
-    confirm_button: "Yes, I confirm",
-    confirmed_title: "Thank you — confirmed",
-    confirmed_body: "Your choice is recorded. You can change your mind at any time.",
-    used: "This link was already used. Your earlier choice stands.",
-    expired: "This link has expired. Please subscribe again to get a new one.",
-    invalid: "This link is not valid.",
-    unsub_title: "Unsubscribe",
-    unsub_button: "Unsubscribe",
-    unsubscribed: "You are unsubscribed. It took effect at once.",
-    prefs_title: "Your choices",
-    prefs_lead: "Tick what you allow. Untick to withdraw — it takes effect at once.",
-    prefs_save: "Save my choices",
-    prefs_saved: "Saved. Your choices took effect at once.",
-    gpc_note: "Your browser sends a Global Privacy Control signal: we have recorded it as an opt-out of sale and sharing. A choice you make here stands.",
-    manage: "See and change all your choices",
-};
-
-const FI: Texts = Texts {
-    dir: "ltr",
-    confirm_title: "Vahvista, kiitos",
-    confirm_lead: "Pyysit viestejämme. Mitään ei oteta käyttöön ennen kuin painat alla olevaa painiketta. Hyväksyt:",
-    confirm_button: "Kyllä, vahvistan",
-    confirmed_title: "Kiitos — vahvistettu",
-    confirmed_body: "Valintasi on tallennettu. Voit muuttaa mieltäsi milloin tahansa.",
-    used: "Tätä linkkiä on jo käytetty. Aiempi valintasi on voimassa.",
-    expired: "Linkki on vanhentunut. Tilaa uudelleen saadaksesi uuden.",
-    invalid: "Linkki ei ole kelvollinen.",
-    unsub_title: "Peru tilaus",
-    unsub_button: "Peru tilaus",
-    unsubscribed: "Tilaus on peruttu. Muutos tuli voimaan heti.",
-    prefs_title: "Valintasi",
-    prefs_lead: "Rastita, mitä sallit. Poista rasti peruaksesi — muutos tulee voimaan heti.",
-    prefs_save: "Tallenna valintani",
-    prefs_saved: "Tallennettu. Valintasi tulivat voimaan heti.",
-    gpc_note: "Selaimesi lähettää Global Privacy Control -signaalin: olemme kirjanneet sen kieltona myydä tai jakaa tietojasi. Tällä sivulla tekemäsi valinta on voimassa.",
-    manage: "Katso ja muuta kaikkia valintojasi",
-};
-
-const DE: Texts = Texts {
-    dir: "ltr",
-    confirm_title: "Bitte bestätigen",
-    confirm_lead: "Sie möchten von uns hören. Nichts wird aktiviert, bevor Sie auf die Schaltfläche unten klicken. Sie stimmen zu:",
-    confirm_button: "Ja, ich bestätige",
-    confirmed_title: "Danke — bestätigt",
-    confirmed_body: "Ihre Wahl ist gespeichert. Sie können sie jederzeit ändern.",
-    used: "Dieser Link wurde bereits verwendet. Ihre frühere Wahl gilt weiter.",
-    expired: "Dieser Link ist abgelaufen. Bitte melden Sie sich erneut an.",
-    invalid: "Dieser Link ist ungültig.",
-    unsub_title: "Abmelden",
-    unsub_button: "Abmelden",
-    unsubscribed: "Sie sind abgemeldet. Das gilt ab sofort.",
-    prefs_title: "Ihre Einstellungen",
-    prefs_lead: "Haken Sie an, was Sie erlauben. Entfernen Sie den Haken, um zu widerrufen — das gilt sofort.",
-    prefs_save: "Einstellungen speichern",
-    prefs_saved: "Gespeichert. Ihre Einstellungen gelten ab sofort.",
-    gpc_note: "Ihr Browser sendet ein Global-Privacy-Control-Signal: Wir haben es als Widerspruch gegen Verkauf und Weitergabe erfasst. Eine Wahl, die Sie hier treffen, gilt.",
-    manage: "Alle Einstellungen ansehen und ändern",
-};
-
-const NB: Texts = Texts {
-    dir: "ltr",
-    confirm_title: "Vennligst bekreft",
-    confirm_lead: "Du ba om å høre fra oss. Ingenting slås på før du trykker på knappen under. Du samtykker til:",
-    confirm_button: "Ja, jeg bekrefter",
-    confirmed_title: "Takk — bekreftet",
-    confirmed_body: "Valget ditt er lagret. Du kan ombestemme deg når som helst.",
-    used: "Denne lenken er allerede brukt. Det tidligere valget ditt gjelder.",
-    expired: "Denne lenken er utløpt. Meld deg på igjen for å få en ny.",
-    invalid: "Denne lenken er ikke gyldig.",
-    unsub_title: "Meld av",
-    unsub_button: "Meld av",
-    unsubscribed: "Du er meldt av. Det gjelder fra nå.",
-    prefs_title: "Dine valg",
-    prefs_lead: "Kryss av for det du tillater. Fjern krysset for å trekke tilbake — det gjelder med en gang.",
-    prefs_save: "Lagre valgene mine",
-    prefs_saved: "Lagret. Valgene dine gjelder med en gang.",
-    gpc_note: "Nettleseren din sender et Global Privacy Control-signal: vi har registrert det som et nei til salg og deling. Et valg du gjør her, gjelder.",
-    manage: "Se og endre alle valgene dine",
-};
-
-const TR: Texts = Texts {
-    dir: "ltr",
-    confirm_title: "Lütfen onaylayın",
-    confirm_lead: "Bizden haber almak istediniz. Aşağıdaki düğmeye basana kadar hiçbir şey etkinleşmez. Onay verdiğiniz:",
-    confirm_button: "Evet, onaylıyorum",
-    confirmed_title: "Teşekkürler — onaylandı",
-    confirmed_body: "Seçiminiz kaydedildi. Fikrinizi istediğiniz zaman değiştirebilirsiniz.",
-    used: "Bu bağlantı zaten kullanıldı. Önceki seçiminiz geçerli.",
-    expired: "Bu bağlantının süresi doldu. Yeni bir bağlantı için yeniden abone olun.",
-    invalid: "Bu bağlantı geçerli değil.",
-    unsub_title: "Abonelikten çık",
-    unsub_button: "Abonelikten çık",
-    unsubscribed: "Abonelikten çıktınız. Hemen geçerli oldu.",
-    prefs_title: "Seçimleriniz",
-    prefs_lead: "İzin verdiklerinizi işaretleyin. Geri çekmek için işareti kaldırın — hemen geçerli olur.",
-    prefs_save: "Seçimlerimi kaydet",
-    prefs_saved: "Kaydedildi. Seçimleriniz hemen geçerli oldu.",
-    gpc_note: "Tarayıcınız Global Privacy Control sinyali gönderiyor: bunu satış ve paylaşıma itiraz olarak kaydettik. Burada yaptığınız seçim geçerlidir.",
-    manage: "Tüm seçimlerinizi görün ve değiştirin",
-};
-
-const HE: Texts = Texts {
-    dir: "rtl",
-    confirm_title: "נא לאשר",
-    confirm_lead: "ביקשת לשמוע מאיתנו. דבר לא מופעל עד שתלחץ על הכפתור למטה. אתה מסכים ל:",
-    confirm_button: "כן, אני מאשר",
-    confirmed_title: "תודה — אושר",
-    confirmed_body: "הבחירה שלך נשמרה. אפשר לשנות אותה בכל עת.",
-    used: "הקישור הזה כבר נוצל. הבחירה הקודמת שלך בתוקף.",
-    expired: "תוקף הקישור פג. נא להירשם שוב כדי לקבל קישור חדש.",
-    invalid: "הקישור אינו תקף.",
-    unsub_title: "ביטול הרשמה",
-    unsub_button: "ביטול הרשמה",
-    unsubscribed: "ההרשמה בוטלה. השינוי נכנס לתוקף מיד.",
-    prefs_title: "הבחירות שלך",
-    prefs_lead: "סמן את מה שאתה מתיר. הסר סימון כדי לבטל — זה נכנס לתוקף מיד.",
-    prefs_save: "שמור את הבחירות שלי",
-    prefs_saved: "נשמר. הבחירות שלך נכנסו לתוקף מיד.",
-    gpc_note: "הדפדפן שלך שולח אות Global Privacy Control: רשמנו אותו כהתנגדות למכירה ולשיתוף. בחירה שתעשה כאן תקפה.",
-    manage: "צפה בכל הבחירות שלך ושנה אותן",
-};
-
-fn texts(lang: &str) -> (&'static str, &'static Texts) {
-    match lang.split('-').next().unwrap_or("en") {
-        "fi" => ("fi", &FI),
-        "de" => ("de", &DE),
-        "nb" | "no" | "nn" => ("nb", &NB),
-        "tr" => ("tr", &TR),
-        "he" | "iw" => ("he", &HE),
-        _ => ("en", &EN),
+/// Text an operator wrote in language `tag`, inside element `el`: when it
+/// is not in the page's language (a fallback), the element says which
+/// language and direction it is in, so that a screen reader reads it in its
+/// own voice and its full stop stays at its end inside a right-to-left page.
+fn in_lang(page: Lang, tag: &str, el: &str, attrs: &str, text: &str) -> String {
+    if Lang::supported(tag) == Some(page) {
+        format!("<{el}{attrs}>{}</{el}>", esc(text))
+    } else {
+        format!(
+            "<{el}{attrs} lang=\"{}\" dir=\"{}\">{}</{el}>",
+            esc(tag),
+            if tag_is_rtl(tag) { "rtl" } else { "ltr" },
+            esc(text)
+        )
     }
-}
-
-/// The first language the browser asks for.
-fn browser_language(headers: &HeaderMap) -> String {
-    headers
-        .get(header::ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "en".into())
 }
 
 pub(crate) fn esc(s: &str) -> String {
@@ -217,16 +73,28 @@ pub(crate) fn esc(s: &str) -> String {
     o
 }
 
-fn page(status: StatusCode, lang: &str, t: &Texts, title: &str, body: &str) -> Response {
+/// Colours keep a contrast of at least 4.5:1 (WCAG 1.4.3), focus is
+/// visible (2.4.7) and targets are at least 24 px (2.5.8).
+fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> Response {
     let html = format!(
-        "<!doctype html><html lang=\"{lang}\" dir=\"{dir}\"><head><meta charset=\"utf-8\">\
+        "<!doctype html><html lang=\"{code}\" dir=\"{dir}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{title}</title>\
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-button{{font-size:1rem;padding:.6rem 1.2rem;border-radius:.4rem;border:1px solid #235;background:#235;color:#fff;cursor:pointer}}\
-.notice{{background:#f4f4f4;padding:.6rem .8rem;border-radius:.3rem;white-space:pre-wrap}}\
-label{{display:block;margin:.8rem 0}}.muted{{color:#666;font-size:.9rem}}</style></head>\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222;background:#fff}}\
+button{{font-size:1rem;min-height:2.75rem;padding:.6rem 1.2rem;border-radius:.4rem;border:1px solid #235;background:#235;color:#fff;cursor:pointer}}\
+button.danger{{background:#8a1c1c;border-color:#8a1c1c}}\
+:focus-visible{{outline:3px solid #b35c00;outline-offset:2px}}\
+a{{color:#1a4f8b}}\
+.notice{{background:#f4f4f4;padding:.6rem .8rem;border-radius:.3rem;white-space:pre-wrap;margin:.4rem 0}}\
+fieldset{{border:1px solid #bbb;border-radius:.4rem;margin:1rem 0;padding:.4rem 1rem .8rem}}\
+legend h3{{margin:0;font-size:1.05rem}}\
+label{{display:inline-flex;gap:.5rem;align-items:center;margin:.6rem 0;min-height:2.75rem;font-weight:600}}\
+input[type=checkbox]{{width:1.5rem;height:1.5rem}}\
+dl{{margin:.4rem 0;display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem}}dt{{color:#444;font-weight:600}}dd{{margin:0}}\
+.muted{{color:#555;font-size:.95rem}}.status{{background:#e8f3e8;border-inline-start:4px solid #2a6b2a;padding:.5rem .8rem}}\
+section{{margin-top:2rem}}</style></head>\
 <body><main><h1>{title}</h1>{body}</main></body></html>",
-        dir = t.dir,
+        code = lang.code(),
+        dir = lang.dir(),
         title = esc(title),
     );
     let mut r = (status, html).into_response();
@@ -263,15 +131,15 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
     );
 }
 
-fn error_page(e: ApiError, lang: &str) -> Response {
-    let (l, t) = texts(lang);
+fn error_page(e: ApiError, lang: Lang) -> Response {
+    let t = lang.page();
     let msg = match e.code {
         "token_used" => t.used,
         "token_expired" => t.expired,
         "token_unknown" | "link_invalid" => t.invalid,
         _ => return e.into_response(),
     };
-    page(e.status, l, t, msg, "")
+    page(e.status, lang, msg, "")
 }
 
 /// Where the person's request came from, as evidence: the socket's address,
@@ -337,16 +205,17 @@ pub async fn confirm_page(
     let t = token.clone();
     let pending = match blocking(move || doi::peek(&mut *store.conn()?, &t, now_ms())).await {
         Ok(p) => p,
-        Err(e) => return error_page(e, &browser_language(&headers)),
+        Err(e) => return error_page(e, lang_for(None, &headers)),
     };
-    let (lang, t) = texts(&pending.data.language);
+    let lang = lang_for(Some(&pending.data.language), &headers);
+    let t = lang.page();
     let catalog = match s.catalog().await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let store = s.store.clone();
     let purposes = pending.data.purposes.clone();
-    let language = pending.data.language.clone();
+    let language = lang.code().to_owned();
     let notices = blocking(move || {
         let mut c = store.conn()?;
         purposes
@@ -354,7 +223,7 @@ pub async fn confirm_page(
             .map(|(p, v)| {
                 let texts = ledger::notice_texts(&mut *c, p, v)?.unwrap_or_default();
                 let text = tarmo_core::consent::purpose::notice_text(&texts, &language)
-                    .map(|(_, x)| x.to_owned());
+                    .map(|(l, x)| (l.to_owned(), x.to_owned()));
                 Ok((p.clone(), text))
             })
             .collect::<tarmo_store::Result<Vec<_>>>()
@@ -366,20 +235,20 @@ pub async fn confirm_page(
     };
     let mut body = format!("<p>{}</p>", esc(t.confirm_lead));
     for (p, text) in notices {
-        let name = catalog.get(&p).map_or(p.as_str(), |c| c.spec.name.as_str());
-        let _ = write!(
-            body,
-            "<h2>{}</h2><p class=\"notice\">{}</p>",
-            esc(name),
-            esc(text.as_deref().unwrap_or(""))
-        );
+        let (name_lang, name) = catalog
+            .get(&p)
+            .map_or(("en", p.as_str()), |c| c.spec.name_in(lang.code()));
+        body.push_str(&in_lang(lang, name_lang, "h2", "", name));
+        if let Some((l, text)) = text {
+            body.push_str(&in_lang(lang, &l, "p", " class=\"notice\"", &text));
+        }
     }
     let _ = write!(
         body,
         "<form method=\"post\"><button type=\"submit\">{}</button></form>",
         esc(t.confirm_button)
     );
-    page(StatusCode::OK, lang, t, t.confirm_title, &body)
+    page(StatusCode::OK, lang, t.confirm_title, &body)
 }
 
 /// The person pressed "confirm": the grant is recorded with this request as
@@ -399,27 +268,28 @@ pub async fn confirm_post(
     let confirmed = s.transact(move |ctx| doi::confirm(ctx, &token, ev)).await;
     let c = match confirmed {
         Ok(c) => c,
-        Err(e) => return error_page(e, &browser_language(&headers)),
+        Err(e) => return error_page(e, lang_for(None, &headers)),
     };
-    let (lang, t) = texts(&c.language);
-    let link = preference_url(&s, c.profile_id);
+    let lang = lang_for(Some(&c.language), &headers);
+    let t = lang.page();
+    let link = preference_url(&s, c.profile_id, Some(lang.code()));
     let body = format!(
         "<p>{}</p><p><a href=\"{}\">{}</a></p>",
         esc(t.confirmed_body),
         esc(&link),
         esc(t.manage)
     );
-    page(StatusCode::OK, lang, t, t.confirmed_title, &body)
+    page(StatusCode::OK, lang, t.confirmed_title, &body)
 }
 
-/// A link to the person's preference page.
-pub(crate) fn preference_url(s: &AppState, profile: i64) -> String {
+/// A link to the person's preference page, in their language when known.
+pub(crate) fn preference_url(s: &AppState, profile: i64, language: Option<&str>) -> String {
     let token = links::sign_link(
         s.store.vault(),
         PREFERENCES_LINK,
         &SignedLink {
             profile_id: profile,
-            scope: "*".into(),
+            scope: preferences_scope(language),
             issued_ms: now_ms(),
         },
     );
@@ -442,25 +312,28 @@ pub async fn unsubscribe_page(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    let lang = browser_language(&headers);
+    let lang = lang_for(None, &headers);
     let link = match open_unsubscribe(&s, &token) {
         Ok(l) => l,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang),
     };
-    let (lang, t) = texts(&lang);
+    let t = lang.page();
     let name = match s.catalog().await {
-        Ok(c) => c
-            .get(&link.scope)
-            .map_or(link.scope.clone(), |c| c.spec.name.clone()),
+        Ok(c) => c.get(&link.scope).map_or_else(
+            || in_lang(lang, "en", "strong", "", &link.scope),
+            |c| {
+                let (l, n) = c.spec.name_in(lang.code());
+                in_lang(lang, l, "strong", "", n)
+            },
+        ),
         Err(e) => return e.into_response(),
     };
     let body = format!(
-        "<p><strong>{}</strong></p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+        "<p>{name}</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
 <button type=\"submit\">{}</button></form>",
-        esc(&name),
         esc(t.unsub_button)
     );
-    page(StatusCode::OK, lang, t, t.unsub_title, &body)
+    page(StatusCode::OK, lang, t.unsub_title, &body)
 }
 
 /// RFC 8058 one-click unsubscribe (`List-Unsubscribe=One-Click`, posted by
@@ -477,10 +350,10 @@ pub async fn unsubscribe_post(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let lang = browser_language(&headers);
+    let lang = lang_for(None, &headers);
     let link = match open_unsubscribe(&s, &token) {
         Ok(l) => l,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang),
     };
     // Mailbox providers post multipart/form-data (RFC 8058 §3.1) or the
     // urlencoded form; the page's own button posts the latter.
@@ -505,22 +378,42 @@ pub async fn unsubscribe_post(
     {
         return e.into_response();
     }
-    let (lang, t) = texts(&lang);
-    page(StatusCode::OK, lang, t, t.unsubscribed, "")
+    page(StatusCode::OK, lang, lang.page().unsubscribed, "")
 }
 
 // -------------------------------------------------------------- preferences
 
-fn open_preferences(s: &AppState, token: &str) -> Result<SignedLink, ApiError> {
+/// A preference link's profile and the person's own language, when the link
+/// names one.
+fn open_preferences(s: &AppState, token: &str) -> Result<(i64, Option<String>), ApiError> {
     links::open_link(s.store.vault(), PREFERENCES_LINK, token)
-        .filter(|l| l.scope == "*" && now_ms() - l.issued_ms < PREFERENCES_TTL_MS)
+        .filter(|l| now_ms() - l.issued_ms < PREFERENCES_TTL_MS)
+        .and_then(|l| {
+            let own = preferences_language(&l.scope)?.map(str::to_owned);
+            Some((l.profile_id, own))
+        })
         .ok_or_else(|| ApiError::not_found("link_invalid", "this link is not valid"))
 }
 
-/// Purposes a person can switch on and off here: those resting on consent,
-/// and those they may object to.
-fn choosable(c: &ledger::CatalogEntry) -> bool {
-    c.rule.basis == LegalBasis::Consent || c.rule.basis.objectionable() || c.rule.direct_marketing
+/// How the page shows a purpose: consent is given and withdrawn with a box;
+/// legitimate interests (and direct marketing on any basis other than
+/// consent) are objected to (Art. 21), never "consented"; a contract or a
+/// legal duty is only explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Consent,
+    Objection,
+    Necessary,
+}
+
+fn group(c: &ledger::CatalogEntry) -> Group {
+    if c.rule.basis == LegalBasis::Consent {
+        Group::Consent
+    } else if c.rule.basis.objectionable() || c.rule.direct_marketing {
+        Group::Objection
+    } else {
+        Group::Necessary
+    }
 }
 
 async fn record_gpc_if_sent(
@@ -550,15 +443,104 @@ async fn record_gpc_if_sent(
     Ok(true)
 }
 
+/// Words for ids (data categories, channels): the page's own word when it
+/// has one, else the id in plain letters, marked as English.
+fn words<'a>(
+    lang: Lang,
+    ids: impl Iterator<Item = &'a str>,
+    word: impl Fn(Lang, &str) -> Option<&'static str>,
+) -> String {
+    ids.map(|id| match word(lang, id) {
+        Some(w) => esc(w),
+        None => in_lang(lang, "en", "span", "", &id.replace('_', " ")),
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// What is done for a purpose, with which data, by which channels, shared
+/// with whom and kept how long.
+fn purpose_details(
+    lang: Lang,
+    c: &ledger::CatalogEntry,
+    processors: &[tarmo_store::processors::ProcessorView],
+) -> String {
+    let t = lang.page();
+    let mut o = String::new();
+    if let Some((l, x)) = c.spec.notice_text(lang.code()) {
+        o.push_str(&in_lang(lang, l, "p", " class=\"notice\"", x));
+    }
+    if let Some((l, x)) = c.spec.description_in(lang.code()) {
+        o.push_str(&in_lang(lang, l, "p", "", x));
+    }
+    o.push_str("<dl>");
+    if !c.spec.data_categories.is_empty() {
+        let _ = write!(
+            o,
+            "<dt>{}</dt><dd>{}</dd>",
+            esc(t.held_label),
+            words(
+                lang,
+                c.spec.data_categories.iter().map(|d| d.as_str()),
+                Lang::data_category
+            )
+        );
+    }
+    if !c.spec.channels.is_empty() {
+        let _ = write!(
+            o,
+            "<dt>{}</dt><dd>{}</dd>",
+            esc(t.channels_label),
+            words(
+                lang,
+                c.spec.channels.iter().map(|ch| ch.as_str()),
+                Lang::channel
+            )
+        );
+    }
+    let recipients: Vec<String> = processors
+        .iter()
+        .filter(|p| p.purposes.iter().any(|x| x == c.id.as_str()))
+        .map(|p| {
+            // Operator-written, in no known language: isolated so that
+            // its direction does not disturb the sentence around it.
+            format!(
+                "<bdi>{}</bdi> (<bdi>{}</bdi>, {})",
+                esc(&p.name),
+                esc(&p.role),
+                esc(&p.country)
+            )
+        })
+        .collect();
+    let _ = write!(
+        o,
+        "<dt>{}</dt><dd>{}</dd></dl><p class=\"muted\">{}</p>",
+        esc(t.recipients_label),
+        if recipients.is_empty() {
+            esc(t.recipients_none)
+        } else {
+            recipients.join("; ")
+        },
+        esc(&fill_days(t.retention, c.spec.retention_days))
+    );
+    o
+}
+
+struct PersonNow {
+    states: Vec<(String, tarmo_core::consent::ConsentState)>,
+    flags: tarmo_core::consent::ProfileFlags,
+    processors: Vec<tarmo_store::processors::ProcessorView>,
+}
+
 async fn render_preferences(
     s: &AppState,
     profile: i64,
     token: &str,
-    lang: &str,
+    lang: Lang,
     gpc_seen: bool,
     saved: bool,
 ) -> Response {
-    let (lang, t) = texts(lang);
+    let t = lang.page();
     let catalog = match s.catalog().await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -569,50 +551,142 @@ async fn render_preferences(
         let Some(p) = doi::current_profile(&mut *c, profile)? else {
             return Ok(None);
         };
-        Ok(Some((
-            ledger::states(&mut *c, p)?,
-            ledger::flags(&mut *c, p)?,
-        )))
+        Ok(Some(PersonNow {
+            states: ledger::states(&mut *c, p)?,
+            flags: ledger::flags(&mut *c, p)?,
+            processors: tarmo_store::processors::list(&mut *c)?,
+        }))
     })
     .await;
-    let (states, flags) = match read {
+    let now_state = match read {
         Ok(Some(x)) => x,
         Ok(None) => return error_page(ApiError::not_found("link_invalid", ""), lang),
         Err(e) => return e.into_response(),
     };
     let now = now_ms();
+    let entries = catalog.entries();
+    let of = |g: Group| entries.iter().filter(move |c| group(c) == g);
+    let allowed = |c: &ledger::CatalogEntry| {
+        let st = now_state
+            .states
+            .iter()
+            .find(|(p, _)| p == c.id.as_str())
+            .map(|x| x.1);
+        decide(&c.rule, None, st.as_ref(), now_state.flags, now).allowed
+    };
+    let purpose_head = |c: &ledger::CatalogEntry| {
+        let (l, name) = c.spec.name_in(lang.code());
+        format!("<legend>{}</legend>", in_lang(lang, l, "h3", "", name))
+    };
     let mut body = String::new();
     if saved {
-        let _ = write!(body, "<p><strong>{}</strong></p>", esc(t.prefs_saved));
+        let _ = write!(
+            body,
+            "<p class=\"status\" role=\"status\">{}</p>",
+            esc(t.prefs_saved)
+        );
     }
     if gpc_seen {
         let _ = write!(body, "<p class=\"muted\">{}</p>", esc(t.gpc_note));
     }
     let _ = write!(body, "<p>{}</p><form method=\"post\">", esc(t.prefs_lead));
-    for c in catalog.entries().into_iter().filter(|c| choosable(c)) {
-        let st = states.iter().find(|(p, _)| p == c.id.as_str()).map(|x| x.1);
-        let on = decide(&c.rule, None, st.as_ref(), flags, now).allowed;
-        let notice = c.spec.notice_text(lang).map(|x| x.1).unwrap_or("");
+    if of(Group::Consent).next().is_some() {
+        let _ = write!(body, "<section><h2>{}</h2>", esc(t.consents_title));
+        for c in of(Group::Consent) {
+            let _ = write!(
+                body,
+                "<fieldset>{}{}<label><input type=\"checkbox\" name=\"purpose\" value=\"{id}\"{checked}> {}</label></fieldset>",
+                purpose_head(c),
+                purpose_details(lang, c, &now_state.processors),
+                esc(t.allow_label),
+                id = esc(c.id.as_str()),
+                checked = if allowed(c) { " checked" } else { "" },
+            );
+        }
+        body.push_str("</section>");
+    }
+    if of(Group::Objection).next().is_some() {
         let _ = write!(
             body,
-            "<label><input type=\"checkbox\" name=\"purpose\" value=\"{id}\"{checked}> <strong>{name}</strong></label><p class=\"notice\">{notice}</p>",
-            id = esc(c.id.as_str()),
-            checked = if on { " checked" } else { "" },
-            name = esc(&c.spec.name),
-            notice = esc(notice),
+            "<section><h2>{}</h2><p>{}</p>",
+            esc(t.objections_title),
+            esc(t.objections_lead)
         );
+        for c in of(Group::Objection) {
+            let control = if allowed(c) {
+                format!(
+                    "<label><input type=\"checkbox\" name=\"object\" value=\"{}\"> {}</label>",
+                    esc(c.id.as_str()),
+                    esc(t.object_label)
+                )
+            } else {
+                format!("<p><strong>{}</strong></p>", esc(t.objected_note))
+            };
+            let _ = write!(
+                body,
+                "<fieldset>{}{}{control}</fieldset>",
+                purpose_head(c),
+                purpose_details(lang, c, &now_state.processors),
+            );
+        }
+        body.push_str("</section>");
     }
     let _ = write!(
         body,
-        "<button type=\"submit\">{}</button></form>",
+        "<p><button type=\"submit\">{}</button></p></form>",
         esc(t.prefs_save)
     );
+    if of(Group::Necessary).next().is_some() {
+        let _ = write!(
+            body,
+            "<section><h2>{}</h2><p>{}</p>",
+            esc(t.necessary_title),
+            esc(t.necessary_lead)
+        );
+        for c in of(Group::Necessary) {
+            let (l, name) = c.spec.name_in(lang.code());
+            body.push_str(&in_lang(lang, l, "h3", "", name));
+            body.push_str(&purpose_details(lang, c, &now_state.processors));
+        }
+        body.push_str("</section>");
+    }
+    body.push_str(&controller_section(s, lang));
     body.push_str(&rights_section(lang, token));
-    page(StatusCode::OK, lang, t, t.prefs_title, &body)
+    page(StatusCode::OK, lang, t.prefs_title, &body)
 }
 
-/// The person's preference page: what they allow, with the notice texts.
-/// A `Sec-GPC: 1` header is recorded as an opt-out of sale and sharing.
+/// Who the controller is and how to reach them (and their DPO), from the
+/// configuration.
+fn controller_section(s: &AppState, lang: Lang) -> String {
+    let t = lang.page();
+    let mut o = format!(
+        "<section><h2>{}</h2><p>{}</p>",
+        esc(t.controller_title),
+        fill_org(
+            &esc(t.controller_body),
+            &format!("<bdi>{}</bdi>", esc(&s.config.organisation))
+        )
+    );
+    let contacts = [
+        (t.contact_label, s.config.controller_contact.as_deref()),
+        (t.dpo_label, s.config.dpo_contact.as_deref()),
+    ];
+    if contacts.iter().any(|c| c.1.is_some()) {
+        o.push_str("<dl>");
+        for (label, value) in contacts {
+            if let Some(v) = value {
+                let _ = write!(o, "<dt>{}</dt><dd><bdi>{}</bdi></dd>", esc(label), esc(v));
+            }
+        }
+        o.push_str("</dl>");
+    }
+    o.push_str("</section>");
+    o
+}
+
+/// The person's preference page: what is done with their data, by whom,
+/// and what they allow or object to. A `Sec-GPC: 1` header is recorded as
+/// an opt-out of sale and sharing.
 #[utoipa::path(get, path = "/p/{token}", tag = "pages",
     params(("token" = String, Path, description = "The preference link's signed token")),
     responses((status = 200, content_type = "text/html", body = String), (status = 404, content_type = "text/html", body = String)))]
@@ -622,25 +696,27 @@ pub async fn preferences_page(
     peer: Peer,
     Path(token): Path<String>,
 ) -> Response {
-    let lang = browser_language(&headers);
-    let link = match open_preferences(&s, &token) {
+    let (profile, own) = match open_preferences(&s, &token) {
         Ok(l) => l,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang_for(None, &headers)),
     };
+    let lang = lang_for(own.as_deref(), &headers);
     let ev = evidence(&headers, peer.0);
-    let gpc_seen = match record_gpc_if_sent(&s, &headers, link.profile_id, ev).await {
+    let gpc_seen = match record_gpc_if_sent(&s, &headers, profile, ev).await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
-    render_preferences(&s, link.profile_id, &token, &lang, gpc_seen, false).await
+    render_preferences(&s, profile, &token, lang, gpc_seen, false).await
 }
 
 /// Save the person's choices: each change is a ledger entry (method
-/// `preference_center`), in effect at once.
+/// `preference_center`), in effect at once. A purpose the page does not
+/// offer for that change is refused and nothing is saved.
 #[utoipa::path(post, path = "/p/{token}", tag = "pages",
     params(("token" = String, Path, description = "The preference link's signed token")),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "purpose=<id> for each purpose allowed"),
-    responses((status = 200, content_type = "text/html", body = String), (status = 404, content_type = "text/html", body = String)))]
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "purpose=<id> for each purpose resting on consent that is allowed; object=<id> for each purpose on legitimate interests objected to"),
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 400, body = ErrorBody), (status = 404, content_type = "text/html", body = String)))]
 pub async fn preferences_post(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -648,46 +724,60 @@ pub async fn preferences_post(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let lang = browser_language(&headers);
-    let link = match open_preferences(&s, &token) {
+    let (profile, own) = match open_preferences(&s, &token) {
         Ok(l) => l,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang_for(None, &headers)),
     };
+    let lang = lang_for(own.as_deref(), &headers);
+    let fields = form(&body);
+    let catalog = match s.catalog().await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    for (k, v) in &fields {
+        let want = match k.as_str() {
+            "purpose" => Group::Consent,
+            "object" => Group::Objection,
+            _ => continue,
+        };
+        if catalog.get(v).map(group) != Some(want) {
+            return ApiError::bad_request(
+                "unknown_purpose",
+                "purpose= names a purpose resting on consent, object= one that may be objected to",
+            )
+            .into_response();
+        }
+    }
     let ev = evidence(&headers, peer.0);
     // GPC first, so that the person's explicit choice below stands over it.
-    let gpc_seen = match record_gpc_if_sent(&s, &headers, link.profile_id, ev.clone()).await {
+    let gpc_seen = match record_gpc_if_sent(&s, &headers, profile, ev.clone()).await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
-    let wanted: Vec<String> = form(&body)
-        .into_iter()
-        .filter(|(k, _)| k == "purpose")
-        .map(|(_, v)| v)
-        .collect();
-    let profile = link.profile_id;
     let saved = s
         .transact(move |ctx| {
             let Some(p) = doi::current_profile(ctx.conn, profile)? else {
                 return Ok(());
             };
             let flags = ledger::flags(ctx.conn, p)?;
+            let named = |k: &str, id: &str| fields.iter().any(|(fk, v)| fk == k && v == id);
             let mut entries = Vec::new();
-            for c in ctx.catalog.entries().into_iter().filter(|c| choosable(c)) {
+            for c in ctx.catalog.entries() {
                 let st = ledger::state(ctx.conn, p, c.id.as_str())?;
                 let on = decide(&c.rule, None, st.as_ref(), flags, ctx.now_ms).allowed;
-                let want = wanted.iter().any(|w| w == c.id.as_str());
-                let decision = match (on, want) {
-                    (false, true) => ConsentDecision::Granted,
-                    (true, false) if c.rule.basis == LegalBasis::Consent => {
-                        ConsentDecision::Withdrawn
+                let decision = match group(c) {
+                    Group::Consent => match (on, named("purpose", c.id.as_str())) {
+                        (false, true) => ConsentDecision::Granted,
+                        (true, false) => ConsentDecision::Withdrawn,
+                        _ => continue,
+                    },
+                    // Lifting an objection is not offered: it would be a
+                    // consent in all but name.
+                    Group::Objection if on && named("object", c.id.as_str()) => {
+                        ConsentDecision::Objected
                     }
-                    (true, false) => ConsentDecision::Objected,
                     _ => continue,
                 };
-                if decision == ConsentDecision::Granted && c.rule.basis != LegalBasis::Consent {
-                    // Lifting an objection to a legitimate interest is not a consent.
-                    continue;
-                }
                 entries.push(NewEntry {
                     profile_id: p,
                     purpose: c.id.to_string(),
@@ -706,7 +796,7 @@ pub async fn preferences_post(
     if let Err(e) = saved {
         return e.into_response();
     }
-    render_preferences(&s, profile, &token, &lang, gpc_seen, true).await
+    render_preferences(&s, profile, &token, lang, gpc_seen, true).await
 }
 
 // --------------------------------------------------------------------- GPC
@@ -734,53 +824,20 @@ pub const DOWNLOAD_LINK: &str = "request download";
 /// How long the download link of a person's own data works.
 pub const DOWNLOAD_TTL_MS: i64 = 7 * 86_400_000;
 
-fn rights_texts(
-    lang: &str,
-) -> (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-) {
-    // (section title, access button, erasure button, check your inbox, done)
-    match lang {
-        "fi" => (
-            "Tietosi",
-            "Lähetä minulle kopio tiedoistani",
-            "Poista kaikki tietoni",
-            "Lähetimme vahvistuslinkin osoitteeseesi. Pyyntö etenee, kun vahvistat sen.",
-            "Pyyntösi on vahvistettu.",
-        ),
-        "de" => (
-            "Ihre Daten",
-            "Eine Kopie meiner Daten",
-            "Alle meine Daten löschen",
-            "Wir haben einen Bestätigungslink an Ihre Adresse geschickt. Die Anfrage wird bearbeitet, sobald Sie ihn bestätigen.",
-            "Ihre Anfrage ist bestätigt.",
-        ),
-        _ => (
-            "Your data",
-            "Send me a copy of my data",
-            "Erase all my data",
-            "We sent a confirmation link to your address. The request goes ahead once you confirm it.",
-            "Your request is confirmed.",
-        ),
-    }
-}
-
-/// The "your data" part of the preference page.
-fn rights_section(lang: &str, token: &str) -> String {
-    let (title, access, erase, _, _) = rights_texts(lang);
+/// The "your data" part of the preference page: download, erase.
+fn rights_section(lang: Lang, token: &str) -> String {
+    let t = lang.page();
     format!(
-        "<h2>{}</h2><form method=\"post\" action=\"/p/{t}/request\"><input type=\"hidden\" name=\"type\" value=\"access\">\
-<button type=\"submit\">{}</button></form><p></p>\
-<form method=\"post\" action=\"/p/{t}/request\"><input type=\"hidden\" name=\"type\" value=\"erasure\">\
-<button type=\"submit\">{}</button></form>",
-        esc(title),
-        esc(access),
-        esc(erase),
-        t = esc(token)
+        "<section><h2>{}</h2><p>{}</p><form method=\"post\" action=\"/p/{tk}/request\"><input type=\"hidden\" name=\"type\" value=\"access\">\
+<p><button type=\"submit\">{}</button></p></form>\
+<form method=\"post\" action=\"/p/{tk}/request\"><input type=\"hidden\" name=\"type\" value=\"erasure\">\
+<p class=\"muted\">{}</p><p><button type=\"submit\" class=\"danger\">{}</button></p></form></section>",
+        esc(t.rights_title),
+        esc(t.rights_lead),
+        esc(t.access_button),
+        esc(t.erase_note),
+        esc(t.erase_button),
+        tk = esc(token)
     )
 }
 
@@ -798,11 +855,11 @@ pub async fn self_service_request(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let lang = browser_language(&headers);
-    let link = match open_preferences(&s, &token) {
+    let (profile, own) = match open_preferences(&s, &token) {
         Ok(l) => l,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang_for(None, &headers)),
     };
+    let lang = lang_for(own.as_deref(), &headers);
     let kind = match form(&body)
         .into_iter()
         .find(|(k, _)| k == "type")
@@ -816,10 +873,8 @@ pub async fn self_service_request(
                 .into_response();
         }
     };
-    let (l, t) = texts(&lang);
     let ttl = s.config.token_ttl.as_millis() as i64;
-    let language = l.to_owned();
-    let profile = link.profile_id;
+    let language = lang.code().to_owned();
     let created = s
         .transact(move |ctx| {
             let Some(p) = doi::current_profile(ctx.conn, profile)? else {
@@ -864,13 +919,15 @@ pub async fn self_service_request(
         return e.into_response();
     }
     s.outbox_wake();
-    let (_, _, _, sent, _) = rights_texts(l);
+    let t = lang.page();
     page(
         StatusCode::OK,
-        l,
-        t,
+        lang,
         t.prefs_title,
-        &format!("<p>{}</p>", esc(sent)),
+        &format!(
+            "<p class=\"status\" role=\"status\">{}</p>",
+            esc(t.request_sent)
+        ),
     )
 }
 
@@ -885,29 +942,41 @@ pub async fn verify_request_page(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
+    let data = match request_token(&s, &token).await {
+        Ok(d) => d,
+        Err(e) => return error_page(e, lang_for(None, &headers)),
+    };
+    let lang = lang_for(Some(&data.language), &headers);
+    let t = lang.page();
+    let what = match lang.request_kind(&data.source) {
+        Some(w) => esc(w),
+        None => in_lang(lang, "en", "span", "", &data.source),
+    };
+    let body = format!(
+        "<p>{}: <strong>{what}</strong></p><form method=\"post\"><button type=\"submit\">{}</button></form>",
+        esc(t.verify_lead.trim_end_matches(':')),
+        esc(t.verify_button)
+    );
+    page(StatusCode::OK, lang, t.confirm_title, &body)
+}
+
+/// A request's verification token, looked at without using it.
+async fn request_token(
+    s: &AppState,
+    token: &str,
+) -> Result<tarmo_store::links::ConfirmationData, ApiError> {
     let store = s.store.clone();
-    let t2 = token.clone();
-    let found = blocking(move || {
+    let t = token.to_owned();
+    blocking(move || {
         tarmo_store::links::find_token(
             &mut *store.conn()?,
-            &t2,
+            &t,
             tarmo_store::requests::VERIFY_TOKEN,
             now_ms(),
         )
     })
-    .await;
-    let data = match found {
-        Ok(t) => t.data,
-        Err(e) => return error_page(e, &browser_language(&headers)),
-    };
-    let (l, t) = texts(&data.language);
-    let body = format!(
-        "<p>{}: <strong>{}</strong></p><form method=\"post\"><button type=\"submit\">{}</button></form>",
-        esc(t.confirm_lead.split('.').next().unwrap_or("")),
-        esc(&data.source),
-        esc(t.confirm_button)
-    );
-    page(StatusCode::OK, l, t, t.confirm_title, &body)
+    .await
+    .map(|t| t.data)
 }
 
 /// The person confirms the request is theirs: it is carried out at once.
@@ -922,17 +991,18 @@ pub async fn verify_request_post(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    let lang = browser_language(&headers);
+    // The request's language, read before the token is used up.
+    let own = request_token(&s, &token).await.ok().map(|d| d.language);
+    let lang = lang_for(own.as_deref(), &headers);
     let done = s
         .transact(move |ctx| tarmo_store::requests::verify_by_link(ctx, &token))
         .await;
     let (id, kind) = match done {
         Ok(x) => x,
-        Err(e) => return error_page(e, &lang),
+        Err(e) => return error_page(e, lang),
     };
     s.notices_wake();
-    let (l, t) = texts(&lang);
-    let (_, _, _, _, confirmed) = rights_texts(l);
+    let t = lang.page();
     let mut body = String::new();
     if kind.has_bundle() {
         let signed = links::sign_link(
@@ -946,12 +1016,13 @@ pub async fn verify_request_post(
         );
         let _ = write!(
             body,
-            "<p><a href=\"{}/r/download/{}\">bundle.zip</a></p>",
+            "<p><a href=\"{}/r/download/{}\">{}</a></p>",
             esc(&s.config.public_url),
-            esc(&signed)
+            esc(&signed),
+            esc(t.download_link)
         );
     }
-    page(StatusCode::OK, l, t, confirmed, &body)
+    page(StatusCode::OK, lang, t.request_confirmed, &body)
 }
 
 /// The person's own data, from the link on the page after they confirmed an
@@ -965,11 +1036,11 @@ pub async fn download(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    let lang = browser_language(&headers);
+    let lang = lang_for(None, &headers);
     let Some(link) = links::open_link(s.store.vault(), DOWNLOAD_LINK, &token)
         .filter(|l| l.scope == "bundle" && now_ms() - l.issued_ms < DOWNLOAD_TTL_MS)
     else {
-        return error_page(ApiError::not_found("link_invalid", ""), &lang);
+        return error_page(ApiError::not_found("link_invalid", ""), lang);
     };
     match crate::requests::bundle_for(&s, link.profile_id).await {
         Ok(b) => {
@@ -978,6 +1049,6 @@ pub async fn download(
             secure_headers(r.headers_mut());
             r
         }
-        Err(e) => error_page(e, &lang),
+        Err(e) => error_page(e, lang),
     }
 }

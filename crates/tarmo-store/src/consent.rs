@@ -1207,9 +1207,16 @@ pub fn record_signal(
 /// empty directory has purposes to ask about. Operators change it in
 /// `tarmo.toml` or through `PUT /api/v1/purposes/{id}`.
 pub fn default_purposes() -> Vec<(PurposeId, PurposeSpec)> {
+    // Every purpose is written in the six languages of the pages (en, fi,
+    // de, nb, he, tr), so a new installation shows no fallback.
     let spec = r#"
 [email_marketing]
 name = "News and offers by email"
+names.fi = "Uutiset ja tarjoukset sähköpostilla"
+names.de = "Neuigkeiten und Angebote per E-Mail"
+names.nb = "Nyheter og tilbud på e-post"
+names.he = "חדשות ומבצעים בדוא״ל"
+names.tr = "E-postayla haberler ve fırsatlar"
 legal_basis = "consent"
 channels = ["email"]
 data_categories = ["contact", "purchase_history"]
@@ -1218,9 +1225,18 @@ consent_lifetime_days = 730
 direct_marketing = true
 notice.en = "We send you news and offers by email, chosen by what you have bought. You can unsubscribe at any time with one click."
 notice.fi = "Lähetämme sinulle uutisia ja tarjouksia sähköpostilla ostojesi perusteella. Voit perua tilauksen milloin tahansa yhdellä napsautuksella."
+notice.de = "Wir senden Ihnen Neuigkeiten und Angebote per E-Mail, ausgewählt nach Ihren Einkäufen. Sie können sich jederzeit mit einem Klick abmelden."
+notice.nb = "Vi sender deg nyheter og tilbud på e-post, valgt ut fra det du har kjøpt. Du kan melde deg av når som helst med ett klikk."
+notice.he = "נשלח אליך חדשות ומבצעים בדוא״ל, לפי מה שקנית. אפשר לבטל את ההרשמה בכל עת בלחיצה אחת."
+notice.tr = "Satın aldıklarınıza göre seçilmiş haberleri ve fırsatları size e-postayla göndeririz. Aboneliğinizi istediğiniz zaman tek tıklamayla iptal edebilirsiniz."
 
 [sms_marketing]
 name = "Offers by text message"
+names.fi = "Tarjoukset tekstiviestillä"
+names.de = "Angebote per SMS"
+names.nb = "Tilbud på SMS"
+names.he = "מבצעים בהודעות SMS"
+names.tr = "Kısa mesajla fırsatlar"
 legal_basis = "consent"
 channels = ["sms"]
 data_categories = ["contact"]
@@ -1229,9 +1245,18 @@ consent_lifetime_days = 730
 direct_marketing = true
 notice.en = "We send you offers by text message. Reply STOP or use the link in any message to stop them."
 notice.fi = "Lähetämme sinulle tarjouksia tekstiviestillä. Voit lopettaa ne viestin linkistä."
+notice.de = "Wir senden Ihnen Angebote per SMS. Antworten Sie STOP oder nutzen Sie den Link in jeder Nachricht, um sie zu beenden."
+notice.nb = "Vi sender deg tilbud på SMS. Svar STOPP eller bruk lenken i en melding for å stoppe dem."
+notice.he = "נשלח אליך מבצעים בהודעות SMS. להפסקה יש להשיב STOP או להשתמש בקישור שבכל הודעה."
+notice.tr = "Size kısa mesajla fırsatlar göndeririz. Durdurmak için RET yazın ya da mesajdaki bağlantıyı kullanın."
 
 [personalisation]
 name = "Personalised recommendations"
+names.fi = "Henkilökohtaiset suositukset"
+names.de = "Persönliche Empfehlungen"
+names.nb = "Personlige anbefalinger"
+names.he = "המלצות מותאמות אישית"
+names.tr = "Kişiye özel öneriler"
 legal_basis = "consent"
 channels = ["web", "email", "push"]
 data_categories = ["behaviour", "purchase_history"]
@@ -1239,17 +1264,37 @@ retention_days = 365
 consent_lifetime_days = 365
 notice.en = "We use what you view and buy to recommend products to you on our site and in our messages."
 notice.fi = "Käytämme katselu- ja ostotietojasi suositellaksemme sinulle tuotteita sivustollamme ja viesteissämme."
+notice.de = "Wir nutzen, was Sie ansehen und kaufen, um Ihnen auf unserer Website und in unseren Nachrichten Produkte zu empfehlen."
+notice.nb = "Vi bruker det du ser på og kjøper, til å anbefale deg produkter på nettstedet vårt og i meldingene våre."
+notice.he = "אנו משתמשים במה שצפית בו ובמה שקנית כדי להמליץ לך על מוצרים באתר ובהודעות שלנו."
+notice.tr = "Sitemizde ve mesajlarımızda size ürün önermek için baktığınız ve satın aldığınız ürünleri kullanırız."
 
 [analytics]
 name = "Measuring how our site is used"
+names.fi = "Sivustomme käytön mittaaminen"
+names.de = "Messung der Nutzung unserer Website"
+names.nb = "Måling av hvordan nettstedet brukes"
+names.he = "מדידת השימוש באתר שלנו"
+names.tr = "Sitemizin nasıl kullanıldığının ölçülmesi"
 legal_basis = "legitimate_interests"
 balancing_note = "Aggregate measurement of site use to fix and improve it; pseudonymous, short retention, expected by visitors, no profiling for marketing; visitors may object."
 channels = ["web"]
 data_categories = ["behaviour"]
 retention_days = 400
+description.en = "We count which pages are visited and where visits break off, to fix and improve our site. We do not ask for your consent for this, because it is a legitimate interest of ours that weighs little on you; you may object and we stop."
+description.fi = "Laskemme, millä sivuilla käydään ja missä käynnit katkeavat, korjataksemme ja parantaaksemme sivustoamme. Emme kysy tähän suostumustasi, koska se on oikeutettu etumme, joka vaikuttaa sinuun vähän; voit vastustaa, ja lopetamme."
+description.de = "Wir zählen, welche Seiten besucht werden und wo Besuche abbrechen, um unsere Website zu verbessern. Dafür fragen wir nicht nach Ihrer Einwilligung, weil es unser berechtigtes Interesse ist, das Sie wenig belastet; Sie können widersprechen, dann hören wir auf."
+description.nb = "Vi teller hvilke sider som besøkes og hvor besøk avbrytes, for å rette og forbedre nettstedet. Vi ber ikke om samtykke til dette, fordi det er en berettiget interesse for oss som berører deg lite; du kan protestere, og da stopper vi."
+description.he = "אנו סופרים אילו דפים נצפים והיכן ביקורים נקטעים, כדי לתקן ולשפר את האתר. איננו מבקשים לכך את הסכמתך, כי זהו אינטרס לגיטימי שלנו שפוגע בך מעט; אפשר להתנגד, ואז נפסיק."
+description.tr = "Sitemizi düzeltmek ve iyileştirmek için hangi sayfaların ziyaret edildiğini ve ziyaretlerin nerede yarıda kaldığını sayarız. Bunun için onayınızı istemeyiz, çünkü bu sizi az etkileyen meşru menfaatimizdir; itiraz edebilirsiniz, o zaman dururuz."
 
 [ad_audiences]
 name = "Advertising audiences on social media and search"
+names.fi = "Mainosyleisöt sosiaalisessa mediassa ja hakukoneissa"
+names.de = "Werbezielgruppen in sozialen Medien und Suchmaschinen"
+names.nb = "Annonsemålgrupper i sosiale medier og søk"
+names.he = "קהלי פרסום ברשתות החברתיות ובמנועי חיפוש"
+names.tr = "Sosyal medya ve arama motorlarında reklam kitleleri"
 legal_basis = "consent"
 channels = ["ads"]
 data_categories = ["contact"]
@@ -1259,13 +1304,28 @@ gpc_opt_out = true
 direct_marketing = true
 notice.en = "We share a scrambled (hashed) form of your email address with advertising platforms to show you our ads, or to leave you out of them."
 notice.fi = "Jaamme sähköpostiosoitteesi salatussa (tiivistetyssä) muodossa mainosalustoille näyttääksemme sinulle mainoksiamme."
+notice.de = "Wir geben eine verschlüsselte (gehashte) Form Ihrer E-Mail-Adresse an Werbeplattformen weiter, um Ihnen unsere Anzeigen zu zeigen oder Sie davon auszunehmen."
+notice.nb = "Vi deler en kryptert (hashet) form av e-postadressen din med annonseplattformer for å vise deg annonsene våre, eller for å holde deg utenfor dem."
+notice.he = "אנו משתפים צורה מוצפנת (מגובבת) של כתובת הדוא״ל שלך עם פלטפורמות פרסום, כדי להציג לך את המודעות שלנו או כדי להוציא אותך מהן."
+notice.tr = "Size reklamlarımızı göstermek ya da sizi onların dışında tutmak için e-posta adresinizin karıştırılmış (hash'lenmiş) biçimini reklam platformlarıyla paylaşırız."
 
 [order_fulfilment]
 name = "Delivering your orders"
+names.fi = "Tilaustesi toimittaminen"
+names.de = "Lieferung Ihrer Bestellungen"
+names.nb = "Levering av bestillingene dine"
+names.he = "משלוח ההזמנות שלך"
+names.tr = "Siparişlerinizin teslimi"
 legal_basis = "contract"
 channels = ["email", "sms", "post", "phone"]
 data_categories = ["contact", "address", "purchase_history"]
 retention_days = 2555
+description.en = "We use your contact details and address to deliver what you order and to tell you about it. This is needed to carry out our contract with you."
+description.fi = "Käytämme yhteystietojasi ja osoitettasi toimittaaksemme tilauksesi ja kertoaksemme niistä. Tämä on tarpeen sopimuksemme täyttämiseksi."
+description.de = "Wir nutzen Ihre Kontaktdaten und Ihre Adresse, um Ihre Bestellungen zu liefern und Sie darüber zu informieren. Das ist zur Erfüllung unseres Vertrags mit Ihnen nötig."
+description.nb = "Vi bruker kontaktopplysningene og adressen din til å levere det du bestiller og fortelle deg om det. Dette er nødvendig for å oppfylle avtalen vår med deg."
+description.he = "אנו משתמשים בפרטי הקשר ובכתובת שלך כדי לשלוח את מה שהזמנת ולעדכן אותך על כך. הדבר נחוץ לביצוע החוזה שלנו איתך."
+description.tr = "Siparişlerinizi teslim etmek ve size bilgi vermek için iletişim bilgilerinizi ve adresinizi kullanırız. Bu, sizinle yaptığımız sözleşmeyi yerine getirmek için gereklidir."
 "#;
     let parsed: BTreeMap<String, PurposeSpec> =
         toml::from_str(spec).expect("the default catalog parses");

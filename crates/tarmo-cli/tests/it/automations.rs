@@ -474,9 +474,25 @@ fn a_marketing_sms_ends_with_the_opt_out_text_of_its_language() {
     let reqs = gw.wait_for(1, Duration::from_secs(20));
     let body = reqs[0].json();
     assert_eq!(body["to"], "+358401234567");
-    assert_eq!(
-        body["body"], "Hei Ann, ostoskorisi odottaa. Peru viestit: vastaa STOP",
-        "{body}"
+    // The SMS links to the person's preference page, which opens in the
+    // language of the message whatever the browser asks for.
+    let text = body["body"].as_str().unwrap();
+    let prefix = format!(
+        "Hei Ann, ostoskorisi odottaa. Peru viestit: vastaa STOP {}/p/",
+        s.base
+    );
+    assert!(text.starts_with(&prefix), "{body}");
+    let (st, html) = page(
+        "GET",
+        text.rsplit(' ').next().unwrap(),
+        None,
+        &[("Accept-Language", "de")],
+    );
+    assert_eq!(st, 200);
+    assert!(html.contains("<html lang=\"fi\" dir=\"ltr\">"), "{html}");
+    assert!(
+        html.contains("Tekstiviestillä") || html.contains("tekstiviestillä"),
+        "{html}"
     );
 }
 

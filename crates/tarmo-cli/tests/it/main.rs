@@ -14,6 +14,7 @@ mod network;
 mod openapi;
 mod pg_faults;
 mod pg_nodes;
+mod prefcenter;
 mod processors;
 mod rights;
 mod segments;

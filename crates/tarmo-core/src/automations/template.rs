@@ -354,6 +354,19 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
+/// The two links under every marketing email, in the message's language:
+/// (the person's preference page, unsubscribe).
+pub fn marketing_footer(language: &str) -> (&'static str, &'static str) {
+    match language.split('-').next().unwrap_or("en") {
+        "fi" => ("Valintasi", "Peru tilaus"),
+        "de" => ("Ihre Einstellungen", "Abmelden"),
+        "nb" | "no" => ("Dine valg", "Meld av"),
+        "he" => ("הבחירות שלך", "ביטול הרשמה"),
+        "tr" => ("Seçimleriniz", "Abonelikten çık"),
+        _ => ("Your choices", "Unsubscribe"),
+    }
+}
+
 /// The opt-out line every marketing SMS ends with, in its language.
 pub fn sms_opt_out(language: &str) -> &'static str {
     match language.split('-').next().unwrap_or("en") {

@@ -222,6 +222,8 @@ mod tests {
             gpc_opt_out: false,
             direct_marketing: false,
             notice: Default::default(),
+            names: Default::default(),
+            description: Default::default(),
         };
         f(&mut s);
         PurposeRule::new(&s, 2)

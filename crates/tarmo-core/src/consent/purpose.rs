@@ -217,6 +217,16 @@ pub struct PurposeSpec {
     /// on consent needs at least one.
     #[serde(default)]
     pub notice: BTreeMap<String, String>,
+    /// `name` in other languages, by language tag; `name` stands where a
+    /// language has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, String>,
+    /// What is done with the data and why, in plain words, by language tag:
+    /// shown on the person's own page. Purposes that ask no consent
+    /// (legitimate interests, contract) have no notice, so this is where
+    /// the person reads what they may object to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub description: BTreeMap<String, String>,
 }
 
 impl PurposeSpec {
@@ -259,16 +269,22 @@ impl PurposeSpec {
         {
             return Err(ConsentError::SpecialCategoryNeedsConsent);
         }
-        for (lang, text) in &self.notice {
-            if !valid_language(lang) {
-                return bad(&format!(
-                    "`{lang}` is not a language tag (e.g. en, fi, pt-BR)"
-                ));
-            }
-            if text.trim().is_empty() || text.len() > 20_000 {
-                return bad(&format!(
-                    "the `{lang}` notice must be 1 to 20,000 characters"
-                ));
+        for (field, texts, max) in [
+            ("notice", &self.notice, 20_000),
+            ("names", &self.names, 200),
+            ("description", &self.description, 20_000),
+        ] {
+            for (lang, text) in texts {
+                if !valid_language(lang) {
+                    return bad(&format!(
+                        "`{lang}` in `{field}` is not a language tag (e.g. en, fi, pt-BR)"
+                    ));
+                }
+                if text.trim().is_empty() || text.len() > max {
+                    return bad(&format!(
+                        "the `{lang}` text of `{field}` must be 1 to {max} bytes"
+                    ));
+                }
             }
         }
         Ok(())
@@ -288,6 +304,24 @@ impl PurposeSpec {
     /// English, then any.
     pub fn notice_text(&self, lang: &str) -> Option<(&str, &str)> {
         notice_text(&self.notice, lang)
+    }
+
+    /// The name for `lang` and the language it is written in: a name given
+    /// for `lang` or its primary language, else `name` (whose language is
+    /// the English of the catalog, `en`).
+    pub fn name_in(&self, lang: &str) -> (&str, &str) {
+        let primary = lang.split('-').next().unwrap_or(lang);
+        self.names
+            .get_key_value(lang)
+            .or_else(|| self.names.get_key_value(primary))
+            .map_or(("en", self.name.as_str()), |(k, v)| {
+                (k.as_str(), v.as_str())
+            })
+    }
+
+    /// The description for `lang`, with the same fallback as the notice.
+    pub fn description_in(&self, lang: &str) -> Option<(&str, &str)> {
+        notice_text(&self.description, lang)
     }
 }
 
@@ -369,7 +403,30 @@ mod tests {
             gpc_opt_out: false,
             direct_marketing: true,
             notice: [("en".to_owned(), "We email you our news.".to_owned())].into(),
+            names: BTreeMap::new(),
+            description: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn names_and_descriptions_by_language_fall_back_and_are_checked() {
+        let mut s = spec(LegalBasis::Consent);
+        s.name = "News by email".into();
+        s.names = [("fi".to_owned(), "Uutiset sähköpostilla".to_owned())].into();
+        s.description = [("en".to_owned(), "What we do.".to_owned())].into();
+        assert!(s.validate().is_ok());
+        assert_eq!(s.name_in("fi-FI"), ("fi", "Uutiset sähköpostilla"));
+        assert_eq!(s.name_in("he"), ("en", "News by email"));
+        assert_eq!(s.description_in("tr"), Some(("en", "What we do.")));
+        let mut bad = s.clone();
+        bad.names.insert("Finnish".into(), "x".into());
+        assert!(bad.validate().is_err());
+        let mut bad = s.clone();
+        bad.names.insert("de".into(), "x".repeat(201));
+        assert!(bad.validate().is_err());
+        let mut bad = s;
+        bad.description.insert("de".into(), " ".into());
+        assert!(bad.validate().is_err());
     }
 
     #[test]

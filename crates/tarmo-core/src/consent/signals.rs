@@ -405,6 +405,8 @@ mod tests {
             gpc_opt_out: false,
             direct_marketing,
             notice: BTreeMap::new(),
+            names: BTreeMap::new(),
+            description: BTreeMap::new(),
         };
         PurposeRule::new(&spec, 1)
     }

@@ -57,6 +57,26 @@ impl Default for SendConfig {
 /// The kind of signed link that opens the person's preference page.
 pub const PREFERENCES_LINK: &str = "preferences";
 
+/// A preference link's scope: `*` (every purpose), and the person's own
+/// language after a colon when it is known (`*:fi`), so that their page
+/// opens in the language they chose whatever their browser says. The scope
+/// is signed with the rest of the link.
+pub fn preferences_scope(language: Option<&str>) -> String {
+    match language.filter(|l| tarmo_core::consent::purpose::valid_language(l)) {
+        Some(l) => format!("*:{l}"),
+        None => "*".into(),
+    }
+}
+
+/// The language a preference link's scope names: `None` when the scope is
+/// not a preference scope at all, `Some(None)` for one without a language.
+pub fn preferences_language(scope: &str) -> Option<Option<&str>> {
+    match scope.strip_prefix('*')? {
+        "" => Some(None),
+        rest => rest.strip_prefix(':').map(Some),
+    }
+}
+
 // ------------------------------------------------------------- templates
 
 /// A template with its times.

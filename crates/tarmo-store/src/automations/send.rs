@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
-use tarmo_core::automations::template::{Links, Template, sms_opt_out};
+use tarmo_core::automations::template::{Links, Template, marketing_footer, sms_opt_out};
 use tarmo_core::automations::{ListKind, SendChannel, Trigger};
 use tarmo_core::consent::{Channel, decide};
 use tarmo_core::segments::{PRODUCT_PROPERTY, trait_kind};
@@ -325,7 +325,7 @@ pub fn judge(
         PREFERENCES_LINK,
         &SignedLink {
             profile_id: profile,
-            scope: "*".into(),
+            scope: super::preferences_scope(language.as_deref()),
             issued_ms: now_ms,
         },
     );
@@ -345,22 +345,24 @@ pub fn judge(
         Err(_) => return Ok(skip("render_failed")),
     };
     let mut disclosure = None;
+    let footer = marketing_footer(&r.language);
     let message = match channel {
         SendChannel::Email => OutboxMessage::Marketing {
             to,
             purpose: purpose.to_owned(),
             subject: r.subject.unwrap_or_default(),
             text: format!(
-                "{}\n\n--\n{}: {}\nUnsubscribe: {}\n",
+                "{}\n\n--\n{}: {}\n{}: {}\n",
                 r.text.trim_end(),
-                "Your choices",
+                footer.0,
                 links.preferences_url,
+                footer.1,
                 links.unsubscribe_url
             ),
             html: r.html.map(|h| {
                 format!(
-                    "{h}\n<p style=\"font-size:small\"><a href=\"{}\">Your choices</a> · <a href=\"{}\">Unsubscribe</a></p>",
-                    links.preferences_url, links.unsubscribe_url
+                    "{h}\n<p style=\"font-size:small\"><a href=\"{}\">{}</a> · <a href=\"{}\">{}</a></p>",
+                    links.preferences_url, footer.0, links.unsubscribe_url, footer.1
                 )
             }),
             unsubscribe,
@@ -368,7 +370,14 @@ pub fn judge(
         SendChannel::Sms => OutboxMessage::MarketingSms {
             to,
             purpose: purpose.to_owned(),
-            text: format!("{} {}", r.text.trim_end(), sms_opt_out(&r.language)),
+            // The link after the opt-out words: a person reads "reply STOP"
+            // first, and the preference page is there for everything else.
+            text: format!(
+                "{} {} {}",
+                r.text.trim_end(),
+                sms_opt_out(&r.language),
+                links.preferences_url
+            ),
         },
         SendChannel::Webhook => {
             let Some(w) = f.flow.webhook() else {
