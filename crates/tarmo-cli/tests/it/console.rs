@@ -331,7 +331,10 @@ fn console_pages_follow_the_roles_as_the_api_does() {
     assert_eq!(a.status, 404);
     let page = get(&s, &format!("/console/people/{id}"), &analyst);
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("gold-tier-marker"), "traits are the analyst's");
+    assert!(
+        page.body.contains("gold-tier-marker"),
+        "traits are the analyst's"
+    );
     assert!(!page.body.contains("ann.console@example.fi"));
     assert!(!page.body.contains("+358401112233"));
     assert!(!page.body.contains("Record a change"));

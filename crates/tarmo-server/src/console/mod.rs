@@ -8,8 +8,10 @@
 //! it lands in the access log like an API read; every POST carries a CSRF
 //! token bound to the session; no script, so the CSP forbids all of it.
 
+mod admin;
 mod people;
 mod queue;
+mod segments;
 
 use std::sync::{Arc, LazyLock};
 
@@ -51,6 +53,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/requests", get(queue::requests))
         .route("/console/requests/{id}/{action}", post(queue::act))
         .route("/console/access-log", get(queue::access_log))
+        .route("/console/segments", get(segments::list))
+        .route(
+            "/console/segments/new",
+            get(segments::builder).post(segments::build),
+        )
+        .route("/console/automations", get(admin::automations))
+        .route("/console/automations/{id}/dry-run", post(admin::dry_run))
+        .route("/console/processors", get(admin::processors))
+        .route("/console/keys", get(admin::keys).post(admin::create_key))
+        .route("/console/keys/{id}/revoke", post(admin::revoke_key))
 }
 
 // ------------------------------------------------------------- templates
@@ -280,10 +292,14 @@ impl FromRequestParts<Arc<AppState>> for Staff {
 
 /// The console's sections: each stands for an API route, and is shown to
 /// whoever that route admits.
-const SECTIONS: [(&str, &str, &str); 3] = [
+const SECTIONS: [(&str, &str, &str); 7] = [
     ("Search", "/console", "/api/v1/profiles/lookup"),
     ("Requests", "/console/requests", "/api/v1/requests"),
     ("Access log", "/console/access-log", "/api/v1/audit"),
+    ("Segments", "/console/segments", "/api/v1/segments"),
+    ("Automations", "/console/automations", "/api/v1/automations"),
+    ("Processors", "/console/processors", "/api/v1/processors"),
+    ("Keys and users", "/console/keys", "/api/v1/keys"),
 ];
 
 impl Staff {
