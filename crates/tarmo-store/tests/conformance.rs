@@ -185,6 +185,7 @@ conformance!(
     bad_automations_are_refused_and_nothing_is_saved,
     sms_stop_withdraws_the_numbers_sms_purposes,
     lost_connections_are_replaced_and_say_unavailable,
+    the_dashboard_aggregates_follow_every_consent_change,
 );
 
 #[path = "conformance/faults.rs"]
@@ -202,6 +203,10 @@ use automations::*;
 #[path = "conformance/segments.rs"]
 mod segments;
 use segments::*;
+
+#[path = "conformance/dashboard.rs"]
+mod dashboard;
+use dashboard::*;
 
 #[path = "conformance/consent.rs"]
 mod consent;
