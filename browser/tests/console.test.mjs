@@ -44,6 +44,7 @@ before(async () => {
     ['sanna', 'support'],
     ['aki', 'analyst'],
     ['dora', 'dpo'],
+    ['ada', 'admin'],
   ]) {
     createUser(name, role);
   }
@@ -64,6 +65,16 @@ before(async () => {
   const req = await api(tarmo, 'POST', '/api/v1/requests', { type: 'access', subject: { type: 'phone', value: PHONE } });
   assert.equal(req.status, 201, JSON.stringify(req.body));
   requestId = req.body.id;
+  const proc = await api(tarmo, 'POST', '/api/v1/processors', {
+    name: 'Mailer Oy',
+    role: 'email delivery',
+    country: 'FI',
+    dpa_reference: 'DPA-2026-7',
+    dpa_signed_on: '2026-01-15',
+    purposes: ['email_marketing'],
+    data_categories: ['contact'],
+  });
+  assert.equal(proc.status, 201, JSON.stringify(proc.body));
 });
 
 after(async () => {
@@ -168,6 +179,7 @@ test('the DPO verifies a request from the queue and reads who looked at the pers
   assert.notEqual(got.body.verified_at, null, JSON.stringify(got.body));
 
   await page.getByRole('link', { name: 'Access log' }).click();
+  await page.waitForURL(/access-log$/);
   await page.getByLabel(/Who looked at this person/).fill(String(profileId));
   await page.getByRole('button', { name: 'Show' }).click();
   const log = await page.locator('main table').innerText();
@@ -175,5 +187,74 @@ test('the DPO verifies a request from the queue and reads who looked at the pers
   assert.match(log, /support/);
   await noSeriousViolations(page, 'access log');
   await screenshot(page, 'console-access-log');
+  await page.context().close();
+});
+
+test('the admin builds a segment with form controls, sees its count and saves it', async () => {
+  const page = await signIn('ada');
+  await page.getByRole('link', { name: 'Segments' }).click();
+  await page.waitForURL(/\/console\/segments$/);
+  await noSeriousViolations(page, 'segments list');
+  await page.getByRole('link', { name: 'Build a segment' }).click();
+  await page.waitForURL(/\/console\/segments\/new$/);
+  await page.getByLabel('Purpose', { exact: true }).selectOption('personalisation');
+  await page.getByLabel('Kind').selectOption('event');
+  await page.getByLabel('Trait, event, purpose, identifier or segment').fill('Order Completed');
+  await page.getByLabel('Comparison').selectOption('gte');
+  await page.getByLabel('Value (count for an event, stage for lifecycle)').fill('1');
+  await page.getByLabel('Within (events, e.g. 30d)').fill('365d');
+  await page.getByRole('button', { name: 'Count' }).click();
+  assert.match(await page.locator('[role=status]').innerText(), /^1 people match now/);
+  assert.match(await page.locator('pre').innerText(), /"event": "Order Completed"/);
+  await noSeriousViolations(page, 'segment builder');
+  await screenshot(page, 'console-segment-builder');
+  // A second condition that nobody meets: the count falls to zero.
+  await page.getByRole('button', { name: 'Add a condition' }).click();
+  await page.locator('#kind_1').selectOption('event');
+  await page.locator('#name_1').fill('Product Viewed');
+  await page.locator('#op_1').selectOption('gte');
+  await page.locator('#value_1').fill('5');
+  await page.locator('#within_1').fill('30d');
+  await page.getByRole('button', { name: 'Count' }).click();
+  assert.match(await page.locator('[role=status]').innerText(), /^0 people match now/);
+  await page.locator('#value_1').fill('2');
+  await page.getByLabel('Segment id').fill('gold_buyers');
+  await page.getByLabel('Name', { exact: true }).fill('Gold tier buyers');
+  await page.getByRole('button', { name: 'Save segment' }).click();
+  await page.waitForURL(/saved=gold_buyers/);
+  const row = await page.locator('table tr', { hasText: 'gold_buyers' }).innerText();
+  assert.match(row, /Gold tier buyers\s+personalisation\s+1/);
+  await page.context().close();
+});
+
+test('every other console page passes axe: dashboard, automations, processors, keys', async () => {
+  const page = await signIn('ada');
+  for (const [link, path, shot] of [
+    ['Consent dashboard', 'dashboard', 'console-dashboard'],
+    ['Automations', 'automations', 'console-automations'],
+    ['Processors', 'processors', 'console-processors'],
+    ['Keys and users', 'keys', 'console-keys'],
+  ]) {
+    await page.getByRole('link', { name: link, exact: true }).click();
+    await page.waitForURL(new RegExp(`/console/${path}$`));
+    assert.equal(await page.locator('h1').count(), 1, link);
+    await noSeriousViolations(page, link);
+    await screenshot(page, shot);
+  }
+  await page.getByRole('link', { name: 'Consent dashboard', exact: true }).click();
+  await page.waitForURL(/dashboard$/);
+  const now = await page.locator('main').innerText();
+  assert.match(now, /email_marketing\s+1\s+1\s+100\.0 %/);
+  assert.equal(await page.locator('svg[role=img]').count(), 3);
+  await page.getByRole('link', { name: 'Processors', exact: true }).click();
+  await page.waitForURL(/processors$/);
+  assert.match(await page.locator('main').innerText(), /Mailer Oy/);
+  await page.getByRole('link', { name: 'Keys and users', exact: true }).click();
+  await page.waitForURL(/keys$/);
+  assert.match(await page.locator('main').innerText(), /sanna/);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.waitForURL(/sign-in$/);
+  await page.goto(`${tarmo.base}/console/keys`);
+  assert.match(page.url(), /sign-in$/);
   await page.context().close();
 });

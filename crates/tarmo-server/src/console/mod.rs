@@ -9,6 +9,7 @@
 //! token bound to the session; no script, so the CSP forbids all of it.
 
 mod admin;
+mod dashboard;
 mod people;
 mod queue;
 mod segments;
@@ -53,6 +54,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/requests", get(queue::requests))
         .route("/console/requests/{id}/{action}", post(queue::act))
         .route("/console/access-log", get(queue::access_log))
+        .route("/console/dashboard", get(dashboard::page))
         .route("/console/segments", get(segments::list))
         .route(
             "/console/segments/new",
@@ -67,37 +69,33 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 // ------------------------------------------------------------- templates
 
+/// A template's name and its source, compiled into the binary.
+macro_rules! t {
+    ($name:literal) => {
+        (
+            $name,
+            include_str!(concat!("../../templates/console/", $name)),
+        )
+    };
+}
+
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     for (name, src) in [
-        (
-            "base.html",
-            include_str!("../../templates/console/base.html"),
-        ),
-        (
-            "sign_in.html",
-            include_str!("../../templates/console/sign_in.html"),
-        ),
-        (
-            "home.html",
-            include_str!("../../templates/console/home.html"),
-        ),
-        (
-            "message.html",
-            include_str!("../../templates/console/message.html"),
-        ),
-        (
-            "customer.html",
-            include_str!("../../templates/console/customer.html"),
-        ),
-        (
-            "requests.html",
-            include_str!("../../templates/console/requests.html"),
-        ),
-        (
-            "access_log.html",
-            include_str!("../../templates/console/access_log.html"),
-        ),
+        t!("base.html"),
+        t!("sign_in.html"),
+        t!("home.html"),
+        t!("message.html"),
+        t!("customer.html"),
+        t!("requests.html"),
+        t!("access_log.html"),
+        t!("segments.html"),
+        t!("segment_builder.html"),
+        t!("automations.html"),
+        t!("dry_run.html"),
+        t!("processors.html"),
+        t!("keys.html"),
+        t!("dashboard.html"),
     ] {
         // The templates are part of the binary: one that does not parse is
         // a build mistake, caught by every console test.
@@ -292,8 +290,9 @@ impl FromRequestParts<Arc<AppState>> for Staff {
 
 /// The console's sections: each stands for an API route, and is shown to
 /// whoever that route admits.
-const SECTIONS: [(&str, &str, &str); 7] = [
+const SECTIONS: [(&str, &str, &str); 8] = [
     ("Search", "/console", "/api/v1/profiles/lookup"),
+    ("Consent dashboard", "/console/dashboard", "/api/v1/stats"),
     ("Requests", "/console/requests", "/api/v1/requests"),
     ("Access log", "/console/access-log", "/api/v1/audit"),
     ("Segments", "/console/segments", "/api/v1/segments"),
@@ -540,4 +539,26 @@ async fn sign_out(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> 
         format!("{SESSION_COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_console_template_parses_and_renders_its_shell() {
+        let t = TEMPLATES.get_template("message.html").unwrap();
+        let html = t
+            .render(context! { title => "T", message => "<b>m</b>", css => "/c.css" })
+            .unwrap();
+        assert!(html.contains("<html lang=\"en\">"));
+        assert!(html.contains("&lt;b&gt;m&lt;&#x2f;b&gt;"), "auto-escaped: {html}");
+        assert_eq!(TEMPLATES.templates().count(), 14);
+    }
+
+    #[test]
+    fn the_csrf_token_is_bound_to_the_session() {
+        assert_eq!(csrf_of("tka_a"), csrf_of("tka_a"));
+        assert_ne!(csrf_of("tka_a"), csrf_of("tka_b"));
+    }
 }
