@@ -160,8 +160,10 @@ fn rate_chart(d: &Dashboard) -> String {
     let plot_h = H - BOTTOM - TOP;
     let names: Vec<String> = d.rates.keys().cloned().collect();
     for (i, (_, points)) in d.rates.iter().enumerate() {
+        // Days before anyone had a decision draw nothing, not a 0 % rate.
         let pts: Vec<String> = points
             .iter()
+            .filter(|p| p.total > 0)
             .map(|p| {
                 let rate = if p.total > 0 {
                     p.granted as f64 / p.total as f64

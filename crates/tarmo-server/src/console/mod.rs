@@ -552,7 +552,10 @@ mod tests {
             .render(context! { title => "T", message => "<b>m</b>", css => "/c.css" })
             .unwrap();
         assert!(html.contains("<html lang=\"en\">"));
-        assert!(html.contains("&lt;b&gt;m&lt;&#x2f;b&gt;"), "auto-escaped: {html}");
+        assert!(
+            html.contains("&lt;b&gt;m&lt;&#x2f;b&gt;"),
+            "auto-escaped: {html}"
+        );
         assert_eq!(TEMPLATES.templates().count(), 14);
     }
 
