@@ -18,7 +18,7 @@ use crate::{ApiError, AppState, blocking};
 /// Automations and campaigns with their counters.
 pub async fn automations(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/automations") {
-        return r;
+        return *r;
     }
     let go = async {
         let store = s.store.clone();
@@ -61,10 +61,10 @@ pub async fn dry_run(
     body: Bytes,
 ) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/automations/{id}/dry-run") {
-        return r;
+        return *r;
     }
     if let Err(r) = staff.form(&body) {
-        return r;
+        return *r;
     }
     match crate::automations::dry_run(State(s.clone()), staff.p.clone(), Path(id.clone())).await {
         Ok(Json(d)) => render(
@@ -85,7 +85,7 @@ pub async fn processors(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/processors") {
-        return r;
+        return *r;
     }
     let go = async {
         let Json(list) =
@@ -194,7 +194,7 @@ async fn keys_page(
     flash: Option<String>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/keys") {
-        return r;
+        return *r;
     }
     let go = async {
         let Json(list) = crate::staff::list_keys(State(s.clone()), staff.p.clone()).await?;
@@ -231,11 +231,11 @@ async fn keys_page(
 /// Make a key (its secret shown once) through the API's own route.
 pub async fn create_key(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/keys") {
-        return r;
+        return *r;
     }
     let form = match staff.form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let input = json!({
         "roles": [form.get("role").unwrap_or("")],
@@ -264,10 +264,10 @@ pub async fn revoke_key(
     body: Bytes,
 ) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/keys/{id}/revoke") {
-        return r;
+        return *r;
     }
     if let Err(r) = staff.form(&body) {
-        return r;
+        return *r;
     }
     match crate::staff::revoke_key(State(s.clone()), staff.p.clone(), Path(id.clone())).await {
         Ok(_) => {

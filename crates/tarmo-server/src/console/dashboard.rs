@@ -30,7 +30,7 @@ const WITHDRAWALS: [&str; 4] = ["withdrawn", "denied", "objected", "expired"];
 
 pub async fn page(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/stats") {
-        return r;
+        return *r;
     }
     let catalog = match s.catalog().await {
         Ok(c) => c,

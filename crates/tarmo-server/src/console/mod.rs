@@ -317,18 +317,18 @@ impl Staff {
     }
 
     /// Refuse, as the API would, what this session may not do.
-    pub fn require(&self, method: &Method, api_route: &str) -> Result<(), Response> {
+    pub fn require(&self, method: &Method, api_route: &str) -> Result<(), Box<Response>> {
         if self.may(method, api_route) {
             return Ok(());
         }
-        Err(error_page(
+        Err(Box::new(error_page(
             Some(self),
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "your roles do not allow this page",
             ),
-        ))
+        )))
     }
 
     fn nav(&self) -> Vec<Value> {
@@ -346,11 +346,11 @@ impl Staff {
     }
 
     /// Parse a posted form and check its CSRF token.
-    pub fn form(&self, body: &[u8]) -> Result<Form, Response> {
+    pub fn form(&self, body: &[u8]) -> Result<Form, Box<Response>> {
         let f = Form::parse(body);
         let sent = f.get("csrf").unwrap_or("");
         if !tarmo_store::vault::ct_eq(sent.as_bytes(), self.csrf.as_bytes()) {
-            return Err(csrf_refused(Some(self)));
+            return Err(Box::new(csrf_refused(Some(self))));
         }
         Ok(f)
     }
@@ -524,7 +524,7 @@ async fn sign_in(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes
 
 async fn sign_out(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     if let Err(r) = staff.form(&body) {
-        return r;
+        return *r;
     }
     let store = s.store.clone();
     let id = staff.p.key.id;

@@ -52,7 +52,7 @@ pub async fn search(
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/profiles/lookup") {
-        return r;
+        return *r;
     }
     let Ok(Query(q)) = q else {
         return error_page(
@@ -174,7 +174,7 @@ pub async fn customer(
     q: Result<Query<CustomerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/profiles/{id}") {
-        return r;
+        return *r;
     }
     match customer_page(&staff, &s, &raw, q.ok().map(|Query(q)| q)).await {
         Ok(r) => r,
@@ -255,7 +255,7 @@ async fn customer_page(
             .map(|st| {
                 let basis = catalog
                     .get(&st.purpose)
-                    .and_then(|p| serde_json::to_value(&p.spec.legal_basis).ok())
+                    .and_then(|p| serde_json::to_value(p.spec.legal_basis).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
                 json!({"purpose": st.purpose, "decision": st.decision, "method": st.method,
@@ -411,11 +411,11 @@ pub async fn record_consent(
     body: Bytes,
 ) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/consents") {
-        return r;
+        return *r;
     }
     let form = match staff.form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let go = async {
         let id = crate::profiles::profile_id(&raw)?;

@@ -32,7 +32,7 @@ pub async fn requests(
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/requests") {
-        return r;
+        return *r;
     }
     let q = q.map(|Query(q)| q).unwrap_or(QueueQuery {
         status: String::new(),
@@ -106,11 +106,11 @@ pub async fn act(
         }
     };
     if let Err(r) = staff.require(&Method::POST, route) {
-        return r;
+        return *r;
     }
     let form = match staff.form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let go = async {
         let reason = form.text("reason", 2000)?;
@@ -143,7 +143,7 @@ pub async fn access_log(
     q: Result<Query<AccessQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/audit") {
-        return r;
+        return *r;
     }
     let raw = q.map(|Query(q)| q.profile).unwrap_or_default();
     let raw = raw.trim().to_owned();

@@ -30,7 +30,7 @@ pub async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = staff.require(&Method::GET, "/api/v1/segments") {
-        return r;
+        return *r;
     }
     let saved = q.map(|Query(q)| q.saved).unwrap_or_default();
     match crate::segments::list(State(s.clone()), staff.p.clone()).await {
@@ -182,7 +182,7 @@ fn purposes(staff: &Staff, catalog: &tarmo_store::consent::Catalog) -> Vec<Value
 /// The empty builder.
 pub async fn builder(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/segments/preview") {
-        return r;
+        return *r;
     }
     let catalog = match s.catalog().await {
         Ok(c) => c,
@@ -241,11 +241,11 @@ fn show(
 /// A press of one of the builder's buttons: add a row, count, or save.
 pub async fn build(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     if let Err(r) = staff.require(&Method::POST, "/api/v1/segments/preview") {
-        return r;
+        return *r;
     }
     let form = match staff.form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let catalog = match s.catalog().await {
         Ok(c) => c,
@@ -310,7 +310,7 @@ pub async fn build(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) ->
         );
     }
     if let Err(r) = staff.require(&Method::POST, "/api/v1/segments") {
-        return r;
+        return *r;
     }
     let input = json!({"id": f.id, "name": f.name, "purpose": f.purpose, "rule": rule});
     match crate::segments::create(

@@ -33,13 +33,11 @@ fn append(h: &Harness, entries: Vec<NewEntry>) {
         .unwrap();
 }
 
+/// People per purpose and decision.
+type Totals = BTreeMap<String, BTreeMap<String, i64>>;
+
 /// The dashboard's totals now, and what the state table says.
-fn totals(
-    h: &Harness,
-) -> (
-    BTreeMap<String, BTreeMap<String, i64>>,
-    BTreeMap<String, BTreeMap<String, i64>>,
-) {
+fn totals(h: &Harness) -> (Totals, Totals) {
     let mut c = h.store.conn().unwrap();
     let d = dashboard::dashboard(&mut *c, tarmo_store::now_ms(), 30).unwrap();
     let mut now = d.now;
@@ -47,7 +45,7 @@ fn totals(
         m.retain(|_, n| *n != 0);
     }
     now.retain(|_, m| !m.is_empty());
-    let mut truth: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut truth: Totals = BTreeMap::new();
     for r in c
         .query(
             "SELECT purpose_id, decision, count(*) FROM consent_state GROUP BY purpose_id, decision",
