@@ -240,6 +240,37 @@ const PRODUCTS: &[(&str, &str, &str, u64)] = &[
     ("p-504", "Thermos 0.75 l", "accessories", 35),
 ];
 
+/// The catalogue's Finnish names (the till prints them).
+const FINNISH_NAMES: &[(&str, &str)] = &[
+    ("p-101", "Polkujuoksukenkä"),
+    ("p-102", "Talvikenkä"),
+    ("p-201", "Untuvatakki"),
+    ("p-202", "Sadetakki"),
+    ("p-301", "Päiväreppu 24 l"),
+    ("p-401", "Kahden hengen teltta"),
+    ("p-403", "Makuupussi −10 °C"),
+    ("p-502", "Merinovillasukat"),
+];
+
+/// The shops the till knows (id, name, city, latitude, longitude).
+const STORES: &[(&str, &str, &str, f64, f64)] = &[
+    (
+        "helsinki-1",
+        "Tarmo Outdoor Kamppi",
+        "Helsinki",
+        60.1699,
+        24.9384,
+    ),
+    (
+        "tampere-1",
+        "Tarmo Outdoor Tampere",
+        "Tampere",
+        61.4978,
+        23.7610,
+    ),
+    ("oulu-1", "Tarmo Outdoor Oulu", "Oulu", 65.0121, 25.4651),
+];
+
 const DAY_MS: i64 = 86_400_000;
 const BATCH: usize = 200;
 
@@ -820,5 +851,189 @@ fn seed_shop(api: &Api, customers: u32, seed: u64) -> anyhow::Result<()> {
         )?;
     }
     progress.show("segments", 5, 5);
+
+    seed_register(api, &mut rng, now)?;
+    progress.show("till and CRM imports", 5, 5);
+    seed_marketing(api, now)?;
+    progress.show("templates, automations and a campaign", 3, 3);
+    Ok(())
+}
+
+/// Runs one import over HTTP, as a nightly job would, and waits for it.
+fn import(
+    api: &Api,
+    kind: &str,
+    file_name: &str,
+    source: &str,
+    content: String,
+) -> anyhow::Result<()> {
+    let started = api.call(
+        "POST",
+        "/api/v1/imports",
+        Some(&json!({
+            "kind": kind, "format": "csv", "file_name": file_name, "source": source,
+            "documentation": "Tarmo Outdoor's till and CRM exports (demo)",
+            "content": content,
+        })),
+    )?;
+    let id = started["id"].as_i64().unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(300);
+    loop {
+        let state = api.call("GET", &format!("/api/v1/imports/{id}"), None)?;
+        match state["status"].as_str() {
+            Some("done") => return Ok(()),
+            Some("queued" | "running" | "checked") if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => bail!("the {kind} import ended as {state}"),
+        }
+    }
+}
+
+/// The offline register: the catalogue, the shops and their stock, and the
+/// till's loyalty customers who never shopped online, with their receipts.
+fn seed_register(api: &Api, rng: &mut Rng, now: i64) -> anyhow::Result<()> {
+    let mut products = String::from("product_id,name_en,name_fi,name_de,category,price\n");
+    for (pid, name, cat, price) in PRODUCTS {
+        let fi = FINNISH_NAMES
+            .iter()
+            .find(|(id, _)| id == pid)
+            .map_or(*name, |(_, n)| *n);
+        products.push_str(&format!("{pid},{name},{fi},{name},{cat},{price}\n"));
+    }
+    import(
+        api,
+        "products",
+        "catalogue.csv",
+        "product catalogue export",
+        products,
+    )?;
+    let mut stores = String::from("store_id,name,city,latitude,longitude\n");
+    for (id, name, city, lat, lon) in STORES {
+        stores.push_str(&format!("{id},{name},{city},{lat},{lon}\n"));
+    }
+    import(api, "stores", "stores.csv", "store register", stores)?;
+    let mut stock = String::from("store_id,product_id,quantity\n");
+    for (store, ..) in STORES {
+        for (pid, ..) in PRODUCTS {
+            // Some shelves are empty: the in-stock rule has something to say.
+            let quantity = if rng.chance(25) { 0 } else { 1 + rng.below(20) };
+            stock.push_str(&format!("{store},{pid},{quantity}\n"));
+        }
+    }
+    import(api, "stock", "stock.csv", "till stock count", stock)?;
+
+    let mut customers =
+        String::from("loyalty_card,phone,first_name,city,birthday,preferred_store,language\n");
+    let mut orders = String::from(
+        "order_id,ordered_at,loyalty_card,store_id,currency,product_id,quantity,price\n",
+    );
+    for n in 1..=40u64 {
+        let card = format!("LC-{:05}", 20_000 + n);
+        let first = *rng.pick(&["Aino", "Eero", "Helmi", "Onni", "Siiri", "Väinö"]);
+        let (store, _, city, ..) = *rng.pick(STORES);
+        let phone = format!("+35850{:07}", rng.below(10_000_000));
+        let born = format!(
+            "{}-{:02}-{:02}",
+            1950 + rng.below(55),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        );
+        customers.push_str(&format!(
+            "{card},{phone},{first},{city},{born},{store},fi\n"
+        ));
+        for o in 0..rng.below(4) {
+            let day = now - (rng.below(600) as i64 + 1) * DAY_MS;
+            let (pid, _, _, price) = *rng.pick(PRODUCTS);
+            orders.push_str(&format!(
+                "T-{n}-{o},{},{card},{store},EUR,{pid},1,{price}\n",
+                iso(day)
+            ));
+        }
+    }
+    import(
+        api,
+        "customers",
+        "crm-loyalty.csv",
+        "till loyalty register",
+        customers,
+    )?;
+    import(
+        api,
+        "orders",
+        "till-receipts.csv",
+        "till receipts export",
+        orders,
+    )?;
+    Ok(())
+}
+
+/// Templates in the shop's languages, three automations and a campaign for
+/// the VIPs next week. Without a mail server the sends wait in the outbox.
+fn seed_marketing(api: &Api, now: i64) -> anyhow::Result<()> {
+    api.call(
+        "POST",
+        "/api/v1/templates",
+        Some(&json!({
+            "id": "birthday", "channel": "email", "languages": {
+                "en": {"subject": "Happy birthday, {{ traits.first_name }}!", "text": "Happy birthday from Tarmo Outdoor: 15 % off anything this week."},
+                "fi": {"subject": "Hyvää syntymäpäivää, {{ traits.first_name }}!", "text": "Onnea Tarmo Outdoorilta: kaikesta -15 % tällä viikolla."},
+                "de": {"subject": "Alles Gute zum Geburtstag, {{ traits.first_name }}!", "text": "Tarmo Outdoor gratuliert: diese Woche 15 % auf alles."},
+                "nb": {"subject": "Gratulerer med dagen, {{ traits.first_name }}!", "text": "Gratulerer fra Tarmo Outdoor: 15 % på alt denne uken."},
+                "he": {"subject": "יום הולדת שמח, {{ traits.first_name }}!", "text": "מזל טוב מ-Tarmo Outdoor: 15% הנחה על הכול השבוע."},
+                "tr": {"subject": "Doğum günün kutlu olsun, {{ traits.first_name }}!", "text": "Tarmo Outdoor'dan: bu hafta her şeyde %15 indirim."}
+            }
+        })),
+    )?;
+    api.call(
+        "POST",
+        "/api/v1/templates",
+        Some(&json!({
+            "id": "reminder", "channel": "email", "languages": {
+                "en": {"subject": "Still thinking, {{ traits.first_name }}?", "text": "What you looked at is waiting for you."},
+                "fi": {"subject": "Jäikö jotain kesken, {{ traits.first_name }}?", "text": "Katsomasi tuote odottaa sinua."}
+            }
+        })),
+    )?;
+    api.call(
+        "POST",
+        "/api/v1/templates",
+        Some(&json!({
+            "id": "we_miss_you", "channel": "email", "languages": {
+                "en": {"subject": "We miss you, {{ traits.first_name }}", "text": "The new season's gear is in."},
+                "fi": {"subject": "Ikävä sinua, {{ traits.first_name }}", "text": "Uuden kauden varusteet ovat tulleet."}
+            }
+        })),
+    )?;
+    for automation in [
+        json!({
+            "id": "birthday_greeting", "name": "Birthday greeting", "purpose": "email_marketing",
+            "channel": "email", "template": "birthday",
+            "trigger": {"birthday": {"local_time": "09:00"}}, "enabled": true
+        }),
+        json!({
+            "id": "viewed_not_bought", "name": "Viewed, did not buy", "purpose": "email_marketing",
+            "channel": "email", "template": "reminder",
+            "trigger": {"event": "Product Viewed", "delay": "48h", "unless": {"event": "Order Completed", "within": "48h"}},
+            "caps": {"per_person_per_day": 1, "per_person_per_week": 2},
+            "quiet_hours": {"start": "21:00", "end": "08:00"}, "enabled": true
+        }),
+        json!({
+            "id": "win_back", "name": "Win back after 180 days", "purpose": "email_marketing",
+            "channel": "email", "template": "we_miss_you",
+            "trigger": {"absence": {"event": "Order Completed", "for": "180d"}}, "enabled": true
+        }),
+    ] {
+        api.call("POST", "/api/v1/automations", Some(&automation))?;
+    }
+    api.call(
+        "POST",
+        "/api/v1/campaigns",
+        Some(&json!({
+            "id": "vip_spring_preview", "segment": "vip", "template": "we_miss_you",
+            "purpose": "email_marketing", "channel": "email",
+            "send_at": iso(now + 7 * DAY_MS), "per_minute": 600
+        })),
+    )?;
     Ok(())
 }

@@ -117,6 +117,25 @@ fn the_demo_shop_is_made_served_and_signed_into() {
             .len(),
         2
     );
+    // The till's register: loyalty customers who never shopped online came
+    // in by import, with their receipts as orders and the import as provenance.
+    let till = get_json(
+        &base,
+        "/api/v1/profiles/lookup?type=loyalty_card&value=LC-20001",
+        &key,
+    );
+    assert!(till["traits"]["preferred_store"].is_string(), "{till}");
+    let imports = (1..=5)
+        .map(|id| get_json(&base, &format!("/api/v1/imports/{id}"), &key))
+        .collect::<Vec<_>>();
+    assert!(imports.iter().all(|i| i["status"] == "done"), "{imports:?}");
+    // The marketer's automations and a campaign waiting for next week.
+    let autos = get_json(&base, "/api/v1/automations", &key);
+    let autos = autos["automations"].as_array().unwrap();
+    assert_eq!(autos.len(), 3, "{autos:?}");
+    assert!(autos.iter().all(|a| a["status"] == "active"), "{autos:?}");
+    let campaign = get_json(&base, "/api/v1/campaigns/vip_spring_preview", &key);
+    assert_eq!(campaign["status"], "scheduled", "{campaign}");
     // A customer, whole: identifiers, traits, consent.
     let p = get_json(
         &base,
