@@ -226,7 +226,7 @@ fn def_error((code, msg): (&'static str, String)) -> ApiError {
     ApiError::bad_request(code, msg)
 }
 
-async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, ApiError> {
+pub(crate) async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, ApiError> {
     let store = s.store.clone();
     let id = f.flow.id().to_owned();
     let purpose = f.flow.sending().0.to_owned();
@@ -263,7 +263,7 @@ async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, ApiError> {
     })
 }
 
-fn visible(p: &Principal, f: &FlowRecord) -> bool {
+pub(crate) fn visible(p: &Principal, f: &FlowRecord) -> bool {
     !p.grant.bound() || p.grant.purposes.iter().any(|x| x == f.flow.sending().0)
 }
 

@@ -11,6 +11,7 @@
 pub mod auth;
 mod automations;
 mod consent;
+mod console;
 mod error;
 mod form;
 mod imports;
@@ -544,6 +545,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
         .route("/api/openapi.json", get(openapi_json))
+        .merge(console::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))

@@ -516,6 +516,9 @@ pub fn append(
         None => (0, GENESIS),
     };
     let mut touched: HashMap<(ProfileId, String), Option<ConsentState>> = HashMap::new();
+    // The state before this transaction, for the dashboard's totals.
+    let mut before: HashMap<(ProfileId, String), Option<ConsentDecision>> = HashMap::new();
+    let mut counts = crate::dashboard::EntryCounts::default();
     let mut seqs = Vec::with_capacity(entries.len());
     for (e, version, notice_seq) in prepared {
         let key = vault
@@ -573,8 +576,13 @@ pub fn append(
         let k = (e.profile_id, e.purpose.clone());
         let cur = match touched.get(&k) {
             Some(s) => *s,
-            None => state(conn, e.profile_id, &e.purpose)?,
+            None => {
+                let s = state(conn, e.profile_id, &e.purpose)?;
+                before.insert(k.clone(), s.map(|s| s.decision));
+                s
+            }
         };
+        counts.add(at_ms, &e.purpose, e.method.as_str(), e.decision.as_str());
         let next = fold(
             cur,
             &EntryFacts {
@@ -592,8 +600,21 @@ pub fn append(
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
             put_state(conn, *profile, purpose, s)?;
+            let old = before
+                .get(&(*profile, purpose.clone()))
+                .copied()
+                .flatten()
+                .map(|d| d.as_str());
+            crate::dashboard::state_changed(
+                conn,
+                crate::dashboard::day_of(s.at_ms),
+                purpose,
+                old,
+                s.decision.as_str(),
+            )?;
         }
     }
+    counts.write(conn)?;
     write_head(conn, vault, seq, &prev)?;
     Ok(seqs)
 }
@@ -882,9 +903,14 @@ pub fn rebuild(conn: &mut dyn Conn) -> Result<u64> {
         }
     }
     differed += folded.keys().filter(|k| !stored.contains_key(*k)).count() as u64;
+    // The totals move to today: a rebuild changes no history, and the
+    // dashboard's per-day changes cannot tell which day a fix belongs to.
+    let today = crate::dashboard::day_of(crate::now_ms());
+    crate::dashboard::states_removed(conn, "1 = 1", &[], today)?;
     conn.exec("DELETE FROM consent_state", &[])?;
     for ((p, purpose), s) in &folded {
         put_state(conn, *p, purpose, s)?;
+        crate::dashboard::state_changed(conn, today, purpose, None, s.decision.as_str())?;
     }
     Ok(differed)
 }
@@ -913,12 +939,21 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
             folded.insert(purpose, s);
         }
     }
+    // Two people's states become one person's: the totals change today.
+    let today = crate::dashboard::day_of(crate::now_ms());
+    crate::dashboard::states_removed(
+        conn,
+        "profile_id = $1 OR profile_id = $2",
+        &[P::Int(from), P::Int(into)],
+        today,
+    )?;
     conn.exec(
         "DELETE FROM consent_state WHERE profile_id = $1 OR profile_id = $2",
         &[P::Int(from), P::Int(into)],
     )?;
     for (purpose, s) in &folded {
         put_state(conn, into, purpose, s)?;
+        crate::dashboard::state_changed(conn, today, purpose, None, s.decision.as_str())?;
     }
     conn.exec(
         "INSERT INTO consent_signals (profile_id, hash, at_ms)

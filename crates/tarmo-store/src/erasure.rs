@@ -110,6 +110,13 @@ pub fn erase_profile(
     }
     for &id in &ids {
         let one = [P::Int(id)];
+        // The erased person's states leave the dashboard's totals.
+        crate::dashboard::states_removed(
+            ctx.conn,
+            "profile_id = $1",
+            &one,
+            crate::dashboard::day_of(ctx.now_ms),
+        )?;
         report.events += ctx
             .conn
             .exec("DELETE FROM events WHERE profile_id = $1", &one)?;

@@ -403,6 +403,33 @@ CREATE TABLE erasure_log (
 );
 "#,
     ),
+    (
+        16,
+        r#"
+CREATE TABLE consent_daily_entries (
+    day BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (day, purpose_id, method, decision)
+){NOROWID};
+INSERT INTO consent_daily_entries (day, purpose_id, method, decision, n)
+    SELECT at_ms / 86400000, purpose_id, method, decision, count(*) FROM consent_ledger
+    GROUP BY at_ms / 86400000, purpose_id, method, decision;
+CREATE TABLE consent_daily_states (
+    day BIGINT NOT NULL,
+    purpose_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    delta BIGINT NOT NULL,
+    PRIMARY KEY (day, purpose_id, decision)
+){NOROWID};
+INSERT INTO consent_daily_states (day, purpose_id, decision, delta)
+    SELECT at_ms / 86400000, purpose_id, decision, count(*) FROM consent_state
+    GROUP BY at_ms / 86400000, purpose_id, decision;
+CREATE INDEX consent_state_expiry ON consent_state(purpose_id, decision, at_ms);
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the

@@ -189,6 +189,7 @@ conformance!(
     a_new_win_back_looks_back_at_orders_made_before_it,
     a_segment_that_a_flow_names_is_not_deleted,
     lost_connections_are_replaced_and_say_unavailable,
+    the_dashboard_aggregates_follow_every_consent_change,
 );
 
 #[path = "conformance/faults.rs"]
@@ -206,6 +207,10 @@ use automations::*;
 #[path = "conformance/segments.rs"]
 mod segments;
 use segments::*;
+
+#[path = "conformance/dashboard.rs"]
+mod dashboard;
+use dashboard::*;
 
 #[path = "conformance/consent.rs"]
 mod consent;

@@ -6,6 +6,7 @@ mod automations;
 mod backup;
 mod common;
 mod consent;
+mod console;
 mod demo;
 mod faults;
 mod imports;

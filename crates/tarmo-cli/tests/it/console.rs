@@ -1,0 +1,413 @@
+//! The staff console over real sockets: sign-in and its cookie, CSRF on
+//! every form, pages gated by the API's own permission table, and a read of
+//! a person through the console landing in the access log.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// `tarmo users create` with the password on standard input.
+fn user(data: &std::path::Path, name: &str, role: &str) {
+    let mut child = Command::new(BIN)
+        .args([
+            "users",
+            "create",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+/// An agent that does not follow redirects: the tests read them.
+fn browser() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+struct Answer {
+    status: u16,
+    location: String,
+    cookies: Vec<String>,
+    body: String,
+}
+
+fn answer(mut r: ureq::http::Response<ureq::Body>) -> Answer {
+    let h = r.headers();
+    Answer {
+        status: r.status().as_u16(),
+        location: h
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        cookies: h
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect(),
+        // The templates escape `/` too; the tests read paths as written.
+        body: r
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_default()
+            .replace("&#x2f;", "/"),
+    }
+}
+
+fn get(s: &Server, path: &str, cookie: &str) -> Answer {
+    let mut r = browser().get(format!("{}{path}", s.base));
+    if !cookie.is_empty() {
+        r = r.header("Cookie", cookie);
+    }
+    answer(r.call().unwrap())
+}
+
+fn post(s: &Server, path: &str, cookie: &str, form: &str) -> Answer {
+    answer(
+        browser()
+            .post(format!("{}{path}", s.base))
+            .header("Cookie", cookie)
+            .header("Origin", &s.base)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(form.as_bytes())
+            .unwrap(),
+    )
+}
+
+fn field(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no field {name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+fn cookie_value(a: &Answer, name: &str) -> String {
+    a.cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no cookie {name}: {:?}", a.cookies))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Sign in through the form; the session cookie, and the raw Set-Cookie.
+fn sign_in(s: &Server, name: &str) -> (String, String) {
+    let page = get(s, "/console/sign-in", "");
+    assert_eq!(page.status, 200);
+    let token = field(&page.body, "token");
+    let pre = cookie_value(&page, "tarmo_sign_in");
+    let a = post(
+        s,
+        "/console/sign-in",
+        &pre,
+        &format!("token={token}&name={name}&password=correct+horse+battery+staple"),
+    );
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/console"),
+        "{}",
+        a.body
+    );
+    let raw = a
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("tarmo_console="))
+        .unwrap()
+        .clone();
+    (cookie_value(&a, "tarmo_console"), raw)
+}
+
+fn with_users(roles: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    for r in roles {
+        user(&data, r, r);
+    }
+    let s = start(&data, &a, &w);
+    (dir, s)
+}
+
+fn person(s: &Server) -> i64 {
+    let body = json!({"userId": "u-console-1", "traits": {"email": "ann.console@example.fi",
+        "phone": "+358401112233", "tier": "gold-tier-marker"}});
+    let (st, v) = crate::common::post(
+        s,
+        "/v1/identify",
+        Some(basic(&s.write)),
+        body.to_string().as_bytes(),
+        false,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = crate::common::get(
+        s,
+        "/api/v1/profiles/lookup?type=phone&value=%2B358401112233",
+    );
+    assert_eq!(st, 200, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+#[test]
+fn console_sign_in_sets_a_strict_http_only_cookie_and_every_form_needs_its_csrf_token() {
+    let (_d, s) = with_users(&["support"]);
+    let id = person(&s);
+    // `/` leads to the console, which leads to the sign-in.
+    assert_eq!(get(&s, "/", "").location, "/console");
+    assert_eq!(get(&s, "/console", "").location, "/console/sign-in");
+
+    // A sign-in form posted without the token of its own page is refused.
+    let refused = post(
+        &s,
+        "/console/sign-in",
+        "",
+        "token=x&name=support&password=correct+horse+battery+staple",
+    );
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused
+            .cookies
+            .iter()
+            .all(|c| !c.starts_with("tarmo_console="))
+    );
+
+    let (cookie, raw) = sign_in(&s, "support");
+    assert!(raw.contains("HttpOnly"), "{raw}");
+    assert!(raw.contains("SameSite=Strict"), "{raw}");
+    assert!(!raw.contains("Secure"), "plain http: {raw}");
+    let page = get(&s, &format!("/console/people/{id}"), &cookie);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("+358401112233"));
+    let csrf = field(&page.body, "csrf");
+
+    // Without the token, or with another session's, nothing is recorded.
+    let form = "purpose=email_marketing&decision=granted&reason=asked+on+the+phone";
+    for bad in [
+        "",
+        "csrf=0000&",
+        &format!("csrf={}x&", &csrf[..csrf.len() - 1]),
+    ] {
+        let a = post(
+            &s,
+            &format!("/console/people/{id}/consents"),
+            &cookie,
+            &format!("{bad}{form}"),
+        );
+        assert_eq!(a.status, 403, "{bad}: {}", a.body);
+        assert!(a.body.contains("csrf_failed"));
+    }
+    let (_, v) = crate::common::get(&s, &format!("/api/v1/profiles/{id}/consents"));
+    assert_eq!(v["ledger"], json!([]), "a refused form changed nothing");
+
+    // A reason is required; then the change is in the ledger, method staff.
+    let a = post(
+        &s,
+        &format!("/console/people/{id}/consents"),
+        &cookie,
+        &format!("csrf={csrf}&purpose=email_marketing&decision=granted&reason="),
+    );
+    assert_eq!(a.status, 400);
+    let a = post(
+        &s,
+        &format!("/console/people/{id}/consents"),
+        &cookie,
+        &format!("csrf={csrf}&{form}"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let (_, v) = crate::common::get(&s, &format!("/api/v1/profiles/{id}/consents"));
+    let e = &v["ledger"][0];
+    assert_eq!(
+        (e["method"].as_str(), e["decision"].as_str()),
+        (Some("staff"), Some("granted")),
+        "{v}"
+    );
+    assert_eq!(e["evidence"]["reason"], "asked on the phone");
+    let page = get(&s, &format!("/console/people/{id}"), &cookie);
+    assert!(page.body.contains("asked on the phone"));
+
+    // Signing out (a form too) ends the session key itself.
+    let a = post(&s, "/console/sign-out", &cookie, "csrf=nope");
+    assert_eq!(a.status, 403);
+    let a = post(&s, "/console/sign-out", &cookie, &format!("csrf={csrf}"));
+    assert_eq!(a.status, 303);
+    assert_eq!(
+        get(&s, &format!("/console/people/{id}"), &cookie).location,
+        "/console/sign-in"
+    );
+}
+
+#[test]
+fn console_session_cookie_is_secure_under_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    user(&data, "dpo", "dpo");
+    let s = start_with(
+        &data,
+        &a,
+        &w,
+        &["--public-url".into(), "https://crm.example".into()],
+    );
+    let page = get(&s, "/console/sign-in", "");
+    assert!(page.cookies[0].contains("Secure"), "{:?}", page.cookies);
+    let token = field(&page.body, "token");
+    let pre = cookie_value(&page, "tarmo_sign_in");
+    // The browser's Origin is the public URL's.
+    let r = browser()
+        .post(format!("{}/console/sign-in", s.base))
+        .header("Cookie", &pre)
+        .header("Origin", "https://crm.example")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("token={token}&name=dpo&password=correct+horse+battery+staple").as_bytes())
+        .unwrap();
+    let a = answer(r);
+    assert_eq!(a.status, 303, "{}", a.body);
+    let raw = a
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("tarmo_console="))
+        .unwrap();
+    assert!(
+        raw.contains("Secure") && raw.contains("HttpOnly") && raw.contains("SameSite=Strict"),
+        "{raw}"
+    );
+    // A form posted from another origin is refused before anything runs.
+    let r = browser()
+        .post(format!("{}/console/sign-in", s.base))
+        .header("Cookie", &pre)
+        .header("Origin", "https://evil.example")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("token={token}&name=dpo&password=x").as_bytes())
+        .unwrap();
+    assert_eq!(answer(r).status, 403);
+}
+
+#[test]
+fn console_pages_follow_the_roles_as_the_api_does() {
+    let (_d, s) = with_users(&["support", "analyst", "dpo"]);
+    let id = person(&s);
+    let (support, _) = sign_in(&s, "support");
+    let (analyst, _) = sign_in(&s, "analyst");
+    let (dpo, _) = sign_in(&s, "dpo");
+
+    // Support finds one person by exact identifier; no access log, no queue.
+    let home = get(&s, "/console", &support);
+    assert!(home.body.contains("<label for=\"q\">Search</label>"));
+    assert!(!home.body.contains("/console/access-log"));
+    assert!(!home.body.contains("/console/requests"));
+    for page in ["/console/access-log", "/console/requests"] {
+        assert_eq!(get(&s, page, &support).status, 403, "{page}");
+    }
+    let found = get(&s, "/console/search?q=%2B358401112233", &support);
+    assert_eq!(found.location, format!("/console/people/{id}"));
+
+    // The analyst is pseudonymous: no search by address, no address shown.
+    let a = get(&s, "/console/search?q=ann.console%40example.fi", &analyst);
+    assert_eq!(a.status, 404);
+    let page = get(&s, &format!("/console/people/{id}"), &analyst);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("gold-tier-marker"),
+        "traits are the analyst's"
+    );
+    assert!(!page.body.contains("ann.console@example.fi"));
+    assert!(!page.body.contains("+358401112233"));
+    assert!(!page.body.contains("Record a change"));
+    let a = post(
+        &s,
+        &format!("/console/people/{id}/consents"),
+        &analyst,
+        "csrf=x&purpose=analytics&decision=granted&reason=r",
+    );
+    assert_eq!(a.status, 403);
+
+    // The DPO sees the access log and the queue.
+    let home = get(&s, "/console", &dpo);
+    assert!(home.body.contains("/console/access-log"));
+    assert_eq!(get(&s, "/console/requests", &dpo).status, 200);
+    // A service key in the cookie is not a signed-in person.
+    let cookie = format!("tarmo_console={}", s.admin);
+    assert_eq!(get(&s, "/console", &cookie).location, "/console/sign-in");
+}
+
+#[test]
+fn a_read_of_a_person_in_the_console_is_in_the_access_log() {
+    let (_d, s) = with_users(&["support", "dpo"]);
+    let id = person(&s);
+    let (_, before) = crate::common::get(&s, &format!("/api/v1/audit?profile={id}"));
+    let console_reads = |v: &Value| {
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["route"] == "/console/people/{id}")
+            .count()
+    };
+    assert_eq!(console_reads(&before), 0);
+    let (support, _) = sign_in(&s, "support");
+    assert_eq!(
+        get(&s, &format!("/console/people/{id}"), &support).status,
+        200
+    );
+    let (_, after) = crate::common::get(&s, &format!("/api/v1/audit?profile={id}"));
+    assert!(console_reads(&after) >= 1, "{after}");
+    let r = after["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/console/people/{id}")
+        .unwrap();
+    assert_eq!(r["roles"], json!(["support"]));
+    // And the DPO reads it in the console's access log.
+    let (dpo, _) = sign_in(&s, "dpo");
+    let log = get(&s, &format!("/console/access-log?profile={id}"), &dpo);
+    assert!(log.body.contains("/console/people/{id}"), "{}", log.body);
+}
+
+#[test]
+fn console_sign_in_is_rate_limited_like_the_api_login() {
+    let (_d, s) = with_users(&["dpo"]);
+    let page = get(&s, "/console/sign-in", "");
+    let token = field(&page.body, "token");
+    let pre = cookie_value(&page, "tarmo_sign_in");
+    let mut limited = false;
+    for _ in 0..8 {
+        let a = post(
+            &s,
+            "/console/sign-in",
+            &pre,
+            &format!("token={token}&name=dpo&password=wrong"),
+        );
+        if a.status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    assert!(limited, "eight wrong passwords in a row were all answered");
+}
