@@ -1,4 +1,5 @@
-//! `GET /api/v1/decisions` over loopback against a release `tarmo serve` on
+//! `GET /api/v1/decisions` and single-entry `POST /api/v1/consents` (32
+//! clients, and one) over loopback against a release `tarmo serve` on
 //! the embedded store, driven by wrk (Debian package `wrk`) with random
 //! people, next to the raw limit of the same run: wrk against a static route
 //! that touches neither keys nor the store (`/.well-known/gpc.json`). Also
@@ -45,7 +46,8 @@ fn ms(s: &str) -> f64 {
 fn wrk(url: &str, script: Option<&std::path::Path>, seconds: u64, conns: u64) -> Wrk {
     let mut cmd = Command::new("wrk");
     cmd.args([
-        "-t2",
+        // wrk needs at least one connection per thread.
+        &format!("-t{}", conns.min(2)),
         &format!("-c{conns}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -155,9 +157,48 @@ fn main() {
     );
     let email = wrk(&base, Some(&by_email), seconds, conns);
     let id = wrk(&base, Some(&by_id), seconds, conns);
+    // Single-entry consent writes from many clients at once: each request
+    // is a transaction job of its own, and those waiting together share a
+    // transaction and a flush.
+    let writes_script = dir.path().join("writes.lua");
+    std::fs::write(
+        &writes_script,
+        format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {admin}\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             math.randomseed(7)\n\
+             local n = 0\n\
+             request = function()\n  local i = math.random(0, {})\n  n = n + 1\n  \
+             local d = (n % 2 == 0) and \"granted\" or \"withdrawn\"\n  \
+             local body = '{{\"subject\":{{\"type\":\"email\",\"value\":\"p' .. i .. '@example.com\"}},\"purpose\":\"email_marketing\",\"decision\":\"' .. d .. '\",\"method\":\"web_form\",\"source\":\"bench form\",\"evidence\":{{\"ip\":\"198.51.100.7\",\"user_agent\":\"Mozilla/5.0\"}}}}'\n  \
+             return wrk.format(\"POST\", \"/api/v1/consents\", nil, body)\nend\n",
+            people - 1
+        ),
+    )
+    .unwrap();
+    let writes = wrk(&base, Some(&writes_script), seconds, conns);
+    let writes_one = wrk(&base, Some(&writes_script), seconds, 1);
     let _ = child.kill();
     let _ = child.wait();
     assert!(!email.errors && !id.errors, "wrk saw errors");
+    assert!(
+        !writes.errors && !writes_one.errors,
+        "wrk saw errors writing"
+    );
+    // The disk's raw limit in the same run: small appends, each made
+    // durable (fdatasync) before the next, as one commit at a time would be.
+    let fsync_rate = {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.path().join("fsync.bin")).unwrap();
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed().as_secs_f64() < 3.0 {
+            f.write_all(&[7u8; 128]).unwrap();
+            f.sync_data().unwrap();
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    };
 
     println!("people with a recorded consent: {people}");
     println!(
@@ -170,6 +211,19 @@ fn main() {
         "  raw limit: GET /.well-known/gpc.json  {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
         raw.rps, raw.p50_ms, raw.p99_ms
     );
+    println!("  raw limit: fdatasync'd 128-byte appends, one at a time: {fsync_rate:.0}/s");
+    for (name, w, c) in [
+        ("single-entry consent writes", &writes, conns),
+        ("single-entry consent writes", &writes_one, 1),
+    ] {
+        println!(
+            "  POST /api/v1/consents {name}, {c} connection(s): {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ({:.1} per fdatasync of the raw limit)",
+            w.rps,
+            w.p50_ms,
+            w.p99_ms,
+            w.rps / fsync_rate
+        );
+    }
     for (name, w) in [("by email", &email), ("by profile id", &id)] {
         println!(
             "  GET /api/v1/decisions {name:<14} {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ratio {:.2}",

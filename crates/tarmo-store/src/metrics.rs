@@ -76,6 +76,9 @@ pub struct WriterMetrics {
     pub merges_refused: AtomicU64,
     pub groups: AtomicU64,
     pub group_failures: AtomicU64,
+    /// Transaction jobs committed, and the transactions they took.
+    pub tx_jobs: AtomicU64,
+    pub tx_commits: AtomicU64,
     /// Checkpoints after an erasure that readers held off (retried).
     pub checkpoint_failures: AtomicU64,
     /// Truncating checkpoints after an erasure, failed ones included.
@@ -99,6 +102,8 @@ impl Default for WriterMetrics {
             merges_refused: AtomicU64::new(0),
             groups: AtomicU64::new(0),
             group_failures: AtomicU64::new(0),
+            tx_jobs: AtomicU64::new(0),
+            tx_commits: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
             checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -161,6 +166,18 @@ impl WriterMetrics {
             "tarmo_store_group_failures_total",
             "Group commits that failed and were retried or refused.",
             &self.group_failures,
+        );
+        c(
+            out,
+            "tarmo_store_tx_jobs_total",
+            "Write transactions of the API (consents, requests, ...) committed.",
+            &self.tx_jobs,
+        );
+        c(
+            out,
+            "tarmo_store_tx_commits_total",
+            "Commits those took: jobs waiting together share one.",
+            &self.tx_commits,
         );
         c(
             out,

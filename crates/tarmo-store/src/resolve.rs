@@ -663,6 +663,12 @@ impl Resolver {
         }
     }
 
+    /// Whether a job of this transaction asked for the cache to be dropped
+    /// after the commit; the question is taken back.
+    pub fn take_clear_after_commit(&mut self) -> bool {
+        std::mem::take(&mut self.clear_after_commit)
+    }
+
     /// The transaction was rolled back: drop what the group learnt, and every
     /// cached data key, as a rolled-back profile's id will be given again to a
     /// new profile with a new key.

@@ -134,7 +134,10 @@ impl<T: Send, F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send> TxJob for TypedTx<T
 
 enum Work {
     Events(Job),
-    Tx(Box<dyn TxJob>),
+    /// Transaction jobs are waiting in the [`Urgent`] queue.
+    Wake,
+    /// Transaction jobs taken from it, to run as one group.
+    Txs(Vec<Box<dyn TxJob>>),
     /// Panics outside any job: tests the writer's own restart.
     #[cfg(test)]
     Crash,
@@ -172,10 +175,46 @@ impl Default for WriterConfig {
     }
 }
 
+/// Transaction jobs (consents, requests, erasures, staff changes) wait
+/// apart from ingestion and go first: a person waiting on their erasure or
+/// a consent form should not wait behind the events already queued. Bounded
+/// like the main queue; a full queue makes `transact` wait.
+struct Urgent {
+    q: std::sync::Mutex<std::collections::VecDeque<Box<dyn TxJob>>>,
+    room: std::sync::Condvar,
+    cap: usize,
+}
+
+impl Urgent {
+    fn push(&self, job: Box<dyn TxJob>) {
+        let mut q = self.q.lock().expect("urgent queue");
+        while q.len() >= self.cap {
+            q = self.room.wait(q).expect("urgent queue");
+        }
+        q.push_back(job);
+    }
+
+    fn take(&self, max: usize) -> Option<Vec<Box<dyn TxJob>>> {
+        let mut q = self.q.lock().expect("urgent queue");
+        if q.is_empty() {
+            return None;
+        }
+        let n = q.len().min(max);
+        let jobs = q.drain(..n).collect();
+        self.room.notify_all();
+        Some(jobs)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.q.lock().expect("urgent queue").is_empty()
+    }
+}
+
 /// The queue side. Cloneable; the writer stops when every handle is dropped.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Work>,
+    urgent: Arc<Urgent>,
     health: Arc<Health>,
 }
 
@@ -213,9 +252,11 @@ impl WriterHandle {
         }
     }
 
-    /// Run `f` in a transaction of its own on the writer thread; `reply`
-    /// gets its result once the transaction committed, or the error. Waits
-    /// for room in the queue: these jobs are few and must not be shed.
+    /// Run `f` in a transaction on the writer thread, ahead of queued
+    /// ingestion (alone, or with other transaction jobs waiting at the same
+    /// time, each in a savepoint of its own); `reply` gets its result once
+    /// the transaction committed and is durable, or the error. Waits for
+    /// room in the queue: these jobs are few and must not be shed.
     pub fn transact<T, F>(&self, f: F, reply: Box<dyn FnOnce(Result<T>) + Send>)
     where
         T: Send + 'static,
@@ -226,10 +267,15 @@ impl WriterHandle {
             out: None,
             reply: Some(reply),
         });
-        if let Err(e) = self.tx.send(Work::Tx(job))
-            && let Work::Tx(j) = e.0
-        {
-            j.finish(Err(Error::WriterGone));
+        self.urgent.push(job);
+        // Full: the writer is busy and looks at the urgent queue before its
+        // next group. Gone: nobody will run what waits.
+        if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(Work::Wake) {
+            while let Some(jobs) = self.urgent.take(usize::MAX) {
+                for j in jobs {
+                    j.finish(Err(Error::WriterGone));
+                }
+            }
         }
     }
 
@@ -329,10 +375,19 @@ fn spawn_inner(
     cfg: WriterConfig,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+    let urgent = Arc::new(Urgent {
+        q: Default::default(),
+        room: Default::default(),
+        cap: cfg.queue_capacity.max(1),
+    });
     let handle = WriterHandle {
         tx,
+        urgent: urgent.clone(),
         health: health.clone(),
     };
+    // Registered before the thread runs, so that readiness asked right
+    // after the start already names the writer.
+    health.up("writer");
     let join = std::thread::Builder::new()
         .name("tarmo-writer".into())
         .spawn(move || {
@@ -364,6 +419,7 @@ fn spawn_inner(
                         &health,
                         &cfg,
                         &rx,
+                        &urgent,
                         &acks,
                     )
                 }));
@@ -430,7 +486,11 @@ impl Acks {
                     }
                     metrics.flush_seconds.observe(started.elapsed());
                     for ack in acks {
-                        ack();
+                        // An answer's own bug must not stop the thread that
+                        // makes every later commit durable.
+                        if catch_unwind(AssertUnwindSafe(ack)).is_err() {
+                            tracing::error!("answering a durable commit panicked");
+                        }
                     }
                 }
             })
@@ -443,11 +503,14 @@ impl Acks {
         match self {
             Acks::Now => acks.into_iter().for_each(|a| a()),
             Acks::Pipelined { tx, .. } => {
-                if let Err(e) = tx.send(acks) {
-                    // The flusher is gone only if it panicked; answer rather
-                    // than leave requests hanging.
-                    tracing::error!("the flusher has stopped");
-                    e.0.into_iter().for_each(|a| a());
+                if tx.send(acks).is_err() {
+                    // Nothing but a failed flush stops the flusher, and that
+                    // aborts the process; should it be gone all the same,
+                    // these commits are written but not durable, and saying
+                    // "stored" would be a lie. Stop, as after a failed flush:
+                    // recovery reads the log.
+                    tracing::error!("the flusher has stopped; stopping");
+                    std::process::abort();
                 }
             }
         }
@@ -467,7 +530,12 @@ fn refuse(w: Work, why: &str) {
     let e = || Error::Unavailable(why.to_owned());
     match w {
         Work::Events(j) => (j.reply)(Err(e())),
-        Work::Tx(j) => j.finish(Err(e())),
+        Work::Wake => {}
+        Work::Txs(jobs) => {
+            for j in jobs {
+                j.finish(Err(e()));
+            }
+        }
         #[cfg(test)]
         Work::Crash => {}
     }
@@ -478,6 +546,7 @@ fn refuse(w: Work, why: &str) {
 fn reconnect_with_backoff(
     r: &Reconnect,
     rx: &Receiver<Work>,
+    urgent: &Urgent,
     waiting: &mut Option<Work>,
 ) -> Option<Box<dyn Conn>> {
     r.health.set_writer(false);
@@ -494,6 +563,12 @@ fn reconnect_with_backoff(
                 if let Some(w) = waiting.take() {
                     refuse(w, &why);
                 }
+                let refuse_urgent = || {
+                    while let Some(jobs) = urgent.take(usize::MAX) {
+                        refuse(Work::Txs(jobs), &why);
+                    }
+                };
+                refuse_urgent();
                 let until = Instant::now() + delay;
                 loop {
                     let left = until.saturating_duration_since(Instant::now());
@@ -501,7 +576,10 @@ fn reconnect_with_backoff(
                         break;
                     }
                     match rx.recv_timeout(left) {
-                        Ok(w) => refuse(w, &why),
+                        Ok(w) => {
+                            refuse(w, &why);
+                            refuse_urgent();
+                        }
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => return None,
                     }
@@ -528,6 +606,7 @@ fn run(
     health: &Health,
     cfg: &WriterConfig,
     rx: &Receiver<Work>,
+    urgent: &Urgent,
     acks: &Acks,
 ) {
     let mut resolver = Resolver::new(cfg.cache_capacity);
@@ -548,18 +627,22 @@ fn run(
         } else {
             Duration::from_secs(60)
         };
-        let mut first = match pending.take() {
-            Some(w) => Some(w),
-            None => match rx.recv_timeout(idle_wait) {
-                Ok(w) => Some(w),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+        // Transaction jobs first, then what was set aside, then the queue.
+        let mut first = match urgent.take(MAX_GROUP_TX) {
+            Some(jobs) => Some(Work::Txs(jobs)),
+            None => match pending.take() {
+                Some(w) => Some(w),
+                None => match rx.recv_timeout(idle_wait) {
+                    Ok(w) => Some(w),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
             },
         };
         if let Some(r) = reconnect
             && needs_reconnect(&mut **conn, last_used.elapsed())
         {
-            match reconnect_with_backoff(r, rx, &mut first) {
+            match reconnect_with_backoff(r, rx, urgent, &mut first) {
                 Some(c) => *conn = c,
                 None => break,
             }
@@ -590,28 +673,45 @@ fn run(
         match first {
             #[cfg(test)]
             Work::Crash => panic!("the writer's own code failed"),
-            Work::Tx(job) => {
-                let owed = run_tx(
-                    &mut **conn,
-                    vault,
-                    catalog,
-                    metrics,
-                    health,
-                    &mut resolver,
-                    job,
-                    acks,
-                );
+            // The queue said transaction jobs wait: the next turn takes them.
+            Work::Wake => {}
+            Work::Txs(mut jobs) => {
+                let owed = if jobs.len() == 1 {
+                    run_tx(
+                        &mut **conn,
+                        vault,
+                        catalog,
+                        metrics,
+                        health,
+                        &mut resolver,
+                        jobs.pop().expect("one job"),
+                        acks,
+                    )
+                } else {
+                    run_tx_group(
+                        &mut **conn,
+                        vault,
+                        catalog,
+                        metrics,
+                        health,
+                        &mut resolver,
+                        jobs,
+                        acks,
+                    )
+                };
                 checkpoint_owed |= owed;
             }
             Work::Events(first) => {
                 let mut n = first.events.len();
                 let mut jobs = vec![first];
-                while n < cfg.max_group_events {
+                while n < cfg.max_group_events && urgent.is_empty() {
                     match rx.try_recv() {
                         Ok(Work::Events(j)) => {
                             n += j.events.len();
                             jobs.push(j);
                         }
+                        // Transaction jobs wait: this group goes as it is.
+                        Ok(Work::Wake) => break,
                         Ok(tx) => {
                             pending = Some(tx);
                             break;
@@ -710,7 +810,11 @@ fn run_tx(
     storage_outcome(health, &result);
     let owed = result.is_ok() && checkpoint_asked && !checkpoint(conn, metrics, false);
     match &result {
-        Ok(()) => resolver.keep(),
+        Ok(()) => {
+            resolver.keep();
+            metrics.tx_commits.fetch_add(1, Ordering::Relaxed);
+            metrics.tx_jobs.fetch_add(1, Ordering::Relaxed);
+        }
         Err(e) => {
             if !matches!(e, Error::Rejected { .. }) {
                 tracing::warn!(error = %e, "a write transaction failed");
@@ -731,6 +835,143 @@ fn run_tx(
         job.finish(result);
     }
     owed
+}
+
+/// At most this many transaction jobs share one transaction.
+const MAX_GROUP_TX: usize = 256;
+
+/// Several transaction jobs in one transaction, each inside a savepoint of
+/// its own: a job that fails (an error, a panic) is rolled back to its
+/// savepoint and answered alone, while the others commit together and are
+/// answered after the one flush. What a failed job may have left in the
+/// caches is dropped, since a rolled-back row id can be handed out again.
+/// A job that changed the purpose catalog is seen by the jobs after it.
+/// Returns whether an asked-for checkpoint is still owed.
+#[allow(clippy::too_many_arguments)]
+fn run_tx_group(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    catalog: &CatalogCache,
+    metrics: &WriterMetrics,
+    health: &Health,
+    resolver: &mut Resolver,
+    jobs: Vec<Box<dyn TxJob>>,
+    acks: &Acks,
+) -> bool {
+    let started = Instant::now();
+    let mut current = match conn.begin().and_then(|()| catalog.get(conn)) {
+        Ok(c) => c,
+        Err(e) => {
+            storage_outcome(health, &Err::<(), _>(same_error(&e)));
+            let _ = conn.rollback();
+            for job in jobs {
+                job.finish(Err(same_error(&e)));
+            }
+            return false;
+        }
+    };
+    let mut ran: Vec<Box<dyn TxJob>> = Vec::with_capacity(jobs.len());
+    let mut checkpoint_asked = false;
+    let mut clear_after_commit = false;
+    for mut job in jobs {
+        let outcome = (|| {
+            if let Ok(generation) = crate::consent::catalog_generation(conn)
+                && generation != current.generation
+            {
+                current = Arc::new(crate::consent::load_catalog(conn)?);
+            }
+            conn.exec("SAVEPOINT tx_job", &[])?;
+            let mut ctx = TxCtx {
+                conn: &mut *conn,
+                vault,
+                catalog: current.clone(),
+                now_ms: now_ms(),
+                resolver: &mut *resolver,
+                checkpoint: false,
+            };
+            let r = match catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))) {
+                Ok(r) => r,
+                Err(_) => Err(Error::Panicked),
+            };
+            let wants_checkpoint = ctx.checkpoint;
+            match r {
+                Ok(()) => {
+                    conn.exec("RELEASE SAVEPOINT tx_job", &[])?;
+                    Ok(wants_checkpoint)
+                }
+                Err(e) => {
+                    if let Err(re) = conn
+                        .exec("ROLLBACK TO SAVEPOINT tx_job", &[])
+                        .and_then(|_| conn.exec("RELEASE SAVEPOINT tx_job", &[]))
+                    {
+                        tracing::error!(error = %re, "rollback to a job's savepoint failed");
+                    }
+                    Err(e)
+                }
+            }
+        })();
+        match outcome {
+            Ok(wants_checkpoint) => {
+                checkpoint_asked |= wants_checkpoint;
+                ran.push(job);
+            }
+            Err(e) => {
+                if !matches!(e, Error::Rejected { .. }) {
+                    tracing::warn!(error = %e, "a write transaction failed");
+                }
+                // What this job put in the caches is gone from the database;
+                // whether an earlier job asked for a clear is kept.
+                clear_after_commit |= resolver.take_clear_after_commit();
+                resolver.abandon(vault);
+                job.finish(Err(e));
+            }
+        }
+    }
+    if clear_after_commit {
+        resolver.clear_after_commit();
+    }
+    let committed = conn.commit();
+    storage_outcome(health, &committed);
+    match committed {
+        Ok(()) => {
+            resolver.keep();
+            metrics.commit_seconds.observe(started.elapsed());
+            metrics.tx_commits.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .tx_jobs
+                .fetch_add(ran.len() as u64, Ordering::Relaxed);
+            let owed = checkpoint_asked && !checkpoint(conn, metrics, false);
+            acks.after_commit(
+                ran.into_iter()
+                    .map(|job| Box::new(move || job.finish(Ok(()))) as Ack)
+                    .collect(),
+            );
+            owed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = ran.len(), "a group of write transactions failed to commit");
+            if let Err(re) = conn.rollback() {
+                tracing::error!(error = %re, "rollback failed");
+            }
+            resolver.abandon(vault);
+            for job in ran {
+                job.finish(Err(same_error(&e)));
+            }
+            false
+        }
+    }
+}
+
+/// The error a group's failure gives each of its jobs.
+fn same_error(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(s) => Error::Unavailable(s.clone()),
+        Error::StorageFull(s) => Error::StorageFull(s.clone()),
+        Error::Busy(s) => Error::Busy(s.clone()),
+        Error::Conflict(s) => Error::Conflict(s.clone()),
+        Error::WriterGone => Error::WriterGone,
+        other => Error::Backend(other.to_string()),
+    }
 }
 
 fn purge(conn: &mut dyn Conn, cfg: &WriterConfig, last: &mut Instant) {
@@ -978,6 +1219,193 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_job_goes_ahead_of_queued_ingestion() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        writer.transact(
+            move |_| -> Result<()> {
+                started_tx.send(()).unwrap();
+                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // While the writer is busy: ingestion queued first, then an
+        // erasure-like job.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let cfg = WriterConfig::default();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for i in 0..30 {
+            let ev = identify(&store, &format!("queued-{i}"), 1);
+            let (order, done) = (order.clone(), done_tx.clone());
+            writer
+                .submit(
+                    vec![ev],
+                    Box::new(move |r| {
+                        assert!(r.is_ok());
+                        order.lock().unwrap().push(format!("event-{i}"));
+                        done.send(()).unwrap();
+                    }),
+                )
+                .map_err(|(e, _, _)| e)
+                .unwrap();
+        }
+        assert!(cfg.queue_capacity > 30);
+        let (order2, done) = (order.clone(), done_tx.clone());
+        writer.transact(
+            |ctx| ctx.conn.meta_set("urgent", b"1"),
+            Box::new(move |r| {
+                assert!(r.is_ok());
+                order2.lock().unwrap().push("transaction".to_owned());
+                done.send(()).unwrap();
+            }),
+        );
+        hold_tx.send(()).unwrap();
+        for _ in 0..31 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|o| o == "transaction").unwrap();
+        assert_eq!(at, 0, "the transaction waited behind ingestion: {order:?}");
+        drop(writer);
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn an_answer_that_panics_does_not_stop_the_flusher() {
+        let (open_tx, open_rx) = std::sync::mpsc::channel();
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let acks = Acks::spawn(
+            Box::new(Gate {
+                open: Arc::new(Mutex::new(open_rx)),
+                flushes: flushes.clone(),
+            }),
+            Arc::new(WriterMetrics::default()),
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let first = done_tx.clone();
+        acks.after_commit(vec![Box::new(move || {
+            first.send(1).unwrap();
+            panic!("a reply's bug")
+        })]);
+        open_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        let done = done_tx.clone();
+        acks.after_commit(vec![Box::new(move || done.send(2).unwrap())]);
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "answered before its flush"
+        );
+        open_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 2);
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+        acks.finish();
+    }
+
+    #[test]
+    fn waiting_transaction_jobs_share_a_transaction_and_a_failing_one_is_rolled_back_alone() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        // Hold the writer so that the jobs below queue up behind it.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        writer.transact(
+            move |_| -> Result<()> {
+                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..40u32 {
+            let tx = tx.clone();
+            writer.transact(
+                move |ctx| -> Result<i64> {
+                    let key = format!("job-{i}");
+                    ctx.conn.meta_set(&key, b"written")?;
+                    // A new profile in every job: ids handed out in a
+                    // rolled-back savepoint must not confuse the caches.
+                    let ev = [PreparedIdentifier {
+                        bidx: ctx.vault.blind_index("user_id", &key),
+                        kind: tarmo_core::identity::IdentifierKind::UserId,
+                        value: key.clone(),
+                    }];
+                    let profile = ctx.resolve(&ev)?;
+                    match i {
+                        7 => Err(Error::rejected("bad_input", "job 7 is refused")),
+                        13 => panic!("job 13 has a bug"),
+                        _ => Ok(profile),
+                    }
+                },
+                Box::new(move |r| tx.send((i, r)).unwrap()),
+            );
+        }
+        let commits_before = store.metrics.tx_commits.load(Ordering::SeqCst);
+        hold_tx.send(()).unwrap();
+        let mut answers: Vec<_> = (0..40)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        answers.sort_by_key(|(i, _)| *i);
+        let commits = store.metrics.tx_commits.load(Ordering::SeqCst) - commits_before;
+        assert!(commits < 5, "40 waiting jobs took {commits} transactions");
+        assert!(
+            store.metrics.tx_jobs.load(Ordering::SeqCst) >= 38,
+            "38 jobs committed"
+        );
+        let mut profiles = std::collections::HashSet::new();
+        for (i, r) in &answers {
+            let written = store
+                .transact_direct(|c, _| c.meta_get(&format!("job-{i}")))
+                .unwrap();
+            match i {
+                7 => {
+                    assert!(
+                        matches!(
+                            r,
+                            Err(Error::Rejected {
+                                code: "bad_input",
+                                ..
+                            })
+                        ),
+                        "{r:?}"
+                    );
+                    assert_eq!(written, None, "a refused job's writes were rolled back");
+                }
+                13 => {
+                    assert!(matches!(r, Err(Error::Panicked)), "{r:?}");
+                    assert_eq!(written, None, "a panicked job's writes were rolled back");
+                }
+                _ => {
+                    let id = *r.as_ref().unwrap();
+                    assert!(profiles.insert(id), "profile {id} given twice");
+                    assert_eq!(written.as_deref(), Some(&b"written"[..]), "job {i}");
+                }
+            }
+        }
+        // Each stored person is found again through their identifier, with
+        // the key their profile was sealed with.
+        for (i, r) in &answers {
+            if let Ok(id) = r {
+                let key = format!("job-{i}");
+                let found = writer
+                    .transact_blocking(move |ctx| {
+                        ctx.resolve(&[PreparedIdentifier {
+                            bidx: ctx.vault.blind_index("user_id", &key),
+                            kind: tarmo_core::identity::IdentifierKind::UserId,
+                            value: key.clone(),
+                        }])
+                    })
+                    .unwrap();
+                assert_eq!(found, *id, "job {i}");
+            }
+        }
+        drop(writer);
+        join.join().unwrap();
+    }
+
+    #[test]
     fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
         let (_dir, store) = store();
         let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
@@ -1019,15 +1447,15 @@ mod tests {
         let (_dir, store) = store();
         let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
         writer.tx.send(Work::Crash).unwrap();
-        // Queued while the writer is down: answered once it is back.
-        let w = writer.clone();
-        let queued =
-            std::thread::spawn(move || w.transact_blocking(|ctx| ctx.conn.meta_set("k", b"v")));
         let deadline = Instant::now() + Duration::from_secs(5);
         while store.health.ready() {
             assert!(Instant::now() < deadline, "the writer never showed down");
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Queued while the writer is down: answered once it is back.
+        let w = writer.clone();
+        let queued =
+            std::thread::spawn(move || w.transact_blocking(|ctx| ctx.conn.meta_set("k", b"v")));
         let c = store.health.components();
         assert_eq!(c[0].name, "writer");
         assert_eq!(c[0].reason.as_deref(), Some("panicked; restarting"));

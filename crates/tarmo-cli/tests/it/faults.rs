@@ -242,6 +242,102 @@ fn a_full_disk_answers_507_keeps_the_store_whole_and_serves_again_once_freed() {
     }
 }
 
+/// PostgreSQL whose data volume fills up: Tarmo's tables live in a
+/// tablespace on a small tmpfs of the test's own (the write-ahead log stays
+/// on the big disk, as on a server whose data volume is full), so extending
+/// a table fails with SQLSTATE 53100. Tarmo must answer 507 `storage_full`,
+/// stay up, lose nothing it acknowledged, and write again once there is room.
+#[test]
+fn a_full_postgresql_data_volume_answers_507_and_writes_again_once_grown() {
+    let cluster = crate::pg_faults::Cluster::start(&[]);
+    let ts = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(ts.path(), 10) else {
+        eprintln!("SKIPPED: mounting a tmpfs is not permitted here (the test needs root)");
+        return;
+    };
+    let status = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&fs.dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    cluster.sql(
+        "postgres",
+        &format!("CREATE TABLESPACE small LOCATION '{}'", fs.dir.display()),
+    );
+    cluster.sql("postgres", "CREATE DATABASE tarmo");
+    cluster.sql(
+        "postgres",
+        "ALTER DATABASE tarmo SET default_tablespace = small",
+    );
+    let url = format!("postgres://postgres@127.0.0.1:{}/tarmo", cluster.port);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = crate::pg_faults::init_pg(&data, &url);
+    let mut s = start_with(&data, &a, &w, &["--database-url".into(), url]);
+    let s2 = trusted_copy(&s);
+    s.write = s2;
+    let (st, v, _) = status_of(
+        &s,
+        "/v1/identify",
+        &json!({"userId": "pgfull-1", "messageId": "pgfull-id-0", "traits": {"email": "pgfull@example.fi"}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let mut acked = 1u64;
+
+    let mut n = 0u64;
+    let refusal = loop {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| track("pgfull-1", &format!("pgfull-{n}-{i}"), 1500))
+            .collect();
+        let (st, v, retry) = status_of(&s, "/v1/batch", &json!({"batch": batch}));
+        match st {
+            200 => acked += 100,
+            507 => break (v, retry),
+            other => panic!("ingestion answered {other}: {v}"),
+        }
+        n += 1;
+        assert!(n < 400, "the data volume never filled");
+    };
+    assert!(n >= 3, "only {n} batches fitted: the test measures nothing");
+    assert_eq!(refusal.0["code"], "storage_full", "{}", refusal.0);
+    assert!(refusal.1.is_some(), "507 carries Retry-After");
+    assert!(s.child.try_wait().unwrap().is_none(), "the server survived");
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(
+            &json!({"subject": {"type": "user_id", "value": "pgfull-1"}, "purpose": "email_marketing",
+            "decision": "granted", "method": "web_form", "source": "while the volume was full"}),
+        ),
+    );
+    assert_eq!((st, v["code"].as_str()), (507, Some("storage_full")), "{v}");
+
+    fs.resize(64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, v, _) = status_of(&s, "/v1/track", &track("pgfull-1", "pg-after-grown", 10));
+        if st == 200 {
+            acked += 1;
+            break;
+        }
+        assert!(matches!(st, 503 | 507), "{st}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "never wrote again after the volume grew"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, v) = get_public(&s, "/readyz");
+    assert_eq!((st, &v["storage_full_since"]), (200, &Value::Null), "{v}");
+    // Every acknowledged message is stored, no refused one is.
+    let (_, stats) = get(&s, "/api/v1/stats");
+    assert_eq!(stats["events"].as_u64(), Some(acked), "{stats}");
+    drop(s);
+    drop(cluster);
+}
+
 /// A server write key (a back end), so the test's identify is trusted.
 fn trusted_copy(s: &Server) -> String {
     let (st, v) = admin(
@@ -304,12 +400,20 @@ fn readyz_shows_every_part_and_the_queues_and_a_stuck_outbox_is_warned_about() {
         write: w,
     };
 
-    let (st, ready) = get_public(&s, "/readyz");
-    assert_eq!(
-        (st, ready["status"].as_str()),
-        (200, Some("ready")),
-        "{ready}"
-    );
+    // The workers register as their threads start: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (st, ready) = get_public(&s, "/readyz");
+        assert_eq!(
+            (st, ready["status"].as_str()),
+            (200, Some("ready")),
+            "{ready}"
+        );
+        if ready["components"].as_array().unwrap().len() >= 7 || Instant::now() > deadline {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let parts: Vec<&str> = ready["components"]
         .as_array()
         .unwrap()

@@ -128,6 +128,24 @@ impl Cluster {
         self.ctl(&["-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
     }
 
+    /// Run SQL as the superuser in `database`.
+    pub fn sql(&self, database: &str, sql: &str) {
+        let port = self.port.to_string();
+        as_postgres(&[
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ]);
+    }
+
     /// Stop as a crash would: no checkpoint, connections cut.
     pub fn crash(&self) {
         self.ctl(&["-m", "immediate", "-w", "stop"]);
