@@ -47,6 +47,11 @@ impl<T: Clone> Recorder<T> {
         lock(&self.items).clone()
     }
 
+    /// How many arrived, without copying them.
+    fn len(&self) -> usize {
+        lock(&self.items).len()
+    }
+
     /// Waits until at least `n` items arrived; panics with `what` after `timeout`.
     fn wait_for(&self, n: usize, timeout: Duration, what: &str) -> Vec<T> {
         let deadline = Instant::now() + timeout;

@@ -625,7 +625,7 @@ impl<'a> Session<'a> {
             auth: self.auth.clone(),
         };
         self.shared.received.push(mail);
-        let count = self.shared.received.all().len();
+        let count = self.shared.received.len();
         self.reply(250, &format!("2.0.0 OK queued as {count}"))
     }
 

@@ -396,3 +396,46 @@ fn an_invalid_message_is_permanent_and_never_sent() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn one_connection_carries_a_burst_without_a_nagle_stall_per_message() {
+    // Without TCP_NODELAY each message waits ~40 ms for the server's delayed
+    // ACK before its final <CRLF>.<CRLF> leaves: 100 messages took 4 s or more.
+    for sink in [
+        SmtpSink::builder().without_starttls().start(),
+        SmtpSink::builder().credentials("notify", "secret").start(),
+        SmtpSink::builder()
+            .implicit_tls()
+            .credentials("notify", "secret")
+            .start(),
+    ] {
+        let mailer = mailer_for(&sink);
+        let started = Instant::now();
+        for i in 0..100 {
+            mailer
+                .send_email(&email("ann@example.com", &format!("burst-{i}")))
+                .unwrap();
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(sink.wait_for(100, WAIT).len(), 100);
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "{}: {elapsed:?}",
+            sink.url()
+        );
+    }
+}
+
+#[test]
+fn sending_from_async_code_blocks_a_thread_of_its_own() {
+    let sink = SmtpSink::builder().without_starttls().start();
+    let mailer = mailer_for(&sink);
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            mailer.send_email(&email("ann@example.com", "m1")).unwrap();
+            mailer.send_email(&email("ann@example.com", "m2")).unwrap();
+        });
+    assert_eq!(sink.wait_for(2, WAIT).len(), 2);
+}
