@@ -91,6 +91,7 @@ impl ServerConfig {
             organisation: self.organisation.clone(),
             default_tz: self.default_timezone.clone(),
             frequency_caps: self.frequency_caps,
+            cursors: Default::default(),
         }
     }
 }

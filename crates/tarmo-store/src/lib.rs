@@ -14,6 +14,7 @@ pub mod backup;
 pub mod bundle;
 pub mod conn;
 pub mod consent;
+pub mod cursor;
 pub mod dashboard;
 pub mod doi;
 pub mod erasure;

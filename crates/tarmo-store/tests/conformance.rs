@@ -192,6 +192,14 @@ conformance!(
     the_dashboard_aggregates_follow_every_consent_change,
 );
 
+/// What only PostgreSQL can show: ids that commit out of their order.
+mod postgres_only {
+    #[test]
+    fn an_event_committed_after_a_later_id_is_still_followed() {
+        super::an_event_committed_after_a_later_id_is_still_followed(&super::Harness::new(true));
+    }
+}
+
 #[path = "conformance/faults.rs"]
 mod faults;
 use faults::*;

@@ -8,11 +8,15 @@
 //! the day's due set is an index range, not a scan of everyone. A new
 //! win-back looks back over the orders made before it existed.
 //!
-//! On PostgreSQL an event whose transaction commits after a later id was
-//! read is not seen (the segment engine has the same limit; see the
-//! README's roadmap).
+//! On PostgreSQL ids do not commit in their order: the rows are read
+//! through a [`Cursor`] per table, kept in this process, which hands out
+//! a row that commits after a later id was read at the next pass, and the
+//! stored cursor stays at its floor (what is safe). A new process starts
+//! from the stored cursor and meets what it handles again at the unique
+//! key of the sends.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -22,6 +26,7 @@ use tarmo_core::profile::TraitSet;
 
 use super::{Flow, FlowRecord, SendConfig, flows};
 use crate::conn::{Conn, P, ProfileId};
+use crate::cursor::{self, Cursor};
 use crate::vault::{Place, Vault};
 use crate::{Error, Result};
 
@@ -59,6 +64,29 @@ fn set_cursor(conn: &mut dyn Conn, id: &str, cursor: i64) -> Result<()> {
         &[P::Text(id), P::Int(cursor)],
     )?;
     Ok(())
+}
+
+/// This process's cursors over `segment_history` and `events`, shared by
+/// the clones of a [`SendConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct FollowCursors(Arc<Mutex<Tables>>);
+
+#[derive(Debug, Default)]
+struct Tables {
+    segments: Option<Cursor>,
+    events: Option<Cursor>,
+}
+
+/// The cursor over a table for flows whose stored cursors are at least
+/// `min`: started there, or moved up to it when another node went ahead,
+/// or started again when the stored cursors are behind (a pass that was
+/// rolled back).
+fn cursor_at<'a>(slot: &'a mut Option<Cursor>, conn: &dyn Conn, min: i64) -> &'a mut Cursor {
+    match slot {
+        Some(c) if c.floor() <= min => c.skip_to(min),
+        _ => *slot = Some(Cursor::new(min, cursor::grace_for(conn))),
+    }
+    slot.as_mut().expect("set above")
 }
 
 #[derive(Deserialize)]
@@ -222,8 +250,15 @@ pub fn follow(
         .filter(|f| f.status == "active" || f.status == "scheduled")
         .collect();
     let mut out = Followed::default();
-    follow_segments(conn, &all, now_ms, &mut out)?;
-    follow_events(conn, vault, cfg, &all, now_ms, &mut out)?;
+    let mut tables = cfg.cursors.0.lock().unwrap_or_else(|e| e.into_inner());
+    let followed = follow_segments(conn, &mut tables.segments, &all, now_ms, &mut out)
+        .and_then(|()| follow_events(conn, vault, cfg, &mut tables.events, &all, now_ms, &mut out));
+    if followed.is_err() {
+        // The transaction is rolled back: start again from the stored cursors.
+        *tables = Tables::default();
+    }
+    drop(tables);
+    followed?;
     backfill(conn, vault, cfg, &all, now_ms, &mut out)?;
     fire(conn, cfg, &all, now_ms, &mut out)?;
     Ok(out)
@@ -231,6 +266,7 @@ pub fn follow(
 
 fn follow_segments(
     conn: &mut dyn Conn,
+    slot: &mut Option<Cursor>,
     all: &[FlowRecord],
     now_ms: i64,
     out: &mut Followed,
@@ -249,15 +285,16 @@ fn follow_segments(
     let Some(min) = autos.iter().map(|a| a.3).min() else {
         return Ok(());
     };
-    let rows = conn.query(
-        "SELECT id, segment_id, profile_id, entered, at_ms FROM segment_history
-         WHERE id > $1 ORDER BY id LIMIT $2",
-        &[P::Int(min), P::Int(PAGE)],
+    let cur = cursor_at(slot, conn, min);
+    let (rows, full) = cur.poll(
+        conn,
+        "SELECT id, segment_id, profile_id, entered, at_ms FROM segment_history",
+        PAGE,
+        // The grace is wall-clock time, whatever time the pass is for.
+        crate::now_ms(),
     )?;
-    let Some(last) = rows.last().map(|r| r.int(0)).transpose()? else {
-        return Ok(());
-    };
-    out.more |= rows.len() as i64 == PAGE;
+    let last = cur.floor();
+    out.more |= full;
     for r in &rows {
         let (id, seg, profile, entered, at) =
             (r.int(0)?, r.text(1)?, r.int(2)?, r.int(3)? != 0, r.int(4)?);
@@ -267,8 +304,10 @@ fn follow_segments(
             }
         }
     }
-    for &(flow, ..) in &autos {
-        set_cursor(conn, flow, last)?;
+    if last > min {
+        for &(flow, ..) in &autos {
+            set_cursor(conn, flow, last)?;
+        }
     }
     Ok(())
 }
@@ -277,6 +316,7 @@ fn follow_events(
     conn: &mut dyn Conn,
     vault: &Vault,
     cfg: &SendConfig,
+    slot: &mut Option<Cursor>,
     all: &[FlowRecord],
     now_ms: i64,
     out: &mut Followed,
@@ -306,15 +346,16 @@ fn follow_events(
     let birthdays = autos
         .iter()
         .any(|a| matches!(a.1, Trigger::Birthday { .. }));
-    let rows = conn.query(
-        "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events
-         WHERE id > $1 ORDER BY id LIMIT $2",
-        &[P::Int(min), P::Int(PAGE)],
+    let cur = cursor_at(slot, conn, min);
+    let (rows, full) = cur.poll(
+        conn,
+        "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
+        PAGE,
+        // The grace is wall-clock time, whatever time the pass is for.
+        crate::now_ms(),
     )?;
-    let Some(last) = rows.last().map(|r| r.int(0)).transpose()? else {
-        return Ok(());
-    };
-    out.more |= rows.len() as i64 == PAGE;
+    let last = cur.floor();
+    out.more |= full;
     for r in &rows {
         let (id, profile, owner, kind, ts) =
             (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.int(4)?);
@@ -364,8 +405,10 @@ fn follow_events(
             }
         }
     }
-    for &(flow, ..) in &autos {
-        set_cursor(conn, flow, last)?;
+    if last > min {
+        for &(flow, ..) in &autos {
+            set_cursor(conn, flow, last)?;
+        }
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct SendConfig {
     pub default_tz: TimeZone,
     /// Marketing messages per person and channel across all flows.
     pub frequency_caps: FrequencyCaps,
+    /// Where this process follows `segment_history` and `events` from
+    /// (shared by the clones of this config; see [`crate::cursor`]).
+    pub cursors: follow::FollowCursors,
 }
 
 impl Default for SendConfig {
@@ -50,6 +53,7 @@ impl Default for SendConfig {
             organisation: "Tarmo".into(),
             default_tz: TimeZone::UTC,
             frequency_caps: FrequencyCaps::default(),
+            cursors: Default::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, 
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
+use crate::cursor::{self, Cursor};
 use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
 use crate::vault::Place;
 use crate::writer::WriterHandle;
@@ -222,12 +223,15 @@ fn allowed(p: &Person, catalog: &Catalog, purpose: &str, channel: Option<&str>, 
     decide(&c.rule, channel, p.consent.get(purpose), p.flags, now).allowed
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// Events, merges and touches take their ids from a sequence (on
+/// PostgreSQL, out of commit order): see [`Cursor`]. Ledger entries are
+/// numbered in order under the ledger's lock.
+#[derive(Debug, Clone, Default)]
 struct Cursors {
-    event: i64,
+    event: Cursor,
     ledger: i64,
-    merge: i64,
-    touch: i64,
+    merge: Cursor,
+    touch: Cursor,
 }
 
 #[derive(Default)]
@@ -401,12 +405,14 @@ impl SegmentEngine {
         }
 
         // Merges first: the events of a merged profile now belong to the survivor.
-        let rows = conn.query(
-            "SELECT id, into_profile, from_profile, refused FROM merges WHERE id > $1 ORDER BY id",
-            &[P::Int(st.cursors.merge)],
+        let clock = crate::now_ms();
+        let (rows, _) = st.cursors.merge.poll(
+            &mut *conn,
+            "SELECT id, into_profile, from_profile, refused FROM merges",
+            i64::MAX,
+            clock,
         )?;
         for r in rows {
-            st.cursors.merge = r.int(0)?;
             if r.int(3)? != 0 {
                 continue;
             }
@@ -416,13 +422,13 @@ impl SegmentEngine {
         }
         // New events.
         loop {
-            let rows = conn.query(
-                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
-                &[P::Int(st.cursors.event), P::Int(PAGE)],
+            let (rows, full) = st.cursors.event.poll(
+                &mut *conn,
+                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
+                PAGE,
+                clock,
             )?;
-            let n = rows.len() as i64;
             for r in rows {
-                st.cursors.event = r.int(0)?;
                 let profile = r.int(1)?;
                 if reload.contains(&profile) {
                     continue;
@@ -447,7 +453,7 @@ impl SegmentEngine {
                     dirty.insert(profile);
                 }
             }
-            if n < PAGE {
+            if !full {
                 break;
             }
         }
@@ -470,12 +476,13 @@ impl SegmentEngine {
             }
         }
         // Erasures and rectifications.
-        let rows = conn.query(
-            "SELECT id, profile_id FROM profile_touches WHERE id > $1 ORDER BY id",
-            &[P::Int(st.cursors.touch)],
+        let (rows, _) = st.cursors.touch.poll(
+            &mut *conn,
+            "SELECT id, profile_id FROM profile_touches",
+            i64::MAX,
+            clock,
         )?;
         for r in rows {
-            st.cursors.touch = r.int(0)?;
             reload.insert(r.int(1)?);
         }
         for profile in refresh {
@@ -708,15 +715,21 @@ impl SegmentEngine {
                 }
             }
         }
-        let mut cursor = 0i64;
+        let grace = cursor::grace_for(&*conn);
+        let clock = crate::now_ms();
+        // Read through a cursor: an event still in flight below the last
+        // one read is looked for again by the ticks.
+        let mut events = Cursor::new(0, grace);
+        let mut last = 0i64;
         loop {
             let rows = conn.query(
                 "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
-                &[P::Int(cursor), P::Int(PAGE)],
+                &[P::Int(last), P::Int(PAGE)],
             )?;
             let n = rows.len() as i64;
             for r in rows {
-                cursor = r.int(0)?;
+                last = r.int(0)?;
+                events.take(last, clock);
                 if r.text(3)? != "track" {
                     continue;
                 }
@@ -762,10 +775,13 @@ impl SegmentEngine {
         };
         // Anything that committed while loading is taken in by the next tick.
         st.cursors = Cursors {
-            event: cursor,
+            event: events,
             ledger: cur(&mut *conn, "SELECT MAX(seq) FROM consent_ledger")?,
-            merge: cur(&mut *conn, "SELECT MAX(id) FROM merges")?,
-            touch: cur(&mut *conn, "SELECT MAX(id) FROM profile_touches")?,
+            merge: Cursor::new(cur(&mut *conn, "SELECT MAX(id) FROM merges")?, grace),
+            touch: Cursor::new(
+                cur(&mut *conn, "SELECT MAX(id) FROM profile_touches")?,
+                grace,
+            ),
         };
         st.stock_version = conn.meta_get(STOCK_VERSION)?;
         st.stock = StockSnapshot::load(&mut *conn)?;

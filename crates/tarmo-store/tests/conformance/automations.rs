@@ -767,3 +767,129 @@ pub fn a_segment_that_a_flow_names_is_not_deleted(h: &Harness) {
             .unwrap()
     );
 }
+
+/// PostgreSQL: transaction A takes a lower event id and waits, B takes a
+/// higher one and commits, the followers read, then A commits. The late
+/// event still schedules its reminder and changes a segment's membership,
+/// once.
+pub fn an_event_committed_after_a_later_id_is_still_followed(h: &Harness) {
+    use tarmo_core::segments::{LifecycleConfig, text};
+    use tarmo_store::segments::SegmentDef;
+    use tarmo_store::segments::engine::SegmentEngine;
+
+    let db = &h.pg.as_ref().expect("PostgreSQL only").name;
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi"}}),
+    ]);
+    let [ann, bob] = ["ann", "bob"].map(|u| h.lookup("user_id", u).unwrap());
+    for p in [ann, bob] {
+        grant(h, p, "email_marketing", ConsentDecision::Granted);
+    }
+    h.ingest(vec![view("bob")]);
+    let max_event = || {
+        h.store
+            .conn()
+            .unwrap()
+            .query_opt("SELECT MAX(id) FROM events", &[])
+            .unwrap()
+            .unwrap()
+            .int(0)
+            .unwrap()
+    };
+    let bob_view = max_event();
+    template(h, welcome()).unwrap();
+    automation(
+        h,
+        json!({"id": "reminder", "purpose": "email_marketing", "channel": "email", "template": "welcome",
+            "trigger": {"event": "Product Viewed", "delay": "1h"}}),
+    )
+    .unwrap();
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    let now = tarmo_store::now_ms();
+    engine
+        .put(SegmentDef {
+            id: "twice".into(),
+            name: "viewed twice".into(),
+            purpose: "personalisation".into(),
+            rule: text::parse(r#"event "Product Viewed" in 1d count >= 2"#).unwrap(),
+            created_ms: now,
+            updated_ms: now,
+        })
+        .unwrap();
+    let members = || -> Vec<i64> {
+        engine
+            .members("twice", None, 1000, None)
+            .unwrap()
+            .unwrap()
+            .members
+            .into_iter()
+            .map(|m| m.0)
+            .collect()
+    };
+    assert!(members().is_empty());
+    let cfg = SendConfig::default();
+    pass_with(h, cfg.clone(), now);
+    let before = sends(h, "reminder");
+
+    // A: Bob views again (a copy of his stored view), and waits.
+    let mut a = ::postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{db}"),
+        ::postgres::NoTls,
+    )
+    .unwrap();
+    let mut tx = a.transaction().unwrap();
+    let late: i64 = tx
+        .query_one(
+            "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
+             SELECT profile_id, key_owner, kind, ts_ms, received_ms, body, source_id
+             FROM events WHERE id = $1 RETURNING id",
+            &[&bob_view],
+        )
+        .unwrap()
+        .get(0);
+    // B: Ann views, with a higher id, and commits first.
+    h.ingest(vec![view("ann")]);
+    assert!(max_event() > late);
+    pass_with(h, cfg.clone(), now);
+    engine.tick().unwrap();
+    let ann_due = (ann, format!("e{}", max_event()), "due".to_owned(), None);
+    assert!(sends(h, "reminder").contains(&ann_due));
+    assert!(members().is_empty());
+
+    // A commits: the followers read it at their next pass.
+    tx.commit().unwrap();
+    pass_with(h, cfg.clone(), now);
+    engine.tick().unwrap();
+    let bob_due = (bob, format!("e{late}"), "due".to_owned(), None);
+    let after = sends(h, "reminder");
+    assert!(after.contains(&bob_due), "{after:?}");
+    assert_eq!(after.len(), before.len() + 2, "{after:?}");
+    assert_eq!(members(), vec![bob]);
+
+    // Nothing twice: more passes (and a fresh process) add nothing.
+    pass_with(h, cfg, now);
+    pass_with(h, SendConfig::default(), now);
+    engine.tick().unwrap();
+    assert_eq!(sends(h, "reminder"), after);
+    assert_eq!(members(), vec![bob]);
+    assert_eq!(
+        h.store
+            .conn()
+            .unwrap()
+            .query_opt(
+                "SELECT COUNT(*) FROM segment_history WHERE segment_id = 'twice'",
+                &[]
+            )
+            .unwrap()
+            .unwrap()
+            .int(0)
+            .unwrap(),
+        1
+    );
+}
