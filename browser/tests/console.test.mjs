@@ -227,6 +227,32 @@ test('the admin builds a segment with form controls, sees its count and saves it
   await page.context().close();
 });
 
+test('the builder counts live as one edits a property filter, without pressing Count', async () => {
+  const page = await signIn('ada');
+  await page.goto(`${tarmo.base}/console/segments/new`);
+  const live = page.locator('#live-count');
+  assert.equal(await live.getAttribute('aria-live'), 'polite');
+  await page.getByLabel('Purpose', { exact: true }).selectOption('personalisation');
+  await page.getByLabel('Kind').selectOption('event');
+  await page.getByLabel('Trait, event, purpose, identifier or segment').fill('Product Viewed');
+  await page.getByLabel('Comparison').selectOption('gte');
+  await page.getByLabel('Value (count for an event, stage for lifecycle)').fill('1');
+  await page.getByLabel('Within (events, e.g. 30d)').fill('365d');
+  await page.getByLabel('Filter property').fill('sku');
+  await page.getByLabel('Filter operator').selectOption('eq');
+  await page.getByLabel('Filter value').fill('kale-1');
+  // No press of Count: the script posts the form and the count arrives.
+  await page.waitForFunction(() => /"value": "kale-1"/.test(document.getElementById('live-rule').textContent));
+  assert.match(await live.innerText(), /^1 people match now/);
+  assert.match(await page.locator('#live-rule').innerText(), /"property": "sku"/);
+  await page.getByLabel('Filter value').fill('no-such-sku');
+  await page.waitForFunction(() => /no-such-sku/.test(document.getElementById('live-rule').textContent));
+  assert.match(await live.innerText(), /^0 people match now/);
+  assert.match(page.url(), /\/console\/segments\/new$/);
+  await noSeriousViolations(page, 'segment builder with live count');
+  await page.context().close();
+});
+
 test('every other console page passes axe: dashboard, automations, processors, keys', async () => {
   const page = await signIn('ada');
   for (const [link, path, shot] of [

@@ -411,3 +411,114 @@ fn console_sign_in_is_rate_limited_like_the_api_login() {
     }
     assert!(limited, "eight wrong passwords in a row were all answered");
 }
+
+#[test]
+fn console_segment_builder_makes_a_property_filter_and_a_sum_and_counts_as_the_api() {
+    let (_d, s) = with_users(&["admin"]);
+    let order = |user: &str, revenue: f64, category: &str| {
+        json!({"type": "track", "userId": user, "event": "Order Completed",
+            "properties": {"revenue": revenue, "category": category}})
+    };
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann.seg@example.fi"}},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob.seg@example.fi"}},
+        order("ann", 300.0, "shoes"),
+        order("ann", 250.0, "shoes"),
+        order("bob", 700.0, "books"),
+        order("bob", 100.0, "shoes"),
+    ]});
+    let (st, v) = crate::common::post(
+        &s,
+        "/v1/batch",
+        Some(basic(&s.write)),
+        batch.to_string().as_bytes(),
+        false,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (cookie, _) = sign_in(&s, "admin");
+    let page = get(&s, "/console/segments/new", &cookie);
+    assert_eq!(page.status, 200);
+    let csrf = field(&page.body, "csrf");
+    // Shoes orders summing over 500 within a year: Ann (550), not Bob (100).
+    let form = format!(
+        "csrf={csrf}&rows=1&purpose=personalisation&combine=all&kind_0=event\
+         &name_0=Order+Completed&op_0=gt&value_0=500&within_0=365d&measure_0=sum\
+         &sumprop_0=revenue&wprop_0=category&wop_0=eq&wvalue_0=shoes"
+    );
+    let want = json!({"all": [{"event": "Order Completed", "within": "365d",
+        "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+        "sum": {"property": "revenue", "gt": 500}}]});
+    let mut api_count = Value::Null;
+    for _ in 0..100 {
+        let (st, p) = admin(
+            &s,
+            "POST",
+            "/api/v1/segments/preview",
+            Some(&json!({"purpose": "personalisation", "rule": want})),
+        );
+        assert_eq!(st, 200, "{p}");
+        api_count = p["count"].clone();
+        if api_count == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(api_count, 1, "only Ann spent over 500 on shoes");
+
+    // The live count (the builder's script posts here): the tree and count.
+    let live = post(&s, "/console/segments/count", &cookie, &form);
+    assert_eq!(live.status, 200, "{}", live.body);
+    let live: Value = serde_json::from_str(&live.body).unwrap();
+    assert_eq!(live["rule"], want);
+    assert_eq!(live["count"], api_count);
+    // Without its CSRF token it is refused like every console form.
+    let refused = post(
+        &s,
+        "/console/segments/count",
+        &cookie,
+        &form.replace(&csrf, "x"),
+    );
+    assert_eq!(refused.status, 403);
+
+    // The Count button, without script: the same tree shown, the same count.
+    let counted = post(
+        &s,
+        "/console/segments/new",
+        &cookie,
+        &format!("{form}&action=count"),
+    );
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    assert!(
+        counted.body.contains("<strong>1</strong> people match now"),
+        "{}",
+        counted.body
+    );
+    assert!(
+        counted.body.contains("&quot;where&quot;"),
+        "{}",
+        counted.body
+    );
+    assert!(counted.body.contains("&quot;sum&quot;"), "{}", counted.body);
+
+    // The page's script is served by digest, cached, and allowed by the CSP.
+    let page = get(&s, "/console/segments/new", &cookie);
+    let at = page.body.find("<script src=\"").unwrap() + 13;
+    let src = &page.body[at..at + page.body[at..].find('"').unwrap()];
+    assert!(src.starts_with("/console/assets/console-") && src.ends_with(".js"));
+    let r = browser().get(format!("{}{src}", s.base)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let r = browser()
+        .get(format!("{}/console/segments/new", s.base))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+}

@@ -1,7 +1,8 @@
 //! The console's segments: the list with live counts, and a builder that
-//! makes the JSON rule tree from form controls (no script: each press of
-//! a button posts the whole form), counts it through the API's preview and
-//! saves it through the API's create.
+//! makes the JSON rule tree from form controls (each press of a button
+//! posts the whole form; with script, each edit posts it to the live
+//! count), counts it through the API's preview and saves it through the
+//! API's create.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -58,17 +59,28 @@ struct Row {
     value: String,
     within: String,
     negate: bool,
+    /// Event rows: one property filter (`where`).
+    wprop: String,
+    wop: String,
+    wvalue: String,
+    /// Event rows: `count`, or `sum` of the property `sum_prop`.
+    measure: String,
+    sum_prop: String,
+    /// The row belongs to the nested group.
+    nested: bool,
 }
 
 /// The most condition rows the builder shows.
 const MAX_ROWS: usize = 12;
 
 /// The condition kinds the builder offers, and what each row's fields mean.
-const KINDS: [(&str, &str); 6] = [
+const KINDS: [(&str, &str); 8] = [
     ("trait", "Trait"),
-    ("event", "Event count"),
+    ("event", "Event (count or sum)"),
     ("consent", "Consent"),
     ("lifecycle", "Lifecycle stage"),
+    ("birthday", "Birthday within"),
+    ("in_stock", "Viewed product in stock at their store"),
     ("identifier", "Has identifier"),
     ("segment", "In segment"),
 ];
@@ -76,6 +88,7 @@ const TRAIT_OPS: [&str; 9] = [
     "eq", "ne", "gt", "gte", "lt", "lte", "contains", "exists", "in",
 ];
 const COUNT_OPS: [&str; 5] = ["gte", "gt", "eq", "lte", "lt"];
+const FILTER_OPS: [&str; 8] = ["eq", "ne", "gt", "gte", "lt", "lte", "contains", "exists"];
 
 fn rows_of(f: &Form) -> Vec<Row> {
     let n: usize = f
@@ -95,6 +108,20 @@ fn rows_of(f: &Form) -> Vec<Row> {
                 .trim()
                 .to_owned(),
             negate: f.get(&format!("not_{i}")).is_some(),
+            wprop: f.get(&format!("wprop_{i}")).unwrap_or("").trim().to_owned(),
+            wop: f.get(&format!("wop_{i}")).unwrap_or("eq").to_owned(),
+            wvalue: f
+                .get(&format!("wvalue_{i}"))
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            measure: f.get(&format!("measure_{i}")).unwrap_or("count").to_owned(),
+            sum_prop: f
+                .get(&format!("sumprop_{i}"))
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            nested: f.get(&format!("nested_{i}")).is_some(),
         })
         .collect()
 }
@@ -109,13 +136,14 @@ fn typed(v: &str) -> Value {
 
 /// The rule tree of the rows; the core's parser checks it (and names the
 /// place at fault) when it is counted or saved.
-fn rule_of(combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
+fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
     let bad = |i: usize, m: &str| {
         ApiError::bad_request("invalid_segment", format!("condition {}: {m}", i + 1))
     };
     let mut conds = Vec::new();
+    let mut inner = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        if r.name.is_empty() && r.value.is_empty() {
+        if r.kind != "in_stock" && r.name.is_empty() && r.value.is_empty() {
             continue;
         }
         let c = match r.kind.as_str() {
@@ -132,22 +160,49 @@ fn rule_of(combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
                 Value::Object(m)
             }
             "event" => {
-                let n: f64 = r
-                    .value
-                    .parse()
-                    .map_err(|_| bad(i, "the count is a number"))?;
-                if !COUNT_OPS.contains(&r.op.as_str()) {
-                    return Err(bad(i, "compare a count with gte, gt, eq, lte or lt"));
+                // Checked as a number, kept as typed (500, not 500.0).
+                let n = typed(&r.value);
+                if !n.is_number() {
+                    return Err(bad(i, "the count or sum is a number"));
                 }
-                let mut count = Map::new();
-                count.insert(r.op.clone(), json!(n));
+                if !COUNT_OPS.contains(&r.op.as_str()) {
+                    return Err(bad(i, "compare with gte, gt, eq, lte or lt"));
+                }
                 let within = if r.within.is_empty() {
                     "365d"
                 } else {
                     &r.within
                 };
-                json!({"event": r.name, "within": within, "count": count})
+                let mut m = Map::new();
+                m.insert("event".into(), json!(r.name));
+                m.insert("within".into(), json!(within));
+                if !r.wprop.is_empty() {
+                    let mut w = Map::new();
+                    w.insert("property".into(), json!(r.wprop));
+                    w.insert("op".into(), json!(r.wop));
+                    if r.wop != "exists" {
+                        w.insert("value".into(), typed(&r.wvalue));
+                    }
+                    m.insert("where".into(), json!([w]));
+                }
+                let mut cmp = Map::new();
+                if r.measure == "sum" {
+                    if r.sum_prop.is_empty() {
+                        return Err(bad(i, "name the property to sum, e.g. revenue"));
+                    }
+                    cmp.insert("property".into(), json!(r.sum_prop));
+                    cmp.insert(r.op.clone(), n);
+                    m.insert("sum".into(), Value::Object(cmp));
+                } else {
+                    cmp.insert(r.op.clone(), n);
+                    m.insert("count".into(), Value::Object(cmp));
+                }
+                Value::Object(m)
             }
+            "birthday" => {
+                json!({"birthday_within": if r.value.is_empty() { &r.name } else { &r.value }})
+            }
+            "in_stock" => json!({"in_stock": {"product": "viewed", "store": "preferred"}}),
             "consent" => json!({"consent": r.name}),
             "lifecycle" => {
                 json!({"lifecycle": if r.value.is_empty() { &r.name } else { &r.value }})
@@ -156,7 +211,18 @@ fn rule_of(combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
             "segment" => json!({"segment": r.name}),
             _ => return Err(bad(i, "unknown kind of condition")),
         };
-        conds.push(if r.negate { json!({"not": c}) } else { c });
+        let c = if r.negate { json!({"not": c}) } else { c };
+        if r.nested {
+            inner.push(c);
+        } else {
+            conds.push(c);
+        }
+    }
+    if !inner.is_empty() {
+        conds.push(match nested_combine {
+            "all" => json!({"all": inner}),
+            _ => json!({"any": inner}),
+        });
     }
     if conds.is_empty() {
         return Err(ApiError::bad_request(
@@ -193,11 +259,8 @@ pub async fn builder(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
         name: String::new(),
         purpose: String::new(),
         combine: "all".into(),
-        rows: vec![Row {
-            kind: "trait".into(),
-            op: "eq".into(),
-            ..Row::default()
-        }],
+        nested_combine: "any".into(),
+        rows: vec![new_row()],
     };
     show(&staff, &catalog, StatusCode::OK, &form, None, None, None)
 }
@@ -207,7 +270,76 @@ struct BuilderForm {
     name: String,
     purpose: String,
     combine: String,
+    nested_combine: String,
     rows: Vec<Row>,
+}
+
+fn new_row() -> Row {
+    Row {
+        kind: "trait".into(),
+        op: "eq".into(),
+        wop: "eq".into(),
+        measure: "count".into(),
+        ..Row::default()
+    }
+}
+
+fn form_of(form: &Form) -> BuilderForm {
+    BuilderForm {
+        id: form.get("id").unwrap_or("").trim().to_owned(),
+        name: form.get("name").unwrap_or("").trim().to_owned(),
+        purpose: form.get("purpose").unwrap_or("").to_owned(),
+        combine: form.get("combine").unwrap_or("all").to_owned(),
+        nested_combine: form.get("nested_combine").unwrap_or("any").to_owned(),
+        rows: rows_of(form),
+    }
+}
+
+/// The form's rule tree and its count, by the API's preview: the same
+/// checks of the purpose's data kinds, the same access log entry for the
+/// sample it reads. The rule comes back even when counting fails.
+async fn count_of(
+    s: &Arc<AppState>,
+    staff: &Staff,
+    f: &BuilderForm,
+) -> Result<(Value, usize), (Option<Value>, ApiError)> {
+    let rule = rule_of(&f.combine, &f.nested_combine, &f.rows).map_err(|e| (None, e))?;
+    let preview = json!({"purpose": f.purpose, "rule": rule});
+    match crate::segments::preview(
+        State(s.clone()),
+        staff.p.clone(),
+        Bytes::from(preview.to_string()),
+    )
+    .await
+    {
+        Ok(Json(p)) => Ok((rule, p.count)),
+        Err(e) => Err((Some(rule), e)),
+    }
+}
+
+/// The live count: the builder's form, posted by its script as one edits
+/// (same permission and CSRF check as Count); the count and rule as JSON.
+pub async fn live_count(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    if let Err(r) = staff.require(&Method::POST, "/api/v1/segments/preview") {
+        return *r;
+    }
+    let form = match staff.form(&body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let mut r = match count_of(&s, &staff, &form_of(&form)).await {
+        Ok((rule, count)) => Json(json!({"count": count, "rule": rule})).into_response(),
+        Err((rule, e)) => (
+            e.status,
+            Json(json!({"error": e.message, "code": e.code, "rule": rule})),
+        )
+            .into_response(),
+    };
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -227,6 +359,7 @@ fn show(
         "Build a segment",
         context! {
             id => f.id, name => f.name, purpose => f.purpose, combine => f.combine,
+            nested_combine => f.nested_combine, filter_ops => FILTER_OPS,
             rows => f.rows, nrows => f.rows.len(),
             kinds => KINDS.iter().map(|(k, l)| json!({"id": k, "label": l})).collect::<Vec<_>>(),
             trait_ops => TRAIT_OPS, count_ops => COUNT_OPS,
@@ -251,48 +384,23 @@ pub async fn build(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) ->
         Ok(c) => c,
         Err(e) => return error_page(Some(&staff), e),
     };
-    let mut f = BuilderForm {
-        id: form.get("id").unwrap_or("").trim().to_owned(),
-        name: form.get("name").unwrap_or("").trim().to_owned(),
-        purpose: form.get("purpose").unwrap_or("").to_owned(),
-        combine: form.get("combine").unwrap_or("all").to_owned(),
-        rows: rows_of(&form),
-    };
+    let mut f = form_of(&form);
     let action = form.get("action").unwrap_or("count");
     if action == "add" {
         if f.rows.len() < MAX_ROWS {
-            f.rows.push(Row {
-                kind: "trait".into(),
-                op: "eq".into(),
-                ..Row::default()
-            });
+            f.rows.push(new_row());
         }
         return show(&staff, &catalog, StatusCode::OK, &f, None, None, None);
     }
-    let rule = match rule_of(&f.combine, &f.rows) {
-        Ok(r) => r,
-        Err(e) => {
-            return show(&staff, &catalog, e.status, &f, None, None, Some(e.message));
-        }
-    };
-    // Counted by the API's preview: the same checks of the purpose's data
-    // kinds, the same access log entry for the sample it reads.
-    let preview = json!({"purpose": f.purpose, "rule": rule});
-    let counted = crate::segments::preview(
-        State(s.clone()),
-        staff.p.clone(),
-        Bytes::from(preview.to_string()),
-    )
-    .await;
-    let count = match counted {
-        Ok(Json(p)) => p.count,
-        Err(e) => {
+    let (rule, count) = match count_of(&s, &staff, &f).await {
+        Ok(rc) => rc,
+        Err((rule, e)) => {
             return show(
                 &staff,
                 &catalog,
                 e.status,
                 &f,
-                Some(&rule),
+                rule.as_ref(),
                 None,
                 Some(e.message),
             );
@@ -330,5 +438,54 @@ pub async fn build(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) ->
             Some(count),
             Some(e.message),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, name: &str, value: &str) -> Row {
+        Row {
+            kind: kind.into(),
+            name: name.into(),
+            value: value.into(),
+            ..new_row()
+        }
+    }
+
+    #[test]
+    fn the_rows_make_a_tree_the_core_accepts_with_one_nested_group() {
+        let mut viewed = row("event", "Product Viewed", "1");
+        viewed.op = "gte".into();
+        viewed.within = "2d".into();
+        viewed.wprop = "category".into();
+        viewed.wvalue = "shoes".into();
+        let mut stock = row("in_stock", "", "");
+        stock.nested = true;
+        let mut birthday = row("birthday", "", "7d");
+        birthday.nested = true;
+        let rows = [viewed, row("lifecycle", "", "at_risk"), stock, birthday];
+        let rule = rule_of("all", "any", &rows).unwrap();
+        assert_eq!(
+            rule,
+            json!({"all": [
+                {"event": "Product Viewed", "within": "2d",
+                 "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+                 "count": {"gte": 1}},
+                {"lifecycle": "at_risk"},
+                {"any": [
+                    {"in_stock": {"product": "viewed", "store": "preferred"}},
+                    {"birthday_within": "7d"}]}]})
+        );
+        tarmo_core::segments::Rule::from_json(&rule).unwrap();
+    }
+
+    #[test]
+    fn a_sum_needs_its_property() {
+        let mut r = row("event", "Order Completed", "500");
+        r.op = "gt".into();
+        r.measure = "sum".into();
+        assert!(rule_of("all", "any", &[r]).is_err());
     }
 }
