@@ -36,7 +36,8 @@ pub struct AccessRecord {
     pub purposes: Vec<String>,
     /// The route template (`/api/v1/profiles/{id}`), never the raw path.
     pub route: String,
-    /// `read`, `export`, or `decisions` (a count).
+    /// `read`, `export`, `decisions` (a count), or `users` (a change to a
+    /// staff account made in the console: no profiles, a count of one).
     pub action: &'static str,
     /// The people whose data was read; empty for a count.
     pub profiles: Vec<ProfileId>,
@@ -198,6 +199,7 @@ pub fn verify(
                     "read" => "read",
                     "export" => "export",
                     "decisions" => "decisions",
+                    "users" => "users",
                     _ => "unknown",
                 },
                 profiles: Vec::new(),

@@ -522,3 +522,258 @@ fn console_segment_builder_makes_a_property_filter_and_a_sum_and_counts_as_the_a
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
 }
+
+/// The staff accounts on the admin's keys page, as `name: roles (disabled)`.
+fn accounts(s: &Server, admin: &str) -> Vec<String> {
+    let page = get(s, "/console/keys", admin);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let at = page.body.find("<h2>Staff accounts</h2>").unwrap();
+    page.body[at..]
+        .split("<tr><td>")
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row
+                .split("</td><td>")
+                .map(|c| c.split("</td>").next().unwrap())
+                .collect();
+            format!("{}: {} ({})", cells[1], cells[2], cells[4])
+        })
+        .collect()
+}
+
+/// The access log's records of changes to staff accounts.
+fn account_changes(s: &Server) -> Vec<Value> {
+    let (st, v) = crate::common::get(s, "/api/v1/audit");
+    assert_eq!(st, 200, "{v}");
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "users")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn an_admin_makes_a_support_account_in_the_console_and_it_signs_in() {
+    let (d, s) = with_users(&["admin", "support"]);
+    let (admin, _) = sign_in(&s, "admin");
+    let page = get(&s, "/console/keys", &admin);
+    assert!(
+        page.body
+            .contains("<label for=\"u-name\">Account name</label>")
+    );
+    assert!(
+        page.body
+            .contains("<label for=\"u-password\">Password</label>")
+    );
+    let csrf = field(&page.body, "csrf");
+    let a = post(
+        &s,
+        "/console/users",
+        &admin,
+        &format!("csrf={csrf}&name=sirpa&password=correct+horse+battery+staple&role=support"),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(a.body.contains("Staff account sirpa (support) made."));
+    assert!(
+        !a.body.contains("correct horse"),
+        "the password is never shown"
+    );
+    assert!(accounts(&s, &admin).contains(&"sirpa: support (no)".to_owned()));
+    let changes = account_changes(&s);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["route"], "/console/users");
+    assert_eq!(changes[0]["roles"], json!(["admin"]));
+    assert!(!changes[0].to_string().contains("horse"));
+
+    // The new account signs in and is support: no keys page.
+    let (sirpa, _) = sign_in(&s, "sirpa");
+    assert_eq!(get(&s, "/console/keys", &sirpa).status, 403);
+
+    // Its roles change: its live session follows at once.
+    let a = post(
+        &s,
+        "/console/users/3/roles",
+        &admin,
+        &format!("csrf={csrf}&role=support&role=dpo"),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(accounts(&s, &admin).contains(&"sirpa: support, dpo (no)".to_owned()));
+    assert_eq!(get(&s, "/console/access-log", &sirpa).status, 200);
+    assert_eq!(account_changes(&s).len(), 2);
+
+    // The records of these changes keep the access log's chain intact.
+    drop(s);
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(d.path().join("data"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("access log intact"), "{said}");
+}
+
+#[test]
+fn only_an_admin_manages_staff_accounts_in_the_console() {
+    let (_d, s) = with_users(&["admin", "support", "dpo"]);
+    let (admin, _) = sign_in(&s, "admin");
+    let before = accounts(&s, &admin);
+    for who in ["support", "dpo"] {
+        let (cookie, _) = sign_in(&s, who);
+        // A valid token of its own session: still not allowed.
+        let csrf = field(&get(&s, "/console", &cookie).body, "csrf");
+        for (path, form) in [
+            (
+                "/console/users",
+                format!(
+                    "csrf={csrf}&name=mallory&password=correct+horse+battery+staple&role=admin"
+                ),
+            ),
+            ("/console/users/2/roles", format!("csrf={csrf}&role=admin")),
+            ("/console/users/1/disable", format!("csrf={csrf}")),
+        ] {
+            let a = post(&s, path, &cookie, &form);
+            assert_eq!(a.status, 403, "{who} {path}: {}", a.body);
+        }
+    }
+    assert_eq!(accounts(&s, &admin), before, "nothing changed");
+    assert!(account_changes(&s).is_empty());
+}
+
+#[test]
+fn bad_staff_account_input_in_the_console_is_refused_and_changes_nothing() {
+    let (_d, s) = with_users(&["admin", "support"]);
+    let (admin, _) = sign_in(&s, "admin");
+    let page = get(&s, "/console/keys", &admin);
+    let csrf = field(&page.body, "csrf");
+    let before = accounts(&s, &admin);
+    let pw = "password=correct+horse+battery+staple";
+    for (path, form, status, code) in [
+        (
+            "/console/users",
+            format!("csrf={csrf}&name=support&{pw}&role=support"),
+            409,
+            "user_exists",
+        ),
+        (
+            "/console/users",
+            format!("csrf={csrf}&name=weak&password=short&role=support"),
+            400,
+            "weak_password",
+        ),
+        (
+            "/console/users",
+            format!("csrf={csrf}&name=nobody&{pw}&role=superuser"),
+            400,
+            "invalid_role",
+        ),
+        (
+            "/console/users",
+            format!("csrf={csrf}&name=norole&{pw}"),
+            400,
+            "invalid_role",
+        ),
+        (
+            "/console/users",
+            format!("csrf={csrf}&name=&{pw}&role=support"),
+            400,
+            "invalid_form",
+        ),
+        (
+            "/console/users/2/roles",
+            format!("csrf={csrf}&role=superuser"),
+            400,
+            "invalid_role",
+        ),
+        (
+            "/console/users/99/roles",
+            format!("csrf={csrf}&role=dpo"),
+            404,
+            "user_not_found",
+        ),
+        (
+            "/console/users/1/disable",
+            format!("csrf={csrf}"),
+            400,
+            "disable_self",
+        ),
+        (
+            "/console/users/99/disable",
+            format!("csrf={csrf}"),
+            404,
+            "user_not_found",
+        ),
+        // Without the session's CSRF token, nothing either.
+        (
+            "/console/users",
+            format!("csrf=nope&name=csrf&{pw}&role=support"),
+            403,
+            "csrf_failed",
+        ),
+        (
+            "/console/users/2/roles",
+            "role=admin".to_owned(),
+            403,
+            "csrf_failed",
+        ),
+        (
+            "/console/users/2/disable",
+            "csrf=nope".to_owned(),
+            403,
+            "csrf_failed",
+        ),
+    ] {
+        let a = post(&s, path, &admin, &form);
+        assert_eq!(a.status, status, "{path} {form}: {}", a.body);
+        assert!(a.body.contains(code), "{path} {form}: {}", a.body);
+        assert!(!a.body.contains("correct horse"), "{}", a.body);
+    }
+    assert_eq!(accounts(&s, &admin), before, "nothing changed");
+    assert!(account_changes(&s).is_empty());
+    // The admin's own session still works.
+    assert_eq!(get(&s, "/console/keys", &admin).status, 200);
+}
+
+#[test]
+fn disabling_a_staff_account_in_the_console_ends_its_session_at_once() {
+    let (_d, s) = with_users(&["admin", "support"]);
+    let (admin, _) = sign_in(&s, "admin");
+    let (support, _) = sign_in(&s, "support");
+    assert_eq!(get(&s, "/console", &support).status, 200);
+    let csrf = field(&get(&s, "/console/keys", &admin).body, "csrf");
+    let a = post(
+        &s,
+        "/console/users/2/disable",
+        &admin,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("disabled; its sessions have ended"));
+    // The very next request of the disabled account is signed out.
+    assert_eq!(get(&s, "/console", &support).location, "/console/sign-in");
+    // Nor can it sign in again, with a right password and a valid form.
+    let page = get(&s, "/console/sign-in", "");
+    let token = field(&page.body, "token");
+    let a = post(
+        &s,
+        "/console/sign-in",
+        &cookie_value(&page, "tarmo_sign_in"),
+        &format!("token={token}&name=support&password=correct+horse+battery+staple"),
+    );
+    assert_ne!(a.status, 303, "{}", a.body);
+    assert!(a.cookies.iter().all(|c| !c.starts_with("tarmo_console=")));
+    assert!(accounts(&s, &admin)[1].starts_with("support: support ("));
+    assert!(!accounts(&s, &admin)[1].ends_with("(no)"));
+    assert_eq!(account_changes(&s).len(), 1);
+    // Disabled twice: refused, nothing more recorded.
+    let a = post(
+        &s,
+        "/console/users/2/disable",
+        &admin,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(a.status, 404);
+    assert_eq!(account_changes(&s).len(), 1);
+}

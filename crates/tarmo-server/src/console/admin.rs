@@ -1,6 +1,8 @@
 //! The console's pages for automations and campaigns (counters, dry-run),
 //! processors and the record of processing, and keys and users (admin),
-//! each through the API handler it stands for.
+//! each through the API handler it stands for; staff accounts (made, given
+//! other roles, disabled) through the store's own functions in a writer
+//! transaction, with the same permission as keys (admin).
 
 use std::sync::Arc;
 
@@ -221,7 +223,11 @@ async fn keys_page(
                 Some(staff),
                 "keys.html",
                 "Keys and users",
-                context! { keys, users, roles, new_key, flash },
+                context! {
+                    keys, users, roles, new_key, flash,
+                    me => staff.p.key.user_id,
+                    min_password => tarmo_store::keys::MIN_PASSWORD,
+                },
             )
         }
         Err(e) => error_page(Some(staff), e),
@@ -279,6 +285,185 @@ pub async fn revoke_key(
                 Some(format!("Key {id} revoked.")),
             )
             .await
+        }
+        Err(e) => error_page(Some(&staff), e),
+    }
+}
+
+/// The roles a form names, each one of the known roles, at least one.
+fn chosen_roles(s: &AppState, form: &super::Form) -> Result<Vec<String>, ApiError> {
+    let roles = form.all("role");
+    if roles.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_role",
+            "choose at least one role",
+        ));
+    }
+    for r in &roles {
+        if !s.roles.0.contains_key(r) {
+            return Err(ApiError::bad_request(
+                "invalid_role",
+                format!("unknown role `{r}`"),
+            ));
+        }
+    }
+    Ok(roles)
+}
+
+/// A staff account id from the path.
+fn user_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request("invalid_user_id", "a user id is an integer"))
+}
+
+/// The access log record of a change to staff accounts (what `tarmo audit`
+/// reads): who changed, through which route; never a password.
+fn account_change(staff: &Staff) -> tarmo_store::access_log::AccessRecord {
+    let mut r = staff.p.access("users", Vec::new());
+    r.count = 1;
+    r
+}
+
+/// Make a staff account (admin only, as keys are): the same rules as
+/// `tarmo users create`, in one writer transaction with its audit record.
+pub async fn create_user(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    if let Err(r) = staff.require(&Method::POST, "/api/v1/keys") {
+        return *r;
+    }
+    let form = match staff.form(&body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let go = async {
+        let name = form.text("name", 100)?;
+        let roles = chosen_roles(&s, &form)?;
+        // Not trimmed: a password is what was typed.
+        let password = form.get("password").unwrap_or("").to_owned();
+        let record = account_change(&staff);
+        let (n, r) = (name.clone(), roles.clone());
+        s.transact(move |ctx| {
+            let id = tarmo_store::keys::create_user(
+                ctx.conn,
+                ctx.vault,
+                &n,
+                &password,
+                &r,
+                &[],
+                ctx.now_ms,
+            )?;
+            tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
+            Ok(id)
+        })
+        .await?;
+        Ok::<_, ApiError>((name, roles))
+    };
+    match go.await {
+        Ok((name, roles)) => {
+            let flash = format!("Staff account {name} ({}) made.", roles.join(", "));
+            keys_page(&staff, &s, StatusCode::CREATED, None, Some(flash)).await
+        }
+        Err(e) => error_page(Some(&staff), e),
+    }
+}
+
+/// Give a staff account other roles; its live sessions follow at once.
+pub async fn user_roles(
+    staff: Staff,
+    State(s): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = staff.require(&Method::POST, "/api/v1/keys") {
+        return *r;
+    }
+    let form = match staff.form(&body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let go = async {
+        let id = user_id(&raw)?;
+        let roles = chosen_roles(&s, &form)?;
+        let record = account_change(&staff);
+        let r = roles.clone();
+        let changed = s
+            .transact(move |ctx| {
+                // The account keeps the purposes it is bound to.
+                let Some(u) = tarmo_store::keys::users(ctx.conn)?
+                    .into_iter()
+                    .find(|u| u.id == id && u.disabled_at.is_none())
+                else {
+                    return Ok(false);
+                };
+                if !tarmo_store::keys::set_user_roles(ctx.conn, id, &r, &u.purposes)? {
+                    return Ok(false);
+                }
+                tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
+                Ok(true)
+            })
+            .await?;
+        if !changed {
+            return Err(ApiError::not_found(
+                "user_not_found",
+                "no active staff account with that id",
+            ));
+        }
+        s.keys_changed();
+        Ok::<_, ApiError>((id, roles))
+    };
+    match go.await {
+        Ok((id, roles)) => {
+            let flash = format!("Staff account {id} now has roles {}.", roles.join(", "));
+            keys_page(&staff, &s, StatusCode::OK, None, Some(flash)).await
+        }
+        Err(e) => error_page(Some(&staff), e),
+    }
+}
+
+/// Disable a staff account; every session it holds ends at once. Not your
+/// own.
+pub async fn disable_user(
+    staff: Staff,
+    State(s): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = staff.require(&Method::POST, "/api/v1/keys") {
+        return *r;
+    }
+    if let Err(r) = staff.form(&body) {
+        return *r;
+    }
+    let go = async {
+        let id = user_id(&raw)?;
+        if staff.p.key.user_id == Some(id) {
+            return Err(ApiError::bad_request(
+                "disable_self",
+                "you cannot disable your own account; ask another admin",
+            ));
+        }
+        let record = account_change(&staff);
+        let disabled = s
+            .transact(move |ctx| {
+                if !tarmo_store::keys::disable_user(ctx.conn, id, ctx.now_ms)? {
+                    return Ok(false);
+                }
+                tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
+                Ok(true)
+            })
+            .await?;
+        if !disabled {
+            return Err(ApiError::not_found(
+                "user_not_found",
+                "no active staff account with that id",
+            ));
+        }
+        s.keys_changed();
+        Ok::<_, ApiError>(id)
+    };
+    match go.await {
+        Ok(id) => {
+            let flash = format!("Staff account {id} disabled; its sessions have ended.");
+            keys_page(&staff, &s, StatusCode::OK, None, Some(flash)).await
         }
         Err(e) => error_page(Some(&staff), e),
     }

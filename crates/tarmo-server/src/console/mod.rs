@@ -68,6 +68,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/processors", get(admin::processors))
         .route("/console/keys", get(admin::keys).post(admin::create_key))
         .route("/console/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/console/users", post(admin::create_user))
+        .route("/console/users/{id}/roles", post(admin::user_roles))
+        .route("/console/users/{id}/disable", post(admin::disable_user))
 }
 
 // ------------------------------------------------------------- templates
@@ -398,6 +401,15 @@ impl Form {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeated field (checkboxes), in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// A required text field, trimmed, at most `max` characters.
