@@ -1,6 +1,7 @@
 //! Identifiers: the ways Tarmo recognises a person, parsed and normalised at the
 //! edge so that `Ann@Example.COM ` and `Ann@example.com` are one customer.
 
+use crate::codes::Code;
 use std::fmt;
 
 /// What an identifier is. Strong kinds name one person (a login, an email
@@ -274,13 +275,13 @@ pub enum IdentifierError {
 
 impl IdentifierError {
     /// Stable machine-readable code for API responses.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::UnknownKind(_) => "unknown_identifier_type",
-            Self::BadKindName(_) | Self::BadRegion(_) => "invalid_configuration",
-            Self::BadEmail(_) => "invalid_email",
-            Self::BadPhone(_) => "invalid_phone",
-            Self::Empty(_) | Self::TooLong(_) => "invalid_identifier",
+            Self::UnknownKind(_) => Code::UnknownIdentifierType,
+            Self::BadKindName(_) | Self::BadRegion(_) => Code::InvalidConfiguration,
+            Self::BadEmail(_) => Code::InvalidEmail,
+            Self::BadPhone(_) => Code::InvalidPhone,
+            Self::Empty(_) | Self::TooLong(_) => Code::InvalidIdentifier,
         }
     }
 }
@@ -402,7 +403,7 @@ mod tests {
             c.identifier(IdentifierKind::Phone, "12")
                 .unwrap_err()
                 .code(),
-            "invalid_phone"
+            Code::InvalidPhone
         );
         let no_region = IdentityConfig::new(None, &[]).unwrap();
         assert!(
@@ -422,7 +423,7 @@ mod tests {
         ));
         assert_eq!(
             c.kind("shoe_size").unwrap_err().code(),
-            "unknown_identifier_type"
+            Code::UnknownIdentifierType
         );
         assert!(CustomKind::parse("email").is_err());
         assert!(CustomKind::parse("Loyalty").is_err());

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod automations;
+pub mod codes;
 pub mod consent;
 pub mod identity;
 pub mod processor;

@@ -6,6 +6,7 @@
 //! Also the meaning of a data category for an export: which of a person's
 //! identifiers, traits and events a category stands for ([`ExportScope`]).
 
+use crate::codes::Code;
 use serde::Deserialize;
 
 use crate::consent::{DataCategory, PurposeId};
@@ -54,21 +55,21 @@ pub enum ProcessorError {
 }
 
 impl ProcessorError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::Name => "invalid_processor_name",
-            Self::Role => "invalid_processor_role",
-            Self::Country => "invalid_country",
-            Self::SafeguardRequired(_) => "transfer_safeguard_required",
-            Self::Safeguard => "invalid_transfer_safeguard",
-            Self::DpaReference => "invalid_dpa_reference",
-            Self::DpaDate => "invalid_dpa_signed_on",
-            Self::DpaDateInFuture => "dpa_signed_on_in_future",
-            Self::Purposes => "invalid_processor_purposes",
-            Self::PurposeId(_) => "unknown_purpose",
-            Self::Categories => "invalid_data_categories",
-            Self::Webhook => "invalid_erasure_webhook",
-            Self::Token => "invalid_webhook_token",
+            Self::Name => Code::InvalidProcessorName,
+            Self::Role => Code::InvalidProcessorRole,
+            Self::Country => Code::InvalidCountry,
+            Self::SafeguardRequired(_) => Code::TransferSafeguardRequired,
+            Self::Safeguard => Code::InvalidTransferSafeguard,
+            Self::DpaReference => Code::InvalidDpaReference,
+            Self::DpaDate => Code::InvalidDpaSignedOn,
+            Self::DpaDateInFuture => Code::DpaSignedOnInFuture,
+            Self::Purposes => Code::InvalidProcessorPurposes,
+            Self::PurposeId(_) => Code::UnknownPurpose,
+            Self::Categories => Code::InvalidDataCategories,
+            Self::Webhook => Code::InvalidErasureWebhook,
+            Self::Token => Code::InvalidWebhookToken,
         }
     }
 }
@@ -570,7 +571,7 @@ mod tests {
         for (f, code) in cases {
             let mut i = input();
             f(&mut i);
-            assert_eq!(i.parse(NOW).unwrap_err().code(), code);
+            assert_eq!(i.parse(NOW).unwrap_err().code().as_str(), code);
         }
     }
 

@@ -3,6 +3,7 @@
 //! what identity resolution needs: the identifiers, the traits with their
 //! timestamp, and the whole message to be sealed.
 
+use crate::codes::Code;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -103,15 +104,15 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::NotAnObject { .. } | Self::WrongType { .. } => "invalid_field_type",
-            Self::BadType { .. } => "invalid_message_type",
-            Self::NoIdentity { .. } => "missing_identity",
-            Self::BadTimestamp { .. } => "invalid_timestamp",
-            Self::NoEventName { .. } => "missing_event_name",
-            Self::BadAlias { .. } => "invalid_alias",
-            Self::BadIdentifier { .. } => "invalid_identifier",
+            Self::NotAnObject { .. } | Self::WrongType { .. } => Code::InvalidFieldType,
+            Self::BadType { .. } => Code::InvalidMessageType,
+            Self::NoIdentity { .. } => Code::MissingIdentity,
+            Self::BadTimestamp { .. } => Code::InvalidTimestamp,
+            Self::NoEventName { .. } => Code::MissingEventName,
+            Self::BadAlias { .. } => Code::InvalidAlias,
+            Self::BadIdentifier { .. } => Code::InvalidIdentifier,
         }
     }
 
@@ -480,22 +481,22 @@ mod tests {
     #[test]
     fn errors_name_the_message_and_have_codes() {
         let e = parse(json!({"type": "track", "userId": "u"})).unwrap_err();
-        assert_eq!(e.code(), "missing_event_name");
+        assert_eq!(e.code(), Code::MissingEventName);
         let e = parse(json!({"type": "nope", "userId": "u"})).unwrap_err();
-        assert_eq!(e.code(), "invalid_message_type");
+        assert_eq!(e.code(), Code::InvalidMessageType);
         let e = parse(json!({"type": "page"})).unwrap_err();
-        assert_eq!(e.code(), "missing_identity");
+        assert_eq!(e.code(), Code::MissingIdentity);
         let e =
             parse(json!({"type": "page", "userId": "u", "timestamp": "yesterday"})).unwrap_err();
-        assert_eq!(e.code(), "invalid_timestamp");
+        assert_eq!(e.code(), Code::InvalidTimestamp);
         let e = parse(json!({"type": "page", "userId": "u", "properties": [1]})).unwrap_err();
-        assert_eq!(e.code(), "invalid_field_type");
+        assert_eq!(e.code(), Code::InvalidFieldType);
         let e = parse(json!({"type": "alias", "userId": "u"})).unwrap_err();
-        assert_eq!(e.code(), "invalid_alias");
+        assert_eq!(e.code(), Code::InvalidAlias);
         let e = parse(json!({"type": "page", "userId": "u",
             "context": {"externalIds": [{"id": "x", "type": "shoe_size"}]}}))
         .unwrap_err();
-        assert_eq!(e.code(), "invalid_identifier");
+        assert_eq!(e.code(), Code::InvalidIdentifier);
         assert_eq!(e.index(), 0);
     }
 
@@ -574,7 +575,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.timestamp_ms, received);
         let e = parse(json!({"type": "page", "userId": "u", "sentAt": "soon"})).unwrap_err();
-        assert_eq!(e.code(), "invalid_timestamp");
+        assert_eq!(e.code(), Code::InvalidTimestamp);
     }
 
     mod props {

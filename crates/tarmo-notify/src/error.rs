@@ -26,18 +26,6 @@ pub enum Error {
     MessageId(&'static str),
 }
 
-impl Error {
-    /// A stable machine-readable code for the webhook errors an API shows.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::WebhookNotHttps => "webhook_url_not_https",
-            Error::WebhookTargetPrivate => "webhook_target_private",
-            Error::WebhookUrl(_) => "invalid_webhook_url",
-            _ => "invalid_configuration",
-        }
-    }
-}
-
 /// Why a message was not delivered. [`SendError::is_permanent`] tells the
 /// caller whether to give up on the message or retry it later.
 ///

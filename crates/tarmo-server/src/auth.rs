@@ -11,9 +11,10 @@ use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tarmo_core::codes::Code;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lru::LruCache;
@@ -129,8 +130,7 @@ impl Principal {
     pub fn may_act_for(&self, purpose: &str) -> Result<(), ApiError> {
         if self.grant.bound() && !self.grant.purposes.iter().any(|p| p == purpose) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "purpose_not_permitted",
+                Code::PurposeNotPermitted,
                 format!("this key acts for {} only", self.grant.purposes.join(", ")),
             ));
         }
@@ -184,8 +184,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
 
 fn forbidden(p: Permission) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
+        Code::Forbidden,
         format!("this key's roles do not include the permission `{p}`"),
     )
 }
@@ -344,8 +343,7 @@ fn take<K: std::hash::Hash + Eq>(
 
 fn too_many(wait: u32) -> Response {
     let mut e = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
+        Code::RateLimited,
         "too many requests; retry after the delay in Retry-After",
     );
     e.retry_after = Some(wait);
@@ -358,8 +356,7 @@ impl AppState {
             None => Ok(()),
             Some(wait) => {
                 let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    Code::RateLimited,
                     "too many requests for this key; retry after the delay in Retry-After",
                 );
                 e.retry_after = Some(wait);
@@ -376,8 +373,7 @@ impl AppState {
             None => Ok(()),
             Some(wait) => {
                 let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    Code::RateLimited,
                     "too many login attempts for this account; retry after the delay in Retry-After",
                 );
                 e.retry_after = Some(wait);
@@ -581,12 +577,8 @@ pub async fn guard(
     let route = matched.as_str();
     let Some(need) = need(req.method(), route) else {
         tracing::error!(route, "a route has no entry in the access table; refused");
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this route is not open to any role",
-        )
-        .into_response();
+        return ApiError::new(Code::Forbidden, "this route is not open to any role")
+            .into_response();
     };
     match need {
         Need::Public | Need::Ingest => {
@@ -622,8 +614,7 @@ pub async fn guard(
                 && !same_origin(origin.as_bytes(), &s.config.public_url)
             {
                 return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "cross_origin",
+                    Code::CrossOrigin,
                     "this form may only be sent from this site's own pages",
                 )
                 .into_response();
@@ -663,8 +654,7 @@ pub async fn guard(
                 }
                 if grant.bound() && p.unbound_only() {
                     return ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "purpose_not_permitted",
+                        Code::PurposeNotPermitted,
                         format!("a key bound to purposes cannot use the permission `{p}`"),
                     )
                     .into_response();

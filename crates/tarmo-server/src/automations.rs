@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -94,8 +95,8 @@ pub struct DryRunView {
     pub people: Vec<DryRunRow>,
 }
 
-fn json_body(raw: &[u8], code: &'static str) -> Result<Value, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(code, e.to_string()))
+fn json_body(raw: &[u8], code: Code) -> Result<Value, ApiError> {
+    crate::body::json(raw, code, "the definition as a JSON object")
 }
 
 fn template_view(t: TemplateRecord) -> TemplateView {
@@ -115,12 +116,12 @@ fn template_view(t: TemplateRecord) -> TemplateView {
 }
 
 fn parse_template(raw: &[u8], path_id: Option<&str>) -> Result<Template, ApiError> {
-    let mut v = json_body(raw, "invalid_template")?;
+    let mut v = json_body(raw, Code::InvalidTemplate)?;
     if let (Some(p), Some(o)) = (path_id, v.as_object_mut()) {
         match o.get("id").and_then(Value::as_str) {
             Some(b) if b != p => {
-                return Err(ApiError::bad_request(
-                    "invalid_template",
+                return Err(ApiError::new(
+                    Code::InvalidTemplate,
                     "the body's `id` differs from the path's",
                 ));
             }
@@ -129,7 +130,7 @@ fn parse_template(raw: &[u8], path_id: Option<&str>) -> Result<Template, ApiErro
             }
         }
     }
-    serde_json::from_value(v).map_err(|e| ApiError::bad_request("invalid_template", e.to_string()))
+    serde_json::from_value(v).map_err(|e| ApiError::new(Code::InvalidTemplate, e.to_string()))
 }
 
 /// Save a template: `{"id", "channel": "email" | "sms", "languages": {"en": {"subject", "text", "html"}}}`.
@@ -197,7 +198,7 @@ pub async fn get_template(
     blocking(move || flows::template_get(&mut *store.conn()?, &id))
         .await?
         .map(|t| Json(template_view(t)))
-        .ok_or_else(|| ApiError::not_found("template_not_found", "no such template"))
+        .ok_or_else(|| ApiError::new(Code::TemplateNotFound, "no such template"))
 }
 
 /// Delete a template no automation or campaign uses.
@@ -215,15 +216,12 @@ pub async fn delete_template(
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(
-            "template_not_found",
-            "no such template",
-        ))
+        Err(ApiError::new(Code::TemplateNotFound, "no such template"))
     }
 }
 
-fn def_error((code, msg): (&'static str, String)) -> ApiError {
-    ApiError::bad_request(code, msg)
+fn def_error((code, msg): (Code, String)) -> ApiError {
+    ApiError::new(code, msg)
 }
 
 pub(crate) async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, ApiError> {
@@ -275,13 +273,13 @@ async fn flow_of(
 ) -> Result<FlowRecord, ApiError> {
     let store = s.store.clone();
     let code = if kind == "campaign" {
-        "campaign_not_found"
+        Code::CampaignNotFound
     } else {
-        "automation_not_found"
+        Code::AutomationNotFound
     };
     match blocking(move || flows::flow_get(&mut *store.conn()?, &id)).await? {
         Some(f) if f.flow.kind() == kind && visible(p, &f) => Ok(f),
-        _ => Err(ApiError::not_found(code, format!("no such {kind}"))),
+        _ => Err(ApiError::new(code, format!("no such {kind}"))),
     }
 }
 
@@ -298,8 +296,8 @@ pub async fn create_automation(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let a =
-        Automation::from_json(&json_body(&raw, "invalid_automation")?, None).map_err(def_error)?;
+    let a = Automation::from_json(&json_body(&raw, Code::InvalidAutomation)?, None)
+        .map_err(def_error)?;
     p.may_act_for(&a.purpose)?;
     let cfg = s.send_config();
     let f = s
@@ -324,7 +322,7 @@ pub async fn put_automation(
     raw: axum::body::Bytes,
 ) -> Result<Json<FlowView>, ApiError> {
     flow_of(&s, &p, id.clone(), "automation").await?;
-    let a = Automation::from_json(&json_body(&raw, "invalid_automation")?, Some(&id))
+    let a = Automation::from_json(&json_body(&raw, Code::InvalidAutomation)?, Some(&id))
         .map_err(def_error)?;
     p.may_act_for(&a.purpose)?;
     let cfg = s.send_config();
@@ -401,8 +399,8 @@ pub async fn dry_run(
         blocking(move || flows::flow_get(&mut *store.conn()?, &id)).await?
     };
     let Some(f) = f.filter(|f| visible(&p, f)) else {
-        return Err(ApiError::not_found(
-            "automation_not_found",
+        return Err(ApiError::new(
+            Code::AutomationNotFound,
             "no such automation",
         ));
     };
@@ -457,8 +455,8 @@ pub async fn create_campaign(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let c =
-        Campaign::from_json(&json_body(&raw, "invalid_campaign")?, now_ms()).map_err(def_error)?;
+    let c = Campaign::from_json(&json_body(&raw, Code::InvalidCampaign)?, now_ms())
+        .map_err(def_error)?;
     p.may_act_for(&c.purpose)?;
     let f = s
         .transact(move |ctx| flows::campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms))
@@ -531,13 +529,11 @@ pub async fn sms_inbound(
         .unwrap_or("");
     if !token.is_some_and(|t| tarmo_store::vault::ct_eq(given.as_bytes(), t.as_bytes())) {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
+            Code::InvalidToken,
             "the SMS provider's bearer token is missing or wrong",
         ));
     }
-    let m: InboundSms = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_inbound_sms", e.to_string()))?;
+    let m: InboundSms = crate::body::json(&raw, Code::InvalidInboundSms, "{\"from\", \"body\"}")?;
     if !is_stop_word(&m.body) {
         return Ok(Json(InboundResult {
             stop: false,

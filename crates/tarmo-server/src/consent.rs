@@ -3,6 +3,7 @@
 //! consent-gated marketing email.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -63,8 +64,8 @@ impl AppState {
                     .blind_index(id.kind().as_str(), id.value());
                 Ok((Lookup::Identifier(b), Some(id)))
             }
-            _ => Err(ApiError::bad_request(
-                "invalid_subject",
+            _ => Err(ApiError::new(
+                Code::InvalidSubject,
                 "name the person by `profile` (an id) or by `type` and `value` (an identifier), not both",
             )),
         }
@@ -142,7 +143,7 @@ pub async fn get_purpose(
     let catalog = s.catalog().await?;
     let c = catalog
         .get(&id)
-        .ok_or_else(|| ApiError::not_found("unknown_purpose", "no such purpose"))?;
+        .ok_or_else(|| ApiError::purpose_not_found("no such purpose"))?;
     let mut v = view(c);
     let store = s.store.clone();
     v.history = Some(blocking(move || ledger::purpose_history(&mut *store.conn()?, &id)).await?);
@@ -171,10 +172,13 @@ pub async fn put_purpose(
     q: Result<Query<PutPurposeQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<PurposeChange>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidQuery, e.body_text()))?;
     let id = PurposeId::parse(&id)?;
-    let spec: PurposeSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_purpose", format!("{e}")))?;
+    let spec: PurposeSpec = crate::body::json(
+        &body,
+        Code::InvalidPurpose,
+        "the purpose's definition (name, legal basis, channels, data categories, notice)",
+    )?;
     spec.validate()?;
     let change = s
         .transact(move |ctx| {
@@ -215,7 +219,11 @@ fn default_method() -> String {
     "api".into()
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// One consent entry, or up to 1,000 as `{"entries": [...]}`.
+// The body's shape for the API document only: `record` tells the two apart
+// by the `entries` key, so that an error names the field at fault.
+#[derive(ToSchema)]
+#[allow(dead_code)]
 #[serde(untagged)]
 pub enum ConsentBody {
     Many { entries: Vec<ConsentInput> },
@@ -243,7 +251,7 @@ const CALLER_METHODS: [Method; 4] = [Method::WebForm, Method::Api, Method::Staff
 /// Record consent decisions (one, or `{"entries": [...]}` up to 1,000 in one
 /// durable transaction).
 #[utoipa::path(post, path = "/api/v1/consents", tag = "consent",
-    request_body(content = Object, description = "One entry, or {\"entries\": [...]}"),
+    request_body(content = ConsentBody, description = "One entry, or {\"entries\": [...]}"),
     security(("admin_key" = [])),
     responses((status = 200, body = RecordedList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn record(
@@ -251,19 +259,26 @@ pub async fn record(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<RecordedList>, ApiError> {
-    let body: ConsentBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_consent",
-            format!("expected a consent entry or {{\"entries\": [...]}}: {e}"),
-        )
-    })?;
-    let inputs = match body {
-        ConsentBody::Many { entries } => entries,
-        ConsentBody::One(e) => vec![e],
+    // One entry, or {"entries": [...]}: told apart by the key, so that an
+    // error names the field at fault in the shape the client meant.
+    let v: serde_json::Value = crate::body::json(
+        &body,
+        Code::InvalidConsent,
+        "a consent entry or {\"entries\": [...]}",
+    )?;
+    let inputs: Vec<ConsentInput> = if v.get("entries").is_some() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Many {
+            entries: Vec<ConsentInput>,
+        }
+        crate::body::from_value::<Many>(v, Code::InvalidConsent)?.entries
+    } else {
+        vec![crate::body::from_value(v, Code::InvalidConsent)?]
     };
     if inputs.is_empty() || inputs.len() > 1000 {
-        return Err(ApiError::bad_request(
-            "invalid_consent",
+        return Err(ApiError::new(
+            Code::InvalidConsent,
             "give 1 to 1,000 entries",
         ));
     }
@@ -279,15 +294,15 @@ pub async fn record(
             decision,
             ConsentDecision::PendingConfirmation | ConsentDecision::Expired
         ) {
-            return Err(at(ApiError::bad_request(
-                "unknown_decision",
+            return Err(at(ApiError::new(
+                Code::UnknownDecision,
                 "pending_confirmation comes from POST /api/v1/subscriptions and expired from Tarmo itself",
             )));
         }
         let method = Method::parse(&e.method).map_err(|x| at(x.into()))?;
         if !CALLER_METHODS.contains(&method) {
-            return Err(at(ApiError::bad_request(
-                "unknown_method",
+            return Err(at(ApiError::new(
+                Code::UnknownMethod,
                 "a caller may record web_form, api, staff or import",
             )));
         }
@@ -296,8 +311,8 @@ pub async fn record(
         tarmo_core::consent::check_entry(&e.purpose, &c.rule, decision, method)
             .map_err(|x| at(x.into()))?;
         if e.source.trim().is_empty() {
-            return Err(at(ApiError::bad_request(
-                "invalid_source",
+            return Err(at(ApiError::new(
+                Code::InvalidSource,
                 "`source` names where the decision was collected",
             )));
         }
@@ -313,8 +328,8 @@ pub async fn record(
             for (lookup, prepared, e, decision, method) in parsed {
                 let profile = match (lookup, prepared) {
                     (Lookup::Id(p), _) => doi::current_profile(ctx.conn, p)?.ok_or_else(|| {
-                        tarmo_store::Error::not_found(
-                            "profile_not_found",
+                        tarmo_store::Error::rejected(
+                            Code::ProfileNotFound,
                             "no profile with that id",
                         )
                     })?,
@@ -408,7 +423,7 @@ pub async fn profile_consents(
         // the evidence (IP address, user agent, CMP strings) only where its
         // data kinds, narrowed by its purposes, include consent.
         let (profile, kinds) = store.visible_kinds(&grant, id)?.ok_or_else(|| {
-            tarmo_store::Error::not_found("profile_not_found", "no profile matches")
+            tarmo_store::Error::rejected(Code::ProfileNotFound, "no profile matches")
         })?;
         let ours = |purpose: &str| !grant.bound() || grant.purposes.iter().any(|p| p == purpose);
         let mut c = store.conn()?;
@@ -561,8 +576,8 @@ pub async fn decision(
     q: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DecisionView>, ApiError> {
     let Query(q) = q.map_err(|_| {
-        ApiError::bad_request(
-            "invalid_query",
+        ApiError::new(
+            Code::InvalidQuery,
             "`purpose` is required, with `profile` or `type` and `value`",
         )
     })?;
@@ -619,11 +634,14 @@ pub async fn decisions_batch(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<BatchDecisions>, ApiError> {
-    let b: BatchDecisionInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{e}")))?;
+    let b: BatchDecisionInput = crate::body::json(
+        &body,
+        Code::InvalidJson,
+        "{\"purpose\", \"subjects\": [...]}",
+    )?;
     if b.subjects.len() > 10_000 {
-        return Err(ApiError::bad_request(
-            "too_many_subjects",
+        return Err(ApiError::new(
+            Code::TooManySubjects,
             "at most 10,000 people a request",
         ));
     }
@@ -735,8 +753,11 @@ pub async fn subscribe(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    let b: SubscriptionInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_subscription", format!("{e}")))?;
+    let b: SubscriptionInput = crate::body::json(
+        &body,
+        Code::InvalidSubscription,
+        "{\"email\" or \"phone\", \"purposes\", \"language\", \"source\"}",
+    )?;
     for purpose in &b.purposes {
         p.may_act_for(purpose)?;
     }
@@ -744,21 +765,21 @@ pub async fn subscribe(
         (Some(e), None) => ("email", e, "email"),
         (None, Some(p)) => ("phone", p, "sms"),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_subscription",
+            return Err(ApiError::new(
+                Code::InvalidSubscription,
                 "give exactly one of `email` and `phone`",
             ));
         }
     };
     if !tarmo_core::consent::purpose::valid_language(&b.language) {
-        return Err(ApiError::bad_request(
-            "invalid_language",
+        return Err(ApiError::new(
+            Code::InvalidLanguage,
             "`language` is a tag like en, fi or pt-BR",
         ));
     }
     if b.source.trim().is_empty() || b.source.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_source",
+        return Err(ApiError::new(
+            Code::InvalidSource,
             "`source` names the collection point in 1 to 200 characters",
         ));
     }
@@ -837,11 +858,14 @@ pub async fn send_email(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<EmailQueued>), ApiError> {
-    let b: EmailInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_message", format!("{e}")))?;
+    let b: EmailInput = crate::body::json(
+        &body,
+        Code::InvalidMessage,
+        "{\"recipient\", \"purpose\", \"subject\", \"text\"}",
+    )?;
     if b.subject.trim().is_empty() || b.subject.len() > 400 || b.text.len() > 200_000 {
-        return Err(ApiError::bad_request(
-            "invalid_message",
+        return Err(ApiError::new(
+            Code::InvalidMessage,
             "a subject of 1 to 400 characters and a text of at most 200 KB",
         ));
     }
@@ -861,7 +885,7 @@ pub async fn send_email(
             };
             let Some(to) = ledger_contact(ctx.conn, ctx.vault, profile, "email")? else {
                 return Err(tarmo_store::Error::rejected(
-                    "no_email_address",
+                    Code::NoEmailAddress,
                     "the person has no email address on record",
                 ));
             };
@@ -960,8 +984,8 @@ pub async fn preference_link(
     if let Some(l) = &q.language
         && !tarmo_core::consent::purpose::valid_language(l)
     {
-        return Err(ApiError::bad_request(
-            "invalid_language",
+        return Err(ApiError::new(
+            Code::InvalidLanguage,
             "`language` must be a language tag such as fi, he or pt-BR",
         ));
     }
@@ -969,8 +993,7 @@ pub async fn preference_link(
     // its holder ask for the person's data: not for a key bound to some.
     if p.grant.bound() {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "purpose_not_permitted",
+            Code::PurposeNotPermitted,
             "a preference link covers every purpose; a key bound to purposes cannot make one",
         ));
     }
@@ -979,7 +1002,7 @@ pub async fn preference_link(
     let profile = blocking(move || store.visible_kinds(&grant, id))
         .await?
         .map(|(p, _)| p)
-        .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
+        .ok_or_else(|| ApiError::new(Code::ProfileNotFound, "no profile matches"))?;
     Ok(Json(PreferenceLink {
         url: crate::pages::preference_url(&s, profile, q.language.as_deref()),
         expires_at: rfc3339(now_ms() + crate::pages::PREFERENCES_TTL_MS),

@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tarmo_core::codes::Code;
 use utoipa::ToSchema;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -17,39 +18,40 @@ pub struct ErrorBody {
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub retry_after: Option<u32>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error answered with its code's status from the catalog.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
             code,
             message: message.into(),
             retry_after: None,
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// `unknown_purpose` when the purpose is the resource the path names:
+    /// 404 rather than the catalog's 400 for a purpose named in a body.
+    pub fn purpose_not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            ..Self::new(Code::UnknownPurpose, message)
+        }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
+        Self::new(Code::InvalidApiKey, message)
     }
 
     pub fn overloaded() -> Self {
         Self {
             retry_after: Some(1),
             ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
+                Code::Overloaded,
                 "the ingestion queue is full; retry after the delay in Retry-After",
             )
         }
@@ -62,8 +64,7 @@ impl ApiError {
         Self {
             retry_after: Some(2),
             ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
+                Code::DatabaseUnavailable,
                 "the database cannot be reached; nothing was stored; retry after the delay in Retry-After",
             )
         }
@@ -72,25 +73,15 @@ impl ApiError {
 
 impl From<tarmo_store::Error> for ApiError {
     fn from(e: tarmo_store::Error) -> Self {
-        if let tarmo_store::Error::Rejected {
-            status,
-            code,
-            message,
-        } = e
-        {
-            return Self::new(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                code,
-                message,
-            );
+        if let tarmo_store::Error::Rejected { code, message } = e {
+            return Self::new(code, message);
         }
         if let tarmo_store::Error::StorageFull(why) = &e {
             tracing::error!(error = %why, "no space left: write refused");
             return Self {
                 retry_after: Some(30),
                 ..Self::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "storage_full",
+                    Code::StorageFull,
                     "the store has no space left; nothing was written. Retry once space is freed",
                 )
             };
@@ -98,8 +89,7 @@ impl From<tarmo_store::Error> for ApiError {
         if matches!(e, tarmo_store::Error::Panicked) {
             // The panic and its place are in the log (the panic hook).
             return Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+                Code::InternalError,
                 "internal error: the write failed and was rolled back; it has been logged",
             );
         }
@@ -112,30 +102,25 @@ impl From<tarmo_store::Error> for ApiError {
             return Self {
                 retry_after: Some(1),
                 ..Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
+                    Code::TemporarilyUnavailable,
                     "the store is temporarily unavailable; retry",
                 )
             };
         }
         tracing::error!(error = %e, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; it has been logged",
-        )
+        Self::new(Code::InternalError, "internal error; it has been logged")
     }
 }
 
 impl From<tarmo_core::consent::ConsentError> for ApiError {
     fn from(e: tarmo_core::consent::ConsentError) -> Self {
-        Self::bad_request(e.code(), e.to_string())
+        Self::new(e.code(), e.to_string())
     }
 }
 
 impl From<tarmo_core::identity::IdentifierError> for ApiError {
     fn from(e: tarmo_core::identity::IdentifierError) -> Self {
-        Self::bad_request(e.code(), e.to_string())
+        Self::new(e.code(), e.to_string())
     }
 }
 
@@ -144,7 +129,7 @@ impl IntoResponse for ApiError {
         let mut r = (
             self.status,
             axum::Json(ErrorBody {
-                code: self.code,
+                code: self.code.as_str(),
                 message: self.message,
             }),
         )
@@ -168,16 +153,16 @@ mod tests {
         ));
         assert_eq!(
             (full.status.as_u16(), full.code, full.retry_after),
-            (507, "storage_full", Some(30))
+            (507, Code::StorageFull, Some(30))
         );
         let io = ApiError::from(tarmo_store::Error::from(std::io::Error::from(
             std::io::ErrorKind::StorageFull,
         )));
-        assert_eq!((io.status.as_u16(), io.code), (507, "storage_full"));
+        assert_eq!((io.status.as_u16(), io.code), (507, Code::StorageFull));
         let panicked = ApiError::from(tarmo_store::Error::Panicked);
         assert_eq!(
             (panicked.status.as_u16(), panicked.code),
-            (500, "internal_error")
+            (500, Code::InternalError)
         );
         assert!(panicked.message.contains("rolled back"));
     }

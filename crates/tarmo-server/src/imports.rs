@@ -6,6 +6,7 @@
 //! errors by line number.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -60,27 +61,26 @@ pub struct ImportQueued {
 
 fn spec_of(input: ImportInput) -> Result<(ImportSpec, String), ApiError> {
     let kind = ImportKind::parse(&input.kind).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_import_kind",
+        ApiError::new(
+            Code::InvalidImportKind,
             "`kind` is customers, orders, products, stores or stock",
         )
     })?;
     let format = match input.format.as_deref() {
         None => Format::of_file_name(input.file_name.as_deref().unwrap_or("")),
-        Some(f) => Format::parse(f).ok_or_else(|| {
-            ApiError::bad_request("invalid_import_format", "`format` is csv or jsonl")
-        })?,
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| ApiError::new(Code::InvalidImportFormat, "`format` is csv or jsonl"))?,
     };
     let mapping = match input.mapping {
         None | Some(Value::Null) => Mapping::default(),
         Some(Value::String(t)) => {
-            Mapping::parse(&t).map_err(|e| ApiError::bad_request("invalid_mapping", e))?
+            Mapping::parse(&t).map_err(|e| ApiError::new(Code::InvalidMapping, e))?
         }
         Some(v @ Value::Object(_)) => serde_json::from_value(v)
-            .map_err(|e| ApiError::bad_request("invalid_mapping", format!("mapping: {e}")))?,
+            .map_err(|e| ApiError::new(Code::InvalidMapping, format!("mapping: {e}")))?,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_mapping",
+            return Err(ApiError::new(
+                Code::InvalidMapping,
                 "`mapping` is a JSON object or TOML text",
             ));
         }
@@ -114,13 +114,16 @@ pub async fn create(
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ImportQueued>), ApiError> {
     if raw.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_import",
+        return Err(ApiError::new(
+            Code::InvalidImport,
             "a JSON body is needed: {\"kind\", \"source\", \"content\", ...}",
         ));
     }
-    let input: ImportInput = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_import", e.to_string()))?;
+    let input: ImportInput = crate::body::json(
+        &raw,
+        Code::InvalidImport,
+        "{\"kind\", \"content\", \"source\"}",
+    )?;
     let (spec, content) = spec_of(input)?;
     // Parse now: a file or mapping that cannot work is refused before
     // anything is recorded; row errors are the import's outcome.
@@ -178,14 +181,14 @@ pub async fn get(
 ) -> Result<Json<ImportView>, ApiError> {
     let id: i64 = id
         .parse()
-        .map_err(|_| ApiError::bad_request("invalid_import_id", "an import id is a number"))?;
+        .map_err(|_| ApiError::new(Code::InvalidImportId, "an import id is a number"))?;
     let store = s.store.clone();
     let view = blocking(move || {
         let mut conn = store.conn()?;
         imports::get(&mut *conn, store.vault(), id)
     })
     .await?
-    .ok_or_else(|| ApiError::not_found("import_not_found", format!("no import {id}")))?;
+    .ok_or_else(|| ApiError::new(Code::ImportNotFound, format!("no import {id}")))?;
     // The report may quote a value from the file.
     log(&s, &p, "import_read").await?;
     Ok(Json(view))

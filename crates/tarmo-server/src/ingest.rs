@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -28,19 +29,20 @@ pub struct Accepted {
 }
 
 /// Inflate a gzip body, refusing to grow it past `limit`.
-fn body_bytes(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, decompressed; over `limit` bytes answers `too_large` (the
+/// error for this route: a batch or a single message).
+fn body_bytes(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: usize,
+    too_large: impl Fn() -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
         .trim()
         .to_ascii_lowercase();
-    let too_large = || {
-        ApiError::bad_request(
-            "batch_too_large",
-            format!("the request body is larger than {} KB", limit / 1024),
-        )
-    };
     match encoding.as_str() {
         "identity" | "" => {
             if body.len() > limit {
@@ -53,14 +55,14 @@ fn body_bytes(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Vec<u8>,
             flate2::read::GzDecoder::new(&body[..])
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|_| ApiError::bad_request("invalid_gzip", "the body is not valid gzip"))?;
+                .map_err(|_| ApiError::new(Code::InvalidGzip, "the body is not valid gzip"))?;
             if out.len() > limit {
                 return Err(too_large());
             }
             Ok(out)
         }
-        other => Err(ApiError::bad_request(
-            "unsupported_content_encoding",
+        other => Err(ApiError::new(
+            Code::UnsupportedContentEncoding,
             format!("Content-Encoding `{other}` is not supported (use gzip or none)"),
         )),
     }
@@ -93,7 +95,10 @@ struct BatchEnvelope<'a> {
 }
 
 fn json_error(e: serde_json::Error) -> ApiError {
-    ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    ApiError::new(
+        Code::InvalidJson,
+        format!("the body is not valid JSON: {e}"),
+    )
 }
 
 async fn source_of(
@@ -103,8 +108,7 @@ async fn source_of(
 ) -> Result<(i64, tarmo_core::identity::Trust), ApiError> {
     let key = basic_user(headers).or_else(|| body_key.map(str::to_owned)).ok_or_else(|| {
         ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "missing_write_key",
+            Code::MissingWriteKey,
             "a write key is required: Basic auth with the write key as user name, or `writeKey` in the body",
         )
     })?;
@@ -115,8 +119,7 @@ async fn source_of(
         .map(|(k, _)| k)
         .ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "invalid_write_key",
+                Code::InvalidWriteKey,
                 "the write key is unknown, revoked, or not a write key",
             )
         })?;
@@ -169,12 +172,12 @@ async fn ingest(
     } else {
         MAX_BATCH_BYTES
     };
-    let raw = body_bytes(&headers, body, limit).map_err(|mut e| {
-        if route_kind.is_some() && e.code == "batch_too_large" {
-            e.code = "message_too_large";
-            e.message = "message 0 is larger than 32 KB".into();
-        }
-        e
+    let raw = body_bytes(&headers, body, limit, || match route_kind {
+        Some(_) => ApiError::new(Code::MessageTooLarge, "message 0 is larger than 32 KB"),
+        None => ApiError::new(
+            Code::BatchTooLarge,
+            format!("the request body is larger than {} KB", limit / 1024),
+        ),
     })?;
     let now = tarmo_store::now_ms();
     let ((source, trust), messages) = if let Some(kind) = route_kind {
@@ -182,17 +185,17 @@ async fn ingest(
         let key = v.get("writeKey").and_then(Value::as_str).map(str::to_owned);
         let source = source_of(&s, &headers, key.as_deref()).await?;
         let m = parse_message(v, 0, Some(kind), BatchDefaults::default(), now, &s.identity)
-            .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+            .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
         (source, vec![m])
     } else {
         let env: BatchEnvelope<'_> = serde_json::from_slice(&raw).map_err(json_error)?;
         let source = source_of(&s, &headers, env.write_key.as_deref()).await?;
-        let items = env.batch.ok_or_else(|| {
-            ApiError::bad_request("missing_batch", "the body needs a `batch` array")
-        })?;
+        let items = env
+            .batch
+            .ok_or_else(|| ApiError::new(Code::MissingBatch, "the body needs a `batch` array"))?;
         if items.len() > MAX_BATCH_MESSAGES {
-            return Err(ApiError::bad_request(
-                "batch_too_large",
+            return Err(ApiError::new(
+                Code::BatchTooLarge,
                 format!(
                     "{} messages in one batch; at most {MAX_BATCH_MESSAGES}",
                     items.len()
@@ -207,14 +210,14 @@ async fn ingest(
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             if item.get().len() > MAX_MESSAGE_BYTES {
-                return Err(ApiError::bad_request(
-                    "message_too_large",
+                return Err(ApiError::new(
+                    Code::MessageTooLarge,
                     format!("message {i} is larger than 32 KB"),
                 ));
             }
             let v: Value = serde_json::from_str(item.get()).map_err(json_error)?;
             let m = parse_message(v, i, None, defaults, now, &s.identity)
-                .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+                .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
             out.push(m);
         }
         (source, out)

@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod automations;
+mod body;
 mod consent;
 mod console;
 mod error;
@@ -33,6 +34,7 @@ pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tarmo_core::codes::Code;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -575,17 +577,25 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
         return resp;
     }
     let (code, message) = match resp.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body is larger than 1 MB"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            ("method_not_allowed", "this route does not take that method")
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            (Code::BodyTooLarge, "the request body is larger than 1 MB")
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            Code::MethodNotAllowed,
+            "this route does not take that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (Code::UnsupportedMediaType, "send application/json"),
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
-            ("invalid_request", "the request could not be read")
+            (Code::InvalidRequest, "the request could not be read")
         }
         _ => return resp,
     };
-    ApiError::new(resp.status(), code, message).into_response()
+    // axum's own 422 (a body its extractor could not map) keeps its status.
+    ApiError {
+        status: resp.status(),
+        ..ApiError::new(code, message)
+    }
+    .into_response()
 }
 
 /// Run blocking store work off the async workers.
@@ -602,16 +612,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// connection or a stack trace.
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     tracing::error!("a handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "internal error; it has been logged",
-    )
-    .into_response()
+    ApiError::new(Code::InternalError, "internal error; it has been logged").into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("route_not_found", "no such route; see /api/openapi.json")
+    ApiError::new(Code::RouteNotFound, "no such route; see /api/openapi.json")
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -703,7 +708,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readi
     let ready = problems.is_empty();
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
-        code: (!ready).then_some("not_ready"),
+        code: (!ready).then_some(Code::NotReady.as_str()),
         message: (!ready).then(|| problems.join("; ")),
         store: s.store.backend_name(),
         database: if database_up { "up" } else { "down" },

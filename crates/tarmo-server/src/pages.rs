@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -134,9 +135,9 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
 fn error_page(e: ApiError, lang: Lang) -> Response {
     let t = lang.page();
     let msg = match e.code {
-        "token_used" => t.used,
-        "token_expired" => t.expired,
-        "token_unknown" | "link_invalid" => t.invalid,
+        Code::TokenUsed => t.used,
+        Code::TokenExpired => t.expired,
+        Code::TokenUnknown | Code::LinkInvalid => t.invalid,
         _ => return e.into_response(),
     };
     page(e.status, lang, msg, "")
@@ -300,7 +301,7 @@ pub(crate) fn preference_url(s: &AppState, profile: i64, language: Option<&str>)
 
 fn open_unsubscribe(s: &AppState, token: &str) -> Result<SignedLink, ApiError> {
     links::open_link(s.store.vault(), doi::UNSUBSCRIBE_LINK, token)
-        .ok_or_else(|| ApiError::not_found("link_invalid", "this link is not valid"))
+        .ok_or_else(|| ApiError::new(Code::LinkInvalid, "this link is not valid"))
 }
 
 /// The page behind `List-Unsubscribe`: one button. Changes nothing.
@@ -365,8 +366,8 @@ pub async fn unsubscribe_post(
             .any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click")
     });
     if !one_click {
-        return ApiError::bad_request(
-            "invalid_unsubscribe",
+        return ApiError::new(
+            Code::InvalidUnsubscribe,
             "post List-Unsubscribe=One-Click (RFC 8058)",
         )
         .into_response();
@@ -392,7 +393,7 @@ fn open_preferences(s: &AppState, token: &str) -> Result<(i64, Option<String>), 
             let own = preferences_language(&l.scope)?.map(str::to_owned);
             Some((l.profile_id, own))
         })
-        .ok_or_else(|| ApiError::not_found("link_invalid", "this link is not valid"))
+        .ok_or_else(|| ApiError::new(Code::LinkInvalid, "this link is not valid"))
 }
 
 /// How the page shows a purpose: consent is given and withdrawn with a box;
@@ -560,7 +561,7 @@ async fn render_preferences(
     .await;
     let now_state = match read {
         Ok(Some(x)) => x,
-        Ok(None) => return error_page(ApiError::not_found("link_invalid", ""), lang),
+        Ok(None) => return error_page(ApiError::new(Code::LinkInvalid, ""), lang),
         Err(e) => return e.into_response(),
     };
     let now = now_ms();
@@ -741,8 +742,8 @@ pub async fn preferences_post(
             _ => continue,
         };
         if catalog.get(v).map(group) != Some(want) {
-            return ApiError::bad_request(
-                "unknown_purpose",
+            return ApiError::new(
+                Code::UnknownPurpose,
                 "purpose= names a purpose resting on consent, object= one that may be objected to",
             )
             .into_response();
@@ -869,7 +870,7 @@ pub async fn self_service_request(
         Some("access") => tarmo_store::requests::RequestKind::Access,
         Some("erasure") => tarmo_store::requests::RequestKind::Erasure,
         _ => {
-            return ApiError::bad_request("unknown_request_type", "type=access or type=erasure")
+            return ApiError::new(Code::UnknownRequestType, "type=access or type=erasure")
                 .into_response();
         }
     };
@@ -908,7 +909,7 @@ pub async fn self_service_request(
                 // An open request of the same kind: the person is told the
                 // same thing; the earlier link still works.
                 Err(tarmo_store::Error::Rejected {
-                    code: "duplicate_request",
+                    code: Code::DuplicateRequest,
                     ..
                 }) => Ok(()),
                 r => r.map(|_| ()),
@@ -1040,7 +1041,7 @@ pub async fn download(
     let Some(link) = links::open_link(s.store.vault(), DOWNLOAD_LINK, &token)
         .filter(|l| l.scope == "bundle" && now_ms() - l.issued_ms < DOWNLOAD_TTL_MS)
     else {
-        return error_page(ApiError::not_found("link_invalid", ""), lang);
+        return error_page(ApiError::new(Code::LinkInvalid, ""), lang);
     };
     match crate::requests::bundle_for(&s, link.profile_id).await {
         Ok(b) => {

@@ -1,6 +1,7 @@
 //! The register of processors and the exports to them.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -55,24 +56,27 @@ fn parse_input(
     body: &[u8],
     targets: tarmo_notify::WebhookTargets,
 ) -> Result<tarmo_core::processor::ProcessorSpec, ApiError> {
-    let input: ProcessorInput = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_processor", format!("{e}")))?;
+    let input: ProcessorInput = crate::body::json(
+        body,
+        Code::InvalidProcessor,
+        "{\"name\", \"role\", \"country\", \"dpa_reference\", \"dpa_signed_on\", \"purposes\", \"data_categories\"}",
+    )?;
     let spec = input
         .parse(now_ms())
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     // A webhook into the internal network would make the notification's
     // outcome a probe of it (see tarmo_notify::webhook).
     if let Some(url) = &spec.erasure_webhook {
         tarmo_notify::WebhookUrl::parse_for(url, targets)
-            .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+            .map_err(|e| ApiError::new(webhook_code(&e), e.to_string()))?;
     }
     Ok(spec)
 }
 
 fn processor_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_processor_id",
+        ApiError::new(
+            Code::InvalidProcessorId,
             "a processor id is a positive integer",
         )
     })
@@ -128,7 +132,7 @@ pub async fn get_processor(
     blocking(move || register::get(&mut *store.conn()?, id))
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("processor_not_found", "no processor with that id"))
+        .ok_or_else(|| ApiError::new(Code::ProcessorNotFound, "no processor with that id"))
 }
 
 /// Change a processor: send its whole definition. The webhook token stays
@@ -201,11 +205,14 @@ pub async fn export(
     body: axum::body::Bytes,
 ) -> Result<Json<ExportView>, ApiError> {
     let id = processor_id(&raw)?;
-    let b: ExportInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_export", format!("{e}")))?;
+    let b: ExportInput = crate::body::json(
+        &body,
+        Code::InvalidExport,
+        "{\"purpose\", \"subjects\": [...]}",
+    )?;
     if b.subjects.len() > register::EXPORT_MAX_SUBJECTS {
-        return Err(ApiError::bad_request(
-            "too_many_subjects",
+        return Err(ApiError::new(
+            Code::TooManySubjects,
             "at most 10,000 people an export",
         ));
     }
@@ -256,4 +263,14 @@ pub async fn export(
     )
     .await?;
     Ok(Json(view))
+}
+
+/// The code a refused webhook address answers with.
+fn webhook_code(e: &tarmo_notify::Error) -> Code {
+    match e {
+        tarmo_notify::Error::WebhookNotHttps => Code::WebhookUrlNotHttps,
+        tarmo_notify::Error::WebhookTargetPrivate => Code::WebhookTargetPrivate,
+        tarmo_notify::Error::WebhookUrl(_) => Code::InvalidWebhookUrl,
+        _ => Code::InvalidConfiguration,
+    }
 }

@@ -1,6 +1,7 @@
 //! The staff read API: one profile by any identifier or id, and its events.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -31,13 +32,14 @@ pub struct EventsQuery {
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found("profile_not_found", "no profile matches")
+    ApiError::new(Code::ProfileNotFound, "no profile matches")
 }
 
 pub(crate) fn profile_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_profile_id", "a profile id is a positive integer")
-    })
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::new(Code::InvalidProfileId, "a profile id is a positive integer"))
 }
 
 /// Find a profile by any identifier.
@@ -51,15 +53,15 @@ pub async fn lookup(
     q: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<ProfileView>, ApiError> {
     let Query(q) =
-        q.map_err(|_| ApiError::bad_request("invalid_query", "`type` and `value` are required"))?;
+        q.map_err(|_| ApiError::new(Code::InvalidQuery, "`type` and `value` are required"))?;
     let kind = s
         .identity
         .kind(&q.kind)
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let id = s
         .identity
         .identifier(kind, &q.value)
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     // Looking a person up by an identifier the key may not see would tell
     // it that the person exists: such a lookup finds nobody.
     let needed = if matches!(id.kind().as_str(), "email" | "phone") {
@@ -161,13 +163,12 @@ pub async fn events(
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<EventsPage>, ApiError> {
     let id = profile_id(&raw)?;
-    let Query(q) = q.map_err(|_| {
-        ApiError::bad_request("invalid_query", "`limit` and `before` must be integers")
-    })?;
+    let Query(q) =
+        q.map_err(|_| ApiError::new(Code::InvalidQuery, "`limit` and `before` must be integers"))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "`limit` must be 1 to 1000",
         ));
     }

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -46,9 +47,10 @@ pub struct RequestDetail {
 }
 
 fn id_of(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_request_id", "a request id is a positive integer")
-    })
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::new(Code::InvalidRequestId, "a request id is a positive integer"))
 }
 
 /// The processors told of an erasure, and how that went.
@@ -85,15 +87,18 @@ pub async fn create(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<RequestDetail>), ApiError> {
-    let b: RequestInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("{e}")))?;
+    let b: RequestInput = crate::body::json(
+        &body,
+        Code::InvalidRequest,
+        "{\"type\", \"subject\": {...}}",
+    )?;
     let key = p.key.clone();
     let kind = RequestKind::parse(&b.kind)?;
     let (kind_name, value) = match (&b.subject.kind, &b.subject.value, b.subject.profile) {
         (Some(k), Some(v), None) => (k.clone(), v.clone()),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_subject",
+            return Err(ApiError::new(
+                Code::InvalidSubject,
                 "name the person by an identifier: {\"type\": \"email\", \"value\": \"...\"}",
             ));
         }
@@ -103,8 +108,8 @@ pub async fn create(
         .identifier(s.identity.kind(&kind_name)?, &value)?;
     let language = b.language.unwrap_or_else(|| "en".into());
     if !tarmo_core::consent::purpose::valid_language(&language) {
-        return Err(ApiError::bad_request(
-            "invalid_language",
+        return Err(ApiError::new(
+            Code::InvalidLanguage,
             "`language` is a tag like en, fi or pt-BR",
         ));
     }
@@ -154,11 +159,11 @@ pub async fn list(
     _p: Principal,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "`limit` must be 1 to 1000",
         ));
     }
@@ -170,7 +175,7 @@ pub async fn list(
             .as_deref()
             .map(|d| {
                 tarmo_core::segment::parse_timestamp_ms(d).ok_or_else(|| {
-                    ApiError::bad_request("invalid_query", "`due_before` is an RFC 3339 date-time")
+                    ApiError::new(Code::InvalidQuery, "`due_before` is an RFC 3339 date-time")
                 })
             })
             .transpose()?,
@@ -205,11 +210,10 @@ pub struct ReasonInput {
 }
 
 async fn reason_of(body: &[u8]) -> Result<String, ApiError> {
-    let r: ReasonInput = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("{e}")))?;
+    let r: ReasonInput = crate::body::json(body, Code::InvalidRequest, "{\"reason\": \"...\"}")?;
     if r.reason.len() > 2000 {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            Code::InvalidRequest,
             "`reason` is at most 2,000 characters",
         ));
     }
@@ -300,15 +304,13 @@ pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError
         blocking(move || requests::bundle_target(&mut *store.conn()?, id)).await?;
     if !kind.has_bundle() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_bundle",
+            Code::NoBundle,
             "only access and portability requests have a bundle",
         ));
     }
     if status != RequestStatus::Completed {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_ready",
+            Code::NotReady,
             format!(
                 "the request is {}; the bundle is ready once it is completed",
                 status.as_str()
@@ -316,15 +318,15 @@ pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError
         ));
     }
     let Some(profile) = profile else {
-        return Err(ApiError::not_found(
-            "no_data_held",
+        return Err(ApiError::new(
+            Code::NoDataHeld,
             "no data is held about the person",
         ));
     };
     let store = s.store.clone();
     blocking(move || store.bundle(profile))
         .await?
-        .ok_or_else(|| ApiError::not_found("no_data_held", "no data is held about the person"))
+        .ok_or_else(|| ApiError::new(Code::NoDataHeld, "no data is held about the person"))
 }
 
 /// The data of a completed access or portability request: JSON, plus a
@@ -342,7 +344,7 @@ pub async fn export(
     q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = id_of(&raw)?;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidQuery, e.body_text()))?;
     let bundle = bundle_for(&s, id).await?;
     s.log_access(&p, "export", vec![bundle.profile_id]).await?;
     bundle_response(&bundle, id, q.format.as_deref())
@@ -362,20 +364,13 @@ pub(crate) fn bundle_response(
         "zip" => (
             zip_bundle(b).map_err(|e| {
                 tracing::error!(error = %e, "building a bundle zip failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "internal error; it has been logged",
-                )
+                ApiError::new(Code::InternalError, "internal error; it has been logged")
             })?,
             "application/zip",
             "zip",
         ),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "`format` is zip or json",
-            ));
+            return Err(ApiError::new(Code::InvalidQuery, "`format` is zip or json"));
         }
     };
     let mut r = (StatusCode::OK, bytes).into_response();

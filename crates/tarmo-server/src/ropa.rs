@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -304,14 +305,13 @@ pub async fn records_of_processing(
     _p: Principal,
     q: Result<Query<RecordQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        q.map_err(|_| ApiError::bad_request("invalid_query", "`format` is json or html"))?;
+    let Query(q) = q.map_err(|_| ApiError::new(Code::InvalidQuery, "`format` is json or html"))?;
     let html = match q.format.as_deref() {
         Some("html") => true,
         Some("json") => false,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                Code::InvalidQuery,
                 "`format` is json or html",
             ));
         }

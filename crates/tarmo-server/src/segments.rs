@@ -6,6 +6,7 @@
 //! only members whose decision for one of them allows it now.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -155,28 +156,26 @@ async fn segment(s: &AppState, id: &str) -> Result<Option<(SegmentDef, usize)>, 
 }
 
 fn invalid_rule(e: tarmo_core::segments::RuleError) -> ApiError {
-    ApiError::bad_request("invalid_rule", e.to_string())
+    ApiError::new(Code::InvalidRule, e.to_string())
 }
 
 fn parse_rule(rule: Option<Value>, text_form: Option<String>) -> Result<Rule, ApiError> {
     match (rule, text_form) {
         (Some(v), None) => Rule::from_json(&v).map_err(invalid_rule),
         (None, Some(t)) => text::parse(&t).map_err(invalid_rule),
-        _ => Err(ApiError::bad_request(
-            "invalid_rule",
+        _ => Err(ApiError::new(
+            Code::InvalidRule,
             "give the rule as `rule` (a JSON condition tree) or as `rule_text`, one of the two",
         )),
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(raw: &[u8], code: &'static str) -> Result<T, ApiError> {
-    if raw.is_empty() {
-        return Err(ApiError::bad_request(
-            code,
-            "a JSON body is needed: {\"name\", \"purpose\", \"rule\" or \"rule_text\"}",
-        ));
-    }
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(code, e.to_string()))
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8], code: Code) -> Result<T, ApiError> {
+    crate::body::json(
+        raw,
+        code,
+        "{\"name\", \"purpose\", \"rule\" or \"rule_text\"}",
+    )
 }
 
 fn view(d: &SegmentDef, count: usize) -> SegmentView {
@@ -193,7 +192,7 @@ fn view(d: &SegmentDef, count: usize) -> SegmentView {
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found("segment_not_found", "no such segment")
+    ApiError::new(Code::SegmentNotFound, "no such segment")
 }
 
 /// A purpose-bound key sees only segments of its purposes.
@@ -203,8 +202,8 @@ fn visible(p: &Principal, d: &SegmentDef) -> bool {
 
 fn define(id: String, input: SegmentInput) -> Result<SegmentDef, ApiError> {
     if !valid_segment_id(&id) {
-        return Err(ApiError::bad_request(
-            "invalid_segment_id",
+        return Err(ApiError::new(
+            Code::InvalidSegmentId,
             "a segment id is 1-64 of a-z, 0-9 and _, starting with a letter",
         ));
     }
@@ -232,15 +231,14 @@ pub async fn create(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<SegmentView>), ApiError> {
-    let input: SegmentInput = body(&raw, "invalid_segment")?;
+    let input: SegmentInput = body(&raw, Code::InvalidSegment)?;
     let Some(id) = input.id.clone() else {
-        return Err(ApiError::bad_request("invalid_segment", "`id` is required"));
+        return Err(ApiError::new(Code::InvalidSegment, "`id` is required"));
     };
     p.may_act_for(&input.purpose)?;
     if segment(&s, &id).await?.is_some() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "segment_exists",
+            Code::SegmentExists,
             format!("segment `{id}` exists; PUT /api/v1/segments/{id} changes it"),
         ));
     }
@@ -264,10 +262,10 @@ pub async fn update(
     Path(id): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Json<SegmentView>, ApiError> {
-    let input: SegmentInput = body(&raw, "invalid_segment")?;
+    let input: SegmentInput = body(&raw, Code::InvalidSegment)?;
     if input.id.as_ref().is_some_and(|i| *i != id) {
-        return Err(ApiError::bad_request(
-            "invalid_segment",
+        return Err(ApiError::new(
+            Code::InvalidSegment,
             "the body's `id` differs from the path's",
         ));
     }
@@ -353,15 +351,11 @@ pub async fn members(
     Path(id): Path<String>,
     q: Result<Query<MembersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<MemberPage>, ApiError> {
-    let Query(q) = q.map_err(|_| {
-        ApiError::bad_request("invalid_query", "`limit` and `after` must be integers")
-    })?;
+    let Query(q) =
+        q.map_err(|_| ApiError::new(Code::InvalidQuery, "`limit` and `after` must be integers"))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`limit` is 1 to 1000",
-        ));
+        return Err(ApiError::new(Code::InvalidQuery, "`limit` is 1 to 1000"));
     }
     match segment(&s, &id).await? {
         Some((d, _)) if visible(&p, &d) => {}
@@ -402,7 +396,7 @@ pub async fn preview(
     p: Principal,
     raw: axum::body::Bytes,
 ) -> Result<Json<Preview>, ApiError> {
-    let input: PreviewInput = body(&raw, "invalid_segment")?;
+    let input: PreviewInput = body(&raw, Code::InvalidSegment)?;
     p.may_act_for(&input.purpose)?;
     let rule = parse_rule(input.rule, input.rule_text)?;
     let def = SegmentDef {
@@ -435,7 +429,7 @@ pub async fn of_profile(
     let grant = p.grant.clone();
     let (current, _) = blocking(move || store.visible_kinds(&grant, id))
         .await?
-        .ok_or_else(|| ApiError::not_found("profile_not_found", "no profile matches"))?;
+        .ok_or_else(|| ApiError::new(Code::ProfileNotFound, "no profile matches"))?;
     let segments = engine(&s, move |e| e.of_profile(current))
         .await?
         .into_iter()
@@ -523,7 +517,7 @@ pub struct SyncResult {
 }
 
 fn audience_not_found() -> ApiError {
-    ApiError::not_found("audience_not_found", "no such audience")
+    ApiError::new(Code::AudienceNotFound, "no such audience")
 }
 
 async fn audience_view(
@@ -571,25 +565,28 @@ pub async fn create_audience(
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<AudienceView>), ApiError> {
     if raw.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_audience",
+        return Err(ApiError::new(
+            Code::InvalidAudience,
             "a JSON body is needed: {\"id\", \"segment\", \"processor\", \"format\"}",
         ));
     }
-    let input: AudienceInput = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_audience", e.to_string()))?;
+    let input: AudienceInput = crate::body::json(
+        &raw,
+        Code::InvalidAudience,
+        "{\"id\", \"segment\", \"processor\", \"format\"}",
+    )?;
     let format =
         tarmo_core::segments::audience::AudienceFormat::parse(&input.format).ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_format",
+            ApiError::new(
+                Code::UnknownFormat,
                 "format is meta_custom_audience or google_customer_match",
             )
         })?;
     match segment(&s, &input.segment).await? {
         Some((seg, _)) if visible(&p, &seg) => p.may_act_for(&seg.purpose)?,
         _ => {
-            return Err(ApiError::bad_request(
-                "unknown_segment",
+            return Err(ApiError::new(
+                Code::UnknownSegment,
                 format!("no segment `{}`", input.segment),
             ));
         }
@@ -702,9 +699,10 @@ pub async fn sync_file(
     Path((id, n)): Path<(String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let n: i64 = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_sync", "a sync number is a positive integer")
-    })?;
+    let n: i64 =
+        n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::new(Code::InvalidSync, "a sync number is a positive integer")
+        })?;
     audience_of(&s, &p, &id).await?;
     let store = s.store.clone();
     let name = format!("{id}-{n}.csv");
@@ -712,7 +710,7 @@ pub async fn sync_file(
         tarmo_store::segments::audiences::file(&mut *store.conn()?, store.vault(), &id, n)
     })
     .await?
-    .ok_or_else(|| ApiError::not_found("sync_not_found", "no such sync"))?;
+    .ok_or_else(|| ApiError::new(Code::SyncNotFound, "no such sync"))?;
     Ok((
         [
             (

@@ -12,11 +12,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmo_core::codes::Code;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -166,24 +167,16 @@ async fn handle(
     let bytes = match tokio::time::timeout(body_read, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is larger than 1 MB",
-            )
-            .into_response();
+            return ApiError::new(Code::BodyTooLarge, "the request body is larger than 1 MB")
+                .into_response();
         }
         Ok(Err(_)) => {
-            return ApiError::bad_request("invalid_request", "the request body could not be read")
+            return ApiError::new(Code::InvalidRequest, "the request body could not be read")
                 .into_response();
         }
         Err(_) => {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the request body did not arrive in time",
-            )
-            .into_response();
+            return ApiError::new(Code::BodyTimeout, "the request body did not arrive in time")
+                .into_response();
         }
     };
     let req = Request::from_parts(parts, Body::from(bytes));

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::State;
@@ -46,10 +47,10 @@ impl Kind {
         }
     }
 
-    fn error_code(self) -> &'static str {
+    fn error_code(self) -> Code {
         match self {
-            Kind::Tcf => "invalid_tc_string",
-            Kind::Gpp => "invalid_gpp_string",
+            Kind::Tcf => Code::InvalidTcString,
+            Kind::Gpp => Code::InvalidGppString,
         }
     }
 }
@@ -307,7 +308,7 @@ pub struct SignalRecorded {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_signal", message)
+    ApiError::new(Code::InvalidSignal, message)
 }
 
 /// Record a CMP string (TCF TC string or GPP string) for a person. Only its
@@ -324,19 +325,19 @@ pub async fn record_signal(
     p: Principal,
     body: axum::body::Bytes,
 ) -> Result<Json<SignalRecorded>, ApiError> {
-    let b: SignalInput = serde_json::from_slice(&body).map_err(|e| {
-        invalid(format!(
-            "expected {{\"subject\", \"tc_string\" or \"gpp_string\", \"source\", \"evidence\"}}: {e}"
-        ))
-    })?;
+    let b: SignalInput = crate::body::json(
+        &body,
+        Code::InvalidSignal,
+        "{\"subject\", \"tc_string\" or \"gpp_string\", \"source\", \"evidence\"}",
+    )?;
     let (kind, text) = match (&b.tc_string, &b.gpp_string) {
         (Some(t), None) => (Kind::Tcf, t.trim()),
         (None, Some(g)) => (Kind::Gpp, g.trim()),
         _ => return Err(invalid("give exactly one of `tc_string` and `gpp_string`")),
     };
     if b.source.trim().is_empty() || b.source.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_source",
+        return Err(ApiError::new(
+            Code::InvalidSource,
             "`source` names the collection point in 1 to 200 characters",
         ));
     }
@@ -344,7 +345,7 @@ pub async fn record_signal(
     let prepared = ident.as_ref().map(|i| s.store.prepare_identifier(i));
     let catalog = s.catalog().await?;
     let signal = read(kind, text, &s.config.consent_signals, &catalog, &b.source).map_err(|e| {
-        ApiError::bad_request(
+        ApiError::new(
             kind.error_code(),
             format!("undecodable {}: {e}", kind.label()),
         )
@@ -362,7 +363,7 @@ pub async fn record_signal(
         .transact(move |ctx| {
             let profile = match (lookup, prepared) {
                 (Lookup::Id(p), _) => doi::current_profile(ctx.conn, p)?.ok_or_else(|| {
-                    tarmo_store::Error::not_found("profile_not_found", "no profile with that id")
+                    tarmo_store::Error::rejected(Code::ProfileNotFound, "no profile with that id")
                 })?,
                 (Lookup::Identifier(b), Some(id)) => {
                     if ledger::suppressed(ctx.conn, &b)?.is_some() {

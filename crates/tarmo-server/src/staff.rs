@@ -2,6 +2,7 @@
 //! and aggregates for those who may see no person.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -46,11 +47,10 @@ pub async fn login(
     State(s): State<Arc<AppState>>,
     body: axum::body::Bytes,
 ) -> Result<Json<Session>, ApiError> {
-    let b: LoginInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_login", format!("{e}")))?;
+    let b: LoginInput = crate::body::json(&body, Code::InvalidLogin, "{\"name\", \"password\"}")?;
     if b.name.len() > 200 || b.password.len() > 1000 {
-        return Err(ApiError::bad_request(
-            "invalid_login",
+        return Err(ApiError::new(
+            Code::InvalidLogin,
             "name or password too long",
         ));
     }
@@ -82,8 +82,8 @@ pub async fn sign_out(
 ) -> Result<axum::http::StatusCode, ApiError> {
     // Only sessions: a service's long-lived key is not ended by a stray call.
     if p.key.user_id.is_none() {
-        return Err(ApiError::bad_request(
-            "not_a_session",
+        return Err(ApiError::new(
+            Code::NotASession,
             "this key is not a login session; revoke keys with POST /api/v1/keys/{id}/revoke",
         ));
     }
@@ -119,11 +119,11 @@ pub async fn audit(
     _p: Principal,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "`limit` must be 1 to 1000",
         ));
     }
@@ -234,28 +234,32 @@ pub async fn create_key(
     _p: Principal,
     body: axum::body::Bytes,
 ) -> Result<(axum::http::StatusCode, Json<NewKey>), ApiError> {
-    let b: KeyInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_key", format!("{e}")))?;
+    let b: KeyInput = crate::body::json(
+        &body,
+        Code::InvalidKey,
+        "{\"name\", \"roles\", \"purposes\"}",
+    )?;
     if b.roles.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_role",
+        return Err(ApiError::new(
+            Code::InvalidRole,
             "a key needs at least one role",
         ));
     }
     for r in &b.roles {
         if !s.roles.0.contains_key(r) {
-            return Err(ApiError::bad_request(
-                "invalid_role",
+            return Err(ApiError::new(
+                Code::InvalidRole,
                 format!("unknown role `{r}`"),
             ));
         }
     }
-    let trust = match b.trust.as_deref() {
-        None => None,
-        Some(t) => Some(tarmo_core::identity::Trust::parse(t).ok_or_else(|| {
-            ApiError::bad_request("invalid_trust", "trust is `client` or `server`")
-        })?),
-    };
+    let trust =
+        match b.trust.as_deref() {
+            None => None,
+            Some(t) => Some(tarmo_core::identity::Trust::parse(t).ok_or_else(|| {
+                ApiError::new(Code::InvalidTrust, "trust is `client` or `server`")
+            })?),
+        };
     let catalog = s.catalog().await?;
     for p in &b.purposes {
         catalog.require(p)?;
@@ -316,11 +320,11 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyList>, ApiError> {
     let id: i64 = raw
         .parse()
-        .map_err(|_| ApiError::bad_request("invalid_key_id", "a key id is an integer"))?;
+        .map_err(|_| ApiError::new(Code::InvalidKeyId, "a key id is an integer"))?;
     let store = s.store.clone();
     if !blocking(move || store.revoke_api_key(id)).await? {
-        return Err(ApiError::not_found(
-            "key_not_found",
+        return Err(ApiError::new(
+            Code::KeyNotFound,
             "no active key with that id",
         ));
     }

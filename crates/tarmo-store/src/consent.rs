@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -64,7 +65,7 @@ impl Catalog {
     pub fn require(&self, id: &str) -> Result<&CatalogEntry> {
         self.by_id.get(id).ok_or_else(|| {
             Error::rejected(
-                "unknown_purpose",
+                Code::UnknownPurpose,
                 format!(
                     "unknown purpose `{}`; see GET /api/v1/purposes",
                     id.chars().take(64).collect::<String>()
@@ -227,7 +228,7 @@ pub fn upsert_purpose(
         None => {
             if requires_reconsent {
                 return Err(Error::rejected(
-                    "reconsent_needs_new_notice",
+                    Code::ReconsentNeedsNewNotice,
                     "a new purpose has no earlier consents to ask again",
                 ));
             }
@@ -246,7 +247,7 @@ pub fn upsert_purpose(
             let notice_changed = old.notice_version() != notice_version;
             if requires_reconsent && !notice_changed {
                 return Err(Error::rejected(
-                    "reconsent_needs_new_notice",
+                    Code::ReconsentNeedsNewNotice,
                     "asking everyone again needs a changed notice text that tells them what changed",
                 ));
             }
@@ -358,7 +359,7 @@ fn notice_seq_of(conn: &mut dyn Conn, purpose: &str, notice_version: &str) -> Re
     match r {
         Some(r) => Ok(r.int(0)? as u32),
         None => Err(Error::rejected(
-            "unknown_notice_version",
+            Code::UnknownNoticeVersion,
             format!(
                 "purpose `{purpose}` never had notice version `{}`",
                 notice_version.chars().take(64).collect::<String>()
@@ -483,7 +484,7 @@ pub fn append(
         check_entry(c.id.as_str(), &c.rule, e.decision, e.method)?;
         if e.source.len() > 200 {
             return Err(Error::rejected(
-                "invalid_source",
+                Code::InvalidSource,
                 "`source` names a collection point in at most 200 characters",
             ));
         }

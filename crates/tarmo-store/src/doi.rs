@@ -5,6 +5,7 @@
 //! link. Each runs as a writer transaction job.
 
 use serde_json::{Map, Value};
+use tarmo_core::codes::Code;
 use tarmo_core::consent::{ConsentDecision, Method, check_entry};
 
 use crate::conn::{Conn, P, ProfileId};
@@ -65,7 +66,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
     };
     if req.purposes.is_empty() {
         return Err(Error::rejected(
-            "missing_purposes",
+            Code::MissingPurposes,
             "name at least one purpose to subscribe to",
         ));
     }
@@ -204,7 +205,7 @@ pub fn confirm(
     let t = links::find_token(ctx.conn, secret, CONFIRM_TOKEN, now)?;
     links::use_token(ctx.conn, &t.hash, now)?;
     let profile = current_profile(ctx.conn, t.profile_id)?
-        .ok_or_else(|| Error::not_found("token_unknown", "this link is not valid"))?;
+        .ok_or_else(|| Error::rejected(Code::TokenUnknown, "this link is not valid"))?;
     let method = if t.data.channel == "sms" {
         Method::DoubleOptInSms
     } else {

@@ -9,6 +9,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use ring::digest;
 use serde::Serialize;
+use tarmo_core::codes::Code;
 use utoipa::ToSchema;
 
 use tarmo_core::identity::Trust;
@@ -120,7 +121,7 @@ pub fn create(
 ) -> Result<(String, i64)> {
     if spec.roles.is_empty() {
         return Err(Error::rejected(
-            "invalid_role",
+            Code::InvalidRole,
             "a key needs at least one role",
         ));
     }
@@ -130,7 +131,7 @@ pub fn create(
         (false, None) => None,
         (false, Some(_)) => {
             return Err(Error::rejected(
-                "invalid_trust",
+                Code::InvalidTrust,
                 "only write keys (role ingest alone) have a trust level",
             ));
         }
@@ -272,7 +273,7 @@ pub const MAX_EXPIRES_IN_HOURS: u64 = 10 * 366 * 24;
 pub fn expiry(now_ms: i64, hours: u64) -> Result<i64> {
     if hours > MAX_EXPIRES_IN_HOURS {
         return Err(Error::rejected(
-            "invalid_expiry",
+            Code::InvalidExpiry,
             format!("`expires_in_hours` is at most {MAX_EXPIRES_IN_HOURS} (ten years)"),
         ));
     }
@@ -315,19 +316,19 @@ pub fn create_user(
 ) -> Result<i64> {
     if name.trim().is_empty() || name.len() > 100 {
         return Err(Error::rejected(
-            "invalid_user",
+            Code::InvalidUser,
             "a user name is 1 to 100 characters",
         ));
     }
     if password.chars().count() < MIN_PASSWORD {
         return Err(Error::rejected(
-            "weak_password",
+            Code::WeakPassword,
             format!("a password has at least {MIN_PASSWORD} characters"),
         ));
     }
     if roles.is_empty() {
         return Err(Error::rejected(
-            "invalid_role",
+            Code::InvalidRole,
             "a user needs at least one role",
         ));
     }
@@ -351,8 +352,7 @@ pub fn create_user(
     match r {
         Some(r) => r.int(0),
         None => Err(Error::Rejected {
-            status: 409,
-            code: "user_exists",
+            code: Code::UserExists,
             message: "a user with that name exists".into(),
         }),
     }
@@ -462,7 +462,7 @@ pub fn set_user_roles(
 ) -> Result<bool> {
     if roles.is_empty() {
         return Err(Error::rejected(
-            "invalid_role",
+            Code::InvalidRole,
             "a user needs at least one role",
         ));
     }

@@ -40,6 +40,7 @@ pub mod vault;
 pub mod writer;
 
 pub use store::*;
+pub use tarmo_core::codes::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,13 +68,10 @@ pub enum Error {
     #[error("the writer has stopped")]
     WriterGone,
     /// Bad input found where only the store can tell (an unknown purpose, a
-    /// used token): nothing was written. `status` is the HTTP status to answer.
+    /// used token): nothing was written. The code's HTTP status is in the
+    /// catalog ([`Code::status`]).
     #[error("{message}")]
-    Rejected {
-        status: u16,
-        code: &'static str,
-        message: String,
-    },
+    Rejected { code: Code, message: String },
     /// The disk (or the database's quota) is full: the transaction was
     /// rolled back and nothing of it was written. Clears once space is freed.
     #[error("storage full: {0}")]
@@ -97,25 +95,9 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    pub fn rejected(code: &'static str, message: impl Into<String>) -> Self {
+    /// Bad input: nothing was written; answered with the code's status.
+    pub fn rejected(code: Code, message: impl Into<String>) -> Self {
         Self::Rejected {
-            status: 400,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rejected {
-            status: 404,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn gone(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rejected {
-            status: 410,
             code,
             message: message.into(),
         }

@@ -12,6 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use tarmo_core::codes::Code;
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::vault::Vault;
@@ -92,7 +93,10 @@ pub struct LiveToken {
 /// errors with their own codes.
 pub fn find_token(conn: &mut dyn Conn, secret: &str, kind: &str, now_ms: i64) -> Result<LiveToken> {
     if secret.is_empty() || secret.len() > 100 {
-        return Err(Error::not_found("token_unknown", "this link is not valid"));
+        return Err(Error::rejected(
+            Code::TokenUnknown,
+            "this link is not valid",
+        ));
     }
     let hash = token_hash(secret);
     let r = conn
@@ -100,17 +104,17 @@ pub fn find_token(conn: &mut dyn Conn, secret: &str, kind: &str, now_ms: i64) ->
             "SELECT profile_id, data, expires_ms, used_ms FROM tokens WHERE hash = $1 AND kind = $2",
             &[P::Blob(&hash), P::Text(kind)],
         )?
-        .ok_or_else(|| Error::not_found("token_unknown", "this link is not valid"))?;
+        .ok_or_else(|| Error::rejected(Code::TokenUnknown, "this link is not valid"))?;
     if r.opt_int(3)?.is_some() {
-        return Err(Error::gone(
-            "token_used",
+        return Err(Error::rejected(
+            Code::TokenUsed,
             "this link was already used; each link works once",
         ));
     }
     let expires_ms = r.int(2)?;
     if now_ms >= expires_ms {
-        return Err(Error::gone(
-            "token_expired",
+        return Err(Error::rejected(
+            Code::TokenExpired,
             "this link has expired; please ask for a new one",
         ));
     }
@@ -129,8 +133,8 @@ pub fn use_token(conn: &mut dyn Conn, hash: &[u8], now_ms: i64) -> Result<()> {
         &[P::Blob(hash), P::Int(now_ms)],
     )?;
     if n != 1 {
-        return Err(Error::gone(
-            "token_used",
+        return Err(Error::rejected(
+            Code::TokenUsed,
             "this link was already used; each link works once",
         ));
     }

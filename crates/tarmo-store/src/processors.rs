@@ -12,6 +12,7 @@
 //! Every function here runs inside the caller's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -105,7 +106,7 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ProcessorView>> {
 }
 
 fn not_found() -> Error {
-    Error::not_found("processor_not_found", "no processor with that id")
+    Error::rejected(Code::ProcessorNotFound, "no processor with that id")
 }
 
 /// The purposes must be in the catalog; the name (compared without regard
@@ -120,8 +121,7 @@ fn check(conn: &mut dyn Conn, catalog: &Catalog, spec: &ProcessorSpec, id: i64) 
     )?;
     if taken.is_some() {
         return Err(Error::Rejected {
-            status: 409,
-            code: "processor_name_taken",
+            code: Code::ProcessorNameTaken,
             message: "another processor has that name".into(),
         });
     }
@@ -386,8 +386,7 @@ pub fn export(
     let processor = get(conn, processor_id)?.ok_or_else(not_found)?;
     if !processor.purposes.iter().any(|p| p == purpose) {
         return Err(Error::Rejected {
-            status: 403,
-            code: "purpose_not_permitted",
+            code: Code::PurposeNotPermitted,
             message: format!(
                 "processor {processor_id} is not registered for purpose `{}`",
                 purpose.chars().take(64).collect::<String>()
@@ -409,8 +408,7 @@ pub fn export(
         .collect();
     if categories.is_empty() {
         return Err(Error::Rejected {
-            status: 403,
-            code: "no_common_data_categories",
+            code: Code::NoCommonDataCategories,
             message: format!(
                 "purpose `{purpose}` and processor {processor_id} share no data category"
             ),
@@ -421,8 +419,7 @@ pub fn export(
     let scope = whole.narrowed(kinds);
     if scope.is_empty() && !whole.is_empty() {
         return Err(Error::Rejected {
-            status: 403,
-            code: "data_kind_not_permitted",
+            code: Code::DataKindNotPermitted,
             message: format!(
                 "this key may not see the data the shared categories ({}) stand for",
                 names.join(", ")
@@ -431,7 +428,7 @@ pub fn export(
     }
     if scope.is_empty() {
         return Err(Error::rejected(
-            "no_exportable_categories",
+            Code::NoExportableCategories,
             format!(
                 "the shared categories ({}) stand for no data Tarmo exports",
                 names.join(", ")
@@ -440,7 +437,7 @@ pub fn export(
     }
     if subjects.len() > EXPORT_MAX_SUBJECTS {
         return Err(Error::rejected(
-            "too_many_subjects",
+            Code::TooManySubjects,
             "at most 10,000 people an export",
         ));
     }

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tarmo_core::codes::Code;
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method};
 use tarmo_core::profile::TraitSet;
 use utoipa::ToSchema;
@@ -64,7 +65,7 @@ impl RequestKind {
     pub fn parse(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
             Error::rejected(
-                "unknown_request_type",
+                Code::UnknownRequestType,
                 "`type` is one of access, portability, erasure, rectification, restriction, objection",
             )
         })
@@ -108,7 +109,7 @@ impl RequestStatus {
     pub fn parse(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
             Error::rejected(
-                "unknown_status",
+                Code::UnknownStatus,
                 "`status` is one of received, awaiting_verification, in_progress, completed, refused",
             )
         })
@@ -259,7 +260,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
     if req.kind == RequestKind::Rectification && req.corrected.as_ref().is_none_or(|c| c.is_empty())
     {
         return Err(Error::rejected(
-            "missing_corrections",
+            Code::MissingCorrections,
             "a rectification names the corrected values: {\"corrected\": {\"trait\": value}}",
         ));
     }
@@ -291,8 +292,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         ],
     )? {
         return Err(Error::Rejected {
-            status: 409,
-            code: "duplicate_request",
+            code: Code::DuplicateRequest,
             message: format!(
                 "request {} of the same type for the same person is still open",
                 dup.int(0)?
@@ -449,7 +449,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
             "SELECT kind, status, profile_id, payload, due_ms, extended_ms FROM requests WHERE id = $1",
             &[P::Int(id)],
         )?
-        .ok_or_else(|| Error::not_found("request_not_found", "no such request"))?;
+        .ok_or_else(|| Error::rejected(Code::RequestNotFound, "no such request"))?;
     Ok(Stored {
         kind: RequestKind::parse(&r.text(0)?)?,
         status: RequestStatus::parse(&r.text(1)?)?,
@@ -462,8 +462,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
 
 fn not_open(id: i64, status: RequestStatus) -> Error {
     Error::Rejected {
-        status: 409,
-        code: "request_closed",
+        code: Code::RequestClosed,
         message: format!("request {id} is {}", status.as_str()),
     }
 }
@@ -482,14 +481,13 @@ fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bo
         RequestStatus::Received | RequestStatus::AwaitingVerification
     ) {
         return Err(Error::Rejected {
-            status: 409,
-            code: "already_verified",
+            code: Code::AlreadyVerified,
             message: format!("request {id} is {}", r.status.as_str()),
         });
     }
     if note.trim().is_empty() {
         return Err(Error::rejected(
-            "missing_reason",
+            Code::MissingReason,
             "say how the person's identity was verified",
         ));
     }
@@ -672,7 +670,7 @@ pub fn refuse(ctx: &mut TxCtx<'_>, id: i64, legal_reason: &str, actor: &str) -> 
     }
     if legal_reason.trim().is_empty() {
         return Err(Error::rejected(
-            "missing_reason",
+            Code::MissingReason,
             "a refusal names its legal reason",
         ));
     }
@@ -700,14 +698,13 @@ pub fn extend(ctx: &mut TxCtx<'_>, id: i64, reason: &str, actor: &str) -> Result
     }
     if r.extended {
         return Err(Error::Rejected {
-            status: 409,
-            code: "already_extended",
+            code: Code::AlreadyExtended,
             message: "a deadline is extended once, by at most two months".into(),
         });
     }
     if reason.trim().is_empty() {
         return Err(Error::rejected(
-            "missing_reason",
+            Code::MissingReason,
             "an extension names its reason (the complexity or number of requests)",
         ));
     }
@@ -736,8 +733,7 @@ pub fn lift(ctx: &mut TxCtx<'_>, id: i64, actor: &str) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if r.kind != RequestKind::Restriction || r.status != RequestStatus::Completed {
         return Err(Error::Rejected {
-            status: 409,
-            code: "not_a_restriction",
+            code: Code::NotARestriction,
             message: "only a completed restriction request can be lifted".into(),
         });
     }
@@ -830,7 +826,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64, now_ms: i64) -> Result<R
             &format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"),
             &[P::Int(id)],
         )?
-        .ok_or_else(|| Error::not_found("request_not_found", "no such request"))?;
+        .ok_or_else(|| Error::rejected(Code::RequestNotFound, "no such request"))?;
     view_of(conn, &r, now_ms, Some(vault))
 }
 

@@ -1334,7 +1334,10 @@ mod tests {
                     }];
                     let profile = ctx.resolve(&ev)?;
                     match i {
-                        7 => Err(Error::rejected("bad_input", "job 7 is refused")),
+                        7 => Err(Error::rejected(
+                            crate::Code::InvalidJson,
+                            "job 7 is refused",
+                        )),
                         13 => panic!("job 13 has a bug"),
                         _ => Ok(profile),
                     }
@@ -1365,7 +1368,7 @@ mod tests {
                         matches!(
                             r,
                             Err(Error::Rejected {
-                                code: "bad_input",
+                                code: crate::Code::InvalidJson,
                                 ..
                             })
                         ),

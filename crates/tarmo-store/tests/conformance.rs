@@ -717,7 +717,7 @@ fn api_keys_are_hashed_and_revocable(h: &Harness) {
     assert!(matches!(
         mk("dana", "short").unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "weak_password",
+            code: tarmo_core::codes::Code::WeakPassword,
             ..
         }
     ));
@@ -725,7 +725,7 @@ fn api_keys_are_hashed_and_revocable(h: &Harness) {
     assert!(matches!(
         mk("dana", "another long password").unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "user_exists",
+            code: tarmo_core::codes::Code::UserExists,
             ..
         }
     ));

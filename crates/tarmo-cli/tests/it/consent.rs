@@ -878,3 +878,72 @@ fn a_mailbox_providers_multipart_one_click_unsubscribe_withdraws() {
         (Some(false), Some("withdrawn"))
     );
 }
+
+/// A body that does not parse names the field at fault and never a Rust
+/// type; an empty body says what is needed (issue 11's error catalog).
+#[test]
+fn a_bad_body_names_the_field_and_an_empty_one_says_what_is_needed() {
+    let (_d, s) = server();
+    let good = json!({"subject": {"type": "email", "value": "a@example.fi"},
+        "purpose": "email_marketing", "decision": "granted", "method": "api", "source": "form"});
+    let mut no_source = good.clone();
+    no_source.as_object_mut().unwrap().remove("source");
+    let cases = [
+        (json!(no_source), "missing field `source`", ""),
+        (
+            json!({"entries": [good.clone(), no_source.clone()]}),
+            "missing field `source`",
+            "`entries[1]`",
+        ),
+        (
+            json!({"entries": [{"subject": "x", "purpose": "email_marketing", "decision": "granted", "source": "f"}]}),
+            "invalid type",
+            "`entries[0].subject`",
+        ),
+    ];
+    for (body, says, path) in cases {
+        let (st, v) = admin(&s, "POST", "/api/v1/consents", Some(&body));
+        let m = v["message"].as_str().unwrap();
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (400, Some("invalid_consent")),
+            "{m}"
+        );
+        assert!(m.contains(says) && m.contains(path), "{body}: {m}");
+        for rust in ["ConsentBody", "ConsentInput", "struct", "enum", "untagged"] {
+            assert!(!m.contains(rust), "{body}: {m}");
+        }
+    }
+    // Nothing was written by the refused batch with one good entry.
+    let (_, c) = admin(
+        &s,
+        "GET",
+        "/api/v1/profiles/lookup?type=email&value=a@example.fi",
+        None,
+    );
+    assert!(c.get("profile_id").is_none(), "{c}");
+
+    // Routes that need a body say so when it is empty.
+    for (path, code, needed) in [
+        (
+            "/api/v1/consents",
+            "invalid_consent",
+            "a JSON body is needed: a consent entry",
+        ),
+        (
+            "/api/v1/requests/1/verify",
+            "invalid_request",
+            "a JSON body is needed: {\"reason\"",
+        ),
+        (
+            "/api/v1/subscriptions",
+            "invalid_subscription",
+            "a JSON body is needed:",
+        ),
+    ] {
+        let (st, v) = admin(&s, "POST", path, None);
+        let m = v["message"].as_str().unwrap_or_default();
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{path}: {v}");
+        assert!(m.starts_with(needed) && !m.contains("EOF"), "{path}: {m}");
+    }
+}

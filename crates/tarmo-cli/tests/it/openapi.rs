@@ -145,3 +145,67 @@ fn openapi_document_covers_every_route() {
         stderr
     );
 }
+
+/// Arrays of plain strings (`required`, `tags`, enum values) sorted, so the
+/// comparison ignores the order utoipa happens to emit; everything else as is.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), canonical(v))).collect())
+        }
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            let mut a = a.clone();
+            a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+            Value::Array(a)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The API document is the committed `docs/openapi.json`, so a change to
+/// any route's shape is seen in review. To accept a deliberate change:
+/// `TARMO_WRITE_OPENAPI=1 cargo nextest run -p tarmo-cli -E 'test(committed)'`.
+#[test]
+fn the_api_document_is_the_committed_one() {
+    let (_d, s) = server();
+    let mut r = agent()
+        .get(format!("{}/api/openapi.json", s.base))
+        .call()
+        .unwrap();
+    let served: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    if std::env::var_os("TARMO_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, serde_json::to_string_pretty(&served).unwrap() + "\n").unwrap();
+        return;
+    }
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json")).unwrap();
+    let (a, b) = (canonical(&served), canonical(&committed));
+    if a != b {
+        // Name the first place they differ, not two 300 KB documents.
+        fn first_diff(a: &Value, b: &Value, at: String) -> String {
+            match (a, b) {
+                (Value::Object(x), Value::Object(y)) => {
+                    for k in x.keys().chain(y.keys()) {
+                        match (x.get(k), y.get(k)) {
+                            (Some(p), Some(q)) if p != q => {
+                                return first_diff(p, q, format!("{at}/{k}"));
+                            }
+                            (Some(_), None) => return format!("{at}/{k}: served only"),
+                            (None, Some(_)) => return format!("{at}/{k}: committed only"),
+                            _ => {}
+                        }
+                    }
+                    at
+                }
+                _ => format!("{at}: served {a} committed {b}"),
+            }
+        }
+        panic!(
+            "the served API document differs from docs/openapi.json at {}; \
+             if the change is meant, rerun with TARMO_WRITE_OPENAPI=1",
+            first_diff(&a, &b, String::new())
+        );
+    }
+}

@@ -10,14 +10,15 @@
 pub mod clock;
 pub mod template;
 
+use crate::codes::Code;
 use serde_json::{Map, Value, json};
 
 use crate::segments::{Span, valid_segment_id};
 
 /// Why a definition is refused: (code, message).
-pub type DefError = (&'static str, String);
+pub type DefError = (Code, String);
 
-fn bad(code: &'static str, msg: impl Into<String>) -> DefError {
+fn bad(code: Code, msg: impl Into<String>) -> DefError {
     (code, msg.into())
 }
 
@@ -38,7 +39,7 @@ impl SendChannel {
             "sms" => Ok(Self::Sms),
             "webhook" => Ok(Self::Webhook),
             _ => Err(bad(
-                "invalid_channel",
+                Code::InvalidChannel,
                 format!(
                     "`{}` is not a channel: email, sms or webhook",
                     s.chars().take(20).collect::<String>()
@@ -89,21 +90,24 @@ impl WebhookAction {
         let v = v.filter(|v| !v.is_null());
         match (v, channel) {
             (None, SendChannel::Webhook) => Err(bad(
-                "invalid_webhook",
+                Code::InvalidWebhook,
                 "the webhook channel needs `webhook`: {\"processor\": ID, \"list\": \"push\" | \"call\"}",
             )),
             (None, _) => Ok(None),
             (Some(_), SendChannel::Email | SendChannel::Sms) => Err(bad(
-                "invalid_webhook",
+                Code::InvalidWebhook,
                 "`webhook` goes with the webhook channel only",
             )),
             (Some(v), SendChannel::Webhook) => {
                 let o = v.as_object().ok_or_else(|| {
-                    bad("invalid_webhook", "`webhook` is {\"processor\", \"list\"}")
+                    bad(
+                        Code::InvalidWebhook,
+                        "`webhook` is {\"processor\", \"list\"}",
+                    )
                 })?;
                 if let Some(k) = o.keys().find(|k| *k != "processor" && *k != "list") {
                     return Err(bad(
-                        "invalid_webhook",
+                        Code::InvalidWebhook,
                         format!("webhook: unknown field `{k}`"),
                     ));
                 }
@@ -112,12 +116,15 @@ impl WebhookAction {
                     .and_then(Value::as_i64)
                     .filter(|n| *n > 0)
                     .ok_or_else(|| {
-                        bad("invalid_webhook", "webhook.processor is a processor's id")
+                        bad(
+                            Code::InvalidWebhook,
+                            "webhook.processor is a processor's id",
+                        )
                     })?;
                 let list = match o.get("list").and_then(Value::as_str) {
                     Some("push") => ListKind::Push,
                     Some("call") => ListKind::Call,
-                    _ => return Err(bad("invalid_webhook", "webhook.list is push or call")),
+                    _ => return Err(bad(Code::InvalidWebhook, "webhook.list is push or call")),
                 };
                 Ok(Some(Self { processor, list }))
             }
@@ -169,18 +176,18 @@ pub enum Trigger {
 fn span(v: &Value, at: &str) -> Result<Span, DefError> {
     let s = v.as_str().ok_or_else(|| {
         bad(
-            "invalid_trigger",
+            Code::InvalidTrigger,
             format!("{at} must be a duration (\"48h\")"),
         )
     })?;
-    Span::parse(s).map_err(|e| bad("invalid_trigger", format!("{at}: {e}")))
+    Span::parse(s).map_err(|e| bad(Code::InvalidTrigger, format!("{at}: {e}")))
 }
 
 fn event_name(v: Option<&Value>, at: &str) -> Result<String, DefError> {
     match v.and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() && s.len() <= 200 => Ok(s.to_owned()),
         _ => Err(bad(
-            "invalid_trigger",
+            Code::InvalidTrigger,
             format!("{at} must be an event name (1-200 bytes)"),
         )),
     }
@@ -189,14 +196,17 @@ fn event_name(v: Option<&Value>, at: &str) -> Result<String, DefError> {
 fn segment_id(v: Option<&Value>, at: &str) -> Result<String, DefError> {
     match v.and_then(Value::as_str) {
         Some(s) if valid_segment_id(s) => Ok(s.to_owned()),
-        _ => Err(bad("invalid_trigger", format!("{at} must be a segment id"))),
+        _ => Err(bad(
+            Code::InvalidTrigger,
+            format!("{at} must be a segment id"),
+        )),
     }
 }
 
 fn only(o: &Map<String, Value>, keys: &[&str], at: &str) -> Result<(), DefError> {
     match o.keys().find(|k| !keys.contains(&k.as_str())) {
         Some(k) => Err(bad(
-            "invalid_trigger",
+            Code::InvalidTrigger,
             format!("{at}: unknown field `{k}` (expected {})", keys.join(", ")),
         )),
         None => Ok(()),
@@ -207,7 +217,7 @@ impl Trigger {
     pub fn from_json(v: &Value) -> Result<Self, DefError> {
         let o = v.as_object().ok_or_else(|| {
             bad(
-                "invalid_trigger",
+                Code::InvalidTrigger,
                 "`trigger` is an object: segment_entered, segment_left, event, birthday, absence or schedule",
             )
         })?;
@@ -241,7 +251,7 @@ impl Trigger {
                 }
                 Some(_) => {
                     return Err(bad(
-                        "invalid_trigger",
+                        Code::InvalidTrigger,
                         "trigger.unless is {\"event\", \"within\"}",
                     ));
                 }
@@ -260,7 +270,7 @@ impl Trigger {
                 .unwrap_or("09:00");
             let local_minutes = clock::parse_hhmm(t).ok_or_else(|| {
                 bad(
-                    "invalid_trigger",
+                    Code::InvalidTrigger,
                     "trigger.birthday.local_time is HH:MM (\"09:00\")",
                 )
             })?;
@@ -268,9 +278,12 @@ impl Trigger {
         }
         if let Some(a) = o.get("absence") {
             only(o, &["absence"], "trigger")?;
-            let a = a
-                .as_object()
-                .ok_or_else(|| bad("invalid_trigger", "trigger.absence is {\"event\", \"for\"}"))?;
+            let a = a.as_object().ok_or_else(|| {
+                bad(
+                    Code::InvalidTrigger,
+                    "trigger.absence is {\"event\", \"for\"}",
+                )
+            })?;
             only(a, &["event", "for"], "trigger.absence")?;
             return Ok(Self::Absence {
                 event: event_name(a.get("event"), "trigger.absence.event")?,
@@ -281,7 +294,7 @@ impl Trigger {
             only(o, &["schedule"], "trigger")?;
             let s = s.as_object().ok_or_else(|| {
                 bad(
-                    "invalid_trigger",
+                    Code::InvalidTrigger,
                     "trigger.schedule is {\"cron\", \"segment\"}",
                 )
             })?;
@@ -289,15 +302,15 @@ impl Trigger {
             let cron = s
                 .get("cron")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("invalid_trigger", "trigger.schedule.cron is needed"))?;
-            clock::Schedule::parse(cron).map_err(|e| bad("invalid_cron", e))?;
+                .ok_or_else(|| bad(Code::InvalidTrigger, "trigger.schedule.cron is needed"))?;
+            clock::Schedule::parse(cron).map_err(|e| bad(Code::InvalidCron, e))?;
             return Ok(Self::Schedule {
                 cron: cron.to_owned(),
                 segment: segment_id(s.get("segment"), "trigger.schedule.segment")?,
             });
         }
         Err(bad(
-            "invalid_trigger",
+            Code::InvalidTrigger,
             "`trigger` is one of segment_entered, segment_left, event, birthday, absence, schedule",
         ))
     }
@@ -364,7 +377,7 @@ impl Caps {
         };
         let o = v.as_object().ok_or_else(|| {
             bad(
-                "invalid_caps",
+                Code::InvalidCaps,
                 "`caps` is {\"per_person_per_day\", \"per_person_per_week\"}",
             )
         })?;
@@ -373,12 +386,16 @@ impl Caps {
             let n = v
                 .as_u64()
                 .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| bad("invalid_caps", format!("caps.{k} is a whole number 1-1000")))?
-                as u32;
+                .ok_or_else(|| {
+                    bad(
+                        Code::InvalidCaps,
+                        format!("caps.{k} is a whole number 1-1000"),
+                    )
+                })? as u32;
             match k.as_str() {
                 "per_person_per_day" => c.per_day = Some(n),
                 "per_person_per_week" => c.per_week = Some(n),
-                _ => return Err(bad("invalid_caps", format!("caps: unknown field `{k}`"))),
+                _ => return Err(bad(Code::InvalidCaps, format!("caps: unknown field `{k}`"))),
             }
         }
         Ok(c)
@@ -432,13 +449,13 @@ pub fn quiet_from_json(v: Option<&Value>) -> Result<Option<clock::Quiet>, DefErr
     };
     let (Some(start), Some(end)) = (get("start"), get("end")) else {
         return Err(bad(
-            "invalid_quiet_hours",
+            Code::InvalidQuietHours,
             "`quiet_hours` is {\"start\": \"21:00\", \"end\": \"08:00\"}",
         ));
     };
     clock::Quiet::new(start, end).map(Some).ok_or_else(|| {
         bad(
-            "quiet_hours_whole_day",
+            Code::QuietHoursWholeDay,
             "quiet hours from a time to the same time cover the whole day: nothing could be sent",
         )
     })
@@ -470,7 +487,7 @@ pub struct Automation {
     pub enabled: bool,
 }
 
-fn text_field(o: &Map<String, Value>, k: &str, code: &'static str) -> Result<String, DefError> {
+fn text_field(o: &Map<String, Value>, k: &str, code: Code) -> Result<String, DefError> {
     match o.get(k).and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() && s.len() <= 200 => Ok(s.to_owned()),
         _ => Err(bad(code, format!("`{k}` is needed (1-200 bytes)"))),
@@ -482,7 +499,7 @@ impl Automation {
     pub fn from_json(v: &Value, path_id: Option<&str>) -> Result<Self, DefError> {
         let o = v
             .as_object()
-            .ok_or_else(|| bad("invalid_automation", "a JSON object is needed"))?;
+            .ok_or_else(|| bad(Code::InvalidAutomation, "a JSON object is needed"))?;
         let known = [
             "id",
             "name",
@@ -496,48 +513,48 @@ impl Automation {
             "webhook",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad("invalid_automation", format!("unknown field `{k}`")));
+            return Err(bad(Code::InvalidAutomation, format!("unknown field `{k}`")));
         }
         let id = match (o.get("id").and_then(Value::as_str), path_id) {
             (Some(a), Some(b)) if a != b => {
                 return Err(bad(
-                    "invalid_automation",
+                    Code::InvalidAutomation,
                     "the body's `id` differs from the path's",
                 ));
             }
             (Some(a), _) => a.to_owned(),
             (None, Some(b)) => b.to_owned(),
-            (None, None) => return Err(bad("invalid_automation", "`id` is needed")),
+            (None, None) => return Err(bad(Code::InvalidAutomation, "`id` is needed")),
         };
         if !valid_segment_id(&id) {
             return Err(bad(
-                "invalid_automation_id",
+                Code::InvalidAutomationId,
                 "an automation id is 1-64 of a-z, 0-9 and _, starting with a letter",
             ));
         }
         let name = match o.get("name") {
             None => id.clone(),
-            Some(_) => text_field(o, "name", "invalid_automation")?,
+            Some(_) => text_field(o, "name", Code::InvalidAutomation)?,
         };
         let channel = SendChannel::parse(
             o.get("channel")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("invalid_channel", "`channel` is email, sms or webhook"))?,
+                .ok_or_else(|| bad(Code::InvalidChannel, "`channel` is email, sms or webhook"))?,
         )?;
         Ok(Self {
             id,
             name,
-            purpose: text_field(o, "purpose", "invalid_automation")?,
+            purpose: text_field(o, "purpose", Code::InvalidAutomation)?,
             channel,
             webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
-            template: text_field(o, "template", "invalid_automation")?,
+            template: text_field(o, "template", Code::InvalidAutomation)?,
             trigger: Trigger::from_json(o.get("trigger").unwrap_or(&Value::Null))?,
             caps: Caps::from_json(o.get("caps"))?,
             quiet: quiet_from_json(o.get("quiet_hours"))?,
             enabled: match o.get("enabled") {
                 None => true,
                 Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad("invalid_automation", "`enabled` is true or false")),
+                Some(_) => return Err(bad(Code::InvalidAutomation, "`enabled` is true or false")),
             },
         })
     }
@@ -579,7 +596,7 @@ impl Campaign {
     pub fn from_json(v: &Value, now_ms: i64) -> Result<Self, DefError> {
         let o = v
             .as_object()
-            .ok_or_else(|| bad("invalid_campaign", "a JSON object is needed"))?;
+            .ok_or_else(|| bad(Code::InvalidCampaign, "a JSON object is needed"))?;
         let known = [
             "id",
             "segment",
@@ -592,12 +609,12 @@ impl Campaign {
             "webhook",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad("invalid_campaign", format!("unknown field `{k}`")));
+            return Err(bad(Code::InvalidCampaign, format!("unknown field `{k}`")));
         }
-        let id = text_field(o, "id", "invalid_campaign")?;
+        let id = text_field(o, "id", Code::InvalidCampaign)?;
         if !valid_segment_id(&id) {
             return Err(bad(
-                "invalid_campaign_id",
+                Code::InvalidCampaignId,
                 "a campaign id is 1-64 of a-z, 0-9 and _, starting with a letter",
             ));
         }
@@ -605,29 +622,29 @@ impl Campaign {
             None | Some(Value::Null) => now_ms,
             Some(Value::String(s)) => s
                 .parse::<jiff::Timestamp>()
-                .map_err(|_| bad("invalid_send_at", "`send_at` is an RFC 3339 time"))?
+                .map_err(|_| bad(Code::InvalidSendAt, "`send_at` is an RFC 3339 time"))?
                 .as_millisecond(),
-            Some(_) => return Err(bad("invalid_send_at", "`send_at` is an RFC 3339 time")),
+            Some(_) => return Err(bad(Code::InvalidSendAt, "`send_at` is an RFC 3339 time")),
         };
         let per_minute = match o.get("per_minute") {
             None | Some(Value::Null) => 1000,
             Some(v) => v
                 .as_u64()
                 .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| bad("invalid_per_minute", "`per_minute` is 1-100000"))?
+                .ok_or_else(|| bad(Code::InvalidPerMinute, "`per_minute` is 1-100000"))?
                 as u32,
         };
         let channel = SendChannel::parse(
             o.get("channel")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("invalid_channel", "`channel` is email, sms or webhook"))?,
+                .ok_or_else(|| bad(Code::InvalidChannel, "`channel` is email, sms or webhook"))?,
         )?;
         Ok(Self {
             id,
             segment: segment_id(o.get("segment"), "segment")
-                .map_err(|(_, m)| bad("invalid_campaign", m))?,
-            template: text_field(o, "template", "invalid_campaign")?,
-            purpose: text_field(o, "purpose", "invalid_campaign")?,
+                .map_err(|(_, m)| bad(Code::InvalidCampaign, m))?,
+            template: text_field(o, "template", Code::InvalidCampaign)?,
+            purpose: text_field(o, "purpose", Code::InvalidCampaign)?,
             channel,
             webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
             send_at_ms,
@@ -686,14 +703,14 @@ mod tests {
             ),
             (json!({"weather": "rain"}), "invalid_trigger"),
         ] {
-            assert_eq!(Trigger::from_json(&t).unwrap_err().0, code);
+            assert_eq!(Trigger::from_json(&t).unwrap_err().0.as_str(), code);
         }
     }
 
     #[test]
     fn whole_day_quiet_hours_are_refused() {
         let e = quiet_from_json(Some(&json!({"start": "08:00", "end": "08:00"}))).unwrap_err();
-        assert_eq!(e.0, "quiet_hours_whole_day");
+        assert_eq!(e.0, Code::QuietHoursWholeDay);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! A template body is not personal data; what it renders is, and only ever
 //! travels sealed (the outbox) or in memory.
 
+use crate::codes::Code;
 use std::collections::{BTreeMap, BTreeSet};
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -113,11 +114,11 @@ pub enum TemplateError {
 }
 
 impl TemplateError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::Invalid(_) => "invalid_template",
-            Self::Syntax(_) => "invalid_template_syntax",
-            Self::FieldNotPermitted { .. } => "template_field_not_permitted",
+            Self::Invalid(_) => Code::InvalidTemplate,
+            Self::Syntax(_) => Code::InvalidTemplateSyntax,
+            Self::FieldNotPermitted { .. } => Code::TemplateFieldNotPermitted,
         }
     }
 }
@@ -456,7 +457,7 @@ mod tests {
         );
         let contact = BTreeSet::from([DataKind::Contact]);
         let e = tpl.check_fields("email_marketing", &contact).unwrap_err();
-        assert_eq!(e.code(), "template_field_not_permitted");
+        assert_eq!(e.code(), Code::TemplateFieldNotPermitted);
         assert!(
             tpl.check_fields("p", &BTreeSet::from([DataKind::Traits]))
                 .is_ok()
@@ -487,7 +488,7 @@ mod tests {
                 "invalid_template",
             ),
         ] {
-            assert_eq!(t(j).validate().unwrap_err().code(), code);
+            assert_eq!(t(j).validate().unwrap_err().code().as_str(), code);
         }
     }
 

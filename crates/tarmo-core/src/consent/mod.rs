@@ -10,6 +10,7 @@ pub mod policy;
 pub mod purpose;
 pub mod signals;
 
+use crate::codes::Code;
 pub use ledger::{ConsentDecision, ConsentState, EntryFacts, Method, fold, gpc_applies};
 pub use policy::{ProfileFlags, Reason, Verdict, decide};
 pub use purpose::{Channel, DataCategory, LegalBasis, PurposeId, PurposeRule, PurposeSpec};
@@ -71,17 +72,17 @@ pub fn check_entry(
 }
 
 impl ConsentError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::BadPurposeId(_) => "invalid_purpose_id",
-            Self::BadDataCategory(_) | Self::InvalidPurpose(_) => "invalid_purpose",
-            Self::UnknownChannel(_) => "unknown_channel",
-            Self::UnknownDecision(_) => "unknown_decision",
-            Self::UnknownMethod(_) => "unknown_method",
-            Self::SpecialCategoryNeedsConsent => "special_category_needs_consent",
-            Self::NotConsentBased(_) => "purpose_not_consent_based",
-            Self::ObjectionNotApplicable(_) => "objection_not_applicable",
-            Self::InvalidSignalMap(_) => "invalid_signal_map",
+            Self::BadPurposeId(_) => Code::InvalidPurposeId,
+            Self::BadDataCategory(_) | Self::InvalidPurpose(_) => Code::InvalidPurpose,
+            Self::UnknownChannel(_) => Code::UnknownChannel,
+            Self::UnknownDecision(_) => Code::UnknownDecision,
+            Self::UnknownMethod(_) => Code::UnknownMethod,
+            Self::SpecialCategoryNeedsConsent => Code::SpecialCategoryNeedsConsent,
+            Self::NotConsentBased(_) => Code::PurposeNotConsentBased,
+            Self::ObjectionNotApplicable(_) => Code::ObjectionNotApplicable,
+            Self::InvalidSignalMap(_) => Code::InvalidSignalMap,
         }
     }
 }

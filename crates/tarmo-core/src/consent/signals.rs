@@ -694,7 +694,7 @@ mod tests {
         ] {
             let m = BTreeMap::from([(PurposeId::parse("x").unwrap(), sources)]);
             let e = SignalMap::new(m).unwrap_err();
-            assert_eq!(e.code(), "invalid_signal_map");
+            assert_eq!(e.code(), crate::codes::Code::InvalidSignalMap);
         }
         let toml_like: SignalSources =
             serde_json::from_str(r#"{"us_opt_outs": ["sale", "sensitive_health"]}"#).unwrap();

@@ -5,6 +5,7 @@
 //! transaction, with the same permission as keys (admin).
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -294,15 +295,12 @@ pub async fn revoke_key(
 fn chosen_roles(s: &AppState, form: &super::Form) -> Result<Vec<String>, ApiError> {
     let roles = form.all("role");
     if roles.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_role",
-            "choose at least one role",
-        ));
+        return Err(ApiError::new(Code::InvalidRole, "choose at least one role"));
     }
     for r in &roles {
         if !s.roles.0.contains_key(r) {
-            return Err(ApiError::bad_request(
-                "invalid_role",
+            return Err(ApiError::new(
+                Code::InvalidRole,
                 format!("unknown role `{r}`"),
             ));
         }
@@ -313,7 +311,7 @@ fn chosen_roles(s: &AppState, form: &super::Form) -> Result<Vec<String>, ApiErro
 /// A staff account id from the path.
 fn user_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse()
-        .map_err(|_| ApiError::bad_request("invalid_user_id", "a user id is an integer"))
+        .map_err(|_| ApiError::new(Code::InvalidUserId, "a user id is an integer"))
 }
 
 /// The access log record of a change to staff accounts (what `tarmo audit`
@@ -402,8 +400,8 @@ pub async fn user_roles(
             })
             .await?;
         if !changed {
-            return Err(ApiError::not_found(
-                "user_not_found",
+            return Err(ApiError::new(
+                Code::UserNotFound,
                 "no active staff account with that id",
             ));
         }
@@ -436,8 +434,8 @@ pub async fn disable_user(
     let go = async {
         let id = user_id(&raw)?;
         if staff.p.key.user_id == Some(id) {
-            return Err(ApiError::bad_request(
-                "disable_self",
+            return Err(ApiError::new(
+                Code::DisableSelf,
                 "you cannot disable your own account; ask another admin",
             ));
         }
@@ -452,8 +450,8 @@ pub async fn disable_user(
             })
             .await?;
         if !disabled {
-            return Err(ApiError::not_found(
-                "user_not_found",
+            return Err(ApiError::new(
+                Code::UserNotFound,
                 "no active staff account with that id",
             ));
         }

@@ -17,6 +17,7 @@ mod queue;
 mod segments;
 
 use std::sync::{Arc, LazyLock};
+use tarmo_core::codes::Code;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -344,11 +345,7 @@ impl Staff {
         }
         Err(Box::new(error_page(
             Some(self),
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "your roles do not allow this page",
-            ),
+            ApiError::new(Code::Forbidden, "your roles do not allow this page"),
         )))
     }
 
@@ -381,8 +378,7 @@ fn csrf_refused(staff: Option<&Staff>) -> Response {
     error_page(
         staff,
         ApiError::new(
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
+            Code::CsrfFailed,
             "this form is out of date or did not come from the console; reload the page and try again",
         ),
     )
@@ -416,14 +412,14 @@ impl Form {
     pub fn text(&self, name: &str, max: usize) -> Result<String, ApiError> {
         let v = self.get(name).unwrap_or("").trim();
         if v.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_form",
+            return Err(ApiError::new(
+                Code::InvalidForm,
                 format!("`{name}` is required"),
             ));
         }
         if v.chars().count() > max {
-            return Err(ApiError::bad_request(
-                "invalid_form",
+            return Err(ApiError::new(
+                Code::InvalidForm,
                 format!("`{name}` is at most {max} characters"),
             ));
         }

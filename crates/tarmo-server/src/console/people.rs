@@ -5,6 +5,7 @@
 //! request.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -57,7 +58,7 @@ pub async fn search(
     let Ok(Query(q)) = q else {
         return error_page(
             Some(&staff),
-            ApiError::bad_request("invalid_query", "`q` is the identifier to search for"),
+            ApiError::new(Code::InvalidQuery, "`q` is the identifier to search for"),
         );
     };
     let value = q.q.trim().to_owned();
@@ -188,7 +189,7 @@ async fn customer_page(
     raw: &str,
     q: Option<CustomerQuery>,
 ) -> Result<Response, ApiError> {
-    let q = q.ok_or_else(|| ApiError::bad_request("invalid_query", "`before` is an event id"))?;
+    let q = q.ok_or_else(|| ApiError::new(Code::InvalidQuery, "`before` is an event id"))?;
     // The API's own handler: same view, same grant, same access log entry.
     let Json(view) =
         crate::profiles::get_profile(State(s.clone()), staff.p.clone(), Path(raw.to_owned()))

@@ -3,6 +3,7 @@
 //! at this person"), through the API's handlers.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -101,7 +102,7 @@ pub async fn act(
         _ => {
             return error_page(
                 Some(&staff),
-                ApiError::not_found("route_not_found", "no such action on a request"),
+                ApiError::new(Code::RouteNotFound, "no such action on a request"),
             );
         }
     };

@@ -5,6 +5,7 @@
 //! API's create.
 
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -138,7 +139,7 @@ fn typed(v: &str) -> Value {
 /// place at fault) when it is counted or saved.
 fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
     let bad = |i: usize, m: &str| {
-        ApiError::bad_request("invalid_segment", format!("condition {}: {m}", i + 1))
+        ApiError::new(Code::InvalidSegment, format!("condition {}: {m}", i + 1))
     };
     let mut conds = Vec::new();
     let mut inner = Vec::new();
@@ -225,8 +226,8 @@ fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, A
         });
     }
     if conds.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_segment",
+        return Err(ApiError::new(
+            Code::InvalidSegment,
             "add at least one condition",
         ));
     }

@@ -29,7 +29,7 @@ use tarmo_core::consent::Channel;
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
-use crate::{Error, Result};
+use crate::{Code, Error, Result};
 
 /// What sends need beyond the store.
 #[derive(Debug, Clone)]
@@ -91,16 +91,8 @@ pub struct TemplateRecord {
     pub updated_ms: i64,
 }
 
-fn rejected(code: &'static str, msg: impl Into<String>) -> Error {
+fn rejected(code: Code, msg: impl Into<String>) -> Error {
     Error::rejected(code, msg)
-}
-
-fn conflict(code: &'static str, msg: impl Into<String>) -> Error {
-    Error::Rejected {
-        status: 409,
-        code,
-        message: msg.into(),
-    }
 }
 
 pub fn template_get(conn: &mut dyn Conn, id: &str) -> Result<Option<TemplateRecord>> {
@@ -161,12 +153,12 @@ pub fn template_put(
     let old = template_get(conn, &t.id)?;
     match (&old, create) {
         (Some(_), true) => {
-            return Err(conflict(
-                "template_exists",
+            return Err(rejected(
+                Code::TemplateExists,
                 format!("template `{}` exists; PUT changes it", t.id),
             ));
         }
-        (None, false) => return Err(Error::not_found("template_not_found", "no such template")),
+        (None, false) => return Err(Error::rejected(Code::TemplateNotFound, "no such template")),
         _ => {}
     }
     for f in flows(conn)? {
@@ -200,8 +192,8 @@ pub fn template_put(
 /// Delete a template no flow uses.
 pub fn template_delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
     if let Some(f) = flows(conn)?.into_iter().find(|f| f.flow.sending().2 == id) {
-        return Err(conflict(
-            "template_in_use",
+        return Err(rejected(
+            Code::TemplateInUse,
             format!("`{}` sends with this template", f.flow.id()),
         ));
     }
@@ -221,7 +213,7 @@ fn check_template(
     };
     if t.channel != wanted {
         return Err(rejected(
-            "template_channel_mismatch",
+            Code::TemplateChannelMismatch,
             format!(
                 "template `{}` is written for {}, not {}",
                 t.id,
@@ -329,7 +321,7 @@ pub struct FlowRecord {
 fn flow_of_row(r: &crate::conn::Row) -> Result<FlowRecord> {
     let spec: Value =
         serde_json::from_str(&r.text(2)?).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let corrupt = |(_, m): (&str, String)| Error::Corrupt(m);
+    let corrupt = |(_, m): (Code, String)| Error::Corrupt(m);
     let flow = match r.text(1)?.as_str() {
         "automation" => Flow::Automation(Automation::from_json(&spec, None).map_err(corrupt)?),
         _ => {
@@ -390,7 +382,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     let ch = f.consent_channel();
     if !entry.rule.covers(ch) {
         return Err(rejected(
-            "channel_not_covered",
+            Code::ChannelNotCovered,
             format!(
                 "purpose `{purpose}` does not cover the {} channel",
                 ch.as_str()
@@ -402,7 +394,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     }
     let Some(t) = template_get(conn, template)? else {
         return Err(rejected(
-            "unknown_template",
+            Code::UnknownTemplate,
             format!("no template `{template}`"),
         ));
     };
@@ -410,7 +402,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     if let Some(s) = f.segment()
         && !segment_exists(conn, s)?
     {
-        return Err(rejected("unknown_segment", format!("no segment `{s}`")));
+        return Err(rejected(Code::UnknownSegment, format!("no segment `{s}`")));
     }
     Ok(())
 }
@@ -427,19 +419,19 @@ pub fn processor_categories(
 ) -> Result<Vec<String>> {
     let Some(p) = crate::processors::get(conn, processor)? else {
         return Err(rejected(
-            "unknown_processor",
+            Code::UnknownProcessor,
             format!("no processor {processor}"),
         ));
     };
     if !p.purposes.iter().any(|x| x == purpose) {
         return Err(rejected(
-            "processor_purpose_not_registered",
+            Code::ProcessorPurposeNotRegistered,
             format!("processor {processor} is not registered for purpose `{purpose}`"),
         ));
     }
     if p.erasure_webhook.is_none() {
         return Err(rejected(
-            "processor_without_webhook",
+            Code::ProcessorWithoutWebhook,
             format!("processor {processor} has no webhook to send to"),
         ));
     }
@@ -453,7 +445,7 @@ pub fn processor_categories(
         .collect();
     if shared.is_empty() {
         return Err(rejected(
-            "no_common_data_categories",
+            Code::NoCommonDataCategories,
             format!("purpose `{purpose}` and processor {processor} share no data category"),
         ));
     }
@@ -484,10 +476,10 @@ fn start_of(
         Trigger::Absence { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Birthday { .. } => (max_id(conn, "events")?, Some(0), None),
         Trigger::Schedule { cron, .. } => {
-            let s = Schedule::parse(cron).map_err(|e| rejected("invalid_cron", e))?;
+            let s = Schedule::parse(cron).map_err(|e| rejected(Code::InvalidCron, e))?;
             let next = s.next_after(&cfg.default_tz, now_ms).ok_or_else(|| {
                 rejected(
-                    "cron_never_fires",
+                    Code::CronNeverFires,
                     format!("`{cron}` never fires (a date that does not exist?)"),
                 )
             })?;
@@ -509,8 +501,8 @@ pub fn automation_put(
     let old = flow_get(conn, &a.id)?;
     match (&old, create) {
         (Some(_), true) => {
-            return Err(conflict(
-                "automation_exists",
+            return Err(rejected(
+                Code::AutomationExists,
                 format!("`{}` exists; PUT changes it", a.id),
             ));
         }
@@ -522,8 +514,8 @@ pub fn automation_put(
             false,
         )
         | (None, false) => {
-            return Err(Error::not_found(
-                "automation_not_found",
+            return Err(Error::rejected(
+                Code::AutomationNotFound,
                 "no such automation",
             ));
         }
@@ -578,8 +570,8 @@ pub fn campaign_create(
     now_ms: i64,
 ) -> Result<FlowRecord> {
     if flow_get(conn, &c.id)?.is_some() {
-        return Err(conflict(
-            "campaign_exists",
+        return Err(rejected(
+            Code::CampaignExists,
             format!("`{}` exists (automations and campaigns share ids)", c.id),
         ));
     }
@@ -605,7 +597,7 @@ pub fn campaign_cancel(conn: &mut dyn Conn, id: &str, now_ms: i64) -> Result<Flo
             flow: Flow::Campaign(_),
             ..
         }) => {}
-        _ => return Err(Error::not_found("campaign_not_found", "no such campaign")),
+        _ => return Err(Error::rejected(Code::CampaignNotFound, "no such campaign")),
     }
     conn.exec(
         "UPDATE automations SET status = 'cancelled', next_fire_ms = NULL, updated_ms = $2 WHERE id = $1",

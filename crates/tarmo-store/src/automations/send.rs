@@ -387,7 +387,7 @@ pub fn judge(
             let categories = match super::processor_categories(conn, catalog, purpose, w.processor)
             {
                 Ok(c) => c,
-                Err(Error::Rejected { code, .. }) => return Ok(skip(code)),
+                Err(Error::Rejected { code, .. }) => return Ok(skip(code.as_str())),
                 Err(e) => return Err(e),
             };
             let recipient = match w.list {

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -65,7 +66,7 @@ pub(crate) fn parse(
         let c = m.column(field).to_owned();
         if !headers.contains(&c) {
             return Err(Error::rejected(
-                "invalid_mapping",
+                Code::InvalidMapping,
                 format!("the file has no `{c}` column ({field})"),
             ));
         }
@@ -96,7 +97,7 @@ pub(crate) fn parse(
             }
             if name_cols.is_empty() {
                 return Err(Error::rejected(
-                    "invalid_mapping",
+                    Code::InvalidMapping,
                     "a products file needs a `name` or `name_<language>` column (name_fi, name_en, ...)",
                 ));
             }

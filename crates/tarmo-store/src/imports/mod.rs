@@ -38,6 +38,7 @@ pub mod mapping;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use tarmo_core::codes::Code;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -155,19 +156,19 @@ impl ImportSpec {
         let s = self.source.trim();
         if s.is_empty() || s.chars().count() > 200 {
             return Err(Error::rejected(
-                "invalid_import_source",
+                Code::InvalidImportSource,
                 "`source` names where the file comes from, in 1 to 200 characters",
             ));
         }
         if self.kind.personal() && self.documentation.trim().is_empty() {
             return Err(Error::rejected(
-                "invalid_import_documentation",
+                Code::InvalidImportDocumentation,
                 "`documentation` says where the proof that these people's data was collected lawfully is kept",
             ));
         }
         if self.documentation.chars().count() > 1000 {
             return Err(Error::rejected(
-                "invalid_import_documentation",
+                Code::InvalidImportDocumentation,
                 "`documentation` is at most 1000 characters",
             ));
         }
@@ -228,13 +229,13 @@ fn read_records(
                 .from_reader(bytes);
             let headers: Vec<String> = rdr
                 .headers()
-                .map_err(|e| Error::rejected("invalid_file", format!("the CSV header: {e}")))?
+                .map_err(|e| Error::rejected(Code::InvalidFile, format!("the CSV header: {e}")))?
                 .iter()
                 .map(|h| h.trim_start_matches('\u{feff}').to_owned())
                 .collect();
             if headers.iter().all(String::is_empty) {
                 return Err(Error::rejected(
-                    "invalid_file",
+                    Code::InvalidFile,
                     "the file has no header row",
                 ));
             }
@@ -270,7 +271,7 @@ fn read_records(
         }
         Format::Jsonl => {
             let text = std::str::from_utf8(bytes)
-                .map_err(|_| Error::rejected("invalid_file", "a JSON Lines file is UTF-8"))?;
+                .map_err(|_| Error::rejected(Code::InvalidFile, "a JSON Lines file is UTF-8"))?;
             let mut headers: Vec<String> = Vec::new();
             let mut seen = HashSet::new();
             let mut out = Vec::new();
@@ -462,13 +463,13 @@ fn identifier_columns(
         for (k, c) in &spec.mapping.identifiers {
             let kind = identity.kind(k).map_err(|e| {
                 Error::rejected(
-                    "invalid_mapping",
+                    Code::InvalidMapping,
                     format!("identifier `{k}`: {e} (custom kinds are set in tarmo.toml's identity.custom_kinds)"),
                 )
             })?;
             if matches!(kind, IdentifierKind::AnonymousId | IdentifierKind::DeviceId) {
                 return Err(Error::rejected(
-                    "invalid_mapping",
+                    Code::InvalidMapping,
                     format!("`{k}` names a browser or device, not a customer"),
                 ));
             }
@@ -477,7 +478,7 @@ fn identifier_columns(
     }
     if cols.is_empty() {
         return Err(Error::rejected(
-            "invalid_mapping",
+            Code::InvalidMapping,
             "no identifier column: name columns as identifier kinds (email, phone, user_id, loyalty_card, ...) or map them under [identifiers]",
         ));
     }
@@ -486,7 +487,7 @@ fn identifier_columns(
         Some(k) => {
             if !cols.iter().any(|(kind, _)| kind.as_str() == k) {
                 return Err(Error::rejected(
-                    "invalid_mapping",
+                    Code::InvalidMapping,
                     format!("`key` names `{k}`, which is not among the identifiers"),
                 ));
             }
@@ -653,7 +654,7 @@ fn parse_customers(
     for (name, _, _) in &trait_cols {
         if name.is_empty() || name.len() > 128 {
             return Err(Error::rejected(
-                "invalid_mapping",
+                Code::InvalidMapping,
                 "a trait's name is 1-128 bytes",
             ));
         }
@@ -908,7 +909,7 @@ fn parse_orders(
     );
     if !headers.contains(&o.id) {
         return Err(Error::rejected(
-            "invalid_mapping",
+            Code::InvalidMapping,
             format!("the file has no order id column `{}`", o.id),
         ));
     }
@@ -2122,7 +2123,7 @@ mod tests {
             matches!(
                 e,
                 Error::Rejected {
-                    code: "invalid_mapping",
+                    code: Code::InvalidMapping,
                     ..
                 }
             ),
@@ -2136,7 +2137,7 @@ mod tests {
             matches!(
                 e,
                 Error::Rejected {
-                    code: "invalid_mapping",
+                    code: Code::InvalidMapping,
                     ..
                 }
             ),
@@ -2151,7 +2152,7 @@ mod tests {
             matches!(
                 e,
                 Error::Rejected {
-                    code: "invalid_import_source",
+                    code: Code::InvalidImportSource,
                     ..
                 }
             ),

@@ -10,6 +10,7 @@
 //! remove it. No plaintext identifier is ever written to an audience file.
 
 use std::collections::{BTreeMap, HashMap};
+use tarmo_core::codes::Code;
 
 use tarmo_core::consent::{Channel, decide};
 use tarmo_core::segments::audience::{AudienceFormat, hashed};
@@ -55,27 +56,25 @@ pub fn create(
 ) -> Result<()> {
     if !tarmo_core::segments::valid_segment_id(&def.id) {
         return Err(Error::rejected(
-            "invalid_audience_id",
+            Code::InvalidAudienceId,
             "an audience id is 1-64 of a-z, 0-9 and _, starting with a letter",
         ));
     }
     if get(conn, &def.id)?.is_some() {
         return Err(Error::Rejected {
-            status: 409,
-            code: "audience_exists",
+            code: Code::AudienceExists,
             message: format!("audience `{}` exists", def.id),
         });
     }
     let Some(p) = crate::processors::get(conn, def.processor_id)? else {
         return Err(Error::rejected(
-            "unknown_processor",
+            Code::UnknownProcessor,
             format!("no processor {}", def.processor_id),
         ));
     };
     if !p.purposes.iter().any(|x| x == purpose) {
         return Err(Error::Rejected {
-            status: 403,
-            code: "purpose_not_permitted",
+            code: Code::PurposeNotPermitted,
             message: format!(
                 "processor {} is not registered for purpose `{purpose}` (its purposes: {})",
                 p.id,
@@ -86,7 +85,7 @@ pub fn create(
     let entry = catalog.require(purpose)?;
     if !entry.spec.channels.contains(&Channel::Ads) {
         return Err(Error::rejected(
-            "channel_not_covered",
+            Code::ChannelNotCovered,
             format!("purpose `{purpose}` does not cover the ads channel"),
         ));
     }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tarmo_core::codes::Code;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -1007,8 +1008,7 @@ impl SegmentEngine {
             .find(|d| d.id != id && d.rule.usage().segments.contains(id))
         {
             return Err(Error::Rejected {
-                status: 409,
-                code: "segment_in_use",
+                code: Code::SegmentInUse,
                 message: format!("segment `{}` names it; change that one first", user.id),
             });
         }
@@ -1242,7 +1242,7 @@ impl SegmentEngine {
     pub fn create_audience(&self, def: super::audiences::AudienceDef) -> Result<()> {
         let Some((seg, _)) = self.get(&def.segment) else {
             return Err(Error::rejected(
-                "unknown_segment",
+                Code::UnknownSegment,
                 format!("no segment `{}`", def.segment),
             ));
         };
@@ -1259,7 +1259,7 @@ impl SegmentEngine {
         };
         let Some((seg, _)) = self.get(&def.segment) else {
             return Err(Error::rejected(
-                "unknown_segment",
+                Code::UnknownSegment,
                 format!("the audience's segment `{}` no longer exists", def.segment),
             ));
         };

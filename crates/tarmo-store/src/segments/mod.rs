@@ -11,6 +11,7 @@ pub mod audiences;
 pub mod engine;
 
 use std::collections::{BTreeMap, BTreeSet};
+use tarmo_core::codes::Code;
 
 use serde_json::Value;
 use tarmo_core::access::DataKind;
@@ -43,20 +44,20 @@ pub fn validate(
 ) -> Result<()> {
     if !valid_segment_id(&def.id) {
         return Err(Error::rejected(
-            "invalid_segment_id",
+            Code::InvalidSegmentId,
             "a segment id is 1-64 of a-z, 0-9 and _, starting with a letter",
         ));
     }
     let name = def.name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(Error::rejected(
-            "invalid_segment_name",
+            Code::InvalidSegmentName,
             "a segment's name is 1-200 bytes",
         ));
     }
     let entry = catalog.get(&def.purpose).ok_or_else(|| {
         Error::rejected(
-            "unknown_purpose",
+            Code::UnknownPurpose,
             format!("no purpose `{}` in the catalog", def.purpose),
         )
     })?;
@@ -75,7 +76,7 @@ pub fn validate(
             .map(|c| c.as_str())
             .collect();
         return Err(Error::rejected(
-            "rule_data_not_permitted",
+            Code::RuleDataNotPermitted,
             format!(
                 "the rule reads {} data, which purpose `{}` does not use (its data categories: {})",
                 k.as_str(),
@@ -90,14 +91,14 @@ pub fn validate(
     }
     if let Some(p) = usage.purposes.iter().find(|p| catalog.get(p).is_none()) {
         return Err(Error::rejected(
-            "unknown_purpose",
+            Code::UnknownPurpose,
             format!("the rule names purpose `{p}`, which is not in the catalog"),
         ));
     }
     for s in &usage.segments {
         if s != &def.id && !others.contains_key(s) {
             return Err(Error::rejected(
-                "unknown_segment",
+                Code::UnknownSegment,
                 format!("the rule names segment `{s}`, which does not exist"),
             ));
         }
@@ -108,7 +109,7 @@ pub fn validate(
     while let Some(s) = todo.pop() {
         if s == def.id {
             return Err(Error::rejected(
-                "segment_cycle",
+                Code::SegmentCycle,
                 format!("segment `{}` would depend on itself", def.id),
             ));
         }
@@ -210,8 +211,7 @@ pub fn delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
         .collect();
     if !users.is_empty() {
         return Err(Error::Rejected {
-            status: 409,
-            code: "segment_in_use",
+            code: Code::SegmentInUse,
             message: format!("{} names it; change or delete that first", users.join(", ")),
         });
     }

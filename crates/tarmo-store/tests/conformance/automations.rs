@@ -448,7 +448,7 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
         ),
     ] {
         match automation(h, a) {
-            Err(tarmo_store::Error::Rejected { code: c, .. }) => assert_eq!(c, code),
+            Err(tarmo_store::Error::Rejected { code: c, .. }) => assert_eq!(c.as_str(), code),
             other => panic!("{code}: {other:?}"),
         }
     }
@@ -469,7 +469,7 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
         matches!(
             r,
             Err(tarmo_store::Error::Rejected {
-                code: "template_field_not_permitted",
+                code: tarmo_core::codes::Code::TemplateFieldNotPermitted,
                 ..
             })
         ),
@@ -481,7 +481,7 @@ pub fn bad_automations_are_refused_and_nothing_is_saved(h: &Harness) {
     assert!(matches!(
         r,
         Err(tarmo_store::Error::Rejected {
-            code: "template_in_use",
+            code: tarmo_core::codes::Code::TemplateInUse,
             ..
         })
     ));
@@ -743,8 +743,7 @@ pub fn a_segment_that_a_flow_names_is_not_deleted(h: &Harness) {
         .transact_blocking(|ctx| tarmo_store::segments::delete(ctx.conn, "vip"));
     match r {
         Err(tarmo_store::Error::Rejected {
-            status: 409,
-            code: "segment_in_use",
+            code: tarmo_core::codes::Code::SegmentInUse,
             message,
         }) => assert!(
             message.contains("automation `welcome_vip`") && message.contains("campaign `launch`"),

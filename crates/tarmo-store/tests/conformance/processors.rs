@@ -42,7 +42,7 @@ fn update(h: &Harness, id: i64, v: Value) -> tarmo_store::Result<ProcessorView> 
 
 fn code(r: tarmo_store::Result<impl std::fmt::Debug>) -> (u16, &'static str) {
     match r {
-        Err(tarmo_store::Error::Rejected { status, code, .. }) => (status, code),
+        Err(tarmo_store::Error::Rejected { code, .. }) => (code.status(), code.as_str()),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -284,8 +284,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
         matches!(
             err,
             tarmo_store::Error::Rejected {
-                status: 409,
-                code: "duplicate_request",
+                code: tarmo_core::codes::Code::DuplicateRequest,
                 ..
             }
         ),
@@ -300,7 +299,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert!(matches!(
         e(" ").unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "missing_reason",
+            code: tarmo_core::codes::Code::MissingReason,
             ..
         }
     ));
@@ -308,7 +307,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert!(matches!(
         e("again").unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "already_extended",
+            code: tarmo_core::codes::Code::AlreadyExtended,
             ..
         }
     ));
@@ -351,7 +350,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert!(matches!(
         verify(h, id).unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "already_verified",
+            code: tarmo_core::codes::Code::AlreadyVerified,
             ..
         }
     ));
@@ -394,7 +393,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert!(matches!(
         err,
         tarmo_store::Error::Rejected {
-            code: "missing_corrections",
+            code: tarmo_core::codes::Code::MissingCorrections,
             ..
         }
     ));
@@ -451,7 +450,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert!(matches!(
         requests::RequestKind::parse("forget-me").unwrap_err(),
         tarmo_store::Error::Rejected {
-            code: "unknown_request_type",
+            code: tarmo_core::codes::Code::UnknownRequestType,
             ..
         }
     ));

@@ -215,7 +215,7 @@ pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
     };
     assert_eq!(
         code(def("a", "no_such_purpose", json!({"identifier": "email"}))),
-        "unknown_purpose"
+        tarmo_core::codes::Code::UnknownPurpose
     );
     // email_marketing uses contact and purchase history, not other traits.
     assert_eq!(
@@ -224,19 +224,19 @@ pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
             "email_marketing",
             json!({"trait": "city", "value": "Tampere"})
         )),
-        "rule_data_not_permitted"
+        tarmo_core::codes::Code::RuleDataNotPermitted
     );
     assert_eq!(
         code(def("a", "email_marketing", json!({"consent": "nope"}))),
-        "unknown_purpose"
+        tarmo_core::codes::Code::UnknownPurpose
     );
     assert_eq!(
         code(def("a", "email_marketing", json!({"segment": "missing"}))),
-        "unknown_segment"
+        tarmo_core::codes::Code::UnknownSegment
     );
     assert_eq!(
         code(def("a", "email_marketing", json!({"segment": "a"}))),
-        "segment_cycle"
+        tarmo_core::codes::Code::SegmentCycle
     );
     engine
         .put(def("b", "email_marketing", json!({"identifier": "email"})))
@@ -246,7 +246,7 @@ pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
         .unwrap();
     assert_eq!(
         code(def("b", "email_marketing", json!({"segment": "c"}))),
-        "segment_cycle"
+        tarmo_core::codes::Code::SegmentCycle
     );
     // Still only the two good ones, and `b` as it was.
     let n: i64 = h
@@ -267,7 +267,7 @@ pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
     assert!(matches!(
         engine.delete("b"),
         Err(tarmo_store::Error::Rejected {
-            code: "segment_in_use",
+            code: tarmo_core::codes::Code::SegmentInUse,
             ..
         })
     ));
@@ -324,7 +324,7 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
     assert!(matches!(
         engine.create_audience(audience("nope", processor + 100)),
         Err(tarmo_store::Error::Rejected {
-            code: "unknown_processor",
+            code: tarmo_core::codes::Code::UnknownProcessor,
             ..
         })
     ));
