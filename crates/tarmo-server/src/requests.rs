@@ -30,7 +30,7 @@ pub struct RequestInput {
     /// The person, by an identifier: `{"type": "email", "value": "..."}`.
     pub subject: SubjectRef,
     /// Rectification: the corrected traits, e.g. `{"lastName": "Virtanen"}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>, required = false)]
     pub corrected: Option<Map<String, Value>>,
     /// Objection: the purposes objected to (all that allow objection when absent).
     pub purposes: Option<Vec<String>>,
