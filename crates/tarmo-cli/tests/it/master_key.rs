@@ -132,6 +132,25 @@ fn rotation_while_serving(url: Option<&str>) {
 
     let secrets = tmp.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
+    // A backup before the rotation (SQLite): its keyring holds the
+    // installation keys wrapped by the old master key.
+    let old_key = secrets.join("old.key");
+    std::fs::copy(data.join("master.key"), &old_key).unwrap();
+    let (b0, k0) = (tmp.path().join("b0"), tmp.path().join("k0"));
+    if url.is_none() {
+        ok(&tarmo(
+            &[
+                "backup",
+                "--to",
+                b0.to_str().unwrap(),
+                "--keyring-to",
+                k0.to_str().unwrap(),
+            ],
+            &data,
+            None,
+            &[],
+        ));
+    }
     let new_key = secrets.join("new.key");
     let new = new_key.to_str().unwrap();
     // A wrong current key: refused with its code, nothing written, not even
@@ -230,6 +249,46 @@ fn rotation_while_serving(url: Option<&str>) {
     assert_eq!(city(&s, "after@example.fi"), "Kemi");
     drop(s);
     verified(&data, url);
+    if url.is_some() {
+        return;
+    }
+    // Restoring the backup made before the rotation: its keyring backup
+    // opens with the master key of its time only; with the keys from the
+    // live store, the new key opens it.
+    let restore = |dir: &str, key: &Path, keys: &[&str]| {
+        let cmd = format!("cat '{}'", key.display());
+        let mut args = vec!["restore", "--from", b0.to_str().unwrap()];
+        args.extend_from_slice(keys);
+        tarmo(
+            &args,
+            &tmp.path().join(dir),
+            None,
+            &[("TARMO_MASTER_KEY_COMMAND", cmd.as_str())],
+        )
+    };
+    let k0s = k0.to_str().unwrap();
+    let live = data.to_str().unwrap();
+    let current = data.join("master.key");
+    failed(
+        &restore("r1", &current, &["--keyring", k0s, "--no-replay"]),
+        "master_key_mismatch",
+    );
+    let r = ok(&restore(
+        "r2",
+        &old_key,
+        &["--keyring", k0s, "--replay-from", live],
+    ));
+    assert_eq!(r["keys"]["missing"], 0, "{r}");
+    let r = ok(&restore("r3", &current, &["--replay-from", live]));
+    assert_eq!(r["keys"]["missing"], 0, "{r}");
+    let cmd = format!("cat '{}'", current.display());
+    let l = ok(&tarmo(
+        &["ledger", "verify", "--json"],
+        &tmp.path().join("r3"),
+        None,
+        &[("TARMO_MASTER_KEY_COMMAND", cmd.as_str())],
+    ));
+    assert_eq!(l["ok"], true, "{l}");
 }
 
 #[test]
