@@ -1,14 +1,12 @@
 //! `tarmo keys`, `tarmo users` and `tarmo audit`: who may see what.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use tarmo_store::keys::KeySpec;
-
-use std::path::{Path, PathBuf};
-
 use tarmo_store::vault::MasterKey;
 
 use crate::{Common, Settings, open_store, settings};

@@ -221,14 +221,22 @@ pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) ->
     let result = (|| {
         // Upgrades a store without the record first, in this transaction.
         let keys = installation_keys(&mut *conn, current)?;
+        let old = conn
+            .meta_get(INSTALLATION_KEYS)?
+            .ok_or_else(|| Error::Corrupt("the installation keys record vanished".into()))?;
+        // Read again: the record replaced must be one `current` opens.
+        drop(InstallationKeys::unwrap_under(current, &old)?);
         let record = keys.wrap_under(new)?;
+        // Only over the record just opened: of two rotations at once on
+        // PostgreSQL, the second finds it changed and changes nothing.
         let n = conn.exec(
-            "UPDATE meta SET value = $2 WHERE key = $1",
-            &[P::Text(INSTALLATION_KEYS), P::Blob(&record)],
+            "UPDATE meta SET value = $2 WHERE key = $1 AND value = $3",
+            &[P::Text(INSTALLATION_KEYS), P::Blob(&record), P::Blob(&old)],
         )?;
         if n != 1 {
-            return Err(Error::Corrupt(
-                "the installation keys record vanished".into(),
+            return Err(Error::rejected(
+                "master_key_rotation_conflict",
+                "another rotation of the master key ran at the same time",
             ));
         }
         // The new record must open before it is committed.

@@ -176,4 +176,41 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
         rotate_master(&h.backend(), &master, &MasterKey::generate().unwrap()),
         Err(Error::WrongMasterKey)
     ));
+    // Two rotations at once: exactly one wins, and its key opens the store.
+    // On PostgreSQL a third connection holds the record's row lock until
+    // both have read it, so they do overlap (SQLite's BEGIN IMMEDIATE
+    // makes them take turns).
+    let hexes: Vec<String> = (0..2)
+        .map(|_| MasterKey::generate().unwrap().to_hex())
+        .collect();
+    let mut holder = (h.store.backend_name() == "postgres").then(|| {
+        let mut c = h.backend().connect().unwrap();
+        c.begin().unwrap();
+        c.exec(
+            "UPDATE meta SET value = value WHERE key = $1",
+            &[P::Text(INSTALLATION_KEYS)],
+        )
+        .unwrap();
+        c
+    });
+    let results: Vec<bool> = std::thread::scope(|sc| {
+        let runs: Vec<_> = hexes
+            .iter()
+            .map(|hex| {
+                let (b, cur) = (h.backend(), MasterKey::from_hex(&new.to_hex()).unwrap());
+                sc.spawn(move || {
+                    rotate_master(&b, &cur, &MasterKey::from_hex(hex).unwrap()).is_ok()
+                })
+            })
+            .collect();
+        if let Some(c) = holder.as_mut() {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            c.commit().unwrap();
+        }
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+    let winner = &hexes[results.iter().position(|ok| *ok).unwrap()];
+    let store = Store::open(h.backend(), &MasterKey::from_hex(winner).unwrap(), 10).unwrap();
+    reads_back(&store, p, "rotate@example.fi");
 }
