@@ -1,11 +1,13 @@
 //! `tarmo keys`, `tarmo users` and `tarmo audit`: who may see what.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use tarmo_store::keys::KeySpec;
+use tarmo_store::vault::MasterKey;
 
 use crate::{Common, Settings, open_store, settings};
 
@@ -52,6 +54,33 @@ pub enum KeysCommand {
         common: Common,
         /// The key's id (`tarmo keys list`), its secret, or `-`.
         key: String,
+    },
+    /// Re-wrap the installation keys under a new master key, in one
+    /// transaction, while Tarmo serves. No data key, blind index or MAC is
+    /// rewritten. Running nodes go on with the keys they hold; each needs the
+    /// new master key at its next start. The current key comes from where
+    /// it always does (DATA_DIR/master.key, TARMO_MASTER_KEY or
+    /// --master-key-command).
+    #[command(name = "rotate-master")]
+    RotateMaster {
+        #[command(flatten)]
+        common: Common,
+        /// A file holding the new master key (64 hexadecimal characters,
+        /// mode 0600); with --generate, a new file to generate it into.
+        #[arg(
+            long,
+            required_unless_present = "new_master_key_command",
+            conflicts_with = "new_master_key_command"
+        )]
+        new_master_key_file: Option<PathBuf>,
+        /// Generate the new master key into --new-master-key-file (which
+        /// must not exist yet).
+        #[arg(long, requires = "new_master_key_file")]
+        generate: bool,
+        /// A command printing the new master key (a KMS or secrets-manager
+        /// client), run with `sh -c`.
+        #[arg(long)]
+        new_master_key_command: Option<String>,
     },
 }
 
@@ -210,6 +239,17 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
                 )?;
             }
         }
+        KeysCommand::RotateMaster {
+            common,
+            new_master_key_file,
+            generate,
+            new_master_key_command,
+        } => rotate_master(
+            &common,
+            new_master_key_file.as_deref(),
+            generate,
+            new_master_key_command.as_deref(),
+        )?,
         KeysCommand::Revoke { common, key } => {
             let s = settings(&common, None)?;
             let store = open_store(&s)?;
@@ -234,6 +274,80 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn rotate_master(
+    common: &Common,
+    file: Option<&Path>,
+    generate: bool,
+    command: Option<&str>,
+) -> anyhow::Result<()> {
+    let s = settings(common, None)?;
+    let current = crate::master_key(&s)?;
+    let backend = tarmo_store::Backend::open(&s.data_dir, s.database_url.as_deref())?;
+    let new = match (file, command) {
+        (Some(f), _) if generate => {
+            let k = MasterKey::generate()?;
+            k.create_file(f).map_err(|e| {
+                anyhow::anyhow!("cannot create the new master key file {}: {e}", f.display())
+            })?;
+            k
+        }
+        (Some(f), _) => MasterKey::load(f)
+            .with_context(|| format!("reading the new master key {}", f.display()))?,
+        (None, Some(cmd)) => crate::master_key_from_command(cmd)?,
+        (None, None) => {
+            bail!("name the new master key: --new-master-key-file or --new-master-key-command")
+        }
+    };
+    if let Err(e) = tarmo_store::rotate_master(&backend, &current, &new) {
+        if let (true, Some(f)) = (generate, file) {
+            // Never used: a key nothing is wrapped under.
+            let _ = std::fs::remove_file(f);
+        }
+        match e {
+            tarmo_store::Error::WrongMasterKey => bail!(
+                "master_key_mismatch: the current master key ({}) does not open this store's installation keys; nothing was changed",
+                current_source(&s)
+            ),
+            tarmo_store::Error::Rejected { code, message, .. } => {
+                bail!("{code}: {message}; nothing was changed")
+            }
+            e => return Err(e).context("rotating the master key; nothing was changed"),
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"rotated": true, "installation_keys": "re-wrapped", "data_keys_rewritten": 0})
+    );
+    let where_ = match (file, command) {
+        (Some(f), _) => format!(
+            "put {} where the current key was read from ({})",
+            f.display(),
+            current_source(&s)
+        ),
+        _ => format!(
+            "make the new key the one each node reads ({})",
+            current_source(&s)
+        ),
+    };
+    eprintln!(
+        "the master key is rotated. Running nodes go on serving; before any node's next start, {where_}. The old key no longer opens this store (keep it only as long as keyring backups made before now)."
+    );
+    Ok(())
+}
+
+fn current_source(s: &Settings) -> String {
+    if std::env::var("TARMO_MASTER_KEY").is_ok() {
+        "TARMO_MASTER_KEY".into()
+    } else if let Some(c) = &s.master_key_command {
+        format!("the secret behind --master-key-command `{c}`")
+    } else {
+        s.data_dir
+            .join(crate::MASTER_KEY_FILE)
+            .display()
+            .to_string()
+    }
 }
 
 pub fn users(cmd: UsersCommand) -> anyhow::Result<u8> {

@@ -113,10 +113,10 @@ pub struct RecordOfProcessing {
 /// What Tarmo does to keep the data secure; each line is true of the code.
 const SECURITY_MEASURES: &[&str] = &[
     "Encryption at rest: every personal value (identifiers, traits, event bodies, consent evidence, queued messages) is sealed with AES-256-GCM under the person's own data key before it reaches the database; the associated data binds table, field and profile, so a ciphertext cannot be moved.",
-    "Key management: data keys are stored only wrapped by a key derived (HKDF-SHA256) from a master key kept outside the database (a 0600 file or the environment); a wrong master key is refused at start.",
+    "Key management: data keys are stored only wrapped by the installation's wrapping key, which is stored only wrapped (AES-256-GCM) by a master key kept outside the database (a 0600 file, the environment or a secrets manager's command); a wrong master key is refused at start, and the master key can be rotated while Tarmo serves.",
     "Pseudonymous lookup: identifiers are found by a keyed HMAC-SHA256 blind index, never by their plaintext.",
     "Erasure by crypto-shredding: destroying a person's data key makes every sealed value of theirs unreadable, backups included; only a blind index stays on a suppression list so that a re-import does not bring them back.",
-    "Integrity of consent records: the consent ledger is append-only and hash-chained (SHA-256), its head is signed with a key derived from the master key, and `tarmo ledger verify` detects an edited, removed or cut-off entry.",
+    "Integrity of consent records: the consent ledger is append-only and hash-chained (SHA-256), its head is signed with the installation's signing key, and `tarmo ledger verify` detects an edited, removed or cut-off entry.",
     "Access control: API keys are 160-bit random secrets stored only as SHA-256 hashes, separated into admin and ingestion roles, and revocable with immediate effect.",
     "Purpose limitation enforced in code: every consent-dependent use and every export names a purpose and is decided by the policy; exports to processors are limited to the purpose's and the processor's data categories and recorded as disclosures.",
     "Data minimisation in transit: messages and processor notifications are queued sealed and their payloads wiped once delivered; webhook tokens are stored sealed and never shown.",

@@ -9,7 +9,8 @@
 //!
 //! The people's wrapped data keys are not in the data backup either: they go
 //! to a keyring backup in a directory of its own (`keyring.db`,
-//! `keyring.json`), kept on a short retention. The data backup keeps which
+//! `keyring.json`), kept on a short retention, with the installation keys
+//! (wrapped by the master key current when it was made). The data backup keeps which
 //! key belongs to whom, with the key itself left empty. A restore takes the
 //! keys from a keyring backup or from the live store; a person erased since
 //! that keyring was copied has no key in it, so their values in every older
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::conn::{Conn, P, ProfileId};
+use crate::vault::INSTALLATION_KEYS;
 use crate::writer::WriterHandle;
 use crate::{Error, Result};
 
@@ -239,10 +241,16 @@ pub fn backup_sqlite(
         c.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA secure_delete = ON;")?;
         c.execute("ATTACH ?1 AS k", [keyring.to_string_lossy().as_ref()])?;
         let tx = c.transaction()?;
+        // The installation keys (wrapped by the master key) go with them:
+        // a data backup and the master key alone open nothing, not even a
+        // blind index.
         tx.execute_batch(
             "CREATE TABLE k.data_keys (owner_id INTEGER PRIMARY KEY, profile_id INTEGER NOT NULL, wrapped BLOB NOT NULL);
              INSERT INTO k.data_keys SELECT owner_id, profile_id, wrapped FROM main.data_keys;
-             UPDATE main.data_keys SET wrapped = x'';",
+             UPDATE main.data_keys SET wrapped = x'';
+             CREATE TABLE k.meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             INSERT INTO k.meta SELECT key, value FROM main.meta WHERE key = 'installation_keys';
+             DELETE FROM main.meta WHERE key = 'installation_keys';",
         )?;
         tx.commit()?;
         c.execute_batch("DETACH k; VACUUM;")?;
@@ -358,10 +366,31 @@ pub fn restore_keys(db: &Path, keys: Keys<'_>) -> Result<KeysRestored> {
                  FROM k.data_keys WHERE k.data_keys.owner_id = main.data_keys.owner_id",
                 [],
             )?;
+            // Keyring backups made before installation keys existed have
+            // no record: their store's keys derive from its master key.
+            let has_meta: i64 = c.query_row(
+                "SELECT count(*) FROM k.sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get(0),
+            )?;
+            if has_meta > 0 {
+                c.execute(
+                    "INSERT INTO main.meta (key, value) SELECT key, value FROM k.meta WHERE key = ?1
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [INSTALLATION_KEYS],
+                )?;
+            }
             c.execute_batch("DETACH k")?;
         }
         Keys::Live(src) => {
             let tx = c.transaction()?;
+            if let Some(record) = src.meta_get(INSTALLATION_KEYS)? {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    rusqlite::params![INSTALLATION_KEYS, record],
+                )?;
+            }
             let mut after = 0i64;
             loop {
                 let rows = src.query(

@@ -1,9 +1,9 @@
 //! The purpose catalog and the consent ledger in the store.
 //!
 //! The ledger is append-only and hash-chained: each entry commits to the one
-//! before it, and the newest entry's hash is kept in `meta`, signed with a key
-//! derived from the master key, so that neither an edited entry, a removed
-//! one, nor a cut-off tail goes unnoticed. Evidence (IP address, user agent,
+//! before it, and the newest entry's hash is kept in `meta`, signed with the
+//! installation's signing key (wrapped by the master key), so that neither an
+//! edited entry, a removed one, nor a cut-off tail goes unnoticed. Evidence (IP address, user agent,
 //! the string a CMP sent) is sealed under the person's data key; the chain
 //! hashes the sealed bytes, so crypto-shredding a person keeps it verifiable.
 //!

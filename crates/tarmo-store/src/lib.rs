@@ -61,7 +61,11 @@ pub enum Error {
     Crypto(&'static str),
     #[error("configuration: {0}")]
     Config(String),
-    #[error("the master key does not open this store's data (wrong key file or TARMO_MASTER_KEY?)")]
+    /// The master key given does not open the store's installation keys:
+    /// nothing was read or changed.
+    #[error(
+        "master_key_mismatch: the master key does not open this store's installation keys (wrong key file, TARMO_MASTER_KEY or --master-key-command? after `tarmo keys rotate-master`, the new key is needed)"
+    )]
     WrongMasterKey,
     #[error("the ingestion queue is full")]
     Overloaded,

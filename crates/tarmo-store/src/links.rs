@@ -5,7 +5,7 @@
 //!   stored only as their SHA-256, with an expiry and a `used` mark;
 //! - **signed links** (one-click unsubscribe, the preference page): no row at
 //!   all; the link carries the profile, the purpose or scope and the time it
-//!   was made, with a MAC under a key derived from the master key, so it
+//!   was made, with a MAC under the installation's signing key, so it
 //!   cannot be forged or pointed at someone else.
 
 use base64::Engine;

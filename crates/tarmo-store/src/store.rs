@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 
+use crate::conn::P;
 use crate::conn::{Conn, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
 use crate::keys::{ApiKey, KeySpec};
@@ -24,7 +25,7 @@ use crate::pool::{DbHealth, PooledConn};
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
 use crate::sqlite::SqliteBackend;
-use crate::vault::{MasterKey, Place, Vault};
+use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Vault};
 use crate::writer::{self, WriterConfig, WriterHandle};
 use crate::{Error, Result, rfc3339};
 
@@ -168,6 +169,89 @@ pub struct EventsPage {
 
 const VAULT_CHECK: &str = "vault_check";
 
+/// The store's installation keys, unwrapped with `master`. A store without
+/// the record gets one: a store made before installation keys existed keeps
+/// the keys its master key derives (checked against its vault canary), so
+/// nothing stored changes; a new store gets random ones. Of two nodes
+/// opening a new PostgreSQL store at once, the first record written wins
+/// and both use it.
+fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<InstallationKeys> {
+    if let Some(record) = conn.meta_get(INSTALLATION_KEYS)? {
+        return InstallationKeys::unwrap_under(master, &record);
+    }
+    let keys = match conn.meta_get(VAULT_CHECK)? {
+        Some(sealed) => {
+            let keys = InstallationKeys::derived(master);
+            Vault::with_keys(&keys, 1)
+                .open_system(Place::VaultCheck, &sealed)
+                .map_err(|_| Error::WrongMasterKey)?;
+            keys
+        }
+        None => InstallationKeys::generate()?,
+    };
+    let record = keys.wrap_under(master)?;
+    let added = conn.exec(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        &[P::Text(INSTALLATION_KEYS), P::Blob(&record)],
+    )?;
+    if added == 1 {
+        return Ok(keys);
+    }
+    let record = conn
+        .meta_get(INSTALLATION_KEYS)?
+        .ok_or_else(|| Error::Corrupt("the installation keys record vanished".into()))?;
+    InstallationKeys::unwrap_under(master, &record)
+}
+
+/// Re-wrap the installation keys of the store behind `backend` under the
+/// master key `new`, in one transaction: `current` must open them
+/// (`Error::WrongMasterKey` otherwise, and nothing changes). No data key,
+/// blind index or MAC changes: they depend on the installation keys only.
+/// Running nodes keep the unwrapped keys in memory and go on serving; each
+/// needs `new` at its next start.
+pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) -> Result<()> {
+    if current.same_as(new) {
+        return Err(Error::rejected(
+            "master_key_unchanged",
+            "the new master key is the current one",
+        ));
+    }
+    let mut conn = backend.connect()?;
+    conn.begin()?;
+    let result = (|| {
+        // Upgrades a store without the record first, in this transaction.
+        let keys = installation_keys(&mut *conn, current)?;
+        let old = conn
+            .meta_get(INSTALLATION_KEYS)?
+            .ok_or_else(|| Error::Corrupt("the installation keys record vanished".into()))?;
+        // Read again: the record replaced must be one `current` opens.
+        drop(InstallationKeys::unwrap_under(current, &old)?);
+        let record = keys.wrap_under(new)?;
+        // Only over the record just opened: of two rotations at once on
+        // PostgreSQL, the second finds it changed and changes nothing.
+        let n = conn.exec(
+            "UPDATE meta SET value = $2 WHERE key = $1 AND value = $3",
+            &[P::Text(INSTALLATION_KEYS), P::Blob(&record), P::Blob(&old)],
+        )?;
+        if n != 1 {
+            return Err(Error::rejected(
+                "master_key_rotation_conflict",
+                "another rotation of the master key ran at the same time",
+            ));
+        }
+        // The new record must open before it is committed.
+        InstallationKeys::unwrap_under(new, &record)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.commit(),
+        Err(e) => {
+            conn.rollback()?;
+            Err(e)
+        }
+    }
+}
+
 /// Take out of a message what names or reaches the person, unless the
 /// viewer may see it.
 fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
@@ -212,11 +296,15 @@ fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
 }
 
 impl Store {
-    /// Open a store: check that `master` is the key this store was created
-    /// with (a canary sealed at creation must open).
+    /// Open a store: `master` must open its installation keys (a store
+    /// without them gets them, see [`installation_keys`]), and they must
+    /// open the canary sealed at creation.
     pub fn open(backend: Backend, master: &MasterKey, key_cache: usize) -> Result<Self> {
-        let vault = Arc::new(Vault::new(master, key_cache));
         let mut conn = backend.connect()?;
+        let vault = Arc::new(Vault::with_keys(
+            &installation_keys(&mut *conn, master)?,
+            key_cache,
+        ));
         match conn.meta_get(VAULT_CHECK)? {
             Some(sealed) => {
                 vault

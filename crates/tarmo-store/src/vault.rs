@@ -1,11 +1,17 @@
 //! The vault: every personal value is sealed under its person's own data key
 //! before it reaches a database, and found again through a keyed blind index.
 //!
-//! Key hierarchy: a 256-bit master key (file or environment) derives, with
-//! HKDF-SHA256, a key-wrapping key and a blind-index key. Each profile has a
-//! random 256-bit data key, stored only wrapped. Destroying a profile's wrapped
-//! data key makes every sealed value of that person unreadable
-//! (crypto-shredding), even in backups.
+//! Key hierarchy: a 256-bit master key (file, environment or command) wraps
+//! the installation keys — a key-wrapping key, a blind-index key and a
+//! signing (MAC) key — kept in the store as one sealed record (meta
+//! `installation_keys`). Every blind index, MAC and wrapped data key depends
+//! on the installation keys only, so the master key can be rotated by
+//! re-wrapping that one record. A store made before the record existed used
+//! keys derived (HKDF-SHA256) from its master key; on its first start they
+//! become its installation keys, unchanged, so nothing stored is rewritten.
+//! Each profile has a random 256-bit data key, stored only wrapped by the
+//! key-wrapping key. Destroying a profile's wrapped data key makes every
+//! sealed value of that person unreadable (crypto-shredding), even in backups.
 //!
 //! Sealed values are AES-256-GCM with a random 96-bit nonce; the associated
 //! data binds the table, the field and the id of the profile whose key sealed
@@ -133,6 +139,139 @@ fn derive(master: &MasterKey, label: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The meta row holding the installation keys, wrapped by the master key.
+pub const INSTALLATION_KEYS: &str = "installation_keys";
+
+/// The record's layout: a version byte, then the sealed keys.
+const INSTALLATION_KEYS_V1: u8 = 1;
+
+/// The installation's own keys, which everything stored depends on: the key
+/// that wraps data keys (and seals what belongs to no one person), the
+/// blind-index key and the signing key. Random at `tarmo init`; kept only
+/// wrapped by the master key, and zeroed in memory when dropped.
+pub struct InstallationKeys {
+    wrap: [u8; 32],
+    bidx: [u8; 32],
+    sign: [u8; 32],
+}
+
+impl std::fmt::Debug for InstallationKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstallationKeys(<secret>)")
+    }
+}
+
+impl Drop for InstallationKeys {
+    fn drop(&mut self) {
+        for k in [&mut self.wrap, &mut self.bidx, &mut self.sign] {
+            k.fill(0);
+            std::hint::black_box(&k);
+        }
+    }
+}
+
+impl InstallationKeys {
+    /// New random keys, for a new store.
+    pub fn generate() -> Result<Self> {
+        let rng = SystemRandom::new();
+        let mut k = Self {
+            wrap: [0; 32],
+            bidx: [0; 32],
+            sign: [0; 32],
+        };
+        for b in [&mut k.wrap, &mut k.bidx, &mut k.sign] {
+            rng.fill(b).map_err(|_| Error::Crypto("no randomness"))?;
+        }
+        Ok(k)
+    }
+
+    /// The keys of a store made before installation keys existed: derived
+    /// from its master key. Kept as they are on upgrade, so every blind
+    /// index, MAC and wrapped data key already stored stays valid.
+    pub fn derived(master: &MasterKey) -> Self {
+        Self {
+            wrap: derive(master, b"key wrapping"),
+            bidx: derive(master, b"blind index"),
+            sign: derive(master, b"signing"),
+        }
+    }
+
+    /// The record stored in meta `installation_keys`: the keys sealed
+    /// (AES-256-GCM) under a key derived from `master`, the associated data
+    /// naming the record and its version.
+    pub fn wrap_under(&self, master: &MasterKey) -> Result<Vec<u8>> {
+        let kek = record_key(master);
+        let mut plain = [0u8; 96];
+        plain[..32].copy_from_slice(&self.wrap);
+        plain[32..64].copy_from_slice(&self.bidx);
+        plain[64..].copy_from_slice(&self.sign);
+        let mut n = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut n)
+            .map_err(|_| Error::Crypto("no randomness"))?;
+        let sealed = seal_with(&kek, n, &record_aad(INSTALLATION_KEYS_V1), &plain);
+        plain.fill(0);
+        let mut out = vec![INSTALLATION_KEYS_V1];
+        out.extend_from_slice(&sealed?);
+        Ok(out)
+    }
+
+    /// Open a record made by [`InstallationKeys::wrap_under`]:
+    /// `Error::WrongMasterKey` when `master` is not the key it was wrapped by.
+    pub fn unwrap_under(master: &MasterKey, record: &[u8]) -> Result<Self> {
+        let Some((&version, sealed)) = record.split_first() else {
+            return Err(Error::Corrupt(
+                "the installation keys record is empty".into(),
+            ));
+        };
+        if version != INSTALLATION_KEYS_V1 {
+            return Err(Error::Corrupt(format!(
+                "installation keys record version {version} is not known to this version of Tarmo"
+            )));
+        }
+        let mut plain = open_with(&record_key(master), &record_aad(version), sealed)
+            .map_err(|_| Error::WrongMasterKey)?;
+        if plain.len() != 96 {
+            plain.fill(0);
+            return Err(Error::Corrupt(
+                "the installation keys record has the wrong length".into(),
+            ));
+        }
+        let mut k = Self {
+            wrap: [0; 32],
+            bidx: [0; 32],
+            sign: [0; 32],
+        };
+        k.wrap.copy_from_slice(&plain[..32]);
+        k.bidx.copy_from_slice(&plain[32..64]);
+        k.sign.copy_from_slice(&plain[64..]);
+        plain.fill(0);
+        Ok(k)
+    }
+}
+
+impl MasterKey {
+    /// Whether two master keys are the same, in constant time.
+    pub fn same_as(&self, other: &MasterKey) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+
+/// The key that wraps the installation keys: derived from the master key
+/// under a label of its own, so the master key itself seals nothing.
+fn record_key(master: &MasterKey) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &derive(master, b"installation keys"))
+            .expect("32 bytes is an AES-256 key"),
+    )
+}
+
+fn record_aad(version: u8) -> Vec<u8> {
+    let mut aad = b"meta.installation_keys\0".to_vec();
+    aad.push(version);
+    aad
+}
+
 /// A profile's unwrapped data key.
 pub type DataKey = Arc<LessSafeKey>;
 
@@ -151,14 +290,20 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
+    /// A vault with the keys derived from `master` (those of a store made
+    /// before installation keys existed; tests and benchmarks use it).
     /// `cache_capacity` bounds how many unwrapped data keys stay in memory.
     pub fn new(master: &MasterKey, cache_capacity: usize) -> Self {
+        Self::with_keys(&InstallationKeys::derived(master), cache_capacity)
+    }
+
+    /// A vault holding the installation keys `keys` (the store's).
+    pub fn with_keys(keys: &InstallationKeys, cache_capacity: usize) -> Self {
         let wrap = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, &derive(master, b"key wrapping"))
-                .expect("32 bytes is an AES-256 key"),
+            UnboundKey::new(&AES_256_GCM, &keys.wrap).expect("32 bytes is an AES-256 key"),
         );
-        let bidx = hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"blind index"));
-        let sign = hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"signing"));
+        let bidx = hmac::Key::new(hmac::HMAC_SHA256, &keys.bidx);
+        let sign = hmac::Key::new(hmac::HMAC_SHA256, &keys.sign);
         Self {
             wrap,
             bidx,
@@ -465,6 +610,60 @@ mod tests {
         })
         .unwrap();
         assert!(loaded);
+    }
+
+    #[test]
+    fn installation_keys_open_under_their_master_key_only() {
+        let (m1, m2) = (
+            MasterKey::generate().unwrap(),
+            MasterKey::generate().unwrap(),
+        );
+        let keys = InstallationKeys::generate().unwrap();
+        let rec = keys.wrap_under(&m1).unwrap();
+        let back = InstallationKeys::unwrap_under(&m1, &rec).unwrap();
+        let (v, w) = (Vault::with_keys(&keys, 1), Vault::with_keys(&back, 1));
+        assert_eq!(
+            v.blind_index("email", "a@b.fi"),
+            w.blind_index("email", "a@b.fi")
+        );
+        assert_eq!(v.mac("x", b"y"), w.mac("x", b"y"));
+        let sealed = v.seal_system(Place::VaultCheck, b"tarmo").unwrap();
+        assert_eq!(w.open_system(Place::VaultCheck, &sealed).unwrap(), b"tarmo");
+        // wrong master key, a changed version byte, a flipped bit: refused
+        assert!(matches!(
+            InstallationKeys::unwrap_under(&m2, &rec),
+            Err(Error::WrongMasterKey)
+        ));
+        let mut bad = rec.clone();
+        bad[0] = 2;
+        assert!(matches!(
+            InstallationKeys::unwrap_under(&m1, &bad),
+            Err(Error::Corrupt(_))
+        ));
+        let mut bad = rec.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(InstallationKeys::unwrap_under(&m1, &bad).is_err());
+        // rotation: the same keys under another master key
+        let rec2 = back.wrap_under(&m2).unwrap();
+        let again = InstallationKeys::unwrap_under(&m2, &rec2).unwrap();
+        assert_eq!(
+            Vault::with_keys(&again, 1).blind_index("email", "a@b.fi"),
+            v.blind_index("email", "a@b.fi")
+        );
+        // the derived keys are exactly those of the old code path
+        let old = Vault::new(&m1, 1);
+        let up = Vault::with_keys(&InstallationKeys::derived(&m1), 1);
+        assert_eq!(
+            old.blind_index("email", "a@b.fi"),
+            up.blind_index("email", "a@b.fi")
+        );
+        assert_eq!(old.mac("p", b"d"), up.mac("p", b"d"));
+        // random keys are not the derived ones
+        assert_ne!(
+            Vault::with_keys(&keys, 1).blind_index("email", "a@b.fi"),
+            Vault::new(&m1, 1).blind_index("email", "a@b.fi")
+        );
     }
 
     #[test]

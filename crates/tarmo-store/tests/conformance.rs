@@ -55,6 +55,16 @@ fn fresh_pg() -> PgDb {
 
 impl Harness {
     pub fn new(postgres: bool) -> Self {
+        Self::build(postgres, false)
+    }
+
+    /// A store as the code before installation keys made it: its vault
+    /// canary sealed with the keys its master key derives, and no record.
+    pub fn made_before_installation_keys(postgres: bool) -> Self {
+        Self::build(postgres, true)
+    }
+
+    fn build(postgres: bool, legacy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::generate().unwrap();
         let pg = postgres.then(fresh_pg);
@@ -62,6 +72,17 @@ impl Harness {
             .as_ref()
             .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
         let backend = Backend::open(dir.path(), url.as_deref()).unwrap();
+        if legacy {
+            let old = tarmo_store::vault::Vault::new(&master, 1);
+            let canary = old
+                .seal_system(tarmo_store::vault::Place::VaultCheck, b"tarmo")
+                .unwrap();
+            backend
+                .connect()
+                .unwrap()
+                .meta_set("vault_check", &canary)
+                .unwrap();
+        }
         let store = std::sync::Arc::new(Store::open(backend, &master, 1000).unwrap());
         store
             .transact_direct(|c, _| tarmo_store::consent::seed_defaults(c, 1_000))
@@ -103,6 +124,19 @@ impl Harness {
             })
             .collect();
         self.writer.submit_blocking(events).unwrap()
+    }
+
+    /// The same database, opened anew (as by a restarted node).
+    pub fn backend(&self) -> Backend {
+        let url = self
+            .pg
+            .as_ref()
+            .map(|p| format!("postgres://postgres@127.0.0.1:5432/{}", p.name));
+        Backend::open(self._dir.path(), url.as_deref()).unwrap()
+    }
+
+    pub fn master(&self) -> MasterKey {
+        MasterKey::from_hex(&self.master_hex).unwrap()
     }
 
     pub fn lookup(&self, kind: &str, value: &str) -> Option<i64> {
@@ -238,6 +272,41 @@ use leases::*;
 #[path = "conformance/processors.rs"]
 mod processors;
 use processors::*;
+
+#[path = "conformance/master_key.rs"]
+mod master_key;
+
+/// Installation keys and master-key rotation, on each backend.
+mod installation_keys {
+    mod sqlite {
+        #[test]
+        fn a_store_made_before_installation_keys_keeps_its_keys() {
+            super::super::master_key::a_store_made_before_installation_keys_keeps_its_keys(
+                &super::super::Harness::made_before_installation_keys(false),
+            );
+        }
+        #[test]
+        fn rotating_the_master_key_rewraps_the_installation_keys_only() {
+            super::super::master_key::rotating_the_master_key_rewraps_the_installation_keys_only(
+                &super::super::Harness::new(false),
+            );
+        }
+    }
+    mod postgres {
+        #[test]
+        fn a_store_made_before_installation_keys_keeps_its_keys() {
+            super::super::master_key::a_store_made_before_installation_keys_keeps_its_keys(
+                &super::super::Harness::made_before_installation_keys(true),
+            );
+        }
+        #[test]
+        fn rotating_the_master_key_rewraps_the_installation_keys_only() {
+            super::super::master_key::rotating_the_master_key_rewraps_the_installation_keys_only(
+                &super::super::Harness::new(true),
+            );
+        }
+    }
+}
 
 fn identifiers_of(h: &Harness, p: i64) -> Vec<(String, String, bool)> {
     let mut v: Vec<_> = h

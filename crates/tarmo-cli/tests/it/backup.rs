@@ -159,6 +159,11 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
         count(&k1.join("keyring.db"), with_key),
         count(&data.join("tarmo.db"), with_key)
     );
+    // The installation keys (wrapped by the master key) go with the data
+    // keys: the data backup and the master key alone open nothing.
+    let record = "SELECT count(*) FROM meta WHERE key = 'installation_keys'";
+    assert_eq!(count(&b1.join("tarmo.db"), record), 0);
+    assert_eq!(count(&k1.join("keyring.db"), record), 1);
     // A backup never writes over another.
     failed(
         &tarmo(

@@ -11,6 +11,7 @@ mod demo;
 mod faults;
 mod imports;
 mod ingest;
+mod master_key;
 mod network;
 mod openapi;
 mod pg_faults;
