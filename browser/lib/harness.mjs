@@ -185,3 +185,98 @@ export async function screenshot(page, name) {
   await page.screenshot({ path, fullPage: true });
   return path;
 }
+
+/**
+ * An SMTP server on loopback (no TLS) that keeps every message: enough of
+ * RFC 5321 for Tarmo's mailer (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT).
+ * Returns { url, messages, waitFor(n), close() }; a message is
+ * { from, to, data, header(name) } with headers unfolded.
+ */
+export async function startSmtpSink() {
+  const messages = [];
+  const sockets = new Set();
+  const srv = createServer((sock) => {
+    sockets.add(sock);
+    sock.on('close', () => sockets.delete(sock));
+    sock.on('error', () => {});
+    let buf = '';
+    let inData = false;
+    let env = { from: '', to: [] };
+    const say = (line) => sock.write(`${line}\r\n`);
+    say('220 sink.test ESMTP');
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      for (;;) {
+        if (inData) {
+          const end = buf.indexOf('\r\n.\r\n');
+          if (end < 0) return;
+          const data = Buffer.from(buf.slice(0, end), 'latin1')
+            .toString('utf8')
+            .replace(/\r\n\.\./g, '\r\n.');
+          buf = buf.slice(end + 5);
+          inData = false;
+          const head = data.split('\r\n\r\n')[0].replace(/\r\n[ \t]+/g, ' ');
+          const headers = head.split('\r\n');
+          messages.push({
+            ...env,
+            data,
+            header: (name) => {
+              const h = headers.find((l) => l.toLowerCase().startsWith(`${name.toLowerCase()}:`));
+              return h?.slice(name.length + 1).trim();
+            },
+          });
+          env = { from: '', to: [] };
+          say('250 2.0.0 kept');
+          continue;
+        }
+        const nl = buf.indexOf('\r\n');
+        if (nl < 0) return;
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === 'EHLO') {
+          say('250-sink.test');
+          say('250-8BITMIME');
+          say('250-SMTPUTF8');
+          say('250 PIPELINING');
+        } else if (verb === 'HELO') say('250 sink.test');
+        else if (verb === 'MAIL') {
+          env.from = line;
+          say('250 2.1.0 ok');
+        } else if (verb === 'RCPT') {
+          env.to.push(line);
+          say('250 2.1.5 ok');
+        } else if (verb === 'DATA') {
+          inData = true;
+          say('354 go ahead');
+        } else if (verb === 'QUIT') {
+          say('221 bye');
+          sock.end();
+        } else if (verb === 'RSET') {
+          env = { from: '', to: [] };
+          say('250 ok');
+        } else if (verb === 'NOOP') say('250 ok');
+        else say('502 5.5.2 not implemented');
+      }
+    });
+  });
+  const port = await freePort();
+  await new Promise((ok) => srv.listen(port, '127.0.0.1', ok));
+  return {
+    url: `smtp://127.0.0.1:${port}?tls=none`,
+    messages,
+    async waitFor(n, ms = 30_000) {
+      const until = Date.now() + ms;
+      while (messages.length < n) {
+        if (Date.now() > until) throw new Error(`${messages.length} of ${n} messages arrived`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return messages;
+    },
+    close: () =>
+      new Promise((ok) => {
+        for (const s of sockets) s.destroy();
+        srv.close(ok);
+      }),
+  };
+}

@@ -8,11 +8,14 @@
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
-import { api, axeSerious, freePort, launchBrowser, newPage, screenshot, startTarmo } from '../lib/harness.mjs';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { api, axeSerious, freePort, launchBrowser, newPage, repo, screenshot, startSmtpSink, startTarmo } from '../lib/harness.mjs';
 
 let tarmo;
 let browser;
 let gateway;
+let smtp;
 const texts = []; // SMS bodies the gateway received
 const phone = '+358401234567';
 
@@ -77,10 +80,38 @@ async function personLink(email, language) {
   return link.body.url;
 }
 
+/** A purpose reaching people by email and by text message, in six languages. */
+const offers = {
+  name: 'Offers by email and text message',
+  names: {
+    fi: 'Tarjoukset sähköpostilla ja tekstiviestillä',
+    de: 'Angebote per E-Mail und SMS',
+    nb: 'Tilbud på e-post og SMS',
+    he: 'מבצעים בדוא״ל ובהודעות SMS',
+    tr: 'E-posta ve kısa mesajla fırsatlar',
+  },
+  legal_basis: 'consent',
+  channels: ['email', 'sms'],
+  data_categories: ['contact'],
+  retention_days: 365,
+  direct_marketing: true,
+  notice: {
+    en: 'We send you offers by email and by text message. You choose which.',
+    fi: 'Lähetämme sinulle tarjouksia sähköpostilla ja tekstiviestillä. Sinä valitset, kummalla.',
+    de: 'Wir senden Ihnen Angebote per E-Mail und per SMS. Sie wählen, auf welchem Weg.',
+    nb: 'Vi sender deg tilbud på e-post og SMS. Du velger hvilke.',
+    he: 'נשלח אליך מבצעים בדוא״ל ובהודעות SMS. הבחירה בידיך.',
+    tr: 'Size e-postayla ve kısa mesajla fırsatlar göndeririz. Hangisini istediğinizi siz seçersiniz.',
+  },
+};
+
 before(async () => {
   gateway = await startGateway();
+  smtp = await startSmtpSink();
   tarmo = await startTarmo({
     serveArgs: [
+      '--smtp-url', smtp.url,
+      '--mail-from', 'Kauppa Tarmo <hello@kauppa.example>',
       '--organisation', 'Kauppa Tarmo Oy',
       '--controller-contact', 'tietosuoja@kauppa.example',
       '--allow-private-webhooks',
@@ -93,11 +124,14 @@ before(async () => {
     dpa_signed_on: '2024-05-02', purposes: ['sms_marketing'], data_categories: ['contact'],
   });
   assert.equal(p.status, 201, JSON.stringify(p.body));
+  const o = await api(tarmo, 'PUT', '/api/v1/purposes/offers', offers);
+  assert.equal(o.status, 200, JSON.stringify(o.body));
 });
 after(async () => {
   await browser?.close();
   await tarmo?.stop();
   await gateway?.close();
+  await smtp?.close();
 });
 
 test('a Finnish subscriber: confirmation, preferences, withdrawal, objection and a copy of their data, all in Finnish', async () => {
@@ -253,4 +287,90 @@ test('without JavaScript the plain form withdraws a consent', async () => {
   const d = await decision('email_marketing', 'email', email);
   assert.deepEqual([d.allowed, d.reason], [false, 'withdrawn']);
   await page.context().close();
+});
+
+/** The decision for one channel of a purpose, for a person by email. */
+async function decisionOn(purpose, channel, email) {
+  const r = await api(tarmo, 'GET', `/api/v1/decisions?purpose=${purpose}&channel=${channel}&type=email&value=${encodeURIComponent(email)}`);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return [r.body.allowed, r.body.reason];
+}
+
+test('within one purpose a person keeps email and stops text messages, without JavaScript', async () => {
+  const email = 'kanavat@example.fi';
+  const g = await api(tarmo, 'POST', '/api/v1/consents', {
+    subject: { type: 'email', value: email }, purpose: 'offers', decision: 'granted',
+    method: 'web_form', source: 'checkout',
+  });
+  assert.equal(g.status, 200, JSON.stringify(g.body));
+  const d = await decision('offers', 'email', email);
+  const link = await api(tarmo, 'POST', `/api/v1/profiles/${d.profile_id}/preference-link?language=en`);
+  assert.equal(link.status, 200, JSON.stringify(link.body));
+  const page = await newPage(browser, { locale: 'en-GB', javaScriptEnabled: false });
+  await page.goto(link.body.url);
+  const box = page.locator('fieldset', { has: page.locator('input[name=purpose][value=offers]') });
+  const channels = box.getByRole('group', { name: 'Channels you allow' });
+  const sms = channels.getByRole('checkbox', { name: 'text message' });
+  const byEmail = channels.getByRole('checkbox', { name: 'email' });
+  assert.equal(await box.getByRole('checkbox', { name: 'I allow this' }).isChecked(), true);
+  assert.deepEqual([await byEmail.isChecked(), await sms.isChecked()], [true, true]);
+  await noSeriousViolations(page, 'preference page with channel boxes');
+
+  await sms.uncheck();
+  await page.getByRole('button', { name: 'Save my choices' }).click();
+  await page.waitForSelector('[role=status]');
+  assert.deepEqual(await decisionOn('offers', 'sms', email), [false, 'channel_withdrawn']);
+  assert.deepEqual(await decisionOn('offers', 'email', email), [true, 'consent_granted']);
+  assert.equal(await sms.isChecked(), false, 'the page shows the choice it saved');
+  assert.equal(await byEmail.isChecked(), true);
+  await noSeriousViolations(page, 'preference page after a channel choice');
+  const shot = await screenshot(page, 'preferences-channels-en');
+  copyFileSync(shot, join(repo, 'docs', 'preferences-channels-en.png'));
+
+  // The choice is evidence in the ledger, made on the page.
+  const c = await api(tarmo, 'GET', `/api/v1/profiles/${d.profile_id}/consents`);
+  const last = c.body.ledger.at(-1);
+  assert.deepEqual([last.purpose, last.channel, last.decision, last.method], ['offers', 'sms', 'withdrawn', 'preference_center']);
+
+  // And back on.
+  await sms.check();
+  await page.getByRole('button', { name: 'Save my choices' }).click();
+  await page.waitForSelector('[role=status]');
+  assert.deepEqual(await decisionOn('offers', 'sms', email), [true, 'consent_granted']);
+  await page.context().close();
+});
+
+test('the unsubscribe page of a real marketing email passes axe and its button withdraws', async () => {
+  const email = 'uutiset@example.fi';
+  const g = await api(tarmo, 'POST', '/api/v1/consents', {
+    subject: { type: 'email', value: email }, purpose: 'email_marketing', decision: 'granted',
+    method: 'web_form', source: 'shop footer',
+  });
+  assert.equal(g.status, 200, JSON.stringify(g.body));
+  const seen = smtp.messages.length;
+  const sent = await api(tarmo, 'POST', '/api/v1/messages/email', {
+    recipient: { type: 'email', value: email }, purpose: 'email_marketing',
+    subject: 'Avocados are in', text: 'Ripe avocados at your store this week.',
+  });
+  assert.equal(sent.status, 202, JSON.stringify(sent.body));
+  const mail = (await smtp.waitFor(seen + 1))[seen];
+  assert.equal(mail.header('Subject'), 'Avocados are in');
+  const url = /<([^>]+)>/.exec(mail.header('List-Unsubscribe'))?.[1];
+  assert.ok(url?.startsWith(`${tarmo.base}/u/`), mail.header('List-Unsubscribe'));
+
+  for (const javaScriptEnabled of [true, false]) {
+    const page = await newPage(browser, { locale: 'en-GB', javaScriptEnabled });
+    assert.equal((await page.goto(url)).status(), 200);
+    await noSeriousViolations(page, `unsubscribe page (JavaScript ${javaScriptEnabled ? 'on' : 'off'})`);
+    if (!javaScriptEnabled) {
+      assert.deepEqual(await decision('email_marketing', 'email', email).then((x) => [x.allowed, x.reason]), [true, 'consent_granted'], 'opening the page changes nothing');
+      await screenshot(page, 'unsubscribe-en');
+      await page.getByRole('button', { name: 'Unsubscribe' }).click();
+      await page.waitForSelector('text=You are unsubscribed');
+      await noSeriousViolations(page, 'unsubscribed page');
+      const d = await decision('email_marketing', 'email', email);
+      assert.deepEqual([d.allowed, d.reason], [false, 'withdrawn']);
+    }
+    await page.context().close();
+  }
 });

@@ -489,6 +489,7 @@ fn consents(
                     evidence.insert("consented_at".into(), Value::String(c.clone()));
                 }
                 entries.push(NewEntry {
+                    channel: None,
                     profile_id: profile,
                     purpose: r.purpose,
                     decision: r.decision,

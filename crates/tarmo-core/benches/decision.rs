@@ -91,6 +91,7 @@ fn main() {
                 notice_seq: 1 + ((r >> 40) % 2) as u32,
                 seq: p,
                 gpc_ms: None,
+                channels_off: 0,
             };
             states.insert((p, purpose), st);
             dense[p as usize * 4 + purpose as usize] = Some(st);

@@ -213,6 +213,10 @@ pub struct ConsentInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub evidence: Map<String, Value>,
+    /// One channel of the purpose (email, sms, ...): the decision is about
+    /// that channel only (granted, denied or withdrawn), e.g. keep email
+    /// but stop SMS. The person must already have a record for the purpose.
+    pub channel: Option<String>,
 }
 
 fn default_method() -> String {
@@ -310,6 +314,16 @@ pub async fn record(
         p.may_act_for(&e.purpose).map_err(at)?;
         tarmo_core::consent::check_entry(&e.purpose, &c.rule, decision, method)
             .map_err(|x| at(x.into()))?;
+        let channel = e
+            .channel
+            .as_deref()
+            .map(Channel::parse)
+            .transpose()
+            .map_err(|x| at(x.into()))?;
+        if let Some(ch) = channel {
+            tarmo_core::consent::check_channel_entry(&e.purpose, &c.rule, ch, decision)
+                .map_err(|x| at(x.into()))?;
+        }
         if e.source.trim().is_empty() {
             return Err(at(ApiError::new(
                 Code::InvalidSource,
@@ -318,14 +332,14 @@ pub async fn record(
         }
         let (lookup, ident) = subject_ref_lookup(&s, &e.subject).map_err(at)?;
         let prepared = ident.as_ref().map(|i| s.store.prepare_identifier(i));
-        parsed.push((lookup, prepared, e, decision, method));
+        parsed.push((lookup, prepared, e, decision, method, channel));
     }
     let recorded = s
         .transact(move |ctx| {
             let mut out = Vec::with_capacity(parsed.len());
             let mut entries = Vec::with_capacity(parsed.len());
             let mut slots = Vec::with_capacity(parsed.len());
-            for (lookup, prepared, e, decision, method) in parsed {
+            for (lookup, prepared, e, decision, method, channel) in parsed {
                 let profile = match (lookup, prepared) {
                     (Lookup::Id(p), _) => doi::current_profile(ctx.conn, p)?.ok_or_else(|| {
                         tarmo_store::Error::rejected(
@@ -354,6 +368,7 @@ pub async fn record(
                     suppressed: false,
                 });
                 entries.push(NewEntry {
+                    channel,
                     profile_id: profile,
                     purpose: e.purpose,
                     decision,
@@ -389,6 +404,10 @@ pub struct ConsentStateView {
     /// What the decision route answers now, for any channel.
     pub allowed: bool,
     pub reason: String,
+    /// Channels of the purpose the person switched off while keeping it
+    /// (the decision for those answers `channel_withdrawn`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels_off: Vec<&'static str>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -454,6 +473,9 @@ pub async fn profile_consents(
                 since: rfc3339(st.at_ms),
                 allowed: v.is_some_and(|v| v.allowed),
                 reason: v.map_or("unknown_purpose", |v| v.reason.as_str()).into(),
+                channels_off: Channel::in_set(st.channels_off)
+                    .map(Channel::as_str)
+                    .collect(),
                 purpose,
             }
         })

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
-use tarmo_core::consent::{ConsentDecision, LegalBasis, Method, decide};
+use tarmo_core::consent::{Channel, ConsentDecision, LegalBasis, Method, decide};
 use tarmo_notify::pages::{fill_days, fill_org, tag_is_rtl};
 use tarmo_notify::templates::Lang;
 use tarmo_store::automations::{preferences_language, preferences_scope};
@@ -533,6 +533,53 @@ struct PersonNow {
     processors: Vec<tarmo_store::processors::ProcessorView>,
 }
 
+impl PersonNow {
+    fn state_of(&self, c: &ledger::CatalogEntry) -> Option<&tarmo_core::consent::ConsentState> {
+        self.states
+            .iter()
+            .find(|(p, _)| p == c.id.as_str())
+            .map(|x| &x.1)
+    }
+}
+
+/// The value of one channel's box: `purpose:channel`.
+fn channel_value(purpose: &str, c: Channel) -> String {
+    format!("{purpose}:{}", c.as_str())
+}
+
+/// One box per channel of a purpose reaching the person by more than one:
+/// unticking one stops that channel and keeps the others. Ticked unless the
+/// person switched it off; saved with the purpose's box ticked (a purpose
+/// switched off keeps its channels' choices for when it is on again).
+fn channel_boxes(
+    lang: Lang,
+    c: &ledger::CatalogEntry,
+    st: Option<&tarmo_core::consent::ConsentState>,
+) -> String {
+    if c.spec.channels.len() < 2 {
+        return String::new();
+    }
+    // The hidden field says the boxes were on the page, so that a form
+    // without them (an older page, a script) leaves the channels alone.
+    let mut o = format!(
+        "<fieldset class=\"channels\"><legend>{}</legend><input type=\"hidden\" name=\"channels_shown\" value=\"{}\">",
+        esc(lang.page().channel_choice),
+        esc(c.id.as_str())
+    );
+    for &ch in &c.spec.channels {
+        let off = st.is_some_and(|s| s.channel_off(ch));
+        let _ = write!(
+            o,
+            "<label><input type=\"checkbox\" name=\"channel\" value=\"{}\"{}> {}</label>",
+            esc(&channel_value(c.id.as_str(), ch)),
+            if off { "" } else { " checked" },
+            esc(lang.channel(ch.as_str()).unwrap_or(ch.as_str()))
+        );
+    }
+    o.push_str("</fieldset>");
+    o
+}
+
 async fn render_preferences(
     s: &AppState,
     profile: i64,
@@ -596,10 +643,11 @@ async fn render_preferences(
         for c in of(Group::Consent) {
             let _ = write!(
                 body,
-                "<fieldset>{}{}<label><input type=\"checkbox\" name=\"purpose\" value=\"{id}\"{checked}> {}</label></fieldset>",
+                "<fieldset>{}{}<label><input type=\"checkbox\" name=\"purpose\" value=\"{id}\"{checked}> {}</label>{}</fieldset>",
                 purpose_head(c),
                 purpose_details(lang, c, &now_state.processors),
                 esc(t.allow_label),
+                channel_boxes(lang, c, now_state.state_of(c)),
                 id = esc(c.id.as_str()),
                 checked = if allowed(c) { " checked" } else { "" },
             );
@@ -715,7 +763,7 @@ pub async fn preferences_page(
 /// offer for that change is refused and nothing is saved.
 #[utoipa::path(post, path = "/p/{token}", tag = "pages",
     params(("token" = String, Path, description = "The preference link's signed token")),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "purpose=<id> for each purpose resting on consent that is allowed; object=<id> for each purpose on legitimate interests objected to"),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "purpose=<id> for each purpose resting on consent that is allowed; channel=<id>:<channel> for each channel kept of such a purpose with several channels (unticked: that channel is switched off); object=<id> for each purpose on legitimate interests objected to"),
     responses((status = 200, content_type = "text/html", body = String),
         (status = 400, body = ErrorBody), (status = 404, content_type = "text/html", body = String)))]
 pub async fn preferences_post(
@@ -749,6 +797,11 @@ pub async fn preferences_post(
             .into_response();
         }
     }
+    for (_, v) in fields.iter().filter(|(k, _)| k == "channel") {
+        if let Err(e) = channel_field(&catalog, v) {
+            return e.into_response();
+        }
+    }
     let ev = evidence(&headers, peer.0);
     // GPC first, so that the person's explicit choice below stands over it.
     let gpc_seen = match record_gpc_if_sent(&s, &headers, profile, ev.clone()).await {
@@ -780,6 +833,7 @@ pub async fn preferences_post(
                     _ => continue,
                 };
                 entries.push(NewEntry {
+                    channel: None,
                     profile_id: p,
                     purpose: c.id.to_string(),
                     decision,
@@ -790,6 +844,39 @@ pub async fn preferences_post(
                     evidence: ev.clone(),
                 });
             }
+            // The channels of each purpose kept (or given) on this save: a
+            // box unticked switches its channel off, one ticked again back
+            // on. A purpose switched off keeps its channels as they were.
+            for c in ctx.catalog.entries() {
+                if group(c) != Group::Consent
+                    || c.spec.channels.len() < 2
+                    || !named("purpose", c.id.as_str())
+                    || !named("channels_shown", c.id.as_str())
+                {
+                    continue;
+                }
+                let st = ledger::state(ctx.conn, p, c.id.as_str())?;
+                for &ch in &c.spec.channels {
+                    let off = st.is_some_and(|s| s.channel_off(ch));
+                    let want = named("channel", &channel_value(c.id.as_str(), ch));
+                    let decision = match (off, want) {
+                        (true, true) => ConsentDecision::Granted,
+                        (false, false) => ConsentDecision::Withdrawn,
+                        _ => continue,
+                    };
+                    entries.push(NewEntry {
+                        channel: Some(ch),
+                        profile_id: p,
+                        purpose: c.id.to_string(),
+                        decision,
+                        method: Method::PreferenceCenter,
+                        notice_version: None,
+                        at_ms: None,
+                        source: "preference page".into(),
+                        evidence: ev.clone(),
+                    });
+                }
+            }
             ledger::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)?;
             Ok(())
         })
@@ -798,6 +885,33 @@ pub async fn preferences_post(
         return e.into_response();
     }
     render_preferences(&s, profile, &token, lang, gpc_seen, true).await
+}
+
+/// A `channel=purpose:channel` field of the preference form, checked
+/// against the catalog: a purpose on consent that reaches people by more
+/// than one channel, one of them.
+fn channel_field(catalog: &ledger::Catalog, v: &str) -> Result<(), ApiError> {
+    let (purpose, name) = v.split_once(':').unwrap_or((v, ""));
+    let c = catalog
+        .get(purpose)
+        .filter(|c| group(c) == Group::Consent && c.spec.channels.len() > 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::UnknownPurpose,
+                "channel= names purpose:channel of a purpose on consent with several channels",
+            )
+        })?;
+    let ch = Channel::parse(name)?;
+    if !c.rule.covers(ch) {
+        return Err(ApiError::new(
+            Code::ChannelNotCovered,
+            format!(
+                "purpose `{purpose}` does not reach anyone by `{}`",
+                ch.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 // --------------------------------------------------------------------- GPC

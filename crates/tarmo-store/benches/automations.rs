@@ -183,6 +183,7 @@ fn main() {
         let entries: Vec<NewEntry> = chunk
             .iter()
             .map(|&p| NewEntry {
+                channel: None,
                 profile_id: p,
                 purpose: "email_marketing".into(),
                 decision: ConsentDecision::Granted,

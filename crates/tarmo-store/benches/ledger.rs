@@ -95,6 +95,7 @@ fn main() {
                     json!("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"),
                 );
                 NewEntry {
+                    channel: None,
                     profile_id: ids[(r % profiles) as usize],
                     purpose: purposes[((r >> 16) % 4) as usize].into(),
                     decision: decisions[((r >> 24) % 4) as usize],

@@ -178,6 +178,7 @@ fn main() {
             .iter()
             .flat_map(|p| {
                 ["email_marketing", "ad_audiences"].map(|purpose| NewEntry {
+                    channel: None,
                     profile_id: *p,
                     purpose: purpose.into(),
                     decision: ConsentDecision::Granted,

@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tarmo_core::consent::ledger::{ChainFields, GENESIS, chain_hash};
 use tarmo_core::consent::{
-    ConsentDecision, ConsentState, EntryFacts, Method, ProfileFlags, PurposeId, PurposeRule,
-    PurposeSpec, check_entry, fold, gpc_applies,
+    Channel, ConsentDecision, ConsentState, EntryFacts, Method, ProfileFlags, PurposeId,
+    PurposeRule, PurposeSpec, check_channel_entry, check_entry, fold, gpc_applies,
 };
 use utoipa::ToSchema;
 
@@ -387,6 +387,9 @@ pub struct NewEntry {
     /// The collection point ("checkout form v3"). Never personal data.
     pub source: String,
     pub evidence: Map<String, Value>,
+    /// The one channel of the purpose the choice is about (keep email,
+    /// stop SMS); `None` for the purpose as a whole.
+    pub channel: Option<Channel>,
 }
 
 fn hash32(b: &[u8]) -> Result<[u8; 32]> {
@@ -406,10 +409,15 @@ pub(crate) fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
         notice_seq: r.int(at + 3)? as u32,
         seq: r.int(at + 4)?,
         gpc_ms: r.opt_int(at + 5)?,
+        // Only `Channel::bit`s are ever stored; anything else is corrupt.
+        channels_off: u8::try_from(r.opt_int(at + 6)?.unwrap_or(0))
+            .map_err(|_| Error::Corrupt("consent_state.channels_off out of range".into()))?,
     })
 }
 
-const STATE_COLUMNS: &str = "decision, method, at_ms, notice_seq, seq, gpc_ms";
+/// The columns [`state_of_row`] reads, in its order.
+pub(crate) const STATE_COLUMNS: &str =
+    "decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off";
 
 /// The state of one person for one purpose.
 pub fn state(
@@ -418,8 +426,9 @@ pub fn state(
     purpose: &str,
 ) -> Result<Option<ConsentState>> {
     conn.query_opt(
-        "SELECT decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state
-         WHERE profile_id = $1 AND purpose_id = $2",
+        &format!(
+            "SELECT {STATE_COLUMNS} FROM consent_state WHERE profile_id = $1 AND purpose_id = $2"
+        ),
         &[P::Int(profile), P::Text(purpose)],
     )?
     .map(|r| state_of_row(&r, 0))
@@ -429,8 +438,10 @@ pub fn state(
 /// Every purpose's state for one person.
 pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, ConsentState)>> {
     conn.query(
-        "SELECT purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state
-         WHERE profile_id = $1 ORDER BY purpose_id",
+        &format!(
+            "SELECT purpose_id, {STATE_COLUMNS} FROM consent_state
+             WHERE profile_id = $1 ORDER BY purpose_id"
+        ),
         &[P::Int(profile)],
     )?
     .iter()
@@ -445,11 +456,11 @@ fn put_state(
     s: &ConsentState,
 ) -> Result<()> {
     conn.exec(
-        "INSERT INTO consent_state (profile_id, purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO consent_state (profile_id, purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (profile_id, purpose_id) DO UPDATE SET decision = excluded.decision,
              method = excluded.method, at_ms = excluded.at_ms, notice_seq = excluded.notice_seq,
-             seq = excluded.seq, gpc_ms = excluded.gpc_ms",
+             seq = excluded.seq, gpc_ms = excluded.gpc_ms, channels_off = excluded.channels_off",
         &[
             P::Int(profile),
             P::Text(purpose),
@@ -459,6 +470,7 @@ fn put_state(
             P::Int(s.notice_seq.into()),
             P::Int(s.seq),
             P::from(s.gpc_ms),
+            P::Int(s.channels_off.into()),
         ],
     )?;
     Ok(())
@@ -482,6 +494,9 @@ pub fn append(
     for e in entries {
         let c = catalog.require(&e.purpose)?;
         check_entry(c.id.as_str(), &c.rule, e.decision, e.method)?;
+        if let Some(ch) = e.channel {
+            check_channel_entry(c.id.as_str(), &c.rule, ch, e.decision)?;
+        }
         if e.source.len() > 200 {
             return Err(Error::rejected(
                 Code::InvalidSource,
@@ -551,12 +566,13 @@ pub fn append(
             recorded_ms: now_ms,
             source: SEALED_SOURCE,
             evidence: &sealed,
+            channel: e.channel.map(Channel::as_str),
         };
         let hash = chain_hash(&prev, &f);
         conn.exec(
             "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,
-                 notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             &[
                 P::Int(seq),
                 P::Int(e.profile_id),
@@ -572,6 +588,7 @@ pub fn append(
                 P::Blob(&sealed),
                 P::Blob(&prev),
                 P::Blob(&hash),
+                P::from(e.channel.map(Channel::as_str)),
             ],
         )?;
         let k = (e.profile_id, e.purpose.clone());
@@ -583,6 +600,15 @@ pub fn append(
                 s
             }
         };
+        if e.channel.is_some() && cur.is_none() {
+            return Err(Error::rejected(
+                Code::ChannelWithoutConsent,
+                format!(
+                    "a choice about one channel refines the person's record for `{}`; there is none yet, so record the purpose first",
+                    e.purpose
+                ),
+            ));
+        }
         counts.add(at_ms, &e.purpose, e.method.as_str(), e.decision.as_str());
         let next = fold(
             cur,
@@ -592,6 +618,7 @@ pub fn append(
                 method: e.method,
                 at_ms,
                 notice_seq,
+                channel: e.channel,
             },
         );
         touched.insert(k, next);
@@ -654,6 +681,10 @@ pub struct LedgerEntryView {
     pub evidence: Value,
     /// This entry's link in the chain (hex SHA-256).
     pub hash: String,
+    /// The one channel of the purpose the entry is about; absent for the
+    /// purpose as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// What `consent_ledger.source` holds for an entry whose collection point is
@@ -692,7 +723,7 @@ pub fn history(
 ) -> Result<Vec<LedgerEntryView>> {
     let rows = conn.query(
         "SELECT seq, profile_id, key_owner, purpose_id, decision, method, notice_version, at_ms,
-                recorded_ms, source, evidence, hash FROM consent_ledger
+                recorded_ms, source, evidence, hash, channel FROM consent_ledger
          WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
          ORDER BY seq",
         &[P::Int(profile)],
@@ -719,6 +750,7 @@ pub fn history(
             source,
             evidence,
             hash: hex::encode(r.blob(11)?),
+            channel: r.opt_text(12)?,
         });
     }
     Ok(out)
@@ -763,7 +795,7 @@ pub fn verify(
     loop {
         let rows = conn.query(
             "SELECT seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
-                    notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash
+                    notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel
              FROM consent_ledger WHERE seq > $1 ORDER BY seq LIMIT 5000",
             &[P::Int(last)],
         )?;
@@ -783,6 +815,7 @@ pub fn verify(
             let (purpose, decision, method, version, source) =
                 (r.text(3)?, r.text(4)?, r.text(5)?, r.text(6)?, r.text(10)?);
             let evidence = r.blob(11)?;
+            let channel = r.opt_text(14)?;
             let f = ChainFields {
                 seq,
                 profile_id: r.int(1)?,
@@ -796,6 +829,7 @@ pub fn verify(
                 recorded_ms: r.int(9)?,
                 source: &source,
                 evidence: &evidence,
+                channel: channel.as_deref(),
             };
             let problem = if r.blob(12)? != prev {
                 Some("its prev_hash is not the hash of the entry before it")
@@ -854,7 +888,7 @@ pub fn fold_all(conn: &mut dyn Conn) -> Result<StateMap> {
     loop {
         let rows = conn.query(
             "SELECT l.seq, COALESCE(p.merged_into, p.id), l.purpose_id, l.decision, l.method,
-                    l.at_ms, l.notice_seq
+                    l.at_ms, l.notice_seq, l.channel
              FROM consent_ledger l JOIN profiles p ON p.id = l.profile_id
              WHERE l.seq > $1 ORDER BY l.seq LIMIT 10000",
             &[P::Int(last)],
@@ -869,6 +903,11 @@ pub fn fold_all(conn: &mut dyn Conn) -> Result<StateMap> {
                 method: Method::parse(&r.text(4)?).map_err(corrupt)?,
                 at_ms: r.int(5)?,
                 notice_seq: r.int(6)? as u32,
+                channel: r
+                    .opt_text(7)?
+                    .map(|c| Channel::parse(&c))
+                    .transpose()
+                    .map_err(corrupt)?,
             };
             let k = (r.int(1)?, r.text(2)?);
             let next = fold(out.get(&k).copied(), &facts);
@@ -920,7 +959,7 @@ pub fn rebuild(conn: &mut dyn Conn) -> Result<u64> {
 /// folded again from both profiles' entries, in ledger order.
 pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Result<()> {
     let rows = conn.query(
-        "SELECT seq, purpose_id, decision, method, at_ms, notice_seq FROM consent_ledger
+        "SELECT seq, purpose_id, decision, method, at_ms, notice_seq, channel FROM consent_ledger
          WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
          ORDER BY seq",
         &[P::Int(into)],
@@ -934,6 +973,11 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
             method: Method::parse(&r.text(3)?).map_err(corrupt)?,
             at_ms: r.int(4)?,
             notice_seq: r.int(5)? as u32,
+            channel: r
+                .opt_text(6)?
+                .map(|c| Channel::parse(&c))
+                .transpose()
+                .map_err(corrupt)?,
         };
         let purpose = r.text(1)?;
         if let Some(s) = fold(folded.get(&purpose).copied(), &facts) {
@@ -1006,7 +1050,7 @@ pub enum Subject {
 macro_rules! subject_sql {
     ($who:literal) => {
         concat!(
-            "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, f.restricted_ms
+            "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, s.channels_off, f.restricted_ms
              FROM profiles p
              LEFT JOIN consent_state s ON s.profile_id = p.id AND s.purpose_id = $2
              LEFT JOIN profile_flags f ON f.profile_id = p.id
@@ -1029,7 +1073,7 @@ fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
         r.int(0)?,
         st,
         ProfileFlags {
-            restricted_since: r.opt_int(7)?,
+            restricted_since: r.opt_int(8)?,
             suppressed_since: None,
         },
     )))
@@ -1055,7 +1099,7 @@ pub fn subjects_by_id(
     for page in profiles.chunks(500) {
         let marks: Vec<String> = (0..page.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, f.restricted_ms, q.id
+            "SELECT p.id, s.decision, s.method, s.at_ms, s.notice_seq, s.seq, s.gpc_ms, s.channels_off, f.restricted_ms, q.id
              FROM profiles q
              JOIN profiles p ON p.id = COALESCE(q.merged_into, q.id)
              LEFT JOIN consent_state s ON s.profile_id = p.id AND s.purpose_id = $1
@@ -1067,7 +1111,7 @@ pub fn subjects_by_id(
         params.push(P::Text(purpose));
         params.extend(page.iter().map(|&p| P::Int(p)));
         for r in conn.query(&sql, &params)? {
-            let asked = r.int(8)?;
+            let asked = r.int(9)?;
             if let Some(s) = subject_of(Some(r))? {
                 found.insert(asked, s);
             }
@@ -1146,6 +1190,7 @@ pub fn record_gpc(
                 at_ms: None,
                 source: source.to_owned(),
                 evidence: evidence.clone(),
+                channel: None,
             });
         }
     }
@@ -1225,6 +1270,7 @@ pub fn record_signal(
             at_ms: None,
             source: signal.source.clone(),
             evidence: sealed_evidence.clone(),
+            channel: None,
         })
         .collect();
     let seqs = append(conn, vault, catalog, &entries, now_ms)?;

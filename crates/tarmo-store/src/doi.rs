@@ -120,6 +120,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
     let entries: Vec<NewEntry> = pending
         .iter()
         .map(|(p, v)| NewEntry {
+            channel: None,
             profile_id: profile,
             purpose: p.clone(),
             decision: ConsentDecision::PendingConfirmation,
@@ -223,6 +224,7 @@ pub fn confirm(
         .iter()
         .filter(|(p, _)| ctx.catalog.get(p).is_some())
         .map(|(p, v)| NewEntry {
+            channel: None,
             profile_id: profile,
             purpose: p.clone(),
             decision: ConsentDecision::Granted,
@@ -278,6 +280,7 @@ pub fn unsubscribe(
         return Ok(false);
     }
     let entry = NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: link.scope.clone(),
         decision,

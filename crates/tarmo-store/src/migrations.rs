@@ -430,6 +430,13 @@ INSERT INTO consent_daily_states (day, purpose_id, decision, delta)
 CREATE INDEX consent_state_expiry ON consent_state(purpose_id, decision, at_ms);
 "#,
     ),
+    (
+        17,
+        r#"
+ALTER TABLE consent_ledger ADD COLUMN channel TEXT;
+ALTER TABLE consent_state ADD COLUMN channels_off BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the

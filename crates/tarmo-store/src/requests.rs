@@ -620,6 +620,7 @@ fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
             let entries: Vec<NewEntry> = purposes
                 .iter()
                 .map(|p| NewEntry {
+                    channel: None,
                     profile_id: profile,
                     purpose: p.clone(),
                     decision: ConsentDecision::Objected,

@@ -142,6 +142,7 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                     .iter()
                     .map(|r| {
                         Ok(NewEntry {
+                            channel: None,
                             profile_id: r.int(0)?,
                             purpose: p.clone(),
                             decision: ConsentDecision::Expired,

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -212,7 +213,7 @@ fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<Installa
 pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) -> Result<()> {
     if current.same_as(new) {
         return Err(Error::rejected(
-            "master_key_unchanged",
+            Code::MasterKeyUnchanged,
             "the new master key is the current one",
         ));
     }
@@ -235,7 +236,7 @@ pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) ->
         )?;
         if n != 1 {
             return Err(Error::rejected(
-                "master_key_rotation_conflict",
+                Code::MasterKeyRotationConflict,
                 "another rotation of the master key ran at the same time",
             ));
         }

@@ -224,6 +224,7 @@ conformance!(
     a_segment_that_a_flow_names_is_not_deleted,
     lost_connections_are_replaced_and_say_unavailable,
     the_dashboard_aggregates_follow_every_consent_change,
+    a_channel_choice_is_chained_evidence_that_folds_and_decides,
 );
 
 /// What only PostgreSQL can show: ids that commit out of their order.

@@ -947,3 +947,202 @@ fn a_bad_body_names_the_field_and_an_empty_one_says_what_is_needed() {
         assert!(m.starts_with(needed) && !m.contains("EOF"), "{path}: {m}");
     }
 }
+
+/// The decision for one channel of a purpose, for a person by email.
+fn decision_on(s: &Server, purpose: &str, channel: &str, email: &str) -> (bool, String) {
+    let (st, v) = admin(
+        s,
+        "GET",
+        &format!(
+            "/api/v1/decisions?purpose={purpose}&channel={channel}&type=email&value={}",
+            email.replace('@', "%40")
+        ),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    (
+        v["allowed"].as_bool().unwrap(),
+        v["reason"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let s = start(&data, &a, &w);
+    let (st, v) = admin(
+        &s,
+        "PUT",
+        "/api/v1/purposes/offers",
+        Some(
+            &json!({"name": "Offers by email and text message", "legal_basis": "consent",
+            "channels": ["email", "sms"], "data_categories": ["contact"], "retention_days": 365,
+            "direct_marketing": true, "notice": {"en": "We send you offers by email and by text message."}}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let email = "kanavat@example.fi";
+    let subject = json!({"type": "email", "value": email});
+    let record = |body: Value| admin(&s, "POST", "/api/v1/consents", Some(&body));
+
+    // Bad channel input: its own code each, nothing written or created.
+    let bad = [
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+            "source": "app", "channel": "pigeon"}),
+            "unknown_channel",
+        ),
+        (
+            json!({"subject": subject, "purpose": "email_marketing", "decision": "withdrawn",
+            "source": "app", "channel": "sms"}),
+            "channel_not_covered",
+        ),
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "objected",
+            "source": "app", "channel": "sms"}),
+            "invalid_channel_decision",
+        ),
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+            "source": "app", "channel": "sms"}),
+            "channel_without_consent",
+        ),
+    ];
+    for (body, code) in bad {
+        let (st, v) = record(body);
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{v}");
+    }
+    assert_eq!(decision_on(&s, "offers", "sms", email).1, "unknown_profile");
+
+    // Granted for the purpose, then SMS stopped through the API.
+    let (st, v) = record(
+        json!({"subject": subject, "purpose": "offers", "decision": "granted",
+        "method": "web_form", "source": "checkout"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = record(
+        json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+        "source": "app settings", "channel": "sms"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        decision_on(&s, "offers", "sms", email),
+        (false, "channel_withdrawn".into())
+    );
+    assert_eq!(
+        decision_on(&s, "offers", "email", email),
+        (true, "consent_granted".into())
+    );
+    let profile = decision(&s, "offers", "email", email)["profile_id"].clone();
+    let (_, c) = admin(
+        &s,
+        "GET",
+        &format!("/api/v1/profiles/{profile}/consents"),
+        None,
+    );
+    let offers = c["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["purpose"] == "offers")
+        .unwrap()
+        .clone();
+    assert_eq!(offers["channels_off"], json!(["sms"]), "{c}");
+    assert_eq!(offers["decision"], "granted");
+    let last = c["ledger"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["channel"].as_str(), last["decision"].as_str()),
+        (Some("sms"), Some("withdrawn"))
+    );
+
+    // The person's page shows a box per channel, SMS unticked; ticking SMS
+    // and unticking email there swaps them, as ledger entries of the page.
+    let (_, v) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/profiles/{profile}/preference-link"),
+        None,
+    );
+    let url = v["url"].as_str().unwrap().to_owned();
+    let (st, body) = page("GET", &url, None, &[("Accept-Language", "en")]);
+    assert_eq!(st, 200);
+    assert!(body.contains("value=\"offers:email\" checked"), "{body}");
+    assert!(body.contains("value=\"offers:sms\">"), "{body}");
+    assert!(body.contains("Channels you allow"), "{body}");
+    for (form, code) in [
+        ("purpose=offers&channel=offers:push", "channel_not_covered"),
+        ("purpose=offers&channel=offers:pigeon", "unknown_channel"),
+        (
+            "purpose=offers&channel=email_marketing:email",
+            "unknown_purpose",
+        ),
+    ] {
+        let (st, body) = page("POST", &url, Some(form), &[]);
+        assert_eq!(st, 400, "{form}");
+        assert!(body.contains(code), "{form}: {body}");
+    }
+    assert_eq!(
+        decision_on(&s, "offers", "sms", email).1,
+        "channel_withdrawn"
+    );
+    // A form without the channel boxes (an older page) leaves them alone.
+    let (st, _) = page("POST", &url, Some("purpose=offers"), &[]);
+    assert_eq!(st, 200);
+    assert_eq!(decision_on(&s, "offers", "email", email).0, true);
+    let (st, _) = page(
+        "POST",
+        &url,
+        Some("purpose=offers&channels_shown=offers&channel=offers%3Asms"),
+        &[],
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        decision_on(&s, "offers", "sms", email),
+        (true, "consent_granted".into())
+    );
+    assert_eq!(
+        decision_on(&s, "offers", "email", email),
+        (false, "channel_withdrawn".into())
+    );
+    let (_, c) = admin(
+        &s,
+        "GET",
+        &format!("/api/v1/profiles/{profile}/consents"),
+        None,
+    );
+    let tail: Vec<(String, String, String)> = c["ledger"].as_array().unwrap()[2..]
+        .iter()
+        .map(|e| {
+            (
+                e["channel"].as_str().unwrap_or("").to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+                e["method"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (
+                "email".into(),
+                "withdrawn".into(),
+                "preference_center".into()
+            ),
+            ("sms".into(), "granted".into(), "preference_center".into()),
+        ]
+    );
+
+    // The chain and the materialised state hold, old entries and new.
+    drop(s);
+    let out = Command::new(BIN)
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ledger intact: 4 entries"), "{text}");
+    assert!(text.contains("consent state: matches the ledger"), "{text}");
+}

@@ -42,6 +42,14 @@ pub enum ConsentError {
     #[error("purpose `{0}` does not rest on consent, so there is no consent to record for it")]
     NotConsentBased(String),
     #[error(
+        "purpose `{0}` does not reach anyone by `{1}`; see its channels in GET /api/v1/purposes"
+    )]
+    ChannelNotCovered(String, String),
+    #[error(
+        "a choice about one channel is granted, denied or withdrawn (the purpose's other decisions have no channel)"
+    )]
+    ChannelDecision,
+    #[error(
         "purpose `{0}` rests on a basis a person cannot object to (contract, legal obligation, vital interests) and is not direct marketing"
     )]
     ObjectionNotApplicable(String),
@@ -71,6 +79,30 @@ pub fn check_entry(
     }
 }
 
+/// Whether an entry about one channel of a purpose may be recorded: the
+/// purpose must reach people by that channel, rest on consent (the choice
+/// refines a consent), and the decision be a grant or a refusal.
+pub fn check_channel_entry(
+    purpose: &str,
+    rule: &PurposeRule,
+    channel: Channel,
+    decision: ConsentDecision,
+) -> Result<(), ConsentError> {
+    if !rule.covers(channel) {
+        return Err(ConsentError::ChannelNotCovered(
+            purpose.into(),
+            channel.as_str().into(),
+        ));
+    }
+    if rule.basis != LegalBasis::Consent {
+        return Err(ConsentError::NotConsentBased(purpose.into()));
+    }
+    match decision {
+        ConsentDecision::Granted | ConsentDecision::Denied | ConsentDecision::Withdrawn => Ok(()),
+        _ => Err(ConsentError::ChannelDecision),
+    }
+}
+
 impl ConsentError {
     pub fn code(&self) -> Code {
         match self {
@@ -83,6 +115,8 @@ impl ConsentError {
             Self::NotConsentBased(_) => Code::PurposeNotConsentBased,
             Self::ObjectionNotApplicable(_) => Code::ObjectionNotApplicable,
             Self::InvalidSignalMap(_) => Code::InvalidSignalMap,
+            Self::ChannelNotCovered(..) => Code::ChannelNotCovered,
+            Self::ChannelDecision => Code::InvalidChannelDecision,
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum Reason {
     Suppressed,
     /// The purpose does not cover this channel.
     ChannelNotCovered,
+    /// The person keeps the purpose but switched this one channel of it off.
+    ChannelWithdrawn,
     /// No such person is known.
     UnknownProfile,
 }
@@ -63,6 +65,7 @@ impl Reason {
             Self::Restricted => "restricted",
             Self::Suppressed => "suppressed",
             Self::ChannelNotCovered => "channel_not_covered",
+            Self::ChannelWithdrawn => "channel_withdrawn",
             Self::UnknownProfile => "unknown_profile",
         }
     }
@@ -156,6 +159,11 @@ pub fn decide(
             };
             match s.decision {
                 ConsentDecision::Granted => {
+                    if let Some(c) = channel
+                        && s.channel_off(c)
+                    {
+                        return Verdict::no(basis, Reason::ChannelWithdrawn, None);
+                    }
                     if let Some(life) = rule.consent_lifetime_ms
                         && now_ms >= s.at_ms.saturating_add(life)
                     {
@@ -237,6 +245,7 @@ mod tests {
             notice_seq,
             seq: 1,
             gpc_ms: (method == Method::Gpc).then_some(at_ms),
+            channels_off: 0,
         }
     }
 
@@ -286,6 +295,37 @@ mod tests {
         assert_eq!((v.allowed, v.reason), (false, Reason::ChannelNotCovered));
         let v = decide(&r, None, Some(&g), ProfileFlags::default(), 2);
         assert!(v.allowed, "no channel named: the purpose alone decides");
+    }
+
+    #[test]
+    fn a_channel_switched_off_is_denied_while_the_others_stay_allowed() {
+        let r = rule(LegalBasis::Consent, |s| {
+            s.channels = vec![Channel::Email, Channel::Sms]
+        });
+        let mut g = st(ConsentDecision::Granted, Method::WebForm, 1000, 2);
+        g.channels_off = Channel::Sms.bit();
+        let at = |c| {
+            let v = decide(&r, c, Some(&g), ProfileFlags::default(), 2000);
+            (v.allowed, v.reason)
+        };
+        assert_eq!(at(Some(Channel::Sms)), (false, Reason::ChannelWithdrawn));
+        assert_eq!(at(Some(Channel::Email)), (true, Reason::ConsentGranted));
+        assert_eq!(
+            at(None),
+            (true, Reason::ConsentGranted),
+            "the purpose as a whole still stands"
+        );
+        // The purpose's own refusal speaks first.
+        let mut w = st(ConsentDecision::Withdrawn, Method::WebForm, 1000, 2);
+        w.channels_off = Channel::Sms.bit();
+        let v = decide(
+            &r,
+            Some(Channel::Sms),
+            Some(&w),
+            ProfileFlags::default(),
+            2000,
+        );
+        assert_eq!(v.reason, Reason::Withdrawn);
     }
 
     #[test]

@@ -126,8 +126,15 @@ impl Channel {
         }
     }
 
-    fn bit(self) -> u8 {
+    /// This channel's bit in a set of channels (a purpose's channels, the
+    /// channels a person switched off within a purpose).
+    pub fn bit(self) -> u8 {
         1 << (self as u8)
+    }
+
+    /// The channels of a set of bits, in [`Channel::ALL`] order.
+    pub fn in_set(bits: u8) -> impl Iterator<Item = Channel> {
+        Self::ALL.into_iter().filter(move |c| bits & c.bit() != 0)
     }
 }
 

@@ -157,6 +157,8 @@ struct LedgerRow {
     source: String,
     notice_version: String,
     evidence: String,
+    /// The one channel an entry is about; empty for the whole purpose.
+    channel: String,
 }
 
 fn event_name(m: &Value) -> String {
@@ -243,6 +245,7 @@ async fn customer_page(
                 at: e.at,
                 source: e.source,
                 notice_version: e.notice_version,
+                channel: e.channel.unwrap_or_default(),
                 evidence: if e.evidence.is_null() {
                     "(not visible to your roles)".into()
                 } else {
@@ -259,8 +262,18 @@ async fn customer_page(
                     .and_then(|p| serde_json::to_value(p.spec.legal_basis).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
+                // Each channel the purpose reaches, and whether the person
+                // switched it off while keeping the purpose.
+                let channels: Vec<Value> = catalog
+                    .get(&st.purpose)
+                    .map(|p| p.spec.channels.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| json!({"name": c.as_str(), "off": st.channels_off.contains(&c.as_str())}))
+                    .collect();
                 json!({"purpose": st.purpose, "decision": st.decision, "method": st.method,
-                    "since": st.since, "allowed": st.allowed, "reason": st.reason, "basis": basis})
+                    "since": st.since, "allowed": st.allowed, "reason": st.reason, "basis": basis,
+                    "channels": channels})
             })
             .collect();
         (states, ledger, notices)
@@ -331,6 +344,7 @@ async fn customer_page(
             ledger,
             notices,
             purposes,
+            channels => tarmo_core::consent::Channel::ALL.map(|c| c.as_str()),
             requests,
             disclosures,
             flash => done,
@@ -423,7 +437,14 @@ pub async fn record_consent(
         let purpose = form.text("purpose", 100)?;
         let decision = form.text("decision", 40)?;
         let reason = form.text("reason", 500)?;
-        let input = json!({
+        // "" (the default choice) is the whole purpose.
+        // The consent route checks the name (unknown_channel, channel_not_covered).
+        let channel = form
+            .get("channel")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.chars().take(40).collect::<String>());
+        let mut input = json!({
             "subject": {"profile": id},
             "purpose": purpose,
             "decision": decision,
@@ -435,6 +456,9 @@ pub async fn record_consent(
                 "key_id": staff.p.key.id,
             },
         });
+        if let Some(c) = channel {
+            input["channel"] = json!(c);
+        }
         let body = Bytes::from(input.to_string());
         let Json(_) = crate::consent::record(State(s.clone()), staff.p.clone(), body).await?;
         Ok::<_, ApiError>(id)

@@ -51,6 +51,24 @@ pub async fn list(
     }
 }
 
+/// One property filter of an event row (`where`).
+#[derive(Debug, Default, Clone, Serialize)]
+struct Filter {
+    prop: String,
+    op: String,
+    value: String,
+}
+
+/// One RFM score's comparison in an RFM row; an empty value leaves the
+/// score out.
+#[derive(Debug, Default, Clone, Serialize)]
+struct Score {
+    key: &'static str,
+    label: &'static str,
+    op: String,
+    value: String,
+}
+
 /// One condition row of the builder, as the form holds it.
 #[derive(Debug, Default, Clone, Serialize)]
 struct Row {
@@ -60,25 +78,39 @@ struct Row {
     value: String,
     within: String,
     negate: bool,
-    /// Event rows: one property filter (`where`).
-    wprop: String,
-    wop: String,
-    wvalue: String,
+    /// Event rows: property filters (`where`), all of which an event meets.
+    filters: Vec<Filter>,
     /// Event rows: `count`, or `sum` of the property `sum_prop`.
     measure: String,
     sum_prop: String,
-    /// The row belongs to the nested group.
-    nested: bool,
+    /// Consent rows: the one channel asked about; empty for the purpose.
+    channel: String,
+    /// RFM rows: the R, F and M comparisons.
+    scores: Vec<Score>,
+    /// The nested group the row belongs to (`a`, `b`, `c`); empty for the
+    /// top level.
+    group: String,
 }
 
 /// The most condition rows the builder shows.
 const MAX_ROWS: usize = 12;
+/// The most property filters one event row shows.
+const MAX_FILTERS: usize = 4;
+/// The nested groups a row may belong to.
+const GROUPS: [(&str, &str); 3] = [("a", "Group A"), ("b", "Group B"), ("c", "Group C")];
+const SCORES: [(&str, &str); 3] = [
+    ("r", "Recency (R)"),
+    ("f", "Frequency (F)"),
+    ("m", "Monetary (M)"),
+];
+const SCORE_OPS: [&str; 5] = ["gte", "gt", "eq", "lte", "lt"];
 
 /// The condition kinds the builder offers, and what each row's fields mean.
-const KINDS: [(&str, &str); 8] = [
+const KINDS: [(&str, &str); 9] = [
     ("trait", "Trait"),
     ("event", "Event (count or sum)"),
     ("consent", "Consent"),
+    ("rfm", "RFM scores"),
     ("lifecycle", "Lifecycle stage"),
     ("birthday", "Birthday within"),
     ("in_stock", "Viewed product in stock at their store"),
@@ -91,38 +123,73 @@ const TRAIT_OPS: [&str; 9] = [
 const COUNT_OPS: [&str; 5] = ["gte", "gt", "eq", "lte", "lt"];
 const FILTER_OPS: [&str; 8] = ["eq", "ne", "gt", "gte", "lt", "lte", "contains", "exists"];
 
+/// The form's fields of filter `j` of row `i`: the first keeps the names
+/// the builder always had.
+fn filter_names(i: usize, j: usize) -> [String; 3] {
+    if j == 0 {
+        [
+            format!("wprop_{i}"),
+            format!("wop_{i}"),
+            format!("wvalue_{i}"),
+        ]
+    } else {
+        [
+            format!("wprop_{i}_{j}"),
+            format!("wop_{i}_{j}"),
+            format!("wvalue_{i}_{j}"),
+        ]
+    }
+}
+
 fn rows_of(f: &Form) -> Vec<Row> {
     let n: usize = f
         .get("rows")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .clamp(1, MAX_ROWS);
+    let text = |k: String| f.get(&k).unwrap_or("").trim().to_owned();
     (0..n)
-        .map(|i| Row {
-            kind: f.get(&format!("kind_{i}")).unwrap_or("trait").to_owned(),
-            name: f.get(&format!("name_{i}")).unwrap_or("").trim().to_owned(),
-            op: f.get(&format!("op_{i}")).unwrap_or("eq").to_owned(),
-            value: f.get(&format!("value_{i}")).unwrap_or("").trim().to_owned(),
-            within: f
-                .get(&format!("within_{i}"))
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-            negate: f.get(&format!("not_{i}")).is_some(),
-            wprop: f.get(&format!("wprop_{i}")).unwrap_or("").trim().to_owned(),
-            wop: f.get(&format!("wop_{i}")).unwrap_or("eq").to_owned(),
-            wvalue: f
-                .get(&format!("wvalue_{i}"))
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-            measure: f.get(&format!("measure_{i}")).unwrap_or("count").to_owned(),
-            sum_prop: f
-                .get(&format!("sumprop_{i}"))
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-            nested: f.get(&format!("nested_{i}")).is_some(),
+        .map(|i| {
+            let nf: usize = f
+                .get(&format!("filters_{i}"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+                .clamp(1, MAX_FILTERS);
+            Row {
+                kind: f.get(&format!("kind_{i}")).unwrap_or("trait").to_owned(),
+                name: text(format!("name_{i}")),
+                op: f.get(&format!("op_{i}")).unwrap_or("eq").to_owned(),
+                value: text(format!("value_{i}")),
+                within: text(format!("within_{i}")),
+                negate: f.get(&format!("not_{i}")).is_some(),
+                filters: (0..nf)
+                    .map(|j| {
+                        let [p, o, v] = filter_names(i, j);
+                        Filter {
+                            prop: text(p),
+                            op: f.get(&o).unwrap_or("eq").to_owned(),
+                            value: text(v),
+                        }
+                    })
+                    .collect(),
+                measure: f.get(&format!("measure_{i}")).unwrap_or("count").to_owned(),
+                sum_prop: text(format!("sumprop_{i}")),
+                channel: text(format!("channel_{i}")),
+                scores: SCORES
+                    .iter()
+                    .map(|&(key, label)| Score {
+                        key,
+                        label,
+                        op: f.get(&format!("{key}op_{i}")).unwrap_or("gte").to_owned(),
+                        value: text(format!("{key}_{i}")),
+                    })
+                    .collect(),
+                group: f
+                    .get(&format!("group_{i}"))
+                    .filter(|g| GROUPS.iter().any(|(id, _)| id == g))
+                    .unwrap_or("")
+                    .to_owned(),
+            }
         })
         .collect()
 }
@@ -137,14 +204,19 @@ fn typed(v: &str) -> Value {
 
 /// The rule tree of the rows; the core's parser checks it (and names the
 /// place at fault) when it is counted or saved.
-fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, ApiError> {
+fn rule_of(combine: &str, group_combine: &[String], rows: &[Row]) -> Result<Value, ApiError> {
     let bad = |i: usize, m: &str| {
         ApiError::new(Code::InvalidSegment, format!("condition {}: {m}", i + 1))
     };
     let mut conds = Vec::new();
-    let mut inner = Vec::new();
+    let mut groups: Vec<Vec<Value>> = vec![Vec::new(); GROUPS.len()];
     for (i, r) in rows.iter().enumerate() {
-        if r.kind != "in_stock" && r.name.is_empty() && r.value.is_empty() {
+        let scored = r.scores.iter().any(|s| !s.value.is_empty());
+        if r.kind != "in_stock"
+            && !(r.kind == "rfm" && scored)
+            && r.name.is_empty()
+            && r.value.is_empty()
+        {
             continue;
         }
         let c = match r.kind.as_str() {
@@ -177,14 +249,22 @@ fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, A
                 let mut m = Map::new();
                 m.insert("event".into(), json!(r.name));
                 m.insert("within".into(), json!(within));
-                if !r.wprop.is_empty() {
-                    let mut w = Map::new();
-                    w.insert("property".into(), json!(r.wprop));
-                    w.insert("op".into(), json!(r.wop));
-                    if r.wop != "exists" {
-                        w.insert("value".into(), typed(&r.wvalue));
-                    }
-                    m.insert("where".into(), json!([w]));
+                let wheres: Vec<Value> = r
+                    .filters
+                    .iter()
+                    .filter(|w| !w.prop.is_empty())
+                    .map(|w| {
+                        let mut o = Map::new();
+                        o.insert("property".into(), json!(w.prop));
+                        o.insert("op".into(), json!(w.op));
+                        if w.op != "exists" {
+                            o.insert("value".into(), typed(&w.value));
+                        }
+                        Value::Object(o)
+                    })
+                    .collect();
+                if !wheres.is_empty() {
+                    m.insert("where".into(), Value::Array(wheres));
                 }
                 let mut cmp = Map::new();
                 if r.measure == "sum" {
@@ -204,7 +284,27 @@ fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, A
                 json!({"birthday_within": if r.value.is_empty() { &r.name } else { &r.value }})
             }
             "in_stock" => json!({"in_stock": {"product": "viewed", "store": "preferred"}}),
-            "consent" => json!({"consent": r.name}),
+            "consent" if r.channel.is_empty() => json!({"consent": r.name}),
+            "consent" => json!({"consent": r.name, "channel": r.channel}),
+            "rfm" => {
+                let mut o = Map::new();
+                for sc in r.scores.iter().filter(|s| !s.value.is_empty()) {
+                    let n = typed(&sc.value);
+                    if !n.is_number() {
+                        return Err(bad(i, "an RFM score is a number from 1 to 5"));
+                    }
+                    if !SCORE_OPS.contains(&sc.op.as_str()) {
+                        return Err(bad(i, "compare a score with gte, gt, eq, lte or lt"));
+                    }
+                    let mut cmp = Map::new();
+                    cmp.insert(sc.op.clone(), n);
+                    o.insert(sc.key.into(), Value::Object(cmp));
+                }
+                if o.is_empty() {
+                    return Err(bad(i, "give at least one of the R, F and M scores"));
+                }
+                json!({"rfm": Value::Object(o)})
+            }
             "lifecycle" => {
                 json!({"lifecycle": if r.value.is_empty() { &r.name } else { &r.value }})
             }
@@ -213,15 +313,17 @@ fn rule_of(combine: &str, nested_combine: &str, rows: &[Row]) -> Result<Value, A
             _ => return Err(bad(i, "unknown kind of condition")),
         };
         let c = if r.negate { json!({"not": c}) } else { c };
-        if r.nested {
-            inner.push(c);
-        } else {
-            conds.push(c);
+        match GROUPS.iter().position(|(g, _)| *g == r.group) {
+            Some(g) => groups[g].push(c),
+            None => conds.push(c),
         }
     }
-    if !inner.is_empty() {
-        conds.push(match nested_combine {
-            "all" => json!({"all": inner}),
+    for (g, inner) in groups.into_iter().enumerate() {
+        if inner.is_empty() {
+            continue;
+        }
+        conds.push(match group_combine.get(g).map(String::as_str) {
+            Some("all") => json!({"all": inner}),
             _ => json!({"any": inner}),
         });
     }
@@ -260,7 +362,7 @@ pub async fn builder(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
         name: String::new(),
         purpose: String::new(),
         combine: "all".into(),
-        nested_combine: "any".into(),
+        group_combine: vec!["any".into(); GROUPS.len()],
         rows: vec![new_row()],
     };
     show(&staff, &catalog, StatusCode::OK, &form, None, None, None)
@@ -271,16 +373,33 @@ struct BuilderForm {
     name: String,
     purpose: String,
     combine: String,
-    nested_combine: String,
+    /// Per nested group (in [`GROUPS`] order): `any` or `all`.
+    group_combine: Vec<String>,
     rows: Vec<Row>,
+}
+
+fn new_filter() -> Filter {
+    Filter {
+        op: "eq".into(),
+        ..Filter::default()
+    }
 }
 
 fn new_row() -> Row {
     Row {
         kind: "trait".into(),
         op: "eq".into(),
-        wop: "eq".into(),
+        filters: vec![new_filter()],
         measure: "count".into(),
+        scores: SCORES
+            .iter()
+            .map(|&(key, label)| Score {
+                key,
+                label,
+                op: "gte".into(),
+                value: String::new(),
+            })
+            .collect(),
         ..Row::default()
     }
 }
@@ -291,7 +410,14 @@ fn form_of(form: &Form) -> BuilderForm {
         name: form.get("name").unwrap_or("").trim().to_owned(),
         purpose: form.get("purpose").unwrap_or("").to_owned(),
         combine: form.get("combine").unwrap_or("all").to_owned(),
-        nested_combine: form.get("nested_combine").unwrap_or("any").to_owned(),
+        group_combine: GROUPS
+            .iter()
+            .map(|(g, _)| {
+                form.get(&format!("combine_{g}"))
+                    .unwrap_or("any")
+                    .to_owned()
+            })
+            .collect(),
         rows: rows_of(form),
     }
 }
@@ -304,7 +430,7 @@ async fn count_of(
     staff: &Staff,
     f: &BuilderForm,
 ) -> Result<(Value, usize), (Option<Value>, ApiError)> {
-    let rule = rule_of(&f.combine, &f.nested_combine, &f.rows).map_err(|e| (None, e))?;
+    let rule = rule_of(&f.combine, &f.group_combine, &f.rows).map_err(|e| (None, e))?;
     let preview = json!({"purpose": f.purpose, "rule": rule});
     match crate::segments::preview(
         State(s.clone()),
@@ -360,7 +486,11 @@ fn show(
         "Build a segment",
         context! {
             id => f.id, name => f.name, purpose => f.purpose, combine => f.combine,
-            nested_combine => f.nested_combine, filter_ops => FILTER_OPS,
+            groups => GROUPS.iter().zip(&f.group_combine)
+                .map(|((g, l), c)| json!({"id": g, "label": l, "combine": c}))
+                .collect::<Vec<_>>(),
+            filter_ops => FILTER_OPS, score_ops => SCORE_OPS, max_filters => MAX_FILTERS,
+            channels => tarmo_core::consent::Channel::ALL.map(|c| c.as_str()),
             rows => f.rows, nrows => f.rows.len(),
             kinds => KINDS.iter().map(|(k, l)| json!({"id": k, "label": l})).collect::<Vec<_>>(),
             trait_ops => TRAIT_OPS, count_ops => COUNT_OPS,
@@ -390,6 +520,18 @@ pub async fn build(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) ->
     if action == "add" {
         if f.rows.len() < MAX_ROWS {
             f.rows.push(new_row());
+        }
+        return show(&staff, &catalog, StatusCode::OK, &f, None, None, None);
+    }
+    // "filter_3": one more property filter on condition 4.
+    if let Some(i) = action
+        .strip_prefix("filter_")
+        .and_then(|i| i.parse::<usize>().ok())
+    {
+        if let Some(r) = f.rows.get_mut(i)
+            && r.filters.len() < MAX_FILTERS
+        {
+            r.filters.push(new_filter());
         }
         return show(&staff, &catalog, StatusCode::OK, &f, None, None, None);
     }
@@ -460,14 +602,17 @@ mod tests {
         let mut viewed = row("event", "Product Viewed", "1");
         viewed.op = "gte".into();
         viewed.within = "2d".into();
-        viewed.wprop = "category".into();
-        viewed.wvalue = "shoes".into();
+        viewed.filters = vec![Filter {
+            prop: "category".into(),
+            op: "eq".into(),
+            value: "shoes".into(),
+        }];
         let mut stock = row("in_stock", "", "");
-        stock.nested = true;
+        stock.group = "a".into();
         let mut birthday = row("birthday", "", "7d");
-        birthday.nested = true;
+        birthday.group = "a".into();
         let rows = [viewed, row("lifecycle", "", "at_risk"), stock, birthday];
-        let rule = rule_of("all", "any", &rows).unwrap();
+        let rule = rule_of("all", &["any".to_owned()], &rows).unwrap();
         assert_eq!(
             rule,
             json!({"all": [
@@ -487,6 +632,60 @@ mod tests {
         let mut r = row("event", "Order Completed", "500");
         r.op = "gt".into();
         r.measure = "sum".into();
-        assert!(rule_of("all", "any", &[r]).is_err());
+        assert!(rule_of("all", &[], &[r]).is_err());
+    }
+
+    #[test]
+    fn rfm_a_consent_channel_several_filters_and_groups_make_a_tree_the_core_accepts() {
+        let mut rfm = row("rfm", "", "");
+        rfm.scores[0].value = "4".into();
+        rfm.scores[2].op = "lte".into();
+        rfm.scores[2].value = "2".into();
+        let mut consent = row("consent", "email_marketing", "");
+        consent.channel = "email".into();
+        let mut viewed = row("event", "Product Viewed", "2");
+        viewed.op = "gte".into();
+        viewed.within = "30d".into();
+        viewed.filters = vec![
+            Filter {
+                prop: "category".into(),
+                op: "eq".into(),
+                value: "shoes".into(),
+            },
+            Filter {
+                prop: "price".into(),
+                op: "gte".into(),
+                value: "50".into(),
+            },
+            new_filter(),
+        ];
+        viewed.group = "a".into();
+        let mut lapsed = row("lifecycle", "", "lapsed");
+        lapsed.group = "a".into();
+        let mut birthday = row("birthday", "", "7d");
+        birthday.group = "b".into();
+        let mut loyal = row("lifecycle", "", "loyal");
+        loyal.group = "b".into();
+        let rows = [rfm, consent, viewed, lapsed, birthday, loyal];
+        let rule = rule_of("all", &["any".to_owned(), "all".to_owned()], &rows).unwrap();
+        assert_eq!(
+            rule,
+            json!({"all": [
+                {"rfm": {"r": {"gte": 4}, "m": {"lte": 2}}},
+                {"consent": "email_marketing", "channel": "email"},
+                {"any": [
+                    {"event": "Product Viewed", "within": "30d",
+                     "where": [{"property": "category", "op": "eq", "value": "shoes"},
+                               {"property": "price", "op": "gte", "value": 50}],
+                     "count": {"gte": 2}},
+                    {"lifecycle": "lapsed"}]},
+                {"all": [{"birthday_within": "7d"}, {"lifecycle": "loyal"}]}]})
+        );
+        tarmo_core::segments::Rule::from_json(&rule).unwrap();
+        // An RFM row with no score, or a score that is not a number, is refused.
+        assert!(rule_of("all", &[], &[row("rfm", "x", "")]).is_err());
+        let mut bad = row("rfm", "", "");
+        bad.scores[1].value = "high".into();
+        assert!(rule_of("all", &[], &[bad]).is_err());
     }
 }

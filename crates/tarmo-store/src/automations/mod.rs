@@ -730,6 +730,7 @@ pub fn sms_stop(
             keyword.chars().take(20).collect::<String>().into(),
         );
         entries.push(crate::consent::NewEntry {
+            channel: None,
             profile_id: profile,
             purpose: c.id.to_string(),
             decision: ConsentDecision::Withdrawn,

@@ -749,7 +749,10 @@ impl SegmentEngine {
         }
         for purpose in &needs.purposes {
             for r in conn.query(
-                "SELECT profile_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state WHERE purpose_id = $1",
+                &format!(
+                    "SELECT profile_id, {} FROM consent_state WHERE purpose_id = $1",
+                    crate::consent::STATE_COLUMNS
+                ),
                 &[P::Text(purpose)],
             )? {
                 if let Some(p) = people.get_mut(&r.int(0)?) {
@@ -815,7 +818,10 @@ impl SegmentEngine {
         let mut conn = self.store.conn()?;
         for purpose in new {
             for r in conn.query(
-                "SELECT profile_id, decision, method, at_ms, notice_seq, seq, gpc_ms FROM consent_state WHERE purpose_id = $1",
+                &format!(
+                    "SELECT profile_id, {} FROM consent_state WHERE purpose_id = $1",
+                    crate::consent::STATE_COLUMNS
+                ),
                 &[P::Text(&purpose)],
             )? {
                 if let Some(p) = st.people.get_mut(&r.int(0)?) {

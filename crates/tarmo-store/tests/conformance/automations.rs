@@ -18,6 +18,7 @@ use super::Harness;
 
 fn grant(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision: d,

@@ -1,7 +1,9 @@
 //! The consent ledger, the purpose catalog and double opt-in, on each backend.
 
 use serde_json::{Map, Value, json};
-use tarmo_core::consent::{ConsentDecision, Method, PurposeId, PurposeSpec, Reason, decide};
+use tarmo_core::consent::{
+    Channel, ConsentDecision, Method, PurposeId, PurposeSpec, Reason, decide,
+};
 use tarmo_store::conn::P;
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::consent::{ConsentSignal, SignalOutcome};
@@ -21,6 +23,7 @@ fn ev(ip: &str) -> Map<String, Value> {
 
 fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
     NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision,
@@ -840,6 +843,7 @@ pub fn bad_consent_input_is_refused_and_nothing_is_written(h: &Harness) {
         ),
         (
             NewEntry {
+                channel: None,
                 notice_version: Some("0000".into()),
                 ..entry(p, "email_marketing", ConsentDecision::Granted, Method::Api)
             },
@@ -847,6 +851,7 @@ pub fn bad_consent_input_is_refused_and_nothing_is_written(h: &Harness) {
         ),
         (
             NewEntry {
+                channel: None,
                 source: "x".repeat(201),
                 ..entry(p, "email_marketing", ConsentDecision::Granted, Method::Api)
             },
@@ -975,5 +980,180 @@ pub fn a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act(h: &Harness) {
     assert_eq!(
         verdict(h, p, "personalisation"),
         (true, Reason::ConsentGranted)
+    );
+}
+
+/// A purpose reaching people by email and SMS, for the choices per channel.
+fn offers_purpose(h: &Harness) {
+    let mut s = spec(h, "email_marketing");
+    s.name = "Offers by email and text message".into();
+    s.channels = vec![Channel::Email, Channel::Sms];
+    upsert(h, "offers", s, false).unwrap();
+}
+
+fn channel_entry(profile: i64, decision: ConsentDecision, channel: Channel) -> NewEntry {
+    NewEntry {
+        channel: Some(channel),
+        ..entry(profile, "offers", decision, Method::PreferenceCenter)
+    }
+}
+
+fn verdict_by(h: &Harness, profile: i64, purpose: &str, channel: Channel) -> (bool, Reason) {
+    let catalog = h.store.catalog().unwrap();
+    let rule = catalog.require(purpose).unwrap().rule;
+    match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
+        Subject::Known(_, st, flags) => {
+            let v = decide(
+                &rule,
+                Some(channel),
+                st.as_ref(),
+                flags,
+                tarmo_store::now_ms(),
+            );
+            (v.allowed, v.reason)
+        }
+        other => panic!("expected a known subject, got {other:?}"),
+    }
+}
+
+pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) {
+    offers_purpose(h);
+    let p = profile_of(h, "two-channels");
+    // Bad channel choices are refused, and nothing of their batch is written.
+    let bad: Vec<(NewEntry, &str)> = vec![
+        (
+            NewEntry {
+                channel: Some(Channel::Sms),
+                ..entry(
+                    p,
+                    "email_marketing",
+                    ConsentDecision::Withdrawn,
+                    Method::Api,
+                )
+            },
+            "channel_not_covered",
+        ),
+        (
+            channel_entry(p, ConsentDecision::PendingConfirmation, Channel::Sms),
+            "invalid_channel_decision",
+        ),
+        (
+            NewEntry {
+                channel: Some(Channel::Web),
+                ..entry(p, "analytics", ConsentDecision::Objected, Method::Staff)
+            },
+            "purpose_not_consent_based",
+        ),
+        (
+            channel_entry(p, ConsentDecision::Withdrawn, Channel::Sms),
+            "channel_without_consent",
+        ),
+    ];
+    for (e, code) in bad {
+        let good = entry(p, "sms_marketing", ConsentDecision::Granted, Method::Api);
+        match append(h, vec![good, e]).unwrap_err() {
+            tarmo_store::Error::Rejected { code: c, .. } => assert_eq!(c.as_str(), code),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    assert_eq!(verify(h).entries, 0, "nothing was written");
+
+    // Granted for the purpose, then SMS switched off: email stays allowed.
+    append(
+        h,
+        vec![
+            entry(p, "offers", ConsentDecision::Granted, Method::WebForm),
+            channel_entry(p, ConsentDecision::Withdrawn, Channel::Sms),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict_by(h, p, "offers", Channel::Sms),
+        (false, Reason::ChannelWithdrawn)
+    );
+    assert_eq!(
+        verdict_by(h, p, "offers", Channel::Email),
+        (true, Reason::ConsentGranted)
+    );
+    assert_eq!(
+        state(h, p, "offers"),
+        Some(ConsentDecision::Granted),
+        "the purpose stands"
+    );
+    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    let chans: Vec<_> = hist.iter().map(|e| e.channel.as_deref()).collect();
+    assert_eq!(chans, [None, Some("sms")]);
+    assert_eq!(hist[1].method, "preference_center");
+    assert_eq!(hist[1].decision, "withdrawn");
+
+    // The chain covers the channel: moving the choice to another channel,
+    // or dropping it, is found.
+    let report = verify(h);
+    assert_eq!((report.entries, report.first_broken), (2, None));
+    let exec = |sql: &str| {
+        h.store.conn().unwrap().exec(sql, &[]).unwrap();
+    };
+    for tamper in [
+        "UPDATE consent_ledger SET channel = 'email' WHERE seq = 2",
+        "UPDATE consent_ledger SET channel = NULL WHERE seq = 2",
+    ] {
+        exec(tamper);
+        assert_eq!(verify(h).first_broken.map(|b| b.seq), Some(2), "{tamper}");
+    }
+    exec("UPDATE consent_ledger SET channel = 'sms' WHERE seq = 2");
+    assert_eq!(verify(h).first_broken, None);
+
+    // The materialised state is the ledger's fold, channels included.
+    {
+        let mut conn = h.store.conn().unwrap();
+        let folded = consent::fold_all(&mut *conn).unwrap();
+        assert_eq!(folded, consent::materialised(&mut *conn).unwrap());
+        let s = folded[&(p, "offers".to_owned())];
+        assert!(s.channel_off(Channel::Sms) && !s.channel_off(Channel::Email));
+        conn.exec("UPDATE consent_state SET channels_off = 0", &[])
+            .unwrap();
+        conn.begin().unwrap();
+        assert_eq!(consent::rebuild(&mut *conn).unwrap(), 1);
+        conn.commit().unwrap();
+        assert_eq!(consent::materialised(&mut *conn).unwrap(), folded);
+    }
+
+    // Withdrawing and granting the purpose again keeps SMS off; the
+    // person's own grant of the channel switches it back on.
+    append(
+        h,
+        vec![
+            entry(
+                p,
+                "offers",
+                ConsentDecision::Withdrawn,
+                Method::OneClickUnsubscribe,
+            ),
+            entry(
+                p,
+                "offers",
+                ConsentDecision::Granted,
+                Method::PreferenceCenter,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict_by(h, p, "offers", Channel::Sms),
+        (false, Reason::ChannelWithdrawn)
+    );
+    append(
+        h,
+        vec![channel_entry(p, ConsentDecision::Granted, Channel::Sms)],
+    )
+    .unwrap();
+    assert_eq!(
+        verdict_by(h, p, "offers", Channel::Sms),
+        (true, Reason::ConsentGranted)
+    );
+    let mut conn = h.store.conn().unwrap();
+    assert_eq!(
+        consent::fold_all(&mut *conn).unwrap(),
+        consent::materialised(&mut *conn).unwrap()
     );
 }

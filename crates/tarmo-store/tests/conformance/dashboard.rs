@@ -14,6 +14,7 @@ use super::Harness;
 
 fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
     NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision,

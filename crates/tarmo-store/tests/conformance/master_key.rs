@@ -31,6 +31,7 @@ fn person(h: &Harness, user: &str, email: &str) -> i64 {
         at_ms: None,
         source: "test form".into(),
         evidence: evidence(),
+        channel: None,
     };
     h.writer
         .transact_blocking(move |ctx| {
@@ -148,7 +149,7 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
         matches!(
             err,
             Error::Rejected {
-                code: "master_key_unchanged",
+                code: tarmo_store::Code::MasterKeyUnchanged,
                 ..
             }
         ),

@@ -158,6 +158,7 @@ pub fn processors_are_registered_checked_and_their_tokens_sealed(h: &Harness) {
 
 fn grant(h: &Harness, profile: i64, purpose: &str, decision: ConsentDecision) {
     let e = NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision,

@@ -47,6 +47,7 @@ fn view(h: &Harness, id: i64) -> requests::RequestView {
 
 fn grant(h: &Harness, profile: i64, purpose: &str, ev: Value) {
     let e = NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision: ConsentDecision::Granted,
@@ -753,6 +754,7 @@ pub fn staff_notes_and_collection_points_are_stored_sealed(h: &Harness) {
     ]);
     let p = h.lookup("user_id", "noted").unwrap();
     let e = NewEntry {
+        channel: None,
         profile_id: p,
         purpose: "email_marketing".into(),
         decision: ConsentDecision::Granted,

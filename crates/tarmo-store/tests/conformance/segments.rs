@@ -29,6 +29,7 @@ fn def(id: &str, purpose: &str, rule: Value) -> SegmentDef {
 
 fn consent(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
+        channel: None,
         profile_id: profile,
         purpose: purpose.into(),
         decision: d,
