@@ -1,12 +1,73 @@
-//! Migrations written once for both backends: `{BLOB}` is BLOB or BYTEA,
+//! Migrations written once for both backends, with the dialects'
+//! differences in one place (`sqlite()` and `postgres()` below): `{BLOB}` is
+//! BLOB or BYTEA, `{INT}` INTEGER or BIGINT, `{BOOL}` INTEGER or BOOLEAN,
 //! `{SERIAL}` an integer key the database numbers, `{NOROWID}` SQLite's
 //! ` WITHOUT ROWID` (nothing on PostgreSQL), `{IDS_NEVER_REUSED}` SQLite's
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
-//! whose sequences never go back). The first migration, from before this
-//! file, stays in each backend.
+//! whose sequences never go back).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value {BLOB} NOT NULL);
+CREATE TABLE api_keys (
+    id {SERIAL},
+    key_hash {BLOB} NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms {INT} NOT NULL,
+    revoked_ms {INT}
+);
+CREATE TABLE profiles (
+    id {SERIAL},
+    created_ms {INT} NOT NULL,
+    updated_ms {INT} NOT NULL,
+    merged_into {INT},
+    event_count {INT} NOT NULL DEFAULT 0,
+    traits {BLOB}
+);
+CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
+CREATE TABLE data_keys (
+    owner_id {INT} PRIMARY KEY,
+    profile_id {INT} NOT NULL,
+    wrapped {BLOB} NOT NULL
+);
+CREATE INDEX data_keys_profile ON data_keys(profile_id);
+CREATE TABLE identifiers (
+    bidx {BLOB} PRIMARY KEY,
+    kind TEXT NOT NULL,
+    profile_id {INT} NOT NULL,
+    key_owner {INT} NOT NULL,
+    sealed {BLOB} NOT NULL,
+    first_seen_ms {INT} NOT NULL
+){NOROWID};
+CREATE INDEX identifiers_profile ON identifiers(profile_id);
+CREATE TABLE events (
+    id {SERIAL},
+    profile_id {INT} NOT NULL,
+    key_owner {INT} NOT NULL,
+    kind TEXT NOT NULL,
+    ts_ms {INT} NOT NULL,
+    received_ms {INT} NOT NULL,
+    body {BLOB} NOT NULL
+);
+CREATE INDEX events_profile ON events(profile_id, id);
+CREATE TABLE dedup (h {INT} PRIMARY KEY, seen_ms {INT} NOT NULL);
+CREATE TABLE merges (
+    id {SERIAL},
+    into_profile {INT} NOT NULL,
+    from_profile {INT} NOT NULL,
+    identifier_kind TEXT NOT NULL,
+    at_ms {INT} NOT NULL,
+    refused {BOOL} NOT NULL,
+    reason TEXT
+);
+CREATE INDEX merges_into ON merges(into_profile);
+CREATE INDEX merges_from ON merges(from_profile);
+"#,
+    ),
     (
         2,
         r#"
@@ -501,6 +562,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{BLOB}", "BLOB")
                 .replace("{SERIAL}", "INTEGER PRIMARY KEY")
                 .replace("{NOROWID}", " WITHOUT ROWID")
+                .replace("{INT}", "INTEGER")
+                .replace("{BOOL}", "INTEGER")
                 .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED);
             (*v, s)
         })
@@ -516,6 +579,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{BLOB}", "BYTEA")
                 .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY")
                 .replace("{NOROWID}", "")
+                .replace("{INT}", "BIGINT")
+                .replace("{BOOL}", "BOOLEAN")
                 .replace("{IDS_NEVER_REUSED}", "");
             (*v, s)
         })
@@ -524,6 +589,28 @@ pub fn postgres() -> Vec<(i64, String)> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// Migration 1 ran on every installation made before it moved here from
+    /// the two backends: its SQL in each dialect is pinned to the text each
+    /// backend held, byte for byte.
+    #[test]
+    fn the_first_migration_is_the_text_each_backend_held() {
+        let first = |all: Vec<(i64, String)>| {
+            let (v, sql) = all.into_iter().next().unwrap();
+            assert_eq!(v, 1);
+            hex::encode(Sha256::digest(sql.as_bytes()))
+        };
+        assert_eq!(
+            first(super::sqlite()),
+            "48244711ac668aafa49b44ef8460d6a01ef8fdf65b20e49f6b8c315b6c50a146"
+        );
+        assert_eq!(
+            first(super::postgres()),
+            "58cae7aa2dee9d343d1628c8e61a0aa3ee0ba06792c31f21745bc9c41d2f01e9"
+        );
+    }
+
     #[test]
     fn every_token_is_replaced_in_both_dialects() {
         for (_, sql) in super::sqlite().into_iter().chain(super::postgres()) {

@@ -10,69 +10,6 @@ use crate::conn::*;
 use crate::vault::BlindIndex;
 use crate::{Error, Result};
 
-/// The first migration, in this backend's dialect; the later ones are
-/// shared (`crate::migrations`).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
-CREATE TABLE api_keys (
-    id BIGSERIAL PRIMARY KEY,
-    key_hash BYTEA NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    revoked_ms BIGINT
-);
-CREATE TABLE profiles (
-    id BIGSERIAL PRIMARY KEY,
-    created_ms BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL,
-    merged_into BIGINT,
-    event_count BIGINT NOT NULL DEFAULT 0,
-    traits BYTEA
-);
-CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
-CREATE TABLE data_keys (
-    owner_id BIGINT PRIMARY KEY,
-    profile_id BIGINT NOT NULL,
-    wrapped BYTEA NOT NULL
-);
-CREATE INDEX data_keys_profile ON data_keys(profile_id);
-CREATE TABLE identifiers (
-    bidx BYTEA PRIMARY KEY,
-    kind TEXT NOT NULL,
-    profile_id BIGINT NOT NULL,
-    key_owner BIGINT NOT NULL,
-    sealed BYTEA NOT NULL,
-    first_seen_ms BIGINT NOT NULL
-);
-CREATE INDEX identifiers_profile ON identifiers(profile_id);
-CREATE TABLE events (
-    id BIGSERIAL PRIMARY KEY,
-    profile_id BIGINT NOT NULL,
-    key_owner BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    ts_ms BIGINT NOT NULL,
-    received_ms BIGINT NOT NULL,
-    body BYTEA NOT NULL
-);
-CREATE INDEX events_profile ON events(profile_id, id);
-CREATE TABLE dedup (h BIGINT PRIMARY KEY, seen_ms BIGINT NOT NULL);
-CREATE TABLE merges (
-    id BIGSERIAL PRIMARY KEY,
-    into_profile BIGINT NOT NULL,
-    from_profile BIGINT NOT NULL,
-    identifier_kind TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    refused BOOLEAN NOT NULL,
-    reason TEXT
-);
-CREATE INDEX merges_into ON merges(into_profile);
-CREATE INDEX merges_from ON merges(from_profile);
-"#,
-)];
-
 pub struct PostgresBackend {
     config: Box<postgres::Config>,
     /// `None`: plain TCP (no `sslmode`, or `disable`, `allow`, `prefer`).
@@ -239,11 +176,7 @@ impl PgConn {
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
         )?;
-        let all: Vec<(i64, String)> = MIGRATIONS
-            .iter()
-            .map(|(v, s)| (*v, (*s).to_owned()))
-            .chain(crate::migrations::postgres())
-            .collect();
+        let all: Vec<(i64, String)> = crate::migrations::postgres();
         for (version, sql) in &all {
             let done = tx
                 .query_opt(

@@ -10,70 +10,6 @@ use crate::conn::*;
 use crate::vault::BlindIndex;
 use crate::{Error, Result};
 
-/// Versioned migrations; each runs once, in order, in its own transaction.
-/// The first migration, in this backend's dialect; the later ones are
-/// shared (`crate::migrations`).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE api_keys (
-    id INTEGER PRIMARY KEY,
-    key_hash BLOB NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    revoked_ms INTEGER
-);
-CREATE TABLE profiles (
-    id INTEGER PRIMARY KEY,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    merged_into INTEGER,
-    event_count INTEGER NOT NULL DEFAULT 0,
-    traits BLOB
-);
-CREATE INDEX profiles_merged_into ON profiles(merged_into) WHERE merged_into IS NOT NULL;
-CREATE TABLE data_keys (
-    owner_id INTEGER PRIMARY KEY,
-    profile_id INTEGER NOT NULL,
-    wrapped BLOB NOT NULL
-);
-CREATE INDEX data_keys_profile ON data_keys(profile_id);
-CREATE TABLE identifiers (
-    bidx BLOB PRIMARY KEY,
-    kind TEXT NOT NULL,
-    profile_id INTEGER NOT NULL,
-    key_owner INTEGER NOT NULL,
-    sealed BLOB NOT NULL,
-    first_seen_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX identifiers_profile ON identifiers(profile_id);
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    profile_id INTEGER NOT NULL,
-    key_owner INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX events_profile ON events(profile_id, id);
-CREATE TABLE dedup (h INTEGER PRIMARY KEY, seen_ms INTEGER NOT NULL);
-CREATE TABLE merges (
-    id INTEGER PRIMARY KEY,
-    into_profile INTEGER NOT NULL,
-    from_profile INTEGER NOT NULL,
-    identifier_kind TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    refused INTEGER NOT NULL,
-    reason TEXT
-);
-CREATE INDEX merges_into ON merges(into_profile);
-CREATE INDEX merges_from ON merges(from_profile);
-"#,
-)];
-
 /// Make the database file (created empty if absent) readable by its owner
 /// only, and tighten the log files an older version left. SQLite creates
 /// its `-wal` and `-shm` files with the database file's permissions, so
@@ -239,11 +175,7 @@ impl SqliteConn {
         self.c.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
         )?;
-        let all: Vec<(i64, String)> = MIGRATIONS
-            .iter()
-            .map(|(v, s)| (*v, (*s).to_owned()))
-            .chain(crate::migrations::sqlite())
-            .collect();
+        let all: Vec<(i64, String)> = crate::migrations::sqlite();
         for (version, sql) in &all {
             let tx = self
                 .c
@@ -783,10 +715,8 @@ mod tests {
                 "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
             )
             .unwrap();
-            let old = MIGRATIONS
-                .iter()
-                .map(|(v, s)| (*v, (*s).to_owned()))
-                .chain(crate::migrations::sqlite())
+            let old = crate::migrations::sqlite()
+                .into_iter()
                 .filter(|(v, _)| *v < 5);
             for (v, sql) in old {
                 c.execute_batch(&sql).unwrap();
