@@ -159,23 +159,39 @@ pub enum TokenChange {
     Set(WebhookToken),
 }
 
-/// A processor as an operator sends it (`POST /api/v1/processors`, or
-/// `PUT /api/v1/processors/{id}` with the whole definition).
+/// A processor's definition (the whole of it, also on a change).
+// As an operator sends it (`POST /api/v1/processors`, or
+// `PUT /api/v1/processors/{id}` with the whole definition); the same type
+// is the API document's schema (`ProcessorBody`, feature `openapi`).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ProcessorBody))]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorInput {
+    /// 1 to 200 characters, unique (ignoring case).
     pub name: String,
-    /// What the processor does for the controller: "email delivery".
+    /// What it does for you: "email delivery", "payment processing".
     pub role: String,
+    /// ISO 3166-1 alpha-2, where it processes the data.
     pub country: String,
+    /// Required outside the EEA: "SCC 2021/914", "adequacy decision", "EU-US DPF".
     pub transfer_safeguard: Option<String>,
+    /// The data processing agreement's reference.
     pub dpa_reference: String,
+    /// When the agreement was signed: YYYY-MM-DD, not in the future.
     pub dpa_signed_on: String,
+    /// Purposes (from the catalog) it may receive data for.
     pub purposes: Vec<String>,
+    /// Data categories it may receive: contact, identifiers, traits, address,
+    /// behaviour, purchase_history, ...
     pub data_categories: Vec<String>,
+    /// http(s) URL that is POSTed `{"type": "erasure", ...}` when a person
+    /// whose data it received is erased.
     pub erasure_webhook: Option<String>,
-    /// Absent: keep the stored token; `null`: remove it; a string: set it.
+    /// Bearer token for the webhook; stored sealed, never shown. On a change:
+    /// absent keeps the stored one, null removes it.
+    // Absent: keep the stored token; `null`: remove it; a string: set it.
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub webhook_token: Option<Option<String>>,
 }
 

@@ -355,7 +355,7 @@ impl AppState {
         consent::EmailInput, consent::EmailQueued, consent::PreferenceLink, signals::SignalInput,
         signals::SignalEntry, signals::SignalRecorded, requests::RequestInput,
         requests::RequestDetail, requests::RequestList, requests::ReasonInput,
-        processors::ProcessorBody,
+        tarmo_core::processor::ProcessorInput,
         processors::ProcessorList, processors::ExportInput, tarmo_store::processors::ProcessorView,
         tarmo_store::processors::ExportView, tarmo_store::processors::ExportedPerson,
         tarmo_store::processors::ExportedIdentifier, tarmo_store::processors::ExcludedSubject,

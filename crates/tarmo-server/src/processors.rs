@@ -16,37 +16,6 @@ use crate::auth::Principal;
 use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
-/// A processor's definition (the whole of it, also on a change).
-/// The schema of `tarmo_core::processor::ProcessorInput` (the core crate
-/// knows nothing of OpenAPI), which is what the routes parse.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ProcessorBody {
-    /// 1 to 200 characters, unique (ignoring case).
-    pub name: String,
-    /// What it does for you: "email delivery", "payment processing".
-    pub role: String,
-    /// ISO 3166-1 alpha-2, where it processes the data.
-    pub country: String,
-    /// Required outside the EEA: "SCC 2021/914", "adequacy decision", "EU-US DPF".
-    pub transfer_safeguard: Option<String>,
-    /// The data processing agreement's reference.
-    pub dpa_reference: String,
-    /// When the agreement was signed: YYYY-MM-DD, not in the future.
-    pub dpa_signed_on: String,
-    /// Purposes (from the catalog) it may receive data for.
-    pub purposes: Vec<String>,
-    /// Data categories it may receive: contact, identifiers, traits, address,
-    /// behaviour, purchase_history, ...
-    pub data_categories: Vec<String>,
-    /// http(s) URL that is POSTed `{"type": "erasure", ...}` when a person
-    /// whose data it received is erased.
-    pub erasure_webhook: Option<String>,
-    /// Bearer token for the webhook; stored sealed, never shown. On a change:
-    /// absent keeps the stored one, null removes it.
-    pub webhook_token: Option<String>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProcessorList {
     pub processors: Vec<ProcessorView>,
@@ -84,7 +53,7 @@ fn processor_id(raw: &str) -> Result<i64, ApiError> {
 
 /// Register a processor.
 #[utoipa::path(post, path = "/api/v1/processors", tag = "processors",
-    request_body = ProcessorBody,
+    request_body = ProcessorInput,
     security(("admin_key" = [])),
     responses((status = 201, body = ProcessorView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "The name is taken")))]
@@ -139,7 +108,7 @@ pub async fn get_processor(
 /// unless `webhook_token` is given (a string sets it, null removes it).
 #[utoipa::path(put, path = "/api/v1/processors/{id}", tag = "processors",
     params(("id" = i64, Path, description = "Processor id")),
-    request_body = ProcessorBody,
+    request_body = ProcessorInput,
     security(("admin_key" = [])),
     responses((status = 200, body = ProcessorView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
