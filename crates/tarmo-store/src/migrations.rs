@@ -2,7 +2,9 @@
 //! `{SERIAL}` an integer key the database numbers, `{NOROWID}` SQLite's
 //! ` WITHOUT ROWID` (nothing on PostgreSQL), `{IDS_NEVER_REUSED}` SQLite's
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
-//! whose sequences never go back). The first migration, from before this
+//! whose sequences never go back), `{KEYRING_SCHEMA}` PostgreSQL's move of
+//! the data keys into a schema of their own (nothing on SQLite, where they
+//! stay in the one file: see the README's roadmap). The first migration, from before this
 //! file, stays in each backend.
 
 /// (version, SQL with tokens), in order.
@@ -430,6 +432,12 @@ INSERT INTO consent_daily_states (day, purpose_id, decision, delta)
 CREATE INDEX consent_state_expiry ON consent_state(purpose_id, decision, at_ms);
 "#,
     ),
+    (
+        19,
+        r#"
+{KEYRING_SCHEMA}
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
@@ -485,6 +493,14 @@ UPDATE sqlite_sequence SET seq = max(
 ) WHERE name = 'profiles';
 "#;
 
+/// The people's wrapped data keys in a schema of their own, so that they
+/// can be dumped (`pg_dump --schema=keyring`), kept and granted apart from
+/// the data. Every connection has `keyring` on its `search_path`.
+const PG_KEYRING_SCHEMA: &str = r#"
+CREATE SCHEMA IF NOT EXISTS keyring;
+ALTER TABLE data_keys SET SCHEMA keyring;
+"#;
+
 /// The shared migrations in SQLite's dialect.
 pub fn sqlite() -> Vec<(i64, String)> {
     SHARED
@@ -494,7 +510,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{BLOB}", "BLOB")
                 .replace("{SERIAL}", "INTEGER PRIMARY KEY")
                 .replace("{NOROWID}", " WITHOUT ROWID")
-                .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED);
+                .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED)
+                .replace("{KEYRING_SCHEMA}", "");
             (*v, s)
         })
         .collect()
@@ -509,7 +526,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{BLOB}", "BYTEA")
                 .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY")
                 .replace("{NOROWID}", "")
-                .replace("{IDS_NEVER_REUSED}", "");
+                .replace("{IDS_NEVER_REUSED}", "")
+                .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA);
             (*v, s)
         })
         .collect()
