@@ -4,7 +4,9 @@
 //! `{SERIAL}` an integer key the database numbers, `{NOROWID}` SQLite's
 //! ` WITHOUT ROWID` (nothing on PostgreSQL), `{IDS_NEVER_REUSED}` SQLite's
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
-//! whose sequences never go back).
+//! whose sequences never go back), `{KEYRING_SCHEMA}` PostgreSQL's move of
+//! the data keys into a schema of their own (nothing on SQLite, where they
+//! stay in the one file: see the README's roadmap).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -498,6 +500,12 @@ ALTER TABLE consent_ledger ADD COLUMN channel TEXT;
 ALTER TABLE consent_state ADD COLUMN channels_off BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        19,
+        r#"
+{KEYRING_SCHEMA}
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
@@ -553,6 +561,14 @@ UPDATE sqlite_sequence SET seq = max(
 ) WHERE name = 'profiles';
 "#;
 
+/// The people's wrapped data keys in a schema of their own, so that they
+/// can be dumped (`pg_dump --schema=keyring`), kept and granted apart from
+/// the data. Every connection has `keyring` on its `search_path`.
+const PG_KEYRING_SCHEMA: &str = r#"
+CREATE SCHEMA IF NOT EXISTS keyring;
+ALTER TABLE data_keys SET SCHEMA keyring;
+"#;
+
 /// The shared migrations in SQLite's dialect.
 pub fn sqlite() -> Vec<(i64, String)> {
     SHARED
@@ -564,7 +580,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{NOROWID}", " WITHOUT ROWID")
                 .replace("{INT}", "INTEGER")
                 .replace("{BOOL}", "INTEGER")
-                .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED);
+                .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED)
+                .replace("{KEYRING_SCHEMA}", "");
             (*v, s)
         })
         .collect()
@@ -581,7 +598,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{NOROWID}", "")
                 .replace("{INT}", "BIGINT")
                 .replace("{BOOL}", "BOOLEAN")
-                .replace("{IDS_NEVER_REUSED}", "");
+                .replace("{IDS_NEVER_REUSED}", "")
+                .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA);
             (*v, s)
         })
         .collect()

@@ -82,10 +82,15 @@ impl PostgresBackend {
     }
 
     pub fn connect(&self) -> Result<PgConn> {
-        let c = match &self.tls {
+        let mut c = match &self.tls {
             None => self.config.connect(NoTls)?,
             Some(tls) => self.config.connect(tls.clone())?,
         };
+        // The data keys live in schema `keyring` (migration 19); the
+        // database's own search_path is kept in front.
+        c.batch_execute(
+            "SELECT set_config('search_path', current_setting('search_path') || ', keyring', false)",
+        )?;
         Ok(PgConn {
             c,
             stmts: Default::default(),

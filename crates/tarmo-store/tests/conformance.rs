@@ -233,6 +233,11 @@ mod postgres_only {
     fn an_event_committed_after_a_later_id_is_still_followed() {
         super::an_event_committed_after_a_later_id_is_still_followed(&super::Harness::new(true));
     }
+
+    #[test]
+    fn the_data_keys_live_in_a_schema_of_their_own() {
+        super::master_key::the_data_keys_live_in_a_schema_of_their_own(&super::Harness::new(true));
+    }
 }
 
 #[path = "conformance/faults.rs"]

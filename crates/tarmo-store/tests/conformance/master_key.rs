@@ -215,3 +215,33 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
     let store = Store::open(h.backend(), &MasterKey::from_hex(winner).unwrap(), 10).unwrap();
     reads_back(&store, p, "rotate@example.fi");
 }
+
+/// PostgreSQL: the wrapped data keys are in schema `keyring`, apart from
+/// the data, and every connection finds them there.
+pub fn the_data_keys_live_in_a_schema_of_their_own(h: &Harness) {
+    let p = person(h, "schema-1", "schema@example.fi");
+    let mut c = h.store.conn().unwrap();
+    let schemas: Vec<String> = c
+        .query(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'data_keys'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.text(0).unwrap())
+        .collect();
+    assert_eq!(schemas, vec!["keyring".to_owned()]);
+    let held = c
+        .query(
+            "SELECT 1 FROM keyring.data_keys WHERE owner_id = $1",
+            &[P::Int(p)],
+        )
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    drop(c);
+    reads_back(
+        &Store::open(h.backend(), &h.master(), 10).unwrap(),
+        p,
+        "schema@example.fi",
+    );
+}
