@@ -904,7 +904,10 @@ fn channel_field(catalog: &ledger::Catalog, v: &str) -> Result<(), ApiError> {
     if !c.rule.covers(ch) {
         return Err(ApiError::bad_request(
             "channel_not_covered",
-            format!("purpose `{purpose}` does not reach anyone by `{}`", ch.as_str()),
+            format!(
+                "purpose `{purpose}` does not reach anyone by `{}`",
+                ch.as_str()
+            ),
         ));
     }
     Ok(())

@@ -415,7 +415,8 @@ pub(crate) fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
 }
 
 /// The columns [`state_of_row`] reads, in its order.
-pub(crate) const STATE_COLUMNS: &str = "decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off";
+pub(crate) const STATE_COLUMNS: &str =
+    "decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off";
 
 /// The state of one person for one purpose.
 pub fn state(

@@ -907,9 +907,11 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
         &s,
         "PUT",
         "/api/v1/purposes/offers",
-        Some(&json!({"name": "Offers by email and text message", "legal_basis": "consent",
+        Some(
+            &json!({"name": "Offers by email and text message", "legal_basis": "consent",
             "channels": ["email", "sms"], "data_categories": ["contact"], "retention_days": 365,
-            "direct_marketing": true, "notice": {"en": "We send you offers by email and by text message."}})),
+            "direct_marketing": true, "notice": {"en": "We send you offers by email and by text message."}}),
+        ),
     );
     assert_eq!(st, 200, "{v}");
     let email = "kanavat@example.fi";
@@ -918,14 +920,26 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
 
     // Bad channel input: its own code each, nothing written or created.
     let bad = [
-        (json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
-            "source": "app", "channel": "pigeon"}), "unknown_channel"),
-        (json!({"subject": subject, "purpose": "email_marketing", "decision": "withdrawn",
-            "source": "app", "channel": "sms"}), "channel_not_covered"),
-        (json!({"subject": subject, "purpose": "offers", "decision": "objected",
-            "source": "app", "channel": "sms"}), "invalid_channel_decision"),
-        (json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
-            "source": "app", "channel": "sms"}), "channel_without_consent"),
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+            "source": "app", "channel": "pigeon"}),
+            "unknown_channel",
+        ),
+        (
+            json!({"subject": subject, "purpose": "email_marketing", "decision": "withdrawn",
+            "source": "app", "channel": "sms"}),
+            "channel_not_covered",
+        ),
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "objected",
+            "source": "app", "channel": "sms"}),
+            "invalid_channel_decision",
+        ),
+        (
+            json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+            "source": "app", "channel": "sms"}),
+            "channel_without_consent",
+        ),
     ];
     for (body, code) in bad {
         let (st, v) = record(body);
@@ -934,11 +948,15 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     assert_eq!(decision_on(&s, "offers", "sms", email).1, "unknown_profile");
 
     // Granted for the purpose, then SMS stopped through the API.
-    let (st, v) = record(json!({"subject": subject, "purpose": "offers", "decision": "granted",
-        "method": "web_form", "source": "checkout"}));
+    let (st, v) = record(
+        json!({"subject": subject, "purpose": "offers", "decision": "granted",
+        "method": "web_form", "source": "checkout"}),
+    );
     assert_eq!(st, 200, "{v}");
-    let (st, v) = record(json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
-        "source": "app settings", "channel": "sms"}));
+    let (st, v) = record(
+        json!({"subject": subject, "purpose": "offers", "decision": "withdrawn",
+        "source": "app settings", "channel": "sms"}),
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         decision_on(&s, "offers", "sms", email),
@@ -949,7 +967,12 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
         (true, "consent_granted".into())
     );
     let profile = decision(&s, "offers", "email", email)["profile_id"].clone();
-    let (_, c) = admin(&s, "GET", &format!("/api/v1/profiles/{profile}/consents"), None);
+    let (_, c) = admin(
+        &s,
+        "GET",
+        &format!("/api/v1/profiles/{profile}/consents"),
+        None,
+    );
     let offers = c["states"]
         .as_array()
         .unwrap()
@@ -960,11 +983,19 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     assert_eq!(offers["channels_off"], json!(["sms"]), "{c}");
     assert_eq!(offers["decision"], "granted");
     let last = c["ledger"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["channel"].as_str(), last["decision"].as_str()), (Some("sms"), Some("withdrawn")));
+    assert_eq!(
+        (last["channel"].as_str(), last["decision"].as_str()),
+        (Some("sms"), Some("withdrawn"))
+    );
 
     // The person's page shows a box per channel, SMS unticked; ticking SMS
     // and unticking email there swaps them, as ledger entries of the page.
-    let (_, v) = admin(&s, "POST", &format!("/api/v1/profiles/{profile}/preference-link"), None);
+    let (_, v) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/profiles/{profile}/preference-link"),
+        None,
+    );
     let url = v["url"].as_str().unwrap().to_owned();
     let (st, body) = page("GET", &url, None, &[("Accept-Language", "en")]);
     assert_eq!(st, 200);
@@ -974,13 +1005,19 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     for (form, code) in [
         ("purpose=offers&channel=offers:push", "channel_not_covered"),
         ("purpose=offers&channel=offers:pigeon", "unknown_channel"),
-        ("purpose=offers&channel=email_marketing:email", "unknown_purpose"),
+        (
+            "purpose=offers&channel=email_marketing:email",
+            "unknown_purpose",
+        ),
     ] {
         let (st, body) = page("POST", &url, Some(form), &[]);
         assert_eq!(st, 400, "{form}");
         assert!(body.contains(code), "{form}: {body}");
     }
-    assert_eq!(decision_on(&s, "offers", "sms", email).1, "channel_withdrawn");
+    assert_eq!(
+        decision_on(&s, "offers", "sms", email).1,
+        "channel_withdrawn"
+    );
     // A form without the channel boxes (an older page) leaves them alone.
     let (st, _) = page("POST", &url, Some("purpose=offers"), &[]);
     assert_eq!(st, 200);
@@ -1000,7 +1037,12 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
         decision_on(&s, "offers", "email", email),
         (false, "channel_withdrawn".into())
     );
-    let (_, c) = admin(&s, "GET", &format!("/api/v1/profiles/{profile}/consents"), None);
+    let (_, c) = admin(
+        &s,
+        "GET",
+        &format!("/api/v1/profiles/{profile}/consents"),
+        None,
+    );
     let tail: Vec<(String, String, String)> = c["ledger"].as_array().unwrap()[2..]
         .iter()
         .map(|e| {
@@ -1014,7 +1056,11 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     assert_eq!(
         tail,
         [
-            ("email".into(), "withdrawn".into(), "preference_center".into()),
+            (
+                "email".into(),
+                "withdrawn".into(),
+                "preference_center".into()
+            ),
             ("sms".into(), "granted".into(), "preference_center".into()),
         ]
     );

@@ -97,7 +97,11 @@ const MAX_ROWS: usize = 12;
 const MAX_FILTERS: usize = 4;
 /// The nested groups a row may belong to.
 const GROUPS: [(&str, &str); 3] = [("a", "Group A"), ("b", "Group B"), ("c", "Group C")];
-const SCORES: [(&str, &str); 3] = [("r", "Recency (R)"), ("f", "Frequency (F)"), ("m", "Monetary (M)")];
+const SCORES: [(&str, &str); 3] = [
+    ("r", "Recency (R)"),
+    ("f", "Frequency (F)"),
+    ("m", "Monetary (M)"),
+];
 const SCORE_OPS: [&str; 5] = ["gte", "gt", "eq", "lte", "lt"];
 
 /// The condition kinds the builder offers, and what each row's fields mean.
@@ -122,7 +126,11 @@ const FILTER_OPS: [&str; 8] = ["eq", "ne", "gt", "gte", "lt", "lte", "contains",
 /// the builder always had.
 fn filter_names(i: usize, j: usize) -> [String; 3] {
     if j == 0 {
-        [format!("wprop_{i}"), format!("wop_{i}"), format!("wvalue_{i}")]
+        [
+            format!("wprop_{i}"),
+            format!("wop_{i}"),
+            format!("wvalue_{i}"),
+        ]
     } else {
         [
             format!("wprop_{i}_{j}"),
@@ -403,7 +411,11 @@ fn form_of(form: &Form) -> BuilderForm {
         combine: form.get("combine").unwrap_or("all").to_owned(),
         group_combine: GROUPS
             .iter()
-            .map(|(g, _)| form.get(&format!("combine_{g}")).unwrap_or("any").to_owned())
+            .map(|(g, _)| {
+                form.get(&format!("combine_{g}"))
+                    .unwrap_or("any")
+                    .to_owned()
+            })
             .collect(),
         rows: rows_of(form),
     }

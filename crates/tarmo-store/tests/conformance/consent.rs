@@ -1005,7 +1005,13 @@ fn verdict_by(h: &Harness, profile: i64, purpose: &str, channel: Channel) -> (bo
     let rule = catalog.require(purpose).unwrap().rule;
     match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
         Subject::Known(_, st, flags) => {
-            let v = decide(&rule, Some(channel), st.as_ref(), flags, tarmo_store::now_ms());
+            let v = decide(
+                &rule,
+                Some(channel),
+                st.as_ref(),
+                flags,
+                tarmo_store::now_ms(),
+            );
             (v.allowed, v.reason)
         }
         other => panic!("expected a known subject, got {other:?}"),
@@ -1020,7 +1026,12 @@ pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) 
         (
             NewEntry {
                 channel: Some(Channel::Sms),
-                ..entry(p, "email_marketing", ConsentDecision::Withdrawn, Method::Api)
+                ..entry(
+                    p,
+                    "email_marketing",
+                    ConsentDecision::Withdrawn,
+                    Method::Api,
+                )
             },
             "channel_not_covered",
         ),
@@ -1114,8 +1125,18 @@ pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) 
     append(
         h,
         vec![
-            entry(p, "offers", ConsentDecision::Withdrawn, Method::OneClickUnsubscribe),
-            entry(p, "offers", ConsentDecision::Granted, Method::PreferenceCenter),
+            entry(
+                p,
+                "offers",
+                ConsentDecision::Withdrawn,
+                Method::OneClickUnsubscribe,
+            ),
+            entry(
+                p,
+                "offers",
+                ConsentDecision::Granted,
+                Method::PreferenceCenter,
+            ),
         ],
     )
     .unwrap();
@@ -1123,7 +1144,11 @@ pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) 
         verdict_by(h, p, "offers", Channel::Sms),
         (false, Reason::ChannelWithdrawn)
     );
-    append(h, vec![channel_entry(p, ConsentDecision::Granted, Channel::Sms)]).unwrap();
+    append(
+        h,
+        vec![channel_entry(p, ConsentDecision::Granted, Channel::Sms)],
+    )
+    .unwrap();
     assert_eq!(
         verdict_by(h, p, "offers", Channel::Sms),
         (true, Reason::ConsentGranted)
