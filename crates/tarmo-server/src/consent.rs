@@ -223,7 +223,7 @@ fn default_method() -> String {
 #[serde(untagged)]
 pub enum ConsentBody {
     Many { entries: Vec<ConsentInput> },
-    One(ConsentInput),
+    One(Box<ConsentInput>),
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -263,7 +263,7 @@ pub async fn record(
     })?;
     let inputs = match body {
         ConsentBody::Many { entries } => entries,
-        ConsentBody::One(e) => vec![e],
+        ConsentBody::One(e) => vec![*e],
     };
     if inputs.is_empty() || inputs.len() > 1000 {
         return Err(ApiError::bad_request(
