@@ -89,10 +89,9 @@ async function signIn(name) {
   assert.match(page.url(), /\/console\/sign-in$/);
   // The sign-in is limited per address as the API's login is (5 at once,
   // one more every 5 s) and per account (10 at once, one more every 10 s);
-  // this file signs in more often than that, so it waits when told to —
-  // until a deadline, not for a fixed number of tries: an attempt refused
-  // by one bucket can spend a token of the other, so how many tries it
-  // takes depends on how long the tests before it ran.
+  // this file signs in more often than that, so it waits when told to,
+  // until a deadline rather than for a fixed number of tries (how many
+  // tries it takes depends on how long the tests before it ran).
   const until = Date.now() + 120_000;
   for (;;) {
     await page.getByLabel('Name').fill(name);
@@ -103,7 +102,6 @@ async function signIn(name) {
     ]);
     if (resp.status() !== 429 || Date.now() > until) break;
     const wait = Number(resp.headers()['retry-after'] ?? 5) || 5;
-    if (process.env.TARMO_TRACE_SIGN_IN) console.error(`sign-in ${name}: 429, waiting ${wait} s`);
     await page.waitForTimeout(wait * 1000 + 200);
     await page.goto(`${tarmo.base}/console/sign-in`);
   }

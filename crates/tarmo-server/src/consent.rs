@@ -231,7 +231,7 @@ fn default_method() -> String {
 #[serde(untagged)]
 pub enum ConsentBody {
     Many { entries: Vec<ConsentInput> },
-    One(ConsentInput),
+    One(Box<ConsentInput>),
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1090,7 +1090,7 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     // A form without the channel boxes (an older page) leaves them alone.
     let (st, _) = page("POST", &url, Some("purpose=offers"), &[]);
     assert_eq!(st, 200);
-    assert_eq!(decision_on(&s, "offers", "email", email).0, true);
+    assert!(decision_on(&s, "offers", "email", email).0);
     let (st, _) = page(
         "POST",
         &url,

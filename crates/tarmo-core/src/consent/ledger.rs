@@ -656,12 +656,12 @@ mod tests {
             for c in Channel::ALL {
                 let last = entries[first..]
                     .iter()
-                    .filter(|x| {
+                    .rev()
+                    .find(|x| {
                         x.channel == Some(c)
                             && (x.decision.is_refusal()
                                 || (x.decision == Granted && x.method.is_explicit()))
-                    })
-                    .last();
+                    });
                 proptest::prop_assert_eq!(
                     s.channel_off(c),
                     last.is_some_and(|x| x.decision.is_refusal()),
