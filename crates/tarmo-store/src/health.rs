@@ -233,6 +233,10 @@ pub fn supervise<F>(
 where
     F: FnMut() + Send + 'static,
 {
+    // Known to readiness before its thread first runs: a probe right after
+    // start must name every part, not only those whose threads were
+    // scheduled already.
+    health.up(name);
     std::thread::Builder::new()
         .name(format!("tarmo-{name}"))
         .spawn(move || {
