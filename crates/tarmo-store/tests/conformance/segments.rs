@@ -331,6 +331,104 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
     assert_eq!(engine.lifecycle_of(ann).unwrap().orders, 4);
 }
 
+/// The sync reads and writes its members a page (500) at a time: with
+/// 1,101 people every page's decisions, hashes, rows and disclosures count.
+pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harness) {
+    use tarmo_core::segments::audience::AudienceFormat;
+    use tarmo_store::segments::audiences::AudienceDef;
+    const N: usize = 1101;
+    h.ingest(
+        (0..N)
+            .map(|i| json!({"type": "identify", "userId": format!("p{i}"), "traits": {"email": format!("p{i}@example.fi")}}))
+            .collect(),
+    );
+    let ids: Vec<i64> = (0..N)
+        .map(|i| h.lookup("user_id", &format!("p{i}")).unwrap())
+        .collect();
+    // Two in three allow ad audiences.
+    let grant = |people: Vec<i64>, d: ConsentDecision| {
+        let entries: Vec<NewEntry> = people
+            .into_iter()
+            .map(|p| NewEntry {
+                profile_id: p,
+                purpose: "ad_audiences".into(),
+                decision: d,
+                method: Method::WebForm,
+                notice_version: None,
+                at_ms: None,
+                source: "test form".into(),
+                evidence: Default::default(),
+            })
+            .collect();
+        h.writer
+            .transact_blocking(move |ctx| {
+                consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
+            })
+            .unwrap();
+    };
+    let allowed: Vec<i64> = ids.iter().copied().filter(|p| p % 3 != 0).collect();
+    grant(allowed.clone(), ConsentDecision::Granted);
+    let input: tarmo_core::processor::ProcessorInput = serde_json::from_value(json!({
+        "name": "Ad platform", "role": "advertising", "country": "ie", "dpa_reference": "DPA-ads",
+        "dpa_signed_on": "2024-05-02", "purposes": ["ad_audiences"], "data_categories": ["contact"]}))
+    .unwrap();
+    let spec = input.parse(tarmo_store::now_ms()).unwrap();
+    let processor = h
+        .writer
+        .transact_blocking(move |ctx| {
+            tarmo_store::processors::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
+        })
+        .unwrap()
+        .id;
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    engine
+        .put(def(
+            "with_email",
+            "ad_audiences",
+            json!({"identifier": "email"}),
+        ))
+        .unwrap();
+    engine
+        .create_audience(AudienceDef {
+            id: "meta".into(),
+            segment: "with_email".into(),
+            processor_id: processor,
+            format: AudienceFormat::MetaCustomAudience,
+            created_ms: 1,
+        })
+        .unwrap();
+    let count = |sql: &str| -> i64 {
+        h.store
+            .conn()
+            .unwrap()
+            .query_opt(sql, &[P::Int(processor)])
+            .unwrap()
+            .unwrap()
+            .int(0)
+            .unwrap()
+    };
+    let r = engine.sync_audience("meta").unwrap().unwrap();
+    let n = allowed.len() as u64;
+    assert_eq!((r.added, r.removed), (n, 0), "{r:?}");
+    assert_eq!(r.excluded.get("no_consent"), Some(&(N as u64 - n)));
+    let members_sql = "SELECT COUNT(*) FROM audience_members m JOIN audiences a ON a.id = m.audience_id WHERE a.processor_id = $1";
+    assert_eq!(count(members_sql), n as i64);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM disclosures WHERE processor_id = $1"),
+        n as i64
+    );
+    // 600 withdraw: removed over two pages.
+    grant(allowed[..600].to_vec(), ConsentDecision::Withdrawn);
+    let r = engine.sync_audience("meta").unwrap().unwrap();
+    assert_eq!((r.added, r.removed), (0, 600), "{r:?}");
+    assert_eq!(count(members_sql), n as i64 - 600);
+}
+
 pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
     let engine = SegmentEngine::start(
         h.store.clone(),
