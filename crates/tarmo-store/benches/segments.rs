@@ -14,6 +14,10 @@
 //! - an audience sync of everyone with an email who allows ads.
 //!
 //! cargo bench -p tarmo-store --bench segments   (env: PROFILES, EVENTS, LOAD)
+//!
+//! With `DATA_DIR`, the stored data (and the bench's own master key, mode
+//! 0600) are kept there and reused by later runs with the same sizes, so the
+//! ingestion is paid once; `SETUP_ONLY=1` stops after it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,26 +73,48 @@ fn main() {
     let profiles = env_or("PROFILES", 100_000);
     let events = env_or("EVENTS", 1_000_000);
     let load = env_or("LOAD", 10_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open(
-            Backend::open(dir.path(), None).unwrap(),
-            &MasterKey::generate().unwrap(),
-            200_000,
-        )
-        .unwrap(),
-    );
-    store
-        .transact_direct(|c, _| consent::seed_defaults(c, 1))
-        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = std::env::var("DATA_DIR").ok().map(|d| {
+        let d = std::path::PathBuf::from(d).join(format!("p{profiles}-e{events}"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    });
+    let path = kept.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let ready = kept.as_ref().is_some_and(|d| d.join("ready").exists());
+    let master = match &kept {
+        Some(d) if ready => MasterKey::load(&d.join("master.key")).unwrap(),
+        Some(d) => {
+            // A setup that did not finish starts over.
+            for f in std::fs::read_dir(d).unwrap() {
+                let f = f.unwrap().path();
+                if f.is_dir() {
+                    std::fs::remove_dir_all(&f).unwrap();
+                } else {
+                    std::fs::remove_file(&f).unwrap();
+                }
+            }
+            let k = MasterKey::generate().unwrap();
+            k.create_file(&d.join("master.key")).unwrap();
+            k
+        }
+        None => MasterKey::generate().unwrap(),
+    };
+    let dir = path.as_path();
+    let store = Arc::new(Store::open(Backend::open(dir, None).unwrap(), &master, 200_000).unwrap());
+    if !ready {
+        store
+            .transact_direct(|c, _| consent::seed_defaults(c, 1))
+            .unwrap();
+    }
     let (writer, _join) = store.start_writer(WriterConfig::default()).unwrap();
     let cfg = IdentityConfig::default();
     let now = now_ms();
     let day = 86_400_000i64;
 
     // The plaintext twin, for the raw limit.
-    let plain = rusqlite::Connection::open(dir.path().join("plain.db")).unwrap();
-    plain
+    let plain = rusqlite::Connection::open(dir.join("plain.db")).unwrap();
+    if !ready {
+        plain
         .execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE events (profile_id INTEGER NOT NULL, name TEXT NOT NULL, ts INTEGER NOT NULL, revenue REAL);
@@ -96,119 +122,129 @@ fn main() {
         )
         .unwrap();
 
-    let t = Instant::now();
-    let per = (events / profiles).max(1);
-    let mut batch = Vec::with_capacity(5000);
-    let mut plain_rows: Vec<(u64, &str, i64, Option<f64>)> = Vec::with_capacity(100_000);
-    let flush_plain = |rows: &mut Vec<(u64, &str, i64, Option<f64>)>| {
-        let tx = plain.unchecked_transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO events VALUES (?1, ?2, ?3, ?4)")
-                .unwrap();
-            for (p, n, ts, r) in rows.drain(..) {
-                st.execute(rusqlite::params![p as i64, n, ts, r]).unwrap();
+        let t = Instant::now();
+        let per = (events / profiles).max(1);
+        let mut batch = Vec::with_capacity(5000);
+        let mut plain_rows: Vec<(u64, &str, i64, Option<f64>)> = Vec::with_capacity(100_000);
+        let flush_plain = |rows: &mut Vec<(u64, &str, i64, Option<f64>)>| {
+            let tx = plain.unchecked_transaction().unwrap();
+            {
+                let mut st = tx
+                    .prepare_cached("INSERT INTO events VALUES (?1, ?2, ?3, ?4)")
+                    .unwrap();
+                for (p, n, ts, r) in rows.drain(..) {
+                    st.execute(rusqlite::params![p as i64, n, ts, r]).unwrap();
+                }
             }
-        }
-        tx.commit().unwrap();
-    };
-    for i in 0..profiles {
-        batch.push(
-            json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("i{i}"),
-            "traits": {"email": format!("person{i}@example.com"), "city": "Tampere"}}),
-        );
-        for j in 1..per {
-            let h = mix(i * 1000 + j);
-            let ts = now - (h % (730 * day as u64)) as i64;
-            let order = h % 10 < 3;
-            let name = if order {
-                "Order Completed"
-            } else {
-                "Product Viewed"
-            };
-            let revenue = order.then(|| 10.0 + (h >> 20) as f64 % 290.0);
+            tx.commit().unwrap();
+        };
+        for i in 0..profiles {
             batch.push(
+                json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("i{i}"),
+            "traits": {"email": format!("person{i}@example.com"), "city": "Tampere"}}),
+            );
+            for j in 1..per {
+                let h = mix(i * 1000 + j);
+                let ts = now - (h % (730 * day as u64)) as i64;
+                let order = h % 10 < 3;
+                let name = if order {
+                    "Order Completed"
+                } else {
+                    "Product Viewed"
+                };
+                let revenue = order.then(|| 10.0 + (h >> 20) as f64 % 290.0);
+                batch.push(
                 json!({"type": "track", "userId": format!("u{i}"), "messageId": format!("e{i}-{j}"),
                 "event": name, "timestamp": tarmo_store::rfc3339(ts),
                 "properties": {"revenue": revenue, "sku": format!("sku-{}", h % 500)}}),
             );
-            plain_rows.push((i, name, ts, revenue));
+                plain_rows.push((i, name, ts, revenue));
+            }
+            if batch.len() >= 5000 {
+                let prepared = batch
+                    .drain(..)
+                    .enumerate()
+                    .map(|(k, v)| {
+                        store.prepare(
+                            parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
+                            1,
+                        )
+                    })
+                    .collect();
+                writer.submit_blocking(prepared).unwrap();
+            }
+            if plain_rows.len() >= 100_000 {
+                flush_plain(&mut plain_rows);
+            }
         }
-        if batch.len() >= 5000 {
-            let prepared = batch
-                .drain(..)
-                .enumerate()
-                .map(|(k, v)| {
-                    store.prepare(
-                        parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                        1,
-                    )
-                })
-                .collect();
-            writer.submit_blocking(prepared).unwrap();
-        }
-        if plain_rows.len() >= 100_000 {
-            flush_plain(&mut plain_rows);
-        }
-    }
-    let prepared = batch
-        .drain(..)
-        .enumerate()
-        .map(|(k, v)| {
-            store.prepare(
-                parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                1,
-            )
-        })
-        .collect();
-    writer.submit_blocking(prepared).unwrap();
-    flush_plain(&mut plain_rows);
-    eprintln!(
-        "{profiles} people, {} events ingested in {:.0} s",
-        profiles * per,
-        t.elapsed().as_secs_f64()
-    );
-    // Half consent to email and to ad audiences (profile ids are 1..=N in order).
-    let t = Instant::now();
-    let ids: Vec<i64> = (1..=profiles as i64)
-        .filter(|p| mix(*p as u64).is_multiple_of(2))
-        .collect();
-    for chunk in ids.chunks(5000) {
-        let entries: Vec<NewEntry> = chunk
-            .iter()
-            .flat_map(|p| {
-                ["email_marketing", "ad_audiences"].map(|purpose| NewEntry {
-                    channel: None,
-                    profile_id: *p,
-                    purpose: purpose.into(),
-                    decision: ConsentDecision::Granted,
-                    method: Method::WebForm,
-                    notice_version: None,
-                    at_ms: None,
-                    source: "bench".into(),
-                    evidence: Default::default(),
-                })
+        let prepared = batch
+            .drain(..)
+            .enumerate()
+            .map(|(k, v)| {
+                store.prepare(
+                    parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
+                    1,
+                )
             })
             .collect();
-        writer
-            .transact_blocking(move |ctx| {
-                consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
-            })
-            .unwrap();
-    }
-    {
-        let tx = plain.unchecked_transaction().unwrap();
-        for p in &ids {
-            // The plaintext profile ids are 0-based.
-            tx.execute("INSERT INTO consent VALUES (?1, 1)", [p - 1])
+        writer.submit_blocking(prepared).unwrap();
+        flush_plain(&mut plain_rows);
+        eprintln!(
+            "{profiles} people, {} events ingested in {:.0} s",
+            profiles * per,
+            t.elapsed().as_secs_f64()
+        );
+        // Half consent to email and to ad audiences (profile ids are 1..=N in order).
+        let t = Instant::now();
+        let ids: Vec<i64> = (1..=profiles as i64)
+            .filter(|p| mix(*p as u64).is_multiple_of(2))
+            .collect();
+        for chunk in ids.chunks(5000) {
+            let entries: Vec<NewEntry> = chunk
+                .iter()
+                .flat_map(|p| {
+                    ["email_marketing", "ad_audiences"].map(|purpose| NewEntry {
+                        channel: None,
+                        profile_id: *p,
+                        purpose: purpose.into(),
+                        decision: ConsentDecision::Granted,
+                        method: Method::WebForm,
+                        notice_version: None,
+                        at_ms: None,
+                        source: "bench".into(),
+                        evidence: Default::default(),
+                    })
+                })
+                .collect();
+            writer
+                .transact_blocking(move |ctx| {
+                    consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
+                })
                 .unwrap();
         }
-        tx.commit().unwrap();
+        {
+            let tx = plain.unchecked_transaction().unwrap();
+            for p in &ids {
+                // The plaintext profile ids are 0-based.
+                tx.execute("INSERT INTO consent VALUES (?1, 1)", [p - 1])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        plain
+            .execute_batch(
+                "CREATE INDEX events_q ON events(name, ts, profile_id, revenue); ANALYZE;",
+            )
+            .unwrap();
+        eprintln!("consents in {:.0} s", t.elapsed().as_secs_f64());
+        if let Some(d) = &kept {
+            std::fs::write(d.join("ready"), b"").unwrap();
+        }
     }
-    plain
-        .execute_batch("CREATE INDEX events_q ON events(name, ts, profile_id, revenue); ANALYZE;")
-        .unwrap();
-    eprintln!("consents in {:.0} s", t.elapsed().as_secs_f64());
+    let per = (events / profiles).max(1);
+    if std::env::var("SETUP_ONLY").is_ok() {
+        return;
+    }
 
     // The engine's start.
     let rss0 = rss_mb();
@@ -288,7 +324,13 @@ fn main() {
             text::parse("event \"Probe\" in 1d").unwrap(),
         ))
         .unwrap();
-    assert_eq!(engine.list().len(), 20);
+    // A reused store (DATA_DIR) also holds the audience segment of an earlier run.
+    assert!(engine.list().len() >= 20);
+    let (_, held20) = engine.size();
+    println!(
+        "20 segments defined (18 on view properties): events held {held20}, RSS {:.0} MB",
+        rss_mb()
+    );
     let runner = {
         let e = engine.clone();
         std::thread::spawn(move || e.run())
@@ -321,7 +363,8 @@ fn main() {
     };
     let mut lat = Vec::new();
     for i in 0..100u64 {
-        let user = mix(i + 99) % profiles;
+        // Other people each run: a reused store has the earlier probes.
+        let user = mix(i + now as u64) % profiles;
         let v = json!({"type": "track", "userId": format!("u{user}"), "event": "Probe"});
         let p = store.prepare(
             parse_message(v, 0, None, BatchDefaults::default(), now_ms(), &cfg).unwrap(),
@@ -375,9 +418,10 @@ fn main() {
         })
         .unwrap()
         .id;
+    let audience = format!("ads_{now}");
     engine
         .create_audience(AudienceDef {
-            id: "ads".into(),
+            id: audience.clone(),
             segment: "with_email".into(),
             processor_id: processor,
             format: AudienceFormat::MetaCustomAudience,
@@ -385,7 +429,7 @@ fn main() {
         })
         .unwrap();
     let t = Instant::now();
-    let r = engine.sync_audience("ads").unwrap().unwrap();
+    let r = engine.sync_audience(&audience).unwrap().unwrap();
     println!(
         "audience sync of {} members: {} added, excluded {:?}, in {:.1} s",
         engine.get("with_email").unwrap().1,

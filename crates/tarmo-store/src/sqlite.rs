@@ -592,6 +592,47 @@ impl Conn for SqliteConn {
         .collect()
     }
 
+    fn identifiers_of_many(
+        &mut self,
+        profiles: &[ProfileId],
+    ) -> Result<Vec<(ProfileId, IdentifierRow)>> {
+        let mut out = Vec::new();
+        // Pages of 500 stay under SQLite's limit on parameters.
+        for page in profiles.chunks(500) {
+            let marks = vec!["?"; page.len()].join(", ");
+            let mut st = self.c.prepare_cached(&format!(
+                "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
+                 WHERE profile_id IN ({marks}) ORDER BY profile_id, first_seen_ms, kind"
+            ))?;
+            let rows = st.query_map(rusqlite::params_from_iter(page.iter()), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            for r in rows {
+                let (p, kind, b, key_owner, sealed, first_seen_ms, verified_ms) = r?;
+                out.push((
+                    p,
+                    IdentifierRow {
+                        kind,
+                        bidx: bidx_of(b)?,
+                        key_owner,
+                        sealed,
+                        first_seen_ms,
+                        verified_ms,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     fn events_insert(&mut self, rows: &[NewEvent]) -> Result<()> {
         let mut st = self.c.prepare_cached(
             "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -4,34 +4,18 @@
 use serde_json::Value;
 use time::{Date, Month, OffsetDateTime};
 
+use super::columns::Events;
 use super::lifecycle::{Rfm, Stage};
 use super::rule::{Cmp, EventRule, Measure, PRODUCT_PROPERTY, Rule, TraitOp, VIEWED_EVENT};
 
 const DAY_MS: i64 = 86_400_000;
-
-/// One event as evaluation keeps it: when, and the properties some rule
-/// looks at (no other).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventFact {
-    pub ts_ms: i64,
-    pub props: Box<[(Box<str>, Value)]>,
-}
-
-impl EventFact {
-    pub fn prop(&self, name: &str) -> Option<&Value> {
-        self.props
-            .iter()
-            .find(|(k, _)| &**k == name)
-            .map(|(_, v)| v)
-    }
-}
 
 /// What a rule may ask about a person. Plaintext: kept in memory only.
 pub trait Facts {
     fn trait_value(&self, name: &str) -> Option<&Value>;
     fn has_identifier(&self, kind: &str) -> bool;
     /// The person's events of this name, oldest first.
-    fn events(&self, name: &str) -> &[EventFact];
+    fn events(&self, name: &str) -> Events<'_>;
     /// Whether the policy allows the purpose (over the channel) for them now.
     fn consent_allows(&self, purpose: &str, channel: Option<&str>) -> bool;
     fn lifecycle(&self) -> Option<Stage>;
@@ -97,42 +81,53 @@ fn eval(rule: &Rule, f: &dyn Facts, now: i64, next: &mut Option<i64>) -> bool {
         Rule::Segment(id) => f.in_segment(id),
         Rule::InStock { .. } => {
             // The latest view that names its product.
-            let viewed = f.events(VIEWED_EVENT).iter().rev().find_map(|e| {
-                match e.prop(PRODUCT_PROPERTY)? {
-                    Value::String(s) if !s.is_empty() => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                }
-            });
+            let views = f.events(VIEWED_EVENT);
+            let viewed =
+                (0..views.len())
+                    .rev()
+                    .find_map(|i| match views.prop(i, PRODUCT_PROPERTY)? {
+                        Value::String(s) if !s.is_empty() => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    });
             viewed.is_some_and(|p| f.in_stock(&p))
         }
     }
 }
 
-fn event_holds(e: &EventRule, events: &[EventFact], now: i64, next: &mut Option<i64>) -> bool {
+fn event_holds(e: &EventRule, events: Events<'_>, now: i64, next: &mut Option<i64>) -> bool {
     let from = now - e.within.ms();
     // Oldest first: skip what has left the window.
-    let start = events.partition_point(|x| x.ts_ms <= from);
+    let (mut lo, mut hi) = (0, events.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if events.ts(mid) <= from {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
     let mut count = 0u64;
     let mut sum = 0.0f64;
-    for x in &events[start..] {
+    for i in lo..events.len() {
         if !e
             .filters
             .iter()
-            .all(|flt| trait_holds(x.prop(&flt.property), flt.op, &flt.value))
+            .all(|flt| trait_holds(events.prop(i, &flt.property), flt.op, &flt.value))
         {
             continue;
         }
-        if x.ts_ms > now {
+        let ts = events.ts(i);
+        if ts > now {
             // Dated ahead (clock skew within what ingestion allows): it
             // counts from its time on.
-            soonest(next, x.ts_ms);
+            soonest(next, ts);
             continue;
         }
-        soonest(next, x.ts_ms + e.within.ms());
+        soonest(next, ts + e.within.ms());
         count += 1;
         if let Measure::Sum { property, .. } = &e.measure {
-            sum += x.prop(property).and_then(number).unwrap_or(0.0);
+            sum += events.prop(i, property).and_then(number).unwrap_or(0.0);
         }
     }
     match &e.measure {
@@ -159,7 +154,7 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// A missing value holds for `ne` only (a person whose city is unknown is
 /// not in Tampere) and for nothing else.
-pub(crate) fn trait_holds(v: Option<&Value>, op: TraitOp, want: &Value) -> bool {
+pub fn trait_holds(v: Option<&Value>, op: TraitOp, want: &Value) -> bool {
     let v = match v {
         None | Some(Value::Null) => return op == TraitOp::Ne,
         Some(v) => v,
@@ -231,6 +226,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::segments::columns::EventTable;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -238,7 +234,7 @@ mod tests {
     struct P {
         traits: HashMap<String, Value>,
         ids: HashSet<String>,
-        events: HashMap<String, Vec<EventFact>>,
+        events: HashMap<String, (EventTable, Vec<u32>)>,
         allowed: HashSet<String>,
         segments: HashSet<String>,
     }
@@ -250,8 +246,10 @@ mod tests {
         fn has_identifier(&self, kind: &str) -> bool {
             self.ids.contains(kind)
         }
-        fn events(&self, name: &str) -> &[EventFact] {
-            self.events.get(name).map_or(&[], Vec::as_slice)
+        fn events(&self, name: &str) -> Events<'_> {
+            self.events
+                .get(name)
+                .map_or(Events::EMPTY, |(t, rows)| Events::new(t, rows))
         }
         fn consent_allows(&self, purpose: &str, _: Option<&str>) -> bool {
             self.allowed.contains(purpose)
@@ -270,19 +268,23 @@ mod tests {
         }
     }
 
-    fn ev(days_ago: f64, props: Value) -> EventFact {
-        let props: Vec<(Box<str>, Value)> = props
+    fn ev(days_ago: f64, props: Value) -> (i64, Vec<(String, Value)>) {
+        let props: Vec<(String, Value)> = props
             .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.as_str().into(), v.clone()))
-                    .collect()
-            })
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        EventFact {
-            ts_ms: NOW - (days_ago * DAY_MS as f64) as i64,
-            props: props.into(),
+        (NOW - (days_ago * DAY_MS as f64) as i64, props)
+    }
+
+    /// A person's events in columns, oldest first.
+    fn tbl(events: Vec<(i64, Vec<(String, Value)>)>) -> (EventTable, Vec<u32>) {
+        let mut t = EventTable::default();
+        let mut rows = Vec::new();
+        for (ts, props) in events {
+            let r = t.push(0, ts, props);
+            t.insert_sorted(&mut rows, r);
         }
+        (t, rows)
     }
 
     fn rule(v: Value) -> Rule {
@@ -294,12 +296,12 @@ mod tests {
         let mut p = P::default();
         p.events.insert(
             "Order Completed".into(),
-            vec![
+            tbl(vec![
                 ev(400.0, json!({"revenue": 1000})),
                 ev(200.0, json!({"revenue": 300})),
                 ev(100.0, json!({"revenue": "150.5"})),
                 ev(10.0, json!({"revenue": 100})),
-            ],
+            ]),
         );
         let r3 = rule(json!({"event": "Order Completed", "within": "365d", "count": {"gte": 3}}));
         let (ok, next) = evaluate(&r3, &p, NOW);
@@ -340,16 +342,16 @@ mod tests {
         let mut p = P::default();
         p.events.insert(
             "Product Viewed".into(),
-            vec![ev(1.0, json!({"category": "shoes"}))],
+            tbl(vec![ev(1.0, json!({"category": "shoes"}))]),
         );
         assert!(evaluate(&r, &p, NOW).0);
         p.events
-            .insert("Order Completed".into(), vec![ev(0.5, json!({}))]);
+            .insert("Order Completed".into(), tbl(vec![ev(0.5, json!({}))]));
         assert!(!evaluate(&r, &p, NOW).0);
         let mut q = P::default();
         q.events.insert(
             "Product Viewed".into(),
-            vec![ev(1.0, json!({"category": "hats"}))],
+            tbl(vec![ev(1.0, json!({"category": "hats"}))]),
         );
         assert!(!evaluate(&r, &q, NOW).0);
     }

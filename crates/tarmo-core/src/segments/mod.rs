@@ -14,14 +14,16 @@
 //! personal value; [`Facts`] are plaintext and live only in memory.
 
 pub mod audience;
+pub mod columns;
 mod duration;
 mod eval;
 pub mod lifecycle;
 mod rule;
 pub mod text;
 
+pub use columns::{EventTable, Events};
 pub use duration::Span;
-pub use eval::{EventFact, Facts, evaluate, number};
+pub use eval::{Facts, evaluate, number, trait_holds};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
 pub use rule::{
     Cmp, CmpOp, EventRule, Measure, PRODUCT_PROPERTY, ProductSource, PropFilter, Rule, RuleError,

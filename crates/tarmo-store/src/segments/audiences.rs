@@ -16,7 +16,7 @@ use tarmo_core::consent::{Channel, decide};
 use tarmo_core::segments::audience::{AudienceFormat, hashed};
 
 use crate::conn::{Conn, P, ProfileId};
-use crate::consent::{Catalog, Subject, subject_by_id};
+use crate::consent::{Catalog, Subject, subjects_by_id};
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result};
@@ -153,33 +153,46 @@ pub fn erased(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
     Ok(())
 }
 
-/// The hashed identifiers of a person, as the format wants them; empty
-/// hashes when the person has no such identifier.
+/// The hashed identifiers of each person, as the format wants them (empty
+/// hashes where a person has no such identifier), read a page at a time.
 fn hashes_of(
     conn: &mut dyn Conn,
     vault: &Vault,
-    profile: ProfileId,
+    profiles: &[ProfileId],
     format: AudienceFormat,
-) -> Result<(String, String)> {
-    let (mut email, mut phone) = (String::new(), String::new());
-    for row in conn.identifiers_of(profile)? {
-        if row.kind != "email" && row.kind != "phone" {
-            continue;
-        }
-        let key = vault
-            .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {}", row.key_owner)))?;
-        let plain = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-        let v = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
-        // The first of each kind (identifiers come in a stable order).
-        if row.kind == "email" && email.is_empty() {
-            email = hashed(&format.email(&v));
-        } else if row.kind == "phone" && phone.is_empty() {
-            phone = hashed(&format.phone(&v));
+) -> Result<HashMap<ProfileId, (String, String)>> {
+    let mut out: HashMap<ProfileId, (String, String)> = HashMap::with_capacity(profiles.len());
+    for page in profiles.chunks(PAGE) {
+        for (profile, row) in conn.identifiers_of_many(page)? {
+            if row.kind != "email" && row.kind != "phone" {
+                continue;
+            }
+            let (email, phone) = out.entry(profile).or_default();
+            // The first of each kind (identifiers come in a stable order).
+            let want = (row.kind == "email" && email.is_empty())
+                || (row.kind == "phone" && phone.is_empty());
+            if !want {
+                continue;
+            }
+            let key = vault
+                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("no data key for profile {}", row.key_owner))
+                })?;
+            let plain = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
+            let v = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if row.kind == "email" {
+                *email = hashed(&format.email(&v));
+            } else {
+                *phone = hashed(&format.phone(&v));
+            }
         }
     }
-    Ok((email, phone))
+    Ok(out)
 }
+
+/// People read or written per statement.
+const PAGE: usize = 500;
 
 /// Sync the audience with the segment's current `members`: decide each
 /// person now, write the platform file and record the disclosures.
@@ -216,9 +229,11 @@ pub fn sync(
         let h = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
         held.insert(r.int(0)?, (h, r.int(2)? != 0));
     }
-    let mut now_in: HashMap<ProfileId, String> = HashMap::new();
-    for &p in members {
-        let verdict = match subject_by_id(ctx.conn, p, purpose)? {
+    // Decide everyone a page at a time, then read the identifiers of
+    // those allowed a page at a time.
+    let mut allowed: Vec<ProfileId> = Vec::with_capacity(members.len());
+    for (p, subject) in subjects_by_id(ctx.conn, members, purpose)? {
+        let verdict = match subject {
             Subject::Known(cur, st, flags) if cur == p => {
                 decide(&entry.rule, Some(Channel::Ads), st.as_ref(), flags, now)
             }
@@ -234,7 +249,12 @@ pub fn sync(
                 .or_default() += 1;
             continue;
         }
-        let (email, phone) = hashes_of(ctx.conn, ctx.vault, p, def.format)?;
+        allowed.push(p);
+    }
+    let mut hashes = hashes_of(ctx.conn, ctx.vault, &allowed, def.format)?;
+    let mut now_in: HashMap<ProfileId, String> = HashMap::with_capacity(allowed.len());
+    for p in allowed {
+        let (email, phone) = hashes.remove(&p).unwrap_or_default();
         if email.is_empty() && phone.is_empty() {
             *report.excluded.entry("missing_contact".into()).or_default() += 1;
             continue;
@@ -251,10 +271,16 @@ pub fn sync(
         }
     }
     removals.sort_unstable();
-    for p in &removals {
+    for page in removals.chunks(PAGE) {
+        let marks: Vec<String> = (0..page.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut params = vec![P::Text(&def.id)];
+        params.extend(page.iter().map(|p| P::Int(*p)));
         ctx.conn.exec(
-            "DELETE FROM audience_members WHERE audience_id = $1 AND profile_id = $2",
-            &[P::Text(&def.id), P::Int(*p)],
+            &format!(
+                "DELETE FROM audience_members WHERE audience_id = $1 AND profile_id IN ({})",
+                marks.join(", ")
+            ),
+            &params,
         )?;
     }
     report.removed = removals.len() as u64;
@@ -263,22 +289,49 @@ pub fn sync(
         .filter(|(p, h)| held.get(p).is_none_or(|(old, erased)| *erased || old != *h))
         .collect();
     adds.sort_unstable();
-    for (p, h) in adds {
-        file.push_str(&format!("add,{h}\n"));
-        let sealed = ctx.vault.seal_system(Place::AudienceHashes, h.as_bytes())?;
+    // Each person added is a disclosure of their contact to the processor.
+    let categories = serde_json::to_string(&["contact"]).expect("strings serialise");
+    for page in adds.chunks(PAGE) {
+        let mut sealed = Vec::with_capacity(page.len());
+        for (_, h) in page {
+            file.push_str(&format!("add,{h}\n"));
+            sealed.push(ctx.vault.seal_system(Place::AudienceHashes, h.as_bytes())?);
+        }
+        // audience_members: $1 the audience, then (profile, hashes) pairs.
+        let rows: Vec<String> = (0..page.len())
+            .map(|i| format!("($1, ${}, ${}, 0)", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let mut params = vec![P::Text(&def.id)];
+        for ((p, _), s) in page.iter().zip(&sealed) {
+            params.push(P::Int(**p));
+            params.push(P::Blob(s));
+        }
         ctx.conn.exec(
-            "INSERT INTO audience_members (audience_id, profile_id, hashes, erased) VALUES ($1, $2, $3, 0)",
-            &[P::Text(&def.id), P::Int(*p), P::Blob(&sealed)],
+            &format!(
+                "INSERT INTO audience_members (audience_id, profile_id, hashes, erased) VALUES {}",
+                rows.join(", ")
+            ),
+            &params,
         )?;
-        crate::processors::record_disclosure(
-            ctx.conn,
-            *p,
-            def.processor_id,
-            purpose,
-            &["contact"],
-            now,
+        // disclosures: $1 processor, $2 purpose, $3 categories, $4 time, then profiles.
+        let rows: Vec<String> = (0..page.len())
+            .map(|i| format!("(${}, $1, $2, $3, $4)", i + 5))
+            .collect();
+        let mut params = vec![
+            P::Int(def.processor_id),
+            P::Text(purpose),
+            P::Text(&categories),
+            P::Int(now),
+        ];
+        params.extend(page.iter().map(|(p, _)| P::Int(**p)));
+        ctx.conn.exec(
+            &format!(
+                "INSERT INTO disclosures (profile_id, processor_id, purpose, categories, at_ms) VALUES {}",
+                rows.join(", ")
+            ),
+            &params,
         )?;
-        report.added += 1;
+        report.added += page.len() as u64;
     }
     // Where the processor has a webhook, the file goes there through the
     // processors' delivery queue (retried with backoff, never logged);

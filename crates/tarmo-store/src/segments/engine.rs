@@ -29,8 +29,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, decide};
 use tarmo_core::profile::TraitSet;
+use tarmo_core::segments::columns::{DEAD, MISSING, PropCol};
 use tarmo_core::segments::lifecycle::Quintiles;
-use tarmo_core::segments::{EventFact, Facts, LifecycleConfig, Rfm, Rule, Stage, evaluate, number};
+use tarmo_core::segments::{
+    EventRule, EventTable, Events, Facts, LifecycleConfig, Measure, Rfm, Rule, Stage, evaluate,
+    trait_holds,
+};
 
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
@@ -83,31 +87,203 @@ impl Needs {
     }
 }
 
+/// An event's properties that some rule reads.
+type Props = Vec<(String, Value)>;
+
+/// One person's facts other than events (those are in the [`Table`]s).
 #[derive(Debug, Default)]
 struct Person {
     traits: Map<String, Value>,
-    kinds: Vec<Box<str>>,
-    events: HashMap<Box<str>, Vec<EventFact>>,
-    consent: HashMap<String, ConsentState>,
+    /// Identifier kinds, as indexes into [`FactStore::kinds`].
+    kinds: Box<[u16]>,
+    /// Consent by purpose, as indexes into [`FactStore::purposes`].
+    consent: Box<[(u16, ConsentState)]>,
     flags: ProfileFlags,
 }
 
-impl Person {
-    fn add_event(&mut self, name: &str, fact: EventFact) {
-        let list = self.events.entry(name.into()).or_default();
-        let at = list.partition_point(|e| e.ts_ms <= fact.ts_ms);
-        list.insert(at, fact);
+/// The events of one name, in columns, and each person's rows of it.
+#[derive(Debug, Default)]
+struct Table {
+    name: String,
+    cols: EventTable,
+    /// Person index -> their rows, oldest first.
+    of: Vec<Vec<u32>>,
+}
+
+/// Everyone's facts: a dense index per person (reused when one goes), the
+/// events in a columnar [`Table`] per name.
+#[derive(Debug, Default)]
+struct FactStore {
+    index: HashMap<ProfileId, u32>,
+    ids: Vec<ProfileId>,
+    people: Vec<Option<Person>>,
+    free: Vec<u32>,
+    tables: Vec<Table>,
+    kinds: Vec<Box<str>>,
+    purposes: Vec<String>,
+}
+
+impl FactStore {
+    fn new(needs: &Needs) -> Self {
+        FactStore {
+            tables: needs
+                .events
+                .iter()
+                .map(|e| Table {
+                    name: e.clone(),
+                    ..Table::default()
+                })
+                .collect(),
+            ..FactStore::default()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn contains(&self, id: ProfileId) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    fn get(&self, id: ProfileId) -> Option<(u32, &Person)> {
+        let i = *self.index.get(&id)?;
+        self.people[i as usize].as_ref().map(|p| (i, p))
+    }
+
+    fn get_mut(&mut self, id: ProfileId) -> Option<&mut Person> {
+        let i = *self.index.get(&id)?;
+        self.people[i as usize].as_mut()
+    }
+
+    /// Everyone held: (profile, index, facts).
+    fn all(&self) -> impl Iterator<Item = (ProfileId, u32, &Person)> {
+        self.people
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (self.ids[i], i as u32, p)))
+    }
+
+    fn profiles(&self) -> Vec<ProfileId> {
+        self.all().map(|(id, _, _)| id).collect()
+    }
+
+    fn table(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name == name)
+    }
+
+    /// Hold `p` for `id`, replacing (and dropping the events of) whatever
+    /// was held for them; the index.
+    fn put(&mut self, id: ProfileId, p: Person) -> u32 {
+        if let Some(&i) = self.index.get(&id) {
+            self.clear_events(i);
+            self.people[i as usize] = Some(p);
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.ids[i as usize] = id;
+                self.people[i as usize] = Some(p);
+                i
+            }
+            None => {
+                self.ids.push(id);
+                self.people.push(Some(p));
+                (self.people.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, i);
+        i
+    }
+
+    fn remove(&mut self, id: ProfileId) {
+        if let Some(i) = self.index.remove(&id) {
+            self.clear_events(i);
+            self.people[i as usize] = None;
+            self.free.push(i);
+        }
+    }
+
+    /// A person's rows are no one's any more (their memory stays until
+    /// everything is read again).
+    fn clear_events(&mut self, i: u32) {
+        for t in &mut self.tables {
+            if let Some(rows) = t.of.get_mut(i as usize) {
+                for r in rows.drain(..) {
+                    t.cols.person[r as usize] = DEAD;
+                }
+                *rows = Vec::new();
+            }
+        }
+    }
+
+    fn add_event(&mut self, i: u32, table: usize, ts: i64, props: Props) {
+        let t = &mut self.tables[table];
+        let row = t.cols.push(i, ts, props);
+        if t.of.len() <= i as usize {
+            t.of.resize_with(i as usize + 1, Vec::new);
+        }
+        let mut rows = std::mem::take(&mut t.of[i as usize]);
+        t.cols.insert_sorted(&mut rows, row);
+        t.of[i as usize] = rows;
+    }
+
+    fn events(&self, i: u32, name: &str) -> Events<'_> {
+        match self.tables.iter().find(|t| t.name == name) {
+            Some(t) => Events::new(&t.cols, t.of.get(i as usize).map_or(&[], Vec::as_slice)),
+            None => Events::EMPTY,
+        }
+    }
+
+    fn kind_id(&mut self, k: &str) -> u16 {
+        match self.kinds.iter().position(|x| &**x == k) {
+            Some(i) => i as u16,
+            None => {
+                self.kinds.push(k.into());
+                (self.kinds.len() - 1) as u16
+            }
+        }
+    }
+
+    fn purpose_id(&mut self, purpose: &str) -> u16 {
+        match self.purposes.iter().position(|x| x == purpose) {
+            Some(i) => i as u16,
+            None => {
+                self.purposes.push(purpose.into());
+                (self.purposes.len() - 1) as u16
+            }
+        }
+    }
+
+    fn consent<'a>(&self, p: &'a Person, purpose: &str) -> Option<&'a ConsentState> {
+        let k = self.purposes.iter().position(|x| x == purpose)? as u16;
+        p.consent.iter().find(|(x, _)| *x == k).map(|(_, s)| s)
+    }
+
+    /// Set a person's consent for a purpose.
+    fn set_consent(&mut self, id: ProfileId, purpose: &str, state: ConsentState) {
+        let k = self.purpose_id(purpose);
+        if let Some(p) = self.get_mut(id) {
+            let mut v: Vec<(u16, ConsentState)> = std::mem::take(&mut p.consent).into_vec();
+            v.retain(|(x, _)| *x != k);
+            v.push((k, state));
+            p.consent = v.into_boxed_slice();
+        }
     }
 
     /// (orders, first, last, revenue)
-    fn orders(&self, cfg: &LifecycleConfig) -> Option<(u64, i64, i64, f64)> {
-        let list = self.events.get(cfg.order_event.as_str())?;
-        let (first, last) = (list.first()?.ts_ms, list.last()?.ts_ms);
-        let revenue = list
+    fn orders(&self, i: u32, cfg: &LifecycleConfig) -> Option<(u64, i64, i64, f64)> {
+        let e = self.events(i, &cfg.order_event);
+        let (first, last) = (e.first_ts()?, e.last_ts()?);
+        Some((e.len() as u64, first, last, e.sum(&cfg.revenue_property)))
+    }
+
+    /// Events held.
+    fn held(&self) -> usize {
+        self.tables
             .iter()
-            .filter_map(|e| e.prop(&cfg.revenue_property).and_then(number))
-            .sum();
-        Some((list.len() as u64, first, last, revenue))
+            .map(|t| t.of.iter().map(Vec::len).sum::<usize>())
+            .sum()
     }
 }
 
@@ -134,6 +310,8 @@ pub struct LifecycleSummary {
 }
 
 struct View<'a> {
+    fs: &'a FactStore,
+    i: u32,
     p: &'a Person,
     now: i64,
     catalog: &'a Catalog,
@@ -157,24 +335,27 @@ impl Facts for View<'_> {
     }
 
     fn has_identifier(&self, kind: &str) -> bool {
-        self.p.kinds.iter().any(|k| &**k == kind)
+        self.p
+            .kinds
+            .iter()
+            .any(|&k| self.fs.kinds.get(k as usize).is_some_and(|x| &**x == kind))
     }
 
-    fn events(&self, name: &str) -> &[EventFact] {
-        self.p.events.get(name).map_or(&[], Vec::as_slice)
+    fn events(&self, name: &str) -> Events<'_> {
+        self.fs.events(self.i, name)
     }
 
     fn consent_allows(&self, purpose: &str, channel: Option<&str>) -> bool {
-        allowed(self.p, self.catalog, purpose, channel, self.now)
+        allowed(self.fs, self.p, self.catalog, purpose, channel, self.now)
     }
 
     fn lifecycle(&self) -> Option<Stage> {
-        let (n, first, last, _) = self.p.orders(self.cfg)?;
+        let (n, first, last, _) = self.fs.orders(self.i, self.cfg)?;
         self.cfg.stage(n, first, last, self.now)
     }
 
     fn rfm(&self) -> Option<Rfm> {
-        let (n, _, last, revenue) = self.p.orders(self.cfg)?;
+        let (n, _, last, revenue) = self.fs.orders(self.i, self.cfg)?;
         Some(
             self.q
                 .score(((self.now - last) / DAY_MS) as f64, n as f64, revenue),
@@ -182,7 +363,7 @@ impl Facts for View<'_> {
     }
 
     fn lifecycle_changes_at(&self) -> Option<i64> {
-        let (_, first, last, _) = self.p.orders(self.cfg)?;
+        let (_, first, last, _) = self.fs.orders(self.i, self.cfg)?;
         self.cfg.next_change(first, last, self.now)
     }
 
@@ -191,16 +372,12 @@ impl Facts for View<'_> {
     }
 
     fn in_stock(&self, product: &str) -> bool {
-        let latest_purchase_store =
-            self.p
-                .events
-                .get(self.cfg.order_event.as_str())
-                .and_then(|l| {
-                    l.iter().rev().find_map(|e| {
-                        e.prop(tarmo_core::segments::STORE_PROPERTY)
-                            .and_then(name_of)
-                    })
-                });
+        let orders = self.fs.events(self.i, &self.cfg.order_event);
+        let latest_purchase_store = (0..orders.len()).rev().find_map(|k| {
+            orders
+                .prop(k, tarmo_core::segments::STORE_PROPERTY)
+                .and_then(name_of)
+        });
         let hints = StoreHints {
             preferred_store: self.p.traits.get("preferred_store").and_then(name_of),
             latest_purchase_store,
@@ -210,7 +387,14 @@ impl Facts for View<'_> {
     }
 }
 
-fn allowed(p: &Person, catalog: &Catalog, purpose: &str, channel: Option<&str>, now: i64) -> bool {
+fn allowed(
+    fs: &FactStore,
+    p: &Person,
+    catalog: &Catalog,
+    purpose: &str,
+    channel: Option<&str>,
+    now: i64,
+) -> bool {
     let Some(c) = catalog.get(purpose) else {
         return false;
     };
@@ -221,7 +405,154 @@ fn allowed(p: &Person, catalog: &Catalog, purpose: &str, channel: Option<&str>, 
         },
         None => None,
     };
-    decide(&c.rule, channel, p.consent.get(purpose), p.flags, now).allowed
+    decide(&c.rule, channel, fs.consent(p, purpose), p.flags, now).allowed
+}
+
+/// Whether `rule` holds now for every index of `fs` (false for the free
+/// ones): events and consent are answered in passes over columns; any
+/// other condition asks `other` person by person.
+fn holds_all(
+    fs: &FactStore,
+    rule: &Rule,
+    now: i64,
+    catalog: &Catalog,
+    other: &dyn Fn(u32, &Person, &Rule) -> bool,
+) -> Vec<bool> {
+    let n = fs.people.len();
+    match rule {
+        Rule::All(c) => {
+            let mut acc: Vec<bool> = fs.people.iter().map(Option::is_some).collect();
+            for r in c {
+                for (a, b) in acc.iter_mut().zip(holds_all(fs, r, now, catalog, other)) {
+                    *a &= b;
+                }
+            }
+            acc
+        }
+        Rule::Any(c) => {
+            let mut acc = vec![false; n];
+            for r in c {
+                for (a, b) in acc.iter_mut().zip(holds_all(fs, r, now, catalog, other)) {
+                    *a |= b;
+                }
+            }
+            acc
+        }
+        Rule::Not(c) => {
+            let mut v = holds_all(fs, c, now, catalog, other);
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = !*x && fs.people[i].is_some();
+            }
+            v
+        }
+        Rule::Event(e) => event_holds_all(fs, e, now),
+        Rule::Consent { purpose, channel } => {
+            let Some(c) = catalog.get(purpose) else {
+                return vec![false; n];
+            };
+            let channel = match channel.as_deref().map(Channel::parse) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(_)) => return vec![false; n],
+                None => None,
+            };
+            let k = fs
+                .purposes
+                .iter()
+                .position(|x| x == purpose)
+                .map(|k| k as u16);
+            fs.people
+                .iter()
+                .map(|p| {
+                    p.as_ref().is_some_and(|p| {
+                        let state =
+                            k.and_then(|k| p.consent.iter().find(|(x, _)| *x == k).map(|(_, s)| s));
+                        decide(&c.rule, channel, state, p.flags, now).allowed
+                    })
+                })
+                .collect()
+        }
+        _ => fs
+            .people
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.as_ref().is_some_and(|p| other(i as u32, p, rule)))
+            .collect(),
+    }
+}
+
+/// [`Rule::Event`] for everyone: one pass over the table's rows in the
+/// window, counting (and summing) per person, as
+/// [`tarmo_core::segments::evaluate`] does person by person.
+fn event_holds_all(fs: &FactStore, e: &EventRule, now: i64) -> Vec<bool> {
+    let n = fs.people.len();
+    let judge = |count: u64, sum: f64| match &e.measure {
+        Measure::Count(c) => c.holds(count as f64),
+        Measure::Sum { cmp, .. } => cmp.holds(sum),
+    };
+    let alive = |i: usize| fs.people[i].is_some();
+    let Some(t) = fs.tables.iter().find(|t| t.name == e.name) else {
+        let h = judge(0, 0.0);
+        return (0..n).map(|i| h && alive(i)).collect();
+    };
+    let cols = &t.cols;
+    // Each filter decided once per distinct value.
+    let filters: Vec<(Option<&PropCol>, Vec<bool>, bool)> = e
+        .filters
+        .iter()
+        .map(|f| {
+            let col = cols.col(&f.property);
+            let per = col.map_or_else(Vec::new, |c| {
+                c.dict
+                    .values()
+                    .iter()
+                    .map(|v| trait_holds(Some(v), f.op, &f.value))
+                    .collect()
+            });
+            (col, per, trait_holds(None, f.op, &f.value))
+        })
+        .collect();
+    let summed = match &e.measure {
+        Measure::Sum { property, .. } => Some(cols.col(property)),
+        Measure::Count(_) => None,
+    };
+    let from = now - e.within.ms();
+    let mut count = vec![0u32; n];
+    let mut sum = vec![0f64; if summed.is_some() { n } else { 0 }];
+    'rows: for r in 0..cols.len() {
+        let ts = cols.ts[r];
+        if ts <= from || ts > now {
+            continue;
+        }
+        let p = cols.person[r];
+        if p == DEAD {
+            continue;
+        }
+        for (col, per, missing) in &filters {
+            let ok = match col {
+                None => *missing,
+                Some(c) => match c.ids[r] {
+                    MISSING => *missing,
+                    id => per[id as usize],
+                },
+            };
+            if !ok {
+                continue 'rows;
+            }
+        }
+        count[p as usize] += 1;
+        if let Some(Some(c)) = summed {
+            let id = c.ids[r];
+            if id != MISSING {
+                let x = c.dict.num(id);
+                if !x.is_nan() {
+                    sum[p as usize] += x;
+                }
+            }
+        }
+    }
+    (0..n)
+        .map(|i| alive(i) && judge(count[i] as u64, sum.get(i).copied().unwrap_or(0.0)))
+        .collect()
 }
 
 /// Events, merges and touches take their ids from a sequence (on
@@ -239,7 +570,7 @@ struct Cursors {
 struct State {
     defs: Vec<SegmentDef>,
     needs: Needs,
-    people: HashMap<ProfileId, Person>,
+    facts: FactStore,
     /// Segment → member → since.
     members: HashMap<String, BTreeMap<ProfileId, i64>>,
     /// When each person's answers may next change by time alone.
@@ -266,6 +597,11 @@ pub struct SegmentEngine {
     writer: WriterHandle,
     cfg: LifecycleConfig,
     state: Mutex<State>,
+    /// Held while membership changes are written; taken while holding
+    /// `state`, so changes are written in the order they were decided, but
+    /// a tick lets go of `state` while it waits for the writer, so readers
+    /// of membership do not wait behind ingestion.
+    writing: Mutex<()>,
     stopped: AtomicBool,
     /// How long the initial load took.
     pub loaded_in: Mutex<Duration>,
@@ -304,6 +640,7 @@ impl SegmentEngine {
             writer,
             cfg,
             state: Mutex::new(State::default()),
+            writing: Mutex::new(()),
             stopped: AtomicBool::new(false),
             loaded_in: Mutex::new(Duration::ZERO),
         });
@@ -318,14 +655,14 @@ impl SegmentEngine {
             engine.reload_all(&mut st)?;
             engine.load_members(&mut st)?;
             let now = crate::now_ms();
-            let everyone: Vec<ProfileId> = st.people.keys().copied().collect();
+            let everyone = st.facts.profiles();
             let changes = engine.evaluate_people(&mut st, &everyone, now)?;
             // Members whose profile is gone (erased or merged while no
             // engine ran) leave.
             let mut gone = Vec::new();
             for (seg, m) in &st.members {
                 for p in m.keys() {
-                    if !st.people.contains_key(p) {
+                    if !st.facts.contains(*p) {
                         gone.push(Change::Leave(seg.clone(), *p, now));
                     }
                 }
@@ -337,7 +674,7 @@ impl SegmentEngine {
                     m.remove(p);
                 }
             }
-            engine.write(changes.into_iter().chain(gone).collect())?;
+            engine.write_now(changes.into_iter().chain(gone).collect())?;
         }
         *engine.loaded_in.lock().expect("load time") = began.elapsed();
         tracing::info!(
@@ -378,10 +715,17 @@ impl SegmentEngine {
     /// Take in everything committed since the last look and move the people
     /// concerned, and those whose time came. Returns the changes recorded.
     pub fn tick(&self) -> Result<usize> {
-        let mut st = self.lock();
-        let changes = self.follow(&mut st, crate::now_ms())?;
+        let (changes, writing) = {
+            let mut st = self.lock();
+            let changes = self.follow(&mut st, crate::now_ms())?;
+            (
+                changes,
+                self.writing.lock().unwrap_or_else(|e| e.into_inner()),
+            )
+        };
         let n = changes.len();
         self.write(changes)?;
+        drop(writing);
         Ok(n)
     }
 
@@ -401,7 +745,7 @@ impl SegmentEngine {
             st.stock = StockSnapshot::load(&mut *conn)?;
             st.stock_version = version;
             if st.needs.stock {
-                dirty.extend(st.people.keys().copied());
+                dirty.extend(st.facts.profiles());
             }
         }
 
@@ -434,23 +778,23 @@ impl SegmentEngine {
                 if reload.contains(&profile) {
                     continue;
                 }
-                if !st.people.contains_key(&profile) {
+                let Some((i, _)) = st.facts.get(profile) else {
                     reload.insert(profile);
                     continue;
-                }
+                };
                 if r.text(3)? != "track" {
                     // Traits and identifiers may have changed; the events
                     // the engine keeps have not.
                     refresh.insert(profile);
                     continue;
                 }
-                let Some((name, fact)) =
-                    self.open_event(&mut *conn, &st.needs, r.int(2)?, r.int(4)?, &r.blob(5)?)?
+                let Some((name, props)) =
+                    self.open_event(&mut *conn, &st.needs, r.int(2)?, &r.blob(5)?)?
                 else {
                     continue;
                 };
-                if let Some(p) = st.people.get_mut(&profile) {
-                    p.add_event(&name, fact);
+                if let Some(t) = st.facts.table(&name) {
+                    st.facts.add_event(i, t, r.int(4)?, props);
                     dirty.insert(profile);
                 }
             }
@@ -466,11 +810,8 @@ impl SegmentEngine {
         for r in rows {
             st.cursors.ledger = r.int(0)?;
             let profile = r.int(1)?;
-            if st.people.contains_key(&profile) && !reload.contains(&profile) {
-                let needs = st.needs.clone();
-                if let Some(p) = st.people.get_mut(&profile) {
-                    load_consent(&mut *conn, profile, &needs, p)?;
-                }
+            if st.facts.contains(profile) && !reload.contains(&profile) {
+                load_consent(&mut *conn, profile, &st.needs, &mut st.facts)?;
                 dirty.insert(profile);
             } else {
                 reload.insert(profile);
@@ -490,27 +831,25 @@ impl SegmentEngine {
             if reload.contains(&profile) {
                 continue;
             }
-            let needs = st.needs.clone();
-            match st.people.get_mut(&profile) {
-                Some(p) => {
-                    if self.refresh_person(&mut *conn, &needs, profile, p)? {
+            match st.facts.contains(profile) {
+                true => {
+                    if self.refresh_person(&mut *conn, &st.needs, profile, &mut st.facts)? {
                         dirty.insert(profile);
                     } else {
                         changes.extend(forget(st, profile, now));
                     }
                 }
-                None => {
+                false => {
                     reload.insert(profile);
                 }
             }
         }
         for profile in reload {
-            match self.load_person(&mut *conn, &st.needs, profile)? {
-                Some(p) => {
-                    st.people.insert(profile, p);
+            match self.load_person(&mut *conn, &st.needs, &mut st.facts, profile)? {
+                true => {
                     dirty.insert(profile);
                 }
-                None => changes.extend(forget(st, profile, now)),
+                false => changes.extend(forget(st, profile, now)),
             }
         }
         // People whose time came.
@@ -525,7 +864,7 @@ impl SegmentEngine {
         if now / DAY_MS != st.quintiles_day {
             self.recompute_quintiles(st, now);
             // Scores moved for everyone.
-            dirty.extend(st.people.keys().copied());
+            dirty.extend(st.facts.profiles());
             // Touches older than a day have been read by every engine that runs.
             let before = now - DAY_MS;
             self.writer.transact_blocking(move |ctx| {
@@ -542,7 +881,15 @@ impl SegmentEngine {
         Ok(changes)
     }
 
-    /// Record changes through the writer, in transactions of bounded size.
+    /// [`SegmentEngine::write`] for a caller holding `state`: after any
+    /// tick's changes still being written.
+    fn write_now(&self, changes: Vec<Change>) -> Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(changes)
+    }
+
+    /// Record changes through the writer, in transactions of bounded size
+    /// (the caller holds `writing`, see [`SegmentEngine::write_now`]).
     fn write(&self, changes: Vec<Change>) -> Result<()> {
         let mut it = changes.into_iter().peekable();
         while it.peek().is_some() {
@@ -596,7 +943,7 @@ impl SegmentEngine {
         let mut changes = Vec::new();
         let State {
             defs,
-            people: persons,
+            facts,
             members,
             wake,
             wake_of,
@@ -605,13 +952,15 @@ impl SegmentEngine {
             ..
         } = st;
         for &id in people {
-            let Some(p) = persons.get(&id) else {
+            let Some((i, p)) = facts.get(id) else {
                 continue;
             };
             let mut current: Vec<&str> = Vec::new();
             let mut next: Option<i64> = None;
             for d in defs.iter() {
                 let view = View {
+                    fs: facts,
+                    i,
                     p,
                     now,
                     catalog: &catalog,
@@ -653,9 +1002,9 @@ impl SegmentEngine {
 
     fn recompute_quintiles(&self, st: &mut State, now: i64) {
         let rows: Vec<(f64, f64, f64)> = st
-            .people
-            .values()
-            .filter_map(|p| p.orders(&self.cfg))
+            .facts
+            .all()
+            .filter_map(|(_, i, _)| st.facts.orders(i, &self.cfg))
             .map(|(n, _, last, revenue)| (((now - last) / DAY_MS) as f64, n as f64, revenue))
             .collect();
         st.quintiles = Quintiles::compute(rows);
@@ -685,7 +1034,7 @@ impl SegmentEngine {
     fn reload_all(&self, st: &mut State) -> Result<()> {
         let mut conn = self.store.conn()?;
         let needs = st.needs.clone();
-        let mut people: HashMap<ProfileId, Person> = HashMap::new();
+        let mut people = FactStore::new(&needs);
         let mut after = 0i64;
         loop {
             let rows = conn.query(
@@ -702,18 +1051,17 @@ impl SegmentEngine {
                 {
                     p.traits = self.open_traits(&mut *conn, id, &sealed, &needs)?;
                 }
-                people.insert(id, p);
+                people.put(id, p);
             }
             if n < PAGE {
                 break;
             }
         }
         for r in conn.query("SELECT profile_id, kind FROM identifiers", &[])? {
-            if let Some(p) = people.get_mut(&r.int(0)?) {
-                let k = r.text(1)?;
-                if !p.kinds.iter().any(|x| **x == *k) {
-                    p.kinds.push(k.into());
-                }
+            let id = r.int(0)?;
+            if people.contains(id) {
+                let k = people.kind_id(&r.text(1)?);
+                add_kind(&mut people, id, k);
             }
         }
         let grace = cursor::grace_for(&*conn);
@@ -734,13 +1082,14 @@ impl SegmentEngine {
                 if r.text(3)? != "track" {
                     continue;
                 }
-                let Some(p) = people.get_mut(&r.int(1)?) else {
+                let Some((i, _)) = people.get(r.int(1)?) else {
                     continue;
                 };
-                if let Some((name, fact)) =
-                    self.open_event(&mut *conn, &needs, r.int(2)?, r.int(4)?, &r.blob(5)?)?
+                if let Some((name, props)) =
+                    self.open_event(&mut *conn, &needs, r.int(2)?, &r.blob(5)?)?
+                    && let Some(t) = people.table(&name)
                 {
-                    p.add_event(&name, fact);
+                    people.add_event(i, t, r.int(4)?, props);
                 }
             }
             if n < PAGE {
@@ -755,9 +1104,9 @@ impl SegmentEngine {
                 ),
                 &[P::Text(purpose)],
             )? {
-                if let Some(p) = people.get_mut(&r.int(0)?) {
-                    p.consent
-                        .insert(purpose.clone(), crate::consent::state_of_row(&r, 1)?);
+                let id = r.int(0)?;
+                if people.contains(id) {
+                    people.set_consent(id, purpose, crate::consent::state_of_row(&r, 1)?);
                 }
             }
         }
@@ -765,7 +1114,7 @@ impl SegmentEngine {
             "SELECT profile_id, restricted_ms FROM profile_flags WHERE restricted_ms IS NOT NULL",
             &[],
         )? {
-            if let Some(p) = people.get_mut(&r.int(0)?) {
+            if let Some(p) = people.get_mut(r.int(0)?) {
                 p.flags.restricted_since = r.opt_int(1)?;
             }
         }
@@ -789,7 +1138,7 @@ impl SegmentEngine {
         };
         st.stock_version = conn.meta_get(STOCK_VERSION)?;
         st.stock = StockSnapshot::load(&mut *conn)?;
-        st.people = people;
+        st.facts = people;
         st.wake.clear();
         st.wake_of.clear();
         self.recompute_quintiles(st, crate::now_ms());
@@ -824,9 +1173,10 @@ impl SegmentEngine {
                 ),
                 &[P::Text(&purpose)],
             )? {
-                if let Some(p) = st.people.get_mut(&r.int(0)?) {
-                    p.consent
-                        .insert(purpose.clone(), crate::consent::state_of_row(&r, 1)?);
+                let id = r.int(0)?;
+                if st.facts.contains(id) {
+                    st.facts
+                        .set_consent(id, &purpose, crate::consent::state_of_row(&r, 1)?);
                 }
             }
         }
@@ -859,9 +1209,8 @@ impl SegmentEngine {
         conn: &mut dyn Conn,
         needs: &Needs,
         owner: ProfileId,
-        ts_ms: i64,
         sealed: &[u8],
-    ) -> Result<Option<(String, EventFact)>> {
+    ) -> Result<Option<(String, Props)>> {
         let vault = self.store.vault();
         let key = vault
             .data_key(owner, || conn.data_key_get(owner))?
@@ -873,23 +1222,16 @@ impl SegmentEngine {
         if !needs.events.contains(&name) {
             return Ok(None);
         }
-        let props: Vec<(Box<str>, Value)> = match serde_json::from_slice::<WithProps>(&plain) {
+        let props: Vec<(String, Value)> = match serde_json::from_slice::<WithProps>(&plain) {
             Ok(WithProps {
                 properties: Some(m),
             }) => m
                 .into_iter()
                 .filter(|(k, _)| needs.props.contains(k))
-                .map(|(k, v)| (k.into_boxed_str(), v))
                 .collect(),
             _ => Vec::new(),
         };
-        Ok(Some((
-            name,
-            EventFact {
-                ts_ms,
-                props: props.into_boxed_slice(),
-            },
-        )))
+        Ok(Some((name, props)))
     }
 
     /// Read a person's traits and identifier kinds again (after an
@@ -899,7 +1241,7 @@ impl SegmentEngine {
         conn: &mut dyn Conn,
         needs: &Needs,
         id: ProfileId,
-        p: &mut Person,
+        fs: &mut FactStore,
     ) -> Result<bool> {
         let Some(r) = conn.query_opt(
             "SELECT merged_into, traits FROM profiles WHERE id = $1",
@@ -911,37 +1253,46 @@ impl SegmentEngine {
         if r.opt_int(0)?.is_some() {
             return Ok(false);
         }
-        if !needs.traits.is_empty()
-            && let Some(sealed) = r.opt_blob(1)?
-        {
-            p.traits = self.open_traits(conn, id, &sealed, needs)?;
-        }
-        p.kinds.clear();
+        let traits = match r.opt_blob(1)? {
+            Some(sealed) if !needs.traits.is_empty() => {
+                Some(self.open_traits(conn, id, &sealed, needs)?)
+            }
+            _ => None,
+        };
+        let mut kinds = Vec::new();
         for r in conn.query(
             "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
             &[P::Int(id)],
         )? {
-            p.kinds.push(r.text(0)?.into());
+            kinds.push(fs.kind_id(&r.text(0)?));
+        }
+        if let Some(p) = fs.get_mut(id) {
+            if let Some(t) = traits {
+                p.traits = t;
+            }
+            p.kinds = kinds.into_boxed_slice();
         }
         Ok(true)
     }
 
-    /// One person's facts, or `None` when the profile is gone or merged.
+    /// Read one person's facts into `fs`; `false` (and nothing changed)
+    /// when the profile is gone or merged.
     fn load_person(
         &self,
         conn: &mut dyn Conn,
         needs: &Needs,
+        fs: &mut FactStore,
         id: ProfileId,
-    ) -> Result<Option<Person>> {
+    ) -> Result<bool> {
         let Some(r) = conn.query_opt(
             "SELECT merged_into, traits FROM profiles WHERE id = $1",
             &[P::Int(id)],
         )?
         else {
-            return Ok(None);
+            return Ok(false);
         };
         if r.opt_int(0)?.is_some() {
-            return Ok(None);
+            return Ok(false);
         }
         let mut p = Person::default();
         if !needs.traits.is_empty()
@@ -949,22 +1300,31 @@ impl SegmentEngine {
         {
             p.traits = self.open_traits(conn, id, &sealed, needs)?;
         }
+        let mut kinds = Vec::new();
         for r in conn.query(
             "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
             &[P::Int(id)],
         )? {
-            p.kinds.push(r.text(0)?.into());
+            kinds.push(fs.kind_id(&r.text(0)?));
         }
+        p.kinds = kinds.into_boxed_slice();
+        let mut events = Vec::new();
         for r in conn.query(
             "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY id",
             &[P::Int(id)],
         )? {
-            if let Some((name, fact)) = self.open_event(conn, needs, r.int(0)?, r.int(1)?, &r.blob(2)?)? {
-                p.add_event(&name, fact);
+            if let Some((name, props)) = self.open_event(conn, needs, r.int(0)?, &r.blob(2)?)?
+                && let Some(t) = fs.table(&name)
+            {
+                events.push((t, r.int(1)?, props));
             }
         }
-        load_consent(conn, id, needs, &mut p)?;
-        Ok(Some(p))
+        let i = fs.put(id, p);
+        for (t, ts, props) in events {
+            fs.add_event(i, t, ts, props);
+        }
+        load_consent(conn, id, needs, fs)?;
+        Ok(true)
     }
 
     // ------------------------------------------------------------ the API
@@ -975,7 +1335,7 @@ impl SegmentEngine {
         let mut st = self.lock();
         // Everything acknowledged before this call counts.
         let caught_up = self.follow(&mut st, crate::now_ms())?;
-        self.write(caught_up)?;
+        self.write_now(caught_up)?;
         let catalog = self.catalog()?;
         let mut all: BTreeMap<String, SegmentDef> =
             st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
@@ -997,9 +1357,9 @@ impl SegmentEngine {
         let needs = Needs::of(&st.defs, &self.cfg);
         st.members.entry(def.id.clone()).or_default();
         self.cover(&mut st, needs)?;
-        let everyone: Vec<ProfileId> = st.people.keys().copied().collect();
+        let everyone = st.facts.profiles();
         let changes = self.evaluate_people(&mut st, &everyone, crate::now_ms())?;
-        self.write(changes)?;
+        self.write_now(changes)?;
         let n = st.members.get(&def.id).map_or(0, BTreeMap::len);
         Ok((def, n))
     }
@@ -1069,12 +1429,12 @@ impl SegmentEngine {
         let mut next = None;
         for (&p, &since) in m.range((from, std::ops::Bound::Unbounded)) {
             if let Some(purposes) = purposes {
-                let Some(person) = st.people.get(&p) else {
+                let Some((_, person)) = st.facts.get(p) else {
                     continue;
                 };
                 if !purposes
                     .iter()
-                    .any(|u| allowed(person, &catalog, u, None, now))
+                    .any(|u| allowed(&st.facts, person, &catalog, u, None, now))
                 {
                     continue;
                 }
@@ -1093,7 +1453,7 @@ impl SegmentEngine {
     pub fn preview(&self, def: &SegmentDef, sample: usize) -> Result<(usize, Vec<ProfileId>)> {
         let mut st = self.lock();
         let caught_up = self.follow(&mut st, crate::now_ms())?;
-        self.write(caught_up)?;
+        self.write_now(caught_up)?;
         let catalog = self.catalog()?;
         let others: BTreeMap<String, SegmentDef> =
             st.defs.iter().map(|d| (d.id.clone(), d.clone())).collect();
@@ -1107,14 +1467,9 @@ impl SegmentEngine {
         needs.stock |= extra.stock;
         self.cover(&mut st, needs)?;
         let now = crate::now_ms();
-        let mut n = 0;
-        let mut some = Vec::new();
-        let mut ids: Vec<ProfileId> = st.people.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let Some(p) = st.people.get(&id) else {
-                continue;
-            };
+        let st = &*st;
+        let other = |i: u32, p: &Person, rule: &Rule| {
+            let id = st.facts.ids[i as usize];
             let current: Vec<&str> = st
                 .members
                 .iter()
@@ -1122,6 +1477,8 @@ impl SegmentEngine {
                 .map(|(s, _)| s.as_str())
                 .collect();
             let view = View {
+                fs: &st.facts,
+                i,
                 p,
                 now,
                 catalog: &catalog,
@@ -1130,37 +1487,45 @@ impl SegmentEngine {
                 current: &current,
                 stock: &st.stock,
             };
-            if evaluate(&def.rule, &view, now).0 {
-                n += 1;
-                if some.len() < sample {
-                    some.push(id);
-                }
-            }
-        }
-        Ok((n, some))
+            evaluate(rule, &view, now).0
+        };
+        let holds = holds_all(&st.facts, &def.rule, now, &catalog, &other);
+        let mut ids: Vec<ProfileId> = holds
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| st.facts.ids[i])
+            .collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.truncate(sample);
+        Ok((n, ids))
     }
 
-    /// Count the people a rule holds now (the benchmark's question).
+    /// Count the people a rule holds now (the benchmark's question): a
+    /// pass over columns for its events and consent.
     pub fn count(&self, rule: &Rule) -> Result<usize> {
         let st = self.lock();
         let catalog = self.catalog()?;
         let now = crate::now_ms();
         let none: Vec<&str> = Vec::new();
-        Ok(st
-            .people
-            .values()
-            .filter(|p| {
-                let view = View {
-                    p,
-                    now,
-                    catalog: &catalog,
-                    cfg: &self.cfg,
-                    q: &st.quintiles,
-                    current: &none,
-                    stock: &st.stock,
-                };
-                evaluate(rule, &view, now).0
-            })
+        let other = |i: u32, p: &Person, rule: &Rule| {
+            let view = View {
+                fs: &st.facts,
+                i,
+                p,
+                now,
+                catalog: &catalog,
+                cfg: &self.cfg,
+                q: &st.quintiles,
+                current: &none,
+                stock: &st.stock,
+            };
+            evaluate(rule, &view, now).0
+        };
+        Ok(holds_all(&st.facts, rule, now, &catalog, &other)
+            .into_iter()
+            .filter(|h| *h)
             .count())
     }
 
@@ -1180,9 +1545,9 @@ impl SegmentEngine {
 
     pub fn lifecycle_of(&self, profile: ProfileId) -> Option<Lifecycle> {
         let st = self.lock();
-        let p = st.people.get(&profile)?;
+        let (i, _) = st.facts.get(profile)?;
         let now = crate::now_ms();
-        Some(match p.orders(&self.cfg) {
+        Some(match st.facts.orders(i, &self.cfg) {
             None => Lifecycle {
                 stage: None,
                 rfm: None,
@@ -1214,8 +1579,8 @@ impl SegmentEngine {
             m: [0; 5],
             quintiles: st.quintiles.clone(),
         };
-        for p in st.people.values() {
-            match p.orders(&self.cfg) {
+        for (_, i, _) in st.facts.all() {
+            match st.facts.orders(i, &self.cfg) {
                 None => s.without_orders += 1,
                 Some((n, first, last, revenue)) => {
                     if let Some(stage) = self.cfg.stage(n, first, last, now) {
@@ -1239,9 +1604,9 @@ impl SegmentEngine {
         let st = self.lock();
         let catalog = self.catalog()?;
         Ok(st
-            .people
-            .get(&profile)
-            .is_some_and(|p| allowed(p, &catalog, purpose, None, crate::now_ms())))
+            .facts
+            .get(profile)
+            .is_some_and(|(_, p)| allowed(&st.facts, p, &catalog, purpose, None, crate::now_ms())))
     }
 
     /// Define an audience of a segment for a processor.
@@ -1285,12 +1650,7 @@ impl SegmentEngine {
     /// People and events held in memory, for metrics.
     pub fn size(&self) -> (usize, usize) {
         let st = self.lock();
-        let events = st
-            .people
-            .values()
-            .map(|p| p.events.values().map(Vec::len).sum::<usize>())
-            .sum();
-        (st.people.len(), events)
+        (st.facts.len(), st.facts.held())
     }
 }
 
@@ -1311,7 +1671,7 @@ fn history(
 /// A person who is gone (erased, or merged into another): out of memory and
 /// out of every segment.
 fn forget(st: &mut State, profile: ProfileId, now: i64) -> Vec<Change> {
-    st.people.remove(&profile);
+    st.facts.remove(profile);
     if let Some(t) = st.wake_of.remove(&profile) {
         st.wake.remove(&(t, profile));
     }
@@ -1324,15 +1684,34 @@ fn forget(st: &mut State, profile: ProfileId, now: i64) -> Vec<Change> {
     out
 }
 
-fn load_consent(conn: &mut dyn Conn, id: ProfileId, needs: &Needs, p: &mut Person) -> Result<()> {
-    p.consent.clear();
+fn load_consent(
+    conn: &mut dyn Conn,
+    id: ProfileId,
+    needs: &Needs,
+    fs: &mut FactStore,
+) -> Result<()> {
+    let mut consent = Vec::new();
     for purpose in &needs.purposes {
         if let crate::consent::Subject::Known(_, Some(state), _) =
             crate::consent::subject_by_id(conn, id, purpose)?
         {
-            p.consent.insert(purpose.clone(), state);
+            consent.push((fs.purpose_id(purpose), state));
         }
     }
-    p.flags = crate::consent::flags(conn, id)?;
+    let flags = crate::consent::flags(conn, id)?;
+    if let Some(p) = fs.get_mut(id) {
+        p.consent = consent.into_boxed_slice();
+        p.flags = flags;
+    }
     Ok(())
+}
+
+fn add_kind(fs: &mut FactStore, id: ProfileId, k: u16) {
+    if let Some(p) = fs.get_mut(id)
+        && !p.kinds.contains(&k)
+    {
+        let mut v = std::mem::take(&mut p.kinds).into_vec();
+        v.push(k);
+        p.kinds = v.into_boxed_slice();
+    }
 }

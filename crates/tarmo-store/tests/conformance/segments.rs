@@ -203,6 +203,234 @@ pub fn segments_follow_events_consent_time_and_erasure(h: &Harness) {
     assert!(members(&again, "big_spenders").is_empty());
 }
 
+fn view(user: &str, sku: Option<&str>, days_ago: f64) -> Value {
+    let props = match sku {
+        Some(s) => json!({"sku": s}),
+        None => json!({"colour": "red"}),
+    };
+    json!({"type": "track", "userId": user, "event": "Product Viewed",
+        "properties": props, "timestamp": ago(days_ago)})
+}
+
+/// The count (passes over the columns of facts) and a segment's members
+/// (each person's rule evaluated on its own) must agree for every kind of
+/// event condition, and go on agreeing once people's facts are dropped
+/// (an erasure) and their place is taken by someone new.
+pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harness) {
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.fi"}}),
+        json!({"type": "identify", "userId": "bob", "traits": {"email": "bob@example.fi"}}),
+        json!({"type": "identify", "userId": "cy"}),
+        order("ann", 300.0, 200.0),
+        json!({"type": "track", "userId": "ann", "event": "Order Completed",
+            "properties": {"revenue": "150.5"}, "timestamp": ago(100.0)}),
+        order("ann", 100.0, 10.0),
+        order("ann", 999.0, 500.0),
+        order("bob", 20.0, 3.0),
+        order("bob", 450.0, 2.0),
+        order("bob", 60.0, 1.0),
+        view("ann", Some("A1"), 1.0),
+        view("bob", Some("A1"), 2.0),
+        view("bob", Some("B2"), 40.0),
+        view("cy", None, 1.0),
+    ]);
+    let bob = h.lookup("user_id", "bob").unwrap();
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    let rules = [
+        (
+            "a1_viewers",
+            json!({"event": "Product Viewed", "where": [{"property": "sku", "op": "eq", "value": "A1"}], "within": "30d"}),
+        ),
+        (
+            "not_a1",
+            json!({"event": "Product Viewed", "where": [{"property": "sku", "op": "ne", "value": "A1"}], "within": "60d"}),
+        ),
+        (
+            "sku_known",
+            json!({"event": "Product Viewed", "where": [{"property": "sku", "op": "exists"}], "within": "60d"}),
+        ),
+        (
+            "no_orders",
+            json!({"not": {"event": "Order Completed", "within": "365d"}}),
+        ),
+        (
+            "quiet",
+            json!({"event": "Order Completed", "within": "5d", "count": {"eq": 0}}),
+        ),
+        (
+            "spenders",
+            json!({"event": "Order Completed", "within": "365d", "sum": {"property": "revenue", "gte": 530}}),
+        ),
+        (
+            "three",
+            json!({"all": [
+            {"event": "Order Completed", "within": "365d", "count": {"gte": 3}},
+            {"any": [{"event": "Order Completed", "within": "5d"}, {"event": "Product Viewed", "within": "2d"}]}]}),
+        ),
+    ];
+    for (id, r) in &rules {
+        engine.put(def(id, "personalisation", r.clone())).unwrap();
+    }
+    let check = |engine: &SegmentEngine, want: &[(&str, usize)]| {
+        for (id, n) in want {
+            let (d, held) = engine.get(id).unwrap();
+            assert_eq!(held, *n, "{id}: members");
+            assert_eq!(engine.count(&d.rule).unwrap(), *n, "{id}: count");
+            assert_eq!(engine.preview(&d, 10).unwrap().0, *n, "{id}: preview");
+        }
+    };
+    // ann: orders 150.5 + 300 + 100 in the year, A1 yesterday; bob: three
+    // orders (530) this week, A1 and B2; cy: a view without a sku.
+    check(
+        &engine,
+        &[
+            ("a1_viewers", 2),
+            ("not_a1", 2),
+            ("sku_known", 2),
+            ("no_orders", 1),
+            ("quiet", 2),
+            ("spenders", 2),
+            ("three", 2),
+        ],
+    );
+    // Bob is erased; dan arrives after him (and may take his place in
+    // memory) with one view of A1 and no orders: none of Bob's facts count
+    // for him.
+    h.writer
+        .transact_blocking(move |ctx| tarmo_store::erasure::erase_profile(ctx, bob, None, true))
+        .unwrap();
+    engine.tick().unwrap();
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "dan", "traits": {"email": "dan@example.fi"}}),
+        view("dan", Some("A1"), 0.5),
+    ]);
+    engine.tick().unwrap();
+    check(
+        &engine,
+        &[
+            ("a1_viewers", 2),
+            ("not_a1", 1),
+            ("sku_known", 2),
+            ("no_orders", 2),
+            ("quiet", 3),
+            ("spenders", 1),
+            ("three", 1),
+        ],
+    );
+    // A person read again (a rectification) keeps one copy of their facts.
+    let ann = h.lookup("user_id", "ann").unwrap();
+    h.writer
+        .transact_blocking(move |ctx| tarmo_store::segments::touch(ctx.conn, ann, ctx.now_ms))
+        .unwrap();
+    engine.tick().unwrap();
+    check(&engine, &[("a1_viewers", 2), ("three", 1), ("quiet", 3)]);
+    assert_eq!(engine.lifecycle_of(ann).unwrap().orders, 4);
+}
+
+/// The sync reads and writes its members a page (500) at a time: with
+/// 1,101 people every page's decisions, hashes, rows and disclosures count.
+pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harness) {
+    use tarmo_core::segments::audience::AudienceFormat;
+    use tarmo_store::segments::audiences::AudienceDef;
+    const N: usize = 1101;
+    h.ingest(
+        (0..N)
+            .map(|i| json!({"type": "identify", "userId": format!("p{i}"), "traits": {"email": format!("p{i}@example.fi")}}))
+            .collect(),
+    );
+    let ids: Vec<i64> = (0..N)
+        .map(|i| h.lookup("user_id", &format!("p{i}")).unwrap())
+        .collect();
+    // Two in three allow ad audiences.
+    let grant = |people: Vec<i64>, d: ConsentDecision| {
+        let entries: Vec<NewEntry> = people
+            .into_iter()
+            .map(|p| NewEntry {
+                channel: None,
+                profile_id: p,
+                purpose: "ad_audiences".into(),
+                decision: d,
+                method: Method::WebForm,
+                notice_version: None,
+                at_ms: None,
+                source: "test form".into(),
+                evidence: Default::default(),
+            })
+            .collect();
+        h.writer
+            .transact_blocking(move |ctx| {
+                consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
+            })
+            .unwrap();
+    };
+    let allowed: Vec<i64> = ids.iter().copied().filter(|p| p % 3 != 0).collect();
+    grant(allowed.clone(), ConsentDecision::Granted);
+    let input: tarmo_core::processor::ProcessorInput = serde_json::from_value(json!({
+        "name": "Ad platform", "role": "advertising", "country": "ie", "dpa_reference": "DPA-ads",
+        "dpa_signed_on": "2024-05-02", "purposes": ["ad_audiences"], "data_categories": ["contact"]}))
+    .unwrap();
+    let spec = input.parse(tarmo_store::now_ms()).unwrap();
+    let processor = h
+        .writer
+        .transact_blocking(move |ctx| {
+            tarmo_store::processors::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
+        })
+        .unwrap()
+        .id;
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    engine
+        .put(def(
+            "with_email",
+            "ad_audiences",
+            json!({"identifier": "email"}),
+        ))
+        .unwrap();
+    engine
+        .create_audience(AudienceDef {
+            id: "meta".into(),
+            segment: "with_email".into(),
+            processor_id: processor,
+            format: AudienceFormat::MetaCustomAudience,
+            created_ms: 1,
+        })
+        .unwrap();
+    let count = |sql: &str| -> i64 {
+        h.store
+            .conn()
+            .unwrap()
+            .query_opt(sql, &[P::Int(processor)])
+            .unwrap()
+            .unwrap()
+            .int(0)
+            .unwrap()
+    };
+    let r = engine.sync_audience("meta").unwrap().unwrap();
+    let n = allowed.len() as u64;
+    assert_eq!((r.added, r.removed), (n, 0), "{r:?}");
+    assert_eq!(r.excluded.get("no_consent"), Some(&(N as u64 - n)));
+    let members_sql = "SELECT COUNT(*) FROM audience_members m JOIN audiences a ON a.id = m.audience_id WHERE a.processor_id = $1";
+    assert_eq!(count(members_sql), n as i64);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM disclosures WHERE processor_id = $1"),
+        n as i64
+    );
+    // 600 withdraw: removed over two pages.
+    grant(allowed[..600].to_vec(), ConsentDecision::Withdrawn);
+    let r = engine.sync_audience("meta").unwrap().unwrap();
+    assert_eq!((r.added, r.removed), (0, 600), "{r:?}");
+    assert_eq!(count(members_sql), n as i64 - 600);
+}
+
 pub fn bad_segment_definitions_are_refused_and_nothing_is_saved(h: &Harness) {
     let engine = SegmentEngine::start(
         h.store.clone(),
