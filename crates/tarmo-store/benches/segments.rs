@@ -408,7 +408,7 @@ fn main() {
         ))
         .unwrap();
     let input: tarmo_core::processor::ProcessorInput = serde_json::from_value(json!({
-        "name": "Ads", "role": "advertising", "country": "ie", "dpa_reference": "D",
+        "name": format!("Ads {now}"), "role": "advertising", "country": "ie", "dpa_reference": "D",
         "dpa_signed_on": "2024-01-01", "purposes": ["ad_audiences"], "data_categories": ["contact"]}))
     .unwrap();
     let spec = input.parse(now_ms()).unwrap();
