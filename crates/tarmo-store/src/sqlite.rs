@@ -568,28 +568,8 @@ impl Conn for SqliteConn {
             "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
              WHERE profile_id = ?1 ORDER BY first_seen_ms, kind",
         )?;
-        let rows = st.query_map([profile], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (kind, b, key_owner, sealed, first_seen_ms, verified_ms) = r?;
-            Ok(IdentifierRow {
-                kind,
-                bidx: bidx_of(b)?,
-                key_owner,
-                sealed,
-                first_seen_ms,
-                verified_ms,
-            })
-        })
-        .collect()
+        let rows = st.query_map([profile], |r| identifier_row(r, 0))?;
+        rows.map(|r| r?).collect()
     }
 
     fn identifiers_of_many(
@@ -605,29 +585,11 @@ impl Conn for SqliteConn {
                  WHERE profile_id IN ({marks}) ORDER BY profile_id, first_seen_ms, kind"
             ))?;
             let rows = st.query_map(rusqlite::params_from_iter(page.iter()), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, identifier_row(r, 1)?))
             })?;
             for r in rows {
-                let (p, kind, b, key_owner, sealed, first_seen_ms, verified_ms) = r?;
-                out.push((
-                    p,
-                    IdentifierRow {
-                        kind,
-                        bidx: bidx_of(b)?,
-                        key_owner,
-                        sealed,
-                        first_seen_ms,
-                        verified_ms,
-                    },
-                ));
+                let (p, row) = r?;
+                out.push((p, row?));
             }
         }
         Ok(out)
@@ -714,6 +676,28 @@ impl From<rusqlite::Error> for Error {
         }
         Error::Backend(e.to_string())
     }
+}
+
+/// An identifier row from the columns `kind, bidx, key_owner, sealed,
+/// first_seen_ms, verified_ms` starting at `at`. The outer result is
+/// SQLite's; the inner one a blind index of the wrong length.
+fn identifier_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Result<IdentifierRow>> {
+    let b: Vec<u8> = r.get(at + 1)?;
+    let (kind, key_owner, sealed, first_seen_ms, verified_ms) = (
+        r.get(at)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+        r.get(at + 5)?,
+    );
+    Ok(bidx_of(b).map(|bidx| IdentifierRow {
+        kind,
+        bidx,
+        key_owner,
+        sealed,
+        first_seen_ms,
+        verified_ms,
+    }))
 }
 
 #[cfg(test)]
