@@ -122,6 +122,9 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub store: Arc<Store>,
     pub writer: WriterHandle,
+    /// The use cases' entry: handlers call `tarmo_store::<use case>::f(&s.svc, ..)`
+    /// through [`blocking`], never a transaction or a connection of their own.
+    pub svc: tarmo_store::Services,
     pub identity: IdentityConfig,
     pub config: ServerConfig,
     pub metrics: metrics::HttpMetrics,
@@ -151,6 +154,7 @@ impl AppState {
         segments: Arc<SegmentEngine>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            svc: tarmo_store::Services::new(store.clone(), writer.clone()),
             store,
             writer,
             identity,

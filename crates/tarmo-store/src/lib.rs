@@ -34,11 +34,13 @@ pub mod requests;
 pub mod resolve;
 pub mod retention;
 pub mod segments;
+pub mod service;
 pub mod sqlite;
 mod store;
 pub mod vault;
 pub mod writer;
 
+pub use service::Services;
 pub use store::*;
 pub use tarmo_core::codes::Code;
 
