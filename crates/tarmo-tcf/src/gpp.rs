@@ -393,7 +393,7 @@ macro_rules! two_bit_enum {
         }
 
         impl UsField for $name {
-            fn read(r: &mut BitReader<'_>, field: &'static str) -> Result<Self, Error> {
+            fn read(r: &mut BitReader<'_>, field: &'static str, _: u8) -> Result<Self, Error> {
                 let bit = r.pos();
                 let code = r.read(2, field)?;
                 Self::from_code(code as u8).ok_or_else(|| r.invalid(field, bit, code))
@@ -407,7 +407,7 @@ macro_rules! two_bit_enum {
                 out.int(key, self.code());
             }
 
-            fn from_json(fields: &mut Fields, key: &str) -> Result<Self, String> {
+            fn from_json(fields: &mut Fields, key: &str, _: u8) -> Result<Self, String> {
                 let code = fields.int(key, 0, 2)?;
                 Ok(Self::from_code(code as u8).unwrap_or_default())
             }
@@ -436,7 +436,7 @@ two_bit_enum!(
 pub struct MspaCoveredTransaction(pub bool);
 
 impl UsField for MspaCoveredTransaction {
-    fn read(r: &mut BitReader<'_>, field: &'static str) -> Result<Self, Error> {
+    fn read(r: &mut BitReader<'_>, field: &'static str, _: u8) -> Result<Self, Error> {
         let bit = r.pos();
         match r.read(2, field)? {
             1 => Ok(MspaCoveredTransaction(true)),
@@ -453,7 +453,7 @@ impl UsField for MspaCoveredTransaction {
         out.int(key, if self.0 { 1 } else { 2 });
     }
 
-    fn from_json(fields: &mut Fields, key: &str) -> Result<Self, String> {
+    fn from_json(fields: &mut Fields, key: &str, _: u8) -> Result<Self, String> {
         Ok(MspaCoveredTransaction(fields.int(key, 1, 2)? == 1))
     }
 }
@@ -465,10 +465,10 @@ impl Default for MspaCoveredTransaction {
 }
 
 impl<const N: usize> UsField for [Choice; N] {
-    fn read(r: &mut BitReader<'_>, field: &'static str) -> Result<Self, Error> {
+    fn read(r: &mut BitReader<'_>, field: &'static str, version: u8) -> Result<Self, Error> {
         let mut out = [Choice::NotApplicable; N];
         for slot in &mut out {
-            *slot = Choice::read(r, field)?;
+            *slot = Choice::read(r, field, version)?;
         }
         Ok(out)
     }
@@ -483,7 +483,7 @@ impl<const N: usize> UsField for [Choice; N] {
         out.ints(key, self.iter().map(|c| i64::from(c.code())));
     }
 
-    fn from_json(fields: &mut Fields, key: &str) -> Result<Self, String> {
+    fn from_json(fields: &mut Fields, key: &str, _: u8) -> Result<Self, String> {
         let codes = fields.ints(key, 0, 2, false)?.unwrap_or_default();
         if codes.len() != N {
             return Err(format!("\"{key}\" must have {N} entries"));
@@ -500,11 +500,18 @@ use crate::json::{Fields, ObjectWriter};
 
 /// A field of a US section: its bits, and its JSON form (the raw code the
 /// specification's tables define, so JSON and string say the same thing).
+///
+/// `version` is the section's version, for the fields whose width depends on
+/// it; a field that stands for several keys of the JSON form (the US
+/// national section's sensitive-data lists) names them in `json_keys`.
 pub(crate) trait UsField: Sized {
-    fn read(r: &mut BitReader<'_>, field: &'static str) -> Result<Self, Error>;
+    fn read(r: &mut BitReader<'_>, field: &'static str, version: u8) -> Result<Self, Error>;
     fn write(&self, w: &mut BitWriter<'_>);
     fn to_json(&self, out: &mut ObjectWriter<'_>, key: &str);
-    fn from_json(fields: &mut Fields, key: &str) -> Result<Self, String>;
+    fn from_json(fields: &mut Fields, key: &str, version: u8) -> Result<Self, String>;
+    fn json_keys(key: &'static str, out: &mut Vec<&'static str>) {
+        out.push(key);
+    }
 }
 
 /// The GPC subsection shared by the US sections that have one: a 2-bit
@@ -560,15 +567,20 @@ fn read_section_version(r: &mut BitReader<'_>, supported: &[u8]) -> Result<u8, E
     Ok(version)
 }
 
-macro_rules! us_state_section {
+/// A US section, its fields listed once: the struct, the bits (decode and
+/// encode) and the JSON form all follow the list, in its order.
+/// `versions` are the section versions read; `version_of` says which one a
+/// value is written as.
+macro_rules! us_section {
     (
         $(#[$doc:meta])*
-        $name:ident, $json_name:literal, [$($field:ident: $ty:ty),* $(,)?] $(, $gpc:ident)?
+        $name:ident, $json_name:literal, versions $versions:expr, version_of($s:ident) $version_of:expr,
+        [$($(#[$fdoc:meta])* $field:ident: $ty:ty),* $(,)?] $(, $gpc:ident)?
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
         pub struct $name {
-            $(pub $field: $ty,)*
+            $($(#[$fdoc])* pub $field: $ty,)*
             $(
                 /// The GPC subsection's flag; `None` when the subsection is absent.
                 pub $gpc: Option<bool>,
@@ -576,15 +588,19 @@ macro_rules! us_state_section {
         }
 
         impl $name {
-            /// The only version of this section defined so far.
-            pub const VERSION: u8 = 1;
+            const VERSIONS: &'static [u8] = $versions;
+
+            fn version_of(&self) -> u8 {
+                let $s = self;
+                $version_of
+            }
 
             fn decode(text: &str) -> Result<Self, Error> {
                 let allows_gpc = false $(|| { let _ = stringify!($gpc); true })?;
                 let (core, _gpc_text) = split_subsections(text, allows_gpc)?;
                 let mut r = BitReader::new(core, 0, 0)?;
-                read_section_version(&mut r, &[Self::VERSION])?;
-                $(let $field = <$ty>::read(&mut r, stringify!($field))?;)*
+                let version = read_section_version(&mut r, Self::VERSIONS)?;
+                $(let $field = <$ty>::read(&mut r, stringify!($field), version)?;)*
                 $(let $gpc = match _gpc_text {
                     Some(gpc) => Some(read_gpc(gpc, 1, core.len() + 1)?),
                     None => None,
@@ -594,7 +610,7 @@ macro_rules! us_state_section {
 
             fn encode(&self, out: &mut String) {
                 let mut w = BitWriter::new(out);
-                w.write(u64::from(Self::VERSION), 6);
+                w.write(u64::from(self.version_of()), 6);
                 $(self.$field.write(&mut w);)*
                 w.finish(Padding::Compressed);
                 $(if let Some(gpc) = self.$gpc {
@@ -602,9 +618,17 @@ macro_rules! us_state_section {
                 })?
             }
 
+            /// The keys of the JSON form, in order.
+            fn json_keys() -> Vec<&'static str> {
+                let mut keys = vec!["version"];
+                $(<$ty as UsField>::json_keys(stringify!($field), &mut keys);)*
+                $(keys.push(stringify!($gpc));)?
+                keys
+            }
+
             pub(crate) fn to_json(&self, out: &mut String) {
                 let mut o = ObjectWriter::new(out);
-                o.int("version", Self::VERSION);
+                o.int("version", self.version_of());
                 $(self.$field.to_json(&mut o, stringify!($field));)*
                 $(match self.$gpc {
                     Some(gpc) => o.bool("gpc", gpc),
@@ -614,10 +638,10 @@ macro_rules! us_state_section {
             }
 
             pub(crate) fn from_json(value: crate::json::Value) -> Result<Self, String> {
-                let keys = &["version", $(stringify!($field),)* $(stringify!($gpc),)?];
-                let mut f = Fields::new(value, $json_name, keys)?;
-                f.int("version", i64::from(Self::VERSION), i64::from(Self::VERSION))?;
-                $(let $field = <$ty>::from_json(&mut f, stringify!($field))?;)*
+                let mut f = Fields::new(value, $json_name, &Self::json_keys())?;
+                let (first, last) = (Self::VERSIONS[0], Self::VERSIONS[Self::VERSIONS.len() - 1]);
+                let version = f.int("version", i64::from(first), i64::from(last))? as u8;
+                $(let $field = <$ty>::from_json(&mut f, stringify!($field), version)?;)*
                 $(let $gpc = match f.take("gpc") {
                     crate::json::Value::Null => None,
                     crate::json::Value::Bool(b) => Some(b),
@@ -625,6 +649,22 @@ macro_rules! us_state_section {
                 };)?
                 Ok($name { $($field,)* $($gpc,)? })
             }
+        }
+    };
+}
+
+/// The US state sections: one version each so far.
+macro_rules! us_state_section {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $json_name:literal, [$($field:ident: $ty:ty),* $(,)?] $(, $gpc:ident)?
+    ) => {
+        us_section!($(#[$doc])* $name, $json_name, versions &[1], version_of(_s) $name::VERSION,
+            [$($field: $ty),*] $(, $gpc)?);
+
+        impl $name {
+            /// The only version of this section defined so far.
+            pub const VERSION: u8 = 1;
         }
     };
 }
@@ -711,28 +751,29 @@ us_state_section!(
     ], gpc
 );
 
-/// The US national section (7, `usnat`). Version 2 widened the sensitive-data
-/// list from 12 to 16 entries and the known-child list from 2 to 3; both
-/// versions are read and written back as they are.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct UsNat {
-    pub sharing_notice: Notice,
-    pub sale_opt_out_notice: Notice,
-    pub sharing_opt_out_notice: Notice,
-    pub targeted_advertising_opt_out_notice: Notice,
-    pub sensitive_data_processing_opt_out_notice: Notice,
-    pub sensitive_data_limit_use_notice: Notice,
-    pub sale_opt_out: Choice,
-    pub sharing_opt_out: Choice,
-    pub targeted_advertising_opt_out: Choice,
-    pub sensitive_data: UsNatSensitiveData,
-    pub personal_data_consents: Choice,
-    pub mspa_covered_transaction: MspaCoveredTransaction,
-    pub mspa_opt_out_option_mode: MspaMode,
-    pub mspa_service_provider_mode: MspaMode,
-    /// The GPC subsection's flag; `None` when the subsection is absent.
-    pub gpc: Option<bool>,
-}
+us_section!(
+    /// The US national section (7, `usnat`). Version 2 widened the sensitive-data
+    /// list from 12 to 16 entries and the known-child list from 2 to 3; both
+    /// versions are read and written back as they are.
+    UsNat, "usnat", versions &[1, 2], version_of(s) s.sensitive_data.version(), [
+        sharing_notice: Notice,
+        sale_opt_out_notice: Notice,
+        sharing_opt_out_notice: Notice,
+        targeted_advertising_opt_out_notice: Notice,
+        sensitive_data_processing_opt_out_notice: Notice,
+        sensitive_data_limit_use_notice: Notice,
+        sale_opt_out: Choice,
+        sharing_opt_out: Choice,
+        targeted_advertising_opt_out: Choice,
+        /// `sensitive_data_processing` and `known_child_sensitive_data_consents`,
+        /// whose lengths the section version sets.
+        sensitive_data: UsNatSensitiveData,
+        personal_data_consents: Choice,
+        mspa_covered_transaction: MspaCoveredTransaction,
+        mspa_opt_out_option_mode: MspaMode,
+        mspa_service_provider_mode: MspaMode,
+    ], gpc
+);
 
 /// The version-dependent lists of the US national section; the variant is
 /// the section version.
@@ -766,226 +807,78 @@ impl UsNatSensitiveData {
     }
 }
 
-const USNAT_KEYS: &[&str] = &[
-    "version",
-    "sharing_notice",
-    "sale_opt_out_notice",
-    "sharing_opt_out_notice",
-    "targeted_advertising_opt_out_notice",
-    "sensitive_data_processing_opt_out_notice",
-    "sensitive_data_limit_use_notice",
-    "sale_opt_out",
-    "sharing_opt_out",
-    "targeted_advertising_opt_out",
-    "sensitive_data_processing",
-    "known_child_sensitive_data_consents",
-    "personal_data_consents",
-    "mspa_covered_transaction",
-    "mspa_opt_out_option_mode",
-    "mspa_service_provider_mode",
-    "gpc",
-];
+const SDP: &str = "sensitive_data_processing";
+const KCC: &str = "known_child_sensitive_data_consents";
 
-impl UsNat {
-    fn decode(text: &str) -> Result<Self, Error> {
-        let (core, gpc_text) = split_subsections(text, true)?;
-        let mut r = BitReader::new(core, 0, 0)?;
-        let version = read_section_version(&mut r, &[1, 2])?;
-        let r = &mut r;
-        let sharing_notice = Notice::read(r, "sharing_notice")?;
-        let sale_opt_out_notice = Notice::read(r, "sale_opt_out_notice")?;
-        let sharing_opt_out_notice = Notice::read(r, "sharing_opt_out_notice")?;
-        let targeted_advertising_opt_out_notice =
-            Notice::read(r, "targeted_advertising_opt_out_notice")?;
-        let sensitive_data_processing_opt_out_notice =
-            Notice::read(r, "sensitive_data_processing_opt_out_notice")?;
-        let sensitive_data_limit_use_notice = Notice::read(r, "sensitive_data_limit_use_notice")?;
-        let sale_opt_out = Choice::read(r, "sale_opt_out")?;
-        let sharing_opt_out = Choice::read(r, "sharing_opt_out")?;
-        let targeted_advertising_opt_out = Choice::read(r, "targeted_advertising_opt_out")?;
-        const SDP: &str = "sensitive_data_processing";
-        const KCC: &str = "known_child_sensitive_data_consents";
-        let sensitive_data = if version == 1 {
+impl UsField for UsNatSensitiveData {
+    fn read(r: &mut BitReader<'_>, _: &'static str, version: u8) -> Result<Self, Error> {
+        Ok(if version == 1 {
             UsNatSensitiveData::V1 {
-                processing: UsField::read(r, SDP)?,
-                known_child_consents: UsField::read(r, KCC)?,
+                processing: UsField::read(r, SDP, version)?,
+                known_child_consents: UsField::read(r, KCC, version)?,
             }
         } else {
             UsNatSensitiveData::V2 {
-                processing: UsField::read(r, SDP)?,
-                known_child_consents: UsField::read(r, KCC)?,
+                processing: UsField::read(r, SDP, version)?,
+                known_child_consents: UsField::read(r, KCC, version)?,
             }
-        };
-        let personal_data_consents = Choice::read(r, "personal_data_consents")?;
-        let mspa_covered_transaction = MspaCoveredTransaction::read(r, "mspa_covered_transaction")?;
-        let mspa_opt_out_option_mode = MspaMode::read(r, "mspa_opt_out_option_mode")?;
-        let mspa_service_provider_mode = MspaMode::read(r, "mspa_service_provider_mode")?;
-        let gpc = match gpc_text {
-            Some(gpc) => Some(read_gpc(gpc, 1, core.len() + 1)?),
-            None => None,
-        };
-        Ok(UsNat {
-            sharing_notice,
-            sale_opt_out_notice,
-            sharing_opt_out_notice,
-            targeted_advertising_opt_out_notice,
-            sensitive_data_processing_opt_out_notice,
-            sensitive_data_limit_use_notice,
-            sale_opt_out,
-            sharing_opt_out,
-            targeted_advertising_opt_out,
-            sensitive_data,
-            personal_data_consents,
-            mspa_covered_transaction,
-            mspa_opt_out_option_mode,
-            mspa_service_provider_mode,
-            gpc,
         })
     }
 
-    fn encode(&self, out: &mut String) {
-        let mut w = BitWriter::new(out);
-        w.write(u64::from(self.sensitive_data.version()), 6);
-        self.sharing_notice.write(&mut w);
-        self.sale_opt_out_notice.write(&mut w);
-        self.sharing_opt_out_notice.write(&mut w);
-        self.targeted_advertising_opt_out_notice.write(&mut w);
-        self.sensitive_data_processing_opt_out_notice.write(&mut w);
-        self.sensitive_data_limit_use_notice.write(&mut w);
-        self.sale_opt_out.write(&mut w);
-        self.sharing_opt_out.write(&mut w);
-        self.targeted_advertising_opt_out.write(&mut w);
-        match &self.sensitive_data {
+    fn write(&self, w: &mut BitWriter<'_>) {
+        match self {
             UsNatSensitiveData::V1 {
                 processing,
                 known_child_consents,
             } => {
-                processing.write(&mut w);
-                known_child_consents.write(&mut w);
+                processing.write(w);
+                known_child_consents.write(w);
             }
             UsNatSensitiveData::V2 {
                 processing,
                 known_child_consents,
             } => {
-                processing.write(&mut w);
-                known_child_consents.write(&mut w);
+                processing.write(w);
+                known_child_consents.write(w);
             }
-        }
-        self.personal_data_consents.write(&mut w);
-        self.mspa_covered_transaction.write(&mut w);
-        self.mspa_opt_out_option_mode.write(&mut w);
-        self.mspa_service_provider_mode.write(&mut w);
-        w.finish(Padding::Compressed);
-        if let Some(gpc) = self.gpc {
-            write_gpc(out, gpc);
         }
     }
 
-    pub(crate) fn to_json(&self, out: &mut String) {
-        let mut o = ObjectWriter::new(out);
-        o.int("version", self.sensitive_data.version());
-        self.sharing_notice.to_json(&mut o, "sharing_notice");
-        self.sale_opt_out_notice
-            .to_json(&mut o, "sale_opt_out_notice");
-        self.sharing_opt_out_notice
-            .to_json(&mut o, "sharing_opt_out_notice");
-        self.targeted_advertising_opt_out_notice
-            .to_json(&mut o, "targeted_advertising_opt_out_notice");
-        self.sensitive_data_processing_opt_out_notice
-            .to_json(&mut o, "sensitive_data_processing_opt_out_notice");
-        self.sensitive_data_limit_use_notice
-            .to_json(&mut o, "sensitive_data_limit_use_notice");
-        self.sale_opt_out.to_json(&mut o, "sale_opt_out");
-        self.sharing_opt_out.to_json(&mut o, "sharing_opt_out");
-        self.targeted_advertising_opt_out
-            .to_json(&mut o, "targeted_advertising_opt_out");
-        match &self.sensitive_data {
+    fn to_json(&self, out: &mut ObjectWriter<'_>, _: &str) {
+        match self {
             UsNatSensitiveData::V1 {
                 processing,
                 known_child_consents,
             } => {
-                processing.to_json(&mut o, "sensitive_data_processing");
-                known_child_consents.to_json(&mut o, "known_child_sensitive_data_consents");
+                processing.to_json(out, SDP);
+                known_child_consents.to_json(out, KCC);
             }
             UsNatSensitiveData::V2 {
                 processing,
                 known_child_consents,
             } => {
-                processing.to_json(&mut o, "sensitive_data_processing");
-                known_child_consents.to_json(&mut o, "known_child_sensitive_data_consents");
+                processing.to_json(out, SDP);
+                known_child_consents.to_json(out, KCC);
             }
         }
-        self.personal_data_consents
-            .to_json(&mut o, "personal_data_consents");
-        self.mspa_covered_transaction
-            .to_json(&mut o, "mspa_covered_transaction");
-        self.mspa_opt_out_option_mode
-            .to_json(&mut o, "mspa_opt_out_option_mode");
-        self.mspa_service_provider_mode
-            .to_json(&mut o, "mspa_service_provider_mode");
-        match self.gpc {
-            Some(gpc) => o.bool("gpc", gpc),
-            None => o.null("gpc"),
-        }
-        o.finish();
     }
 
-    pub(crate) fn from_json(value: crate::json::Value) -> Result<Self, String> {
-        let mut f = Fields::new(value, "usnat", USNAT_KEYS)?;
-        let version = f.int("version", 1, 2)?;
-        let f = &mut f;
-        let sharing_notice = Notice::from_json(f, "sharing_notice")?;
-        let sale_opt_out_notice = Notice::from_json(f, "sale_opt_out_notice")?;
-        let sharing_opt_out_notice = Notice::from_json(f, "sharing_opt_out_notice")?;
-        let targeted_advertising_opt_out_notice =
-            Notice::from_json(f, "targeted_advertising_opt_out_notice")?;
-        let sensitive_data_processing_opt_out_notice =
-            Notice::from_json(f, "sensitive_data_processing_opt_out_notice")?;
-        let sensitive_data_limit_use_notice =
-            Notice::from_json(f, "sensitive_data_limit_use_notice")?;
-        let sale_opt_out = Choice::from_json(f, "sale_opt_out")?;
-        let sharing_opt_out = Choice::from_json(f, "sharing_opt_out")?;
-        let targeted_advertising_opt_out = Choice::from_json(f, "targeted_advertising_opt_out")?;
-        const SDP: &str = "sensitive_data_processing";
-        const KCC: &str = "known_child_sensitive_data_consents";
-        let sensitive_data = if version == 1 {
+    fn from_json(f: &mut Fields, _: &str, version: u8) -> Result<Self, String> {
+        Ok(if version == 1 {
             UsNatSensitiveData::V1 {
-                processing: UsField::from_json(f, SDP)?,
-                known_child_consents: UsField::from_json(f, KCC)?,
+                processing: UsField::from_json(f, SDP, version)?,
+                known_child_consents: UsField::from_json(f, KCC, version)?,
             }
         } else {
             UsNatSensitiveData::V2 {
-                processing: UsField::from_json(f, SDP)?,
-                known_child_consents: UsField::from_json(f, KCC)?,
+                processing: UsField::from_json(f, SDP, version)?,
+                known_child_consents: UsField::from_json(f, KCC, version)?,
             }
-        };
-        let personal_data_consents = Choice::from_json(f, "personal_data_consents")?;
-        let mspa_covered_transaction =
-            MspaCoveredTransaction::from_json(f, "mspa_covered_transaction")?;
-        let mspa_opt_out_option_mode = MspaMode::from_json(f, "mspa_opt_out_option_mode")?;
-        let mspa_service_provider_mode = MspaMode::from_json(f, "mspa_service_provider_mode")?;
-        let gpc = match f.take("gpc") {
-            crate::json::Value::Null => None,
-            crate::json::Value::Bool(b) => Some(b),
-            _ => return Err("usnat: \"gpc\" must be true, false or null".into()),
-        };
-        Ok(UsNat {
-            sharing_notice,
-            sale_opt_out_notice,
-            sharing_opt_out_notice,
-            targeted_advertising_opt_out_notice,
-            sensitive_data_processing_opt_out_notice,
-            sensitive_data_limit_use_notice,
-            sale_opt_out,
-            sharing_opt_out,
-            targeted_advertising_opt_out,
-            sensitive_data,
-            personal_data_consents,
-            mspa_covered_transaction,
-            mspa_opt_out_option_mode,
-            mspa_service_provider_mode,
-            gpc,
         })
+    }
+
+    fn json_keys(_: &'static str, out: &mut Vec<&'static str>) {
+        out.extend([SDP, KCC]);
     }
 }
 
@@ -1029,6 +922,46 @@ mod tests {
         assert_eq!(ca.gpc, Some(false));
         assert!(ca.mspa_covered_transaction.0);
         assert_eq!(encode(&gpp), text);
+    }
+
+    #[test]
+    fn the_us_national_section_keeps_its_version_in_bits_and_json() {
+        let mut v1 = UsNat {
+            sensitive_data: UsNatSensitiveData::V1 {
+                processing: [Choice::Denied; 12],
+                known_child_consents: [Choice::Allowed; 2],
+            },
+            gpc: Some(true),
+            ..UsNat::default()
+        };
+        v1.sale_opt_out = Choice::Allowed;
+        for section in [v1, UsNat::default()] {
+            let mut text = String::new();
+            section.encode(&mut text);
+            assert_eq!(UsNat::decode(&text).unwrap(), section);
+            let mut json = String::new();
+            section.to_json(&mut json);
+            assert!(
+                json.contains(&format!("\"version\":{}", section.sensitive_data.version())),
+                "{json}"
+            );
+            let keys: Vec<usize> = UsNat::json_keys()
+                .iter()
+                .map(|k| json.find(&format!("\"{k}\"")).unwrap())
+                .collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "keys in the listed order: {json}"
+            );
+            let back = UsNat::from_json(crate::json::parse(&json).unwrap()).unwrap();
+            assert_eq!(back, section);
+        }
+        // A version 1 list must have version 1's length.
+        let mut json = String::new();
+        UsNat::default().to_json(&mut json);
+        let json = json.replace("\"version\":2", "\"version\":1");
+        let err = UsNat::from_json(crate::json::parse(&json).unwrap()).unwrap_err();
+        assert_eq!(err, "\"sensitive_data_processing\" must have 12 entries");
     }
 
     #[test]
