@@ -136,15 +136,13 @@ pub async fn create(
     let svc = s.svc.clone();
     std::thread::Builder::new()
         .name(format!("tarmo-import-{id}"))
-        .spawn(move || {
-            match imports::run_accepted(&svc, accepted) {
-                Ok(done) => tracing::info!(
-                    import = id,
-                    status = done.status.as_str(),
-                    "import finished"
-                ),
-                Err(e) => tracing::warn!(import = id, error = %e, "import failed"),
-            }
+        .spawn(move || match imports::run_accepted(&svc, accepted) {
+            Ok(done) => tracing::info!(
+                import = id,
+                status = done.status.as_str(),
+                "import finished"
+            ),
+            Err(e) => tracing::warn!(import = id, error = %e, "import failed"),
         })
         .map_err(|e| ApiError::from(tarmo_store::Error::Io(e)))?;
     Ok((
@@ -175,7 +173,7 @@ pub async fn get(
     let svc = s.svc.clone();
     let view = blocking(move || imports::view(&svc, id))
         .await?
-    .ok_or_else(|| ApiError::new(Code::ImportNotFound, format!("no import {id}")))?;
+        .ok_or_else(|| ApiError::new(Code::ImportNotFound, format!("no import {id}")))?;
     // The report may quote a value from the file.
     log(&s, &p, "import_read").await?;
     Ok(Json(view))

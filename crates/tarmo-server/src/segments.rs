@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tarmo_core::segments::{Rule, text, valid_segment_id};
-use tarmo_store::segments::{SegmentDef, audiences};
 use tarmo_store::segments::engine::SegmentEngine;
+use tarmo_store::segments::{SegmentDef, audiences};
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
@@ -706,7 +706,7 @@ pub async fn sync_file(
     let name = format!("{id}-{n}.csv");
     let file = blocking(move || audiences::sync_file(&svc, &id, n))
         .await?
-    .ok_or_else(|| ApiError::new(Code::SyncNotFound, "no such sync"))?;
+        .ok_or_else(|| ApiError::new(Code::SyncNotFound, "no such sync"))?;
     Ok((
         [
             (

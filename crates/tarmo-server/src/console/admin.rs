@@ -371,8 +371,7 @@ pub async fn user_roles(
         let record = account_change(&staff);
         let (svc, r) = (s.svc.clone(), roles.clone());
         // The account keeps the purposes it is bound to.
-        let changed =
-            blocking(move || tarmo_store::staff::set_roles(&svc, id, r, record)).await?;
+        let changed = blocking(move || tarmo_store::staff::set_roles(&svc, id, r, record)).await?;
         if !changed {
             return Err(ApiError::new(
                 Code::UserNotFound,
@@ -415,8 +414,7 @@ pub async fn disable_user(
         }
         let record = account_change(&staff);
         let svc = s.svc.clone();
-        let disabled =
-            blocking(move || tarmo_store::staff::disable_user(&svc, id, record)).await?;
+        let disabled = blocking(move || tarmo_store::staff::disable_user(&svc, id, record)).await?;
         if !disabled {
             return Err(ApiError::new(
                 Code::UserNotFound,

@@ -844,7 +844,16 @@ pub fn stop_sms(
         .store
         .vault()
         .blind_index(phone.kind().as_str(), phone.value());
-    svc.write(move |ctx| sms_stop(ctx.conn, ctx.vault, &ctx.catalog, &bidx, &keyword, ctx.now_ms))
+    svc.write(move |ctx| {
+        sms_stop(
+            ctx.conn,
+            ctx.vault,
+            &ctx.catalog,
+            &bidx,
+            &keyword,
+            ctx.now_ms,
+        )
+    })
 }
 
 /// The scheduler's first step: make sends due from what committed since

@@ -1967,9 +1967,8 @@ pub fn accept(
     let parsed = parse(&spec, bytes, identity, svc.store.vault(), crate::now_ms())?;
     let sha = file_sha256(bytes);
     let (sp, sh, records) = (spec.clone(), sha.clone(), parsed.records() as u64);
-    let id = svc.write(move |ctx| {
-        create_or_resume(ctx.conn, ctx.vault, &sp, &sh, records, ctx.now_ms)
-    })?;
+    let id =
+        svc.write(move |ctx| create_or_resume(ctx.conn, ctx.vault, &sp, &sh, records, ctx.now_ms))?;
     Ok(Accepted {
         id,
         spec,
