@@ -145,9 +145,11 @@ pub async fn create_template(
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<TemplateView>), ApiError> {
     let t = parse_template(&raw, None)?;
-    let r = s
-        .transact(move |ctx| flows::template_put(ctx.conn, &ctx.catalog, t, true, ctx.now_ms))
-        .await?;
+    let r = blocking({
+        let svc = s.svc.clone();
+        move || flows::create_template(&svc, t)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(template_view(r))))
 }
 
@@ -165,9 +167,11 @@ pub async fn put_template(
     raw: axum::body::Bytes,
 ) -> Result<Json<TemplateView>, ApiError> {
     let t = parse_template(&raw, Some(&id))?;
-    let r = s
-        .transact(move |ctx| flows::template_put(ctx.conn, &ctx.catalog, t, false, ctx.now_ms))
-        .await?;
+    let r = blocking({
+        let svc = s.svc.clone();
+        move || flows::change_template(&svc, t)
+    })
+    .await?;
     Ok(Json(template_view(r)))
 }
 
@@ -178,8 +182,8 @@ pub async fn list_templates(
     State(s): State<Arc<AppState>>,
     _p: Principal,
 ) -> Result<Json<TemplateList>, ApiError> {
-    let store = s.store.clone();
-    let all = blocking(move || flows::templates(&mut *store.conn()?)).await?;
+    let svc = s.svc.clone();
+    let all = blocking(move || flows::list_templates(&svc)).await?;
     Ok(Json(TemplateList {
         templates: all.into_iter().map(template_view).collect(),
     }))
@@ -194,8 +198,8 @@ pub async fn get_template(
     _p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<TemplateView>, ApiError> {
-    let store = s.store.clone();
-    blocking(move || flows::template_get(&mut *store.conn()?, &id))
+    let svc = s.svc.clone();
+    blocking(move || flows::template(&svc, &id))
         .await?
         .map(|t| Json(template_view(t)))
         .ok_or_else(|| ApiError::new(Code::TemplateNotFound, "no such template"))
@@ -211,9 +215,8 @@ pub async fn delete_template(
     _p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if s.transact(move |ctx| flows::template_delete(ctx.conn, &id))
-        .await?
-    {
+    let svc = s.svc.clone();
+    if blocking(move || flows::delete_template(&svc, &id)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(Code::TemplateNotFound, "no such template"))
@@ -225,10 +228,10 @@ fn def_error((code, msg): (Code, String)) -> ApiError {
 }
 
 pub(crate) async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, ApiError> {
-    let store = s.store.clone();
+    let svc = s.svc.clone();
     let id = f.flow.id().to_owned();
     let purpose = f.flow.sending().0.to_owned();
-    let c = blocking(move || flows::counters(&mut *store.conn()?, &id, &purpose)).await?;
+    let c = blocking(move || flows::flow_counters(&svc, &id, &purpose)).await?;
     let status = if f.status == "running" && c.pending == 0 {
         "done".to_owned()
     } else {
@@ -271,13 +274,13 @@ async fn flow_of(
     id: String,
     kind: &'static str,
 ) -> Result<FlowRecord, ApiError> {
-    let store = s.store.clone();
+    let svc = s.svc.clone();
     let code = if kind == "campaign" {
         Code::CampaignNotFound
     } else {
         Code::AutomationNotFound
     };
-    match blocking(move || flows::flow_get(&mut *store.conn()?, &id)).await? {
+    match blocking(move || flows::flow(&svc, &id)).await? {
         Some(f) if f.flow.kind() == kind && visible(p, &f) => Ok(f),
         _ => Err(ApiError::new(code, format!("no such {kind}"))),
     }
@@ -300,11 +303,8 @@ pub async fn create_automation(
         .map_err(def_error)?;
     p.may_act_for(&a.purpose)?;
     let cfg = s.send_config();
-    let f = s
-        .transact(move |ctx| {
-            flows::automation_put(ctx.conn, &ctx.catalog, &cfg, a, true, ctx.now_ms)
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let f = blocking(move || flows::save_automation(&svc, cfg, a, true)).await?;
     tracing::info!(automation = %f.flow.id(), "automation defined");
     Ok((StatusCode::CREATED, Json(flow_view(&s, f).await?)))
 }
@@ -326,11 +326,8 @@ pub async fn put_automation(
         .map_err(def_error)?;
     p.may_act_for(&a.purpose)?;
     let cfg = s.send_config();
-    let f = s
-        .transact(move |ctx| {
-            flows::automation_put(ctx.conn, &ctx.catalog, &cfg, a, false, ctx.now_ms)
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let f = blocking(move || flows::save_automation(&svc, cfg, a, false)).await?;
     Ok(Json(flow_view(&s, f).await?))
 }
 
@@ -341,8 +338,8 @@ pub async fn list_automations(
     State(s): State<Arc<AppState>>,
     p: Principal,
 ) -> Result<Json<FlowList>, ApiError> {
-    let store = s.store.clone();
-    let all = blocking(move || flows::flows(&mut *store.conn()?)).await?;
+    let svc = s.svc.clone();
+    let all = blocking(move || flows::list_flows(&svc)).await?;
     let mut out = Vec::new();
     for f in all {
         if f.flow.kind() == "automation" && visible(&p, &f) {
@@ -376,8 +373,8 @@ pub async fn delete_automation(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     flow_of(&s, &p, id.clone(), "automation").await?;
-    s.transact(move |ctx| flows::automation_delete(ctx.conn, &id))
-        .await?;
+    let svc = s.svc.clone();
+    blocking(move || flows::delete_automation(&svc, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -391,12 +388,11 @@ pub async fn dry_run(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<DryRunView>, ApiError> {
-    let store = s.store.clone();
     let cfg = s.send_config();
     let f = {
-        let store = store.clone();
+        let svc = s.svc.clone();
         let id = id.clone();
-        blocking(move || flows::flow_get(&mut *store.conn()?, &id)).await?
+        blocking(move || flows::flow(&svc, &id)).await?
     };
     let Some(f) = f.filter(|f| visible(&p, f)) else {
         return Err(ApiError::new(
@@ -405,21 +401,10 @@ pub async fn dry_run(
         ));
     };
     let template = f.flow.sending().2.to_owned();
-    let rows = blocking(move || {
-        let catalog = store.catalog()?;
-        let mut conn = store.conn()?;
-        flows::send::dry_run(
-            &mut *conn,
-            store.vault(),
-            &catalog,
-            &cfg,
-            &id,
-            now_ms(),
-            1000,
-        )
-    })
-    .await?
-    .unwrap_or_default();
+    let svc = s.svc.clone();
+    let rows = blocking(move || flows::preview_sends(&svc, &cfg, &id, now_ms(), 1000))
+        .await?
+        .unwrap_or_default();
     s.log_access(
         &p,
         "automation_dry_run",
@@ -458,9 +443,8 @@ pub async fn create_campaign(
     let c = Campaign::from_json(&json_body(&raw, Code::InvalidCampaign)?, now_ms())
         .map_err(def_error)?;
     p.may_act_for(&c.purpose)?;
-    let f = s
-        .transact(move |ctx| flows::campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms))
-        .await?;
+    let svc = s.svc.clone();
+    let f = blocking(move || flows::create_campaign(&svc, c)).await?;
     Ok((StatusCode::CREATED, Json(flow_view(&s, f).await?)))
 }
 
@@ -487,9 +471,8 @@ pub async fn cancel_campaign(
     Path(id): Path<String>,
 ) -> Result<Json<FlowView>, ApiError> {
     flow_of(&s, &p, id.clone(), "campaign").await?;
-    let f = s
-        .transact(move |ctx| flows::campaign_cancel(ctx.conn, &id, ctx.now_ms))
-        .await?;
+    let svc = s.svc.clone();
+    let f = blocking(move || flows::cancel_campaign(&svc, &id)).await?;
     Ok(Json(flow_view(&s, f).await?))
 }
 
@@ -542,20 +525,9 @@ pub async fn sms_inbound(
     }
     let kind = s.identity.kind("phone")?;
     let id = s.identity.identifier(kind, &m.from)?;
-    let bidx = s.store.vault().blind_index(id.kind().as_str(), id.value());
     let keyword: String = m.body.trim().chars().take(20).collect();
-    let purposes = s
-        .transact(move |ctx| {
-            flows::sms_stop(
-                ctx.conn,
-                ctx.vault,
-                &ctx.catalog,
-                &bidx,
-                &keyword,
-                ctx.now_ms,
-            )
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let purposes = blocking(move || flows::stop_sms(&svc, &id, keyword)).await?;
     tracing::info!(withdrawn = purposes.len(), "SMS stop word received");
     Ok(Json(InboundResult {
         stop: true,

@@ -127,34 +127,22 @@ pub async fn create(
     let (spec, content) = spec_of(input)?;
     // Parse now: a file or mapping that cannot work is refused before
     // anything is recorded; row errors are the import's outcome.
-    let (store, identity) = (s.store.clone(), s.identity.clone());
-    let sp = spec.clone();
-    let bytes = content.into_bytes();
-    let (parsed, sha) = blocking(move || {
-        let parsed = imports::parse(&sp, &bytes, &identity, store.vault(), tarmo_store::now_ms())?;
-        Ok((parsed, imports::file_sha256(&bytes)))
-    })
-    .await?;
-    let (sp, sh, records) = (spec.clone(), sha.clone(), parsed.records() as u64);
     // The same file again after an interruption resumes that import.
-    let id = s
-        .transact(move |ctx| {
-            imports::create_or_resume(ctx.conn, ctx.vault, &sp, &sh, records, ctx.now_ms)
-        })
-        .await?;
+    let (svc, identity) = (s.svc.clone(), s.identity.clone());
+    let bytes = content.into_bytes();
+    let accepted = blocking(move || imports::accept(&svc, spec, &bytes, &identity)).await?;
+    let id = accepted.id;
     log(&s, &p, "import_started").await?;
-    let (store, writer) = (s.store.clone(), s.writer.clone());
+    let svc = s.svc.clone();
     std::thread::Builder::new()
         .name(format!("tarmo-import-{id}"))
-        .spawn(move || {
-            match imports::run_parsed(&store, &writer, spec, parsed, sha, Some(id), |_, _| {}) {
-                Ok(done) => tracing::info!(
-                    import = id,
-                    status = done.status.as_str(),
-                    "import finished"
-                ),
-                Err(e) => tracing::warn!(import = id, error = %e, "import failed"),
-            }
+        .spawn(move || match imports::run_accepted(&svc, accepted) {
+            Ok(done) => tracing::info!(
+                import = id,
+                status = done.status.as_str(),
+                "import finished"
+            ),
+            Err(e) => tracing::warn!(import = id, error = %e, "import failed"),
         })
         .map_err(|e| ApiError::from(tarmo_store::Error::Io(e)))?;
     Ok((
@@ -182,13 +170,10 @@ pub async fn get(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::new(Code::InvalidImportId, "an import id is a number"))?;
-    let store = s.store.clone();
-    let view = blocking(move || {
-        let mut conn = store.conn()?;
-        imports::get(&mut *conn, store.vault(), id)
-    })
-    .await?
-    .ok_or_else(|| ApiError::new(Code::ImportNotFound, format!("no import {id}")))?;
+    let svc = s.svc.clone();
+    let view = blocking(move || imports::view(&svc, id))
+        .await?
+        .ok_or_else(|| ApiError::new(Code::ImportNotFound, format!("no import {id}")))?;
     // The report may quote a value from the file.
     log(&s, &p, "import_read").await?;
     Ok(Json(view))

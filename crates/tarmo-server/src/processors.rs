@@ -63,11 +63,8 @@ pub async fn register_processor(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ProcessorView>), ApiError> {
     let spec = parse_input(&body, s.config.webhook_targets)?;
-    let view = s
-        .transact(move |ctx| {
-            register::register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms)
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let view = blocking(move || register::add(&svc, spec)).await?;
     tracing::info!(processor_id = view.id, "processor registered");
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -80,8 +77,8 @@ pub async fn list_processors(
     State(s): State<Arc<AppState>>,
     _p: Principal,
 ) -> Result<Json<ProcessorList>, ApiError> {
-    let store = s.store.clone();
-    let processors = blocking(move || register::list(&mut *store.conn()?)).await?;
+    let svc = s.svc.clone();
+    let processors = blocking(move || register::all(&svc)).await?;
     Ok(Json(ProcessorList { processors }))
 }
 
@@ -97,8 +94,8 @@ pub async fn get_processor(
     Path(raw): Path<String>,
 ) -> Result<Json<ProcessorView>, ApiError> {
     let id = processor_id(&raw)?;
-    let store = s.store.clone();
-    blocking(move || register::get(&mut *store.conn()?, id))
+    let svc = s.svc.clone();
+    blocking(move || register::find(&svc, id))
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::new(Code::ProcessorNotFound, "no processor with that id"))
@@ -120,11 +117,8 @@ pub async fn update_processor(
 ) -> Result<Json<ProcessorView>, ApiError> {
     let id = processor_id(&raw)?;
     let spec = parse_input(&body, s.config.webhook_targets)?;
-    let view = s
-        .transact(move |ctx| {
-            register::update(ctx.conn, ctx.vault, &ctx.catalog, id, &spec, ctx.now_ms)
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let view = blocking(move || register::change(&svc, id, spec)).await?;
     tracing::info!(processor_id = id, "processor changed");
     Ok(Json(view))
 }
@@ -204,20 +198,8 @@ pub async fn export(
     p.may_act_for(&b.purpose)?;
     let purpose = b.purpose;
     let kinds = p.grant.data.clone();
-    let view = s
-        .transact(move |ctx| {
-            register::export(
-                ctx.conn,
-                ctx.vault,
-                &ctx.catalog,
-                id,
-                &purpose,
-                &subjects,
-                &kinds,
-                ctx.now_ms,
-            )
-        })
-        .await?;
+    let svc = s.svc.clone();
+    let view = blocking(move || register::export_to(&svc, id, purpose, subjects, kinds)).await?;
     tracing::info!(
         processor_id = id,
         purpose = %view.purpose,

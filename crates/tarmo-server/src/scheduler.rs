@@ -4,15 +4,16 @@
 //! another takes the due sends and carries them out — decision, caps,
 //! quiet hours, the outbox row — then wakes the mail worker.
 //!
+//! Each step is a use case of the store (`automations::follow_committed`,
+//! `automations::send_due_now`) that owns its transaction.
+//!
 //! It logs counts, never a person's data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tarmo_store::automations::SendConfig;
-use tarmo_store::automations::follow::follow;
-use tarmo_store::automations::send::send_due;
+use tarmo_store::automations::{self, SendConfig};
 use tarmo_store::writer::WriterHandle;
 
 use crate::mail::{OutboxSignal, Running};
@@ -44,10 +45,7 @@ pub fn spawn(s: Scheduler) -> Running {
 
 fn run(s: Scheduler, stop: Arc<AtomicBool>, signal: Arc<OutboxSignal>) {
     while !stop.load(Ordering::SeqCst) {
-        let cfg = s.config.clone();
-        let followed = s
-            .writer
-            .transact_blocking(move |ctx| follow(ctx.conn, ctx.vault, &cfg, ctx.now_ms));
+        let followed = automations::follow_committed(&s.writer, s.config.clone());
         let mut more = match followed {
             Ok(f) => f.more,
             Err(e) => {
@@ -55,11 +53,7 @@ fn run(s: Scheduler, stop: Arc<AtomicBool>, signal: Arc<OutboxSignal>) {
                 false
             }
         };
-        let cfg = s.config.clone();
-        let batch = s.batch;
-        let sent = s.writer.transact_blocking(move |ctx| {
-            send_due(ctx.conn, ctx.vault, &ctx.catalog, &cfg, ctx.now_ms, batch)
-        });
+        let sent = automations::send_due_now(&s.writer, s.config.clone(), s.batch);
         match sent {
             Ok(r) => {
                 if r.sent > 0 {

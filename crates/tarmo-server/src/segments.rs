@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tarmo_core::segments::{Rule, text, valid_segment_id};
-use tarmo_store::segments::SegmentDef;
 use tarmo_store::segments::engine::SegmentEngine;
+use tarmo_store::segments::{SegmentDef, audiences};
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
@@ -523,16 +523,15 @@ fn audience_not_found() -> ApiError {
 async fn audience_view(
     s: &AppState,
     p: &Principal,
-    def: tarmo_store::segments::audiences::AudienceDef,
+    def: audiences::AudienceDef,
 ) -> Result<Option<AudienceView>, ApiError> {
     match segment(s, &def.segment).await? {
         Some((seg, _)) if visible(p, &seg) => {}
         _ => return Ok(None),
     }
-    let store = s.store.clone();
+    let svc = s.svc.clone();
     let id = def.id.clone();
-    let syncs =
-        blocking(move || tarmo_store::segments::audiences::syncs(&mut *store.conn()?, &id)).await?;
+    let syncs = blocking(move || audiences::sync_history(&svc, &id)).await?;
     Ok(Some(AudienceView {
         id: def.id,
         segment: def.segment,
@@ -591,7 +590,7 @@ pub async fn create_audience(
             ));
         }
     }
-    let def = tarmo_store::segments::audiences::AudienceDef {
+    let def = audiences::AudienceDef {
         id: input.id,
         segment: input.segment,
         processor_id: input.processor,
@@ -615,9 +614,8 @@ pub async fn list_audiences(
     State(s): State<Arc<AppState>>,
     p: Principal,
 ) -> Result<Json<AudienceList>, ApiError> {
-    let store = s.store.clone();
-    let defs =
-        blocking(move || tarmo_store::segments::audiences::list(&mut *store.conn()?)).await?;
+    let svc = s.svc.clone();
+    let defs = blocking(move || audiences::all(&svc)).await?;
     let mut audiences = Vec::new();
     for d in defs {
         if let Some(v) = audience_view(&s, &p, d).await? {
@@ -628,9 +626,9 @@ pub async fn list_audiences(
 }
 
 async fn audience_of(s: &AppState, p: &Principal, id: &str) -> Result<AudienceView, ApiError> {
-    let store = s.store.clone();
+    let svc = s.svc.clone();
     let owned = id.to_owned();
-    let def = blocking(move || tarmo_store::segments::audiences::get(&mut *store.conn()?, &owned))
+    let def = blocking(move || audiences::find(&svc, &owned))
         .await?
         .ok_or_else(audience_not_found)?;
     audience_view(s, p, def)
@@ -704,13 +702,11 @@ pub async fn sync_file(
             ApiError::new(Code::InvalidSync, "a sync number is a positive integer")
         })?;
     audience_of(&s, &p, &id).await?;
-    let store = s.store.clone();
+    let svc = s.svc.clone();
     let name = format!("{id}-{n}.csv");
-    let file = blocking(move || {
-        tarmo_store::segments::audiences::file(&mut *store.conn()?, store.vault(), &id, n)
-    })
-    .await?
-    .ok_or_else(|| ApiError::new(Code::SyncNotFound, "no such sync"))?;
+    let file = blocking(move || audiences::sync_file(&svc, &id, n))
+        .await?
+        .ok_or_else(|| ApiError::new(Code::SyncNotFound, "no such sync"))?;
     Ok((
         [
             (

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use tarmo_store::access_log::AccessView;
-use tarmo_store::conn::P;
+use tarmo_store::staff;
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
@@ -127,15 +127,8 @@ pub async fn audit(
             "`limit` must be 1 to 1000",
         ));
     }
-    let store = s.store.clone();
-    let records = blocking(move || {
-        let mut c = store.conn()?;
-        match q.profile {
-            Some(p) => tarmo_store::access_log::for_profile(&mut *c, p, limit),
-            None => tarmo_store::access_log::recent(&mut *c, limit),
-        }
-    })
-    .await?;
+    let svc = s.svc.clone();
+    let records = blocking(move || staff::audit(&svc, q.profile, limit)).await?;
     Ok(Json(AuditList { records }))
 }
 
@@ -160,33 +153,22 @@ pub struct Stats {
     security(("admin_key" = [])),
     responses((status = 200, body = Stats), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn stats(State(s): State<Arc<AppState>>, _p: Principal) -> Result<Json<Stats>, ApiError> {
-    let store = s.store.clone();
-    let st = blocking(move || {
-        let c = store.counts()?;
-        let rows = store.conn()?.query(
-            "SELECT purpose_id, decision, count(*) FROM consent_state GROUP BY purpose_id, decision
-             ORDER BY purpose_id, decision",
-            &[] as &[P<'_>],
-        )?;
-        let consents = rows
-            .iter()
-            .map(|r| {
-                Ok(PurposeCount {
-                    purpose: r.text(0)?,
-                    decision: r.text(1)?,
-                    people: r.int(2)?,
-                })
+    let svc = s.svc.clone();
+    let st = blocking(move || staff::stats(&svc)).await?;
+    Ok(Json(Stats {
+        profiles: st.profiles,
+        events: st.events,
+        identifiers: st.identifiers,
+        consents: st
+            .consents
+            .into_iter()
+            .map(|c| PurposeCount {
+                purpose: c.purpose,
+                decision: c.decision,
+                people: c.people,
             })
-            .collect::<tarmo_store::Result<Vec<_>>>()?;
-        Ok(Stats {
-            profiles: c.profiles,
-            events: c.events,
-            identifiers: c.identifiers,
-            consents,
-        })
-    })
-    .await?;
-    Ok(Json(st))
+            .collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

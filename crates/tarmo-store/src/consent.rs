@@ -350,6 +350,26 @@ pub fn notice_texts(
     Ok(Some(spec.notice))
 }
 
+/// The notice texts behind each (purpose, notice version) pair, as
+/// (purpose, version, language, text), in the pairs' order: what a person
+/// was shown, for staff reading their ledger (a read on the pool).
+pub fn notices_shown(
+    svc: &crate::Services,
+    pairs: Vec<(String, String)>,
+) -> Result<Vec<(String, String, String, String)>> {
+    svc.read(|conn, _| {
+        let mut out = Vec::new();
+        for (purpose, version) in pairs {
+            if let Some(texts) = notice_texts(conn, &purpose, &version)? {
+                for (lang, text) in texts {
+                    out.push((purpose.clone(), version.clone(), lang, text));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 fn notice_seq_of(conn: &mut dyn Conn, purpose: &str, notice_version: &str) -> Result<u32> {
     let r = conn.query_opt(
         "SELECT notice_seq FROM purpose_versions WHERE purpose_id = $1 AND notice_version = $2

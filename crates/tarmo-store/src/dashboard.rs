@@ -236,3 +236,36 @@ pub fn expiring(
         None => 0,
     })
 }
+
+/// A purpose whose consents expire, with how many people's expire soon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiring {
+    pub purpose: String,
+    pub lifetime_days: u32,
+    pub people: i64,
+}
+
+/// The dashboard over the `days` days up to now, and for each purpose of
+/// `lifetimes` (purpose, consent lifetime in days) the people whose consent
+/// ends within `window_ms`: one read on the pool.
+pub fn read(
+    svc: &crate::Services,
+    days: i64,
+    lifetimes: Vec<(String, u32)>,
+    window_ms: i64,
+) -> Result<(Dashboard, Vec<Expiring>)> {
+    let now = crate::now_ms();
+    svc.read(|conn, _| {
+        let d = dashboard(conn, now, days)?;
+        let mut soon = Vec::with_capacity(lifetimes.len());
+        for (purpose, lifetime_days) in lifetimes {
+            let people = expiring(conn, &purpose, lifetime_days, now, window_ms)?;
+            soon.push(Expiring {
+                purpose,
+                lifetime_days,
+                people,
+            });
+        }
+        Ok((d, soon))
+    })
+}

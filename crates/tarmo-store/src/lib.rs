@@ -36,6 +36,7 @@ pub mod retention;
 pub mod segments;
 pub mod service;
 pub mod sqlite;
+pub mod staff;
 mod store;
 pub mod vault;
 pub mod writer;

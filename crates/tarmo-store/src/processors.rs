@@ -9,7 +9,8 @@
 //! erasure notification's payload (the person's identifiers) is sealed the
 //! same way and wiped once delivered or given up.
 //!
-//! Every function here runs inside the caller's transaction.
+//! The use cases (`add`, `change`, `export_to`, ...) own their
+//! transactions; every other function here runs inside the caller's.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use tarmo_core::codes::Code;
@@ -107,6 +108,59 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ProcessorView>> {
 
 fn not_found() -> Error {
     Error::rejected(Code::ProcessorNotFound, "no processor with that id")
+}
+
+// ------------------------------------------------------------ use cases
+//
+// What the HTTP crate calls: each owns its transaction (a writer job, or a
+// read on the pool); the functions after this section run inside one.
+
+/// Add a processor to the register, in a writer transaction.
+pub fn add(svc: &crate::Services, spec: ProcessorSpec) -> Result<ProcessorView> {
+    svc.write(move |ctx| register(ctx.conn, ctx.vault, &ctx.catalog, &spec, ctx.now_ms))
+}
+
+/// Replace a processor's definition, in a writer transaction.
+pub fn change(svc: &crate::Services, id: i64, spec: ProcessorSpec) -> Result<ProcessorView> {
+    svc.write(move |ctx| update(ctx.conn, ctx.vault, &ctx.catalog, id, &spec, ctx.now_ms))
+}
+
+/// The register, by name.
+pub fn all(svc: &crate::Services) -> Result<Vec<ProcessorView>> {
+    svc.read(|conn, _| list(conn))
+}
+
+/// One processor of the register.
+pub fn find(svc: &crate::Services, id: i64) -> Result<Option<ProcessorView>> {
+    svc.read(|conn, _| get(conn, id))
+}
+
+/// Export people's data to a processor (see [`export`]), with their
+/// disclosure records, in one writer transaction.
+pub fn export_to(
+    svc: &crate::Services,
+    processor_id: i64,
+    purpose: String,
+    subjects: Vec<SubjectKey>,
+    kinds: BTreeSet<tarmo_core::access::DataKind>,
+) -> Result<ExportView> {
+    svc.write(move |ctx| {
+        export(
+            ctx.conn,
+            ctx.vault,
+            &ctx.catalog,
+            processor_id,
+            &purpose,
+            &subjects,
+            &kinds,
+            ctx.now_ms,
+        )
+    })
+}
+
+/// Every disclosure of the person's data (see [`disclosures_of`]).
+pub fn disclosures(svc: &crate::Services, profile: ProfileId) -> Result<Vec<DisclosureView>> {
+    svc.read(|conn, _| disclosures_of(conn, profile))
 }
 
 /// The purposes must be in the catalog; the name (compared without regard

@@ -872,6 +872,24 @@ pub fn list(conn: &mut dyn Conn, f: &Filter, now_ms: i64) -> Result<Vec<RequestV
         .collect()
 }
 
+/// A person's requests (their current profile id), among the 1,000 due
+/// first, by due date (a read on the pool).
+pub fn of_profile(svc: &crate::Services, profile: ProfileId) -> Result<Vec<RequestView>> {
+    let f = Filter {
+        status: None,
+        kind: None,
+        due_before_ms: None,
+        overdue: false,
+        limit: 1000,
+    };
+    let now = crate::now_ms();
+    let all = svc.read(|conn, _| list(conn, &f, now))?;
+    Ok(all
+        .into_iter()
+        .filter(|r| r.profile_id == Some(profile))
+        .collect())
+}
+
 /// Open requests past their deadline, for metrics.
 pub fn overdue_count(conn: &mut dyn Conn, now_ms: i64) -> Result<i64> {
     conn.query_opt(

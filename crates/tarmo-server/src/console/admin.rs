@@ -1,8 +1,8 @@
 //! The console's pages for automations and campaigns (counters, dry-run),
 //! processors and the record of processing, and keys and users (admin),
 //! each through the API handler it stands for; staff accounts (made, given
-//! other roles, disabled) through the store's own functions in a writer
-//! transaction, with the same permission as keys (admin).
+//! other roles, disabled) through the store's `staff` use cases, each one writer
+//! transaction with its access-log record, with the same permission as keys (admin).
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
@@ -24,8 +24,8 @@ pub async fn automations(staff: Staff, State(s): State<Arc<AppState>>) -> Respon
         return *r;
     }
     let go = async {
-        let store = s.store.clone();
-        let all = blocking(move || tarmo_store::automations::flows(&mut *store.conn()?)).await?;
+        let svc = s.svc.clone();
+        let all = blocking(move || tarmo_store::automations::list_flows(&svc)).await?;
         let mut automations = Vec::new();
         let mut campaigns = Vec::new();
         for f in all {
@@ -201,8 +201,8 @@ async fn keys_page(
     }
     let go = async {
         let Json(list) = crate::staff::list_keys(State(s.clone()), staff.p.clone()).await?;
-        let store = s.store.clone();
-        let users = blocking(move || tarmo_store::keys::users(&mut *store.conn()?)).await?;
+        let svc = s.svc.clone();
+        let users = blocking(move || tarmo_store::staff::users(&svc)).await?;
         Ok::<_, ApiError>((list.keys, users))
     };
     match go.await {
@@ -338,21 +338,8 @@ pub async fn create_user(staff: Staff, State(s): State<Arc<AppState>>, body: Byt
         // Not trimmed: a password is what was typed.
         let password = form.get("password").unwrap_or("").to_owned();
         let record = account_change(&staff);
-        let (n, r) = (name.clone(), roles.clone());
-        s.transact(move |ctx| {
-            let id = tarmo_store::keys::create_user(
-                ctx.conn,
-                ctx.vault,
-                &n,
-                &password,
-                &r,
-                &[],
-                ctx.now_ms,
-            )?;
-            tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
-            Ok(id)
-        })
-        .await?;
+        let (svc, n, r) = (s.svc.clone(), name.clone(), roles.clone());
+        blocking(move || tarmo_store::staff::create_user(&svc, n, password, r, record)).await?;
         Ok::<_, ApiError>((name, roles))
     };
     match go.await {
@@ -382,23 +369,9 @@ pub async fn user_roles(
         let id = user_id(&raw)?;
         let roles = chosen_roles(&s, &form)?;
         let record = account_change(&staff);
-        let r = roles.clone();
-        let changed = s
-            .transact(move |ctx| {
-                // The account keeps the purposes it is bound to.
-                let Some(u) = tarmo_store::keys::users(ctx.conn)?
-                    .into_iter()
-                    .find(|u| u.id == id && u.disabled_at.is_none())
-                else {
-                    return Ok(false);
-                };
-                if !tarmo_store::keys::set_user_roles(ctx.conn, id, &r, &u.purposes)? {
-                    return Ok(false);
-                }
-                tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
-                Ok(true)
-            })
-            .await?;
+        let (svc, r) = (s.svc.clone(), roles.clone());
+        // The account keeps the purposes it is bound to.
+        let changed = blocking(move || tarmo_store::staff::set_roles(&svc, id, r, record)).await?;
         if !changed {
             return Err(ApiError::new(
                 Code::UserNotFound,
@@ -440,15 +413,8 @@ pub async fn disable_user(
             ));
         }
         let record = account_change(&staff);
-        let disabled = s
-            .transact(move |ctx| {
-                if !tarmo_store::keys::disable_user(ctx.conn, id, ctx.now_ms)? {
-                    return Ok(false);
-                }
-                tarmo_store::access_log::append(ctx.conn, ctx.vault, &[record])?;
-                Ok(true)
-            })
-            .await?;
+        let svc = s.svc.clone();
+        let disabled = blocking(move || tarmo_store::staff::disable_user(&svc, id, record)).await?;
         if !disabled {
             return Err(ApiError::new(
                 Code::UserNotFound,

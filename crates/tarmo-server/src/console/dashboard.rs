@@ -41,23 +41,16 @@ pub async fn page(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
         .into_iter()
         .filter_map(|p| p.spec.consent_lifetime_days.map(|d| (p.id.to_string(), d)))
         .collect();
-    let store = s.store.clone();
-    let read = blocking(move || {
-        let now = tarmo_store::now_ms();
-        let mut c = store.conn()?;
-        let d = dashboard::dashboard(&mut *c, now, DAYS)?;
-        let mut expiring = Vec::new();
-        for (purpose, days) in lifetimes {
-            let n = dashboard::expiring(&mut *c, &purpose, days, now, EXPIRY_WINDOW_MS)?;
-            expiring.push((purpose, days, n));
-        }
-        Ok((d, expiring))
-    })
-    .await;
+    let svc = s.svc.clone();
+    let read = blocking(move || dashboard::read(&svc, DAYS, lifetimes, EXPIRY_WINDOW_MS)).await;
     let (d, expiring) = match read {
         Ok(r) => r,
         Err(e) => return error_page(Some(&staff), e),
     };
+    let expiring: Vec<(String, u32, i64)> = expiring
+        .into_iter()
+        .map(|e| (e.purpose, e.lifetime_days, e.people))
+        .collect();
     let pending: Vec<(String, i64)> = d
         .now
         .iter()

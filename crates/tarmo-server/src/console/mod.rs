@@ -471,7 +471,7 @@ async fn sign_in_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
 }
 
 fn sign_in_form(s: &AppState, status: StatusCode, error: Option<&str>) -> Response {
-    let token = match s.store.vault().random::<16>().map(hex::encode) {
+    let token = match tarmo_store::staff::random_token(&s.svc) {
         Ok(t) => t,
         Err(e) => return error_page(None, e.into()),
     };

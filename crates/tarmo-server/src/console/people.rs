@@ -219,20 +219,15 @@ async fn customer_page(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let store = s.store.clone();
-        let notices = blocking(move || {
-            let mut c = store.conn()?;
-            let mut out = Vec::new();
-            for (purpose, version) in pairs {
-                if let Some(texts) = tarmo_store::consent::notice_texts(&mut *c, &purpose, &version)? {
-                    for (lang, text) in texts {
-                        out.push(json!({"purpose": purpose, "version": version, "lang": lang, "text": text}));
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+        let svc = s.svc.clone();
+        let notices: Vec<Value> =
+            blocking(move || tarmo_store::consent::notices_shown(&svc, pairs))
+                .await?
+                .into_iter()
+                .map(|(purpose, version, lang, text)| {
+                    json!({"purpose": purpose, "version": version, "lang": lang, "text": text})
+                })
+                .collect();
         let ledger: Vec<LedgerRow> = c
             .ledger
             .into_iter()
@@ -287,28 +282,13 @@ async fn customer_page(
         .map(|p| json!({"id": p.id.to_string(), "name": p.spec.name}))
         .collect();
     let requests = if may_requests {
-        let store = s.store.clone();
-        blocking(move || {
-            let f = tarmo_store::requests::Filter {
-                status: None,
-                kind: None,
-                due_before_ms: None,
-                overdue: false,
-                limit: 1000,
-            };
-            let all = tarmo_store::requests::list(&mut *store.conn()?, &f, tarmo_store::now_ms())?;
-            Ok(all
-                .into_iter()
-                .filter(|r| r.profile_id == Some(id))
-                .collect::<Vec<_>>())
-        })
-        .await?
+        let svc = s.svc.clone();
+        blocking(move || tarmo_store::requests::of_profile(&svc, id)).await?
     } else {
         Vec::new()
     };
-    let store = s.store.clone();
-    let disclosures =
-        blocking(move || tarmo_store::processors::disclosures_of(&mut *store.conn()?, id)).await?;
+    let svc = s.svc.clone();
+    let disclosures = blocking(move || tarmo_store::processors::disclosures(&svc, id)).await?;
     let traits: Vec<(String, String)> = view
         .traits
         .iter()

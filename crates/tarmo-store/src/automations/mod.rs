@@ -29,7 +29,8 @@ use tarmo_core::consent::Channel;
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
-use crate::{Code, Error, Result};
+use crate::writer::WriterHandle;
+use crate::{Code, Error, Result, Services};
 
 /// What sends need beyond the store.
 #[derive(Debug, Clone)]
@@ -744,4 +745,127 @@ pub fn sms_stop(
     let purposes = entries.iter().map(|e| e.purpose.clone()).collect();
     crate::consent::append(conn, vault, catalog, &entries, now_ms)?;
     Ok(purposes)
+}
+
+// ------------------------------------------------------------------ use cases
+//
+// What the HTTP crate and the scheduler call: each owns its transaction
+// (a writer job, or a read on the pool) and returns what it made.
+
+/// Save a new template (`template_exists` if its id is taken).
+pub fn create_template(svc: &Services, t: Template) -> Result<TemplateRecord> {
+    svc.write(move |ctx| template_put(ctx.conn, &ctx.catalog, t, true, ctx.now_ms))
+}
+
+/// Change a template; every flow using it is checked again.
+pub fn change_template(svc: &Services, t: Template) -> Result<TemplateRecord> {
+    svc.write(move |ctx| template_put(ctx.conn, &ctx.catalog, t, false, ctx.now_ms))
+}
+
+/// Every template, by id.
+pub fn list_templates(svc: &Services) -> Result<Vec<TemplateRecord>> {
+    svc.read(|conn, _| templates(conn))
+}
+
+/// One template.
+pub fn template(svc: &Services, id: &str) -> Result<Option<TemplateRecord>> {
+    svc.read(|conn, _| template_get(conn, id))
+}
+
+/// Delete a template no flow uses; false when there is none.
+pub fn delete_template(svc: &Services, id: &str) -> Result<bool> {
+    let id = id.to_owned();
+    svc.write(move |ctx| template_delete(ctx.conn, &id))
+}
+
+/// Every flow, automations and campaigns, by id.
+pub fn list_flows(svc: &Services) -> Result<Vec<FlowRecord>> {
+    svc.read(|conn, _| flows(conn))
+}
+
+/// One flow.
+pub fn flow(svc: &Services, id: &str) -> Result<Option<FlowRecord>> {
+    svc.read(|conn, _| flow_get(conn, id))
+}
+
+/// What a flow did so far (`purpose`: the one it sends for).
+pub fn flow_counters(svc: &Services, id: &str, purpose: &str) -> Result<Counters> {
+    svc.read(|conn, _| counters(conn, id, purpose))
+}
+
+/// Define a new automation (`create`) or replace one.
+pub fn save_automation(
+    svc: &Services,
+    cfg: SendConfig,
+    a: Automation,
+    create: bool,
+) -> Result<FlowRecord> {
+    svc.write(move |ctx| automation_put(ctx.conn, &ctx.catalog, &cfg, a, create, ctx.now_ms))
+}
+
+/// Delete an automation and its sends' records; false when there is none.
+pub fn delete_automation(svc: &Services, id: &str) -> Result<bool> {
+    let id = id.to_owned();
+    svc.write(move |ctx| automation_delete(ctx.conn, &id))
+}
+
+/// Schedule a campaign.
+pub fn create_campaign(svc: &Services, c: Campaign) -> Result<FlowRecord> {
+    svc.write(move |ctx| campaign_create(ctx.conn, &ctx.catalog, c, ctx.now_ms))
+}
+
+/// Cancel a campaign.
+pub fn cancel_campaign(svc: &Services, id: &str) -> Result<FlowRecord> {
+    let id = id.to_owned();
+    svc.write(move |ctx| campaign_cancel(ctx.conn, &id, ctx.now_ms))
+}
+
+/// Who a flow would reach now, and who not, with reasons (at most
+/// `limit` people); `None` when there is no such flow. Nothing is written.
+pub fn preview_sends(
+    svc: &Services,
+    cfg: &SendConfig,
+    id: &str,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Option<Vec<send::DryRow>>> {
+    let catalog = svc.store.catalog()?;
+    svc.read(|conn, vault| send::dry_run(conn, vault, &catalog, cfg, id, now_ms, limit))
+}
+
+/// `STOP` from a phone number, given as the identifier the message came
+/// from: its SMS purposes are withdrawn (see [`sms_stop`]).
+pub fn stop_sms(
+    svc: &Services,
+    phone: &tarmo_core::identity::Identifier,
+    keyword: String,
+) -> Result<Vec<String>> {
+    let bidx = svc
+        .store
+        .vault()
+        .blind_index(phone.kind().as_str(), phone.value());
+    svc.write(move |ctx| {
+        sms_stop(
+            ctx.conn,
+            ctx.vault,
+            &ctx.catalog,
+            &bidx,
+            &keyword,
+            ctx.now_ms,
+        )
+    })
+}
+
+/// The scheduler's first step: make sends due from what committed since
+/// the last pass, in one writer transaction.
+pub fn follow_committed(writer: &WriterHandle, cfg: SendConfig) -> Result<follow::Followed> {
+    writer.transact_blocking(move |ctx| follow::follow(ctx.conn, ctx.vault, &cfg, ctx.now_ms))
+}
+
+/// The scheduler's second step: carry out up to `batch` due sends, in one
+/// writer transaction with their outbox rows.
+pub fn send_due_now(writer: &WriterHandle, cfg: SendConfig, batch: i64) -> Result<send::Sent> {
+    writer.transact_blocking(move |ctx| {
+        send::send_due(ctx.conn, ctx.vault, &ctx.catalog, &cfg, ctx.now_ms, batch)
+    })
 }

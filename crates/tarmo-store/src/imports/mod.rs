@@ -52,7 +52,7 @@ use crate::conn::{Conn, P, ProfileId};
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier};
 use crate::vault::{Place, Vault};
 use crate::writer::{TxCtx, WriterHandle};
-use crate::{Error, Result, Store, rfc3339};
+use crate::{Error, Result, Services, Store, rfc3339};
 
 /// Records of people applied per writer transaction (one resolution
 /// group, one checkpoint): ingestion waits at most one chunk (1-2 s on a
@@ -1943,6 +1943,57 @@ fn checkpoint_of(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<C
     };
     let plain = vault.open_system(Place::ImportDetails, &sealed)?;
     Ok(serde_json::from_slice::<Checkpoint>(&plain).ok())
+}
+
+/// An import the HTTP route accepted: its file parsed and checked, the
+/// import recorded (or the interrupted one of the same file found).
+pub struct Accepted {
+    pub id: i64,
+    spec: ImportSpec,
+    parsed: Parsed,
+    sha: String,
+}
+
+/// Parse and check a file, then record its import in a writer transaction
+/// (the same file again after an interruption resumes that import). A file
+/// or mapping that cannot work is refused before anything is recorded; row
+/// errors are the import's outcome.
+pub fn accept(
+    svc: &Services,
+    spec: ImportSpec,
+    bytes: &[u8],
+    identity: &IdentityConfig,
+) -> Result<Accepted> {
+    let parsed = parse(&spec, bytes, identity, svc.store.vault(), crate::now_ms())?;
+    let sha = file_sha256(bytes);
+    let (sp, sh, records) = (spec.clone(), sha.clone(), parsed.records() as u64);
+    let id =
+        svc.write(move |ctx| create_or_resume(ctx.conn, ctx.vault, &sp, &sh, records, ctx.now_ms))?;
+    Ok(Accepted {
+        id,
+        spec,
+        parsed,
+        sha,
+    })
+}
+
+/// Apply an accepted import to the end (see [`run_parsed`]); it blocks
+/// until then, so the caller runs it on a thread of its own.
+pub fn run_accepted(svc: &Services, a: Accepted) -> Result<Finished> {
+    run_parsed(
+        &svc.store,
+        &svc.writer,
+        a.spec,
+        a.parsed,
+        a.sha,
+        Some(a.id),
+        |_, _| {},
+    )
+}
+
+/// An import's progress and outcome (a read on the pool).
+pub fn view(svc: &Services, id: i64) -> Result<Option<ImportView>> {
+    svc.read(|conn, vault| get(conn, vault, id))
 }
 
 /// Record an import of people, or find the interrupted import of the same

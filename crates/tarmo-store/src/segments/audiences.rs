@@ -19,7 +19,7 @@ use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{Catalog, Subject, subjects_by_id};
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
-use crate::{Error, Result};
+use crate::{Error, Result, Services};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudienceDef {
@@ -141,6 +141,26 @@ pub fn syncs(conn: &mut dyn Conn, id: &str) -> Result<Vec<(i64, i64, i64, i64)>>
     .into_iter()
     .map(|r| Ok((r.int(0)?, r.int(1)?, r.int(2)?, r.int(3)?)))
     .collect()
+}
+
+/// One audience (a read on the pool, as the three below).
+pub fn find(svc: &Services, id: &str) -> Result<Option<AudienceDef>> {
+    svc.read(|conn, _| get(conn, id))
+}
+
+/// Every audience, by id.
+pub fn all(svc: &Services) -> Result<Vec<AudienceDef>> {
+    svc.read(|conn, _| list(conn))
+}
+
+/// An audience's syncs so far: (n, at, added, removed).
+pub fn sync_history(svc: &Services, id: &str) -> Result<Vec<(i64, i64, i64, i64)>> {
+    svc.read(|conn, _| syncs(conn, id))
+}
+
+/// A sync's file (CSV), opened; `None` when there is no such sync.
+pub fn sync_file(svc: &Services, id: &str, n: i64) -> Result<Option<Vec<u8>>> {
+    svc.read(|conn, vault| file(conn, vault, id, n))
 }
 
 /// An erased person's entries wait, sealed, for the next sync to remove
