@@ -449,6 +449,38 @@ mod tests {
         assert_eq!(Lang::supported("sv"), None);
     }
 
+    /// The one negotiation every page goes through (`Lang::for_person`),
+    /// against what browsers send.
+    #[test]
+    fn accept_language_q_values_ties_exclusions_and_regions() {
+        let f = |h: &str| Lang::for_person(None, Some(h));
+        // q-values outrank the header's order.
+        assert_eq!(f("fi;q=0.1, de;q=0.9"), Lang::De);
+        assert_eq!(f("en;q=0.2, tr;q=0.3, fi;q=0.25"), Lang::Tr);
+        // A language we do not write is passed over for the next one by
+        // weight: Swedish is asked first, Finnish is what we have.
+        assert_eq!(f("fi;q=0.1, sv;q=0.9"), Lang::Fi);
+        // Equal weights (stated or implied) keep the header's order.
+        assert_eq!(f("tr;q=0.5, de;q=0.5"), Lang::Tr);
+        assert_eq!(f("he, fi"), Lang::He);
+        assert_eq!(f("nb;q=1, de"), Lang::Nb);
+        // q=0 means "not this one", in any spelling of zero.
+        assert_eq!(f("fi;q=0, de;q=0.1"), Lang::De);
+        assert_eq!(f("fi;q=0.000, de;q=0.001"), Lang::De);
+        assert_eq!(f("fi;q=0"), Lang::En);
+        // Region subtags: the primary subtag decides.
+        assert_eq!(f("sv-FI, fi-FI;q=0.8"), Lang::Fi);
+        assert_eq!(f("de-AT;q=0.9, nb-NO;q=0.95"), Lang::Nb);
+        assert_eq!(f("he-IL"), Lang::He);
+        // `*`, unknown tags and noise fall back to English.
+        assert_eq!(f("*"), Lang::En);
+        assert_eq!(f("sv-FI, xx;q=0.5"), Lang::En);
+        assert_eq!(f(""), Lang::En);
+        assert_eq!(f(";;,,"), Lang::En);
+        // Spaces and an upper-case Q are what some clients send.
+        assert_eq!(f("de ; q=0.5 , fi ; Q=0.6"), Lang::Fi);
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;

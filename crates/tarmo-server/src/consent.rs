@@ -11,74 +11,24 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tarmo_core::consent::{
-    Channel, ConsentDecision, Method, PurposeId, PurposeSpec, Reason, Verdict, decide,
+    Channel, ConsentDecision, Method, PurposeId, PurposeSpec, Verdict, decide,
 };
 use tarmo_store::conn::ProfileId;
 use tarmo_store::consent::{
-    self as ledger, LedgerEntryView, NewEntry, PurposeChange, PurposeVersionView, Subject,
+    self as ledger, Judged, LedgerEntryView, PurposeChange, PurposeVersionView, ToRecord,
 };
 use tarmo_store::doi::{self, Subscribe};
-use tarmo_store::links::{self, SignedLink};
-use tarmo_store::outbox::{self, OutboxMessage};
-use tarmo_store::vault::BlindIndex;
+use tarmo_store::outbox::{self, MarketingEmail};
+use tarmo_store::preferences;
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
-/// A person named in a request: by profile id or by any identifier.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubjectRef {
-    /// Identifier type: email, phone, user_id, ... (or omit and give `profile`).
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub value: Option<String>,
-    /// A profile id.
-    pub profile: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum Lookup {
-    Id(ProfileId),
-    Identifier(BlindIndex),
-}
-
-impl AppState {
-    /// Parse a subject into what the store looks up: an id, or a blind index.
-    pub(crate) fn lookup_of(
-        &self,
-        profile: Option<&str>,
-        kind: Option<&str>,
-        value: Option<&str>,
-    ) -> Result<(Lookup, Option<tarmo_core::identity::Identifier>), ApiError> {
-        match (profile, kind, value) {
-            (Some(p), None, None) => Ok((Lookup::Id(crate::profiles::profile_id(p)?), None)),
-            (None, Some(k), Some(v)) => {
-                let kind = self.identity.kind(k)?;
-                let id = self.identity.identifier(kind, v)?;
-                let b = self
-                    .store
-                    .vault()
-                    .blind_index(id.kind().as_str(), id.value());
-                Ok((Lookup::Identifier(b), Some(id)))
-            }
-            _ => Err(ApiError::new(
-                Code::InvalidSubject,
-                "name the person by `profile` (an id) or by `type` and `value` (an identifier), not both",
-            )),
-        }
-    }
-}
-
-pub(crate) fn subject_ref_lookup(
-    s: &AppState,
-    r: &SubjectRef,
-) -> Result<(Lookup, Option<tarmo_core::identity::Identifier>), ApiError> {
-    let p = r.profile.map(|p| p.to_string());
-    s.lookup_of(p.as_deref(), r.kind.as_deref(), r.value.as_deref())
-}
+/// Where the processor handlers found these before they moved to
+/// [`crate::subject`].
+pub(crate) use crate::subject::{Lookup, SubjectRef, subject_ref_lookup};
 
 // ------------------------------------------------------------------ purposes
 
@@ -145,8 +95,13 @@ pub async fn get_purpose(
         .get(&id)
         .ok_or_else(|| ApiError::purpose_not_found("no such purpose"))?;
     let mut v = view(c);
-    let store = s.store.clone();
-    v.history = Some(blocking(move || ledger::purpose_history(&mut *store.conn()?, &id)).await?);
+    v.history = Some(
+        blocking({
+            let svc = s.svc.clone();
+            move || ledger::purpose_versions(&svc, &id)
+        })
+        .await?,
+    );
     Ok(Json(v))
 }
 
@@ -180,12 +135,11 @@ pub async fn put_purpose(
         "the purpose's definition (name, legal basis, channels, data categories, notice)",
     )?;
     spec.validate()?;
-    let change = s
-        .transact(move |ctx| {
-            ledger::upsert_purpose(ctx.conn, &id, &spec, q.requires_reconsent, ctx.now_ms)
-        })
-        .await?;
-    s.store.catalog_changed();
+    let change = blocking({
+        let svc = s.svc.clone();
+        move || ledger::define_purpose(&svc, id, spec, q.requires_reconsent)
+    })
+    .await?;
     Ok(Json(change))
 }
 
@@ -331,68 +285,35 @@ pub async fn record(
             )));
         }
         let (lookup, ident) = subject_ref_lookup(&s, &e.subject).map_err(at)?;
-        let prepared = ident.as_ref().map(|i| s.store.prepare_identifier(i));
-        parsed.push((lookup, prepared, e, decision, method, channel));
+        parsed.push(ToRecord {
+            lookup,
+            identifier: ident.as_ref().map(|i| s.store.prepare_identifier(i)),
+            purpose: e.purpose,
+            decision,
+            method,
+            channel,
+            notice_version: e.notice_version,
+            source: e.source,
+            evidence: e.evidence,
+        });
     }
-    let recorded = s
-        .transact(move |ctx| {
-            let mut out = Vec::with_capacity(parsed.len());
-            let mut entries = Vec::with_capacity(parsed.len());
-            let mut slots = Vec::with_capacity(parsed.len());
-            for (lookup, prepared, e, decision, method, channel) in parsed {
-                let profile = match (lookup, prepared) {
-                    (Lookup::Id(p), _) => doi::current_profile(ctx.conn, p)?.ok_or_else(|| {
-                        tarmo_store::Error::rejected(
-                            Code::ProfileNotFound,
-                            "no profile with that id",
-                        )
-                    })?,
-                    (Lookup::Identifier(b), Some(id)) => {
-                        if ledger::suppressed(ctx.conn, &b)?.is_some() {
-                            out.push(Recorded {
-                                profile_id: None,
-                                seq: None,
-                                suppressed: true,
-                            });
-                            slots.push(None);
-                            continue;
-                        }
-                        ctx.resolve(std::slice::from_ref(&id))?
-                    }
-                    (Lookup::Identifier(_), None) => unreachable!("identifiers come prepared"),
-                };
-                slots.push(Some(entries.len()));
-                out.push(Recorded {
-                    profile_id: Some(profile),
-                    seq: None,
-                    suppressed: false,
-                });
-                entries.push(NewEntry {
-                    channel,
-                    profile_id: profile,
-                    purpose: e.purpose,
-                    decision,
-                    method,
-                    notice_version: e.notice_version,
-                    at_ms: None,
-                    source: e.source,
-                    evidence: e.evidence,
-                });
-            }
-            let seqs = ledger::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)?;
-            for (r, slot) in out.iter_mut().zip(slots) {
-                r.seq = slot.map(|i| seqs[i]);
-            }
-            Ok(out)
-        })
-        .await?;
-    let mut recorded = recorded;
-    for r in &mut recorded {
-        if let Some(id) = r.profile_id {
-            r.profile_id = s.visible_id(&p, id).await?;
-        }
+    let recorded = blocking({
+        let svc = s.svc.clone();
+        move || ledger::record(&svc, parsed)
+    })
+    .await?;
+    let mut out = Vec::with_capacity(recorded.len());
+    for r in recorded {
+        out.push(Recorded {
+            profile_id: match r.profile_id {
+                Some(id) => s.visible_id(&p, id).await?,
+                None => None,
+            },
+            seq: r.seq,
+            suppressed: r.suppressed,
+        });
     }
-    Ok(Json(RecordedList { recorded }))
+    Ok(Json(RecordedList { recorded: out }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -434,29 +355,15 @@ pub async fn profile_consents(
 ) -> Result<Json<ProfileConsents>, ApiError> {
     let id = crate::profiles::profile_id(&raw)?;
     let catalog = s.catalog().await?;
-    let store = s.store.clone();
     let grant = p.grant.clone();
-    let (profile, states, flags, entries) = blocking(move || {
-        // A person the key may not see reads as absent, as on the profile
-        // routes; a purpose-bound key sees its purposes' entries only, and
-        // the evidence (IP address, user agent, CMP strings) only where its
-        // data kinds, narrowed by its purposes, include consent.
-        let (profile, kinds) = store.visible_kinds(&grant, id)?.ok_or_else(|| {
-            tarmo_store::Error::rejected(Code::ProfileNotFound, "no profile matches")
-        })?;
-        let ours = |purpose: &str| !grant.bound() || grant.purposes.iter().any(|p| p == purpose);
-        let mut c = store.conn()?;
-        let mut states = ledger::states(&mut *c, profile)?;
-        states.retain(|(purpose, _)| ours(purpose));
-        let flags = ledger::flags(&mut *c, profile)?;
-        let mut entries = ledger::history(&mut *c, store.vault(), profile)?;
-        entries.retain(|e| ours(&e.purpose));
-        if !kinds.contains(&tarmo_core::access::DataKind::Consent) {
-            for e in &mut entries {
-                e.evidence = Value::Null;
-            }
-        }
-        Ok((profile, states, flags, entries))
+    let ledger::PersonConsents {
+        profile,
+        states,
+        flags,
+        entries,
+    } = blocking({
+        let svc = s.svc.clone();
+        move || ledger::consents_of(&svc, &grant, id)
     })
     .await?;
     s.log_access(&p, "read", vec![profile]).await?;
@@ -540,54 +447,6 @@ fn shown_id(p: &Principal, profile: Option<ProfileId>, allowed: bool) -> Option<
     profile.filter(|_| !p.grant.bound() || allowed)
 }
 
-/// The decision, the person's id, and whether the purpose is allowed on
-/// any channel (see [`shown_id`]).
-fn judge(
-    rule: &tarmo_core::consent::PurposeRule,
-    channel: Option<Channel>,
-    subject: Subject,
-    now: i64,
-) -> (Option<ProfileId>, Verdict, bool) {
-    match subject {
-        Subject::Known(p, st, flags) => {
-            let v = decide(rule, channel, st.as_ref(), flags, now);
-            let any = match channel {
-                None => v.allowed,
-                Some(_) => decide(rule, None, st.as_ref(), flags, now).allowed,
-            };
-            (Some(p), v, any)
-        }
-        Subject::Suppressed(at) => {
-            let flags = tarmo_core::consent::ProfileFlags {
-                suppressed_since: Some(at),
-                ..Default::default()
-            };
-            (None, decide(rule, channel, None, flags, now), false)
-        }
-        Subject::Unknown => (
-            None,
-            Verdict {
-                allowed: false,
-                basis: rule.basis,
-                reason: Reason::UnknownProfile,
-                since_ms: None,
-            },
-            false,
-        ),
-    }
-}
-
-fn read_subject(
-    conn: &mut dyn tarmo_store::conn::Conn,
-    lookup: Lookup,
-    purpose: &str,
-) -> tarmo_store::Result<Subject> {
-    match lookup {
-        Lookup::Id(p) => ledger::subject_by_id(conn, p, purpose),
-        Lookup::Identifier(b) => ledger::subject_by_identifier(conn, &b, purpose),
-    }
-}
-
 /// May this person's data be used for this purpose, over this channel, now?
 #[utoipa::path(get, path = "/api/v1/decisions", tag = "consent", params(DecisionQuery),
     security(("admin_key" = [])),
@@ -612,14 +471,17 @@ pub async fn decision(
     let purpose = q.purpose;
     // A point read, but still off the async workers: a database that does
     // not answer must stall this request, not the runtime.
-    let store = s.store.clone();
-    let (subject, purpose) = crate::blocking(move || {
-        let subject = read_subject(&mut *store.conn()?, lookup, &purpose)?;
-        Ok((subject, purpose))
+    let (subject, purpose) = blocking({
+        let svc = s.svc.clone();
+        move || Ok((ledger::subject_for(&svc, lookup, &purpose)?, purpose))
     })
     .await?;
-    let (profile, v, any) = judge(&rule, channel, subject, now_ms());
-    let profile = shown_id(&p, profile, any);
+    let Judged {
+        profile,
+        verdict: v,
+        any_channel,
+    } = ledger::judge(&rule, channel, subject, now_ms());
+    let profile = shown_id(&p, profile, any_channel);
     s.access.count(
         p.key.id,
         p.key.user_id,
@@ -684,14 +546,10 @@ pub async fn decisions_batch(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let store = s.store.clone();
     let purpose = b.purpose.clone();
-    let subjects = blocking(move || {
-        let mut c = store.conn()?;
-        lookups
-            .into_iter()
-            .map(|l| read_subject(&mut *c, l, &purpose))
-            .collect::<tarmo_store::Result<Vec<_>>>()
+    let subjects = blocking({
+        let svc = s.svc.clone();
+        move || ledger::subjects_for(&svc, lookups, &purpose)
     })
     .await?;
     let now = now_ms();
@@ -707,8 +565,12 @@ pub async fn decisions_batch(
         decisions: subjects
             .into_iter()
             .map(|sub| {
-                let (id, v, any) = judge(&rule, channel, sub, now);
-                verdict_view(&b.purpose, shown_id(&p, id, any), v)
+                let j = ledger::judge(&rule, channel, sub, now);
+                verdict_view(
+                    &b.purpose,
+                    shown_id(&p, j.profile, j.any_channel),
+                    j.verdict,
+                )
             })
             .collect(),
     }))
@@ -747,20 +609,6 @@ pub struct SubscriptionView {
     pub pending: Vec<String>,
     pub already_granted: Vec<String>,
     pub expires_at: Option<String>,
-}
-
-pub(crate) fn evidence_of(ip: Option<String>, user_agent: Option<String>) -> Map<String, Value> {
-    let mut m = Map::new();
-    if let Some(ip) = ip {
-        m.insert("ip".into(), Value::String(ip.chars().take(100).collect()));
-    }
-    if let Some(ua) = user_agent {
-        m.insert(
-            "user_agent".into(),
-            Value::String(ua.chars().take(500).collect()),
-        );
-    }
-    m
 }
 
 /// Subscribe someone with double opt-in: records `pending_confirmation` and
@@ -813,10 +661,14 @@ pub async fn subscribe(
         purposes: b.purposes,
         language: b.language,
         source: b.source,
-        evidence: evidence_of(b.ip, b.user_agent),
+        evidence: crate::subject::evidence_of(b.ip, b.user_agent),
         token_ttl_ms: s.config.token_ttl.as_millis() as i64,
     };
-    let r = s.transact(move |ctx| doi::subscribe(ctx, req)).await?;
+    let r = blocking({
+        let svc = s.svc.clone();
+        move || doi::subscribe_person(&svc, req)
+    })
+    .await?;
     s.outbox_wake();
     let shown = if r.suppressed {
         None
@@ -896,48 +748,21 @@ pub async fn send_email(
     p.may_act_for(&b.purpose)?;
     let (lookup, _) = subject_ref_lookup(&s, &b.recipient)?;
     let purpose = b.purpose.clone();
-    let principal = p.clone();
-    let (decision, queued) = s
-        .transact(move |ctx| {
-            let subject = read_subject(ctx.conn, lookup, &purpose)?;
-            let (profile, v, any) = judge(&rule, Some(Channel::Email), subject, ctx.now_ms);
-            let view = verdict_view(&purpose, shown_id(&principal, profile, any), v);
-            let Some(profile) = profile.filter(|_| v.allowed) else {
-                return Ok((view, false));
-            };
-            let Some(to) = ledger_contact(ctx.conn, ctx.vault, profile, "email")? else {
-                return Err(tarmo_store::Error::rejected(
-                    Code::NoEmailAddress,
-                    "the person has no email address on record",
-                ));
-            };
-            let unsubscribe = links::sign_link(
-                ctx.vault,
-                doi::UNSUBSCRIBE_LINK,
-                &SignedLink {
-                    profile_id: profile,
-                    scope: purpose.clone(),
-                    issued_ms: ctx.now_ms,
-                },
-            );
-            outbox::enqueue(
-                ctx.conn,
-                ctx.vault,
-                profile,
-                "email",
-                &OutboxMessage::Marketing {
-                    to,
-                    purpose,
-                    subject: b.subject,
-                    text: b.text,
-                    html: b.html,
-                    unsubscribe,
-                },
-                ctx.now_ms,
-            )?;
-            Ok((view, true))
-        })
-        .await?;
+    let email = MarketingEmail {
+        subject: b.subject,
+        text: b.text,
+        html: b.html,
+    };
+    let (judged, queued) = blocking({
+        let svc = s.svc.clone();
+        move || outbox::queue_marketing_email(&svc, lookup, purpose, rule, email)
+    })
+    .await?;
+    let decision = verdict_view(
+        &b.purpose,
+        shown_id(&p, judged.profile, judged.any_channel),
+        judged.verdict,
+    );
     s.outbox_wake();
     Ok((
         if queued {
@@ -947,32 +772,6 @@ pub async fn send_email(
         },
         Json(EmailQueued { queued, decision }),
     ))
-}
-
-/// The person's first identifier of `kind`, opened.
-pub(crate) fn ledger_contact(
-    conn: &mut dyn tarmo_store::conn::Conn,
-    vault: &tarmo_store::vault::Vault,
-    profile: ProfileId,
-    kind: &str,
-) -> tarmo_store::Result<Option<String>> {
-    for row in conn.identifiers_of(profile)? {
-        if row.kind == kind {
-            let key = vault
-                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-                .ok_or_else(|| tarmo_store::Error::Corrupt("no data key".into()))?;
-            let v = vault.open(
-                &key,
-                tarmo_store::vault::Place::IdentifierValue,
-                row.key_owner,
-                &row.sealed,
-            )?;
-            return String::from_utf8(v)
-                .map(Some)
-                .map_err(|e| tarmo_store::Error::Corrupt(e.to_string()));
-        }
-    }
-    Ok(None)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -1026,7 +825,13 @@ pub async fn preference_link(
         .map(|(p, _)| p)
         .ok_or_else(|| ApiError::new(Code::ProfileNotFound, "no profile matches"))?;
     Ok(Json(PreferenceLink {
-        url: crate::pages::preference_url(&s, profile, q.language.as_deref()),
-        expires_at: rfc3339(now_ms() + crate::pages::PREFERENCES_TTL_MS),
+        url: preference_url(&s, profile, q.language.as_deref()),
+        expires_at: rfc3339(now_ms() + preferences::PREFERENCES_TTL_MS),
     }))
+}
+
+/// A link to the person's preference page, in their language when known.
+pub(crate) fn preference_url(s: &AppState, profile: ProfileId, language: Option<&str>) -> String {
+    let token = preferences::preference_token(&s.svc, profile, language);
+    format!("{}/p/{token}", s.config.public_url)
 }

@@ -262,7 +262,7 @@ async fn ingest(
                     gpc,
                     signals,
                     source: "Sec-GPC header on ingestion".into(),
-                    evidence: crate::consent::evidence_of(ip, user_agent.clone()),
+                    evidence: crate::subject::evidence_of(ip, user_agent.clone()),
                 }));
             }
             e

@@ -30,6 +30,7 @@ mod segments;
 pub mod serve;
 pub mod signals;
 mod staff;
+mod subject;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};

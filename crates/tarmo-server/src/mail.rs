@@ -15,10 +15,10 @@ use std::time::Duration;
 use tarmo_core::consent::{Channel, decide};
 use tarmo_notify::templates::{self, ConfirmationContext};
 use tarmo_notify::{Deliver, DeliverSms, Email, Mailbox, MessageId, SendError};
-use tarmo_store::consent::{self as ledger, Subject};
-use tarmo_store::outbox::{self, Claimed, OutboxMessage};
+use tarmo_store::consent::Subject;
+use tarmo_store::outbox::{self, Claimed, OutboxMessage, SendOutcome};
 use tarmo_store::writer::WriterHandle;
-use tarmo_store::{Store, now_ms};
+use tarmo_store::{Services, Store, now_ms};
 
 use crate::ServerConfig;
 
@@ -97,18 +97,17 @@ pub fn spawn(w: MailWorker) -> Running {
         health,
         "mail",
         move || cut_short.load(Ordering::SeqCst),
-        move || run(&w, &s),
+        move || {
+            let svc = Services::new(w.store.clone(), w.writer.clone());
+            run(&w, &svc, &s)
+        },
     )
     .expect("spawn the mail worker");
     Running { stop, signal, join }
 }
 
-fn run(w: &MailWorker, stop: &AtomicBool) {
-    let me = w.claimant.clone();
-    match w
-        .writer
-        .transact_blocking(move |ctx| outbox::recover(ctx.conn, &me))
-    {
+fn run(w: &MailWorker, svc: &Services, stop: &AtomicBool) {
+    match outbox::recover_claims(svc, &w.claimant) {
         Ok(n) if n > 0 => tracing::warn!(
             messages = n,
             "messages interrupted mid-send are sent again, with the same Message-ID"
@@ -129,14 +128,11 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let mut worked = false;
         for &channel in &channels {
-            let me = w.claimant.clone();
-            let claimed = w.writer.transact_blocking(move |ctx| {
-                outbox::claim_due(ctx.conn, ctx.vault, &me, channel, ctx.now_ms, 20)
-            });
+            let claimed = outbox::claim(svc, &w.claimant, channel, 20);
             match claimed {
                 Ok(list) => {
                     worked |= !list.is_empty();
-                    let subjects = match subjects_of(w, &list) {
+                    let subjects = match subjects_of(svc, &list) {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::error!(error = %e, "reading the decisions' inputs failed");
@@ -149,11 +145,7 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
                         // Half the lease gone: extend it for what is left,
                         // and skip what another node has taken over.
                         if leased.elapsed() > w.claimant.lease / 2 {
-                            let me = w.claimant.clone();
-                            let ids = held.clone();
-                            match w.writer.transact_blocking(move |ctx| {
-                                outbox::renew(ctx.conn, &me, &ids, ctx.now_ms)
-                            }) {
+                            match outbox::renew_claims(svc, &w.claimant, held.clone()) {
                                 Ok(h) => held = h,
                                 Err(e) => {
                                     tracing::error!(error = %e, "renewing outbox claims failed");
@@ -163,7 +155,7 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
                             leased = std::time::Instant::now();
                         }
                         if held.contains(&m.id) {
-                            deliver(w, m, &subjects);
+                            deliver(w, svc, m, &subjects);
                         }
                     }
                 }
@@ -183,7 +175,7 @@ fn run(w: &MailWorker, stop: &AtomicBool) {
 /// that wrote it.
 type Subjects = HashMap<(String, i64), Subject>;
 
-fn subjects_of(w: &MailWorker, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
+fn subjects_of(svc: &Services, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
     let mut by_purpose: HashMap<&str, Vec<i64>> = HashMap::new();
     for m in list {
         if let OutboxMessage::Marketing { purpose, .. }
@@ -193,29 +185,19 @@ fn subjects_of(w: &MailWorker, list: &[Claimed]) -> Result<Subjects, tarmo_store
             by_purpose.entry(purpose).or_default().push(m.profile_id);
         }
     }
-    let mut out = Subjects::new();
-    if by_purpose.is_empty() {
-        return Ok(out);
-    }
-    let mut conn = w.store.conn()?;
-    for (purpose, ids) in by_purpose {
-        for (p, s) in ledger::subjects_by_id(&mut *conn, &ids, purpose)? {
-            out.insert((purpose.to_owned(), p), s);
-        }
-    }
-    Ok(out)
+    outbox::subjects_of(svc, &by_purpose)
 }
 
 /// The person's decision inputs: from the page's read, else read now.
 fn subject_now(
-    w: &MailWorker,
+    svc: &Services,
     subjects: &Subjects,
     profile: i64,
     purpose: &str,
 ) -> Result<Subject, tarmo_store::Error> {
     match subjects.get(&(purpose.to_owned(), profile)) {
         Some(s) => Ok(*s),
-        None => ledger::subject_by_id(&mut *w.store.conn()?, profile, purpose),
+        None => outbox::subject_now(svc, profile, purpose),
     }
 }
 
@@ -252,9 +234,9 @@ fn kind_name(e: &SendError) -> &'static str {
     }
 }
 
-fn deliver(w: &MailWorker, m: Claimed, subjects: &Subjects) {
+fn deliver(w: &MailWorker, svc: &Services, m: Claimed, subjects: &Subjects) {
     let id = m.id;
-    let outcome = match build_and_send(w, &m, subjects) {
+    let outcome = match build_and_send(w, svc, &m, subjects) {
         Ok(()) => Outcome::Sent,
         Err(Stop::NotAllowed(reason)) => {
             Outcome::Failed(format!("{}{reason}", tarmo_store::automations::NOT_ALLOWED))
@@ -263,28 +245,25 @@ fn deliver(w: &MailWorker, m: Claimed, subjects: &Subjects) {
         Err(Stop::Store(e)) => Outcome::Retry(format!("store: {e}")),
     };
     let attempts = m.attempts;
-    let r = match &outcome {
+    let record = match outcome {
         Outcome::Sent => {
             tracing::info!(outbox_id = id, profile_id = m.profile_id, "message sent");
-            let me = w.claimant.clone();
-            w.writer
-                .transact_blocking(move |ctx| outbox::mark_sent(ctx.conn, &me, id, ctx.now_ms))
+            SendOutcome::Sent
         }
         Outcome::Retry(why) => {
             let delay = 30_000i64.saturating_mul(1 << attempts.clamp(0, 7));
             tracing::warn!(outbox_id = id, attempts, error = %why, "sending failed; will retry");
-            let (why, me) = (why.clone(), w.claimant.clone());
-            w.writer.transact_blocking(move |ctx| {
-                outbox::mark_retry(ctx.conn, &me, id, ctx.now_ms + delay.min(3_600_000), &why)
-            })
+            SendOutcome::Retry {
+                delay_ms: delay.min(3_600_000),
+                why,
+            }
         }
         Outcome::Failed(why) => {
             tracing::warn!(outbox_id = id, error = %why, "message given up");
-            let (why, me) = (why.clone(), w.claimant.clone());
-            w.writer
-                .transact_blocking(move |ctx| outbox::mark_failed(ctx.conn, &me, id, &why))
+            SendOutcome::Failed(why)
         }
     };
+    let r = outbox::record_outcome(svc, &w.claimant, id, record);
     match r {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
@@ -368,7 +347,12 @@ fn verification_text(
     }
 }
 
-fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<(), Stop> {
+fn build_and_send(
+    w: &MailWorker,
+    svc: &Services,
+    m: &Claimed,
+    subjects: &Subjects,
+) -> Result<(), Stop> {
     let catalog = w.store.catalog()?;
     match &m.message {
         OutboxMessage::Confirmation {
@@ -378,20 +362,11 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
             purposes,
             expires_ms,
         } => {
-            let mut conn = w.store.conn()?;
-            let mut list = Vec::with_capacity(purposes.len());
-            for (p, version) in purposes {
-                let texts = ledger::notice_texts(&mut *conn, p, version)?.unwrap_or_default();
-                let notice = tarmo_core::consent::purpose::notice_text(&texts, language)
-                    .map(|(_, t)| t.to_owned())
-                    .unwrap_or_default();
-                let lang = tarmo_notify::templates::Lang::negotiate(language).code();
-                let name = catalog
-                    .get(p)
-                    .map_or(p.clone(), |c| c.spec.name_in(lang).1.to_owned());
-                list.push(templates::Purpose { name, notice });
-            }
-            drop(conn);
+            let lang = tarmo_notify::templates::Lang::negotiate(language).code();
+            let list = outbox::confirmation_purposes(svc, &catalog, purposes, language, lang)?
+                .into_iter()
+                .map(|(name, notice)| templates::Purpose { name, notice })
+                .collect();
             let ctx = ConfirmationContext {
                 organisation: w.config.organisation.clone(),
                 purposes: list,
@@ -466,7 +441,7 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?
             else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
@@ -501,7 +476,7 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?
             else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };
@@ -514,13 +489,9 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
             if !v.allowed {
                 return Err(Stop::NotAllowed(v.reason.as_str()));
             }
-            let mut conn = w.store.conn()?;
-            let Some((url, token)) =
-                tarmo_store::processors::webhook_of(&mut *conn, w.store.vault(), *processor_id)?
-            else {
+            let Some((url, token)) = outbox::processor_webhook(svc, *processor_id)? else {
                 return Err(Stop::NotAllowed("processor_without_webhook"));
             };
-            drop(conn);
             let url = tarmo_notify::WebhookUrl::parse(&url).map_err(|e| {
                 Stop::Send(SendError::TargetRefused {
                     detail: e.to_string(),
@@ -541,7 +512,7 @@ fn build_and_send(w: &MailWorker, m: &Claimed, subjects: &Subjects) -> Result<()
             let Some(c) = catalog.get(purpose) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
-            let Subject::Known(_, st, flags) = subject_now(w, subjects, m.profile_id, purpose)?
+            let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?
             else {
                 return Err(Stop::NotAllowed("unknown_profile"));
             };

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tarmo_notify::{SendError, WebhookClient, WebhookUrl};
-use tarmo_store::processors::{self as register, ClaimedNotification};
+use tarmo_store::erasure::notices::{self, Delivery};
+use tarmo_store::processors::ClaimedNotification;
 use tarmo_store::writer::WriterHandle;
 
 use crate::mail::{OutboxSignal, Running};
@@ -81,11 +82,7 @@ pub fn spawn(w: NoticeWorker) -> Running {
 }
 
 fn run(w: &NoticeWorker, stop: &AtomicBool) {
-    let me = w.claimant.clone();
-    match w
-        .writer
-        .transact_blocking(move |ctx| register::recover_notifications(ctx.conn, &me))
-    {
+    match notices::recover(&w.writer, &w.claimant) {
         Ok(n) if n > 0 => tracing::warn!(
             notifications = n,
             "erasure notifications interrupted mid-delivery are sent again"
@@ -94,10 +91,7 @@ fn run(w: &NoticeWorker, stop: &AtomicBool) {
         Err(e) => tracing::error!(error = %e, "recovering erasure notifications failed"),
     }
     while !stop.load(Ordering::SeqCst) {
-        let me = w.claimant.clone();
-        let claimed = w.writer.transact_blocking(move |ctx| {
-            register::claim_due_notifications(ctx.conn, ctx.vault, &me, ctx.now_ms, 20)
-        });
+        let claimed = notices::claim(&w.writer, &w.claimant, 20);
         let worked = match claimed {
             Ok(list) => {
                 let any = !list.is_empty();
@@ -107,10 +101,7 @@ fn run(w: &NoticeWorker, stop: &AtomicBool) {
                     // Half the lease gone: extend it for what is left, and
                     // skip what another node has taken over meanwhile.
                     if leased.elapsed() > w.claimant.lease / 2 {
-                        let (me, ids) = (w.claimant.clone(), held.clone());
-                        match w.writer.transact_blocking(move |ctx| {
-                            register::renew_notifications(ctx.conn, &me, &ids, ctx.now_ms)
-                        }) {
+                        match notices::renew(&w.writer, &w.claimant, held.clone()) {
                             Ok(h) => held = h,
                             Err(e) => {
                                 tracing::error!(error = %e, "renewing notification claims failed");
@@ -201,7 +192,7 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
     let outcome = attempt(w, &n);
     let ids = (n.request_id, n.processor_id);
     drop(n);
-    let r = match outcome {
+    let delivery = match outcome {
         Outcome::Delivered => {
             tracing::info!(
                 notification_id = id,
@@ -210,10 +201,7 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 attempts,
                 "erasure notification delivered"
             );
-            let me = w.claimant.clone();
-            w.writer.transact_blocking(move |ctx| {
-                register::mark_delivered(ctx.conn, &me, id, ctx.now_ms)
-            })
+            Delivery::Delivered
         }
         Outcome::Retry(why) => {
             let delay = w.retry.delay(attempts).as_millis() as i64;
@@ -225,10 +213,10 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 error = %why,
                 "erasure notification not delivered; will retry"
             );
-            let me = w.claimant.clone();
-            w.writer.transact_blocking(move |ctx| {
-                register::mark_retry(ctx.conn, &me, id, ctx.now_ms + delay, &why)
-            })
+            Delivery::Retry {
+                delay_ms: delay,
+                why,
+            }
         }
         Outcome::Failed(why) => {
             tracing::warn!(
@@ -239,11 +227,10 @@ fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
                 error = %why,
                 "erasure notification given up: the processor must be told another way"
             );
-            let me = w.claimant.clone();
-            w.writer
-                .transact_blocking(move |ctx| register::mark_failed(ctx.conn, &me, id, &why))
+            Delivery::Failed(why)
         }
     };
+    let r = notices::record(&w.writer, &w.claimant, id, delivery);
     match r {
         Ok(true) => {}
         Ok(false) => tracing::warn!(

@@ -13,12 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tarmo_store::bundle::Bundle;
-use tarmo_store::now_ms;
 use tarmo_store::requests::{self, Filter, NewRequest, RequestKind, RequestStatus, RequestView};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
-use crate::consent::SubjectRef;
+use crate::subject::SubjectRef;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,26 +52,16 @@ fn id_of(raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::new(Code::InvalidRequestId, "a request id is a positive integer"))
 }
 
-/// The processors told of an erasure, and how that went.
-fn processors_view(
-    conn: &mut dyn tarmo_store::conn::Conn,
-    request: i64,
-) -> tarmo_store::Result<Vec<tarmo_store::processors::NotificationView>> {
-    tarmo_store::processors::notifications_for_request(conn, request)
-}
-
 async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
-    let store = s.store.clone();
-    blocking(move || {
-        let mut c = store.conn()?;
-        let request = requests::get(&mut *c, store.vault(), id, now_ms())?;
-        let processors = processors_view(&mut *c, id)?;
-        Ok(RequestDetail {
-            request,
-            processors,
-        })
+    let (request, processors) = blocking({
+        let svc = s.svc.clone();
+        move || requests::detail(&svc, id)
     })
-    .await
+    .await?;
+    Ok(RequestDetail {
+        request,
+        processors,
+    })
 }
 
 /// Record a data subject request. If the person is known and has an email
@@ -123,9 +112,11 @@ pub async fn create(
         actor: format!("key {} ({})", key.id, key.name),
     };
     let ttl = s.config.token_ttl.as_millis() as i64;
-    let id = s
-        .transact(move |ctx| requests::create(ctx, req, ttl))
-        .await?;
+    let id = blocking({
+        let svc = s.svc.clone();
+        move || requests::open_request(&svc, req, ttl)
+    })
+    .await?;
     s.outbox_wake();
     Ok((StatusCode::CREATED, Json(detail(&s, id).await?)))
 }
@@ -182,8 +173,11 @@ pub async fn list(
         overdue: q.overdue,
         limit,
     };
-    let store = s.store.clone();
-    let requests = blocking(move || requests::list(&mut *store.conn()?, &f, now_ms())).await?;
+    let requests = blocking({
+        let svc = s.svc.clone();
+        move || requests::find(&svc, &f)
+    })
+    .await?;
     Ok(Json(RequestList { requests }))
 }
 
@@ -239,7 +233,11 @@ macro_rules! action {
                     let id = id_of(&raw)?;
             let reason = reason_of(&body).await?;
             let actor = format!("key {} ({})", p.key.id, p.key.name);
-            s.transact(move |ctx| $f(ctx, id, &reason, &actor)).await?;
+            blocking({
+                let svc = s.svc.clone();
+                move || $f(&svc, id, reason, actor)
+            })
+            .await?;
             s.outbox_wake();
             s.notices_wake();
             Ok(Json(detail(&s, id).await?))
@@ -247,29 +245,23 @@ macro_rules! action {
     };
 }
 
-type Ctx<'a, 'b> = &'a mut tarmo_store::writer::TxCtx<'b>;
-
-fn verify_as(ctx: Ctx<'_, '_>, id: i64, reason: &str, actor: &str) -> tarmo_store::Result<()> {
-    requests::verify(ctx, id, actor, reason)
-}
-
 action!(
     verify,
     "/api/v1/requests/{id}/verify",
     "Staff verified the person's identity (say how): the request is carried out.",
-    verify_as
+    requests::verify_by_staff
 );
 action!(
     refuse,
     "/api/v1/requests/{id}/refuse",
     "Refuse, with the legal reason (e.g. an Art. 17(3) exception).",
-    requests::refuse
+    requests::refuse_request
 );
 action!(
     extend,
     "/api/v1/requests/{id}/extend",
     "Extend the deadline by two months (once), with the reason.",
-    requests::extend
+    requests::extend_request
 );
 
 /// End the restriction a completed restriction request put in place.
@@ -285,8 +277,11 @@ pub async fn lift(
 ) -> Result<Json<RequestDetail>, ApiError> {
     let id = id_of(&raw)?;
     let actor = format!("key {} ({})", p.key.id, p.key.name);
-    s.transact(move |ctx| requests::lift(ctx, id, &actor))
-        .await?;
+    blocking({
+        let svc = s.svc.clone();
+        move || requests::lift_restriction(&svc, id, actor)
+    })
+    .await?;
     Ok(Json(detail(&s, id).await?))
 }
 
@@ -299,34 +294,11 @@ pub struct ExportQuery {
 
 /// The bundle of a completed access or portability request.
 pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError> {
-    let store = s.store.clone();
-    let (kind, status, profile) =
-        blocking(move || requests::bundle_target(&mut *store.conn()?, id)).await?;
-    if !kind.has_bundle() {
-        return Err(ApiError::new(
-            Code::NoBundle,
-            "only access and portability requests have a bundle",
-        ));
-    }
-    if status != RequestStatus::Completed {
-        return Err(ApiError::new(
-            Code::NotReady,
-            format!(
-                "the request is {}; the bundle is ready once it is completed",
-                status.as_str()
-            ),
-        ));
-    }
-    let Some(profile) = profile else {
-        return Err(ApiError::new(
-            Code::NoDataHeld,
-            "no data is held about the person",
-        ));
-    };
-    let store = s.store.clone();
-    blocking(move || store.bundle(profile))
-        .await?
-        .ok_or_else(|| ApiError::new(Code::NoDataHeld, "no data is held about the person"))
+    blocking({
+        let svc = s.svc.clone();
+        move || requests::bundle_of(&svc, id)
+    })
+    .await
 }
 
 /// The data of a completed access or portability request: JSON, plus a

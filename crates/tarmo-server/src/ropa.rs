@@ -321,8 +321,11 @@ pub async fn records_of_processing(
             .is_some_and(|a| a.contains("text/html")),
     };
     let catalog = s.catalog().await?;
-    let store = s.store.clone();
-    let processors = blocking(move || register::list(&mut *store.conn()?)).await?;
+    let processors = blocking({
+        let svc = s.svc.clone();
+        move || register::registered(&svc)
+    })
+    .await?;
     let record = build(&s, &catalog, &processors);
     if !html {
         return Ok(axum::Json(record).into_response());

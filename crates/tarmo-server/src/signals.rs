@@ -20,12 +20,11 @@ use serde_json::{Map, Value, json};
 use tarmo_core::consent::{PurposeRule, SignalMap, SignalReading};
 use tarmo_store::conn::ProfileId;
 use tarmo_store::consent::{self as ledger, Catalog, ConsentSignal, SignalOutcome};
-use tarmo_store::doi;
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
-use crate::consent::{Lookup, SubjectRef, subject_ref_lookup};
-use crate::{ApiError, AppState, ErrorBody};
+use crate::subject::{SubjectRef, subject_ref_lookup};
+use crate::{ApiError, AppState, ErrorBody, blocking};
 
 /// Longer strings are refused: real TC and GPP strings are a few hundred
 /// bytes, a few KB with long vendor lists.
@@ -359,32 +358,15 @@ pub async fn record_signal(
     let method = signal.method.as_str();
     let (outdated, policy_version) = facts(&signal);
     let evidence = b.evidence;
-    let (profile, outcome) = s
-        .transact(move |ctx| {
-            let profile = match (lookup, prepared) {
-                (Lookup::Id(p), _) => doi::current_profile(ctx.conn, p)?.ok_or_else(|| {
-                    tarmo_store::Error::rejected(Code::ProfileNotFound, "no profile with that id")
-                })?,
-                (Lookup::Identifier(b), Some(id)) => {
-                    if ledger::suppressed(ctx.conn, &b)?.is_some() {
-                        return Ok((None, None));
-                    }
-                    ctx.resolve(std::slice::from_ref(&id))?
-                }
-                (Lookup::Identifier(_), None) => unreachable!("identifiers come prepared"),
-            };
-            let outcome = ledger::record_signal(
-                ctx.conn,
-                ctx.vault,
-                &ctx.catalog,
-                profile,
-                &signal,
-                &evidence,
-                ctx.now_ms,
-            )?;
-            Ok((Some(profile), Some(outcome)))
-        })
-        .await?;
+    let recorded = blocking({
+        let svc = s.svc.clone();
+        move || ledger::record_cmp_string(&svc, lookup, prepared, signal, evidence)
+    })
+    .await?;
+    let (profile, outcome) = match recorded {
+        Some((p, o)) => (Some(p), Some(o)),
+        None => (None, None),
+    };
     let (entries, duplicate) = match outcome {
         Some(SignalOutcome::Recorded(written)) => (
             written

@@ -11,7 +11,9 @@
 //! updated in the same transaction as every append, and rebuilt identically
 //! from the ledger by [`fold_all`].
 //!
-//! Every function here runs inside the caller's transaction.
+//! Every function here runs inside the caller's transaction, except the use
+//! cases at the end (under "use cases"), which own theirs through
+//! [`Services`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,7 +30,10 @@ use tarmo_core::consent::{
 use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row, TxLock};
+use crate::resolve::PreparedIdentifier;
+use crate::service::Services;
 use crate::vault::{BlindIndex, Place, Vault};
+use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};
 
 // ---------------------------------------------------------------- catalog
@@ -1450,4 +1455,295 @@ pub fn seed_defaults(conn: &mut dyn Conn, now_ms: i64) -> Result<usize> {
         upsert_purpose(conn, id, spec, false, now_ms)?;
     }
     Ok(defaults.len())
+}
+
+// ---------------------------------------------------------------- use cases
+
+/// A person named in a request: by profile id, or by an identifier's blind
+/// index.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup {
+    Id(ProfileId),
+    Identifier(BlindIndex),
+}
+
+/// The decision's inputs for the person `lookup` names, for one purpose.
+pub fn read_subject(conn: &mut dyn Conn, lookup: Lookup, purpose: &str) -> Result<Subject> {
+    match lookup {
+        Lookup::Id(p) => subject_by_id(conn, p, purpose),
+        Lookup::Identifier(b) => subject_by_identifier(conn, &b, purpose),
+    }
+}
+
+/// The person a write names: the current profile of an id (an unknown id
+/// is an error), or the profile an identifier resolves to, made when
+/// nobody has it yet. `None` for an erased (suppressed) identifier, about
+/// whom nothing may be recorded.
+pub fn subject_to_write(
+    ctx: &mut TxCtx<'_>,
+    lookup: Lookup,
+    identifier: Option<&PreparedIdentifier>,
+) -> Result<Option<ProfileId>> {
+    match (lookup, identifier) {
+        (Lookup::Id(p), _) => crate::doi::current_profile(ctx.conn, p)?
+            .map(Some)
+            .ok_or_else(|| Error::rejected(Code::ProfileNotFound, "no profile with that id")),
+        (Lookup::Identifier(b), Some(id)) => {
+            if suppressed(ctx.conn, &b)?.is_some() {
+                return Ok(None);
+            }
+            ctx.resolve(std::slice::from_ref(id)).map(Some)
+        }
+        (Lookup::Identifier(_), None) => Err(Error::Corrupt(
+            "an identifier to write for comes prepared".into(),
+        )),
+    }
+}
+
+/// The decision for one person, and whether the purpose allows them on
+/// any channel (what a purpose-bound key may learn their id by).
+#[derive(Debug, Clone, Copy)]
+pub struct Judged {
+    /// The person's current profile; `None` when unknown or erased.
+    pub profile: Option<ProfileId>,
+    pub verdict: tarmo_core::consent::Verdict,
+    /// The purpose's decision on any channel.
+    pub any_channel: bool,
+}
+
+/// The policy's decision for `subject` over `channel` (any when `None`).
+pub fn judge(rule: &PurposeRule, channel: Option<Channel>, subject: Subject, now: i64) -> Judged {
+    use tarmo_core::consent::{Reason, Verdict, decide};
+    match subject {
+        Subject::Known(p, st, flags) => {
+            let v = decide(rule, channel, st.as_ref(), flags, now);
+            let any = match channel {
+                None => v.allowed,
+                Some(_) => decide(rule, None, st.as_ref(), flags, now).allowed,
+            };
+            Judged {
+                profile: Some(p),
+                verdict: v,
+                any_channel: any,
+            }
+        }
+        Subject::Suppressed(at) => {
+            let flags = ProfileFlags {
+                suppressed_since: Some(at),
+                ..Default::default()
+            };
+            Judged {
+                profile: None,
+                verdict: decide(rule, channel, None, flags, now),
+                any_channel: false,
+            }
+        }
+        Subject::Unknown => Judged {
+            profile: None,
+            verdict: Verdict {
+                allowed: false,
+                basis: rule.basis,
+                reason: Reason::UnknownProfile,
+                since_ms: None,
+            },
+            any_channel: false,
+        },
+    }
+}
+
+/// The decision's inputs for one person (a point read of the pool).
+pub fn subject_for(svc: &Services, lookup: Lookup, purpose: &str) -> Result<Subject> {
+    svc.read(|conn, _| read_subject(conn, lookup, purpose))
+}
+
+/// [`subject_for`] for many people, in the order asked, on one connection.
+pub fn subjects_for(svc: &Services, lookups: Vec<Lookup>, purpose: &str) -> Result<Vec<Subject>> {
+    svc.read(|conn, _| {
+        lookups
+            .into_iter()
+            .map(|l| read_subject(conn, l, purpose))
+            .collect()
+    })
+}
+
+/// Every definition of a purpose, oldest first.
+pub fn purpose_versions(svc: &Services, id: &str) -> Result<Vec<PurposeVersionView>> {
+    svc.read(|conn, _| purpose_history(conn, id))
+}
+
+/// Create or change a purpose (see [`upsert_purpose`]); the catalog's
+/// cache learns of it at once.
+pub fn define_purpose(
+    svc: &Services,
+    id: PurposeId,
+    spec: PurposeSpec,
+    requires_reconsent: bool,
+) -> Result<PurposeChange> {
+    let change =
+        svc.write(move |ctx| upsert_purpose(ctx.conn, &id, &spec, requires_reconsent, ctx.now_ms))?;
+    svc.store.catalog_changed();
+    Ok(change)
+}
+
+/// One consent decision to record, checked against the catalog at the edge.
+#[derive(Debug, Clone)]
+pub struct ToRecord {
+    pub lookup: Lookup,
+    /// The identifier, when the person is named by one: made into a new
+    /// profile when nobody has it yet.
+    pub identifier: Option<PreparedIdentifier>,
+    pub purpose: String,
+    pub decision: ConsentDecision,
+    pub method: Method,
+    pub channel: Option<Channel>,
+    pub notice_version: Option<String>,
+    pub source: String,
+    pub evidence: Map<String, Value>,
+}
+
+/// What recording one decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub profile_id: Option<ProfileId>,
+    /// The ledger entry's number; `None` for an erased (suppressed) person,
+    /// for whom nothing is recorded.
+    pub seq: Option<i64>,
+    pub suppressed: bool,
+}
+
+/// Record consent decisions in one durable transaction, in the order given.
+pub fn record(svc: &Services, decisions: Vec<ToRecord>) -> Result<Vec<Recorded>> {
+    svc.write(move |ctx| {
+        let mut out = Vec::with_capacity(decisions.len());
+        let mut entries = Vec::with_capacity(decisions.len());
+        let mut slots = Vec::with_capacity(decisions.len());
+        for d in decisions {
+            let Some(profile) = subject_to_write(ctx, d.lookup, d.identifier.as_ref())? else {
+                out.push(Recorded {
+                    profile_id: None,
+                    seq: None,
+                    suppressed: true,
+                });
+                slots.push(None);
+                continue;
+            };
+            slots.push(Some(entries.len()));
+            out.push(Recorded {
+                profile_id: Some(profile),
+                seq: None,
+                suppressed: false,
+            });
+            entries.push(NewEntry {
+                channel: d.channel,
+                profile_id: profile,
+                purpose: d.purpose,
+                decision: d.decision,
+                method: d.method,
+                notice_version: d.notice_version,
+                at_ms: None,
+                source: d.source,
+                evidence: d.evidence,
+            });
+        }
+        let seqs = append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)?;
+        for (r, slot) in out.iter_mut().zip(slots) {
+            r.seq = slot.map(|i| seqs[i]);
+        }
+        Ok(out)
+    })
+}
+
+/// A person's consents as a key may read them.
+#[derive(Debug, Clone)]
+pub struct PersonConsents {
+    pub profile: ProfileId,
+    /// The current state, one per purpose with a record.
+    pub states: Vec<(String, ConsentState)>,
+    pub flags: ProfileFlags,
+    /// Every ledger entry, oldest first, evidence opened where the grant
+    /// includes consent (else null).
+    pub entries: Vec<LedgerEntryView>,
+}
+
+/// A person's consents through `grant`: a person the key may not see reads
+/// as absent (as on the profile routes); a purpose-bound key sees its
+/// purposes' states and entries only, and the evidence (IP address, user
+/// agent, CMP strings) only where its data kinds, narrowed by its
+/// purposes, include consent.
+pub fn consents_of(
+    svc: &Services,
+    grant: &tarmo_core::access::Grant,
+    id: ProfileId,
+) -> Result<PersonConsents> {
+    let (profile, kinds) = svc
+        .store
+        .visible_kinds(grant, id)?
+        .ok_or_else(|| Error::rejected(Code::ProfileNotFound, "no profile matches"))?;
+    let ours = |purpose: &str| !grant.bound() || grant.purposes.iter().any(|p| p == purpose);
+    svc.read(|conn, vault| {
+        let mut states = states(conn, profile)?;
+        states.retain(|(purpose, _)| ours(purpose));
+        let flags = flags(conn, profile)?;
+        let mut entries = history(conn, vault, profile)?;
+        entries.retain(|e| ours(&e.purpose));
+        if !kinds.contains(&tarmo_core::access::DataKind::Consent) {
+            for e in &mut entries {
+                e.evidence = Value::Null;
+            }
+        }
+        Ok(PersonConsents {
+            profile,
+            states,
+            flags,
+            entries,
+        })
+    })
+}
+
+/// Record a CMP string for the person `lookup` names (see
+/// [`record_signal`]); `None` for an erased person, about whom nothing is
+/// recorded.
+pub fn record_cmp_string(
+    svc: &Services,
+    lookup: Lookup,
+    identifier: Option<PreparedIdentifier>,
+    signal: ConsentSignal,
+    evidence: Map<String, Value>,
+) -> Result<Option<(ProfileId, SignalOutcome)>> {
+    svc.write(move |ctx| {
+        let Some(profile) = subject_to_write(ctx, lookup, identifier.as_ref())? else {
+            return Ok(None);
+        };
+        let outcome = record_signal(
+            ctx.conn,
+            ctx.vault,
+            &ctx.catalog,
+            profile,
+            &signal,
+            &evidence,
+            ctx.now_ms,
+        )?;
+        Ok(Some((profile, outcome)))
+    })
+}
+
+/// The person's first identifier of `kind`, opened.
+pub(crate) fn contact(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    profile: ProfileId,
+    kind: &str,
+) -> Result<Option<String>> {
+    for row in conn.identifiers_of(profile)? {
+        if row.kind == kind {
+            let key = vault
+                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
+                .ok_or_else(|| Error::Corrupt("no data key".into()))?;
+            let v = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
+            return String::from_utf8(v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(e.to_string()));
+        }
+    }
+    Ok(None)
 }

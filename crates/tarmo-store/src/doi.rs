@@ -2,7 +2,8 @@
 //! token and the confirmation message in one transaction; the person's press
 //! of the button (a POST) uses the token and records the grant, with the
 //! token's id as evidence. One-click unsubscribe withdraws through a signed
-//! link. Each runs as a writer transaction job.
+//! link. Each runs as a writer transaction job; the use cases at the end
+//! (under "use cases") start theirs through [`Services`].
 
 use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
@@ -13,6 +14,7 @@ use crate::consent::{self, NewEntry};
 use crate::links::{self, ConfirmationData};
 use crate::outbox::{self, OutboxMessage};
 use crate::resolve::PreparedIdentifier;
+use crate::service::Services;
 use crate::writer::TxCtx;
 use crate::{Error, Result};
 
@@ -292,4 +294,61 @@ pub fn unsubscribe(
     };
     consent::append(ctx.conn, ctx.vault, &ctx.catalog, &[entry], ctx.now_ms)?;
     Ok(true)
+}
+
+// ---------------------------------------------------------------- use cases
+
+/// Subscribe someone with double opt-in (see [`subscribe`]), durably.
+pub fn subscribe_person(svc: &Services, req: Subscribe) -> Result<Subscribed> {
+    svc.write(move |ctx| subscribe(ctx, req))
+}
+
+/// The notice texts of a purpose at a version, in every language written.
+pub type NoticeTexts = std::collections::BTreeMap<String, String>;
+
+/// What a confirmation link asks the person to agree to, with each
+/// purpose's notice texts at the version they are asked about. Changes
+/// nothing (the page a link opens; mail scanners fetch links).
+pub fn pending_with_notices(
+    svc: &Services,
+    secret: &str,
+) -> Result<(Pending, Vec<(String, NoticeTexts)>)> {
+    svc.read(|conn, _| {
+        let pending = peek(conn, secret, crate::now_ms())?;
+        let notices = pending
+            .data
+            .purposes
+            .iter()
+            .map(|(p, v)| {
+                Ok((
+                    p.clone(),
+                    consent::notice_texts(conn, p, v)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((pending, notices))
+    })
+}
+
+/// The person pressed "confirm" (see [`confirm`]), durably.
+pub fn confirm_link(
+    svc: &Services,
+    secret: String,
+    evidence: Map<String, Value>,
+) -> Result<Confirmed> {
+    svc.write(move |ctx| confirm(ctx, &secret, evidence))
+}
+
+/// A signed unsubscribe link's contents, when its signature holds.
+pub fn open_unsubscribe_link(svc: &Services, token: &str) -> Option<links::SignedLink> {
+    links::open_link(svc.store.vault(), UNSUBSCRIBE_LINK, token)
+}
+
+/// Withdraw through an opened unsubscribe link (see [`unsubscribe`]), durably.
+pub fn unsubscribe_link(
+    svc: &Services,
+    link: links::SignedLink,
+    evidence: Map<String, Value>,
+) -> Result<bool> {
+    svc.write(move |ctx| unsubscribe(ctx, &link, evidence))
 }

@@ -12,6 +12,9 @@
 //!
 //! The consent ledger keeps its entries — sealed bytes nobody can open any
 //! more — so the chain still verifies.
+//!
+//! The notice worker's transactions (claiming, renewing and recording the
+//! notifications to processors) are at the end, under "notices".
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -169,4 +172,66 @@ pub fn erase_profile(
     ctx.identities_changed();
     ctx.checkpoint_after_commit();
     Ok(report)
+}
+
+// ------------------------------------------------------------------ notices
+
+/// What the erasure-notice worker writes, each in a writer transaction of
+/// its own (the worker holds only the writer).
+pub mod notices {
+    use crate::Result;
+    use crate::lease::Claimant;
+    use crate::processors::{self, ClaimedNotification};
+    use crate::writer::WriterHandle;
+
+    /// Take back this node's claims after a restart; how many.
+    pub fn recover(writer: &WriterHandle, who: &Claimant) -> Result<u64> {
+        let who = who.clone();
+        writer.transact_blocking(move |ctx| processors::recover_notifications(ctx.conn, &who))
+    }
+
+    /// Claim up to `limit` due notifications, opened.
+    pub fn claim(
+        writer: &WriterHandle,
+        who: &Claimant,
+        limit: i64,
+    ) -> Result<Vec<ClaimedNotification>> {
+        let who = who.clone();
+        writer.transact_blocking(move |ctx| {
+            processors::claim_due_notifications(ctx.conn, ctx.vault, &who, ctx.now_ms, limit)
+        })
+    }
+
+    /// Extend the claims on `ids`; the ids still held.
+    pub fn renew(writer: &WriterHandle, who: &Claimant, ids: Vec<i64>) -> Result<Vec<i64>> {
+        let who = who.clone();
+        writer.transact_blocking(move |ctx| {
+            processors::renew_notifications(ctx.conn, &who, &ids, ctx.now_ms)
+        })
+    }
+
+    /// How delivering a notification went, to record.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Delivery {
+        Delivered,
+        /// Try again after `delay_ms`, for this reason.
+        Retry {
+            delay_ms: i64,
+            why: String,
+        },
+        Failed(String),
+    }
+
+    /// Record how delivering notification `id` went; `false` when the claim
+    /// ran out and another node took it over.
+    pub fn record(writer: &WriterHandle, who: &Claimant, id: i64, d: Delivery) -> Result<bool> {
+        let who = who.clone();
+        writer.transact_blocking(move |ctx| match d {
+            Delivery::Delivered => processors::mark_delivered(ctx.conn, &who, id, ctx.now_ms),
+            Delivery::Retry { delay_ms, why } => {
+                processors::mark_retry(ctx.conn, &who, id, ctx.now_ms + delay_ms, &why)
+            }
+            Delivery::Failed(why) => processors::mark_failed(ctx.conn, &who, id, &why),
+        })
+    }
 }

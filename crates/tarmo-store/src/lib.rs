@@ -29,6 +29,7 @@ pub mod outbox;
 mod pg_tls;
 pub mod pool;
 pub mod postgres;
+pub mod preferences;
 pub mod processors;
 pub mod requests;
 pub mod resolve;

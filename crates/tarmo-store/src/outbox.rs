@@ -5,11 +5,17 @@
 //! sends it again with the same Message-ID, which mail systems use to
 //! recognise a duplicate. The payload is sealed under the person's key and
 //! cleared once sent.
+//!
+//! The functions at the end (under "use cases") own their transactions
+//! through [`Services`]: queueing a marketing email, and what the mail
+//! worker records; the others run inside the caller's.
 
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Conn, P, ProfileId};
+use crate::consent::{self, Catalog, Judged, Lookup, Subject};
 use crate::lease::Claimant;
+use crate::service::Services;
 use crate::vault::{Place, Vault};
 use crate::{Error, Result};
 
@@ -296,4 +302,183 @@ pub fn counts(conn: &mut dyn Conn) -> Result<Vec<(String, i64)>> {
     .iter()
     .map(|r| Ok((r.text(0)?, r.int(1)?)))
     .collect()
+}
+
+// ---------------------------------------------------------------- use cases
+
+/// A marketing email to queue for one person.
+#[derive(Debug, Clone)]
+pub struct MarketingEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+}
+
+/// Queue a marketing email for the person `lookup` names, if and only if
+/// `purpose` allows the email channel now: decided and queued in one
+/// transaction. The message carries a one-click unsubscribe link for the
+/// purpose. The decision, and whether a message was queued.
+pub fn queue_marketing_email(
+    svc: &Services,
+    lookup: Lookup,
+    purpose: String,
+    rule: tarmo_core::consent::PurposeRule,
+    email: MarketingEmail,
+) -> Result<(Judged, bool)> {
+    svc.write(move |ctx| {
+        let subject = consent::read_subject(ctx.conn, lookup, &purpose)?;
+        let judged = consent::judge(
+            &rule,
+            Some(tarmo_core::consent::Channel::Email),
+            subject,
+            ctx.now_ms,
+        );
+        let Some(profile) = judged.profile.filter(|_| judged.verdict.allowed) else {
+            return Ok((judged, false));
+        };
+        let Some(to) = consent::contact(ctx.conn, ctx.vault, profile, "email")? else {
+            return Err(Error::rejected(
+                tarmo_core::codes::Code::NoEmailAddress,
+                "the person has no email address on record",
+            ));
+        };
+        let unsubscribe = crate::links::sign_link(
+            ctx.vault,
+            crate::doi::UNSUBSCRIBE_LINK,
+            &crate::links::SignedLink {
+                profile_id: profile,
+                scope: purpose.clone(),
+                issued_ms: ctx.now_ms,
+            },
+        );
+        enqueue(
+            ctx.conn,
+            ctx.vault,
+            profile,
+            "email",
+            &OutboxMessage::Marketing {
+                to,
+                purpose,
+                subject: email.subject,
+                text: email.text,
+                html: email.html,
+                unsubscribe,
+            },
+            ctx.now_ms,
+        )?;
+        Ok((judged, true))
+    })
+}
+
+/// Take back this node's claims after a restart (see [`recover`]).
+pub fn recover_claims(svc: &Services, who: &Claimant) -> Result<u64> {
+    let who = who.clone();
+    svc.write(move |ctx| recover(ctx.conn, &who))
+}
+
+/// Claim up to `limit` due messages of `channel` (see [`claim_due`]).
+pub fn claim(
+    svc: &Services,
+    who: &Claimant,
+    channel: &'static str,
+    limit: i64,
+) -> Result<Vec<Claimed>> {
+    let who = who.clone();
+    svc.write(move |ctx| claim_due(ctx.conn, ctx.vault, &who, channel, ctx.now_ms, limit))
+}
+
+/// Extend the claims on `ids`; the ids still held (see [`renew`]).
+pub fn renew_claims(svc: &Services, who: &Claimant, ids: Vec<i64>) -> Result<Vec<i64>> {
+    let who = who.clone();
+    svc.write(move |ctx| renew(ctx.conn, &who, &ids, ctx.now_ms))
+}
+
+/// How sending a message went, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent,
+    /// Try again after `delay_ms`, for this reason.
+    Retry {
+        delay_ms: i64,
+        why: String,
+    },
+    Failed(String),
+}
+
+/// Record how sending message `id` went; `false` when the claim ran out and
+/// another node took the message over.
+pub fn record_outcome(
+    svc: &Services,
+    who: &Claimant,
+    id: i64,
+    outcome: SendOutcome,
+) -> Result<bool> {
+    let who = who.clone();
+    svc.write(move |ctx| match outcome {
+        SendOutcome::Sent => mark_sent(ctx.conn, &who, id, ctx.now_ms),
+        SendOutcome::Retry { delay_ms, why } => {
+            mark_retry(ctx.conn, &who, id, ctx.now_ms + delay_ms, &why)
+        }
+        SendOutcome::Failed(why) => mark_failed(ctx.conn, &who, id, &why),
+    })
+}
+
+/// The decision's inputs for each (purpose, profile) of `wanted`, in one
+/// read a purpose.
+pub fn subjects_of(
+    svc: &Services,
+    wanted: &std::collections::HashMap<&str, Vec<ProfileId>>,
+) -> Result<std::collections::HashMap<(String, ProfileId), Subject>> {
+    let mut out = std::collections::HashMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    svc.read(|conn, _| {
+        for (purpose, ids) in wanted {
+            for (p, s) in consent::subjects_by_id(conn, ids, purpose)? {
+                out.insert(((*purpose).to_owned(), p), s);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// One person's decision inputs for `purpose`, read now.
+pub fn subject_now(svc: &Services, profile: ProfileId, purpose: &str) -> Result<Subject> {
+    svc.read(|conn, _| consent::subject_by_id(conn, profile, purpose))
+}
+
+/// The name and notice text of each purpose a confirmation asks about, in
+/// `language` (the notice as the person will agree to it, at its version).
+pub fn confirmation_purposes(
+    svc: &Services,
+    catalog: &Catalog,
+    purposes: &[(String, String)],
+    language: &str,
+    name_language: &str,
+) -> Result<Vec<(String, String)>> {
+    svc.read(|conn, _| {
+        let mut list = Vec::with_capacity(purposes.len());
+        for (p, version) in purposes {
+            let texts = consent::notice_texts(conn, p, version)?.unwrap_or_default();
+            let notice = tarmo_core::consent::purpose::notice_text(&texts, language)
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or_default();
+            let name = catalog
+                .get(p)
+                .map_or(p.clone(), |c| c.spec.name_in(name_language).1.to_owned());
+            list.push((name, notice));
+        }
+        Ok(list)
+    })
+}
+
+/// A processor's webhook URL and bearer token, opened, for a push or call
+/// list; `None` when it has none.
+pub fn processor_webhook(
+    svc: &Services,
+    processor: i64,
+) -> Result<Option<(String, Option<String>)>> {
+    svc.read(|conn, vault| crate::processors::webhook_of(conn, vault, processor))
 }

@@ -106,6 +106,12 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ProcessorView>> {
     .collect()
 }
 
+/// Every processor, by name, read through the pool (the record of
+/// processing lists them).
+pub fn registered(svc: &crate::Services) -> Result<Vec<ProcessorView>> {
+    svc.read(|conn, _| list(conn))
+}
+
 fn not_found() -> Error {
     Error::rejected(Code::ProcessorNotFound, "no processor with that id")
 }

@@ -12,6 +12,9 @@
 //! details (the identifier's value, corrected values) sealed, wiped once the
 //! request closes: the record of a request outlives the person it was about,
 //! and holds nothing that identifies them.
+//!
+//! The use cases at the end (under "use cases") own their transactions
+//! through [`Services`]; the other functions run inside the caller's.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -26,6 +29,7 @@ use crate::doi::current_profile;
 use crate::links;
 use crate::outbox::{self, OutboxMessage};
 use crate::resolve::PreparedIdentifier;
+use crate::service::Services;
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};
@@ -911,4 +915,84 @@ pub fn bundle_target(
         None => None,
     };
     Ok((r.kind, r.status, p))
+}
+
+// ---------------------------------------------------------------- use cases
+
+/// Record a request (see [`create`]), durably; its id.
+pub fn open_request(svc: &Services, req: NewRequest, token_ttl_ms: i64) -> Result<i64> {
+    svc.write(move |ctx| create(ctx, req, token_ttl_ms))
+}
+
+/// One request with its history, and (for an erasure) the processors told
+/// and how that went.
+pub fn detail(
+    svc: &Services,
+    id: i64,
+) -> Result<(RequestView, Vec<crate::processors::NotificationView>)> {
+    svc.read(|conn, vault| {
+        let request = get(conn, vault, id, crate::now_ms())?;
+        let processors = crate::processors::notifications_for_request(conn, id)?;
+        Ok((request, processors))
+    })
+}
+
+/// Requests matching `f`.
+pub fn find(svc: &Services, f: &Filter) -> Result<Vec<RequestView>> {
+    svc.read(|conn, _| list(conn, f, crate::now_ms()))
+}
+
+/// Staff verified the person's identity (`note` says how), durably.
+pub fn verify_by_staff(svc: &Services, id: i64, note: String, actor: String) -> Result<()> {
+    svc.write(move |ctx| verify(ctx, id, &actor, &note))
+}
+
+/// Refuse a request with the legal reason, durably.
+pub fn refuse_request(svc: &Services, id: i64, legal_reason: String, actor: String) -> Result<()> {
+    svc.write(move |ctx| refuse(ctx, id, &legal_reason, &actor))
+}
+
+/// Extend a request's deadline (once) with the reason, durably.
+pub fn extend_request(svc: &Services, id: i64, reason: String, actor: String) -> Result<()> {
+    svc.write(move |ctx| extend(ctx, id, &reason, &actor))
+}
+
+/// End the restriction a completed restriction request put in place, durably.
+pub fn lift_restriction(svc: &Services, id: i64, actor: String) -> Result<()> {
+    svc.write(move |ctx| lift(ctx, id, &actor))
+}
+
+/// The bundle of a completed access or portability request.
+pub fn bundle_of(svc: &Services, id: i64) -> Result<crate::bundle::Bundle> {
+    let (kind, status, profile) = svc.read(|conn, _| bundle_target(conn, id))?;
+    if !kind.has_bundle() {
+        return Err(Error::rejected(
+            Code::NoBundle,
+            "only access and portability requests have a bundle",
+        ));
+    }
+    if status != RequestStatus::Completed {
+        return Err(Error::rejected(
+            Code::NotReady,
+            format!(
+                "the request is {}; the bundle is ready once it is completed",
+                status.as_str()
+            ),
+        ));
+    }
+    let no_data = || Error::rejected(Code::NoDataHeld, "no data is held about the person");
+    let profile = profile.ok_or_else(no_data)?;
+    svc.store.bundle(profile)?.ok_or_else(no_data)
+}
+
+/// A request's verification link, looked at without using it.
+pub fn peek_verification(svc: &Services, secret: &str) -> Result<links::ConfirmationData> {
+    svc.read(|conn, _| links::find_token(conn, secret, VERIFY_TOKEN, crate::now_ms()))
+        .map(|t| t.data)
+}
+
+/// The person followed the verification link (see [`verify_by_link`]),
+/// durably: the request and its kind.
+pub fn verify_link(svc: &Services, secret: String) -> Result<(i64, RequestKind)> {
+    svc.write(move |ctx| verify_by_link(ctx, &secret))
 }
