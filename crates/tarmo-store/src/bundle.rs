@@ -8,8 +8,9 @@ use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{self, Catalog, LedgerEntryView};
+use crate::crypto::person;
 use crate::vault::{Place, Vault};
-use crate::{Error, IdentifierView, MergeView, Result, rfc3339};
+use crate::{IdentifierView, MergeView, Result, rfc3339};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BundleEvent {
@@ -134,19 +135,15 @@ pub fn collect(
         let Some(l) = rows.last() else { break };
         last = l.int(0)?;
         for r in &rows {
-            let owner = r.int(1)?;
-            let key = vault
-                .data_key(owner, || conn.data_key_get(owner))?
-                .ok_or_else(|| Error::Corrupt(format!("no data key for {owner}")))?;
-            let plain = vault.open(&key, Place::EventBody, owner, &r.blob(5)?)?;
+            let message =
+                person::open_json(conn, vault, r.int(1)?, Place::EventBody, &r.sealed(5)?)?;
             events.push(BundleEvent {
                 id: r.int(0)?,
                 kind: r.text(2)?,
                 timestamp: rfc3339(r.int(3)?),
                 received_at: rfc3339(r.int(4)?),
                 source_id: r.opt_int(6)?,
-                message: serde_json::from_slice(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                message,
             });
         }
     }

@@ -29,6 +29,7 @@ use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row, TxLock};
 use crate::crypto::chain::{Chain, Link};
+use crate::crypto::person;
 pub use crate::crypto::chain::{BrokenLink, VerifyReport};
 use crate::vault::{BlindIndex, Place, Vault};
 use crate::{Error, Result, rfc3339};
@@ -544,9 +545,6 @@ pub fn append(
     let mut counts = crate::dashboard::EntryCounts::default();
     let mut seqs = Vec::with_capacity(entries.len());
     for (e, version, notice_seq) in prepared {
-        let key = vault
-            .data_key(e.profile_id, || conn.data_key_get(e.profile_id))?
-            .ok_or_else(|| Error::Corrupt(format!("profile {} has no data key", e.profile_id)))?;
         // The collection point is free text (staff may write "phone call
         // with Ann Virtanen"): it is sealed with the evidence, under the
         // person's key, and the column holds only a marker. The chain hashes
@@ -557,7 +555,7 @@ pub fn append(
             SEALED_EVIDENCE_FIELD: e.evidence,
         }))
         .expect("JSON serialises");
-        let sealed = vault.seal(&key, Place::ConsentEvidence, e.profile_id, &evidence)?;
+        let sealed = person::seal(conn, vault, e.profile_id, Place::ConsentEvidence, &evidence)?;
         let at_ms = e.at_ms.unwrap_or(now_ms);
         let link = tip.link(|seq| LedgerLink(ChainFields {
             seq,
@@ -571,7 +569,7 @@ pub fn append(
             at_ms,
             recorded_ms: now_ms,
             source: SEALED_SOURCE,
-            evidence: &sealed,
+            evidence: sealed.as_bytes(),
             channel: e.channel.map(Channel::as_str),
         }));
         let seq = link.seq;
@@ -591,7 +589,7 @@ pub fn append(
                 P::Int(at_ms),
                 P::Int(now_ms),
                 P::Text(SEALED_SOURCE),
-                P::Blob(&sealed),
+                P::from(&sealed),
                 P::Blob(&link.prev_hash),
                 P::Blob(&link.hash),
                 P::from(e.channel.map(Channel::as_str)),
@@ -723,12 +721,8 @@ pub fn history(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let owner = r.int(2)?;
-        let key = vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        let plain = vault.open(&key, Place::ConsentEvidence, owner, &r.blob(10)?)?;
         let opened: Value =
-            serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+            person::open_json(conn, vault, owner, Place::ConsentEvidence, &r.sealed(10)?)?;
         let (source, evidence) = unseal_source(r.text(9)?, opened);
         out.push(LedgerEntryView {
             seq: r.int(0)?,

@@ -18,13 +18,13 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{DataCategory, Reason, decide};
 use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToken, format_date};
-use tarmo_core::profile::TraitSet;
 use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
 use crate::lease::Claimant;
-use crate::vault::{BlindIndex, Place, Vault};
+use crate::crypto::person;
+use crate::vault::{BlindIndex, Place, Sealed, Vault};
 use crate::{Error, Result, rfc3339};
 
 // --------------------------------------------------------------- register
@@ -137,7 +137,7 @@ fn lists(spec: &ProcessorSpec) -> (String, String) {
     )
 }
 
-fn sealed_token(vault: &Vault, t: &WebhookToken) -> Result<Vec<u8>> {
+fn sealed_token(vault: &Vault, t: &WebhookToken) -> Result<Sealed> {
     vault.seal_system(Place::ProcessorSecret, t.expose().as_bytes())
 }
 
@@ -227,7 +227,7 @@ pub fn update(
             let sealed = sealed_token(vault, t)?;
             conn.exec(
                 "UPDATE processors SET webhook_token = $2 WHERE id = $1",
-                &[P::Int(id), P::Blob(&sealed)],
+                &[P::Int(id), P::from(&sealed)],
             )?;
         }
     }
@@ -496,19 +496,6 @@ pub fn export(
     })
 }
 
-fn open(
-    conn: &mut dyn Conn,
-    vault: &Vault,
-    owner: ProfileId,
-    place: Place,
-    sealed: &[u8],
-) -> Result<Vec<u8>> {
-    let key = vault
-        .data_key(owner, || conn.data_key_get(owner))?
-        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-    vault.open(&key, place, owner, sealed)
-}
-
 fn person_data(
     conn: &mut dyn Conn,
     vault: &Vault,
@@ -521,25 +508,15 @@ fn person_data(
     let wants_identifiers = scope.contact || scope.all_identifiers;
     let mut identifiers = Vec::new();
     for row in rows.iter().filter(|r| scope.identifier(&r.kind)) {
-        let v = open(
-            conn,
-            vault,
-            row.key_owner,
-            Place::IdentifierValue,
-            &row.sealed,
-        )?;
         identifiers.push(ExportedIdentifier {
             kind: row.kind.clone(),
-            value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
+            value: person::identifier(conn, vault, row)?,
         });
     }
     let traits = if scope.traits || scope.address {
         let mut out = Map::new();
         if let Some(sealed) = conn.profile_get(profile)?.and_then(|p| p.traits) {
-            let plain = open(conn, vault, profile, Place::ProfileTraits, &sealed)?;
-            let all = TraitSet::from_bytes(&plain)
-                .map_err(|e| Error::Corrupt(e.to_string()))?
-                .to_object();
+            let all = person::traits(conn, vault, profile, &sealed)?.to_object();
             out.extend(
                 all.into_iter()
                     .filter(|(k, _)| scope.trait_named(k, &kinds)),
@@ -564,9 +541,8 @@ fn person_data(
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let plain = open(conn, vault, r.int(0)?, Place::EventBody, &r.blob(3)?)?;
             let body: Value =
-                serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+                person::open_json(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(3)?)?;
             let kind = r.text(1)?;
             let mut e = Map::new();
             let name_field = if kind == "track" { "event" } else { "name" };
@@ -815,11 +791,11 @@ pub fn claim_due_notifications(
         if !won {
             continue;
         }
-        let Some(sealed) = r.opt_blob(4)? else {
+        let Some(sealed) = r.opt_sealed(4)? else {
             mark_failed(conn, who, id, "the payload is missing")?;
             continue;
         };
-        let opened = open_notification(vault, &sealed, r.opt_blob(6)?.as_deref());
+        let opened = open_notification(vault, &sealed, r.opt_sealed(6)?.as_ref());
         let Ok((payload, token)) = opened else {
             // Not worth blocking the queue for: someone must tell this
             // processor another way.
@@ -845,8 +821,8 @@ pub fn claim_due_notifications(
 
 fn open_notification(
     vault: &Vault,
-    payload: &[u8],
-    token: Option<&[u8]>,
+    payload: &Sealed,
+    token: Option<&Sealed>,
 ) -> Result<(Value, Option<WebhookToken>)> {
     let plain = vault.open_system(Place::ProcessorNotification, payload)?;
     let payload = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -879,7 +855,7 @@ pub fn webhook_of(
     let Some(url) = r.opt_text(0)? else {
         return Ok(None);
     };
-    let token = match r.opt_blob(1)? {
+    let token = match r.opt_sealed(1)? {
         None => None,
         Some(s) => {
             let t = vault.open_system(Place::ProcessorSecret, &s)?;

@@ -9,7 +9,6 @@ use tarmo_core::codes::Code;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tarmo_core::identity::Identifier;
-use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::Message;
 use utoipa::ToSchema;
 
@@ -26,7 +25,8 @@ use crate::pool::{DbHealth, PooledConn};
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
 use crate::sqlite::SqliteBackend;
-use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Vault};
+use crate::crypto::person;
+use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Sealed, Vault};
 use crate::writer::{self, WriterConfig, WriterHandle};
 use crate::{Error, Result, rfc3339};
 
@@ -184,7 +184,7 @@ fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<Installa
         Some(sealed) => {
             let keys = InstallationKeys::derived(master);
             Vault::with_keys(&keys, 1)
-                .open_system(Place::VaultCheck, &sealed)
+                .open_system(Place::VaultCheck, &Sealed::from_db(sealed))
                 .map_err(|_| Error::WrongMasterKey)?;
             keys
         }
@@ -309,12 +309,12 @@ impl Store {
         match conn.meta_get(VAULT_CHECK)? {
             Some(sealed) => {
                 vault
-                    .open_system(Place::VaultCheck, &sealed)
+                    .open_system(Place::VaultCheck, &Sealed::from_db(sealed))
                     .map_err(|_| Error::WrongMasterKey)?;
             }
             None => {
                 let sealed = vault.seal_system(Place::VaultCheck, b"tarmo")?;
-                conn.meta_set(VAULT_CHECK, &sealed)?;
+                conn.meta_set(VAULT_CHECK, sealed.as_bytes())?;
             }
         }
         drop(conn);
@@ -467,20 +467,6 @@ impl Store {
         Ok(self.conn()?.identifiers_lookup(&[b])?.pop().flatten())
     }
 
-    fn open_str(
-        &self,
-        conn: &mut dyn Conn,
-        owner: ProfileId,
-        place: Place,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>> {
-        let key = self
-            .vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        self.vault.open(&key, place, owner, sealed)
-    }
-
     /// The profile with its identifiers, traits and merge history, opened.
     pub fn profile_view(&self, id: ProfileId) -> Result<Option<ProfileView>> {
         let mut conn = self.conn()?;
@@ -490,23 +476,14 @@ impl Store {
         let traits = match &p.traits {
             None => Map::new(),
             Some(s) => {
-                let plain = self.open_str(&mut *conn, p.id, Place::ProfileTraits, s)?;
-                TraitSet::from_bytes(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?
-                    .to_object()
+                person::traits(&mut *conn, &self.vault, p.id, s)?.to_object()
             }
         };
         let mut identifiers = Vec::new();
         for row in conn.identifiers_of(p.id)? {
-            let v = self.open_str(
-                &mut *conn,
-                row.key_owner,
-                Place::IdentifierValue,
-                &row.sealed,
-            )?;
             identifiers.push(IdentifierView {
+                value: person::identifier(&mut *conn, &self.vault, &row)?,
                 kind: row.kind,
-                value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
                 first_seen: rfc3339(row.first_seen_ms),
                 verified: row.verified_ms.is_some(),
             });
@@ -663,14 +640,14 @@ impl Store {
         let rows = conn.events_page(p.id, before, limit)?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
-            let plain = self.open_str(&mut *conn, r.key_owner, Place::EventBody, &r.sealed)?;
+            let message =
+                person::open_json(&mut *conn, &self.vault, r.key_owner, Place::EventBody, &r.sealed)?;
             events.push(EventView {
                 id: r.id,
                 kind: r.kind,
                 timestamp: rfc3339(r.timestamp_ms),
                 received_at: rfc3339(r.received_ms),
-                message: serde_json::from_slice(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                message,
             });
         }
         let next_before = if events.len() as u32 == limit {

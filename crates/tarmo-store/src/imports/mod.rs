@@ -1187,7 +1187,7 @@ pub fn create(
     let row = conn
         .query_opt(
             "INSERT INTO imports (kind, status, details, created_ms) VALUES ($1, 'queued', $2, $3) RETURNING id",
-            &[P::Text(spec.kind.as_str()), P::Blob(&sealed), P::Int(now_ms)],
+            &[P::Text(spec.kind.as_str()), P::from(&sealed), P::Int(now_ms)],
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?;
     row.int(0)
@@ -1211,7 +1211,7 @@ pub fn finish(
         &[
             P::Int(id),
             P::Text(status.as_str()),
-            P::Blob(&sealed),
+            P::from(&sealed),
             P::Int(report.rows as i64),
             P::Int(now_ms),
         ],
@@ -1570,7 +1570,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         return Ok(None);
     };
     let details: Details =
-        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
+        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.sealed(2)?)?)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
     // Running here: the counter is fresher than the last checkpoint.
     let mut progress = running().get(id);
@@ -1578,7 +1578,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         (Status::Queued, Some(_)) => Status::Running,
         (s, _) => s,
     };
-    let (report, failure) = match r.opt_blob(3)? {
+    let (report, failure) = match r.opt_sealed(3)? {
         None => (None, None),
         Some(sealed) => {
             let plain = vault.open_system(Place::ImportDetails, &sealed)?;
@@ -1628,7 +1628,7 @@ pub fn fail(conn: &mut dyn Conn, vault: &Vault, id: i64, why: &str, now_ms: i64)
     )?;
     conn.exec(
         "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+        &[P::Int(id), P::from(&sealed), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -1910,7 +1910,7 @@ fn save_checkpoint(conn: &mut dyn Conn, vault: &Vault, id: i64, cp: &Checkpoint)
     )?;
     conn.exec(
         "UPDATE imports SET status = 'running', report = $2, rows_total = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(cp.report.rows as i64)],
+        &[P::Int(id), P::from(&sealed), P::Int(cp.report.rows as i64)],
     )?;
     Ok(())
 }
@@ -1929,7 +1929,7 @@ fn record_failure(
     )?;
     conn.exec(
         "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+        &[P::Int(id), P::from(&sealed), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -1938,7 +1938,7 @@ fn checkpoint_of(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<C
     let Some(r) = conn.query_opt("SELECT report FROM imports WHERE id = $1", &[P::Int(id)])? else {
         return Ok(None);
     };
-    let Some(sealed) = r.opt_blob(0)? else {
+    let Some(sealed) = r.opt_sealed(0)? else {
         return Ok(None);
     };
     let plain = vault.open_system(Place::ImportDetails, &sealed)?;
@@ -1969,7 +1969,7 @@ pub fn create_or_resume(
             continue;
         }
         let details: Details =
-            serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(1)?)?)
+            serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.sealed(1)?)?)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
         // The records already in carry this import's provenance: only the
         // same file with the same provenance goes on under it.

@@ -36,7 +36,7 @@ use crate::Result;
 use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
 pub use crate::consent::ConsentSignal;
 use crate::consent::{Catalog, SignalOutcome};
-use crate::vault::{BlindIndex, DataKey, Place, Vault};
+use crate::vault::{BlindIndex, DataKey, Place, Sealed, Vault};
 
 /// An identifier ready for the store: its kind, blind index and the value to
 /// be sealed.
@@ -178,7 +178,7 @@ struct Group<'a> {
     /// must stay at hand: with batched writes it is not in the store yet.
     keys: HashMap<ProfileId, DataKey>,
     /// Sealed traits read ahead, by profile asked for (not yet opened).
-    sealed_traits: HashMap<ProfileId, Option<Vec<u8>>>,
+    sealed_traits: HashMap<ProfileId, Option<Sealed>>,
     /// Writes held until the end of the group, where the backend batches.
     batch: Option<Batch>,
 }
