@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, TxLock};
 use crate::crypto::chain::{Chain, Link, VerifyReport};
@@ -205,7 +204,8 @@ pub fn verify(
 }
 
 /// One record, as the DPO reads it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccessView {
     pub seq: i64,
     pub at: String,

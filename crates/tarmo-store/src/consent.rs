@@ -25,7 +25,6 @@ use tarmo_core::consent::{
     Channel, ConsentDecision, ConsentState, EntryFacts, Method, ProfileFlags, PurposeId,
     PurposeRule, PurposeSpec, check_channel_entry, check_entry, fold, gpc_applies,
 };
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row, TxLock};
 use crate::crypto::chain::{Chain, Link};
@@ -195,7 +194,8 @@ pub fn load_catalog(conn: &mut dyn Conn) -> Result<Catalog> {
 }
 
 /// What a change to the catalog did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurposeChange {
     pub id: String,
     /// `created`, `updated`, or `unchanged` (the same definition again).
@@ -303,14 +303,15 @@ pub fn upsert_purpose(
 }
 
 /// One earlier (or the current) definition of a purpose.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurposeVersionView {
     pub version: i64,
     pub notice_version: String,
     /// This definition's notice text made earlier consents need asking again.
     pub material: bool,
     pub created_at: String,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub definition: Value,
 }
 
@@ -651,7 +652,8 @@ pub fn append(
 }
 
 /// One ledger entry, opened for an authorised reader.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerEntryView {
     pub seq: i64,
     /// The profile the entry was recorded for (a profile merged since keeps
@@ -667,7 +669,7 @@ pub struct LedgerEntryView {
     pub recorded_at: String,
     pub source: String,
     /// IP address, user agent, token id, list provenance, CMP string...
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub evidence: Value,
     /// This entry's link in the chain (hex SHA-256).
     pub hash: String,

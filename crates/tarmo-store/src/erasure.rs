@@ -14,14 +14,14 @@
 //! more — so the chain still verifies.
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::conn::{P, ProfileId};
 use crate::crypto::person;
 use crate::writer::TxCtx;
 use crate::Result;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErasureReport {
     /// The profile and those merged into it.
     pub profiles: u64,

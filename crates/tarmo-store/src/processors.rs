@@ -18,7 +18,6 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{DataCategory, Reason, decide};
 use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToken, format_date};
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
@@ -30,7 +29,8 @@ use crate::{Error, Result, rfc3339};
 // --------------------------------------------------------------- register
 
 /// A processor as the API shows it. The webhook token is never shown.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorView {
     pub id: i64,
     pub name: String,
@@ -237,7 +237,8 @@ pub fn update(
 // ------------------------------------------------------------ disclosures
 
 /// One recorded disclosure of a person's data to a processor.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DisclosureView {
     pub processor_id: i64,
     pub processor: String,
@@ -317,7 +318,8 @@ pub const EXPORT_EVENTS_PER_PERSON: u32 = 1000;
 /// Most people in one export.
 pub const EXPORT_MAX_SUBJECTS: usize = 10_000;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedIdentifier {
     #[serde(rename = "type")]
     pub kind: String,
@@ -326,7 +328,8 @@ pub struct ExportedIdentifier {
 
 /// One person's data, limited to the export's categories. A field is
 /// present only when a category covers it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedPerson {
     /// Where the person was in the request's `subjects`.
     pub position: usize,
@@ -334,17 +337,18 @@ pub struct ExportedPerson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identifiers: Option<Vec<ExportedIdentifier>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub traits: Option<Map<String, Value>>,
     /// Newest first: `type`, `event` (track) or `name` (page, screen),
     /// `properties` and `timestamp`; never the context (IP address, device).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
     pub events: Option<Vec<Value>>,
 }
 
 /// A person left out, by position only: nothing about them is revealed.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExcludedSubject {
     pub position: usize,
     /// The policy's reason (no_consent, withdrawn, objected, restricted,
@@ -353,7 +357,8 @@ pub struct ExcludedSubject {
     pub reason: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportView {
     pub processor_id: i64,
     pub processor: String,
@@ -573,7 +578,8 @@ fn person_data(
 // ---------------------------------------------------- erasure notifications
 
 /// A notification to a processor, as a data subject request shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationView {
     pub id: i64,
     pub processor_id: i64,

@@ -18,7 +18,6 @@ use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method};
 use tarmo_core::profile::TraitSet;
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{self, NewEntry};
@@ -31,7 +30,8 @@ use crate::vault::{Place, Sealed, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     Access,
@@ -78,7 +78,8 @@ impl RequestKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     Received,
@@ -137,7 +138,8 @@ pub struct Details {
 
 /// A request as staff see it. Holds no personal value: the subject is named
 /// by the identifier's type only.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RequestView {
     pub id: i64,
     #[serde(rename = "type")]
@@ -161,7 +163,8 @@ pub struct RequestView {
     pub history: Vec<Transition>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Transition {
     pub at: String,
     pub from: Option<String>,

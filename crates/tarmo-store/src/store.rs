@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tarmo_core::identity::Identifier;
 use tarmo_core::segment::Message;
-use utoipa::ToSchema;
 
 use std::collections::BTreeSet;
 
@@ -81,7 +80,8 @@ pub struct Store {
     pub health: Arc<crate::health::Health>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IdentifierView {
     #[serde(rename = "type")]
     pub kind: String,
@@ -93,7 +93,8 @@ pub struct IdentifierView {
     pub verified: bool,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MergeView {
     /// The profile that remained.
     pub into_profile: ProfileId,
@@ -108,14 +109,15 @@ pub struct MergeView {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileView {
     pub id: ProfileId,
     pub created_at: String,
     pub updated_at: String,
     pub event_count: i64,
     pub identifiers: Vec<IdentifierView>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub traits: Map<String, Value>,
     pub merges: Vec<MergeView>,
     /// The segments the person is in (a purpose-bound key sees those of its
@@ -127,14 +129,16 @@ pub struct ProfileView {
     pub lifecycle: Option<LifecycleView>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipView {
     pub id: String,
     /// When they entered.
     pub since: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LifecycleView {
     /// new, active, loyal, at_risk or lapsed; absent without orders.
     pub stage: Option<String>,
@@ -147,7 +151,8 @@ pub struct LifecycleView {
     pub last_order_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventView {
     pub id: i64,
     #[serde(rename = "type")]
@@ -155,11 +160,12 @@ pub struct EventView {
     pub timestamp: String,
     pub received_at: String,
     /// The message as it was received, batch context merged in.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub message: Value,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsPage {
     pub profile_id: ProfileId,
     pub events: Vec<EventView>,

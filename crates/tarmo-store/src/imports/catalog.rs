@@ -16,7 +16,6 @@ use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
 
 use super::{ImportKind, ImportReport, ImportSpec, Parsed, Record, RowError, number, text};
 use crate::conn::{Conn, P, ProfileId};
@@ -375,7 +374,8 @@ fn upsert(
 // ------------------------------------------------------------ questions
 
 /// How a person's store was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBasis {
     /// The trait `preferred_store`.
@@ -536,14 +536,16 @@ pub fn store_of(
     Ok(stores.first().zip(basis).map(|(s, b)| (s.to_string(), b)))
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfferStore {
     pub id: String,
     pub name: String,
     pub city: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfferProduct {
     pub id: String,
     /// In the language asked for, else the default name, else English,
@@ -554,7 +556,8 @@ pub struct OfferProduct {
 }
 
 /// What a message may say: this product is in stock at this store of yours.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Offer {
     pub store: OfferStore,
     pub product: OfferProduct,

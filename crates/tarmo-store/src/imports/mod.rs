@@ -44,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tarmo_core::identity::{IdentifierKind, IdentityConfig, Trust};
 use tarmo_core::segment::{MessageKind, parse_timestamp_ms};
-use utoipa::ToSchema;
 
 pub use mapping::{Mapping, TraitType};
 
@@ -67,7 +66,8 @@ const MAX_ERRORS: usize = 1000;
 /// The event an order becomes (what lifecycle and RFM count by default).
 pub const ORDER_EVENT: &str = "Order Completed";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImportKind {
     Customers,
@@ -106,7 +106,8 @@ impl ImportKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Csv,
@@ -177,14 +178,16 @@ impl ImportSpec {
 }
 
 /// A row that could not be imported, by its line in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowError {
     pub line: u64,
     pub message: String,
 }
 
 /// What an import did (or, in a dry run, would do).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportReport {
     /// Data rows read (CSV records or JSON lines).
     pub rows: u64,
@@ -1219,7 +1222,8 @@ pub fn finish(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -1533,7 +1537,8 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
 // ------------------------------------------------------------ reading back
 
 /// An import as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportView {
     pub id: i64,
     pub kind: ImportKind,
@@ -1555,7 +1560,8 @@ pub struct ImportView {
     pub failure: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub done: u64,
     pub total: u64,
