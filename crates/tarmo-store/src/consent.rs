@@ -27,9 +27,9 @@ use tarmo_core::consent::{
 };
 
 use crate::conn::{Conn, P, ProfileId, Row, TxLock};
+pub use crate::crypto::chain::{BrokenLink, VerifyReport};
 use crate::crypto::chain::{Chain, Link};
 use crate::crypto::person;
-pub use crate::crypto::chain::{BrokenLink, VerifyReport};
 use crate::vault::{BlindIndex, Place, Vault};
 use crate::{Error, Result, rfc3339};
 
@@ -558,21 +558,23 @@ pub fn append(
         .expect("JSON serialises");
         let sealed = person::seal(conn, vault, e.profile_id, Place::ConsentEvidence, &evidence)?;
         let at_ms = e.at_ms.unwrap_or(now_ms);
-        let link = tip.link(|seq| LedgerLink(ChainFields {
-            seq,
-            profile_id: e.profile_id,
-            key_owner: e.profile_id,
-            purpose: &e.purpose,
-            decision: e.decision.as_str(),
-            method: e.method.as_str(),
-            notice_version: &version,
-            notice_seq: notice_seq.into(),
-            at_ms,
-            recorded_ms: now_ms,
-            source: SEALED_SOURCE,
-            evidence: sealed.as_bytes(),
-            channel: e.channel.map(Channel::as_str),
-        }));
+        let link = tip.link(|seq| {
+            LedgerLink(ChainFields {
+                seq,
+                profile_id: e.profile_id,
+                key_owner: e.profile_id,
+                purpose: &e.purpose,
+                decision: e.decision.as_str(),
+                method: e.method.as_str(),
+                notice_version: &version,
+                notice_seq: notice_seq.into(),
+                at_ms,
+                recorded_ms: now_ms,
+                source: SEALED_SOURCE,
+                evidence: sealed.as_bytes(),
+                channel: e.channel.map(Channel::as_str),
+            })
+        });
         let seq = link.seq;
         conn.exec(
             "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,

@@ -15,10 +15,10 @@
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::conn::{P, ProfileId};
 use crate::crypto::person;
 use crate::writer::TxCtx;
-use crate::Result;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

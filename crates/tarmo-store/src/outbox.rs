@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Conn, P, ProfileId};
-use crate::lease::Claimant;
 use crate::crypto::person::{self, Opened};
+use crate::lease::Claimant;
 use crate::vault::{Place, Sealed, Vault};
 use crate::{Error, Result};
 

@@ -21,8 +21,8 @@ use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToke
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
-use crate::lease::Claimant;
 use crate::crypto::person;
+use crate::lease::Claimant;
 use crate::vault::{BlindIndex, Place, Sealed, Vault};
 use crate::{Error, Result, rfc3339};
 

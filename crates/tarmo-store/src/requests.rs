@@ -21,11 +21,11 @@ use tarmo_core::profile::TraitSet;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{self, NewEntry};
+use crate::crypto::person;
 use crate::doi::current_profile;
 use crate::links;
 use crate::outbox::{self, OutboxMessage};
 use crate::resolve::PreparedIdentifier;
-use crate::crypto::person;
 use crate::vault::{Place, Sealed, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};

@@ -18,13 +18,13 @@ use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 use crate::conn::P;
 use crate::conn::{Conn, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
+use crate::crypto::person;
 use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
 use crate::pool::{DbHealth, PooledConn};
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
 use crate::sqlite::SqliteBackend;
-use crate::crypto::person;
 use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Sealed, Vault};
 use crate::writer::{self, WriterConfig, WriterHandle};
 use crate::{Error, Result, rfc3339};
@@ -481,9 +481,7 @@ impl Store {
         };
         let traits = match &p.traits {
             None => Map::new(),
-            Some(s) => {
-                person::traits(&mut *conn, &self.vault, p.id, s)?.to_object()
-            }
+            Some(s) => person::traits(&mut *conn, &self.vault, p.id, s)?.to_object(),
         };
         let mut identifiers = Vec::new();
         for row in conn.identifiers_of(p.id)? {
@@ -646,8 +644,13 @@ impl Store {
         let rows = conn.events_page(p.id, before, limit)?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
-            let message =
-                person::open_json(&mut *conn, &self.vault, r.key_owner, Place::EventBody, &r.sealed)?;
+            let message = person::open_json(
+                &mut *conn,
+                &self.vault,
+                r.key_owner,
+                Place::EventBody,
+                &r.sealed,
+            )?;
             events.push(EventView {
                 id: r.id,
                 kind: r.kind,

@@ -25,8 +25,8 @@ use tarmo_core::automations::clock::{self, Schedule};
 
 use super::{Flow, FlowRecord, SendConfig, flows};
 use crate::conn::{Conn, P, ProfileId};
-use crate::cursor::{self, Cursor};
 use crate::crypto::person;
+use crate::cursor::{self, Cursor};
 use crate::vault::{Place, Sealed, Vault};
 use crate::{Error, Result};
 

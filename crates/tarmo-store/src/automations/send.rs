@@ -22,10 +22,10 @@ use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
 use super::{Flow, FlowRecord, PREFERENCES_LINK, SendConfig, allowed_kinds, flows, template_get};
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{Catalog, Subject, subject_by_id};
+use crate::crypto::person;
 use crate::doi::UNSUBSCRIBE_LINK;
 use crate::links::{SignedLink, sign_link};
 use crate::outbox::{self, OutboxMessage};
-use crate::crypto::person;
 use crate::vault::{Place, Vault};
 use crate::{Error, Result};
 

@@ -196,7 +196,10 @@ impl Walk<'_> {
         if prev_hash != self.prev {
             return Err(self.broken(
                 seq,
-                format!("its prev_hash is not the hash of the {} before it", c.record),
+                format!(
+                    "its prev_hash is not the hash of the {} before it",
+                    c.record
+                ),
             ));
         }
         if !well_formed || hash != expected {

@@ -220,7 +220,9 @@ pub fn sync(
         "SELECT profile_id, hashes, erased FROM audience_members WHERE audience_id = $1",
         &[P::Text(&def.id)],
     )? {
-        let plain = ctx.vault.open_system(Place::AudienceHashes, &r.sealed(1)?)?;
+        let plain = ctx
+            .vault
+            .open_system(Place::AudienceHashes, &r.sealed(1)?)?;
         let h = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
         held.insert(r.int(0)?, (h, r.int(2)? != 0));
     }

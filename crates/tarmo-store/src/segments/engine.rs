@@ -38,9 +38,9 @@ use tarmo_core::segments::{
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
+use crate::crypto::person;
 use crate::cursor::{self, Cursor};
 use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
-use crate::crypto::person;
 use crate::vault::{Place, Sealed};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, Store};
