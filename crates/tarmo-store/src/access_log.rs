@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, TxLock};
-use crate::consent::{BrokenLink, VerifyReport};
+use crate::crypto::chain::{Chain, Link, VerifyReport};
 use crate::vault::Vault;
 use crate::writer::WriterHandle;
 use crate::{Error, Result, rfc3339};
@@ -45,46 +44,53 @@ pub struct AccessRecord {
     pub count: i64,
 }
 
-const HEAD_KEY: &str = "access_log_head";
-const HEAD_MAC: &str = "access log head";
-const GENESIS: [u8; 32] = [0; 32];
+/// The access log's chain: its bytes hashed are [`AccessLink`]'s.
+const CHAIN: Chain = Chain {
+    table: "access_log",
+    lock: TxLock::AccessLog,
+    head_key: "access_log_head",
+    head_mac: "access log head",
+    bad_hash: "an access log hash is not 32 bytes",
+    record: "record",
+    records: "records",
+    whole: "log",
+};
 
-#[allow(clippy::too_many_arguments)]
-fn chain_hash(
-    prev: &[u8; 32],
+/// What one record commits to: its number, the record, its roles and
+/// purposes as stored (JSON), and its people, sorted.
+struct AccessLink<'a> {
     seq: i64,
-    r: &AccessRecord,
-    roles: &str,
-    purposes: &str,
-    profiles: &[ProfileId],
-) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"tarmo access log v1\0");
-    h.update(prev);
-    for n in [
-        seq,
-        r.at_ms,
-        r.key_id,
-        r.user_id.unwrap_or(-1),
-        r.count,
-        profiles.len() as i64,
-    ] {
-        h.update(n.to_le_bytes());
-    }
-    for s in [roles, purposes, &r.route, r.action] {
-        h.update((s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
-    }
-    for p in profiles {
-        h.update(p.to_le_bytes());
-    }
-    h.finalize().into()
+    record: &'a AccessRecord,
+    roles: &'a str,
+    purposes: &'a str,
+    profiles: &'a [ProfileId],
 }
 
-fn head_bytes(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
-    let mut b = seq.to_le_bytes().to_vec();
-    b.extend_from_slice(hash);
-    b
+impl Link for AccessLink<'_> {
+    fn link_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let r = self.record;
+        let mut h = Sha256::new();
+        h.update(b"tarmo access log v1\0");
+        h.update(prev);
+        for n in [
+            self.seq,
+            r.at_ms,
+            r.key_id,
+            r.user_id.unwrap_or(-1),
+            r.count,
+            self.profiles.len() as i64,
+        ] {
+            h.update(n.to_le_bytes());
+        }
+        for s in [self.roles, self.purposes, &r.route, r.action] {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        for p in self.profiles {
+            h.update(p.to_le_bytes());
+        }
+        h.finalize().into()
+    }
 }
 
 /// Append records, in order, in the caller's transaction.
@@ -92,33 +98,25 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
     if records.is_empty() {
         return Ok(());
     }
-    conn.lock(TxLock::AccessLog)?;
-    let head = conn.query_opt(
-        "SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1",
-        &[],
-    )?;
-    let (mut seq, mut prev) = match head {
-        Some(r) => (
-            r.int(0)?,
-            r.blob(1)?
-                .try_into()
-                .map_err(|_| Error::Corrupt("an access log hash is not 32 bytes".into()))?,
-        ),
-        None => (0, GENESIS),
-    };
+    let mut tip = CHAIN.tip(conn)?;
     for r in records {
-        seq += 1;
         let mut profiles = r.profiles.clone();
         profiles.sort_unstable();
         profiles.dedup();
         let roles = serde_json::to_string(&r.roles).expect("serialises");
         let purposes = serde_json::to_string(&r.purposes).expect("serialises");
-        let hash = chain_hash(&prev, seq, r, &roles, &purposes, &profiles);
+        let link = tip.link(|seq| AccessLink {
+            seq,
+            record: r,
+            roles: &roles,
+            purposes: &purposes,
+            profiles: &profiles,
+        });
         conn.exec(
             "INSERT INTO access_log (seq, at_ms, key_id, user_id, roles, purposes, route, action, subjects, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
-                P::Int(seq),
+                P::Int(link.seq),
                 P::Int(r.at_ms),
                 P::Int(r.key_id),
                 P::from(r.user_id),
@@ -127,22 +125,18 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
                 P::Text(&r.route),
                 P::Text(r.action),
                 P::Int(r.count),
-                P::Blob(&prev),
-                P::Blob(&hash),
+                P::Blob(&link.prev_hash),
+                P::Blob(&link.hash),
             ],
         )?;
         for p in &profiles {
             conn.exec(
                 "INSERT INTO access_log_subjects (profile_id, seq) VALUES ($1, $2)",
-                &[P::Int(*p), P::Int(seq)],
+                &[P::Int(*p), P::Int(link.seq)],
             )?;
         }
-        prev = hash;
     }
-    let mut b = head_bytes(seq, &prev);
-    let mac = vault.mac(HEAD_MAC, &b);
-    b.extend_from_slice(&mac);
-    conn.meta_set(HEAD_KEY, &b)
+    CHAIN.sign_head(conn, vault, &tip)
 }
 
 /// Walk the whole log; report the first broken link.
@@ -151,21 +145,12 @@ pub fn verify(
     vault: &Vault,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
-    let mut prev = GENESIS;
-    let mut last = 0i64;
-    let mut n = 0u64;
-    let broken = |seq: i64, n: u64, problem: &str| VerifyReport {
-        entries: n,
-        first_broken: Some(BrokenLink {
-            seq,
-            problem: problem.into(),
-        }),
-    };
+    let mut walk = CHAIN.walk();
     loop {
         let rows = conn.query(
             "SELECT seq, at_ms, key_id, user_id, roles, purposes, route, action, subjects, prev_hash, hash
              FROM access_log WHERE seq > $1 ORDER BY seq LIMIT 5000",
-            &[P::Int(last)],
+            &[P::Int(walk.last())],
         )?;
         if rows.is_empty() {
             break;
@@ -180,13 +165,6 @@ pub fn verify(
         }
         for r in &rows {
             let seq = r.int(0)?;
-            if seq != last + 1 {
-                return Ok(broken(
-                    last + 1,
-                    n,
-                    "record missing: the sequence jumps past it",
-                ));
-            }
             let action = r.text(7)?;
             let rec = AccessRecord {
                 at_ms: r.int(1)?,
@@ -207,50 +185,27 @@ pub fn verify(
             };
             let mut profiles = subjects.remove(&seq).unwrap_or_default();
             profiles.sort_unstable();
-            let expected = chain_hash(&prev, seq, &rec, &r.text(4)?, &r.text(5)?, &profiles);
-            if r.blob(9)? != prev {
-                return Ok(broken(
-                    seq,
-                    n,
-                    "its prev_hash is not the hash of the record before it",
-                ));
+            let (roles, purposes) = (r.text(4)?, r.text(5)?);
+            let link = AccessLink {
+                seq,
+                record: &rec,
+                roles: &roles,
+                purposes: &purposes,
+                profiles: &profiles,
+            };
+            let well_formed = rec.action != "unknown";
+            if let Err(report) = walk.check(seq, &r.blob(9)?, &r.blob(10)?, &link, well_formed) {
+                return Ok(report);
             }
-            if rec.action == "unknown" || r.blob(10)? != expected {
-                return Ok(broken(
-                    seq,
-                    n,
-                    "its content does not hash to its recorded hash (altered)",
-                ));
-            }
-            prev = expected;
-            last = seq;
-            n += 1;
         }
-        progress(n);
+        progress(walk.checked());
     }
-    let problem = match conn.meta_get(HEAD_KEY)? {
-        None if n == 0 => None,
-        None => Some("the signed head is missing"),
-        Some(h) if h.len() != 72 => Some("the signed head is malformed"),
-        Some(h) if !vault.mac_ok(HEAD_MAC, &h[..40], &h[40..]) => {
-            Some("the signed head's signature does not verify (forged, or another master key)")
-        }
-        Some(h) if h[..40] != head_bytes(last, &prev)[..] => {
-            Some("the last records were removed or rewritten: the log ends before the signed head")
-        }
-        Some(_) => None,
-    };
-    Ok(VerifyReport {
-        entries: n,
-        first_broken: problem.map(|p| BrokenLink {
-            seq: last + 1,
-            problem: p.into(),
-        }),
-    })
+    walk.finish(conn, vault)
 }
 
 /// One record, as the DPO reads it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccessView {
     pub seq: i64,
     pub at: String,

@@ -4,14 +4,15 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{self, Catalog, LedgerEntryView};
+use crate::crypto::person;
 use crate::vault::{Place, Vault};
-use crate::{Error, IdentifierView, MergeView, Result, rfc3339};
+use crate::{IdentifierView, MergeView, Result, rfc3339};
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleEvent {
     pub id: i64,
     #[serde(rename = "type")]
@@ -20,20 +21,22 @@ pub struct BundleEvent {
     pub received_at: String,
     /// The write key (source) that sent it.
     pub source_id: Option<i64>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub message: Value,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleConsent {
     #[serde(flatten)]
     pub entry: LedgerEntryView,
     /// The notice text the person was shown, by language.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub notice_text: Value,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundlePurpose {
     pub id: String,
     pub name: String,
@@ -47,7 +50,8 @@ pub struct BundlePurpose {
     pub your_decision: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleSource {
     pub source_id: i64,
     /// The name the source's write key was given.
@@ -59,7 +63,8 @@ pub struct BundleSource {
 
 /// A file imported from the till or the CRM that brought some of the
 /// person's data (their events name it in `context.import`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleImport {
     pub import_id: i64,
     /// customers or orders.
@@ -73,23 +78,25 @@ pub struct BundleImport {
     pub imported_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleRecipient {
     pub processor: String,
     pub role: String,
     pub country: String,
     pub purpose: String,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data_categories: Value,
     pub at: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bundle {
     pub generated_at: String,
     pub profile_id: ProfileId,
     pub identifiers: Vec<IdentifierView>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub traits: Map<String, Value>,
     pub events: Vec<BundleEvent>,
     pub consents: Vec<BundleConsent>,
@@ -104,7 +111,8 @@ pub struct Bundle {
 }
 
 /// A segment the person is in.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleSegment {
     pub id: String,
     pub name: String,
@@ -134,19 +142,15 @@ pub fn collect(
         let Some(l) = rows.last() else { break };
         last = l.int(0)?;
         for r in &rows {
-            let owner = r.int(1)?;
-            let key = vault
-                .data_key(owner, || conn.data_key_get(owner))?
-                .ok_or_else(|| Error::Corrupt(format!("no data key for {owner}")))?;
-            let plain = vault.open(&key, Place::EventBody, owner, &r.blob(5)?)?;
+            let message =
+                person::open_json(conn, vault, r.int(1)?, Place::EventBody, &r.sealed(5)?)?;
             events.push(BundleEvent {
                 id: r.int(0)?,
                 kind: r.text(2)?,
                 timestamp: rfc3339(r.int(3)?),
                 received_at: rfc3339(r.int(4)?),
                 source_id: r.opt_int(6)?,
-                message: serde_json::from_slice(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                message,
             });
         }
     }

@@ -22,14 +22,16 @@ use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tarmo_core::consent::ledger::{ChainFields, GENESIS, chain_hash};
+use tarmo_core::consent::ledger::{ChainFields, chain_hash};
 use tarmo_core::consent::{
     Channel, ConsentDecision, ConsentState, EntryFacts, Method, ProfileFlags, PurposeId,
     PurposeRule, PurposeSpec, check_channel_entry, check_entry, fold, gpc_applies,
 };
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row, TxLock};
+pub use crate::crypto::chain::{BrokenLink, VerifyReport};
+use crate::crypto::chain::{Chain, Link};
+use crate::crypto::person;
 use crate::resolve::PreparedIdentifier;
 use crate::service::Services;
 use crate::vault::{BlindIndex, Place, Vault};
@@ -197,7 +199,8 @@ pub fn load_catalog(conn: &mut dyn Conn) -> Result<Catalog> {
 }
 
 /// What a change to the catalog did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurposeChange {
     pub id: String,
     /// `created`, `updated`, or `unchanged` (the same definition again).
@@ -305,14 +308,15 @@ pub fn upsert_purpose(
 }
 
 /// One earlier (or the current) definition of a purpose.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurposeVersionView {
     pub version: i64,
     pub notice_version: String,
     /// This definition's notice text made earlier consents need asking again.
     pub material: bool,
     pub created_at: String,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub definition: Value,
 }
 
@@ -417,13 +421,26 @@ pub struct NewEntry {
     pub channel: Option<Channel>,
 }
 
-fn hash32(b: &[u8]) -> Result<[u8; 32]> {
-    b.try_into()
-        .map_err(|_| Error::Corrupt("a ledger hash is not 32 bytes".into()))
-}
+/// The ledger's chain: the bytes hashed are tarmo-core's [`chain_hash`].
+const CHAIN: Chain = Chain {
+    table: "consent_ledger",
+    lock: TxLock::ConsentLedger,
+    head_key: "consent_ledger_head",
+    head_mac: "consent ledger head",
+    bad_hash: "a ledger hash is not 32 bytes",
+    record: "entry",
+    records: "entries",
+    whole: "chain",
+};
 
-const HEAD_KEY: &str = "consent_ledger_head";
-const HEAD_MAC: &str = "consent ledger head";
+/// One entry as the chain hashes it ([`chain_hash`], pinned in tarmo-core).
+struct LedgerLink<'a>(ChainFields<'a>);
+
+impl Link for LedgerLink<'_> {
+    fn link_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        chain_hash(prev, &self.0)
+    }
+}
 
 pub(crate) fn state_of_row(r: &Row, at: usize) -> Result<ConsentState> {
     let corrupt = |e: tarmo_core::consent::ConsentError| Error::Corrupt(e.to_string());
@@ -547,24 +564,13 @@ pub fn append(
         prepared.push((e, version, seq));
     }
 
-    conn.lock(TxLock::ConsentLedger)?;
-    let head = conn.query_opt(
-        "SELECT seq, hash FROM consent_ledger ORDER BY seq DESC LIMIT 1",
-        &[],
-    )?;
-    let (mut seq, mut prev) = match head {
-        Some(r) => (r.int(0)?, hash32(&r.blob(1)?)?),
-        None => (0, GENESIS),
-    };
+    let mut tip = CHAIN.tip(conn)?;
     let mut touched: HashMap<(ProfileId, String), Option<ConsentState>> = HashMap::new();
     // The state before this transaction, for the dashboard's totals.
     let mut before: HashMap<(ProfileId, String), Option<ConsentDecision>> = HashMap::new();
     let mut counts = crate::dashboard::EntryCounts::default();
     let mut seqs = Vec::with_capacity(entries.len());
     for (e, version, notice_seq) in prepared {
-        let key = vault
-            .data_key(e.profile_id, || conn.data_key_get(e.profile_id))?
-            .ok_or_else(|| Error::Corrupt(format!("profile {} has no data key", e.profile_id)))?;
         // The collection point is free text (staff may write "phone call
         // with Ann Virtanen"): it is sealed with the evidence, under the
         // person's key, and the column holds only a marker. The chain hashes
@@ -575,25 +581,26 @@ pub fn append(
             SEALED_EVIDENCE_FIELD: e.evidence,
         }))
         .expect("JSON serialises");
-        let sealed = vault.seal(&key, Place::ConsentEvidence, e.profile_id, &evidence)?;
-        seq += 1;
+        let sealed = person::seal(conn, vault, e.profile_id, Place::ConsentEvidence, &evidence)?;
         let at_ms = e.at_ms.unwrap_or(now_ms);
-        let f = ChainFields {
-            seq,
-            profile_id: e.profile_id,
-            key_owner: e.profile_id,
-            purpose: &e.purpose,
-            decision: e.decision.as_str(),
-            method: e.method.as_str(),
-            notice_version: &version,
-            notice_seq: notice_seq.into(),
-            at_ms,
-            recorded_ms: now_ms,
-            source: SEALED_SOURCE,
-            evidence: &sealed,
-            channel: e.channel.map(Channel::as_str),
-        };
-        let hash = chain_hash(&prev, &f);
+        let link = tip.link(|seq| {
+            LedgerLink(ChainFields {
+                seq,
+                profile_id: e.profile_id,
+                key_owner: e.profile_id,
+                purpose: &e.purpose,
+                decision: e.decision.as_str(),
+                method: e.method.as_str(),
+                notice_version: &version,
+                notice_seq: notice_seq.into(),
+                at_ms,
+                recorded_ms: now_ms,
+                source: SEALED_SOURCE,
+                evidence: sealed.as_bytes(),
+                channel: e.channel.map(Channel::as_str),
+            })
+        });
+        let seq = link.seq;
         conn.exec(
             "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,
                  notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel)
@@ -610,9 +617,9 @@ pub fn append(
                 P::Int(at_ms),
                 P::Int(now_ms),
                 P::Text(SEALED_SOURCE),
-                P::Blob(&sealed),
-                P::Blob(&prev),
-                P::Blob(&hash),
+                P::from(&sealed),
+                P::Blob(&link.prev_hash),
+                P::Blob(&link.hash),
                 P::from(e.channel.map(Channel::as_str)),
             ],
         )?;
@@ -648,7 +655,6 @@ pub fn append(
         );
         touched.insert(k, next);
         seqs.push(seq);
-        prev = hash;
     }
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
@@ -668,25 +674,13 @@ pub fn append(
         }
     }
     counts.write(conn)?;
-    write_head(conn, vault, seq, &prev)?;
+    CHAIN.sign_head(conn, vault, &tip)?;
     Ok(seqs)
 }
 
-fn head_bytes(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
-    let mut b = seq.to_le_bytes().to_vec();
-    b.extend_from_slice(hash);
-    b
-}
-
-fn write_head(conn: &mut dyn Conn, vault: &Vault, seq: i64, hash: &[u8; 32]) -> Result<()> {
-    let mut b = head_bytes(seq, hash);
-    let mac = vault.mac(HEAD_MAC, &b);
-    b.extend_from_slice(&mac);
-    conn.meta_set(HEAD_KEY, &b)
-}
-
 /// One ledger entry, opened for an authorised reader.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerEntryView {
     pub seq: i64,
     /// The profile the entry was recorded for (a profile merged since keeps
@@ -702,7 +696,7 @@ pub struct LedgerEntryView {
     pub recorded_at: String,
     pub source: String,
     /// IP address, user agent, token id, list provenance, CMP string...
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub evidence: Value,
     /// This entry's link in the chain (hex SHA-256).
     pub hash: String,
@@ -756,12 +750,8 @@ pub fn history(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let owner = r.int(2)?;
-        let key = vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        let plain = vault.open(&key, Place::ConsentEvidence, owner, &r.blob(10)?)?;
         let opened: Value =
-            serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+            person::open_json(conn, vault, owner, Place::ConsentEvidence, &r.sealed(10)?)?;
         let (source, evidence) = unseal_source(r.text(9)?, opened);
         out.push(LedgerEntryView {
             seq: r.int(0)?,
@@ -783,20 +773,6 @@ pub fn history(
 
 // ------------------------------------------------------------ verification
 
-/// Where the chain first fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BrokenLink {
-    /// The entry (or, for a missing entry, the number expected).
-    pub seq: i64,
-    pub problem: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    pub entries: u64,
-    pub first_broken: Option<BrokenLink>,
-}
-
 /// Walk the whole chain: every entry numbered one after the previous, naming
 /// the previous hash, hashing to its own; the last entry the signed head.
 /// `progress` is called with the number of entries checked so far.
@@ -805,43 +781,24 @@ pub fn verify(
     vault: &Vault,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
-    let mut prev = GENESIS;
-    let mut last = 0i64;
-    let mut n = 0u64;
-    let broken = |seq, problem: &str| {
-        Ok(VerifyReport {
-            entries: 0,
-            first_broken: Some(BrokenLink {
-                seq,
-                problem: problem.to_owned(),
-            }),
-        })
-    };
+    let mut walk = CHAIN.walk();
     loop {
         let rows = conn.query(
             "SELECT seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
                     notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel
              FROM consent_ledger WHERE seq > $1 ORDER BY seq LIMIT 5000",
-            &[P::Int(last)],
+            &[P::Int(walk.last())],
         )?;
         if rows.is_empty() {
             break;
         }
         for r in &rows {
             let seq = r.int(0)?;
-            if seq != last + 1 {
-                return broken(last + 1, "entry missing: the sequence jumps past it").map(
-                    |mut v: VerifyReport| {
-                        v.entries = n;
-                        v
-                    },
-                );
-            }
             let (purpose, decision, method, version, source) =
                 (r.text(3)?, r.text(4)?, r.text(5)?, r.text(6)?, r.text(10)?);
             let evidence = r.blob(11)?;
             let channel = r.opt_text(14)?;
-            let f = ChainFields {
+            let f = LedgerLink(ChainFields {
                 seq,
                 profile_id: r.int(1)?,
                 key_owner: r.int(2)?,
@@ -855,50 +812,14 @@ pub fn verify(
                 source: &source,
                 evidence: &evidence,
                 channel: channel.as_deref(),
-            };
-            let problem = if r.blob(12)? != prev {
-                Some("its prev_hash is not the hash of the entry before it")
-            } else if r.blob(13)? != chain_hash(&prev, &f) {
-                Some("its content does not hash to its recorded hash (altered)")
-            } else {
-                None
-            };
-            if let Some(p) = problem {
-                return broken(seq, p).map(|mut v: VerifyReport| {
-                    v.entries = n;
-                    v
-                });
+            });
+            if let Err(report) = walk.check(seq, &r.blob(12)?, &r.blob(13)?, &f, true) {
+                return Ok(report);
             }
-            prev = hash32(&r.blob(13)?)?;
-            last = seq;
-            n += 1;
         }
-        progress(n);
+        progress(walk.checked());
     }
-    let head = conn.meta_get(HEAD_KEY)?;
-    let head_problem = match head {
-        None if n == 0 => None,
-        None => Some("the signed head is missing"),
-        Some(h) if h.len() != 72 => Some("the signed head is malformed"),
-        Some(h) => {
-            if !vault.mac_ok(HEAD_MAC, &h[..40], &h[40..]) {
-                Some("the signed head's signature does not verify (forged, or another master key)")
-            } else if h[..40] != head_bytes(last, &prev)[..] {
-                Some(
-                    "the last entries were removed or rewritten: the chain ends before the signed head",
-                )
-            } else {
-                None
-            }
-        }
-    };
-    Ok(VerifyReport {
-        entries: n,
-        first_broken: head_problem.map(|p| BrokenLink {
-            seq: last + 1,
-            problem: p.to_owned(),
-        }),
-    })
+    walk.finish(conn, vault)
 }
 
 // ---------------------------------------------------------- materialisation

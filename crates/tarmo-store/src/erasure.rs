@@ -17,14 +17,14 @@
 //! notifications to processors) are at the end, under "notices".
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
+use crate::Result;
 use crate::conn::{P, ProfileId};
-use crate::vault::Place;
+use crate::crypto::person;
 use crate::writer::TxCtx;
-use crate::{Error, Result};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErasureReport {
     /// The profile and those merged into it.
     pub profiles: u64,
@@ -77,17 +77,8 @@ pub fn erase_profile(
         if request_id.is_none() {
             continue;
         }
-        let key = ctx
-            .vault
-            .data_key(row.key_owner, || ctx.conn.data_key_get(row.key_owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {}", row.key_owner)))?;
-        let value = ctx
-            .vault
-            .open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-        identifiers.push((
-            row.kind,
-            String::from_utf8(value).map_err(|e| Error::Corrupt(e.to_string()))?,
-        ));
+        let value = person::identifier(ctx.conn, ctx.vault, &row)?;
+        identifiers.push((row.kind, value));
     }
     if let Some(request_id) = request_id {
         // Before the disclosures go: they say who received the person's data.

@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::conn::Conn;
 use crate::{Result, rfc3339};
@@ -50,7 +49,8 @@ pub struct Health {
 }
 
 /// One part, as `/readyz` shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ComponentView {
     pub name: String,
     pub up: bool,
@@ -310,7 +310,8 @@ pub const QUEUES: &[(&str, &str, &str)] = &[
 ];
 
 /// One queue, as `/readyz` and the metrics show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueView {
     pub name: &'static str,
     /// Items waiting or being worked on.

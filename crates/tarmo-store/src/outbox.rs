@@ -13,10 +13,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Conn, P, ProfileId};
-use crate::consent::{self, Catalog, Judged, Lookup, Subject};
+use crate::crypto::person::{self, Opened};
 use crate::lease::Claimant;
+use crate::vault::{Place, Sealed, Vault};
+use crate::consent::{self, Catalog, Judged, Lookup, Subject};
 use crate::service::Services;
-use crate::vault::{Place, Vault};
 use crate::{Error, Result};
 
 /// What to send. Personal data: only ever stored sealed.
@@ -95,11 +96,8 @@ pub fn enqueue(
     msg: &OutboxMessage,
     now_ms: i64,
 ) -> Result<i64> {
-    let key = vault
-        .data_key(profile, || conn.data_key_get(profile))?
-        .ok_or_else(|| Error::Corrupt(format!("profile {profile} has no data key")))?;
     let plain = serde_json::to_vec(msg).expect("serialises");
-    let sealed = vault.seal(&key, Place::OutboxPayload, profile, &plain)?;
+    let sealed = person::seal(conn, vault, profile, Place::OutboxPayload, &plain)?;
     let r = conn
         .query_opt(
             "INSERT INTO outbox (profile_id, key_owner, channel, kind, payload, created_ms, next_attempt_ms, attempts, status)
@@ -108,7 +106,7 @@ pub fn enqueue(
                 P::Int(profile),
                 P::Text(channel),
                 P::Text(msg.kind()),
-                P::Blob(&sealed),
+                P::from(&sealed),
                 P::Int(now_ms),
             ],
         )?
@@ -166,7 +164,7 @@ pub fn claim_due(
         if !won {
             continue;
         }
-        let message = match open_payload(conn, vault, owner, r.opt_blob(5)?)? {
+        let message = match open_payload(conn, vault, owner, r.opt_sealed(5)?)? {
             Ok(m) => m,
             Err(why) => {
                 // One message that cannot be sent must not hold up those
@@ -200,21 +198,16 @@ fn open_payload(
     conn: &mut dyn Conn,
     vault: &Vault,
     owner: ProfileId,
-    sealed: Option<Vec<u8>>,
+    sealed: Option<Sealed>,
 ) -> Result<Result<OutboxMessage, &'static str>> {
     let Some(sealed) = sealed else {
         return Ok(Err("the payload is missing"));
     };
-    let key = match vault.data_key(owner, || conn.data_key_get(owner)) {
-        Ok(Some(k)) => k,
-        Ok(None) => return Ok(Err("the person's data key is gone")),
-        Err(Error::Crypto(_) | Error::Corrupt(_)) => {
-            return Ok(Err("the person's data key does not open"));
-        }
-        Err(e) => return Err(e),
-    };
-    let Ok(plain) = vault.open(&key, Place::OutboxPayload, owner, &sealed) else {
-        return Ok(Err("the sealed payload does not open"));
+    let plain = match person::try_open(conn, vault, owner, Place::OutboxPayload, &sealed)? {
+        Opened::Plain(plain) => plain,
+        Opened::KeyGone => return Ok(Err("the person's data key is gone")),
+        Opened::KeyBroken => return Ok(Err("the person's data key does not open")),
+        Opened::DoesNotOpen => return Ok(Err("the sealed payload does not open")),
     };
     Ok(serde_json::from_slice(&plain)
         .map_err(|_| "the payload is not a message this version reads"))

@@ -19,19 +19,19 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{DataCategory, Reason, decide};
 use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToken, format_date};
-use tarmo_core::profile::TraitSet;
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
+use crate::crypto::person;
 use crate::lease::Claimant;
-use crate::vault::{BlindIndex, Place, Vault};
+use crate::vault::{BlindIndex, Place, Sealed, Vault};
 use crate::{Error, Result, rfc3339};
 
 // --------------------------------------------------------------- register
 
 /// A processor as the API shows it. The webhook token is never shown.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorView {
     pub id: i64,
     pub name: String,
@@ -197,7 +197,7 @@ fn lists(spec: &ProcessorSpec) -> (String, String) {
     )
 }
 
-fn sealed_token(vault: &Vault, t: &WebhookToken) -> Result<Vec<u8>> {
+fn sealed_token(vault: &Vault, t: &WebhookToken) -> Result<Sealed> {
     vault.seal_system(Place::ProcessorSecret, t.expose().as_bytes())
 }
 
@@ -287,7 +287,7 @@ pub fn update(
             let sealed = sealed_token(vault, t)?;
             conn.exec(
                 "UPDATE processors SET webhook_token = $2 WHERE id = $1",
-                &[P::Int(id), P::Blob(&sealed)],
+                &[P::Int(id), P::from(&sealed)],
             )?;
         }
     }
@@ -297,7 +297,8 @@ pub fn update(
 // ------------------------------------------------------------ disclosures
 
 /// One recorded disclosure of a person's data to a processor.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DisclosureView {
     pub processor_id: i64,
     pub processor: String,
@@ -377,7 +378,8 @@ pub const EXPORT_EVENTS_PER_PERSON: u32 = 1000;
 /// Most people in one export.
 pub const EXPORT_MAX_SUBJECTS: usize = 10_000;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedIdentifier {
     #[serde(rename = "type")]
     pub kind: String,
@@ -386,7 +388,8 @@ pub struct ExportedIdentifier {
 
 /// One person's data, limited to the export's categories. A field is
 /// present only when a category covers it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedPerson {
     /// Where the person was in the request's `subjects`.
     pub position: usize,
@@ -394,17 +397,18 @@ pub struct ExportedPerson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identifiers: Option<Vec<ExportedIdentifier>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub traits: Option<Map<String, Value>>,
     /// Newest first: `type`, `event` (track) or `name` (page, screen),
     /// `properties` and `timestamp`; never the context (IP address, device).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
     pub events: Option<Vec<Value>>,
 }
 
 /// A person left out, by position only: nothing about them is revealed.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExcludedSubject {
     pub position: usize,
     /// The policy's reason (no_consent, withdrawn, objected, restricted,
@@ -413,7 +417,8 @@ pub struct ExcludedSubject {
     pub reason: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportView {
     pub processor_id: i64,
     pub processor: String,
@@ -556,19 +561,6 @@ pub fn export(
     })
 }
 
-fn open(
-    conn: &mut dyn Conn,
-    vault: &Vault,
-    owner: ProfileId,
-    place: Place,
-    sealed: &[u8],
-) -> Result<Vec<u8>> {
-    let key = vault
-        .data_key(owner, || conn.data_key_get(owner))?
-        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-    vault.open(&key, place, owner, sealed)
-}
-
 fn person_data(
     conn: &mut dyn Conn,
     vault: &Vault,
@@ -581,25 +573,15 @@ fn person_data(
     let wants_identifiers = scope.contact || scope.all_identifiers;
     let mut identifiers = Vec::new();
     for row in rows.iter().filter(|r| scope.identifier(&r.kind)) {
-        let v = open(
-            conn,
-            vault,
-            row.key_owner,
-            Place::IdentifierValue,
-            &row.sealed,
-        )?;
         identifiers.push(ExportedIdentifier {
             kind: row.kind.clone(),
-            value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
+            value: person::identifier(conn, vault, row)?,
         });
     }
     let traits = if scope.traits || scope.address {
         let mut out = Map::new();
         if let Some(sealed) = conn.profile_get(profile)?.and_then(|p| p.traits) {
-            let plain = open(conn, vault, profile, Place::ProfileTraits, &sealed)?;
-            let all = TraitSet::from_bytes(&plain)
-                .map_err(|e| Error::Corrupt(e.to_string()))?
-                .to_object();
+            let all = person::traits(conn, vault, profile, &sealed)?.to_object();
             out.extend(
                 all.into_iter()
                     .filter(|(k, _)| scope.trait_named(k, &kinds)),
@@ -624,9 +606,8 @@ fn person_data(
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let plain = open(conn, vault, r.int(0)?, Place::EventBody, &r.blob(3)?)?;
             let body: Value =
-                serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+                person::open_json(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(3)?)?;
             let kind = r.text(1)?;
             let mut e = Map::new();
             let name_field = if kind == "track" { "event" } else { "name" };
@@ -657,7 +638,8 @@ fn person_data(
 // ---------------------------------------------------- erasure notifications
 
 /// A notification to a processor, as a data subject request shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationView {
     pub id: i64,
     pub processor_id: i64,
@@ -875,11 +857,11 @@ pub fn claim_due_notifications(
         if !won {
             continue;
         }
-        let Some(sealed) = r.opt_blob(4)? else {
+        let Some(sealed) = r.opt_sealed(4)? else {
             mark_failed(conn, who, id, "the payload is missing")?;
             continue;
         };
-        let opened = open_notification(vault, &sealed, r.opt_blob(6)?.as_deref());
+        let opened = open_notification(vault, &sealed, r.opt_sealed(6)?.as_ref());
         let Ok((payload, token)) = opened else {
             // Not worth blocking the queue for: someone must tell this
             // processor another way.
@@ -905,8 +887,8 @@ pub fn claim_due_notifications(
 
 fn open_notification(
     vault: &Vault,
-    payload: &[u8],
-    token: Option<&[u8]>,
+    payload: &Sealed,
+    token: Option<&Sealed>,
 ) -> Result<(Value, Option<WebhookToken>)> {
     let plain = vault.open_system(Place::ProcessorNotification, payload)?;
     let payload = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -939,7 +921,7 @@ pub fn webhook_of(
     let Some(url) = r.opt_text(0)? else {
         return Ok(None);
     };
-    let token = match r.opt_blob(1)? {
+    let token = match r.opt_sealed(1)? {
         None => None,
         Some(s) => {
             let t = vault.open_system(Place::ProcessorSecret, &s)?;

@@ -21,20 +21,21 @@ use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method};
 use tarmo_core::profile::TraitSet;
-use utoipa::ToSchema;
 
 use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::{self, NewEntry};
+use crate::crypto::person;
 use crate::doi::current_profile;
 use crate::links;
 use crate::outbox::{self, OutboxMessage};
 use crate::resolve::PreparedIdentifier;
+use crate::vault::{Place, Sealed, Vault};
 use crate::service::Services;
-use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     Access,
@@ -81,7 +82,8 @@ impl RequestKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     Received,
@@ -140,7 +142,8 @@ pub struct Details {
 
 /// A request as staff see it. Holds no personal value: the subject is named
 /// by the identifier's type only.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RequestView {
     pub id: i64,
     #[serde(rename = "type")]
@@ -164,7 +167,8 @@ pub struct RequestView {
     pub history: Vec<Transition>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Transition {
     pub at: String,
     pub from: Option<String>,
@@ -188,14 +192,14 @@ pub fn add_months(ms: i64, months: u8) -> i64 {
     (t2.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn seal_details(vault: &Vault, d: &Details) -> Result<Vec<u8>> {
+fn seal_details(vault: &Vault, d: &Details) -> Result<Sealed> {
     vault.seal_system(
         Place::RequestPayload,
         &serde_json::to_vec(d).expect("serialises"),
     )
 }
 
-pub fn open_details(vault: &Vault, sealed: &[u8]) -> Result<Details> {
+pub fn open_details(vault: &Vault, sealed: &Sealed) -> Result<Details> {
     let plain = vault.open_system(Place::RequestPayload, sealed)?;
     serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))
 }
@@ -225,10 +229,7 @@ fn record_transition(
             P::from(from.map(|f| f.as_str())),
             P::Text(to.as_str()),
             P::Text(actor),
-            match &sealed {
-                Some(b) => P::Blob(b),
-                None => P::Null,
-            },
+            P::from(sealed.as_ref()),
         ],
     )?;
     conn.exec(
@@ -322,7 +323,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
                 P::Text(req.subject.kind.as_str()),
                 P::Blob(&req.subject.bidx.0),
                 P::from(profile),
-                P::Blob(&sealed),
+                P::from(&sealed),
                 P::Text(req.origin),
                 P::Int(now),
                 P::Int(due),
@@ -425,14 +426,7 @@ pub fn contact_of(
             .iter()
             .find(|r| r.kind == kind && r.verified_ms.is_some())
         {
-            let key = vault
-                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-                .ok_or_else(|| Error::Corrupt("no data key".into()))?;
-            let v = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-            return Ok(Some((
-                kind.into(),
-                String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
-            )));
+            return Ok(Some((kind.into(), person::identifier(conn, vault, row)?)));
         }
     }
     Ok(None)
@@ -442,7 +436,7 @@ struct Stored {
     kind: RequestKind,
     status: RequestStatus,
     profile: Option<ProfileId>,
-    payload: Option<Vec<u8>>,
+    payload: Option<Sealed>,
     due_ms: i64,
     extended: bool,
 }
@@ -458,7 +452,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
         kind: RequestKind::parse(&r.text(0)?)?,
         status: RequestStatus::parse(&r.text(1)?)?,
         profile: r.opt_int(2)?,
-        payload: r.opt_blob(3)?,
+        payload: r.opt_sealed(3)?,
         due_ms: r.int(4)?,
         extended: r.opt_int(5)?.is_some(),
     })
@@ -645,22 +639,19 @@ fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
 
 /// Correct traits: the corrected values win over anything older.
 fn rectify(ctx: &mut TxCtx<'_>, profile: ProfileId, corrected: &Map<String, Value>) -> Result<()> {
-    let key = ctx
-        .vault
-        .data_key(profile, || ctx.conn.data_key_get(profile))?
-        .ok_or_else(|| Error::Corrupt(format!("profile {profile} has no data key")))?;
     let row = ctx.conn.profile_get(profile)?;
     let mut traits = match row.and_then(|r| r.traits) {
         None => TraitSet::default(),
-        Some(s) => {
-            let plain = ctx.vault.open(&key, Place::ProfileTraits, profile, &s)?;
-            TraitSet::from_bytes(&plain).map_err(|e| Error::Corrupt(e.to_string()))?
-        }
+        Some(s) => person::traits(ctx.conn, ctx.vault, profile, &s)?,
     };
     traits.observe(corrected, ctx.now_ms);
-    let sealed = ctx
-        .vault
-        .seal(&key, Place::ProfileTraits, profile, &traits.to_bytes())?;
+    let sealed = person::seal(
+        ctx.conn,
+        ctx.vault,
+        profile,
+        Place::ProfileTraits,
+        &traits.to_bytes(),
+    )?;
     ctx.conn.profile_set_traits(profile, &sealed, ctx.now_ms)?;
     crate::segments::touch(ctx.conn, profile, ctx.now_ms)?;
     ctx.identities_changed();
@@ -793,7 +784,7 @@ fn view_of(
                 to: e.text(2)?,
                 actor: e.text(3)?,
                 // Steps recorded before notes were sealed keep theirs in `note`.
-                note: match e.opt_blob(5)? {
+                note: match e.opt_sealed(5)? {
                     Some(sealed) => Some(
                         String::from_utf8(vault.open_system(Place::RequestNote, &sealed)?)
                             .map_err(|e| Error::Corrupt(e.to_string()))?,

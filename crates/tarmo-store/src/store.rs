@@ -9,9 +9,7 @@ use tarmo_core::codes::Code;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tarmo_core::identity::Identifier;
-use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::Message;
-use utoipa::ToSchema;
 
 use std::collections::BTreeSet;
 
@@ -20,13 +18,14 @@ use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 use crate::conn::P;
 use crate::conn::{Conn, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
+use crate::crypto::person;
 use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
 use crate::pool::{DbHealth, PooledConn};
 use crate::postgres::PostgresBackend;
 use crate::resolve::{PreparedEvent, PreparedIdentifier};
 use crate::sqlite::SqliteBackend;
-use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Vault};
+use crate::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Place, Sealed, Vault};
 use crate::writer::{self, WriterConfig, WriterHandle};
 use crate::{Error, Result, rfc3339};
 
@@ -81,7 +80,8 @@ pub struct Store {
     pub health: Arc<crate::health::Health>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IdentifierView {
     #[serde(rename = "type")]
     pub kind: String,
@@ -93,7 +93,8 @@ pub struct IdentifierView {
     pub verified: bool,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MergeView {
     /// The profile that remained.
     pub into_profile: ProfileId,
@@ -108,14 +109,15 @@ pub struct MergeView {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileView {
     pub id: ProfileId,
     pub created_at: String,
     pub updated_at: String,
     pub event_count: i64,
     pub identifiers: Vec<IdentifierView>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub traits: Map<String, Value>,
     pub merges: Vec<MergeView>,
     /// The segments the person is in (a purpose-bound key sees those of its
@@ -127,14 +129,16 @@ pub struct ProfileView {
     pub lifecycle: Option<LifecycleView>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipView {
     pub id: String,
     /// When they entered.
     pub since: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LifecycleView {
     /// new, active, loyal, at_risk or lapsed; absent without orders.
     pub stage: Option<String>,
@@ -147,7 +151,8 @@ pub struct LifecycleView {
     pub last_order_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventView {
     pub id: i64,
     #[serde(rename = "type")]
@@ -155,11 +160,12 @@ pub struct EventView {
     pub timestamp: String,
     pub received_at: String,
     /// The message as it was received, batch context merged in.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub message: Value,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsPage {
     pub profile_id: ProfileId,
     pub events: Vec<EventView>,
@@ -184,7 +190,7 @@ fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<Installa
         Some(sealed) => {
             let keys = InstallationKeys::derived(master);
             Vault::with_keys(&keys, 1)
-                .open_system(Place::VaultCheck, &sealed)
+                .open_system(Place::VaultCheck, &Sealed::from_db(sealed))
                 .map_err(|_| Error::WrongMasterKey)?;
             keys
         }
@@ -309,12 +315,12 @@ impl Store {
         match conn.meta_get(VAULT_CHECK)? {
             Some(sealed) => {
                 vault
-                    .open_system(Place::VaultCheck, &sealed)
+                    .open_system(Place::VaultCheck, &Sealed::from_db(sealed))
                     .map_err(|_| Error::WrongMasterKey)?;
             }
             None => {
                 let sealed = vault.seal_system(Place::VaultCheck, b"tarmo")?;
-                conn.meta_set(VAULT_CHECK, &sealed)?;
+                conn.meta_set(VAULT_CHECK, sealed.as_bytes())?;
             }
         }
         drop(conn);
@@ -467,20 +473,6 @@ impl Store {
         Ok(self.conn()?.identifiers_lookup(&[b])?.pop().flatten())
     }
 
-    fn open_str(
-        &self,
-        conn: &mut dyn Conn,
-        owner: ProfileId,
-        place: Place,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>> {
-        let key = self
-            .vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        self.vault.open(&key, place, owner, sealed)
-    }
-
     /// The profile with its identifiers, traits and merge history, opened.
     pub fn profile_view(&self, id: ProfileId) -> Result<Option<ProfileView>> {
         let mut conn = self.conn()?;
@@ -489,24 +481,13 @@ impl Store {
         };
         let traits = match &p.traits {
             None => Map::new(),
-            Some(s) => {
-                let plain = self.open_str(&mut *conn, p.id, Place::ProfileTraits, s)?;
-                TraitSet::from_bytes(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?
-                    .to_object()
-            }
+            Some(s) => person::traits(&mut *conn, &self.vault, p.id, s)?.to_object(),
         };
         let mut identifiers = Vec::new();
         for row in conn.identifiers_of(p.id)? {
-            let v = self.open_str(
-                &mut *conn,
-                row.key_owner,
-                Place::IdentifierValue,
-                &row.sealed,
-            )?;
             identifiers.push(IdentifierView {
+                value: person::identifier(&mut *conn, &self.vault, &row)?,
                 kind: row.kind,
-                value: String::from_utf8(v).map_err(|e| Error::Corrupt(e.to_string()))?,
                 first_seen: rfc3339(row.first_seen_ms),
                 verified: row.verified_ms.is_some(),
             });
@@ -663,14 +644,19 @@ impl Store {
         let rows = conn.events_page(p.id, before, limit)?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
-            let plain = self.open_str(&mut *conn, r.key_owner, Place::EventBody, &r.sealed)?;
+            let message = person::open_json(
+                &mut *conn,
+                &self.vault,
+                r.key_owner,
+                Place::EventBody,
+                &r.sealed,
+            )?;
             events.push(EventView {
                 id: r.id,
                 kind: r.kind,
                 timestamp: rfc3339(r.timestamp_ms),
                 received_at: rfc3339(r.received_ms),
-                message: serde_json::from_slice(&plain)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                message,
             });
         }
         let next_before = if events.len() as u32 == limit {

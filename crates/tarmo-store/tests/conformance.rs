@@ -80,7 +80,7 @@ impl Harness {
             backend
                 .connect()
                 .unwrap()
-                .meta_set("vault_check", &canary)
+                .meta_set("vault_check", canary.as_bytes())
                 .unwrap();
         }
         let store = std::sync::Arc::new(Store::open(backend, &master, 1000).unwrap());

@@ -360,7 +360,9 @@ fn a_store_made_before_installation_keys_upgrades_in_place() {
         .unwrap()
         .meta_set(
             "vault_check",
-            &old.seal_system(Place::VaultCheck, b"tarmo").unwrap(),
+            old.seal_system(Place::VaultCheck, b"tarmo")
+                .unwrap()
+                .as_bytes(),
         )
         .unwrap();
     let a = new_key(&data, "admin", None);

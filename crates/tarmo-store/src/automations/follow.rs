@@ -22,12 +22,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use tarmo_core::automations::Trigger;
 use tarmo_core::automations::clock::{self, Schedule};
-use tarmo_core::profile::TraitSet;
 
 use super::{Flow, FlowRecord, SendConfig, flows};
 use crate::conn::{Conn, P, ProfileId};
+use crate::crypto::person;
 use crate::cursor::{self, Cursor};
-use crate::vault::{Place, Vault};
+use crate::vault::{Place, Sealed, Vault};
 use crate::{Error, Result};
 
 const PAGE: i64 = 1000;
@@ -99,12 +99,9 @@ pub(crate) fn event_name(
     conn: &mut dyn Conn,
     vault: &Vault,
     owner: ProfileId,
-    sealed: &[u8],
+    sealed: &Sealed,
 ) -> Result<Option<String>> {
-    let key = vault
-        .data_key(owner, || conn.data_key_get(owner))?
-        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-    let plain = vault.open(&key, Place::EventBody, owner, sealed)?;
+    let plain = person::open(conn, vault, owner, Place::EventBody, sealed)?;
     Ok(serde_json::from_slice::<NameOnly>(&plain)
         .ok()
         .and_then(|n| n.event))
@@ -122,13 +119,7 @@ pub(crate) fn traits_of(
     let Some(sealed) = p.traits else {
         return Ok(Default::default());
     };
-    let key = vault
-        .data_key(p.id, || conn.data_key_get(p.id))?
-        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {}", p.id)))?;
-    let plain = vault.open(&key, Place::ProfileTraits, p.id, &sealed)?;
-    Ok(TraitSet::from_bytes(&plain)
-        .map_err(|e| Error::Corrupt(e.to_string()))?
-        .to_object())
+    Ok(person::traits(conn, vault, p.id, &sealed)?.to_object())
 }
 
 /// The person's time zone: trait `timezone`, else the default.
@@ -360,7 +351,7 @@ fn follow_events(
         let (id, profile, owner, kind, ts) =
             (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.int(4)?);
         if kind == "track" && !names.is_empty() {
-            let Some(name) = event_name(conn, vault, owner, &r.blob(5)?)? else {
+            let Some(name) = event_name(conn, vault, owner, &r.sealed(5)?)? else {
                 continue;
             };
             for &(flow, t, cursor) in &autos {
@@ -452,7 +443,7 @@ fn backfill(
                 )?;
                 for r in &rows {
                     let (id, profile, owner, ts) = (r.int(0)?, r.int(1)?, r.int(2)?, r.int(3)?);
-                    if event_name(conn, vault, owner, &r.blob(4)?)?.as_deref() == Some(event) {
+                    if event_name(conn, vault, owner, &r.sealed(4)?)?.as_deref() == Some(event) {
                         out.made_due +=
                             absence_begins(conn, &a.id, profile, id, ts, for_.ms(), now_ms)?;
                     }

@@ -22,6 +22,7 @@ use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
 use super::{Flow, FlowRecord, PREFERENCES_LINK, SendConfig, allowed_kinds, flows, template_get};
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{Catalog, Subject, subject_by_id};
+use crate::crypto::person;
 use crate::doi::UNSUBSCRIBE_LINK;
 use crate::links::{SignedLink, sign_link};
 use crate::outbox::{self, OutboxMessage};
@@ -80,7 +81,7 @@ fn did(
         &[P::Int(profile), P::Int(from), P::Int(to)],
     )?;
     for r in rows {
-        if event_name(conn, vault, r.int(0)?, &r.blob(1)?)?.as_deref() == Some(event) {
+        if event_name(conn, vault, r.int(0)?, &r.sealed(1)?)?.as_deref() == Some(event) {
             return Ok(true);
         }
     }
@@ -96,13 +97,7 @@ fn contact(
 ) -> Result<Option<String>> {
     for row in conn.identifiers_of(profile)? {
         if row.kind == kind {
-            let key = vault
-                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-                .ok_or_else(|| Error::Corrupt("no data key".into()))?;
-            let v = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-            return String::from_utf8(v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(e.to_string()));
+            return person::identifier(conn, vault, &row).map(Some);
         }
     }
     Ok(None)
@@ -170,11 +165,7 @@ fn offer_of(
     else {
         return Ok(None);
     };
-    let owner = r.int(0)?;
-    let key = vault
-        .data_key(owner, || conn.data_key_get(owner))?
-        .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-    let body = vault.open(&key, Place::EventBody, owner, &r.blob(1)?)?;
+    let body = person::open(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(1)?)?;
     let product = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
         match b.get("properties")?.get(PRODUCT_PROPERTY)? {
             Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),

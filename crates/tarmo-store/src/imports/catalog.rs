@@ -16,10 +16,10 @@ use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
 
 use super::{ImportKind, ImportReport, ImportSpec, Parsed, Record, RowError, number, text};
 use crate::conn::{Conn, P, ProfileId};
+use crate::crypto::person;
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result};
@@ -374,7 +374,8 @@ fn upsert(
 // ------------------------------------------------------------ questions
 
 /// How a person's store was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBasis {
     /// The trait `preferred_store`.
@@ -483,18 +484,9 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
     let Some(p) = conn.profile_get(profile)? else {
         return Ok(None);
     };
-    let key_of = |conn: &mut dyn Conn, owner: ProfileId| {
-        vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))
-    };
     let (mut preferred, mut city) = (None, None);
     if let Some(sealed) = &p.traits {
-        let key = key_of(conn, p.id)?;
-        let plain = vault.open(&key, Place::ProfileTraits, p.id, sealed)?;
-        let t = tarmo_core::profile::TraitSet::from_bytes(&plain)
-            .map_err(|e| Error::Corrupt(e.to_string()))?
-            .to_object();
+        let t = person::traits(conn, vault, p.id, sealed)?.to_object();
         let s = |v: Option<&Value>| match v {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -508,10 +500,7 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
         "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY ts_ms DESC, id DESC",
         &[P::Int(p.id)],
     )? {
-        let owner = r.int(0)?;
-        let key = key_of(conn, owner)?;
-        let plain = vault.open(&key, Place::EventBody, owner, &r.blob(2)?)?;
-        let v: Value = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let v: Value = person::open_json(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(2)?)?;
         if v.get("event").and_then(Value::as_str) != Some(super::ORDER_EVENT) {
             continue;
         }
@@ -547,14 +536,16 @@ pub fn store_of(
     Ok(stores.first().zip(basis).map(|(s, b)| (s.to_string(), b)))
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfferStore {
     pub id: String,
     pub name: String,
     pub city: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfferProduct {
     pub id: String,
     /// In the language asked for, else the default name, else English,
@@ -565,7 +556,8 @@ pub struct OfferProduct {
 }
 
 /// What a message may say: this product is in stock at this store of yours.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Offer {
     pub store: OfferStore,
     pub product: OfferProduct,

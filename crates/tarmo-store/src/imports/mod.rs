@@ -44,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tarmo_core::identity::{IdentifierKind, IdentityConfig, Trust};
 use tarmo_core::segment::{MessageKind, parse_timestamp_ms};
-use utoipa::ToSchema;
 
 pub use mapping::{Mapping, TraitType};
 
@@ -67,7 +66,8 @@ const MAX_ERRORS: usize = 1000;
 /// The event an order becomes (what lifecycle and RFM count by default).
 pub const ORDER_EVENT: &str = "Order Completed";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImportKind {
     Customers,
@@ -106,7 +106,8 @@ impl ImportKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Csv,
@@ -177,14 +178,16 @@ impl ImportSpec {
 }
 
 /// A row that could not be imported, by its line in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowError {
     pub line: u64,
     pub message: String,
 }
 
 /// What an import did (or, in a dry run, would do).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportReport {
     /// Data rows read (CSV records or JSON lines).
     pub rows: u64,
@@ -1187,7 +1190,7 @@ pub fn create(
     let row = conn
         .query_opt(
             "INSERT INTO imports (kind, status, details, created_ms) VALUES ($1, 'queued', $2, $3) RETURNING id",
-            &[P::Text(spec.kind.as_str()), P::Blob(&sealed), P::Int(now_ms)],
+            &[P::Text(spec.kind.as_str()), P::from(&sealed), P::Int(now_ms)],
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?;
     row.int(0)
@@ -1211,7 +1214,7 @@ pub fn finish(
         &[
             P::Int(id),
             P::Text(status.as_str()),
-            P::Blob(&sealed),
+            P::from(&sealed),
             P::Int(report.rows as i64),
             P::Int(now_ms),
         ],
@@ -1219,7 +1222,8 @@ pub fn finish(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -1533,7 +1537,8 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
 // ------------------------------------------------------------ reading back
 
 /// An import as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportView {
     pub id: i64,
     pub kind: ImportKind,
@@ -1555,7 +1560,8 @@ pub struct ImportView {
     pub failure: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub done: u64,
     pub total: u64,
@@ -1570,7 +1576,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         return Ok(None);
     };
     let details: Details =
-        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(2)?)?)
+        serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.sealed(2)?)?)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
     // Running here: the counter is fresher than the last checkpoint.
     let mut progress = running().get(id);
@@ -1578,7 +1584,7 @@ pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<ImportV
         (Status::Queued, Some(_)) => Status::Running,
         (s, _) => s,
     };
-    let (report, failure) = match r.opt_blob(3)? {
+    let (report, failure) = match r.opt_sealed(3)? {
         None => (None, None),
         Some(sealed) => {
             let plain = vault.open_system(Place::ImportDetails, &sealed)?;
@@ -1628,7 +1634,7 @@ pub fn fail(conn: &mut dyn Conn, vault: &Vault, id: i64, why: &str, now_ms: i64)
     )?;
     conn.exec(
         "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+        &[P::Int(id), P::from(&sealed), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -1910,7 +1916,7 @@ fn save_checkpoint(conn: &mut dyn Conn, vault: &Vault, id: i64, cp: &Checkpoint)
     )?;
     conn.exec(
         "UPDATE imports SET status = 'running', report = $2, rows_total = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(cp.report.rows as i64)],
+        &[P::Int(id), P::from(&sealed), P::Int(cp.report.rows as i64)],
     )?;
     Ok(())
 }
@@ -1929,7 +1935,7 @@ fn record_failure(
     )?;
     conn.exec(
         "UPDATE imports SET status = 'failed', report = $2, finished_ms = $3 WHERE id = $1",
-        &[P::Int(id), P::Blob(&sealed), P::Int(now_ms)],
+        &[P::Int(id), P::from(&sealed), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -1938,7 +1944,7 @@ fn checkpoint_of(conn: &mut dyn Conn, vault: &Vault, id: i64) -> Result<Option<C
     let Some(r) = conn.query_opt("SELECT report FROM imports WHERE id = $1", &[P::Int(id)])? else {
         return Ok(None);
     };
-    let Some(sealed) = r.opt_blob(0)? else {
+    let Some(sealed) = r.opt_sealed(0)? else {
         return Ok(None);
     };
     let plain = vault.open_system(Place::ImportDetails, &sealed)?;
@@ -2020,7 +2026,7 @@ pub fn create_or_resume(
             continue;
         }
         let details: Details =
-            serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.blob(1)?)?)
+            serde_json::from_slice(&vault.open_system(Place::ImportDetails, &r.sealed(1)?)?)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
         // The records already in carry this import's provenance: only the
         // same file with the same provenance goes on under it.

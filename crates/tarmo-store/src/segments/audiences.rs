@@ -17,6 +17,7 @@ use tarmo_core::segments::audience::{AudienceFormat, hashed};
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{Catalog, Subject, subjects_by_id};
+use crate::crypto::person;
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, Services};
@@ -194,13 +195,7 @@ fn hashes_of(
             if !want {
                 continue;
             }
-            let key = vault
-                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-                .ok_or_else(|| {
-                    Error::Corrupt(format!("no data key for profile {}", row.key_owner))
-                })?;
-            let plain = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-            let v = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let v = person::identifier(conn, vault, &row)?;
             if row.kind == "email" {
                 *email = hashed(&format.email(&v));
             } else {
@@ -245,7 +240,9 @@ pub fn sync(
         "SELECT profile_id, hashes, erased FROM audience_members WHERE audience_id = $1",
         &[P::Text(&def.id)],
     )? {
-        let plain = ctx.vault.open_system(Place::AudienceHashes, &r.blob(1)?)?;
+        let plain = ctx
+            .vault
+            .open_system(Place::AudienceHashes, &r.sealed(1)?)?;
         let h = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
         held.insert(r.int(0)?, (h, r.int(2)? != 0));
     }
@@ -324,7 +321,7 @@ pub fn sync(
         let mut params = vec![P::Text(&def.id)];
         for ((p, _), s) in page.iter().zip(&sealed) {
             params.push(P::Int(**p));
-            params.push(P::Blob(s));
+            params.push(P::from(s));
         }
         ctx.conn.exec(
             &format!(
@@ -384,7 +381,7 @@ pub fn sync(
             "INSERT INTO processor_notifications (request_id, processor_id, payload, status,
                  attempts, next_attempt_ms, created_ms)
              VALUES (0, $1, $2, 'pending', 0, $3, $3)",
-            &[P::Int(def.processor_id), P::Blob(&sealed), P::Int(now)],
+            &[P::Int(def.processor_id), P::from(&sealed), P::Int(now)],
         )?;
         report.pushed = true;
     }
@@ -403,7 +400,7 @@ pub fn sync(
             P::Int(report.added as i64),
             P::Int(report.removed as i64),
             P::Text(&excluded),
-            P::Blob(&sealed),
+            P::from(&sealed),
         ],
     )?;
     Ok(report)
@@ -418,7 +415,7 @@ pub fn file(conn: &mut dyn Conn, vault: &Vault, id: &str, n: i64) -> Result<Opti
     else {
         return Ok(None);
     };
-    match r.opt_blob(0)? {
+    match r.opt_sealed(0)? {
         Some(sealed) => Ok(Some(vault.open_system(Place::AudienceFile, &sealed)?)),
         None => Ok(None),
     }

@@ -28,7 +28,6 @@ use tarmo_core::codes::Code;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, decide};
-use tarmo_core::profile::TraitSet;
 use tarmo_core::segments::columns::{DEAD, MISSING, PropCol};
 use tarmo_core::segments::lifecycle::Quintiles;
 use tarmo_core::segments::{
@@ -39,9 +38,10 @@ use tarmo_core::segments::{
 use super::SegmentDef;
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::Catalog;
+use crate::crypto::person;
 use crate::cursor::{self, Cursor};
 use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
-use crate::vault::Place;
+use crate::vault::{Place, Sealed};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, Store};
 
@@ -789,7 +789,7 @@ impl SegmentEngine {
                     continue;
                 }
                 let Some((name, props)) =
-                    self.open_event(&mut *conn, &st.needs, r.int(2)?, &r.blob(5)?)?
+                    self.open_event(&mut *conn, &st.needs, r.int(2)?, &r.sealed(5)?)?
                 else {
                     continue;
                 };
@@ -1047,7 +1047,7 @@ impl SegmentEngine {
                 after = id;
                 let mut p = Person::default();
                 if !needs.traits.is_empty()
-                    && let Some(sealed) = r.opt_blob(1)?
+                    && let Some(sealed) = r.opt_sealed(1)?
                 {
                     p.traits = self.open_traits(&mut *conn, id, &sealed, &needs)?;
                 }
@@ -1086,7 +1086,7 @@ impl SegmentEngine {
                     continue;
                 };
                 if let Some((name, props)) =
-                    self.open_event(&mut *conn, &needs, r.int(2)?, &r.blob(5)?)?
+                    self.open_event(&mut *conn, &needs, r.int(2)?, &r.sealed(5)?)?
                     && let Some(t) = people.table(&name)
                 {
                     people.add_event(i, t, r.int(4)?, props);
@@ -1187,17 +1187,10 @@ impl SegmentEngine {
         &self,
         conn: &mut dyn Conn,
         owner: ProfileId,
-        sealed: &[u8],
+        sealed: &Sealed,
         needs: &Needs,
     ) -> Result<Map<String, Value>> {
-        let vault = self.store.vault();
-        let key = vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        let plain = vault.open(&key, Place::ProfileTraits, owner, sealed)?;
-        let mut all = TraitSet::from_bytes(&plain)
-            .map_err(|e| Error::Corrupt(e.to_string()))?
-            .to_object();
+        let mut all = person::traits(conn, self.store.vault(), owner, sealed)?.to_object();
         all.retain(|k, _| needs.traits.contains(k));
         Ok(all)
     }
@@ -1209,13 +1202,9 @@ impl SegmentEngine {
         conn: &mut dyn Conn,
         needs: &Needs,
         owner: ProfileId,
-        sealed: &[u8],
+        sealed: &Sealed,
     ) -> Result<Option<(String, Props)>> {
-        let vault = self.store.vault();
-        let key = vault
-            .data_key(owner, || conn.data_key_get(owner))?
-            .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-        let plain = vault.open(&key, Place::EventBody, owner, sealed)?;
+        let plain = person::open(conn, self.store.vault(), owner, Place::EventBody, sealed)?;
         let Ok(NameOnly { event: Some(name) }) = serde_json::from_slice::<NameOnly>(&plain) else {
             return Ok(None);
         };
@@ -1253,7 +1242,7 @@ impl SegmentEngine {
         if r.opt_int(0)?.is_some() {
             return Ok(false);
         }
-        let traits = match r.opt_blob(1)? {
+        let traits = match r.opt_sealed(1)? {
             Some(sealed) if !needs.traits.is_empty() => {
                 Some(self.open_traits(conn, id, &sealed, needs)?)
             }
@@ -1296,7 +1285,7 @@ impl SegmentEngine {
         }
         let mut p = Person::default();
         if !needs.traits.is_empty()
-            && let Some(sealed) = r.opt_blob(1)?
+            && let Some(sealed) = r.opt_sealed(1)?
         {
             p.traits = self.open_traits(conn, id, &sealed, needs)?;
         }
@@ -1313,7 +1302,7 @@ impl SegmentEngine {
             "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY id",
             &[P::Int(id)],
         )? {
-            if let Some((name, props)) = self.open_event(conn, needs, r.int(0)?, &r.blob(2)?)?
+            if let Some((name, props)) = self.open_event(conn, needs, r.int(0)?, &r.sealed(2)?)?
                 && let Some(t) = fs.table(&name)
             {
                 events.push((t, r.int(1)?, props));

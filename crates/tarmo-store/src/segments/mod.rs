@@ -155,7 +155,7 @@ pub fn load_all(conn: &mut dyn Conn, vault: &Vault) -> Result<BTreeMap<String, S
         "SELECT id, name, purpose_id, rule, created_ms, updated_ms FROM segments",
         &[],
     )? {
-        let sealed = r.blob(3)?;
+        let sealed = r.sealed(3)?;
         let plain = vault.open_system(Place::SegmentRule, &sealed)?;
         let v: Value = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
         let rule = Rule::from_json(&v).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -187,7 +187,7 @@ pub fn save(conn: &mut dyn Conn, vault: &Vault, def: &SegmentDef) -> Result<()> 
             P::Text(&def.id),
             P::Text(&def.name),
             P::Text(&def.purpose),
-            P::Blob(&sealed),
+            P::from(&sealed),
             P::Int(def.created_ms),
             P::Int(def.updated_ms),
         ],

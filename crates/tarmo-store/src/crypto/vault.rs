@@ -28,6 +28,32 @@ use ring::{hkdf, hmac};
 
 use crate::{Error, Result};
 
+/// Bytes the vault sealed: what the database stores instead of a value.
+/// Only the vault makes one (its `seal*` methods) or opens one (its `open*`
+/// methods); the database layer only carries it, binding it with
+/// [`Sealed::as_bytes`] and giving back what it read with
+/// [`Sealed::from_db`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+impl Sealed {
+    /// Bytes read back from a sealed column.
+    pub(crate) fn from_db(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes, to bind in a statement.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Length of a blind index: 128 bits of HMAC-SHA256 keep collisions out of
 /// reach for any number of identifiers a store will hold.
 pub const BIDX_LEN: usize = 16;
@@ -432,8 +458,8 @@ impl Vault {
         place: Place,
         owner: i64,
         plaintext: &[u8],
-    ) -> Result<Vec<u8>> {
-        seal_with(key, self.nonce()?, &place.aad(owner), plaintext)
+    ) -> Result<Sealed> {
+        seal_with(key, self.nonce()?, &place.aad(owner), plaintext).map(Sealed)
     }
 
     pub fn open(
@@ -441,19 +467,19 @@ impl Vault {
         key: &LessSafeKey,
         place: Place,
         owner: i64,
-        sealed: &[u8],
+        sealed: &Sealed,
     ) -> Result<Vec<u8>> {
-        open_with(key, &place.aad(owner), sealed)
+        open_with(key, &place.aad(owner), &sealed.0)
     }
 
     /// A value sealed with the installation's wrapping key, for data that
     /// belongs to no single person (and so is not shredded with one).
-    pub fn seal_system(&self, place: Place, plaintext: &[u8]) -> Result<Vec<u8>> {
-        seal_with(&self.wrap, self.nonce()?, &place.aad(0), plaintext)
+    pub fn seal_system(&self, place: Place, plaintext: &[u8]) -> Result<Sealed> {
+        seal_with(&self.wrap, self.nonce()?, &place.aad(0), plaintext).map(Sealed)
     }
 
-    pub fn open_system(&self, place: Place, sealed: &[u8]) -> Result<Vec<u8>> {
-        open_with(&self.wrap, &place.aad(0), sealed)
+    pub fn open_system(&self, place: Place, sealed: &Sealed) -> Result<Vec<u8>> {
+        open_with(&self.wrap, &place.aad(0), &sealed.0)
     }
 }
 
@@ -585,7 +611,7 @@ mod tests {
         assert_eq!(v.open(&k, Place::EventBody, 7, &s).unwrap(), b"hello");
         assert!(v.open(&k, Place::EventBody, 8, &s).is_err());
         assert!(v.open(&k, Place::ProfileTraits, 7, &s).is_err());
-        assert!(!s.windows(5).any(|w| w == b"hello"));
+        assert!(!s.as_bytes().windows(5).any(|w| w == b"hello"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! plaintext, which is what keeps plaintext out of every database file.
 
 use crate::Result;
-use crate::vault::BlindIndex;
+use crate::vault::{BlindIndex, Sealed};
 
 pub type ProfileId = i64;
 
@@ -17,7 +17,7 @@ pub struct NewEvent {
     pub kind: &'static str,
     pub timestamp_ms: i64,
     pub received_ms: i64,
-    pub sealed: Vec<u8>,
+    pub sealed: Sealed,
 }
 
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct EventRow {
     pub kind: String,
     pub timestamp_ms: i64,
     pub received_ms: i64,
-    pub sealed: Vec<u8>,
+    pub sealed: Sealed,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct IdentifierRow {
     pub kind: String,
     pub bidx: BlindIndex,
     pub key_owner: ProfileId,
-    pub sealed: Vec<u8>,
+    pub sealed: Sealed,
     pub first_seen_ms: i64,
     /// When the identifier was shown to be the person's (a trusted source,
     /// a confirmation link used, staff); `None`: a claim.
@@ -48,7 +48,7 @@ pub struct ProfileRow {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub event_count: i64,
-    pub traits: Option<Vec<u8>>,
+    pub traits: Option<Sealed>,
 }
 
 /// A recorded identity decision: a merge that happened, or one refused.
@@ -106,6 +106,12 @@ impl<'a> From<&'a [u8]> for P<'a> {
 impl<'a> From<&'a Vec<u8>> for P<'a> {
     fn from(v: &'a Vec<u8>) -> Self {
         P::Blob(v)
+    }
+}
+
+impl<'a> From<&'a Sealed> for P<'a> {
+    fn from(v: &'a Sealed) -> Self {
+        P::Blob(v.as_bytes())
     }
 }
 
@@ -173,6 +179,15 @@ impl Row {
             Cell::Blob(v) => Ok(Some(v.clone())),
             _ => Err(Self::wrong(i, "bytes")),
         }
+    }
+
+    /// A sealed column: carried as it is, opened only by the vault.
+    pub fn sealed(&self, i: usize) -> Result<Sealed> {
+        self.blob(i).map(Sealed::from_db)
+    }
+
+    pub fn opt_sealed(&self, i: usize) -> Result<Option<Sealed>> {
+        Ok(self.opt_blob(i)?.map(Sealed::from_db))
     }
 }
 
@@ -263,7 +278,7 @@ pub trait Conn: Send {
     fn data_key_get(&mut self, owner: ProfileId) -> Result<Option<Vec<u8>>>;
     /// The profile, following a merge to the profile it was merged into.
     fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>>;
-    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()>;
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()>;
     fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()>;
     /// Move everything of `from` to `into` and record the merge.
     fn profile_merge(
@@ -296,7 +311,7 @@ pub trait Conn: Send {
                         P::Text(e.kind),
                         P::Int(e.timestamp_ms),
                         P::Int(e.received_ms),
-                        P::Blob(&e.sealed),
+                        P::Blob(e.sealed.as_bytes()),
                         P::Int(e.source_id),
                     ],
                 )?;
@@ -370,7 +385,7 @@ pub trait Conn: Send {
         Ok(out)
     }
     /// As [`Conn::profile_set_traits`], for each `(profile, sealed traits)`.
-    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Vec<u8>)], now_ms: i64) -> Result<()> {
+    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Sealed)], now_ms: i64) -> Result<()> {
         for (p, sealed) in rows {
             self.profile_set_traits(*p, sealed, now_ms)?;
         }

@@ -10,7 +10,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use ring::digest;
 use serde::Serialize;
 use tarmo_core::codes::Code;
-use utoipa::ToSchema;
 
 use tarmo_core::identity::Trust;
 
@@ -31,7 +30,8 @@ pub struct KeySpec {
     pub trust: Option<Trust>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
     pub id: i64,
     pub roles: Vec<String>,
@@ -45,7 +45,7 @@ pub struct ApiKey {
     /// app: what it says about identity is a claim) or `server`; absent for
     /// other keys.
     #[serde(serialize_with = "trust_name")]
-    #[schema(value_type = Option<String>, example = "client")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "client"))]
     pub trust: Option<Trust>,
 }
 
@@ -283,7 +283,8 @@ pub fn expiry(now_ms: i64, hours: u64) -> Result<i64> {
 
 // ------------------------------------------------------------------- users
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: i64,
     pub name: String,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::conn::*;
-use crate::vault::BlindIndex;
+use crate::vault::{BlindIndex, Sealed};
 use crate::{Error, Result};
 
 /// Make the database file (created empty if absent) readable by its owner
@@ -434,16 +434,16 @@ impl Conn for SqliteConn {
                     created_ms: r.get(1)?,
                     updated_ms: r.get(2)?,
                     event_count: r.get(3)?,
-                    traits: r.get(4)?,
+                    traits: r.get::<_, Option<Vec<u8>>>(4)?.map(Sealed::from_db),
                 })
             })
             .optional()?)
     }
 
-    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()> {
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()> {
         self.c
             .prepare_cached("UPDATE profiles SET traits = ?2, updated_ms = ?3 WHERE id = ?1")?
-            .execute(params![id, sealed, now_ms])?;
+            .execute(params![id, sealed.as_bytes(), now_ms])?;
         Ok(())
     }
 
@@ -556,7 +556,7 @@ impl Conn for SqliteConn {
                 row.kind,
                 profile,
                 row.key_owner,
-                row.sealed,
+                row.sealed.as_bytes(),
                 row.first_seen_ms,
                 row.verified_ms
             ])?;
@@ -606,7 +606,7 @@ impl Conn for SqliteConn {
                 e.kind,
                 e.timestamp_ms,
                 e.received_ms,
-                e.sealed,
+                e.sealed.as_bytes(),
                 e.source_id
             ])?;
         }
@@ -630,7 +630,7 @@ impl Conn for SqliteConn {
                 kind: r.get(2)?,
                 timestamp_ms: r.get(3)?,
                 received_ms: r.get(4)?,
-                sealed: r.get(5)?,
+                sealed: Sealed::from_db(r.get(5)?),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -694,7 +694,7 @@ fn identifier_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Result<I
         kind,
         bidx,
         key_owner,
-        sealed,
+        sealed: Sealed::from_db(sealed),
         first_seen_ms,
         verified_ms,
     }))

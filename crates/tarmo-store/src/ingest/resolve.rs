@@ -36,7 +36,7 @@ use crate::Result;
 use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
 pub use crate::consent::ConsentSignal;
 use crate::consent::{Catalog, SignalOutcome};
-use crate::vault::{BlindIndex, DataKey, Place, Vault};
+use crate::vault::{BlindIndex, DataKey, Place, Sealed, Vault};
 
 /// An identifier ready for the store: its kind, blind index and the value to
 /// be sealed.
@@ -178,7 +178,7 @@ struct Group<'a> {
     /// must stay at hand: with batched writes it is not in the store yet.
     keys: HashMap<ProfileId, DataKey>,
     /// Sealed traits read ahead, by profile asked for (not yet opened).
-    sealed_traits: HashMap<ProfileId, Option<Vec<u8>>>,
+    sealed_traits: HashMap<ProfileId, Option<Sealed>>,
     /// Writes held until the end of the group, where the backend batches.
     batch: Option<Batch>,
 }
@@ -318,6 +318,10 @@ impl Resolver {
         Ok((outcomes, ids, stats))
     }
 
+    /// The phases of a group, in order: deduplicate, look up the
+    /// identifiers named, resolve and seal each event, resolve the
+    /// subjects, write events and profiles, record consent signals, and
+    /// hold what was learnt until the commit.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn apply_inner(
         &mut self,
@@ -330,48 +334,48 @@ impl Resolver {
         want_ids: bool,
     ) -> Result<(Vec<Outcome>, Vec<ProfileId>, GroupStats, Vec<Option<i64>>)> {
         let mut outcomes = vec![Outcome::Duplicate; events.len()];
-        // Deduplication: within the group, then against the store.
-        let mut seen = HashSet::with_capacity(events.len());
-        let mut claim_idx = Vec::with_capacity(events.len());
-        let mut claim = Vec::with_capacity(events.len());
-        let mut live = vec![true; events.len()];
-        for (i, e) in events.iter().enumerate() {
-            if let Some(h) = e.dedup {
-                if seen.insert(h) {
-                    claim_idx.push(i);
-                    claim.push(h);
-                } else {
-                    live[i] = false;
-                }
-            }
+        let mut live = deduplicate(conn, events, now_ms)?;
+        let mut g = Group::new(conn, vault, now_ms);
+        self.look_up(&mut g, events, subjects, &mut live, &mut outcomes)?;
+        if g.conn.batch_writes() {
+            g.start_batch(events, subjects, &live)?;
         }
-        let fresh = if claim.is_empty() {
-            Vec::new()
-        } else {
-            conn.dedup_claim(&claim, now_ms)?
-        };
-        for (k, &i) in claim_idx.iter().enumerate() {
-            if !fresh[k] {
-                live[i] = false;
-            }
+        let rows = self.place_events(&mut g, events, &live, &outcomes)?;
+
+        let mut subject_profiles = Vec::with_capacity(subjects.len());
+        for ids in subjects {
+            // Staff and API callers name one identifier to act on; the
+            // address stays unverified until its confirmation link is used.
+            subject_profiles.push(g.resolve(self, ids, Trust::Server, false)?);
         }
 
-        // Look up every identifier the group names that is not cached.
-        let mut g = Group {
-            conn,
-            vault,
-            now_ms,
-            ids: HashMap::new(),
-            facts: HashMap::new(),
-            traits: HashMap::new(),
-            dirty_traits: HashSet::new(),
-            counts: HashMap::new(),
-            redirect: HashMap::new(),
-            stats: GroupStats::default(),
-            keys: HashMap::new(),
-            sealed_traits: HashMap::new(),
-            batch: None,
-        };
+        let event_ids = g.write_events(rows, &mut outcomes, want_ids)?;
+        g.write_profiles()?;
+        let subject_profiles = subject_profiles.into_iter().map(|p| g.canon(p)).collect();
+
+        // Consent signals, once every merge of the group is known.
+        for (i, e) in events.iter().enumerate() {
+            let (Some(c), Outcome::Stored(p)) = (&e.consent, outcomes[i]) else {
+                continue;
+            };
+            self.record_signals(g.conn, vault, catalog, p, c, now_ms, &mut g.stats)?;
+        }
+        let stats = g.stats;
+        self.hold(g);
+        Ok((outcomes, subject_profiles, stats, event_ids))
+    }
+
+    /// Look up every identifier the group names that is not cached; an
+    /// event naming an erased person's identifier (on the suppression list)
+    /// is acknowledged but not stored.
+    fn look_up(
+        &mut self,
+        g: &mut Group<'_>,
+        events: &[&PreparedEvent],
+        subjects: &[&[PreparedIdentifier]],
+        live: &mut [bool],
+        outcomes: &mut [Outcome],
+    ) -> Result<()> {
         let mut unknown = Vec::new();
         let mut asked = HashSet::new();
         let named = events
@@ -436,28 +440,18 @@ impl Resolver {
                 }
             }
         }
+        Ok(())
+    }
 
-        if g.conn.batch_writes() {
-            // Profiles needed: at most one per event or subject that names
-            // an identifier nobody has (or none at all); more are reserved
-            // on the way should that ever fall short.
-            let needed = events
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| live[*i])
-                .map(|(_, e)| &e.identifiers[..])
-                .chain(subjects.iter().copied())
-                .filter(|ids| ids.is_empty() || ids.iter().any(|id| !g.ids.contains_key(&id.bidx)))
-                .count();
-            g.read_ahead()?;
-            let mut free_ids = g.conn.profile_ids_reserve(needed)?;
-            free_ids.reverse();
-            g.batch = Some(Batch {
-                free_ids,
-                ..Batch::default()
-            });
-        }
-
+    /// Resolve each live event to its profile, seal its body and fold its
+    /// traits in; the rows are written once every merge is known.
+    fn place_events(
+        &mut self,
+        g: &mut Group<'_>,
+        events: &[&PreparedEvent],
+        live: &[bool],
+        outcomes: &[Outcome],
+    ) -> Result<Vec<(usize, NewEvent)>> {
         let mut rows = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
             if !live[i] {
@@ -477,7 +471,7 @@ impl Resolver {
                     source_id: e.source,
                     kind: e.kind.as_str(),
                     timestamp_ms: e.timestamp_ms,
-                    received_ms: now_ms,
+                    received_ms: g.now_ms,
                     sealed,
                 },
             ));
@@ -491,72 +485,13 @@ impl Resolver {
             *g.counts.entry(target).or_default() += 1;
             g.stats.stored += 1;
         }
+        Ok(rows)
+    }
 
-        let mut subject_profiles = Vec::with_capacity(subjects.len());
-        for ids in subjects {
-            // Staff and API callers name one identifier to act on; the
-            // address stays unverified until its confirmation link is used.
-            subject_profiles.push(g.resolve(self, ids, Trust::Server, false)?);
-        }
-
-        // Merges later in the group may have moved earlier events' profiles.
-        let mut new_events = Vec::with_capacity(rows.len());
-        let mut stored_at = Vec::with_capacity(rows.len());
-        for (i, mut ev) in rows {
-            ev.profile_id = g.canon(ev.profile_id);
-            outcomes[i] = Outcome::Stored(ev.profile_id);
-            new_events.push(ev);
-            stored_at.push(i);
-        }
-        g.flush()?;
-        let mut event_ids = Vec::new();
-        if want_ids {
-            event_ids = vec![None; events.len()];
-            let ids = g.conn.events_insert_returning_ids(&new_events)?;
-            for (i, id) in stored_at.into_iter().zip(ids) {
-                event_ids[i] = Some(id);
-            }
-        } else {
-            g.conn.events_insert(&new_events)?;
-        }
-        let mut counts: HashMap<ProfileId, i64> = HashMap::new();
-        for (p, n) in std::mem::take(&mut g.counts) {
-            *counts.entry(g.canon(p)).or_default() += n;
-        }
-        // In id order, so that concurrent writers lock rows in one order.
-        let mut counts: Vec<(ProfileId, i64)> = counts.into_iter().collect();
-        counts.sort_unstable();
-        g.conn.profiles_add_events(&counts, now_ms)?;
-        let mut dirty: Vec<ProfileId> = std::mem::take(&mut g.dirty_traits)
-            .into_iter()
-            .map(|p| g.canon(p))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        dirty.sort_unstable();
-        let mut traits = Vec::with_capacity(dirty.len());
-        for p in dirty {
-            if let Some(bytes) = g.traits.get(&p).map(TraitSet::to_bytes) {
-                let key = g.key(p)?;
-                let sealed = g.vault.seal(&key, Place::ProfileTraits, p, &bytes)?;
-                traits.push((p, sealed));
-            }
-        }
-        g.conn.profiles_set_traits(&traits, now_ms)?;
-
-        let subject_profiles = subject_profiles.into_iter().map(|p| g.canon(p)).collect();
-
-        // Consent signals, once every merge of the group is known.
-        for (i, e) in events.iter().enumerate() {
-            let (Some(c), Outcome::Stored(p)) = (&e.consent, outcomes[i]) else {
-                continue;
-            };
-            self.record_signals(g.conn, vault, catalog, p, c, now_ms, &mut g.stats)?;
-        }
-        let stats = g.stats;
-        // Keep what was learnt only once the transaction is known good: the
-        // caller commits, then calls `keep`.
-        // Several groups in one transaction: what each learnt adds up.
+    /// Keep what the group learnt only once the transaction is known good:
+    /// the caller commits, then calls `keep`. Several groups in one
+    /// transaction: what each learnt adds up.
+    fn hold(&mut self, g: Group<'_>) {
         let mut pending = self.pending.take().unwrap_or(Pending {
             ids: HashMap::new(),
             facts: HashMap::new(),
@@ -566,7 +501,6 @@ impl Resolver {
         pending.facts.extend(g.facts);
         pending.redirect.extend(g.redirect);
         self.pending = Some(pending);
-        Ok((outcomes, subject_profiles, stats, event_ids))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -687,7 +621,146 @@ struct Pending {
     redirect: HashMap<ProfileId, ProfileId>,
 }
 
+/// Deduplication, within the group and then against the store: whether
+/// each event is still to be stored.
+fn deduplicate(conn: &mut dyn Conn, events: &[&PreparedEvent], now_ms: i64) -> Result<Vec<bool>> {
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut claim_idx = Vec::with_capacity(events.len());
+    let mut claim = Vec::with_capacity(events.len());
+    let mut live = vec![true; events.len()];
+    for (i, e) in events.iter().enumerate() {
+        if let Some(h) = e.dedup {
+            if seen.insert(h) {
+                claim_idx.push(i);
+                claim.push(h);
+            } else {
+                live[i] = false;
+            }
+        }
+    }
+    let fresh = if claim.is_empty() {
+        Vec::new()
+    } else {
+        conn.dedup_claim(&claim, now_ms)?
+    };
+    for (k, &i) in claim_idx.iter().enumerate() {
+        if !fresh[k] {
+            live[i] = false;
+        }
+    }
+    Ok(live)
+}
+
+impl<'a> Group<'a> {
+    fn new(conn: &'a mut dyn Conn, vault: &'a Vault, now_ms: i64) -> Self {
+        Self {
+            conn,
+            vault,
+            now_ms,
+            ids: HashMap::new(),
+            facts: HashMap::new(),
+            traits: HashMap::new(),
+            dirty_traits: HashSet::new(),
+            counts: HashMap::new(),
+            redirect: HashMap::new(),
+            stats: GroupStats::default(),
+            keys: HashMap::new(),
+            sealed_traits: HashMap::new(),
+            batch: None,
+        }
+    }
+}
+
 impl Group<'_> {
+    /// Where the backend batches: read ahead what resolving will ask, and
+    /// reserve profile ids. Profiles needed: at most one per event or
+    /// subject that names an identifier nobody has (or none at all); more
+    /// are reserved on the way should that ever fall short.
+    fn start_batch(
+        &mut self,
+        events: &[&PreparedEvent],
+        subjects: &[&[PreparedIdentifier]],
+        live: &[bool],
+    ) -> Result<()> {
+        let needed = events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| live[*i])
+            .map(|(_, e)| &e.identifiers[..])
+            .chain(subjects.iter().copied())
+            .filter(|ids| ids.is_empty() || ids.iter().any(|id| !self.ids.contains_key(&id.bidx)))
+            .count();
+        self.read_ahead()?;
+        let mut free_ids = self.conn.profile_ids_reserve(needed)?;
+        free_ids.reverse();
+        self.batch = Some(Batch {
+            free_ids,
+            ..Batch::default()
+        });
+        Ok(())
+    }
+
+    /// Write the events, on the profiles they live on now (merges later in
+    /// the group may have moved earlier events' profiles); with `want_ids`,
+    /// the id of each stored event by its place in the group.
+    fn write_events(
+        &mut self,
+        rows: Vec<(usize, NewEvent)>,
+        outcomes: &mut [Outcome],
+        want_ids: bool,
+    ) -> Result<Vec<Option<i64>>> {
+        let mut new_events = Vec::with_capacity(rows.len());
+        let mut stored_at = Vec::with_capacity(rows.len());
+        for (i, mut ev) in rows {
+            ev.profile_id = self.canon(ev.profile_id);
+            outcomes[i] = Outcome::Stored(ev.profile_id);
+            new_events.push(ev);
+            stored_at.push(i);
+        }
+        self.flush()?;
+        let mut event_ids = Vec::new();
+        if want_ids {
+            event_ids = vec![None; outcomes.len()];
+            let ids = self.conn.events_insert_returning_ids(&new_events)?;
+            for (i, id) in stored_at.into_iter().zip(ids) {
+                event_ids[i] = Some(id);
+            }
+        } else {
+            self.conn.events_insert(&new_events)?;
+        }
+        Ok(event_ids)
+    }
+
+    /// Add the events' counts to their profiles, and seal and write the
+    /// traits that changed.
+    fn write_profiles(&mut self) -> Result<()> {
+        let mut counts: HashMap<ProfileId, i64> = HashMap::new();
+        for (p, n) in std::mem::take(&mut self.counts) {
+            *counts.entry(self.canon(p)).or_default() += n;
+        }
+        // In id order, so that concurrent writers lock rows in one order.
+        let mut counts: Vec<(ProfileId, i64)> = counts.into_iter().collect();
+        counts.sort_unstable();
+        self.conn.profiles_add_events(&counts, self.now_ms)?;
+        let mut dirty: Vec<ProfileId> = std::mem::take(&mut self.dirty_traits)
+            .into_iter()
+            .map(|p| self.canon(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        dirty.sort_unstable();
+        let mut traits = Vec::with_capacity(dirty.len());
+        for p in dirty {
+            if let Some(bytes) = self.traits.get(&p).map(TraitSet::to_bytes) {
+                let key = self.key(p)?;
+                let sealed = self.vault.seal(&key, Place::ProfileTraits, p, &bytes)?;
+                traits.push((p, sealed));
+            }
+        }
+        self.conn.profiles_set_traits(&traits, self.now_ms)?;
+        Ok(())
+    }
+
     fn canon(&self, mut p: ProfileId) -> ProfileId {
         while let Some(&n) = self.redirect.get(&p) {
             p = n;

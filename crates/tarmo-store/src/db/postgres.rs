@@ -7,7 +7,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 
 use crate::conn::*;
-use crate::vault::BlindIndex;
+use crate::vault::{BlindIndex, Sealed};
 use crate::{Error, Result};
 
 pub struct PostgresBackend {
@@ -419,14 +419,14 @@ impl Conn for PgConn {
                 created_ms: r.get(1),
                 updated_ms: r.get(2),
                 event_count: r.get(3),
-                traits: r.get(4),
+                traits: r.get::<_, Option<Vec<u8>>>(4).map(Sealed::from_db),
             }))
     }
 
-    fn profile_set_traits(&mut self, id: ProfileId, sealed: &[u8], now_ms: i64) -> Result<()> {
+    fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()> {
         self.c.execute(
             "UPDATE profiles SET traits = $2, updated_ms = $3 WHERE id = $1",
-            &[&id, &sealed, &now_ms],
+            &[&id, &sealed.as_bytes(), &now_ms],
         )?;
         Ok(())
     }
@@ -556,7 +556,7 @@ impl Conn for PgConn {
                 &row.kind,
                 &profile,
                 &row.key_owner,
-                &row.sealed,
+                &row.sealed.as_bytes(),
                 &row.first_seen_ms,
                 &row.verified_ms,
             ],
@@ -578,7 +578,7 @@ impl Conn for PgConn {
                     kind: r.get(0),
                     bidx: BlindIndex::from_slice(&b)?,
                     key_owner: r.get(2),
-                    sealed: r.get(3),
+                    sealed: Sealed::from_db(r.get(3)),
                     first_seen_ms: r.get(4),
                     verified_ms: r.get(5),
                 })
@@ -639,7 +639,7 @@ impl Conn for PgConn {
         let kind: Vec<&str> = rows.iter().map(|(r, _)| r.kind.as_str()).collect();
         let profile: Vec<i64> = rows.iter().map(|(_, p)| *p).collect();
         let owner: Vec<i64> = rows.iter().map(|(r, _)| r.key_owner).collect();
-        let sealed: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.sealed[..]).collect();
+        let sealed: Vec<&[u8]> = rows.iter().map(|(r, _)| r.sealed.as_bytes()).collect();
         let first: Vec<i64> = rows.iter().map(|(r, _)| r.first_seen_ms).collect();
         let verified: Vec<Option<i64>> = rows.iter().map(|(r, _)| r.verified_ms).collect();
         self.c.execute(
@@ -679,7 +679,7 @@ impl Conn for PgConn {
                         created_ms: r.get(2),
                         updated_ms: r.get(3),
                         event_count: r.get(4),
-                        traits: r.get(5),
+                        traits: r.get::<_, Option<Vec<u8>>>(5).map(Sealed::from_db),
                     },
                 )
             })
@@ -706,7 +706,7 @@ impl Conn for PgConn {
                         kind: r.get(1),
                         bidx: BlindIndex::from_slice(&b)?,
                         key_owner: r.get(3),
-                        sealed: r.get(4),
+                        sealed: Sealed::from_db(r.get(4)),
                         first_seen_ms: r.get(5),
                         verified_ms: r.get(6),
                     },
@@ -715,12 +715,12 @@ impl Conn for PgConn {
             .collect()
     }
 
-    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Vec<u8>)], now_ms: i64) -> Result<()> {
+    fn profiles_set_traits(&mut self, rows: &[(ProfileId, Sealed)], now_ms: i64) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let traits: Vec<&[u8]> = rows.iter().map(|r| &r.1[..]).collect();
+        let traits: Vec<&[u8]> = rows.iter().map(|r| r.1.as_bytes()).collect();
         self.c.execute(
             "UPDATE profiles p SET traits = u.traits, updated_ms = $3
              FROM unnest($1::bigint[], $2::bytea[]) AS u(id, traits) WHERE p.id = u.id",
@@ -766,7 +766,7 @@ impl Conn for PgConn {
         let kind: Vec<&str> = rows.iter().map(|e| e.kind).collect();
         let ts: Vec<i64> = rows.iter().map(|e| e.timestamp_ms).collect();
         let received: Vec<i64> = rows.iter().map(|e| e.received_ms).collect();
-        let body: Vec<&[u8]> = rows.iter().map(|e| &e.sealed[..]).collect();
+        let body: Vec<&[u8]> = rows.iter().map(|e| e.sealed.as_bytes()).collect();
         let source: Vec<i64> = rows.iter().map(|e| e.source_id).collect();
         self.c.execute(
             "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
@@ -796,7 +796,7 @@ impl Conn for PgConn {
                 kind: r.get(2),
                 timestamp_ms: r.get(3),
                 received_ms: r.get(4),
-                sealed: r.get(5),
+                sealed: Sealed::from_db(r.get(5)),
             })
             .collect())
     }
