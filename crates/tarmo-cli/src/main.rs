@@ -360,12 +360,10 @@ fn serve(s: Settings) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let app = Application::build(s).await?;
-        // Machine-readable line for scripts and tests that listen on port 0.
-        println!("listening on {}://{}", app.scheme(), app.address());
-        app.run_until_stopped(shutdown()).await
-    })
+    let app = Application::build(s)?;
+    // Machine-readable line for scripts and tests that listen on port 0.
+    println!("listening on {}://{}", app.scheme(), app.address());
+    rt.block_on(app.run_until_stopped(shutdown()))
 }
 
 async fn shutdown() {

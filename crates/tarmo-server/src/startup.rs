@@ -17,11 +17,12 @@ use tarmo_store::writer::WriterConfig;
 use crate::settings::{Settings, apply_purposes, open_store, server_config};
 
 /// A built application: bound, its store open and its workers running;
-/// [`Application::run_until_stopped`] serves until the shutdown future ends.
+/// [`Application::run_until_stopped`] serves, in a tokio runtime, until the
+/// shutdown future ends.
 pub struct Application {
     addr: SocketAddr,
     scheme: &'static str,
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<crate::AppState>,
     workers: Workers,
@@ -44,13 +45,15 @@ struct Workers {
 
 impl Application {
     /// Open the store (applying `tarmo.toml`'s purposes), bind `s.listen`,
-    /// start the writer and every worker. Must run inside a tokio runtime.
-    pub async fn build(s: Settings) -> anyhow::Result<Self> {
+    /// start the writer and every worker. It blocks (the PostgreSQL client
+    /// runs a runtime of its own): call it outside async code, or through
+    /// `spawn_blocking`.
+    pub fn build(s: Settings) -> anyhow::Result<Self> {
         let store = Arc::new(open_store(&s)?);
         apply_purposes(&store, &s)?;
-        let listener = tokio::net::TcpListener::bind(&s.listen)
-            .await
+        let listener = std::net::TcpListener::bind(&s.listen)
             .with_context(|| format!("cannot listen on {}", s.listen))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let config = server_config(&s, addr)?;
         if !config.public_url.starts_with("https://") {
@@ -179,6 +182,7 @@ impl Application {
             workers,
         } = self;
         tracing::info!(%addr, store = workers.store.backend_name(), scheme, "tarmo is serving");
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = crate::app(state);
         crate::serve::run(listener, tls, app, shutdown, Default::default()).await;
         // Joining threads blocks: off the async workers.

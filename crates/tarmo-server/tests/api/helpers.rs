@@ -40,9 +40,13 @@ pub async fn spawn_app_with(serve: ServeSettings) -> TestApp {
         default_region: Some("FI".into()),
         ..Default::default()
     };
-    let settings = Settings::load(&sources, Some("127.0.0.1:0".into()), serve).unwrap();
-    let keys = init(&settings).unwrap();
-    let app = Application::build(settings).await.unwrap();
+    let (keys, app) = tokio::task::spawn_blocking(move || {
+        let settings = Settings::load(&sources, Some("127.0.0.1:0".into()), serve).unwrap();
+        let keys = init(&settings).unwrap();
+        (keys, Application::build(settings).unwrap())
+    })
+    .await
+    .unwrap();
     let base = format!("{}://{}", app.scheme(), app.address());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
