@@ -253,16 +253,20 @@ pub(crate) fn router() -> axum::Router<Arc<AppState>> {
 /// What `method path` needs: its row's need, or for a method the path does
 /// not have, its first row's; `None` for a path that is not a route.
 pub(crate) fn need(method: &Method, path: &str) -> Option<Need> {
-    static INDEX: LazyLock<(HashMap<(Method, &str), Need>, HashMap<&str, Need>)> =
-        LazyLock::new(|| {
-            let mut exact = HashMap::new();
-            let mut first = HashMap::new();
-            for r in ROUTES {
-                exact.insert((r.method.clone(), r.path), r.need);
-                first.entry(r.path).or_insert(r.need);
-            }
-            (exact, first)
-        });
+    /// Each route's need, and each path's first.
+    type Index = (
+        HashMap<(Method, &'static str), Need>,
+        HashMap<&'static str, Need>,
+    );
+    static INDEX: LazyLock<Index> = LazyLock::new(|| {
+        let mut exact = HashMap::new();
+        let mut first = HashMap::new();
+        for r in ROUTES {
+            exact.insert((r.method.clone(), r.path), r.need);
+            first.entry(r.path).or_insert(r.need);
+        }
+        (exact, first)
+    });
     let method = if method == Method::HEAD {
         &Method::GET
     } else {
