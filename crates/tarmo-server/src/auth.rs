@@ -23,11 +23,17 @@ use tarmo_store::keys::ApiKey;
 
 use crate::{ApiError, AppState};
 
-/// What a route needs.
+/// What a route needs. Each route's is in `routes::ROUTES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Anyone (pages people open from messages, health, metrics, docs).
+    /// Anyone (health, docs, the console's pages, which check their
+    /// session themselves).
     Public,
+    /// Anyone, limited per client address: the pages people open from
+    /// messages.
+    Page,
+    /// Anyone, under the sign-in limits (per address and per account).
+    SignIn,
     /// A write key; checked by the ingestion handler, which also reads it
     /// from the body (Segment's Python SDK sends it there).
     Ingest,
@@ -37,82 +43,17 @@ pub enum Need {
     AnyStaffKey,
 }
 
-/// The requirement of every route. Keep it next to `app()`: the OpenAPI
-/// walk test fails for a route whose answer does not match its role.
+impl Need {
+    /// Whether anyone may call the route, without a key.
+    pub fn is_public(self) -> bool {
+        matches!(self, Need::Public | Need::Page | Need::SignIn)
+    }
+}
+
+/// The requirement of `method route` (a matched route template), from the
+/// one route table; `None` for a path that is not a route.
 pub fn need(method: &Method, route: &str) -> Option<Need> {
-    use Need::*;
-    use Permission as P;
-    let get = method == Method::GET || method == Method::HEAD;
-    Some(match route {
-        // The SMS provider's callback carries its own token (checked by the handler).
-        "/v1/sms/inbound" => Public,
-        r if r.starts_with("/v1/") => Ingest,
-        "/healthz" | "/readyz" | "/api/openapi.json" | "/.well-known/gpc.json" => Public,
-        "/metrics" => Staff(P::MetricsRead),
-        "/c/{token}"
-        | "/u/{token}"
-        | "/p/{token}"
-        | "/p/{token}/request"
-        | "/r/{token}"
-        | "/r/download/{token}" => Public,
-        "/api/v1/sessions" => Public,
-        // The staff console checks its session cookie itself, against this
-        // same table for each API route a page stands for (`console::Staff`).
-        "/" => Public,
-        r if r == "/console" || r.starts_with("/console/") => Public,
-        "/api/v1/sessions/current" => AnyStaffKey,
-        "/api/v1/profiles/lookup" | "/api/v1/profiles/{id}" | "/api/v1/profiles/{id}/events" => {
-            Staff(P::ProfilesRead)
-        }
-        "/api/v1/profiles/{id}/consents" => Staff(P::ConsentsRead),
-        "/api/v1/profiles/{id}/preference-link" => Staff(P::ConsentsWrite),
-        "/api/v1/stats" => Staff(P::StatsRead),
-        "/api/v1/purposes" | "/api/v1/purposes/{id}" if get => Staff(P::PurposesRead),
-        "/api/v1/purposes/{id}" => Staff(P::PurposesWrite),
-        "/api/v1/consents" | "/api/v1/consents/signals" => Staff(P::ConsentsWrite),
-        "/api/v1/decisions" => Staff(P::DecisionsRead),
-        "/api/v1/subscriptions" => Staff(P::Subscribe),
-        "/api/v1/messages/email" => Staff(P::MessagesSend),
-        "/api/v1/requests" if !get => Staff(P::RequestsCreate),
-        r if r.starts_with("/api/v1/requests") => Staff(P::RequestsManage),
-        "/api/v1/processors/{id}/exports" => Staff(P::ProcessorsExport),
-        r if r.starts_with("/api/v1/processors") => Staff(P::ProcessorsManage),
-        "/api/v1/records-of-processing" => Staff(P::RecordsRead),
-        "/api/v1/audit" => Staff(P::AuditRead),
-        "/api/v1/keys" | "/api/v1/keys/{id}/revoke" => Staff(P::KeysManage),
-        "/api/v1/segments" | "/api/v1/segments/{id}" | "/api/v1/segments/{id}/members" if get => {
-            Staff(P::SegmentsRead)
-        }
-        "/api/v1/segments" | "/api/v1/segments/{id}" | "/api/v1/segments/preview" => {
-            Staff(P::SegmentsManage)
-        }
-        "/api/v1/profiles/{id}/segments" => Staff(P::ProfilesRead),
-        "/api/v1/lifecycle" => Staff(P::StatsRead),
-        "/api/v1/audiences" | "/api/v1/audiences/{id}" if get => Staff(P::SegmentsRead),
-        "/api/v1/audiences" => Staff(P::SegmentsManage),
-        "/api/v1/imports" | "/api/v1/imports/{id}" => Staff(P::ImportsWrite),
-        // A sync decides and discloses people to a processor: an export.
-        "/api/v1/audiences/{id}/sync" | "/api/v1/audiences/{id}/syncs/{n}/file" => {
-            Staff(P::ProcessorsExport)
-        }
-        "/api/v1/templates"
-        | "/api/v1/templates/{id}"
-        | "/api/v1/automations"
-        | "/api/v1/automations/{id}"
-        | "/api/v1/campaigns/{id}"
-            if get =>
-        {
-            Staff(P::AutomationsRead)
-        }
-        "/api/v1/templates"
-        | "/api/v1/templates/{id}"
-        | "/api/v1/automations"
-        | "/api/v1/automations/{id}"
-        | "/api/v1/automations/{id}/dry-run"
-        | "/api/v1/campaigns"
-        | "/api/v1/campaigns/{id}/cancel" => Staff(P::AutomationsManage),
-        _ => return None,
-    })
+    crate::routes::need(method, route)
 }
 
 /// The authenticated caller of a staff route.
@@ -581,34 +522,28 @@ pub async fn guard(
             .into_response();
     };
     match need {
-        Need::Public | Need::Ingest => {
-            if need == Need::Public
+        Need::Public | Need::Page | Need::SignIn | Need::Ingest => {
+            let limit = match need {
+                Need::Page => Some(s.limits.per_ip),
+                Need::SignIn => Some(s.limits.login),
+                _ => None,
+            };
+            if let Some(limit) = limit
                 && let Some(ip) = peer_ip(&req)
+                && let Some(wait) = take(
+                    &s.buckets.ips,
+                    (address_bucket(ip), need == Need::SignIn),
+                    limit,
+                )
             {
-                let login = route == "/api/v1/sessions"
-                    || (route == crate::console::SIGN_IN_ROUTE && req.method() == Method::POST);
-                let limit = if login {
-                    s.limits.login
-                } else {
-                    s.limits.per_ip
-                };
-                let metered = login
-                    || route.starts_with("/c/")
-                    || route.starts_with("/u/")
-                    || route.starts_with("/p/")
-                    || route.starts_with("/r/");
-                if metered
-                    && let Some(wait) = take(&s.buckets.ips, (address_bucket(ip), login), limit)
-                {
-                    return too_many(wait);
-                }
+                return too_many(wait);
             }
             // A form on another site must not press a person's buttons: a
             // browser's POST names its origin, which must be ours, exactly
             // (a prefix would let `https://shop.example.evil` through, and
             // `null` is what a sandboxed frame anywhere sends). Mail clients
             // posting one-click unsubscribes send no Origin.
-            if need == Need::Public
+            if need.is_public()
                 && req.method() == Method::POST
                 && let Some(origin) = req.headers().get(header::ORIGIN)
                 && !same_origin(origin.as_bytes(), &s.config.public_url)

@@ -25,11 +25,14 @@ mod processors;
 mod profiles;
 mod requests;
 mod ropa;
+mod routes;
 pub mod scheduler;
 mod segments;
 pub mod serve;
+pub mod settings;
 pub mod signals;
 mod staff;
+pub mod startup;
 mod subject;
 pub mod tls;
 
@@ -41,7 +44,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+
 use tarmo_core::identity::IdentityConfig;
 use tarmo_store::Store;
 use tarmo_store::access_log::AccessLogger;
@@ -50,6 +53,7 @@ use tarmo_store::writer::WriterHandle;
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
+pub use routes::openapi;
 
 /// What the operator configures beyond the store.
 #[derive(Debug, Clone)]
@@ -260,97 +264,6 @@ impl AppState {
         title = "Tarmo",
         description = "Privacy-first customer data platform: Segment-compatible ingestion and the staff API."
     ),
-    paths(
-        ingest::identify,
-        ingest::track,
-        ingest::page,
-        ingest::screen,
-        ingest::group,
-        ingest::alias,
-        ingest::batch,
-        ingest::import,
-        profiles::lookup,
-        profiles::get_profile,
-        profiles::events,
-        consent::list_purposes,
-        consent::get_purpose,
-        consent::put_purpose,
-        consent::record,
-        signals::record_signal,
-        consent::profile_consents,
-        consent::decision,
-        consent::decisions_batch,
-        consent::subscribe,
-        consent::send_email,
-        consent::preference_link,
-        requests::create,
-        requests::list,
-        requests::get,
-        requests::verify,
-        requests::refuse,
-        requests::extend,
-        requests::lift,
-        requests::export,
-        pages::confirm_page,
-        pages::confirm_post,
-        pages::unsubscribe_page,
-        pages::unsubscribe_post,
-        pages::preferences_page,
-        pages::preferences_post,
-        pages::gpc_json,
-        pages::self_service_request,
-        pages::verify_request_page,
-        pages::verify_request_post,
-        pages::download,
-        processors::register_processor,
-        processors::list_processors,
-        processors::get_processor,
-        processors::update_processor,
-        processors::export,
-        ropa::records_of_processing,
-        staff::login,
-        staff::sign_out,
-        staff::audit,
-        staff::stats,
-        staff::create_key,
-        staff::list_keys,
-        staff::revoke_key,
-        segments::create,
-        segments::list,
-        segments::get,
-        segments::update,
-        segments::delete,
-        segments::members,
-        segments::preview,
-        segments::of_profile,
-        segments::lifecycle,
-        segments::create_audience,
-        segments::list_audiences,
-        segments::get_audience,
-        segments::sync_audience,
-        segments::sync_file,
-        imports::create,
-        imports::get,
-        automations::create_template,
-        automations::list_templates,
-        automations::get_template,
-        automations::put_template,
-        automations::delete_template,
-        automations::create_automation,
-        automations::list_automations,
-        automations::get_automation,
-        automations::put_automation,
-        automations::delete_automation,
-        automations::dry_run,
-        automations::create_campaign,
-        automations::get_campaign,
-        automations::cancel_campaign,
-        automations::sms_inbound,
-        healthz,
-        readyz,
-        metrics_route,
-        openapi_json,
-    ),
     components(schemas(ErrorBody, Readiness, tarmo_store::health::ComponentView,
         tarmo_store::health::QueueView, ingest::Accepted, tarmo_store::ProfileView, tarmo_store::MembershipView,
         tarmo_store::LifecycleView, tarmo_store::bundle::BundleSegment, tarmo_store::EventsPage,
@@ -404,159 +317,19 @@ impl utoipa::Modify for SecurityAddon {
 /// after inflating).
 pub(crate) const MAX_WIRE_BODY: usize = 1024 * 1024;
 
+/// The application: every route of the one table (`routes::ROUTES`), then
+/// from the inside out: axum's own rejections in the common error shape,
+/// the body limit, the access check (what each route needs, from the same
+/// table), per-route counts and latencies, and panics as an opaque 500.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/identify", post(ingest::identify))
-        .route("/v1/track", post(ingest::track))
-        .route("/v1/page", post(ingest::page))
-        .route("/v1/screen", post(ingest::screen))
-        .route("/v1/group", post(ingest::group))
-        .route("/v1/alias", post(ingest::alias))
-        .route("/v1/batch", post(ingest::batch))
-        .route("/v1/import", post(ingest::import))
-        .route("/api/v1/profiles/lookup", get(profiles::lookup))
-        .route("/api/v1/profiles/{id}", get(profiles::get_profile))
-        .route("/api/v1/profiles/{id}/events", get(profiles::events))
-        .route(
-            "/api/v1/profiles/{id}/consents",
-            get(consent::profile_consents),
-        )
-        .route(
-            "/api/v1/profiles/{id}/preference-link",
-            post(consent::preference_link),
-        )
-        .route("/api/v1/purposes", get(consent::list_purposes))
-        .route(
-            "/api/v1/purposes/{id}",
-            get(consent::get_purpose).put(consent::put_purpose),
-        )
-        .route("/api/v1/consents", post(consent::record))
-        .route("/api/v1/consents/signals", post(signals::record_signal))
-        .route(
-            "/api/v1/requests",
-            post(requests::create).get(requests::list),
-        )
-        .route("/api/v1/requests/{id}", get(requests::get))
-        .route("/api/v1/requests/{id}/verify", post(requests::verify))
-        .route("/api/v1/requests/{id}/refuse", post(requests::refuse))
-        .route("/api/v1/requests/{id}/extend", post(requests::extend))
-        .route("/api/v1/requests/{id}/lift", post(requests::lift))
-        .route("/api/v1/requests/{id}/export", get(requests::export))
-        .route(
-            "/api/v1/decisions",
-            get(consent::decision).post(consent::decisions_batch),
-        )
-        .route("/api/v1/subscriptions", post(consent::subscribe))
-        .route("/api/v1/messages/email", post(consent::send_email))
-        .route(
-            "/c/{token}",
-            get(pages::confirm_page).post(pages::confirm_post),
-        )
-        .route(
-            "/u/{token}",
-            get(pages::unsubscribe_page).post(pages::unsubscribe_post),
-        )
-        .route(
-            "/p/{token}",
-            get(pages::preferences_page).post(pages::preferences_post),
-        )
-        .route("/.well-known/gpc.json", get(pages::gpc_json))
-        .route("/p/{token}/request", post(pages::self_service_request))
-        .route(
-            "/r/{token}",
-            get(pages::verify_request_page).post(pages::verify_request_post),
-        )
-        .route("/r/download/{token}", get(pages::download))
-        .route(
-            "/api/v1/processors",
-            get(processors::list_processors).post(processors::register_processor),
-        )
-        .route(
-            "/api/v1/processors/{id}",
-            get(processors::get_processor).put(processors::update_processor),
-        )
-        .route("/api/v1/processors/{id}/exports", post(processors::export))
-        .route(
-            "/api/v1/records-of-processing",
-            get(ropa::records_of_processing),
-        )
-        .route("/api/v1/sessions", post(staff::login))
-        .route(
-            "/api/v1/sessions/current",
-            axum::routing::delete(staff::sign_out),
-        )
-        .route("/api/v1/audit", get(staff::audit))
-        .route("/api/v1/stats", get(staff::stats))
-        .route(
-            "/api/v1/keys",
-            get(staff::list_keys).post(staff::create_key),
-        )
-        .route("/api/v1/keys/{id}/revoke", post(staff::revoke_key))
-        .route(
-            "/api/v1/segments",
-            get(segments::list).post(segments::create),
-        )
-        .route("/api/v1/segments/preview", post(segments::preview))
-        .route(
-            "/api/v1/segments/{id}",
-            get(segments::get)
-                .put(segments::update)
-                .delete(segments::delete),
-        )
-        .route("/api/v1/segments/{id}/members", get(segments::members))
-        .route("/api/v1/profiles/{id}/segments", get(segments::of_profile))
-        .route("/api/v1/lifecycle", get(segments::lifecycle))
-        .route(
-            "/api/v1/audiences",
-            get(segments::list_audiences).post(segments::create_audience),
-        )
-        .route("/api/v1/audiences/{id}", get(segments::get_audience))
-        .route("/api/v1/audiences/{id}/sync", post(segments::sync_audience))
-        .route(
-            "/api/v1/audiences/{id}/syncs/{n}/file",
-            get(segments::sync_file),
-        )
-        .route("/api/v1/imports", post(imports::create))
-        .route("/api/v1/imports/{id}", get(imports::get))
-        .route(
-            "/api/v1/templates",
-            get(automations::list_templates).post(automations::create_template),
-        )
-        .route(
-            "/api/v1/templates/{id}",
-            get(automations::get_template)
-                .put(automations::put_template)
-                .delete(automations::delete_template),
-        )
-        .route(
-            "/api/v1/automations",
-            get(automations::list_automations).post(automations::create_automation),
-        )
-        .route(
-            "/api/v1/automations/{id}",
-            get(automations::get_automation)
-                .put(automations::put_automation)
-                .delete(automations::delete_automation),
-        )
-        .route(
-            "/api/v1/automations/{id}/dry-run",
-            post(automations::dry_run),
-        )
-        .route("/api/v1/campaigns", post(automations::create_campaign))
-        .route("/api/v1/campaigns/{id}", get(automations::get_campaign))
-        .route(
-            "/api/v1/campaigns/{id}/cancel",
-            post(automations::cancel_campaign),
-        )
-        .route("/v1/sms/inbound", post(automations::sms_inbound))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_route))
-        .route("/api/openapi.json", get(openapi_json))
-        .merge(console::routes())
+    routes::router()
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -796,7 +569,7 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, content_type = "application/json", body = Object)))]
 async fn openapi_json() -> impl IntoResponse {
-    axum::Json(ApiDoc::openapi())
+    axum::Json(routes::openapi())
 }
 
 #[cfg(test)]

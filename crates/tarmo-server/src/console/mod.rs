@@ -10,22 +10,21 @@
 //! one script there is (the builder's live count) is a file served by
 //! digest: the CSP allows `'self'` and never inline script.
 
-mod admin;
-mod dashboard;
-mod people;
-mod queue;
-mod segments;
+pub(crate) mod admin;
+pub(crate) mod dashboard;
+pub(crate) mod people;
+pub(crate) mod queue;
+pub(crate) mod segments;
 
 use std::sync::{Arc, LazyLock};
 use tarmo_core::codes::Code;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, MatchedPath, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+
 use minijinja::{Environment, Value, context};
 use ring::hmac;
 use tarmo_core::access::Permission;
@@ -38,41 +37,8 @@ use crate::{ApiError, AppState, blocking};
 const SESSION_COOKIE: &str = "tarmo_console";
 /// The sign-in form's own token (there is no session yet to bind one to).
 const SIGN_IN_COOKIE: &str = "tarmo_sign_in";
-/// The route the login rate limits apply to (see `auth::guard`).
+/// The console's sign-in route (its POST is under the sign-in limits).
 pub const SIGN_IN_ROUTE: &str = "/console/sign-in";
-
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/", get(root))
-        .route("/console", get(home))
-        .route(SIGN_IN_ROUTE, get(sign_in_page).post(sign_in))
-        .route("/console/sign-out", post(sign_out))
-        .route("/console/assets/{file}", get(asset))
-        .route("/console/search", get(people::search))
-        .route("/console/people/{id}", get(people::customer))
-        .route(
-            "/console/people/{id}/consents",
-            post(people::record_consent),
-        )
-        .route("/console/requests", get(queue::requests))
-        .route("/console/requests/{id}/{action}", post(queue::act))
-        .route("/console/access-log", get(queue::access_log))
-        .route("/console/dashboard", get(dashboard::page))
-        .route("/console/segments", get(segments::list))
-        .route(
-            "/console/segments/new",
-            get(segments::builder).post(segments::build),
-        )
-        .route("/console/segments/count", post(segments::live_count))
-        .route("/console/automations", get(admin::automations))
-        .route("/console/automations/{id}/dry-run", post(admin::dry_run))
-        .route("/console/processors", get(admin::processors))
-        .route("/console/keys", get(admin::keys).post(admin::create_key))
-        .route("/console/keys/{id}/revoke", post(admin::revoke_key))
-        .route("/console/users", post(admin::create_user))
-        .route("/console/users/{id}/roles", post(admin::user_roles))
-        .route("/console/users/{id}/disable", post(admin::disable_user))
-}
 
 // ------------------------------------------------------------- templates
 
@@ -227,7 +193,7 @@ fn see_other(to: &str) -> Response {
     r
 }
 
-async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+pub(crate) async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     let (body, kind) = if file == *CSS_NAME {
         (CSS, "text/css; charset=utf-8")
     } else if file == *JS_NAME {
@@ -329,7 +295,7 @@ impl Staff {
     pub fn may(&self, method: &Method, api_route: &str) -> bool {
         match crate::auth::need(method, api_route) {
             Some(Need::Staff(p)) => self.may_permission(p),
-            Some(Need::AnyStaffKey) | Some(Need::Public) => true,
+            Some(Need::AnyStaffKey | Need::Public | Need::Page | Need::SignIn) => true,
             Some(Need::Ingest) | None => false,
         }
     }
@@ -443,11 +409,11 @@ fn set_cookie(r: &mut Response, value: String) {
 
 // ---------------------------------------------------------------- pages
 
-async fn root() -> Response {
+pub(crate) async fn root() -> Response {
     see_other("/console")
 }
 
-async fn home(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
+pub(crate) async fn home(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
     let search = staff.may(&Method::GET, "/api/v1/profiles/lookup");
     let kinds = people::search_kinds(&s);
     render(
@@ -459,7 +425,7 @@ async fn home(staff: Staff, State(s): State<Arc<AppState>>) -> Response {
     )
 }
 
-async fn sign_in_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn sign_in_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     // Already signed in: straight on.
     if let Some(secret) = cookie(&headers, SESSION_COOKIE)
         && let Ok(Some((k, _))) = s.key_for(secret).await
@@ -492,7 +458,11 @@ fn sign_in_form(s: &AppState, status: StatusCode, error: Option<&str>) -> Respon
     r
 }
 
-async fn sign_in(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn sign_in(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let f = Form::parse(&body);
     let sent = f.get("token").unwrap_or("");
     let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or("");
@@ -548,7 +518,11 @@ async fn sign_in(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes
     }
 }
 
-async fn sign_out(staff: Staff, State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+pub(crate) async fn sign_out(
+    staff: Staff,
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Response {
     if let Err(r) = staff.form(&body) {
         return *r;
     }
