@@ -87,6 +87,7 @@ pub struct BundleRecipient {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Bundle {
     pub generated_at: String,
+    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     pub identifiers: Vec<IdentifierView>,
     #[schema(value_type = Object)]
@@ -129,16 +130,16 @@ pub fn collect(
         let rows = conn.query(
             "SELECT id, key_owner, kind, ts_ms, received_ms, body, source_id FROM events
              WHERE profile_id = $1 AND id > $2 ORDER BY id LIMIT 2000",
-            &[P::Int(profile), P::Int(last)],
+            &[P::Int(profile.0), P::Int(last)],
         )?;
         let Some(l) = rows.last() else { break };
         last = l.int(0)?;
         for r in &rows {
             let owner = r.int(1)?;
             let key = vault
-                .data_key(owner, || conn.data_key_get(owner))?
+                .data_key(ProfileId(owner), || conn.data_key_get(ProfileId(owner)))?
                 .ok_or_else(|| Error::Corrupt(format!("no data key for {owner}")))?;
-            let plain = vault.open(&key, Place::EventBody, owner, &r.blob(5)?)?;
+            let plain = vault.open(&key, Place::EventBody, ProfileId(owner), &r.blob(5)?)?;
             events.push(BundleEvent {
                 id: r.int(0)?,
                 kind: r.text(2)?,
@@ -196,7 +197,7 @@ pub fn collect(
              FROM events e LEFT JOIN api_keys k ON k.id = e.source_id
              WHERE e.profile_id = $1 AND e.source_id IS NOT NULL AND e.source_id >= 0
              GROUP BY e.source_id, k.name ORDER BY e.source_id",
-            &[P::Int(profile)],
+            &[P::Int(profile.0)],
         )?
         .iter()
         .map(|r| {
@@ -215,7 +216,7 @@ pub fn collect(
     for r in conn.query(
         "SELECT -e.source_id, count(*), min(e.received_ms) FROM events e
          WHERE e.profile_id = $1 AND e.source_id < 0 GROUP BY e.source_id ORDER BY e.source_id DESC",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )? {
         let id = r.int(0)?;
         if let Some(v) = crate::imports::get(conn, vault, id)? {
@@ -238,7 +239,7 @@ pub fn collect(
              WHERE d.profile_id = $1
                 OR d.profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
              ORDER BY d.at_ms, d.id",
-            &[P::Int(profile)],
+            &[P::Int(profile.0)],
         )?
         .iter()
         .map(|r| {
@@ -257,7 +258,7 @@ pub fn collect(
     for r in conn.query(
         "SELECT m.segment_id, s.name, s.purpose_id, m.since_ms FROM segment_members m
          JOIN segments s ON s.id = m.segment_id WHERE m.profile_id = $1 ORDER BY m.segment_id",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )? {
         segments.push(BundleSegment {
             id: r.text(0)?,

@@ -99,7 +99,7 @@ pub fn enqueue(
             "INSERT INTO outbox (profile_id, key_owner, channel, kind, payload, created_ms, next_attempt_ms, attempts, status)
              VALUES ($1, $1, $2, $3, $4, $5, $5, 0, 'pending') RETURNING id",
             &[
-                P::Int(profile),
+                P::Int(profile.0),
                 P::Text(channel),
                 P::Text(msg.kind()),
                 P::Blob(&sealed),
@@ -160,7 +160,7 @@ pub fn claim_due(
         if !won {
             continue;
         }
-        let message = match open_payload(conn, vault, owner, r.opt_blob(5)?)? {
+        let message = match open_payload(conn, vault, ProfileId(owner), r.opt_blob(5)?)? {
             Ok(m) => m,
             Err(why) => {
                 // One message that cannot be sent must not hold up those
@@ -176,7 +176,7 @@ pub fn claim_due(
         };
         out.push(Claimed {
             id,
-            profile_id: r.int(1)?,
+            profile_id: ProfileId(r.int(1)?),
             channel: r.text(3)?,
             attempts: r.int(4)? + 1,
             created_ms: r.int(6)?,

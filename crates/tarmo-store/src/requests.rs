@@ -146,6 +146,7 @@ pub struct RequestView {
     pub subject_type: String,
     /// Whether the identifier named a known person when the request came.
     pub subject_found: bool,
+    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
     /// `staff` or `self_service`.
     pub origin: String,
@@ -288,7 +289,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         &[
             P::Blob(&req.subject.bidx.0),
             P::Text(req.kind.as_str()),
-            P::Int(profile.unwrap_or(-1)),
+            P::Int(profile.map_or(-1, |p| p.0)),
         ],
     )? {
         return Err(Error::Rejected {
@@ -453,7 +454,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
     Ok(Stored {
         kind: RequestKind::parse(&r.text(0)?)?,
         status: RequestStatus::parse(&r.text(1)?)?,
-        profile: r.opt_int(2)?,
+        profile: r.opt_int(2)?.map(ProfileId),
         payload: r.opt_blob(3)?,
         due_ms: r.int(4)?,
         extended: r.opt_int(5)?.is_some(),
@@ -596,7 +597,7 @@ fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
             ctx.conn.exec(
                 "INSERT INTO profile_flags (profile_id, restricted_ms) VALUES ($1, $2)
                  ON CONFLICT (profile_id) DO UPDATE SET restricted_ms = COALESCE(profile_flags.restricted_ms, excluded.restricted_ms)",
-                &[P::Int(profile), P::Int(ctx.now_ms)],
+                &[P::Int(profile.0), P::Int(ctx.now_ms)],
             )?;
             "processing restricted: every decision reads `restricted` until it is lifted".into()
         }
@@ -746,7 +747,7 @@ pub fn lift(ctx: &mut TxCtx<'_>, id: i64, actor: &str) -> Result<()> {
     {
         ctx.conn.exec(
             "UPDATE profile_flags SET restricted_ms = NULL WHERE profile_id = $1",
-            &[P::Int(p)],
+            &[P::Int(p.0)],
         )?;
     }
     record_transition(
@@ -808,7 +809,7 @@ fn view_of(
         status,
         subject_type: r.text(3)?,
         subject_found: r.opt_int(4)?.is_some(),
-        profile_id: r.opt_int(4)?,
+        profile_id: r.opt_int(4)?.map(ProfileId),
         origin: r.text(5)?,
         received_at: rfc3339(r.int(6)?),
         due_at: rfc3339(due),

@@ -77,10 +77,10 @@ fn did(
     let rows = conn.query(
         "SELECT key_owner, body FROM events WHERE profile_id = $1 AND kind = 'track'
          AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY id DESC LIMIT 1000",
-        &[P::Int(profile), P::Int(from), P::Int(to)],
+        &[P::Int(profile.0), P::Int(from), P::Int(to)],
     )?;
     for r in rows {
-        if event_name(conn, vault, r.int(0)?, &r.blob(1)?)?.as_deref() == Some(event) {
+        if event_name(conn, vault, ProfileId(r.int(0)?), &r.blob(1)?)?.as_deref() == Some(event) {
             return Ok(true);
         }
     }
@@ -120,7 +120,7 @@ fn sent_in_week(
         for r in conn.query(
             "SELECT flow_id, done_ms FROM sends WHERE profile_id = $1
              AND status = 'sent' AND done_ms >= $2",
-            &[P::Int(p), P::Int(now_ms - 7 * DAY_MS)],
+            &[P::Int(p.0), P::Int(now_ms - 7 * DAY_MS)],
         )? {
             out.push((r.text(0)?, r.int(1)?));
         }
@@ -172,9 +172,9 @@ fn offer_of(
     };
     let owner = r.int(0)?;
     let key = vault
-        .data_key(owner, || conn.data_key_get(owner))?
+        .data_key(ProfileId(owner), || conn.data_key_get(ProfileId(owner)))?
         .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
-    let body = vault.open(&key, Place::EventBody, owner, &r.blob(1)?)?;
+    let body = vault.open(&key, Place::EventBody, ProfileId(owner), &r.blob(1)?)?;
     let product = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
         match b.get("properties")?.get(PRODUCT_PROPERTY)? {
             Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
@@ -471,7 +471,7 @@ pub fn send_due(
             by_purpose
                 .entry(f.flow.sending().0)
                 .or_default()
-                .push(r.int(1)?);
+                .push(ProfileId(r.int(1)?));
         }
     }
     let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
@@ -482,7 +482,7 @@ pub fn send_due(
     }
     for r in rows {
         let flow = r.text(0)?;
-        let profile = r.int(1)?;
+        let profile = ProfileId(r.int(1)?);
         let subject = all
             .get(&flow)
             .and_then(|f| subjects.get(&(f.flow.sending().0, profile)))
@@ -496,7 +496,7 @@ pub fn send_due(
         };
         let key = [
             P::Text(&due.flow),
-            P::Int(due.profile),
+            P::Int(due.profile.0),
             P::Text(&due.occurrence),
         ];
         let Some(f) = all.get(&due.flow) else {
@@ -622,7 +622,7 @@ pub fn dry_run(
         .map(|r| {
             Ok(Due {
                 flow: id.to_owned(),
-                profile: r.int(0)?,
+                profile: ProfileId(r.int(0)?),
                 occurrence: r.text(1)?,
                 since_ms: r.int(2)?,
                 subject: None,
@@ -645,10 +645,10 @@ pub fn dry_run(
             &[P::Text(&s), P::Int(left.max(0))],
         )? {
             let p = r.int(0)?;
-            if !dues.iter().any(|d| d.profile == p) {
+            if !dues.iter().any(|d| d.profile == ProfileId(p)) {
                 dues.push(Due {
                     flow: id.to_owned(),
-                    profile: p,
+                    profile: ProfileId(p),
                     occurrence: "dry_run".into(),
                     since_ms: r.int(1)?,
                     subject: None,

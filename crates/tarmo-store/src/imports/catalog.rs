@@ -506,11 +506,11 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
     let mut latest: Option<(i64, String)> = None;
     for r in conn.query(
         "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY ts_ms DESC, id DESC",
-        &[P::Int(p.id)],
+        &[P::Int(p.id.0)],
     )? {
         let owner = r.int(0)?;
-        let key = key_of(conn, owner)?;
-        let plain = vault.open(&key, Place::EventBody, owner, &r.blob(2)?)?;
+        let key = key_of(conn, ProfileId(owner))?;
+        let plain = vault.open(&key, Place::EventBody, ProfileId(owner), &r.blob(2)?)?;
         let v: Value = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
         if v.get("event").and_then(Value::as_str) != Some(super::ORDER_EVENT) {
             continue;
