@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -284,7 +285,7 @@ pub async fn confirm_post(
 }
 
 /// A link to the person's preference page, in their language when known.
-pub(crate) fn preference_url(s: &AppState, profile: i64, language: Option<&str>) -> String {
+pub(crate) fn preference_url(s: &AppState, profile: ProfileId, language: Option<&str>) -> String {
     let token = links::sign_link(
         s.store.vault(),
         PREFERENCES_LINK,
@@ -386,7 +387,7 @@ pub async fn unsubscribe_post(
 
 /// A preference link's profile and the person's own language, when the link
 /// names one.
-fn open_preferences(s: &AppState, token: &str) -> Result<(i64, Option<String>), ApiError> {
+fn open_preferences(s: &AppState, token: &str) -> Result<(ProfileId, Option<String>), ApiError> {
     links::open_link(s.store.vault(), PREFERENCES_LINK, token)
         .filter(|l| now_ms() - l.issued_ms < PREFERENCES_TTL_MS)
         .and_then(|l| {
@@ -420,7 +421,7 @@ fn group(c: &ledger::CatalogEntry) -> Group {
 async fn record_gpc_if_sent(
     s: &AppState,
     headers: &HeaderMap,
-    profile: i64,
+    profile: ProfileId,
     ev: Map<String, Value>,
 ) -> Result<bool, ApiError> {
     if !gpc(headers) {
@@ -582,7 +583,7 @@ fn channel_boxes(
 
 async fn render_preferences(
     s: &AppState,
-    profile: i64,
+    profile: ProfileId,
     token: &str,
     lang: Lang,
     gpc_seen: bool,
@@ -1124,7 +1125,9 @@ pub async fn verify_request_post(
             s.store.vault(),
             DOWNLOAD_LINK,
             &SignedLink {
-                profile_id: id,
+                // A download link names the request where other links
+                // name the profile (the token's layout is the same).
+                profile_id: ProfileId(id),
                 scope: "bundle".into(),
                 issued_ms: now_ms(),
             },
@@ -1157,9 +1160,9 @@ pub async fn download(
     else {
         return error_page(ApiError::new(Code::LinkInvalid, ""), lang);
     };
-    match crate::requests::bundle_for(&s, link.profile_id).await {
+    match crate::requests::bundle_for(&s, link.profile_id.0).await {
         Ok(b) => {
-            let mut r = crate::requests::bundle_response(&b, link.profile_id, Some("zip"))
+            let mut r = crate::requests::bundle_response(&b, link.profile_id.0, Some("zip"))
                 .unwrap_or_else(IntoResponse::into_response);
             secure_headers(r.headers_mut());
             r

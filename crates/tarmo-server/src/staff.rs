@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -131,7 +132,7 @@ pub async fn audit(
     let records = blocking(move || {
         let mut c = store.conn()?;
         match q.profile {
-            Some(p) => tarmo_store::access_log::for_profile(&mut *c, p, limit),
+            Some(p) => tarmo_store::access_log::for_profile(&mut *c, ProfileId(p), limit),
             None => tarmo_store::access_log::recent(&mut *c, limit),
         }
     })
