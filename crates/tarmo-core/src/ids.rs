@@ -4,7 +4,7 @@
 //! Each is the database's integer and nothing more: on the wire it is the
 //! bare number (`#[serde(transparent)]`), in a path it parses like one
 //! (`FromStr`, and `Path<ProfileId>` through serde), and in the API document
-//! it stays `integer`/`int64` (the server's schemas say `value_type = i64`).
+//! its schema is the one it had as an alias of `i64` (feature `openapi`).
 //! Binding to SQL stays in the store, which reads the number with `.0`: the
 //! core knows no database.
 
@@ -33,6 +33,22 @@ macro_rules! row_id {
             type Err = ParseIntError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 s.parse().map(Self)
+            }
+        }
+
+        // The schema the API document had while the id was an alias of
+        // `i64`, kept so that the document does not change with the type.
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                <i64 as utoipa::PartialSchema>::schema()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                <i64 as utoipa::ToSchema>::name()
             }
         }
     };

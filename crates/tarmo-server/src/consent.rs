@@ -236,7 +236,6 @@ pub enum ConsentBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Recorded {
-    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
     /// The ledger entry's number; absent for an erased (suppressed) person,
     /// for whom nothing is recorded.
@@ -413,7 +412,6 @@ pub struct ConsentStateView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileConsents {
-    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     /// The current state, one per purpose the person has a record for.
     pub states: Vec<ConsentStateView>,
@@ -517,7 +515,6 @@ pub struct DecisionView {
     pub since: Option<String>,
     pub purpose: String,
     /// The person's current profile id; null when unknown or erased.
-    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
 }
 
@@ -746,7 +743,6 @@ pub struct SubscriptionView {
     /// `pending_confirmation` (a message is on its way), `already_granted`,
     /// or `suppressed` (the person was erased; nothing stored or sent).
     pub status: &'static str,
-    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
     pub pending: Vec<String>,
     pub already_granted: Vec<String>,

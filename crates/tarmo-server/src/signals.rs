@@ -291,7 +291,6 @@ pub struct SignalEntry {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SignalRecorded {
     /// The person's current profile; null when erased (suppressed).
-    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
     /// `tcf` or `gpp`: the method the entries are recorded with.
     pub method: &'static str,

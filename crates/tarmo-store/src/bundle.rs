@@ -87,7 +87,6 @@ pub struct BundleRecipient {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Bundle {
     pub generated_at: String,
-    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     pub identifiers: Vec<IdentifierView>,
     #[schema(value_type = Object)]

@@ -666,7 +666,6 @@ pub struct LedgerEntryView {
     pub seq: i64,
     /// The profile the entry was recorded for (a profile merged since keeps
     /// its entries under its old id).
-    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     pub purpose: String,
     pub decision: String,

@@ -330,7 +330,6 @@ pub struct ExportedIdentifier {
 pub struct ExportedPerson {
     /// Where the person was in the request's `subjects`.
     pub position: usize,
-    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identifiers: Option<Vec<ExportedIdentifier>>,

@@ -146,7 +146,6 @@ pub struct RequestView {
     pub subject_type: String,
     /// Whether the identifier named a known person when the request came.
     pub subject_found: bool,
-    #[schema(value_type = Option<i64>)]
     pub profile_id: Option<ProfileId>,
     /// `staff` or `self_service`.
     pub origin: String,

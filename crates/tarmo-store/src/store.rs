@@ -96,10 +96,8 @@ pub struct IdentifierView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MergeView {
     /// The profile that remained.
-    #[schema(value_type = i64)]
     pub into_profile: ProfileId,
     /// The profile that was merged into it (or would have been).
-    #[schema(value_type = i64)]
     pub from_profile: ProfileId,
     /// The kind of identifier the two profiles shared.
     pub identifier_type: String,
@@ -112,7 +110,6 @@ pub struct MergeView {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProfileView {
-    #[schema(value_type = i64)]
     pub id: ProfileId,
     pub created_at: String,
     pub updated_at: String,
@@ -164,7 +161,6 @@ pub struct EventView {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EventsPage {
-    #[schema(value_type = i64)]
     pub profile_id: ProfileId,
     pub events: Vec<EventView>,
     /// Pass as `before` to read the next (older) page; absent on the last.
