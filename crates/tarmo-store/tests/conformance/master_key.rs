@@ -42,11 +42,11 @@ fn person(h: &Harness, user: &str, email: &str) -> ProfileId {
 }
 
 /// Everything a reopened store must still do with what was stored before.
-fn reads_back(store: &Store, p: i64, email: &str) {
+fn reads_back(store: &Store, p: ProfileId, email: &str) {
     let cfg = tarmo_core::identity::IdentityConfig::new(Some("FI"), &[]).unwrap();
     let id = cfg.identifier(cfg.kind("email").unwrap(), email).unwrap();
-    assert_eq!(store.find_profile(&id).unwrap(), Some(p).map(ProfileId));
-    let view = store.profile_view(ProfileId(p)).unwrap().unwrap();
+    assert_eq!(store.find_profile(&id).unwrap(), Some(p));
+    let view = store.profile_view(p).unwrap().unwrap();
     assert_eq!(view.traits["city"], "Vaasa");
     assert!(view.identifiers.iter().any(|i| i.value == email));
     let mut c = store.conn().unwrap();
@@ -97,13 +97,13 @@ pub fn a_store_made_before_installation_keys_keeps_its_keys(h: &Harness) {
     // Upgraded on open: the record is back, everything reads.
     let store = Store::open(h.backend(), &master, 10).unwrap();
     assert!(record(h).is_some());
-    reads_back(&store, p.0, "legacy@example.fi");
+    reads_back(&store, p, "legacy@example.fi");
     // And the upgraded store rotates like any other.
     let new = MasterKey::generate().unwrap();
     rotate_master(&h.backend(), &master, &new).unwrap();
     reads_back(
         &Store::open(h.backend(), &new, 10).unwrap(),
-        p.0,
+        p,
         "legacy@example.fi",
     );
 }
@@ -163,15 +163,15 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
     assert_eq!(count_keys(), data_keys);
     // The running store goes on with the keys it holds.
     let q = person(h, "rot-2", "after@example.fi");
-    reads_back(&h.store, q.0, "after@example.fi");
+    reads_back(&h.store, q, "after@example.fi");
     // The old key no longer opens the store; the new one opens everything.
     assert!(matches!(
         Store::open(h.backend(), &master, 10).err(),
         Some(Error::WrongMasterKey)
     ));
     let reopened = Store::open(h.backend(), &new, 10).unwrap();
-    reads_back(&reopened, p.0, "rotate@example.fi");
-    reads_back(&reopened, q.0, "after@example.fi");
+    reads_back(&reopened, p, "rotate@example.fi");
+    reads_back(&reopened, q, "after@example.fi");
     // Rotating again needs the new key as the current one.
     assert!(matches!(
         rotate_master(&h.backend(), &master, &MasterKey::generate().unwrap()),
@@ -213,7 +213,7 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
     assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
     let winner = &hexes[results.iter().position(|ok| *ok).unwrap()];
     let store = Store::open(h.backend(), &MasterKey::from_hex(winner).unwrap(), 10).unwrap();
-    reads_back(&store, p.0, "rotate@example.fi");
+    reads_back(&store, p, "rotate@example.fi");
 }
 
 /// PostgreSQL: the wrapped data keys are in schema `keyring`, apart from
@@ -241,7 +241,7 @@ pub fn the_data_keys_live_in_a_schema_of_their_own(h: &Harness) {
     drop(c);
     reads_back(
         &Store::open(h.backend(), &h.master(), 10).unwrap(),
-        p.0,
+        p,
         "schema@example.fi",
     );
 }
