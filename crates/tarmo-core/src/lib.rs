@@ -13,6 +13,7 @@ pub mod automations;
 pub mod codes;
 pub mod consent;
 pub mod identity;
+pub mod ids;
 pub mod processor;
 pub mod profile;
 pub mod segment;

@@ -27,7 +27,7 @@ use tarmo_core::segment::{BatchDefaults, parse_message};
 use tarmo_notify::testing::SmtpSink;
 use tarmo_notify::{Deliver, Email, Mailbox, MessageId, SmtpConfig, SmtpMailer};
 use tarmo_store::automations as flows;
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
@@ -105,7 +105,7 @@ fn main() {
             .collect();
         writer.submit_blocking(prepared).unwrap();
     }
-    let ids: Vec<i64> = store
+    let ids: Vec<ProfileId> = store
         .conn()
         .unwrap()
         .query(
@@ -114,7 +114,7 @@ fn main() {
         )
         .unwrap()
         .iter()
-        .map(|r| r.int(0).unwrap())
+        .map(|r| ProfileId(r.int(0).unwrap()))
         .collect();
     assert_eq!(ids.len(), n);
     for chunk in ids.chunks(1000) {
@@ -148,7 +148,7 @@ fn main() {
             for p in members {
                 ctx.conn.exec(
                     "INSERT INTO segment_members (segment_id, profile_id, since_ms) VALUES ('all', $1, 0)",
-                    &[P::Int(p)],
+                    &[P::Int(p.0)],
                 )?;
             }
             let t: Template = serde_json::from_value(json!({"id": "hello", "channel": "email", "languages": {

@@ -12,6 +12,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
@@ -90,7 +91,7 @@ impl Principal {
     pub fn access(
         &self,
         action: &'static str,
-        profiles: Vec<i64>,
+        profiles: Vec<ProfileId>,
     ) -> tarmo_store::access_log::AccessRecord {
         tarmo_store::access_log::AccessRecord {
             at_ms: tarmo_store::now_ms(),

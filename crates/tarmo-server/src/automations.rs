@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -79,7 +80,8 @@ pub struct FlowList {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DryRunRow {
-    pub profile_id: i64,
+    #[schema(value_type = i64)]
+    pub profile_id: ProfileId,
     /// `send`, `skip` or `wait` (quiet hours).
     pub outcome: String,
     pub reason: Option<String>,

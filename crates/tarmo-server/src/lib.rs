@@ -182,7 +182,7 @@ impl AppState {
         &self,
         p: &auth::Principal,
         action: &'static str,
-        profiles: Vec<i64>,
+        profiles: Vec<tarmo_store::conn::ProfileId>,
     ) -> Result<(), ApiError> {
         if profiles.is_empty() {
             return Ok(());

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tarmo_core::consent::{Channel, decide};
+use tarmo_core::ids::ProfileId;
 use tarmo_notify::templates::{self, ConfirmationContext};
 use tarmo_notify::{Deliver, DeliverSms, Email, Mailbox, MessageId, SendError};
 use tarmo_store::consent::Subject;
@@ -173,10 +174,10 @@ fn run(w: &MailWorker, svc: &Services, stop: &AtomicBool) {
 /// message. The page is sent within moments of the read; the decision
 /// that let each message into the outbox was taken in the transaction
 /// that wrote it.
-type Subjects = HashMap<(String, i64), Subject>;
+type Subjects = HashMap<(String, ProfileId), Subject>;
 
 fn subjects_of(svc: &Services, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
-    let mut by_purpose: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut by_purpose: HashMap<&str, Vec<ProfileId>> = HashMap::new();
     for m in list {
         if let OutboxMessage::Marketing { purpose, .. }
         | OutboxMessage::MarketingSms { purpose, .. }
@@ -192,7 +193,7 @@ fn subjects_of(svc: &Services, list: &[Claimed]) -> Result<Subjects, tarmo_store
 fn subject_now(
     svc: &Services,
     subjects: &Subjects,
-    profile: i64,
+    profile: ProfileId,
     purpose: &str,
 ) -> Result<Subject, tarmo_store::Error> {
     match subjects.get(&(purpose.to_owned(), profile)) {
@@ -247,7 +248,7 @@ fn deliver(w: &MailWorker, svc: &Services, m: Claimed, subjects: &Subjects) {
     let attempts = m.attempts;
     let record = match outcome {
         Outcome::Sent => {
-            tracing::info!(outbox_id = id, profile_id = m.profile_id, "message sent");
+            tracing::info!(outbox_id = id, profile_id = m.profile_id.0, "message sent");
             SendOutcome::Sent
         }
         Outcome::Retry(why) => {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -35,10 +36,10 @@ fn not_found() -> ApiError {
     ApiError::new(Code::ProfileNotFound, "no profile matches")
 }
 
-pub(crate) fn profile_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
+pub(crate) fn profile_id(raw: &str) -> Result<ProfileId, ApiError> {
+    raw.parse::<ProfileId>()
         .ok()
-        .filter(|v| *v > 0)
+        .filter(|v| v.0 > 0)
         .ok_or_else(|| ApiError::new(Code::InvalidProfileId, "a profile id is a positive integer"))
 }
 

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -75,7 +76,8 @@ pub struct SegmentList {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Member {
-    pub profile_id: i64,
+    #[schema(value_type = i64)]
+    pub profile_id: ProfileId,
     /// When they entered.
     pub since: String,
 }
@@ -84,14 +86,16 @@ pub struct Member {
 pub struct MemberPage {
     pub members: Vec<Member>,
     /// Pass as `after` for the next page; absent on the last.
-    pub next: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    pub next: Option<ProfileId>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Preview {
     pub count: usize,
     /// Up to ten profile ids that hold.
-    pub sample: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub sample: Vec<ProfileId>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -102,7 +106,8 @@ pub struct Membership {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileSegments {
-    pub profile_id: i64,
+    #[schema(value_type = i64)]
+    pub profile_id: ProfileId,
     pub segments: Vec<Membership>,
 }
 
@@ -363,9 +368,10 @@ pub async fn members(
     }
     let engine = s.segments.clone();
     let purposes = p.grant.bound().then(|| p.grant.purposes.clone());
-    let page = blocking(move || engine.members(&id, q.after, limit, purposes.as_deref()))
-        .await?
-        .ok_or_else(not_found)?;
+    let page =
+        blocking(move || engine.members(&id, q.after.map(ProfileId), limit, purposes.as_deref()))
+            .await?
+            .ok_or_else(not_found)?;
     s.log_access(
         &p,
         "segment_members",

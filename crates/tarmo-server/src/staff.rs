@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -128,7 +129,7 @@ pub async fn audit(
         ));
     }
     let svc = s.svc.clone();
-    let records = blocking(move || staff::audit(&svc, q.profile, limit)).await?;
+    let records = blocking(move || staff::audit(&svc, q.profile.map(ProfileId), limit)).await?;
     Ok(Json(AuditList { records }))
 }
 

@@ -26,7 +26,7 @@ use tarmo_core::segment::{BatchDefaults, parse_message};
 use tarmo_store::automations::follow::follow;
 use tarmo_store::automations::send::send_due;
 use tarmo_store::automations::{self as flows, SendConfig};
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
@@ -184,7 +184,7 @@ fn main() {
             .iter()
             .map(|&p| NewEntry {
                 channel: None,
-                profile_id: p,
+                profile_id: ProfileId(p),
                 purpose: "email_marketing".into(),
                 decision: ConsentDecision::Granted,
                 method: Method::WebForm,
@@ -253,7 +253,7 @@ fn main() {
     let mut allowed = 0;
     for &p in &ids {
         if let Subject::Known(_, st, fl) =
-            consent::subject_by_id(&mut *c, p, "email_marketing").unwrap()
+            consent::subject_by_id(&mut *c, ProfileId(p), "email_marketing").unwrap()
             && decide(&rule, Some(Channel::Email), st.as_ref(), fl, now_ms()).allowed
         {
             allowed += 1;

@@ -131,7 +131,7 @@ fn main() {
             .unwrap()
             .query(
                 "SELECT id FROM events WHERE profile_id = $1 ORDER BY id DESC LIMIT 50",
-                &[P::Int(person)],
+                &[P::Int(person.0)],
             )
             .unwrap();
         assert_eq!(rows.len(), 50);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tarmo_core::identity::{IdentifierKind, IdentityConfig};
 use tarmo_core::segment::{BatchDefaults, parse_message};
+use tarmo_store::conn::ProfileId;
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
 use tarmo_store::{Backend, Store, consent, erasure};
@@ -81,7 +82,7 @@ fn main() {
     let erase = |id: i64| {
         let t = Instant::now();
         writer
-            .transact_blocking(move |ctx| erasure::erase_profile(ctx, id, None, true))
+            .transact_blocking(move |ctx| erasure::erase_profile(ctx, ProfileId(id), None, true))
             .unwrap();
         t.elapsed().as_secs_f64() * 1000.0
     };
@@ -132,7 +133,7 @@ fn main() {
     let mut loaded: Vec<f64> = Vec::new();
     for &id in &ids[..half] {
         std::thread::sleep(per.max(Duration::from_millis(200)));
-        loaded.push(erase(id));
+        loaded.push(erase(id.0));
     }
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
@@ -145,7 +146,7 @@ fn main() {
         .iter()
         .map(|&id| {
             std::thread::sleep(Duration::from_millis(20));
-            erase(id)
+            erase(id.0)
         })
         .collect();
     let (ckpt_n, ckpt_ms) = (ckpt.count() - load_n, ckpt.sum_seconds() * 1000.0 - load_ms);

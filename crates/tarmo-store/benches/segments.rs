@@ -29,6 +29,7 @@ use tarmo_core::identity::IdentityConfig;
 use tarmo_core::segment::{BatchDefaults, parse_message};
 use tarmo_core::segments::audience::AudienceFormat;
 use tarmo_core::segments::{LifecycleConfig, Rule, text};
+use tarmo_store::conn::ProfileId;
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::segments::SegmentDef;
 use tarmo_store::segments::audiences::AudienceDef;
@@ -205,7 +206,7 @@ fn main() {
                 .flat_map(|p| {
                     ["email_marketing", "ad_audiences"].map(|purpose| NewEntry {
                         channel: None,
-                        profile_id: *p,
+                        profile_id: ProfileId(*p),
                         purpose: purpose.into(),
                         decision: ConsentDecision::Granted,
                         method: Method::WebForm,

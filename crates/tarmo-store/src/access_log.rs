@@ -87,7 +87,7 @@ impl Link for AccessLink<'_> {
             h.update(s.as_bytes());
         }
         for p in self.profiles {
-            h.update(p.to_le_bytes());
+            h.update(p.0.to_le_bytes());
         }
         h.finalize().into()
     }
@@ -132,7 +132,7 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
         for p in &profiles {
             conn.exec(
                 "INSERT INTO access_log_subjects (profile_id, seq) VALUES ($1, $2)",
-                &[P::Int(*p), P::Int(link.seq)],
+                &[P::Int(p.0), P::Int(link.seq)],
             )?;
         }
     }
@@ -161,7 +161,10 @@ pub fn verify(
             "SELECT seq, profile_id FROM access_log_subjects WHERE seq >= $1 AND seq <= $2",
             &[P::Int(lo), P::Int(hi)],
         )? {
-            subjects.entry(s.int(0)?).or_default().push(s.int(1)?);
+            subjects
+                .entry(s.int(0)?)
+                .or_default()
+                .push(ProfileId(s.int(1)?));
         }
         for r in &rows {
             let seq = r.int(0)?;
@@ -239,7 +242,7 @@ pub fn for_profile(conn: &mut dyn Conn, profile: ProfileId, limit: i64) -> Resul
         "SELECT l.seq, l.at_ms, l.key_id, l.user_id, l.roles, l.purposes, l.route, l.action, l.subjects
          FROM access_log_subjects s JOIN access_log l ON l.seq = s.seq
          WHERE s.profile_id = $1 ORDER BY l.seq DESC LIMIT $2",
-        &[P::Int(profile), P::Int(limit)],
+        &[P::Int(profile.0), P::Int(limit)],
     )?
     .iter()
     .map(view)

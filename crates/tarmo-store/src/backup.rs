@@ -433,7 +433,7 @@ pub fn erase_keyless(writer: &WriterHandle) -> Result<u64> {
                 &[],
             )?
             .iter()
-            .map(|r| r.int(0))
+            .map(|r| r.int(0).map(ProfileId))
             .collect::<Result<_>>()?;
         for &p in &holders {
             crate::erasure::erase_profile(ctx, p, None, false)?;
@@ -461,7 +461,7 @@ pub fn replay_erasures(
             &[P::Int(after)],
         )?
         .iter()
-        .map(|r| r.int(0))
+        .map(|r| r.int(0).map(ProfileId))
         .collect::<Result<_>>()?;
     let mut report = Replay {
         erasures: logged.len() as u64,
@@ -486,7 +486,7 @@ pub fn replay_erasures(
         let erased = writer.transact_blocking(move |ctx| {
             let held = !ctx
                 .conn
-                .query("SELECT 1 FROM profiles WHERE id = $1", &[P::Int(profile)])?
+                .query("SELECT 1 FROM profiles WHERE id = $1", &[P::Int(profile.0)])?
                 .is_empty();
             // No request: the processors were told when the live store
             // erased the person. Logged even when the copy no longer holds

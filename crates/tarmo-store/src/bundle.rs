@@ -137,13 +137,18 @@ pub fn collect(
         let rows = conn.query(
             "SELECT id, key_owner, kind, ts_ms, received_ms, body, source_id FROM events
              WHERE profile_id = $1 AND id > $2 ORDER BY id LIMIT 2000",
-            &[P::Int(profile), P::Int(last)],
+            &[P::Int(profile.0), P::Int(last)],
         )?;
         let Some(l) = rows.last() else { break };
         last = l.int(0)?;
         for r in &rows {
-            let message =
-                person::open_json(conn, vault, r.int(1)?, Place::EventBody, &r.sealed(5)?)?;
+            let message = person::open_json(
+                conn,
+                vault,
+                ProfileId(r.int(1)?),
+                Place::EventBody,
+                &r.sealed(5)?,
+            )?;
             events.push(BundleEvent {
                 id: r.int(0)?,
                 kind: r.text(2)?,
@@ -200,7 +205,7 @@ pub fn collect(
              FROM events e LEFT JOIN api_keys k ON k.id = e.source_id
              WHERE e.profile_id = $1 AND e.source_id IS NOT NULL AND e.source_id >= 0
              GROUP BY e.source_id, k.name ORDER BY e.source_id",
-            &[P::Int(profile)],
+            &[P::Int(profile.0)],
         )?
         .iter()
         .map(|r| {
@@ -219,7 +224,7 @@ pub fn collect(
     for r in conn.query(
         "SELECT -e.source_id, count(*), min(e.received_ms) FROM events e
          WHERE e.profile_id = $1 AND e.source_id < 0 GROUP BY e.source_id ORDER BY e.source_id DESC",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )? {
         let id = r.int(0)?;
         if let Some(v) = crate::imports::get(conn, vault, id)? {
@@ -242,7 +247,7 @@ pub fn collect(
              WHERE d.profile_id = $1
                 OR d.profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
              ORDER BY d.at_ms, d.id",
-            &[P::Int(profile)],
+            &[P::Int(profile.0)],
         )?
         .iter()
         .map(|r| {
@@ -261,7 +266,7 @@ pub fn collect(
     for r in conn.query(
         "SELECT m.segment_id, s.name, s.purpose_id, m.since_ms FROM segment_members m
          JOIN segments s ON s.id = m.segment_id WHERE m.profile_id = $1 ORDER BY m.segment_id",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )? {
         segments.push(BundleSegment {
             id: r.text(0)?,

@@ -471,7 +471,7 @@ pub fn state(
         &format!(
             "SELECT {STATE_COLUMNS} FROM consent_state WHERE profile_id = $1 AND purpose_id = $2"
         ),
-        &[P::Int(profile), P::Text(purpose)],
+        &[P::Int(profile.0), P::Text(purpose)],
     )?
     .map(|r| state_of_row(&r, 0))
     .transpose()
@@ -484,7 +484,7 @@ pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, Co
             "SELECT purpose_id, {STATE_COLUMNS} FROM consent_state
              WHERE profile_id = $1 ORDER BY purpose_id"
         ),
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?
     .iter()
     .map(|r| Ok((r.text(0)?, state_of_row(r, 1)?)))
@@ -504,7 +504,7 @@ fn put_state(
              method = excluded.method, at_ms = excluded.at_ms, notice_seq = excluded.notice_seq,
              seq = excluded.seq, gpc_ms = excluded.gpc_ms, channels_off = excluded.channels_off",
         &[
-            P::Int(profile),
+            P::Int(profile.0),
             P::Text(purpose),
             P::Text(s.decision.as_str()),
             P::Text(s.method.as_str()),
@@ -607,8 +607,8 @@ pub fn append(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             &[
                 P::Int(seq),
-                P::Int(e.profile_id),
-                P::Int(e.profile_id),
+                P::Int(e.profile_id.0),
+                P::Int(e.profile_id.0),
                 P::Text(&e.purpose),
                 P::Text(e.decision.as_str()),
                 P::Text(e.method.as_str()),
@@ -745,17 +745,17 @@ pub fn history(
                 recorded_ms, source, evidence, hash, channel FROM consent_ledger
          WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
          ORDER BY seq",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let owner = r.int(2)?;
+        let owner = ProfileId(r.int(2)?);
         let opened: Value =
             person::open_json(conn, vault, owner, Place::ConsentEvidence, &r.sealed(10)?)?;
         let (source, evidence) = unseal_source(r.text(9)?, opened);
         out.push(LedgerEntryView {
             seq: r.int(0)?,
-            profile_id: r.int(1)?,
+            profile_id: ProfileId(r.int(1)?),
             purpose: r.text(3)?,
             decision: r.text(4)?,
             method: r.text(5)?,
@@ -800,8 +800,8 @@ pub fn verify(
             let channel = r.opt_text(14)?;
             let f = LedgerLink(ChainFields {
                 seq,
-                profile_id: r.int(1)?,
-                key_owner: r.int(2)?,
+                profile_id: ProfileId(r.int(1)?),
+                key_owner: ProfileId(r.int(2)?),
                 purpose: &purpose,
                 decision: &decision,
                 method: &method,
@@ -855,7 +855,7 @@ pub fn fold_all(conn: &mut dyn Conn) -> Result<StateMap> {
                     .transpose()
                     .map_err(corrupt)?,
             };
-            let k = (r.int(1)?, r.text(2)?);
+            let k = (ProfileId(r.int(1)?), r.text(2)?);
             let next = fold(out.get(&k).copied(), &facts);
             match next {
                 Some(s) => out.insert(k, s),
@@ -873,7 +873,7 @@ pub fn materialised(conn: &mut dyn Conn) -> Result<StateMap> {
         &[],
     )?;
     rows.iter()
-        .map(|r| Ok(((r.int(0)?, r.text(1)?), state_of_row(r, 2)?)))
+        .map(|r| Ok(((ProfileId(r.int(0)?), r.text(1)?), state_of_row(r, 2)?)))
         .collect()
 }
 
@@ -908,7 +908,7 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
         "SELECT seq, purpose_id, decision, method, at_ms, notice_seq, channel FROM consent_ledger
          WHERE profile_id = $1 OR profile_id IN (SELECT id FROM profiles WHERE merged_into = $1)
          ORDER BY seq",
-        &[P::Int(into)],
+        &[P::Int(into.0)],
     )?;
     let mut folded: BTreeMap<String, ConsentState> = BTreeMap::new();
     for r in &rows {
@@ -935,12 +935,12 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
     crate::dashboard::states_removed(
         conn,
         "profile_id = $1 OR profile_id = $2",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
         today,
     )?;
     conn.exec(
         "DELETE FROM consent_state WHERE profile_id = $1 OR profile_id = $2",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
     )?;
     for (purpose, s) in &folded {
         put_state(conn, into, purpose, s)?;
@@ -950,11 +950,11 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
         "INSERT INTO consent_signals (profile_id, hash, at_ms)
          SELECT $2, hash, at_ms FROM consent_signals WHERE profile_id = $1
          ON CONFLICT DO NOTHING",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
     )?;
     conn.exec(
         "DELETE FROM consent_signals WHERE profile_id = $1",
-        &[P::Int(from)],
+        &[P::Int(from.0)],
     )?;
     // A restriction of either person's data restricts the merged profile.
     conn.exec(
@@ -962,16 +962,16 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
          SELECT $2, restricted_ms FROM profile_flags WHERE profile_id = $1 AND restricted_ms IS NOT NULL
          ON CONFLICT (profile_id) DO UPDATE SET restricted_ms =
              COALESCE(profile_flags.restricted_ms, excluded.restricted_ms)",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
     )?;
     conn.exec(
         "DELETE FROM profile_flags WHERE profile_id = $1",
-        &[P::Int(from)],
+        &[P::Int(from.0)],
     )?;
     for table in ["tokens", "outbox"] {
         conn.exec(
             &format!("UPDATE {table} SET profile_id = $2 WHERE profile_id = $1"),
-            &[P::Int(from), P::Int(into)],
+            &[P::Int(from.0), P::Int(into.0)],
         )?;
     }
     Ok(())
@@ -1016,7 +1016,7 @@ fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
         None => None,
     };
     Ok(Some(Subject::Known(
-        r.int(0)?,
+        ProfileId(r.int(0)?),
         st,
         ProfileFlags {
             restricted_since: r.opt_int(8)?,
@@ -1027,7 +1027,7 @@ fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
 
 /// The person with this profile id (following merges), for one purpose.
 pub fn subject_by_id(conn: &mut dyn Conn, profile: ProfileId, purpose: &str) -> Result<Subject> {
-    let row = conn.query_opt(SUBJECT_BY_ID, &[P::Int(profile), P::Text(purpose)])?;
+    let row = conn.query_opt(SUBJECT_BY_ID, &[P::Int(profile.0), P::Text(purpose)])?;
     Ok(subject_of(row)?.unwrap_or(Subject::Unknown))
 }
 
@@ -1055,11 +1055,11 @@ pub fn subjects_by_id(
         );
         let mut params = Vec::with_capacity(page.len() + 1);
         params.push(P::Text(purpose));
-        params.extend(page.iter().map(|&p| P::Int(p)));
+        params.extend(page.iter().map(|&p| P::Int(p.0)));
         for r in conn.query(&sql, &params)? {
             let asked = r.int(9)?;
             if let Some(s) = subject_of(Some(r))? {
-                found.insert(asked, s);
+                found.insert(ProfileId(asked), s);
             }
         }
     }
@@ -1088,7 +1088,7 @@ pub fn subject_by_identifier(
 pub fn flags(conn: &mut dyn Conn, profile: ProfileId) -> Result<ProfileFlags> {
     let r = conn.query_opt(
         "SELECT restricted_ms FROM profile_flags WHERE profile_id = $1",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?;
     Ok(ProfileFlags {
         restricted_since: r.map(|r| r.opt_int(0)).transpose()?.flatten(),
@@ -1188,7 +1188,7 @@ pub fn record_signal(
     let fresh = conn.exec(
         "INSERT INTO consent_signals (profile_id, hash, at_ms) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
-        &[P::Int(profile), P::Blob(&signal.hash), P::Int(now_ms)],
+        &[P::Int(profile.0), P::Blob(&signal.hash), P::Int(now_ms)],
     )? == 1;
     if !fresh {
         return Ok(SignalOutcome::Duplicate);

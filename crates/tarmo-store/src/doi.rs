@@ -54,9 +54,9 @@ pub struct Subscribed {
 pub fn current_profile(conn: &mut dyn Conn, id: ProfileId) -> Result<Option<ProfileId>> {
     conn.query_opt(
         "SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1",
-        &[P::Int(id)],
+        &[P::Int(id.0)],
     )?
-    .map(|r| r.int(0))
+    .map(|r| r.int(0).map(ProfileId))
     .transpose()
 }
 
@@ -80,7 +80,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
     }
     if consent::suppressed(ctx.conn, &req.identifier.bidx)?.is_some() {
         return Ok(Subscribed {
-            profile_id: 0,
+            profile_id: ProfileId(0),
             pending: Vec::new(),
             already_granted: Vec::new(),
             expires_ms: None,

@@ -49,9 +49,9 @@ pub fn erase_profile(
     let mut ids = vec![profile];
     for r in ctx.conn.query(
         "SELECT id FROM profiles WHERE merged_into = $1",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )? {
-        ids.push(r.int(0)?);
+        ids.push(ProfileId(r.int(0)?));
     }
     let mut report = ErasureReport {
         profiles: ids.len() as u64,
@@ -97,13 +97,13 @@ pub fn erase_profile(
     for &id in &ids {
         for r in ctx.conn.query(
             "SELECT owner_id FROM data_keys WHERE profile_id = $1 OR owner_id = $1",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )? {
             owners.push(r.int(0)?);
         }
     }
     for &id in &ids {
-        let one = [P::Int(id)];
+        let one = [P::Int(id.0)];
         // The erased person's states leave the dashboard's totals.
         crate::dashboard::states_removed(
             ctx.conn,
@@ -135,12 +135,16 @@ pub fn erase_profile(
     }
     for &id in &ids {
         ctx.conn
-            .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id)])?;
+            .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id.0)])?;
         // Ids and a time, never a value: what a restore of an older backup
         // replays so that it does not bring the person back.
         ctx.conn.exec(
             "INSERT INTO erasure_log (profile_id, request_id, at_ms) VALUES ($1, $2, $3)",
-            &[P::Int(id), request_id.map_or(P::Null, P::Int), P::Int(now)],
+            &[
+                P::Int(id.0),
+                request_id.map_or(P::Null, P::Int),
+                P::Int(now),
+            ],
         )?;
         // Out of every segment, history and all; the touch tells the
         // segment engine (on any node) to forget them.
@@ -151,10 +155,10 @@ pub fn erase_profile(
         crate::segments::touch(ctx.conn, id, now)?;
     }
     for o in owners {
-        ctx.vault.forget(o);
+        ctx.vault.forget(ProfileId(o));
     }
     tracing::info!(
-        profile,
+        profile = profile.0,
         request_id = request_id.unwrap_or(0),
         profiles = report.profiles,
         events = report.events,

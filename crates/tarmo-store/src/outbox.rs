@@ -13,11 +13,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Conn, P, ProfileId};
+use crate::consent::{self, Catalog, Judged, Lookup, Subject};
 use crate::crypto::person::{self, Opened};
 use crate::lease::Claimant;
-use crate::vault::{Place, Sealed, Vault};
-use crate::consent::{self, Catalog, Judged, Lookup, Subject};
 use crate::service::Services;
+use crate::vault::{Place, Sealed, Vault};
 use crate::{Error, Result};
 
 /// What to send. Personal data: only ever stored sealed.
@@ -103,7 +103,7 @@ pub fn enqueue(
             "INSERT INTO outbox (profile_id, key_owner, channel, kind, payload, created_ms, next_attempt_ms, attempts, status)
              VALUES ($1, $1, $2, $3, $4, $5, $5, 0, 'pending') RETURNING id",
             &[
-                P::Int(profile),
+                P::Int(profile.0),
                 P::Text(channel),
                 P::Text(msg.kind()),
                 P::from(&sealed),
@@ -148,7 +148,7 @@ pub fn claim_due(
     let rows = conn.query(&sql, &[P::Int(now_ms), P::Int(limit), P::Text(channel)])?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let (id, owner) = (r.int(0)?, r.int(2)?);
+        let (id, owner) = (r.int(0)?, ProfileId(r.int(2)?));
         // Another node may have claimed it since the read: only one wins.
         let won = conn.exec(
             "UPDATE outbox SET status = 'sending', attempts = attempts + 1,
@@ -180,7 +180,7 @@ pub fn claim_due(
         };
         out.push(Claimed {
             id,
-            profile_id: r.int(1)?,
+            profile_id: ProfileId(r.int(1)?),
             channel: r.text(3)?,
             attempts: r.int(4)? + 1,
             created_ms: r.int(6)?,

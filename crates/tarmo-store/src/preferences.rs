@@ -266,7 +266,9 @@ pub fn download_token(svc: &Services, request: i64) -> String {
         svc.store.vault(),
         DOWNLOAD_LINK,
         &SignedLink {
-            profile_id: request,
+            // A download link names the request where other links name the
+            // profile (the token's layout is the same).
+            profile_id: ProfileId(request),
             scope: "bundle".into(),
             issued_ms: now_ms(),
         },
@@ -277,5 +279,5 @@ pub fn download_token(svc: &Services, request: i64) -> String {
 pub fn open_download(svc: &Services, token: &str) -> Option<i64> {
     links::open_link(svc.store.vault(), DOWNLOAD_LINK, token)
         .filter(|l| l.scope == "bundle" && now_ms() - l.issued_ms < DOWNLOAD_TTL_MS)
-        .map(|l| l.profile_id)
+        .map(|l| l.profile_id.0)
 }

@@ -321,7 +321,7 @@ pub fn record_disclosure(
         "INSERT INTO disclosures (profile_id, processor_id, purpose, categories, at_ms)
          VALUES ($1, $2, $3, $4, $5)",
         &[
-            P::Int(profile),
+            P::Int(profile.0),
             P::Int(processor_id),
             P::Text(purpose),
             P::Text(&categories),
@@ -338,7 +338,7 @@ pub fn disclosures_of(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<Dis
         "SELECT d.processor_id, p.name, d.purpose, d.categories, d.at_ms
          FROM disclosures d JOIN processors p ON p.id = d.processor_id
          WHERE d.profile_id = $1 ORDER BY d.at_ms, d.id",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?
     .iter()
     .map(|r| {
@@ -358,7 +358,7 @@ pub fn disclosures_of(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<Dis
 pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Result<()> {
     conn.exec(
         "UPDATE disclosures SET profile_id = $2 WHERE profile_id = $1",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
     )?;
     Ok(())
 }
@@ -602,12 +602,17 @@ fn person_data(
                 "SELECT key_owner, kind, ts_ms, body FROM events
                  WHERE profile_id = $1 AND kind IN ({kinds}) ORDER BY id DESC LIMIT $2"
             ),
-            &[P::Int(profile), P::Int(EXPORT_EVENTS_PER_PERSON.into())],
+            &[P::Int(profile.0), P::Int(EXPORT_EVENTS_PER_PERSON.into())],
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let body: Value =
-                person::open_json(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(3)?)?;
+            let body: Value = person::open_json(
+                conn,
+                vault,
+                ProfileId(r.int(0)?),
+                Place::EventBody,
+                &r.sealed(3)?,
+            )?;
             let kind = r.text(1)?;
             let mut e = Map::new();
             let name_field = if kind == "track" { "event" } else { "name" };
@@ -719,7 +724,7 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
     for &p in profile_ids {
         for r in conn.query(
             "SELECT processor_id, categories FROM disclosures WHERE profile_id = $1",
-            &[P::Int(p)],
+            &[P::Int(p.0)],
         )? {
             let cats = received.entry(r.int(0)?).or_default();
             cats.extend(

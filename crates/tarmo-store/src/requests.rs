@@ -29,8 +29,8 @@ use crate::doi::current_profile;
 use crate::links;
 use crate::outbox::{self, OutboxMessage};
 use crate::resolve::PreparedIdentifier;
-use crate::vault::{Place, Sealed, Vault};
 use crate::service::Services;
+use crate::vault::{Place, Sealed, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, rfc3339};
 
@@ -293,7 +293,7 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
         &[
             P::Blob(&req.subject.bidx.0),
             P::Text(req.kind.as_str()),
-            P::Int(profile.unwrap_or(-1)),
+            P::Int(profile.map_or(-1, |p| p.0)),
         ],
     )? {
         return Err(Error::Rejected {
@@ -451,7 +451,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
     Ok(Stored {
         kind: RequestKind::parse(&r.text(0)?)?,
         status: RequestStatus::parse(&r.text(1)?)?,
-        profile: r.opt_int(2)?,
+        profile: r.opt_int(2)?.map(ProfileId),
         payload: r.opt_sealed(3)?,
         due_ms: r.int(4)?,
         extended: r.opt_int(5)?.is_some(),
@@ -594,7 +594,7 @@ fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
             ctx.conn.exec(
                 "INSERT INTO profile_flags (profile_id, restricted_ms) VALUES ($1, $2)
                  ON CONFLICT (profile_id) DO UPDATE SET restricted_ms = COALESCE(profile_flags.restricted_ms, excluded.restricted_ms)",
-                &[P::Int(profile), P::Int(ctx.now_ms)],
+                &[P::Int(profile.0), P::Int(ctx.now_ms)],
             )?;
             "processing restricted: every decision reads `restricted` until it is lifted".into()
         }
@@ -741,7 +741,7 @@ pub fn lift(ctx: &mut TxCtx<'_>, id: i64, actor: &str) -> Result<()> {
     {
         ctx.conn.exec(
             "UPDATE profile_flags SET restricted_ms = NULL WHERE profile_id = $1",
-            &[P::Int(p)],
+            &[P::Int(p.0)],
         )?;
     }
     record_transition(
@@ -803,7 +803,7 @@ fn view_of(
         status,
         subject_type: r.text(3)?,
         subject_found: r.opt_int(4)?.is_some(),
-        profile_id: r.opt_int(4)?,
+        profile_id: r.opt_int(4)?.map(ProfileId),
         origin: r.text(5)?,
         received_at: rfc3339(r.int(6)?),
         due_at: rfc3339(due),

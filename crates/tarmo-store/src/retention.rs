@@ -20,7 +20,7 @@
 use serde::Serialize;
 use tarmo_core::consent::{ConsentDecision, Method};
 
-use crate::conn::P;
+use crate::conn::{P, ProfileId};
 use crate::consent::{Catalog, NewEntry};
 use crate::writer::WriterHandle;
 use crate::{Result, rfc3339};
@@ -143,7 +143,7 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                     .map(|r| {
                         Ok(NewEntry {
                             channel: None,
-                            profile_id: r.int(0)?,
+                            profile_id: ProfileId(r.int(0)?),
                             purpose: p.clone(),
                             decision: ConsentDecision::Expired,
                             method: Method::System,
@@ -185,7 +185,7 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                     return Ok((rows.len() as u64, true));
                 }
                 for r in &rows {
-                    crate::erasure::erase_profile(ctx, r.int(0)?, None, false)?;
+                    crate::erasure::erase_profile(ctx, ProfileId(r.int(0)?), None, false)?;
                 }
                 Ok((rows.len() as u64, rows.len() < 200))
             })?;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde_json::{Value, json};
 use tarmo_core::identity::{IdentifierKind, IdentityConfig, Trust};
 use tarmo_core::segment::{BatchDefaults, parse_message};
+use tarmo_store::conn::ProfileId;
 use tarmo_store::keys::KeySpec;
 use tarmo_store::resolve::Outcome;
 use tarmo_store::vault::MasterKey;
@@ -139,14 +140,14 @@ impl Harness {
         MasterKey::from_hex(&self.master_hex).unwrap()
     }
 
-    pub fn lookup(&self, kind: &str, value: &str) -> Option<i64> {
+    pub fn lookup(&self, kind: &str, value: &str) -> Option<ProfileId> {
         let k = self.cfg.kind(kind).unwrap();
         let id = self.cfg.identifier(k, value).unwrap();
         self.store.find_profile(&id).unwrap()
     }
 }
 
-fn stored(o: &Outcome) -> i64 {
+fn stored(o: &Outcome) -> ProfileId {
     match o {
         Outcome::Stored(p) => *p,
         other => panic!("expected stored, got {other:?}"),
@@ -316,7 +317,7 @@ mod installation_keys {
     }
 }
 
-fn identifiers_of(h: &Harness, p: i64) -> Vec<(String, String, bool)> {
+fn identifiers_of(h: &Harness, p: ProfileId) -> Vec<(String, String, bool)> {
     let mut v: Vec<_> = h
         .store
         .profile_view(p)
@@ -705,7 +706,12 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
     assert_eq!(second.events.len(), 3);
     assert_eq!(second.events[2].message["properties"]["n"], 0);
     assert!(second.next_before.is_none());
-    assert!(h.store.events_page(999_999, None, 10).unwrap().is_none());
+    assert!(
+        h.store
+            .events_page(ProfileId(999_999), None, 10)
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn a_revocation_by_id_or_secret_changes_the_key_epoch(h: &Harness) {
@@ -915,7 +921,7 @@ fn sessions_follow_their_account(h: &Harness) {
 
 fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
     use tarmo_store::access_log::{self, AccessRecord};
-    let rec = |profiles: Vec<i64>, action: &'static str| AccessRecord {
+    let rec = |profiles: Vec<ProfileId>, action: &'static str| AccessRecord {
         at_ms: 1_000,
         key_id: 7,
         user_id: None,
@@ -927,8 +933,10 @@ fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
         profiles,
     };
     let (logger, thread) = access_log::AccessLogger::spawn(h.writer.clone());
-    logger.record(rec(vec![11], "read")).unwrap();
-    logger.record(rec(vec![12, 11], "export")).unwrap();
+    logger.record(rec(vec![ProfileId(11)], "read")).unwrap();
+    logger
+        .record(rec(vec![ProfileId(12), ProfileId(11)], "export"))
+        .unwrap();
     logger.count(
         7,
         None,
@@ -950,7 +958,7 @@ fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
     let mut c = h.store.conn().unwrap();
     let r = access_log::verify(&mut *c, h.store.vault(), &mut |_| {}).unwrap();
     assert_eq!((r.entries, r.first_broken), (3, None));
-    let who = access_log::for_profile(&mut *c, 11, 10).unwrap();
+    let who = access_log::for_profile(&mut *c, ProfileId(11), 10).unwrap();
     assert_eq!(who.len(), 2);
     assert_eq!(who[0].action, "export");
     let recent = access_log::recent(&mut *c, 10).unwrap();

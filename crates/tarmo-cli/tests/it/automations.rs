@@ -640,7 +640,11 @@ fn a_call_list_goes_to_the_processors_webhook_as_a_disclosure() {
         100,
     )
     .unwrap();
-    let d = tarmo_store::processors::disclosures_of(&mut *store.conn().unwrap(), ann).unwrap();
+    let d = tarmo_store::processors::disclosures_of(
+        &mut *store.conn().unwrap(),
+        tarmo_store::conn::ProfileId(ann),
+    )
+    .unwrap();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(
         (

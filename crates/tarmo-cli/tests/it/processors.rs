@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tarmo_notify::testing::HttpSink;
+use tarmo_store::conn::ProfileId;
 use tarmo_store::processors::{self, NotificationView};
 use tarmo_store::vault::MasterKey;
 use tarmo_store::{Backend, Store};
@@ -207,7 +208,7 @@ fn exports_are_limited_to_purposes_categories_and_decisions_and_recorded() {
     let store = open_store(&d.path().join("data"));
     let mut c = store.conn().unwrap();
     let of = |c: &mut dyn tarmo_store::conn::Conn, p: i64| {
-        processors::disclosures_of(c, p)
+        processors::disclosures_of(c, ProfileId(p))
             .unwrap()
             .into_iter()
             .map(|d| (d.processor, d.purpose))
@@ -458,7 +459,7 @@ fn the_server_delivers_erasure_notifications_to_the_processors_webhook() {
                 c,
                 vault,
                 4242,
-                &[erin],
+                &[ProfileId(erin)],
                 &[("email", "erin@example.com"), ("user_id", "erin")],
                 tarmo_store::now_ms(),
             )

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::ConsentError;
 use super::purpose::Channel;
+use crate::ids::ProfileId;
 
 /// What the person's choice (or its absence) is, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -291,8 +292,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 #[derive(Debug, Clone, Copy)]
 pub struct ChainFields<'a> {
     pub seq: i64,
-    pub profile_id: i64,
-    pub key_owner: i64,
+    pub profile_id: ProfileId,
+    pub key_owner: ProfileId,
     pub purpose: &'a str,
     pub decision: &'a str,
     pub method: &'a str,
@@ -316,8 +317,8 @@ pub fn chain_hash(prev: &[u8; 32], f: &ChainFields<'_>) -> [u8; 32] {
     h.update(prev);
     for n in [
         f.seq,
-        f.profile_id,
-        f.key_owner,
+        f.profile_id.0,
+        f.key_owner.0,
         f.notice_seq,
         f.at_ms,
         f.recorded_ms,
@@ -541,8 +542,8 @@ mod tests {
         // since the first release must keep verifying.
         let f = ChainFields {
             seq: 1,
-            profile_id: 2,
-            key_owner: 2,
+            profile_id: ProfileId(2),
+            key_owner: ProfileId(2),
             purpose: "p",
             decision: "granted",
             method: "api",
@@ -675,8 +676,8 @@ mod tests {
     fn the_chain_hash_covers_every_field() {
         let base = ChainFields {
             seq: 1,
-            profile_id: 2,
-            key_owner: 2,
+            profile_id: ProfileId(2),
+            key_owner: ProfileId(2),
             purpose: "p",
             decision: "granted",
             method: "api",
@@ -692,11 +693,11 @@ mod tests {
         let variants = [
             ChainFields { seq: 9, ..base },
             ChainFields {
-                profile_id: 9,
+                profile_id: ProfileId(9),
                 ..base
             },
             ChainFields {
-                key_owner: 9,
+                key_owner: ProfileId(9),
                 ..base
             },
             ChainFields {

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProfileId;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -337,7 +338,7 @@ async fn customer_page(
 async fn timeline(
     staff: &Staff,
     s: &Arc<AppState>,
-    id: i64,
+    id: ProfileId,
     before: Option<i64>,
     name: &str,
 ) -> Result<(Vec<TimelineEvent>, Option<i64>), ApiError> {

@@ -155,7 +155,7 @@ pub async fn access_log(
             Some(crate::profiles::profile_id(&raw)?)
         };
         let query = crate::staff::AuditQuery {
-            profile,
+            profile: profile.map(|v| v.0),
             limit: Some(200),
         };
         let Json(list) =

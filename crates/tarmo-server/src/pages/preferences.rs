@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
 use tarmo_core::consent::{Channel, ConsentState, decide};
+use tarmo_core::ids::ProfileId;
 use tarmo_notify::pages::{fill_days, fill_org};
 use tarmo_notify::templates::Lang;
 use tarmo_store::consent::{Catalog, CatalogEntry};
@@ -30,7 +31,7 @@ use crate::{ApiError, AppState, ErrorBody, blocking};
 pub(super) fn open_preferences(
     s: &AppState,
     token: &str,
-) -> Result<(i64, Option<String>), ApiError> {
+) -> Result<(ProfileId, Option<String>), ApiError> {
     prefs::open_preferences(&s.svc, token)
         .ok_or_else(|| ApiError::new(Code::LinkInvalid, "this link is not valid"))
 }
@@ -38,7 +39,7 @@ pub(super) fn open_preferences(
 async fn record_gpc_if_sent(
     s: &AppState,
     headers: &HeaderMap,
-    profile: i64,
+    profile: ProfileId,
     ev: Map<String, Value>,
 ) -> Result<bool, ApiError> {
     if !gpc(headers) {
@@ -147,7 +148,7 @@ fn channel_boxes(lang: Lang, c: &CatalogEntry, st: Option<&ConsentState>) -> Str
 
 async fn render_preferences(
     s: &AppState,
-    profile: i64,
+    profile: ProfileId,
     token: &str,
     lang: Lang,
     gpc_seen: bool,

@@ -49,7 +49,7 @@ pub fn insert_due(
          ON CONFLICT (flow_id, profile_id, occurrence) DO NOTHING",
         &[
             P::Text(flow),
-            P::Int(profile),
+            P::Int(profile.0),
             P::Text(occurrence),
             P::Int(due_ms),
             P::Int(since_ms),
@@ -159,7 +159,7 @@ pub fn schedule_birthday(
         let done = conn
             .query_opt(
                 "SELECT 1 FROM sends WHERE flow_id = $1 AND profile_id = $2 AND occurrence = $3 AND status <> 'due'",
-                &[P::Text(flow), P::Int(profile), P::Text(&format!("b{year}"))],
+                &[P::Text(flow), P::Int(profile.0), P::Text(&format!("b{year}"))],
             )?
             .is_some();
         if done {
@@ -171,7 +171,7 @@ pub fn schedule_birthday(
         "DELETE FROM sends WHERE flow_id = $1 AND profile_id = $2 AND status = 'due' AND occurrence <> $3",
         &[
             P::Text(flow),
-            P::Int(profile),
+            P::Int(profile.0),
             P::Text(occurrence.as_deref().unwrap_or("")),
         ],
     )?;
@@ -198,12 +198,12 @@ fn absence_begins(
     conn.exec(
         "DELETE FROM sends WHERE flow_id = $1 AND profile_id = $2
          AND status = 'due' AND since_ms <= $3",
-        &[P::Text(flow), P::Int(profile), P::Int(ts)],
+        &[P::Text(flow), P::Int(profile.0), P::Int(ts)],
     )?;
     let later = conn
         .query_opt(
             "SELECT 1 FROM sends WHERE flow_id = $1 AND profile_id = $2 AND since_ms > $3",
-            &[P::Text(flow), P::Int(profile), P::Int(ts)],
+            &[P::Text(flow), P::Int(profile.0), P::Int(ts)],
         )?
         .is_some();
     if later {
@@ -291,7 +291,15 @@ fn follow_segments(
             (r.int(0)?, r.text(1)?, r.int(2)?, r.int(3)? != 0, r.int(4)?);
         for &(flow, s, wants_entry, cursor) in &autos {
             if id > cursor && s == seg && wants_entry == entered {
-                out.made_due += insert_due(conn, flow, profile, &format!("h{id}"), at, at, now_ms)?;
+                out.made_due += insert_due(
+                    conn,
+                    flow,
+                    ProfileId(profile),
+                    &format!("h{id}"),
+                    at,
+                    at,
+                    now_ms,
+                )?;
             }
         }
     }
@@ -351,7 +359,7 @@ fn follow_events(
         let (id, profile, owner, kind, ts) =
             (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.int(4)?);
         if kind == "track" && !names.is_empty() {
-            let Some(name) = event_name(conn, vault, owner, &r.sealed(5)?)? else {
+            let Some(name) = event_name(conn, vault, ProfileId(owner), &r.sealed(5)?)? else {
                 continue;
             };
             for &(flow, t, cursor) in &autos {
@@ -363,7 +371,7 @@ fn follow_events(
                         out.made_due += insert_due(
                             conn,
                             flow,
-                            profile,
+                            ProfileId(profile),
                             &format!("e{id}"),
                             ts + delay.ms(),
                             ts,
@@ -371,8 +379,15 @@ fn follow_events(
                         )?;
                     }
                     Trigger::Absence { event, for_ } if *event == name => {
-                        out.made_due +=
-                            absence_begins(conn, flow, profile, id, ts, for_.ms(), now_ms)?;
+                        out.made_due += absence_begins(
+                            conn,
+                            flow,
+                            ProfileId(profile),
+                            id,
+                            ts,
+                            for_.ms(),
+                            now_ms,
+                        )?;
                     }
                     _ => {}
                 }
@@ -388,7 +403,7 @@ fn follow_events(
                         cfg,
                         flow,
                         *local_minutes,
-                        profile,
+                        ProfileId(profile),
                         now_ms,
                         now_ms,
                     )?;
@@ -430,7 +445,16 @@ fn backfill(
                     .map(|r| r.int(0))
                     .collect::<Result<_>>()?;
                 for &p in &ids {
-                    schedule_birthday(conn, vault, cfg, &a.id, *local_minutes, p, now_ms, now_ms)?;
+                    schedule_birthday(
+                        conn,
+                        vault,
+                        cfg,
+                        &a.id,
+                        *local_minutes,
+                        ProfileId(p),
+                        now_ms,
+                        now_ms,
+                    )?;
                 }
                 ids.last().copied().filter(|_| ids.len() as i64 == PAGE)
             }
@@ -443,9 +467,18 @@ fn backfill(
                 )?;
                 for r in &rows {
                     let (id, profile, owner, ts) = (r.int(0)?, r.int(1)?, r.int(2)?, r.int(3)?);
-                    if event_name(conn, vault, owner, &r.sealed(4)?)?.as_deref() == Some(event) {
-                        out.made_due +=
-                            absence_begins(conn, &a.id, profile, id, ts, for_.ms(), now_ms)?;
+                    if event_name(conn, vault, ProfileId(owner), &r.sealed(4)?)?.as_deref()
+                        == Some(event)
+                    {
+                        out.made_due += absence_begins(
+                            conn,
+                            &a.id,
+                            ProfileId(profile),
+                            id,
+                            ts,
+                            for_.ms(),
+                            now_ms,
+                        )?;
                     }
                 }
                 match rows.last() {
@@ -512,7 +545,7 @@ fn fire(
                 Flow::Campaign(c) => ("campaign".to_owned(), c.due_of(i as u64)),
                 Flow::Automation(_) => (format!("c{at}"), at),
             };
-            out.made_due += insert_due(conn, f.flow.id(), p, &occ, due, at, now_ms)?;
+            out.made_due += insert_due(conn, f.flow.id(), ProfileId(p), &occ, due, at, now_ms)?;
         }
     }
     Ok(())

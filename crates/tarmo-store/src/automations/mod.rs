@@ -629,7 +629,7 @@ pub fn automation_delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
     conn.exec(
         "DELETE FROM sends WHERE profile_id = $1",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?;
     Ok(())
 }
@@ -720,7 +720,7 @@ pub fn sms_stop(
         {
             continue;
         }
-        let st = crate::consent::state(conn, profile, c.id.as_str())?;
+        let st = crate::consent::state(conn, ProfileId(profile), c.id.as_str())?;
         if st.is_some_and(|s| s.decision.is_refusal()) {
             continue;
         }
@@ -732,7 +732,7 @@ pub fn sms_stop(
         );
         entries.push(crate::consent::NewEntry {
             channel: None,
-            profile_id: profile,
+            profile_id: ProfileId(profile),
             purpose: c.id.to_string(),
             decision: ConsentDecision::Withdrawn,
             method: Method::OneClickUnsubscribe,

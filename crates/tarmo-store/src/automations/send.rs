@@ -78,10 +78,10 @@ fn did(
     let rows = conn.query(
         "SELECT key_owner, body FROM events WHERE profile_id = $1 AND kind = 'track'
          AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY id DESC LIMIT 1000",
-        &[P::Int(profile), P::Int(from), P::Int(to)],
+        &[P::Int(profile.0), P::Int(from), P::Int(to)],
     )?;
     for r in rows {
-        if event_name(conn, vault, r.int(0)?, &r.sealed(1)?)?.as_deref() == Some(event) {
+        if event_name(conn, vault, ProfileId(r.int(0)?), &r.sealed(1)?)?.as_deref() == Some(event) {
             return Ok(true);
         }
     }
@@ -115,7 +115,7 @@ fn sent_in_week(
         for r in conn.query(
             "SELECT flow_id, done_ms FROM sends WHERE profile_id = $1
              AND status = 'sent' AND done_ms >= $2",
-            &[P::Int(p), P::Int(now_ms - 7 * DAY_MS)],
+            &[P::Int(p.0), P::Int(now_ms - 7 * DAY_MS)],
         )? {
             out.push((r.text(0)?, r.int(1)?));
         }
@@ -165,7 +165,13 @@ fn offer_of(
     else {
         return Ok(None);
     };
-    let body = person::open(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(1)?)?;
+    let body = person::open(
+        conn,
+        vault,
+        ProfileId(r.int(0)?),
+        Place::EventBody,
+        &r.sealed(1)?,
+    )?;
     let product = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
         match b.get("properties")?.get(PRODUCT_PROPERTY)? {
             Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
@@ -462,7 +468,7 @@ pub fn send_due(
             by_purpose
                 .entry(f.flow.sending().0)
                 .or_default()
-                .push(r.int(1)?);
+                .push(ProfileId(r.int(1)?));
         }
     }
     let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
@@ -473,7 +479,7 @@ pub fn send_due(
     }
     for r in rows {
         let flow = r.text(0)?;
-        let profile = r.int(1)?;
+        let profile = ProfileId(r.int(1)?);
         let subject = all
             .get(&flow)
             .and_then(|f| subjects.get(&(f.flow.sending().0, profile)))
@@ -487,7 +493,7 @@ pub fn send_due(
         };
         let key = [
             P::Text(&due.flow),
-            P::Int(due.profile),
+            P::Int(due.profile.0),
             P::Text(&due.occurrence),
         ];
         let Some(f) = all.get(&due.flow) else {
@@ -613,7 +619,7 @@ pub fn dry_run(
         .map(|r| {
             Ok(Due {
                 flow: id.to_owned(),
-                profile: r.int(0)?,
+                profile: ProfileId(r.int(0)?),
                 occurrence: r.text(1)?,
                 since_ms: r.int(2)?,
                 subject: None,
@@ -636,10 +642,10 @@ pub fn dry_run(
             &[P::Text(&s), P::Int(left.max(0))],
         )? {
             let p = r.int(0)?;
-            if !dues.iter().any(|d| d.profile == p) {
+            if !dues.iter().any(|d| d.profile == ProfileId(p)) {
                 dues.push(Due {
                     flow: id.to_owned(),
-                    profile: p,
+                    profile: ProfileId(p),
                     occurrence: "dry_run".into(),
                     since_ms: r.int(1)?,
                     subject: None,

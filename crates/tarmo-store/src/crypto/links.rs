@@ -71,7 +71,7 @@ pub fn store_token(
         &[
             P::Blob(&t.hash),
             P::Text(kind),
-            P::Int(profile),
+            P::Int(profile.0),
             P::Text(&serde_json::to_string(data).expect("serialises")),
             P::Int(now_ms),
             P::Int(expires_ms),
@@ -120,7 +120,7 @@ pub fn find_token(conn: &mut dyn Conn, secret: &str, kind: &str, now_ms: i64) ->
     }
     Ok(LiveToken {
         hash,
-        profile_id: r.int(0)?,
+        profile_id: ProfileId(r.int(0)?),
         data: serde_json::from_str(&r.text(1)?).map_err(|e| Error::Corrupt(e.to_string()))?,
         expires_ms,
     })
@@ -156,7 +156,7 @@ const MAC_LEN: usize = 16;
 /// link never opens the preference page.
 pub fn sign_link(vault: &Vault, kind: &str, link: &SignedLink) -> String {
     let mut payload = Vec::with_capacity(17 + link.scope.len() + MAC_LEN);
-    payload.extend_from_slice(&link.profile_id.to_be_bytes());
+    payload.extend_from_slice(&link.profile_id.0.to_be_bytes());
     payload.extend_from_slice(&link.issued_ms.to_be_bytes());
     payload.extend_from_slice(link.scope.as_bytes());
     let mac = vault.mac(kind, &payload);
@@ -179,7 +179,7 @@ pub fn open_link(vault: &Vault, kind: &str, token: &str) -> Option<SignedLink> {
         return None;
     }
     Some(SignedLink {
-        profile_id: i64::from_be_bytes(payload[..8].try_into().ok()?),
+        profile_id: ProfileId(i64::from_be_bytes(payload[..8].try_into().ok()?)),
         issued_ms: i64::from_be_bytes(payload[8..16].try_into().ok()?),
         scope: String::from_utf8(payload[16..].to_vec()).ok()?,
     })
@@ -194,7 +194,7 @@ mod tests {
     fn signed_links_resist_forgery_and_kind_confusion() {
         let v = Vault::new(&MasterKey::generate().unwrap(), 4);
         let link = SignedLink {
-            profile_id: 42,
+            profile_id: ProfileId(42),
             scope: "email_marketing".into(),
             issued_ms: 1_700_000_000_000,
         };

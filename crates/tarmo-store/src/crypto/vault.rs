@@ -26,6 +26,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 
+use crate::conn::ProfileId;
 use crate::{Error, Result};
 
 /// Bytes the vault sealed: what the database stores instead of a value.
@@ -306,7 +307,7 @@ pub struct Vault {
     bidx: hmac::Key,
     sign: hmac::Key,
     rng: SystemRandom,
-    cache: Mutex<LruCache<i64, DataKey>>,
+    cache: Mutex<LruCache<ProfileId, DataKey>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -401,7 +402,7 @@ impl Vault {
     }
 
     /// Make a new data key for `owner`; returns it and its wrapped form.
-    pub fn new_data_key(&self, owner: i64) -> Result<(DataKey, Vec<u8>)> {
+    pub fn new_data_key(&self, owner: ProfileId) -> Result<(DataKey, Vec<u8>)> {
         let mut raw = [0u8; 32];
         self.rng
             .fill(&mut raw)
@@ -409,7 +410,7 @@ impl Vault {
         let key = Arc::new(LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, &raw).expect("32 bytes is an AES-256 key"),
         ));
-        let wrapped = seal_with(&self.wrap, self.nonce()?, &wrap_aad(owner), &raw)?;
+        let wrapped = seal_with(&self.wrap, self.nonce()?, &wrap_aad(owner.0), &raw)?;
         raw.fill(0);
         self.cache
             .lock()
@@ -421,7 +422,7 @@ impl Vault {
     /// The data key of `owner`, from the cache or unwrapped from `load()`.
     pub fn data_key(
         &self,
-        owner: i64,
+        owner: ProfileId,
         load: impl FnOnce() -> Result<Option<Vec<u8>>>,
     ) -> Result<Option<DataKey>> {
         if let Some(k) = self.cache.lock().expect("vault cache").get(&owner) {
@@ -430,7 +431,7 @@ impl Vault {
         let Some(wrapped) = load()? else {
             return Ok(None);
         };
-        let mut raw = open_with(&self.wrap, &wrap_aad(owner), &wrapped)?;
+        let mut raw = open_with(&self.wrap, &wrap_aad(owner.0), &wrapped)?;
         let key = Arc::new(LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| Error::Crypto("bad data key"))?,
         ));
@@ -443,7 +444,7 @@ impl Vault {
     }
 
     /// Drop a key from memory (after its profile was erased, or a rollback).
-    pub fn forget(&self, owner: i64) {
+    pub fn forget(&self, owner: ProfileId) {
         self.cache.lock().expect("vault cache").pop(&owner);
     }
 
@@ -456,20 +457,20 @@ impl Vault {
         &self,
         key: &LessSafeKey,
         place: Place,
-        owner: i64,
+        owner: ProfileId,
         plaintext: &[u8],
     ) -> Result<Sealed> {
-        seal_with(key, self.nonce()?, &place.aad(owner), plaintext).map(Sealed)
+        seal_with(key, self.nonce()?, &place.aad(owner.0), plaintext).map(Sealed)
     }
 
     pub fn open(
         &self,
         key: &LessSafeKey,
         place: Place,
-        owner: i64,
+        owner: ProfileId,
         sealed: &Sealed,
     ) -> Result<Vec<u8>> {
-        open_with(key, &place.aad(owner), &sealed.0)
+        open_with(key, &place.aad(owner.0), &sealed.0)
     }
 
     /// A value sealed with the installation's wrapping key, for data that
@@ -606,11 +607,16 @@ mod tests {
     #[test]
     fn sealed_values_open_only_in_their_place_and_for_their_owner() {
         let v = Vault::new(&MasterKey::generate().unwrap(), 10);
-        let (k, _) = v.new_data_key(7).unwrap();
-        let s = v.seal(&k, Place::EventBody, 7, b"hello").unwrap();
-        assert_eq!(v.open(&k, Place::EventBody, 7, &s).unwrap(), b"hello");
-        assert!(v.open(&k, Place::EventBody, 8, &s).is_err());
-        assert!(v.open(&k, Place::ProfileTraits, 7, &s).is_err());
+        let (k, _) = v.new_data_key(ProfileId(7)).unwrap();
+        let s = v
+            .seal(&k, Place::EventBody, ProfileId(7), b"hello")
+            .unwrap();
+        assert_eq!(
+            v.open(&k, Place::EventBody, ProfileId(7), &s).unwrap(),
+            b"hello"
+        );
+        assert!(v.open(&k, Place::EventBody, ProfileId(8), &s).is_err());
+        assert!(v.open(&k, Place::ProfileTraits, ProfileId(7), &s).is_err());
         assert!(!s.as_bytes().windows(5).any(|w| w == b"hello"));
     }
 
@@ -618,19 +624,25 @@ mod tests {
     fn wrapped_keys_unwrap_for_their_owner_only_and_cache_is_bounded() {
         let m = MasterKey::generate().unwrap();
         let v = Vault::new(&m, 1);
-        let (k, wrapped) = v.new_data_key(1).unwrap();
-        let s = v.seal(&k, Place::EventBody, 1, b"x").unwrap();
+        let (k, wrapped) = v.new_data_key(ProfileId(1)).unwrap();
+        let s = v.seal(&k, Place::EventBody, ProfileId(1), b"x").unwrap();
         let v2 = Vault::new(&MasterKey::from_hex(&m.to_hex()).unwrap(), 1);
         let k2 = v2
-            .data_key(1, || Ok(Some(wrapped.clone())))
+            .data_key(ProfileId(1), || Ok(Some(wrapped.clone())))
             .unwrap()
             .unwrap();
-        assert_eq!(v2.open(&k2, Place::EventBody, 1, &s).unwrap(), b"x");
-        assert!(v2.data_key(2, || Ok(Some(wrapped.clone()))).is_err());
-        v.new_data_key(2).unwrap();
+        assert_eq!(
+            v2.open(&k2, Place::EventBody, ProfileId(1), &s).unwrap(),
+            b"x"
+        );
+        assert!(
+            v2.data_key(ProfileId(2), || Ok(Some(wrapped.clone())))
+                .is_err()
+        );
+        v.new_data_key(ProfileId(2)).unwrap();
         // capacity 1: key 1 was evicted, so it must be loaded again
         let mut loaded = false;
-        v.data_key(1, || {
+        v.data_key(ProfileId(1), || {
             loaded = true;
             Ok(Some(wrapped.clone()))
         })

@@ -5,7 +5,7 @@
 use crate::Result;
 use crate::vault::{BlindIndex, Sealed};
 
-pub type ProfileId = i64;
+pub use tarmo_core::ids::ProfileId;
 
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -78,6 +78,18 @@ impl From<i64> for P<'_> {
         P::Int(v)
     }
 }
+
+// Ids bind as the integers they are; the core's id types know no database.
+macro_rules! id_param {
+    ($($t:ty),*) => {$(
+        impl From<$t> for P<'_> {
+            fn from(v: $t) -> Self {
+                P::Int(v.0)
+            }
+        }
+    )*};
+}
+id_param!(ProfileId);
 
 impl From<bool> for P<'_> {
     fn from(v: bool) -> Self {
@@ -306,8 +318,8 @@ pub trait Conn: Send {
                     "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     &[
-                        P::Int(e.profile_id),
-                        P::Int(e.key_owner),
+                        P::Int(e.profile_id.0),
+                        P::Int(e.key_owner.0),
                         P::Text(e.kind),
                         P::Int(e.timestamp_ms),
                         P::Int(e.received_ms),

@@ -262,10 +262,15 @@ fn pg_cells(r: &postgres::Row) -> Result<Row> {
     Ok(Row(cells))
 }
 
+/// Ids as the integers PostgreSQL binds.
+fn numbers(ids: &[ProfileId]) -> Vec<i64> {
+    ids.iter().map(|p| p.0).collect()
+}
+
 fn merge_row(r: &postgres::Row) -> MergeRow {
     MergeRow {
-        into_profile: r.get(0),
-        from_profile: r.get(1),
+        into_profile: ProfileId(r.get(0)),
+        from_profile: ProfileId(r.get(1)),
         identifier_kind: r.get(2),
         at_ms: r.get(3),
         refused: r.get(4),
@@ -374,13 +379,14 @@ impl Conn for PgConn {
     }
 
     fn profile_create(&mut self, now_ms: i64) -> Result<ProfileId> {
-        Ok(self
-            .c
-            .query_one(
-                "INSERT INTO profiles (created_ms, updated_ms) VALUES ($1, $1) RETURNING id",
-                &[&now_ms],
-            )?
-            .get(0))
+        Ok(ProfileId(
+            self.c
+                .query_one(
+                    "INSERT INTO profiles (created_ms, updated_ms) VALUES ($1, $1) RETURNING id",
+                    &[&now_ms],
+                )?
+                .get(0),
+        ))
     }
 
     fn data_key_insert(
@@ -391,7 +397,7 @@ impl Conn for PgConn {
     ) -> Result<()> {
         self.c.execute(
             "INSERT INTO data_keys (owner_id, profile_id, wrapped) VALUES ($1, $2, $3)",
-            &[&owner, &profile, &wrapped],
+            &[&owner.0, &profile.0, &wrapped],
         )?;
         Ok(())
     }
@@ -401,7 +407,7 @@ impl Conn for PgConn {
             .c
             .query_opt(
                 "SELECT wrapped FROM data_keys WHERE owner_id = $1",
-                &[&owner],
+                &[&owner.0],
             )?
             .map(|r| r.get(0)))
     }
@@ -412,10 +418,10 @@ impl Conn for PgConn {
             .query_opt(
                 "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
                  WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)",
-                &[&id],
+                &[&id.0],
             )?
             .map(|r| ProfileRow {
-                id: r.get(0),
+                id: ProfileId(r.get(0)),
                 created_ms: r.get(1),
                 updated_ms: r.get(2),
                 event_count: r.get(3),
@@ -426,7 +432,7 @@ impl Conn for PgConn {
     fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()> {
         self.c.execute(
             "UPDATE profiles SET traits = $2, updated_ms = $3 WHERE id = $1",
-            &[&id, &sealed.as_bytes(), &now_ms],
+            &[&id.0, &sealed.as_bytes(), &now_ms],
         )?;
         Ok(())
     }
@@ -434,7 +440,7 @@ impl Conn for PgConn {
     fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
         self.c.execute(
             "UPDATE profiles SET event_count = event_count + $2, updated_ms = greatest(updated_ms, $3) WHERE id = $1",
-            &[&id, &n, &now_ms],
+            &[&id.0, &n, &now_ms],
         )?;
         Ok(())
     }
@@ -453,13 +459,13 @@ impl Conn for PgConn {
         // of its own too.
         let marked = self.c.execute(
             "UPDATE profiles SET merged_into = $2, updated_ms = $3 WHERE id = $1 AND merged_into IS NULL",
-            &[&from, &into, &now_ms],
+            &[&from.0, &into.0, &now_ms],
         )?;
         let into_alive = self
             .c
             .query_opt(
                 "SELECT 1 FROM profiles WHERE id = $1 AND merged_into IS NULL FOR UPDATE",
-                &[&into],
+                &[&into.0],
             )?
             .is_some();
         if marked != 1 || !into_alive {
@@ -469,28 +475,28 @@ impl Conn for PgConn {
         }
         self.c.execute(
             "UPDATE identifiers SET profile_id = $2 WHERE profile_id = $1",
-            &[&from, &into],
+            &[&from.0, &into.0],
         )?;
         self.c.execute(
             "UPDATE events SET profile_id = $2 WHERE profile_id = $1",
-            &[&from, &into],
+            &[&from.0, &into.0],
         )?;
         self.c.execute(
             "UPDATE data_keys SET profile_id = $2 WHERE profile_id = $1",
-            &[&from, &into],
+            &[&from.0, &into.0],
         )?;
         self.c.execute(
             "UPDATE profiles SET merged_into = $2 WHERE merged_into = $1",
-            &[&from, &into],
+            &[&from.0, &into.0],
         )?;
         self.c.execute(
             "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = $1),
                  updated_ms = $3 WHERE id = $2",
-            &[&from, &into, &now_ms],
+            &[&from.0, &into.0, &now_ms],
         )?;
         self.c.execute(
             "UPDATE profiles SET merged_into = $2, traits = NULL, event_count = 0, updated_ms = $3 WHERE id = $1",
-            &[&from, &into, &now_ms],
+            &[&from.0, &into.0, &now_ms],
         )?;
         self.merge_record(&MergeRow {
             into_profile: into,
@@ -507,8 +513,8 @@ impl Conn for PgConn {
             "INSERT INTO merges (into_profile, from_profile, identifier_kind, at_ms, refused, reason)
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
-                &m.into_profile,
-                &m.from_profile,
+                &m.into_profile.0,
+                &m.from_profile.0,
                 &m.identifier_kind,
                 &m.at_ms,
                 &m.refused,
@@ -526,7 +532,7 @@ impl Conn for PgConn {
                  WHERE into_profile = $1 OR from_profile = $1
                     OR into_profile IN (SELECT id FROM profiles WHERE merged_into = $1)
                  ORDER BY at_ms, id",
-                &[&profile],
+                &[&profile.0],
             )?
             .iter()
             .map(merge_row)
@@ -542,7 +548,7 @@ impl Conn for PgConn {
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for r in &rows {
             let b: Vec<u8> = r.get(0);
-            found.insert(BlindIndex::from_slice(&b)?, r.get::<_, i64>(1));
+            found.insert(BlindIndex::from_slice(&b)?, ProfileId(r.get(1)));
         }
         Ok(keys.iter().map(|k| found.get(k).copied()).collect())
     }
@@ -554,8 +560,8 @@ impl Conn for PgConn {
             &[
                 &&row.bidx.0[..],
                 &row.kind,
-                &profile,
-                &row.key_owner,
+                &profile.0,
+                &row.key_owner.0,
                 &row.sealed.as_bytes(),
                 &row.first_seen_ms,
                 &row.verified_ms,
@@ -569,7 +575,7 @@ impl Conn for PgConn {
             .query(
                 "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
                  WHERE profile_id = $1 ORDER BY first_seen_ms, kind",
-                &[&profile],
+                &[&profile.0],
             )?
             .iter()
             .map(|r| {
@@ -577,7 +583,7 @@ impl Conn for PgConn {
                 Ok(IdentifierRow {
                     kind: r.get(0),
                     bidx: BlindIndex::from_slice(&b)?,
-                    key_owner: r.get(2),
+                    key_owner: ProfileId(r.get(2)),
                     sealed: Sealed::from_db(r.get(3)),
                     first_seen_ms: r.get(4),
                     verified_ms: r.get(5),
@@ -601,7 +607,7 @@ impl Conn for PgConn {
                 &[&(n as i64)],
             )?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| ProfileId(r.get(0)))
             .collect())
     }
 
@@ -611,7 +617,7 @@ impl Conn for PgConn {
         }
         self.c.execute(
             "INSERT INTO profiles (id, created_ms, updated_ms) SELECT unnest($1::bigint[]), $2, $2",
-            &[&ids, &now_ms],
+            &[&numbers(ids), &now_ms],
         )?;
         Ok(())
     }
@@ -620,8 +626,8 @@ impl Conn for PgConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let owner: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let profile: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let owner: Vec<i64> = rows.iter().map(|r| r.0.0).collect();
+        let profile: Vec<i64> = rows.iter().map(|r| r.1.0).collect();
         let wrapped: Vec<&[u8]> = rows.iter().map(|r| &r.2[..]).collect();
         self.c.execute(
             "INSERT INTO data_keys (owner_id, profile_id, wrapped)
@@ -637,8 +643,8 @@ impl Conn for PgConn {
         }
         let bidx: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.bidx.0[..]).collect();
         let kind: Vec<&str> = rows.iter().map(|(r, _)| r.kind.as_str()).collect();
-        let profile: Vec<i64> = rows.iter().map(|(_, p)| *p).collect();
-        let owner: Vec<i64> = rows.iter().map(|(r, _)| r.key_owner).collect();
+        let profile: Vec<i64> = rows.iter().map(|(_, p)| p.0).collect();
+        let owner: Vec<i64> = rows.iter().map(|(r, _)| r.key_owner.0).collect();
         let sealed: Vec<&[u8]> = rows.iter().map(|(r, _)| r.sealed.as_bytes()).collect();
         let first: Vec<i64> = rows.iter().map(|(r, _)| r.first_seen_ms).collect();
         let verified: Vec<Option<i64>> = rows.iter().map(|(r, _)| r.verified_ms).collect();
@@ -653,10 +659,12 @@ impl Conn for PgConn {
     fn data_keys_get(&mut self, owners: &[ProfileId]) -> Result<Vec<Option<Vec<u8>>>> {
         let rows = self.c.query(
             "SELECT owner_id, wrapped FROM data_keys WHERE owner_id = ANY($1)",
-            &[&owners],
+            &[&numbers(owners)],
         )?;
-        let mut found: std::collections::HashMap<i64, Vec<u8>> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut found: std::collections::HashMap<ProfileId, Vec<u8>> = rows
+            .iter()
+            .map(|r| (ProfileId(r.get(0)), r.get(1)))
+            .collect();
         Ok(owners.iter().map(|o| found.remove(o)).collect())
     }
 
@@ -667,15 +675,15 @@ impl Conn for PgConn {
              FROM unnest($1::bigint[]) AS q(id)
              JOIN profiles m ON m.id = q.id
              JOIN profiles p ON p.id = COALESCE(m.merged_into, m.id)",
-            &[&ids],
+            &[&numbers(ids)],
         )?;
-        let mut found: std::collections::HashMap<i64, ProfileRow> = rows
+        let mut found: std::collections::HashMap<ProfileId, ProfileRow> = rows
             .iter()
             .map(|r| {
                 (
-                    r.get(0),
+                    ProfileId(r.get(0)),
                     ProfileRow {
-                        id: r.get(1),
+                        id: ProfileId(r.get(1)),
                         created_ms: r.get(2),
                         updated_ms: r.get(3),
                         event_count: r.get(4),
@@ -695,17 +703,17 @@ impl Conn for PgConn {
             .query(
                 "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
                  WHERE profile_id = ANY($1) ORDER BY profile_id, first_seen_ms, kind",
-                &[&profiles],
+                &[&numbers(profiles)],
             )?
             .iter()
             .map(|r| {
                 let b: Vec<u8> = r.get(2);
                 Ok((
-                    r.get(0),
+                    ProfileId(r.get(0)),
                     IdentifierRow {
                         kind: r.get(1),
                         bidx: BlindIndex::from_slice(&b)?,
-                        key_owner: r.get(3),
+                        key_owner: ProfileId(r.get(3)),
                         sealed: Sealed::from_db(r.get(4)),
                         first_seen_ms: r.get(5),
                         verified_ms: r.get(6),
@@ -719,7 +727,7 @@ impl Conn for PgConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let id: Vec<i64> = rows.iter().map(|r| r.0.0).collect();
         let traits: Vec<&[u8]> = rows.iter().map(|r| r.1.as_bytes()).collect();
         self.c.execute(
             "UPDATE profiles p SET traits = u.traits, updated_ms = $3
@@ -733,7 +741,7 @@ impl Conn for PgConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let id: Vec<i64> = rows.iter().map(|r| r.0.0).collect();
         let n: Vec<i64> = rows.iter().map(|r| r.1).collect();
         self.c.execute(
             "UPDATE profiles p SET event_count = p.event_count + u.n,
@@ -761,8 +769,8 @@ impl Conn for PgConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let profile: Vec<i64> = rows.iter().map(|e| e.profile_id).collect();
-        let owner: Vec<i64> = rows.iter().map(|e| e.key_owner).collect();
+        let profile: Vec<i64> = rows.iter().map(|e| e.profile_id.0).collect();
+        let owner: Vec<i64> = rows.iter().map(|e| e.key_owner.0).collect();
         let kind: Vec<&str> = rows.iter().map(|e| e.kind).collect();
         let ts: Vec<i64> = rows.iter().map(|e| e.timestamp_ms).collect();
         let received: Vec<i64> = rows.iter().map(|e| e.received_ms).collect();
@@ -787,12 +795,12 @@ impl Conn for PgConn {
             .query(
                 "SELECT id, key_owner, kind, ts_ms, received_ms, body FROM events
                  WHERE profile_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                &[&profile, &before.unwrap_or(i64::MAX), &(limit as i64)],
+                &[&profile.0, &before.unwrap_or(i64::MAX), &(limit as i64)],
             )?
             .iter()
             .map(|r| EventRow {
                 id: r.get(0),
-                key_owner: r.get(1),
+                key_owner: ProfileId(r.get(1)),
                 kind: r.get(2),
                 timestamp_ms: r.get(3),
                 received_ms: r.get(4),

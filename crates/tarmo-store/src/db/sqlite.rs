@@ -396,7 +396,7 @@ impl Conn for SqliteConn {
         self.c
             .prepare_cached("INSERT INTO profiles (created_ms, updated_ms) VALUES (?1, ?1)")?
             .execute([now_ms])?;
-        Ok(self.c.last_insert_rowid())
+        Ok(ProfileId(self.c.last_insert_rowid()))
     }
 
     fn data_key_insert(
@@ -409,7 +409,7 @@ impl Conn for SqliteConn {
             .prepare_cached(
                 "INSERT INTO data_keys (owner_id, profile_id, wrapped) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![owner, profile, wrapped])?;
+            .execute(params![owner.0, profile.0, wrapped])?;
         Ok(())
     }
 
@@ -417,7 +417,7 @@ impl Conn for SqliteConn {
         Ok(self
             .c
             .prepare_cached("SELECT wrapped FROM data_keys WHERE owner_id = ?1")?
-            .query_row([owner], |r| r.get(0))
+            .query_row([owner.0], |r| r.get(0))
             .optional()?)
     }
 
@@ -428,9 +428,9 @@ impl Conn for SqliteConn {
                 "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
                  WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)",
             )?
-            .query_row([id], |r| {
+            .query_row([id.0], |r| {
                 Ok(ProfileRow {
-                    id: r.get(0)?,
+                    id: ProfileId(r.get(0)?),
                     created_ms: r.get(1)?,
                     updated_ms: r.get(2)?,
                     event_count: r.get(3)?,
@@ -443,7 +443,7 @@ impl Conn for SqliteConn {
     fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()> {
         self.c
             .prepare_cached("UPDATE profiles SET traits = ?2, updated_ms = ?3 WHERE id = ?1")?
-            .execute(params![id, sealed.as_bytes(), now_ms])?;
+            .execute(params![id.0, sealed.as_bytes(), now_ms])?;
         Ok(())
     }
 
@@ -452,7 +452,7 @@ impl Conn for SqliteConn {
             .prepare_cached(
                 "UPDATE profiles SET event_count = event_count + ?2, updated_ms = max(updated_ms, ?3) WHERE id = ?1",
             )?
-            .execute(params![id, n, now_ms])?;
+            .execute(params![id.0, n, now_ms])?;
         Ok(())
     }
 
@@ -466,28 +466,28 @@ impl Conn for SqliteConn {
         let c = &self.c;
         c.execute(
             "UPDATE identifiers SET profile_id = ?2 WHERE profile_id = ?1",
-            [from, into],
+            [from.0, into.0],
         )?;
         c.execute(
             "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
-            [from, into],
+            [from.0, into.0],
         )?;
         c.execute(
             "UPDATE data_keys SET profile_id = ?2 WHERE profile_id = ?1",
-            [from, into],
+            [from.0, into.0],
         )?;
         c.execute(
             "UPDATE profiles SET merged_into = ?2 WHERE merged_into = ?1",
-            [from, into],
+            [from.0, into.0],
         )?;
         c.execute(
             "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = ?1),
                  updated_ms = ?3 WHERE id = ?2",
-            params![from, into, now_ms],
+            params![from.0, into.0, now_ms],
         )?;
         c.execute(
             "UPDATE profiles SET merged_into = ?2, traits = NULL, event_count = 0, updated_ms = ?3 WHERE id = ?1",
-            params![from, into, now_ms],
+            params![from.0, into.0, now_ms],
         )?;
         self.merge_record(&MergeRow {
             into_profile: into,
@@ -506,8 +506,8 @@ impl Conn for SqliteConn {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
-                m.into_profile,
-                m.from_profile,
+                m.into_profile.0,
+                m.from_profile.0,
                 m.identifier_kind,
                 m.at_ms,
                 m.refused,
@@ -523,10 +523,10 @@ impl Conn for SqliteConn {
                 OR into_profile IN (SELECT id FROM profiles WHERE merged_into = ?1)
              ORDER BY at_ms, id",
         )?;
-        let rows = st.query_map([profile], |r| {
+        let rows = st.query_map([profile.0], |r| {
             Ok(MergeRow {
-                into_profile: r.get(0)?,
-                from_profile: r.get(1)?,
+                into_profile: ProfileId(r.get(0)?),
+                from_profile: ProfileId(r.get(1)?),
                 identifier_kind: r.get(2)?,
                 at_ms: r.get(3)?,
                 refused: r.get(4)?,
@@ -541,7 +541,11 @@ impl Conn for SqliteConn {
             .c
             .prepare_cached("SELECT profile_id FROM identifiers WHERE bidx = ?1")?;
         keys.iter()
-            .map(|k| Ok(st.query_row([&k.0[..]], |r| r.get(0)).optional()?))
+            .map(|k| {
+                Ok(st
+                    .query_row([&k.0[..]], |r| r.get(0).map(ProfileId))
+                    .optional()?)
+            })
             .collect()
     }
 
@@ -554,8 +558,8 @@ impl Conn for SqliteConn {
             .execute(params![
                 &row.bidx.0[..],
                 row.kind,
-                profile,
-                row.key_owner,
+                profile.0,
+                row.key_owner.0,
                 row.sealed.as_bytes(),
                 row.first_seen_ms,
                 row.verified_ms
@@ -568,7 +572,7 @@ impl Conn for SqliteConn {
             "SELECT kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
              WHERE profile_id = ?1 ORDER BY first_seen_ms, kind",
         )?;
-        let rows = st.query_map([profile], |r| identifier_row(r, 0))?;
+        let rows = st.query_map([profile.0], |r| identifier_row(r, 0))?;
         rows.map(|r| r?).collect()
     }
 
@@ -584,8 +588,8 @@ impl Conn for SqliteConn {
                 "SELECT profile_id, kind, bidx, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
                  WHERE profile_id IN ({marks}) ORDER BY profile_id, first_seen_ms, kind"
             ))?;
-            let rows = st.query_map(rusqlite::params_from_iter(page.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, identifier_row(r, 1)?))
+            let rows = st.query_map(rusqlite::params_from_iter(page.iter().map(|p| p.0)), |r| {
+                Ok((ProfileId(r.get(0)?), identifier_row(r, 1)?))
             })?;
             for r in rows {
                 let (p, row) = r?;
@@ -601,8 +605,8 @@ impl Conn for SqliteConn {
         )?;
         for e in rows {
             st.execute(params![
-                e.profile_id,
-                e.key_owner,
+                e.profile_id.0,
+                e.key_owner.0,
                 e.kind,
                 e.timestamp_ms,
                 e.received_ms,
@@ -623,10 +627,10 @@ impl Conn for SqliteConn {
             "SELECT id, key_owner, kind, ts_ms, received_ms, body FROM events
              WHERE profile_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = st.query_map(params![profile, before.unwrap_or(i64::MAX), limit], |r| {
+        let rows = st.query_map(params![profile.0, before.unwrap_or(i64::MAX), limit], |r| {
             Ok(EventRow {
                 id: r.get(0)?,
-                key_owner: r.get(1)?,
+                key_owner: ProfileId(r.get(1)?),
                 kind: r.get(2)?,
                 timestamp_ms: r.get(3)?,
                 received_ms: r.get(4)?,
@@ -685,7 +689,7 @@ fn identifier_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Result<I
     let b: Vec<u8> = r.get(at + 1)?;
     let (kind, key_owner, sealed, first_seen_ms, verified_ms) = (
         r.get(at)?,
-        r.get(at + 2)?,
+        ProfileId(r.get(at + 2)?),
         r.get(at + 3)?,
         r.get(at + 4)?,
         r.get(at + 5)?,
@@ -764,7 +768,7 @@ mod tests {
         let mut c = b.connect().unwrap();
         assert_eq!(
             c.profile_create(10).unwrap(),
-            4,
+            ProfileId(4),
             "3 was erased; it stays gone"
         );
         let kept: Vec<(i64, Option<Vec<u8>>)> =
@@ -777,7 +781,7 @@ mod tests {
         assert_eq!(kept, [(1, Some(vec![1])), (2, None), (4, None)]);
         c.c.execute("DELETE FROM profiles WHERE id = 4", [])
             .unwrap();
-        assert_eq!(c.profile_create(11).unwrap(), 5);
+        assert_eq!(c.profile_create(11).unwrap(), ProfileId(5));
         c.c.execute_batch(
             "INSERT INTO outbox (profile_id, key_owner, channel, kind, created_ms, next_attempt_ms, status)
                  VALUES (5, 5, 'email', 'confirmation', 11, 11, 'pending')",

@@ -498,9 +498,9 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
     let mut latest: Option<(i64, String)> = None;
     for r in conn.query(
         "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY ts_ms DESC, id DESC",
-        &[P::Int(p.id)],
+        &[P::Int(p.id.0)],
     )? {
-        let v: Value = person::open_json(conn, vault, r.int(0)?, Place::EventBody, &r.sealed(2)?)?;
+        let v: Value = person::open_json(conn, vault, ProfileId(r.int(0)?), Place::EventBody, &r.sealed(2)?)?;
         if v.get("event").and_then(Value::as_str) != Some(super::ORDER_EVENT) {
             continue;
         }

@@ -1449,7 +1449,7 @@ fn apply_chunk(
                 P::Int(t.key),
                 P::Text(parsed.kind.as_str()),
                 P::Int(t.mac),
-                P::Int(profile),
+                P::Int(profile.0),
                 event_id.map_or(P::Null, P::Int),
                 P::Int(id),
             ],
@@ -1479,8 +1479,8 @@ fn replace_event(
     };
     let p = r.int(0)?;
     conn.exec("DELETE FROM events WHERE id = $1", &[P::Int(event_id)])?;
-    conn.profiles_add_events(&[(p, -1)], now_ms)?;
-    touched.insert(p);
+    conn.profiles_add_events(&[(ProfileId(p), -1)], now_ms)?;
+    touched.insert(ProfileId(p));
     Ok(())
 }
 
@@ -1520,7 +1520,7 @@ pub fn dry_run(conn: &mut dyn Conn, parsed: &Parsed) -> Result<ImportReport> {
 pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
     conn.exec(
         "DELETE FROM import_rows WHERE profile_id = $1",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?;
     Ok(())
 }
@@ -1529,7 +1529,7 @@ pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
 pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Result<()> {
     conn.exec(
         "UPDATE import_rows SET profile_id = $2 WHERE profile_id = $1",
-        &[P::Int(from), P::Int(into)],
+        &[P::Int(from.0), P::Int(into.0)],
     )?;
     Ok(())
 }

@@ -965,7 +965,7 @@ impl Group<'_> {
         kind: &IdentifierKind,
         reason: &str,
     ) -> Result<()> {
-        tracing::warn!(into, from, identifier_kind = %kind, reason, "profile merge refused");
+        tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
         self.stats.merges_refused += 1;
         self.conn.merge_record(&MergeRow {
             into_profile: into,
@@ -978,7 +978,7 @@ impl Group<'_> {
     }
 
     fn merge(&mut self, from: ProfileId, into: ProfileId, kind: &IdentifierKind) -> Result<()> {
-        tracing::info!(into, from, identifier_kind = %kind, "profiles merged");
+        tracing::info!(into = into.0, from = from.0, identifier_kind = %kind, "profiles merged");
         self.traits_of(from)?;
         self.traits_of(into)?;
         let absorbed = self.traits.remove(&from).unwrap_or_default();

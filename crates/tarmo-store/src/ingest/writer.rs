@@ -1339,7 +1339,7 @@ mod tests {
                             "job 7 is refused",
                         )),
                         13 => panic!("job 13 has a bug"),
-                        _ => Ok(profile),
+                        _ => Ok(profile.0),
                     }
                 },
                 Box::new(move |r| tx.send((i, r)).unwrap()),
@@ -1401,7 +1401,7 @@ mod tests {
                         }])
                     })
                     .unwrap();
-                assert_eq!(found, *id, "job {i}");
+                assert_eq!(found, ProfileId(*id), "job {i}");
             }
         }
         drop(writer);

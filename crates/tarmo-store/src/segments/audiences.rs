@@ -169,7 +169,7 @@ pub fn sync_file(svc: &Services, id: &str, n: i64) -> Result<Option<Vec<u8>>> {
 pub fn erased(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
     conn.exec(
         "UPDATE audience_members SET erased = 1 WHERE profile_id = $1",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?;
     Ok(())
 }
@@ -244,7 +244,7 @@ pub fn sync(
             .vault
             .open_system(Place::AudienceHashes, &r.sealed(1)?)?;
         let h = String::from_utf8(plain).map_err(|e| Error::Corrupt(e.to_string()))?;
-        held.insert(r.int(0)?, (h, r.int(2)? != 0));
+        held.insert(ProfileId(r.int(0)?), (h, r.int(2)? != 0));
     }
     // Decide everyone a page at a time, then read the identifiers of
     // those allowed a page at a time.
@@ -291,7 +291,7 @@ pub fn sync(
     for page in removals.chunks(PAGE) {
         let marks: Vec<String> = (0..page.len()).map(|i| format!("${}", i + 2)).collect();
         let mut params = vec![P::Text(&def.id)];
-        params.extend(page.iter().map(|p| P::Int(*p)));
+        params.extend(page.iter().map(|p| P::Int(p.0)));
         ctx.conn.exec(
             &format!(
                 "DELETE FROM audience_members WHERE audience_id = $1 AND profile_id IN ({})",
@@ -320,7 +320,7 @@ pub fn sync(
             .collect();
         let mut params = vec![P::Text(&def.id)];
         for ((p, _), s) in page.iter().zip(&sealed) {
-            params.push(P::Int(**p));
+            params.push(P::Int(p.0));
             params.push(P::from(s));
         }
         ctx.conn.exec(
@@ -340,7 +340,7 @@ pub fn sync(
             P::Text(&categories),
             P::Int(now),
         ];
-        params.extend(page.iter().map(|(p, _)| P::Int(**p)));
+        params.extend(page.iter().map(|(p, _)| P::Int(p.0)));
         ctx.conn.exec(
             &format!(
                 "INSERT INTO disclosures (profile_id, processor_id, purpose, categories, at_ms) VALUES {}",

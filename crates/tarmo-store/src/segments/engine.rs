@@ -762,8 +762,8 @@ impl SegmentEngine {
                 continue;
             }
             let (into, from) = (r.int(1)?, r.int(2)?);
-            changes.extend(forget(st, from, now));
-            reload.insert(into);
+            changes.extend(forget(st, ProfileId(from), now));
+            reload.insert(ProfileId(into));
         }
         // New events.
         loop {
@@ -774,7 +774,7 @@ impl SegmentEngine {
                 clock,
             )?;
             for r in rows {
-                let profile = r.int(1)?;
+                let profile = ProfileId(r.int(1)?);
                 if reload.contains(&profile) {
                     continue;
                 }
@@ -789,7 +789,7 @@ impl SegmentEngine {
                     continue;
                 }
                 let Some((name, props)) =
-                    self.open_event(&mut *conn, &st.needs, r.int(2)?, &r.sealed(5)?)?
+                    self.open_event(&mut *conn, &st.needs, ProfileId(r.int(2)?), &r.sealed(5)?)?
                 else {
                     continue;
                 };
@@ -809,7 +809,7 @@ impl SegmentEngine {
         )?;
         for r in rows {
             st.cursors.ledger = r.int(0)?;
-            let profile = r.int(1)?;
+            let profile = ProfileId(r.int(1)?);
             if st.facts.contains(profile) && !reload.contains(&profile) {
                 load_consent(&mut *conn, profile, &st.needs, &mut st.facts)?;
                 dirty.insert(profile);
@@ -825,7 +825,7 @@ impl SegmentEngine {
             clock,
         )?;
         for r in rows {
-            reload.insert(r.int(1)?);
+            reload.insert(ProfileId(r.int(1)?));
         }
         for profile in refresh {
             if reload.contains(&profile) {
@@ -904,7 +904,7 @@ impl SegmentEngine {
                                  WHERE EXISTS (SELECT 1 FROM profiles WHERE id = $2 AND merged_into IS NULL)
                                    AND EXISTS (SELECT 1 FROM segments WHERE id = $1)
                                  ON CONFLICT DO NOTHING",
-                                &[P::Text(s), P::Int(*p), P::Int(*at)],
+                                &[P::Text(s), P::Int(p.0), P::Int(*at)],
                             )?;
                             if n > 0 {
                                 history(ctx.conn, s, *p, true, *at)?;
@@ -913,7 +913,7 @@ impl SegmentEngine {
                         Change::Leave(s, p, at) => {
                             let n = ctx.conn.exec(
                                 "DELETE FROM segment_members WHERE segment_id = $1 AND profile_id = $2",
-                                &[P::Text(s), P::Int(*p)],
+                                &[P::Text(s), P::Int(p.0)],
                             )?;
                             if n > 0 {
                                 history(ctx.conn, s, *p, false, *at)?;
@@ -1021,7 +1021,7 @@ impl SegmentEngine {
             st.members
                 .entry(r.text(0)?)
                 .or_default()
-                .insert(r.int(1)?, r.int(2)?);
+                .insert(ProfileId(r.int(1)?), r.int(2)?);
         }
         for d in &st.defs {
             st.members.entry(d.id.clone()).or_default();
@@ -1049,16 +1049,16 @@ impl SegmentEngine {
                 if !needs.traits.is_empty()
                     && let Some(sealed) = r.opt_sealed(1)?
                 {
-                    p.traits = self.open_traits(&mut *conn, id, &sealed, &needs)?;
+                    p.traits = self.open_traits(&mut *conn, ProfileId(id), &sealed, &needs)?;
                 }
-                people.put(id, p);
+                people.put(ProfileId(id), p);
             }
             if n < PAGE {
                 break;
             }
         }
         for r in conn.query("SELECT profile_id, kind FROM identifiers", &[])? {
-            let id = r.int(0)?;
+            let id = ProfileId(r.int(0)?);
             if people.contains(id) {
                 let k = people.kind_id(&r.text(1)?);
                 add_kind(&mut people, id, k);
@@ -1082,11 +1082,11 @@ impl SegmentEngine {
                 if r.text(3)? != "track" {
                     continue;
                 }
-                let Some((i, _)) = people.get(r.int(1)?) else {
+                let Some((i, _)) = people.get(ProfileId(r.int(1)?)) else {
                     continue;
                 };
                 if let Some((name, props)) =
-                    self.open_event(&mut *conn, &needs, r.int(2)?, &r.sealed(5)?)?
+                    self.open_event(&mut *conn, &needs, ProfileId(r.int(2)?), &r.sealed(5)?)?
                     && let Some(t) = people.table(&name)
                 {
                     people.add_event(i, t, r.int(4)?, props);
@@ -1104,7 +1104,7 @@ impl SegmentEngine {
                 ),
                 &[P::Text(purpose)],
             )? {
-                let id = r.int(0)?;
+                let id = ProfileId(r.int(0)?);
                 if people.contains(id) {
                     people.set_consent(id, purpose, crate::consent::state_of_row(&r, 1)?);
                 }
@@ -1114,7 +1114,7 @@ impl SegmentEngine {
             "SELECT profile_id, restricted_ms FROM profile_flags WHERE restricted_ms IS NOT NULL",
             &[],
         )? {
-            if let Some(p) = people.get_mut(r.int(0)?) {
+            if let Some(p) = people.get_mut(ProfileId(r.int(0)?)) {
                 p.flags.restricted_since = r.opt_int(1)?;
             }
         }
@@ -1173,7 +1173,7 @@ impl SegmentEngine {
                 ),
                 &[P::Text(&purpose)],
             )? {
-                let id = r.int(0)?;
+                let id = ProfileId(r.int(0)?);
                 if st.facts.contains(id) {
                     st.facts
                         .set_consent(id, &purpose, crate::consent::state_of_row(&r, 1)?);
@@ -1234,7 +1234,7 @@ impl SegmentEngine {
     ) -> Result<bool> {
         let Some(r) = conn.query_opt(
             "SELECT merged_into, traits FROM profiles WHERE id = $1",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )?
         else {
             return Ok(false);
@@ -1251,7 +1251,7 @@ impl SegmentEngine {
         let mut kinds = Vec::new();
         for r in conn.query(
             "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )? {
             kinds.push(fs.kind_id(&r.text(0)?));
         }
@@ -1275,7 +1275,7 @@ impl SegmentEngine {
     ) -> Result<bool> {
         let Some(r) = conn.query_opt(
             "SELECT merged_into, traits FROM profiles WHERE id = $1",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )?
         else {
             return Ok(false);
@@ -1292,7 +1292,7 @@ impl SegmentEngine {
         let mut kinds = Vec::new();
         for r in conn.query(
             "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )? {
             kinds.push(fs.kind_id(&r.text(0)?));
         }
@@ -1300,9 +1300,9 @@ impl SegmentEngine {
         let mut events = Vec::new();
         for r in conn.query(
             "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY id",
-            &[P::Int(id)],
+            &[P::Int(id.0)],
         )? {
-            if let Some((name, props)) = self.open_event(conn, needs, r.int(0)?, &r.sealed(2)?)?
+            if let Some((name, props)) = self.open_event(conn, needs, ProfileId(r.int(0)?), &r.sealed(2)?)?
                 && let Some(t) = fs.table(&name)
             {
                 events.push((t, r.int(1)?, props));
@@ -1652,7 +1652,7 @@ fn history(
 ) -> Result<()> {
     conn.exec(
         "INSERT INTO segment_history (segment_id, profile_id, entered, at_ms) VALUES ($1, $2, $3, $4)",
-        &[P::Text(segment), P::Int(profile), P::Int(entered as i64), P::Int(at)],
+        &[P::Text(segment), P::Int(profile.0), P::Int(entered as i64), P::Int(at)],
     )?;
     Ok(())
 }

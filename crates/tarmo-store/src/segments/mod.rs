@@ -228,7 +228,7 @@ pub fn delete(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 pub fn touch(conn: &mut dyn Conn, profile: ProfileId, now_ms: i64) -> Result<()> {
     conn.exec(
         "INSERT INTO profile_touches (profile_id, at_ms) VALUES ($1, $2)",
-        &[P::Int(profile), P::Int(now_ms)],
+        &[P::Int(profile.0), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -240,7 +240,7 @@ pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
         "DELETE FROM segment_history WHERE profile_id = $1",
         "DELETE FROM profile_touches WHERE profile_id = $1",
     ] {
-        conn.exec(sql, &[P::Int(profile)])?;
+        conn.exec(sql, &[P::Int(profile.0)])?;
     }
     Ok(())
 }
@@ -249,7 +249,7 @@ pub fn erase(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
 pub fn memberships(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, i64)>> {
     conn.query(
         "SELECT segment_id, since_ms FROM segment_members WHERE profile_id = $1 ORDER BY segment_id",
-        &[P::Int(profile)],
+        &[P::Int(profile.0)],
     )?
     .into_iter()
     .map(|r| Ok((r.text(0)?, r.int(1)?)))

@@ -10,13 +10,13 @@ use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_store::automations::follow::{follow, insert_due};
 use tarmo_store::automations::send::send_due;
 use tarmo_store::automations::{self as flows, SendConfig};
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::outbox::OutboxMessage;
 
 use super::Harness;
 
-fn grant(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
+fn grant(h: &Harness, profile: ProfileId, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
@@ -69,7 +69,7 @@ fn pass(h: &Harness, at: i64) -> (u64, u64, u64) {
         .unwrap()
 }
 
-fn sends(h: &Harness, flow: &str) -> Vec<(i64, String, String, Option<String>)> {
+fn sends(h: &Harness, flow: &str) -> Vec<(ProfileId, String, String, Option<String>)> {
     h.store
         .conn()
         .unwrap()
@@ -82,7 +82,7 @@ fn sends(h: &Harness, flow: &str) -> Vec<(i64, String, String, Option<String>)> 
         .iter()
         .map(|r| {
             (
-                r.int(0).unwrap(),
+                ProfileId(r.int(0).unwrap()),
                 r.text(1).unwrap(),
                 r.text(2).unwrap(),
                 r.opt_text(3).unwrap(),
@@ -149,7 +149,7 @@ pub fn automations_send_once_per_occurrence_and_decide_at_send_time(h: &Harness)
     // Cy withdraws between scheduling and sending.
     grant(h, cy, "email_marketing", ConsentDecision::Withdrawn);
     assert_eq!(pass(h, now + 3000), (1, 3, 0));
-    let by: Vec<(i64, String, Option<String>)> = sends(h, "reminder")
+    let by: Vec<(ProfileId, String, Option<String>)> = sends(h, "reminder")
         .into_iter()
         .map(|(p, _, s, r)| (p, s, r))
         .collect();
@@ -279,7 +279,7 @@ pub fn due_sends_are_claimed_by_one_node_only(h: &Harness) {
         .map(|i| json!({"type": "identify", "userId": format!("u{i}"), "traits": {"email": format!("u{i}@example.fi")}}))
         .collect();
     h.ingest(msgs);
-    let ids: Vec<i64> = (0..40)
+    let ids: Vec<ProfileId> = (0..40)
         .map(|i| h.lookup("user_id", &format!("u{i}")).unwrap())
         .collect();
     for &p in &ids {
@@ -300,7 +300,7 @@ pub fn due_sends_are_claimed_by_one_node_only(h: &Harness) {
             .unwrap()
             .exec(
                 "INSERT INTO segment_members (segment_id, profile_id, since_ms) VALUES ('all', $1, 0)",
-                &[P::Int(p)],
+                &[P::Int(p.0)],
             )
             .unwrap();
     }
@@ -656,20 +656,20 @@ pub fn a_reminder_names_the_viewed_product_its_price_and_the_store_that_has_it(h
     assert_eq!(pass(h, tarmo_store::now_ms() + 2000), (2, 0, 0));
     let mail = outbox_of(h, "email");
     let text_of = |p: i64| {
-        let m = mail.iter().find(|m| m.profile_id == p).unwrap();
+        let m = mail.iter().find(|m| m.profile_id == ProfileId(p)).unwrap();
         let OutboxMessage::Marketing { subject, text, .. } = &m.message else {
             panic!("a marketing email")
         };
         (subject.clone(), text.clone())
     };
-    let (subject, text) = text_of(ann);
+    let (subject, text) = text_of(ann.0);
     assert_eq!(subject, "Green tea is waiting");
     assert!(
         text.starts_with("Hi Ann, Green tea (4.5 €) is in stock at Tarmo Keskusta."),
         "{text}"
     );
     // Sold out at Bob's store: no offer, the template's other branch.
-    let (_, text) = text_of(bob);
+    let (_, text) = text_of(bob.0);
     assert!(text.starts_with("Hi Bob, have a look again."), "{text}");
 }
 
@@ -822,7 +822,7 @@ pub fn an_event_committed_after_a_later_id_is_still_followed(h: &Harness) {
             updated_ms: now,
         })
         .unwrap();
-    let members = || -> Vec<i64> {
+    let members = || -> Vec<ProfileId> {
         engine
             .members("twice", None, 1000, None)
             .unwrap()

@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 use tarmo_core::consent::{
     Channel, ConsentDecision, Method, PurposeId, PurposeSpec, Reason, decide,
 };
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::consent::{ConsentSignal, SignalOutcome};
 use tarmo_store::doi::{self, Subscribe};
@@ -21,7 +21,7 @@ fn ev(ip: &str) -> Map<String, Value> {
         .clone()
 }
 
-fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
+fn entry(profile: ProfileId, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
     NewEntry {
         channel: None,
         profile_id: profile,
@@ -35,7 +35,7 @@ fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method)
     }
 }
 
-fn profile_of(h: &Harness, user: &str) -> i64 {
+fn profile_of(h: &Harness, user: &str) -> ProfileId {
     h.ingest(vec![json!({"type": "identify", "userId": user})]);
     h.lookup("user_id", user).unwrap()
 }
@@ -46,13 +46,13 @@ fn append(h: &Harness, entries: Vec<NewEntry>) -> tarmo_store::Result<Vec<i64>> 
     })
 }
 
-fn state(h: &Harness, profile: i64, purpose: &str) -> Option<ConsentDecision> {
+fn state(h: &Harness, profile: ProfileId, purpose: &str) -> Option<ConsentDecision> {
     consent::state(&mut *h.store.conn().unwrap(), profile, purpose)
         .unwrap()
         .map(|s| s.decision)
 }
 
-fn verdict(h: &Harness, profile: i64, purpose: &str) -> (bool, Reason) {
+fn verdict(h: &Harness, profile: ProfileId, purpose: &str) -> (bool, Reason) {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
     match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
@@ -991,14 +991,14 @@ fn offers_purpose(h: &Harness) {
     upsert(h, "offers", s, false).unwrap();
 }
 
-fn channel_entry(profile: i64, decision: ConsentDecision, channel: Channel) -> NewEntry {
+fn channel_entry(profile: ProfileId, decision: ConsentDecision, channel: Channel) -> NewEntry {
     NewEntry {
         channel: Some(channel),
         ..entry(profile, "offers", decision, Method::PreferenceCenter)
     }
 }
 
-fn verdict_by(h: &Harness, profile: i64, purpose: &str, channel: Channel) -> (bool, Reason) {
+fn verdict_by(h: &Harness, profile: ProfileId, purpose: &str, channel: Channel) -> (bool, Reason) {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
     match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use tarmo_core::consent::{ConsentDecision, Method};
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::dashboard;
 
 use super::Harness;
 
-fn entry(profile: i64, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
+fn entry(profile: ProfileId, purpose: &str, decision: ConsentDecision, method: Method) -> NewEntry {
     NewEntry {
         channel: None,
         profile_id: profile,
@@ -75,7 +75,7 @@ fn entries_match(h: &Harness) {
 }
 
 pub fn the_dashboard_aggregates_follow_every_consent_change(h: &Harness) {
-    let people: Vec<i64> = (0..4)
+    let people: Vec<ProfileId> = (0..4)
         .map(|i| {
             h.ingest(vec![
                 json!({"type": "identify", "userId": format!("dash-{i}"),

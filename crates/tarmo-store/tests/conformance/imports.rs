@@ -2,7 +2,7 @@
 //! resolution, are idempotent, replace a changed order, skip erased people,
 //! keep no plaintext, and the shop's stock answers the offer.
 
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::imports::catalog::{self, StoreBasis};
 use tarmo_store::imports::{self, Format, ImportKind, ImportSpec, Mapping, Status};
 
@@ -34,7 +34,7 @@ fn run(h: &Harness, kind: ImportKind, csv: &str) -> imports::Finished {
     .unwrap()
 }
 
-fn orders_of(h: &Harness, profile: i64) -> Vec<serde_json::Value> {
+fn orders_of(h: &Harness, profile: ProfileId) -> Vec<serde_json::Value> {
     let page = h.store.events_page(profile, None, 100).unwrap().unwrap();
     page.events
         .into_iter()
@@ -130,7 +130,7 @@ T2,2026-10-02,LC-2,S1,12.50,EUR
     let n = c
         .query_opt(
             "SELECT count(*) FROM import_rows WHERE profile_id = $1",
-            &[P::Int(cy)],
+            &[P::Int(cy.0)],
         )
         .unwrap()
         .unwrap()
@@ -293,7 +293,7 @@ pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
         })
         .unwrap();
     assert_eq!(n, 0, "sold out in Tampere");
-    let members = |e: &SegmentEngine| -> Vec<i64> {
+    let members = |e: &SegmentEngine| -> Vec<ProfileId> {
         e.members("reminder", None, 100, None)
             .unwrap()
             .unwrap()
@@ -315,5 +315,5 @@ pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
         "store_id,product_id,quantity\nS1,P1,0\n",
     );
     engine.tick().unwrap();
-    assert_eq!(members(&engine), Vec::<i64>::new());
+    assert_eq!(members(&engine), Vec::<ProfileId>::new());
 }

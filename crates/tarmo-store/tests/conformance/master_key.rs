@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{ConsentDecision, Method};
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::vault::{INSTALLATION_KEYS, InstallationKeys, MasterKey, Vault};
 use tarmo_store::{Error, Store, rotate_master};
@@ -16,7 +16,7 @@ fn evidence() -> Map<String, Value> {
 }
 
 /// A person with an email, traits and a consent entry; their profile id.
-fn person(h: &Harness, user: &str, email: &str) -> i64 {
+fn person(h: &Harness, user: &str, email: &str) -> ProfileId {
     h.ingest(vec![json!({
         "type": "identify", "userId": user,
         "traits": {"email": email, "city": "Vaasa"}
@@ -42,7 +42,7 @@ fn person(h: &Harness, user: &str, email: &str) -> i64 {
 }
 
 /// Everything a reopened store must still do with what was stored before.
-fn reads_back(store: &Store, p: i64, email: &str) {
+fn reads_back(store: &Store, p: ProfileId, email: &str) {
     let cfg = tarmo_core::identity::IdentityConfig::new(Some("FI"), &[]).unwrap();
     let id = cfg.identifier(cfg.kind("email").unwrap(), email).unwrap();
     assert_eq!(store.find_profile(&id).unwrap(), Some(p));
@@ -234,7 +234,7 @@ pub fn the_data_keys_live_in_a_schema_of_their_own(h: &Harness) {
     let held = c
         .query(
             "SELECT 1 FROM keyring.data_keys WHERE owner_id = $1",
-            &[P::Int(p)],
+            &[P::Int(p.0)],
         )
         .unwrap();
     assert_eq!(held.len(), 1);

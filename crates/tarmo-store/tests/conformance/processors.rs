@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_core::processor::ProcessorInput;
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::processors::{self, ExportView, ProcessorView, SubjectKey};
 
@@ -156,7 +156,7 @@ pub fn processors_are_registered_checked_and_their_tokens_sealed(h: &Harness) {
     );
 }
 
-fn grant(h: &Harness, profile: i64, purpose: &str, decision: ConsentDecision) {
+fn grant(h: &Harness, profile: ProfileId, purpose: &str, decision: ConsentDecision) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
@@ -196,7 +196,7 @@ fn export(
     })
 }
 
-fn person(h: &Harness, user: &str, email: &str) -> i64 {
+fn person(h: &Harness, user: &str, email: &str) -> ProfileId {
     h.ingest(vec![
         json!({"type": "identify", "userId": user, "traits": {"email": email, "phone": "040 1234567", "plan": "gold"}}),
         json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": 12.5}, "context": {"ip": "192.0.2.9"}}),
@@ -535,7 +535,7 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
     assert!(s.token.is_none());
     assert_eq!(m.payload["type"], "erasure");
     assert_eq!(m.payload["request_id"], 42);
-    assert_eq!(m.payload["profile_id"], ann);
+    assert_eq!(m.payload["profile_id"], ann.0);
     assert!(m.payload["requested_at"].as_str().unwrap().ends_with('Z'));
     // Each processor hears only the identifiers it received.
     assert_eq!(

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{ConsentDecision, Method, Reason, decide};
-use tarmo_store::conn::{Cell, P};
+use tarmo_store::conn::{Cell, P, ProfileId};
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::doi::{self, Subscribe};
 use tarmo_store::requests::{self, Filter, NewRequest, RequestKind, RequestStatus};
@@ -45,7 +45,7 @@ fn view(h: &Harness, id: i64) -> requests::RequestView {
     .unwrap()
 }
 
-fn grant(h: &Harness, profile: i64, purpose: &str, ev: Value) {
+fn grant(h: &Harness, profile: ProfileId, purpose: &str, ev: Value) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
@@ -64,7 +64,7 @@ fn grant(h: &Harness, profile: i64, purpose: &str, ev: Value) {
         .unwrap();
 }
 
-fn reason(h: &Harness, profile: i64, purpose: &str) -> Reason {
+fn reason(h: &Harness, profile: ProfileId, purpose: &str) -> Reason {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
     match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
@@ -191,7 +191,7 @@ pub fn erasure_deletes_the_person_everywhere_suppresses_and_spares_others(h: &Ha
         let n = c
             .query_opt(
                 &format!("SELECT count(*) FROM {t} WHERE profile_id = $1"),
-                &[P::Int(p)],
+                &[P::Int(p.0)],
             )
             .unwrap()
             .unwrap()
@@ -478,21 +478,24 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
         // order fulfilment, for the bookkeeping law).
         c.exec(
             "UPDATE events SET received_ms = $2 WHERE profile_id = $1",
-            &[P::Int(old), P::Int(now - 3000 * day)],
+            &[P::Int(old.0), P::Int(now - 3000 * day)],
         )
         .unwrap();
         // The idle person has had nothing for ten years.
-        c.exec("DELETE FROM events WHERE profile_id = $1", &[P::Int(idle)])
-            .unwrap();
+        c.exec(
+            "DELETE FROM events WHERE profile_id = $1",
+            &[P::Int(idle.0)],
+        )
+        .unwrap();
         c.exec(
             "UPDATE profiles SET event_count = 0, updated_ms = $2 WHERE id = $1",
-            &[P::Int(idle), P::Int(now - 3650 * day)],
+            &[P::Int(idle.0), P::Int(now - 3650 * day)],
         )
         .unwrap();
         // The old person's consent is two years old (lifetime 365 days).
         c.exec(
             "UPDATE consent_state SET at_ms = $2 WHERE profile_id = $1",
-            &[P::Int(old), P::Int(now - 400 * day)],
+            &[P::Int(old.0), P::Int(now - 400 * day)],
         )
         .unwrap();
     }
@@ -741,7 +744,7 @@ pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
     );
 }
 
-fn stored_of(o: &Outcome) -> i64 {
+fn stored_of(o: &Outcome) -> ProfileId {
     match o {
         Outcome::Stored(p) => *p,
         other => panic!("expected stored, got {other:?}"),

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_core::segments::{LifecycleConfig, Rule, text};
-use tarmo_store::conn::P;
+use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::segments::SegmentDef;
 use tarmo_store::segments::engine::SegmentEngine;
@@ -27,7 +27,7 @@ fn def(id: &str, purpose: &str, rule: Value) -> SegmentDef {
     }
 }
 
-fn consent(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
+fn consent(h: &Harness, profile: ProfileId, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
@@ -46,7 +46,7 @@ fn consent(h: &Harness, profile: i64, purpose: &str, d: ConsentDecision) {
         .unwrap();
 }
 
-fn members(e: &SegmentEngine, id: &str) -> Vec<i64> {
+fn members(e: &SegmentEngine, id: &str) -> Vec<ProfileId> {
     e.members(id, None, 1000, None)
         .unwrap()
         .unwrap()
@@ -56,7 +56,7 @@ fn members(e: &SegmentEngine, id: &str) -> Vec<i64> {
         .collect()
 }
 
-fn stored_members(h: &Harness, id: &str) -> Vec<i64> {
+fn stored_members(h: &Harness, id: &str) -> Vec<ProfileId> {
     h.store
         .conn()
         .unwrap()
@@ -66,17 +66,17 @@ fn stored_members(h: &Harness, id: &str) -> Vec<i64> {
         )
         .unwrap()
         .into_iter()
-        .map(|r| r.int(0).unwrap())
+        .map(|r| ProfileId(r.int(0).unwrap()))
         .collect()
 }
 
-fn history(h: &Harness, profile: i64) -> Vec<(String, i64)> {
+fn history(h: &Harness, profile: ProfileId) -> Vec<(String, i64)> {
     h.store
         .conn()
         .unwrap()
         .query(
             "SELECT segment_id, entered FROM segment_history WHERE profile_id = $1 ORDER BY id",
-            &[P::Int(profile)],
+            &[P::Int(profile.0)],
         )
         .unwrap()
         .into_iter()
@@ -343,11 +343,11 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
             .map(|i| json!({"type": "identify", "userId": format!("p{i}"), "traits": {"email": format!("p{i}@example.fi")}}))
             .collect(),
     );
-    let ids: Vec<i64> = (0..N)
+    let ids: Vec<ProfileId> = (0..N)
         .map(|i| h.lookup("user_id", &format!("p{i}")).unwrap())
         .collect();
     // Two in three allow ad audiences.
-    let grant = |people: Vec<i64>, d: ConsentDecision| {
+    let grant = |people: Vec<ProfileId>, d: ConsentDecision| {
         let entries: Vec<NewEntry> = people
             .into_iter()
             .map(|p| NewEntry {
@@ -368,7 +368,7 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
             })
             .unwrap();
     };
-    let allowed: Vec<i64> = ids.iter().copied().filter(|p| p % 3 != 0).collect();
+    let allowed: Vec<ProfileId> = ids.iter().copied().filter(|p| p.0 % 3 != 0).collect();
     grant(allowed.clone(), ConsentDecision::Granted);
     let input: tarmo_core::processor::ProcessorInput = serde_json::from_value(json!({
         "name": "Ad platform", "role": "advertising", "country": "ie", "dpa_reference": "DPA-ads",
@@ -588,11 +588,11 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
     }
     // Each person added is a disclosure to the processor.
     let disclosures = |p: i64| {
-        tarmo_store::processors::disclosures_of(&mut *h.store.conn().unwrap(), p)
+        tarmo_store::processors::disclosures_of(&mut *h.store.conn().unwrap(), ProfileId(p))
             .unwrap()
             .len()
     };
-    assert_eq!((disclosures(u1), disclosures(u2)), (1, 0));
+    assert_eq!((disclosures(u1.0), disclosures(u2.0)), (1, 0));
 
     // Nothing changed: nothing added or removed.
     let r = engine.sync_audience("google").unwrap().unwrap();
