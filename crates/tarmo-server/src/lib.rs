@@ -212,30 +212,6 @@ impl AppState {
             .map(|(current, _)| current))
     }
 
-    /// Run `f` as a writer transaction job; its result once committed.
-    pub async fn transact<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut tarmo_store::writer::TxCtx<'_>) -> tarmo_store::Result<T> + Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let writer = self.writer.clone();
-        // Queuing waits for room, so it runs off the async workers.
-        tokio::task::spawn_blocking(move || {
-            writer.transact(
-                f,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            )
-        })
-        .await
-        .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))?;
-        rx.await
-            .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))?
-            .map_err(ApiError::from)
-    }
-
     /// The purpose catalog; its reload, when due, is one small query.
     pub async fn catalog(&self) -> Result<Arc<tarmo_store::consent::Catalog>, ApiError> {
         let store = self.store.clone();
@@ -453,14 +429,9 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, axum::Json<Readi
             .await
             .unwrap_or(false)
     };
-    let store = s.store.clone();
-    let health = s.store.health.clone();
-    let queues = tokio::task::spawn_blocking(move || {
-        let mut c = store.conn()?;
-        c.meta_get("vault_check")?;
-        tarmo_store::health::queue_states(&mut *c, &health, tarmo_store::now_ms())
-    })
-    .await;
+    let svc = s.svc.clone();
+    let queues =
+        tokio::task::spawn_blocking(move || tarmo_store::service::probes::queues(&svc)).await;
     let health = &s.store.health;
     let components = health.components();
     let mut problems: Vec<String> = components
@@ -510,19 +481,12 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
     let mut out = String::with_capacity(8192);
     s.metrics.render(&mut out);
     s.store.metrics.render(&mut out);
-    let store = s.store.clone();
-    let (counts, overdue) = match blocking(move || {
-        let mut c = store.conn()?;
-        Ok((
-            tarmo_store::outbox::counts(&mut *c)?,
-            tarmo_store::requests::overdue_count(&mut *c, tarmo_store::now_ms())?,
-        ))
-    })
-    .await
-    {
-        Ok((c, o)) => (Ok(c), o),
-        Err(e) => (Err(e), 0),
-    };
+    let svc = s.svc.clone();
+    let (counts, overdue) =
+        match blocking(move || tarmo_store::service::probes::backlog(&svc)).await {
+            Ok((c, o)) => (Ok(c), o),
+            Err(e) => (Err(e), 0),
+        };
     out.push_str(&format!(
         "# HELP tarmo_requests_overdue Open data subject requests past their deadline.\n# TYPE tarmo_requests_overdue gauge\ntarmo_requests_overdue {overdue}\n"
     ));
@@ -539,17 +503,13 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
             "tarmo_outbox_messages{{status=\"{status}\"}} {n}\n"
         ));
     }
-    let store = s.store.clone();
-    let health = s.store.health.clone();
-    let queues = blocking(move || {
-        tarmo_store::health::queue_states(&mut *store.conn()?, &health, tarmo_store::now_ms())
-    })
-    .await
-    .unwrap_or_default();
+    let svc = s.svc.clone();
+    let queues = blocking(move || tarmo_store::service::probes::queues(&svc))
+        .await
+        .unwrap_or_default();
     metrics::render_health(&mut out, &s.store.health, &queues);
-    let store = s.store.clone();
-    let notices =
-        blocking(move || tarmo_store::processors::notification_counts(&mut *store.conn()?)).await;
+    let svc = s.svc.clone();
+    let notices = blocking(move || tarmo_store::service::probes::notifications(&svc)).await;
     out.push_str(
         "# HELP tarmo_processor_notifications Erasure notifications to processors, by status.\n# TYPE tarmo_processor_notifications gauge\n",
     );

@@ -319,18 +319,9 @@ fn retention_thread(
         move || cut_short.load(std::sync::atomic::Ordering::SeqCst),
         move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                let me = node.clone();
                 // Held until just before this node's next turn.
                 let hold = every.as_millis() as i64 - 1000;
-                match writer.transact_blocking(move |ctx| {
-                    tarmo_store::lease::take_job(
-                        ctx.conn,
-                        "retention",
-                        &me,
-                        ctx.now_ms,
-                        ctx.now_ms + hold,
-                    )
-                }) {
+                match tarmo_store::retention::take_turn(&writer, &node, hold) {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::debug!("another node sweeps this turn");

@@ -57,6 +57,15 @@ pub fn retention_days(catalog: &Catalog) -> (Option<u32>, Option<u32>) {
     (events.or(any), any)
 }
 
+/// Take this node's turn to sweep (a lease held for `hold_ms`): `false`
+/// when another node sweeps this turn.
+pub fn take_turn(writer: &WriterHandle, node: &str, hold_ms: i64) -> Result<bool> {
+    let me = node.to_owned();
+    writer.transact_blocking(move |ctx| {
+        crate::lease::take_job(ctx.conn, "retention", &me, ctx.now_ms, ctx.now_ms + hold_ms)
+    })
+}
+
 /// Run one sweep at `now_ms`; with `dry_run`, count what would go and change nothing.
 pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<RetentionReport> {
     let started = std::time::Instant::now();

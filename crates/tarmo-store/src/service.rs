@@ -47,3 +47,37 @@ impl Services {
         f(&mut *c, self.store.vault())
     }
 }
+
+/// What the readiness probe and the metrics ask the store, each a use case
+/// that reads through the pool.
+pub mod probes {
+    use super::Services;
+    use crate::Result;
+    use crate::health::{QueueView, queue_states};
+
+    /// The depth and age of each queue of work; reads the vault check
+    /// first, so a store whose vault does not answer is not ready.
+    pub fn queues(svc: &Services) -> Result<Vec<QueueView>> {
+        let health = svc.store.health.clone();
+        svc.read(|c, _| {
+            c.meta_get("vault_check")?;
+            queue_states(c, &health, crate::now_ms())
+        })
+    }
+
+    /// Messages in the outbox by status, and data subject requests past
+    /// their deadline.
+    pub fn backlog(svc: &Services) -> Result<(Vec<(String, i64)>, i64)> {
+        svc.read(|c, _| {
+            Ok((
+                crate::outbox::counts(c)?,
+                crate::requests::overdue_count(c, crate::now_ms())?,
+            ))
+        })
+    }
+
+    /// Erasure notifications to processors by status.
+    pub fn notifications(svc: &Services) -> Result<Vec<(String, i64)>> {
+        svc.read(|c, _| crate::processors::notification_counts(c))
+    }
+}
