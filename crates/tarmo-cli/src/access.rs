@@ -253,7 +253,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<u8> {
         KeysCommand::Revoke { common, key } => {
             let s = settings(&common, None)?;
             let store = open_store(&s)?;
-            if let Ok(id) = key.parse::<i64>() {
+            if let Ok(id) = key.parse::<tarmo_core::ids::KeyId>() {
                 if !store.revoke_api_key(id)? {
                     bail!("key_not_found: no active key with id {id}");
                 }

@@ -183,6 +183,26 @@ impl DataKind {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    /// The kind an identifier's value is: email addresses and phone numbers
+    /// reach the person (contact), the others name them (identifiers).
+    pub fn of_identifier(kind: &str) -> Self {
+        if kind == "email" || kind == "phone" {
+            Self::Contact
+        } else {
+            Self::Identifiers
+        }
+    }
+
+    /// The kind a trait is: those that reach or name the person
+    /// ([`CONTACT_TRAITS`]) are contact, the others traits.
+    pub fn of_trait(name: &str) -> Self {
+        if CONTACT_TRAITS.contains(&name) {
+            Self::Contact
+        } else {
+            Self::Traits
+        }
+    }
+
     /// The kinds a purpose's data categories open. Unknown categories open
     /// nothing: a purpose must say what it uses.
     pub fn of_category(category: &str) -> &'static [DataKind] {

@@ -43,6 +43,11 @@ impl TraitSet {
         self.0.is_empty()
     }
 
+    /// Keep only the traits whose name `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|k, _| keep(k));
+    }
+
     /// The traits as a plain JSON object, for the API.
     pub fn to_object(&self) -> Map<String, Value> {
         self.0

@@ -99,7 +99,7 @@ fn main() {
             .map(|(k, v)| {
                 store.prepare(
                     parse_message(v.clone(), k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                    1,
+                    tarmo_core::ids::KeyId(1),
                 )
             })
             .collect();

@@ -12,7 +12,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tarmo_core::codes::Code;
-use tarmo_core::ids::ProfileId;
+use tarmo_core::ids::{KeyId, ProfileId};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
@@ -225,10 +225,10 @@ impl Default for RateLimits {
 /// one changes nothing), never all at once, which anyone could trigger by
 /// sending from many addresses.
 pub struct Buckets {
-    keys: Mutex<LruCache<i64, (f64, Instant)>>,
+    keys: Mutex<LruCache<KeyId, (f64, Instant)>>,
     ips: Mutex<LruCache<(IpAddr, bool), (f64, Instant)>>,
     accounts: Mutex<LruCache<String, (f64, Instant)>>,
-    metrics: Mutex<LruCache<i64, (f64, Instant)>>,
+    metrics: Mutex<LruCache<KeyId, (f64, Instant)>>,
 }
 
 impl Default for Buckets {
@@ -293,7 +293,7 @@ fn too_many(wait: u32) -> Response {
 }
 
 impl AppState {
-    pub(crate) fn limit_key(&self, key_id: i64) -> Result<(), ApiError> {
+    pub(crate) fn limit_key(&self, key_id: KeyId) -> Result<(), ApiError> {
         match take(&self.buckets.keys, key_id, self.limits.per_key) {
             None => Ok(()),
             Some(wait) => {
@@ -612,7 +612,7 @@ mod tests {
 
     fn key(id: i64) -> KeyGrant {
         let k = ApiKey {
-            id,
+            id: KeyId(id),
             roles: vec!["admin".into()],
             purposes: vec![],
             name: String::new(),
@@ -641,7 +641,7 @@ mod tests {
             );
         }
         let hit = c.get(1, b"tka_real", &[], now);
-        assert_eq!(hit.flatten().map(|(k, _)| k.id), Some(7));
+        assert_eq!(hit.flatten().map(|(k, _)| k.id), Some(KeyId(7)));
         assert!(matches!(
             c.get(
                 100 + 3 * KEY_CACHE_MAX as u64 - 1,

@@ -105,7 +105,7 @@ async fn source_of(
     s: &AppState,
     headers: &HeaderMap,
     body_key: Option<&str>,
-) -> Result<(i64, tarmo_core::identity::Trust), ApiError> {
+) -> Result<(tarmo_core::ids::KeyId, tarmo_core::identity::Trust), ApiError> {
     let key = basic_user(headers).or_else(|| body_key.map(str::to_owned)).ok_or_else(|| {
         ApiError::new(
             Code::MissingWriteKey,

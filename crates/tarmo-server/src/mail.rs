@@ -296,7 +296,7 @@ fn verification_text(
     language: &str,
     org: &str,
     kind: &str,
-    id: i64,
+    id: tarmo_core::ids::RequestId,
     url: &str,
 ) -> (String, String) {
     match language.split('-').next().unwrap_or("en") {

@@ -190,7 +190,7 @@ fn attempt(w: &NoticeWorker, n: &ClaimedNotification) -> Outcome {
 fn deliver(w: &NoticeWorker, n: ClaimedNotification) {
     let (id, attempts) = (n.id, n.attempts);
     let outcome = attempt(w, &n);
-    let ids = (n.request_id, n.processor_id);
+    let ids = (n.request_id.0, n.processor_id.0);
     drop(n);
     let delivery = match outcome {
         Outcome::Delivered => {

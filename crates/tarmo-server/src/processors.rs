@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::ProcessorId;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -42,13 +43,16 @@ fn parse_input(
     Ok(spec)
 }
 
-fn processor_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidProcessorId,
-            "a processor id is a positive integer",
-        )
-    })
+fn processor_id(raw: &str) -> Result<ProcessorId, ApiError> {
+    raw.parse::<ProcessorId>()
+        .ok()
+        .filter(|v| v.0 > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::InvalidProcessorId,
+                "a processor id is a positive integer",
+            )
+        })
 }
 
 /// Register a processor.
@@ -65,7 +69,7 @@ pub async fn register_processor(
     let spec = parse_input(&body, s.config.webhook_targets)?;
     let svc = s.svc.clone();
     let view = blocking(move || register::add(&svc, spec)).await?;
-    tracing::info!(processor_id = view.id, "processor registered");
+    tracing::info!(processor_id = view.id.0, "processor registered");
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -119,7 +123,7 @@ pub async fn update_processor(
     let spec = parse_input(&body, s.config.webhook_targets)?;
     let svc = s.svc.clone();
     let view = blocking(move || register::change(&svc, id, spec)).await?;
-    tracing::info!(processor_id = id, "processor changed");
+    tracing::info!(processor_id = id.0, "processor changed");
     Ok(Json(view))
 }
 
@@ -201,7 +205,7 @@ pub async fn export(
     let svc = s.svc.clone();
     let view = blocking(move || register::export_to(&svc, id, purpose, subjects, kinds)).await?;
     tracing::info!(
-        processor_id = id,
+        processor_id = id.0,
         purpose = %view.purpose,
         exported = view.exported.len(),
         excluded = view.excluded.len(),

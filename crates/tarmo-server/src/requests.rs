@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::ids::RequestId;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -45,14 +46,14 @@ pub struct RequestDetail {
     pub processors: Vec<tarmo_store::processors::NotificationView>,
 }
 
-fn id_of(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
+fn id_of(raw: &str) -> Result<RequestId, ApiError> {
+    raw.parse::<RequestId>()
         .ok()
-        .filter(|v| *v > 0)
+        .filter(|v| v.0 > 0)
         .ok_or_else(|| ApiError::new(Code::InvalidRequestId, "a request id is a positive integer"))
 }
 
-async fn detail(s: &AppState, id: i64) -> Result<RequestDetail, ApiError> {
+async fn detail(s: &AppState, id: RequestId) -> Result<RequestDetail, ApiError> {
     let (request, processors) = blocking({
         let svc = s.svc.clone();
         move || requests::detail(&svc, id)
@@ -293,7 +294,7 @@ pub struct ExportQuery {
 }
 
 /// The bundle of a completed access or portability request.
-pub(crate) async fn bundle_for(s: &AppState, id: i64) -> Result<Bundle, ApiError> {
+pub(crate) async fn bundle_for(s: &AppState, id: RequestId) -> Result<Bundle, ApiError> {
     blocking({
         let svc = s.svc.clone();
         move || requests::bundle_of(&svc, id)
@@ -324,7 +325,7 @@ pub async fn export(
 
 pub(crate) fn bundle_response(
     b: &Bundle,
-    id: i64,
+    id: RequestId,
     format: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (bytes, ctype, ext) = match format.unwrap_or("zip") {

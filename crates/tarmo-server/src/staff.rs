@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
-use tarmo_core::ids::ProfileId;
+use tarmo_core::ids::{KeyId, ProfileId};
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -92,7 +92,7 @@ pub async fn sign_out(
     let id = p.key.id;
     blocking(move || store.revoke_api_key(id)).await?;
     s.keys_changed();
-    tracing::info!(key_id = id, "signed out");
+    tracing::info!(key_id = id.0, "signed out");
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -194,7 +194,7 @@ pub struct KeyInput {
 pub struct NewKey {
     /// The secret: shown once, stored only as a hash.
     pub key: String,
-    pub id: i64,
+    pub id: KeyId,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
     /// A write key's trust level.
@@ -301,7 +301,7 @@ pub async fn revoke_key(
     _p: Principal,
     axum::extract::Path(raw): axum::extract::Path<String>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let id: i64 = raw
+    let id: KeyId = raw
         .parse()
         .map_err(|_| ApiError::new(Code::InvalidKeyId, "a key id is an integer"))?;
     let store = s.store.clone();

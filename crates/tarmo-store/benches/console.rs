@@ -58,7 +58,7 @@ fn main() {
             .map(|(k, v)| {
                 store.prepare(
                     parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                    1,
+                    tarmo_core::ids::KeyId(1),
                 )
             })
             .collect();
@@ -110,7 +110,15 @@ fn main() {
             .unwrap();
         let mut c = store.conn().unwrap();
         let states = consent::states(&mut *c, person).unwrap();
-        let history = consent::history(&mut *c, store.vault(), person).unwrap();
+        let history = consent::history(
+            &mut *c,
+            store.vault(),
+            &tarmo_store::crypto::person::Sight::duty(
+                tarmo_store::crypto::person::Duty::ConsentProof,
+            ),
+            person,
+        )
+        .unwrap();
         let disclosures = tarmo_store::processors::disclosures_of(&mut *c, person).unwrap();
         drop(c);
         assert_eq!(page.events.len(), 50);

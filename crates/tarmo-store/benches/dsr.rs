@@ -72,7 +72,7 @@ fn main() {
         };
         store.prepare(
             parse_message(v, 0, None, BatchDefaults::default(), 1, &cfg).unwrap(),
-            1,
+            tarmo_core::ids::KeyId(1),
         )
     };
     for start in (0..person_events).step_by(1000) {
@@ -118,7 +118,17 @@ fn main() {
     // The checkpoint runs after the commit, on the writer: wait for it.
     writer.transact_blocking(|_| Ok(())).unwrap();
     let erase_ms = t.elapsed().as_secs_f64() * 1000.0;
-    assert!(store.profile_view(subject).unwrap().is_none());
+    assert!(
+        store
+            .profile_view(
+                &tarmo_store::crypto::person::Sight::duty(
+                    tarmo_store::crypto::person::Duty::PersonsRequest
+                ),
+                subject
+            )
+            .unwrap()
+            .is_none()
+    );
 
     // Retention: EVENTS events received long ago, swept.
     let t = Instant::now();
@@ -130,7 +140,7 @@ fn main() {
                 let j = k + i;
                 let v = json!({"type": "track", "userId": format!("old-{}", j % 50_000), "event": "Old",
                     "messageId": format!("o{j}"), "properties": {"n": j}});
-                store.prepare(parse_message(v, 0, None, BatchDefaults::default(), 1, &cfg).unwrap(), 1)
+                store.prepare(parse_message(v, 0, None, BatchDefaults::default(), 1, &cfg).unwrap(), tarmo_core::ids::KeyId(1))
             })
             .collect();
         n += batch.len() as u64;

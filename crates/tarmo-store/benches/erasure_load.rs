@@ -53,7 +53,7 @@ fn main() {
     let prepare = |v: serde_json::Value| {
         store.prepare(
             parse_message(v, 0, None, BatchDefaults::default(), 1, &cfg).unwrap(),
-            1,
+            tarmo_core::ids::KeyId(1),
         )
     };
     // The people to erase: an address, traits and 20 events each.
@@ -115,7 +115,7 @@ fn main() {
                             store.prepare(
                                 parse_message(v, 0, None, BatchDefaults::default(), 1, &cfg)
                                     .unwrap(),
-                                1,
+                                tarmo_core::ids::KeyId(1),
                             )
                         })
                         .collect();

@@ -168,7 +168,7 @@ fn main() {
                     .map(|(k, v)| {
                         store.prepare(
                             parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                            1,
+                            tarmo_core::ids::KeyId(1),
                         )
                     })
                     .collect();
@@ -184,7 +184,7 @@ fn main() {
             .map(|(k, v)| {
                 store.prepare(
                     parse_message(v, k, None, BatchDefaults::default(), now, &cfg).unwrap(),
-                    1,
+                    tarmo_core::ids::KeyId(1),
                 )
             })
             .collect();
@@ -353,7 +353,7 @@ fn main() {
                         let h = mix(k + x + 7_000_000);
                         let v = json!({"type": "track", "userId": format!("u{}", h % profiles),
                             "event": "Product Viewed", "properties": {"sku": format!("sku-{}", h % 500)}});
-                        store.prepare(parse_message(v, 0, None, BatchDefaults::default(), now_ms(), &cfg).unwrap(), 1)
+                        store.prepare(parse_message(v, 0, None, BatchDefaults::default(), now_ms(), &cfg).unwrap(), tarmo_core::ids::KeyId(1))
                     })
                     .collect();
                 writer.submit_blocking(b).unwrap();
@@ -369,7 +369,7 @@ fn main() {
         let v = json!({"type": "track", "userId": format!("u{user}"), "event": "Probe"});
         let p = store.prepare(
             parse_message(v, 0, None, BatchDefaults::default(), now_ms(), &cfg).unwrap(),
-            1,
+            tarmo_core::ids::KeyId(1),
         );
         let out = writer.submit_blocking(vec![p]).unwrap();
         let acked = Instant::now();

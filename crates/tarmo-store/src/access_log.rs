@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::conn::{Conn, P, ProfileId, TxLock};
+use crate::conn::{Conn, KeyId, P, ProfileId, TxLock};
 use crate::crypto::chain::{Chain, Link, VerifyReport};
 use crate::vault::Vault;
 use crate::writer::WriterHandle;
@@ -29,7 +29,7 @@ use crate::{Error, Result, rfc3339};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRecord {
     pub at_ms: i64,
-    pub key_id: i64,
+    pub key_id: KeyId,
     pub user_id: Option<i64>,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
@@ -75,7 +75,7 @@ impl Link for AccessLink<'_> {
         for n in [
             self.seq,
             r.at_ms,
-            r.key_id,
+            r.key_id.0,
             r.user_id.unwrap_or(-1),
             r.count,
             self.profiles.len() as i64,
@@ -118,7 +118,7 @@ pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> R
             &[
                 P::Int(link.seq),
                 P::Int(r.at_ms),
-                P::Int(r.key_id),
+                P::from(r.key_id),
                 P::from(r.user_id),
                 P::Text(&roles),
                 P::Text(&purposes),
@@ -171,7 +171,7 @@ pub fn verify(
             let action = r.text(7)?;
             let rec = AccessRecord {
                 at_ms: r.int(1)?,
-                key_id: r.int(2)?,
+                key_id: KeyId(r.int(2)?),
                 user_id: r.opt_int(3)?,
                 roles: Vec::new(),
                 purposes: Vec::new(),
@@ -212,7 +212,7 @@ pub fn verify(
 pub struct AccessView {
     pub seq: i64,
     pub at: String,
-    pub key_id: i64,
+    pub key_id: KeyId,
     pub user_id: Option<i64>,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
@@ -226,7 +226,7 @@ fn view(r: &crate::conn::Row) -> Result<AccessView> {
     Ok(AccessView {
         seq: r.int(0)?,
         at: rfc3339(r.int(1)?),
-        key_id: r.int(2)?,
+        key_id: KeyId(r.int(2)?),
         user_id: r.opt_int(3)?,
         roles: serde_json::from_str(&r.text(4)?).unwrap_or_default(),
         purposes: serde_json::from_str(&r.text(5)?).unwrap_or_default(),
@@ -278,7 +278,7 @@ pub struct AccessLogger {
 /// purposes for the record. Looked up without allocating once present.
 #[derive(Default)]
 struct Tally {
-    counts: HashMap<i64, HashMap<String, TallyEntry>>,
+    counts: HashMap<KeyId, HashMap<String, TallyEntry>>,
 }
 
 struct TallyEntry {
@@ -331,7 +331,7 @@ impl AccessLogger {
     /// Count policy decisions made for a key through a route.
     pub fn count(
         &self,
-        key_id: i64,
+        key_id: KeyId,
         user_id: Option<i64>,
         roles: &[String],
         purposes: &[String],

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, KeyId, P, ProfileId};
 use crate::consent::{self, Catalog, LedgerEntryView};
 use crate::crypto::person;
 use crate::vault::{Place, Vault};
@@ -20,7 +20,7 @@ pub struct BundleEvent {
     pub timestamp: String,
     pub received_at: String,
     /// The write key (source) that sent it.
-    pub source_id: Option<i64>,
+    pub source_id: Option<KeyId>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub message: Value,
 }
@@ -131,6 +131,8 @@ pub fn collect(
     view: crate::ProfileView,
     now_ms: i64,
 ) -> Result<Bundle> {
+    // The person's own request: everything held about them opens.
+    let sight = person::Sight::duty(person::Duty::PersonsRequest);
     let mut events = Vec::new();
     let mut last = 0i64;
     loop {
@@ -145,6 +147,7 @@ pub fn collect(
             let message = person::open_json(
                 conn,
                 vault,
+                &sight,
                 ProfileId(r.int(1)?),
                 Place::EventBody,
                 &r.sealed(5)?,
@@ -154,14 +157,14 @@ pub fn collect(
                 kind: r.text(2)?,
                 timestamp: rfc3339(r.int(3)?),
                 received_at: rfc3339(r.int(4)?),
-                source_id: r.opt_int(6)?,
+                source_id: r.opt_int(6)?.map(KeyId),
                 message,
             });
         }
     }
 
     let mut consents = Vec::new();
-    for entry in consent::history(conn, vault, profile)? {
+    for entry in consent::history(conn, vault, &sight, profile)? {
         let texts = consent::notice_texts(conn, &entry.purpose, &entry.notice_version)?;
         consents.push(BundleConsent {
             notice_text: serde_json::to_value(texts).expect("serialises"),

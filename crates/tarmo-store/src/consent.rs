@@ -738,6 +738,7 @@ fn unseal_source(column: String, opened: Value) -> (String, Value) {
 pub fn history(
     conn: &mut dyn Conn,
     vault: &Vault,
+    sight: &person::Sight,
     profile: ProfileId,
 ) -> Result<Vec<LedgerEntryView>> {
     let rows = conn.query(
@@ -750,8 +751,14 @@ pub fn history(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let owner = ProfileId(r.int(2)?);
-        let opened: Value =
-            person::open_json(conn, vault, owner, Place::ConsentEvidence, &r.sealed(10)?)?;
+        let opened: Value = person::open_json(
+            conn,
+            vault,
+            sight,
+            owner,
+            Place::ConsentEvidence,
+            &r.sealed(10)?,
+        )?;
         let (source, evidence) = unseal_source(r.text(9)?, opened);
         out.push(LedgerEntryView {
             seq: r.int(0)?,
@@ -1605,7 +1612,12 @@ pub fn consents_of(
         let mut states = states(conn, profile)?;
         states.retain(|(purpose, _)| ours(purpose));
         let flags = flags(conn, profile)?;
-        let mut entries = history(conn, vault, profile)?;
+        // The source (where the consent was given) is part of the record
+        // every reader of consents sees, so the entries open as the
+        // ledger's proof; the evidence is kept only for a grant that sees
+        // consent data.
+        let proof = person::Sight::duty(person::Duty::ConsentProof);
+        let mut entries = history(conn, vault, &proof, profile)?;
         entries.retain(|e| ours(&e.purpose));
         if !kinds.contains(&tarmo_core::access::DataKind::Consent) {
             for e in &mut entries {
@@ -1655,15 +1667,10 @@ pub(crate) fn contact(
     profile: ProfileId,
     kind: &str,
 ) -> Result<Option<String>> {
+    let sight = person::Sight::duty(person::Duty::Delivery);
     for row in conn.identifiers_of(profile)? {
         if row.kind == kind {
-            let key = vault
-                .data_key(row.key_owner, || conn.data_key_get(row.key_owner))?
-                .ok_or_else(|| Error::Corrupt("no data key".into()))?;
-            let v = vault.open(&key, Place::IdentifierValue, row.key_owner, &row.sealed)?;
-            return String::from_utf8(v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(e.to_string()));
+            return person::identifier(conn, vault, &sight, &row);
         }
     }
     Ok(None)

@@ -19,7 +19,7 @@
 use serde::Serialize;
 
 use crate::Result;
-use crate::conn::{P, ProfileId};
+use crate::conn::{P, ProfileId, RequestId};
 use crate::crypto::person;
 use crate::writer::TxCtx;
 
@@ -42,7 +42,7 @@ pub struct ErasureReport {
 pub fn erase_profile(
     ctx: &mut TxCtx<'_>,
     profile: ProfileId,
-    request_id: Option<i64>,
+    request_id: Option<RequestId>,
     suppress: bool,
 ) -> Result<ErasureReport> {
     let now = ctx.now_ms;
@@ -77,8 +77,10 @@ pub fn erase_profile(
         if request_id.is_none() {
             continue;
         }
-        let value = person::identifier(ctx.conn, ctx.vault, &row)?;
-        identifiers.push((row.kind, value));
+        let sight = person::Sight::duty(person::Duty::PersonsRequest);
+        if let Some(value) = person::identifier(ctx.conn, ctx.vault, &sight, &row)? {
+            identifiers.push((row.kind, value));
+        }
     }
     if let Some(request_id) = request_id {
         // Before the disclosures go: they say who received the person's data.
@@ -140,11 +142,7 @@ pub fn erase_profile(
         // replays so that it does not bring the person back.
         ctx.conn.exec(
             "INSERT INTO erasure_log (profile_id, request_id, at_ms) VALUES ($1, $2, $3)",
-            &[
-                P::Int(id.0),
-                request_id.map_or(P::Null, P::Int),
-                P::Int(now),
-            ],
+            &[P::Int(id.0), P::from(request_id), P::Int(now)],
         )?;
         // Out of every segment, history and all; the touch tells the
         // segment engine (on any node) to forget them.
@@ -159,7 +157,7 @@ pub fn erase_profile(
     }
     tracing::info!(
         profile = profile.0,
-        request_id = request_id.unwrap_or(0),
+        request_id = request_id.map_or(0, |r| r.0),
         profiles = report.profiles,
         events = report.events,
         "person erased"

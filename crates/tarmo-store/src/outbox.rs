@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProcessorId, ProfileId, RequestId};
 use crate::consent::{self, Catalog, Judged, Lookup, Subject};
 use crate::crypto::person::{self, Opened};
 use crate::lease::Claimant;
@@ -41,7 +41,7 @@ pub enum OutboxMessage {
         language: String,
         token: String,
         request_type: String,
-        request_id: i64,
+        request_id: RequestId,
     },
     /// A marketing email, sent only while the purpose allows it; it carries
     /// a one-click unsubscribe link for that purpose.
@@ -66,7 +66,7 @@ pub enum OutboxMessage {
     /// allows it over the list's channel. Its disclosure was recorded with
     /// the row.
     ProcessorList {
-        processor_id: i64,
+        processor_id: ProcessorId,
         purpose: String,
         /// `push` or `call`.
         list: String,
@@ -203,7 +203,8 @@ fn open_payload(
     let Some(sealed) = sealed else {
         return Ok(Err("the payload is missing"));
     };
-    let plain = match person::try_open(conn, vault, owner, Place::OutboxPayload, &sealed)? {
+    let sight = person::Sight::duty(person::Duty::Delivery);
+    let plain = match person::try_open(conn, vault, &sight, owner, Place::OutboxPayload, &sealed)? {
         Opened::Plain(plain) => plain,
         Opened::KeyGone => return Ok(Err("the person's data key is gone")),
         Opened::KeyBroken => return Ok(Err("the person's data key does not open")),
@@ -471,7 +472,7 @@ pub fn confirmation_purposes(
 /// list; `None` when it has none.
 pub fn processor_webhook(
     svc: &Services,
-    processor: i64,
+    processor: ProcessorId,
 ) -> Result<Option<(String, Option<String>)>> {
     svc.read(|conn, vault| crate::processors::webhook_of(conn, vault, processor))
 }

@@ -10,10 +10,10 @@ use tarmo_core::consent::{
     Channel, ConsentDecision, ConsentState, LegalBasis, Method, ProfileFlags, decide,
 };
 
-use crate::conn::ProfileId;
+use crate::conn::{ProfileId, RequestId};
 use crate::consent::{self as ledger, CatalogEntry, NewEntry};
 use crate::doi::current_profile;
-use crate::links::{self, SignedLink};
+use crate::links::{self, RequestLink, SignedLink};
 use crate::processors::ProcessorView;
 use crate::requests::{self, NewRequest, RequestKind};
 use crate::service::Services;
@@ -259,16 +259,13 @@ pub const DOWNLOAD_LINK: &str = "request download";
 /// How long the download link of a person's own data works.
 pub const DOWNLOAD_TTL_MS: i64 = 7 * 86_400_000;
 
-/// A signed link's token to download the bundle of request `request` (the
-/// link's id field holds the request's id).
-pub fn download_token(svc: &Services, request: i64) -> String {
-    links::sign_link(
+/// A signed link's token to download the bundle of request `request`.
+pub fn download_token(svc: &Services, request: RequestId) -> String {
+    links::sign_request_link(
         svc.store.vault(),
         DOWNLOAD_LINK,
-        &SignedLink {
-            // A download link names the request where other links name the
-            // profile (the token's layout is the same).
-            profile_id: ProfileId(request),
+        &RequestLink {
+            request,
             scope: "bundle".into(),
             issued_ms: now_ms(),
         },
@@ -276,8 +273,8 @@ pub fn download_token(svc: &Services, request: i64) -> String {
 }
 
 /// The request a download link is for, while the link is valid.
-pub fn open_download(svc: &Services, token: &str) -> Option<i64> {
-    links::open_link(svc.store.vault(), DOWNLOAD_LINK, token)
+pub fn open_download(svc: &Services, token: &str) -> Option<RequestId> {
+    links::open_request_link(svc.store.vault(), DOWNLOAD_LINK, token)
         .filter(|l| l.scope == "bundle" && now_ms() - l.issued_ms < DOWNLOAD_TTL_MS)
-        .map(|l| l.profile_id.0)
+        .map(|l| l.request)
 }

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tarmo_core::consent::{DataCategory, Reason, decide};
 use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToken, format_date};
 
-use crate::conn::{Conn, P, ProfileId, Row};
+use crate::conn::{Conn, P, ProcessorId, ProfileId, RequestId, Row};
 use crate::consent::{Catalog, Subject, subject_by_id, subject_by_identifier};
 use crate::crypto::person;
 use crate::lease::Claimant;
@@ -33,7 +33,7 @@ use crate::{Error, Result, rfc3339};
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorView {
-    pub id: i64,
+    pub id: ProcessorId,
     pub name: String,
     /// What the processor does for the controller ("email delivery").
     pub role: String,
@@ -68,7 +68,7 @@ fn json_list(r: &Row, i: usize) -> Result<Vec<String>> {
 fn processor_of(r: &Row) -> Result<ProcessorView> {
     let country = r.text(3)?;
     Ok(ProcessorView {
-        id: r.int(0)?,
+        id: ProcessorId(r.int(0)?),
         name: r.text(1)?,
         role: r.text(2)?,
         in_eea: tarmo_core::processor::EEA.contains(&country.as_str()),
@@ -86,10 +86,10 @@ fn processor_of(r: &Row) -> Result<ProcessorView> {
 }
 
 /// One processor by id.
-pub fn get(conn: &mut dyn Conn, id: i64) -> Result<Option<ProcessorView>> {
+pub fn get(conn: &mut dyn Conn, id: ProcessorId) -> Result<Option<ProcessorView>> {
     conn.query_opt(
         &format!("SELECT {PROCESSOR_COLUMNS} FROM processors WHERE id = $1"),
-        &[P::Int(id)],
+        &[P::from(id)],
     )?
     .map(|r| processor_of(&r))
     .transpose()
@@ -127,7 +127,11 @@ pub fn add(svc: &crate::Services, spec: ProcessorSpec) -> Result<ProcessorView> 
 }
 
 /// Replace a processor's definition, in a writer transaction.
-pub fn change(svc: &crate::Services, id: i64, spec: ProcessorSpec) -> Result<ProcessorView> {
+pub fn change(
+    svc: &crate::Services,
+    id: ProcessorId,
+    spec: ProcessorSpec,
+) -> Result<ProcessorView> {
     svc.write(move |ctx| update(ctx.conn, ctx.vault, &ctx.catalog, id, &spec, ctx.now_ms))
 }
 
@@ -137,7 +141,7 @@ pub fn all(svc: &crate::Services) -> Result<Vec<ProcessorView>> {
 }
 
 /// One processor of the register.
-pub fn find(svc: &crate::Services, id: i64) -> Result<Option<ProcessorView>> {
+pub fn find(svc: &crate::Services, id: ProcessorId) -> Result<Option<ProcessorView>> {
     svc.read(|conn, _| get(conn, id))
 }
 
@@ -145,7 +149,7 @@ pub fn find(svc: &crate::Services, id: i64) -> Result<Option<ProcessorView>> {
 /// disclosure records, in one writer transaction.
 pub fn export_to(
     svc: &crate::Services,
-    processor_id: i64,
+    processor_id: ProcessorId,
     purpose: String,
     subjects: Vec<SubjectKey>,
     kinds: BTreeSet<tarmo_core::access::DataKind>,
@@ -171,13 +175,18 @@ pub fn disclosures(svc: &crate::Services, profile: ProfileId) -> Result<Vec<Disc
 
 /// The purposes must be in the catalog; the name (compared without regard
 /// to ASCII case) must not belong to another processor.
-fn check(conn: &mut dyn Conn, catalog: &Catalog, spec: &ProcessorSpec, id: i64) -> Result<()> {
+fn check(
+    conn: &mut dyn Conn,
+    catalog: &Catalog,
+    spec: &ProcessorSpec,
+    id: ProcessorId,
+) -> Result<()> {
     for p in &spec.purposes {
         catalog.require(p.as_str())?;
     }
     let taken = conn.query_opt(
         "SELECT id FROM processors WHERE lower(name) = lower($1) AND id <> $2",
-        &[P::Text(&spec.name), P::Int(id)],
+        &[P::Text(&spec.name), P::from(id)],
     )?;
     if taken.is_some() {
         return Err(Error::Rejected {
@@ -209,7 +218,7 @@ pub fn register(
     spec: &ProcessorSpec,
     now_ms: i64,
 ) -> Result<ProcessorView> {
-    check(conn, catalog, spec, 0)?;
+    check(conn, catalog, spec, ProcessorId(0))?;
     let (purposes, categories) = lists(spec);
     let token = match &spec.webhook_token {
         TokenChange::Set(t) => Some(sealed_token(vault, t)?),
@@ -237,7 +246,8 @@ pub fn register(
             ],
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?
-        .int(0)?;
+        .int(0)
+        .map(ProcessorId)?;
     get(conn, id)?.ok_or_else(not_found)
 }
 
@@ -247,7 +257,7 @@ pub fn update(
     conn: &mut dyn Conn,
     vault: &Vault,
     catalog: &Catalog,
-    id: i64,
+    id: ProcessorId,
     spec: &ProcessorSpec,
     now_ms: i64,
 ) -> Result<ProcessorView> {
@@ -262,7 +272,7 @@ pub fn update(
              dpa_reference = $6, dpa_signed_on = $7, purposes = $8, data_categories = $9,
              erasure_webhook = $10, updated_ms = $11 WHERE id = $1",
         &[
-            P::Int(id),
+            P::from(id),
             P::Text(&spec.name),
             P::Text(&spec.role),
             P::Text(spec.country.as_str()),
@@ -280,14 +290,14 @@ pub fn update(
         TokenChange::Remove => {
             conn.exec(
                 "UPDATE processors SET webhook_token = NULL WHERE id = $1",
-                &[P::Int(id)],
+                &[P::from(id)],
             )?;
         }
         TokenChange::Set(t) => {
             let sealed = sealed_token(vault, t)?;
             conn.exec(
                 "UPDATE processors SET webhook_token = $2 WHERE id = $1",
-                &[P::Int(id), P::from(&sealed)],
+                &[P::from(id), P::from(&sealed)],
             )?;
         }
     }
@@ -300,7 +310,7 @@ pub fn update(
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DisclosureView {
-    pub processor_id: i64,
+    pub processor_id: ProcessorId,
     pub processor: String,
     pub purpose: String,
     pub categories: Vec<String>,
@@ -311,7 +321,7 @@ pub struct DisclosureView {
 pub fn record_disclosure(
     conn: &mut dyn Conn,
     profile: ProfileId,
-    processor_id: i64,
+    processor_id: ProcessorId,
     purpose: &str,
     categories: &[&str],
     now_ms: i64,
@@ -322,7 +332,7 @@ pub fn record_disclosure(
          VALUES ($1, $2, $3, $4, $5)",
         &[
             P::Int(profile.0),
-            P::Int(processor_id),
+            P::from(processor_id),
             P::Text(purpose),
             P::Text(&categories),
             P::Int(now_ms),
@@ -343,7 +353,7 @@ pub fn disclosures_of(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<Dis
     .iter()
     .map(|r| {
         Ok(DisclosureView {
-            processor_id: r.int(0)?,
+            processor_id: ProcessorId(r.int(0)?),
             processor: r.text(1)?,
             purpose: r.text(2)?,
             categories: json_list(r, 3)?,
@@ -420,7 +430,7 @@ pub struct ExcludedSubject {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportView {
-    pub processor_id: i64,
+    pub processor_id: ProcessorId,
     pub processor: String,
     pub purpose: String,
     /// The categories exported: those both the purpose and the processor name.
@@ -442,7 +452,7 @@ pub fn export(
     conn: &mut dyn Conn,
     vault: &Vault,
     catalog: &Catalog,
-    processor_id: i64,
+    processor_id: ProcessorId,
     purpose: &str,
     subjects: &[SubjectKey],
     kinds: &BTreeSet<tarmo_core::access::DataKind>,
@@ -482,6 +492,8 @@ pub fn export(
     let names: Vec<&str> = categories.iter().map(DataCategory::as_str).collect();
     let whole = ExportScope::of(&categories);
     let scope = whole.narrowed(kinds);
+    // What opens: the kinds the caller's grant sees (the scope narrows further).
+    let sight = person::Sight::granted(kinds.clone());
     if scope.is_empty() && !whole.is_empty() {
         return Err(Error::Rejected {
             code: Code::DataKindNotPermitted,
@@ -546,7 +558,7 @@ pub fn export(
             });
             continue;
         }
-        let person = person_data(conn, vault, profile, position, &scope)?;
+        let person = person_data(conn, vault, &sight, profile, position, &scope)?;
         record_disclosure(conn, profile, processor_id, purpose, &names, now_ms)?;
         exported.push(person);
     }
@@ -564,6 +576,7 @@ pub fn export(
 fn person_data(
     conn: &mut dyn Conn,
     vault: &Vault,
+    sight: &person::Sight,
     profile: ProfileId,
     position: usize,
     scope: &ExportScope,
@@ -573,15 +586,17 @@ fn person_data(
     let wants_identifiers = scope.contact || scope.all_identifiers;
     let mut identifiers = Vec::new();
     for row in rows.iter().filter(|r| scope.identifier(&r.kind)) {
-        identifiers.push(ExportedIdentifier {
-            kind: row.kind.clone(),
-            value: person::identifier(conn, vault, row)?,
-        });
+        if let Some(value) = person::identifier(conn, vault, sight, row)? {
+            identifiers.push(ExportedIdentifier {
+                kind: row.kind.clone(),
+                value,
+            });
+        }
     }
     let traits = if scope.traits || scope.address {
         let mut out = Map::new();
         if let Some(sealed) = conn.profile_get(profile)?.and_then(|p| p.traits) {
-            let all = person::traits(conn, vault, profile, &sealed)?.to_object();
+            let all = person::traits(conn, vault, sight, profile, &sealed)?.to_object();
             out.extend(
                 all.into_iter()
                     .filter(|(k, _)| scope.trait_named(k, &kinds)),
@@ -609,6 +624,7 @@ fn person_data(
             let body: Value = person::open_json(
                 conn,
                 vault,
+                sight,
                 ProfileId(r.int(0)?),
                 Place::EventBody,
                 &r.sealed(3)?,
@@ -647,7 +663,7 @@ fn person_data(
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationView {
     pub id: i64,
-    pub processor_id: i64,
+    pub processor_id: ProcessorId,
     pub processor: String,
     /// `pending` (waiting for its next attempt), `sending`, `delivered`,
     /// `failed` (given up: tell the processor another way), or `manual`
@@ -664,21 +680,21 @@ pub struct NotificationView {
 /// The notifications made for one data subject request, by processor name.
 pub fn notifications_for_request(
     conn: &mut dyn Conn,
-    request_id: i64,
+    request_id: RequestId,
 ) -> Result<Vec<NotificationView>> {
     conn.query(
         "SELECT n.id, n.processor_id, COALESCE(p.name, ''), n.status, n.attempts, n.last_error,
                 n.next_attempt_ms, n.delivered_ms, n.created_ms
          FROM processor_notifications n LEFT JOIN processors p ON p.id = n.processor_id
          WHERE n.request_id = $1 ORDER BY p.name, n.id",
-        &[P::Int(request_id)],
+        &[P::from(request_id)],
     )?
     .iter()
     .map(|r| {
         let status = r.text(3)?;
         Ok(NotificationView {
             id: r.int(0)?,
-            processor_id: r.int(1)?,
+            processor_id: ProcessorId(r.int(1)?),
             processor: r.text(2)?,
             attempts: r.int(4)?,
             last_error: r.opt_text(5)?,
@@ -712,7 +728,7 @@ pub fn notifications_for_request(
 pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
     conn: &mut dyn Conn,
     vault: &Vault,
-    request_id: i64,
+    request_id: RequestId,
     profile_ids: &[ProfileId],
     identifiers: &[(K, V)],
     now_ms: i64,
@@ -720,13 +736,13 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
     let Some(&first) = profile_ids.first() else {
         return Ok(0);
     };
-    let mut received: BTreeMap<i64, BTreeSet<DataCategory>> = BTreeMap::new();
+    let mut received: BTreeMap<ProcessorId, BTreeSet<DataCategory>> = BTreeMap::new();
     for &p in profile_ids {
         for r in conn.query(
             "SELECT processor_id, categories FROM disclosures WHERE profile_id = $1",
             &[P::Int(p.0)],
         )? {
-            let cats = received.entry(r.int(0)?).or_default();
+            let cats = received.entry(ProcessorId(r.int(0)?)).or_default();
             cats.extend(
                 json_list(&r, 1)?
                     .iter()
@@ -737,7 +753,7 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
     let requested_ms = conn
         .query_opt(
             "SELECT received_ms FROM requests WHERE id = $1",
-            &[P::Int(request_id)],
+            &[P::from(request_id)],
         )?
         .map(|r| r.int(0))
         .transpose()?
@@ -746,14 +762,14 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
     for (processor_id, cats) in received {
         let Some(r) = conn.query_opt(
             "SELECT erasure_webhook FROM processors WHERE id = $1",
-            &[P::Int(processor_id)],
+            &[P::from(processor_id)],
         )?
         else {
             continue;
         };
         let already = conn.query_opt(
             "SELECT id FROM processor_notifications WHERE request_id = $1 AND processor_id = $2",
-            &[P::Int(request_id), P::Int(processor_id)],
+            &[P::from(request_id), P::from(processor_id)],
         )?;
         if already.is_some() {
             continue;
@@ -785,8 +801,8 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
                  attempts, next_attempt_ms, created_ms)
              VALUES ($1, $2, $3, $4, 0, $5, $5)",
             &[
-                P::Int(request_id),
-                P::Int(processor_id),
+                P::from(request_id),
+                P::from(processor_id),
                 P::from(sealed.as_ref()),
                 P::Text(status),
                 P::Int(now_ms),
@@ -802,8 +818,8 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
 /// A notification claimed for delivery: where to send it and what.
 pub struct ClaimedNotification {
     pub id: i64,
-    pub request_id: i64,
-    pub processor_id: i64,
+    pub request_id: RequestId,
+    pub processor_id: ProcessorId,
     /// Attempts including this one.
     pub attempts: i64,
     /// The processor's webhook now; `None` when it was removed since.
@@ -853,7 +869,7 @@ pub fn claim_due_notifications(
                  claimed_by = $2, lease_until = $3
              WHERE id = $1 AND (status = 'pending' OR (status = 'sending' AND lease_until <= $4))",
             &[
-                P::Int(id),
+                P::from(id),
                 P::Text(&who.node),
                 P::Int(who.until(now_ms)),
                 P::Int(now_ms),
@@ -879,8 +895,8 @@ pub fn claim_due_notifications(
         };
         out.push(ClaimedNotification {
             id,
-            request_id: r.int(1)?,
-            processor_id: r.int(2)?,
+            request_id: RequestId(r.int(1)?),
+            processor_id: ProcessorId(r.int(2)?),
             attempts: r.int(3)? + 1,
             webhook: r.opt_text(5)?,
             token,
@@ -914,11 +930,11 @@ fn open_notification(
 pub fn webhook_of(
     conn: &mut dyn Conn,
     vault: &Vault,
-    id: i64,
+    id: ProcessorId,
 ) -> Result<Option<(String, Option<String>)>> {
     let Some(r) = conn.query_opt(
         "SELECT erasure_webhook, webhook_token FROM processors WHERE id = $1",
-        &[P::Int(id)],
+        &[P::from(id)],
     )?
     else {
         return Ok(None);
@@ -943,7 +959,7 @@ pub fn mark_delivered(conn: &mut dyn Conn, who: &Claimant, id: i64, now_ms: i64)
         "UPDATE processor_notifications SET status = 'delivered', delivered_ms = $2,
              payload = NULL, last_error = NULL, lease_until = NULL
          WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
-        &[P::Int(id), P::Int(now_ms), P::Text(&who.node)],
+        &[P::from(id), P::Int(now_ms), P::Text(&who.node)],
     )? == 1)
 }
 
@@ -961,7 +977,7 @@ pub fn mark_retry(
              last_error = $3, claimed_by = NULL, lease_until = NULL
          WHERE id = $1 AND status = 'sending' AND claimed_by = $4",
         &[
-            P::Int(id),
+            P::from(id),
             P::Int(next_ms),
             P::Text(error),
             P::Text(&who.node),
@@ -977,7 +993,7 @@ pub fn mark_failed(conn: &mut dyn Conn, who: &Claimant, id: i64, error: &str) ->
         "UPDATE processor_notifications SET status = 'failed', payload = NULL, last_error = $2,
              lease_until = NULL
          WHERE id = $1 AND status = 'sending' AND claimed_by = $3",
-        &[P::Int(id), P::Text(error), P::Text(&who.node)],
+        &[P::from(id), P::Text(error), P::Text(&who.node)],
     )? == 1)
 }
 
@@ -993,7 +1009,7 @@ pub fn renew_notifications(
         let n = conn.exec(
             "UPDATE processor_notifications SET lease_until = $3
              WHERE id = $1 AND status = 'sending' AND claimed_by = $2",
-            &[P::Int(id), P::Text(&who.node), P::Int(who.until(now_ms))],
+            &[P::from(id), P::Text(&who.node), P::Int(who.until(now_ms))],
         )?;
         if n == 1 {
             held.push(id);

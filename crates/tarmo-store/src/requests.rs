@@ -22,7 +22,7 @@ use tarmo_core::codes::Code;
 use tarmo_core::consent::{ConsentDecision, LegalBasis, Method};
 use tarmo_core::profile::TraitSet;
 
-use crate::conn::{Conn, P, ProfileId, Row};
+use crate::conn::{Conn, P, ProfileId, RequestId, Row};
 use crate::consent::{self, NewEntry};
 use crate::crypto::person;
 use crate::doi::current_profile;
@@ -145,7 +145,7 @@ pub struct Details {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RequestView {
-    pub id: i64,
+    pub id: RequestId,
     #[serde(rename = "type")]
     pub kind: RequestKind,
     pub status: RequestStatus,
@@ -211,7 +211,7 @@ pub fn open_details(vault: &Vault, sealed: &Sealed) -> Result<Details> {
 fn record_transition(
     conn: &mut dyn Conn,
     vault: &Vault,
-    id: i64,
+    id: RequestId,
     from: Option<RequestStatus>,
     to: RequestStatus,
     actor: &str,
@@ -224,7 +224,7 @@ fn record_transition(
     conn.exec(
         "INSERT INTO request_events (request_id, at_ms, from_status, to_status, actor, note_sealed) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
-            P::Int(id),
+            P::from(id),
             P::Int(now_ms),
             P::from(from.map(|f| f.as_str())),
             P::Text(to.as_str()),
@@ -234,7 +234,7 @@ fn record_transition(
     )?;
     conn.exec(
         "UPDATE requests SET status = $2, updated_ms = $3 WHERE id = $1",
-        &[P::Int(id), P::Text(to.as_str()), P::Int(now_ms)],
+        &[P::from(id), P::Text(to.as_str()), P::Int(now_ms)],
     )?;
     Ok(())
 }
@@ -260,7 +260,7 @@ pub const VERIFY_TOKEN: &str = "verify_request";
 /// request names if that one is verified); otherwise staff verify. An
 /// address anyone can claim through a public write key never receives a
 /// link: the person's data would follow it.
-pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result<i64> {
+pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result<RequestId> {
     let now = ctx.now_ms;
     if req.kind == RequestKind::Rectification && req.corrected.as_ref().is_none_or(|c| c.is_empty())
     {
@@ -330,7 +330,8 @@ pub fn create(ctx: &mut TxCtx<'_>, req: NewRequest, token_ttl_ms: i64) -> Result
             ],
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?
-        .int(0)?;
+        .int(0)
+        .map(RequestId)?;
     record_transition(
         ctx.conn,
         ctx.vault,
@@ -426,7 +427,10 @@ pub fn contact_of(
             .iter()
             .find(|r| r.kind == kind && r.verified_ms.is_some())
         {
-            return Ok(Some((kind.into(), person::identifier(conn, vault, row)?)));
+            let sight = person::Sight::duty(person::Duty::Delivery);
+            if let Some(v) = person::identifier(conn, vault, &sight, row)? {
+                return Ok(Some((kind.into(), v)));
+            }
         }
     }
     Ok(None)
@@ -441,11 +445,11 @@ struct Stored {
     extended: bool,
 }
 
-fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
+fn load(conn: &mut dyn Conn, id: RequestId) -> Result<Stored> {
     let r = conn
         .query_opt(
             "SELECT kind, status, profile_id, payload, due_ms, extended_ms FROM requests WHERE id = $1",
-            &[P::Int(id)],
+            &[P::from(id)],
         )?
         .ok_or_else(|| Error::rejected(Code::RequestNotFound, "no such request"))?;
     Ok(Stored {
@@ -458,7 +462,7 @@ fn load(conn: &mut dyn Conn, id: i64) -> Result<Stored> {
     })
 }
 
-fn not_open(id: i64, status: RequestStatus) -> Error {
+fn not_open(id: RequestId, status: RequestStatus) -> Error {
     Error::Rejected {
         code: Code::RequestClosed,
         message: format!("request {id} is {}", status.as_str()),
@@ -468,11 +472,17 @@ fn not_open(id: i64, status: RequestStatus) -> Error {
 /// Identity verified by staff (`note` says how): the request goes in
 /// progress and is carried out in the same transaction. Staff having
 /// verified the person, the identifier the request names is verified too.
-pub fn verify(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str) -> Result<()> {
+pub fn verify(ctx: &mut TxCtx<'_>, id: RequestId, actor: &str, note: &str) -> Result<()> {
     verify_as(ctx, id, actor, note, true)
 }
 
-fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bool) -> Result<()> {
+fn verify_as(
+    ctx: &mut TxCtx<'_>,
+    id: RequestId,
+    actor: &str,
+    note: &str,
+    by_staff: bool,
+) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if !matches!(
         r.status,
@@ -492,13 +502,13 @@ fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bo
     let now = ctx.now_ms;
     ctx.conn.exec(
         "UPDATE requests SET verified_ms = $2 WHERE id = $1",
-        &[P::Int(id), P::Int(now)],
+        &[P::from(id), P::Int(now)],
     )?;
     if by_staff {
         ctx.conn.exec(
             "UPDATE identifiers SET verified_ms = $2
              WHERE bidx = (SELECT subject_bidx FROM requests WHERE id = $1) AND verified_ms IS NULL",
-            &[P::Int(id), P::Int(now)],
+            &[P::from(id), P::Int(now)],
         )?;
     }
     record_transition(
@@ -516,10 +526,10 @@ fn verify_as(ctx: &mut TxCtx<'_>, id: i64, actor: &str, note: &str, by_staff: bo
 }
 
 /// The person followed the verification link.
-pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, RequestKind)> {
+pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(RequestId, RequestKind)> {
     let t = links::find_token(ctx.conn, secret, VERIFY_TOKEN, ctx.now_ms)?;
     links::use_token(ctx.conn, &t.hash, ctx.now_ms)?;
-    let id: i64 = t
+    let id: RequestId = t
         .data
         .purposes
         .first()
@@ -539,11 +549,11 @@ pub fn verify_by_link(ctx: &mut TxCtx<'_>, secret: &str) -> Result<(i64, Request
     Ok((id, kind))
 }
 
-fn complete(ctx: &mut TxCtx<'_>, id: i64, outcome: &str) -> Result<()> {
+fn complete(ctx: &mut TxCtx<'_>, id: RequestId, outcome: &str) -> Result<()> {
     let now = ctx.now_ms;
     ctx.conn.exec(
         "UPDATE requests SET completed_ms = $2, outcome = $3, payload = NULL WHERE id = $1",
-        &[P::Int(id), P::Int(now), P::Text(outcome)],
+        &[P::from(id), P::Int(now), P::Text(outcome)],
     )?;
     record_transition(
         ctx.conn,
@@ -557,7 +567,7 @@ fn complete(ctx: &mut TxCtx<'_>, id: i64, outcome: &str) -> Result<()> {
     )
 }
 
-fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
+fn execute(ctx: &mut TxCtx<'_>, id: RequestId, r: Stored) -> Result<()> {
     let details = match &r.payload {
         Some(p) => open_details(ctx.vault, p)?,
         None => Details::default(),
@@ -626,7 +636,7 @@ fn execute(ctx: &mut TxCtx<'_>, id: i64, r: Stored) -> Result<()> {
                     notice_version: None,
                     at_ms: None,
                     source: format!("data subject request {id}"),
-                    evidence: Map::from_iter([("request_id".to_owned(), Value::from(id))]),
+                    evidence: Map::from_iter([("request_id".to_owned(), Value::from(id.0))]),
                 })
                 .collect();
             let catalog = ctx.catalog.clone();
@@ -642,7 +652,13 @@ fn rectify(ctx: &mut TxCtx<'_>, profile: ProfileId, corrected: &Map<String, Valu
     let row = ctx.conn.profile_get(profile)?;
     let mut traits = match row.and_then(|r| r.traits) {
         None => TraitSet::default(),
-        Some(s) => person::traits(ctx.conn, ctx.vault, profile, &s)?,
+        Some(s) => person::traits(
+            ctx.conn,
+            ctx.vault,
+            &person::Sight::duty(person::Duty::PersonsRequest),
+            profile,
+            &s,
+        )?,
     };
     traits.observe(corrected, ctx.now_ms);
     let sealed = person::seal(
@@ -659,7 +675,7 @@ fn rectify(ctx: &mut TxCtx<'_>, profile: ProfileId, corrected: &Map<String, Valu
 }
 
 /// Refuse, with the legal reason (e.g. "Art. 17(3)(b): bookkeeping law").
-pub fn refuse(ctx: &mut TxCtx<'_>, id: i64, legal_reason: &str, actor: &str) -> Result<()> {
+pub fn refuse(ctx: &mut TxCtx<'_>, id: RequestId, legal_reason: &str, actor: &str) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if !r.status.is_open() {
         return Err(not_open(id, r.status));
@@ -672,7 +688,7 @@ pub fn refuse(ctx: &mut TxCtx<'_>, id: i64, legal_reason: &str, actor: &str) -> 
     }
     ctx.conn.exec(
         "UPDATE requests SET completed_ms = $2, outcome = $3, payload = NULL WHERE id = $1",
-        &[P::Int(id), P::Int(ctx.now_ms), P::Text(legal_reason)],
+        &[P::from(id), P::Int(ctx.now_ms), P::Text(legal_reason)],
     )?;
     record_transition(
         ctx.conn,
@@ -687,7 +703,7 @@ pub fn refuse(ctx: &mut TxCtx<'_>, id: i64, legal_reason: &str, actor: &str) -> 
 }
 
 /// Extend the deadline by two months (Art. 12(3)), once, with the reason.
-pub fn extend(ctx: &mut TxCtx<'_>, id: i64, reason: &str, actor: &str) -> Result<()> {
+pub fn extend(ctx: &mut TxCtx<'_>, id: RequestId, reason: &str, actor: &str) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if !r.status.is_open() {
         return Err(not_open(id, r.status));
@@ -707,7 +723,7 @@ pub fn extend(ctx: &mut TxCtx<'_>, id: i64, reason: &str, actor: &str) -> Result
     ctx.conn.exec(
         "UPDATE requests SET due_ms = $2, extended_ms = $3 WHERE id = $1",
         &[
-            P::Int(id),
+            P::from(id),
             P::Int(add_months(r.due_ms, 2)),
             P::Int(ctx.now_ms),
         ],
@@ -725,7 +741,7 @@ pub fn extend(ctx: &mut TxCtx<'_>, id: i64, reason: &str, actor: &str) -> Result
 }
 
 /// End a restriction the request put in place.
-pub fn lift(ctx: &mut TxCtx<'_>, id: i64, actor: &str) -> Result<()> {
+pub fn lift(ctx: &mut TxCtx<'_>, id: RequestId, actor: &str) -> Result<()> {
     let r = load(ctx.conn, id)?;
     if r.kind != RequestKind::Restriction || r.status != RequestStatus::Completed {
         return Err(Error::Rejected {
@@ -768,13 +784,13 @@ fn view_of(
     now_ms: i64,
     history_with: Option<&Vault>,
 ) -> Result<RequestView> {
-    let id = r.int(0)?;
+    let id = RequestId(r.int(0)?);
     let status = RequestStatus::parse(&r.text(2)?)?;
     let due = r.int(7)?;
     let history = if let Some(vault) = history_with {
         conn.query(
             "SELECT at_ms, from_status, to_status, actor, note, note_sealed FROM request_events WHERE request_id = $1 ORDER BY id",
-            &[P::Int(id)],
+            &[P::from(id)],
         )?
         .iter()
         .map(|e| {
@@ -816,11 +832,11 @@ fn view_of(
     })
 }
 
-pub fn get(conn: &mut dyn Conn, vault: &Vault, id: i64, now_ms: i64) -> Result<RequestView> {
+pub fn get(conn: &mut dyn Conn, vault: &Vault, id: RequestId, now_ms: i64) -> Result<RequestView> {
     let r = conn
         .query_opt(
             &format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"),
-            &[P::Int(id)],
+            &[P::from(id)],
         )?
         .ok_or_else(|| Error::rejected(Code::RequestNotFound, "no such request"))?;
     view_of(conn, &r, now_ms, Some(vault))
@@ -898,7 +914,7 @@ pub fn overdue_count(conn: &mut dyn Conn, now_ms: i64) -> Result<i64> {
 /// The kind of a request and the profile its bundle is about, for exports.
 pub fn bundle_target(
     conn: &mut dyn Conn,
-    id: i64,
+    id: RequestId,
 ) -> Result<(RequestKind, RequestStatus, Option<ProfileId>)> {
     let r = load(conn, id)?;
     let p = match r.profile {
@@ -911,7 +927,7 @@ pub fn bundle_target(
 // ---------------------------------------------------------------- use cases
 
 /// Record a request (see [`create`]), durably; its id.
-pub fn open_request(svc: &Services, req: NewRequest, token_ttl_ms: i64) -> Result<i64> {
+pub fn open_request(svc: &Services, req: NewRequest, token_ttl_ms: i64) -> Result<RequestId> {
     svc.write(move |ctx| create(ctx, req, token_ttl_ms))
 }
 
@@ -919,7 +935,7 @@ pub fn open_request(svc: &Services, req: NewRequest, token_ttl_ms: i64) -> Resul
 /// and how that went.
 pub fn detail(
     svc: &Services,
-    id: i64,
+    id: RequestId,
 ) -> Result<(RequestView, Vec<crate::processors::NotificationView>)> {
     svc.read(|conn, vault| {
         let request = get(conn, vault, id, crate::now_ms())?;
@@ -934,27 +950,32 @@ pub fn find(svc: &Services, f: &Filter) -> Result<Vec<RequestView>> {
 }
 
 /// Staff verified the person's identity (`note` says how), durably.
-pub fn verify_by_staff(svc: &Services, id: i64, note: String, actor: String) -> Result<()> {
+pub fn verify_by_staff(svc: &Services, id: RequestId, note: String, actor: String) -> Result<()> {
     svc.write(move |ctx| verify(ctx, id, &actor, &note))
 }
 
 /// Refuse a request with the legal reason, durably.
-pub fn refuse_request(svc: &Services, id: i64, legal_reason: String, actor: String) -> Result<()> {
+pub fn refuse_request(
+    svc: &Services,
+    id: RequestId,
+    legal_reason: String,
+    actor: String,
+) -> Result<()> {
     svc.write(move |ctx| refuse(ctx, id, &legal_reason, &actor))
 }
 
 /// Extend a request's deadline (once) with the reason, durably.
-pub fn extend_request(svc: &Services, id: i64, reason: String, actor: String) -> Result<()> {
+pub fn extend_request(svc: &Services, id: RequestId, reason: String, actor: String) -> Result<()> {
     svc.write(move |ctx| extend(ctx, id, &reason, &actor))
 }
 
 /// End the restriction a completed restriction request put in place, durably.
-pub fn lift_restriction(svc: &Services, id: i64, actor: String) -> Result<()> {
+pub fn lift_restriction(svc: &Services, id: RequestId, actor: String) -> Result<()> {
     svc.write(move |ctx| lift(ctx, id, &actor))
 }
 
 /// The bundle of a completed access or portability request.
-pub fn bundle_of(svc: &Services, id: i64) -> Result<crate::bundle::Bundle> {
+pub fn bundle_of(svc: &Services, id: RequestId) -> Result<crate::bundle::Bundle> {
     let (kind, status, profile) = svc.read(|conn, _| bundle_target(conn, id))?;
     if !kind.has_bundle() {
         return Err(Error::rejected(
@@ -984,6 +1005,6 @@ pub fn peek_verification(svc: &Services, secret: &str) -> Result<links::Confirma
 
 /// The person followed the verification link (see [`verify_by_link`]),
 /// durably: the request and its kind.
-pub fn verify_link(svc: &Services, secret: String) -> Result<(i64, RequestKind)> {
+pub fn verify_link(svc: &Services, secret: String) -> Result<(RequestId, RequestKind)> {
     svc.write(move |ctx| verify_by_link(ctx, &secret))
 }

@@ -148,7 +148,7 @@ mod tests {
     fn record() -> AccessRecord {
         AccessRecord {
             at_ms: crate::now_ms(),
-            key_id: 1,
+            key_id: crate::conn::KeyId(1),
             user_id: None,
             roles: vec!["admin".into()],
             purposes: Vec::new(),

@@ -16,9 +16,9 @@ use std::collections::BTreeSet;
 use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 
 use crate::conn::P;
-use crate::conn::{Conn, ProfileId, StoreCounts};
+use crate::conn::{Conn, KeyId, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
-use crate::crypto::person;
+use crate::crypto::person::{self, Duty, Sight};
 use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
 use crate::pool::{DbHealth, PooledConn};
@@ -432,7 +432,7 @@ impl Store {
 
     /// Everything about a message that needs no store: blind indexes, the
     /// dedup key, the serialised body.
-    pub fn prepare(&self, m: Message, source: i64) -> PreparedEvent {
+    pub fn prepare(&self, m: Message, source: KeyId) -> PreparedEvent {
         let identifiers = m
             .identifiers
             .into_iter()
@@ -443,13 +443,13 @@ impl Store {
             })
             .collect();
         PreparedEvent {
-            source,
+            source: crate::conn::Source::Key(source),
             // A claim until the caller says the source is a trusted server.
             trust: tarmo_core::identity::Trust::Client,
             dedup: m
                 .message_id
                 .as_deref()
-                .map(|id| self.vault.dedup_hash(source, id)),
+                .map(|id| self.vault.dedup_hash(source.0, id)),
             kind: m.kind,
             timestamp_ms: m.timestamp_ms,
             identifiers,
@@ -473,20 +473,25 @@ impl Store {
         Ok(self.conn()?.identifiers_lookup(&[b])?.pop().flatten())
     }
 
-    /// The profile with its identifiers, traits and merge history, opened.
-    pub fn profile_view(&self, id: ProfileId) -> Result<Option<ProfileView>> {
+    /// The profile with its identifiers, traits and merge history, as
+    /// `sight` sees it: only what it may see is opened (no events counted
+    /// without behaviour).
+    pub fn profile_view(&self, sight: &Sight, id: ProfileId) -> Result<Option<ProfileView>> {
         let mut conn = self.conn()?;
         let Some(p) = conn.profile_get(id)? else {
             return Ok(None);
         };
         let traits = match &p.traits {
             None => Map::new(),
-            Some(s) => person::traits(&mut *conn, &self.vault, p.id, s)?.to_object(),
+            Some(s) => person::traits(&mut *conn, &self.vault, sight, p.id, s)?.to_object(),
         };
         let mut identifiers = Vec::new();
         for row in conn.identifiers_of(p.id)? {
+            let Some(value) = person::identifier(&mut *conn, &self.vault, sight, &row)? else {
+                continue;
+            };
             identifiers.push(IdentifierView {
-                value: person::identifier(&mut *conn, &self.vault, &row)?,
+                value,
                 kind: row.kind,
                 first_seen: rfc3339(row.first_seen_ms),
                 verified: row.verified_ms.is_some(),
@@ -508,7 +513,11 @@ impl Store {
             id: p.id,
             created_at: rfc3339(p.created_ms),
             updated_at: rfc3339(p.updated_ms),
-            event_count: p.event_count,
+            event_count: if sight.sees(DataKind::Behaviour) {
+                p.event_count
+            } else {
+                0
+            },
             identifiers,
             traits,
             merges,
@@ -519,7 +528,7 @@ impl Store {
 
     /// Everything held about a person, for an access or portability request.
     pub fn bundle(&self, profile: ProfileId) -> Result<Option<crate::bundle::Bundle>> {
-        let Some(view) = self.profile_view(profile)? else {
+        let Some(view) = self.profile_view(&Sight::duty(Duty::PersonsRequest), profile)? else {
             return Ok(None);
         };
         let catalog = self.catalog()?;
@@ -578,27 +587,7 @@ impl Store {
         let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
             return Ok(None);
         };
-        let Some(mut v) = self.profile_view(current)? else {
-            return Ok(None);
-        };
-        v.identifiers.retain(|i| {
-            if i.kind == "email" || i.kind == "phone" {
-                kinds.contains(&DataKind::Contact)
-            } else {
-                kinds.contains(&DataKind::Identifiers)
-            }
-        });
-        v.traits.retain(|k, _| {
-            if CONTACT_TRAITS.contains(&k.as_str()) || k == "email" || k == "phone" {
-                kinds.contains(&DataKind::Contact)
-            } else {
-                kinds.contains(&DataKind::Traits)
-            }
-        });
-        if !kinds.contains(&DataKind::Behaviour) {
-            v.event_count = 0;
-        }
-        Ok(Some(v))
+        self.profile_view(&Sight::granted(kinds), current)
     }
 
     /// A page of events as `grant` may see it: none without `behaviour`, and
@@ -614,25 +603,15 @@ impl Store {
         let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
             return Ok(None);
         };
-        if !kinds.contains(&DataKind::Behaviour) {
-            return Ok(Some(EventsPage {
-                profile_id: current,
-                events: Vec::new(),
-                next_before: None,
-            }));
-        }
-        let Some(mut page) = self.events_page(current, before, limit)? else {
-            return Ok(None);
-        };
-        for e in &mut page.events {
-            scrub(&mut e.message, &kinds);
-        }
-        Ok(Some(page))
+        self.events_page(&Sight::granted(kinds), current, before, limit)
     }
 
-    /// A page of the profile's events, newest first.
+    /// A page of the profile's events, newest first, as `sight` sees them:
+    /// none without `behaviour`, and identifiers and contact traits taken
+    /// out of each message unless it sees them.
     pub fn events_page(
         &self,
+        sight: &Sight,
         id: ProfileId,
         before: Option<i64>,
         limit: u32,
@@ -641,16 +620,25 @@ impl Store {
         let Some(p) = conn.profile_get(id)? else {
             return Ok(None);
         };
+        if !sight.sees(DataKind::Behaviour) {
+            return Ok(Some(EventsPage {
+                profile_id: p.id,
+                events: Vec::new(),
+                next_before: None,
+            }));
+        }
         let rows = conn.events_page(p.id, before, limit)?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
-            let message = person::open_json(
+            let mut message = person::open_json(
                 &mut *conn,
                 &self.vault,
+                sight,
                 r.key_owner,
                 Place::EventBody,
                 &r.sealed,
             )?;
+            scrub(&mut message, sight.kinds());
             events.push(EventView {
                 id: r.id,
                 kind: r.kind,
@@ -672,7 +660,7 @@ impl Store {
     }
 
     /// Make a key; the secret is returned once and stored only as a hash.
-    pub fn create_api_key(&self, spec: &KeySpec) -> Result<(String, i64)> {
+    pub fn create_api_key(&self, spec: &KeySpec) -> Result<(String, KeyId)> {
         crate::keys::create(&mut *self.conn()?, &self.vault, spec, crate::now_ms())
     }
 
@@ -701,12 +689,12 @@ impl Store {
         self.transact_direct(|c, v| crate::keys::start_session(c, v, user, ttl_ms, crate::now_ms()))
     }
 
-    pub fn revoke_api_key(&self, id: i64) -> Result<bool> {
+    pub fn revoke_api_key(&self, id: KeyId) -> Result<bool> {
         crate::keys::revoke(&mut *self.conn()?, id, crate::now_ms())
     }
 
     /// Revoke the key a secret names; its id, `None` when no active key has it.
-    pub fn revoke_api_key_by_secret(&self, secret: &str) -> Result<Option<i64>> {
+    pub fn revoke_api_key_by_secret(&self, secret: &str) -> Result<Option<KeyId>> {
         crate::keys::revoke_by_secret(&mut *self.conn()?, secret, crate::now_ms())
     }
 

@@ -119,7 +119,7 @@ impl Harness {
                     &self.cfg,
                 )
                 .unwrap();
-                let mut e = self.store.prepare(m, 1);
+                let mut e = self.store.prepare(m, tarmo_core::ids::KeyId(1));
                 e.trust = trust;
                 e
             })
@@ -317,10 +317,16 @@ mod installation_keys {
     }
 }
 
+/// What a person's own request opens: everything held (the tests read it all).
+fn everything() -> tarmo_store::crypto::person::Sight {
+    use tarmo_store::crypto::person::{Duty, Sight};
+    Sight::duty(Duty::PersonsRequest)
+}
+
 fn identifiers_of(h: &Harness, p: ProfileId) -> Vec<(String, String, bool)> {
     let mut v: Vec<_> = h
         .store
-        .profile_view(p)
+        .profile_view(&everything(), p)
         .unwrap()
         .unwrap()
         .identifiers
@@ -367,7 +373,11 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
         "mallory's address never joins the victim's profile"
     );
     assert_eq!(landed, victim);
-    let v = h.store.profile_view(victim).unwrap().unwrap();
+    let v = h
+        .store
+        .profile_view(&everything(), victim)
+        .unwrap()
+        .unwrap();
     let refused: Vec<_> = v.merges.iter().filter(|m| m.outcome == "refused").collect();
     assert_eq!(refused.len(), 1, "{:?}", v.merges);
     assert_eq!(refused[0].identifier_type, "email");
@@ -413,7 +423,7 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
     );
     assert!(
         h.store
-            .profile_view(victim)
+            .profile_view(&everything(), victim)
             .unwrap()
             .unwrap()
             .merges
@@ -457,7 +467,14 @@ fn a_client_key_still_stitches_a_visitor_and_signs_people_up(h: &Harness) {
     );
     assert_eq!(stored(&out[0]), known);
     assert_eq!(h.lookup("anonymous_id", "v-1"), Some(known));
-    assert_eq!(h.store.profile_view(known).unwrap().unwrap().event_count, 3);
+    assert_eq!(
+        h.store
+            .profile_view(&everything(), known)
+            .unwrap()
+            .unwrap()
+            .event_count,
+        3
+    );
     // A sign-up: a new visitor's first identify brings a user id and an
     // address together; both join (as claims, not verified).
     let out = h.ingest_as(Trust::Client, vec![
@@ -536,7 +553,7 @@ fn identify_creates_an_encrypted_profile(h: &Harness) {
     assert_eq!(h.lookup("phone", "+358401234567"), Some(p));
     assert_eq!(h.lookup("loyalty_card", "LC-77"), Some(p));
     assert_eq!(h.lookup("user_id", "u-1"), Some(p));
-    let v = h.store.profile_view(p).unwrap().unwrap();
+    let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
     assert_eq!(v.event_count, 1);
     assert_eq!(v.traits["name"], "Ann");
     let mut kinds: Vec<_> = v
@@ -573,7 +590,14 @@ fn anonymous_visitor_is_stitched_at_login(h: &Harness) {
     );
     assert_eq!(a, b);
     assert_eq!(h.lookup("user_id", "cust-9"), Some(a));
-    assert_eq!(h.store.profile_view(a).unwrap().unwrap().event_count, 2);
+    assert_eq!(
+        h.store
+            .profile_view(&everything(), a)
+            .unwrap()
+            .unwrap()
+            .event_count,
+        2
+    );
 }
 
 fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
@@ -589,7 +613,11 @@ fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
         "the profile of the stronger identifier remains"
     );
     assert_eq!(h.lookup("anonymous_id", "x2"), Some(by_email));
-    let v = h.store.profile_view(by_anon).unwrap().unwrap();
+    let v = h
+        .store
+        .profile_view(&everything(), by_anon)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         v.id, by_email,
         "the merged id leads to the remaining profile"
@@ -601,7 +629,11 @@ fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
     assert_eq!(v.merges[0].into_profile, by_email);
     assert_eq!(v.merges[0].identifier_type, "anonymous_id");
     assert_eq!(v.merges[0].outcome, "merged");
-    let page = h.store.events_page(by_email, None, 10).unwrap().unwrap();
+    let page = h
+        .store
+        .events_page(&everything(), by_email, None, 10)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         page.events.len(),
         3,
@@ -625,7 +657,7 @@ fn two_user_ids_never_merge(h: &Harness) {
     assert_eq!(h.lookup("user_id", "alice"), Some(p1));
     assert_eq!(h.lookup("user_id", "bob"), Some(p2));
     assert_eq!(h.lookup("anonymous_id", "shared-laptop"), Some(p1));
-    let v = h.store.profile_view(p2).unwrap().unwrap();
+    let v = h.store.profile_view(&everything(), p2).unwrap().unwrap();
     let users: Vec<_> = v
         .identifiers
         .iter()
@@ -652,7 +684,7 @@ fn a_shared_device_does_not_merge_two_known_people(h: &Harness) {
     let p2 = stored(&h.ingest(vec![json!({"type": "identify", "anonymousId": "a2", "traits": {"email": "two@x.fi"}, "context": {"device": {"id": "tablet"}}})])[0]);
     assert_ne!(p1, p2);
     assert_eq!(h.lookup("device_id", "tablet"), Some(p1));
-    let v = h.store.profile_view(p2).unwrap().unwrap();
+    let v = h.store.profile_view(&everything(), p2).unwrap().unwrap();
     assert_eq!(v.merges[0].outcome, "refused");
     assert_eq!(v.merges[0].identifier_type, "device_id");
 }
@@ -660,7 +692,7 @@ fn a_shared_device_does_not_merge_two_known_people(h: &Harness) {
 fn traits_are_last_write_wins_by_timestamp(h: &Harness) {
     let p = stored(&h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-03-01T00:00:00Z", "traits": {"plan": "pro", "city": "Oulu"}})])[0]);
     h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-02-01T00:00:00Z", "traits": {"plan": "free", "age": 40}})]);
-    let v = h.store.profile_view(p).unwrap().unwrap();
+    let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
     assert_eq!(
         v.traits["plan"], "pro",
         "an older event does not overwrite a newer value"
@@ -668,7 +700,11 @@ fn traits_are_last_write_wins_by_timestamp(h: &Harness) {
     assert_eq!(v.traits["age"], 40);
     h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-04-01T00:00:00Z", "traits": {"plan": "team"}})]);
     assert_eq!(
-        h.store.profile_view(p).unwrap().unwrap().traits["plan"],
+        h.store
+            .profile_view(&everything(), p)
+            .unwrap()
+            .unwrap()
+            .traits["plan"],
         "team"
     );
 }
@@ -681,7 +717,14 @@ fn message_ids_are_deduplicated(h: &Harness) {
     let out = h.ingest(vec![e]);
     assert_eq!(out[0], Outcome::Duplicate);
     let p = h.lookup("user_id", "d").unwrap();
-    assert_eq!(h.store.profile_view(p).unwrap().unwrap().event_count, 1);
+    assert_eq!(
+        h.store
+            .profile_view(&everything(), p)
+            .unwrap()
+            .unwrap()
+            .event_count,
+        1
+    );
     assert_eq!(h.store.counts().unwrap().events, 1);
 }
 
@@ -691,7 +734,11 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
         .collect();
     h.ingest(msgs);
     let p = h.lookup("user_id", "pager").unwrap();
-    let first = h.store.events_page(p, None, 2).unwrap().unwrap();
+    let first = h
+        .store
+        .events_page(&everything(), p, None, 2)
+        .unwrap()
+        .unwrap();
     let names: Vec<_> = first
         .events
         .iter()
@@ -700,7 +747,7 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
     assert_eq!(names, ["E4", "E3"]);
     let second = h
         .store
-        .events_page(p, first.next_before, 10)
+        .events_page(&everything(), p, first.next_before, 10)
         .unwrap()
         .unwrap();
     assert_eq!(second.events.len(), 3);
@@ -708,7 +755,7 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
     assert!(second.next_before.is_none());
     assert!(
         h.store
-            .events_page(ProfileId(999_999), None, 10)
+            .events_page(&everything(), ProfileId(999_999), None, 10)
             .unwrap()
             .is_none()
     );
@@ -923,7 +970,7 @@ fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
     use tarmo_store::access_log::{self, AccessRecord};
     let rec = |profiles: Vec<ProfileId>, action: &'static str| AccessRecord {
         at_ms: 1_000,
-        key_id: 7,
+        key_id: tarmo_store::conn::KeyId(7),
         user_id: None,
         roles: vec!["support".into()],
         purposes: vec![],
@@ -938,7 +985,7 @@ fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
         .record(rec(vec![ProfileId(12), ProfileId(11)], "export"))
         .unwrap();
     logger.count(
-        7,
+        tarmo_store::conn::KeyId(7),
         None,
         &["marketer".into()],
         &["email_marketing".into()],
@@ -946,7 +993,7 @@ fn the_access_log_is_chained_and_finds_tampering(h: &Harness) {
         5,
     );
     logger.count(
-        7,
+        tarmo_store::conn::KeyId(7),
         None,
         &["marketer".into()],
         &["email_marketing".into()],
@@ -1035,7 +1082,7 @@ fn a_group_resolves_as_its_messages_one_by_one(h: &Harness) {
         let mut profiles: Vec<String> = ids
             .into_iter()
             .map(|p| {
-                let v = h.store.profile_view(p).unwrap().unwrap();
+                let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
                 let mut idents: Vec<_> = v
                     .identifiers
                     .iter()

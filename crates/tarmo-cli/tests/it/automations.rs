@@ -652,6 +652,10 @@ fn a_call_list_goes_to_the_processors_webhook_as_a_disclosure() {
             d[0].purpose.as_str(),
             d[0].categories.clone()
         ),
-        (processor, "phone_marketing", vec!["contact".to_owned()])
+        (
+            tarmo_core::ids::ProcessorId(processor),
+            "phone_marketing",
+            vec!["contact".to_owned()]
+        )
     );
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tarmo_notify::testing::HttpSink;
-use tarmo_store::conn::ProfileId;
+use tarmo_store::conn::{ProfileId, RequestId};
 use tarmo_store::processors::{self, NotificationView};
 use tarmo_store::vault::MasterKey;
 use tarmo_store::{Backend, Store};
@@ -404,7 +404,11 @@ data_subject_categories = ["customers", "newsletter readers"]
 }
 
 /// The request's notifications, once each status has its count.
-fn wait_statuses(store: &Store, request: i64, want: &[(&str, usize)]) -> Vec<NotificationView> {
+fn wait_statuses(
+    store: &Store,
+    request: RequestId,
+    want: &[(&str, usize)],
+) -> Vec<NotificationView> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v =
@@ -458,7 +462,7 @@ fn the_server_delivers_erasure_notifications_to_the_processors_webhook() {
             processors::enqueue_erasure_notifications(
                 c,
                 vault,
-                4242,
+                RequestId(4242),
                 &[ProfileId(erin)],
                 &[("email", "erin@example.com"), ("user_id", "erin")],
                 tarmo_store::now_ms(),
@@ -483,7 +487,7 @@ fn the_server_delivers_erasure_notifications_to_the_processors_webhook() {
         "only what the processor received"
     );
     assert!(body["requested_at"].as_str().unwrap().contains('T'));
-    let v = wait_statuses(&store, 4242, &[("delivered", 1)]);
+    let v = wait_statuses(&store, RequestId(4242), &[("delivered", 1)]);
     assert_eq!((v[0].attempts, v[0].processor.as_str()), (1, "Mailer Oy"));
     drop(store);
     drop(s);
@@ -563,7 +567,7 @@ fn the_notice_worker_retries_until_delivered_and_gives_up_when_it_must() {
             processors::enqueue_erasure_notifications(
                 ctx.conn,
                 ctx.vault,
-                7,
+                RequestId(7),
                 &[dana],
                 &[("email", "dana@example.com")],
                 ctx.now_ms,
@@ -605,7 +609,7 @@ fn the_notice_worker_retries_until_delivered_and_gives_up_when_it_must() {
             json!([{"type": "email", "value": "dana@example.com"}])
         );
     }
-    let views = wait_statuses(&store, 7, &[("failed", 2), ("delivered", 1)]);
+    let views = wait_statuses(&store, RequestId(7), &[("failed", 2), ("delivered", 1)]);
     let by = |name: &str| views.iter().find(|v| v.processor == name).unwrap().clone();
     let f = by("Flaky");
     assert_eq!(

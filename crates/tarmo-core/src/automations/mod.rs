@@ -80,7 +80,7 @@ impl ListKind {
 /// webhook flow's sends go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WebhookAction {
-    pub processor: i64,
+    pub processor: crate::ids::ProcessorId,
     pub list: ListKind,
 }
 
@@ -115,6 +115,7 @@ impl WebhookAction {
                     .get("processor")
                     .and_then(Value::as_i64)
                     .filter(|n| *n > 0)
+                    .map(crate::ids::ProcessorId)
                     .ok_or_else(|| {
                         bad(
                             Code::InvalidWebhook,

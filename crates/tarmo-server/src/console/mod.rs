@@ -532,7 +532,7 @@ pub(crate) async fn sign_out(
         return error_page(Some(&staff), e);
     }
     s.keys_changed();
-    tracing::info!(key_id = id, "signed out of the console");
+    tracing::info!(key_id = id.0, "signed out of the console");
     let mut r = see_other(SIGN_IN_ROUTE);
     set_cookie(
         &mut r,

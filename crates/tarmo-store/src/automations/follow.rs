@@ -101,7 +101,8 @@ pub(crate) fn event_name(
     owner: ProfileId,
     sealed: &Sealed,
 ) -> Result<Option<String>> {
-    let plain = person::open(conn, vault, owner, Place::EventBody, sealed)?;
+    let sight = person::Sight::duty(person::Duty::Evaluation);
+    let plain = person::open(conn, vault, &sight, owner, Place::EventBody, sealed)?;
     Ok(serde_json::from_slice::<NameOnly>(&plain)
         .ok()
         .and_then(|n| n.event))
@@ -119,7 +120,8 @@ pub(crate) fn traits_of(
     let Some(sealed) = p.traits else {
         return Ok(Default::default());
     };
-    Ok(person::traits(conn, vault, p.id, &sealed)?.to_object())
+    let sight = person::Sight::duty(person::Duty::Evaluation);
+    Ok(person::traits(conn, vault, &sight, p.id, &sealed)?.to_object())
 }
 
 /// The person's time zone: trait `timezone`, else the default.

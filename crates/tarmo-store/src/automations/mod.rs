@@ -27,7 +27,7 @@ use tarmo_core::automations::{
 };
 use tarmo_core::consent::Channel;
 
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProcessorId, ProfileId};
 use crate::consent::Catalog;
 use crate::writer::WriterHandle;
 use crate::{Code, Error, Result, Services};
@@ -416,7 +416,7 @@ pub fn processor_categories(
     conn: &mut dyn Conn,
     catalog: &Catalog,
     purpose: &str,
-    processor: i64,
+    processor: ProcessorId,
 ) -> Result<Vec<String>> {
     let Some(p) = crate::processors::get(conn, processor)? else {
         return Err(rejected(

@@ -20,7 +20,7 @@ use tarmo_core::segments::{PRODUCT_PROPERTY, trait_kind};
 
 use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
 use super::{Flow, FlowRecord, PREFERENCES_LINK, SendConfig, allowed_kinds, flows, template_get};
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProcessorId, ProfileId};
 use crate::consent::{Catalog, Subject, subject_by_id};
 use crate::crypto::person;
 use crate::doi::UNSUBSCRIBE_LINK;
@@ -41,7 +41,7 @@ pub enum Verdict {
         message: OutboxMessage,
         /// A webhook send: the processor and the data categories that go
         /// to it, recorded as a disclosure with the outbox row.
-        disclosure: Option<(i64, Vec<String>)>,
+        disclosure: Option<(ProcessorId, Vec<String>)>,
     },
     /// Not sent, with the reason (`no_consent`, `withdrawn`, `capped`, ...).
     Skip(String),
@@ -97,7 +97,8 @@ fn contact(
 ) -> Result<Option<String>> {
     for row in conn.identifiers_of(profile)? {
         if row.kind == kind {
-            return person::identifier(conn, vault, &row).map(Some);
+            let sight = person::Sight::duty(person::Duty::Delivery);
+            return person::identifier(conn, vault, &sight, &row);
         }
     }
     Ok(None)
@@ -168,6 +169,7 @@ fn offer_of(
     let body = person::open(
         conn,
         vault,
+        &person::Sight::duty(person::Duty::Evaluation),
         ProfileId(r.int(0)?),
         Place::EventBody,
         &r.sealed(1)?,

@@ -13,7 +13,7 @@ use tarmo_core::codes::Code;
 
 use tarmo_core::identity::Trust;
 
-use crate::conn::{Conn, P, Row};
+use crate::conn::{Conn, KeyId, P, Row};
 use crate::vault::{Vault, ct_eq};
 use crate::{Error, Result, rfc3339};
 
@@ -33,7 +33,7 @@ pub struct KeySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
-    pub id: i64,
+    pub id: KeyId,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
     pub name: String,
@@ -101,7 +101,7 @@ fn key_of(r: &Row) -> Result<ApiKey> {
     };
     Ok(ApiKey {
         trust,
-        id: r.int(0)?,
+        id: KeyId(r.int(0)?),
         roles,
         purposes,
         name: r.text(4)?,
@@ -118,7 +118,7 @@ pub fn create(
     vault: &Vault,
     spec: &KeySpec,
     now_ms: i64,
-) -> Result<(String, i64)> {
+) -> Result<(String, KeyId)> {
     if spec.roles.is_empty() {
         return Err(Error::rejected(
             Code::InvalidRole,
@@ -157,7 +157,7 @@ pub fn create(
         )?
         .ok_or_else(|| Error::Backend("INSERT ... RETURNING gave no row".into()))?
         .int(0)?;
-    Ok((secret, id))
+    Ok((secret, KeyId(id)))
 }
 
 /// The key a secret names, unless unknown, revoked or expired. Found by the
@@ -206,10 +206,10 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ApiKey>> {
     .collect()
 }
 
-pub fn revoke(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
+pub fn revoke(conn: &mut dyn Conn, id: KeyId, now_ms: i64) -> Result<bool> {
     let revoked = conn.exec(
         "UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
-        &[P::Int(id), P::Int(now_ms)],
+        &[P::from(id), P::Int(now_ms)],
     )? == 1;
     if revoked {
         bump_epoch(conn)?;
@@ -219,7 +219,7 @@ pub fn revoke(conn: &mut dyn Conn, id: i64, now_ms: i64) -> Result<bool> {
 
 /// Revoke the key a secret names (someone holding a leaked secret may not
 /// know its id): its id, or `None` when no active key has that secret.
-pub fn revoke_by_secret(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<i64>> {
+pub fn revoke_by_secret(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Option<KeyId>> {
     let hash = key_hash(secret);
     let Some(r) = conn.query_opt(
         "SELECT id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_ms IS NULL",
@@ -231,7 +231,7 @@ pub fn revoke_by_secret(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Resul
     if !ct_eq(&r.blob(1)?, &hash) {
         return Ok(None);
     }
-    let id = r.int(0)?;
+    let id = KeyId(r.int(0)?);
     Ok(revoke(conn, id, now_ms)?.then_some(id))
 }
 

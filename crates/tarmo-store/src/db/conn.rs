@@ -5,15 +5,15 @@
 use crate::Result;
 use crate::vault::{BlindIndex, Sealed};
 
-pub use tarmo_core::ids::ProfileId;
+pub use tarmo_core::ids::{KeyId, ProcessorId, ProfileId, RequestId};
 
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub profile_id: ProfileId,
     /// The profile whose data key sealed the body (kept through merges).
     pub key_owner: ProfileId,
-    /// The write key (source) that sent it.
-    pub source_id: i64,
+    /// Where it came from.
+    pub source_id: Source,
     pub kind: &'static str,
     pub timestamp_ms: i64,
     pub received_ms: i64,
@@ -89,7 +89,40 @@ macro_rules! id_param {
         }
     )*};
 }
-id_param!(ProfileId);
+id_param!(ProfileId, KeyId, RequestId, ProcessorId);
+
+/// Where an event came from: a write key, or an import. One column holds
+/// both: a key's id, or minus the import's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Key(KeyId),
+    Import(i64),
+}
+
+impl Source {
+    /// The value of the `source_id` column.
+    pub fn column(self) -> i64 {
+        match self {
+            Self::Key(k) => k.0,
+            Self::Import(id) => -id,
+        }
+    }
+
+    /// The source a `source_id` column names.
+    pub fn of_column(v: i64) -> Self {
+        if v < 0 {
+            Self::Import(-v)
+        } else {
+            Self::Key(KeyId(v))
+        }
+    }
+}
+
+impl From<Source> for P<'_> {
+    fn from(s: Source) -> Self {
+        P::Int(s.column())
+    }
+}
 
 impl From<bool> for P<'_> {
     fn from(v: bool) -> Self {
@@ -324,7 +357,7 @@ pub trait Conn: Send {
                         P::Int(e.timestamp_ms),
                         P::Int(e.received_ms),
                         P::Blob(e.sealed.as_bytes()),
-                        P::Int(e.source_id),
+                        P::from(e.source_id),
                     ],
                 )?;
                 r.ok_or_else(|| crate::Error::Backend("INSERT ... RETURNING gave no row".into()))?

@@ -775,7 +775,7 @@ impl Conn for PgConn {
         let ts: Vec<i64> = rows.iter().map(|e| e.timestamp_ms).collect();
         let received: Vec<i64> = rows.iter().map(|e| e.received_ms).collect();
         let body: Vec<&[u8]> = rows.iter().map(|e| e.sealed.as_bytes()).collect();
-        let source: Vec<i64> = rows.iter().map(|e| e.source_id).collect();
+        let source: Vec<i64> = rows.iter().map(|e| e.source_id.column()).collect();
         self.c.execute(
             "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body, source_id)
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bigint[])",

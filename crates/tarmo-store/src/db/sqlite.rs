@@ -611,7 +611,7 @@ impl Conn for SqliteConn {
                 e.timestamp_ms,
                 e.received_ms,
                 e.sealed.as_bytes(),
-                e.source_id
+                e.source_id.column()
             ])?;
         }
         Ok(())

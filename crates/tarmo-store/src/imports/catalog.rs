@@ -484,9 +484,10 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
     let Some(p) = conn.profile_get(profile)? else {
         return Ok(None);
     };
+    let sight = person::Sight::duty(person::Duty::Import);
     let (mut preferred, mut city) = (None, None);
     if let Some(sealed) = &p.traits {
-        let t = person::traits(conn, vault, p.id, sealed)?.to_object();
+        let t = person::traits(conn, vault, &sight, p.id, sealed)?.to_object();
         let s = |v: Option<&Value>| match v {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -500,7 +501,14 @@ fn hints_of(conn: &mut dyn Conn, vault: &Vault, profile: ProfileId) -> Result<Op
         "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY ts_ms DESC, id DESC",
         &[P::Int(p.id.0)],
     )? {
-        let v: Value = person::open_json(conn, vault, ProfileId(r.int(0)?), Place::EventBody, &r.sealed(2)?)?;
+        let v: Value = person::open_json(
+            conn,
+            vault,
+            &sight,
+            ProfileId(r.int(0)?),
+            Place::EventBody,
+            &r.sealed(2)?,
+        )?;
         if v.get("event").and_then(Value::as_str) != Some(super::ORDER_EVENT) {
             continue;
         }

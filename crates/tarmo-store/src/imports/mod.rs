@@ -47,7 +47,7 @@ use tarmo_core::segment::{MessageKind, parse_timestamp_ms};
 
 pub use mapping::{Mapping, TraitType};
 
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProfileId, Source};
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier};
 use crate::vault::{Place, Vault};
 use crate::writer::{TxCtx, WriterHandle};
@@ -1337,7 +1337,7 @@ fn apply_chunk(
             "line": line,
         })
     };
-    let source = -id;
+    let source = Source::Import(id);
     let now = ctx.now_ms;
     let mut todo: Vec<Todo> = Vec::new();
     // Whether a record must be written: `Some(the event it replaces)`.

@@ -33,7 +33,7 @@ use tarmo_core::profile::TraitSet;
 use tarmo_core::segment::MessageKind;
 
 use crate::Result;
-use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId};
+use crate::conn::{Conn, IdentifierRow, MergeRow, NewEvent, P, ProfileId, Source};
 pub use crate::consent::ConsentSignal;
 use crate::consent::{Catalog, SignalOutcome};
 use crate::vault::{BlindIndex, DataKey, Place, Sealed, Vault};
@@ -59,8 +59,8 @@ impl std::fmt::Debug for PreparedIdentifier {
 #[derive(Clone)]
 pub struct PreparedEvent {
     pub dedup: Option<i64>,
-    /// The write key (source) that sent it.
-    pub source: i64,
+    /// The write key or the import that sent it.
+    pub source: Source,
     /// Whether that source is trusted about identity (a server) or only
     /// claims (a client): see the module's rules.
     pub trust: Trust,

@@ -146,7 +146,7 @@ enum Work {
 /// Events from this source make the group that holds them panic (tests
 /// only): a job that fails the writer, to show the writer survives it.
 #[cfg(test)]
-pub(crate) const PANIC_SOURCE: i64 = -4242;
+pub(crate) const PANIC_SOURCE: crate::conn::KeyId = crate::conn::KeyId(4242);
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -1080,7 +1080,10 @@ fn commit_group(
         .and_then(|catalog| {
             catch_unwind(AssertUnwindSafe(|| {
                 #[cfg(test)]
-                if events.iter().any(|e| e.source == PANIC_SOURCE) {
+                if events
+                    .iter()
+                    .any(|e| e.source == crate::conn::Source::Key(PANIC_SOURCE))
+                {
                     panic!("a test asked this group to fail");
                 }
                 resolver.apply(conn, vault, &catalog, &events, now_ms())
@@ -1134,6 +1137,7 @@ fn commit_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::KeyId;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
@@ -1204,7 +1208,7 @@ mod tests {
         (dir, store)
     }
 
-    fn identify(store: &crate::Store, user: &str, source: i64) -> PreparedEvent {
+    fn identify(store: &crate::Store, user: &str, source: KeyId) -> PreparedEvent {
         let cfg = tarmo_core::identity::IdentityConfig::new(None, &[]).unwrap();
         let m = tarmo_core::segment::parse_message(
             serde_json::json!({"type": "identify", "userId": user, "messageId": user}),
@@ -1239,7 +1243,7 @@ mod tests {
         let cfg = WriterConfig::default();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         for i in 0..30 {
-            let ev = identify(&store, &format!("queued-{i}"), 1);
+            let ev = identify(&store, &format!("queued-{i}"), KeyId(1));
             let (order, done) = (order.clone(), done_tx.clone());
             writer
                 .submit(
@@ -1421,7 +1425,7 @@ mod tests {
         // Three requests queued together: the middle one makes its group
         // panic; the others are stored all the same.
         let (tx, rx) = std::sync::mpsc::channel();
-        for (i, source) in [(0, 1), (1, PANIC_SOURCE), (2, 1)] {
+        for (i, source) in [(0, KeyId(1)), (1, PANIC_SOURCE), (2, KeyId(1))] {
             let tx = tx.clone();
             let ev = identify(&store, &format!("user-{i}"), source);
             writer
@@ -1437,7 +1441,7 @@ mod tests {
         assert!(matches!(answers[1].1, Err(Error::Panicked)));
         assert!(matches!(answers[2].1.as_deref(), Ok([Outcome::Stored(_)])));
         let later = writer
-            .submit_blocking(vec![identify(&store, "user-3", 1)])
+            .submit_blocking(vec![identify(&store, "user-3", KeyId(1))])
             .unwrap();
         assert!(matches!(later[..], [Outcome::Stored(_)]));
         assert!(store.health.ready(), "{:?}", store.health.components());
@@ -1469,7 +1473,7 @@ mod tests {
         assert!(store.health.ready());
         assert_eq!(store.health.components()[0].restarts, 1);
         let stored = writer
-            .submit_blocking(vec![identify(&store, "after-restart", 1)])
+            .submit_blocking(vec![identify(&store, "after-restart", KeyId(1))])
             .unwrap();
         assert!(matches!(stored[..], [Outcome::Stored(_)]));
         drop(writer);

@@ -15,7 +15,7 @@ use tarmo_core::codes::Code;
 use tarmo_core::consent::{Channel, decide};
 use tarmo_core::segments::audience::{AudienceFormat, hashed};
 
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProcessorId, ProfileId};
 use crate::consent::{Catalog, Subject, subjects_by_id};
 use crate::crypto::person;
 use crate::vault::{Place, Vault};
@@ -26,7 +26,7 @@ use crate::{Error, Result, Services};
 pub struct AudienceDef {
     pub id: String,
     pub segment: String,
-    pub processor_id: i64,
+    pub processor_id: ProcessorId,
     pub format: AudienceFormat,
     pub created_ms: i64,
 }
@@ -95,7 +95,7 @@ pub fn create(
         &[
             P::Text(&def.id),
             P::Text(&def.segment),
-            P::Int(def.processor_id),
+            P::from(def.processor_id),
             P::Text(def.format.as_str()),
             P::Int(def.created_ms),
         ],
@@ -107,7 +107,7 @@ fn def_of(r: &crate::conn::Row) -> Result<AudienceDef> {
     Ok(AudienceDef {
         id: r.text(0)?,
         segment: r.text(1)?,
-        processor_id: r.int(2)?,
+        processor_id: ProcessorId(r.int(2)?),
         format: AudienceFormat::parse(&r.text(3)?)
             .ok_or_else(|| Error::Corrupt("unknown audience format".into()))?,
         created_ms: r.int(4)?,
@@ -195,7 +195,12 @@ fn hashes_of(
             if !want {
                 continue;
             }
-            let v = person::identifier(conn, vault, &row)?;
+            // An audience is a delivery to the ad platform the purpose
+            // allowed: the contact details, hashed before they leave.
+            let sight = person::Sight::duty(person::Duty::Delivery);
+            let Some(v) = person::identifier(conn, vault, &sight, &row)? else {
+                continue;
+            };
             if row.kind == "email" {
                 *email = hashed(&format.email(&v));
             } else {
@@ -335,7 +340,7 @@ pub fn sync(
             .map(|i| format!("(${}, $1, $2, $3, $4)", i + 5))
             .collect();
         let mut params = vec![
-            P::Int(def.processor_id),
+            P::from(def.processor_id),
             P::Text(purpose),
             P::Text(&categories),
             P::Int(now),
@@ -357,7 +362,7 @@ pub fn sync(
         .conn
         .query_opt(
             "SELECT erasure_webhook FROM processors WHERE id = $1",
-            &[P::Int(def.processor_id)],
+            &[P::from(def.processor_id)],
         )?
         .map(|r| r.opt_text(0))
         .transpose()?
@@ -381,7 +386,7 @@ pub fn sync(
             "INSERT INTO processor_notifications (request_id, processor_id, payload, status,
                  attempts, next_attempt_ms, created_ms)
              VALUES (0, $1, $2, 'pending', 0, $3, $3)",
-            &[P::Int(def.processor_id), P::from(&sealed), P::Int(now)],
+            &[P::from(def.processor_id), P::from(&sealed), P::Int(now)],
         )?;
         report.pushed = true;
     }

@@ -1190,7 +1190,8 @@ impl SegmentEngine {
         sealed: &Sealed,
         needs: &Needs,
     ) -> Result<Map<String, Value>> {
-        let mut all = person::traits(conn, self.store.vault(), owner, sealed)?.to_object();
+        let sight = person::Sight::duty(person::Duty::Evaluation);
+        let mut all = person::traits(conn, self.store.vault(), &sight, owner, sealed)?.to_object();
         all.retain(|k, _| needs.traits.contains(k));
         Ok(all)
     }
@@ -1204,7 +1205,15 @@ impl SegmentEngine {
         owner: ProfileId,
         sealed: &Sealed,
     ) -> Result<Option<(String, Props)>> {
-        let plain = person::open(conn, self.store.vault(), owner, Place::EventBody, sealed)?;
+        let sight = person::Sight::duty(person::Duty::Evaluation);
+        let plain = person::open(
+            conn,
+            self.store.vault(),
+            &sight,
+            owner,
+            Place::EventBody,
+            sealed,
+        )?;
         let Ok(NameOnly { event: Some(name) }) = serde_json::from_slice::<NameOnly>(&plain) else {
             return Ok(None);
         };

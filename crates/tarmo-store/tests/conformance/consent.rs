@@ -13,6 +13,7 @@ use tarmo_store::outbox::{self, OutboxMessage};
 use tarmo_store::resolve::EventConsent;
 
 use super::Harness;
+use super::everything;
 
 fn ev(ip: &str) -> Map<String, Value> {
     json!({"ip": ip, "user_agent": "Mozilla/5.0 test"})
@@ -438,8 +439,13 @@ pub fn double_opt_in_confirms_once_and_tokens_expire(h: &Harness) {
         verdict(h, s.profile_id, "email_marketing"),
         (true, Reason::ConsentGranted)
     );
-    let hist =
-        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), s.profile_id).unwrap();
+    let hist = consent::history(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        &everything(),
+        s.profile_id,
+    )
+    .unwrap();
     let last = hist.last().unwrap();
     assert_eq!(
         (last.decision.as_str(), last.method.as_str()),
@@ -483,9 +489,14 @@ pub fn double_opt_in_confirms_once_and_tokens_expire(h: &Harness) {
         "{err:?}"
     );
     assert_eq!(
-        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), s.profile_id)
-            .unwrap()
-            .len(),
+        consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            s.profile_id
+        )
+        .unwrap()
+        .len(),
         before
     );
 
@@ -567,7 +578,7 @@ pub fn gpc_on_ingestion_opts_out_once_and_a_later_choice_stands(h: &Harness) {
                     &h.cfg,
                 )
                 .unwrap();
-                let mut e = h.store.prepare(m, 1);
+                let mut e = h.store.prepare(m, tarmo_core::ids::KeyId(1));
                 e.consent = Some(Box::new(EventConsent {
                     gpc: true,
                     signals: vec![],
@@ -587,9 +598,14 @@ pub fn gpc_on_ingestion_opts_out_once_and_a_later_choice_stands(h: &Harness) {
         "GPC touches only sale/sharing purposes"
     );
     let n = |h: &Harness| {
-        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p)
-            .unwrap()
-            .len()
+        consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            p,
+        )
+        .unwrap()
+        .len()
     };
     let after_first = n(h);
     assert_eq!(after_first, 2, "one grant, one GPC opt-out");
@@ -651,7 +667,7 @@ pub fn cmp_strings_write_once_per_person_and_never_fail_their_group(h: &Harness)
                     &h.cfg,
                 )
                 .unwrap();
-                let mut e = h.store.prepare(m, 1);
+                let mut e = h.store.prepare(m, tarmo_core::ids::KeyId(1));
                 e.consent = Some(Box::new(EventConsent {
                     gpc: false,
                     signals: vec![signal.clone()],
@@ -665,7 +681,15 @@ pub fn cmp_strings_write_once_per_person_and_never_fail_their_group(h: &Harness)
     };
     let outcomes = send(3, signal.clone());
     assert_eq!(outcomes.len(), 3);
-    let history = || consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    let history = || {
+        consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            p,
+        )
+        .unwrap()
+    };
     let entries = history();
     assert_eq!(entries.len(), 1, "one string, three events: written once");
     assert_eq!(
@@ -868,9 +892,14 @@ pub fn bad_consent_input_is_refused_and_nothing_is_written(h: &Harness) {
         }
     }
     assert!(
-        consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p)
-            .unwrap()
-            .is_empty()
+        consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            p
+        )
+        .unwrap()
+        .is_empty()
     );
     assert_eq!(verify(h).entries, 0);
     // Objection to an analytics purpose resting on legitimate interests is fine.
@@ -947,7 +976,7 @@ pub fn a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act(h: &Harness) {
             &h.cfg,
         )
         .unwrap();
-        let mut e = h.store.prepare(m, 1);
+        let mut e = h.store.prepare(m, tarmo_core::ids::KeyId(1));
         e.consent = Some(Box::new(EventConsent {
             gpc: false,
             signals: vec![signal],
@@ -1080,7 +1109,13 @@ pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) 
         Some(ConsentDecision::Granted),
         "the purpose stands"
     );
-    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    let hist = consent::history(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        &everything(),
+        p,
+    )
+    .unwrap();
     let chans: Vec<_> = hist.iter().map(|e| e.channel.as_deref()).collect();
     assert_eq!(chans, [None, Some("sms")]);
     assert_eq!(hist[1].method, "preference_center");

@@ -20,7 +20,7 @@ fn message(n: u32) -> OutboxMessage {
         language: "en".into(),
         token: format!("token-{n}"),
         request_type: "access".into(),
-        request_id: n as i64,
+        request_id: tarmo_core::ids::RequestId(n as i64),
     }
 }
 

@@ -2,6 +2,7 @@
 //! resolution, are idempotent, replace a changed order, skip erased people,
 //! keep no plaintext, and the shop's stock answers the offer.
 
+use super::everything;
 use tarmo_store::conn::{P, ProfileId};
 use tarmo_store::imports::catalog::{self, StoreBasis};
 use tarmo_store::imports::{self, Format, ImportKind, ImportSpec, Mapping, Status};
@@ -35,7 +36,11 @@ fn run(h: &Harness, kind: ImportKind, csv: &str) -> imports::Finished {
 }
 
 fn orders_of(h: &Harness, profile: ProfileId) -> Vec<serde_json::Value> {
-    let page = h.store.events_page(profile, None, 100).unwrap().unwrap();
+    let page = h
+        .store
+        .events_page(&everything(), profile, None, 100)
+        .unwrap()
+        .unwrap();
     page.events
         .into_iter()
         .map(|e| e.message)
@@ -56,7 +61,7 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     assert_eq!(done.report.created, 3, "{:?}", done.report);
     let ada = h.lookup("email", "ada@example.fi").unwrap();
     assert_eq!(h.lookup("loyalty_card", "LC-1"), Some(ada));
-    let view = h.store.profile_view(ada).unwrap().unwrap();
+    let view = h.store.profile_view(&everything(), ada).unwrap().unwrap();
     assert_eq!(view.traits["city"], "Tampere");
     assert!(view.identifiers.iter().all(|i| i.verified));
     let again = run(h, ImportKind::Customers, CUSTOMERS);
@@ -70,7 +75,11 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     );
     let events_before = view.event_count;
     assert_eq!(
-        h.store.profile_view(ada).unwrap().unwrap().event_count,
+        h.store
+            .profile_view(&everything(), ada)
+            .unwrap()
+            .unwrap()
+            .event_count,
         events_before,
         "an unchanged row writes nothing"
     );
@@ -80,7 +89,11 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     assert_eq!((r.updated, r.unchanged), (1, 2));
     let ben = h.lookup("email", "ben@example.fi").unwrap();
     assert_eq!(
-        h.store.profile_view(ben).unwrap().unwrap().traits["city"],
+        h.store
+            .profile_view(&everything(), ben)
+            .unwrap()
+            .unwrap()
+            .traits["city"],
         "Espoo"
     );
 
@@ -98,7 +111,11 @@ T2,2026-10-02,LC-2,S1,12.50,EUR
     assert_eq!(o.len(), 1, "replaced, not duplicated: {o:?}");
     assert_eq!(o[0]["properties"]["revenue"], 35);
     assert_eq!(
-        h.store.profile_view(ada).unwrap().unwrap().event_count,
+        h.store
+            .profile_view(&everything(), ada)
+            .unwrap()
+            .unwrap()
+            .event_count,
         events_before + 1,
         "the counter follows the replacement"
     );

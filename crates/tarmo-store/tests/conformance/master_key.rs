@@ -2,6 +2,7 @@
 //! installation keys existed keeps every blind index, MAC and wrapped data
 //! key it holds; rotation re-wraps one record and needs the current key.
 
+use super::everything;
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_store::conn::{P, ProfileId};
@@ -46,7 +47,7 @@ fn reads_back(store: &Store, p: ProfileId, email: &str) {
     let cfg = tarmo_core::identity::IdentityConfig::new(Some("FI"), &[]).unwrap();
     let id = cfg.identifier(cfg.kind("email").unwrap(), email).unwrap();
     assert_eq!(store.find_profile(&id).unwrap(), Some(p));
-    let view = store.profile_view(p).unwrap().unwrap();
+    let view = store.profile_view(&everything(), p).unwrap().unwrap();
     assert_eq!(view.traits["city"], "Vaasa");
     assert!(view.identifiers.iter().any(|i| i.value == email));
     let mut c = store.conn().unwrap();

@@ -61,7 +61,7 @@ pub fn lost_connections_are_replaced_and_say_unavailable(h: &Harness) {
                 &h.cfg,
             )
             .unwrap();
-            vec![h.store.prepare(m, 1)]
+            vec![h.store.prepare(m, tarmo_core::ids::KeyId(1))]
         };
         match h.writer.submit_blocking(events) {
             Ok(_) => break,

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tarmo_core::consent::{ConsentDecision, Method};
 use tarmo_core::processor::ProcessorInput;
-use tarmo_store::conn::{P, ProfileId};
+use tarmo_store::conn::{P, ProcessorId, ProfileId, RequestId};
 use tarmo_store::consent::{self, NewEntry};
 use tarmo_store::processors::{self, ExportView, ProcessorView, SubjectKey};
 
@@ -32,7 +32,7 @@ fn register(h: &Harness, v: Value) -> tarmo_store::Result<ProcessorView> {
     })
 }
 
-fn update(h: &Harness, id: i64, v: Value) -> tarmo_store::Result<ProcessorView> {
+fn update(h: &Harness, id: ProcessorId, v: Value) -> tarmo_store::Result<ProcessorView> {
     let input: ProcessorInput = serde_json::from_value(v).unwrap();
     let spec = input.parse(tarmo_store::now_ms()).unwrap();
     h.writer.transact_blocking(move |ctx| {
@@ -57,13 +57,13 @@ fn count(h: &Harness, table: &str) -> i64 {
         .unwrap()
 }
 
-fn token_column(h: &Harness, id: i64) -> Option<Vec<u8>> {
+fn token_column(h: &Harness, id: ProcessorId) -> Option<Vec<u8>> {
     h.store
         .conn()
         .unwrap()
         .query(
             "SELECT webhook_token FROM processors WHERE id = $1",
-            &[P::Int(id)],
+            &[P::from(id)],
         )
         .unwrap()[0]
         .opt_blob(0)
@@ -141,7 +141,7 @@ pub fn processors_are_registered_checked_and_their_tokens_sealed(h: &Harness) {
     assert_eq!(
         code(update(
             h,
-            9999,
+            ProcessorId(9999),
             def("Ghost", &["analytics"], &["behaviour"], None)
         )),
         (404, "processor_not_found")
@@ -150,7 +150,7 @@ pub fn processors_are_registered_checked_and_their_tokens_sealed(h: &Harness) {
     let names: Vec<_> = all.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["Cloud Inc", "Mailer Oy"]);
     assert!(
-        processors::get(&mut *h.store.conn().unwrap(), 9999)
+        processors::get(&mut *h.store.conn().unwrap(), ProcessorId(9999))
             .unwrap()
             .is_none()
     );
@@ -177,7 +177,7 @@ fn grant(h: &Harness, profile: ProfileId, purpose: &str, decision: ConsentDecisi
 
 fn export(
     h: &Harness,
-    processor: i64,
+    processor: ProcessorId,
     purpose: &str,
     subjects: Vec<SubjectKey>,
 ) -> tarmo_store::Result<ExportView> {
@@ -239,7 +239,7 @@ pub fn exports_follow_purposes_categories_and_decisions(h: &Harness) {
         (403, "purpose_not_permitted")
     );
     assert_eq!(
-        code(export(h, 9999, "analytics", vec![])),
+        code(export(h, ProcessorId(9999), "analytics", vec![])),
         (404, "processor_not_found")
     );
 
@@ -403,7 +403,7 @@ pub fn disclosures_follow_a_merge(h: &Harness) {
             processors::enqueue_erasure_notifications(
                 ctx.conn,
                 ctx.vault,
-                7,
+                RequestId(7),
                 &[email_profile],
                 &[("email", "m@shop.fi")],
                 ctx.now_ms,
@@ -466,7 +466,7 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
                 processors::enqueue_erasure_notifications(
                     ctx.conn,
                     ctx.vault,
-                    42,
+                    RequestId(42),
                     &[ann],
                     &ids,
                     ctx.now_ms,
@@ -477,7 +477,8 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
     assert_eq!(enqueue(h), 2, "Mailer and Shop have webhooks");
     assert_eq!(enqueue(h), 0, "a retried erasure queues nothing twice");
 
-    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), 42).unwrap();
+    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), RequestId(42))
+        .unwrap();
     let seen: Vec<_> = views
         .iter()
         .map(|v| (v.processor.as_str(), v.status.as_str(), v.attempts))
@@ -492,7 +493,7 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
     );
     assert!(views.iter().all(|v| v.processor_id != idle));
     assert!(
-        processors::notifications_for_request(&mut *h.store.conn().unwrap(), 43)
+        processors::notifications_for_request(&mut *h.store.conn().unwrap(), RequestId(43))
             .unwrap()
             .is_empty()
     );
@@ -598,7 +599,8 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
         })
         .unwrap();
 
-    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), 42).unwrap();
+    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), RequestId(42))
+        .unwrap();
     let m = views.iter().find(|v| v.processor == "Mailer").unwrap();
     assert_eq!(
         (m.status.as_str(), m.attempts, m.last_error.as_deref()),
@@ -639,7 +641,7 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
             processors::enqueue_erasure_notifications(
                 ctx.conn,
                 ctx.vault,
-                43,
+                RequestId(43),
                 &[ann],
                 &ids,
                 ctx.now_ms,
@@ -652,13 +654,14 @@ pub fn erasure_notifications_are_queued_once_sealed_and_wiped(h: &Harness) {
         .unwrap()
         .exec(
             "UPDATE processor_notifications SET payload = $1 WHERE request_id = 43 AND processor_id = $2",
-            &[P::Blob(&[7u8; 40]), P::Int(mailer)],
+            &[P::Blob(&[7u8; 40]), P::from(mailer)],
         )
         .unwrap();
     let claimed = claim(h, tarmo_store::now_ms() + 1000);
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].processor_id, shop);
-    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), 43).unwrap();
+    let views = processors::notifications_for_request(&mut *h.store.conn().unwrap(), RequestId(43))
+        .unwrap();
     let m = views.iter().find(|v| v.processor == "Mailer").unwrap();
     assert_eq!(
         (m.status.as_str(), m.last_error.as_deref()),

@@ -1,8 +1,9 @@
 //! Data subject requests, erasure and retention, on each backend.
 
+use super::everything;
 use serde_json::{Map, Value, json};
 use tarmo_core::consent::{ConsentDecision, Method, Reason, decide};
-use tarmo_store::conn::{Cell, P, ProfileId};
+use tarmo_store::conn::{Cell, P, ProfileId, RequestId};
 use tarmo_store::consent::{self, NewEntry, Subject};
 use tarmo_store::doi::{self, Subscribe};
 use tarmo_store::requests::{self, Filter, NewRequest, RequestKind, RequestStatus};
@@ -15,7 +16,11 @@ fn prepared(h: &Harness, kind: &str, value: &str) -> tarmo_store::resolve::Prepa
     h.store.prepare_identifier(&id)
 }
 
-fn request(h: &Harness, kind: RequestKind, subject: (&str, &str)) -> tarmo_store::Result<i64> {
+fn request(
+    h: &Harness,
+    kind: RequestKind,
+    subject: (&str, &str),
+) -> tarmo_store::Result<RequestId> {
     let req = NewRequest {
         kind,
         subject: prepared(h, subject.0, subject.1),
@@ -29,13 +34,13 @@ fn request(h: &Harness, kind: RequestKind, subject: (&str, &str)) -> tarmo_store
         .transact_blocking(move |ctx| requests::create(ctx, req, 3_600_000))
 }
 
-fn verify(h: &Harness, id: i64) -> tarmo_store::Result<()> {
+fn verify(h: &Harness, id: RequestId) -> tarmo_store::Result<()> {
     h.writer.transact_blocking(move |ctx| {
         requests::verify(ctx, id, "staff", "ID card seen at the till")
     })
 }
 
-fn view(h: &Harness, id: i64) -> requests::RequestView {
+fn view(h: &Harness, id: RequestId) -> requests::RequestView {
     requests::get(
         &mut *h.store.conn().unwrap(),
         h.store.vault(),
@@ -178,7 +183,7 @@ pub fn erasure_deletes_the_person_everywhere_suppresses_and_spares_others(h: &Ha
     ] {
         assert_eq!(h.lookup(k, val), None, "{k}");
     }
-    assert!(h.store.profile_view(p).unwrap().is_none());
+    assert!(h.store.profile_view(&everything(), p).unwrap().is_none());
     let mut c = h.store.conn().unwrap();
     for t in [
         "events",
@@ -207,8 +212,8 @@ pub fn erasure_deletes_the_person_everywhere_suppresses_and_spares_others(h: &Ha
     let r = consent::verify(&mut *c, h.store.vault(), &mut |_| {}).unwrap();
     assert_eq!((r.entries, r.first_broken), (ledger_before, None));
     assert!(
-        consent::history(&mut *c, h.store.vault(), p).is_err()
-            || consent::history(&mut *c, h.store.vault(), p)
+        consent::history(&mut *c, h.store.vault(), &everything(), p).is_err()
+            || consent::history(&mut *c, h.store.vault(), &everything(), p)
                 .unwrap()
                 .is_empty()
     );
@@ -227,10 +232,16 @@ pub fn erasure_deletes_the_person_everywhere_suppresses_and_spares_others(h: &Ha
     }
 
     // The other person is intact.
-    let kv = h.store.profile_view(keep).unwrap().unwrap();
+    let kv = h.store.profile_view(&everything(), keep).unwrap().unwrap();
     assert_eq!(kv.traits["nickname"], "Keeper");
     assert_eq!(reason(h, keep, "email_marketing"), Reason::ConsentGranted);
-    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), keep).unwrap();
+    let hist = consent::history(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        &everything(),
+        keep,
+    )
+    .unwrap();
     assert_eq!(hist[0].evidence["ip"], "192.0.2.1");
 
     // Ingestion of the suppressed identifiers stores nothing.
@@ -324,7 +335,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
         .unwrap()
         .exec(
             "UPDATE requests SET due_ms = 1 WHERE id = $1",
-            &[P::Int(id)],
+            &[P::from(id)],
         )
         .unwrap();
     assert!(view(h, id).overdue);
@@ -375,7 +386,11 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
         .unwrap();
     verify(h, rid).unwrap();
     assert_eq!(
-        h.store.profile_view(p).unwrap().unwrap().traits["lastName"],
+        h.store
+            .profile_view(&everything(), p)
+            .unwrap()
+            .unwrap()
+            .traits["lastName"],
         "Virtanen"
     );
     let bad = NewRequest {
@@ -432,7 +447,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
     assert_eq!(view(h, xid).status, RequestStatus::Refused);
     assert!(verify(h, xid).is_err());
     assert!(
-        h.store.profile_view(p).unwrap().is_some(),
+        h.store.profile_view(&everything(), p).unwrap().is_some(),
         "a refused erasure erases nothing"
     );
 
@@ -521,10 +536,23 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
         "{r:?}"
     );
     assert_eq!(h.store.counts().unwrap().events, 1);
-    assert_eq!(h.store.profile_view(old).unwrap().unwrap().event_count, 0);
-    assert!(h.store.profile_view(idle).unwrap().is_none());
+    assert_eq!(
+        h.store
+            .profile_view(&everything(), old)
+            .unwrap()
+            .unwrap()
+            .event_count,
+        0
+    );
+    assert!(h.store.profile_view(&everything(), idle).unwrap().is_none());
     assert_eq!(reason(h, old, "personalisation"), Reason::Expired);
-    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), old).unwrap();
+    let hist = consent::history(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        &everything(),
+        old,
+    )
+    .unwrap();
     assert_eq!(
         (
             hist.last().unwrap().decision.as_str(),
@@ -735,7 +763,7 @@ pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
     assert!(requests::identifier_verified(&mut *h.store.conn().unwrap(), &quinn).unwrap());
     assert!(
         h.store
-            .profile_view(q)
+            .profile_view(&everything(), q)
             .unwrap()
             .unwrap()
             .identifiers
@@ -785,7 +813,13 @@ pub fn staff_notes_and_collection_points_are_stored_sealed(h: &Harness) {
         );
     }
     // Staff and the person still read them.
-    let hist = consent::history(&mut *h.store.conn().unwrap(), h.store.vault(), p).unwrap();
+    let hist = consent::history(
+        &mut *h.store.conn().unwrap(),
+        h.store.vault(),
+        &everything(),
+        p,
+    )
+    .unwrap();
     assert_eq!(hist[0].source, "phone call with Src-Marker-Virtanen");
     assert_eq!(hist[0].evidence, json!({"ip": "192.0.2.8"}));
     let notes: Vec<String> = view(h, id)

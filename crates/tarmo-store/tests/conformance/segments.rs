@@ -408,7 +408,7 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
         h.store
             .conn()
             .unwrap()
-            .query_opt(sql, &[P::Int(processor)])
+            .query_opt(sql, &[P::from(processor)])
             .unwrap()
             .unwrap()
             .int(0)
@@ -542,7 +542,7 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
             json!({"any": [{"identifier": "email"}, {"not": {"identifier": "email"}}]}),
         ))
         .unwrap();
-    let audience = |id: &str, processor_id: i64| AudienceDef {
+    let audience = |id: &str, processor_id: tarmo_core::ids::ProcessorId| AudienceDef {
         id: id.into(),
         segment: "everyone".into(),
         processor_id,
@@ -551,7 +551,10 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
     };
     // A processor not registered for the purpose is refused.
     assert!(matches!(
-        engine.create_audience(audience("nope", processor + 100)),
+        engine.create_audience(audience(
+            "nope",
+            tarmo_core::ids::ProcessorId(processor.0 + 100)
+        )),
         Err(tarmo_store::Error::Rejected {
             code: tarmo_core::codes::Code::UnknownProcessor,
             ..
