@@ -207,7 +207,13 @@ fn main() {
     let mut allowed = 0;
     for (pages, size) in [(&ids, 200), (&ids, 20)] {
         for page in pages.chunks(size) {
-            for (_, s) in consent::subjects_by_id(&mut *c, page, "email_marketing").unwrap() {
+            for (_, s) in consent::subjects_by_id(
+                &mut *c,
+                page,
+                &tarmo_core::consent::PurposeId::parse("email_marketing").unwrap(),
+            )
+            .unwrap()
+            {
                 if let Subject::Known(_, st, fl) = s
                     && decide(&rule, Some(Channel::Email), st.as_ref(), fl, now_ms()).allowed
                 {

@@ -468,7 +468,8 @@ pub async fn decision(
     let channel = q.channel.as_deref().map(Channel::parse).transpose()?;
     let (lookup, _) = s.lookup_of(q.profile.as_deref(), q.kind.as_deref(), q.value.as_deref())?;
     let rule = c.rule;
-    let purpose = q.purpose;
+    // The purpose travels as the catalog's id from here on.
+    let purpose = c.id.clone();
     // A point read, but still off the async workers: a database that does
     // not answer must stall this request, not the runtime.
     let (subject, purpose) = blocking({
@@ -490,7 +491,7 @@ pub async fn decision(
         p.route.as_str(),
         1,
     );
-    Ok(Json(verdict_view(&purpose, profile, v)))
+    Ok(Json(verdict_view(purpose.as_str(), profile, v)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -530,7 +531,8 @@ pub async fn decisions_batch(
         ));
     }
     let catalog = s.catalog().await?;
-    let rule = catalog.require(&b.purpose)?.rule;
+    let entry = catalog.require(&b.purpose)?;
+    let (rule, purpose) = (entry.rule, entry.id.clone());
     p.may_act_for(&b.purpose)?;
     let channel = b.channel.as_deref().map(Channel::parse).transpose()?;
     let lookups = b
@@ -546,7 +548,6 @@ pub async fn decisions_batch(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let purpose = b.purpose.clone();
     let subjects = blocking({
         let svc = s.svc.clone();
         move || ledger::subjects_for(&svc, lookups, &purpose)

@@ -247,13 +247,14 @@ fn main() {
     assert_eq!(sent, ids.len() as u64);
     // The decision alone, the same reads, for everyone.
     let catalog = store.catalog().unwrap();
-    let rule = catalog.get("email_marketing").unwrap().rule;
+    let entry = catalog.get("email_marketing").unwrap();
+    let (rule, email_marketing) = (entry.rule, entry.id.clone());
     let t = Instant::now();
     let mut c = store.conn().unwrap();
     let mut allowed = 0;
     for &p in &ids {
         if let Subject::Known(_, st, fl) =
-            consent::subject_by_id(&mut *c, ProfileId(p), "email_marketing").unwrap()
+            consent::subject_by_id(&mut *c, ProfileId(p), &email_marketing).unwrap()
             && decide(&rule, Some(Channel::Email), st.as_ref(), fl, now_ms()).allowed
         {
             allowed += 1;

@@ -465,13 +465,13 @@ pub(crate) const STATE_COLUMNS: &str =
 pub fn state(
     conn: &mut dyn Conn,
     profile: ProfileId,
-    purpose: &str,
+    purpose: &PurposeId,
 ) -> Result<Option<ConsentState>> {
     conn.query_opt(
         &format!(
             "SELECT {STATE_COLUMNS} FROM consent_state WHERE profile_id = $1 AND purpose_id = $2"
         ),
-        &[P::Int(profile.0), P::Text(purpose)],
+        &[P::Int(profile.0), P::Text(purpose.as_str())],
     )?
     .map(|r| state_of_row(&r, 0))
     .transpose()
@@ -627,7 +627,7 @@ pub fn append(
         let cur = match touched.get(&k) {
             Some(s) => *s,
             None => {
-                let s = state(conn, e.profile_id, &e.purpose)?;
+                let s = state(conn, e.profile_id, &purpose_id(&e.purpose)?)?;
                 before.insert(k.clone(), s.map(|s| s.decision));
                 s
             }
@@ -1032,9 +1032,24 @@ fn subject_of(row: Option<Row>) -> Result<Option<Subject>> {
     )))
 }
 
+/// A purpose id that is well formed by construction: read back from the
+/// store, or checked against the catalog on its way in. One that does not
+/// parse is a corrupt store, not bad input.
+pub(crate) fn purpose_id(s: &str) -> Result<PurposeId> {
+    PurposeId::parse(s)
+        .map_err(|_| Error::Corrupt(format!("a purpose id that does not parse: {s:?}")))
+}
+
 /// The person with this profile id (following merges), for one purpose.
-pub fn subject_by_id(conn: &mut dyn Conn, profile: ProfileId, purpose: &str) -> Result<Subject> {
-    let row = conn.query_opt(SUBJECT_BY_ID, &[P::Int(profile.0), P::Text(purpose)])?;
+pub fn subject_by_id(
+    conn: &mut dyn Conn,
+    profile: ProfileId,
+    purpose: &PurposeId,
+) -> Result<Subject> {
+    let row = conn.query_opt(
+        SUBJECT_BY_ID,
+        &[P::Int(profile.0), P::Text(purpose.as_str())],
+    )?;
     Ok(subject_of(row)?.unwrap_or(Subject::Unknown))
 }
 
@@ -1045,8 +1060,9 @@ pub fn subject_by_id(conn: &mut dyn Conn, profile: ProfileId, purpose: &str) -> 
 pub fn subjects_by_id(
     conn: &mut dyn Conn,
     profiles: &[ProfileId],
-    purpose: &str,
+    purpose: &PurposeId,
 ) -> Result<Vec<(ProfileId, Subject)>> {
+    let purpose = purpose.as_str();
     let mut found: HashMap<ProfileId, Subject> = HashMap::with_capacity(profiles.len());
     // Pages of 500 stay under every backend's limit on parameters.
     for page in profiles.chunks(500) {
@@ -1133,7 +1149,7 @@ pub fn record_gpc(
         if !c.rule.gpc_opt_out {
             continue;
         }
-        if gpc_applies(state(conn, profile, c.id.as_str())?.as_ref()) {
+        if gpc_applies(state(conn, profile, &c.id)?.as_ref()) {
             entries.push(NewEntry {
                 profile_id: profile,
                 purpose: c.id.to_string(),
@@ -1396,10 +1412,10 @@ pub enum Lookup {
 }
 
 /// The decision's inputs for the person `lookup` names, for one purpose.
-pub fn read_subject(conn: &mut dyn Conn, lookup: Lookup, purpose: &str) -> Result<Subject> {
+pub fn read_subject(conn: &mut dyn Conn, lookup: Lookup, purpose: &PurposeId) -> Result<Subject> {
     match lookup {
         Lookup::Id(p) => subject_by_id(conn, p, purpose),
-        Lookup::Identifier(b) => subject_by_identifier(conn, &b, purpose),
+        Lookup::Identifier(b) => subject_by_identifier(conn, &b, purpose.as_str()),
     }
 }
 
@@ -1480,12 +1496,16 @@ pub fn judge(rule: &PurposeRule, channel: Option<Channel>, subject: Subject, now
 }
 
 /// The decision's inputs for one person (a point read of the pool).
-pub fn subject_for(svc: &Services, lookup: Lookup, purpose: &str) -> Result<Subject> {
+pub fn subject_for(svc: &Services, lookup: Lookup, purpose: &PurposeId) -> Result<Subject> {
     svc.read(|conn, _| read_subject(conn, lookup, purpose))
 }
 
 /// [`subject_for`] for many people, in the order asked, on one connection.
-pub fn subjects_for(svc: &Services, lookups: Vec<Lookup>, purpose: &str) -> Result<Vec<Subject>> {
+pub fn subjects_for(
+    svc: &Services,
+    lookups: Vec<Lookup>,
+    purpose: &PurposeId,
+) -> Result<Vec<Subject>> {
     svc.read(|conn, _| {
         lookups
             .into_iter()

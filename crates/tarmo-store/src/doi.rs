@@ -93,7 +93,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
     let mut already = Vec::new();
     for (p, v) in versions {
         let c = ctx.catalog.require(&p)?;
-        let st = consent::state(ctx.conn, profile, &p)?;
+        let st = consent::state(ctx.conn, profile, &c.id)?;
         let flags = consent::flags(ctx.conn, profile)?;
         let verdict = tarmo_core::consent::decide(&c.rule, None, st.as_ref(), flags, now);
         if verdict.allowed {
@@ -277,7 +277,7 @@ pub fn unsubscribe(
     if check_entry(&link.scope, &c.rule, decision, Method::OneClickUnsubscribe).is_err() {
         return Ok(false);
     }
-    let st = consent::state(ctx.conn, profile, &link.scope)?;
+    let st = consent::state(ctx.conn, profile, &c.id)?;
     if st.is_some_and(|s| s.decision == decision) {
         return Ok(false);
     }

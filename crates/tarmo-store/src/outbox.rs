@@ -320,7 +320,7 @@ pub fn queue_marketing_email(
     email: MarketingEmail,
 ) -> Result<(Judged, bool)> {
     svc.write(move |ctx| {
-        let subject = consent::read_subject(ctx.conn, lookup, &purpose)?;
+        let subject = consent::read_subject(ctx.conn, lookup, &consent::purpose_id(&purpose)?)?;
         let judged = consent::judge(
             &rule,
             Some(tarmo_core::consent::Channel::Email),
@@ -429,7 +429,8 @@ pub fn subjects_of(
     }
     svc.read(|conn, _| {
         for (purpose, ids) in wanted {
-            for (p, s) in consent::subjects_by_id(conn, ids, purpose)? {
+            let id = consent::purpose_id(purpose)?;
+            for (p, s) in consent::subjects_by_id(conn, ids, &id)? {
                 out.insert(((*purpose).to_owned(), p), s);
             }
         }
@@ -440,7 +441,8 @@ pub fn subjects_of(
 
 /// One person's decision inputs for `purpose`, read now.
 pub fn subject_now(svc: &Services, profile: ProfileId, purpose: &str) -> Result<Subject> {
-    svc.read(|conn, _| consent::subject_by_id(conn, profile, purpose))
+    let purpose = consent::purpose_id(purpose)?;
+    svc.read(|conn, _| consent::subject_by_id(conn, profile, &purpose))
 }
 
 /// The name and notice text of each purpose a confirmation asks about, in

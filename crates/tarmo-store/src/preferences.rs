@@ -164,7 +164,7 @@ pub fn save(
         };
         let mut entries = Vec::new();
         for c in ctx.catalog.entries() {
-            let st = ledger::state(ctx.conn, p, c.id.as_str())?;
+            let st = ledger::state(ctx.conn, p, &c.id)?;
             let on = decide(&c.rule, None, st.as_ref(), flags, ctx.now_ms).allowed;
             let decision = match group(c) {
                 Group::Consent => match (on, named("purpose", c.id.as_str())) {
@@ -189,7 +189,7 @@ pub fn save(
             {
                 continue;
             }
-            let st = ledger::state(ctx.conn, p, c.id.as_str())?;
+            let st = ledger::state(ctx.conn, p, &c.id)?;
             for &ch in &c.spec.channels {
                 let off = st.is_some_and(|s| s.channel_off(ch));
                 let want = named("channel", &channel_value(c.id.as_str(), ch));

@@ -524,7 +524,7 @@ pub fn export(
     let mut seen = HashSet::new();
     for (position, key) in subjects.iter().enumerate() {
         let subject = match key {
-            SubjectKey::Profile(p) => subject_by_id(conn, *p, purpose)?,
+            SubjectKey::Profile(p) => subject_by_id(conn, *p, &entry.id)?,
             SubjectKey::Identifier(b) => subject_by_identifier(conn, b, purpose)?,
         };
         let (profile, verdict) = match subject {

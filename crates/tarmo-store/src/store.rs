@@ -568,7 +568,7 @@ impl Store {
                 continue;
             };
             if let crate::consent::Subject::Known(_, st, flags) =
-                crate::consent::subject_by_id(&mut *conn, current, purpose)?
+                crate::consent::subject_by_id(&mut *conn, current, &c.id)?
                 && tarmo_core::consent::decide(&c.rule, None, st.as_ref(), flags, now).allowed
             {
                 categories.extend(c.spec.data_categories.iter().map(|d| d.as_str().to_owned()));

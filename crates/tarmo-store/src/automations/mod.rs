@@ -720,7 +720,7 @@ pub fn sms_stop(
         {
             continue;
         }
-        let st = crate::consent::state(conn, ProfileId(profile), c.id.as_str())?;
+        let st = crate::consent::state(conn, ProfileId(profile), &c.id)?;
         if st.is_some_and(|s| s.decision.is_refusal()) {
             continue;
         }

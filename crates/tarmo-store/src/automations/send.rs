@@ -217,7 +217,7 @@ pub fn judge(
     // The decision, now, in this transaction.
     let subject = match due.subject {
         Some(s) => s,
-        None => subject_by_id(conn, due.profile, purpose)?,
+        None => subject_by_id(conn, due.profile, &crate::consent::purpose_id(purpose)?)?,
     };
     let (profile, state, flags) = match subject {
         Subject::Known(p, st, fl) => (p, st, fl),
@@ -475,7 +475,8 @@ pub fn send_due(
     }
     let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
     for (purpose, ids) in by_purpose {
-        for (p, s) in crate::consent::subjects_by_id(conn, &ids, purpose)? {
+        let id = crate::consent::purpose_id(purpose)?;
+        for (p, s) in crate::consent::subjects_by_id(conn, &ids, &id)? {
             subjects.insert((purpose, p), s);
         }
     }

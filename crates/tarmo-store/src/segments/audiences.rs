@@ -254,7 +254,8 @@ pub fn sync(
     // Decide everyone a page at a time, then read the identifiers of
     // those allowed a page at a time.
     let mut allowed: Vec<ProfileId> = Vec::with_capacity(members.len());
-    for (p, subject) in subjects_by_id(ctx.conn, members, purpose)? {
+    let purpose_id = crate::consent::purpose_id(purpose)?;
+    for (p, subject) in subjects_by_id(ctx.conn, members, &purpose_id)? {
         let verdict = match subject {
             Subject::Known(cur, st, flags) if cur == p => {
                 decide(&entry.rule, Some(Channel::Ads), st.as_ref(), flags, now)

@@ -1691,7 +1691,7 @@ fn load_consent(
     let mut consent = Vec::new();
     for purpose in &needs.purposes {
         if let crate::consent::Subject::Known(_, Some(state), _) =
-            crate::consent::subject_by_id(conn, id, purpose)?
+            crate::consent::subject_by_id(conn, id, &crate::consent::purpose_id(purpose)?)?
         {
             consent.push((fs.purpose_id(purpose), state));
         }

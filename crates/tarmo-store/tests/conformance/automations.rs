@@ -504,9 +504,13 @@ pub fn sms_stop_withdraws_the_numbers_sms_purposes(h: &Harness) {
         })
         .unwrap();
     assert_eq!(withdrawn, vec!["sms_marketing".to_owned()]);
-    let st = consent::state(&mut *h.store.conn().unwrap(), ann, "sms_marketing")
-        .unwrap()
-        .unwrap();
+    let st = consent::state(
+        &mut *h.store.conn().unwrap(),
+        ann,
+        &tarmo_core::consent::PurposeId::parse("sms_marketing").unwrap(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(st.decision, ConsentDecision::Withdrawn);
 }
 

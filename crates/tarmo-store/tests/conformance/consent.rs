@@ -48,15 +48,25 @@ fn append(h: &Harness, entries: Vec<NewEntry>) -> tarmo_store::Result<Vec<i64>> 
 }
 
 fn state(h: &Harness, profile: ProfileId, purpose: &str) -> Option<ConsentDecision> {
-    consent::state(&mut *h.store.conn().unwrap(), profile, purpose)
-        .unwrap()
-        .map(|s| s.decision)
+    consent::state(
+        &mut *h.store.conn().unwrap(),
+        profile,
+        &tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
+    )
+    .unwrap()
+    .map(|s| s.decision)
 }
 
 fn verdict(h: &Harness, profile: ProfileId, purpose: &str) -> (bool, Reason) {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
-    match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
+    match consent::subject_by_id(
+        &mut *h.store.conn().unwrap(),
+        profile,
+        &tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
+    )
+    .unwrap()
+    {
         Subject::Known(_, st, flags) => {
             let v = decide(&rule, None, st.as_ref(), flags, tarmo_store::now_ms());
             (v.allowed, v.reason)
@@ -1030,7 +1040,13 @@ fn channel_entry(profile: ProfileId, decision: ConsentDecision, channel: Channel
 fn verdict_by(h: &Harness, profile: ProfileId, purpose: &str, channel: Channel) -> (bool, Reason) {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
-    match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
+    match consent::subject_by_id(
+        &mut *h.store.conn().unwrap(),
+        profile,
+        &tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
+    )
+    .unwrap()
+    {
         Subject::Known(_, st, flags) => {
             let v = decide(
                 &rule,

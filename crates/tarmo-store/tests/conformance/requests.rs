@@ -72,7 +72,13 @@ fn grant(h: &Harness, profile: ProfileId, purpose: &str, ev: Value) {
 fn reason(h: &Harness, profile: ProfileId, purpose: &str) -> Reason {
     let catalog = h.store.catalog().unwrap();
     let rule = catalog.require(purpose).unwrap().rule;
-    match consent::subject_by_id(&mut *h.store.conn().unwrap(), profile, purpose).unwrap() {
+    match consent::subject_by_id(
+        &mut *h.store.conn().unwrap(),
+        profile,
+        &tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
+    )
+    .unwrap()
+    {
         Subject::Known(_, st, flags) => {
             decide(&rule, None, st.as_ref(), flags, tarmo_store::now_ms()).reason
         }
