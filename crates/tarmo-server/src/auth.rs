@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use tarmo_core::codes::Code;
 use tarmo_core::ids::{KeyId, ProfileId};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lru::LruCache;
 use tarmo_core::access::{Grant, Permission, Role};
@@ -505,22 +504,81 @@ fn peer_ip(req: &Request) -> Option<IpAddr> {
     crate::tls::peer_of(req.extensions()).map(|a| a.ip())
 }
 
-/// The one place routes are guarded.
-pub async fn guard(
-    State(s): State<std::sync::Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The access check as its own layer (`app()` shows it): each route's
+/// need comes from `routes::ROUTES`. A hand-written service rather than
+/// `axum::middleware::from_fn`: one boxed future a request and no boxed
+/// `Next`, which is what kept a decision within the instructions it cost
+/// before the check had a layer of its own (see BENCHMARKS.md).
+#[derive(Clone)]
+pub struct GuardLayer(pub Arc<AppState>);
+
+impl<S> tower_layer::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            state: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A route's service behind the access check ([`GuardLayer`]).
+#[derive(Clone)]
+pub struct Guard<S> {
+    state: Arc<AppState>,
+    inner: S,
+}
+
+impl<S> tower_service::Service<Request> for Guard<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The service polled ready serves this request; a clone stays for
+        // the next one (tower's rule for services called from a future).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let state = self.state.clone();
+        Box::pin(async move {
+            match check(&state, req).await {
+                Ok(req) => inner.call(req).await,
+                Err(refused) => Ok(refused),
+            }
+        })
+    }
+}
+
+/// The one place routes are guarded: the request, let through (with its
+/// `Principal` for staff routes), or the answer that refuses it.
+async fn check(s: &AppState, mut req: Request) -> Result<Request, Response> {
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let Some(matched) = matched else {
         // No route matched: the fallback answers 404.
-        return next.run(req).await;
+        return Ok(req);
     };
     let route = matched.as_str();
     let Some(need) = need(req.method(), route) else {
         tracing::error!(route, "a route has no entry in the access table; refused");
-        return ApiError::new(Code::Forbidden, "this route is not open to any role")
-            .into_response();
+        return Err(
+            ApiError::new(Code::Forbidden, "this route is not open to any role").into_response(),
+        );
     };
     match need {
         Need::Public | Need::Page | Need::SignIn | Need::Ingest => {
@@ -537,7 +595,7 @@ pub async fn guard(
                     limit,
                 )
             {
-                return too_many(wait);
+                return Err(too_many(wait));
             }
             // A form on another site must not press a person's buttons: a
             // browser's POST names its origin, which must be ours, exactly
@@ -549,13 +607,13 @@ pub async fn guard(
                 && let Some(origin) = req.headers().get(header::ORIGIN)
                 && !same_origin(origin.as_bytes(), &s.config.public_url)
             {
-                return ApiError::new(
+                return Err(ApiError::new(
                     Code::CrossOrigin,
                     "this form may only be sent from this site's own pages",
                 )
-                .into_response();
+                .into_response());
             }
-            next.run(req).await
+            Ok(req)
         }
         Need::Staff(_) | Need::AnyStaffKey => {
             let secret = req
@@ -565,35 +623,39 @@ pub async fn guard(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(|v| v.trim().to_owned());
             let Some(secret) = secret else {
-                return ApiError::unauthorized("a key is required: Authorization: Bearer <key>")
-                    .into_response();
+                return Err(ApiError::unauthorized(
+                    "a key is required: Authorization: Bearer <key>",
+                )
+                .into_response());
             };
             let (key, grant) = match s.key_for(&secret).await {
                 Ok(Some(k)) => k,
                 Ok(None) => {
-                    return ApiError::unauthorized("the key is unknown, revoked or expired")
-                        .into_response();
+                    return Err(
+                        ApiError::unauthorized("the key is unknown, revoked or expired")
+                            .into_response(),
+                    );
                 }
-                Err(e) => return e.into_response(),
+                Err(e) => return Err(e.into_response()),
             };
             if let Err(e) = s.limit_key(key.id) {
-                return e.into_response();
+                return Err(e.into_response());
             }
             if let Need::Staff(p) = need {
                 if p == Permission::MetricsRead
                     && let Some(wait) = take(&s.buckets.metrics, key.id, s.limits.metrics)
                 {
-                    return too_many(wait);
+                    return Err(too_many(wait));
                 }
                 if !grant.may(p) {
-                    return forbidden(p).into_response();
+                    return Err(forbidden(p).into_response());
                 }
                 if grant.bound() && p.unbound_only() {
-                    return ApiError::new(
+                    return Err(ApiError::new(
                         Code::PurposeNotPermitted,
                         format!("a key bound to purposes cannot use the permission `{p}`"),
                     )
-                    .into_response();
+                    .into_response());
                 }
             }
             req.extensions_mut().insert(Principal {
@@ -601,7 +663,7 @@ pub async fn guard(
                 grant,
                 route: matched,
             });
-            next.run(req).await
+            Ok(req)
         }
     }
 }

@@ -302,14 +302,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_WIRE_BODY))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(auth::GuardLayer(state.clone()))
+        .layer(metrics::TrackLayer(state.clone()))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

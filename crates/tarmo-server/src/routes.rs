@@ -2,7 +2,7 @@
 //! caller and, for the API, its operation in the OpenAPI document.
 //!
 //! [`ROUTES`] feeds the router (`app()`), the document ([`openapi`]) and
-//! the access check (`auth::need`, enforced by `auth::guard`), so a route
+//! the access check (`auth::need`, enforced by `auth::GuardLayer`), so a route
 //! cannot be served without a requirement or documented apart from what is
 //! served. What it must keep: every route's requirement exactly as the
 //! access tests pin it; the document as committed in `docs/openapi.json`.
