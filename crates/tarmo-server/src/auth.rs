@@ -533,15 +533,12 @@ impl<S> tower_service::Service<Request> for Guard<S>
 where
     S: tower_service::Service<Request, Response = Response, Error = std::convert::Infallible>
         + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + Unpin,
+    S::Future: Unpin,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
-    >;
+    type Future = Guarded<S>;
 
     fn poll_ready(
         &mut self,
@@ -554,14 +551,57 @@ where
         // The service polled ready serves this request; a clone stays for
         // the next one (tower's rule for services called from a future).
         let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let inner = std::mem::replace(&mut self.inner, ready);
         let state = self.state.clone();
-        Box::pin(async move {
-            match check(&state, req).await {
-                Ok(req) => inner.call(req).await,
-                Err(refused) => Ok(refused),
+        Guarded::Checking(
+            Box::pin(async move { check(&state, req).await }),
+            Some(inner),
+        )
+    }
+}
+
+/// The check's own future: boxed, and small (the route's future is not in it).
+type Checking =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Request, Response>> + Send>>;
+
+/// A request through the access check: checked first, then the route's
+/// own future, which runs in place (not boxed again).
+pub enum Guarded<S: tower_service::Service<Request>> {
+    Checking(Checking, Option<S>),
+    Calling(S::Future),
+    Done,
+}
+
+impl<S> std::future::Future for Guarded<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Unpin,
+    S::Future: Unpin,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        loop {
+            match this {
+                Guarded::Checking(check, inner) => match ready!(check.as_mut().poll(cx)) {
+                    Ok(req) => {
+                        let mut inner = inner.take().expect("a request is checked once");
+                        *this = Guarded::Calling(inner.call(req));
+                    }
+                    Err(refused) => {
+                        *this = Guarded::Done;
+                        return Poll::Ready(Ok(refused));
+                    }
+                },
+                Guarded::Calling(f) => return std::pin::Pin::new(f).poll(cx),
+                Guarded::Done => panic!("a guarded request polled after it was answered"),
             }
-        })
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! access tests pin it; the document as committed in `docs/openapi.json`.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, LazyLock};
 
 use axum::http::Method;
@@ -253,30 +254,49 @@ pub(crate) fn router() -> axum::Router<Arc<AppState>> {
 /// What `method path` needs: its row's need, or for a method the path does
 /// not have, its first row's; `None` for a path that is not a route.
 pub(crate) fn need(method: &Method, path: &str) -> Option<Need> {
-    /// Each route's need, and each path's first.
-    type Index = (
-        HashMap<(Method, &'static str), Need>,
-        HashMap<&'static str, Need>,
-    );
-    static INDEX: LazyLock<Index> = LazyLock::new(|| {
-        let mut exact = HashMap::new();
-        let mut first = HashMap::new();
-        for r in ROUTES {
-            exact.insert((r.method.clone(), r.path), r.need);
-            first.entry(r.path).or_insert(r.need);
-        }
-        (exact, first)
-    });
+    /// Each path's needs by method, the first row's first.
+    static INDEX: LazyLock<HashMap<&'static str, Vec<(Method, Need)>, BuildHasherDefault<Fx>>> =
+        LazyLock::new(|| {
+            let mut index: HashMap<_, Vec<(Method, Need)>, _> = HashMap::default();
+            for r in ROUTES {
+                index
+                    .entry(r.path)
+                    .or_default()
+                    .push((r.method.clone(), r.need));
+            }
+            index
+        });
     let method = if method == Method::HEAD {
         &Method::GET
     } else {
         method
     };
-    let (exact, first) = &*INDEX;
-    exact
-        .get(&(method.clone(), path))
-        .or_else(|| first.get(path))
-        .copied()
+    let rows = INDEX.get(path)?;
+    rows.iter()
+        .find(|(m, _)| m == method)
+        .or(rows.first())
+        .map(|(_, n)| *n)
+}
+
+/// The need lookup's hash (it runs on every request): a multiply-rotate
+/// over 8-byte words. Its keys are the route templates axum matched, never
+/// a path a client chose, so a hash-flooding-proof hasher buys nothing.
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for word in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..word.len()].copy_from_slice(word);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
 }
 
 /// The OpenAPI document: the API's description and shared schemas
