@@ -255,17 +255,17 @@ pub(crate) fn router() -> axum::Router<Arc<AppState>> {
 /// not have, its first row's; `None` for a path that is not a route.
 pub(crate) fn need(method: &Method, path: &str) -> Option<Need> {
     /// Each path's needs by method, the first row's first.
-    static INDEX: LazyLock<HashMap<&'static str, Vec<(Method, Need)>, BuildHasherDefault<Fx>>> =
-        LazyLock::new(|| {
-            let mut index: HashMap<_, Vec<(Method, Need)>, _> = HashMap::default();
-            for r in ROUTES {
-                index
-                    .entry(r.path)
-                    .or_default()
-                    .push((r.method.clone(), r.need));
-            }
+    type Index = HashMap<&'static str, Vec<(Method, Need)>, BuildHasherDefault<Fx>>;
+    static INDEX: LazyLock<Index> = LazyLock::new(|| {
+        let mut index: HashMap<_, Vec<(Method, Need)>, _> = HashMap::default();
+        for r in ROUTES {
             index
-        });
+                .entry(r.path)
+                .or_default()
+                .push((r.method.clone(), r.need));
+        }
+        index
+    });
     let method = if method == Method::HEAD {
         &Method::GET
     } else {
