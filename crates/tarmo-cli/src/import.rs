@@ -491,7 +491,8 @@ fn consents(
                 entries.push(NewEntry {
                     channel: None,
                     profile_id: profile,
-                    purpose: r.purpose,
+                    // Every row's purpose was found in the catalog above.
+                    purpose: ctx.catalog.require(&r.purpose)?.id.clone(),
                     decision: r.decision,
                     method: Method::Import,
                     notice_version: r.notice_version,

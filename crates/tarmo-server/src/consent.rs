@@ -288,7 +288,7 @@ pub async fn record(
         parsed.push(ToRecord {
             lookup,
             identifier: ident.as_ref().map(|i| s.store.prepare_identifier(i)),
-            purpose: e.purpose,
+            purpose: c.id.clone(),
             decision,
             method,
             channel,
@@ -607,8 +607,10 @@ pub struct SubscriptionView {
     /// or `suppressed` (the person was erased; nothing stored or sent).
     pub status: &'static str,
     pub profile_id: Option<ProfileId>,
-    pub pending: Vec<String>,
-    pub already_granted: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub pending: Vec<PurposeId>,
+    #[schema(value_type = Vec<String>)]
+    pub already_granted: Vec<PurposeId>,
     pub expires_at: Option<String>,
 }
 
@@ -745,10 +747,10 @@ pub async fn send_email(
         ));
     }
     let catalog = s.catalog().await?;
-    let rule = catalog.require(&b.purpose)?.rule;
+    let entry = catalog.require(&b.purpose)?;
+    let (rule, purpose) = (entry.rule, entry.id.clone());
     p.may_act_for(&b.purpose)?;
     let (lookup, _) = subject_ref_lookup(&s, &b.recipient)?;
-    let purpose = b.purpose.clone();
     let email = MarketingEmail {
         subject: b.subject,
         text: b.text,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tarmo_core::consent::{Channel, decide};
+use tarmo_core::consent::{Channel, PurposeId, decide};
 use tarmo_core::ids::ProfileId;
 use tarmo_notify::templates::{self, ConfirmationContext};
 use tarmo_notify::{Deliver, DeliverSms, Email, Mailbox, MessageId, SendError};
@@ -174,10 +174,10 @@ fn run(w: &MailWorker, svc: &Services, stop: &AtomicBool) {
 /// message. The page is sent within moments of the read; the decision
 /// that let each message into the outbox was taken in the transaction
 /// that wrote it.
-type Subjects = HashMap<(String, ProfileId), Subject>;
+type Subjects = HashMap<(PurposeId, ProfileId), Subject>;
 
 fn subjects_of(svc: &Services, list: &[Claimed]) -> Result<Subjects, tarmo_store::Error> {
-    let mut by_purpose: HashMap<&str, Vec<ProfileId>> = HashMap::new();
+    let mut by_purpose: HashMap<&PurposeId, Vec<ProfileId>> = HashMap::new();
     for m in list {
         if let OutboxMessage::Marketing { purpose, .. }
         | OutboxMessage::MarketingSms { purpose, .. }
@@ -194,9 +194,9 @@ fn subject_now(
     svc: &Services,
     subjects: &Subjects,
     profile: ProfileId,
-    purpose: &str,
+    purpose: &PurposeId,
 ) -> Result<Subject, tarmo_store::Error> {
-    match subjects.get(&(purpose.to_owned(), profile)) {
+    match subjects.get(&(purpose.clone(), profile)) {
         Some(s) => Ok(*s),
         None => outbox::subject_now(svc, profile, purpose),
     }
@@ -439,7 +439,7 @@ fn build_and_send(
             html,
             unsubscribe,
         } => {
-            let Some(c) = catalog.get(purpose) else {
+            let Some(c) = catalog.get(purpose.as_str()) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
             let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?
@@ -474,7 +474,7 @@ fn build_and_send(
             list,
             payload,
         } => {
-            let Some(c) = catalog.get(purpose) else {
+            let Some(c) = catalog.get(purpose.as_str()) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
             let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?
@@ -510,7 +510,7 @@ fn build_and_send(
                 .map_err(Stop::Send)
         }
         OutboxMessage::MarketingSms { to, purpose, text } => {
-            let Some(c) = catalog.get(purpose) else {
+            let Some(c) = catalog.get(purpose.as_str()) else {
                 return Err(Stop::NotAllowed("unknown_purpose"));
             };
             let Subject::Known(_, st, flags) = subject_now(svc, subjects, m.profile_id, purpose)?

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use tarmo_core::codes::Code;
+use tarmo_core::consent::PurposeId;
 use tarmo_core::ids::ProcessorId;
 
 use axum::Json;
@@ -200,7 +201,17 @@ pub async fn export(
         })
         .collect::<Result<Vec<_>, _>>()?;
     p.may_act_for(&b.purpose)?;
-    let purpose = b.purpose;
+    // A purpose that is not even well formed is none the processor is
+    // registered for: the same refusal as any other.
+    let purpose = PurposeId::parse(&b.purpose).map_err(|_| {
+        ApiError::new(
+            Code::PurposeNotPermitted,
+            format!(
+                "processor {id} is not registered for purpose `{}`",
+                b.purpose.chars().take(64).collect::<String>()
+            ),
+        )
+    })?;
     let kinds = p.grant.data.clone();
     let svc = s.svc.clone();
     let view = blocking(move || register::export_to(&svc, id, purpose, subjects, kinds)).await?;

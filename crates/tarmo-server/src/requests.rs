@@ -418,7 +418,7 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         vec![
             g.id.clone(),
             g.name.clone(),
-            g.purpose.clone(),
+            g.purpose.to_string(),
             g.since.clone(),
         ]
     });
@@ -453,7 +453,7 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let consents = b.consents.iter().map(|c| {
         vec![
             c.entry.seq.to_string(),
-            c.entry.purpose.clone(),
+            c.entry.purpose.to_string(),
             c.entry.decision.clone(),
             c.entry.method.clone(),
             c.entry.at.clone(),
@@ -583,7 +583,7 @@ fn zip_bundle(b: &Bundle) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
             r.processor.clone(),
             r.role.clone(),
             r.country.clone(),
-            r.purpose.clone(),
+            r.purpose.to_string(),
             r.data_categories.to_string(),
             r.at.clone(),
         ]

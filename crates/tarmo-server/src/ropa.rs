@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tarmo_core::consent::{Channel, LegalBasis};
+use tarmo_core::consent::{Channel, LegalBasis, PurposeId};
 use tarmo_store::processors::{self as register, ProcessorView};
 use tarmo_store::{now_ms, rfc3339};
 use utoipa::{IntoParams, ToSchema};
@@ -55,14 +55,16 @@ pub struct CategoryRecord {
     pub name: String,
     /// A special category of personal data (Art. 9(1)).
     pub special: bool,
-    pub purposes: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub purposes: Vec<PurposeId>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubjectCategory {
     pub name: String,
     /// The purposes it was derived from; empty when configured.
-    pub purposes: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub purposes: Vec<PurposeId>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,7 +75,8 @@ pub struct Recipient {
     pub in_eea: bool,
     pub dpa_reference: String,
     pub dpa_signed_on: String,
-    pub purposes: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub purposes: Vec<PurposeId>,
     pub data_categories: Vec<String>,
 }
 
@@ -87,7 +90,8 @@ pub struct Transfer {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RetentionRecord {
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: PurposeId,
     /// Data kept for the purpose is kept at most this long.
     pub retention_days: u32,
     /// A consent counts this long before it is asked again.
@@ -169,8 +173,8 @@ pub fn build(
     processors: &[ProcessorView],
 ) -> RecordOfProcessing {
     let entries = catalog.entries();
-    let mut categories: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut subjects: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut categories: BTreeMap<String, BTreeSet<PurposeId>> = BTreeMap::new();
+    let mut subjects: BTreeMap<&'static str, Vec<PurposeId>> = BTreeMap::new();
     let purposes = entries
         .iter()
         .map(|c| {
@@ -179,10 +183,10 @@ pub fn build(
                 categories
                     .entry(cat.as_str().to_owned())
                     .or_default()
-                    .insert(c.id.to_string());
+                    .insert(c.id.clone());
             }
             for sc in subject_categories_of(spec) {
-                subjects.entry(sc).or_default().push(c.id.to_string());
+                subjects.entry(sc).or_default().push(c.id.clone());
             }
             PurposeRecord {
                 id: c.id.to_string(),
@@ -272,7 +276,7 @@ pub fn build(
         retention: entries
             .iter()
             .map(|c| RetentionRecord {
-                purpose: c.id.to_string(),
+                purpose: c.id.clone(),
                 retention_days: c.spec.retention_days,
                 consent_lifetime_days: c.spec.consent_lifetime_days,
             })
@@ -340,11 +344,12 @@ pub async fn records_of_processing(
     Ok(r)
 }
 
-fn list(items: &[String]) -> String {
+fn list<T: AsRef<str>>(items: &[T]) -> String {
     if items.is_empty() {
         return "—".into();
     }
-    esc(&items.join(", "))
+    let words: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    esc(&words.join(", "))
 }
 
 fn opt(v: &Option<String>) -> String {
@@ -463,7 +468,7 @@ pub fn render(r: &RecordOfProcessing) -> String {
         let _ = write!(
             b,
             "<tr><td>{}</td><td>{} days</td><td>{}</td></tr>",
-            esc(&t.purpose),
+            esc(t.purpose.as_str()),
             t.retention_days,
             t.consent_lifetime_days
                 .map_or_else(|| "—".into(), |d| format!("{d} days"))

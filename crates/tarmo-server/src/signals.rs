@@ -110,11 +110,7 @@ fn signal(
     ConsentSignal {
         hash,
         method: r.method,
-        entries: r
-            .entries
-            .into_iter()
-            .map(|(p, d)| (p.to_string(), d))
-            .collect(),
+        entries: r.entries,
         source: source.to_owned(),
         evidence,
     }
@@ -280,7 +276,8 @@ pub struct SignalInput {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SignalEntry {
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: tarmo_core::consent::PurposeId,
     /// granted, denied or objected.
     pub decision: &'static str,
     /// The ledger entry's number.
@@ -353,7 +350,7 @@ pub async fn record_signal(
     // record it only when all of them are its own (recording part of it
     // would mark the string as seen and lose the rest for good).
     for (purpose, _) in &signal.entries {
-        p.may_act_for(purpose)?;
+        p.may_act_for(purpose.as_str())?;
     }
     let method = signal.method.as_str();
     let (outdated, policy_version) = facts(&signal);

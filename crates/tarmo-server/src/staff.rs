@@ -135,7 +135,8 @@ pub async fn audit(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PurposeCount {
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: tarmo_core::consent::PurposeId,
     pub decision: String,
     pub people: i64,
 }

@@ -185,7 +185,7 @@ fn main() {
             .map(|&p| NewEntry {
                 channel: None,
                 profile_id: ProfileId(p),
-                purpose: "email_marketing".into(),
+                purpose: tarmo_core::consent::PurposeId::parse("email_marketing").unwrap(),
                 decision: ConsentDecision::Granted,
                 method: Method::WebForm,
                 notice_version: None,

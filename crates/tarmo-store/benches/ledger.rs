@@ -97,7 +97,10 @@ fn main() {
                 NewEntry {
                     channel: None,
                     profile_id: ids[(r % profiles) as usize],
-                    purpose: purposes[((r >> 16) % 4) as usize].into(),
+                    purpose: tarmo_core::consent::PurposeId::parse(
+                        purposes[((r >> 16) % 4) as usize],
+                    )
+                    .unwrap(),
                     decision: decisions[((r >> 24) % 4) as usize],
                     method: Method::WebForm,
                     notice_version: None,

@@ -207,7 +207,7 @@ fn main() {
                     ["email_marketing", "ad_audiences"].map(|purpose| NewEntry {
                         channel: None,
                         profile_id: ProfileId(*p),
-                        purpose: purpose.into(),
+                        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
                         decision: ConsentDecision::Granted,
                         method: Method::WebForm,
                         notice_version: None,

@@ -10,6 +10,7 @@ use crate::consent::{self, Catalog, LedgerEntryView};
 use crate::crypto::person;
 use crate::vault::{Place, Vault};
 use crate::{IdentifierView, MergeView, Result, rfc3339};
+use tarmo_core::consent::PurposeId;
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -84,7 +85,8 @@ pub struct BundleRecipient {
     pub processor: String,
     pub role: String,
     pub country: String,
-    pub purpose: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub purpose: PurposeId,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data_categories: Value,
     pub at: String,
@@ -117,7 +119,8 @@ pub struct BundleSegment {
     pub id: String,
     pub name: String,
     /// The purpose the segment serves.
-    pub purpose: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub purpose: PurposeId,
     /// When they entered it.
     pub since: String,
 }
@@ -165,7 +168,7 @@ pub fn collect(
 
     let mut consents = Vec::new();
     for entry in consent::history(conn, vault, &sight, profile)? {
-        let texts = consent::notice_texts(conn, &entry.purpose, &entry.notice_version)?;
+        let texts = consent::notice_texts(conn, entry.purpose.as_str(), &entry.notice_version)?;
         consents.push(BundleConsent {
             notice_text: serde_json::to_value(texts).expect("serialises"),
             entry,
@@ -258,7 +261,7 @@ pub fn collect(
                 processor: r.text(0)?,
                 role: r.text(1)?,
                 country: r.text(2)?,
-                purpose: r.text(3)?,
+                purpose: consent::purpose_id(&r.text(3)?)?,
                 data_categories: serde_json::from_str(&r.text(4)?).unwrap_or(Value::Null),
                 at: rfc3339(r.int(5)?),
             })
@@ -274,7 +277,7 @@ pub fn collect(
         segments.push(BundleSegment {
             id: r.text(0)?,
             name: r.text(1)?,
-            purpose: r.text(2)?,
+            purpose: consent::purpose_id(&r.text(2)?)?,
             since: rfc3339(r.int(3)?),
         });
     }

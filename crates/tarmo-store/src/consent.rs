@@ -364,12 +364,12 @@ pub fn notice_texts(
 /// was shown, for staff reading their ledger (a read on the pool).
 pub fn notices_shown(
     svc: &crate::Services,
-    pairs: Vec<(String, String)>,
-) -> Result<Vec<(String, String, String, String)>> {
+    pairs: Vec<(PurposeId, String)>,
+) -> Result<Vec<(PurposeId, String, String, String)>> {
     svc.read(|conn, _| {
         let mut out = Vec::new();
         for (purpose, version) in pairs {
-            if let Some(texts) = notice_texts(conn, &purpose, &version)? {
+            if let Some(texts) = notice_texts(conn, purpose.as_str(), &version)? {
                 for (lang, text) in texts {
                     out.push((purpose.clone(), version.clone(), lang, text));
                 }
@@ -405,7 +405,7 @@ fn notice_seq_of(conn: &mut dyn Conn, purpose: &str, notice_version: &str) -> Re
 pub struct NewEntry {
     /// The person's current (not merged-away) profile.
     pub profile_id: ProfileId,
-    pub purpose: String,
+    pub purpose: PurposeId,
     pub decision: ConsentDecision,
     pub method: Method,
     /// The notice version shown; the current one when `None`.
@@ -532,9 +532,9 @@ pub fn append(
     }
     // Check everything before writing anything.
     let mut prepared = Vec::with_capacity(entries.len());
-    let mut seq_cache: HashMap<(String, String), u32> = HashMap::new();
+    let mut seq_cache: HashMap<(PurposeId, String), u32> = HashMap::new();
     for e in entries {
-        let c = catalog.require(&e.purpose)?;
+        let c = catalog.require(e.purpose.as_str())?;
         check_entry(c.id.as_str(), &c.rule, e.decision, e.method)?;
         if let Some(ch) = e.channel {
             check_channel_entry(c.id.as_str(), &c.rule, ch, e.decision)?;
@@ -553,7 +553,7 @@ pub fn append(
                 let seq = match seq_cache.get(&k) {
                     Some(s) => *s,
                     None => {
-                        let s = notice_seq_of(conn, &e.purpose, v)?;
+                        let s = notice_seq_of(conn, e.purpose.as_str(), v)?;
                         seq_cache.insert(k, s);
                         s
                     }
@@ -565,9 +565,9 @@ pub fn append(
     }
 
     let mut tip = CHAIN.tip(conn)?;
-    let mut touched: HashMap<(ProfileId, String), Option<ConsentState>> = HashMap::new();
+    let mut touched: HashMap<(ProfileId, PurposeId), Option<ConsentState>> = HashMap::new();
     // The state before this transaction, for the dashboard's totals.
-    let mut before: HashMap<(ProfileId, String), Option<ConsentDecision>> = HashMap::new();
+    let mut before: HashMap<(ProfileId, PurposeId), Option<ConsentDecision>> = HashMap::new();
     let mut counts = crate::dashboard::EntryCounts::default();
     let mut seqs = Vec::with_capacity(entries.len());
     for (e, version, notice_seq) in prepared {
@@ -588,7 +588,7 @@ pub fn append(
                 seq,
                 profile_id: e.profile_id,
                 key_owner: e.profile_id,
-                purpose: &e.purpose,
+                purpose: e.purpose.as_str(),
                 decision: e.decision.as_str(),
                 method: e.method.as_str(),
                 notice_version: &version,
@@ -609,7 +609,7 @@ pub fn append(
                 P::Int(seq),
                 P::Int(e.profile_id.0),
                 P::Int(e.profile_id.0),
-                P::Text(&e.purpose),
+                P::Text(e.purpose.as_str()),
                 P::Text(e.decision.as_str()),
                 P::Text(e.method.as_str()),
                 P::Text(&version),
@@ -627,7 +627,7 @@ pub fn append(
         let cur = match touched.get(&k) {
             Some(s) => *s,
             None => {
-                let s = state(conn, e.profile_id, &purpose_id(&e.purpose)?)?;
+                let s = state(conn, e.profile_id, &e.purpose)?;
                 before.insert(k.clone(), s.map(|s| s.decision));
                 s
             }
@@ -641,7 +641,12 @@ pub fn append(
                 ),
             ));
         }
-        counts.add(at_ms, &e.purpose, e.method.as_str(), e.decision.as_str());
+        counts.add(
+            at_ms,
+            e.purpose.as_str(),
+            e.method.as_str(),
+            e.decision.as_str(),
+        );
         let next = fold(
             cur,
             &EntryFacts {
@@ -658,7 +663,7 @@ pub fn append(
     }
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
-            put_state(conn, *profile, purpose, s)?;
+            put_state(conn, *profile, purpose.as_str(), s)?;
             let old = before
                 .get(&(*profile, purpose.clone()))
                 .copied()
@@ -667,7 +672,7 @@ pub fn append(
             crate::dashboard::state_changed(
                 conn,
                 crate::dashboard::day_of(s.at_ms),
-                purpose,
+                purpose.as_str(),
                 old,
                 s.decision.as_str(),
             )?;
@@ -686,7 +691,8 @@ pub struct LedgerEntryView {
     /// The profile the entry was recorded for (a profile merged since keeps
     /// its entries under its old id).
     pub profile_id: ProfileId,
-    pub purpose: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub purpose: PurposeId,
     pub decision: String,
     pub method: String,
     pub notice_version: String,
@@ -763,7 +769,7 @@ pub fn history(
         out.push(LedgerEntryView {
             seq: r.int(0)?,
             profile_id: ProfileId(r.int(1)?),
-            purpose: r.text(3)?,
+            purpose: purpose_id(&r.text(3)?)?,
             decision: r.text(4)?,
             method: r.text(5)?,
             notice_version: r.text(6)?,
@@ -1152,7 +1158,7 @@ pub fn record_gpc(
         if gpc_applies(state(conn, profile, &c.id)?.as_ref()) {
             entries.push(NewEntry {
                 profile_id: profile,
-                purpose: c.id.to_string(),
+                purpose: c.id.clone(),
                 decision: ConsentDecision::Denied,
                 method: Method::Gpc,
                 notice_version: None,
@@ -1176,7 +1182,7 @@ pub struct ConsentSignal {
     /// SHA-256 of the string: only its first arrival for a person writes.
     pub hash: [u8; 32],
     pub method: Method,
-    pub entries: Vec<(String, ConsentDecision)>,
+    pub entries: Vec<(PurposeId, ConsentDecision)>,
     /// The collection point the entries name. Never personal data.
     pub source: String,
     /// The string itself and what was noticed about it, sealed.
@@ -1189,7 +1195,7 @@ pub enum SignalOutcome {
     /// The person's ledger already holds this string: nothing was written.
     Duplicate,
     /// The first arrival: the entries written, as (purpose, decision, seq).
-    Recorded(Vec<(String, ConsentDecision, i64)>),
+    Recorded(Vec<(PurposeId, ConsentDecision, i64)>),
 }
 
 /// Record a CMP string for a person, once. Its first arrival appends its
@@ -1222,8 +1228,8 @@ pub fn record_signal(
         .entries
         .iter()
         .filter(|(purpose, decision)| {
-            let ok = catalog.get(purpose).is_some_and(|c| {
-                check_entry(purpose, &c.rule, *decision, signal.method).is_ok()
+            let ok = catalog.get(purpose.as_str()).is_some_and(|c| {
+                check_entry(purpose.as_str(), &c.rule, *decision, signal.method).is_ok()
             });
             if !ok {
                 tracing::debug!(purpose = %purpose, "a CMP signal's entry no longer fits the catalog; left out");
@@ -1540,7 +1546,8 @@ pub struct ToRecord {
     /// The identifier, when the person is named by one: made into a new
     /// profile when nobody has it yet.
     pub identifier: Option<PreparedIdentifier>,
-    pub purpose: String,
+    /// The catalog's id (the handler found it there).
+    pub purpose: PurposeId,
     pub decision: ConsentDecision,
     pub method: Method,
     pub channel: Option<Channel>,
@@ -1638,7 +1645,7 @@ pub fn consents_of(
         // consent data.
         let proof = person::Sight::duty(person::Duty::ConsentProof);
         let mut entries = history(conn, vault, &proof, profile)?;
-        entries.retain(|e| ours(&e.purpose));
+        entries.retain(|e| ours(e.purpose.as_str()));
         if !kinds.contains(&tarmo_core::access::DataKind::Consent) {
             for e in &mut entries {
                 e.evidence = Value::Null;

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
-use tarmo_core::consent::{ConsentDecision, Method, check_entry};
+use tarmo_core::consent::{ConsentDecision, Method, PurposeId, check_entry};
 
 use crate::conn::{Conn, P, ProfileId};
 use crate::consent::{self, NewEntry};
@@ -41,9 +41,9 @@ pub struct Subscribe {
 pub struct Subscribed {
     pub profile_id: ProfileId,
     /// Purposes now waiting for the confirmation.
-    pub pending: Vec<String>,
+    pub pending: Vec<PurposeId>,
     /// Purposes the person had already agreed to: nothing is asked again.
-    pub already_granted: Vec<String>,
+    pub already_granted: Vec<PurposeId>,
     pub expires_ms: Option<i64>,
     /// The identifier is on the suppression list (its person was erased):
     /// nothing was stored or sent.
@@ -97,9 +97,9 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
         let flags = consent::flags(ctx.conn, profile)?;
         let verdict = tarmo_core::consent::decide(&c.rule, None, st.as_ref(), flags, now);
         if verdict.allowed {
-            already.push(p);
+            already.push(c.id.clone());
         } else {
-            pending.push((p, v));
+            pending.push((c.id.clone(), v));
         }
     }
     if pending.is_empty() {
@@ -134,9 +134,14 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
         })
         .collect();
     consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, now)?;
+    // The token and the message carry (purpose, notice version) as text.
+    let versions: Vec<(String, String)> = pending
+        .iter()
+        .map(|(p, v)| (p.to_string(), v.clone()))
+        .collect();
     let data = ConfirmationData {
         verifies: Some(hex::encode(req.identifier.bidx.0)),
-        purposes: pending.clone(),
+        purposes: versions.clone(),
         channel: req.channel.into(),
         language: req.language.clone(),
         source: req.source.clone(),
@@ -159,7 +164,7 @@ pub fn subscribe(ctx: &mut TxCtx<'_>, req: Subscribe) -> Result<Subscribed> {
             to: req.address,
             language: req.language,
             token: token.secret,
-            purposes: pending.clone(),
+            purposes: versions,
             expires_ms,
         },
         now,
@@ -194,7 +199,7 @@ pub fn peek(conn: &mut dyn Conn, secret: &str, now_ms: i64) -> Result<Pending> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
     pub profile_id: ProfileId,
-    pub purposes: Vec<String>,
+    pub purposes: Vec<PurposeId>,
     pub language: String,
 }
 
@@ -224,11 +229,11 @@ pub fn confirm(
         .data
         .purposes
         .iter()
-        .filter(|(p, _)| ctx.catalog.get(p).is_some())
+        .filter_map(|(p, v)| ctx.catalog.get(p).map(|c| (c.id.clone(), v)))
         .map(|(p, v)| NewEntry {
             channel: None,
             profile_id: profile,
-            purpose: p.clone(),
+            purpose: p,
             decision: ConsentDecision::Granted,
             method,
             notice_version: Some(v.clone()),
@@ -284,7 +289,7 @@ pub fn unsubscribe(
     let entry = NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: link.scope.clone(),
+        purpose: c.id.clone(),
         decision,
         method: Method::OneClickUnsubscribe,
         notice_version: None,

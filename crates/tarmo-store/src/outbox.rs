@@ -11,6 +11,7 @@
 //! worker records; the others run inside the caller's.
 
 use serde::{Deserialize, Serialize};
+use tarmo_core::consent::PurposeId;
 
 use crate::conn::{Conn, P, ProcessorId, ProfileId, RequestId};
 use crate::consent::{self, Catalog, Judged, Lookup, Subject};
@@ -47,7 +48,7 @@ pub enum OutboxMessage {
     /// a one-click unsubscribe link for that purpose.
     Marketing {
         to: String,
-        purpose: String,
+        purpose: PurposeId,
         subject: String,
         text: String,
         html: Option<String>,
@@ -58,7 +59,7 @@ pub enum OutboxMessage {
     /// purpose allows it over SMS; its text ends with the opt-out line.
     MarketingSms {
         to: String,
-        purpose: String,
+        purpose: PurposeId,
         text: String,
     },
     /// A push or call-list entry for a processor (a webhook automation or
@@ -67,7 +68,7 @@ pub enum OutboxMessage {
     /// the row.
     ProcessorList {
         processor_id: ProcessorId,
-        purpose: String,
+        purpose: PurposeId,
         /// `push` or `call`.
         list: String,
         /// What the processor receives, without the delivery id.
@@ -315,12 +316,12 @@ pub struct MarketingEmail {
 pub fn queue_marketing_email(
     svc: &Services,
     lookup: Lookup,
-    purpose: String,
+    purpose: PurposeId,
     rule: tarmo_core::consent::PurposeRule,
     email: MarketingEmail,
 ) -> Result<(Judged, bool)> {
     svc.write(move |ctx| {
-        let subject = consent::read_subject(ctx.conn, lookup, &consent::purpose_id(&purpose)?)?;
+        let subject = consent::read_subject(ctx.conn, lookup, &purpose)?;
         let judged = consent::judge(
             &rule,
             Some(tarmo_core::consent::Channel::Email),
@@ -341,7 +342,7 @@ pub fn queue_marketing_email(
             crate::doi::UNSUBSCRIBE_LINK,
             &crate::links::SignedLink {
                 profile_id: profile,
-                scope: purpose.clone(),
+                scope: purpose.to_string(),
                 issued_ms: ctx.now_ms,
             },
         );
@@ -421,17 +422,16 @@ pub fn record_outcome(
 /// read a purpose.
 pub fn subjects_of(
     svc: &Services,
-    wanted: &std::collections::HashMap<&str, Vec<ProfileId>>,
-) -> Result<std::collections::HashMap<(String, ProfileId), Subject>> {
+    wanted: &std::collections::HashMap<&PurposeId, Vec<ProfileId>>,
+) -> Result<std::collections::HashMap<(PurposeId, ProfileId), Subject>> {
     let mut out = std::collections::HashMap::new();
     if wanted.is_empty() {
         return Ok(out);
     }
     svc.read(|conn, _| {
         for (purpose, ids) in wanted {
-            let id = consent::purpose_id(purpose)?;
-            for (p, s) in consent::subjects_by_id(conn, ids, &id)? {
-                out.insert(((*purpose).to_owned(), p), s);
+            for (p, s) in consent::subjects_by_id(conn, ids, purpose)? {
+                out.insert(((*purpose).clone(), p), s);
             }
         }
         Ok(())
@@ -440,9 +440,8 @@ pub fn subjects_of(
 }
 
 /// One person's decision inputs for `purpose`, read now.
-pub fn subject_now(svc: &Services, profile: ProfileId, purpose: &str) -> Result<Subject> {
-    let purpose = consent::purpose_id(purpose)?;
-    svc.read(|conn, _| consent::subject_by_id(conn, profile, &purpose))
+pub fn subject_now(svc: &Services, profile: ProfileId, purpose: &PurposeId) -> Result<Subject> {
+    svc.read(|conn, _| consent::subject_by_id(conn, profile, purpose))
 }
 
 /// The name and notice text of each purpose a confirmation asks about, in

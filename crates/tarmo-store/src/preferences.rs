@@ -154,7 +154,7 @@ pub fn save(
         let entry = |channel, purpose: &CatalogEntry, decision| NewEntry {
             channel,
             profile_id: p,
-            purpose: purpose.id.to_string(),
+            purpose: purpose.id.clone(),
             decision,
             method: Method::PreferenceCenter,
             notice_version: None,

@@ -17,7 +17,7 @@ use tarmo_core::codes::Code;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tarmo_core::consent::{DataCategory, Reason, decide};
+use tarmo_core::consent::{DataCategory, PurposeId, Reason, decide};
 use tarmo_core::processor::{ExportScope, ProcessorSpec, TokenChange, WebhookToken, format_date};
 
 use crate::conn::{Conn, P, ProcessorId, ProfileId, RequestId, Row};
@@ -47,7 +47,8 @@ pub struct ProcessorView {
     pub dpa_reference: String,
     /// YYYY-MM-DD.
     pub dpa_signed_on: String,
-    pub purposes: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub purposes: Vec<PurposeId>,
     pub data_categories: Vec<String>,
     /// Where erasures are announced (POST, JSON).
     pub erasure_webhook: Option<String>,
@@ -61,7 +62,7 @@ const PROCESSOR_COLUMNS: &str = "id, name, role, country, transfer_safeguard, dp
      dpa_signed_on, purposes, data_categories, erasure_webhook, webhook_token IS NOT NULL, \
      created_ms, updated_ms";
 
-fn json_list(r: &Row, i: usize) -> Result<Vec<String>> {
+fn json_list<T: serde::de::DeserializeOwned>(r: &Row, i: usize) -> Result<Vec<T>> {
     serde_json::from_str(&r.text(i)?).map_err(|e| Error::Corrupt(format!("processor list: {e}")))
 }
 
@@ -150,7 +151,7 @@ pub fn find(svc: &crate::Services, id: ProcessorId) -> Result<Option<ProcessorVi
 pub fn export_to(
     svc: &crate::Services,
     processor_id: ProcessorId,
-    purpose: String,
+    purpose: PurposeId,
     subjects: Vec<SubjectKey>,
     kinds: BTreeSet<tarmo_core::access::DataKind>,
 ) -> Result<ExportView> {
@@ -312,7 +313,8 @@ pub fn update(
 pub struct DisclosureView {
     pub processor_id: ProcessorId,
     pub processor: String,
-    pub purpose: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub purpose: PurposeId,
     pub categories: Vec<String>,
     pub at: String,
 }
@@ -322,7 +324,7 @@ pub fn record_disclosure(
     conn: &mut dyn Conn,
     profile: ProfileId,
     processor_id: ProcessorId,
-    purpose: &str,
+    purpose: &PurposeId,
     categories: &[&str],
     now_ms: i64,
 ) -> Result<()> {
@@ -333,7 +335,7 @@ pub fn record_disclosure(
         &[
             P::Int(profile.0),
             P::from(processor_id),
-            P::Text(purpose),
+            P::Text(purpose.as_str()),
             P::Text(&categories),
             P::Int(now_ms),
         ],
@@ -355,7 +357,7 @@ pub fn disclosures_of(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<Dis
         Ok(DisclosureView {
             processor_id: ProcessorId(r.int(0)?),
             processor: r.text(1)?,
-            purpose: r.text(2)?,
+            purpose: crate::consent::purpose_id(&r.text(2)?)?,
             categories: json_list(r, 3)?,
             at: rfc3339(r.int(4)?),
         })
@@ -432,7 +434,8 @@ pub struct ExcludedSubject {
 pub struct ExportView {
     pub processor_id: ProcessorId,
     pub processor: String,
-    pub purpose: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub purpose: PurposeId,
     /// The categories exported: those both the purpose and the processor name.
     pub categories: Vec<String>,
     pub exported: Vec<ExportedPerson>,
@@ -453,22 +456,19 @@ pub fn export(
     vault: &Vault,
     catalog: &Catalog,
     processor_id: ProcessorId,
-    purpose: &str,
+    purpose: &PurposeId,
     subjects: &[SubjectKey],
     kinds: &BTreeSet<tarmo_core::access::DataKind>,
     now_ms: i64,
 ) -> Result<ExportView> {
     let processor = get(conn, processor_id)?.ok_or_else(not_found)?;
-    if !processor.purposes.iter().any(|p| p == purpose) {
+    if !processor.purposes.contains(purpose) {
         return Err(Error::Rejected {
             code: Code::PurposeNotPermitted,
-            message: format!(
-                "processor {processor_id} is not registered for purpose `{}`",
-                purpose.chars().take(64).collect::<String>()
-            ),
+            message: format!("processor {processor_id} is not registered for purpose `{purpose}`",),
         });
     }
-    let entry = catalog.require(purpose)?;
+    let entry = catalog.require(purpose.as_str())?;
     let allowed: BTreeSet<&str> = processor
         .data_categories
         .iter()
@@ -525,7 +525,7 @@ pub fn export(
     for (position, key) in subjects.iter().enumerate() {
         let subject = match key {
             SubjectKey::Profile(p) => subject_by_id(conn, *p, &entry.id)?,
-            SubjectKey::Identifier(b) => subject_by_identifier(conn, b, purpose)?,
+            SubjectKey::Identifier(b) => subject_by_identifier(conn, b, purpose.as_str())?,
         };
         let (profile, verdict) = match subject {
             Subject::Known(p, st, flags) => (p, decide(&rule, None, st.as_ref(), flags, now_ms)),
@@ -565,7 +565,7 @@ pub fn export(
     Ok(ExportView {
         processor_id,
         processor: processor.name,
-        purpose: purpose.to_owned(),
+        purpose: purpose.clone(),
         categories: names.iter().map(|c| c.to_string()).collect(),
         exported,
         excluded,
@@ -744,7 +744,7 @@ pub fn enqueue_erasure_notifications<K: AsRef<str>, V: AsRef<str>>(
         )? {
             let cats = received.entry(ProcessorId(r.int(0)?)).or_default();
             cats.extend(
-                json_list(&r, 1)?
+                json_list::<String>(&r, 1)?
                     .iter()
                     .filter_map(|c| DataCategory::parse(c).ok()),
             );

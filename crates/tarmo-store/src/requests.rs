@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
-use tarmo_core::consent::{ConsentDecision, LegalBasis, Method};
+use tarmo_core::consent::{ConsentDecision, LegalBasis, Method, PurposeId};
 use tarmo_core::profile::TraitSet;
 
 use crate::conn::{Conn, P, ProfileId, RequestId, Row};
@@ -609,8 +609,12 @@ fn execute(ctx: &mut TxCtx<'_>, id: RequestId, r: Stored) -> Result<()> {
             "processing restricted: every decision reads `restricted` until it is lifted".into()
         }
         RequestKind::Objection => {
-            let purposes: Vec<String> = match details.purposes {
-                Some(p) => p,
+            let purposes: Vec<PurposeId> = match details.purposes {
+                // Checked against the catalog when the request came.
+                Some(p) => p
+                    .iter()
+                    .map(|p| consent::purpose_id(p))
+                    .collect::<Result<_>>()?,
                 None => ctx
                     .catalog
                     .entries()
@@ -622,7 +626,7 @@ fn execute(ctx: &mut TxCtx<'_>, id: RequestId, r: Stored) -> Result<()> {
                                 LegalBasis::LegitimateInterests | LegalBasis::PublicTask
                             )
                     })
-                    .map(|c| c.id.to_string())
+                    .map(|c| c.id.clone())
                     .collect(),
             };
             let entries: Vec<NewEntry> = purposes
@@ -641,7 +645,14 @@ fn execute(ctx: &mut TxCtx<'_>, id: RequestId, r: Stored) -> Result<()> {
                 .collect();
             let catalog = ctx.catalog.clone();
             consent::append(ctx.conn, ctx.vault, &catalog, &entries, ctx.now_ms)?;
-            format!("objection recorded for {}", purposes.join(", "))
+            format!(
+                "objection recorded for {}",
+                purposes
+                    .iter()
+                    .map(PurposeId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
     };
     complete(ctx, id, &outcome)

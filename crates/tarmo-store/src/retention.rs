@@ -135,14 +135,14 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
         let Some(life) = c.rule.consent_lifetime_ms else {
             continue;
         };
-        let purpose = c.id.to_string();
+        let purpose = c.id.clone();
         loop {
             let p = purpose.clone();
             let n = writer.transact_blocking(move |ctx| {
                 let rows = ctx.conn.query(
                     "SELECT profile_id FROM consent_state
                      WHERE purpose_id = $1 AND decision = 'granted' AND at_ms <= $2 LIMIT 1000",
-                    &[P::Text(&p), P::Int(now_ms - life)],
+                    &[P::Text(p.as_str()), P::Int(now_ms - life)],
                 )?;
                 if dry_run {
                     return Ok((rows.len() as u64, true));

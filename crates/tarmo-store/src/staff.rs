@@ -16,7 +16,7 @@ use crate::{Result, Services};
 /// People by their recorded decision for one purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentCount {
-    pub purpose: String,
+    pub purpose: tarmo_core::consent::PurposeId,
     pub decision: String,
     pub people: i64,
 }
@@ -43,7 +43,7 @@ pub fn stats(svc: &Services) -> Result<Stats> {
         .iter()
         .map(|r| {
             Ok(ConsentCount {
-                purpose: r.text(0)?,
+                purpose: crate::consent::purpose_id(&r.text(0)?)?,
                 decision: r.text(1)?,
                 people: r.int(2)?,
             })

@@ -211,7 +211,7 @@ fn exports_are_limited_to_purposes_categories_and_decisions_and_recorded() {
         processors::disclosures_of(c, ProfileId(p))
             .unwrap()
             .into_iter()
-            .map(|d| (d.processor, d.purpose))
+            .map(|d| (d.processor, d.purpose.to_string()))
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -553,7 +553,7 @@ fn the_notice_worker_retries_until_delivered_and_gives_up_when_it_must() {
                     ctx.conn,
                     dana,
                     p.id,
-                    "email_marketing",
+                    &tarmo_core::consent::PurposeId::parse("email_marketing").unwrap(),
                     &["contact"],
                     ctx.now_ms,
                 )?;

@@ -17,6 +17,7 @@ use minijinja::context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tarmo_core::access::DataKind;
+use tarmo_core::consent::PurposeId;
 
 use super::{Staff, error_page, render, see_other};
 use crate::{ApiError, AppState, blocking};
@@ -212,7 +213,7 @@ async fn customer_page(
             Path(id.to_string()),
         )
         .await?;
-        let pairs: Vec<(String, String)> = c
+        let pairs: Vec<(PurposeId, String)> = c
             .ledger
             .iter()
             .filter(|e| !e.notice_version.is_empty())
@@ -235,7 +236,7 @@ async fn customer_page(
             .rev()
             .map(|e| LedgerRow {
                 seq: e.seq,
-                purpose: e.purpose,
+                purpose: e.purpose.to_string(),
                 decision: e.decision,
                 method: e.method,
                 at: e.at,

@@ -733,7 +733,7 @@ pub fn sms_stop(
         entries.push(crate::consent::NewEntry {
             channel: None,
             profile_id: ProfileId(profile),
-            purpose: c.id.to_string(),
+            purpose: c.id.clone(),
             decision: ConsentDecision::Withdrawn,
             method: Method::OneClickUnsubscribe,
             notice_version: None,
@@ -742,7 +742,7 @@ pub fn sms_stop(
             evidence,
         });
     }
-    let purposes = entries.iter().map(|e| e.purpose.clone()).collect();
+    let purposes = entries.iter().map(|e| e.purpose.to_string()).collect();
     crate::consent::append(conn, vault, catalog, &entries, now_ms)?;
     Ok(purposes)
 }

@@ -348,7 +348,7 @@ pub fn judge(
     let message = match channel {
         SendChannel::Email => OutboxMessage::Marketing {
             to,
-            purpose: purpose.to_owned(),
+            purpose: crate::consent::purpose_id(purpose)?,
             subject: r.subject.unwrap_or_default(),
             text: format!(
                 "{}\n\n--\n{}: {}\n{}: {}\n",
@@ -368,7 +368,7 @@ pub fn judge(
         },
         SendChannel::Sms => OutboxMessage::MarketingSms {
             to,
-            purpose: purpose.to_owned(),
+            purpose: crate::consent::purpose_id(purpose)?,
             // The link after the opt-out words: a person reads "reply STOP"
             // first, and the preference page is there for everything else.
             text: format!(
@@ -405,7 +405,7 @@ pub fn judge(
             disclosure = Some((w.processor, categories));
             OutboxMessage::ProcessorList {
                 processor_id: w.processor,
-                purpose: purpose.to_owned(),
+                purpose: crate::consent::purpose_id(purpose)?,
                 list: w.list.as_str().to_owned(),
                 payload,
             }
@@ -528,7 +528,12 @@ pub fn send_due(
                     let purpose = f.flow.sending().0;
                     let cats: Vec<&str> = categories.iter().map(String::as_str).collect();
                     crate::processors::record_disclosure(
-                        conn, profile, processor, purpose, &cats, now_ms,
+                        conn,
+                        profile,
+                        processor,
+                        &crate::consent::purpose_id(purpose)?,
+                        &cats,
+                        now_ms,
                     )?;
                 }
                 let n = conn.exec(

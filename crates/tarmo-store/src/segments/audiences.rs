@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use tarmo_core::codes::Code;
 
-use tarmo_core::consent::{Channel, decide};
+use tarmo_core::consent::{Channel, PurposeId, decide};
 use tarmo_core::segments::audience::{AudienceFormat, hashed};
 
 use crate::conn::{Conn, P, ProcessorId, ProfileId};
@@ -79,7 +79,11 @@ pub fn create(
             message: format!(
                 "processor {} is not registered for purpose `{purpose}` (its purposes: {})",
                 p.id,
-                p.purposes.join(", ")
+                p.purposes
+                    .iter()
+                    .map(PurposeId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }

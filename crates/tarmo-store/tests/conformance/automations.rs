@@ -20,7 +20,7 @@ fn grant(h: &Harness, profile: ProfileId, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision: d,
         method: Method::WebForm,
         notice_version: None,

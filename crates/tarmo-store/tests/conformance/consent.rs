@@ -26,7 +26,7 @@ fn entry(profile: ProfileId, purpose: &str, decision: ConsentDecision, method: M
     NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision,
         method,
         notice_version: None,
@@ -643,7 +643,10 @@ fn cmp_signal(hash: u8, entries: &[(&str, ConsentDecision)]) -> ConsentSignal {
     ConsentSignal {
         hash: [hash; 32],
         method: Method::Tcf,
-        entries: entries.iter().map(|(p, d)| ((*p).to_owned(), *d)).collect(),
+        entries: entries
+            .iter()
+            .map(|(p, d)| (tarmo_core::consent::PurposeId::parse(p).unwrap(), *d))
+            .collect(),
         source: "test CMP".into(),
         evidence: json!({"tc_string": format!("CQ-test-{hash}"), "outdated": false})
             .as_object()

@@ -16,7 +16,7 @@ fn entry(profile: ProfileId, purpose: &str, decision: ConsentDecision, method: M
     NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision,
         method,
         notice_version: None,

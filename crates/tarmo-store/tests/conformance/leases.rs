@@ -23,7 +23,8 @@ fn queue_two(h: &Harness, now: i64) -> Vec<i64> {
                         "email",
                         &OutboxMessage::Marketing {
                             to: "lease@example.com".into(),
-                            purpose: "email_marketing".into(),
+                            purpose: tarmo_core::consent::PurposeId::parse("email_marketing")
+                                .unwrap(),
                             subject: format!("s{i}"),
                             text: "t".into(),
                             html: None,

@@ -25,7 +25,7 @@ fn person(h: &Harness, user: &str, email: &str) -> ProfileId {
     let p = h.lookup("email", email).unwrap();
     let e = NewEntry {
         profile_id: p,
-        purpose: "email_marketing".into(),
+        purpose: tarmo_core::consent::PurposeId::parse("email_marketing").unwrap(),
         decision: ConsentDecision::Granted,
         method: Method::WebForm,
         notice_version: None,

@@ -160,7 +160,7 @@ fn grant(h: &Harness, profile: ProfileId, purpose: &str, decision: ConsentDecisi
     let e = NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision,
         method: Method::WebForm,
         notice_version: None,
@@ -181,7 +181,7 @@ fn export(
     purpose: &str,
     subjects: Vec<SubjectKey>,
 ) -> tarmo_store::Result<ExportView> {
-    let purpose = purpose.to_owned();
+    let purpose = tarmo_core::consent::PurposeId::parse(purpose).unwrap();
     h.writer.transact_blocking(move |ctx| {
         processors::export(
             ctx.conn,

@@ -54,7 +54,7 @@ fn grant(h: &Harness, profile: ProfileId, purpose: &str, ev: Value) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision: ConsentDecision::Granted,
         method: Method::WebForm,
         notice_version: None,
@@ -793,7 +793,7 @@ pub fn staff_notes_and_collection_points_are_stored_sealed(h: &Harness) {
     let e = NewEntry {
         channel: None,
         profile_id: p,
-        purpose: "email_marketing".into(),
+        purpose: tarmo_core::consent::PurposeId::parse("email_marketing").unwrap(),
         decision: ConsentDecision::Granted,
         method: Method::Staff,
         notice_version: None,

@@ -31,7 +31,7 @@ fn consent(h: &Harness, profile: ProfileId, purpose: &str, d: ConsentDecision) {
     let e = NewEntry {
         channel: None,
         profile_id: profile,
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         decision: d,
         method: Method::WebForm,
         notice_version: None,
@@ -353,7 +353,7 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
             .map(|p| NewEntry {
                 channel: None,
                 profile_id: p,
-                purpose: "ad_audiences".into(),
+                purpose: tarmo_core::consent::PurposeId::parse("ad_audiences").unwrap(),
                 decision: d,
                 method: Method::WebForm,
                 notice_version: None,
