@@ -6,6 +6,9 @@
 //!
 //! cargo bench -p tarmo-cli --bench ingest   (env: EVENTS, CUSTOMERS, CLIENTS, RAW_ROWS, DATABASE_URL, NODES)
 //!
+//! TARMO_BIN: another `tarmo` binary to measure (an older build), for an A/B
+//! on the same machine in the same session.
+//!
 //! With DATABASE_URL, NODES=n starts n `tarmo serve` nodes on that database
 //! (the same master key), the clients spread over them, and the raw limit is
 //! PostgreSQL's multi-row INSERT of the same rows.
@@ -64,6 +67,7 @@ fn main() {
     let total = env_or("EVENTS", 200_000);
     let customers = env_or("CUSTOMERS", 100_000);
     let clients = env_or("CLIENTS", 8);
+    let bin = std::env::var("TARMO_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tarmo").to_owned());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // DATABASE_URL=postgres://... measures the PostgreSQL store instead.
@@ -72,7 +76,7 @@ fn main() {
         .iter()
         .flat_map(|u| ["--database-url".to_owned(), u.clone()])
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+    let out = Command::new(&bin)
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
         .args(&db_args)
@@ -99,7 +103,7 @@ fn main() {
             std::fs::copy(data.join("master.key"), d.join("master.key")).unwrap();
             d
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tarmo"))
+        let mut child = Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir_i)
             .args(&db_args)
