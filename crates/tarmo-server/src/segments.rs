@@ -482,6 +482,7 @@ pub struct AudienceInput {
     /// The segment whose members are the audience (its purpose applies).
     pub segment: String,
     /// The processor (ad platform) registered for the segment's purpose.
+    #[schema(value_type = i64)]
     pub processor: tarmo_core::ids::ProcessorId,
     /// `meta_custom_audience` or `google_customer_match`.
     pub format: String,
@@ -499,6 +500,7 @@ pub struct SyncSummary {
 pub struct AudienceView {
     pub id: String,
     pub segment: String,
+    #[schema(value_type = i64)]
     pub processor: tarmo_core::ids::ProcessorId,
     pub format: String,
     pub created_at: String,

@@ -195,6 +195,7 @@ pub struct KeyInput {
 pub struct NewKey {
     /// The secret: shown once, stored only as a hash.
     pub key: String,
+    #[schema(value_type = i64)]
     pub id: KeyId,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,

@@ -212,6 +212,7 @@ pub fn verify(
 pub struct AccessView {
     pub seq: i64,
     pub at: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub key_id: KeyId,
     pub user_id: Option<i64>,
     pub roles: Vec<String>,

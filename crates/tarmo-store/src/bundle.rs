@@ -21,6 +21,7 @@ pub struct BundleEvent {
     pub timestamp: String,
     pub received_at: String,
     /// The write key (source) that sent it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub source_id: Option<KeyId>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub message: Value,

@@ -33,6 +33,7 @@ use crate::{Error, Result, rfc3339};
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorView {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub id: ProcessorId,
     pub name: String,
     /// What the processor does for the controller ("email delivery").
@@ -311,6 +312,7 @@ pub fn update(
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DisclosureView {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub processor_id: ProcessorId,
     pub processor: String,
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
@@ -432,6 +434,7 @@ pub struct ExcludedSubject {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportView {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub processor_id: ProcessorId,
     pub processor: String,
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
@@ -663,6 +666,7 @@ fn person_data(
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationView {
     pub id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub processor_id: ProcessorId,
     pub processor: String,
     /// `pending` (waiting for its next attempt), `sending`, `delivered`,

@@ -145,6 +145,7 @@ pub struct Details {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RequestView {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub id: RequestId,
     #[serde(rename = "type")]
     pub kind: RequestKind,

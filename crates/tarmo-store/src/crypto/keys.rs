@@ -33,6 +33,7 @@ pub struct KeySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub id: KeyId,
     pub roles: Vec<String>,
     pub purposes: Vec<String>,
