@@ -375,6 +375,11 @@ impl Grant {
     pub fn bound(&self) -> bool {
         !self.purposes.is_empty()
     }
+
+    /// Whether the grant acts for `purpose`: any purpose when unbound.
+    pub fn serves(&self, purpose: &str) -> bool {
+        !self.bound() || self.purposes.iter().any(|p| p == purpose)
+    }
 }
 
 #[cfg(test)]

@@ -68,8 +68,8 @@ pub struct Principal {
 impl Principal {
     /// Refuse a purpose the key is not bound to (a bound key acts only for
     /// its purposes).
-    pub fn may_act_for(&self, purpose: &str) -> Result<(), ApiError> {
-        if self.grant.bound() && !self.grant.purposes.iter().any(|p| p == purpose) {
+    pub fn may_act_for(&self, purpose: impl AsRef<str>) -> Result<(), ApiError> {
+        if !self.grant.serves(purpose.as_ref()) {
             return Err(ApiError::new(
                 Code::PurposeNotPermitted,
                 format!("this key acts for {} only", self.grant.purposes.join(", ")),

@@ -267,7 +267,7 @@ pub(crate) async fn flow_view(s: &AppState, f: FlowRecord) -> Result<FlowView, A
 }
 
 pub(crate) fn visible(p: &Principal, f: &FlowRecord) -> bool {
-    !p.grant.bound() || p.grant.purposes.iter().any(|x| x == f.flow.sending().0)
+    p.grant.serves(f.flow.sending().0.as_str())
 }
 
 async fn flow_of(

@@ -318,7 +318,8 @@ pub async fn record(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsentStateView {
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: PurposeId,
     pub decision: String,
     pub method: String,
     pub since: String,
@@ -372,7 +373,7 @@ pub async fn profile_consents(
         .into_iter()
         .map(|(purpose, st)| {
             let v = catalog
-                .get(&purpose)
+                .get(purpose.as_str())
                 .map(|c| decide(&c.rule, None, Some(&st), flags, now));
             ConsentStateView {
                 decision: st.decision.as_str().into(),
@@ -420,18 +421,19 @@ pub struct DecisionView {
     pub reason: &'static str,
     /// Since when the answer holds, when a recorded event decides it.
     pub since: Option<String>,
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: PurposeId,
     /// The person's current profile id; null when unknown or erased.
     pub profile_id: Option<ProfileId>,
 }
 
-fn verdict_view(purpose: &str, profile: Option<ProfileId>, v: Verdict) -> DecisionView {
+fn verdict_view(purpose: &PurposeId, profile: Option<ProfileId>, v: Verdict) -> DecisionView {
     DecisionView {
         allowed: v.allowed,
         basis: v.basis.as_str(),
         reason: v.reason.as_str(),
         since: v.since_ms.map(rfc3339),
-        purpose: purpose.to_owned(),
+        purpose: purpose.clone(),
         profile_id: profile,
     }
 }
@@ -491,7 +493,7 @@ pub async fn decision(
         p.route.as_str(),
         1,
     );
-    Ok(Json(verdict_view(purpose.as_str(), profile, v)))
+    Ok(Json(verdict_view(&purpose, profile, v)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -550,6 +552,7 @@ pub async fn decisions_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let subjects = blocking({
         let svc = s.svc.clone();
+        let purpose = purpose.clone();
         move || ledger::subjects_for(&svc, lookups, &purpose)
     })
     .await?;
@@ -567,11 +570,7 @@ pub async fn decisions_batch(
             .into_iter()
             .map(|sub| {
                 let j = ledger::judge(&rule, channel, sub, now);
-                verdict_view(
-                    &b.purpose,
-                    shown_id(&p, j.profile, j.any_channel),
-                    j.verdict,
-                )
+                verdict_view(&purpose, shown_id(&p, j.profile, j.any_channel), j.verdict)
             })
             .collect(),
     }))
@@ -758,11 +757,12 @@ pub async fn send_email(
     };
     let (judged, queued) = blocking({
         let svc = s.svc.clone();
+        let purpose = purpose.clone();
         move || outbox::queue_marketing_email(&svc, lookup, purpose, rule, email)
     })
     .await?;
     let decision = verdict_view(
-        &b.purpose,
+        &purpose,
         shown_id(&p, judged.profile, judged.any_channel),
         judged.verdict,
     );

@@ -105,7 +105,7 @@ async fn with_segments(
         crate::segments::engine(s, move |e| (e.of_profile(id), e.lifecycle_of(id))).await?;
     view.segments = segments
         .into_iter()
-        .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
+        .filter(|(_, purpose, _)| p.grant.serves(purpose.as_str()))
         .map(|(id, _, since)| tarmo_store::MembershipView {
             id,
             since: tarmo_store::rfc3339(since),

@@ -14,6 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tarmo_core::consent::PurposeId;
 use tarmo_core::segments::{Rule, text, valid_segment_id};
 use tarmo_store::segments::engine::SegmentEngine;
 use tarmo_store::segments::{SegmentDef, audiences};
@@ -59,7 +60,8 @@ pub struct PreviewInput {
 pub struct SegmentView {
     pub id: String,
     pub name: String,
-    pub purpose: String,
+    #[schema(value_type = String)]
+    pub purpose: PurposeId,
     #[schema(value_type = Object)]
     pub rule: Value,
     pub rule_text: String,
@@ -202,7 +204,21 @@ fn not_found() -> ApiError {
 
 /// A purpose-bound key sees only segments of its purposes.
 fn visible(p: &Principal, d: &SegmentDef) -> bool {
-    !p.grant.bound() || p.grant.purposes.contains(&d.purpose)
+    p.grant.serves(d.purpose.as_str())
+}
+
+/// The purpose a definition names: one that is not even well formed is
+/// answered as the catalog answers any purpose it does not hold.
+fn purpose_of(s: &str) -> Result<PurposeId, ApiError> {
+    PurposeId::parse(s).map_err(|_| {
+        ApiError::new(
+            Code::UnknownPurpose,
+            format!(
+                "no purpose `{}` in the catalog",
+                s.chars().take(64).collect::<String>()
+            ),
+        )
+    })
 }
 
 fn define(id: String, input: SegmentInput) -> Result<SegmentDef, ApiError> {
@@ -217,7 +233,7 @@ fn define(id: String, input: SegmentInput) -> Result<SegmentDef, ApiError> {
     Ok(SegmentDef {
         id,
         name: input.name,
-        purpose: input.purpose,
+        purpose: purpose_of(&input.purpose)?,
         rule,
         created_ms: now,
         updated_ms: now,
@@ -408,7 +424,7 @@ pub async fn preview(
     let def = SegmentDef {
         id: "preview".into(),
         name: "preview".into(),
-        purpose: input.purpose,
+        purpose: purpose_of(&input.purpose)?,
         rule,
         created_ms: 0,
         updated_ms: 0,
@@ -439,7 +455,7 @@ pub async fn of_profile(
     let segments = engine(&s, move |e| e.of_profile(current))
         .await?
         .into_iter()
-        .filter(|(_, purpose, _)| !p.grant.bound() || p.grant.purposes.contains(purpose))
+        .filter(|(_, purpose, _)| p.grant.serves(purpose.as_str()))
         .map(|(id, _, since)| Membership {
             id,
             since: rfc3339(since),
@@ -590,7 +606,7 @@ pub async fn create_audience(
             )
         })?;
     match segment(&s, &input.segment).await? {
-        Some((seg, _)) if visible(&p, &seg) => p.may_act_for(&seg.purpose)?,
+        Some((seg, _)) if visible(&p, &seg) => p.may_act_for(seg.purpose.as_str())?,
         _ => {
             return Err(ApiError::new(
                 Code::UnknownSegment,

@@ -258,7 +258,7 @@ fn main() {
     let def = |id: &str, purpose: &str, rule: Rule| SegmentDef {
         id: id.into(),
         name: id.into(),
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         rule,
         created_ms: now,
         updated_ms: now,

@@ -478,7 +478,7 @@ pub fn state(
 }
 
 /// Every purpose's state for one person.
-pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, ConsentState)>> {
+pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(PurposeId, ConsentState)>> {
     conn.query(
         &format!(
             "SELECT purpose_id, {STATE_COLUMNS} FROM consent_state
@@ -487,7 +487,7 @@ pub fn states(conn: &mut dyn Conn, profile: ProfileId) -> Result<Vec<(String, Co
         &[P::Int(profile.0)],
     )?
     .iter()
-    .map(|r| Ok((r.text(0)?, state_of_row(r, 1)?)))
+    .map(|r| Ok((purpose_id(&r.text(0)?)?, state_of_row(r, 1)?)))
     .collect()
 }
 
@@ -1613,7 +1613,7 @@ pub fn record(svc: &Services, decisions: Vec<ToRecord>) -> Result<Vec<Recorded>>
 pub struct PersonConsents {
     pub profile: ProfileId,
     /// The current state, one per purpose with a record.
-    pub states: Vec<(String, ConsentState)>,
+    pub states: Vec<(PurposeId, ConsentState)>,
     pub flags: ProfileFlags,
     /// Every ledger entry, oldest first, evidence opened where the grant
     /// includes consent (else null).
@@ -1634,10 +1634,10 @@ pub fn consents_of(
         .store
         .visible_kinds(grant, id)?
         .ok_or_else(|| Error::rejected(Code::ProfileNotFound, "no profile matches"))?;
-    let ours = |purpose: &str| !grant.bound() || grant.purposes.iter().any(|p| p == purpose);
+    let ours = |purpose: &str| grant.serves(purpose);
     svc.read(|conn, vault| {
         let mut states = states(conn, profile)?;
-        states.retain(|(purpose, _)| ours(purpose));
+        states.retain(|(purpose, _)| ours(purpose.as_str()));
         let flags = flags(conn, profile)?;
         // The source (where the consent was given) is part of the record
         // every reader of consents sees, so the entries open as the

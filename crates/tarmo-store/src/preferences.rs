@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 use tarmo_core::codes::Code;
 use tarmo_core::consent::{
-    Channel, ConsentDecision, ConsentState, LegalBasis, Method, ProfileFlags, decide,
+    Channel, ConsentDecision, ConsentState, LegalBasis, Method, ProfileFlags, PurposeId, decide,
 };
 
 use crate::conn::{ProfileId, RequestId};
@@ -105,7 +105,7 @@ pub fn record_gpc(
 
 /// What the page shows of a person now.
 pub struct PersonNow {
-    pub states: Vec<(String, ConsentState)>,
+    pub states: Vec<(PurposeId, ConsentState)>,
     pub flags: ProfileFlags,
     pub processors: Vec<ProcessorView>,
 }

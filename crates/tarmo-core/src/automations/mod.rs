@@ -13,6 +13,7 @@ pub mod template;
 use crate::codes::Code;
 use serde_json::{Map, Value, json};
 
+use crate::consent::PurposeId;
 use crate::segments::{Span, valid_segment_id};
 
 /// Why a definition is refused: (code, message).
@@ -477,7 +478,7 @@ pub fn quiet_to_json(q: Option<clock::Quiet>) -> Value {
 pub struct Automation {
     pub id: String,
     pub name: String,
-    pub purpose: String,
+    pub purpose: PurposeId,
     pub channel: SendChannel,
     /// With the webhook channel: the processor and the kind of list.
     pub webhook: Option<WebhookAction>,
@@ -486,6 +487,22 @@ pub struct Automation {
     pub caps: Caps,
     pub quiet: Option<clock::Quiet>,
     pub enabled: bool,
+}
+
+/// `purpose`: text as any field, then a purpose id; one that is not even
+/// well formed is answered as the catalog answers a purpose it does not
+/// hold (the store checks the catalog next).
+fn purpose_field(o: &Map<String, Value>, code: Code) -> Result<PurposeId, DefError> {
+    let s = text_field(o, "purpose", code)?;
+    PurposeId::parse(&s).map_err(|_| {
+        bad(
+            Code::UnknownPurpose,
+            format!(
+                "unknown purpose `{}`; see GET /api/v1/purposes",
+                s.chars().take(64).collect::<String>()
+            ),
+        )
+    })
 }
 
 fn text_field(o: &Map<String, Value>, k: &str, code: Code) -> Result<String, DefError> {
@@ -545,7 +562,7 @@ impl Automation {
         Ok(Self {
             id,
             name,
-            purpose: text_field(o, "purpose", Code::InvalidAutomation)?,
+            purpose: purpose_field(o, Code::InvalidAutomation)?,
             channel,
             webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
             template: text_field(o, "template", Code::InvalidAutomation)?,
@@ -584,7 +601,7 @@ pub struct Campaign {
     pub id: String,
     pub segment: String,
     pub template: String,
-    pub purpose: String,
+    pub purpose: PurposeId,
     pub channel: SendChannel,
     pub webhook: Option<WebhookAction>,
     pub send_at_ms: i64,
@@ -645,7 +662,7 @@ impl Campaign {
             segment: segment_id(o.get("segment"), "segment")
                 .map_err(|(_, m)| bad(Code::InvalidCampaign, m))?,
             template: text_field(o, "template", Code::InvalidCampaign)?,
-            purpose: text_field(o, "purpose", Code::InvalidCampaign)?,
+            purpose: purpose_field(o, Code::InvalidCampaign)?,
             channel,
             webhook: WebhookAction::from_json(o.get("webhook"), channel)?,
             send_at_ms,

@@ -255,14 +255,14 @@ async fn customer_page(
             .into_iter()
             .map(|st| {
                 let basis = catalog
-                    .get(&st.purpose)
+                    .get(st.purpose.as_str())
                     .and_then(|p| serde_json::to_value(p.spec.legal_basis).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
                 // Each channel the purpose reaches, and whether the person
                 // switched it off while keeping the purpose.
                 let channels: Vec<Value> = catalog
-                    .get(&st.purpose)
+                    .get(st.purpose.as_str())
                     .map(|p| p.spec.channels.clone())
                     .unwrap_or_default()
                     .into_iter()

@@ -25,7 +25,7 @@ use tarmo_core::automations::template::{Template, TemplateChannel};
 use tarmo_core::automations::{
     Automation, Campaign, FrequencyCaps, ListKind, SendChannel, Trigger, WebhookAction,
 };
-use tarmo_core::consent::Channel;
+use tarmo_core::consent::{Channel, PurposeId};
 
 use crate::conn::{Conn, P, ProcessorId, ProfileId};
 use crate::consent::Catalog;
@@ -167,7 +167,7 @@ pub fn template_put(
         if template != t.id {
             continue;
         }
-        check_template(&t, catalog, purpose, channel)?;
+        check_template(&t, catalog, purpose.as_str(), channel)?;
     }
     let created_ms = old.as_ref().map_or(now_ms, |o| o.created_ms);
     let body = serde_json::to_string(&t).expect("serialises");
@@ -245,7 +245,7 @@ impl Flow {
     }
 
     /// (purpose, channel, template)
-    pub fn sending(&self) -> (&str, SendChannel, &str) {
+    pub fn sending(&self) -> (&PurposeId, SendChannel, &str) {
         match self {
             Self::Automation(a) => (&a.purpose, a.channel, &a.template),
             Self::Campaign(c) => (&c.purpose, c.channel, &c.template),
@@ -379,7 +379,7 @@ fn segment_exists(conn: &mut dyn Conn, id: &str) -> Result<bool> {
 /// Everything a flow names must exist and fit together.
 fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
     let (purpose, channel, template) = f.sending();
-    let entry = catalog.require(purpose)?;
+    let entry = catalog.require(purpose.as_str())?;
     let ch = f.consent_channel();
     if !entry.rule.covers(ch) {
         return Err(rejected(
@@ -391,7 +391,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
         ));
     }
     if let Some(w) = f.webhook() {
-        processor_categories(conn, catalog, purpose, w.processor)?;
+        processor_categories(conn, catalog, purpose.as_str(), w.processor)?;
     }
     let Some(t) = template_get(conn, template)? else {
         return Err(rejected(
@@ -399,7 +399,7 @@ fn check_flow(conn: &mut dyn Conn, catalog: &Catalog, f: &Flow) -> Result<()> {
             format!("no template `{template}`"),
         ));
     };
-    check_template(&t.template, catalog, purpose, channel)?;
+    check_template(&t.template, catalog, purpose.as_str(), channel)?;
     if let Some(s) = f.segment()
         && !segment_exists(conn, s)?
     {
@@ -789,8 +789,8 @@ pub fn flow(svc: &Services, id: &str) -> Result<Option<FlowRecord>> {
 }
 
 /// What a flow did so far (`purpose`: the one it sends for).
-pub fn flow_counters(svc: &Services, id: &str, purpose: &str) -> Result<Counters> {
-    svc.read(|conn, _| counters(conn, id, purpose))
+pub fn flow_counters(svc: &Services, id: &str, purpose: &PurposeId) -> Result<Counters> {
+    svc.read(|conn, _| counters(conn, id, purpose.as_str()))
 }
 
 /// Define a new automation (`create`) or replace one.

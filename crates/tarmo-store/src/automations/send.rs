@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use tarmo_core::automations::template::{Links, Template, marketing_footer, sms_opt_out};
 use tarmo_core::automations::{ListKind, SendChannel, Trigger};
-use tarmo_core::consent::{Channel, decide};
+use tarmo_core::consent::{Channel, PurposeId, decide};
 use tarmo_core::segments::{PRODUCT_PROPERTY, trait_kind};
 
 use super::follow::{event_name, schedule_birthday, traits_of, zone_of};
@@ -210,14 +210,14 @@ pub fn judge(
         return Ok(skip("cancelled"));
     }
     let (purpose, channel, _) = f.flow.sending();
-    let Some(entry) = catalog.get(purpose) else {
+    let Some(entry) = catalog.get(purpose.as_str()) else {
         return Ok(skip("unknown_purpose"));
     };
     let ch = f.flow.consent_channel();
     // The decision, now, in this transaction.
     let subject = match due.subject {
         Some(s) => s,
-        None => subject_by_id(conn, due.profile, &crate::consent::purpose_id(purpose)?)?,
+        None => subject_by_id(conn, due.profile, purpose)?,
     };
     let (profile, state, flags) = match subject {
         Subject::Known(p, st, fl) => (p, st, fl),
@@ -301,7 +301,7 @@ pub fn judge(
         return Ok(skip("unknown_template"));
     };
     // Only what the purpose allows reaches the template.
-    let allowed = allowed_kinds(catalog, purpose);
+    let allowed = allowed_kinds(catalog, purpose.as_str());
     let language = traits
         .get("language")
         .and_then(Value::as_str)
@@ -315,7 +315,7 @@ pub fn judge(
         UNSUBSCRIBE_LINK,
         &SignedLink {
             profile_id: profile,
-            scope: purpose.to_owned(),
+            scope: purpose.to_string(),
             issued_ms: now_ms,
         },
     );
@@ -348,7 +348,7 @@ pub fn judge(
     let message = match channel {
         SendChannel::Email => OutboxMessage::Marketing {
             to,
-            purpose: crate::consent::purpose_id(purpose)?,
+            purpose: purpose.clone(),
             subject: r.subject.unwrap_or_default(),
             text: format!(
                 "{}\n\n--\n{}: {}\n{}: {}\n",
@@ -368,7 +368,7 @@ pub fn judge(
         },
         SendChannel::Sms => OutboxMessage::MarketingSms {
             to,
-            purpose: crate::consent::purpose_id(purpose)?,
+            purpose: purpose.clone(),
             // The link after the opt-out words: a person reads "reply STOP"
             // first, and the preference page is there for everything else.
             text: format!(
@@ -383,7 +383,7 @@ pub fn judge(
                 return Ok(skip("invalid_webhook"));
             };
             // Checked at save; the processor may have changed since.
-            let categories = match super::processor_categories(conn, catalog, purpose, w.processor)
+            let categories = match super::processor_categories(conn, catalog, purpose.as_str(), w.processor)
             {
                 Ok(c) => c,
                 Err(Error::Rejected { code, .. }) => return Ok(skip(code.as_str())),
@@ -405,7 +405,7 @@ pub fn judge(
             disclosure = Some((w.processor, categories));
             OutboxMessage::ProcessorList {
                 processor_id: w.processor,
-                purpose: crate::consent::purpose_id(purpose)?,
+                purpose: purpose.clone(),
                 list: w.list.as_str().to_owned(),
                 payload,
             }
@@ -464,7 +464,7 @@ pub fn send_due(
         .collect();
     let mut templates: HashMap<String, Option<Template>> = HashMap::new();
     // The decision's reads for the whole page, one per purpose.
-    let mut by_purpose: HashMap<&str, Vec<ProfileId>> = HashMap::new();
+    let mut by_purpose: HashMap<&PurposeId, Vec<ProfileId>> = HashMap::new();
     for r in &rows {
         if let Some(f) = all.get(&r.text(0)?) {
             by_purpose
@@ -473,10 +473,9 @@ pub fn send_due(
                 .push(ProfileId(r.int(1)?));
         }
     }
-    let mut subjects: HashMap<(&str, ProfileId), Subject> = HashMap::new();
+    let mut subjects: HashMap<(&PurposeId, ProfileId), Subject> = HashMap::new();
     for (purpose, ids) in by_purpose {
-        let id = crate::consent::purpose_id(purpose)?;
-        for (p, s) in crate::consent::subjects_by_id(conn, &ids, &id)? {
+        for (p, s) in crate::consent::subjects_by_id(conn, &ids, purpose)? {
             subjects.insert((purpose, p), s);
         }
     }
@@ -528,12 +527,7 @@ pub fn send_due(
                     let purpose = f.flow.sending().0;
                     let cats: Vec<&str> = categories.iter().map(String::as_str).collect();
                     crate::processors::record_disclosure(
-                        conn,
-                        profile,
-                        processor,
-                        &crate::consent::purpose_id(purpose)?,
-                        &cats,
-                        now_ms,
+                        conn, profile, processor, purpose, &cats, now_ms,
                     )?;
                 }
                 let n = conn.exec(

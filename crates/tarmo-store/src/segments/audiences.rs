@@ -53,7 +53,7 @@ pub fn create(
     conn: &mut dyn Conn,
     catalog: &Catalog,
     def: &AudienceDef,
-    purpose: &str,
+    purpose: &PurposeId,
 ) -> Result<()> {
     if !tarmo_core::segments::valid_segment_id(&def.id) {
         return Err(Error::rejected(
@@ -87,7 +87,7 @@ pub fn create(
             ),
         });
     }
-    let entry = catalog.require(purpose)?;
+    let entry = catalog.require(purpose.as_str())?;
     if !entry.spec.channels.contains(&Channel::Ads) {
         return Err(Error::rejected(
             Code::ChannelNotCovered,
@@ -223,11 +223,11 @@ const PAGE: usize = 500;
 pub fn sync(
     ctx: &mut TxCtx<'_>,
     def: &AudienceDef,
-    purpose: &str,
+    purpose: &PurposeId,
     members: &[ProfileId],
 ) -> Result<SyncReport> {
     let now = ctx.now_ms;
-    let entry = ctx.catalog.require(purpose)?.clone();
+    let entry = ctx.catalog.require(purpose.as_str())?.clone();
     let n = ctx
         .conn
         .query_opt(
@@ -258,8 +258,7 @@ pub fn sync(
     // Decide everyone a page at a time, then read the identifiers of
     // those allowed a page at a time.
     let mut allowed: Vec<ProfileId> = Vec::with_capacity(members.len());
-    let purpose_id = crate::consent::purpose_id(purpose)?;
-    for (p, subject) in subjects_by_id(ctx.conn, members, &purpose_id)? {
+    for (p, subject) in subjects_by_id(ctx.conn, members, purpose)? {
         let verdict = match subject {
             Subject::Known(cur, st, flags) if cur == p => {
                 decide(&entry.rule, Some(Channel::Ads), st.as_ref(), flags, now)
@@ -346,7 +345,7 @@ pub fn sync(
             .collect();
         let mut params = vec![
             P::from(def.processor_id),
-            P::Text(purpose),
+            P::Text(purpose.as_str()),
             P::Text(&categories),
             P::Int(now),
         ];

@@ -27,7 +27,7 @@ use tarmo_core::codes::Code;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, decide};
+use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, PurposeId, decide};
 use tarmo_core::segments::columns::{DEAD, MISSING, PropCol};
 use tarmo_core::segments::lifecycle::Quintiles;
 use tarmo_core::segments::{
@@ -73,7 +73,7 @@ impl Needs {
             n.props.extend(u.properties);
             n.traits.extend(u.traits);
             n.purposes.extend(u.purposes);
-            n.purposes.insert(d.purpose.clone());
+            n.purposes.insert(d.purpose.to_string());
             n.stock |= u.stock;
         }
         n
@@ -1528,7 +1528,7 @@ impl SegmentEngine {
     }
 
     /// The segments a person is in, with when they entered.
-    pub fn of_profile(&self, profile: ProfileId) -> Vec<(String, String, i64)> {
+    pub fn of_profile(&self, profile: ProfileId) -> Vec<(String, PurposeId, i64)> {
         let st = self.lock();
         st.defs
             .iter()

@@ -15,6 +15,7 @@ use tarmo_core::codes::Code;
 
 use serde_json::Value;
 use tarmo_core::access::DataKind;
+use tarmo_core::consent::PurposeId;
 use tarmo_core::segments::{Rule, valid_segment_id};
 
 use crate::conn::{Conn, P, ProfileId};
@@ -27,7 +28,7 @@ use crate::{Error, Result};
 pub struct SegmentDef {
     pub id: String,
     pub name: String,
-    pub purpose: String,
+    pub purpose: PurposeId,
     pub rule: Rule,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -55,7 +56,7 @@ pub fn validate(
             "a segment's name is 1-200 bytes",
         ));
     }
-    let entry = catalog.get(&def.purpose).ok_or_else(|| {
+    let entry = catalog.get(def.purpose.as_str()).ok_or_else(|| {
         Error::rejected(
             Code::UnknownPurpose,
             format!("no purpose `{}` in the catalog", def.purpose),
@@ -162,7 +163,7 @@ pub fn load_all(conn: &mut dyn Conn, vault: &Vault) -> Result<BTreeMap<String, S
         let def = SegmentDef {
             id: r.text(0)?,
             name: r.text(1)?,
-            purpose: r.text(2)?,
+            purpose: crate::consent::purpose_id(&r.text(2)?)?,
             rule,
             created_ms: r.int(4)?,
             updated_ms: r.int(5)?,
@@ -186,7 +187,7 @@ pub fn save(conn: &mut dyn Conn, vault: &Vault, def: &SegmentDef) -> Result<()> 
         &[
             P::Text(&def.id),
             P::Text(&def.name),
-            P::Text(&def.purpose),
+            P::Text(def.purpose.as_str()),
             P::from(&sealed),
             P::Int(def.created_ms),
             P::Int(def.updated_ms),

@@ -820,7 +820,7 @@ pub fn an_event_committed_after_a_later_id_is_still_followed(h: &Harness) {
         .put(SegmentDef {
             id: "twice".into(),
             name: "viewed twice".into(),
-            purpose: "personalisation".into(),
+            purpose: tarmo_core::consent::PurposeId::parse("personalisation").unwrap(),
             rule: text::parse(r#"event "Product Viewed" in 1d count >= 2"#).unwrap(),
             created_ms: now,
             updated_ms: now,

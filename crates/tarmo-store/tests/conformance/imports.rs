@@ -300,7 +300,7 @@ pub fn in_stock_follows_views_and_stock_imports(h: &Harness) {
         .put(SegmentDef {
             id: "reminder".into(),
             name: "In stock near them".into(),
-            purpose: "personalisation".into(),
+            purpose: tarmo_core::consent::PurposeId::parse("personalisation").unwrap(),
             rule: Rule::from_json(
                 &json!({"in_stock": {"product": "viewed", "store": "preferred"}}),
             )

@@ -20,7 +20,7 @@ fn def(id: &str, purpose: &str, rule: Value) -> SegmentDef {
     SegmentDef {
         id: id.into(),
         name: format!("{id} segment"),
-        purpose: purpose.into(),
+        purpose: tarmo_core::consent::PurposeId::parse(purpose).unwrap(),
         rule: Rule::from_json(&rule).unwrap(),
         created_ms: tarmo_store::now_ms(),
         updated_ms: tarmo_store::now_ms(),
