@@ -427,13 +427,13 @@ pub struct DecisionView {
     pub profile_id: Option<ProfileId>,
 }
 
-fn verdict_view(purpose: &PurposeId, profile: Option<ProfileId>, v: Verdict) -> DecisionView {
+fn verdict_view(purpose: PurposeId, profile: Option<ProfileId>, v: Verdict) -> DecisionView {
     DecisionView {
         allowed: v.allowed,
         basis: v.basis.as_str(),
         reason: v.reason.as_str(),
         since: v.since_ms.map(rfc3339),
-        purpose: purpose.clone(),
+        purpose,
         profile_id: profile,
     }
 }
@@ -493,7 +493,7 @@ pub async fn decision(
         p.route.as_str(),
         1,
     );
-    Ok(Json(verdict_view(&purpose, profile, v)))
+    Ok(Json(verdict_view(purpose, profile, v)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -570,7 +570,11 @@ pub async fn decisions_batch(
             .into_iter()
             .map(|sub| {
                 let j = ledger::judge(&rule, channel, sub, now);
-                verdict_view(&purpose, shown_id(&p, j.profile, j.any_channel), j.verdict)
+                verdict_view(
+                    purpose.clone(),
+                    shown_id(&p, j.profile, j.any_channel),
+                    j.verdict,
+                )
             })
             .collect(),
     }))
@@ -762,7 +766,7 @@ pub async fn send_email(
     })
     .await?;
     let decision = verdict_view(
-        &purpose,
+        purpose,
         shown_id(&p, judged.profile, judged.any_channel),
         judged.verdict,
     );

@@ -496,7 +496,7 @@ pub fn export(
     let whole = ExportScope::of(&categories);
     let scope = whole.narrowed(kinds);
     // What opens: the kinds the caller's grant sees (the scope narrows further).
-    let sight = person::Sight::granted(kinds.clone());
+    let sight = person::Sight::granted(kinds);
     if scope.is_empty() && !whole.is_empty() {
         return Err(Error::Rejected {
             code: Code::DataKindNotPermitted,

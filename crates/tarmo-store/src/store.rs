@@ -261,9 +261,9 @@ pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) ->
 
 /// Take out of a message what names or reaches the person, unless the
 /// viewer may see it.
-fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
+fn scrub(message: &mut Value, sight: &Sight) {
     let Value::Object(m) = message else { return };
-    if !kinds.contains(&DataKind::Identifiers) {
+    if !sight.sees(DataKind::Identifiers) {
         for k in ["userId", "anonymousId", "previousId", "groupId"] {
             m.remove(k);
         }
@@ -275,10 +275,7 @@ fn scrub(message: &mut Value, kinds: &BTreeSet<DataKind>) {
     }
     // Traits ride in identify and group messages: each goes with its kind
     // (a purpose that uses contact data does not open the other traits).
-    let (contact, traits) = (
-        kinds.contains(&DataKind::Contact),
-        kinds.contains(&DataKind::Traits),
-    );
+    let (contact, traits) = (sight.sees(DataKind::Contact), sight.sees(DataKind::Traits));
     let keep = |t: &mut serde_json::Map<String, Value>| {
         t.retain(|k, _| {
             if CONTACT_TRAITS.contains(&k.as_str()) {
@@ -587,7 +584,7 @@ impl Store {
         let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
             return Ok(None);
         };
-        self.profile_view(&Sight::granted(kinds), current)
+        self.profile_view(&Sight::granted(&kinds), current)
     }
 
     /// A page of events as `grant` may see it: none without `behaviour`, and
@@ -603,7 +600,7 @@ impl Store {
         let Some((current, kinds)) = self.visible_kinds(grant, id)? else {
             return Ok(None);
         };
-        self.events_page(&Sight::granted(kinds), current, before, limit)
+        self.events_page(&Sight::granted(&kinds), current, before, limit)
     }
 
     /// A page of the profile's events, newest first, as `sight` sees them:
@@ -638,7 +635,7 @@ impl Store {
                 Place::EventBody,
                 &r.sealed,
             )?;
-            scrub(&mut message, sight.kinds());
+            scrub(&mut message, sight);
             events.push(EventView {
                 id: r.id,
                 kind: r.kind,

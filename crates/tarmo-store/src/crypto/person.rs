@@ -33,9 +33,15 @@ use crate::vault::{DataKey, Place, Sealed, Vault};
 use crate::{Error, Result};
 
 /// What a caller may see of a person: the kinds of data that open for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bit per kind, so making one costs nothing where values are opened in
+/// bulk (the segment engine opens every event of every person at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sight {
-    kinds: BTreeSet<DataKind>,
+    kinds: u8,
+}
+
+const fn bit(k: DataKind) -> u8 {
+    1 << (k as u8)
 }
 
 /// Work Tarmo does with a person's data on nobody's grant: each names why,
@@ -60,8 +66,10 @@ pub enum Duty {
 
 impl Sight {
     /// What a grant sees of this person (its kinds after purpose binding).
-    pub fn granted(kinds: BTreeSet<DataKind>) -> Self {
-        Self { kinds }
+    pub fn granted(kinds: &BTreeSet<DataKind>) -> Self {
+        Self {
+            kinds: kinds.iter().fold(0, |m, &k| m | bit(k)),
+        }
     }
 
     /// What a duty needs.
@@ -74,16 +82,12 @@ impl Sight {
             Duty::ConsentProof => &[K::Consent],
         };
         Self {
-            kinds: kinds.iter().copied().collect(),
+            kinds: kinds.iter().fold(0, |m, &k| m | bit(k)),
         }
     }
 
     pub fn sees(&self, k: DataKind) -> bool {
-        self.kinds.contains(&k)
-    }
-
-    pub fn kinds(&self) -> &BTreeSet<DataKind> {
-        &self.kinds
+        self.kinds & bit(k) != 0
     }
 
     /// The kind a value sealed for `place` is, for the places a whole value
