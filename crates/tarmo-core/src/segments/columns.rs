@@ -189,22 +189,20 @@ impl<'a> Events<'a> {
         (!self.is_empty()).then(|| self.ts(self.len() - 1))
     }
 
-    /// The sum of a property's numbers over the events.
+    /// The sum of a property's numbers over the events (in any order the
+    /// same: [`super::eval::ExactSum`]).
     pub fn sum(&self, name: &str) -> f64 {
         let Some(c) = self.table.and_then(|t| t.col(name)) else {
             return 0.0;
         };
-        let mut s = 0.0;
+        let mut s = super::eval::ExactSum::default();
         for &r in self.rows {
             let id = c.ids[r as usize];
             if id != MISSING {
-                let x = c.dict.num(id);
-                if !x.is_nan() {
-                    s += x;
-                }
+                s.add(c.dict.num(id));
             }
         }
-        s
+        s.value()
     }
 }
 

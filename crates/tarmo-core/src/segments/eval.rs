@@ -108,7 +108,7 @@ fn event_holds(e: &EventRule, events: Events<'_>, now: i64, next: &mut Option<i6
         }
     }
     let mut count = 0u64;
-    let mut sum = 0.0f64;
+    let mut sum = ExactSum::default();
     for i in lo..events.len() {
         if !e
             .filters
@@ -127,12 +127,38 @@ fn event_holds(e: &EventRule, events: Events<'_>, now: i64, next: &mut Option<i6
         soonest(next, ts + e.within.ms());
         count += 1;
         if let Measure::Sum { property, .. } = &e.measure {
-            sum += events.prop(i, property).and_then(number).unwrap_or(0.0);
+            sum.add(events.prop(i, property).and_then(number).unwrap_or(0.0));
         }
     }
     match &e.measure {
         Measure::Count(c) => c.holds(count as f64),
-        Measure::Sum { cmp, .. } => cmp.holds(sum),
+        Measure::Sum { cmp, .. } => cmp.holds(sum.value()),
+    }
+}
+
+/// A sum that does not depend on the order of its terms. Floating-point
+/// addition is not associative (`0.1 + 0.2 + 0.3` and `0.3 + 0.2 + 0.1`
+/// differ in the last bit), and a person's events are summed in time order
+/// by [`evaluate`] but in arrival order by a pass over a whole table, so a
+/// person at a boundary (`sum revenue > 500`) could be in a segment by one
+/// road and out by the other. Each term is counted in 128-bit fixed point
+/// to the nearest 10⁻⁹ — integer addition, exact in any order — and the
+/// total converted back once. Totals beyond ±1.7 × 10²⁹ saturate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExactSum(i128);
+
+impl ExactSum {
+    const SCALE: f64 = 1e9;
+
+    pub fn add(&mut self, x: f64) {
+        if x.is_finite() {
+            // `as` saturates: a term beyond the range counts as its end.
+            self.0 = self.0.saturating_add((x * Self::SCALE).round() as i128);
+        }
+    }
+
+    pub fn value(self) -> f64 {
+        self.0 as f64 / Self::SCALE
     }
 }
 
@@ -227,6 +253,27 @@ mod tests {
 
     use super::*;
     use crate::segments::columns::EventTable;
+
+    #[test]
+    fn an_exact_sum_does_not_depend_on_the_order_of_its_terms() {
+        let three = [0.1, 0.2, 0.3];
+        let plain_fwd: f64 = three.iter().sum();
+        let plain_back: f64 = three.iter().rev().sum();
+        assert_ne!(plain_fwd, plain_back, "floating point differs by order");
+        let terms = [0.1, 0.2, 0.3, 1e-9, 499.4, -0.05];
+        let (mut fwd, mut back) = (ExactSum::default(), ExactSum::default());
+        terms.iter().for_each(|x| fwd.add(*x));
+        terms.iter().rev().for_each(|x| back.add(*x));
+        assert_eq!(fwd, back);
+        assert_eq!(fwd.value(), 499.950000001);
+        // Not a number is no term; a term beyond the range saturates.
+        fwd.add(f64::NAN);
+        assert_eq!(fwd, back);
+        let mut huge = ExactSum::default();
+        huge.add(1e300);
+        huge.add(1e300);
+        assert!(huge.value() > 1e29);
+    }
 
     const NOW: i64 = 1_800_000_000_000;
 

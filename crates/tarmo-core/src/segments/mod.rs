@@ -23,7 +23,7 @@ pub mod text;
 
 pub use columns::{EventTable, Events};
 pub use duration::Span;
-pub use eval::{Facts, evaluate, number, trait_holds};
+pub use eval::{ExactSum, Facts, evaluate, number, trait_holds};
 pub use lifecycle::{LifecycleConfig, Rfm, Stage};
 pub use rule::{
     Cmp, CmpOp, EventRule, Measure, PRODUCT_PROPERTY, ProductSource, PropFilter, Rule, RuleError,

@@ -21,7 +21,7 @@
 //! the data keys of the profiles a batch touches and opens their traits to
 //! merge them, inside the writer; it shows nothing to anyone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::de::DeserializeOwned;
 use tarmo_core::access::DataKind;
@@ -193,6 +193,49 @@ pub fn identifier(
     String::from_utf8(plain)
         .map(Some)
         .map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// The values of many identifiers at once, in the order of `rows` (`None`
+/// where `sight` does not see the kind), for work done in bulk (an
+/// audience of a million): the data keys the cache lacks are read in one
+/// pass and unwrapped, each once, without entering the cache.
+pub fn identifiers_in_bulk(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    sight: &Sight,
+    rows: &[&IdentifierRow],
+) -> Result<Vec<Option<String>>> {
+    let mut keys: HashMap<ProfileId, DataKey> = HashMap::new();
+    let mut missing: Vec<ProfileId> = Vec::new();
+    for r in rows {
+        if !sight.sees(DataKind::of_identifier(&r.kind)) || keys.contains_key(&r.key_owner) {
+            continue;
+        }
+        match vault.cached_key(r.key_owner) {
+            Some(k) => {
+                keys.insert(r.key_owner, k);
+            }
+            None => missing.push(r.key_owner),
+        }
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    for (owner, wrapped) in missing.iter().zip(conn.data_keys_get(&missing)?) {
+        let wrapped =
+            wrapped.ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))?;
+        keys.insert(*owner, vault.unwrap_uncached(*owner, &wrapped)?);
+    }
+    rows.iter()
+        .map(|r| {
+            let Some(key) = keys.get(&r.key_owner) else {
+                return Ok(None);
+            };
+            let plain = vault.open(key, Place::IdentifierValue, r.key_owner, &r.sealed)?;
+            String::from_utf8(plain)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(e.to_string()))
+        })
+        .collect()
 }
 
 /// A profile's traits, sealed under the profile's own key: those of the

@@ -443,6 +443,24 @@ impl Vault {
         Ok(Some(key))
     }
 
+    /// The data key of `owner` if the cache holds it (a bulk reader looks
+    /// here first, then unwraps the rest with [`Vault::unwrap_uncached`]).
+    pub(crate) fn cached_key(&self, owner: ProfileId) -> Option<DataKey> {
+        self.cache.lock().expect("vault cache").peek(&owner).cloned()
+    }
+
+    /// Unwrap `owner`'s data key without keeping it in the cache: a bulk
+    /// read (an audience of a million) must not evict the keys of the
+    /// people being served now.
+    pub(crate) fn unwrap_uncached(&self, owner: ProfileId, wrapped: &[u8]) -> Result<DataKey> {
+        let mut raw = open_with(&self.wrap, &wrap_aad(owner.0), wrapped)?;
+        let key = Arc::new(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| Error::Crypto("bad data key"))?,
+        ));
+        raw.fill(0);
+        Ok(key)
+    }
+
     /// Drop a key from memory (after its profile was erased, or a rollback).
     pub fn forget(&self, owner: ProfileId) {
         self.cache.lock().expect("vault cache").pop(&owner);

@@ -20,7 +20,7 @@ use crate::consent::{Catalog, Subject, subjects_by_id};
 use crate::crypto::person;
 use crate::vault::{Place, Vault};
 use crate::writer::TxCtx;
-use crate::{Error, Result, Services};
+use crate::{Error, Result, Services, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudienceDef {
@@ -178,41 +178,103 @@ pub fn erased(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
     Ok(())
 }
 
-/// The hashed identifiers of each person, as the format wants them (empty
-/// hashes where a person has no such identifier), read a page at a time.
-fn hashes_of(
+/// Each person's line in the platform file (`email_hash,phone_hash`, a
+/// hash empty where they have no such identifier; `None` with neither),
+/// read a page at a time: the first email and the first phone of each
+/// (identifiers come in a stable order), opened in bulk.
+fn lines_of(
     conn: &mut dyn Conn,
     vault: &Vault,
     profiles: &[ProfileId],
     format: AudienceFormat,
-) -> Result<HashMap<ProfileId, (String, String)>> {
-    let mut out: HashMap<ProfileId, (String, String)> = HashMap::with_capacity(profiles.len());
+) -> Result<Vec<(ProfileId, Option<String>)>> {
+    let mut out = Vec::with_capacity(profiles.len());
     for page in profiles.chunks(PAGE) {
-        for (profile, row) in conn.identifiers_of_many(page)? {
-            if row.kind != "email" && row.kind != "phone" {
-                continue;
+        let rows = conn.identifiers_of_many(page)?;
+        // (profile, email row, phone row), in the page's order.
+        let mut first: HashMap<ProfileId, (Option<usize>, Option<usize>)> =
+            HashMap::with_capacity(page.len());
+        for (i, (profile, row)) in rows.iter().enumerate() {
+            let slot = first.entry(*profile).or_default();
+            match row.kind.as_str() {
+                "email" if slot.0.is_none() => slot.0 = Some(i),
+                "phone" if slot.1.is_none() => slot.1 = Some(i),
+                _ => {}
             }
-            let (email, phone) = out.entry(profile).or_default();
-            // The first of each kind (identifiers come in a stable order).
-            let want = (row.kind == "email" && email.is_empty())
-                || (row.kind == "phone" && phone.is_empty());
-            if !want {
-                continue;
-            }
-            // An audience is a delivery to the ad platform the purpose
-            // allowed: the contact details, hashed before they leave.
-            let sight = person::Sight::duty(person::Duty::Delivery);
-            let Some(v) = person::identifier(conn, vault, &sight, &row)? else {
-                continue;
-            };
-            if row.kind == "email" {
-                *email = hashed(&format.email(&v));
-            } else {
-                *phone = hashed(&format.phone(&v));
-            }
+        }
+        let mut wanted: Vec<usize> = first
+            .values()
+            .flat_map(|(e, p)| e.iter().chain(p.iter()).copied())
+            .collect();
+        wanted.sort_unstable();
+        let picked: Vec<&crate::conn::IdentifierRow> =
+            wanted.iter().map(|&i| &rows[i].1).collect();
+        // An audience is a delivery to the ad platform the purpose allowed:
+        // the contact details, hashed before they leave.
+        let sight = person::Sight::duty(person::Duty::Delivery);
+        let values = person::identifiers_in_bulk(conn, vault, &sight, &picked)?;
+        let value: HashMap<usize, String> = wanted
+            .into_iter()
+            .zip(values)
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .collect();
+        for p in page {
+            let (e, ph) = first.get(p).copied().unwrap_or_default();
+            let email = e
+                .and_then(|i| value.get(&i))
+                .map(|v| hashed(&format.email(v)))
+                .unwrap_or_default();
+            let phone = ph
+                .and_then(|i| value.get(&i))
+                .map(|v| hashed(&format.phone(v)))
+                .unwrap_or_default();
+            let line = (!email.is_empty() || !phone.is_empty()).then(|| format!("{email},{phone}"));
+            out.push((*p, line));
         }
     }
     Ok(out)
+}
+
+/// Members' lines worked out before a sync's transaction, on the read
+/// pool and every core: opening a million addresses is most of a sync's
+/// work, and none of it needs the writer. The transaction still decides
+/// everyone *now*; a person it allows who was not prepared (their consent
+/// arrived meanwhile) is worked out there.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    lines: HashMap<ProfileId, Option<String>>,
+}
+
+/// Work out the lines of `members` (those the caller expects to be
+/// allowed) on up to four threads, each with a connection of the pool.
+pub fn prepare(store: &Store, format: AudienceFormat, members: &[ProfileId]) -> Result<Prepared> {
+    if members.is_empty() {
+        return Ok(Prepared::default());
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 4);
+    let per = members.len().div_ceil(threads).max(PAGE);
+    let parts: Vec<Result<Vec<(ProfileId, Option<String>)>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = members
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut conn = store.conn()?;
+                    lines_of(&mut *conn, store.vault(), part, format)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut lines = HashMap::with_capacity(members.len());
+    for part in parts {
+        lines.extend(part?);
+    }
+    Ok(Prepared { lines })
 }
 
 /// People read or written per statement.
@@ -220,11 +282,13 @@ const PAGE: usize = 500;
 
 /// Sync the audience with the segment's current `members`: decide each
 /// person now, write the platform file and record the disclosures.
+/// `prepared` holds the lines worked out beforehand ([`prepare`]).
 pub fn sync(
     ctx: &mut TxCtx<'_>,
     def: &AudienceDef,
     purpose: &PurposeId,
     members: &[ProfileId],
+    mut prepared: Prepared,
 ) -> Result<SyncReport> {
     let now = ctx.now_ms;
     let entry = ctx.catalog.require(purpose.as_str())?.clone();
@@ -277,16 +341,23 @@ pub fn sync(
         }
         allowed.push(p);
     }
-    let mut hashes = hashes_of(ctx.conn, ctx.vault, &allowed, def.format)?;
+    // Those allowed now whom `prepared` does not cover are worked out here.
+    let late: Vec<ProfileId> = allowed
+        .iter()
+        .copied()
+        .filter(|p| !prepared.lines.contains_key(p))
+        .collect();
+    let mut lines = std::mem::take(&mut prepared.lines);
+    lines.extend(lines_of(ctx.conn, ctx.vault, &late, def.format)?);
     let mut now_in: HashMap<ProfileId, String> = HashMap::with_capacity(allowed.len());
     for p in allowed {
-        let (email, phone) = hashes.remove(&p).unwrap_or_default();
-        if email.is_empty() && phone.is_empty() {
+        let Some(line) = lines.remove(&p).flatten() else {
             *report.excluded.entry("missing_contact".into()).or_default() += 1;
             continue;
-        }
-        now_in.insert(p, format!("{email},{phone}"));
+        };
+        now_in.insert(p, line);
     }
+    drop(lines);
     let (ce, cp) = def.format.columns();
     let mut file = format!("action,{ce},{cp}\n");
     let mut removals: Vec<ProfileId> = Vec::new();

@@ -31,7 +31,7 @@ use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, PurposeId, decide
 use tarmo_core::segments::columns::{DEAD, MISSING, PropCol};
 use tarmo_core::segments::lifecycle::Quintiles;
 use tarmo_core::segments::{
-    EventRule, EventTable, Events, Facts, LifecycleConfig, Measure, Rfm, Rule, Stage, evaluate,
+    EventRule, EventTable, Events, ExactSum, Facts, LifecycleConfig, Measure, Rfm, Rule, Stage, evaluate,
     trait_holds,
 };
 
@@ -517,7 +517,7 @@ fn event_holds_all(fs: &FactStore, e: &EventRule, now: i64) -> Vec<bool> {
     };
     let from = now - e.within.ms();
     let mut count = vec![0u32; n];
-    let mut sum = vec![0f64; if summed.is_some() { n } else { 0 }];
+    let mut sum = vec![ExactSum::default(); if summed.is_some() { n } else { 0 }];
     'rows: for r in 0..cols.len() {
         let ts = cols.ts[r];
         if ts <= from || ts > now {
@@ -543,15 +543,12 @@ fn event_holds_all(fs: &FactStore, e: &EventRule, now: i64) -> Vec<bool> {
         if let Some(Some(c)) = summed {
             let id = c.ids[r];
             if id != MISSING {
-                let x = c.dict.num(id);
-                if !x.is_nan() {
-                    sum[p as usize] += x;
-                }
+                sum[p as usize].add(c.dict.num(id));
             }
         }
     }
     (0..n)
-        .map(|i| alive(i) && judge(count[i] as u64, sum.get(i).copied().unwrap_or(0.0)))
+        .map(|i| alive(i) && judge(count[i] as u64, sum.get(i).map_or(0.0, |s| s.value())))
         .collect()
 }
 
@@ -582,6 +579,9 @@ struct State {
     stock: StockSnapshot,
     /// The `stock_version` the snapshot was read at.
     stock_version: Option<Vec<u8>>,
+    /// The facts are being read again, or a read failed part way: nothing
+    /// is answered from them until a read completes (the next tick tries).
+    stale: bool,
 }
 
 /// A membership change to record.
@@ -737,6 +737,14 @@ impl SegmentEngine {
         let mut reload: HashSet<ProfileId> = HashSet::new();
         let mut refresh: HashSet<ProfileId> = HashSet::new();
         let mut changes = Vec::new();
+        if st.stale {
+            // An earlier read of everyone failed part way: read again, and
+            // ask everyone (what committed meanwhile is in what was read).
+            drop(conn);
+            self.reload_all(st)?;
+            let everyone = st.facts.profiles();
+            return self.evaluate_people(st, &everyone, now);
+        }
 
         // Stores or stock changed (an import): read them again, and ask
         // everyone a stock rule concerns again.
@@ -1032,6 +1040,13 @@ impl SegmentEngine {
     /// Read everyone's facts again (at start, and when a new definition
     /// needs facts that are not kept yet).
     fn reload_all(&self, st: &mut State) -> Result<()> {
+        // The old facts go first: keeping them until the new ones are
+        // complete doubled the memory (1.4 GB at 1M people when a
+        // definition named a new event). The state is locked throughout,
+        // so no one reads the empty facts; a read that fails part way
+        // leaves them stale, and the next tick reads again.
+        st.facts = FactStore::default();
+        st.stale = true;
         let mut conn = self.store.conn()?;
         let needs = st.needs.clone();
         let mut people = FactStore::new(&needs);
@@ -1139,6 +1154,7 @@ impl SegmentEngine {
         st.stock_version = conn.meta_get(STOCK_VERSION)?;
         st.stock = StockSnapshot::load(&mut *conn)?;
         st.facts = people;
+        st.stale = false;
         st.wake.clear();
         st.wake_of.clear();
         self.recompute_quintiles(st, crate::now_ms());
@@ -1504,6 +1520,11 @@ impl SegmentEngine {
     /// pass over columns for its events and consent.
     pub fn count(&self, rule: &Rule) -> Result<usize> {
         let st = self.lock();
+        if st.stale {
+            return Err(Error::Unavailable(
+                "the segment engine is reading everyone's facts again; retry shortly".into(),
+            ));
+        }
         let catalog = self.catalog()?;
         let now = crate::now_ms();
         let none: Vec<&str> = Vec::new();
@@ -1632,15 +1653,40 @@ impl SegmentEngine {
                 format!("the audience's segment `{}` no longer exists", def.segment),
             ));
         };
-        let members: Vec<ProfileId> = {
+        let catalog = self.catalog()?;
+        // Everyone in the segment, and those the engine last saw allowed on
+        // the ads channel: their lines are worked out before the writer's
+        // transaction, which then decides everyone now.
+        let (members, likely): (Vec<ProfileId>, Vec<ProfileId>) = {
             let st = self.lock();
-            st.members
+            let now = crate::now_ms();
+            let members: Vec<ProfileId> = st
+                .members
                 .get(&def.segment)
                 .map(|m| m.keys().copied().collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let likely = members
+                .iter()
+                .copied()
+                .filter(|p| {
+                    st.facts.get(*p).is_some_and(|(_, person)| {
+                        allowed(
+                            &st.facts,
+                            person,
+                            &catalog,
+                            seg.purpose.as_str(),
+                            Some(Channel::Ads.as_str()),
+                            now,
+                        )
+                    })
+                })
+                .collect();
+            (members, likely)
         };
+        let prepared = super::audiences::prepare(&self.store, def.format, &likely)?;
+        drop(likely);
         let report = self.writer.transact_blocking(move |ctx| {
-            super::audiences::sync(ctx, &def, &seg.purpose, &members)
+            super::audiences::sync(ctx, &def, &seg.purpose, &members, prepared)
         })?;
         Ok(Some(report))
     }

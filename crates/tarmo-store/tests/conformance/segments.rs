@@ -212,6 +212,11 @@ fn view(user: &str, sku: Option<&str>, days_ago: f64) -> Value {
         "properties": props, "timestamp": ago(days_ago)})
 }
 
+fn tip(user: &str, amount: f64, days_ago: f64) -> Value {
+    json!({"type": "track", "userId": user, "event": "Tip Given",
+        "properties": {"amount": amount}, "timestamp": ago(days_ago)})
+}
+
 /// The count (passes over the columns of facts) and a segment's members
 /// (each person's rule evaluated on its own) must agree for every kind of
 /// event condition, and go on agreeing once people's facts are dropped
@@ -233,6 +238,11 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
         view("bob", Some("A1"), 2.0),
         view("bob", Some("B2"), 40.0),
         view("cy", None, 1.0),
+        // Arriving newest first: summed in time order 0.1 + 0.2 + 0.3 is
+        // 0.6000000000000001 in floating point, in arrival order 0.6.
+        tip("eve", 0.3, 1.0),
+        tip("eve", 0.2, 2.0),
+        tip("eve", 0.1, 3.0),
     ]);
     let bob = h.lookup("user_id", "bob").unwrap();
     let engine = SegmentEngine::start(
@@ -272,6 +282,15 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
             {"event": "Order Completed", "within": "365d", "count": {"gte": 3}},
             {"any": [{"event": "Order Completed", "within": "5d"}, {"event": "Product Viewed", "within": "2d"}]}]}),
         ),
+        // A sum at its boundary is the same by both roads (exact, in any order).
+        (
+            "tips_over",
+            json!({"event": "Tip Given", "within": "30d", "sum": {"property": "amount", "gt": 0.6}}),
+        ),
+        (
+            "tips_at",
+            json!({"event": "Tip Given", "within": "30d", "sum": {"property": "amount", "gte": 0.6}}),
+        ),
     ];
     for (id, r) in &rules {
         engine.put(def(id, "personalisation", r.clone())).unwrap();
@@ -285,17 +304,20 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
         }
     };
     // ann: orders 150.5 + 300 + 100 in the year, A1 yesterday; bob: three
-    // orders (530) this week, A1 and B2; cy: a view without a sku.
+    // orders (530) this week, A1 and B2; cy: a view without a sku; eve:
+    // tips of exactly 0.6 and no orders.
     check(
         &engine,
         &[
             ("a1_viewers", 2),
             ("not_a1", 2),
             ("sku_known", 2),
-            ("no_orders", 1),
-            ("quiet", 2),
+            ("no_orders", 2),
+            ("quiet", 3),
             ("spenders", 2),
             ("three", 2),
+            ("tips_over", 0),
+            ("tips_at", 1),
         ],
     );
     // Bob is erased; dan arrives after him (and may take his place in
@@ -316,8 +338,8 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
             ("a1_viewers", 2),
             ("not_a1", 1),
             ("sku_known", 2),
-            ("no_orders", 2),
-            ("quiet", 3),
+            ("no_orders", 3),
+            ("quiet", 4),
             ("spenders", 1),
             ("three", 1),
         ],
@@ -328,7 +350,7 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
         .transact_blocking(move |ctx| tarmo_store::segments::touch(ctx.conn, ann, ctx.now_ms))
         .unwrap();
     engine.tick().unwrap();
-    check(&engine, &[("a1_viewers", 2), ("three", 1), ("quiet", 3)]);
+    check(&engine, &[("a1_viewers", 2), ("three", 1), ("quiet", 4)]);
     assert_eq!(engine.lifecycle_of(ann).unwrap().orders, 4);
 }
 
