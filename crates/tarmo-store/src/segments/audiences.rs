@@ -243,13 +243,25 @@ fn lines_of(
 #[derive(Debug, Default)]
 pub struct Prepared {
     lines: HashMap<ProfileId, Option<String>>,
+    /// Members left out before the transaction (refused when the caller
+    /// decided), by reason.
+    excluded: BTreeMap<String, u64>,
 }
 
 /// Work out the lines of `members` (those the caller expects to be
-/// allowed) on up to four threads, each with a connection of the pool.
-pub fn prepare(store: &Store, format: AudienceFormat, members: &[ProfileId]) -> Result<Prepared> {
+/// allowed; `excluded` counts the others by reason) on up to four
+/// threads, each with a connection of the pool.
+pub fn prepare(
+    store: &Store,
+    format: AudienceFormat,
+    members: &[ProfileId],
+    excluded: BTreeMap<String, u64>,
+) -> Result<Prepared> {
     if members.is_empty() {
-        return Ok(Prepared::default());
+        return Ok(Prepared {
+            excluded,
+            ..Default::default()
+        });
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
@@ -274,15 +286,17 @@ pub fn prepare(store: &Store, format: AudienceFormat, members: &[ProfileId]) -> 
     for part in parts {
         lines.extend(part?);
     }
-    Ok(Prepared { lines })
+    Ok(Prepared { lines, excluded })
 }
 
 /// People read or written per statement.
 const PAGE: usize = 500;
 
-/// Sync the audience with the segment's current `members`: decide each
-/// person now, write the platform file and record the disclosures.
-/// `prepared` holds the lines worked out beforehand ([`prepare`]).
+/// Sync the audience with the segment's `members` (those not already
+/// left out in `prepared`): decide each person now, write the platform
+/// file and record the disclosures. `prepared` holds the lines worked out
+/// beforehand and the members left out before ([`prepare`]); whoever
+/// the platform holds and is not added again is removed.
 pub fn sync(
     ctx: &mut TxCtx<'_>,
     def: &AudienceDef,
@@ -305,6 +319,7 @@ pub fn sync(
         + 1;
     let mut report = SyncReport {
         sync: n,
+        excluded: std::mem::take(&mut prepared.excluded),
         ..Default::default()
     };
     // What the platform holds now, from earlier syncs.

@@ -1654,39 +1654,44 @@ impl SegmentEngine {
             ));
         };
         let catalog = self.catalog()?;
-        // Everyone in the segment, and those the engine last saw allowed on
-        // the ads channel: their lines are worked out before the writer's
-        // transaction, which then decides everyone now.
-        let (members, likely): (Vec<ProfileId>, Vec<ProfileId>) = {
-            let st = self.lock();
+        let entry = catalog.require(seg.purpose.as_str())?.clone();
+        // The engine decides everyone in the segment from what it last read:
+        // those it sees refused are left out (with its reason), and the
+        // lines of the rest are worked out before the writer's transaction,
+        // which decides them again *now*. The engine first takes in what
+        // committed (as a definition does); what commits after that is
+        // caught by the transaction if it is a withdrawal, and joins at
+        // the next sync if it is a grant.
+        let (likely, excluded) = {
+            let mut st = self.lock();
+            let caught_up = self.follow(&mut st, crate::now_ms())?;
+            self.write_now(caught_up)?;
             let now = crate::now_ms();
-            let members: Vec<ProfileId> = st
-                .members
-                .get(&def.segment)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default();
-            let likely = members
-                .iter()
-                .copied()
-                .filter(|p| {
-                    st.facts.get(*p).is_some_and(|(_, person)| {
-                        allowed(
-                            &st.facts,
-                            person,
-                            &catalog,
-                            seg.purpose.as_str(),
-                            Some(Channel::Ads.as_str()),
-                            now,
-                        )
-                    })
-                })
-                .collect();
-            (members, likely)
+            let mut likely = Vec::new();
+            let mut excluded: BTreeMap<String, u64> = BTreeMap::new();
+            for p in st.members.get(&def.segment).into_iter().flat_map(|m| m.keys()) {
+                let Some((_, person)) = st.facts.get(*p) else {
+                    *excluded.entry("unknown_profile".into()).or_default() += 1;
+                    continue;
+                };
+                let v = decide(
+                    &entry.rule,
+                    Some(Channel::Ads),
+                    st.facts.consent(person, seg.purpose.as_str()),
+                    person.flags,
+                    now,
+                );
+                if v.allowed {
+                    likely.push(*p);
+                } else {
+                    *excluded.entry(v.reason.as_str().into()).or_default() += 1;
+                }
+            }
+            (likely, excluded)
         };
-        let prepared = super::audiences::prepare(&self.store, def.format, &likely)?;
-        drop(likely);
+        let prepared = super::audiences::prepare(&self.store, def.format, &likely, excluded)?;
         let report = self.writer.transact_blocking(move |ctx| {
-            super::audiences::sync(ctx, &def, &seg.purpose, &members, prepared)
+            super::audiences::sync(ctx, &def, &seg.purpose, &likely, prepared)
         })?;
         Ok(Some(report))
     }

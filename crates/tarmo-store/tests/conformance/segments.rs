@@ -647,5 +647,24 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
         .int(0)
         .unwrap();
     assert_eq!(left, 0, "what the platform was told to remove is not kept");
+
+    // The lines are worked out before the writer's transaction, from what
+    // the engine last saw; a withdrawal between the two still keeps the
+    // person out: the transaction decides again.
+    consent(h, u1, "ad_audiences", ConsentDecision::Granted);
+    let def = audiences::get(&mut *h.store.conn().unwrap(), "google")
+        .unwrap()
+        .unwrap();
+    let prepared =
+        audiences::prepare(&h.store, def.format, &[u1], Default::default()).unwrap();
+    consent(h, u1, "ad_audiences", ConsentDecision::Withdrawn);
+    let purpose = tarmo_core::consent::PurposeId::parse("ad_audiences").unwrap();
+    let r = h
+        .writer
+        .transact_blocking(move |ctx| audiences::sync(ctx, &def, &purpose, &[u1], prepared))
+        .unwrap();
+    assert_eq!((r.added, r.removed), (0, 0), "{r:?}");
+    assert_eq!(r.excluded.get("withdrawn"), Some(&1), "{r:?}");
+    assert!(!file(r.sync).contains(&ann), "withdrawn just before: not sent");
     let _ = (u2, u4);
 }
