@@ -2,6 +2,7 @@
 //! commit, so that a transaction Tarmo acknowledged survives kill -9 and power
 //! loss alike.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -68,12 +69,17 @@ impl SqliteBackend {
         c.pragma_update(None, "secure_delete", "ON")?;
         c.pragma_update(None, "temp_store", "MEMORY")?;
         c.set_prepared_statement_cache_capacity(64);
-        Ok(SqliteConn { c })
+        Ok(SqliteConn {
+            c,
+            slots: HashMap::new(),
+        })
     }
 }
 
 pub struct SqliteConn {
     c: Connection,
+    /// Each statement text's parameter numbers, by slot (see [`bind`]).
+    slots: HashMap<String, Box<[usize]>>,
 }
 
 /// Flushes a database's write-ahead log: after `flush` returns, every
@@ -213,24 +219,49 @@ fn to_sql<'a>(p: &'a P<'a>) -> rusqlite::types::ToSqlOutput<'a> {
 /// Bind `$1, $2, ...` as written for both backends. SQLite reads `$1` as a
 /// parameter named "$1", numbered in order of first appearance, so each
 /// slot is bound by the number in its name (a statement may use `$2`
-/// before `$1`, or `$1` twice).
-fn bind(st: &mut rusqlite::Statement<'_>, params: &[P<'_>]) -> Result<()> {
-    for slot in 1..=st.parameter_count() {
-        let n = st
-            .parameter_name(slot)
-            .and_then(|name| name.strip_prefix('$'))
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| (1..=params.len()).contains(n))
-            .ok_or_else(|| {
-                Error::Backend(format!(
-                    "statement parameter {slot} is not one of $1..${}",
-                    params.len()
-                ))
-            })?;
-        st.raw_bind_parameter(slot, to_sql(&params[n - 1]))?;
+/// before `$1`, or `$1` twice). A slot's name costs a walk of the
+/// statement's list of names (`sqlite3_bind_parameter_name`), so naming
+/// every slot of a 500-row insert on every run was quadratic: the numbers
+/// are worked out once per statement text and kept in `slots`.
+fn bind(
+    slots: &mut HashMap<String, Box<[usize]>>,
+    sql: &str,
+    st: &mut rusqlite::Statement<'_>,
+    params: &[P<'_>],
+) -> Result<()> {
+    if !slots.contains_key(sql) {
+        let mut numbers = Vec::with_capacity(st.parameter_count());
+        for slot in 1..=st.parameter_count() {
+            numbers.push(
+                st.parameter_name(slot)
+                    .and_then(|name| name.strip_prefix('$'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0),
+            );
+        }
+        // Statement texts are few (IN lists of up to 500 are the most); a
+        // bound keeps a caller that builds texts freely from growing it.
+        if slots.len() >= MAX_SLOT_MAPS {
+            slots.clear();
+        }
+        slots.insert(sql.to_owned(), numbers.into_boxed_slice());
+    }
+    let numbers = &slots[sql];
+    for (i, &n) in numbers.iter().enumerate() {
+        if n == 0 || n > params.len() {
+            return Err(Error::Backend(format!(
+                "statement parameter {} is not one of $1..${}",
+                i + 1,
+                params.len()
+            )));
+        }
+        st.raw_bind_parameter(i + 1, to_sql(&params[n - 1]))?;
     }
     Ok(())
 }
+
+/// How many statement texts' parameter numbers a connection keeps.
+const MAX_SLOT_MAPS: usize = 4096;
 
 fn bidx_of(b: Vec<u8>) -> Result<BlindIndex> {
     BlindIndex::from_slice(&b)
@@ -260,14 +291,14 @@ impl Conn for SqliteConn {
 
     fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64> {
         let mut st = self.c.prepare_cached(sql)?;
-        bind(&mut st, params)?;
+        bind(&mut self.slots, sql, &mut st, params)?;
         Ok(st.raw_execute()? as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
         use rusqlite::types::ValueRef;
         let mut st = self.c.prepare_cached(sql)?;
-        bind(&mut st, params)?;
+        bind(&mut self.slots, sql, &mut st, params)?;
         let n = st.column_count();
         let mut rows = st.raw_query();
         let mut out = Vec::new();
@@ -419,6 +450,25 @@ impl Conn for SqliteConn {
             .prepare_cached("SELECT wrapped FROM data_keys WHERE owner_id = ?1")?
             .query_row([owner.0], |r| r.get(0))
             .optional()?)
+    }
+
+    fn data_keys_get(&mut self, owners: &[ProfileId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found: HashMap<i64, Vec<u8>> = HashMap::with_capacity(owners.len());
+        // Pages of 500 stay under SQLite's limit on parameters.
+        for page in owners.chunks(500) {
+            let marks = vec!["?"; page.len()].join(", ");
+            let mut st = self.c.prepare_cached(&format!(
+                "SELECT owner_id, wrapped FROM data_keys WHERE owner_id IN ({marks})"
+            ))?;
+            let rows = st.query_map(rusqlite::params_from_iter(page.iter().map(|p| p.0)), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            for r in rows {
+                let (owner, wrapped) = r?;
+                found.insert(owner, wrapped);
+            }
+        }
+        Ok(owners.iter().map(|o| found.remove(&o.0)).collect())
     }
 
     fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>> {

@@ -15,10 +15,10 @@ use tarmo_core::codes::Code;
 use tarmo_core::consent::{Channel, PurposeId, decide};
 use tarmo_core::segments::audience::{AudienceFormat, hashed};
 
-use crate::conn::{Conn, P, ProcessorId, ProfileId};
+use crate::conn::{Conn, IdentifierRow, P, ProcessorId, ProfileId};
 use crate::consent::{Catalog, Subject, subjects_by_id};
 use crate::crypto::person;
-use crate::vault::{Place, Vault};
+use crate::vault::{Place, Sealed, Vault};
 use crate::writer::TxCtx;
 use crate::{Error, Result, Services, Store};
 
@@ -179,9 +179,9 @@ pub fn erased(conn: &mut dyn Conn, profile: ProfileId) -> Result<()> {
 }
 
 /// Each person's line in the platform file (`email_hash,phone_hash`, a
-/// hash empty where they have no such identifier; `None` with neither),
-/// read a page at a time: the first email and the first phone of each
-/// (identifiers come in a stable order), opened in bulk.
+/// hash empty where they have no such identifier; `None` with neither):
+/// their first email and first phone, found through the index by
+/// profile a page at a time and opened in bulk.
 fn lines_of(
     conn: &mut dyn Conn,
     vault: &Vault,
@@ -190,47 +190,24 @@ fn lines_of(
 ) -> Result<Vec<(ProfileId, Option<String>)>> {
     let mut out = Vec::with_capacity(profiles.len());
     for page in profiles.chunks(PAGE) {
-        let rows = conn.identifiers_of_many(page)?;
-        // (profile, email row, phone row), in the page's order.
-        let mut first: HashMap<ProfileId, (Option<usize>, Option<usize>)> =
+        let mut first: HashMap<ProfileId, [Option<IdentifierRow>; 2]> =
             HashMap::with_capacity(page.len());
-        for (i, (profile, row)) in rows.iter().enumerate() {
-            let slot = first.entry(*profile).or_default();
-            match row.kind.as_str() {
-                "email" if slot.0.is_none() => slot.0 = Some(i),
-                "phone" if slot.1.is_none() => slot.1 = Some(i),
-                _ => {}
-            }
+        for (profile, row) in conn.identifiers_of_many(page)? {
+            let k = match row.kind.as_str() {
+                "email" => 0,
+                "phone" => 1,
+                _ => continue,
+            };
+            keep_first(&mut first.entry(profile).or_default()[k], row);
         }
-        let mut wanted: Vec<usize> = first
-            .values()
-            .flat_map(|(e, p)| e.iter().chain(p.iter()).copied())
+        let contacts: Vec<Contacts> = page
+            .iter()
+            .map(|p| {
+                let [email, phone] = first.remove(p).unwrap_or_default();
+                (*p, email, phone)
+            })
             .collect();
-        wanted.sort_unstable();
-        let picked: Vec<&crate::conn::IdentifierRow> =
-            wanted.iter().map(|&i| &rows[i].1).collect();
-        // An audience is a delivery to the ad platform the purpose allowed:
-        // the contact details, hashed before they leave.
-        let sight = person::Sight::duty(person::Duty::Delivery);
-        let values = person::identifiers_in_bulk(conn, vault, &sight, &picked)?;
-        let value: HashMap<usize, String> = wanted
-            .into_iter()
-            .zip(values)
-            .filter_map(|(i, v)| v.map(|v| (i, v)))
-            .collect();
-        for p in page {
-            let (e, ph) = first.get(p).copied().unwrap_or_default();
-            let email = e
-                .and_then(|i| value.get(&i))
-                .map(|v| hashed(&format.email(v)))
-                .unwrap_or_default();
-            let phone = ph
-                .and_then(|i| value.get(&i))
-                .map(|v| hashed(&format.phone(v)))
-                .unwrap_or_default();
-            let line = (!email.is_empty() || !phone.is_empty()).then(|| format!("{email},{phone}"));
-            out.push((*p, line));
-        }
+        out.extend(open_lines(conn, vault, &contacts, format)?);
     }
     Ok(out)
 }
@@ -243,18 +220,43 @@ fn lines_of(
 #[derive(Debug, Default)]
 pub struct Prepared {
     lines: HashMap<ProfileId, Option<String>>,
+    /// Each line sealed for `audience_members`, where it is added.
+    sealed: HashMap<ProfileId, Sealed>,
     /// Members left out before the transaction (refused when the caller
     /// decided), by reason.
     excluded: BTreeMap<String, u64>,
 }
 
+impl Prepared {
+    /// A member's line: `None` if they were not prepared, `Some(None)`
+    /// if they have neither an email nor a phone.
+    pub fn line_of(&self, p: ProfileId) -> Option<Option<&str>> {
+        self.lines.get(&p).map(Option::as_deref)
+    }
+}
+
+/// Threads for the work before the transaction (each with a connection).
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 4)
+}
+
 /// Work out the lines of `members` (those the caller expects to be
-/// allowed; `excluded` counts the others by reason) on up to four
-/// threads, each with a connection of the pool.
+/// allowed, among `everyone` people; `excluded` counts the others by
+/// reason) on up to four threads, each with a connection of the pool.
+///
+/// Members' identifiers are found one of two ways. A few of everyone
+/// (under a quarter): each one's rows through the index by profile, a
+/// page at a time. Many: one pass over the email and phone rows of the
+/// identifiers table, in key order, split between the threads — the index
+/// road costs a random page read per identifier, and for half a million
+/// members those reads were two thirds of the sync.
 pub fn prepare(
     store: &Store,
     format: AudienceFormat,
     members: &[ProfileId],
+    everyone: usize,
     excluded: BTreeMap<String, u64>,
 ) -> Result<Prepared> {
     if members.is_empty() {
@@ -263,30 +265,214 @@ pub fn prepare(
             ..Default::default()
         });
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .clamp(1, 4);
-    let per = members.len().div_ceil(threads).max(PAGE);
-    let parts: Vec<Result<Vec<(ProfileId, Option<String>)>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = members
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    let mut conn = store.conn()?;
-                    lines_of(&mut *conn, store.vault(), part, format)
+    let n = threads();
+    type Part = (Vec<(ProfileId, Option<String>)>, Vec<(ProfileId, Sealed)>);
+    let seal_lines = |lines: Vec<(ProfileId, Option<String>)>| -> Result<Part> {
+        let mut sealed = Vec::with_capacity(lines.len());
+        for (p, line) in &lines {
+            if let Some(l) = line {
+                sealed.push((
+                    *p,
+                    store.vault().seal_system(Place::AudienceHashes, l.as_bytes())?,
+                ));
+            }
+        }
+        Ok((lines, sealed))
+    };
+    let parts: Vec<Result<Part>> = if members.len().saturating_mul(4) >= everyone {
+        let picked = scan_contacts(store, members, n)?;
+        let per = picked.len().div_ceil(n).max(PAGE);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = picked
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut conn = store.conn()?;
+                        seal_lines(open_lines(&mut *conn, store.vault(), part, format)?)
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
+                .collect();
+            join_all(workers)
+        })
+    } else {
+        let per = members.len().div_ceil(n).max(PAGE);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = members
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut conn = store.conn()?;
+                        seal_lines(lines_of(&mut *conn, store.vault(), part, format)?)
+                    })
+                })
+                .collect();
+            join_all(workers)
+        })
+    };
     let mut lines = HashMap::with_capacity(members.len());
+    let mut sealed = HashMap::with_capacity(members.len());
     for part in parts {
-        lines.extend(part?);
+        let (l, s) = part?;
+        lines.extend(l);
+        sealed.extend(s);
     }
-    Ok(Prepared { lines, excluded })
+    Ok(Prepared {
+        lines,
+        sealed,
+        excluded,
+    })
+}
+
+fn join_all<T>(workers: Vec<std::thread::ScopedJoinHandle<'_, T>>) -> Vec<T> {
+    workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        .collect()
+}
+
+/// A member and the identifier rows their line is made of: their first
+/// email and first phone (by first seen, then key).
+type Contacts = (ProfileId, Option<IdentifierRow>, Option<IdentifierRow>);
+
+/// One pass over the email and phone rows of everyone, split by key range
+/// between `n` threads; the first of each kind for each of `members`.
+fn scan_contacts(store: &Store, members: &[ProfileId], n: usize) -> Result<Vec<Contacts>> {
+    let wanted: std::collections::HashSet<ProfileId> = members.iter().copied().collect();
+    let wanted = &wanted;
+    // Blind indexes are uniform: ranges of their first byte split the work.
+    let bounds: Vec<(u8, Option<u8>)> = (0..n)
+        .map(|t| {
+            let lo = (t * 256 / n) as u8;
+            let hi = ((t + 1) * 256 / n < 256).then(|| ((t + 1) * 256 / n) as u8);
+            (lo, hi)
+        })
+        .collect();
+    let found: Vec<Result<HashMap<ProfileId, [Option<IdentifierRow>; 2]>>> =
+        std::thread::scope(|s| {
+            let workers: Vec<_> = bounds
+                .iter()
+                .map(|&(lo, hi)| {
+                    s.spawn(move || {
+                        let mut conn = store.conn()?;
+                        scan_range(&mut *conn, wanted, lo, hi)
+                    })
+                })
+                .collect();
+            join_all(workers)
+        });
+    let mut all: HashMap<ProfileId, [Option<IdentifierRow>; 2]> =
+        HashMap::with_capacity(members.len());
+    for part in found {
+        for (p, rows) in part? {
+            let slot = all.entry(p).or_default();
+            for (k, row) in rows.into_iter().enumerate() {
+                if let Some(row) = row {
+                    keep_first(&mut slot[k], row);
+                }
+            }
+        }
+    }
+    Ok(members
+        .iter()
+        .map(|p| {
+            let [email, phone] = all.remove(p).unwrap_or_default();
+            (*p, email, phone)
+        })
+        .collect())
+}
+
+/// Keep the earlier of two rows of a kind (first seen, then key).
+fn keep_first(slot: &mut Option<IdentifierRow>, row: IdentifierRow) {
+    let earlier = slot.as_ref().is_none_or(|old| {
+        (row.first_seen_ms, row.bidx.0) < (old.first_seen_ms, old.bidx.0)
+    });
+    if earlier {
+        *slot = Some(row);
+    }
+}
+
+/// Email and phone rows with a key from `lo` (its first byte) up to `hi`
+/// (or the end), a page at a time, kept for the `wanted` people.
+fn scan_range(
+    conn: &mut dyn Conn,
+    wanted: &std::collections::HashSet<ProfileId>,
+    lo: u8,
+    hi: Option<u8>,
+) -> Result<HashMap<ProfileId, [Option<IdentifierRow>; 2]>> {
+    const SCAN_PAGE: i64 = 5000;
+    let mut out: HashMap<ProfileId, [Option<IdentifierRow>; 2]> = HashMap::new();
+    // Keys from `from` on: the byte `lo`, then just after the last key read.
+    let mut from = vec![lo];
+    // No key is 33 bytes of 0xFF or more: the end of the last range.
+    let to = hi.map_or_else(|| vec![0xFF; 33], |h| vec![h]);
+    loop {
+        let rows = conn.query(
+            "SELECT bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms
+             FROM identifiers WHERE bidx >= $1 AND bidx < $2 AND kind IN ('email', 'phone')
+             ORDER BY bidx LIMIT $3",
+            &[P::Blob(&from), P::Blob(&to), P::Int(SCAN_PAGE)],
+        )?;
+        let n = rows.len() as i64;
+        for r in rows {
+            let bidx = r.blob(0)?;
+            let profile = ProfileId(r.int(2)?);
+            from.clear();
+            from.extend_from_slice(&bidx);
+            from.push(0);
+            if !wanted.contains(&profile) {
+                continue;
+            }
+            let kind = r.text(1)?;
+            let k = usize::from(kind == "phone");
+            let row = IdentifierRow {
+                kind,
+                bidx: crate::vault::BlindIndex::from_slice(&bidx)?,
+                key_owner: ProfileId(r.int(3)?),
+                sealed: r.sealed(4)?,
+                first_seen_ms: r.int(5)?,
+                verified_ms: r.opt_int(6)?,
+            };
+            keep_first(&mut out.entry(profile).or_default()[k], row);
+        }
+        if n < SCAN_PAGE {
+            return Ok(out);
+        }
+    }
+}
+
+/// The lines of members whose rows were found: opened in bulk, hashed.
+fn open_lines(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    contacts: &[Contacts],
+    format: AudienceFormat,
+) -> Result<Vec<(ProfileId, Option<String>)>> {
+    let mut out = Vec::with_capacity(contacts.len());
+    for page in contacts.chunks(PAGE) {
+        let picked: Vec<&IdentifierRow> = page
+            .iter()
+            .flat_map(|(_, e, p)| e.iter().chain(p.iter()))
+            .collect();
+        // An audience is a delivery to the ad platform the purpose allowed:
+        // the contact details, hashed before they leave.
+        let sight = person::Sight::duty(person::Duty::Delivery);
+        let mut values = person::identifiers_in_bulk(conn, vault, &sight, &picked)?.into_iter();
+        for (p, e, ph) in page {
+            let email = e
+                .as_ref()
+                .and_then(|_| values.next().flatten())
+                .map(|v| hashed(&format.email(&v)))
+                .unwrap_or_default();
+            let phone = ph
+                .as_ref()
+                .and_then(|_| values.next().flatten())
+                .map(|v| hashed(&format.phone(&v)))
+                .unwrap_or_default();
+            let line = (!email.is_empty() || !phone.is_empty()).then(|| format!("{email},{phone}"));
+            out.push((*p, line));
+        }
+    }
+    Ok(out)
 }
 
 /// People read or written per statement.
@@ -405,9 +591,13 @@ pub fn sync(
     let categories = serde_json::to_string(&["contact"]).expect("strings serialise");
     for page in adds.chunks(PAGE) {
         let mut sealed = Vec::with_capacity(page.len());
-        for (_, h) in page {
+        for (p, h) in page {
             file.push_str(&format!("add,{h}\n"));
-            sealed.push(ctx.vault.seal_system(Place::AudienceHashes, h.as_bytes())?);
+            // Sealed beforehand with the line the person is added with.
+            sealed.push(match prepared.sealed.remove(*p) {
+                Some(s) => s,
+                None => ctx.vault.seal_system(Place::AudienceHashes, h.as_bytes())?,
+            });
         }
         // audience_members: $1 the audience, then (profile, hashes) pairs.
         let rows: Vec<String> = (0..page.len())

@@ -1046,6 +1046,7 @@ impl SegmentEngine {
         // so no one reads the empty facts; a read that fails part way
         // leaves them stale, and the next tick reads again.
         st.facts = FactStore::default();
+        release_freed_memory();
         st.stale = true;
         let mut conn = self.store.conn()?;
         let needs = st.needs.clone();
@@ -1662,7 +1663,7 @@ impl SegmentEngine {
         // committed (as a definition does); what commits after that is
         // caught by the transaction if it is a withdrawal, and joins at
         // the next sync if it is a grant.
-        let (likely, excluded) = {
+        let (likely, excluded, everyone) = {
             let mut st = self.lock();
             let caught_up = self.follow(&mut st, crate::now_ms())?;
             self.write_now(caught_up)?;
@@ -1687,9 +1688,10 @@ impl SegmentEngine {
                     *excluded.entry(v.reason.as_str().into()).or_default() += 1;
                 }
             }
-            (likely, excluded)
+            (likely, excluded, st.facts.len())
         };
-        let prepared = super::audiences::prepare(&self.store, def.format, &likely, excluded)?;
+        let prepared =
+            super::audiences::prepare(&self.store, def.format, &likely, everyone, excluded)?;
         let report = self.writer.transact_blocking(move |ctx| {
             super::audiences::sync(ctx, &def, &seg.purpose, &likely, prepared)
         })?;
@@ -1700,6 +1702,21 @@ impl SegmentEngine {
     pub fn size(&self) -> (usize, usize) {
         let st = self.lock();
         (st.facts.len(), st.facts.held())
+    }
+}
+
+/// Hand the memory of dropped facts back to the system. glibc keeps freed
+/// small blocks in its heap for later use; the facts of a million people
+/// are millions of them, and reading everyone again allocates in other
+/// places, so without this the old facts stayed in the RSS (1,149 MB
+/// with 20 segments at 1M people / 10M events against 953 MB when start
+/// read the same facts once).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system; it
+    // reads or changes no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

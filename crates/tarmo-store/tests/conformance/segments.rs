@@ -358,11 +358,18 @@ pub fn columnar_counts_agree_with_membership_through_erasure_and_reuse(h: &Harne
 /// 1,101 people every page's decisions, hashes, rows and disclosures count.
 pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harness) {
     use tarmo_core::segments::audience::AudienceFormat;
-    use tarmo_store::segments::audiences::AudienceDef;
+    use tarmo_core::segments::audience::hashed;
+    use tarmo_store::segments::audiences::{self, AudienceDef};
     const N: usize = 1101;
     h.ingest(
         (0..N)
             .map(|i| json!({"type": "identify", "userId": format!("p{i}"), "traits": {"email": format!("p{i}@example.fi")}}))
+            .collect(),
+    );
+    // Ten have a phone too.
+    h.ingest(
+        (0..10)
+            .map(|i| json!({"type": "identify", "userId": format!("p{i}"), "traits": {"phone": format!("+35840000000{i}")}}))
             .collect(),
     );
     let ids: Vec<ProfileId> = (0..N)
@@ -445,6 +452,28 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
     assert_eq!(
         count("SELECT COUNT(*) FROM disclosures WHERE processor_id = $1"),
         n as i64
+    );
+    // Both roads to members' identifiers — one pass over everyone's (for
+    // many members) and the index by profile (for a few) — give each the
+    // same line.
+    let format = AudienceFormat::MetaCustomAudience;
+    let scan = audiences::prepare(&h.store, format, &ids, ids.len(), Default::default()).unwrap();
+    let index =
+        audiences::prepare(&h.store, format, &ids, usize::MAX, Default::default()).unwrap();
+    for p in &ids {
+        assert!(scan.line_of(*p).is_some_and(|l| l.is_some()), "{p}");
+        assert_eq!(scan.line_of(*p), index.line_of(*p), "{p}");
+    }
+    assert_eq!(
+        scan.line_of(ids[3]),
+        Some(Some(
+            format!(
+                "{},{}",
+                hashed("p3@example.fi"),
+                hashed("358400000003")
+            )
+            .as_str()
+        ))
     );
     // 600 withdraw: removed over two pages.
     grant(allowed[..600].to_vec(), ConsentDecision::Withdrawn);
@@ -656,7 +685,7 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
         .unwrap()
         .unwrap();
     let prepared =
-        audiences::prepare(&h.store, def.format, &[u1], Default::default()).unwrap();
+        audiences::prepare(&h.store, def.format, &[u1], 4, Default::default()).unwrap();
     consent(h, u1, "ad_audiences", ConsentDecision::Withdrawn);
     let purpose = tarmo_core::consent::PurposeId::parse("ad_audiences").unwrap();
     let r = h
