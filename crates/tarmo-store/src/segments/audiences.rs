@@ -42,6 +42,17 @@ pub struct SyncReport {
     pub excluded: BTreeMap<String, u64>,
     /// Whether the file was queued for the processor's webhook.
     pub pushed: bool,
+    /// Where the time went: the engine's decisions, the work before the
+    /// transaction, and the transaction (queued and run), in ms.
+    pub timings: SyncTimings,
+}
+
+/// A sync's phases, in ms (logged, and printed by the benchmark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncTimings {
+    pub decided_ms: u64,
+    pub prepared_ms: u64,
+    pub transaction_ms: u64,
 }
 
 /// The largest file pushed to a webhook in one request (8 MiB, some 60,000

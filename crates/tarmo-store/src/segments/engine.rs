@@ -1663,6 +1663,7 @@ impl SegmentEngine {
         // committed (as a definition does); what commits after that is
         // caught by the transaction if it is a withdrawal, and joins at
         // the next sync if it is a grant.
+        let began = Instant::now();
         let (likely, excluded, everyone) = {
             let mut st = self.lock();
             let caught_up = self.follow(&mut st, crate::now_ms())?;
@@ -1690,11 +1691,29 @@ impl SegmentEngine {
             }
             (likely, excluded, st.facts.len())
         };
+        let decided = began.elapsed();
         let prepared =
             super::audiences::prepare(&self.store, def.format, &likely, everyone, excluded)?;
-        let report = self.writer.transact_blocking(move |ctx| {
+        let prepared_at = began.elapsed();
+        let mut report = self.writer.transact_blocking(move |ctx| {
             super::audiences::sync(ctx, &def, &seg.purpose, &likely, prepared)
         })?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        report.timings = super::audiences::SyncTimings {
+            decided_ms: ms(decided),
+            prepared_ms: ms(prepared_at - decided),
+            transaction_ms: ms(began.elapsed() - prepared_at),
+        };
+        tracing::info!(
+            audience = id,
+            sync = report.sync,
+            added = report.added,
+            removed = report.removed,
+            decided_ms = report.timings.decided_ms,
+            prepared_ms = report.timings.prepared_ms,
+            transaction_ms = report.timings.transaction_ms,
+            "audience synced"
+        );
         Ok(Some(report))
     }
 
