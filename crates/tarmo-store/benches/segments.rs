@@ -130,7 +130,8 @@ fn main() {
         None => MasterKey::generate().unwrap(),
     };
     let dir = path.as_path();
-    let store = Arc::new(Store::open(Backend::open(dir, None).unwrap(), &master, 200_000).unwrap());
+    // The server's default key cache (`key_cache`, 100,000 keys).
+    let store = Arc::new(Store::open(Backend::open(dir, None).unwrap(), &master, 100_000).unwrap());
     if !ready {
         store
             .transact_direct(|c, _| consent::seed_defaults(c, 1))

@@ -446,7 +446,11 @@ impl Vault {
     /// The data key of `owner` if the cache holds it (a bulk reader looks
     /// here first, then unwraps the rest with [`Vault::unwrap_uncached`]).
     pub(crate) fn cached_key(&self, owner: ProfileId) -> Option<DataKey> {
-        self.cache.lock().expect("vault cache").peek(&owner).cloned()
+        self.cache
+            .lock()
+            .expect("vault cache")
+            .peek(&owner)
+            .cloned()
     }
 
     /// Unwrap `owner`'s data key without keeping it in the cache: a bulk

@@ -284,7 +284,9 @@ pub fn prepare(
             if let Some(l) = line {
                 sealed.push((
                     *p,
-                    store.vault().seal_system(Place::AudienceHashes, l.as_bytes())?,
+                    store
+                        .vault()
+                        .seal_system(Place::AudienceHashes, l.as_bytes())?,
                 ));
             }
         }
@@ -394,9 +396,9 @@ fn scan_contacts(store: &Store, members: &[ProfileId], n: usize) -> Result<Vec<C
 
 /// Keep the earlier of two rows of a kind (first seen, then key).
 fn keep_first(slot: &mut Option<IdentifierRow>, row: IdentifierRow) {
-    let earlier = slot.as_ref().is_none_or(|old| {
-        (row.first_seen_ms, row.bidx.0) < (old.first_seen_ms, old.bidx.0)
-    });
+    let earlier = slot
+        .as_ref()
+        .is_none_or(|old| (row.first_seen_ms, row.bidx.0) < (old.first_seen_ms, old.bidx.0));
     if earlier {
         *slot = Some(row);
     }

@@ -31,8 +31,8 @@ use tarmo_core::consent::{Channel, ConsentState, ProfileFlags, PurposeId, decide
 use tarmo_core::segments::columns::{DEAD, MISSING, PropCol};
 use tarmo_core::segments::lifecycle::Quintiles;
 use tarmo_core::segments::{
-    EventRule, EventTable, Events, ExactSum, Facts, LifecycleConfig, Measure, Rfm, Rule, Stage, evaluate,
-    trait_holds,
+    EventRule, EventTable, Events, ExactSum, Facts, LifecycleConfig, Measure, Rfm, Rule, Stage,
+    evaluate, trait_holds,
 };
 
 use super::SegmentDef;
@@ -1522,8 +1522,9 @@ impl SegmentEngine {
     pub fn count(&self, rule: &Rule) -> Result<usize> {
         let st = self.lock();
         if st.stale {
-            return Err(Error::Unavailable(
-                "the segment engine is reading everyone's facts again; retry shortly".into(),
+            // Transient: answered 503 `temporarily_unavailable`, retry.
+            return Err(Error::Busy(
+                "the segment engine is reading everyone's facts again".into(),
             ));
         }
         let catalog = self.catalog()?;
@@ -1671,7 +1672,12 @@ impl SegmentEngine {
             let now = crate::now_ms();
             let mut likely = Vec::new();
             let mut excluded: BTreeMap<String, u64> = BTreeMap::new();
-            for p in st.members.get(&def.segment).into_iter().flat_map(|m| m.keys()) {
+            for p in st
+                .members
+                .get(&def.segment)
+                .into_iter()
+                .flat_map(|m| m.keys())
+            {
                 let Some((_, person)) = st.facts.get(*p) else {
                     *excluded.entry("unknown_profile".into()).or_default() += 1;
                     continue;

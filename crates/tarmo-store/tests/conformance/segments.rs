@@ -458,8 +458,7 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
     // same line.
     let format = AudienceFormat::MetaCustomAudience;
     let scan = audiences::prepare(&h.store, format, &ids, ids.len(), Default::default()).unwrap();
-    let index =
-        audiences::prepare(&h.store, format, &ids, usize::MAX, Default::default()).unwrap();
+    let index = audiences::prepare(&h.store, format, &ids, usize::MAX, Default::default()).unwrap();
     for p in &ids {
         assert!(scan.line_of(*p).is_some_and(|l| l.is_some()), "{p}");
         assert_eq!(scan.line_of(*p), index.line_of(*p), "{p}");
@@ -467,12 +466,7 @@ pub fn an_audience_sync_of_more_than_a_page_of_members_takes_them_all(h: &Harnes
     assert_eq!(
         scan.line_of(ids[3]),
         Some(Some(
-            format!(
-                "{},{}",
-                hashed("p3@example.fi"),
-                hashed("358400000003")
-            )
-            .as_str()
+            format!("{},{}", hashed("p3@example.fi"), hashed("358400000003")).as_str()
         ))
     );
     // 600 withdraw: removed over two pages.
@@ -684,8 +678,7 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
     let def = audiences::get(&mut *h.store.conn().unwrap(), "google")
         .unwrap()
         .unwrap();
-    let prepared =
-        audiences::prepare(&h.store, def.format, &[u1], 4, Default::default()).unwrap();
+    let prepared = audiences::prepare(&h.store, def.format, &[u1], 4, Default::default()).unwrap();
     consent(h, u1, "ad_audiences", ConsentDecision::Withdrawn);
     let purpose = tarmo_core::consent::PurposeId::parse("ad_audiences").unwrap();
     let r = h
@@ -694,6 +687,9 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
         .unwrap();
     assert_eq!((r.added, r.removed), (0, 0), "{r:?}");
     assert_eq!(r.excluded.get("withdrawn"), Some(&1), "{r:?}");
-    assert!(!file(r.sync).contains(&ann), "withdrawn just before: not sent");
+    assert!(
+        !file(r.sync).contains(&ann),
+        "withdrawn just before: not sent"
+    );
     let _ = (u2, u4);
 }
