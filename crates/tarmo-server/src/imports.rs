@@ -14,13 +14,29 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tarmo_store::imports::{self, Format, ImportKind, ImportSpec, ImportView, Mapping, Status};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
-/// An import request. The whole request is at most 1 MB; larger files go
-/// in several requests, or through `tarmo import`.
+/// The largest import file over HTTP (the whole request): 32 MiB. A file
+/// is parsed and checked whole before anything is written (about 1.5 KB
+/// of memory a row), so larger ones go through `tarmo import`, or in
+/// several requests.
+pub const MAX_FILE: usize = 32 * 1024 * 1024;
+
+/// How long an import's file may take to arrive: 32 MiB at 110 KB/s.
+const FILE_READ: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether a request's handler reads its body itself, past the wire
+/// limit (`serve` does not buffer it).
+pub(crate) fn reads_its_own_body(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && path == "/api/v1/imports"
+}
+
+/// An import request as JSON, the file in `content`; or the file itself
+/// as the body (`text/csv`, or `application/x-ndjson` for JSON Lines) with
+/// the rest in the query ([`ImportQuery`]). At most [`MAX_FILE`].
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportInput {
@@ -49,6 +65,69 @@ pub struct ImportInput {
     /// Check and count only.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// With the file as the body: what the JSON form's other fields say.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// customers, orders, products, stores or stock.
+    pub kind: Option<String>,
+    /// Where the file comes from ("CRM nightly sync").
+    pub source: Option<String>,
+    /// Where the proof of lawful collection is kept (customers and orders).
+    pub documentation: Option<String>,
+    /// The file's name, kept with the provenance.
+    pub file_name: Option<String>,
+    /// The mapping: a JSON object or TOML text.
+    pub mapping: Option<String>,
+    /// Import the valid rows and report the others.
+    pub skip_invalid: Option<bool>,
+    /// Check and count only.
+    pub dry_run: Option<bool>,
+}
+
+/// The request's file format when the body is the file itself.
+fn raw_format(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "text/csv" => Some("csv"),
+        "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => Some("jsonl"),
+        _ => None,
+    }
+}
+
+/// Read an import's body: at most [`MAX_FILE`], within [`FILE_READ`].
+async fn read_file(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(FILE_READ, axum::body::to_bytes(body, MAX_FILE)).await {
+        Err(_) => Err(ApiError::new(
+            Code::BodyTimeout,
+            "the import file did not arrive in time",
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    Code::BodyTooLarge,
+                    "an import over HTTP is at most 32 MiB; split the file, or use `tarmo import`",
+                )
+            } else {
+                ApiError::new(Code::InvalidRequest, "the request body could not be read")
+            })
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -102,34 +181,73 @@ fn spec_of(input: ImportInput) -> Result<(ImportSpec, String), ApiError> {
 /// Start an import. Every row is checked before anything is written; the
 /// outcome (and the errors by line) is read with `GET /api/v1/imports/{id}`.
 #[utoipa::path(post, path = "/api/v1/imports", tag = "imports", operation_id = "create_import",
-    request_body = ImportInput,
+    request_body(description = "The request as JSON (the file in `content`), or the file itself as text/csv or application/x-ndjson with the rest in the query; at most 32 MiB",
+        content(
+        (ImportInput = "application/json"),
+        (String = "text/csv"),
+        (String = "application/x-ndjson"))),
+    params(ImportQuery),
     security(("admin_key" = [])),
     responses((status = 202, body = ImportQueued),
         (status = 400, body = ErrorBody,
             description = "invalid_import, invalid_import_kind, invalid_import_format, invalid_mapping, invalid_import_source, invalid_import_documentation, invalid_file"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 408, body = ErrorBody, description = "body_timeout"),
+        (status = 413, body = ErrorBody, description = "body_too_large: over 32 MiB")))]
 pub async fn create(
     State(s): State<Arc<AppState>>,
     p: Principal,
-    raw: axum::body::Bytes,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ImportQuery>,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ImportQueued>), ApiError> {
-    if raw.is_empty() {
-        return Err(ApiError::new(
-            Code::InvalidImport,
-            "a JSON body is needed: {\"kind\", \"source\", \"content\", ...}",
-        ));
-    }
-    let input: ImportInput = crate::body::json(
-        &raw,
-        Code::InvalidImport,
-        "{\"kind\", \"content\", \"source\"}",
-    )?;
-    let (spec, content) = spec_of(input)?;
+    let raw = read_file(body).await?;
+    let (spec, bytes) = match raw_format(&headers) {
+        Some(format) => {
+            let mapping = match q.mapping {
+                None => None,
+                // JSON text is an object; anything else is read as TOML.
+                Some(t) if t.trim_start().starts_with('{') => {
+                    Some(serde_json::from_str::<Value>(&t).map_err(|e| {
+                        ApiError::new(Code::InvalidMapping, format!("mapping: {e}"))
+                    })?)
+                }
+                Some(t) => Some(Value::String(t)),
+            };
+            let input = ImportInput {
+                kind: q.kind.unwrap_or_default(),
+                format: Some(format.into()),
+                content: String::new(),
+                file_name: q.file_name,
+                source: q.source.unwrap_or_default(),
+                documentation: q.documentation,
+                mapping,
+                skip_invalid: q.skip_invalid.unwrap_or(false),
+                dry_run: q.dry_run.unwrap_or(false),
+            };
+            (spec_of(input)?.0, raw.to_vec())
+        }
+        None => {
+            if raw.is_empty() {
+                return Err(ApiError::new(
+                    Code::InvalidImport,
+                    "a JSON body is needed: {\"kind\", \"source\", \"content\", ...}, or the file itself as text/csv or application/x-ndjson",
+                ));
+            }
+            let input: ImportInput = crate::body::json(
+                &raw,
+                Code::InvalidImport,
+                "{\"kind\", \"content\", \"source\"}",
+            )?;
+            drop(raw);
+            let (spec, content) = spec_of(input)?;
+            (spec, content.into_bytes())
+        }
+    };
     // Parse now: a file or mapping that cannot work is refused before
     // anything is recorded; row errors are the import's outcome.
     // The same file again after an interruption resumes that import.
     let (svc, identity) = (s.svc.clone(), s.identity.clone());
-    let bytes = content.into_bytes();
     let accepted = blocking(move || imports::accept(&svc, spec, &bytes, &identity)).await?;
     let id = accepted.id;
     log(&s, &p, "import_started").await?;

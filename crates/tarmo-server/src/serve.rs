@@ -154,7 +154,8 @@ async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// Read the whole body within the deadline, then hand the request to the
 /// router. Every handler reads its whole body anyway (at most 1 MB), so
-/// buffering it here costs nothing more and puts one deadline on it.
+/// buffering it here costs nothing more and puts one deadline on it. The
+/// one exception is an import's file (see [`crate::imports::MAX_FILE`]).
 async fn handle(
     mut app: Router,
     req: Request<Incoming>,
@@ -163,6 +164,16 @@ async fn handle(
 ) -> Response {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(peer));
+    if crate::imports::reads_its_own_body(&parts.method, parts.uri.path()) {
+        // An import file may be larger than the wire limit: its handler
+        // reads it, with a limit and a deadline of its own, once the key
+        // has been checked (so no one without a key can make it buffer).
+        let req = Request::from_parts(parts, Body::new(body));
+        return match tower_service::Service::call(&mut app, req).await {
+            Ok(resp) => resp,
+            Err(e) => match e {},
+        };
+    }
     let read = Limited::new(body, crate::MAX_WIRE_BODY).collect();
     let bytes = match tokio::time::timeout(body_read, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
