@@ -182,8 +182,15 @@ const VAULT_CHECK: &str = "vault_check";
 /// nothing stored changes; a new store gets random ones. Of two nodes
 /// opening a new PostgreSQL store at once, the first record written wins
 /// and both use it.
+fn installation_record(conn: &mut dyn Conn) -> Result<Option<Vec<u8>>> {
+    let sql = format!("SELECT value FROM {} WHERE key = $1", conn.keyring_meta());
+    conn.query_opt(&sql, &[P::Text(INSTALLATION_KEYS)])?
+        .map(|r| r.blob(0))
+        .transpose()
+}
+
 fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<InstallationKeys> {
-    if let Some(record) = conn.meta_get(INSTALLATION_KEYS)? {
+    if let Some(record) = installation_record(conn)? {
         return InstallationKeys::unwrap_under(master, &record);
     }
     let keys = match conn.meta_get(VAULT_CHECK)? {
@@ -197,15 +204,15 @@ fn installation_keys(conn: &mut dyn Conn, master: &MasterKey) -> Result<Installa
         None => InstallationKeys::generate()?,
     };
     let record = keys.wrap_under(master)?;
-    let added = conn.exec(
-        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        &[P::Text(INSTALLATION_KEYS), P::Blob(&record)],
-    )?;
+    let sql = format!(
+        "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        conn.keyring_meta()
+    );
+    let added = conn.exec(&sql, &[P::Text(INSTALLATION_KEYS), P::Blob(&record)])?;
     if added == 1 {
         return Ok(keys);
     }
-    let record = conn
-        .meta_get(INSTALLATION_KEYS)?
+    let record = installation_record(conn)?
         .ok_or_else(|| Error::Corrupt("the installation keys record vanished".into()))?;
     InstallationKeys::unwrap_under(master, &record)
 }
@@ -228,16 +235,19 @@ pub fn rotate_master(backend: &Backend, current: &MasterKey, new: &MasterKey) ->
     let result = (|| {
         // Upgrades a store without the record first, in this transaction.
         let keys = installation_keys(&mut *conn, current)?;
-        let old = conn
-            .meta_get(INSTALLATION_KEYS)?
+        let old = installation_record(&mut *conn)?
             .ok_or_else(|| Error::Corrupt("the installation keys record vanished".into()))?;
         // Read again: the record replaced must be one `current` opens.
         drop(InstallationKeys::unwrap_under(current, &old)?);
         let record = keys.wrap_under(new)?;
         // Only over the record just opened: of two rotations at once on
         // PostgreSQL, the second finds it changed and changes nothing.
+        let sql = format!(
+            "UPDATE {} SET value = $2 WHERE key = $1 AND value = $3",
+            conn.keyring_meta()
+        );
         let n = conn.exec(
-            "UPDATE meta SET value = $2 WHERE key = $1 AND value = $3",
+            &sql,
             &[P::Text(INSTALLATION_KEYS), P::Blob(&record), P::Blob(&old)],
         )?;
         if n != 1 {

@@ -314,6 +314,12 @@ mod installation_keys {
                 &super::super::Harness::new(true),
             );
         }
+        #[test]
+        fn an_existing_store_moves_its_installation_keys_into_the_keyring() {
+            super::super::master_key::an_existing_store_moves_its_installation_keys_into_the_keyring(
+                &super::super::Harness::new(true),
+            );
+        }
     }
 }
 

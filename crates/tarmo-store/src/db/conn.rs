@@ -307,6 +307,13 @@ pub trait Conn: Send {
     }
 
     fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// The table of the keyring's own records (the installation keys,
+    /// wrapped by the master key): `meta` on SQLite (one file; `tarmo
+    /// backup` splits it out), `keyring.meta` on PostgreSQL, beside the
+    /// data keys (migration 20).
+    fn keyring_meta(&self) -> &'static str {
+        "meta"
+    }
     fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()>;
 
     /// Claim each hash; `true` where it was not seen before.

@@ -5,7 +5,8 @@
 //! ` WITHOUT ROWID` (nothing on PostgreSQL), `{IDS_NEVER_REUSED}` SQLite's
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
 //! whose sequences never go back), `{KEYRING_SCHEMA}` PostgreSQL's move of
-//! the data keys into a schema of their own (nothing on SQLite, where they
+//! the data keys into a schema of their own and `{KEYRING_META}` of the
+//! installation keys' record beside them (nothing on SQLite, where they
 //! stay in the one file: see the README's roadmap).
 
 /// (version, SQL with tokens), in order.
@@ -506,6 +507,12 @@ ALTER TABLE consent_state ADD COLUMN channels_off BIGINT NOT NULL DEFAULT 0;
 {KEYRING_SCHEMA}
 "#,
     ),
+    (
+        20,
+        r#"
+{KEYRING_META}
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
@@ -569,6 +576,16 @@ CREATE SCHEMA IF NOT EXISTS keyring;
 ALTER TABLE data_keys SET SCHEMA keyring;
 "#;
 
+/// The installation keys' record (wrapped by the master key) beside the
+/// data keys, in the keyring schema: a `pg_dump --exclude-schema=keyring`
+/// of the data then holds no key at all.
+const PG_KEYRING_META: &str = r#"
+CREATE TABLE keyring.meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+INSERT INTO keyring.meta (key, value)
+    SELECT key, value FROM public.meta WHERE key = 'installation_keys';
+DELETE FROM public.meta WHERE key = 'installation_keys';
+"#;
+
 /// The shared migrations in SQLite's dialect.
 pub fn sqlite() -> Vec<(i64, String)> {
     SHARED
@@ -581,7 +598,10 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{INT}", "INTEGER")
                 .replace("{BOOL}", "INTEGER")
                 .replace("{IDS_NEVER_REUSED}", SQLITE_IDS_NEVER_REUSED)
-                .replace("{KEYRING_SCHEMA}", "");
+                .replace("{KEYRING_SCHEMA}", "")
+                // Nothing to do: the keyring's split is made by `tarmo
+                // backup` (see the README's roadmap).
+                .replace("{KEYRING_META}", "SELECT 1;");
             (*v, s)
         })
         .collect()
@@ -599,7 +619,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{INT}", "BIGINT")
                 .replace("{BOOL}", "BOOLEAN")
                 .replace("{IDS_NEVER_REUSED}", "")
-                .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA);
+                .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA)
+                .replace("{KEYRING_META}", PG_KEYRING_META);
             (*v, s)
         })
         .collect()

@@ -348,6 +348,10 @@ impl Conn for PgConn {
         Ok(())
     }
 
+    fn keyring_meta(&self) -> &'static str {
+        "keyring.meta"
+    }
+
     fn meta_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .c

@@ -57,7 +57,18 @@ fn reads_back(store: &Store, p: ProfileId, email: &str) {
 }
 
 fn record(h: &Harness) -> Option<Vec<u8>> {
-    h.store.conn().unwrap().meta_get(INSTALLATION_KEYS).unwrap()
+    let mut c = h.store.conn().unwrap();
+    let sql = format!("SELECT value FROM {} WHERE key = $1", c.keyring_meta());
+    let found = c
+        .query_opt(&sql, &[P::Text(INSTALLATION_KEYS)])
+        .unwrap()
+        .map(|r| r.blob(0).unwrap());
+    if c.keyring_meta() != "meta" {
+        // On PostgreSQL the record is in the keyring schema only: a dump
+        // of the data without that schema holds no key.
+        assert!(c.meta_get(INSTALLATION_KEYS).unwrap().is_none());
+    }
+    found
 }
 
 pub fn a_store_made_before_installation_keys_keeps_its_keys(h: &Harness) {
@@ -83,11 +94,8 @@ pub fn a_store_made_before_installation_keys_keeps_its_keys(h: &Harness) {
     );
     // Drop the record: the store is now byte for byte what the old code
     // left (every value above was written with the derived keys).
-    c.exec(
-        "DELETE FROM meta WHERE key = $1",
-        &[P::Text(INSTALLATION_KEYS)],
-    )
-    .unwrap();
+    let sql = format!("DELETE FROM {} WHERE key = $1", c.keyring_meta());
+    c.exec(&sql, &[P::Text(INSTALLATION_KEYS)]).unwrap();
     drop(c);
     // A wrong key is still refused, and writes no record.
     assert!(matches!(
@@ -188,11 +196,11 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
     let mut holder = (h.store.backend_name() == "postgres").then(|| {
         let mut c = h.backend().connect().unwrap();
         c.begin().unwrap();
-        c.exec(
-            "UPDATE meta SET value = value WHERE key = $1",
-            &[P::Text(INSTALLATION_KEYS)],
-        )
-        .unwrap();
+        let sql = format!(
+            "UPDATE {} SET value = value WHERE key = $1",
+            c.keyring_meta()
+        );
+        c.exec(&sql, &[P::Text(INSTALLATION_KEYS)]).unwrap();
         c
     });
     let results: Vec<bool> = std::thread::scope(|sc| {
@@ -245,4 +253,30 @@ pub fn the_data_keys_live_in_a_schema_of_their_own(h: &Harness) {
         p,
         "schema@example.fi",
     );
+}
+
+/// PostgreSQL: a store made before migration 20 kept the installation
+/// keys' record in `public.meta`, where a dump of the data holds it. On
+/// the next start it moves to `keyring.meta`, and the store opens as
+/// before.
+pub fn an_existing_store_moves_its_installation_keys_into_the_keyring(h: &Harness) {
+    let master = h.master();
+    let p = person(h, "moved-1", "moved@example.fi");
+    let held = record(h).expect("a record");
+    // Back to what the store looked like before migration 20.
+    let mut c = h.backend().connect().unwrap();
+    c.exec(
+        "INSERT INTO public.meta (key, value) VALUES ($1, $2)",
+        &[P::Text(INSTALLATION_KEYS), P::Blob(&held)],
+    )
+    .unwrap();
+    c.exec("DROP TABLE keyring.meta", &[]).unwrap();
+    c.exec("DELETE FROM schema_migrations WHERE version = 20", &[])
+        .unwrap();
+    drop(c);
+    // The next start migrates: the record is in the keyring only (`record`
+    // checks that `public.meta` has none), unchanged, and opens the store.
+    let store = Store::open(h.backend(), &master, 10).unwrap();
+    assert_eq!(record(h).as_deref(), Some(&held[..]));
+    reads_back(&store, p, "moved@example.fi");
 }
