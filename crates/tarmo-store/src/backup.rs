@@ -384,7 +384,7 @@ pub fn restore_keys(db: &Path, keys: Keys<'_>) -> Result<KeysRestored> {
         }
         Keys::Live(src) => {
             let tx = c.transaction()?;
-            if let Some(record) = src.meta_get(INSTALLATION_KEYS)? {
+            if let Some(record) = crate::store::installation_record(&mut *src)? {
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES (?1, ?2)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -182,7 +182,7 @@ const VAULT_CHECK: &str = "vault_check";
 /// nothing stored changes; a new store gets random ones. Of two nodes
 /// opening a new PostgreSQL store at once, the first record written wins
 /// and both use it.
-fn installation_record(conn: &mut dyn Conn) -> Result<Option<Vec<u8>>> {
+pub(crate) fn installation_record(conn: &mut dyn Conn) -> Result<Option<Vec<u8>>> {
     let sql = format!("SELECT value FROM {} WHERE key = $1", conn.keyring_meta());
     conn.query_opt(&sql, &[P::Text(INSTALLATION_KEYS)])?
         .map(|r| r.blob(0))
