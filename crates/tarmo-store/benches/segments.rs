@@ -54,44 +54,32 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn rss_mb() -> f64 {
+/// A field of `/proc/self/status` in kB, as MB (0 where there is none).
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
 /// The RSS in anonymous memory (the heap: facts, caches) and in pages of
-/// files mapped (the writer's memory map of the database), in MB.
+/// files mapped, in MB.
 fn rss_split() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    (status_mb("RssAnon:"), status_mb("RssFile:"))
 }
 
 /// The process's peak RSS so far.
 fn hwm_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb("VmHWM:")
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

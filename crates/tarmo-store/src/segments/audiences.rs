@@ -294,32 +294,12 @@ pub fn prepare(
     };
     let parts: Vec<Result<Part>> = if members.len().saturating_mul(4) >= everyone {
         let picked = scan_contacts(store, members, n)?;
-        let per = picked.len().div_ceil(n).max(PAGE);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = picked
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut conn = store.conn()?;
-                        seal_lines(open_lines(&mut *conn, store.vault(), part, format)?)
-                    })
-                })
-                .collect();
-            join_all(workers)
+        on_threads(store, &picked, n, |conn, part| {
+            seal_lines(open_lines(conn, store.vault(), part, format)?)
         })
     } else {
-        let per = members.len().div_ceil(n).max(PAGE);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = members
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut conn = store.conn()?;
-                        seal_lines(lines_of(&mut *conn, store.vault(), part, format)?)
-                    })
-                })
-                .collect();
-            join_all(workers)
+        on_threads(store, members, n, |conn, part| {
+            seal_lines(lines_of(conn, store.vault(), part, format)?)
         })
     };
     let mut lines = HashMap::with_capacity(members.len());
@@ -333,6 +313,30 @@ pub fn prepare(
         lines,
         sealed,
         excluded,
+    })
+}
+
+/// `work` on up to `n` parts of `items` (of at least a page each), each on
+/// a thread with a connection of the pool; the results in order.
+fn on_threads<T: Sync, U: Send>(
+    store: &Store,
+    items: &[T],
+    n: usize,
+    work: impl Fn(&mut dyn Conn, &[T]) -> Result<U> + Sync,
+) -> Vec<Result<U>> {
+    let per = items.len().div_ceil(n).max(PAGE);
+    let work = &work;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut conn = store.conn()?;
+                    work(&mut *conn, part)
+                })
+            })
+            .collect();
+        join_all(workers)
     })
 }
 
