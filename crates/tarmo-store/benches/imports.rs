@@ -109,6 +109,18 @@ fn raw_sqlite(dir: &std::path::Path, n: u64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The process's peak resident memory so far (VmHWM), in MB.
+fn peak_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
 fn spec(kind: ImportKind) -> ImportSpec {
     ImportSpec {
         kind,
@@ -144,6 +156,12 @@ fn main() {
 
     let c = customers_csv(customers);
     let o = orders_csv(customers, lines);
+    println!(
+        "files: {} MB of customers, {} MB of order lines (peak RSS so far {} MB)",
+        c.len() >> 20,
+        o.len() >> 20,
+        peak_mb()
+    );
     let run = |kind: ImportKind, csv: &str, what: &str| -> f64 {
         let t = Instant::now();
         let done = imports::run(
@@ -160,13 +178,14 @@ fn main() {
         let r = &done.report;
         assert_eq!(r.invalid, 0, "{:?}", r.errors.first());
         println!(
-            "{what}: {} rows in {secs:.2} s = {:.0} rows/s ({} records: {} new, {} updated, {} unchanged)",
+            "{what}: {} rows in {secs:.2} s = {:.0} rows/s ({} records: {} new, {} updated, {} unchanged; peak RSS so far {} MB)",
             r.rows,
             r.rows as f64 / secs,
             r.records,
             r.created,
             r.updated,
-            r.unchanged
+            r.unchanged,
+            peak_mb()
         );
         secs
     };
@@ -187,22 +206,29 @@ fn main() {
         .unwrap();
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "{what}, parse and check only: {} rows in {secs:.2} s = {:.0} rows/s",
+            "{what}, parse and check only: {} rows in {secs:.2} s = {:.0} rows/s (peak RSS so far {} MB)",
             p.report.rows,
-            p.report.rows as f64 / secs
+            p.report.rows as f64 / secs,
+            peak_mb()
         );
     }
-    let first = run(ImportKind::Customers, &c, "customers, first import");
+    let first_c = run(ImportKind::Customers, &c, "customers, first import");
     let again = run(ImportKind::Customers, &c, "customers, unchanged re-import");
     println!(
         "customers re-import: {:.1}× faster than the first",
-        first / again
+        first_c / again
     );
-    let first = run(ImportKind::Orders, &o, "order lines, first import");
+    let first_o = run(ImportKind::Orders, &o, "order lines, first import");
     let again = run(ImportKind::Orders, &o, "order lines, unchanged re-import");
     println!(
         "orders re-import: {:.1}× faster than the first",
-        first / again
+        first_o / again
+    );
+    println!(
+        "both files, first import: {} rows in {:.2} s = {:.0} rows/s",
+        customers + lines,
+        first_c + first_o,
+        (customers + lines) as f64 / (first_c + first_o)
     );
     drop(writer);
     join.join().unwrap();

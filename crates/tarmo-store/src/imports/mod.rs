@@ -214,96 +214,201 @@ pub struct ImportReport {
 
 // ------------------------------------------------------------ reading
 
-/// A data row: its line and its fields.
+/// A data row: its line and its fields (for products, stores and stock,
+/// which are read whole).
 type Record = (u64, Map<String, Value>);
 
-/// Read the file's rows; a row that is not valid CSV or JSON is an error
-/// at its line.
-fn read_records(
-    format: Format,
-    bytes: &[u8],
-    errors: &mut Vec<RowError>,
-) -> Result<(Vec<String>, Vec<Record>)> {
-    match format {
-        Format::Csv => {
-            let mut rdr = csv::ReaderBuilder::new()
-                .trim(csv::Trim::All)
-                .flexible(false)
-                .from_reader(bytes);
-            let headers: Vec<String> = rdr
-                .headers()
-                .map_err(|e| Error::rejected(Code::InvalidFile, format!("the CSV header: {e}")))?
-                .iter()
-                .map(|h| h.trim_start_matches('\u{feff}').to_owned())
-                .collect();
-            if headers.iter().all(String::is_empty) {
-                return Err(Error::rejected(
-                    Code::InvalidFile,
-                    "the file has no header row",
-                ));
-            }
-            let mut raw = Vec::new();
-            for rec in rdr.records() {
-                match rec {
-                    Ok(r) => raw.push(r),
-                    Err(e) => {
-                        let line = e.position().map_or(0, |p| p.line());
-                        errors.push(RowError {
-                            line,
-                            message: format!("not valid CSV: {}", csv_error_kind(&e)),
-                        });
+/// Rows read per block: a block is checked on every core, then folded in
+/// file order, and only its results are kept. A file is thus never held
+/// as rows, only as the records it makes (a CSV row as fields, unparsed,
+/// is ~200 bytes; as a map of values it was ~1 KB).
+/// (Unit tests use small blocks, so that their files span several.)
+const BLOCK: usize = if cfg!(test) { 5_000 } else { 100_000 };
+
+/// A data row as read, before a worker reads its fields.
+enum Row {
+    /// The fields one after another, and where each ends: two exact
+    /// allocations a row.
+    Csv {
+        text: Box<str>,
+        ends: Box<[u32]>,
+    },
+    Json(Map<String, Value>),
+}
+
+impl Row {
+    /// The row's fields by column (empty CSV fields and JSON nulls left out).
+    fn into_map(self, headers: &[String]) -> Map<String, Value> {
+        match self {
+            Row::Csv { text, ends } => {
+                let mut m = Map::new();
+                let mut start = 0;
+                for (h, end) in headers.iter().zip(ends.iter()) {
+                    let end = (*end as usize).min(text.len());
+                    let v = text.get(start..end).unwrap_or_default();
+                    start = end;
+                    if !v.is_empty() {
+                        m.insert(h.clone(), Value::String(v.to_owned()));
                     }
                 }
+                m
             }
-            // Building each row's map is most of the reading: on every core.
-            let out = par_chunks(raw, |part| {
-                part.into_iter()
-                    .map(|r| {
-                        let line = r.position().map_or(0, |p| p.line());
-                        let mut m = Map::new();
-                        for (h, v) in headers.iter().zip(r.iter()) {
-                            if !v.is_empty() {
-                                m.insert(h.clone(), Value::String(v.to_owned()));
-                            }
-                        }
-                        (line, m)
-                    })
-                    .collect()
-            });
-            Ok((headers, out))
+            Row::Json(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
         }
-        Format::Jsonl => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| Error::rejected(Code::InvalidFile, "a JSON Lines file is UTF-8"))?;
-            let mut headers: Vec<String> = Vec::new();
-            let mut seen = HashSet::new();
-            let mut out = Vec::new();
-            for (i, l) in text.lines().enumerate() {
-                let line = i as u64 + 1;
-                if l.trim().is_empty() {
-                    continue;
+    }
+}
+
+/// A file's rows, read a block at a time; a row that is not valid CSV or
+/// JSON is an error at its line.
+struct Rows<'a> {
+    headers: Vec<String>,
+    src: Src<'a>,
+    /// Rows read so far, valid or not.
+    seen: u64,
+}
+
+enum Src<'a> {
+    Csv(csv::Reader<&'a [u8]>),
+    /// JSON Lines: the columns are every key of every line, so a first
+    /// pass finds them (and the lines that are not objects); the blocks
+    /// parse each line again.
+    Jsonl(std::iter::Enumerate<std::str::Lines<'a>>),
+}
+
+impl<'a> Rows<'a> {
+    fn open(format: Format, bytes: &'a [u8], errors: &mut Vec<RowError>) -> Result<Self> {
+        match format {
+            Format::Csv => {
+                let mut rdr = csv::ReaderBuilder::new()
+                    .trim(csv::Trim::All)
+                    .flexible(false)
+                    .from_reader(bytes);
+                let headers: Vec<String> = rdr
+                    .headers()
+                    .map_err(|e| {
+                        Error::rejected(Code::InvalidFile, format!("the CSV header: {e}"))
+                    })?
+                    .iter()
+                    .map(|h| h.trim_start_matches('\u{feff}').to_owned())
+                    .collect();
+                if headers.iter().all(String::is_empty) {
+                    return Err(Error::rejected(
+                        Code::InvalidFile,
+                        "the file has no header row",
+                    ));
                 }
-                match serde_json::from_str::<Value>(l) {
-                    Ok(Value::Object(m)) => {
-                        for k in m.keys() {
-                            if seen.insert(k.clone()) {
-                                headers.push(k.clone());
+                Ok(Rows {
+                    headers,
+                    src: Src::Csv(rdr),
+                    seen: 0,
+                })
+            }
+            Format::Jsonl => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    Error::rejected(Code::InvalidFile, "a JSON Lines file is UTF-8")
+                })?;
+                let mut headers: Vec<String> = Vec::new();
+                let mut seen = HashSet::new();
+                for (i, l) in text.lines().enumerate() {
+                    if l.trim().is_empty() {
+                        continue;
+                    }
+                    let line = i as u64 + 1;
+                    // Keys only: the values are skipped, not built.
+                    match serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(l) {
+                        Ok(m) => {
+                            for k in m.into_keys() {
+                                if !seen.contains(&k) {
+                                    seen.insert(k.clone());
+                                    headers.push(k);
+                                }
                             }
                         }
-                        let m = m.into_iter().filter(|(_, v)| !v.is_null()).collect();
-                        out.push((line, m));
+                        Err(e) => errors.push(RowError {
+                            line,
+                            message: if e.is_data() {
+                                "a line is one JSON object".into()
+                            } else {
+                                format!("not valid JSON (column {})", e.column())
+                            },
+                        }),
                     }
-                    Ok(_) => errors.push(RowError {
-                        line,
-                        message: "a line is one JSON object".into(),
-                    }),
-                    Err(e) => errors.push(RowError {
-                        line,
-                        message: format!("not valid JSON (column {})", e.column()),
-                    }),
+                }
+                Ok(Rows {
+                    headers,
+                    src: Src::Jsonl(text.lines().enumerate()),
+                    seen: 0,
+                })
+            }
+        }
+    }
+
+    /// The next `n` valid rows (fewer at the end; none when done).
+    fn block(&mut self, n: usize, errors: &mut Vec<RowError>) -> Vec<(u64, Row)> {
+        let mut out = Vec::with_capacity(n.min(4096));
+        match &mut self.src {
+            Src::Csv(rdr) => {
+                let mut r = csv::StringRecord::new();
+                while out.len() < n {
+                    match rdr.read_record(&mut r) {
+                        Ok(true) => {
+                            self.seen += 1;
+                            let line = r.position().map_or(0, |p| p.line());
+                            let mut text = String::with_capacity(r.as_slice().len());
+                            let mut ends = Vec::with_capacity(r.len());
+                            for f in r.iter() {
+                                text.push_str(f);
+                                // A file is at most 4 GiB a row: the
+                                // fields' ends fit in 32 bits.
+                                ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+                            }
+                            out.push((
+                                line,
+                                Row::Csv {
+                                    text: text.into_boxed_str(),
+                                    ends: ends.into_boxed_slice(),
+                                },
+                            ));
+                        }
+                        Ok(false) => break,
+                        Err(e) => {
+                            self.seen += 1;
+                            let line = e.position().map_or(0, |p| p.line());
+                            errors.push(RowError {
+                                line,
+                                message: format!("not valid CSV: {}", csv_error_kind(&e)),
+                            });
+                        }
+                    }
                 }
             }
-            Ok((headers, out))
+            Src::Jsonl(lines) => {
+                while out.len() < n {
+                    let Some((i, l)) = lines.next() else { break };
+                    if l.trim().is_empty() {
+                        continue;
+                    }
+                    self.seen += 1;
+                    // A line that is not an object was reported by the
+                    // first pass.
+                    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(l) {
+                        out.push((i as u64 + 1, Row::Json(m)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every row as fields (products, stores and stock: small files).
+    fn all(&mut self, errors: &mut Vec<RowError>) -> Vec<Record> {
+        let mut out = Vec::new();
+        loop {
+            let b = self.block(BLOCK, errors);
+            if b.is_empty() {
+                return out;
+            }
+            out.extend(b.into_iter().map(|(l, r)| (l, r.into_map(&self.headers))));
         }
     }
 }
@@ -426,7 +531,9 @@ struct OrderRec {
     mac: i64,
     person: Person,
     ts_ms: i64,
-    properties: Map<String, Value>,
+    /// The event's properties as JSON text (a map of values held for
+    /// every order of a 10M-line file was most of its memory).
+    properties: Box<str>,
 }
 
 /// A validated file: the records to apply and what was wrong.
@@ -568,14 +675,14 @@ pub fn parse(
 ) -> Result<Parsed> {
     spec.check()?;
     let mut errors = Vec::new();
-    let (headers, records) = read_records(spec.format, bytes, &mut errors)?;
+    let mut rows = Rows::open(spec.format, bytes, &mut errors)?;
+    let headers = rows.headers.clone();
     let mut parsed = Parsed {
         kind: spec.kind,
         customers: Vec::new(),
         orders: Vec::new(),
         catalog: Vec::new(),
         report: ImportReport {
-            rows: records.len() as u64 + errors.len() as u64,
             dry_run: spec.dry_run,
             ..Default::default()
         },
@@ -585,8 +692,7 @@ pub fn parse(
     match spec.kind {
         ImportKind::Customers => parse_customers(
             spec,
-            &headers,
-            records,
+            &mut rows,
             identity,
             vault,
             &mut parsed,
@@ -595,8 +701,7 @@ pub fn parse(
         )?,
         ImportKind::Orders => parse_orders(
             spec,
-            &headers,
-            records,
+            &mut rows,
             identity,
             vault,
             now_ms,
@@ -605,9 +710,11 @@ pub fn parse(
             &mut used,
         )?,
         ImportKind::Products | ImportKind::Stores | ImportKind::Stock => {
+            let records = rows.all(&mut errors);
             catalog::parse(spec, &headers, records, &mut parsed, &mut errors, &mut used)?
         }
     }
+    parsed.report.rows = rows.seen;
     parsed.report.ignored_columns = headers
         .iter()
         .filter(|h| !h.is_empty() && !used.contains(*h))
@@ -624,14 +731,14 @@ pub fn parse(
 #[allow(clippy::too_many_arguments)]
 fn parse_customers(
     spec: &ImportSpec,
-    headers: &[String],
-    records: Vec<Record>,
+    rows: &mut Rows<'_>,
     identity: &IdentityConfig,
     vault: &Vault,
     parsed: &mut Parsed,
     errors: &mut Vec<RowError>,
     used: &mut HashSet<String>,
 ) -> Result<()> {
+    let headers = &rows.headers.clone();
     let id_cols = identifier_columns(spec, headers, identity)?;
     used.extend(id_cols.iter().map(|(_, c)| c.clone()));
     let trait_cols: Vec<(String, String, TraitType)> = if spec.mapping.traits.is_empty() {
@@ -664,65 +771,72 @@ fn parse_customers(
     }
     used.extend(trait_cols.iter().map(|(_, c, _)| c.clone()));
     // Each row on its own (on every core), then in file order whether a
-    // customer comes twice.
-    let checked = par_chunks(records, |part| {
-        part.into_iter()
-            .map(|(line, m)| {
-                let mut errs = Vec::new();
-                let person = person_of(vault, identity, &id_cols, &m, &mut errs);
-                if person.is_none() && errs.is_empty() {
-                    errs.push("no identifier: every identifier column is empty".into());
-                }
-                let mut traits = Map::new();
-                for (name, col, ty) in &trait_cols {
-                    let Some(raw) = m.get(col) else { continue };
-                    match typed(raw, *ty) {
-                        Ok(Some(v)) => {
-                            traits.insert(name.clone(), v);
-                        }
-                        Ok(None) => {}
-                        Err(e) => errs.push(format!("`{col}`: {e}")),
-                    }
-                }
-                match (errs.is_empty(), person) {
-                    (true, Some(person)) => {
-                        let key = person_key(vault, ImportKind::Customers, &person);
-                        let ids: Vec<Value> = person
-                            .identifiers
-                            .iter()
-                            .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
-                            .collect();
-                        let mac = content_mac(vault, &json!({"ids": ids, "traits": traits}));
-                        Ok(CustomerRec {
-                            line,
-                            key,
-                            mac,
-                            person,
-                            traits,
-                        })
-                    }
-                    _ => Err((line, errs)),
-                }
-            })
-            .collect()
-    });
+    // customer comes twice; a block at a time.
     let mut keys: HashMap<i64, u64> = HashMap::new();
-    for c in checked {
-        match c {
-            Ok(c) => {
-                if let Some(first) = keys.insert(c.key, c.line) {
-                    errors.push(RowError {
-                        line: c.line,
-                        message: format!(
-                            "the same customer as line {first} (one row per customer)"
-                        ),
-                    });
-                } else {
-                    parsed.customers.push(c);
+    loop {
+        let block = rows.block(BLOCK, errors);
+        if block.is_empty() {
+            break;
+        }
+        let checked = par_chunks(block, |part| {
+            part.into_iter()
+                .map(|(line, row)| {
+                    let m = row.into_map(headers);
+                    let mut errs = Vec::new();
+                    let person = person_of(vault, identity, &id_cols, &m, &mut errs);
+                    if person.is_none() && errs.is_empty() {
+                        errs.push("no identifier: every identifier column is empty".into());
+                    }
+                    let mut traits = Map::new();
+                    for (name, col, ty) in &trait_cols {
+                        let Some(raw) = m.get(col) else { continue };
+                        match typed(raw, *ty) {
+                            Ok(Some(v)) => {
+                                traits.insert(name.clone(), v);
+                            }
+                            Ok(None) => {}
+                            Err(e) => errs.push(format!("`{col}`: {e}")),
+                        }
+                    }
+                    match (errs.is_empty(), person) {
+                        (true, Some(person)) => {
+                            let key = person_key(vault, ImportKind::Customers, &person);
+                            let ids: Vec<Value> = person
+                                .identifiers
+                                .iter()
+                                .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
+                                .collect();
+                            let mac = content_mac(vault, &json!({"ids": ids, "traits": traits}));
+                            Ok(CustomerRec {
+                                line,
+                                key,
+                                mac,
+                                person,
+                                traits,
+                            })
+                        }
+                        _ => Err((line, errs)),
+                    }
+                })
+                .collect()
+        });
+        for c in checked {
+            match c {
+                Ok(c) => {
+                    if let Some(first) = keys.insert(c.key, c.line) {
+                        errors.push(RowError {
+                            line: c.line,
+                            message: format!(
+                                "the same customer as line {first} (one row per customer)"
+                            ),
+                        });
+                    } else {
+                        parsed.customers.push(c);
+                    }
                 }
-            }
-            Err((line, errs)) => {
-                errors.extend(errs.into_iter().map(|message| RowError { line, message }));
+                Err((line, errs)) => {
+                    errors.extend(errs.into_iter().map(|message| RowError { line, message }));
+                }
             }
         }
     }
@@ -766,6 +880,25 @@ fn typed(raw: &Value, ty: TraitType) -> std::result::Result<Option<Value>, Strin
     }))
 }
 
+/// An order line, as the event will list it.
+struct Item {
+    product: String,
+    quantity: f64,
+    price: Option<f64>,
+}
+
+impl Item {
+    fn value(self) -> Value {
+        let mut item = Map::new();
+        item.insert("product_id".into(), Value::String(self.product));
+        item.insert("quantity".into(), json_number(self.quantity));
+        if let Some(p) = self.price {
+            item.insert("price".into(), json_number(p));
+        }
+        Value::Object(item)
+    }
+}
+
 /// An order as it is built from its lines.
 struct OrderDraft {
     line: u64,
@@ -779,7 +912,7 @@ struct OrderDraft {
     store: Option<String>,
     currency: Option<String>,
     total: Option<f64>,
-    items: Vec<Value>,
+    items: Vec<Item>,
     /// Every line had a price, so the total can be computed.
     priced: bool,
     computed: f64,
@@ -799,7 +932,7 @@ struct LinePre {
     store: Option<String>,
     currency: Option<String>,
     total: Option<f64>,
-    items: Vec<Value>,
+    items: Vec<Item>,
     priced: bool,
     computed: f64,
 }
@@ -821,7 +954,7 @@ fn order_items(
     m: &Map<String, Value>,
     o: &mapping::OrderColumns,
     errs: &mut Vec<String>,
-) -> (Vec<Value>, bool, f64) {
+) -> (Vec<Item>, bool, f64) {
     let mut lines: Vec<&Map<String, Value>> = Vec::new();
     match m.get(&o.items) {
         Some(Value::Array(a)) => {
@@ -865,17 +998,15 @@ fn order_items(
                 continue;
             }
         };
-        let mut item = Map::new();
-        item.insert("product_id".into(), Value::String(product));
-        item.insert("quantity".into(), json_number(qty));
         match price {
-            Some(p) => {
-                item.insert("price".into(), json_number(p));
-                computed += p * qty;
-            }
+            Some(p) => computed += p * qty,
             None => priced = false,
         }
-        items.push(Value::Object(item));
+        items.push(Item {
+            product,
+            quantity: qty,
+            price,
+        });
     }
     (items, priced, computed)
 }
@@ -883,8 +1014,7 @@ fn order_items(
 #[allow(clippy::too_many_arguments)]
 fn parse_orders(
     spec: &ImportSpec,
-    headers: &[String],
-    records: Vec<Record>,
+    rows: &mut Rows<'_>,
     identity: &IdentityConfig,
     vault: &Vault,
     now_ms: i64,
@@ -892,6 +1022,7 @@ fn parse_orders(
     errors: &mut Vec<RowError>,
     used: &mut HashSet<String>,
 ) -> Result<()> {
+    let headers = &rows.headers.clone();
     let id_cols = identifier_columns(spec, headers, identity)?;
     used.extend(id_cols.iter().map(|(_, c)| c.clone()));
     let o = &spec.mapping.order;
@@ -916,189 +1047,197 @@ fn parse_orders(
             format!("the file has no order id column `{}`", o.id),
         ));
     }
-    // What each line says on its own, on every core; a line that continues
-    // the order of the line before it reuses that line's customer and time.
-    let pre = par_chunks(records, |part| {
-        let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
-        for (line, m) in part {
-            let order_id = text(&m, &o.id);
-            let prev = out
-                .last()
-                .filter(|p| p.order_id.is_some() && p.order_id == order_id);
-            let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
-            let person = match prev {
-                Some(_) => None,
-                None => {
-                    let mut errs = Vec::new();
-                    let p = person_of(vault, identity, &id_cols, &m, &mut errs);
-                    Some((p, errs))
+    let mut drafts: BTreeMap<String, OrderDraft> = BTreeMap::new();
+    let mut bad: HashSet<String> = HashSet::new();
+    loop {
+        let block = rows.block(BLOCK, errors);
+        if block.is_empty() {
+            break;
+        }
+        // What each line says on its own, on every core; a line that continues
+        // the order of the line before it reuses that line's customer and time.
+        let pre = par_chunks(block, |part| {
+            let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
+            for (line, row) in part {
+                let m = row.into_map(headers);
+                let order_id = text(&m, &o.id);
+                let prev = out
+                    .last()
+                    .filter(|p| p.order_id.is_some() && p.order_id == order_id);
+                let raw_ids: Vec<Option<String>> =
+                    id_cols.iter().map(|(_, c)| text(&m, c)).collect();
+                let person = match prev {
+                    Some(_) => None,
+                    None => {
+                        let mut errs = Vec::new();
+                        let p = person_of(vault, identity, &id_cols, &m, &mut errs);
+                        Some((p, errs))
+                    }
+                };
+                let time = text(&m, &o.time);
+                let ts = match prev {
+                    Some(p) if p.time == time && p.ts.is_some() => p.ts.clone(),
+                    _ => time.as_deref().map(|t| order_time(t, now_ms, &o.time)),
+                };
+                let mut errs = Vec::new();
+                let store = text(&m, &o.store);
+                let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
+                if let Some(c) = &currency
+                    && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+                {
+                    errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
                 }
-            };
-            let time = text(&m, &o.time);
-            let ts = match prev {
-                Some(p) if p.time == time && p.ts.is_some() => p.ts.clone(),
-                _ => time.as_deref().map(|t| order_time(t, now_ms, &o.time)),
-            };
-            let mut errs = Vec::new();
-            let store = text(&m, &o.store);
-            let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
-            if let Some(c) = &currency
-                && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
-            {
-                errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
+                let total = number(&m, &o.total).unwrap_or_else(|e| {
+                    errs.push(e);
+                    None
+                });
+                let (items, priced, computed) = order_items(&m, o, &mut errs);
+                out.push(LinePre {
+                    line,
+                    order_id,
+                    raw_ids,
+                    person,
+                    time,
+                    ts,
+                    errs,
+                    store,
+                    currency,
+                    total,
+                    items,
+                    priced,
+                    computed,
+                });
             }
-            let total = number(&m, &o.total).unwrap_or_else(|e| {
-                errs.push(e);
-                None
-            });
-            let (items, priced, computed) = order_items(&m, o, &mut errs);
-            out.push(LinePre {
+            out
+        });
+        for p in pre {
+            let LinePre {
                 line,
                 order_id,
                 raw_ids,
-                person,
+                person: pre_person,
                 time,
-                ts,
-                errs,
+                ts: pre_ts,
+                errs: rest,
                 store,
                 currency,
                 total,
                 items,
                 priced,
                 computed,
-            });
-        }
-        out
-    });
-    let mut drafts: BTreeMap<String, OrderDraft> = BTreeMap::new();
-    let mut bad: HashSet<String> = HashSet::new();
-    for p in pre {
-        let LinePre {
-            line,
-            order_id,
-            raw_ids,
-            person: pre_person,
-            time,
-            ts: pre_ts,
-            errs: rest,
-            store,
-            currency,
-            total,
-            items,
-            priced,
-            computed,
-        } = p;
-        let mut errs = Vec::new();
-        let Some(order_id) = order_id else {
-            errors.push(RowError {
-                line,
-                message: format!("`{}`: an order id is required", o.id),
-            });
-            continue;
-        };
-        if order_id.len() > 128 {
-            errs.push(format!("`{}`: at most 128 bytes", o.id));
-        }
-        // A further line of an order already seen names the same customer
-        // when it writes the same values (or none); only a first line is
-        // parsed into identifiers.
-        let (person, same_customer) = match drafts.get(&order_id) {
-            Some(d) => {
-                let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
-                (None, Some(same))
-            }
-            None => {
-                let (p, e) = pre_person.unwrap_or_else(|| {
-                    // Its order began in another part of the file: read
-                    // the customer here.
-                    let mut e = Vec::new();
-                    let m: Map<String, Value> = id_cols
-                        .iter()
-                        .zip(&raw_ids)
-                        .filter_map(|((_, c), v)| Some((c.clone(), Value::String(v.clone()?))))
-                        .collect();
-                    (person_of(vault, identity, &id_cols, &m, &mut e), e)
+            } = p;
+            let mut errs = Vec::new();
+            let Some(order_id) = order_id else {
+                errors.push(RowError {
+                    line,
+                    message: format!("`{}`: an order id is required", o.id),
                 });
-                errs.extend(e);
-                (p, None)
+                continue;
+            };
+            if order_id.len() > 128 {
+                errs.push(format!("`{}`: at most 128 bytes", o.id));
             }
-        };
-        // A further line that writes its order's time as the first did
-        // needs no second parse.
-        let seen_time = drafts
-            .get(&order_id)
-            .filter(|d| Some(&d.time) == time.as_ref())
-            .map(|d| d.ts_ms);
-        let ts_ms = match (seen_time, pre_ts) {
-            (Some(ms), _) => ms,
-            (None, None) => {
-                errs.push(format!("`{}`: when the order was made is required", o.time));
-                0
-            }
-            (None, Some(Ok(ms))) => ms,
-            (None, Some(Err(e))) => {
-                errs.push(e);
-                0
-            }
-        };
-        errs.extend(rest);
-        if !errs.is_empty() {
-            bad.insert(order_id);
-            errors.extend(errs.into_iter().map(|message| RowError { line, message }));
-            continue;
-        }
-        match drafts.get_mut(&order_id) {
-            None => {
-                drafts.insert(
-                    order_id,
-                    OrderDraft {
-                        line,
-                        person,
-                        raw_ids,
-                        ts_ms,
-                        time: time.unwrap_or_default(),
-                        store,
-                        currency,
-                        total,
-                        items,
-                        priced,
-                        computed,
-                    },
-                );
-            }
-            Some(d) => {
-                // Another line of the same order must tell the same story.
-                let mut conflict = Vec::new();
-                if same_customer == Some(false) {
-                    conflict.push("customer");
+            // A further line of an order already seen names the same customer
+            // when it writes the same values (or none); only a first line is
+            // parsed into identifiers.
+            let (person, same_customer) = match drafts.get(&order_id) {
+                Some(d) => {
+                    let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
+                    (None, Some(same))
                 }
-                if d.ts_ms != ts_ms {
-                    conflict.push("time");
-                }
-                if store.is_some() && d.store.is_some() && store != d.store {
-                    conflict.push("store");
-                }
-                if currency.is_some() && d.currency.is_some() && currency != d.currency {
-                    conflict.push("currency");
-                }
-                if !conflict.is_empty() {
-                    errors.push(RowError {
-                        line,
-                        message: format!(
-                            "order `{order_id}` was given another {} on line {}",
-                            conflict.join(", "),
-                            d.line
-                        ),
+                None => {
+                    let (p, e) = pre_person.unwrap_or_else(|| {
+                        // Its order began in another part of the file: read
+                        // the customer here.
+                        let mut e = Vec::new();
+                        let m: Map<String, Value> = id_cols
+                            .iter()
+                            .zip(&raw_ids)
+                            .filter_map(|((_, c), v)| Some((c.clone(), Value::String(v.clone()?))))
+                            .collect();
+                        (person_of(vault, identity, &id_cols, &m, &mut e), e)
                     });
-                    bad.insert(order_id);
-                    continue;
+                    errs.extend(e);
+                    (p, None)
                 }
-                d.store = d.store.take().or(store);
-                d.currency = d.currency.take().or(currency);
-                d.total = d.total.or(total);
-                d.items.extend(items);
-                d.priced &= priced;
-                d.computed += computed;
+            };
+            // A further line that writes its order's time as the first did
+            // needs no second parse.
+            let seen_time = drafts
+                .get(&order_id)
+                .filter(|d| Some(&d.time) == time.as_ref())
+                .map(|d| d.ts_ms);
+            let ts_ms = match (seen_time, pre_ts) {
+                (Some(ms), _) => ms,
+                (None, None) => {
+                    errs.push(format!("`{}`: when the order was made is required", o.time));
+                    0
+                }
+                (None, Some(Ok(ms))) => ms,
+                (None, Some(Err(e))) => {
+                    errs.push(e);
+                    0
+                }
+            };
+            errs.extend(rest);
+            if !errs.is_empty() {
+                bad.insert(order_id);
+                errors.extend(errs.into_iter().map(|message| RowError { line, message }));
+                continue;
+            }
+            match drafts.get_mut(&order_id) {
+                None => {
+                    drafts.insert(
+                        order_id,
+                        OrderDraft {
+                            line,
+                            person,
+                            raw_ids,
+                            ts_ms,
+                            time: time.unwrap_or_default(),
+                            store,
+                            currency,
+                            total,
+                            items,
+                            priced,
+                            computed,
+                        },
+                    );
+                }
+                Some(d) => {
+                    // Another line of the same order must tell the same story.
+                    let mut conflict = Vec::new();
+                    if same_customer == Some(false) {
+                        conflict.push("customer");
+                    }
+                    if d.ts_ms != ts_ms {
+                        conflict.push("time");
+                    }
+                    if store.is_some() && d.store.is_some() && store != d.store {
+                        conflict.push("store");
+                    }
+                    if currency.is_some() && d.currency.is_some() && currency != d.currency {
+                        conflict.push("currency");
+                    }
+                    if !conflict.is_empty() {
+                        errors.push(RowError {
+                            line,
+                            message: format!(
+                                "order `{order_id}` was given another {} on line {}",
+                                conflict.join(", "),
+                                d.line
+                            ),
+                        });
+                        bad.insert(order_id);
+                        continue;
+                    }
+                    d.store = d.store.take().or(store);
+                    d.currency = d.currency.take().or(currency);
+                    d.total = d.total.or(total);
+                    d.items.extend(items);
+                    d.priced &= priced;
+                    d.computed += computed;
+                }
             }
         }
     }
@@ -1125,7 +1264,10 @@ fn parse_orders(
             props.insert("total".into(), json_number(t));
             props.insert("revenue".into(), json_number(t));
         }
-        props.insert("products".into(), Value::Array(d.items));
+        props.insert(
+            "products".into(),
+            Value::Array(d.items.into_iter().map(Item::value).collect()),
+        );
         props.insert("channel".into(), Value::String("offline".into()));
         let key = keyed(
             vault,
@@ -1137,9 +1279,10 @@ fn parse_orders(
             .iter()
             .map(|i| json!([i.kind.as_str(), hex::encode(i.bidx.0)]))
             .collect();
+        let props = Value::Object(props);
         let mac = content_mac(
             vault,
-            &json!({"ids": ids, "time": d.time, "properties": props}),
+            &json!({"ids": ids, "time": d.time, "properties": &props}),
         );
         parsed.orders.push(OrderRec {
             line: d.line,
@@ -1147,7 +1290,7 @@ fn parse_orders(
             mac,
             person,
             ts_ms: d.ts_ms,
-            properties: props,
+            properties: props.to_string().into_boxed_str(),
         });
     }
     parsed.orders.sort_by_key(|o| o.line);
@@ -1389,13 +1532,15 @@ fn apply_chunk(
         let Some(old) = note(o.key, o.mac, report) else {
             continue;
         };
-        let body = json!({
-            "type": "track",
-            "event": ORDER_EVENT,
-            "properties": o.properties,
-            "timestamp": rfc3339(o.ts_ms),
-            "context": {"import": provenance(o.line)},
-        });
+        // The message as `json!` would write it (keys in order), with the
+        // properties as they were kept: already JSON.
+        let body = format!(
+            r#"{{"context":{{"import":{}}},"event":{},"properties":{},"timestamp":"{}","type":"track"}}"#,
+            provenance(o.line),
+            Value::String(ORDER_EVENT.into()),
+            o.properties,
+            rfc3339(o.ts_ms),
+        );
         todo.push(Todo {
             key: o.key,
             mac: o.mac,
@@ -1409,7 +1554,7 @@ fn apply_chunk(
                 timestamp_ms: o.ts_ms,
                 identifiers: o.person.identifiers.clone(),
                 traits: Map::new(),
-                body: serde_json::to_vec(&body).expect("serialises"),
+                body: body.into_bytes(),
                 consent: None,
             },
         });
@@ -2086,7 +2231,7 @@ mod tests {
         .unwrap();
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!((p.orders.len(), p.report.anonymous), (1, 1));
-        let props = &p.orders[0].properties;
+        let props: Value = serde_json::from_str(&p.orders[0].properties).unwrap();
         assert_eq!(props["revenue"], json!(10.25));
         assert_eq!(props["products"].as_array().unwrap().len(), 2);
         assert_eq!(props["products"][1]["quantity"], json!(1));
@@ -2146,7 +2291,8 @@ mod tests {
         assert_eq!(p.orders.len(), n + 1);
         let x = &p.orders[0];
         assert_eq!(x.line, 2);
-        assert_eq!(x.properties["products"].as_array().unwrap().len(), 2);
+        let props: Value = serde_json::from_str(&x.properties).unwrap();
+        assert_eq!(props["products"].as_array().unwrap().len(), 2);
         assert_eq!(x.person.identifiers[0].value, "x@example.fi");
 
         let mut csv = String::from("email,city\n");
@@ -2166,6 +2312,71 @@ mod tests {
         assert_eq!(p.errors.len(), 1);
         assert_eq!(p.errors[0].line, n as u64 + 2);
         assert!(p.errors[0].message.contains("as line 2"), "{:?}", p.errors);
+    }
+
+    /// A file is read a block at a time: rows that are not CSV or JSON
+    /// are errors at their own lines in any block, every row is counted
+    /// once, and JSON Lines' columns are every line's keys.
+    #[test]
+    fn files_read_in_blocks_report_bad_rows_at_their_lines() {
+        let v = vault();
+        let n = 3 * BLOCK;
+        let mut csv = String::from("email,city\n");
+        for i in 0..n {
+            if i == BLOCK + 7 {
+                csv.push_str("broken@example.fi,Oulu,extra\n");
+            }
+            csv.push_str(&format!("c{i}@example.fi,Oulu\n"));
+        }
+        let p = parse(
+            &spec(ImportKind::Customers, Format::Csv),
+            csv.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        assert_eq!((p.customers.len(), p.report.rows), (n, n as u64 + 1));
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors.first());
+        assert_eq!(p.errors[0].line, BLOCK as u64 + 9);
+        assert!(p.errors[0].message.contains("3 fields"), "{:?}", p.errors);
+        assert_eq!(p.customers[BLOCK + 7].line, BLOCK as u64 + 10);
+
+        let mut jl = String::new();
+        for i in 0..n {
+            match i {
+                10 => jl.push_str("[1, 2]\n"),
+                x if x == 2 * BLOCK => jl.push_str("{\"email\": \"half\n"),
+                x if x == 2 * BLOCK + 1 => jl.push('\n'),
+                _ => {}
+            }
+            // A column only the last line has is still read.
+            let extra = if i == n - 1 { r#", "tier": "gold""# } else { "" };
+            jl.push_str(&format!(
+                "{{\"email\": \"j{i}@example.fi\", \"city\": null{extra}}}\n"
+            ));
+        }
+        let p = parse(
+            &spec(ImportKind::Customers, Format::Jsonl),
+            jl.as_bytes(),
+            &IdentityConfig::default(),
+            &v,
+            crate::now_ms(),
+        )
+        .unwrap();
+        assert_eq!((p.customers.len(), p.report.rows), (n, n as u64 + 2));
+        let lines: Vec<(u64, &str)> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], (11, "a line is one JSON object"));
+        assert_eq!(lines[1].0, 2 * BLOCK as u64 + 2);
+        assert!(lines[1].1.starts_with("not valid JSON"), "{lines:?}");
+        let last = p.customers.last().unwrap();
+        assert_eq!(last.traits.get("tier"), Some(&json!("gold")));
+        assert!(!p.customers[0].traits.contains_key("city"), "a null is no value");
     }
 
     #[test]
