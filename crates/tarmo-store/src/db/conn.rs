@@ -385,6 +385,13 @@ pub trait Conn: Send {
     fn batch_writes(&self) -> bool {
         false
     }
+    /// A bulk load (an import) is running on this connection, or is over:
+    /// where the process holds the page cache (SQLite), it grows for the
+    /// load's random index writes and shrinks back after.
+    fn bulk_load(&mut self, on: bool) -> Result<()> {
+        let _ = on;
+        Ok(())
+    }
     /// Reserve ids for `n` profiles to be created later with
     /// [`Conn::profiles_insert`], without creating them. Ids reserved but not
     /// used are never handed out again. Only where `batch_writes`.

@@ -183,6 +183,10 @@ struct Urgent {
     q: std::sync::Mutex<std::collections::VecDeque<Box<dyn TxJob>>>,
     room: std::sync::Condvar,
     cap: usize,
+    /// Jobs the writer has taken up (transaction jobs and ingestion
+    /// batches): whether anyone else used the writer between two of a
+    /// caller's jobs.
+    ran: std::sync::atomic::AtomicU64,
 }
 
 impl Urgent {
@@ -277,6 +281,12 @@ impl WriterHandle {
                 }
             }
         }
+    }
+
+    /// How many jobs the writer has taken up so far: a bulk job (an
+    /// import's chunks) sees whether it has the writer to itself.
+    pub fn jobs_run(&self) -> u64 {
+        self.urgent.ran.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// [`WriterHandle::transact`], waiting for the result.
@@ -379,6 +389,7 @@ fn spawn_inner(
         q: Default::default(),
         room: Default::default(),
         cap: cfg.queue_capacity.max(1),
+        ran: Default::default(),
     });
     let handle = WriterHandle {
         tx,
@@ -676,6 +687,9 @@ fn run(
             // The queue said transaction jobs wait: the next turn takes them.
             Work::Wake => {}
             Work::Txs(mut jobs) => {
+                urgent
+                    .ran
+                    .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let owed = if jobs.len() == 1 {
                     run_tx(
                         &mut **conn,
@@ -719,6 +733,9 @@ fn run(
                         Err(_) => break,
                     }
                 }
+                urgent
+                    .ran
+                    .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 process(
                     &mut **conn,
                     vault,
@@ -1220,6 +1237,29 @@ mod tests {
         )
         .unwrap();
         store.prepare(m, source)
+    }
+
+    /// Every job the writer takes up is counted, so a bulk job sees
+    /// whether someone else used the writer between two of its own.
+    #[test]
+    fn the_writer_counts_the_jobs_it_takes_up() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        let before = writer.jobs_run();
+        writer
+            .transact_blocking(|ctx| ctx.conn.meta_set("a", b"1"))
+            .unwrap();
+        assert_eq!(writer.jobs_run(), before + 1);
+        // Someone else's ingestion between two of ours shows.
+        writer
+            .submit_blocking(vec![identify(&store, "someone", KeyId(1))])
+            .unwrap();
+        writer
+            .transact_blocking(|ctx| ctx.conn.meta_set("a", b"2"))
+            .unwrap();
+        assert_eq!(writer.jobs_run(), before + 3);
+        drop(writer);
+        join.join().unwrap();
     }
 
     #[test]

@@ -1736,7 +1736,7 @@ impl SegmentEngine {
 /// places, so without this the old facts stayed in the RSS (1,149 MB
 /// with 20 segments at 1M people / 10M events against 953 MB when start
 /// read the same facts once).
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap memory to the system; it
     // reads or changes no live allocation.
