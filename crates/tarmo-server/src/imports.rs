@@ -19,10 +19,10 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Principal;
 use crate::{ApiError, AppState, ErrorBody, blocking};
 
-/// The largest import file over HTTP (the whole request): 32 MiB. A file
-/// is parsed and checked whole before anything is written (about 1.5 KB
-/// of memory a row), so larger ones go through `tarmo import`, or in
-/// several requests.
+/// The largest import file over HTTP (the whole request): 32 MiB. The
+/// request is held whole, and every row is checked before anything is
+/// written (its records kept until the end: ~1.3 KB a customer), so
+/// larger files go through `tarmo import`, or in several requests.
 pub const MAX_FILE: usize = 32 * 1024 * 1024;
 
 /// How long an import's file may take to arrive: 32 MiB at 110 KB/s.

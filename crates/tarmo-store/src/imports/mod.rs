@@ -4,9 +4,11 @@
 //! HTTP API (`POST /api/v1/imports`).
 //!
 //! The shape of an import: every row is parsed and checked first (errors
-//! carry line numbers); then, unless there were errors and the caller did
-//! not ask to skip them, customers and orders are applied in writer
-//! transactions of [`CHUNK`] records, each recording a sealed checkpoint of
+//! carry line numbers; the file is read a block of rows at a time, and
+//! only the checked records are kept); then, unless there were errors and
+//! the caller did not ask to skip them, customers and orders are applied
+//! in writer transactions of [`CHUNK`] records (up to [`MAX_CHUNK`] while
+//! nothing else uses the writer), each recording a sealed checkpoint of
 //! how far the import got: ingestion is not held up for the whole file,
 //! and an import stopped between chunks (a killed process) resumes at its
 //! checkpoint when the same file is imported again, ending as an
