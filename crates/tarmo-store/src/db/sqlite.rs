@@ -97,8 +97,6 @@ impl Flusher for WalFlusher {
     }
 }
 
-/// A truncating checkpoint (after an erasure) waits this long for readers
-/// at each of its attempts.
 /// The writer's page cache (negative: KiB), and while a bulk load runs:
 /// an import of 1M customers dirties ~27k random index pages a chunk
 /// (two identifiers and a row hash each), which spilled out of 64 MiB
@@ -106,6 +104,8 @@ impl Flusher for WalFlusher {
 const WRITER_CACHE_KIB: i64 = -65_536;
 const BULK_CACHE_KIB: i64 = -524_288;
 
+/// A truncating checkpoint (after an erasure) waits this long for readers
+/// at each of its attempts.
 const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 const CHECKPOINT_ATTEMPTS: u32 = 5;
 
