@@ -231,7 +231,7 @@ type Record = (u64, Map<String, Value>);
 /// Rows read per block: a block is checked on every core, then folded in
 /// file order, and only its results are kept. A file is thus never held
 /// as rows, only as the records it makes (a CSV row as fields, unparsed,
-/// is ~200 bytes; as a map of values it was ~1 KB).
+/// is ~100 bytes; as a map of values it was ~1 KB).
 /// (Unit tests use small blocks, so that their files span several.)
 const BLOCK: usize = if cfg!(test) { 5_000 } else { 100_000 };
 
