@@ -2255,6 +2255,18 @@ mod tests {
         Vault::new(&MasterKey::generate().unwrap(), 10)
     }
 
+    /// A file parsed with the default identity settings, now.
+    fn parsed(kind: ImportKind, format: Format, bytes: &[u8], v: &Vault) -> Parsed {
+        parse(
+            &spec(kind, format),
+            bytes,
+            &IdentityConfig::default(),
+            v,
+            crate::now_ms(),
+        )
+        .unwrap()
+    }
+
     fn spec(kind: ImportKind, format: Format) -> ImportSpec {
         ImportSpec {
             kind,
@@ -2277,14 +2289,7 @@ mod tests {
             r#"{"order_id": "J2", "ordered_at": "2026-10-02", "items": [{"product_id": "P1"}]}"#,
             "\n",
         );
-        let p = parse(
-            &spec(ImportKind::Orders, Format::Jsonl),
-            text.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Orders, Format::Jsonl, text.as_bytes(), &v);
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!((p.orders.len(), p.report.anonymous), (1, 1));
         let props: Value = serde_json::from_str(&p.orders[0].properties).unwrap();
@@ -2298,14 +2303,7 @@ mod tests {
     fn lines_of_one_order_must_agree_and_errors_name_both_lines() {
         let v = vault();
         let csv = "order_id,ordered_at,email,product_id\nX,2026-10-01,a@example.fi,P1\nY,2026-10-01,b@example.fi,P1\nX,2026-10-01,b@example.fi,P2\nZ,2099-01-01,a@example.fi,P1\n";
-        let p = parse(
-            &spec(ImportKind::Orders, Format::Csv),
-            csv.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Orders, Format::Csv, csv.as_bytes(), &v);
         let msgs: Vec<(u64, &str)> = p
             .errors
             .iter()
@@ -2335,14 +2333,7 @@ mod tests {
         }
         // The last line of X, without its customer, far from its first.
         csv.push_str("X,2026-10-01,,P9\n");
-        let p = parse(
-            &spec(ImportKind::Orders, Format::Csv),
-            csv.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Orders, Format::Csv, csv.as_bytes(), &v);
         assert!(p.errors.is_empty(), "{:?}", p.errors.first());
         assert_eq!(p.orders.len(), n + 1);
         let x = &p.orders[0];
@@ -2356,14 +2347,7 @@ mod tests {
             csv.push_str(&format!("c{i}@example.fi,Oulu\n"));
         }
         csv.push_str("c0@example.fi,Turku\n");
-        let p = parse(
-            &spec(ImportKind::Customers, Format::Csv),
-            csv.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Customers, Format::Csv, csv.as_bytes(), &v);
         assert_eq!(p.customers.len(), n);
         assert_eq!(p.errors.len(), 1);
         assert_eq!(p.errors[0].line, n as u64 + 2);
@@ -2396,14 +2380,7 @@ mod tests {
             }
             csv.push_str(&format!("c{i}@example.fi,Oulu\n"));
         }
-        let p = parse(
-            &spec(ImportKind::Customers, Format::Csv),
-            csv.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Customers, Format::Csv, csv.as_bytes(), &v);
         assert_eq!((p.customers.len(), p.report.rows), (n, n as u64 + 1));
         assert_eq!(p.errors.len(), 1, "{:?}", p.errors.first());
         assert_eq!(p.errors[0].line, BLOCK as u64 + 9);
@@ -2428,14 +2405,7 @@ mod tests {
                 "{{\"email\": \"j{i}@example.fi\", \"city\": null{extra}}}\n"
             ));
         }
-        let p = parse(
-            &spec(ImportKind::Customers, Format::Jsonl),
-            jl.as_bytes(),
-            &IdentityConfig::default(),
-            &v,
-            crate::now_ms(),
-        )
-        .unwrap();
+        let p = parsed(ImportKind::Customers, Format::Jsonl, jl.as_bytes(), &v);
         assert_eq!((p.customers.len(), p.report.rows), (n, n as u64 + 2));
         let lines: Vec<(u64, &str)> = p
             .errors
