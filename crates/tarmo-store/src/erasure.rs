@@ -138,6 +138,10 @@ pub fn erase_profile(
     for &id in &ids {
         ctx.conn
             .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id.0)])?;
+        ctx.conn.exec(
+            "DELETE FROM profile_counts WHERE profile_id = $1",
+            &[P::Int(id.0)],
+        )?;
         // Ids and a time, never a value: what a restore of an older backup
         // replays so that it does not bring the person back.
         ctx.conn.exec(

@@ -117,7 +117,7 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                 }
                 for (p, k) in per_profile {
                     ctx.conn.exec(
-                        "UPDATE profiles SET event_count = event_count - $2 WHERE id = $1",
+                        "UPDATE profile_counts SET events = events - $2 WHERE profile_id = $1",
                         &[P::Int(p), P::Int(k)],
                     )?;
                 }
@@ -181,7 +181,9 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
             let n = writer.transact_blocking(move |ctx| {
                 let rows = ctx.conn.query(
                     "SELECT p.id FROM profiles p
-                     WHERE p.merged_into IS NULL AND p.updated_ms < $1 AND p.event_count = 0
+                     WHERE p.merged_into IS NULL AND p.updated_ms < $1
+                       AND NOT EXISTS (SELECT 1 FROM profile_counts c WHERE c.profile_id = p.id
+                                        AND (c.events <> 0 OR c.last_ms >= $1))
                        AND NOT EXISTS (SELECT 1 FROM events e WHERE e.profile_id = p.id)
                        AND NOT EXISTS (SELECT 1 FROM consent_state s WHERE s.profile_id = p.id
                                         AND s.decision IN ('granted', 'objected'))

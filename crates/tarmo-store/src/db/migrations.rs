@@ -513,6 +513,19 @@ ALTER TABLE consent_state ADD COLUMN channels_off BIGINT NOT NULL DEFAULT 0;
 {KEYRING_META}
 "#,
     ),
+    (
+        21,
+        r#"
+CREATE TABLE profile_counts (
+    profile_id {INT} PRIMARY KEY,
+    events {INT} NOT NULL,
+    last_ms {INT} NOT NULL
+);
+INSERT INTO profile_counts (profile_id, events, last_ms)
+    SELECT id, event_count, updated_ms FROM profiles WHERE event_count <> 0;
+ALTER TABLE profiles DROP COLUMN event_count;
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the

@@ -420,7 +420,9 @@ impl Conn for PgConn {
         Ok(self
             .c
             .query_opt(
-                "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
+                "SELECT p.id, p.created_ms, greatest(p.updated_ms, COALESCE(c.last_ms, 0)),
+                        COALESCE(c.events, 0), p.traits
+                 FROM profiles p LEFT JOIN profile_counts c ON c.profile_id = p.id
                  WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = $1)",
                 &[&id.0],
             )?
@@ -443,7 +445,9 @@ impl Conn for PgConn {
 
     fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
         self.c.execute(
-            "UPDATE profiles SET event_count = event_count + $2, updated_ms = greatest(updated_ms, $3) WHERE id = $1",
+            "INSERT INTO profile_counts (profile_id, events, last_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (profile_id) DO UPDATE SET events = profile_counts.events + EXCLUDED.events,
+                 last_ms = greatest(profile_counts.last_ms, EXCLUDED.last_ms)",
             &[&id.0, &n, &now_ms],
         )?;
         Ok(())
@@ -494,12 +498,22 @@ impl Conn for PgConn {
             &[&from.0, &into.0],
         )?;
         self.c.execute(
-            "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = $1),
-                 updated_ms = $3 WHERE id = $2",
-            &[&from.0, &into.0, &now_ms],
+            "INSERT INTO profile_counts (profile_id, events, last_ms)
+                 SELECT $2, events, last_ms FROM profile_counts WHERE profile_id = $1
+             ON CONFLICT (profile_id) DO UPDATE SET events = profile_counts.events + EXCLUDED.events,
+                 last_ms = greatest(profile_counts.last_ms, EXCLUDED.last_ms)",
+            &[&from.0, &into.0],
         )?;
         self.c.execute(
-            "UPDATE profiles SET merged_into = $2, traits = NULL, event_count = 0, updated_ms = $3 WHERE id = $1",
+            "DELETE FROM profile_counts WHERE profile_id = $1",
+            &[&from.0],
+        )?;
+        self.c.execute(
+            "UPDATE profiles SET updated_ms = $2 WHERE id = $1",
+            &[&into.0, &now_ms],
+        )?;
+        self.c.execute(
+            "UPDATE profiles SET merged_into = $2, traits = NULL, updated_ms = $3 WHERE id = $1",
             &[&from.0, &into.0, &now_ms],
         )?;
         self.merge_record(&MergeRow {
@@ -675,10 +689,12 @@ impl Conn for PgConn {
     fn profiles_get(&mut self, ids: &[ProfileId]) -> Result<Vec<Option<ProfileRow>>> {
         // Each asked id with the row of the profile it was merged into, if any.
         let rows = self.c.query(
-            "SELECT q.id, p.id, p.created_ms, p.updated_ms, p.event_count, p.traits
+            "SELECT q.id, p.id, p.created_ms, greatest(p.updated_ms, COALESCE(c.last_ms, 0)),
+                    COALESCE(c.events, 0), p.traits
              FROM unnest($1::bigint[]) AS q(id)
              JOIN profiles m ON m.id = q.id
-             JOIN profiles p ON p.id = COALESCE(m.merged_into, m.id)",
+             JOIN profiles p ON p.id = COALESCE(m.merged_into, m.id)
+             LEFT JOIN profile_counts c ON c.profile_id = p.id",
             &[&numbers(ids)],
         )?;
         let mut found: std::collections::HashMap<ProfileId, ProfileRow> = rows
@@ -748,9 +764,10 @@ impl Conn for PgConn {
         let id: Vec<i64> = rows.iter().map(|r| r.0.0).collect();
         let n: Vec<i64> = rows.iter().map(|r| r.1).collect();
         self.c.execute(
-            "UPDATE profiles p SET event_count = p.event_count + u.n,
-                 updated_ms = greatest(p.updated_ms, $3)
-             FROM unnest($1::bigint[], $2::bigint[]) AS u(id, n) WHERE p.id = u.id",
+            "INSERT INTO profile_counts (profile_id, events, last_ms)
+                 SELECT u.id, u.n, $3 FROM unnest($1::bigint[], $2::bigint[]) AS u(id, n)
+             ON CONFLICT (profile_id) DO UPDATE SET events = profile_counts.events + EXCLUDED.events,
+                 last_ms = greatest(profile_counts.last_ms, EXCLUDED.last_ms)",
             &[&id, &n, &now_ms],
         )?;
         Ok(())

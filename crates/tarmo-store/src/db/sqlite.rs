@@ -494,7 +494,9 @@ impl Conn for SqliteConn {
         Ok(self
             .c
             .prepare_cached(
-                "SELECT p.id, p.created_ms, p.updated_ms, p.event_count, p.traits FROM profiles p
+                "SELECT p.id, p.created_ms, max(p.updated_ms, COALESCE(c.last_ms, 0)),
+                        COALESCE(c.events, 0), p.traits
+                 FROM profiles p LEFT JOIN profile_counts c ON c.profile_id = p.id
                  WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)",
             )?
             .query_row([id.0], |r| {
@@ -519,7 +521,9 @@ impl Conn for SqliteConn {
     fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
         self.c
             .prepare_cached(
-                "UPDATE profiles SET event_count = event_count + ?2, updated_ms = max(updated_ms, ?3) WHERE id = ?1",
+                "INSERT INTO profile_counts (profile_id, events, last_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (profile_id) DO UPDATE SET events = events + excluded.events,
+                     last_ms = max(last_ms, excluded.last_ms)",
             )?
             .execute(params![id.0, n, now_ms])?;
         Ok(())
@@ -550,12 +554,19 @@ impl Conn for SqliteConn {
             [from.0, into.0],
         )?;
         c.execute(
-            "UPDATE profiles SET event_count = event_count + (SELECT event_count FROM profiles WHERE id = ?1),
-                 updated_ms = ?3 WHERE id = ?2",
-            params![from.0, into.0, now_ms],
+            "INSERT INTO profile_counts (profile_id, events, last_ms)
+                 SELECT ?2, events, last_ms FROM profile_counts WHERE profile_id = ?1
+             ON CONFLICT (profile_id) DO UPDATE SET events = events + excluded.events,
+                 last_ms = max(last_ms, excluded.last_ms)",
+            [from.0, into.0],
+        )?;
+        c.execute("DELETE FROM profile_counts WHERE profile_id = ?1", [from.0])?;
+        c.execute(
+            "UPDATE profiles SET updated_ms = ?2 WHERE id = ?1",
+            params![into.0, now_ms],
         )?;
         c.execute(
-            "UPDATE profiles SET merged_into = ?2, traits = NULL, event_count = 0, updated_ms = ?3 WHERE id = ?1",
+            "UPDATE profiles SET merged_into = ?2, traits = NULL, updated_ms = ?3 WHERE id = ?1",
             params![from.0, into.0, now_ms],
         )?;
         self.merge_record(&MergeRow {
@@ -826,6 +837,68 @@ mod tests {
                 .unwrap();
             assert_eq!((r[0].int(0).unwrap(), r[0].int(1).unwrap()), (9, 1));
         }
+    }
+
+    /// A database made before migration 21 keeps each profile's event
+    /// count and last event time, now in the narrow `profile_counts` table
+    /// (a counter write no longer rewrites the profile's wide row); new
+    /// events and a merge add to them.
+    #[test]
+    fn migration_21_moves_event_counts_and_merges_add_them_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (v, sql) in crate::migrations::sqlite()
+                .into_iter()
+                .filter(|(v, _)| *v < 21)
+            {
+                c.execute_batch(&sql).unwrap();
+                c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
+                    .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO profiles (id, created_ms, updated_ms, event_count, traits)
+                     VALUES (1, 1, 50, 7, x'01'), (2, 2, 60, 0, NULL), (3, 3, 70, 2, NULL);",
+            )
+            .unwrap();
+        }
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut c = b.connect().unwrap();
+        let seen = |c: &mut SqliteConn, id: i64| {
+            let r = c.profile_get(ProfileId(id)).unwrap().unwrap();
+            (r.id.0, r.event_count, r.updated_ms)
+        };
+        assert_eq!(seen(&mut c, 1), (1, 7, 50));
+        assert_eq!(seen(&mut c, 2), (2, 0, 60));
+        let moved: i64 =
+            c.c.query_row("SELECT count(*) FROM profile_counts", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(moved, 2, "a profile without events needs no row");
+        c.profiles_add_events(&[(ProfileId(1), 3), (ProfileId(2), 1)], 80)
+            .unwrap();
+        assert_eq!(seen(&mut c, 1), (1, 10, 80));
+        assert_eq!(seen(&mut c, 2), (2, 1, 80));
+        c.profile_merge(ProfileId(3), ProfileId(1), "email", 90)
+            .unwrap();
+        assert_eq!(seen(&mut c, 1), (1, 12, 90));
+        assert_eq!(
+            seen(&mut c, 3),
+            (1, 12, 90),
+            "3 reads as the profile it joined"
+        );
+        let left: i64 =
+            c.c.query_row(
+                "SELECT count(*) FROM profile_counts WHERE profile_id = 3",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     /// A database made before migration 5, whose newest profile was erased:

@@ -160,6 +160,8 @@ pub struct Resolver {
     /// Whether the suppression list has any entry, while caching (a store
     /// nobody was erased from needs no lookup per new identifier).
     any_suppressed: Option<bool>,
+    /// The identity caches' capacity outside bulk loads.
+    normal_capacity: usize,
 }
 
 /// State of one group (one transaction).
@@ -210,7 +212,30 @@ impl Resolver {
             pending_signals: Vec::new(),
             clear_after_commit: false,
             any_suppressed: None,
+            normal_capacity: cap.map_or(0, NonZeroUsize::get),
         }
+    }
+
+    /// While a bulk load runs (`Some(capacity)`), the identity caches hold
+    /// up to `capacity` entries each, so that a file naming a million
+    /// people reads each person's identifiers once; `None` brings them back
+    /// to the capacity the resolver was made with (the least recently used
+    /// go). A resolver without caches stays without.
+    pub fn bulk_caches(&mut self, capacity: Option<usize>) {
+        let normal = self.normal_capacity;
+        let cap =
+            NonZeroUsize::new(capacity.unwrap_or(normal).max(normal)).unwrap_or(NonZeroUsize::MIN);
+        if let Some(c) = &mut self.cache {
+            c.resize(cap);
+        }
+        if let Some(c) = &mut self.facts_cache {
+            c.resize(cap);
+        }
+    }
+
+    /// How many entries the identifier cache may hold (0: no cache).
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.cap().get())
     }
 
     /// Drop the cache once the current transaction committed.

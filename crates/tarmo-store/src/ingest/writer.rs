@@ -59,6 +59,13 @@ pub struct TxCtx<'a> {
     checkpoint: bool,
 }
 
+/// Entries each identity cache (blind index → profile, profile → facts)
+/// may hold while an import applies records: a customer file of a million
+/// people names two million identifiers, and an orders file then reads
+/// each of those people again. About 160 MB at most, for the import's
+/// duration only; outside it the writer keeps `WriterConfig::cache_capacity`.
+pub const BULK_IDENTITY_CACHE: usize = 2_000_000;
+
 impl TxCtx<'_> {
     /// The profile these identifiers name, created, attached or merged by
     /// the identity rules.
@@ -91,6 +98,21 @@ impl TxCtx<'_> {
             self.now_ms,
         )?;
         Ok((outcomes, ids))
+    }
+
+    /// A bulk load (an import) starts (`true`) or ends on this writer: the
+    /// connection's page cache and the identity caches grow for it
+    /// ([`BULK_IDENTITY_CACHE`] entries) and come back after. The caller
+    /// counts overlapping loads and calls this for the first and the last.
+    pub fn bulk_load(&mut self, on: bool) -> Result<()> {
+        self.conn.bulk_load(on)?;
+        self.resolver.bulk_caches(on.then_some(BULK_IDENTITY_CACHE));
+        Ok(())
+    }
+
+    /// How many entries each identity cache may hold now.
+    pub fn identity_cache_capacity(&self) -> usize {
+        self.resolver.cache_capacity()
     }
 
     /// Identity facts may have changed in ways the cache cannot follow (an

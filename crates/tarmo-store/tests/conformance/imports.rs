@@ -67,10 +67,22 @@ fn writer_cache(h: &Harness) -> i64 {
         .unwrap()
 }
 
+/// How many entries each of the writer's identity caches may hold.
+fn identity_cache(h: &Harness) -> usize {
+    h.writer
+        .transact_blocking(|ctx| Ok(ctx.identity_cache_capacity()))
+        .unwrap()
+}
+
 pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness) {
     let sqlite = h.pg.is_none();
     let normal = if sqlite { writer_cache(h) } else { 0 };
+    let normal_ids = identity_cache(h);
+    // PostgreSQL's writer caches no identities (another node may change
+    // them); SQLite's does.
+    assert_eq!(normal_ids > 0, sqlite, "{normal_ids}");
     let mut during = 0;
+    let mut during_ids = 0;
     let done = imports::run(
         &h.store,
         &h.writer,
@@ -82,9 +94,15 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
             if sqlite {
                 during = writer_cache(h);
             }
+            during_ids = identity_cache(h);
         },
     )
     .unwrap();
+    // The identity caches grow while records go in, and come back after;
+    // a writer without them stays without.
+    let bulk = tarmo_store::writer::BULK_IDENTITY_CACHE.max(normal_ids);
+    assert_eq!(during_ids, if sqlite { bulk } else { 0 });
+    assert_eq!(identity_cache(h), normal_ids);
     if sqlite {
         // A bulk load's cache while records go in, the usual one after.
         assert!(

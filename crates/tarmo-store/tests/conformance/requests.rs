@@ -509,7 +509,12 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
         )
         .unwrap();
         c.exec(
-            "UPDATE profiles SET event_count = 0, updated_ms = $2 WHERE id = $1",
+            "UPDATE profiles SET updated_ms = $2 WHERE id = $1",
+            &[P::Int(idle.0), P::Int(now - 3650 * day)],
+        )
+        .unwrap();
+        c.exec(
+            "UPDATE profile_counts SET events = 0, last_ms = $2 WHERE profile_id = $1",
             &[P::Int(idle.0), P::Int(now - 3650 * day)],
         )
         .unwrap();
