@@ -2381,7 +2381,9 @@ mod tests {
                 },
             ]
         };
-        let cases: [(Option<&str>, Option<&str>, Option<f64>, Vec<Item>); 4] = [
+        // (store, currency, total, items)
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<f64>, Vec<Item>);
+        let cases: [Case<'_>; 4] = [
             (Some("S1"), Some("EUR"), Some(37.5), items()),
             (None, None, None, items()),
             (Some("\u{1F600}"), None, Some(-0.000_000_4), Vec::new()),
