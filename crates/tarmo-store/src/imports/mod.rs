@@ -68,7 +68,7 @@ pub const CHUNK: usize = 10_000;
 /// against 13.9k in chunks of 10,000). As soon as anything else uses the
 /// writer, they fall back to [`CHUNK`], so a live request never waits
 /// behind more than one small chunk.
-pub const MAX_CHUNK: usize = 50_000;
+pub const MAX_CHUNK: usize = 100_000;
 /// Below this many rows a part, a thread costs more than it saves.
 const PAR_MIN: usize = 2048;
 /// Errors kept in a report (the count is always complete).
@@ -1166,198 +1166,223 @@ fn parse_orders(
     // Boxed: a draft is ~200 bytes, and a growing map moves its entries.
     let mut drafts: HashMap<String, Box<OrderDraft>> = HashMap::new();
     let mut bad: HashSet<String> = HashSet::new();
-    loop {
-        let block = rows.block(BLOCK, errors);
-        if block.is_empty() {
-            break;
-        }
-        // What each line says on its own, on every core; a line that continues
-        // the order of the line before it reuses that line's customer and time.
-        let pre = par_chunks(block, |part| {
-            let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
-            for (line, row) in part {
-                let m = row.into_map(headers);
-                let order_id = text(&m, &o.id);
-                let prev = out
-                    .last()
-                    .filter(|p| p.order_id.is_some() && p.order_id == order_id);
-                let raw_ids: Vec<Option<String>> =
-                    id_cols.iter().map(|(_, c)| text(&m, c)).collect();
-                let person = match prev {
-                    Some(_) => None,
-                    None => {
-                        let mut errs = Vec::new();
-                        let p = person_of(vault, identity, &id_cols, &m, &mut errs);
-                        Some((p, errs))
-                    }
-                };
-                let time = text(&m, &o.time);
-                let ts = match prev {
-                    Some(p) if p.time == time && p.ts.is_some() => p.ts.clone(),
-                    _ => time.as_deref().map(|t| order_time(t, now_ms, &o.time)),
-                };
-                let mut errs = Vec::new();
-                let store = text(&m, &o.store);
-                let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
-                if let Some(c) = &currency
-                    && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
-                {
-                    errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
+    // What each line says on its own, on every core; a line that continues
+    // the order of the line before it reuses that line's customer and time.
+    let work = |part: Vec<(u64, Row)>| {
+        let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
+        for (line, row) in part {
+            let m = row.into_map(headers);
+            let order_id = text(&m, &o.id);
+            let prev = out
+                .last()
+                .filter(|p| p.order_id.is_some() && p.order_id == order_id);
+            let raw_ids: Vec<Option<String>> = id_cols.iter().map(|(_, c)| text(&m, c)).collect();
+            let person = match prev {
+                Some(_) => None,
+                None => {
+                    let mut errs = Vec::new();
+                    let p = person_of(vault, identity, &id_cols, &m, &mut errs);
+                    Some((p, errs))
                 }
-                let total = number(&m, &o.total).unwrap_or_else(|e| {
-                    errs.push(e);
-                    None
-                });
-                let (items, priced, computed) = order_items(&m, o, &mut errs);
-                out.push(LinePre {
-                    line,
-                    order_id,
-                    raw_ids,
-                    person,
-                    time,
-                    ts,
-                    errs,
-                    store,
-                    currency,
-                    total,
-                    items,
-                    priced,
-                    computed,
-                });
+            };
+            let time = text(&m, &o.time);
+            let ts = match prev {
+                Some(p) if p.time == time && p.ts.is_some() => p.ts.clone(),
+                _ => time.as_deref().map(|t| order_time(t, now_ms, &o.time)),
+            };
+            let mut errs = Vec::new();
+            let store = text(&m, &o.store);
+            let currency = text(&m, &o.currency).map(|c| c.to_ascii_uppercase());
+            if let Some(c) = &currency
+                && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                errs.push(format!("`{}`: an ISO 4217 code such as EUR", o.currency));
             }
-            out
-        });
-        for p in pre {
-            let LinePre {
+            let total = number(&m, &o.total).unwrap_or_else(|e| {
+                errs.push(e);
+                None
+            });
+            let (items, priced, computed) = order_items(&m, o, &mut errs);
+            out.push(LinePre {
                 line,
                 order_id,
                 raw_ids,
-                person: pre_person,
+                person,
                 time,
-                ts: pre_ts,
-                errs: rest,
+                ts,
+                errs,
                 store,
                 currency,
                 total,
                 items,
                 priced,
                 computed,
-            } = p;
-            let mut errs = Vec::new();
-            let Some(order_id) = order_id else {
-                errors.push(RowError {
+            });
+        }
+        out
+    };
+    let work = &work;
+    // A pipeline: while the workers check block N, this thread folds block
+    // N-1 and reads block N+1 (reading and folding go in file order, so
+    // they stay on one thread): ~10 % faster parsing of 3M lines.
+    let mut block = rows.block(BLOCK, errors);
+    std::thread::scope(|s| {
+        let mut running: Option<std::thread::ScopedJoinHandle<'_, Vec<LinePre>>> = None;
+        loop {
+            if running.is_none() {
+                if block.is_empty() {
+                    break;
+                }
+                let b = std::mem::take(&mut block);
+                running = Some(s.spawn(move || par_chunks(b, work)));
+                block = rows.block(BLOCK, errors);
+            }
+            let pre = running
+                .take()
+                .expect("started above")
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            if !block.is_empty() {
+                let b = std::mem::take(&mut block);
+                running = Some(s.spawn(move || par_chunks(b, work)));
+            }
+            for p in pre {
+                let LinePre {
                     line,
-                    message: format!("`{}`: an order id is required", o.id),
-                });
-                continue;
-            };
-            if order_id.len() > 128 {
-                errs.push(format!("`{}`: at most 128 bytes", o.id));
-            }
-            // A further line of an order already seen names the same customer
-            // when it writes the same values (or none); only a first line is
-            // parsed into identifiers.
-            let (person, same_customer) = match drafts.get(&order_id) {
-                Some(d) => {
-                    let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
-                    (None, Some(same))
-                }
-                None => {
-                    let (p, e) = pre_person.unwrap_or_else(|| {
-                        // Its order began in another part of the file: read
-                        // the customer here.
-                        let mut e = Vec::new();
-                        let m: Map<String, Value> = id_cols
-                            .iter()
-                            .zip(&raw_ids)
-                            .filter_map(|((_, c), v)| Some((c.clone(), Value::String(v.clone()?))))
-                            .collect();
-                        (person_of(vault, identity, &id_cols, &m, &mut e), e)
+                    order_id,
+                    raw_ids,
+                    person: pre_person,
+                    time,
+                    ts: pre_ts,
+                    errs: rest,
+                    store,
+                    currency,
+                    total,
+                    items,
+                    priced,
+                    computed,
+                } = p;
+                let mut errs = Vec::new();
+                let Some(order_id) = order_id else {
+                    errors.push(RowError {
+                        line,
+                        message: format!("`{}`: an order id is required", o.id),
                     });
-                    errs.extend(e);
-                    (p, None)
+                    continue;
+                };
+                if order_id.len() > 128 {
+                    errs.push(format!("`{}`: at most 128 bytes", o.id));
                 }
-            };
-            // A further line that writes its order's time as the first did
-            // needs no second parse.
-            let seen_time = drafts
-                .get(&order_id)
-                .filter(|d| Some(&d.time) == time.as_ref())
-                .map(|d| d.ts_ms);
-            let ts_ms = match (seen_time, pre_ts) {
-                (Some(ms), _) => ms,
-                (None, None) => {
-                    errs.push(format!("`{}`: when the order was made is required", o.time));
-                    0
-                }
-                (None, Some(Ok(ms))) => ms,
-                (None, Some(Err(e))) => {
-                    errs.push(e);
-                    0
-                }
-            };
-            errs.extend(rest);
-            if !errs.is_empty() {
-                bad.insert(order_id);
-                errors.extend(errs.into_iter().map(|message| RowError { line, message }));
-                continue;
-            }
-            match drafts.get_mut(&order_id) {
-                None => {
-                    drafts.insert(
-                        order_id,
-                        Box::new(OrderDraft {
-                            line,
-                            person,
-                            raw_ids,
-                            ts_ms,
-                            time: time.unwrap_or_default(),
-                            store,
-                            currency,
-                            total,
-                            items,
-                            priced,
-                            computed,
-                        }),
-                    );
-                }
-                Some(d) => {
-                    // Another line of the same order must tell the same story.
-                    let mut conflict = Vec::new();
-                    if same_customer == Some(false) {
-                        conflict.push("customer");
+                // A further line of an order already seen names the same customer
+                // when it writes the same values (or none); only a first line is
+                // parsed into identifiers.
+                let (person, same_customer) = match drafts.get(&order_id) {
+                    Some(d) => {
+                        let same = raw_ids.iter().all(Option::is_none) || raw_ids == d.raw_ids;
+                        (None, Some(same))
                     }
-                    if d.ts_ms != ts_ms {
-                        conflict.push("time");
-                    }
-                    if store.is_some() && d.store.is_some() && store != d.store {
-                        conflict.push("store");
-                    }
-                    if currency.is_some() && d.currency.is_some() && currency != d.currency {
-                        conflict.push("currency");
-                    }
-                    if !conflict.is_empty() {
-                        errors.push(RowError {
-                            line,
-                            message: format!(
-                                "order `{order_id}` was given another {} on line {}",
-                                conflict.join(", "),
-                                d.line
-                            ),
+                    None => {
+                        let (p, e) = pre_person.unwrap_or_else(|| {
+                            // Its order began in another part of the file: read
+                            // the customer here.
+                            let mut e = Vec::new();
+                            let m: Map<String, Value> = id_cols
+                                .iter()
+                                .zip(&raw_ids)
+                                .filter_map(|((_, c), v)| {
+                                    Some((c.clone(), Value::String(v.clone()?)))
+                                })
+                                .collect();
+                            (person_of(vault, identity, &id_cols, &m, &mut e), e)
                         });
-                        bad.insert(order_id);
-                        continue;
+                        errs.extend(e);
+                        (p, None)
                     }
-                    d.store = d.store.take().or(store);
-                    d.currency = d.currency.take().or(currency);
-                    d.total = d.total.or(total);
-                    d.items.extend(items);
-                    d.priced &= priced;
-                    d.computed += computed;
+                };
+                // A further line that writes its order's time as the first did
+                // needs no second parse.
+                let seen_time = drafts
+                    .get(&order_id)
+                    .filter(|d| Some(&d.time) == time.as_ref())
+                    .map(|d| d.ts_ms);
+                let ts_ms = match (seen_time, pre_ts) {
+                    (Some(ms), _) => ms,
+                    (None, None) => {
+                        errs.push(format!("`{}`: when the order was made is required", o.time));
+                        0
+                    }
+                    (None, Some(Ok(ms))) => ms,
+                    (None, Some(Err(e))) => {
+                        errs.push(e);
+                        0
+                    }
+                };
+                errs.extend(rest);
+                if !errs.is_empty() {
+                    bad.insert(order_id);
+                    errors.extend(errs.into_iter().map(|message| RowError { line, message }));
+                    continue;
                 }
+                match drafts.get_mut(&order_id) {
+                    None => {
+                        drafts.insert(
+                            order_id,
+                            Box::new(OrderDraft {
+                                line,
+                                person,
+                                raw_ids,
+                                ts_ms,
+                                time: time.unwrap_or_default(),
+                                store,
+                                currency,
+                                total,
+                                items,
+                                priced,
+                                computed,
+                            }),
+                        );
+                    }
+                    Some(d) => {
+                        // Another line of the same order must tell the same story.
+                        let mut conflict = Vec::new();
+                        if same_customer == Some(false) {
+                            conflict.push("customer");
+                        }
+                        if d.ts_ms != ts_ms {
+                            conflict.push("time");
+                        }
+                        if store.is_some() && d.store.is_some() && store != d.store {
+                            conflict.push("store");
+                        }
+                        if currency.is_some() && d.currency.is_some() && currency != d.currency {
+                            conflict.push("currency");
+                        }
+                        if !conflict.is_empty() {
+                            errors.push(RowError {
+                                line,
+                                message: format!(
+                                    "order `{order_id}` was given another {} on line {}",
+                                    conflict.join(", "),
+                                    d.line
+                                ),
+                            });
+                            bad.insert(order_id);
+                            continue;
+                        }
+                        d.store = d.store.take().or(store);
+                        d.currency = d.currency.take().or(currency);
+                        d.total = d.total.or(total);
+                        d.items.extend(items);
+                        d.priced &= priced;
+                        d.computed += computed;
+                    }
+                }
+            }
+            if running.is_some() {
+                block = rows.block(BLOCK, errors);
             }
         }
-    }
+    });
     // Each finished order on every core: its properties as JSON text, its
     // keyed row hash and content hash.
     let done: Vec<(String, Box<OrderDraft>)> = drafts
@@ -2536,7 +2561,7 @@ mod tests {
             c = next_chunk(c, true);
             seen.push(c);
         }
-        assert_eq!(seen, [20_000, 40_000, MAX_CHUNK, MAX_CHUNK, MAX_CHUNK]);
+        assert_eq!(seen, [20_000, 40_000, 80_000, MAX_CHUNK, MAX_CHUNK]);
         assert_eq!(next_chunk(MAX_CHUNK, false), CHUNK);
     }
 
