@@ -839,6 +839,25 @@ mod tests {
         }
     }
 
+    /// A database at `path` as a release before migration `version` left
+    /// it: every earlier migration applied and recorded.
+    fn migrated_before(path: &std::path::Path, version: i64) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for (v, sql) in crate::migrations::sqlite()
+            .into_iter()
+            .filter(|(v, _)| *v < version)
+        {
+            c.execute_batch(&sql).unwrap();
+            c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
+                .unwrap();
+        }
+        c
+    }
+
     /// A database made before migration 21 keeps each profile's event
     /// count and last event time, now in the narrow `profile_counts` table
     /// (a counter write no longer rewrites the profile's wide row); new
@@ -848,19 +867,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tarmo.db");
         {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for (v, sql) in crate::migrations::sqlite()
-                .into_iter()
-                .filter(|(v, _)| *v < 21)
-            {
-                c.execute_batch(&sql).unwrap();
-                c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
-                    .unwrap();
-            }
+            let c = migrated_before(&path, 21);
             c.execute_batch(
                 "INSERT INTO profiles (id, created_ms, updated_ms, event_count, traits)
                      VALUES (1, 1, 50, 7, x'01'), (2, 2, 60, 0, NULL), (3, 3, 70, 2, NULL);",
@@ -908,19 +915,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tarmo.db");
         {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            let old = crate::migrations::sqlite()
-                .into_iter()
-                .filter(|(v, _)| *v < 5);
-            for (v, sql) in old {
-                c.execute_batch(&sql).unwrap();
-                c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
-                    .unwrap();
-            }
+            let c = migrated_before(&path, 5);
             c.execute_batch(
                 "INSERT INTO profiles (id, created_ms, updated_ms, traits) VALUES (1, 1, 1, x'01'), (2, 2, 2, NULL), (3, 3, 3, NULL);
                  INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
