@@ -10,8 +10,10 @@
 //! The people's wrapped data keys are not in the data backup either: they go
 //! to a keyring backup in a directory of its own (`keyring.db`,
 //! `keyring.json`), kept on a short retention, with the installation keys
-//! (wrapped by the master key current when it was made). The data backup keeps which
-//! key belongs to whom, with the key itself left empty. A restore takes the
+//! (wrapped by the master key current when it was made): the live store keeps
+//! them in a file of its own (`keyring.db` beside `tarmo.db`), copied after
+//! the data so that every profile in the data copy finds its key unless it
+//! was erased meanwhile. A restore takes the
 //! keys from a keyring backup or from the live store; a person erased since
 //! that keyring was copied has no key in it, so their values in every older
 //! data backup are noise, and the restore erases what is left of them. An
@@ -229,30 +231,51 @@ pub fn backup_sqlite(
     let keyring = keyring_to.join(KEYRING);
     drop(private_file(&copy)?);
     drop(private_file(&keyring)?);
+    // The data first, then the keyring: every profile in the data copy
+    // has its key in the later keyring copy, unless it was erased
+    // meanwhile (then its values in the copy are noise, as they should be).
     {
         let c = rusqlite::Connection::open(db)?;
         c.busy_timeout(std::time::Duration::from_secs(30))?;
         c.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()])?;
     }
+    {
+        let live = crate::sqlite::keyring_path(db);
+        let c = rusqlite::Connection::open(&live)?;
+        c.busy_timeout(std::time::Duration::from_secs(30))?;
+        c.execute_batch(crate::sqlite::KEYRING_SCHEMA)?;
+        c.execute("VACUUM INTO ?1", [keyring.to_string_lossy().as_ref()])?;
+    }
     let erasure_seq = {
-        // The keys move out of the copy; zeroed pages, then a VACUUM, leave
-        // no trace of them in it.
         let mut c = rusqlite::Connection::open(&copy)?;
         c.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA secure_delete = ON;")?;
         c.execute("ATTACH ?1 AS k", [keyring.to_string_lossy().as_ref()])?;
+        c.execute_batch("PRAGMA k.journal_mode = DELETE;")?;
         let tx = c.transaction()?;
-        // The installation keys (wrapped by the master key) go with them:
-        // a data backup and the master key alone open nothing, not even a
-        // blind index.
+        // The installation keys (wrapped by the master key) go with the
+        // data keys: a data backup and the master key alone open nothing,
+        // not even a blind index.
         tx.execute_batch(
-            "CREATE TABLE k.data_keys (owner_id INTEGER PRIMARY KEY, profile_id INTEGER NOT NULL, wrapped BLOB NOT NULL);
-             INSERT INTO k.data_keys SELECT owner_id, profile_id, wrapped FROM main.data_keys;
-             UPDATE main.data_keys SET wrapped = x'';
-             CREATE TABLE k.meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+            "CREATE TABLE k.meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
              INSERT INTO k.meta SELECT key, value FROM main.meta WHERE key = 'installation_keys';
              DELETE FROM main.meta WHERE key = 'installation_keys';",
         )?;
+        // A store a release before the keyring file left unopened still
+        // holds its keys in the data file: they move out of the copy.
+        let old: bool = tx
+            .prepare(
+                "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'data_keys'",
+            )?
+            .exists([])?;
+        if old {
+            tx.execute_batch(
+                "INSERT OR IGNORE INTO k.data_keys (owner_id, wrapped)
+                     SELECT owner_id, wrapped FROM main.data_keys WHERE length(wrapped) > 0;
+                 DROP TABLE main.data_keys;",
+            )?;
+        }
         tx.commit()?;
+        // Zeroed pages, then a VACUUM, leave no trace of them in the copy.
         c.execute_batch("DETACH k; VACUUM;")?;
         c.query_row("SELECT coalesce(max(seq), 0) FROM erasure_log", [], |r| {
             r.get::<_, i64>(0)
@@ -347,99 +370,118 @@ pub fn restore_files(
     Ok(to.join(DATABASE))
 }
 
-/// Put the people's data keys back into a restored copy of the embedded
-/// store (the file `db`, not yet opened by a store), from a keyring backup
-/// or the live store. Keys the source lacks stay empty: see
+/// Put the people's data keys back beside a restored copy of the embedded
+/// store (the file `db`, not yet opened by a store): its keyring file is
+/// made from a keyring backup or from the live store, with the keys of the
+/// profiles the copy holds. Keys the source lacks stay missing: see
 /// [`erase_keyless`], which must run next.
 pub fn restore_keys(db: &Path, keys: Keys<'_>) -> Result<KeysRestored> {
-    let mut c = rusqlite::Connection::open(db)?;
-    c.execute_batch("PRAGMA secure_delete = ON;")?;
+    let kpath = crate::sqlite::keyring_path(db);
+    drop(private_file(&kpath)?);
+    let mut k = rusqlite::Connection::open(&kpath)?;
+    k.execute_batch("PRAGMA secure_delete = ON;")?;
+    k.execute_batch(crate::sqlite::KEYRING_SCHEMA)?;
+    k.execute("ATTACH ?1 AS d", [db.to_string_lossy().as_ref()])?;
     match keys {
         Keys::Keyring(dir) => {
             verify_keyring(dir)?;
-            c.execute(
-                "ATTACH ?1 AS k",
+            k.execute(
+                "ATTACH ?1 AS s",
                 [dir.join(KEYRING).to_string_lossy().as_ref()],
             )?;
-            c.execute(
-                "UPDATE main.data_keys SET wrapped = k.data_keys.wrapped
-                 FROM k.data_keys WHERE k.data_keys.owner_id = main.data_keys.owner_id",
+            let tx = k.transaction()?;
+            tx.execute(
+                "INSERT INTO main.data_keys (owner_id, wrapped)
+                 SELECT owner_id, wrapped FROM s.data_keys
+                 WHERE length(wrapped) > 0 AND owner_id IN (SELECT id FROM d.profiles)",
                 [],
             )?;
             // Keyring backups made before installation keys existed have
             // no record: their store's keys derive from its master key.
-            let has_meta: i64 = c.query_row(
-                "SELECT count(*) FROM k.sqlite_master WHERE type = 'table' AND name = 'meta'",
+            let has_meta: i64 = tx.query_row(
+                "SELECT count(*) FROM s.sqlite_master WHERE type = 'table' AND name = 'meta'",
                 [],
                 |r| r.get(0),
             )?;
             if has_meta > 0 {
-                c.execute(
-                    "INSERT INTO main.meta (key, value) SELECT key, value FROM k.meta WHERE key = ?1
+                tx.execute(
+                    "INSERT INTO d.meta (key, value) SELECT key, value FROM s.meta WHERE key = ?1
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     [INSTALLATION_KEYS],
                 )?;
             }
-            c.execute_batch("DETACH k")?;
+            tx.commit()?;
+            k.execute_batch("DETACH s")?;
         }
         Keys::Live(src) => {
-            let tx = c.transaction()?;
+            let tx = k.transaction()?;
             if let Some(record) = crate::store::installation_record(&mut *src)? {
                 tx.execute(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                    "INSERT INTO d.meta (key, value) VALUES (?1, ?2)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     rusqlite::params![INSTALLATION_KEYS, record],
                 )?;
             }
             let mut after = 0i64;
             loop {
-                let rows = src.query(
-                    "SELECT owner_id, wrapped FROM data_keys WHERE owner_id > $1 ORDER BY owner_id LIMIT 10000",
-                    &[P::Int(after)],
-                )?;
+                let rows = src.data_keys_after(after, 10_000)?;
                 if rows.is_empty() {
                     break;
                 }
-                {
-                    let mut st =
-                        tx.prepare_cached("UPDATE data_keys SET wrapped = ?2 WHERE owner_id = ?1")?;
-                    for r in &rows {
-                        after = r.int(0)?;
-                        st.execute(rusqlite::params![after, r.blob(1)?])?;
-                    }
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO main.data_keys (owner_id, wrapped) SELECT ?1, ?2
+                     WHERE length(?2) > 0 AND EXISTS (SELECT 1 FROM d.profiles WHERE id = ?1)",
+                )?;
+                for (owner, wrapped) in &rows {
+                    after = *owner;
+                    st.execute(rusqlite::params![owner, wrapped])?;
                 }
             }
             tx.commit()?;
         }
     }
     let count =
-        |sql: &str| -> Result<u64> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
-    Ok(KeysRestored {
-        keys: count("SELECT count(*) FROM data_keys WHERE length(wrapped) > 0")?,
-        missing: count("SELECT count(*) FROM data_keys WHERE length(wrapped) = 0")?,
-    })
+        |sql: &str| -> Result<u64> { Ok(k.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+    let restored = KeysRestored {
+        keys: count("SELECT count(*) FROM main.data_keys")?,
+        missing: count(
+            "SELECT count(*) FROM d.profiles p
+             WHERE NOT EXISTS (SELECT 1 FROM main.data_keys k WHERE k.owner_id = p.id)",
+        )?,
+    };
+    k.execute_batch("DETACH d")?;
+    drop(k);
+    std::fs::File::open(&kpath)?.sync_all()?;
+    Ok(restored)
 }
 
-/// Erase, in a restored store, everyone whose data key the keyring no
-/// longer had: they were erased after the data backup was taken, and their
-/// sealed values are noise. Returns how many profiles went.
+/// Erase, in a restored store, everyone with a profile whose data key the
+/// keyring no longer had: they were erased after the data backup was
+/// taken, and their sealed values are noise. Returns how many people went.
 pub fn erase_keyless(writer: &WriterHandle) -> Result<u64> {
     writer.transact_blocking(|ctx| {
-        let holders: Vec<ProfileId> = ctx
-            .conn
-            .query(
-                "SELECT DISTINCT p.id FROM data_keys k JOIN profiles p ON p.id = k.profile_id
-                 WHERE length(k.wrapped) = 0 AND p.merged_into IS NULL ORDER BY p.id",
-                &[],
-            )?
-            .iter()
-            .map(|r| r.int(0).map(ProfileId))
-            .collect::<Result<_>>()?;
-        for &p in &holders {
-            crate::erasure::erase_profile(ctx, p, None, false)?;
+        let mut holders = std::collections::BTreeSet::new();
+        let mut after = 0i64;
+        loop {
+            let rows = ctx.conn.query(
+                "SELECT id, coalesce(merged_into, id) FROM profiles WHERE id > $1 ORDER BY id LIMIT 500",
+                &[P::Int(after)],
+            )?;
+            let Some(last) = rows.last() else { break };
+            after = last.int(0)?;
+            let ids: Vec<ProfileId> = rows
+                .iter()
+                .map(|r| r.int(0).map(ProfileId))
+                .collect::<Result<_>>()?;
+            for (r, key) in rows.iter().zip(ctx.conn.data_keys_get(&ids)?) {
+                if key.is_none() {
+                    holders.insert(r.int(1)?);
+                }
+            }
         }
-        ctx.conn
-            .exec("DELETE FROM data_keys WHERE length(wrapped) = 0", &[])?;
+        for &p in &holders {
+            crate::erasure::erase_profile(ctx, ProfileId(p), None, false)?;
+        }
         Ok(holders.len() as u64)
     })
 }

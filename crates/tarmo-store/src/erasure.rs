@@ -6,9 +6,15 @@
 //! data keys are destroyed, so any copy of a sealed value anywhere (a backup,
 //! a ledger entry) can no longer be opened; the blind index of each identifier
 //! goes on the suppression list, so imports and ingestion do not bring them
-//! back; processors that received their data are queued a notification. After
-//! the commit the write-ahead log is folded into the database file
-//! (`secure_delete` zeroes freed pages) and truncated.
+//! back; processors that received their data are queued a notification.
+//!
+//! On SQLite the keys live in a file of their own (`keyring.db`): after the
+//! commit, once it is durable, the keys are deleted there and the keyring's
+//! log is folded into its file (`secure_delete` zeroes freed space) and
+//! truncated before the answer; the data's log, whose frames from before
+//! the erasure hold sealed values that no key opens any more, is folded
+//! and truncated by the checkpointer in the background. On PostgreSQL the
+//! keys (schema `keyring`) go in the erasure's own transaction.
 //!
 //! The consent ledger keeps its entries — sealed bytes nobody can open any
 //! more — so the chain still verifies.
@@ -95,15 +101,7 @@ pub fn erase_profile(
     }
     drop(identifiers);
 
-    let mut owners = Vec::new();
-    for &id in &ids {
-        for r in ctx.conn.query(
-            "SELECT owner_id FROM data_keys WHERE profile_id = $1 OR owner_id = $1",
-            &[P::Int(id.0)],
-        )? {
-            owners.push(r.int(0)?);
-        }
-    }
+    let owners = ctx.conn.data_key_owners(&ids)?;
     for &id in &ids {
         let one = [P::Int(id.0)];
         // The erased person's states leave the dashboard's totals.
@@ -130,11 +128,8 @@ pub fn erase_profile(
         ] {
             ctx.conn.exec(sql, &one)?;
         }
-        report.keys_destroyed += ctx.conn.exec(
-            "DELETE FROM data_keys WHERE profile_id = $1 OR owner_id = $1",
-            &one,
-        )?;
     }
+    report.keys_destroyed = ctx.conn.data_keys_destroy(&owners)?;
     for &id in &ids {
         ctx.conn
             .exec("DELETE FROM profiles WHERE id = $1", &[P::Int(id.0)])?;
@@ -157,7 +152,7 @@ pub fn erase_profile(
         crate::segments::touch(ctx.conn, id, now)?;
     }
     for o in owners {
-        ctx.vault.forget(ProfileId(o));
+        ctx.vault.forget(o);
     }
     tracing::info!(
         profile = profile.0,

@@ -143,21 +143,24 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
         assert_eq!(mode(&b1), 0o700);
         assert_eq!(mode(&b1.join("tarmo.db")), 0o600);
         assert_eq!(mode(&k1.join("keyring.db")), 0o600);
+        assert_eq!(mode(&data.join("keyring.db")), 0o600);
     }
-    // The data backup knows whose keys there are, and holds none of them;
-    // the keyring holds them all.
+    // Neither the live data file nor the data backup holds a data key;
+    // the keyring backup holds them all, as the live keyring file does.
     let count = |db: &Path, sql: &str| -> i64 {
         rusqlite::Connection::open(db)
             .unwrap()
             .query_row(sql, [], |r| r.get(0))
             .unwrap()
     };
+    let key_table = "SELECT count(*) FROM sqlite_master WHERE name = 'data_keys'";
+    assert_eq!(count(&b1.join("tarmo.db"), key_table), 0);
+    assert_eq!(count(&data.join("tarmo.db"), key_table), 0);
     let with_key = "SELECT count(*) FROM data_keys WHERE length(wrapped) > 0";
-    assert_eq!(count(&b1.join("tarmo.db"), with_key), 0);
-    assert!(count(&b1.join("tarmo.db"), "SELECT count(*) FROM data_keys") >= 2);
+    assert!(count(&k1.join("keyring.db"), with_key) >= 2);
     assert_eq!(
         count(&k1.join("keyring.db"), with_key),
-        count(&data.join("tarmo.db"), with_key)
+        count(&data.join("keyring.db"), with_key)
     );
     // The installation keys (wrapped by the master key) go with the data
     // keys: the data backup and the master key alone open nothing.
@@ -340,9 +343,17 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
     drop(r);
 
     // On disk: no data key and no row of the erased profile is left.
+    let k = rusqlite::Connection::open(restored.join("keyring.db")).unwrap();
+    let n: i64 = k
+        .query_row(
+            "SELECT count(*) FROM data_keys WHERE owner_id = ?1",
+            [leaver_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "the restored keyring holds the erased person's key");
     let c = rusqlite::Connection::open(restored.join("tarmo.db")).unwrap();
     for (table, col) in [
-        ("data_keys", "owner_id"),
         ("profiles", "id"),
         ("identifiers", "profile_id"),
         ("events", "profile_id"),
@@ -356,8 +367,17 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
             .unwrap();
         assert_eq!(n, 0, "{table} still holds the erased profile");
     }
-    // ... while the backup itself still does: it is the replay that erased.
+    // ... while the backups themselves still do: it is the replay that erased.
     let c = rusqlite::Connection::open(b1.join("tarmo.db")).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM profiles WHERE id = ?1",
+            [leaver_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let c = rusqlite::Connection::open(k1.join("keyring.db")).unwrap();
     let n: i64 = c
         .query_row(
             "SELECT count(*) FROM data_keys WHERE owner_id = ?1",

@@ -79,16 +79,22 @@ fn forms(m: &str) -> Vec<Vec<u8>> {
 }
 
 fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
-    let mut found = Vec::new();
-    for f in walk(dir) {
-        let bytes = std::fs::read(&f).unwrap();
-        for (name, n) in needles {
-            if bytes.windows(n.len()).any(|w| w == &n[..]) {
-                found.push(format!("{name} in {}", f.display()));
-            }
-        }
-    }
-    found
+    walk(dir)
+        .iter()
+        .flat_map(|f| scan_file(f, needles))
+        .collect()
+}
+
+/// The needles found in one file (none when it does not exist).
+fn scan_file(f: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(f) else {
+        return Vec::new();
+    };
+    needles
+        .iter()
+        .filter(|(_, n)| bytes.windows(n.len()).any(|w| w == &n[..]))
+        .map(|(name, _)| format!("{name} in {}", f.display()))
+        .collect()
 }
 
 #[test]
@@ -210,15 +216,17 @@ fn forensic_erasure_leaves_no_trace_of_the_person_in_any_file() {
     // What an attacker with the files might look for besides the values:
     // the person's wrapped data key and their sealed values.
     let db = rusqlite::Connection::open(data.join("tarmo.db")).unwrap();
+    let keyring = rusqlite::Connection::open(data.join("keyring.db")).unwrap();
     let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
-    let wrapped: Vec<u8> = db
+    let wrapped: Vec<u8> = keyring
         .query_row(
             "SELECT wrapped FROM data_keys WHERE owner_id = ?1",
             [profile],
             |r| r.get(0),
         )
         .unwrap();
-    secrets.push(("the wrapped data key".into(), wrapped));
+    drop(keyring);
+    secrets.push(("the wrapped data key".into(), wrapped.clone()));
     let mut st2 = db
         .prepare("SELECT body FROM events WHERE profile_id = ?1")
         .unwrap();
@@ -259,6 +267,13 @@ fn forensic_erasure_leaves_no_trace_of_the_person_in_any_file() {
     );
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["status"], "completed");
+    // By the answer, the key is gone from the keyring file and its log:
+    // what is left of the person anywhere is noise.
+    let key = [("the wrapped data key".to_owned(), wrapped)];
+    for f in ["keyring.db", "keyring.db-wal"] {
+        let found = scan_file(&data.join(f), &key);
+        assert!(found.is_empty(), "{f} right after the erasure: {found:?}");
+    }
     kill9(s);
     let s = start(&data, &a, &w);
     let (st, _) = admin(&s, "GET", &format!("/api/v1/profiles/{profile}"), None);

@@ -428,6 +428,44 @@ pub trait Conn: Send {
     fn data_keys_get(&mut self, owners: &[ProfileId]) -> Result<Vec<Option<Vec<u8>>>> {
         owners.iter().map(|&o| self.data_key_get(o)).collect()
     }
+    /// Which of `profiles` (a person's profile and those merged into it)
+    /// own a data key, and any other key they hold.
+    fn data_key_owners(&mut self, profiles: &[ProfileId]) -> Result<Vec<ProfileId>> {
+        let mut owners = Vec::new();
+        for p in profiles {
+            for r in self.query(
+                "SELECT owner_id FROM data_keys WHERE profile_id = $1 OR owner_id = $1",
+                &[P::Int(p.0)],
+            )? {
+                let o = ProfileId(r.int(0)?);
+                if !owners.contains(&o) {
+                    owners.push(o);
+                }
+            }
+        }
+        Ok(owners)
+    }
+    /// Destroy these owners' data keys, for an erasure in this
+    /// transaction; how many there were. On SQLite the keys go once the
+    /// erasure is durable, at [`Conn::checkpoint`].
+    fn data_keys_destroy(&mut self, owners: &[ProfileId]) -> Result<u64> {
+        let mut n = 0;
+        for o in owners {
+            n += self.exec("DELETE FROM data_keys WHERE owner_id = $1", &[P::Int(o.0)])?;
+        }
+        Ok(n)
+    }
+    /// Up to `limit` `(owner, wrapped)` keys with owners after `after`, in
+    /// order (a restore copies them from the live store page by page).
+    fn data_keys_after(&mut self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        self.query(
+            "SELECT owner_id, wrapped FROM data_keys WHERE owner_id > $1 ORDER BY owner_id LIMIT $2",
+            &[P::Int(after), P::Int(limit)],
+        )?
+        .iter()
+        .map(|r| Ok((r.int(0)?, r.blob(1)?)))
+        .collect()
+    }
     /// As [`Conn::profile_get`] (following merges), for each id.
     fn profiles_get(&mut self, ids: &[ProfileId]) -> Result<Vec<Option<ProfileRow>>> {
         ids.iter().map(|&p| self.profile_get(p)).collect()

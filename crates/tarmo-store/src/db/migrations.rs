@@ -6,8 +6,10 @@
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
 //! whose sequences never go back), `{KEYRING_SCHEMA}` PostgreSQL's move of
 //! the data keys into a schema of their own and `{KEYRING_META}` of the
-//! installation keys' record beside them (nothing on SQLite, where they
-//! stay in the one file: see the README's roadmap).
+//! installation keys' record beside them (nothing on SQLite), and
+//! `{KEYRING_FILE}` SQLite's drop of the data keys' table once they were
+//! copied into the keyring file of their own (migration 22; nothing on
+//! PostgreSQL).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -526,6 +528,12 @@ INSERT INTO profile_counts (profile_id, events, last_ms)
 ALTER TABLE profiles DROP COLUMN event_count;
 "#,
     ),
+    (
+        22,
+        r#"
+{KEYRING_FILE}
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
@@ -614,7 +622,10 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{KEYRING_SCHEMA}", "")
                 // Nothing to do: the keyring's split is made by `tarmo
                 // backup` (see the README's roadmap).
-                .replace("{KEYRING_META}", "SELECT 1;");
+                .replace("{KEYRING_META}", "SELECT 1;")
+                // The keys were copied into the keyring file just before
+                // (`SqliteConn::move_keys_out`).
+                .replace("{KEYRING_FILE}", "DROP TABLE IF EXISTS data_keys;");
             (*v, s)
         })
         .collect()
@@ -633,7 +644,9 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{BOOL}", "BOOLEAN")
                 .replace("{IDS_NEVER_REUSED}", "")
                 .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA)
-                .replace("{KEYRING_META}", PG_KEYRING_META);
+                .replace("{KEYRING_META}", PG_KEYRING_META)
+                // The keyring schema is in the same database: nothing moves.
+                .replace("{KEYRING_FILE}", "SELECT 1;");
             (*v, s)
         })
         .collect()

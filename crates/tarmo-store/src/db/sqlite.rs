@@ -41,22 +41,72 @@ fn owner_only(path: &Path) -> Result<()> {
 
 pub struct SqliteBackend {
     path: PathBuf,
+    keyring: PathBuf,
+}
+
+/// The people's wrapped data keys live in a file of their own beside the
+/// database: `keyring.db` beside `tarmo.db` (`NAME-keyring.db` beside any
+/// other name). Its log holds nothing but keys, so an erasure truncates it
+/// in milliseconds however busy ingestion is, and a copy of the data file
+/// without it opens nothing.
+pub fn keyring_path(db: &Path) -> PathBuf {
+    match db.file_name().and_then(|n| n.to_str()) {
+        Some("tarmo.db") | None => db.with_file_name("keyring.db"),
+        Some(name) => db.with_file_name(format!("{name}-keyring.db")),
+    }
+}
+
+/// The keyring file's one table: a key per owner (the profile that made
+/// it). Which person a key belongs to now (after merges) is the data's
+/// business (`profiles.merged_into`): nothing in the keyring changes
+/// when people merge, so the keyring is written only when a profile is
+/// made and when a person is erased.
+pub const KEYRING_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS data_keys (owner_id INTEGER PRIMARY KEY, wrapped BLOB NOT NULL)";
+
+/// Open a keyring file for use: WAL, a synced commit, deleted keys zeroed.
+fn open_keyring(path: &Path) -> Result<Connection> {
+    let k = Connection::open(path)?;
+    k.busy_timeout(std::time::Duration::from_secs(10))?;
+    k.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a key is on stable storage before the data that needs it is
+    // committed (see `SqliteConn::commit`).
+    k.pragma_update(None, "synchronous", "FULL")?;
+    k.pragma_update(None, "secure_delete", "ON")?;
+    k.set_prepared_statement_cache_capacity(16);
+    Ok(k)
 }
 
 impl SqliteBackend {
-    /// Open (creating if needed) the database file and bring its schema up to date.
+    /// Open (creating if needed) the database file and its keyring, bring
+    /// the schema up to date, and drop keys nobody owns.
     pub fn open(path: &Path) -> Result<Self> {
         owner_only(path)?;
+        let keyring = keyring_path(path);
+        owner_only(&keyring)?;
         let b = Self {
             path: path.to_owned(),
+            keyring,
         };
         let mut c = b.connect()?;
         c.migrate()?;
+        let dropped = c.drop_orphan_keys()?;
+        if dropped > 0 {
+            tracing::info!(
+                keys = dropped,
+                "dropped data keys whose profile is gone (a write rolled back, or an erasure cut short)"
+            );
+        }
         Ok(b)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The keyring file beside the database.
+    pub fn keyring(&self) -> &Path {
+        &self.keyring
     }
 
     pub fn connect(&self) -> Result<SqliteConn> {
@@ -71,6 +121,9 @@ impl SqliteBackend {
         c.set_prepared_statement_cache_capacity(64);
         Ok(SqliteConn {
             c,
+            k: open_keyring(&self.keyring)?,
+            doomed: Vec::new(),
+            truncate: None,
             slots: HashMap::new(),
         })
     }
@@ -78,8 +131,53 @@ impl SqliteBackend {
 
 pub struct SqliteConn {
     c: Connection,
+    /// The keyring file. Keys written in a transaction go into a write
+    /// transaction of its own, committed (and synced) just before the
+    /// data's: a profile is never durable without its key. A key whose
+    /// profile then rolls back is dropped at the next start (or replaced,
+    /// should its id be handed out again).
+    k: Connection,
+    /// Owners whose keys go once the erasure that removed them is durable
+    /// (at [`Conn::checkpoint`]).
+    doomed: Vec<i64>,
+    /// The writer's: ask the checkpointer to fold and truncate the data's
+    /// log in the background (set by [`Conn::defer_sync`]).
+    truncate: Option<TruncateAsk>,
     /// Each statement text's parameter numbers, by slot (see [`bind`]).
     slots: HashMap<String, Box<[usize]>>,
+}
+
+/// A way to ask the checkpointer thread for a truncating checkpoint.
+struct TruncateAsk {
+    wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Fold a log into its database file and truncate it, trying a few
+/// times when readers on an older snapshot hold it off.
+fn truncate_log(c: &Connection, what: &str) -> Result<()> {
+    // TRUNCATE waits for readers still on an older snapshot and then
+    // answers busy = 1 rather than an error: look at the answer, and try
+    // again a few times, each wait short so that a long read does not hold
+    // the writer (the busy timeout would be 10 s).
+    c.busy_timeout(CHECKPOINT_WAIT)?;
+    let r = (|| {
+        for attempt in 0..CHECKPOINT_ATTEMPTS {
+            let (busy, log, done): (i64, i64, i64) =
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tracing::debug!(attempt, log, done, what, "checkpoint held off by readers");
+            std::thread::sleep(CHECKPOINT_WAIT * (attempt + 1));
+        }
+        Err(Error::Busy(format!(
+            "the {what} write-ahead log could not be truncated: readers held it through {CHECKPOINT_ATTEMPTS} attempts"
+        )))
+    })();
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    r
 }
 
 /// Flushes a database's write-ahead log: after `flush` returns, every
@@ -120,16 +218,25 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// beginning again. When the writer appends faster than checkpoints copy
 /// (a very large database, pages everywhere), the log would grow without
 /// end: the writer's own checkpoint at 256 MiB of log is the brake.
+///
+/// After an erasure the writer asks it (`wanted`) for a truncating
+/// checkpoint instead: the log's frames from before the erasure hold the
+/// person's sealed values, noise once their key is gone, and are removed
+/// too, without the erasure's answer waiting for it.
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
     fn spawn(db: &str) -> Result<Self> {
+        use std::sync::atomic::Ordering;
         let c = Connection::open(db)?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let truncate = wanted.clone();
         let join = std::thread::Builder::new()
             .name("tarmo-checkpointer".into())
             .spawn(move || {
@@ -145,8 +252,13 @@ impl Checkpointer {
                         }
                     }
                     asked = false;
+                    if truncate.swap(false, Ordering::AcqRel) {
+                        // Held off (readers, or an error): again next time.
+                        if truncate_log(&c, "data").is_err() {
+                            truncate.store(true, Ordering::Release);
+                        }
                     // With nothing new in the log this returns at once.
-                    if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    } else if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
                         tracing::warn!(error = %e, "checkpoint failed; trying again later");
                     }
                     let rest = std::time::Instant::now() + CHECKPOINT_EVERY;
@@ -162,8 +274,18 @@ impl Checkpointer {
             })?;
         Ok(Self {
             nudge: Some(tx),
+            wanted,
             join: Some(join),
         })
+    }
+
+    /// The flag that asks for a truncating checkpoint: taken at the next
+    /// flush's nudge (every commit is flushed) or within five seconds. It
+    /// holds no sender, so the thread still ends when the flusher goes.
+    fn asker(&self) -> TruncateAsk {
+        TruncateAsk {
+            wanted: self.wanted.clone(),
+        }
     }
 
     fn nudge(&self) {
@@ -188,6 +310,7 @@ impl SqliteConn {
         self.c.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
         )?;
+        self.k.execute_batch(KEYRING_SCHEMA)?;
         let all: Vec<(i64, String)> = crate::migrations::sqlite();
         for (version, sql) in &all {
             let tx = self
@@ -201,6 +324,9 @@ impl SqliteConn {
                 )
                 .optional()?;
             if done.is_none() {
+                if *version == KEYRING_FILE_MIGRATION {
+                    move_keys_out(&self.k, &tx)?;
+                }
                 tx.execute_batch(sql)?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
@@ -211,6 +337,132 @@ impl SqliteConn {
         }
         Ok(())
     }
+
+    /// Drop the keys whose profile is gone: a key written for a profile
+    /// whose transaction then rolled back (the keyring commits first), or
+    /// one whose erasure was cut short between the data's commit and the
+    /// key's destruction. Run under the data's write lock, so that no
+    /// writer (of this process or another) is between its keyring commit
+    /// and its data commit.
+    fn drop_orphan_keys(&mut self) -> Result<u64> {
+        self.c.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            attach_data(&self.k, &self.c)?;
+            let n = self.k.execute(
+                "DELETE FROM main.data_keys
+                 WHERE NOT EXISTS (SELECT 1 FROM d.profiles WHERE d.profiles.id = owner_id)",
+                [],
+            );
+            self.k.execute_batch("DETACH d")?;
+            Ok(n? as u64)
+        })();
+        self.c.execute_batch("ROLLBACK")?;
+        r
+    }
+
+    /// Open a write transaction on the keyring if the data has one and the
+    /// keyring does not yet.
+    fn keyring_write(&mut self) -> Result<()> {
+        if !self.c.is_autocommit() && self.k.is_autocommit() {
+            self.k.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        Ok(())
+    }
+
+    /// Make every commit of the data so far durable (the writer defers
+    /// the flush of its commits: see [`Conn::defer_sync`]).
+    fn sync_data_log(&self) -> Result<()> {
+        let mut wal = self.c.path().unwrap_or_default().to_owned();
+        if wal.is_empty() {
+            return Ok(());
+        }
+        wal.push_str("-wal");
+        match std::fs::File::open(&wal) {
+            Ok(f) => Ok(f.sync_data()?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Destroy the keys of erased people, now that their erasure is
+    /// durable: only those whose profile row is gone, so that a job rolled
+    /// back to its savepoint keeps its person's key (profile ids are never
+    /// handed out again once committed: AUTOINCREMENT).
+    fn destroy_doomed(&mut self) -> Result<()> {
+        if self.doomed.is_empty() {
+            return Ok(());
+        }
+        self.sync_data_log()?;
+        let mut gone = Vec::with_capacity(self.doomed.len());
+        {
+            let mut st = self
+                .c
+                .prepare_cached("SELECT 1 FROM profiles WHERE id = ?1")?;
+            for &o in &self.doomed {
+                if !st.exists([o])? {
+                    gone.push(o);
+                }
+            }
+        }
+        self.k.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            let mut st = self
+                .k
+                .prepare_cached("DELETE FROM data_keys WHERE owner_id = ?1")?;
+            for &o in &gone {
+                st.execute([o])?;
+            }
+            Ok::<_, Error>(())
+        })();
+        match r.and_then(|()| Ok(self.k.execute_batch("COMMIT")?)) {
+            Ok(()) => {
+                self.doomed.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.k.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The migration that moves the data keys out into the keyring file.
+const KEYRING_FILE_MIGRATION: i64 = 22;
+
+/// Attach the data file (read by the keyring's connection) as `d`.
+fn attach_data(k: &Connection, c: &Connection) -> Result<()> {
+    let path = c.path().unwrap_or_default();
+    k.execute("ATTACH ?1 AS d", [path])?;
+    Ok(())
+}
+
+/// Copy the data keys from the database file (releases before migration
+/// 22 kept them there) into the keyring, synced, before the migration
+/// drops them from the database. A key left empty (a restore of an older
+/// backup that could not put it back) is not copied: its person is
+/// erased by the restore. Safe to run again after a crash.
+fn move_keys_out(k: &Connection, c: &Connection) -> Result<()> {
+    let there: bool = c
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_keys'")?
+        .exists([])?;
+    if !there {
+        return Ok(());
+    }
+    attach_data(k, c)?;
+    // Deferred: IMMEDIATE would take the write lock of `d` too, which the
+    // migration's own transaction holds.
+    let r = k.execute_batch(
+        "BEGIN;
+         INSERT OR IGNORE INTO main.data_keys (owner_id, wrapped)
+             SELECT owner_id, wrapped FROM d.data_keys WHERE length(wrapped) > 0;
+         COMMIT;",
+    );
+    if r.is_err() && !k.is_autocommit() {
+        let _ = k.execute_batch("ROLLBACK");
+    }
+    k.execute_batch("DETACH d")?;
+    Ok(r?)
 }
 
 fn to_sql<'a>(p: &'a P<'a>) -> rusqlite::types::ToSqlOutput<'a> {
@@ -292,11 +544,21 @@ impl Conn for SqliteConn {
     }
 
     fn commit(&mut self) -> Result<()> {
+        // The keys first, synced: a profile is never durable without its
+        // key. Should the data's commit then fail, the keys are orphans,
+        // dropped at the next start.
+        if !self.k.is_autocommit() {
+            self.k.execute_batch("COMMIT")?;
+        }
         self.c.execute_batch("COMMIT")?;
         Ok(())
     }
 
     fn rollback(&mut self) -> Result<()> {
+        self.doomed.clear();
+        if !self.k.is_autocommit() {
+            self.k.execute_batch("ROLLBACK")?;
+        }
         if !self.c.is_autocommit() {
             self.c.execute_batch("ROLLBACK")?;
         }
@@ -333,32 +595,22 @@ impl Conn for SqliteConn {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        // With secure_delete on, pages freed by deletions reach the database
-        // file zeroed, and the WAL that held the old pages is truncated.
-        // TRUNCATE waits for readers still on an older snapshot and then
-        // answers busy = 1 rather than an error: look at the answer, and
-        // try again a few times, each wait short so that a long read does
-        // not hold the writer (the busy timeout would be 10 s).
-        self.c.busy_timeout(CHECKPOINT_WAIT)?;
-        let r = (|| {
-            for attempt in 0..CHECKPOINT_ATTEMPTS {
-                let (busy, log, done): (i64, i64, i64) =
-                    self.c
-                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                        })?;
-                if busy == 0 {
-                    return Ok(());
-                }
-                tracing::debug!(attempt, log, done, "checkpoint held off by readers");
-                std::thread::sleep(CHECKPOINT_WAIT * (attempt + 1));
+        // The erased people's keys go, once their erasure is durable, and
+        // the keyring's log, which held them, is folded and truncated
+        // (`secure_delete` zeroes the freed space). The keyring's log holds
+        // keys only, so this takes milliseconds however busy ingestion is.
+        self.destroy_doomed()?;
+        truncate_log(&self.k, "keyring")?;
+        // The data's log still holds the erased person's sealed values from
+        // before the erasure, noise without their key: the writer's
+        // checkpointer folds and truncates it next, in the background.
+        match &self.truncate {
+            Some(ask) => {
+                ask.wanted.store(true, std::sync::atomic::Ordering::Release);
+                Ok(())
             }
-            Err(Error::Busy(format!(
-                "the write-ahead log could not be truncated: readers held it through {CHECKPOINT_ATTEMPTS} attempts"
-            )))
-        })();
-        self.c.busy_timeout(std::time::Duration::from_secs(10))?;
-        r
+            None => truncate_log(&self.c, "data"),
+        }
     }
 
     fn defer_sync(&mut self) -> Result<Option<Box<dyn Flusher>>> {
@@ -394,7 +646,13 @@ impl Conn for SqliteConn {
         // Checkpoints move to a thread of their own (the writer checkpoints
         // only if they fall 256 MiB behind); once the log has been copied
         // and starts again from the beginning, it is cut back to 64 MiB.
+        // What an earlier run left in the log (before a crash, say) is
+        // folded in and truncated now, while nothing else writes.
+        if let Err(e) = truncate_log(&self.c, "data") {
+            tracing::warn!(error = %e, "the data's log could not be truncated at start");
+        }
         let checkpointer = Checkpointer::spawn(db)?;
+        self.truncate = Some(checkpointer.asker());
         self.c.pragma_update(None, "wal_autocheckpoint", 65536)?;
         self.c
             .pragma_update(None, "journal_size_limit", 64i64 << 20)?;
@@ -451,20 +709,32 @@ impl Conn for SqliteConn {
     fn data_key_insert(
         &mut self,
         owner: ProfileId,
-        profile: ProfileId,
+        _profile: ProfileId,
         wrapped: &[u8],
     ) -> Result<()> {
-        self.c
-            .prepare_cached(
-                "INSERT INTO data_keys (owner_id, profile_id, wrapped) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![owner.0, profile.0, wrapped])?;
+        self.keyring_write()?;
+        // REPLACE: a key left by a profile whose write rolled back, whose
+        // id is now handed out again.
+        self.k
+            .prepare_cached("INSERT OR REPLACE INTO data_keys (owner_id, wrapped) VALUES (?1, ?2)")?
+            .execute(params![owner.0, wrapped])?;
+        Ok(())
+    }
+
+    fn data_keys_insert(&mut self, rows: &[(ProfileId, ProfileId, Vec<u8>)]) -> Result<()> {
+        self.keyring_write()?;
+        let mut st = self.k.prepare_cached(
+            "INSERT OR REPLACE INTO data_keys (owner_id, wrapped) VALUES (?1, ?2)",
+        )?;
+        for (owner, _, wrapped) in rows {
+            st.execute(params![owner.0, wrapped])?;
+        }
         Ok(())
     }
 
     fn data_key_get(&mut self, owner: ProfileId) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .c
+            .k
             .prepare_cached("SELECT wrapped FROM data_keys WHERE owner_id = ?1")?
             .query_row([owner.0], |r| r.get(0))
             .optional()?)
@@ -475,7 +745,7 @@ impl Conn for SqliteConn {
         // Pages of 500 stay under SQLite's limit on parameters.
         for page in owners.chunks(500) {
             let marks = vec!["?"; page.len()].join(", ");
-            let mut st = self.c.prepare_cached(&format!(
+            let mut st = self.k.prepare_cached(&format!(
                 "SELECT owner_id, wrapped FROM data_keys WHERE owner_id IN ({marks})"
             ))?;
             let rows = st.query_map(rusqlite::params_from_iter(page.iter().map(|p| p.0)), |r| {
@@ -488,6 +758,36 @@ impl Conn for SqliteConn {
         }
         // An owner asked twice gets its key twice.
         Ok(owners.iter().map(|o| found.get(&o.0).cloned()).collect())
+    }
+
+    fn data_key_owners(&mut self, profiles: &[ProfileId]) -> Result<Vec<ProfileId>> {
+        // Each profile owns the key it made; the profiles merged into a
+        // person are in `profiles`.
+        Ok(profiles
+            .iter()
+            .zip(self.data_keys_get(profiles)?)
+            .filter_map(|(&p, k)| k.map(|_| p))
+            .collect())
+    }
+
+    fn data_keys_destroy(&mut self, owners: &[ProfileId]) -> Result<u64> {
+        let held = self.data_keys_get(owners)?.iter().flatten().count();
+        // Destroyed once the erasure is durable (see `checkpoint`): a key
+        // destroyed before a power cut that then undid the erasure would
+        // leave a person nobody can read.
+        self.doomed.extend(owners.iter().map(|o| o.0));
+        if self.c.is_autocommit() {
+            self.destroy_doomed()?;
+        }
+        Ok(held as u64)
+    }
+
+    fn data_keys_after(&mut self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut st = self.k.prepare_cached(
+            "SELECT owner_id, wrapped FROM data_keys WHERE owner_id > ?1 ORDER BY owner_id LIMIT ?2",
+        )?;
+        let rows = st.query_map([after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>> {
@@ -543,10 +843,6 @@ impl Conn for SqliteConn {
         )?;
         c.execute(
             "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
-            [from.0, into.0],
-        )?;
-        c.execute(
-            "UPDATE data_keys SET profile_id = ?2 WHERE profile_id = ?1",
             [from.0, into.0],
         )?;
         c.execute(
@@ -906,6 +1202,144 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// A database made before migration 22 kept the data keys in its own
+    /// file: they move to the keyring file (a key a restore left empty
+    /// does not), the table leaves the database, and the values open.
+    #[test]
+    fn migration_22_moves_the_data_keys_into_the_keyring_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        {
+            let c = migrated_before(&path, 22);
+            c.execute_batch(
+                "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3);
+                 INSERT INTO data_keys (owner_id, profile_id, wrapped)
+                     VALUES (1, 1, x'0a0b0c'), (2, 1, x'0d0e0f'), (3, 3, x'');",
+            )
+            .unwrap();
+        }
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.keyring(), dir.path().join("keyring.db"));
+        let mut c = b.connect().unwrap();
+        let ids = [ProfileId(1), ProfileId(2), ProfileId(3)];
+        assert_eq!(
+            c.data_keys_get(&ids).unwrap(),
+            vec![Some(vec![10, 11, 12]), Some(vec![13, 14, 15]), None]
+        );
+        let left: bool =
+            c.c.prepare("SELECT 1 FROM sqlite_master WHERE name = 'data_keys'")
+                .unwrap()
+                .exists([])
+                .unwrap();
+        assert!(!left, "the data file holds no key table any more");
+        drop(c);
+        // Opening again moves nothing twice and loses nothing.
+        let mut c = SqliteBackend::open(&path).unwrap().connect().unwrap();
+        assert_eq!(c.data_keys_after(0, 10).unwrap().len(), 2);
+    }
+
+    /// A key is committed, synced, before the data that needs it: a
+    /// transaction rolled back takes its keys with it; a key whose data
+    /// then failed to commit is an orphan, dropped at the next start.
+    #[test]
+    fn keys_commit_before_the_data_and_orphans_go_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut w = b.connect().unwrap();
+        let mut r = b.connect().unwrap();
+        w.begin().unwrap();
+        let p = w.profile_create(1).unwrap();
+        w.data_key_insert(p, p, b"key-1").unwrap();
+        // Inside the transaction the writer reads its own key; no one else does.
+        assert_eq!(w.data_key_get(p).unwrap(), Some(b"key-1".to_vec()));
+        assert_eq!(r.data_key_get(p).unwrap(), None);
+        w.commit().unwrap();
+        assert_eq!(r.data_key_get(p).unwrap(), Some(b"key-1".to_vec()));
+
+        w.begin().unwrap();
+        let q = w.profile_create(2).unwrap();
+        w.data_key_insert(q, q, b"key-2").unwrap();
+        w.rollback().unwrap();
+        assert_eq!(
+            r.data_key_get(q).unwrap(),
+            None,
+            "rolled back with the data"
+        );
+
+        // The keyring committed, the data not (a crash between the two).
+        w.begin().unwrap();
+        let o = w.profile_create(3).unwrap();
+        w.data_key_insert(o, o, b"key-3").unwrap();
+        w.k.execute_batch("COMMIT").unwrap();
+        w.c.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(r.data_key_get(o).unwrap(), Some(b"key-3".to_vec()));
+        drop((w, r));
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut r = b.connect().unwrap();
+        assert_eq!(r.data_key_get(o).unwrap(), None, "the orphan is dropped");
+        assert_eq!(r.data_key_get(p).unwrap(), Some(b"key-1".to_vec()));
+        // Its id is handed out again, with a new key.
+        let mut w = b.connect().unwrap();
+        w.begin().unwrap();
+        let again = w.profile_create(4).unwrap();
+        w.data_key_insert(again, again, b"key-4").unwrap();
+        w.commit().unwrap();
+        assert_eq!(r.data_key_get(again).unwrap(), Some(b"key-4".to_vec()));
+    }
+
+    /// An erasure's keys go only once its commit is durable, at the
+    /// checkpoint; a key whose profile is still there (its job rolled back
+    /// to a savepoint) stays; the keyring's log is truncated and its file
+    /// no longer holds the key's bytes.
+    #[test]
+    fn an_erasures_keys_go_after_its_commit_and_leave_no_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut w = b.connect().unwrap();
+        let key = b"wrapped-key-bytes-0123456789abcdef".to_vec();
+        w.begin().unwrap();
+        let (p, q) = (w.profile_create(1).unwrap(), w.profile_create(1).unwrap());
+        w.data_key_insert(p, p, &key).unwrap();
+        w.data_key_insert(q, q, b"the other").unwrap();
+        w.commit().unwrap();
+
+        w.begin().unwrap();
+        w.exec("DELETE FROM profiles WHERE id = $1", &[P::Int(p.0)])
+            .unwrap();
+        assert_eq!(w.data_key_owners(&[p, q]).unwrap(), vec![p, q]);
+        assert_eq!(w.data_keys_destroy(&[p, q]).unwrap(), 2);
+        // Not yet: the erasure is not durable.
+        assert_eq!(w.data_key_get(p).unwrap(), Some(key.clone()));
+        w.commit().unwrap();
+        w.checkpoint().unwrap();
+        assert_eq!(w.data_key_get(p).unwrap(), None);
+        assert_eq!(
+            w.data_key_get(q).unwrap(),
+            Some(b"the other".to_vec()),
+            "q's profile is still there"
+        );
+        let wal = std::fs::metadata(dir.path().join("keyring.db-wal")).unwrap();
+        assert_eq!(wal.len(), 0, "the keyring's log is truncated");
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let f = f.unwrap().path();
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key),
+                "{} still holds the key",
+                f.display()
+            );
+        }
+
+        // A rollback forgets what it doomed.
+        w.begin().unwrap();
+        w.data_keys_destroy(&[q]).unwrap();
+        w.rollback().unwrap();
+        w.checkpoint().unwrap();
+        assert!(w.data_key_get(q).unwrap().is_some());
     }
 
     /// A database made before migration 5, whose newest profile was erased:

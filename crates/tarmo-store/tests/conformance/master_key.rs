@@ -138,10 +138,10 @@ pub fn rotating_the_master_key_rewraps_the_installation_keys_only(h: &Harness) {
         h.store
             .conn()
             .unwrap()
-            .query("SELECT wrapped FROM data_keys ORDER BY owner_id", &[])
+            .data_keys_after(0, i64::MAX)
             .unwrap()
-            .iter()
-            .map(|r| r.blob(0).unwrap())
+            .into_iter()
+            .map(|(_, wrapped)| wrapped)
             .collect()
     };
     let data_keys = count_keys();
