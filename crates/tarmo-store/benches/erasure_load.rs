@@ -174,6 +174,17 @@ fn main() {
         pct(&mut v, 0.99)
     };
 
+    // The slowest five of each, and where they fell in their series.
+    let slowest = |v: &[f64]| -> String {
+        let mut at: Vec<(usize, f64)> = v.iter().copied().enumerate().collect();
+        at.sort_by(|a, b| b.1.total_cmp(&a.1));
+        at.iter()
+            .take(5)
+            .map(|(i, ms)| format!("#{i} {ms:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (slow_loaded, slow_idle) = (slowest(&loaded), slowest(&idle));
     println!("ingestion during the run: {rate:.0} events/s (two threads, batches of 500)");
     println!(
         "erasure under load ({} people): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -189,6 +200,7 @@ fn main() {
         pct(&mut idle, 0.99),
         pct(&mut idle, 1.0)
     );
+    println!("slowest under load: {slow_loaded}; idle: {slow_idle}");
     println!(
         "truncating checkpoint: {:.1} ms on average under load ({load_n}), {:.1} ms idle ({ckpt_n})",
         load_ms / load_n.max(1) as f64,

@@ -245,21 +245,36 @@ impl Checkpointer {
                 // to finish a checkpoint the writer held back.
                 let mut asked = false;
                 loop {
+                    // Quiet: no commit was flushed for a while (every flush
+                    // nudges), which is when a truncation asked for is
+                    // made: it holds the writer off while it runs, 60 ms to
+                    // over a second under heavy ingestion (measured), so it
+                    // waits for a lull. Under continuous load the log's old
+                    // frames are written over as it starts again from the
+                    // beginning after each complete checkpoint, and cut to
+                    // `journal_size_limit`.
+                    let mut quiet = false;
                     if !asked {
-                        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
-                            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                        let wait = if truncate.load(Ordering::Acquire) {
+                            std::time::Duration::from_secs(1)
+                        } else {
+                            std::time::Duration::from_secs(5)
+                        };
+                        match rx.recv_timeout(wait) {
+                            Ok(()) => {}
+                            Err(RecvTimeoutError::Timeout) => quiet = true,
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
                     asked = false;
-                    if truncate.swap(false, Ordering::AcqRel) {
-                        // Held off (readers, or an error): again next time.
-                        if truncate_log(&c, "data").is_err() {
-                            truncate.store(true, Ordering::Release);
-                        }
                     // With nothing new in the log this returns at once.
-                    } else if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
                         tracing::warn!(error = %e, "checkpoint failed; trying again later");
+                    } else if quiet
+                        && truncate.load(Ordering::Acquire)
+                        && truncate_log(&c, "data").is_ok()
+                    {
+                        truncate.store(false, Ordering::Release);
                     }
                     let rest = std::time::Instant::now() + CHECKPOINT_EVERY;
                     loop {
@@ -279,9 +294,9 @@ impl Checkpointer {
         })
     }
 
-    /// The flag that asks for a truncating checkpoint: taken at the next
-    /// flush's nudge (every commit is flushed) or within five seconds. It
-    /// holds no sender, so the thread still ends when the flusher goes.
+    /// The flag that asks for a truncating checkpoint, made at the next
+    /// lull (two seconds without a commit). It holds no sender, so the
+    /// thread still ends when the flusher goes.
     fn asker(&self) -> TruncateAsk {
         TruncateAsk {
             wanted: self.wanted.clone(),
@@ -603,7 +618,8 @@ impl Conn for SqliteConn {
         truncate_log(&self.k, "keyring")?;
         // The data's log still holds the erased person's sealed values from
         // before the erasure, noise without their key: the writer's
-        // checkpointer folds and truncates it next, in the background.
+        // checkpointer folds and truncates it at the next lull, in the
+        // background (and every start truncates it).
         match &self.truncate {
             Some(ask) => {
                 ask.wanted.store(true, std::sync::atomic::Ordering::Release);
