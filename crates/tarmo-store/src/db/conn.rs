@@ -288,8 +288,12 @@ pub trait Conn: Send {
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>>;
     /// Take a transaction-scoped lock (no-op where the transaction already is one).
     fn lock(&mut self, lock: TxLock) -> Result<()>;
-    /// Fold the write-ahead log into the database file and truncate it, so
-    /// that deleted values leave no copy behind (no-op on PostgreSQL).
+    /// After an erasure: make every commit so far durable, destroy the
+    /// keys it doomed and leave no copy of them in a log (SQLite: the
+    /// keyring's log is folded and truncated now, the data's at the next
+    /// lull); a no-op on PostgreSQL, whose commits are durable and whose
+    /// keys went in the transaction. Once it returns `Ok`, the writer may
+    /// answer without waiting for its flush.
     fn checkpoint(&mut self) -> Result<()>;
     /// A number that changes when another connection commits (SQLite's
     /// `data_version`); constant where caches are not kept (PostgreSQL).

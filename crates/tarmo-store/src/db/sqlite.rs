@@ -403,11 +403,13 @@ impl SqliteConn {
     /// durable: only those whose profile row is gone, so that a job rolled
     /// back to its savepoint keeps its person's key (profile ids are never
     /// handed out again once committed: AUTOINCREMENT).
-    fn destroy_doomed(&mut self) -> Result<()> {
+    fn destroy_doomed(&mut self, sync_first: bool) -> Result<()> {
         if self.doomed.is_empty() {
             return Ok(());
         }
-        self.sync_data_log()?;
+        if sync_first {
+            self.sync_data_log()?;
+        }
         let mut gone = Vec::with_capacity(self.doomed.len());
         {
             let mut st = self
@@ -610,11 +612,14 @@ impl Conn for SqliteConn {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        // The erased people's keys go, once their erasure is durable, and
+        // Every commit so far is made durable first (so the writer may
+        // answer without waiting for its flusher); then the erased people's
+        // keys go, now that their erasure is durable, and
         // the keyring's log, which held them, is folded and truncated
         // (`secure_delete` zeroes the freed space). The keyring's log holds
         // keys only, so this takes milliseconds however busy ingestion is.
-        self.destroy_doomed()?;
+        self.sync_data_log()?;
+        self.destroy_doomed(false)?;
         truncate_log(&self.k, "keyring")?;
         // The data's log still holds the erased person's sealed values from
         // before the erasure, noise without their key: the writer's
@@ -793,7 +798,7 @@ impl Conn for SqliteConn {
         // leave a person nobody can read.
         self.doomed.extend(owners.iter().map(|o| o.0));
         if self.c.is_autocommit() {
-            self.destroy_doomed()?;
+            self.destroy_doomed(true)?;
         }
         Ok(held as u64)
     }

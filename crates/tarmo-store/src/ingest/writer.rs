@@ -868,9 +868,13 @@ fn run_tx(
             }
         }
     }
-    if result.is_ok() {
+    // A checkpoint that went through made every commit so far durable.
+    let durable = result.is_ok() && checkpoint_asked && !owed;
+    if result.is_ok() && !durable {
         acks.after_commit(vec![Box::new(move || job.finish(result))]);
     } else {
+        // Failed, or durable already (an erasure answers without queueing
+        // behind the flusher).
         job.finish(result);
     }
     owed
@@ -980,11 +984,18 @@ fn run_tx_group(
                 .tx_jobs
                 .fetch_add(ran.len() as u64, Ordering::Relaxed);
             let owed = checkpoint_asked && !checkpoint(conn, metrics, false);
-            acks.after_commit(
-                ran.into_iter()
-                    .map(|job| Box::new(move || job.finish(Ok(()))) as Ack)
-                    .collect(),
-            );
+            if checkpoint_asked && !owed {
+                // The checkpoint made every commit so far durable.
+                for job in ran {
+                    job.finish(Ok(()));
+                }
+            } else {
+                acks.after_commit(
+                    ran.into_iter()
+                        .map(|job| Box::new(move || job.finish(Ok(()))) as Ack)
+                        .collect(),
+                );
+            }
             owed
         }
         Err(e) => {
