@@ -238,6 +238,13 @@ fn acknowledged_events_survive_kill_9() {
         );
         assert_eq!(st, 200, "acknowledged batch for {user} lost");
         assert_eq!(p["event_count"], 20, "{user}");
+        // Its key made it too (the keyring commits before the data): the
+        // sealed identifier opens.
+        assert_eq!(
+            p["identifiers"][0]["value"].as_str(),
+            Some(user.as_str()),
+            "{user}'s identifier does not open: {p}"
+        );
     }
 }
 
