@@ -220,9 +220,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// end: the writer's own checkpoint at 256 MiB of log is the brake.
 ///
 /// After an erasure the writer asks it (`wanted`) for a truncating
-/// checkpoint instead: the log's frames from before the erasure hold the
-/// person's sealed values, noise once their key is gone, and are removed
-/// too, without the erasure's answer waiting for it.
+/// checkpoint at the next lull: the log's frames from before the erasure
+/// hold the person's sealed values, noise once their key is gone, and are
+/// removed too, without the erasure's answer waiting for it.
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
     wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
