@@ -1363,6 +1363,54 @@ mod tests {
         assert!(w.data_key_get(q).unwrap().is_some());
     }
 
+    /// The writer's erasure answers without truncating the data's log;
+    /// the checkpointer truncates it at the next lull, and the erased
+    /// bytes are then in no file.
+    #[test]
+    fn the_data_log_is_truncated_at_the_next_lull_after_an_erasure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut w = b.connect().unwrap();
+        let mut flusher = w.defer_sync().unwrap().expect("a log to flush");
+        let marker = b"sealed-bytes-of-an-erased-person-7d1f".to_vec();
+        w.begin().unwrap();
+        let p = w.profile_create(1).unwrap();
+        w.data_key_insert(p, p, b"its key").unwrap();
+        w.meta_set("erased-person", &marker).unwrap();
+        w.commit().unwrap();
+        flusher.flush().unwrap();
+
+        w.begin().unwrap();
+        w.exec("DELETE FROM profiles WHERE id = $1", &[P::Int(p.0)])
+            .unwrap();
+        w.exec("DELETE FROM meta WHERE key = 'erased-person'", &[])
+            .unwrap();
+        w.data_keys_destroy(&[p]).unwrap();
+        w.commit().unwrap();
+        w.checkpoint().unwrap();
+        flusher.flush().unwrap();
+        assert_eq!(w.data_key_get(p).unwrap(), None);
+        let wal = dir.path().join("tarmo.db-wal");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&wal).unwrap().len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the data's log was not truncated within 10 s of quiet"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let f = f.unwrap().path();
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|x| x == marker),
+                "{} still holds the erased bytes",
+                f.display()
+            );
+        }
+    }
+
     /// A database made before migration 5, whose newest profile was erased:
     /// after the upgrade, its id is not given again, and nothing is lost.
     #[test]
