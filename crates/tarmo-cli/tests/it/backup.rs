@@ -343,49 +343,35 @@ fn a_restored_backup_does_not_bring_back_a_person_erased_after_it() {
     drop(r);
 
     // On disk: no data key and no row of the erased profile is left.
-    let k = rusqlite::Connection::open(restored.join("keyring.db")).unwrap();
-    let n: i64 = k
-        .query_row(
-            "SELECT count(*) FROM data_keys WHERE owner_id = ?1",
-            [leaver_id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 0, "the restored keyring holds the erased person's key");
-    let c = rusqlite::Connection::open(restored.join("tarmo.db")).unwrap();
-    for (table, col) in [
-        ("profiles", "id"),
-        ("identifiers", "profile_id"),
-        ("events", "profile_id"),
-    ] {
-        let n: i64 = c
+    let rows_of = |db: &Path, table: &str, col: &str| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
             .query_row(
                 &format!("SELECT count(*) FROM {table} WHERE {col} = ?1"),
                 [leaver_id],
                 |r| r.get(0),
             )
-            .unwrap();
-        assert_eq!(n, 0, "{table} still holds the erased profile");
+            .unwrap()
+    };
+    assert_eq!(
+        rows_of(&restored.join("keyring.db"), "data_keys", "owner_id"),
+        0,
+        "the restored keyring holds the erased person's key"
+    );
+    for (table, col) in [
+        ("profiles", "id"),
+        ("identifiers", "profile_id"),
+        ("events", "profile_id"),
+    ] {
+        assert_eq!(
+            rows_of(&restored.join("tarmo.db"), table, col),
+            0,
+            "{table} still holds the erased profile"
+        );
     }
     // ... while the backups themselves still do: it is the replay that erased.
-    let c = rusqlite::Connection::open(b1.join("tarmo.db")).unwrap();
-    let n: i64 = c
-        .query_row(
-            "SELECT count(*) FROM profiles WHERE id = ?1",
-            [leaver_id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 1);
-    let c = rusqlite::Connection::open(k1.join("keyring.db")).unwrap();
-    let n: i64 = c
-        .query_row(
-            "SELECT count(*) FROM data_keys WHERE owner_id = ?1",
-            [leaver_id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(rows_of(&b1.join("tarmo.db"), "profiles", "id"), 1);
+    assert_eq!(rows_of(&k1.join("keyring.db"), "data_keys", "owner_id"), 1);
 }
 
 const PG: &str = "host=127.0.0.1 user=postgres";

@@ -1311,6 +1311,19 @@ mod tests {
         assert_eq!(r.data_key_get(again).unwrap(), Some(b"key-4".to_vec()));
     }
 
+    /// No file in `dir` holds `bytes`.
+    fn no_file_holds(dir: &std::path::Path, bytes: &[u8]) {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            let held = std::fs::read(&f).unwrap();
+            assert!(
+                !held.windows(bytes.len()).any(|w| w == bytes),
+                "{} still holds the erased bytes",
+                f.display()
+            );
+        }
+    }
+
     /// An erasure's keys go only once its commit is durable, at the
     /// checkpoint; a key whose profile is still there (its job rolled back
     /// to a savepoint) stays; the keyring's log is truncated and its file
@@ -1345,15 +1358,7 @@ mod tests {
         );
         let wal = std::fs::metadata(dir.path().join("keyring.db-wal")).unwrap();
         assert_eq!(wal.len(), 0, "the keyring's log is truncated");
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            let f = f.unwrap().path();
-            let bytes = std::fs::read(&f).unwrap();
-            assert!(
-                !bytes.windows(key.len()).any(|w| w == key),
-                "{} still holds the key",
-                f.display()
-            );
-        }
+        no_file_holds(dir.path(), &key);
 
         // A rollback forgets what it doomed.
         w.begin().unwrap();
@@ -1400,15 +1405,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            let f = f.unwrap().path();
-            let bytes = std::fs::read(&f).unwrap();
-            assert!(
-                !bytes.windows(marker.len()).any(|x| x == marker),
-                "{} still holds the erased bytes",
-                f.display()
-            );
-        }
+        no_file_holds(dir.path(), &marker);
     }
 
     /// A database made before migration 5, whose newest profile was erased:
