@@ -1156,10 +1156,12 @@ mod tests {
         }
     }
 
-    /// A database at `path` as a release before migration `version` left
-    /// it: every earlier migration applied and recorded.
-    fn migrated_before(path: &std::path::Path, version: i64) -> Connection {
-        let c = Connection::open(path).unwrap();
+    /// A new `tarmo.db` as a release before migration `version` left it
+    /// (every earlier migration applied and recorded), holding `rows`.
+    fn migrated_before(version: i64, rows: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        let c = Connection::open(&path).unwrap();
         c.execute_batch(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
         )
@@ -1172,7 +1174,8 @@ mod tests {
             c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v])
                 .unwrap();
         }
-        c
+        c.execute_batch(rows).unwrap();
+        (dir, path)
     }
 
     /// A database made before migration 21 keeps each profile's event
@@ -1181,16 +1184,11 @@ mod tests {
     /// events and a merge add to them.
     #[test]
     fn migration_21_moves_event_counts_and_merges_add_them_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tarmo.db");
-        {
-            let c = migrated_before(&path, 21);
-            c.execute_batch(
-                "INSERT INTO profiles (id, created_ms, updated_ms, event_count, traits)
+        let (_dir, path) = migrated_before(
+            21,
+            "INSERT INTO profiles (id, created_ms, updated_ms, event_count, traits)
                      VALUES (1, 1, 50, 7, x'01'), (2, 2, 60, 0, NULL), (3, 3, 70, 2, NULL);",
-            )
-            .unwrap();
-        }
+        );
         let b = SqliteBackend::open(&path).unwrap();
         let mut c = b.connect().unwrap();
         let seen = |c: &mut SqliteConn, id: i64| {
@@ -1230,17 +1228,12 @@ mod tests {
     /// does not), the table leaves the database, and the values open.
     #[test]
     fn migration_22_moves_the_data_keys_into_the_keyring_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tarmo.db");
-        {
-            let c = migrated_before(&path, 22);
-            c.execute_batch(
-                "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3);
+        let (dir, path) = migrated_before(
+            22,
+            "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3);
                  INSERT INTO data_keys (owner_id, profile_id, wrapped)
                      VALUES (1, 1, x'0a0b0c'), (2, 1, x'0d0e0f'), (3, 3, x'');",
-            )
-            .unwrap();
-        }
+        );
         let b = SqliteBackend::open(&path).unwrap();
         assert_eq!(b.keyring(), dir.path().join("keyring.db"));
         let mut c = b.connect().unwrap();
@@ -1412,12 +1405,9 @@ mod tests {
     /// after the upgrade, its id is not given again, and nothing is lost.
     #[test]
     fn migration_5_keeps_rows_and_never_gives_an_erased_id_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tarmo.db");
-        {
-            let c = migrated_before(&path, 5);
-            c.execute_batch(
-                "INSERT INTO profiles (id, created_ms, updated_ms, traits) VALUES (1, 1, 1, x'01'), (2, 2, 2, NULL), (3, 3, 3, NULL);
+        let (_dir, path) = migrated_before(
+            5,
+            "INSERT INTO profiles (id, created_ms, updated_ms, traits) VALUES (1, 1, 1, x'01'), (2, 2, 2, NULL), (3, 3, 3, NULL);
                  INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method, notice_version,
                      notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash)
                      VALUES (1, 3, 3, 'p', 'granted', 'api', 'v', 1, 3, 3, 's', x'00', x'00', x'00');
@@ -1425,9 +1415,7 @@ mod tests {
                      VALUES (7, 3, 3, 'email', 'confirmation', 3, 3, 'sent');
                  DELETE FROM profiles WHERE id = 3;
                  DELETE FROM outbox WHERE id = 7;",
-            )
-            .unwrap();
-        }
+        );
         let b = SqliteBackend::open(&path).unwrap();
         let mut c = b.connect().unwrap();
         assert_eq!(
