@@ -277,6 +277,9 @@ fn main() {
         let _ = c.kill();
         let _ = c.wait();
     }
+    if db_url.is_none() {
+        disk_per_event(&data);
+    }
     if let Some(url) = &db_url {
         // PostgreSQL's raw limit in the same run: the same rows, a unique
         // random messageId index, multi-row INSERTs of 1000 in transactions
@@ -381,4 +384,44 @@ fn hex_of(b: &[u8]) -> String {
             let _ = write!(s, "{x:02x}");
             s
         })
+}
+
+/// Bytes on disk per event once the log is folded in: the whole store
+/// (`tarmo.db` and `keyring.db`) and each table's and index's share, from
+/// SQLite's `dbstat` (pages actually used, so free pages do not count).
+fn disk_per_event(data: &std::path::Path) {
+    let c = rusqlite::Connection::open(data.join("tarmo.db")).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let events: i64 = c
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let body: f64 = c
+        .query_row("SELECT avg(length(body)) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let mut st = c
+        .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+        .unwrap();
+    let parts: Vec<(String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let keyring = std::fs::metadata(data.join("keyring.db"))
+        .map(|m| m.len())
+        .unwrap_or(0) as i64;
+    let total = parts.iter().map(|p| p.1).sum::<i64>() + keyring;
+    let per = |b: i64| b as f64 / events.max(1) as f64;
+    println!(
+        "disk: {:.0} B an event after a checkpoint ({events} events; {:.1} MB in tables and indexes, keyring {:.1} MB); sealed body {body:.0} B on average",
+        per(total),
+        total as f64 / 1e6,
+        keyring as f64 / 1e6,
+    );
+    let top: Vec<String> = parts
+        .iter()
+        .take(8)
+        .map(|(n, b)| format!("{n} {:.0}", per(*b)))
+        .collect();
+    println!("disk: B an event by table: {}", top.join(", "));
 }

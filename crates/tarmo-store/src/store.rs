@@ -18,6 +18,7 @@ use tarmo_core::access::{CONTACT_TRAITS, DataKind, Grant};
 use crate::conn::P;
 use crate::conn::{Conn, KeyId, ProfileId, StoreCounts};
 use crate::consent::{Catalog, CatalogCache};
+use crate::crypto::packed;
 use crate::crypto::person::{self, Duty, Sight};
 use crate::keys::{ApiKey, KeySpec};
 use crate::metrics::WriterMetrics;
@@ -461,7 +462,7 @@ impl Store {
             timestamp_ms: m.timestamp_ms,
             identifiers,
             traits: m.traits,
-            body: serde_json::to_vec(&m.body).expect("JSON values serialise"),
+            body: packed::pack(serde_json::to_vec(&m.body).expect("JSON values serialise")),
             consent: None,
         }
     }

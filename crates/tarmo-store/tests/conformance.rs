@@ -174,6 +174,7 @@ conformance!(
     traits_are_last_write_wins_by_timestamp,
     message_ids_are_deduplicated,
     events_page_newest_first_with_cursor,
+    event_bodies_are_packed_and_older_ones_still_read,
     api_keys_are_hashed_and_revocable,
     sessions_follow_their_account,
     the_access_log_is_chained_and_finds_tampering,
@@ -765,6 +766,70 @@ fn events_page_newest_first_with_cursor(h: &Harness) {
             .unwrap()
             .is_none()
     );
+}
+
+fn event_bodies_are_packed_and_older_ones_still_read(h: &Harness) {
+    use tarmo_store::conn::P;
+    use tarmo_store::vault::Place;
+    // A page view as analytics.js sends it.
+    let page = json!({"type": "track", "userId": "packer", "event": "Product Viewed",
+        "anonymousId": "7f0c3a52-2f7e-4c2e-9d0b-5b1a7e3c9f41", "messageId": "ajs-next-1733400000000-7f0c3a52",
+        "timestamp": "2026-12-06T09:00:00.000Z",
+        "properties": {"product_id": "sku-123", "name": "Avocado", "price": 1.9, "currency": "EUR", "category": "produce"},
+        "context": {"library": {"name": "analytics.js", "version": "npm:next-1.76.0"}, "locale": "fi-FI",
+            "page": {"path": "/p/avocado", "referrer": "https://www.google.com/", "title": "Avocado", "url": "https://shop.example/p/avocado"},
+            "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"}});
+    let json_len = serde_json::to_vec(&page).unwrap().len();
+    assert_eq!(h.ingest(vec![page.clone()]).len(), 1);
+    let p = h.lookup("user_id", "packer").unwrap();
+    let mut c = h.store.conn().unwrap();
+    let row = c
+        .query_opt(
+            "SELECT ts_ms, body FROM events WHERE profile_id = $1",
+            &[P::Int(p.0)],
+        )
+        .unwrap()
+        .unwrap();
+    // Sealing adds 28 bytes (nonce and tag) to what it seals: packed, the
+    // body takes well under half of its JSON.
+    let sealed_len = row.blob(1).unwrap().len();
+    assert!(
+        sealed_len * 2 < json_len,
+        "{json_len} bytes of JSON sealed into {sealed_len}"
+    );
+    // An event an older release sealed: its JSON as it was.
+    let old =
+        json!({"type": "track", "userId": "packer", "event": "Old Event", "properties": {"n": 1}});
+    let vault = h.store.vault();
+    let key = vault.data_key(p, || c.data_key_get(p)).unwrap().unwrap();
+    let sealed = vault
+        .seal(
+            &key,
+            Place::EventBody,
+            p,
+            &serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+    let ts = row.int(0).unwrap() - 1000;
+    c.exec(
+        "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body) VALUES ($1, $1, 'track', $2, $2, $3)",
+        &[P::Int(p.0), P::Int(ts), P::Blob(sealed.as_bytes())],
+    )
+    .unwrap();
+    let events = h
+        .store
+        .events_page(&everything(), p, None, 10)
+        .unwrap()
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 2);
+    let got: Vec<&Value> = events.iter().map(|e| &e.message).collect();
+    let new = got.iter().find(|m| m["event"] == "Product Viewed").unwrap();
+    for k in ["properties", "context", "anonymousId", "messageId"] {
+        assert_eq!(new[k], page[k], "{k}");
+    }
+    let old_read = got.iter().find(|m| m["event"] == "Old Event").unwrap();
+    assert_eq!(old_read["properties"], old["properties"]);
 }
 
 fn a_revocation_by_id_or_secret_changes_the_key_epoch(h: &Harness) {

@@ -8,5 +8,6 @@
 pub mod chain;
 pub mod keys;
 pub mod links;
+pub mod packed;
 pub mod person;
 pub mod vault;

@@ -492,7 +492,12 @@ impl Vault {
         owner: ProfileId,
         sealed: &Sealed,
     ) -> Result<Vec<u8>> {
-        open_with(key, &place.aad(owner.0), &sealed.0)
+        let plain = open_with(key, &place.aad(owner.0), &sealed.0)?;
+        match place {
+            // Packed before sealing (see `packed`); older bodies are JSON.
+            Place::EventBody => super::packed::unpack(plain),
+            _ => Ok(plain),
+        }
     }
 
     /// A value sealed with the installation's wrapping key, for data that

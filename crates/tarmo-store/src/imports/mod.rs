@@ -50,6 +50,7 @@ use tarmo_core::segment::{MessageKind, parse_timestamp_ms};
 pub use mapping::{Mapping, TraitType};
 
 use crate::conn::{Conn, P, ProfileId, Source};
+use crate::crypto::packed;
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier};
 use crate::vault::{Place, Vault};
 use crate::writer::{TxCtx, WriterHandle};
@@ -1631,7 +1632,7 @@ fn apply_chunk(
                 timestamp_ms: now,
                 identifiers: c.person.identifiers.clone(),
                 traits: c.traits.clone(),
-                body: serde_json::to_vec(&body).expect("serialises"),
+                body: packed::pack(serde_json::to_vec(&body).expect("serialises")),
                 consent: None,
             },
         });
@@ -1662,7 +1663,7 @@ fn apply_chunk(
                 timestamp_ms: o.ts_ms,
                 identifiers: o.person.identifiers.clone(),
                 traits: Map::new(),
-                body: body.into_bytes(),
+                body: packed::pack(body.into_bytes()),
                 consent: None,
             },
         });

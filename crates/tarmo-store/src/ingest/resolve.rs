@@ -69,7 +69,8 @@ pub struct PreparedEvent {
     /// In precedence order (user id first).
     pub identifiers: Vec<PreparedIdentifier>,
     pub traits: Map<String, Value>,
-    /// The message as JSON, sealed by the writer under the profile's key.
+    /// The message as JSON, packed ([`crate::crypto::packed::pack`]) and
+    /// then sealed by the writer under the profile's key.
     pub body: Vec<u8>,
     /// Consent signals that came with the message.
     pub consent: Option<Box<EventConsent>>,
