@@ -280,6 +280,7 @@ fn main() {
     if db_url.is_none() {
         disk_per_event(&data);
     }
+    packing(customers);
     if let Some(url) = &db_url {
         // PostgreSQL's raw limit in the same run: the same rows, a unique
         // random messageId index, multi-row INSERTs of 1000 in transactions
@@ -424,4 +425,42 @@ fn disk_per_event(data: &std::path::Path) {
         .map(|(n, b)| format!("{n} {:.0}", per(*b)))
         .collect();
     println!("disk: B an event by table: {}", top.join(", "));
+}
+
+/// What packing an event body costs, in this process, on the bench's own
+/// messages serialised as the server keeps them (keys sorted, no spaces).
+fn packing(customers: u64) {
+    use tarmo_store::crypto::packed::{pack, unpack};
+    let msgs: Vec<Vec<u8>> = (0..20u64)
+        .flat_map(|b| {
+            batch(b, customers)["batch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| serde_json::to_vec(m).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let rounds = 50;
+    let t = Instant::now();
+    let mut packed = Vec::new();
+    for _ in 0..rounds {
+        packed = msgs.iter().map(|m| pack(m.clone())).collect();
+    }
+    let pack_us = t.elapsed().as_secs_f64() * 1e6 / (rounds * msgs.len()) as f64;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for p in &packed {
+            std::hint::black_box(unpack(p.clone()).unwrap());
+        }
+    }
+    let unpack_us = t.elapsed().as_secs_f64() * 1e6 / (rounds * msgs.len()) as f64;
+    let json: usize = msgs.iter().map(Vec::len).sum();
+    let small: usize = packed.iter().map(Vec::len).sum();
+    println!(
+        "packing: {:.0} B of JSON to {:.0} B ({:.2}x); pack {pack_us:.2} µs, unpack {unpack_us:.2} µs a message (one thread)",
+        json as f64 / msgs.len() as f64,
+        small as f64 / msgs.len() as f64,
+        json as f64 / small as f64,
+    );
 }
