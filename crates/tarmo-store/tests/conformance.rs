@@ -395,6 +395,27 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
             .unwrap_or("")
             .contains("client write key")
     );
+    // The same claim again, as a browser sends it at every identify: still
+    // refused, recorded once.
+    let again = h.ingest_as(
+        Trust::Client,
+        vec![json!({"type": "identify", "anonymousId": "mallory-browser",
+        "traits": {"email": "mallory@evil.example"},
+        "context": {"externalIds": [{"type": "email", "id": "victim@shop.fi"}]}})],
+    );
+    assert_eq!(stored(&again[0]), victim);
+    assert_eq!(h.lookup("email", "mallory@evil.example"), None);
+    let v = h
+        .store
+        .profile_view(&everything(), victim)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        v.merges.iter().filter(|m| m.outcome == "refused").count(),
+        1,
+        "{:?}",
+        v.merges
+    );
 
     // A phone (same rank as an address) and a loyalty card do not join a
     // known person either; a user id does not join a profile holding one.

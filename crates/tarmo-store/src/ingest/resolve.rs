@@ -11,7 +11,8 @@
 //!   would give one profile two different user ids, or when the only link is a
 //!   weak identifier (a browser or device id) between two profiles that both
 //!   have strong identifiers: a shared laptop does not make two people one.
-//!   Refused merges are recorded and logged with profile ids only;
+//!   Refused merges are recorded and logged with profile ids only, once
+//!   (the same refusal again is counted, not recorded again);
 //! - from a client source (a write key shipped in a web page or an app),
 //!   strong identifiers are claims: they never merge two profiles that both
 //!   hold strong identifiers, and a new one never joins a profile that held,
@@ -991,8 +992,24 @@ impl Group<'_> {
         kind: &IdentifierKind,
         reason: &str,
     ) -> Result<()> {
-        tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
         self.stats.merges_refused += 1;
+        // The same refusal again (a browser that sends the same claim at
+        // every identify) is counted, not written again: each would be a
+        // row (12 bytes an event at 1M customers in the ingest bench) and
+        // a warning, and a write key in a web page could add them at will.
+        let seen = self.conn.query_opt(
+            "SELECT 1 FROM merges WHERE into_profile = $1 AND from_profile = $2 AND identifier_kind = $3 AND refused AND reason = $4",
+            &[
+                P::Int(into.0),
+                P::Int(from.0),
+                P::Text(kind.as_str()),
+                P::Text(reason),
+            ],
+        )?;
+        if seen.is_some() {
+            return Ok(());
+        }
+        tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
         self.conn.merge_record(&MergeRow {
             into_profile: into,
             from_profile: from,
