@@ -13,11 +13,12 @@
 //! them to read the rest: an erasure could not take a person's fragments
 //! out of it.
 //!
-//! A packed body is [`MARK_V1`] then one zstd frame with its size recorded
-//! and no dictionary id (the mark names the dictionary). A body written
-//! before packing (or one packing would not shrink) is JSON, which starts
-//! with `{` and is read as it is. A later dictionary takes a new mark; this
-//! one must stay readable as long as any body uses it.
+//! A packed body is [`MARK_V1`] then one zstd frame with its size
+//! recorded, without its magic number and dictionary id (the mark says
+//! both). A body written before packing (or one packing would not shrink)
+//! is JSON, which starts with `{` and is read as it is. A later dictionary
+//! takes a new mark; this one must stay readable as long as any body uses
+//! it.
 //!
 //! Packing runs where the message is parsed (the request's thread), not on
 //! the writer: it costs a few microseconds a message.
@@ -32,6 +33,9 @@ use crate::{Error, Result};
 
 /// The first byte of a body packed with [`DICT_V1`]. JSON never starts with it.
 pub const MARK_V1: u8 = 0x01;
+
+/// The first four bytes of every zstd frame, not stored.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// The built-in dictionary: what messages look like, nothing about anyone
 /// (`scripts/events-dict.py` says how it was made).
@@ -74,9 +78,12 @@ pub fn pack(json: Vec<u8>) -> Vec<u8> {
         }
         let c = p.as_mut()?;
         let frame = c.compress(&json).ok()?;
-        let mut out = Vec::with_capacity(1 + frame.len());
+        // The mark says what follows: zstd's own magic number would only
+        // repeat it, so it is left out and put back to unpack.
+        let rest = frame.strip_prefix(&ZSTD_MAGIC)?;
+        let mut out = Vec::with_capacity(1 + rest.len());
         out.push(MARK_V1);
-        out.extend_from_slice(&frame);
+        out.extend_from_slice(rest);
         Some(out)
     });
     match packed {
@@ -97,7 +104,10 @@ pub fn unpack(plain: Vec<u8>) -> Result<Vec<u8>> {
                 );
             }
             let d = d.as_mut().expect("made above");
-            d.decompress(&plain[1..], MAX_BODY)
+            let mut frame = Vec::with_capacity(plain.len() + ZSTD_MAGIC.len() - 1);
+            frame.extend_from_slice(&ZSTD_MAGIC);
+            frame.extend_from_slice(&plain[1..]);
+            d.decompress(&frame, MAX_BODY)
                 .map_err(|e| Error::Corrupt(format!("an event body does not unpack: {e}")))
         }),
         _ => Ok(plain),
@@ -124,6 +134,7 @@ mod tests {
             let json = track(n);
             let packed = pack(json.clone());
             assert_eq!(packed[0], MARK_V1);
+            assert_ne!(packed[1..5], ZSTD_MAGIC, "the magic number is not kept");
             assert!(
                 packed.len() * 3 < json.len(),
                 "{} bytes packed to {}",
@@ -160,7 +171,7 @@ mod tests {
         let big = vec![b' '; MAX_BODY + 1];
         let mut c = Compressor::with_prepared_dictionary(encoder()).unwrap();
         let mut frame = vec![MARK_V1];
-        frame.extend(c.compress(&big).unwrap());
+        frame.extend(&c.compress(&big).unwrap()[ZSTD_MAGIC.len()..]);
         let e = unpack(frame).unwrap_err().to_string();
         assert!(e.contains("does not unpack"), "{e}");
     }
