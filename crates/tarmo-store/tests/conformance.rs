@@ -831,6 +831,18 @@ fn event_bodies_are_packed_and_older_ones_still_read(h: &Harness) {
             &serde_json::to_vec(&old).unwrap(),
         )
         .unwrap();
+    // What is stored is sealed for its owner, not merely packed: it opens
+    // with the person's key and place, and with nothing else.
+    let stored = row.sealed(1).unwrap();
+    let opened: Value =
+        serde_json::from_slice(&vault.open(&key, Place::EventBody, p, &stored).unwrap()).unwrap();
+    assert_eq!(opened["messageId"], page["messageId"]);
+    assert!(
+        vault
+            .open(&key, Place::EventBody, ProfileId(p.0 + 1), &stored)
+            .is_err()
+    );
+    assert!(vault.open(&key, Place::ProfileTraits, p, &stored).is_err());
     let ts = row.int(0).unwrap() - 1000;
     c.exec(
         "INSERT INTO events (profile_id, key_owner, kind, ts_ms, received_ms, body) VALUES ($1, $1, 'track', $2, $2, $3)",
