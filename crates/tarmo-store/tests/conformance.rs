@@ -145,6 +145,11 @@ impl Harness {
         let id = self.cfg.identifier(k, value).unwrap();
         self.store.find_profile(&id).unwrap()
     }
+
+    /// The profile `p` as a person's own request sees it (everything).
+    pub fn view(&self, p: ProfileId) -> tarmo_store::ProfileView {
+        self.store.profile_view(&everything(), p).unwrap().unwrap()
+    }
 }
 
 fn stored(o: &Outcome) -> ProfileId {
@@ -332,10 +337,7 @@ fn everything() -> tarmo_store::crypto::person::Sight {
 
 fn identifiers_of(h: &Harness, p: ProfileId) -> Vec<(String, String, bool)> {
     let mut v: Vec<_> = h
-        .store
-        .profile_view(&everything(), p)
-        .unwrap()
-        .unwrap()
+        .view(p)
         .identifiers
         .into_iter()
         .map(|i| (i.kind, i.value, i.verified))
@@ -380,11 +382,7 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
         "mallory's address never joins the victim's profile"
     );
     assert_eq!(landed, victim);
-    let v = h
-        .store
-        .profile_view(&everything(), victim)
-        .unwrap()
-        .unwrap();
+    let v = h.view(victim);
     let refused: Vec<_> = v.merges.iter().filter(|m| m.outcome == "refused").collect();
     assert_eq!(refused.len(), 1, "{:?}", v.merges);
     assert_eq!(refused[0].identifier_type, "email");
@@ -405,11 +403,7 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
     );
     assert_eq!(stored(&again[0]), victim);
     assert_eq!(h.lookup("email", "mallory@evil.example"), None);
-    let v = h
-        .store
-        .profile_view(&everything(), victim)
-        .unwrap()
-        .unwrap();
+    let v = h.view(victim);
     assert_eq!(
         v.merges.iter().filter(|m| m.outcome == "refused").count(),
         1,
@@ -450,10 +444,7 @@ fn client_claims_never_attach_to_or_merge_known_people(h: &Harness) {
         "no merge, and no profile made for a refused claim"
     );
     assert!(
-        h.store
-            .profile_view(&everything(), victim)
-            .unwrap()
-            .unwrap()
+        h.view(victim)
             .merges
             .iter()
             .any(|m| m.from_profile == other && m.outcome == "refused"),
@@ -495,14 +486,7 @@ fn a_client_key_still_stitches_a_visitor_and_signs_people_up(h: &Harness) {
     );
     assert_eq!(stored(&out[0]), known);
     assert_eq!(h.lookup("anonymous_id", "v-1"), Some(known));
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), known)
-            .unwrap()
-            .unwrap()
-            .event_count,
-        3
-    );
+    assert_eq!(h.view(known).event_count, 3);
     // A sign-up: a new visitor's first identify brings a user id and an
     // address together; both join (as claims, not verified).
     let out = h.ingest_as(Trust::Client, vec![
@@ -581,7 +565,7 @@ fn identify_creates_an_encrypted_profile(h: &Harness) {
     assert_eq!(h.lookup("phone", "+358401234567"), Some(p));
     assert_eq!(h.lookup("loyalty_card", "LC-77"), Some(p));
     assert_eq!(h.lookup("user_id", "u-1"), Some(p));
-    let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
+    let v = h.view(p);
     assert_eq!(v.event_count, 1);
     assert_eq!(v.traits["name"], "Ann");
     let mut kinds: Vec<_> = v
@@ -618,14 +602,7 @@ fn anonymous_visitor_is_stitched_at_login(h: &Harness) {
     );
     assert_eq!(a, b);
     assert_eq!(h.lookup("user_id", "cust-9"), Some(a));
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), a)
-            .unwrap()
-            .unwrap()
-            .event_count,
-        2
-    );
+    assert_eq!(h.view(a).event_count, 2);
 }
 
 fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
@@ -641,11 +618,7 @@ fn profiles_sharing_an_identifier_merge_and_the_merge_is_recorded(h: &Harness) {
         "the profile of the stronger identifier remains"
     );
     assert_eq!(h.lookup("anonymous_id", "x2"), Some(by_email));
-    let v = h
-        .store
-        .profile_view(&everything(), by_anon)
-        .unwrap()
-        .unwrap();
+    let v = h.view(by_anon);
     assert_eq!(
         v.id, by_email,
         "the merged id leads to the remaining profile"
@@ -685,7 +658,7 @@ fn two_user_ids_never_merge(h: &Harness) {
     assert_eq!(h.lookup("user_id", "alice"), Some(p1));
     assert_eq!(h.lookup("user_id", "bob"), Some(p2));
     assert_eq!(h.lookup("anonymous_id", "shared-laptop"), Some(p1));
-    let v = h.store.profile_view(&everything(), p2).unwrap().unwrap();
+    let v = h.view(p2);
     let users: Vec<_> = v
         .identifiers
         .iter()
@@ -712,7 +685,7 @@ fn a_shared_device_does_not_merge_two_known_people(h: &Harness) {
     let p2 = stored(&h.ingest(vec![json!({"type": "identify", "anonymousId": "a2", "traits": {"email": "two@x.fi"}, "context": {"device": {"id": "tablet"}}})])[0]);
     assert_ne!(p1, p2);
     assert_eq!(h.lookup("device_id", "tablet"), Some(p1));
-    let v = h.store.profile_view(&everything(), p2).unwrap().unwrap();
+    let v = h.view(p2);
     assert_eq!(v.merges[0].outcome, "refused");
     assert_eq!(v.merges[0].identifier_type, "device_id");
 }
@@ -720,21 +693,14 @@ fn a_shared_device_does_not_merge_two_known_people(h: &Harness) {
 fn traits_are_last_write_wins_by_timestamp(h: &Harness) {
     let p = stored(&h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-03-01T00:00:00Z", "traits": {"plan": "pro", "city": "Oulu"}})])[0]);
     h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-02-01T00:00:00Z", "traits": {"plan": "free", "age": 40}})]);
-    let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
+    let v = h.view(p);
     assert_eq!(
         v.traits["plan"], "pro",
         "an older event does not overwrite a newer value"
     );
     assert_eq!(v.traits["age"], 40);
     h.ingest(vec![json!({"type": "identify", "userId": "t", "timestamp": "2024-04-01T00:00:00Z", "traits": {"plan": "team"}})]);
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), p)
-            .unwrap()
-            .unwrap()
-            .traits["plan"],
-        "team"
-    );
+    assert_eq!(h.view(p).traits["plan"], "team");
 }
 
 fn message_ids_are_deduplicated(h: &Harness) {
@@ -745,14 +711,7 @@ fn message_ids_are_deduplicated(h: &Harness) {
     let out = h.ingest(vec![e]);
     assert_eq!(out[0], Outcome::Duplicate);
     let p = h.lookup("user_id", "d").unwrap();
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), p)
-            .unwrap()
-            .unwrap()
-            .event_count,
-        1
-    );
+    assert_eq!(h.view(p).event_count, 1);
     assert_eq!(h.store.counts().unwrap().events, 1);
 }
 
@@ -1186,7 +1145,7 @@ fn a_group_resolves_as_its_messages_one_by_one(h: &Harness) {
         let mut profiles: Vec<String> = ids
             .into_iter()
             .map(|p| {
-                let v = h.store.profile_view(&everything(), p).unwrap().unwrap();
+                let v = h.view(p);
                 let mut idents: Vec<_> = v
                     .identifiers
                     .iter()

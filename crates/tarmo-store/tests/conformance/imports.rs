@@ -115,7 +115,7 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     assert_eq!(done.report.created, 3, "{:?}", done.report);
     let ada = h.lookup("email", "ada@example.fi").unwrap();
     assert_eq!(h.lookup("loyalty_card", "LC-1"), Some(ada));
-    let view = h.store.profile_view(&everything(), ada).unwrap().unwrap();
+    let view = h.view(ada);
     assert_eq!(view.traits["city"], "Tampere");
     assert!(view.identifiers.iter().all(|i| i.verified));
     let again = run(h, ImportKind::Customers, CUSTOMERS);
@@ -129,11 +129,7 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     );
     let events_before = view.event_count;
     assert_eq!(
-        h.store
-            .profile_view(&everything(), ada)
-            .unwrap()
-            .unwrap()
-            .event_count,
+        h.view(ada).event_count,
         events_before,
         "an unchanged row writes nothing"
     );
@@ -142,14 +138,7 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
     let r = run(h, ImportKind::Customers, &changed).report;
     assert_eq!((r.updated, r.unchanged), (1, 2));
     let ben = h.lookup("email", "ben@example.fi").unwrap();
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), ben)
-            .unwrap()
-            .unwrap()
-            .traits["city"],
-        "Espoo"
-    );
+    assert_eq!(h.view(ben).traits["city"], "Espoo");
 
     let orders = "\
 order_id,ordered_at,loyalty_card,store_id,total,currency
@@ -165,11 +154,7 @@ T2,2026-10-02,LC-2,S1,12.50,EUR
     assert_eq!(o.len(), 1, "replaced, not duplicated: {o:?}");
     assert_eq!(o[0]["properties"]["revenue"], 35);
     assert_eq!(
-        h.store
-            .profile_view(&everything(), ada)
-            .unwrap()
-            .unwrap()
-            .event_count,
+        h.view(ada).event_count,
         events_before + 1,
         "the counter follows the replacement"
     );

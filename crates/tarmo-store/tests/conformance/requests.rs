@@ -239,7 +239,7 @@ pub fn erasure_deletes_the_person_everywhere_suppresses_and_spares_others(h: &Ha
     }
 
     // The other person is intact.
-    let kv = h.store.profile_view(&everything(), keep).unwrap().unwrap();
+    let kv = h.view(keep);
     assert_eq!(kv.traits["nickname"], "Keeper");
     assert_eq!(reason(h, keep, "email_marketing"), Reason::ConsentGranted);
     let hist = consent::history(
@@ -392,14 +392,7 @@ pub fn requests_follow_their_state_machine_and_deadlines(h: &Harness) {
         .transact_blocking(move |ctx| requests::create(ctx, req, 1000))
         .unwrap();
     verify(h, rid).unwrap();
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), p)
-            .unwrap()
-            .unwrap()
-            .traits["lastName"],
-        "Virtanen"
-    );
+    assert_eq!(h.view(p).traits["lastName"], "Virtanen");
     let bad = NewRequest {
         kind: RequestKind::Rectification,
         subject: prepared(h, "user_id", "rq-1"),
@@ -548,14 +541,7 @@ pub fn retention_deletes_what_outlived_its_purposes(h: &Harness) {
         "{r:?}"
     );
     assert_eq!(h.store.counts().unwrap().events, 1);
-    assert_eq!(
-        h.store
-            .profile_view(&everything(), old)
-            .unwrap()
-            .unwrap()
-            .event_count,
-        0
-    );
+    assert_eq!(h.view(old).event_count, 0);
     assert!(h.store.profile_view(&everything(), idle).unwrap().is_none());
     assert_eq!(reason(h, old, "personalisation"), Reason::Expired);
     let hist = consent::history(
@@ -774,10 +760,7 @@ pub fn request_links_go_only_to_verified_addresses(h: &Harness) {
     verify(h, r3).unwrap();
     assert!(requests::identifier_verified(&mut *h.store.conn().unwrap(), &quinn).unwrap());
     assert!(
-        h.store
-            .profile_view(&everything(), q)
-            .unwrap()
-            .unwrap()
+        h.view(q)
             .identifiers
             .iter()
             .any(|i| i.value == "quinn@shop.fi" && i.verified)
