@@ -6,10 +6,11 @@
 //! rebuild of tables whose ids must never come back (nothing on PostgreSQL,
 //! whose sequences never go back), `{KEYRING_SCHEMA}` PostgreSQL's move of
 //! the data keys into a schema of their own and `{KEYRING_META}` of the
-//! installation keys' record beside them (nothing on SQLite), and
+//! installation keys' record beside them (nothing on SQLite),
 //! `{KEYRING_FILE}` SQLite's drop of the data keys' table once they were
 //! copied into the keyring file of their own (migration 22; nothing on
-//! PostgreSQL).
+//! PostgreSQL), and `{IDENTIFIERS_APPENDED}` SQLite's rebuild of the
+//! identifiers in arrival order (migration 23; nothing on PostgreSQL).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -534,6 +535,12 @@ ALTER TABLE profiles DROP COLUMN event_count;
 {KEYRING_FILE}
 "#,
     ),
+    (
+        23,
+        r#"
+{IDENTIFIERS_APPENDED}
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
@@ -589,6 +596,33 @@ UPDATE sqlite_sequence SET seq = max(
 ) WHERE name = 'profiles';
 "#;
 
+/// The identifiers in a table numbered in arrival order, found by a narrow
+/// unique index of blind indexes (16 bytes and the row's number), instead of
+/// a table ordered by blind index. A blind index is random, so every new
+/// identifier lands at a random place in whatever orders by it: when that
+/// was the table itself, each one dirtied a page of ~35 whole rows (sealed
+/// value and all, ~110 bytes each), and a group of new people rewrote most
+/// of the table; now the rows are appended, and the random place is in an
+/// index of ~150 entries a page. (PostgreSQL's tables are heaps already.)
+const SQLITE_IDENTIFIERS_APPENDED: &str = r#"
+CREATE TABLE identifiers_v23 (
+    bidx BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    profile_id INTEGER NOT NULL,
+    key_owner INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    verified_ms BIGINT
+);
+INSERT INTO identifiers_v23 (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+    SELECT bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms FROM identifiers
+    ORDER BY profile_id, first_seen_ms;
+DROP TABLE identifiers;
+ALTER TABLE identifiers_v23 RENAME TO identifiers;
+CREATE UNIQUE INDEX identifiers_bidx ON identifiers(bidx);
+CREATE INDEX identifiers_profile ON identifiers(profile_id);
+"#;
+
 /// The people's wrapped data keys in a schema of their own, so that they
 /// can be dumped (`pg_dump --schema=keyring`), kept and granted apart from
 /// the data. Every connection has `keyring` on its `search_path`.
@@ -625,7 +659,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 .replace("{KEYRING_META}", "SELECT 1;")
                 // The keys were copied into the keyring file just before
                 // (`SqliteConn::move_keys_out`).
-                .replace("{KEYRING_FILE}", "DROP TABLE IF EXISTS data_keys;");
+                .replace("{KEYRING_FILE}", "DROP TABLE IF EXISTS data_keys;")
+                .replace("{IDENTIFIERS_APPENDED}", SQLITE_IDENTIFIERS_APPENDED);
             (*v, s)
         })
         .collect()
@@ -646,7 +681,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{KEYRING_SCHEMA}", PG_KEYRING_SCHEMA)
                 .replace("{KEYRING_META}", PG_KEYRING_META)
                 // The keyring schema is in the same database: nothing moves.
-                .replace("{KEYRING_FILE}", "SELECT 1;");
+                .replace("{KEYRING_FILE}", "SELECT 1;")
+                .replace("{IDENTIFIERS_APPENDED}", "SELECT 1;");
             (*v, s)
         })
         .collect()

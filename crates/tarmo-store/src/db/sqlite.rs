@@ -1254,6 +1254,80 @@ mod tests {
         assert_eq!(c.data_keys_after(0, 10).unwrap().len(), 2);
     }
 
+    /// A database made before migration 23 kept the identifiers in a table
+    /// ordered by blind index: they move, every column kept, into a table
+    /// numbered in arrival order with a unique index of blind indexes, and
+    /// they are found, listed, merged and refused twice as before.
+    #[test]
+    fn migration_23_appends_identifiers_and_keeps_them_unique() {
+        let (_dir, path) = migrated_before(
+            23,
+            "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 1), (2, 2, 2);
+             INSERT INTO identifiers (bidx, kind, profile_id, key_owner, sealed, first_seen_ms, verified_ms)
+                 VALUES (x'0f000000000000000000000000000000', 'email', 1, 1, x'aa', 10, 11),
+                        (x'01000000000000000000000000000000', 'phone', 1, 1, x'bb', 12, NULL),
+                        (x'07000000000000000000000000000000', 'email', 2, 2, x'cc', 13, NULL);",
+        );
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut c = b.connect().unwrap();
+        let bidx = |first: u8| {
+            let mut k = [0u8; crate::crypto::vault::BIDX_LEN];
+            k[0] = first;
+            BlindIndex(k)
+        };
+        let table: String =
+            c.c.query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'identifiers'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!table.contains("WITHOUT ROWID"), "{table}");
+        assert_eq!(
+            c.identifiers_lookup(&[bidx(0x0f), bidx(0x07), bidx(0x02)])
+                .unwrap(),
+            vec![Some(ProfileId(1)), Some(ProfileId(2)), None]
+        );
+        let of_1 = c.identifiers_of(ProfileId(1)).unwrap();
+        let seen: Vec<_> = of_1
+            .iter()
+            .map(|r| (r.kind.as_str(), r.bidx, r.sealed.as_bytes().to_vec(), r.first_seen_ms, r.verified_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("email", bidx(0x0f), vec![0xaa], 10, Some(11)),
+                ("phone", bidx(0x01), vec![0xbb], 12, None)
+            ]
+        );
+        // The blind index stays unique: a second row for it is refused.
+        let again = IdentifierRow {
+            kind: "email".into(),
+            bidx: bidx(0x07),
+            key_owner: ProfileId(1),
+            sealed: of_1[0].sealed.clone(),
+            first_seen_ms: 20,
+            verified_ms: None,
+        };
+        assert!(c.identifier_insert(&again, ProfileId(1)).is_err());
+        c.profile_merge(ProfileId(2), ProfileId(1), "email", 30)
+            .unwrap();
+        assert_eq!(c.identifiers_of(ProfileId(1)).unwrap().len(), 3);
+        let plan: String = c
+            .c
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT profile_id FROM identifiers WHERE bidx = x'00'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("identifiers_bidx"), "{plan}");
+        drop(c);
+        // Opening again moves nothing twice.
+        let mut c = SqliteBackend::open(&path).unwrap().connect().unwrap();
+        assert_eq!(c.identifiers_of(ProfileId(1)).unwrap().len(), 3);
+    }
+
     /// A key is committed, synced, before the data that needs it: a
     /// transaction rolled back takes its keys with it; a key whose data
     /// then failed to commit is an orphan, dropped at the next start.
