@@ -12,7 +12,8 @@
 //!   weak identifier (a browser or device id) between two profiles that both
 //!   have strong identifiers: a shared laptop does not make two people one.
 //!   Refused merges are recorded and logged with profile ids only, once
-//!   (the same refusal again is counted, not recorded again);
+//!   (the same refusal again is counted, not recorded again), and at most
+//!   [`REFUSALS_LOGGED_A_MINUTE`] a minute (the metric counts them all);
 //! - from a client source (a write key shipped in a web page or an app),
 //!   strong identifiers are claims: they never merge two profiles that both
 //!   hold strong identifiers, and a new one never joins a profile that held,
@@ -26,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
+use std::sync::Mutex;
 
 use lru::LruCache;
 use serde_json::{Map, Value};
@@ -1009,7 +1011,15 @@ impl Group<'_> {
         if seen.is_some() {
             return Ok(());
         }
-        tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
+        if let Some(unlogged) = REFUSALS_LOGGED.admit(self.now_ms, REFUSALS_LOGGED_A_MINUTE) {
+            if unlogged > 0 {
+                tracing::warn!(
+                    unlogged,
+                    "profile merges refused in the minute before and not logged one by one (tarmo_profile_merges_refused_total counts them)"
+                );
+            }
+            tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
+        }
         self.conn.merge_record(&MergeRow {
             into_profile: into,
             from_profile: from,
@@ -1174,5 +1184,58 @@ impl Group<'_> {
         }
 
         Ok(self.canon(target))
+    }
+}
+
+/// Refused merges logged one by one in a minute, at most. A write key
+/// shipped in every web page lets anyone make claims that are refused;
+/// a line for each would let them fill the operator's logs.
+pub const REFUSALS_LOGGED_A_MINUTE: u32 = 20;
+
+static REFUSALS_LOGGED: LogBudget = LogBudget::new();
+
+/// A budget of log lines a minute, shared by the threads that log.
+pub(crate) struct LogBudget(Mutex<(i64, u32, u64)>);
+
+impl LogBudget {
+    pub(crate) const fn new() -> Self {
+        Self(Mutex::new((i64::MIN, 0, 0)))
+    }
+
+    /// Whether one more line may be logged at `now_ms`: `Some(n)` yes, `n`
+    /// being how many were left out in the minute before (said once, at
+    /// the first line of the next minute); `None`: no, it is counted.
+    pub(crate) fn admit(&self, now_ms: i64, per_minute: u32) -> Option<u64> {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let minute = now_ms.div_euclid(60_000);
+        let mut unlogged = 0;
+        if b.0 != minute {
+            unlogged = std::mem::take(&mut b.2);
+            *b = (minute, 0, 0);
+        }
+        if b.1 < per_minute {
+            b.1 += 1;
+            Some(unlogged)
+        } else {
+            b.2 += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_budget_tests {
+    use super::LogBudget;
+
+    #[test]
+    fn a_minutes_lines_are_bounded_and_the_rest_said_once() {
+        let b = LogBudget::new();
+        let t = 1_800_000_000_000;
+        let first: Vec<_> = (0..10).map(|i| b.admit(t + i, 3)).collect();
+        assert_eq!(&first[..3], &[Some(0), Some(0), Some(0)]);
+        assert!(first[3..].iter().all(Option::is_none));
+        // The next minute: its first line says how many were left out.
+        assert_eq!(b.admit(t + 60_000, 3), Some(7));
+        assert_eq!(b.admit(t + 60_001, 3), Some(0));
     }
 }
