@@ -297,11 +297,7 @@ pub async fn record(
             evidence: e.evidence,
         });
     }
-    let recorded = blocking({
-        let svc = s.svc.clone();
-        move || ledger::record(&svc, parsed)
-    })
-    .await?;
+    let recorded = crate::replied(|reply| ledger::record_then(&s.svc, parsed, reply)).await?;
     let mut out = Vec::with_capacity(recorded.len());
     for r in recorded {
         out.push(Recorded {

@@ -356,6 +356,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// A use case's `*_then` form awaited on the async worker itself: the
+/// writer answers through a one-shot channel, and no blocking thread
+/// waits for the flush.
+pub(crate) async fn replied<T: Send + 'static>(
+    start: impl FnOnce(Box<dyn FnOnce(tarmo_store::Result<T>) + Send>),
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await
+        .map_err(|_| ApiError::from(tarmo_store::Error::WriterGone))?
+        .map_err(ApiError::from)
+}
+
 /// Panics become an opaque 500 in the common error shape, never a dropped
 /// connection or a stack trace.
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

@@ -1568,7 +1568,23 @@ pub struct Recorded {
 
 /// Record consent decisions in one durable transaction, in the order given.
 pub fn record(svc: &Services, decisions: Vec<ToRecord>) -> Result<Vec<Recorded>> {
-    svc.write(move |ctx| {
+    svc.write(recording(decisions))
+}
+
+/// [`record`] for a caller on an async worker: `reply` gets what
+/// [`record`] returns, once durable ([`Services::write_then`]).
+pub fn record_then(
+    svc: &Services,
+    decisions: Vec<ToRecord>,
+    reply: Box<dyn FnOnce(Result<Vec<Recorded>>) + Send>,
+) {
+    svc.write_then(recording(decisions), reply)
+}
+
+fn recording(
+    decisions: Vec<ToRecord>,
+) -> impl FnOnce(&mut crate::writer::TxCtx<'_>) -> Result<Vec<Recorded>> + Send + 'static {
+    move |ctx| {
         let mut out = Vec::with_capacity(decisions.len());
         let mut entries = Vec::with_capacity(decisions.len());
         let mut slots = Vec::with_capacity(decisions.len());
@@ -1605,7 +1621,7 @@ pub fn record(svc: &Services, decisions: Vec<ToRecord>) -> Result<Vec<Recorded>>
             r.seq = slot.map(|i| seqs[i]);
         }
         Ok(out)
-    })
+    }
 }
 
 /// A person's consents as a key may read them.

@@ -9,7 +9,9 @@
 //! result into a view; it never opens a transaction or a connection.
 //!
 //! These functions block (a write waits for its group's flush), so callers
-//! on an async runtime run them on a blocking thread.
+//! on an async runtime run them on a blocking thread, or call the use
+//! case's `*_then` form, which answers through a callback once durable
+//! ([`Services::write_then`]; the single-entry hot paths).
 
 use std::sync::Arc;
 
@@ -38,6 +40,26 @@ impl Services {
         F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send + 'static,
     {
         self.writer.transact_blocking(f)
+    }
+
+    /// [`Services::write`] for a caller on an async worker: `reply` gets
+    /// the result once it is durable, and no thread waits meanwhile (a
+    /// blocking thread's hand-offs cost a single consent write more than
+    /// its share of the writer, `perf`). When the writer's queue is full,
+    /// a blocking thread queues the job and waits for room.
+    pub fn write_then<T, F>(&self, f: F, reply: Box<dyn FnOnce(Result<T>) + Send>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        if let Err((f, reply)) = self.writer.try_transact(f, reply) {
+            let writer = self.writer.clone();
+            std::thread::Builder::new()
+                .name("tarmo-queue-wait".into())
+                .spawn(move || writer.transact(f, reply))
+                .map(drop)
+                .unwrap_or_else(|e| tracing::error!(error = %e, "no thread to queue a write"));
+        }
     }
 
     /// Run `f` on a connection of the read pool (no transaction of the

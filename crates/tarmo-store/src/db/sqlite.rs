@@ -1291,7 +1291,15 @@ mod tests {
         let of_1 = c.identifiers_of(ProfileId(1)).unwrap();
         let seen: Vec<_> = of_1
             .iter()
-            .map(|r| (r.kind.as_str(), r.bidx, r.sealed.as_bytes().to_vec(), r.first_seen_ms, r.verified_ms))
+            .map(|r| {
+                (
+                    r.kind.as_str(),
+                    r.bidx,
+                    r.sealed.as_bytes().to_vec(),
+                    r.first_seen_ms,
+                    r.verified_ms,
+                )
+            })
             .collect();
         assert_eq!(
             seen,
@@ -1313,9 +1321,8 @@ mod tests {
         c.profile_merge(ProfileId(2), ProfileId(1), "email", 30)
             .unwrap();
         assert_eq!(c.identifiers_of(ProfileId(1)).unwrap().len(), 3);
-        let plan: String = c
-            .c
-            .query_row(
+        let plan: String =
+            c.c.query_row(
                 "EXPLAIN QUERY PLAN SELECT profile_id FROM identifiers WHERE bidx = x'00'",
                 [],
                 |r| r.get(3),

@@ -294,6 +294,38 @@ impl WriterHandle {
             reply: Some(reply),
         });
         self.urgent.push(job);
+        self.wake_for_urgent();
+    }
+
+    /// [`WriterHandle::transact`] for a caller that must not wait (an async
+    /// worker): when the queue has no room, `f` and `reply` come back, for
+    /// the caller to queue them from a thread that may wait.
+    #[allow(clippy::type_complexity)]
+    pub fn try_transact<T, F>(
+        &self,
+        f: F,
+        reply: Box<dyn FnOnce(Result<T>) + Send>,
+    ) -> std::result::Result<(), (F, Box<dyn FnOnce(Result<T>) + Send>)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut TxCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        {
+            let mut q = self.urgent.q.lock().expect("urgent queue");
+            if q.len() >= self.urgent.cap {
+                return Err((f, reply));
+            }
+            q.push_back(Box::new(TypedTx {
+                f: Some(f),
+                out: None,
+                reply: Some(reply),
+            }));
+        }
+        self.wake_for_urgent();
+        Ok(())
+    }
+
+    fn wake_for_urgent(&self) {
         // Full: the writer is busy and looks at the urgent queue before its
         // next group. Gone: nobody will run what waits.
         if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(Work::Wake) {
