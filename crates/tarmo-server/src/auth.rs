@@ -333,8 +333,13 @@ impl AppState {
         // this store changes the epoch, and no cached key outlives it.
         // Off the async workers: a database that does not answer must not
         // stall the runtime.
-        let store = self.store.clone();
-        let epoch = crate::blocking(move || store.keys_epoch()).await?;
+        let epoch = match self.store.keys_epoch_now() {
+            Some(e) => e?,
+            None => {
+                let store = self.store.clone();
+                crate::blocking(move || store.keys_epoch()).await?
+            }
+        };
         // The cache is found by a keyed 64-bit hash of the secret (cheap, and
         // random per process), then the secret is compared in constant time.
         let h = std::hash::BuildHasher::hash_one(&self.key_hasher, secret.as_bytes());

@@ -214,6 +214,9 @@ impl AppState {
 
     /// The purpose catalog; its reload, when due, is one small query.
     pub async fn catalog(&self) -> Result<Arc<tarmo_store::consent::Catalog>, ApiError> {
+        if let Some(c) = self.store.catalog_fresh() {
+            return Ok(c);
+        }
         let store = self.store.clone();
         blocking(move || store.catalog()).await
     }

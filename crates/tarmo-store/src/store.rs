@@ -711,6 +711,26 @@ impl Store {
         crate::keys::epoch(&mut *self.conn()?)
     }
 
+    /// [`Store::keys_epoch`] for a caller that must not wait (an async
+    /// worker): on the embedded store with a connection idle, a point read
+    /// of a local file (microseconds, never a wait for the network or a
+    /// lock: WAL readers do not wait for the writer); else `None`, and the
+    /// caller reads it from a blocking thread. A request's hop to a
+    /// blocking thread and back cost more than its consent write (`perf`).
+    pub fn keys_epoch_now(&self) -> Option<Result<Vec<u8>>> {
+        if !matches!(*self.backend, Backend::Sqlite(_)) {
+            return None;
+        }
+        let mut c = crate::pool::try_checkout(&self.pool)?;
+        Some(crate::keys::epoch(&mut *c))
+    }
+
+    /// The purpose catalog when it is loaded and fresh (no connection
+    /// needed); `None` when it must be read again ([`Store::catalog`]).
+    pub fn catalog_fresh(&self) -> Option<Arc<Catalog>> {
+        self.catalog.fresh()
+    }
+
     pub fn counts(&self) -> Result<StoreCounts> {
         self.conn()?.counts()
     }

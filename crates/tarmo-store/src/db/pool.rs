@@ -176,6 +176,12 @@ impl Drop for PooledConn {
 /// most (enough for a connection to a database that came back).
 const CHECKOUT_WHILE_DOWN: Duration = Duration::from_millis(500);
 
+/// An idle connection at once, or `None` (none idle: the caller waits
+/// elsewhere, off an async worker).
+pub(crate) fn try_checkout(pool: &r2d2::Pool<Manager>) -> Option<PooledConn> {
+    pool.try_get().map(|inner| PooledConn { inner })
+}
+
 pub(crate) fn checkout(pool: &r2d2::Pool<Manager>, health: &DbHealth) -> Result<PooledConn> {
     let wait = if health.pool.load(Ordering::Relaxed) {
         CHECKOUT_TIMEOUT

@@ -1327,6 +1327,57 @@ mod tests {
         join.join().unwrap();
     }
 
+    /// A caller that must not wait gets its job back when the queue is
+    /// full, queues nothing then, and the jobs it did queue all answer.
+    #[test]
+    fn a_full_queue_gives_a_job_back_instead_of_waiting() {
+        let (_dir, store) = store();
+        let cfg = WriterConfig {
+            queue_capacity: 2,
+            ..WriterConfig::default()
+        };
+        let (writer, join) = store.start_writer(cfg).unwrap();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        writer.transact(
+            move |_| -> Result<()> {
+                started_tx.send(()).unwrap();
+                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut queued = 0;
+        let mut back = None;
+        for i in 0..3 {
+            let done = done_tx.clone();
+            match writer.try_transact(
+                move |ctx| ctx.conn.meta_set(&format!("k{i}"), b"v"),
+                Box::new(move |r| done.send(r.is_ok()).unwrap()),
+            ) {
+                Ok(()) => queued += 1,
+                Err(job) => back = Some(job),
+            }
+        }
+        assert_eq!(queued, 2, "room for two");
+        let (f, reply) = back.expect("the third came back");
+        hold_tx.send(()).unwrap();
+        for _ in 0..2 {
+            assert!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        // Queued again by a caller that may wait, it runs too.
+        writer.transact(f, reply);
+        assert!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        let c = &mut *store.conn().unwrap();
+        for i in 0..3 {
+            assert_eq!(c.meta_get(&format!("k{i}")).unwrap(), Some(b"v".to_vec()));
+        }
+        drop(writer);
+        join.join().unwrap();
+    }
+
     #[test]
     fn a_transaction_job_goes_ahead_of_queued_ingestion() {
         let (_dir, store) = store();
