@@ -331,8 +331,11 @@ impl AppState {
         }
         // One point read a request: a revocation by any process or node on
         // this store changes the epoch, and no cached key outlives it.
-        // Off the async workers: a database that does not answer must not
-        // stall the runtime.
+        // Off the async workers when it may wait: a database that does not
+        // answer must not stall the runtime. The embedded store's, with a
+        // connection idle, is a point read of a local file (a WAL reader
+        // does not wait for the writer) and runs here: a hop to a blocking
+        // thread and back cost more than the read (`perf`, BENCHMARKS.md).
         let epoch = match self.store.keys_epoch_now() {
             Some(e) => e?,
             None => {
