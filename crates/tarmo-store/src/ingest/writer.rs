@@ -1327,16 +1327,9 @@ mod tests {
         join.join().unwrap();
     }
 
-    /// A caller that must not wait gets its job back when the queue is
-    /// full, queues nothing then, and the jobs it did queue all answer.
-    #[test]
-    fn a_full_queue_gives_a_job_back_instead_of_waiting() {
-        let (_dir, store) = store();
-        let cfg = WriterConfig {
-            queue_capacity: 2,
-            ..WriterConfig::default()
-        };
-        let (writer, join) = store.start_writer(cfg).unwrap();
+    /// Keep the writer busy in a job of its own (started when this
+    /// returns) until the returned sender sends, or for 10 s.
+    fn hold(writer: &WriterHandle) -> std::sync::mpsc::Sender<()> {
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         writer.transact(
@@ -1348,6 +1341,20 @@ mod tests {
             Box::new(|_| {}),
         );
         started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        hold_tx
+    }
+
+    /// A caller that must not wait gets its job back when the queue is
+    /// full, queues nothing then, and the jobs it did queue all answer.
+    #[test]
+    fn a_full_queue_gives_a_job_back_instead_of_waiting() {
+        let (_dir, store) = store();
+        let cfg = WriterConfig {
+            queue_capacity: 2,
+            ..WriterConfig::default()
+        };
+        let (writer, join) = store.start_writer(cfg).unwrap();
+        let hold_tx = hold(&writer);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let mut queued = 0;
         let mut back = None;
@@ -1382,17 +1389,7 @@ mod tests {
     fn a_transaction_job_goes_ahead_of_queued_ingestion() {
         let (_dir, store) = store();
         let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        writer.transact(
-            move |_| -> Result<()> {
-                started_tx.send(()).unwrap();
-                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
-                Ok(())
-            },
-            Box::new(|_| {}),
-        );
-        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let hold_tx = hold(&writer);
         // While the writer is busy: ingestion queued first, then an
         // erasure-like job.
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -1470,14 +1467,7 @@ mod tests {
         let (_dir, store) = store();
         let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
         // Hold the writer so that the jobs below queue up behind it.
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        writer.transact(
-            move |_| -> Result<()> {
-                let _ = hold_rx.recv_timeout(Duration::from_secs(10));
-                Ok(())
-            },
-            Box::new(|_| {}),
-        );
+        let hold_tx = hold(&writer);
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..40u32 {
             let tx = tx.clone();
