@@ -67,6 +67,19 @@ fn writer_cache(h: &Harness) -> i64 {
         .unwrap()
 }
 
+/// How far the writer's log is cut back after a checkpoint (bytes; -1:
+/// not at all).
+fn log_limit(h: &Harness) -> i64 {
+    h.writer
+        .transact_blocking(|ctx| {
+            ctx.conn
+                .query_opt("PRAGMA journal_size_limit", &[])?
+                .unwrap()
+                .int(0)
+        })
+        .unwrap()
+}
+
 /// How many entries each of the writer's identity caches may hold.
 fn identity_cache(h: &Harness) -> usize {
     h.writer
@@ -77,11 +90,13 @@ fn identity_cache(h: &Harness) -> usize {
 pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness) {
     let sqlite = h.pg.is_none();
     let normal = if sqlite { writer_cache(h) } else { 0 };
+    let normal_limit = if sqlite { log_limit(h) } else { 0 };
     let normal_ids = identity_cache(h);
     // PostgreSQL's writer caches no identities (another node may change
     // them); SQLite's does.
     assert_eq!(normal_ids > 0, sqlite, "{normal_ids}");
     let mut during = 0;
+    let mut during_limit = 0;
     let mut during_ids = 0;
     let done = imports::run(
         &h.store,
@@ -93,6 +108,7 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
         |_, _| {
             if sqlite {
                 during = writer_cache(h);
+                during_limit = log_limit(h);
             }
             during_ids = identity_cache(h);
         },
@@ -110,6 +126,11 @@ pub fn imports_are_idempotent_replace_orders_and_skip_erased_people(h: &Harness)
             "{during} KiB during, {normal} KiB before"
         );
         assert_eq!(writer_cache(h), normal);
+        // The log keeps its size while records go in (its blocks are
+        // written over, not allocated again), and is cut back after.
+        assert_eq!(during_limit, -1);
+        assert_eq!(normal_limit, 64 << 20);
+        assert_eq!(log_limit(h), normal_limit);
     }
     assert_eq!(done.status, Status::Done);
     assert_eq!(done.report.created, 3, "{:?}", done.report);
