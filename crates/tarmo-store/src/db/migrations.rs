@@ -541,6 +541,14 @@ ALTER TABLE profiles DROP COLUMN event_count;
 {IDENTIFIERS_APPENDED}
 "#,
     ),
+    (
+        24,
+        // Only a dry run read import rows by kind (all of them, so a scan
+        // does as well), and every imported record paid an index entry.
+        r#"
+DROP INDEX IF EXISTS import_rows_kind;
+"#,
+    ),
 ];
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
