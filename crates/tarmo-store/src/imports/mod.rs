@@ -1630,11 +1630,12 @@ fn record_key(parsed: &Parsed, i: usize) -> Option<(i64, i64)> {
 }
 
 /// Events built off the writer, while it applies the chunk before:
-/// record `start + i` is `events[i]`, `None` where it was not built (the
-/// import rows read then had it unchanged). Building and packing bodies
-/// was a fifth (customers) to a third (orders) of the writer's time.
-/// What was read here is only a guess: the chunk's transaction reads the
-/// import rows again and builds whatever it needs that is missing.
+/// record `start + i` is `events[i]`, `None` where it was not built.
+/// Building and packing bodies was a fifth (customers) to a third
+/// (orders) of the writer's time. Whether a record is to be written at
+/// all is for the chunk's transaction to say (it reads the import rows):
+/// it drops what was built for an unchanged record and builds whatever it
+/// must write and was not built.
 struct Ahead {
     start: usize,
     events: Vec<Option<PreparedEvent>>,
@@ -1653,39 +1654,25 @@ impl Ahead {
         self.events.get_mut(j)?.take()
     }
 
-    /// Build the events of `range` on this thread, skipping the records a
-    /// read of the import rows (on `store`'s pool) finds unchanged.
-    fn build(
-        store: &Store,
-        parsed: &Parsed,
-        range: std::ops::Range<usize>,
-        origin: &Origin<'_>,
-    ) -> Self {
-        let keys: Vec<i64> = range
-            .clone()
-            .filter_map(|i| record_key(parsed, i).map(|k| k.0))
-            .collect();
-        let known = match store.conn().and_then(|mut c| known_for(&mut *c, &keys)) {
-            Ok(k) => k,
-            // The writer builds them all, as before.
-            Err(_) => return Self::none(),
-        };
+    /// Build the events of `range` on this thread.
+    fn build(parsed: &Parsed, range: std::ops::Range<usize>, origin: &Origin<'_>) -> Self {
         let now = crate::now_ms();
         let events = range
             .clone()
-            .map(|i| {
-                let (key, mac) = record_key(parsed, i)?;
-                match known.get(&key) {
-                    Some((m, _)) if *m == mac => None,
-                    _ => record_event(parsed, i, origin, now),
-                }
-            })
+            .map(|i| record_event(parsed, i, origin, now))
             .collect();
         Self {
             start: range.start,
             events,
         }
     }
+}
+
+/// Whether to build the next chunk's events ahead: not when most records
+/// of the chunk before were unchanged (a re-import), whose events would
+/// be built for nothing, and more slowly than the writer skips them.
+fn worth_building(written: u64, records: u64) -> bool {
+    written * 2 >= records
 }
 
 /// Apply the records `range` (in the order parsing gave them) of a
@@ -2140,7 +2127,8 @@ pub fn run_parsed(
     };
     let total_n = total as usize;
     let first = cp.done as usize;
-    let mut ahead = Ahead::build(store, &parsed, first..(first + chunk).min(total_n), &origin);
+    let mut ahead = Ahead::build(&parsed, first..(first + chunk).min(total_n), &origin);
+    let mut build = true;
     let result = loop {
         let start = cp.done as usize;
         let end = (start + chunk).min(total_n);
@@ -2172,11 +2160,18 @@ pub fn run_parsed(
         );
         // While the writer applies this chunk, the next one's events are
         // built here (its size guessed: the writer still ours).
-        if end < total_n {
+        if build && end < total_n {
             let guess = next_chunk(chunk, true);
-            ahead = Ahead::build(store, &parsed, end..(end + guess).min(total_n), &origin);
+            ahead = Ahead::build(&parsed, end..(end + guess).min(total_n), &origin);
         }
         let step = rx.recv().unwrap_or(Err(Error::WriterGone));
+        if let Ok(next) = &step {
+            let written = |r: &ImportReport| r.created + r.updated + r.suppressed;
+            build = worth_building(
+                written(&next.report).saturating_sub(written(&cp.report)),
+                (end - start) as u64,
+            );
+        }
         // Only this chunk ran since the last: the writer is ours.
         chunk = next_chunk(chunk, writer.jobs_run() == ran_before + 1);
         match step {
@@ -2572,13 +2567,13 @@ mod tests {
         .unwrap()
     }
 
-    /// Events built ahead of the writer are a guess from a read taken
-    /// before the chunk's transaction: where it was wrong, the chunk's own
-    /// reading decides. Unbuilt records that must be written are built on
-    /// the writer; built records that have become unchanged are not
-    /// written again.
+    /// Events built ahead of the writer are only a help: whether a record
+    /// is written is for the chunk's own reading of the import rows to
+    /// say. Unbuilt records that must be written are built on the writer;
+    /// built records that are unchanged are not written again. And a
+    /// re-import (most of a chunk unchanged) builds nothing ahead.
     #[test]
-    fn events_built_ahead_are_a_guess_the_writer_corrects() {
+    fn events_built_ahead_are_a_help_the_writer_checks() {
         let dir = tempfile::tempdir().unwrap();
         let backend = crate::Backend::open(dir.path(), None).unwrap();
         let master = MasterKey::generate().unwrap();
@@ -2599,8 +2594,7 @@ mod tests {
             spec: &spec,
             file_sha256: "sha",
         };
-        // Nothing imported yet: all three are built.
-        let all = Ahead::build(&store, &parsed, 0..3, &origin);
+        let all = Ahead::build(&parsed, 0..3, &origin);
         assert_eq!(all.events.iter().filter(|e| e.is_some()).count(), 3);
         let events = |store: &Store| {
             let mut c = store.conn().unwrap();
@@ -2621,8 +2615,7 @@ mod tests {
                 })
                 .unwrap()
         };
-        // A guess that all were unchanged (nothing built): the writer
-        // builds what it writes.
+        // Nothing built: the writer builds what it writes.
         let first = apply(Ahead::none());
         assert_eq!((first.created, first.unchanged), (3, 0));
         assert_eq!(events(&store), 3);
@@ -2635,14 +2628,15 @@ mod tests {
             let view = store.profile_view(&sight, p).unwrap().unwrap();
             assert_eq!(view.traits["first_name"], name, "{email}");
         }
-        // The events built before that import: all three are unchanged
-        // now, and nothing is written again.
+        // All three built, all three unchanged: nothing is written again.
         let again = apply(all);
         assert_eq!((again.created, again.unchanged), (0, 3));
         assert_eq!(events(&store), 3);
-        // And a guess taken now builds nothing.
-        let none = Ahead::build(&store, &parsed, 0..3, &origin);
-        assert!(none.events.iter().all(Option::is_none));
+        // What follows such a chunk is not built ahead; what follows a
+        // chunk of mostly new or changed records is.
+        assert!(!worth_building(again.created + again.updated, 3));
+        assert!(worth_building(first.created + first.updated, 3));
+        assert!(worth_building(5_000, 10_000) && !worth_building(4_999, 10_000));
     }
 
     fn spec(kind: ImportKind, format: Format) -> ImportSpec {
