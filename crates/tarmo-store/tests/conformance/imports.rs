@@ -55,29 +55,26 @@ ben@example.fi,LC-2,Ben,Helsinki,
 cy@example.fi,LC-3,Cy,Oulu,
 ";
 
-/// The writer's page cache as SQLite reports it (KiB, negative).
-fn writer_cache(h: &Harness) -> i64 {
+/// A setting of the writer's SQLite connection: `cache_size` (its page
+/// cache, KiB, negative) or `journal_size_limit` (how far its log is cut
+/// back after a checkpoint, bytes; -1: not at all).
+fn writer_pragma(h: &Harness, name: &'static str) -> i64 {
     h.writer
-        .transact_blocking(|ctx| {
+        .transact_blocking(move |ctx| {
             ctx.conn
-                .query_opt("PRAGMA cache_size", &[])?
+                .query_opt(&format!("PRAGMA {name}"), &[])?
                 .unwrap()
                 .int(0)
         })
         .unwrap()
 }
 
-/// How far the writer's log is cut back after a checkpoint (bytes; -1:
-/// not at all).
+fn writer_cache(h: &Harness) -> i64 {
+    writer_pragma(h, "cache_size")
+}
+
 fn log_limit(h: &Harness) -> i64 {
-    h.writer
-        .transact_blocking(|ctx| {
-            ctx.conn
-                .query_opt("PRAGMA journal_size_limit", &[])?
-                .unwrap()
-                .int(0)
-        })
-        .unwrap()
+    writer_pragma(h, "journal_size_limit")
 }
 
 /// How many entries each of the writer's identity caches may hold.
