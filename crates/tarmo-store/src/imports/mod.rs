@@ -1680,12 +1680,9 @@ fn worth_building(written: u64, records: u64) -> bool {
 /// done to `report`; `ahead` holds events already built. The caller
 /// decides whether a file with errors may be applied (`skip_invalid`) and
 /// records the checkpoint in the same transaction.
-#[allow(clippy::too_many_arguments)]
 fn apply_chunk(
     ctx: &mut TxCtx<'_>,
-    id: i64,
-    spec: &ImportSpec,
-    file_sha256: &str,
+    origin: &Origin<'_>,
     parsed: &Parsed,
     range: std::ops::Range<usize>,
     report: &mut ImportReport,
@@ -1696,11 +1693,6 @@ fn apply_chunk(
         .filter_map(|i| record_key(parsed, i).map(|k| k.0))
         .collect();
     let known = known_for(ctx.conn, &keys)?;
-    let origin = Origin {
-        id,
-        spec,
-        file_sha256,
-    };
     let now = ctx.now_ms;
     let orders = parsed.kind == ImportKind::Orders;
     let mut todo: Vec<Todo> = Vec::new();
@@ -1726,7 +1718,7 @@ fn apply_chunk(
         };
         let Some(event) = ahead
             .take(i)
-            .or_else(|| record_event(parsed, i, &origin, now))
+            .or_else(|| record_event(parsed, i, origin, now))
         else {
             continue;
         };
@@ -1775,7 +1767,7 @@ fn apply_chunk(
                 P::Int(t.mac),
                 P::Int(profile.0),
                 event_id.map_or(P::Null, P::Int),
-                P::Int(id),
+                P::Int(origin.id),
             ],
         )?;
     }
@@ -2138,7 +2130,12 @@ pub fn run_parsed(
         let (tx, rx) = std::sync::mpsc::channel();
         writer.transact(
             move |ctx| {
-                apply_chunk(ctx, id, &s2, &h2, &p2, start..end, &mut next.report, built)?;
+                let origin = Origin {
+                    id,
+                    spec: &s2,
+                    file_sha256: &h2,
+                };
+                apply_chunk(ctx, &origin, &p2, start..end, &mut next.report, built)?;
                 next.done = end as u64;
                 if next.done >= next.total {
                     finish(
@@ -2610,7 +2607,12 @@ mod tests {
                 .transact_blocking(move |ctx| {
                     let id = create(ctx.conn, ctx.vault, &s, "sha", ctx.now_ms)?;
                     let mut report = ImportReport::default();
-                    apply_chunk(ctx, id, &s, "sha", &p, 0..3, &mut report, ahead)?;
+                    let origin = Origin {
+                        id,
+                        spec: &s,
+                        file_sha256: "sha",
+                    };
+                    apply_chunk(ctx, &origin, &p, 0..3, &mut report, ahead)?;
                     Ok(report)
                 })
                 .unwrap()
