@@ -283,6 +283,13 @@ fn print_keys(k: &FirstKeys, json: bool) {
     }
 }
 
+/// mimalloc, not the C library's allocator: parsing a 10M-line import
+/// spent 30 % of its time in glibc's malloc and free (blocks allocated on
+/// one thread and freed on another), and was a third faster with it
+/// (BENCHMARKS.md, "the allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

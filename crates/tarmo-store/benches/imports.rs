@@ -19,6 +19,10 @@ use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
 use tarmo_store::{Backend, Store};
 
+/// The allocator the `tarmo` binary runs the library with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, d: u64) -> u64 {
     std::env::var(name)
         .ok()

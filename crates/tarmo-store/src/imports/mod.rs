@@ -267,6 +267,79 @@ impl Row {
             Row::Json(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
         }
     }
+
+    /// The row's fields by column, read in place: customers and orders,
+    /// millions of rows, are checked without a map of values a row (which
+    /// with its copies was most of their parse's allocations).
+    fn fields<'a>(&'a self, headers: &'a [String]) -> Fields<'a> {
+        match self {
+            Row::Csv { text, ends } => Fields::Csv {
+                text,
+                ends,
+                headers,
+            },
+            Row::Json(m) => Fields::Json(m),
+        }
+    }
+}
+
+/// A field as read: a CSV field's text, or a JSON value.
+#[derive(Clone, Copy)]
+enum Cell<'a> {
+    Str(&'a str),
+    Val(&'a Value),
+}
+
+/// A row's fields by column. As with [`Row::into_map`], an empty CSV
+/// field or a JSON null is no field at all.
+trait Cells {
+    fn cell(&self, col: &str) -> Option<Cell<'_>>;
+}
+
+impl Cells for Map<String, Value> {
+    fn cell(&self, col: &str) -> Option<Cell<'_>> {
+        self.get(col).filter(|v| !v.is_null()).map(Cell::Val)
+    }
+}
+
+/// A row, borrowed: see [`Row::fields`].
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    Csv {
+        text: &'a str,
+        ends: &'a [u32],
+        headers: &'a [String],
+    },
+    Json(&'a Map<String, Value>),
+}
+
+impl Cells for Fields<'_> {
+    fn cell(&self, col: &str) -> Option<Cell<'_>> {
+        match *self {
+            Fields::Csv {
+                text,
+                ends,
+                headers,
+            } => {
+                // As the map did: of columns of the same name, the last
+                // that is not empty.
+                let mut found = None;
+                let mut start = 0;
+                for (h, end) in headers.iter().zip(ends) {
+                    let end = (*end as usize).min(text.len());
+                    if h == col {
+                        let v = text.get(start..end).unwrap_or_default();
+                        if !v.is_empty() {
+                            found = Some(Cell::Str(v));
+                        }
+                    }
+                    start = end;
+                }
+                found
+            }
+            Fields::Json(m) => m.cell(col),
+        }
+    }
 }
 
 /// A file's rows, read a block at a time; a row that is not valid CSV or
@@ -470,34 +543,40 @@ fn par_chunks<T: Send, U: Send>(items: Vec<T>, f: impl Fn(Vec<T>) -> Vec<U> + Sy
 }
 
 /// A field as text: strings trimmed, numbers and booleans written out.
-fn text(m: &Map<String, Value>, col: &str) -> Option<String> {
-    match m.get(col)? {
-        Value::String(s) => {
-            let s = s.trim();
-            (!s.is_empty()).then(|| s.to_owned())
-        }
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+fn text(m: &impl Cells, col: &str) -> Option<String> {
+    let s = match m.cell(col)? {
+        Cell::Str(s) => s,
+        Cell::Val(Value::String(s)) => s,
+        Cell::Val(Value::Number(n)) => return Some(n.to_string()),
+        Cell::Val(Value::Bool(b)) => return Some(b.to_string()),
+        Cell::Val(_) => return None,
     }
+    .trim();
+    (!s.is_empty()).then(|| s.to_owned())
 }
 
 /// A field as a number (a decimal comma is read too: `12,50`).
-fn number(m: &Map<String, Value>, col: &str) -> std::result::Result<Option<f64>, String> {
-    match m.get(col) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .replace(',', ".")
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| format!("`{col}` is not a number")),
-        Some(_) => Err(format!("`{col}` is not a number")),
+fn number(m: &impl Cells, col: &str) -> std::result::Result<Option<f64>, String> {
+    let s = match m.cell(col) {
+        None => return Ok(None),
+        Some(Cell::Val(Value::Number(n))) => return Ok(n.as_f64()),
+        Some(Cell::Str(s)) => s,
+        Some(Cell::Val(Value::String(s))) => s,
+        Some(Cell::Val(_)) => return Err(format!("`{col}` is not a number")),
     }
+    .trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let x = if s.contains(',') {
+        s.replace(',', ".").parse::<f64>()
+    } else {
+        s.parse::<f64>()
+    };
+    x.ok()
+        .filter(|x| x.is_finite())
+        .map(Some)
+        .ok_or_else(|| format!("`{col}` is not a number"))
 }
 
 /// A date (`YYYY-MM-DD`) or an RFC 3339 date-time, as milliseconds.
@@ -637,7 +716,7 @@ fn person_of(
     store: &Vault,
     identity: &IdentityConfig,
     cols: &[(IdentifierKind, String)],
-    m: &Map<String, Value>,
+    m: &impl Cells,
     err: &mut Vec<String>,
 ) -> Option<Person> {
     let mut identifiers = Vec::new();
@@ -792,7 +871,7 @@ fn parse_customers(
         let checked = par_chunks(block, |part| {
             part.into_iter()
                 .map(|(line, row)| {
-                    let m = row.into_map(headers);
+                    let m = row.fields(headers);
                     let mut errs = Vec::new();
                     let person = person_of(vault, identity, &id_cols, &m, &mut errs);
                     if person.is_none() && errs.is_empty() {
@@ -800,7 +879,7 @@ fn parse_customers(
                     }
                     let mut traits = Map::new();
                     for (name, col, ty) in &trait_cols {
-                        let Some(raw) = m.get(col) else { continue };
+                        let Some(raw) = m.cell(col) else { continue };
                         match typed(raw, *ty) {
                             Ok(Some(v)) => {
                                 traits.insert(name.clone(), v);
@@ -854,14 +933,15 @@ fn parse_customers(
     Ok(())
 }
 
-fn typed(raw: &Value, ty: TraitType) -> std::result::Result<Option<Value>, String> {
+fn typed(raw: Cell<'_>, ty: TraitType) -> std::result::Result<Option<Value>, String> {
     let s = match raw {
-        Value::String(s) => s.trim().to_owned(),
-        Value::Null => return Ok(None),
-        Value::Array(_) | Value::Object(_) => {
+        Cell::Str(s) => s.trim().to_owned(),
+        Cell::Val(Value::String(s)) => s.trim().to_owned(),
+        Cell::Val(Value::Null) => return Ok(None),
+        Cell::Val(Value::Array(_) | Value::Object(_)) => {
             return Err("a trait is a single value".into());
         }
-        other => other.to_string(),
+        Cell::Val(other) => other.to_string(),
     };
     if s.is_empty() {
         return Ok(None);
@@ -950,23 +1030,23 @@ fn order_time(t: &str, now_ms: i64, col: &str) -> std::result::Result<i64, Strin
 /// A row's order lines (a list in JSON Lines, or the row's own line): the
 /// items, whether each had a price, and the total of those prices.
 fn order_items(
-    m: &Map<String, Value>,
+    m: Fields<'_>,
     o: &mapping::OrderColumns,
     errs: &mut Vec<String>,
 ) -> (Vec<Item>, bool, f64) {
-    let mut lines: Vec<&Map<String, Value>> = Vec::new();
-    match m.get(&o.items) {
-        Some(Value::Array(a)) => {
+    let mut lines: Vec<Fields<'_>> = Vec::new();
+    match m.cell(&o.items) {
+        Some(Cell::Val(Value::Array(a))) => {
             for it in a {
                 match it {
-                    Value::Object(x) => lines.push(x),
+                    Value::Object(x) => lines.push(Fields::Json(x)),
                     _ => errs.push(format!("`{}`: a list of line objects", o.items)),
                 }
             }
         }
         Some(_) => errs.push(format!("`{}`: a list of line objects", o.items)),
         None => {
-            if m.contains_key(&o.product) {
+            if m.cell(&o.product).is_some() {
                 lines.push(m);
             }
         }
@@ -1172,7 +1252,7 @@ fn parse_orders(
     let work = |part: Vec<(u64, Row)>| {
         let mut out: Vec<LinePre> = Vec::with_capacity(part.len());
         for (line, row) in part {
-            let m = row.into_map(headers);
+            let m = row.fields(headers);
             let order_id = text(&m, &o.id);
             let prev = out
                 .last()
@@ -1203,7 +1283,7 @@ fn parse_orders(
                 errs.push(e);
                 None
             });
-            let (items, priced, computed) = order_items(&m, o, &mut errs);
+            let (items, priced, computed) = order_items(m, o, &mut errs);
             out.push(LinePre {
                 line,
                 order_id,
@@ -2796,6 +2876,66 @@ mod tests {
             !p.customers[0].traits.contains_key("city"),
             "a null is no value"
         );
+    }
+
+    /// Rows are read in place as the map of values read them: empty CSV
+    /// fields and JSON nulls are no field, and of two columns of the same
+    /// name the last that is not empty counts.
+    #[test]
+    fn fields_read_in_place_say_what_the_map_said() {
+        fn same(a: Option<Cell<'_>>, b: Option<Cell<'_>>) -> bool {
+            let text = |c: Option<Cell<'_>>| {
+                c.map(|c| match c {
+                    Cell::Str(s) => Value::String(s.to_owned()),
+                    Cell::Val(v) => v.clone(),
+                })
+            };
+            text(a) == text(b)
+        }
+        let csv = "a,b,a,c,d\nx,,y,1,\n,2,,,z\n p , q ,,3.5,\n";
+        let mut errors = Vec::new();
+        let mut rows = Rows::open(Format::Csv, csv.as_bytes(), &mut errors).unwrap();
+        let headers = rows.headers.clone();
+        let block = rows.block(10, &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(block.len(), 3);
+        let mut seen = 0;
+        for (_, row) in &block {
+            let f = row.fields(&headers);
+            let (text_f, ends) = match row {
+                Row::Csv { text, ends } => (text.to_string(), ends.clone()),
+                Row::Json(_) => unreachable!("a CSV file"),
+            };
+            let m = Row::Csv {
+                text: text_f.into_boxed_str(),
+                ends,
+            }
+            .into_map(&headers);
+            for col in ["a", "b", "c", "d", "missing"] {
+                assert!(same(f.cell(col), m.cell(col)), "{col} of {m:?}");
+                seen += usize::from(f.cell(col).is_some());
+            }
+        }
+        // Row 1: a (y, over x), c. Row 2: b, d. Row 3: a, b, c.
+        assert_eq!(seen, 7);
+        let first = block[0].1.fields(&headers);
+        assert!(matches!(first.cell("a"), Some(Cell::Str("y"))));
+        assert_eq!(text(&first, "b"), None);
+        assert_eq!(number(&block[2].1.fields(&headers), "c"), Ok(Some(3.5)));
+        assert_eq!(
+            text(&block[2].1.fields(&headers), "a").as_deref(),
+            Some("p")
+        );
+
+        let jl = r#"{"a": "x", "b": null, "c": 2, "d": [1]}"#;
+        let mut rows = Rows::open(Format::Jsonl, jl.as_bytes(), &mut errors).unwrap();
+        let headers = rows.headers.clone();
+        let block = rows.block(10, &mut errors);
+        let f = block[0].1.fields(&headers);
+        assert!(f.cell("b").is_none(), "a null is no field");
+        assert_eq!(number(&f, "c"), Ok(Some(2.0)));
+        assert_eq!(text(&f, "c").as_deref(), Some("2"));
+        assert!(number(&f, "d").is_err());
     }
 
     #[test]
