@@ -200,6 +200,7 @@ conformance!(
     disclosures_follow_a_merge,
     erasure_notifications_are_queued_once_sealed_and_wiped,
     a_group_resolves_as_its_messages_one_by_one,
+    a_group_seals_each_event_under_its_own_persons_key,
     client_claims_never_attach_to_or_merge_known_people,
     a_client_key_still_stitches_a_visitor_and_signs_people_up,
     a_server_source_verifies_what_a_client_claimed,
@@ -1101,6 +1102,39 @@ fn a_wrong_master_key_is_refused(h: &Harness) {
 /// them new within the group: ingested as one group (where PostgreSQL holds
 /// the new rows until the group's end) they must give the same profiles as
 /// ingested one at a time.
+/// A group naming many known people whose data keys are in no cache
+/// reads their keys in one pass (SQLite) or one statement (PostgreSQL):
+/// each event must still be sealed under its own person's key, whatever
+/// order the group and the keys come in.
+fn a_group_seals_each_event_under_its_own_persons_key(h: &Harness) {
+    let n = 40;
+    h.ingest(
+        (0..n)
+            .map(|i| json!({"type": "identify", "userId": format!("sealed-{i}")}))
+            .collect(),
+    );
+    h.store.vault().forget_all();
+    let out = h.ingest(
+        (0..n)
+            .rev()
+            .map(|i| json!({"type": "track", "userId": format!("sealed-{i}"), "event": "Keyed", "properties": {"n": i}}))
+            .collect(),
+    );
+    assert!(out.iter().all(|o| matches!(o, Outcome::Stored(_))));
+    for i in 0..n {
+        let p = h.lookup("user_id", &format!("sealed-{i}")).unwrap();
+        h.store.vault().forget_all();
+        let page = h
+            .store
+            .events_page(&everything(), p, None, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.events.len(), 2, "person {i}");
+        assert_eq!(page.events[0].message["event"], "Keyed");
+        assert_eq!(page.events[0].message["properties"]["n"], i);
+    }
+}
+
 fn a_group_resolves_as_its_messages_one_by_one(h: &Harness) {
     let before = vec![json!({"type": "identify", "userId": "u0", "anonymousId": "a0"})];
     let group = vec![

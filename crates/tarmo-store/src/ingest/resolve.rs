@@ -150,6 +150,9 @@ pub struct GroupStats {
 /// The resolver keeps a bounded cache of identifier → profile between groups
 /// when it is the only writer (SQLite). With PostgreSQL several nodes write,
 /// so it reads the store every group instead.
+/// Below this many data keys to read, a group reads each as it seals.
+const KEYS_AHEAD_MIN: usize = 16;
+
 pub struct Resolver {
     cache: Option<LruCache<BlindIndex, ProfileId>>,
     facts_cache: Option<LruCache<ProfileId, Facts>>,
@@ -368,6 +371,8 @@ impl Resolver {
         self.look_up(&mut g, events, subjects, &mut live, &mut outcomes)?;
         if g.conn.batch_writes() {
             g.start_batch(events, subjects, &live)?;
+        } else {
+            g.keys_ahead()?;
         }
         let rows = self.place_events(&mut g, events, &live, &outcomes)?;
 
@@ -837,7 +842,12 @@ impl Group<'_> {
         for (&p, row) in profiles.iter().zip(self.conn.profiles_get(&profiles)?) {
             self.sealed_traits.insert(p, row.and_then(|r| r.traits));
         }
-        for (&p, wrapped) in profiles.iter().zip(self.conn.data_keys_get(&profiles)?) {
+        self.keys_of(&profiles)
+    }
+
+    /// Read the data keys of `owners` (sorted) in one pass and keep them.
+    fn keys_of(&mut self, owners: &[ProfileId]) -> Result<()> {
+        for (&p, wrapped) in owners.iter().zip(self.conn.data_keys_get(owners)?) {
             if let Some(w) = wrapped
                 && let Some(k) = self.vault.data_key(p, || Ok(Some(w)))?
             {
@@ -845,6 +855,33 @@ impl Group<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Where the backend does not batch (SQLite): the data keys of the
+    /// profiles the group's identifiers were found on, when many are in
+    /// neither the group nor the vault's cache, read in one pass in key
+    /// order rather than one query each while sealing. An import's chunk
+    /// of orders from 100,000 customers spent a tenth of the writer's time
+    /// in those single reads (`perf`, BENCHMARKS.md).
+    fn keys_ahead(&mut self) -> Result<()> {
+        let mut missing: Vec<ProfileId> = Vec::new();
+        let mut seen = HashSet::new();
+        for &p in self.ids.values() {
+            if self.keys.contains_key(&p) || !seen.insert(p) {
+                continue;
+            }
+            match self.vault.cached_key(p) {
+                Some(k) => {
+                    self.keys.insert(p, k);
+                }
+                None => missing.push(p),
+            }
+        }
+        if missing.len() < KEYS_AHEAD_MIN {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        self.keys_of(&missing)
     }
 
     /// Write what the batch holds: profiles first, then what refers to them.
