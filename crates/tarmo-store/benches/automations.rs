@@ -15,6 +15,8 @@
 //!
 //! cargo bench -p tarmo-store --bench automations   (env: PEOPLE, SENDS, PENDING)
 
+mod common;
+
 use std::time::Instant;
 
 use serde_json::json;

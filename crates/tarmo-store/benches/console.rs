@@ -9,6 +9,8 @@
 //!
 //! cargo bench -p tarmo-store --bench console   (env: PROFILES, EVENTS, LEDGER_ENTRIES)
 
+mod common;
+
 use std::time::Instant;
 
 use serde_json::json;

@@ -4,6 +4,8 @@
 //!
 //! cargo bench -p tarmo-store --bench dsr   (env: PROFILES, PERSON_EVENTS, EVENTS)
 
+mod common;
+
 use std::time::Instant;
 
 use serde_json::json;

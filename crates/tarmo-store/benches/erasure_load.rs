@@ -8,6 +8,8 @@
 //!
 //! cargo bench -p tarmo-store --bench erasure_load   (env: LOAD_SECONDS, PEOPLE)
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -10,6 +10,8 @@
 //! cargo bench -p tarmo-store --bench imports   (env: CUSTOMERS, ORDER_LINES;
 //! PARSE_ONLY=1 stops after parsing, AGAIN=0 skips the unchanged re-imports)
 
+mod common;
+
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -18,10 +20,6 @@ use tarmo_store::imports::{self, Format, ImportKind, ImportSpec, Mapping};
 use tarmo_store::vault::MasterKey;
 use tarmo_store::writer::WriterConfig;
 use tarmo_store::{Backend, Store};
-
-/// The allocator the `tarmo` binary runs the library with.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_or(name: &str, d: u64) -> u64 {
     std::env::var(name)

@@ -5,6 +5,8 @@
 //!
 //! cargo bench -p tarmo-store --bench ledger   (env: LEDGER_ENTRIES, PROFILES, BATCH)
 
+mod common;
+
 use std::time::Instant;
 
 use serde_json::json;

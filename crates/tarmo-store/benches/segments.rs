@@ -20,6 +20,8 @@
 //! 0600) are kept there and reused by later runs with the same sizes, so the
 //! ingestion is paid once; `SETUP_ONLY=1` stops after it.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

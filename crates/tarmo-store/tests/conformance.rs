@@ -186,6 +186,7 @@ conformance!(
     a_wrong_master_key_is_refused,
     purposes_are_versioned_and_material_changes_need_reconsent,
     the_ledger_chain_detects_edits_removals_and_truncation,
+    a_ledger_batch_seals_each_persons_evidence_under_their_key,
     materialised_state_equals_the_fold_of_the_ledger_through_merges,
     double_opt_in_confirms_once_and_tokens_expire,
     gpc_on_ingestion_opts_out_once_and_a_later_choice_stands,

@@ -207,6 +207,44 @@ fn verify(h: &Harness) -> consent::VerifyReport {
     consent::verify(&mut *conn, h.store.vault(), &mut |_| {}).unwrap()
 }
 
+/// A batch of entries from many people whose data keys are in no cache
+/// reads the keys in one pass: each entry's evidence must still be sealed
+/// under its own person's key.
+pub fn a_ledger_batch_seals_each_persons_evidence_under_their_key(h: &Harness) {
+    let people: Vec<ProfileId> = (0..40)
+        .map(|i| profile_of(h, &format!("ledger-batch-{i}")))
+        .collect();
+    h.store.vault().forget_all();
+    let entries = people
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, p)| NewEntry {
+            evidence: ev(&format!("192.0.2.{i}")),
+            ..entry(
+                *p,
+                "email_marketing",
+                ConsentDecision::Granted,
+                Method::WebForm,
+            )
+        })
+        .collect();
+    append(h, entries).unwrap();
+    for (i, p) in people.iter().enumerate() {
+        h.store.vault().forget_all();
+        let hist = consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            *p,
+        )
+        .unwrap();
+        assert_eq!(hist.len(), 1, "person {i}");
+        assert_eq!(hist[0].evidence["ip"], format!("192.0.2.{i}"));
+    }
+    assert_eq!(verify(h).first_broken, None);
+}
+
 pub fn the_ledger_chain_detects_edits_removals_and_truncation(h: &Harness) {
     let p = profile_of(h, "chained");
     let q = profile_of(h, "other");
