@@ -124,43 +124,6 @@ fn data_key(conn: &mut dyn Conn, vault: &Vault, owner: ProfileId) -> Result<Data
         .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))
 }
 
-/// Below this many keys missing from the cache, [`warm_keys`] leaves
-/// them to be read one at a time where they are used.
-const WARM_MIN: usize = 16;
-/// At most this many keys warmed at once: a fraction of the vault's
-/// cache, so warming never evicts the keys it just read.
-const WARM_MAX: usize = 10_000;
-
-/// Bring the data keys of `owners` that the vault's cache lacks into it,
-/// read in one pass in key order (one `IN` read on SQLite, one statement
-/// on PostgreSQL) instead of one query each while sealing: a writer
-/// group naming thousands of people among a million mostly misses the
-/// cache. Owners without a key are left out. (A ledger batch of 1,000
-/// entries from 1M people gained nothing from it: its time is in the
-/// state's random reads and upserts; BENCHMARKS.md.)
-pub fn warm_keys(
-    conn: &mut dyn Conn,
-    vault: &Vault,
-    owners: impl IntoIterator<Item = ProfileId>,
-) -> Result<()> {
-    let mut missing: Vec<ProfileId> = owners
-        .into_iter()
-        .filter(|p| vault.cached_key(*p).is_none())
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
-    if missing.len() < WARM_MIN {
-        return Ok(());
-    }
-    missing.truncate(WARM_MAX);
-    for (&p, wrapped) in missing.iter().zip(conn.data_keys_get(&missing)?) {
-        if let Some(w) = wrapped {
-            vault.data_key(p, || Ok(Some(w)))?;
-        }
-    }
-    Ok(())
-}
-
 /// Seal `plain` under `owner`'s data key, for `place`.
 pub fn seal(
     conn: &mut dyn Conn,

@@ -150,6 +150,9 @@ pub struct GroupStats {
 /// The resolver keeps a bounded cache of identifier → profile between groups
 /// when it is the only writer (SQLite). With PostgreSQL several nodes write,
 /// so it reads the store every group instead.
+/// Below this many data keys to read, a group reads each as it seals.
+const KEYS_AHEAD_MIN: usize = 16;
+
 pub struct Resolver {
     cache: Option<LruCache<BlindIndex, ProfileId>>,
     facts_cache: Option<LruCache<ProfileId, Facts>>,
@@ -855,19 +858,30 @@ impl Group<'_> {
     }
 
     /// Where the backend does not batch (SQLite): the data keys of the
-    /// profiles the group's identifiers were found on, read in one pass
-    /// ([`crate::crypto::person::warm_keys`]) rather than one query each
-    /// while sealing.
-    /// An import's chunk of orders from 100,000 customers spent a tenth of
-    /// the writer's time in those single reads (`perf`, BENCHMARKS.md).
+    /// profiles the group's identifiers were found on, when many are in
+    /// neither the group nor the vault's cache, read in one pass in key
+    /// order rather than one query each while sealing. An import's chunk
+    /// of orders from 100,000 customers spent a tenth of the writer's time
+    /// in those single reads (`perf`, BENCHMARKS.md).
     fn keys_ahead(&mut self) -> Result<()> {
-        let owners: Vec<ProfileId> = self
-            .ids
-            .values()
-            .copied()
-            .filter(|p| !self.keys.contains_key(p))
-            .collect();
-        crate::crypto::person::warm_keys(self.conn, self.vault, owners)
+        let mut missing: Vec<ProfileId> = Vec::new();
+        let mut seen = HashSet::new();
+        for &p in self.ids.values() {
+            if self.keys.contains_key(&p) || !seen.insert(p) {
+                continue;
+            }
+            match self.vault.cached_key(p) {
+                Some(k) => {
+                    self.keys.insert(p, k);
+                }
+                None => missing.push(p),
+            }
+        }
+        if missing.len() < KEYS_AHEAD_MIN {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        self.keys_of(&missing)
     }
 
     /// Write what the batch holds: profiles first, then what refers to them.
