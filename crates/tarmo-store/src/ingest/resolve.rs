@@ -147,12 +147,12 @@ pub struct GroupStats {
     pub suppressed: u64,
 }
 
-/// The resolver keeps a bounded cache of identifier → profile between groups
-/// when it is the only writer (SQLite). With PostgreSQL several nodes write,
-/// so it reads the store every group instead.
 /// Below this many data keys to read, a group reads each as it seals.
 const KEYS_AHEAD_MIN: usize = 16;
 
+/// The resolver keeps a bounded cache of identifier → profile between groups
+/// when it is the only writer (SQLite). With PostgreSQL several nodes write,
+/// so it reads the store every group instead.
 pub struct Resolver {
     cache: Option<LruCache<BlindIndex, ProfileId>>,
     facts_cache: Option<LruCache<ProfileId, Facts>>,
