@@ -3,7 +3,7 @@
 //! state), the raw SQLite limit for rows of the same size measured in the same
 //! run, and the time to verify the whole chain and to fold it again.
 //!
-//! cargo bench -p tarmo-store --bench ledger   (env: LEDGER_ENTRIES, PROFILES, BATCH)
+//! cargo bench -p tarmo-store --bench ledger   (env: LEDGER_ENTRIES, PROFILES, BATCH, PRODUCERS)
 
 mod common;
 
@@ -22,6 +22,44 @@ fn env_or(name: &str, d: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
+}
+
+const PURPOSES: [&str; 4] = [
+    "email_marketing",
+    "sms_marketing",
+    "personalisation",
+    "ad_audiences",
+];
+const DECISIONS: [ConsentDecision; 4] = [
+    ConsentDecision::Granted,
+    ConsentDecision::Withdrawn,
+    ConsentDecision::Denied,
+    ConsentDecision::Granted,
+];
+
+/// The `k`th entry of the run: a pseudo-random person, purpose and decision.
+fn entry(k: u64, ids: &[tarmo_core::ids::ProfileId], profiles: u64) -> NewEntry {
+    let r = k.wrapping_mul(0x9e3779b97f4a7c15);
+    let mut ev = serde_json::Map::new();
+    ev.insert(
+        "ip".into(),
+        json!(format!("198.51.{}.{}", r % 250, (r >> 8) % 250)),
+    );
+    ev.insert(
+        "user_agent".into(),
+        json!("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"),
+    );
+    NewEntry {
+        channel: None,
+        profile_id: ids[(r % profiles) as usize],
+        purpose: tarmo_core::consent::PurposeId::parse(PURPOSES[((r >> 16) % 4) as usize]).unwrap(),
+        decision: DECISIONS[((r >> 24) % 4) as usize],
+        method: Method::WebForm,
+        notice_version: None,
+        at_ms: None,
+        source: "checkout form v3".into(),
+        evidence: ev,
+    }
 }
 
 fn main() {
@@ -66,65 +104,46 @@ fn main() {
     }
     eprintln!("{profiles} profiles in {:.1} s", t.elapsed().as_secs_f64());
 
-    let purposes = [
-        "email_marketing",
-        "sms_marketing",
-        "personalisation",
-        "ad_audiences",
-    ];
-    let decisions = [
-        ConsentDecision::Granted,
-        ConsentDecision::Withdrawn,
-        ConsentDecision::Denied,
-        ConsentDecision::Granted,
-    ];
+    // Producers: one, as a single client batching its writes, or several
+    // at once, as the clients of a busy installation are (their batches
+    // then share the writer's transactions and flushes).
+    let producers = env_or("PRODUCERS", 1).max(1);
+    let batches = total.div_ceil(batch);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicU64::new(0);
     let t = Instant::now();
-    let mut done = 0u64;
-    let mut k = 0u64;
-    while done < total {
-        let n = batch.min(total - done);
-        let entries: Vec<NewEntry> = (0..n)
-            .map(|_| {
-                k += 1;
-                let r = k.wrapping_mul(0x9e3779b97f4a7c15);
-                let mut ev = serde_json::Map::new();
-                ev.insert(
-                    "ip".into(),
-                    json!(format!("198.51.{}.{}", r % 250, (r >> 8) % 250)),
-                );
-                ev.insert(
-                    "user_agent".into(),
-                    json!("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"),
-                );
-                NewEntry {
-                    channel: None,
-                    profile_id: ids[(r % profiles) as usize],
-                    purpose: tarmo_core::consent::PurposeId::parse(
-                        purposes[((r >> 16) % 4) as usize],
-                    )
-                    .unwrap(),
-                    decision: decisions[((r >> 24) % 4) as usize],
-                    method: Method::WebForm,
-                    notice_version: None,
-                    at_ms: None,
-                    source: "checkout form v3".into(),
-                    evidence: ev,
+    std::thread::scope(|s| {
+        for _ in 0..producers {
+            let writer = writer.clone();
+            let (ids, next, done) = (&ids, &next, &done);
+            s.spawn(move || {
+                loop {
+                    let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if b >= batches {
+                        break;
+                    }
+                    let first = b * batch;
+                    let n = batch.min(total - first);
+                    let entries: Vec<NewEntry> = (first..first + n)
+                        .map(|k| entry(k + 1, ids, profiles))
+                        .collect();
+                    writer
+                        .transact_blocking(move |ctx| {
+                            consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
+                        })
+                        .unwrap();
+                    let before = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    if (before + n) / 1_000_000 > before / 1_000_000 {
+                        eprintln!(
+                            "{} entries, {:.0}/s",
+                            before + n,
+                            (before + n) as f64 / t.elapsed().as_secs_f64()
+                        );
+                    }
                 }
-            })
-            .collect();
-        writer
-            .transact_blocking(move |ctx| {
-                consent::append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)
-            })
-            .unwrap();
-        done += n;
-        if done.is_multiple_of(1_000_000) {
-            eprintln!(
-                "{done} entries, {:.0}/s",
-                done as f64 / t.elapsed().as_secs_f64()
-            );
+            });
         }
-    }
+    });
     let append_secs = t.elapsed().as_secs_f64();
     drop(writer);
     join.join().unwrap();
@@ -174,7 +193,9 @@ fn main() {
     let raw_rate = raw_n as f64 / t.elapsed().as_secs_f64();
 
     let rate = total as f64 / append_secs;
-    println!("ledger entries:             {total} over {profiles} people, batches of {batch}");
+    println!(
+        "ledger entries:             {total} over {profiles} people, batches of {batch}, {producers} producer(s)"
+    );
     println!("append (durable, sealed, chained, folded): {rate:.0} entries/s");
     println!(
         "raw SQLite, same-size rows: {raw_rate:.0} rows/s   ratio {:.2}",

@@ -565,7 +565,7 @@ pub fn append(
     }
 
     let mut tip = CHAIN.tip(conn)?;
-    let mut touched: HashMap<(ProfileId, PurposeId), Option<ConsentState>> = HashMap::new();
+    let mut touched: BTreeMap<(ProfileId, PurposeId), Option<ConsentState>> = BTreeMap::new();
     // The state before this transaction, for the dashboard's totals.
     let mut before: HashMap<(ProfileId, PurposeId), Option<ConsentDecision>> = HashMap::new();
     let mut counts = crate::dashboard::EntryCounts::default();
@@ -661,6 +661,8 @@ pub fn append(
         touched.insert(k, next);
         seqs.push(seq);
     }
+    // In key order: neighbouring people's states share pages.
+    let mut deltas = crate::dashboard::StateDeltas::default();
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
             put_state(conn, *profile, purpose.as_str(), s)?;
@@ -669,15 +671,15 @@ pub fn append(
                 .copied()
                 .flatten()
                 .map(|d| d.as_str());
-            crate::dashboard::state_changed(
-                conn,
+            deltas.changed(
                 crate::dashboard::day_of(s.at_ms),
                 purpose.as_str(),
                 old,
                 s.decision.as_str(),
-            )?;
+            );
         }
     }
+    deltas.write(conn)?;
     counts.write(conn)?;
     CHAIN.sign_head(conn, vault, &tip)?;
     Ok(seqs)
@@ -907,10 +909,12 @@ pub fn rebuild(conn: &mut dyn Conn) -> Result<u64> {
     let today = crate::dashboard::day_of(crate::now_ms());
     crate::dashboard::states_removed(conn, "1 = 1", &[], today)?;
     conn.exec("DELETE FROM consent_state", &[])?;
+    let mut deltas = crate::dashboard::StateDeltas::default();
     for ((p, purpose), s) in &folded {
         put_state(conn, *p, purpose, s)?;
-        crate::dashboard::state_changed(conn, today, purpose, None, s.decision.as_str())?;
+        deltas.changed(today, purpose, None, s.decision.as_str());
     }
+    deltas.write(conn)?;
     Ok(differed)
 }
 

@@ -55,6 +55,39 @@ impl EntryCounts {
     }
 }
 
+/// Changes of decision made in one transaction, summed per (day, purpose,
+/// decision) and written once: a batch of ledger entries moves a handful of
+/// totals, not one row per entry.
+#[derive(Debug, Default)]
+pub struct StateDeltas(HashMap<(i64, String, String), i64>);
+
+impl StateDeltas {
+    /// A person's decision for a purpose went from `old` (none: no state
+    /// yet) to `new` on `day`.
+    pub fn changed(&mut self, day: i64, purpose: &str, old: Option<&str>, new: &str) {
+        if old == Some(new) {
+            return;
+        }
+        if let Some(old) = old {
+            *self
+                .0
+                .entry((day, purpose.to_owned(), old.to_owned()))
+                .or_default() -= 1;
+        }
+        *self
+            .0
+            .entry((day, purpose.to_owned(), new.to_owned()))
+            .or_default() += 1;
+    }
+
+    pub fn write(&self, conn: &mut dyn Conn) -> Result<()> {
+        for ((day, purpose, decision), delta) in &self.0 {
+            add_state(conn, *day, purpose, decision, *delta)?;
+        }
+        Ok(())
+    }
+}
+
 fn add_state(
     conn: &mut dyn Conn,
     day: i64,

@@ -138,6 +138,43 @@ pub fn the_dashboard_aggregates_follow_every_consent_change(h: &Harness) {
     assert_eq!(unsub, 1);
     drop(c);
 
+    // One batch that moves several people between the same decisions: the
+    // changes are summed per purpose and decision (two that cancel write
+    // nothing) and still match the state. Then the same moves back.
+    let swap = |a: ConsentDecision, b: ConsentDecision, c: ConsentDecision| {
+        vec![
+            entry(people[0], "email_marketing", a, Method::WebForm),
+            entry(people[1], "email_marketing", b, Method::WebForm),
+            entry(people[3], "email_marketing", c, Method::Staff),
+        ]
+    };
+    append(
+        h,
+        swap(
+            ConsentDecision::Withdrawn,
+            ConsentDecision::Granted,
+            ConsentDecision::Denied,
+        ),
+    );
+    let (now, truth) = totals(h);
+    assert_eq!(now, truth, "after a batch of changes");
+    assert_eq!(now["email_marketing"]["granted"], 1);
+    assert_eq!(now["email_marketing"]["withdrawn"], 1);
+    assert_eq!(now["email_marketing"]["denied"], 1);
+    append(
+        h,
+        swap(
+            ConsentDecision::Granted,
+            ConsentDecision::Withdrawn,
+            ConsentDecision::Granted,
+        ),
+    );
+    let (now, truth) = totals(h);
+    assert_eq!(now, truth, "after the changes back");
+    assert_eq!(now["email_marketing"]["granted"], 2);
+    assert!(!now["email_marketing"].contains_key("denied"));
+    entries_match(h);
+
     // A merge makes two people's states one person's.
     h.ingest(vec![
         json!({"type": "alias", "userId": "dash-0", "previousId": "anon-dash-2"}),
