@@ -661,8 +661,8 @@ pub fn append(
         touched.insert(k, next);
         seqs.push(seq);
     }
-    // In key order: neighbouring people's states share pages.
     let mut deltas = crate::dashboard::StateDeltas::default();
+    // In key order (a `BTreeMap`): neighbouring people's states share pages.
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
             put_state(conn, *profile, purpose.as_str(), s)?;
@@ -959,10 +959,12 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
         "DELETE FROM consent_state WHERE profile_id = $1 OR profile_id = $2",
         &[P::Int(from.0), P::Int(into.0)],
     )?;
+    let mut deltas = crate::dashboard::StateDeltas::default();
     for (purpose, s) in &folded {
         put_state(conn, into, purpose, s)?;
-        crate::dashboard::state_changed(conn, today, purpose, None, s.decision.as_str())?;
+        deltas.changed(today, purpose, None, s.decision.as_str());
     }
+    deltas.write(conn)?;
     conn.exec(
         "INSERT INTO consent_signals (profile_id, hash, at_ms)
          SELECT $2, hash, at_ms FROM consent_signals WHERE profile_id = $1

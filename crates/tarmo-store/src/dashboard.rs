@@ -107,24 +107,6 @@ fn add_state(
     Ok(())
 }
 
-/// A person's decision for a purpose went from `old` (none: no state yet)
-/// to `new` on `day`.
-pub fn state_changed(
-    conn: &mut dyn Conn,
-    day: i64,
-    purpose: &str,
-    old: Option<&str>,
-    new: &str,
-) -> Result<()> {
-    if old == Some(new) {
-        return Ok(());
-    }
-    if let Some(old) = old {
-        add_state(conn, day, purpose, old, -1)?;
-    }
-    add_state(conn, day, purpose, new, 1)
-}
-
 /// The states a `DELETE FROM consent_state WHERE <filter>` is about to
 /// remove leave the totals on `day`. Call it just before the delete.
 pub fn states_removed(conn: &mut dyn Conn, filter: &str, params: &[P<'_>], day: i64) -> Result<()> {
