@@ -666,16 +666,12 @@ pub fn append(
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
             put_state(conn, *profile, purpose.as_str(), s)?;
-            let old = before
-                .get(&(*profile, purpose.clone()))
-                .copied()
-                .flatten()
-                .map(|d| d.as_str());
+            let old = before.get(&(*profile, purpose.clone())).copied().flatten();
             deltas.changed(
                 crate::dashboard::day_of(s.at_ms),
                 purpose.as_str(),
                 old,
-                s.decision.as_str(),
+                s.decision,
             );
         }
     }
@@ -912,7 +908,7 @@ pub fn rebuild(conn: &mut dyn Conn) -> Result<u64> {
     let mut deltas = crate::dashboard::StateDeltas::default();
     for ((p, purpose), s) in &folded {
         put_state(conn, *p, purpose, s)?;
-        deltas.changed(today, purpose, None, s.decision.as_str());
+        deltas.changed(today, purpose, None, s.decision);
     }
     deltas.write(conn)?;
     Ok(differed)
@@ -962,7 +958,7 @@ pub fn after_merge(conn: &mut dyn Conn, from: ProfileId, into: ProfileId) -> Res
     let mut deltas = crate::dashboard::StateDeltas::default();
     for (purpose, s) in &folded {
         put_state(conn, into, purpose, s)?;
-        deltas.changed(today, purpose, None, s.decision.as_str());
+        deltas.changed(today, purpose, None, s.decision);
     }
     deltas.write(conn)?;
     conn.exec(

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+use tarmo_core::consent::ConsentDecision;
 
 use crate::Result;
 use crate::conn::{Conn, P};
@@ -59,24 +60,30 @@ impl EntryCounts {
 /// decision) and written once: a batch of ledger entries moves a handful of
 /// totals, not one row per entry.
 #[derive(Debug, Default)]
-pub struct StateDeltas(HashMap<(i64, String, String), i64>);
+pub struct StateDeltas(HashMap<(i64, String, &'static str), i64>);
 
 impl StateDeltas {
     /// A person's decision for a purpose went from `old` (none: no state
     /// yet) to `new` on `day`.
-    pub fn changed(&mut self, day: i64, purpose: &str, old: Option<&str>, new: &str) {
+    pub fn changed(
+        &mut self,
+        day: i64,
+        purpose: &str,
+        old: Option<ConsentDecision>,
+        new: ConsentDecision,
+    ) {
         if old == Some(new) {
             return;
         }
         if let Some(old) = old {
             *self
                 .0
-                .entry((day, purpose.to_owned(), old.to_owned()))
+                .entry((day, purpose.to_owned(), old.as_str()))
                 .or_default() -= 1;
         }
         *self
             .0
-            .entry((day, purpose.to_owned(), new.to_owned()))
+            .entry((day, purpose.to_owned(), new.as_str()))
             .or_default() += 1;
     }
 
