@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::Result;
 use crate::conn::{P, ProfileId, RequestId};
 use crate::crypto::person;
+use crate::vault::BlindIndex;
 use crate::writer::TxCtx;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -73,6 +74,16 @@ pub fn erase_profile(
     let mut identifiers = Vec::new();
     let rows = ctx.conn.identifiers_of(profile)?;
     report.identifiers = rows.len() as u64;
+    // What the writer's identity cache may hold of them.
+    let mut blind: Vec<BlindIndex> = rows.iter().map(|r| r.bidx).collect();
+    if ids.len() > 1 {
+        blind.extend(
+            ctx.conn
+                .identifiers_of_many(&ids[1..])?
+                .into_iter()
+                .map(|(_, r)| r.bidx),
+        );
+    }
     for row in rows {
         if suppress {
             ctx.conn.exec(
@@ -161,7 +172,7 @@ pub fn erase_profile(
         events = report.events,
         "person erased"
     );
-    ctx.identities_changed();
+    ctx.people_erased(&ids, &blind);
     ctx.checkpoint_after_commit();
     Ok(report)
 }

@@ -295,6 +295,13 @@ pub trait Conn: Send {
     /// keys went in the transaction. Once it returns `Ok`, the writer may
     /// answer without waiting for its flush.
     fn checkpoint(&mut self) -> Result<()>;
+    /// Housekeeping the writer does between two groups when no
+    /// transaction job waits: on SQLite, copying into the database what a
+    /// background checkpoint left of a long log, so that the log starts
+    /// again from its beginning.
+    fn between_groups(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// A number that changes when another connection commits (SQLite's
     /// `data_version`); constant where caches are not kept (PostgreSQL).
     fn data_version(&mut self) -> Result<i64>;

@@ -150,6 +150,9 @@ pub struct SqliteConn {
 /// A way to ask the checkpointer thread for a truncating checkpoint.
 struct TruncateAsk {
     wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the checkpointer: the log is long and mostly copied; the
+    /// writer copies the rest between groups, and the log restarts.
+    restart_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Fold a log into its database file and truncate it, trying a few
@@ -201,8 +204,18 @@ impl Flusher for WalFlusher {
 /// mid-transaction and were read back in.
 const WRITER_CACHE_KIB: i64 = -65_536;
 const BULK_CACHE_KIB: i64 = -524_288;
-/// What the data's log is cut back to once a checkpoint restarts it.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// The data's log: once a background checkpoint finds this many frames
+/// in it (64 MiB), the writer folds the rest between two groups so that
+/// the log starts again from its beginning; at 1 GiB the writer folds it
+/// at its next commit whatever the cost (the brake); at a lull a log file
+/// larger than 64 MiB is truncated. The file is never cut back while the
+/// writer writes: cut to 64 MiB after every restart under heavy ingestion,
+/// it grew into new blocks again (allocated and zeroed by the kernel) and
+/// the group that cut it and the next took 40-90 ms instead of 10-20,
+/// every 0.7 s (measured: `erasure_load`, BENCHMARKS.md).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+const WAL_BRAKE_FRAMES: i64 = 262_144;
+const WAL_KEEP_BYTES: u64 = 64 << 20;
 
 /// A truncating checkpoint (after an erasure) waits this long for readers
 /// at each of its attempts.
@@ -217,9 +230,14 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// seldom stops to copy pages into the database file: it appends to the
 /// log. A passive checkpoint runs beside the writer; once it has copied the
 /// whole log, the writer's next transaction starts the log from the
-/// beginning again. When the writer appends faster than checkpoints copy
-/// (a very large database, pages everywhere), the log would grow without
-/// end: the writer's own checkpoint at 256 MiB of log is the brake.
+/// beginning again. Under continuous ingestion it never has (the writer
+/// appends while it copies), so once the log holds 64 MiB it tells the
+/// writer (`restart_due`), which copies the frames written since between
+/// two groups, when no transaction job waits ([`Conn::between_groups`]):
+/// 16-60 ms under the erasure bench's load (more as the database grows),
+/// where its own checkpoint at 256 MiB, inside a group's commit, took
+/// 30-80 ms. Should the writer still fall behind, its own checkpoint at
+/// 1 GiB of log is the brake.
 ///
 /// After an erasure the writer asks it (`wanted`) for a truncating
 /// checkpoint at the next lull: the log's frames from before the erasure
@@ -228,6 +246,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
     wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    restart_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -239,6 +258,10 @@ impl Checkpointer {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let truncate = wanted.clone();
+        let restart_due = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let due = restart_due.clone();
+        let wal_path = format!("{db}-wal");
+        let wal_len = move || std::fs::metadata(&wal_path).map_or(0, |m| m.len());
         let join = std::thread::Builder::new()
             .name("tarmo-checkpointer".into())
             .spawn(move || {
@@ -253,8 +276,8 @@ impl Checkpointer {
                     // over a second under heavy ingestion (measured), so it
                     // waits for a lull. Under continuous load the log's old
                     // frames are written over as it starts again from the
-                    // beginning after each complete checkpoint, and cut to
-                    // `journal_size_limit`.
+                    // beginning (see `restart_due`); a log file grown
+                    // larger than 64 MiB is truncated at the next lull.
                     let mut quiet = false;
                     if !asked {
                         let wait = if truncate.load(Ordering::Acquire) {
@@ -270,13 +293,27 @@ impl Checkpointer {
                     }
                     asked = false;
                     // With nothing new in the log this returns at once.
-                    if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                        tracing::warn!(error = %e, "checkpoint failed; trying again later");
-                    } else if quiet
-                        && truncate.load(Ordering::Acquire)
-                        && truncate_log(&c, "data").is_ok()
-                    {
-                        truncate.store(false, Ordering::Release);
+                    let passive =
+                        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+                    match passive {
+                        Err(e) => {
+                            tracing::warn!(error = %e, "checkpoint failed; trying again later")
+                        }
+                        // A lull: what an erasure asked for, or a log grown
+                        // large under load, is truncated now.
+                        Ok(_)
+                            if quiet
+                                && (truncate.load(Ordering::Acquire)
+                                    || wal_len() > WAL_KEEP_BYTES) =>
+                        {
+                            if truncate_log(&c, "data").is_ok() {
+                                truncate.store(false, Ordering::Release);
+                            }
+                        }
+                        Ok(frames) if frames >= WAL_RESTART_FRAMES => {
+                            due.store(true, Ordering::Release);
+                        }
+                        Ok(_) => {}
                     }
                     let rest = std::time::Instant::now() + CHECKPOINT_EVERY;
                     loop {
@@ -292,6 +329,7 @@ impl Checkpointer {
         Ok(Self {
             nudge: Some(tx),
             wanted,
+            restart_due,
             join: Some(join),
         })
     }
@@ -302,6 +340,7 @@ impl Checkpointer {
     fn asker(&self) -> TruncateAsk {
         TruncateAsk {
             wanted: self.wanted.clone(),
+            restart_due: self.restart_due.clone(),
         }
     }
 
@@ -550,16 +589,6 @@ impl Conn for SqliteConn {
         // Shrinking frees the pages over the new size at once.
         let kib = if on { BULK_CACHE_KIB } else { WRITER_CACHE_KIB };
         self.c.pragma_update(None, "cache_size", kib)?;
-        // A chunk of a large import dirties most pages of its random
-        // indexes: its commit writes hundreds of MB to the log, which was
-        // cut back to `journal_size_limit` after every checkpoint and so
-        // grew into new blocks again at every chunk — blocks the kernel
-        // allocates and zeroes (`perf`: 6 % of the writer in
-        // `zero_user_segments` over a 10M-line import). While the load
-        // runs the log keeps its size (it reaches the same size either
-        // way) and is cut back after.
-        let limit = if on { -1 } else { WAL_SIZE_LIMIT };
-        self.c.pragma_update(None, "journal_size_limit", limit)?;
         Ok(())
     }
 
@@ -676,9 +705,13 @@ impl Conn for SqliteConn {
         // map and 153 s without (500k people, one run each, same machine).
         self.c.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         self.c.pragma_update(None, "mmap_size", 0)?;
-        // Checkpoints move to a thread of their own (the writer checkpoints
-        // only if they fall 256 MiB behind); once the log has been copied
-        // and starts again from the beginning, it is cut back to 64 MiB.
+        // Checkpoints move to a thread of their own (see `Checkpointer`;
+        // the writer checkpoints by itself only 1 GiB behind). The log is
+        // never cut back when it starts again from the beginning
+        // (`journal_size_limit` -1): a log cut back grows into new blocks
+        // again, which the kernel allocates and zeroes — 6 % of the writer
+        // over a 10M-line import (`perf`), a 40-90 ms group every 0.7 s
+        // under heavy ingestion. The checkpointer truncates it at a lull.
         // What an earlier run left in the log (before a crash, say) is
         // folded in and truncated now, while nothing else writes.
         if let Err(e) = truncate_log(&self.c, "data") {
@@ -686,10 +719,23 @@ impl Conn for SqliteConn {
         }
         let checkpointer = Checkpointer::spawn(db)?;
         self.truncate = Some(checkpointer.asker());
-        self.c.pragma_update(None, "wal_autocheckpoint", 65536)?;
         self.c
-            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+            .pragma_update(None, "wal_autocheckpoint", WAL_BRAKE_FRAMES)?;
+        self.c.pragma_update(None, "journal_size_limit", -1)?;
         Ok(Some(Box::new(WalFlusher { wal, checkpointer })))
+    }
+
+    fn between_groups(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(ask) = &self.truncate else {
+            return Ok(());
+        };
+        if ask.restart_due.swap(false, Ordering::AcqRel) {
+            // Nothing else writes now: once this has copied what the
+            // checkpointer left, the next commit starts the log again.
+            self.c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")?;
+        }
+        Ok(())
     }
 
     fn data_version(&mut self) -> Result<i64> {
@@ -1492,6 +1538,90 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         no_file_holds(dir.path(), &marker);
+    }
+
+    /// The log's frames: (in the log, copied into the database).
+    fn log_frames(c: &Connection) -> (i64, i64) {
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    }
+
+    /// Under load the log never empties by itself: once a background
+    /// checkpoint finds 64 MiB in it, the writer copies the rest between two
+    /// groups and the next commit starts the log again, in the same file
+    /// (never cut back while the writer writes); at a lull the grown file is
+    /// truncated.
+    #[test]
+    fn a_long_log_starts_again_between_groups_and_is_cut_back_at_a_lull() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tarmo.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut w = b.connect().unwrap();
+        let mut flusher = w.defer_sync().unwrap().expect("a log to flush");
+        let due = w.truncate.as_ref().unwrap().restart_due.clone();
+        let wal = dir.path().join("tarmo.db-wal");
+        // Nothing to do while the log is short.
+        w.between_groups().unwrap();
+        // 72 MiB of log in 1 MiB rows, committed and flushed (which wakes
+        // the checkpointer) one by one.
+        w.exec("CREATE TABLE bulk (b BLOB)", &[]).unwrap();
+        let row = vec![7u8; 1 << 20];
+        for _ in 0..72 {
+            w.begin().unwrap();
+            w.exec("INSERT INTO bulk (b) VALUES ($1)", &[P::Blob(&row)])
+                .unwrap();
+            w.commit().unwrap();
+            flusher.flush().unwrap();
+        }
+        let mut small = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !due.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpointer did not find the long log within 10 s"
+            );
+            // Each flush wakes it; a small commit keeps it waking.
+            w.begin().unwrap();
+            w.exec("INSERT INTO bulk (b) VALUES (x'01')", &[]).unwrap();
+            w.commit().unwrap();
+            small += 1;
+            flusher.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let (before, _) = log_frames(&w.c);
+        assert!(before >= WAL_RESTART_FRAMES, "{before} frames");
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        w.between_groups().unwrap();
+        assert!(!due.load(Ordering::Acquire), "the restart was taken");
+        let (frames, copied) = log_frames(&w.c);
+        assert_eq!(frames, copied, "everything copied into the database");
+        w.begin().unwrap();
+        w.exec("INSERT INTO bulk (b) VALUES (x'02')", &[]).unwrap();
+        w.commit().unwrap();
+        flusher.flush().unwrap();
+        let (after, _) = log_frames(&w.c);
+        assert!(after < 10, "the log started again: {after} frames");
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            grown,
+            "not cut back while the writer writes"
+        );
+        // A lull (5 s without a flush): the file is truncated.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::fs::metadata(&wal).unwrap().len() > WAL_KEEP_BYTES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grown log was not truncated at a lull"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let n: i64 =
+            w.c.query_row("SELECT count(*) FROM bulk", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(n, 72 + small + 1, "nothing lost");
     }
 
     /// A database made before migration 5, whose newest profile was erased:

@@ -37,6 +37,7 @@ use crate::consent::{Catalog, CatalogCache};
 use crate::health::{Backoff, Health};
 use crate::metrics::WriterMetrics;
 use crate::resolve::{Outcome, PreparedEvent, PreparedIdentifier, Resolver};
+use crate::vault::BlindIndex;
 use crate::vault::Vault;
 use crate::{Error, Result, now_ms};
 
@@ -119,6 +120,12 @@ impl TxCtx<'_> {
     /// erasure deleted identifiers): drop it after this transaction.
     pub fn identities_changed(&mut self) {
         self.resolver.clear_after_commit();
+    }
+
+    /// These profiles, which held these identifiers, are erased: what the
+    /// writer's caches hold of them goes once the transaction commits.
+    pub fn people_erased(&mut self, ids: &[ProfileId], identifiers: &[BlindIndex]) {
+        self.resolver.erased_after_commit(ids, identifiers);
     }
 
     /// Fold the write-ahead log into the database file once this commits
@@ -800,6 +807,11 @@ fn run(
                     jobs,
                     acks,
                 );
+                if urgent.is_empty()
+                    && let Err(e) = conn.between_groups()
+                {
+                    tracing::warn!(error = %e, "checkpoint between groups failed");
+                }
             }
         }
         if let Ok(v) = conn.data_version() {
