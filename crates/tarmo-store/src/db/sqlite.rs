@@ -147,7 +147,9 @@ pub struct SqliteConn {
     slots: HashMap<String, Box<[usize]>>,
 }
 
-/// A way to ask the checkpointer thread for a truncating checkpoint.
+/// The writer's side of the checkpointer thread: asking it for a
+/// truncating checkpoint, and hearing from it that the log should start
+/// again.
 struct TruncateAsk {
     wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set by the checkpointer: the log is long and mostly copied; the
