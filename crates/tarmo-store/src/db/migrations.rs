@@ -10,7 +10,9 @@
 //! `{KEYRING_FILE}` SQLite's drop of the data keys' table once they were
 //! copied into the keyring file of their own (migration 22; nothing on
 //! PostgreSQL), and `{IDENTIFIERS_APPENDED}` SQLite's rebuild of the
-//! identifiers in arrival order (migration 23; nothing on PostgreSQL).
+//! identifiers in arrival order (migration 23; nothing on PostgreSQL), and
+//! `{DEDUP_RECENT}` SQLite's tables of recent messageId digests (migration
+//! 25, see `db::recent`; nothing on PostgreSQL).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -549,7 +551,21 @@ ALTER TABLE profiles DROP COLUMN event_count;
 DROP INDEX IF EXISTS import_rows_kind;
 "#,
     ),
+    (
+        25,
+        r#"
+{DEDUP_RECENT}
+"#,
+    ),
 ];
+
+/// The embedded store's recent messageId digests, appended in arrival
+/// order and folded into `dedup` a sorted slice at a time (see
+/// `db::recent`); PostgreSQL inserts into `dedup` directly.
+const SQLITE_DEDUP_RECENT: &str = r#"
+CREATE TABLE dedup_recent_a (seq INTEGER PRIMARY KEY, h INTEGER NOT NULL, seen_ms INTEGER NOT NULL);
+CREATE TABLE dedup_recent_b (seq INTEGER PRIMARY KEY, h INTEGER NOT NULL, seen_ms INTEGER NOT NULL);
+"#;
 
 /// SQLite numbers an `INTEGER PRIMARY KEY` without `AUTOINCREMENT` as the
 /// largest id plus one: after the erasure of the newest person, the next new
@@ -668,7 +684,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 // The keys were copied into the keyring file just before
                 // (`SqliteConn::move_keys_out`).
                 .replace("{KEYRING_FILE}", "DROP TABLE IF EXISTS data_keys;")
-                .replace("{IDENTIFIERS_APPENDED}", SQLITE_IDENTIFIERS_APPENDED);
+                .replace("{IDENTIFIERS_APPENDED}", SQLITE_IDENTIFIERS_APPENDED)
+                .replace("{DEDUP_RECENT}", SQLITE_DEDUP_RECENT);
             (*v, s)
         })
         .collect()
@@ -690,7 +707,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 .replace("{KEYRING_META}", PG_KEYRING_META)
                 // The keyring schema is in the same database: nothing moves.
                 .replace("{KEYRING_FILE}", "SELECT 1;")
-                .replace("{IDENTIFIERS_APPENDED}", "SELECT 1;");
+                .replace("{IDENTIFIERS_APPENDED}", "SELECT 1;")
+                .replace("{DEDUP_RECENT}", "SELECT 1;");
             (*v, s)
         })
         .collect()

@@ -12,4 +12,5 @@ pub(crate) mod migrations;
 pub(crate) mod pg_tls;
 pub mod pool;
 pub mod postgres;
+pub(crate) mod recent;
 pub mod sqlite;

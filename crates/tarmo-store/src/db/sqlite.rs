@@ -125,6 +125,7 @@ impl SqliteBackend {
             doomed: Vec::new(),
             truncate: None,
             slots: HashMap::new(),
+            recent: None,
         })
     }
 }
@@ -145,6 +146,9 @@ pub struct SqliteConn {
     truncate: Option<TruncateAsk>,
     /// Each statement text's parameter numbers, by slot (see [`bind`]).
     slots: HashMap<String, Box<[usize]>>,
+    /// The writer's: recent messageId digests, appended and folded into
+    /// `dedup` a sorted slice at a time (see [`super::recent`]).
+    recent: Option<super::recent::Recent>,
 }
 
 /// The writer's side of the checkpointer thread: asking it for a
@@ -364,6 +368,13 @@ impl Drop for Checkpointer {
 }
 
 impl SqliteConn {
+    /// Deduplicate through recent tables folded into `dedup` in chunks of
+    /// `chunk` digests (the writer's connection, the only one that claims).
+    pub(crate) fn recent_dedup(&mut self, chunk: usize, floor: usize) -> Result<()> {
+        self.recent = Some(super::recent::Recent::load(&self.c, chunk, floor)?);
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<()> {
         self.c.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
@@ -604,6 +615,10 @@ impl Conn for SqliteConn {
     }
 
     fn commit(&mut self) -> Result<()> {
+        let step = match &mut self.recent {
+            Some(r) if !self.c.is_autocommit() => Some(r.before_commit(&self.c)?),
+            _ => None,
+        };
         // The keys first, synced: a profile is never durable without its
         // key. Should the data's commit then fail, the keys are orphans,
         // dropped at the next start.
@@ -611,10 +626,16 @@ impl Conn for SqliteConn {
             self.k.execute_batch("COMMIT")?;
         }
         self.c.execute_batch("COMMIT")?;
+        if let (Some(r), Some(step)) = (&mut self.recent, step) {
+            r.after_commit(step);
+        }
         Ok(())
     }
 
     fn rollback(&mut self) -> Result<()> {
+        if let Some(r) = &mut self.recent {
+            r.abandon();
+        }
         self.doomed.clear();
         if !self.k.is_autocommit() {
             self.k.execute_batch("ROLLBACK")?;
@@ -721,6 +742,7 @@ impl Conn for SqliteConn {
         }
         let checkpointer = Checkpointer::spawn(db)?;
         self.truncate = Some(checkpointer.asker());
+        self.recent_dedup(super::recent::CHUNK, super::recent::FOLD_FLOOR)?;
         self.c
             .pragma_update(None, "wal_autocheckpoint", WAL_BRAKE_FRAMES)?;
         self.c.pragma_update(None, "journal_size_limit", -1)?;
@@ -765,6 +787,11 @@ impl Conn for SqliteConn {
     }
 
     fn dedup_claim(&mut self, hashes: &[i64], now_ms: i64) -> Result<Vec<bool>> {
+        if let Some(r) = &mut self.recent
+            && !self.c.is_autocommit()
+        {
+            return r.claim(&self.c, hashes, now_ms);
+        }
         let mut st = self
             .c
             .prepare_cached("INSERT OR IGNORE INTO dedup (h, seen_ms) VALUES (?1, ?2)")?;
@@ -1164,6 +1191,100 @@ fn identifier_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Result<I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recent messageId digests are appended, folded into `dedup` a sorted
+    /// slice at each commit, and never forgotten: across many folds, a
+    /// transaction and a savepoint rolled back (whose claims are not
+    /// remembered), and a restart in the middle of a fold.
+    #[test]
+    fn recent_digests_fold_into_dedup_and_are_never_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+        let mut w = b.connect().unwrap();
+        w.recent_dedup(100, 10).unwrap();
+        let count = |w: &SqliteConn, t: &str| -> i64 {
+            w.c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let digest = |n: i64| n.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64);
+        let claim = |w: &mut SqliteConn, hs: &[i64]| -> Vec<bool> {
+            w.begin().unwrap();
+            let r = w.dedup_claim(hs, 1).unwrap();
+            w.commit().unwrap();
+            r
+        };
+        let mut claimed: Vec<i64> = Vec::new();
+        let mut n = 0i64;
+        let mut folds_seen = 0;
+        let mut restarted = false;
+        for g in 0..80 {
+            let mut ask: Vec<i64> = (0..37).map(|i| digest(n + i)).collect();
+            n += 37;
+            // Some claimed before, by earlier groups, and one twice here.
+            let again: Vec<i64> = claimed.iter().rev().step_by(41).take(4).copied().collect();
+            ask.extend(&again);
+            let fresh = claim(&mut w, &ask);
+            assert!(
+                fresh[..37].iter().all(|f| *f),
+                "group {g}: new digests are fresh"
+            );
+            assert!(
+                fresh[37..].iter().all(|f| !*f),
+                "group {g}: old digests are known"
+            );
+            claimed.extend(&ask[..37]);
+            let (held, folding) = w.recent.as_ref().unwrap().state();
+            assert!(held <= 3 * 100 + 2 * 37, "group {g}: {held} digests held");
+            if folding {
+                folds_seen += 1;
+                if folds_seen == 3 && !restarted {
+                    // A restart in the middle of a fold: it starts again.
+                    drop(w);
+                    w = b.connect().unwrap();
+                    w.recent_dedup(100, 10).unwrap();
+                    assert!(w.recent.as_ref().unwrap().state().1, "the fold goes on");
+                    restarted = true;
+                }
+            }
+        }
+        assert!(restarted && folds_seen > 10, "{folds_seen} commits folded");
+        // Most digests live in `dedup` now; the recent tables hold a few
+        // chunks at most.
+        let recent = count(&w, "dedup_recent_a") + count(&w, "dedup_recent_b");
+        assert!(recent <= 300, "{recent} rows in the recent tables");
+        assert!(count(&w, "dedup") + recent >= claimed.len() as i64);
+        assert!(count(&w, "dedup") >= claimed.len() as i64 - 300);
+        assert!(
+            claim(&mut w, &claimed).iter().all(|f| !*f),
+            "every digest is known"
+        );
+
+        // A transaction rolled back leaves nothing behind.
+        let x = digest(-1);
+        w.begin().unwrap();
+        assert_eq!(w.dedup_claim(&[x], 1).unwrap(), vec![true]);
+        w.rollback().unwrap();
+        // So does a job rolled back to its savepoint.
+        let (y, z) = (digest(-2), digest(-3));
+        w.begin().unwrap();
+        w.exec("SAVEPOINT tx_job", &[]).unwrap();
+        assert_eq!(w.dedup_claim(&[y], 1).unwrap(), vec![true]);
+        w.exec("ROLLBACK TO SAVEPOINT tx_job", &[]).unwrap();
+        w.exec("RELEASE SAVEPOINT tx_job", &[]).unwrap();
+        assert_eq!(w.dedup_claim(&[z], 1).unwrap(), vec![true]);
+        w.commit().unwrap();
+        assert_eq!(claim(&mut w, &[x, y, z]), vec![true, true, false]);
+
+        // And a new start knows everything.
+        drop(w);
+        let mut w = b.connect().unwrap();
+        w.recent_dedup(100, 10).unwrap();
+        claimed.extend([x, y, z]);
+        assert!(
+            claim(&mut w, &claimed).iter().all(|f| !*f),
+            "every digest is known after a restart"
+        );
+    }
 
     #[test]
     fn a_checkpoint_held_off_by_a_reader_says_so_then_goes_through() {
