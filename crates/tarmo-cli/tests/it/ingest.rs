@@ -305,3 +305,71 @@ fn no_personal_value_in_plaintext_on_disk() {
         "expected the database, its WAL and the key file, saw {files}"
     );
 }
+
+/// A data directory made by the release before the recent messageId
+/// tables (bc923d1, migrations up to 24: one person, three events, made by
+/// `tarmo init` and one `POST /v1/batch` of `batch.json`) migrates on
+/// start: the person and the events read back, the messageIds it holds
+/// are still deduplicated, and new ones are stored.
+#[test]
+fn a_data_directory_from_the_previous_release_migrates_on_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/data-bc923d1");
+    let d = tempfile::tempdir().unwrap();
+    for f in ["master.key", "tarmo.db", "keyring.db", "node.id"] {
+        let to = d.path().join(f);
+        std::fs::copy(fixture.join(f), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let keys: Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("keys.json")).unwrap()).unwrap();
+    let s = start(
+        d.path(),
+        keys["admin_key"].as_str().unwrap(),
+        keys["write_key"].as_str().unwrap(),
+    );
+    let lookup = || {
+        let (st, p) = get(
+            &s,
+            "/api/v1/profiles/lookup?type=email&value=fixture.person%40example.com",
+        );
+        assert_eq!(st, 200, "{p}");
+        p
+    };
+    let p = lookup();
+    assert_eq!(p["event_count"], 3, "{p}");
+    assert_eq!(p["traits"]["firstName"], "Aino");
+
+    // The same batch again: every messageId is known, nothing is stored.
+    let auth = Some(basic(&s.write));
+    let again = std::fs::read(fixture.join("batch.json")).unwrap();
+    let (st, _) = post(&s, "/v1/batch", auth.clone(), &again, false);
+    assert_eq!(st, 200);
+    // A new message for the same person is stored.
+    let new = json!({"type": "track", "userId": "fx-user", "event": "Order Completed", "messageId": "fx-m4",
+        "timestamp": "2026-12-02T10:00:00Z", "properties": {"total": 5}});
+    let (st, _) = post(
+        &s,
+        "/v1/track",
+        auth.clone(),
+        new.to_string().as_bytes(),
+        false,
+    );
+    assert_eq!(st, 200);
+    // Twice: the second is deduplicated by the new tables.
+    let (st, _) = post(&s, "/v1/track", auth, new.to_string().as_bytes(), false);
+    assert_eq!(st, 200);
+    let p = lookup();
+    assert_eq!(p["event_count"], 4, "{p}");
+    let (st, ev) = get(&s, &format!("/api/v1/profiles/{}/events?limit=10", p["id"]));
+    assert_eq!(st, 200, "{ev}");
+    let names: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"]["event"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{ev}");
+    assert!(names.contains(&"Product Viewed"), "{ev}");
+}
