@@ -81,9 +81,16 @@ fn main() {
     let bin = std::env::var("TARMO_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tarmo").to_owned());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // DATABASE_URL=postgres://... measures the PostgreSQL store instead.
+    let db_args: Vec<String> = std::env::var("DATABASE_URL")
+        .ok()
+        .iter()
+        .flat_map(|u| ["--database-url".to_owned(), u.clone()])
+        .collect();
     let out = Command::new(&bin)
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .output()
         .unwrap();
     let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -91,6 +98,7 @@ fn main() {
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .args(&db_args)
         .env("TARMO_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()

@@ -557,6 +557,17 @@ DROP INDEX IF EXISTS import_rows_kind;
 {DEDUP_RECENT}
 "#,
     ),
+    (
+        26,
+        // Both readers of the expiry index (consent lifetimes: the
+        // retention sweep and the dashboard's "expiring soon") ask for
+        // granted states only; every other change of a state paid an
+        // index entry at a random place for nothing.
+        r#"
+DROP INDEX IF EXISTS consent_state_expiry;
+CREATE INDEX consent_state_expiry ON consent_state(purpose_id, at_ms) WHERE decision = 'granted';
+"#,
+    ),
 ];
 
 /// The embedded store's recent messageId digests, appended in arrival

@@ -1510,6 +1510,18 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("identifiers_bidx"), "{plan}");
+        // The consent lifetimes' questions use the index of granted states.
+        for q in [
+            "SELECT profile_id FROM consent_state
+             WHERE purpose_id = 'p' AND decision = 'granted' AND at_ms <= 5 LIMIT 1000",
+            "SELECT count(*) FROM consent_state WHERE purpose_id = 'p' AND decision = 'granted'
+             AND at_ms > 1 AND at_ms <= 5",
+        ] {
+            let plan: String =
+                c.c.query_row(&format!("EXPLAIN QUERY PLAN {q}"), [], |r| r.get(3))
+                    .unwrap();
+            assert!(plan.contains("consent_state_expiry"), "{plan}");
+        }
         drop(c);
         // Opening again moves nothing twice.
         let mut c = SqliteBackend::open(&path).unwrap().connect().unwrap();
