@@ -1590,8 +1590,13 @@ fn recording(
         let mut out = Vec::with_capacity(decisions.len());
         let mut entries = Vec::with_capacity(decisions.len());
         let mut slots = Vec::with_capacity(decisions.len());
+        let mut named = subjects_named(ctx, &decisions)?.into_iter();
         for d in decisions {
-            let Some(profile) = subject_to_write(ctx, d.lookup, d.identifier.as_ref())? else {
+            let subject = match d.lookup {
+                Lookup::Identifier(_) if d.identifier.is_some() => named.next().flatten(),
+                lookup => subject_to_write(ctx, lookup, d.identifier.as_ref())?,
+            };
+            let Some(profile) = subject else {
                 out.push(Recorded {
                     profile_id: None,
                     seq: None,
@@ -1624,6 +1629,36 @@ fn recording(
         }
         Ok(out)
     }
+}
+
+/// The profiles of the decisions that name their person by an identifier,
+/// in order (`None` for an erased, suppressed one), as [`subject_to_write`]
+/// would give them one by one, in one pass: a request of 1,000 entries
+/// otherwise costs 1,000 lookups and inserts of each kind (on PostgreSQL,
+/// each a round trip: ~500 entries/s).
+fn subjects_named(ctx: &mut TxCtx<'_>, decisions: &[ToRecord]) -> Result<Vec<Option<ProfileId>>> {
+    let (bidxs, ids): (Vec<BlindIndex>, Vec<&PreparedIdentifier>) = decisions
+        .iter()
+        .filter_map(|d| match (d.lookup, &d.identifier) {
+            (Lookup::Identifier(b), Some(id)) => Some((b, id)),
+            _ => None,
+        })
+        .unzip();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let erased = ctx.conn.suppressed_many(&bidxs)?;
+    let live: Vec<&[PreparedIdentifier]> = ids
+        .iter()
+        .zip(&erased)
+        .filter(|(_, e)| !**e)
+        .map(|(i, _)| std::slice::from_ref(*i))
+        .collect();
+    let mut profiles = ctx.resolve_many(&live)?.into_iter();
+    Ok(erased
+        .iter()
+        .map(|e| if *e { None } else { profiles.next() })
+        .collect())
 }
 
 /// A person's consents as a key may read them.

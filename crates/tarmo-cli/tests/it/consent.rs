@@ -1146,3 +1146,92 @@ fn a_person_keeps_email_and_stops_sms_within_one_purpose_by_api_and_on_their_pag
     assert!(text.contains("ledger intact: 4 entries"), "{text}");
     assert!(text.contains("consent state: matches the ledger"), "{text}");
 }
+
+/// One request naming people several ways, resolved together: the same
+/// address twice (one person; the later decision is the state), an erased
+/// person (recorded for nobody, in its place), a profile id, and a new
+/// address — each answer in its entry's place.
+#[test]
+fn a_batch_of_decisions_names_each_person_once_and_skips_the_erased() {
+    let (_d, s) = server();
+    let entry = |purpose: &str, decision: &str, subject: Value| json!({"subject": subject, "purpose": purpose, "decision": decision, "method": "api", "source": "form"});
+    let email = |v: &str| json!({"type": "email", "value": v});
+    let one = |e: Value| {
+        let (st, v) = admin(&s, "POST", "/api/v1/consents", Some(&e));
+        assert_eq!(st, 200, "{v}");
+        v["recorded"][0].clone()
+    };
+    let gone = one(entry(
+        "email_marketing",
+        "granted",
+        email("gone@example.fi"),
+    ));
+    let known = one(entry(
+        "email_marketing",
+        "granted",
+        email("known@example.fi"),
+    ));
+    let (_, r) = admin(
+        &s,
+        "POST",
+        "/api/v1/requests",
+        Some(&json!({"type": "erasure", "subject": email("gone@example.fi")})),
+    );
+    let (st, v) = admin(
+        &s,
+        "POST",
+        &format!("/api/v1/requests/{}/verify", r["id"]),
+        Some(&json!({"reason": "letter"})),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    let (st, v) = admin(
+        &s,
+        "POST",
+        "/api/v1/consents",
+        Some(&json!({"entries": [
+            entry("email_marketing", "granted", email("same@example.fi")),
+            entry("email_marketing", "granted", email("gone@example.fi")),
+            entry("sms_marketing", "granted", json!({"profile": known["profile_id"]})),
+            entry("email_marketing", "withdrawn", email("same@EXAMPLE.fi")),
+            entry("sms_marketing", "granted", email("new@example.fi")),
+        ]})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let rec = v["recorded"].as_array().unwrap();
+    assert_eq!(rec.len(), 5, "{v}");
+    assert_eq!(
+        rec[0]["profile_id"], rec[3]["profile_id"],
+        "one person: {v}"
+    );
+    assert_eq!(
+        (rec[1]["suppressed"].as_bool(), rec[1]["seq"].is_null()),
+        (Some(true), true),
+        "{v}"
+    );
+    assert_ne!(rec[1]["profile_id"], gone["profile_id"], "{v}");
+    assert_eq!(rec[2]["profile_id"], known["profile_id"], "{v}");
+    let ids: std::collections::HashSet<String> = [0, 2, 4]
+        .iter()
+        .map(|&i| rec[i]["profile_id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "three people: {v}");
+    // Four entries written, in order, after the two before.
+    let seqs: Vec<i64> = [0, 2, 3, 4]
+        .iter()
+        .map(|&i| rec[i]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6], "{v}");
+    assert_eq!(
+        decision(&s, "email_marketing", "email", "same@example.fi")["reason"],
+        "withdrawn"
+    );
+    assert_eq!(
+        decision(&s, "email_marketing", "email", "gone@example.fi")["reason"],
+        "suppressed"
+    );
+    assert_eq!(
+        decision(&s, "sms_marketing", "email", "new@example.fi")["allowed"],
+        true
+    );
+}

@@ -75,6 +75,24 @@ impl TxCtx<'_> {
             .resolve_identifiers(self.conn, self.vault, identifiers, self.now_ms)
     }
 
+    /// The profiles several identifier sets name, in order, resolved in
+    /// one pass (one lookup, one write of each kind for all of them), as
+    /// [`TxCtx::resolve`] one after the other would.
+    pub fn resolve_many(&mut self, subjects: &[&[PreparedIdentifier]]) -> Result<Vec<ProfileId>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (_, profiles, _) = self.resolver.apply_with(
+            self.conn,
+            self.vault,
+            &crate::consent::Catalog::default(),
+            &[],
+            subjects,
+            self.now_ms,
+        )?;
+        Ok(profiles)
+    }
+
     /// Store events by the same rules as ingestion (resolution, merges,
     /// sealing, counters, traits), inside this transaction; with `want_ids`,
     /// each stored event's id beside its outcome (else `None`s). Imports
