@@ -46,7 +46,9 @@ use crate::Result;
 pub(crate) const CHUNK: usize = 1 << 19;
 
 /// Digests folded at every commit beyond as many as it appended, so that
-/// a fold ends even when nothing new arrives.
+/// a fold also goes on in commits that append none (consent writes,
+/// imports). Without any commit it waits; the set holds its digests
+/// meanwhile.
 pub(crate) const FOLD_FLOOR: usize = 512;
 
 const TABLES: [&str; 2] = ["dedup_recent_a", "dedup_recent_b"];
