@@ -497,25 +497,67 @@ fn put_state(
     purpose: &str,
     s: &ConsentState,
 ) -> Result<()> {
-    conn.exec(
-        "INSERT INTO consent_state (profile_id, purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (profile_id, purpose_id) DO UPDATE SET decision = excluded.decision,
-             method = excluded.method, at_ms = excluded.at_ms, notice_seq = excluded.notice_seq,
-             seq = excluded.seq, gpc_ms = excluded.gpc_ms, channels_off = excluded.channels_off",
-        &[
-            P::Int(profile.0),
-            P::Text(purpose),
-            P::Text(s.decision.as_str()),
-            P::Text(s.method.as_str()),
-            P::Int(s.at_ms),
-            P::Int(s.notice_seq.into()),
-            P::Int(s.seq),
-            P::from(s.gpc_ms),
-            P::Int(s.channels_off.into()),
-        ],
-    )?;
-    Ok(())
+    crate::conn::exec_rows(
+        conn,
+        PUT_STATE_HEAD,
+        PUT_STATE_TAIL,
+        &[state_row(profile, purpose, s)],
+    )
+}
+
+const PUT_STATE_HEAD: &str = "INSERT INTO consent_state (profile_id, purpose_id, decision, method, at_ms, notice_seq, seq, gpc_ms, channels_off)";
+const PUT_STATE_TAIL: &str =
+    " ON CONFLICT (profile_id, purpose_id) DO UPDATE SET decision = excluded.decision,
+     method = excluded.method, at_ms = excluded.at_ms, notice_seq = excluded.notice_seq,
+     seq = excluded.seq, gpc_ms = excluded.gpc_ms, channels_off = excluded.channels_off";
+
+/// A state's row for [`PUT_STATE_HEAD`].
+fn state_row<'a>(profile: ProfileId, purpose: &'a str, s: &ConsentState) -> Vec<P<'a>> {
+    vec![
+        P::Int(profile.0),
+        P::Text(purpose),
+        P::Text(s.decision.as_str()),
+        P::Text(s.method.as_str()),
+        P::Int(s.at_ms),
+        P::Int(s.notice_seq.into()),
+        P::Int(s.seq),
+        P::from(s.gpc_ms),
+        P::Int(s.channels_off.into()),
+    ]
+}
+
+/// Every state of these people, by person, read up to 512 people a
+/// statement (lists padded to 1, 8, 64 or 512: few statement texts).
+fn states_of_many(
+    conn: &mut dyn Conn,
+    people: &[ProfileId],
+) -> Result<HashMap<ProfileId, Vec<(String, ConsentState)>>> {
+    let mut out: HashMap<ProfileId, Vec<(String, ConsentState)>> =
+        HashMap::with_capacity(people.len());
+    for page in people.chunks(512) {
+        let n = [1usize, 8, 64, 512]
+            .into_iter()
+            .find(|&n| n >= page.len())
+            .expect("pages of at most 512");
+        let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        let params: Vec<P<'_>> = (0..n)
+            .map(|i| P::Int(page[i.min(page.len() - 1)].0))
+            .collect();
+        let rows = conn.query(
+            &format!(
+                "SELECT profile_id, purpose_id, {STATE_COLUMNS} FROM consent_state
+                 WHERE profile_id IN ({})",
+                marks.join(", ")
+            ),
+            &params,
+        )?;
+        for r in &rows {
+            out.entry(ProfileId(r.int(0)?))
+                .or_default()
+                .push((r.text(1)?, state_of_row(r, 2)?));
+        }
+    }
+    Ok(out)
 }
 
 /// Append entries (in order) and fold them into the state, in the caller's
@@ -564,12 +606,21 @@ pub fn append(
         prepared.push((e, version, seq));
     }
 
+    // The people's keys and their states before this call, each read in
+    // one pass (on PostgreSQL a round trip each, not one an entry).
+    let mut people: Vec<ProfileId> = prepared.iter().map(|(e, _, _)| e.profile_id).collect();
+    people.sort_unstable();
+    people.dedup();
+    person::warm_keys(conn, vault, &people)?;
+    let stored = states_of_many(conn, &people)?;
+
     let mut tip = CHAIN.tip(conn)?;
     let mut touched: BTreeMap<(ProfileId, PurposeId), Option<ConsentState>> = BTreeMap::new();
     // The state before this transaction, for the dashboard's totals.
     let mut before: HashMap<(ProfileId, PurposeId), Option<ConsentDecision>> = HashMap::new();
     let mut counts = crate::dashboard::EntryCounts::default();
     let mut seqs = Vec::with_capacity(entries.len());
+    let mut rows = Vec::with_capacity(entries.len());
     for (e, version, notice_seq) in prepared {
         // The collection point is free text (staff may write "phone call
         // with Ann Virtanen"): it is sealed with the evidence, under the
@@ -601,33 +652,14 @@ pub fn append(
             })
         });
         let seq = link.seq;
-        conn.exec(
-            "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,
-                 notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            &[
-                P::Int(seq),
-                P::Int(e.profile_id.0),
-                P::Int(e.profile_id.0),
-                P::Text(e.purpose.as_str()),
-                P::Text(e.decision.as_str()),
-                P::Text(e.method.as_str()),
-                P::Text(&version),
-                P::Int(notice_seq.into()),
-                P::Int(at_ms),
-                P::Int(now_ms),
-                P::Text(SEALED_SOURCE),
-                P::from(&sealed),
-                P::Blob(&link.prev_hash),
-                P::Blob(&link.hash),
-                P::from(e.channel.map(Channel::as_str)),
-            ],
-        )?;
         let k = (e.profile_id, e.purpose.clone());
         let cur = match touched.get(&k) {
             Some(s) => *s,
             None => {
-                let s = state(conn, e.profile_id, &e.purpose)?;
+                let s = stored
+                    .get(&e.profile_id)
+                    .and_then(|v| v.iter().find(|(p, _)| p == e.purpose.as_str()))
+                    .map(|(_, s)| *s);
                 before.insert(k.clone(), s.map(|s| s.decision));
                 s
             }
@@ -660,12 +692,48 @@ pub fn append(
         );
         touched.insert(k, next);
         seqs.push(seq);
+        rows.push((e, version, notice_seq, at_ms, sealed, link));
     }
+    let ledger_rows: Vec<Vec<P<'_>>> = rows
+        .iter()
+        .map(|(e, version, notice_seq, at_ms, sealed, link)| {
+            vec![
+                P::Int(link.seq),
+                P::Int(e.profile_id.0),
+                P::Int(e.profile_id.0),
+                P::Text(e.purpose.as_str()),
+                P::Text(e.decision.as_str()),
+                P::Text(e.method.as_str()),
+                P::Text(version),
+                P::Int((*notice_seq).into()),
+                P::Int(*at_ms),
+                P::Int(now_ms),
+                P::Text(SEALED_SOURCE),
+                P::from(sealed),
+                P::Blob(&link.prev_hash),
+                P::Blob(&link.hash),
+                P::from(e.channel.map(Channel::as_str)),
+            ]
+        })
+        .collect();
+    crate::conn::exec_rows(
+        conn,
+        "INSERT INTO consent_ledger (seq, profile_id, key_owner, purpose_id, decision, method,
+             notice_version, notice_seq, at_ms, recorded_ms, source, evidence, prev_hash, hash, channel)",
+        "",
+        &ledger_rows,
+    )?;
     let mut deltas = crate::dashboard::StateDeltas::default();
     // In key order (a `BTreeMap`): neighbouring people's states share pages.
+    let state_rows: Vec<Vec<P<'_>>> = touched
+        .iter()
+        .filter_map(|((profile, purpose), s)| {
+            s.as_ref().map(|s| state_row(*profile, purpose.as_str(), s))
+        })
+        .collect();
+    crate::conn::exec_rows(conn, PUT_STATE_HEAD, PUT_STATE_TAIL, &state_rows)?;
     for ((profile, purpose), s) in &touched {
         if let Some(s) = s {
-            put_state(conn, *profile, purpose.as_str(), s)?;
             let old = before.get(&(*profile, purpose.clone())).copied().flatten();
             deltas.changed(
                 crate::dashboard::day_of(s.at_ms),
@@ -1569,66 +1637,75 @@ pub struct Recorded {
 }
 
 /// Record consent decisions in one durable transaction, in the order given.
+/// Requests that wait for the writer together are recorded in one pass
+/// ([`crate::writer::WriterHandle::transact_merged`]; one that fails is
+/// recorded again alone, so it fails only itself).
 pub fn record(svc: &Services, decisions: Vec<ToRecord>) -> Result<Vec<Recorded>> {
-    svc.write(recording(decisions))
+    svc.writer
+        .transact_merged_blocking(RECORDING, decisions, record_decisions)
 }
 
 /// [`record`] for a caller on an async worker: `reply` gets what
-/// [`record`] returns, once durable ([`Services::write_then`]).
+/// [`record`] returns, once durable; no thread waits meanwhile.
 pub fn record_then(
     svc: &Services,
     decisions: Vec<ToRecord>,
     reply: Box<dyn FnOnce(Result<Vec<Recorded>>) + Send>,
 ) {
-    svc.write_then(recording(decisions), reply)
+    svc.writer
+        .transact_merged(RECORDING, decisions, record_decisions, reply)
 }
 
-fn recording(
+/// The writer's name for the jobs [`record_decisions`] runs.
+const RECORDING: &str = "consent decisions";
+
+/// Record `decisions` inside the writer's transaction: one answer each,
+/// in order.
+fn record_decisions(
+    ctx: &mut crate::writer::TxCtx<'_>,
     decisions: Vec<ToRecord>,
-) -> impl FnOnce(&mut crate::writer::TxCtx<'_>) -> Result<Vec<Recorded>> + Send + 'static {
-    move |ctx| {
-        let mut out = Vec::with_capacity(decisions.len());
-        let mut entries = Vec::with_capacity(decisions.len());
-        let mut slots = Vec::with_capacity(decisions.len());
-        let mut named = subjects_named(ctx, &decisions)?.into_iter();
-        for d in decisions {
-            let subject = match d.lookup {
-                Lookup::Identifier(_) if d.identifier.is_some() => named.next().flatten(),
-                lookup => subject_to_write(ctx, lookup, d.identifier.as_ref())?,
-            };
-            let Some(profile) = subject else {
-                out.push(Recorded {
-                    profile_id: None,
-                    seq: None,
-                    suppressed: true,
-                });
-                slots.push(None);
-                continue;
-            };
-            slots.push(Some(entries.len()));
+) -> Result<Vec<Recorded>> {
+    let mut out = Vec::with_capacity(decisions.len());
+    let mut entries = Vec::with_capacity(decisions.len());
+    let mut slots = Vec::with_capacity(decisions.len());
+    let mut named = subjects_named(ctx, &decisions)?.into_iter();
+    for d in decisions {
+        let subject = match d.lookup {
+            Lookup::Identifier(_) if d.identifier.is_some() => named.next().flatten(),
+            lookup => subject_to_write(ctx, lookup, d.identifier.as_ref())?,
+        };
+        let Some(profile) = subject else {
             out.push(Recorded {
-                profile_id: Some(profile),
+                profile_id: None,
                 seq: None,
-                suppressed: false,
+                suppressed: true,
             });
-            entries.push(NewEntry {
-                channel: d.channel,
-                profile_id: profile,
-                purpose: d.purpose,
-                decision: d.decision,
-                method: d.method,
-                notice_version: d.notice_version,
-                at_ms: None,
-                source: d.source,
-                evidence: d.evidence,
-            });
-        }
-        let seqs = append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)?;
-        for (r, slot) in out.iter_mut().zip(slots) {
-            r.seq = slot.map(|i| seqs[i]);
-        }
-        Ok(out)
+            slots.push(None);
+            continue;
+        };
+        slots.push(Some(entries.len()));
+        out.push(Recorded {
+            profile_id: Some(profile),
+            seq: None,
+            suppressed: false,
+        });
+        entries.push(NewEntry {
+            channel: d.channel,
+            profile_id: profile,
+            purpose: d.purpose,
+            decision: d.decision,
+            method: d.method,
+            notice_version: d.notice_version,
+            at_ms: None,
+            source: d.source,
+            evidence: d.evidence,
+        });
     }
+    let seqs = append(ctx.conn, ctx.vault, &ctx.catalog, &entries, ctx.now_ms)?;
+    for (r, slot) in out.iter_mut().zip(slots) {
+        r.seq = slot.map(|i| seqs[i]);
+    }
+    Ok(out)
 }
 
 /// The profiles of the decisions that name their person by an identifier,

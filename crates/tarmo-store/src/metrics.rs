@@ -79,6 +79,10 @@ pub struct WriterMetrics {
     /// Transaction jobs committed, and the transactions they took.
     pub tx_jobs: AtomicU64,
     pub tx_commits: AtomicU64,
+    /// Transaction jobs committed as part of a merged call, and merged
+    /// calls that failed, their jobs run again one by one.
+    pub tx_merged: AtomicU64,
+    pub tx_unmerged: AtomicU64,
     /// Checkpoints after an erasure that readers held off (retried).
     pub checkpoint_failures: AtomicU64,
     /// Truncating checkpoints after an erasure, failed ones included.
@@ -104,6 +108,8 @@ impl Default for WriterMetrics {
             group_failures: AtomicU64::new(0),
             tx_jobs: AtomicU64::new(0),
             tx_commits: AtomicU64::new(0),
+            tx_merged: AtomicU64::new(0),
+            tx_unmerged: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
             checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -178,6 +184,18 @@ impl WriterMetrics {
             "tarmo_store_tx_commits_total",
             "Commits those took: jobs waiting together share one.",
             &self.tx_commits,
+        );
+        c(
+            out,
+            "tarmo_store_tx_merged_total",
+            "Of those jobs, the ones run in one call with their neighbours of the same kind.",
+            &self.tx_merged,
+        );
+        c(
+            out,
+            "tarmo_store_tx_unmerged_total",
+            "Merged calls that failed, their jobs then run one by one.",
+            &self.tx_unmerged,
         );
         c(
             out,

@@ -124,6 +124,26 @@ fn data_key(conn: &mut dyn Conn, vault: &Vault, owner: ProfileId) -> Result<Data
         .ok_or_else(|| Error::Corrupt(format!("no data key for profile {owner}")))
 }
 
+/// Read into the vault's cache, in one pass, the data keys of these
+/// owners that it lacks: a write that then seals for many people (a
+/// consent recording) makes one read, not one a person.
+pub fn warm_keys(conn: &mut dyn Conn, vault: &Vault, owners: &[ProfileId]) -> Result<()> {
+    let missing: Vec<ProfileId> = owners
+        .iter()
+        .copied()
+        .filter(|o| vault.cached_key(*o).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (owner, wrapped) in missing.iter().zip(conn.data_keys_get(&missing)?) {
+        if let Some(w) = wrapped {
+            vault.data_key(*owner, || Ok(Some(w)))?;
+        }
+    }
+    Ok(())
+}
+
 /// Seal `plain` under `owner`'s data key, for `place`.
 pub fn seal(
     conn: &mut dyn Conn,

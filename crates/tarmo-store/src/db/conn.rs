@@ -532,3 +532,48 @@ pub struct StoreCounts {
     pub events: i64,
     pub identifiers: i64,
 }
+
+/// Rows a statement of [`exec_rows`] holds at most, then the smaller
+/// sizes it falls back to: few distinct texts for the statement cache.
+const ROW_CHUNKS: [usize; 3] = [32, 8, 1];
+
+/// Run `head VALUES (...), (...) tail` for `rows` (each the same width),
+/// up to 32 rows a statement: on PostgreSQL one round trip for what was
+/// one a row. `tail` may hold an `ON CONFLICT` clause; rows of one call
+/// must not conflict with each other.
+pub fn exec_rows(conn: &mut dyn Conn, head: &str, tail: &str, rows: &[Vec<P<'_>>]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut at = 0;
+    while at < rows.len() {
+        let left = rows.len() - at;
+        let n = ROW_CHUNKS
+            .into_iter()
+            .find(|&n| n <= left)
+            .expect("chunks end with one row");
+        let width = rows[at].len();
+        let mut sql = String::with_capacity(head.len() + tail.len() + n * width * 5 + 16);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut params = Vec::with_capacity(n * width);
+        for (i, row) in rows[at..at + n].iter().enumerate() {
+            if row.len() != width {
+                return Err(crate::Error::Backend(
+                    "rows of one statement differ in width".into(),
+                ));
+            }
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for j in 0..width {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "${}", i * width + j + 1);
+            }
+            sql.push(')');
+            params.extend_from_slice(row);
+        }
+        sql.push_str(tail);
+        conn.exec(&sql, &params)?;
+        at += n;
+    }
+    Ok(())
+}

@@ -158,6 +158,90 @@ impl TxCtx<'_> {
 trait TxJob: Send {
     fn run(&mut self, ctx: &mut TxCtx<'_>) -> Result<()>;
     fn finish(self: Box<Self>, result: Result<()>);
+    /// For a job that may run merged with the jobs of its kind waiting
+    /// next to it ([`WriterHandle::transact_merged`]): its kind and how
+    /// many items it carries.
+    fn merges(&self) -> Option<(&'static str, usize)> {
+        None
+    }
+    /// Run this job and `others`, each of this job's kind, as one.
+    fn run_merged(&mut self, _others: &mut [Box<dyn TxJob>], _ctx: &mut TxCtx<'_>) -> Result<()> {
+        Err(Error::Corrupt("this job does not merge".into()))
+    }
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+}
+
+/// The function a merged job's kind runs: one output for each item, in
+/// order, whether the items came from one caller or from several.
+pub type MergedRun<I, O> = fn(&mut TxCtx<'_>, Vec<I>) -> Result<Vec<O>>;
+
+/// Where a merged job's caller hears its outputs.
+pub type MergedReply<O> = Box<dyn FnOnce(Result<Vec<O>>) + Send>;
+
+/// A job whose items may be run together with those of the jobs of the
+/// same kind that wait next to it: one pass over many callers' items (one
+/// resolution, one ledger append) instead of one each. When the merged
+/// run fails, each job runs again alone, so one bad item fails its own
+/// caller only.
+struct MergedTx<I, O> {
+    kind: &'static str,
+    items: Vec<I>,
+    run: MergedRun<I, O>,
+    out: Option<Vec<O>>,
+    reply: Option<MergedReply<O>>,
+}
+
+impl<I: Clone + Send + 'static, O: Send + 'static> TxJob for MergedTx<I, O> {
+    fn run(&mut self, ctx: &mut TxCtx<'_>) -> Result<()> {
+        self.out = Some((self.run)(ctx, std::mem::take(&mut self.items))?);
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, result: Result<()>) {
+        let reply = self.reply.take().expect("finished once");
+        reply(result.map(|()| self.out.take().expect("ran before it committed")));
+    }
+
+    fn merges(&self) -> Option<(&'static str, usize)> {
+        Some((self.kind, self.items.len()))
+    }
+
+    fn run_merged(&mut self, others: &mut [Box<dyn TxJob>], ctx: &mut TxCtx<'_>) -> Result<()> {
+        // The items are copied: if the merged run fails, each job runs
+        // again alone with its own.
+        let mut all = self.items.clone();
+        let mut rest = Vec::with_capacity(others.len());
+        for o in others.iter_mut() {
+            let o = o
+                .as_any()
+                .and_then(|a| a.downcast_mut::<Self>())
+                .filter(|o| o.kind == self.kind)
+                .ok_or_else(|| Error::Corrupt("jobs of two kinds merged".into()))?;
+            all.extend(o.items.iter().cloned());
+            rest.push(o);
+        }
+        let total = all.len();
+        let out = (self.run)(ctx, all)?;
+        if out.len() != total {
+            return Err(Error::Corrupt(format!(
+                "a merged {} job gave {} answers for {total} items",
+                self.kind,
+                out.len()
+            )));
+        }
+        let mut it = out.into_iter();
+        self.out = Some(it.by_ref().take(self.items.len()).collect());
+        for o in rest {
+            o.out = Some(it.by_ref().take(o.items.len()).collect());
+        }
+        Ok(())
+    }
+
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 struct TypedTx<T, F> {
@@ -348,6 +432,80 @@ impl WriterHandle {
         }
         self.wake_for_urgent();
         Ok(())
+    }
+
+    /// Run `run` over `items` in a transaction on the writer thread, like
+    /// [`WriterHandle::transact`], merged with the jobs of the same `kind`
+    /// waiting next to it (in queue order, up to [`MAX_MERGED_ITEMS`]
+    /// items): one call of `run` over all their items, inside one
+    /// savepoint, each caller answered with its own outputs once durable.
+    /// If the merged call fails, each job runs again alone in a savepoint
+    /// of its own, so a bad item fails only its caller. A `kind` names one
+    /// function. Never waits: when the queue is full, a thread that may
+    /// wait queues the job.
+    pub fn transact_merged<I, O>(
+        &self,
+        kind: &'static str,
+        items: Vec<I>,
+        run: MergedRun<I, O>,
+        reply: MergedReply<O>,
+    ) where
+        I: Clone + Send + 'static,
+        O: Send + 'static,
+    {
+        let job: Box<dyn TxJob> = Box::new(MergedTx {
+            kind,
+            items,
+            run,
+            out: None,
+            reply: Some(reply),
+        });
+        let job = {
+            let mut q = self.urgent.q.lock().expect("urgent queue");
+            if q.len() >= self.urgent.cap {
+                Some(job)
+            } else {
+                q.push_back(job);
+                None
+            }
+        };
+        match job {
+            None => self.wake_for_urgent(),
+            Some(job) => {
+                let writer = self.clone();
+                std::thread::Builder::new()
+                    .name("tarmo-queue-wait".into())
+                    .spawn(move || {
+                        writer.urgent.push(job);
+                        writer.wake_for_urgent();
+                    })
+                    .map(drop)
+                    .unwrap_or_else(|e| tracing::error!(error = %e, "no thread to queue a write"));
+            }
+        }
+    }
+
+    /// [`WriterHandle::transact_merged`], waiting for the result.
+    pub fn transact_merged_blocking<I, O>(
+        &self,
+        kind: &'static str,
+        items: Vec<I>,
+        run: MergedRun<I, O>,
+    ) -> Result<Vec<O>>
+    where
+        I: Clone + Send + 'static,
+        O: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.transact_merged(
+            kind,
+            items,
+            run,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| Error::WriterGone)?
     }
 
     fn wake_for_urgent(&self) {
@@ -978,7 +1136,9 @@ fn run_tx_group(
     let mut ran: Vec<Box<dyn TxJob>> = Vec::with_capacity(jobs.len());
     let mut checkpoint_asked = false;
     let mut clear_after_commit = false;
-    for mut job in jobs {
+    let mut merged = 0u64;
+    let mut units = merge_units(jobs);
+    while let Some(mut unit) = units.pop_front() {
         let outcome = (|| {
             if let Ok(generation) = crate::consent::catalog_generation(conn)
                 && generation != current.generation
@@ -994,7 +1154,14 @@ fn run_tx_group(
                 resolver: &mut *resolver,
                 checkpoint: false,
             };
-            let r = match catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))) {
+            let (first, rest) = unit.split_first_mut().expect("a unit holds a job");
+            let r = match catch_unwind(AssertUnwindSafe(|| {
+                if rest.is_empty() {
+                    first.run(&mut ctx)
+                } else {
+                    first.run_merged(rest, &mut ctx)
+                }
+            })) {
                 Ok(r) => r,
                 Err(_) => Err(Error::Panicked),
             };
@@ -1018,16 +1185,29 @@ fn run_tx_group(
         match outcome {
             Ok(wants_checkpoint) => {
                 checkpoint_asked |= wants_checkpoint;
-                ran.push(job);
+                if unit.len() > 1 {
+                    merged += unit.len() as u64;
+                }
+                ran.append(&mut unit);
             }
             Err(e) => {
+                // What this unit put in the caches is gone from the
+                // database; whether an earlier job asked for a clear is kept.
+                clear_after_commit |= resolver.take_clear_after_commit();
+                resolver.abandon(vault);
+                if unit.len() > 1 {
+                    // Merged jobs: each runs again alone, in its place.
+                    tracing::debug!(error = %e, jobs = unit.len(), "merged jobs failed; each runs alone");
+                    metrics.tx_unmerged.fetch_add(1, Ordering::Relaxed);
+                    for job in unit.into_iter().rev() {
+                        units.push_front(vec![job]);
+                    }
+                    continue;
+                }
                 if !matches!(e, Error::Rejected { .. }) {
                     tracing::warn!(error = %e, "a write transaction failed");
                 }
-                // What this job put in the caches is gone from the database;
-                // whether an earlier job asked for a clear is kept.
-                clear_after_commit |= resolver.take_clear_after_commit();
-                resolver.abandon(vault);
+                let job = unit.pop().expect("one job");
                 job.finish(Err(e));
             }
         }
@@ -1045,6 +1225,7 @@ fn run_tx_group(
             metrics
                 .tx_jobs
                 .fetch_add(ran.len() as u64, Ordering::Relaxed);
+            metrics.tx_merged.fetch_add(merged, Ordering::Relaxed);
             let owed = checkpoint_asked && !checkpoint(conn, metrics, false);
             if checkpoint_asked && !owed {
                 // The checkpoint made every commit so far durable.
@@ -1072,6 +1253,37 @@ fn run_tx_group(
             false
         }
     }
+}
+
+/// At most this many items run in one merged call
+/// ([`WriterHandle::transact_merged`]); more start another.
+pub const MAX_MERGED_ITEMS: usize = 4096;
+
+/// The group's jobs in order, those of one merging kind that wait next to
+/// each other (up to [`MAX_MERGED_ITEMS`] items) put together in a unit;
+/// every other job is a unit of its own. Only neighbours merge, so no job
+/// moves past another (a purpose's change, an erasure) that it waited
+/// behind.
+fn merge_units(jobs: Vec<Box<dyn TxJob>>) -> std::collections::VecDeque<Vec<Box<dyn TxJob>>> {
+    let mut units: std::collections::VecDeque<Vec<Box<dyn TxJob>>> =
+        std::collections::VecDeque::with_capacity(jobs.len());
+    let mut open: Option<(&'static str, usize)> = None;
+    for job in jobs {
+        let merges = job.merges();
+        match (merges, open, units.back_mut()) {
+            (Some((kind, n)), Some((open_kind, items)), Some(last))
+                if kind == open_kind && items + n <= MAX_MERGED_ITEMS =>
+            {
+                last.push(job);
+                open = Some((kind, items + n));
+            }
+            _ => {
+                units.push_back(vec![job]);
+                open = merges;
+            }
+        }
+    }
+    units
 }
 
 /// The error a group's failure gives each of its jobs.
@@ -1583,6 +1795,162 @@ mod tests {
                     .unwrap();
                 assert_eq!(found, ProfileId(*id), "job {i}");
             }
+        }
+        drop(writer);
+        join.join().unwrap();
+    }
+
+    /// The sizes of the calls [`merged_items`] was given, in order.
+    static MERGED_CALLS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    /// A merging kind for the test below: each item writes a key and makes
+    /// a new person; item 13 is refused and item 21 is a bug.
+    fn merged_items(ctx: &mut TxCtx<'_>, items: Vec<u32>) -> Result<Vec<i64>> {
+        MERGED_CALLS.lock().unwrap().push(items.len());
+        let mut out = Vec::new();
+        for i in items {
+            let key = format!("merged-{i}");
+            ctx.conn.meta_set(&key, b"written")?;
+            let profile = ctx.resolve(&[PreparedIdentifier {
+                bidx: ctx.vault.blind_index("user_id", &key),
+                kind: tarmo_core::identity::IdentifierKind::UserId,
+                value: key.clone(),
+            }])?;
+            match i {
+                13 => {
+                    return Err(Error::rejected(
+                        crate::Code::InvalidJson,
+                        "item 13 is refused",
+                    ));
+                }
+                21 => panic!("item 21 has a bug"),
+                _ => out.push(profile.0),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs of one merging kind that wait next to each other run in one
+    /// call; when that call fails (a refusal, a panic), each runs again
+    /// alone and only the bad one fails. A job of another kind between
+    /// them keeps its place.
+    #[test]
+    fn waiting_jobs_of_one_kind_run_merged_and_a_bad_one_fails_alone() {
+        let (_dir, store) = store();
+        let (writer, join) = store.start_writer(WriterConfig::default()).unwrap();
+        let hold_tx = hold(&writer);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (order_tx, order_rx) = std::sync::mpsc::channel();
+        let plain = |at: &'static str| {
+            let order_tx = order_tx.clone();
+            writer.transact(
+                move |ctx| -> Result<()> {
+                    // Which merged items were written before this job ran.
+                    let before: Vec<bool> = (0..39)
+                        .map(|i| {
+                            ctx.conn
+                                .meta_get(&format!("merged-{i}"))
+                                .map(|v| v.is_some())
+                        })
+                        .collect::<Result<_>>()?;
+                    order_tx.send((at, before)).unwrap();
+                    Ok(())
+                },
+                Box::new(|r| r.unwrap()),
+            );
+        };
+        // Jobs 0-5 (items 0-17, job 4 refused), a plain job, jobs 6-9
+        // (items 18-29, job 7 panics), a plain job, jobs 10-12 (all good).
+        for j in 0..13u32 {
+            if j == 6 {
+                plain("after job 5");
+            }
+            if j == 10 {
+                plain("after job 9");
+            }
+            let tx = tx.clone();
+            writer.transact_merged(
+                "test items",
+                vec![3 * j, 3 * j + 1, 3 * j + 2],
+                merged_items,
+                Box::new(move |r| tx.send((j, r)).unwrap()),
+            );
+        }
+        let merged_before = store.metrics.tx_merged.load(Ordering::SeqCst);
+        let unmerged_before = store.metrics.tx_unmerged.load(Ordering::SeqCst);
+        MERGED_CALLS.lock().unwrap().clear();
+        hold_tx.send(()).unwrap();
+        let mut answers: Vec<_> = (0..13)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        answers.sort_by_key(|(j, _)| *j);
+        assert_eq!(
+            *MERGED_CALLS.lock().unwrap(),
+            [18, 3, 3, 3, 3, 3, 3, 12, 3, 3, 3, 3, 9],
+            "merged calls, then each job alone after a failed one"
+        );
+        assert_eq!(
+            store.metrics.tx_merged.load(Ordering::SeqCst) - merged_before,
+            3
+        );
+        assert_eq!(
+            store.metrics.tx_unmerged.load(Ordering::SeqCst) - unmerged_before,
+            2
+        );
+        // The plain jobs saw exactly the jobs queued before them.
+        for (at, upto) in [("after job 5", 18), ("after job 9", 30)] {
+            let (seen_at, before) = order_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(seen_at, at);
+            for (i, written) in before.iter().enumerate() {
+                let expected = i < upto && !(12..15).contains(&i) && !(21..24).contains(&i);
+                assert_eq!(*written, expected, "item {i} {at}");
+            }
+        }
+        let mut profiles = std::collections::HashSet::new();
+        for (j, r) in &answers {
+            match j {
+                4 => assert!(
+                    matches!(
+                        r,
+                        Err(Error::Rejected {
+                            code: crate::Code::InvalidJson,
+                            ..
+                        })
+                    ),
+                    "{r:?}"
+                ),
+                7 => assert!(matches!(r, Err(Error::Panicked)), "{r:?}"),
+                _ => {
+                    let ids = r.as_ref().unwrap();
+                    assert_eq!(ids.len(), 3, "job {j}");
+                    for id in ids {
+                        assert!(profiles.insert(*id), "profile {id} given twice");
+                    }
+                }
+            }
+        }
+        for i in 0..39u32 {
+            let key = format!("merged-{i}");
+            let written = store.transact_direct(|c, _| c.meta_get(&key)).unwrap();
+            let bad = (12..15).contains(&i) || (21..24).contains(&i);
+            assert_eq!(written.is_some(), !bad, "item {i}");
+            if bad {
+                continue;
+            }
+            // Each person is found again under the id the answer gave,
+            // though ids were handed out in rolled-back merged calls.
+            let (j, k) = (i / 3, (i % 3) as usize);
+            let answered = answers[j as usize].1.as_ref().unwrap()[k];
+            let found = writer
+                .transact_blocking(move |ctx| {
+                    ctx.resolve(&[PreparedIdentifier {
+                        bidx: ctx.vault.blind_index("user_id", &key),
+                        kind: tarmo_core::identity::IdentifierKind::UserId,
+                        value: key.clone(),
+                    }])
+                })
+                .unwrap();
+            assert_eq!(found, ProfileId(answered), "item {i}");
         }
         drop(writer);
         join.join().unwrap();
