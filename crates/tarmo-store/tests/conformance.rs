@@ -187,6 +187,7 @@ conformance!(
     purposes_are_versioned_and_material_changes_need_reconsent,
     the_ledger_chain_detects_edits_removals_and_truncation,
     a_ledger_batch_seals_each_persons_evidence_under_their_key,
+    a_large_batch_folds_as_entry_by_entry_would,
     materialised_state_equals_the_fold_of_the_ledger_through_merges,
     double_opt_in_confirms_once_and_tokens_expire,
     gpc_on_ingestion_opts_out_once_and_a_later_choice_stands,

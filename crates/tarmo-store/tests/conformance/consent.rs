@@ -1249,3 +1249,120 @@ pub fn a_channel_choice_is_chained_evidence_that_folds_and_decides(h: &Harness) 
         consent::materialised(&mut *conn).unwrap()
     );
 }
+
+/// One append for 600 people (more than one page of the state reads,
+/// more than one statement of rows): some people hold a state from
+/// before, some have two entries in the batch, and a choice per channel
+/// refines a state read from the store. The states equal the ledger's
+/// fold, the chain verifies, and each evidence opens under its own key.
+pub fn a_large_batch_folds_as_entry_by_entry_would(h: &Harness) {
+    offers_purpose(h);
+    let events: Vec<Value> = (0..600)
+        .map(|i| json!({"type": "identify", "userId": format!("big-batch-{i}")}))
+        .collect();
+    h.ingest(events);
+    let people: Vec<ProfileId> = (0..600)
+        .map(|i| h.lookup("user_id", &format!("big-batch-{i}")).unwrap())
+        .collect();
+    // Every third person chose offers before.
+    let earlier: Vec<NewEntry> = people
+        .iter()
+        .step_by(3)
+        .map(|p| entry(*p, "offers", ConsentDecision::Granted, Method::WebForm))
+        .collect();
+    append(h, earlier).unwrap();
+    h.store.vault().forget_all();
+    let mut batch = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        batch.push(NewEntry {
+            evidence: ev(&format!("198.51.100.{}", i % 250)),
+            ..entry(
+                *p,
+                "email_marketing",
+                if i % 2 == 0 {
+                    ConsentDecision::Granted
+                } else {
+                    ConsentDecision::Denied
+                },
+                Method::WebForm,
+            )
+        });
+        if i % 3 == 0 {
+            // Refines the state from before: no SMS.
+            batch.push(channel_entry(*p, ConsentDecision::Withdrawn, Channel::Sms));
+        }
+        if i % 5 == 0 {
+            // A second entry for the same purpose, later in the batch.
+            batch.push(entry(
+                *p,
+                "email_marketing",
+                ConsentDecision::Withdrawn,
+                Method::OneClickUnsubscribe,
+            ));
+        }
+    }
+    let n = batch.len();
+    let seqs = append(h, batch).unwrap();
+    assert_eq!(seqs.len(), n);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "numbered in order"
+    );
+    for (i, p) in people.iter().enumerate() {
+        let want = if i % 5 == 0 {
+            ConsentDecision::Withdrawn
+        } else if i % 2 == 0 {
+            ConsentDecision::Granted
+        } else {
+            ConsentDecision::Denied
+        };
+        assert_eq!(state(h, *p, "email_marketing"), Some(want), "person {i}");
+        if i % 3 == 0 {
+            assert_eq!(state(h, *p, "offers"), Some(ConsentDecision::Granted));
+            assert_eq!(
+                verdict_by(h, *p, "offers", Channel::Sms).0,
+                false,
+                "person {i}: SMS withdrawn"
+            );
+            assert!(verdict_by(h, *p, "offers", Channel::Email).0, "person {i}");
+        } else {
+            assert_eq!(state(h, *p, "offers"), None, "person {i}");
+        }
+    }
+    // A choice per channel for someone with no state yet is refused, and
+    // takes the whole batch with it.
+    let before = consent::materialised(&mut *h.store.conn().unwrap()).unwrap();
+    let refused = append(
+        h,
+        vec![
+            entry(
+                people[1],
+                "personalisation",
+                ConsentDecision::Granted,
+                Method::Api,
+            ),
+            channel_entry(people[1], ConsentDecision::Withdrawn, Channel::Sms),
+        ],
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    let mut conn = h.store.conn().unwrap();
+    assert_eq!(consent::materialised(&mut *conn).unwrap(), before);
+    assert_eq!(consent::fold_all(&mut *conn).unwrap(), before);
+    drop(conn);
+    assert_eq!(verify(h).first_broken, None);
+    for i in [1usize, 299, 598] {
+        h.store.vault().forget_all();
+        let hist = consent::history(
+            &mut *h.store.conn().unwrap(),
+            h.store.vault(),
+            &everything(),
+            people[i],
+        )
+        .unwrap();
+        let mail = hist
+            .iter()
+            .find(|e| e.purpose.as_str() == "email_marketing")
+            .unwrap();
+        assert_eq!(mail.evidence["ip"], format!("198.51.100.{}", i % 250));
+    }
+}
