@@ -534,8 +534,10 @@ pub struct StoreCounts {
 }
 
 /// Rows a statement of [`exec_rows`] holds at most, then the smaller
-/// sizes it falls back to: few distinct texts for the statement cache.
-const ROW_CHUNKS: [usize; 3] = [32, 8, 1];
+/// sizes it falls back to: six texts a statement for the statement
+/// cache, and at most six statements for a batch under 64 rows (the
+/// consent recordings that wait together are a few to a few dozen).
+const ROW_CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
 /// Run `head VALUES (...), (...) tail` for `rows` (each the same width),
 /// up to 32 rows a statement: on PostgreSQL one round trip for what was

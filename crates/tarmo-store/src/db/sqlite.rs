@@ -118,7 +118,10 @@ impl SqliteBackend {
         c.pragma_update(None, "synchronous", "FULL")?;
         c.pragma_update(None, "secure_delete", "ON")?;
         c.pragma_update(None, "temp_store", "MEMORY")?;
-        c.set_prepared_statement_cache_capacity(64);
+        // The writer's hot statements (ingestion, the ledger's rows in
+        // their six batch sizes, identity resolution) must all stay
+        // prepared.
+        c.set_prepared_statement_cache_capacity(128);
         Ok(SqliteConn {
             c,
             k: open_keyring(&self.keyring)?,
