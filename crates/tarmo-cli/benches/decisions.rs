@@ -208,6 +208,14 @@ fn main() {
         n as f64 / t.elapsed().as_secs_f64()
     };
 
+    // With PostgreSQL, its own raw limits in the same run (pgbench and
+    // psql, which come with it): single-row INSERT transactions from as
+    // many clients as the writes had, 1,000-row INSERTs from one client (as
+    // the seeding sends), and COPY.
+    let pg_raw = std::env::var("DATABASE_URL")
+        .ok()
+        .map(|url| pg_raw_limits(&url, dir.path(), seconds, conns));
+
     println!("people with a recorded consent: {people}");
     println!(
         "seeding through POST /api/v1/consents (1,000 a request, new profiles): {seed_rate:.0} entries/s"
@@ -232,6 +240,12 @@ fn main() {
             w.rps / fsync_rate
         );
     }
+    if let Some((single, multi, copy)) = pg_raw {
+        println!(
+            "  raw limit (PostgreSQL): single-row INSERT transactions, {conns} clients: {single:.0}/s; \
+             1,000-row INSERTs, one client: {multi:.0} rows/s; COPY: {copy:.0} rows/s"
+        );
+    }
     for (name, w) in [("by email", &email), ("by profile id", &id)] {
         println!(
             "  GET /api/v1/decisions {name:<14} {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ratio {:.2}",
@@ -241,4 +255,91 @@ fn main() {
             w.rps / raw.rps
         );
     }
+}
+
+/// PostgreSQL's raw limits beside the consent writes, on a table of rows
+/// the size of a ledger entry: committed single-row INSERT transactions a
+/// second from `conns` clients (pgbench), rows a second as 1,000-row
+/// INSERTs from one client (pgbench), and rows a second by COPY (psql).
+fn pg_raw_limits(url: &str, dir: &std::path::Path, seconds: u64, conns: u64) -> (f64, f64, f64) {
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(
+        "DROP TABLE IF EXISTS raw_limit; CREATE TABLE raw_limit (seq BIGSERIAL PRIMARY KEY, \
+         profile_id BIGINT NOT NULL, purpose_id TEXT NOT NULL, decision TEXT NOT NULL, \
+         at_ms BIGINT NOT NULL, evidence BYTEA NOT NULL)",
+    );
+    let row = "(random() * 100000)::bigint, 'email_marketing', 'granted', 1764979200000, \
+               decode(repeat('ab', 160), 'hex')";
+    let pgbench = |script: &str, clients: u64| -> f64 {
+        let path = dir.join(format!("pgbench-{clients}.sql"));
+        std::fs::write(&path, script).unwrap();
+        let out = Command::new("pgbench")
+            .args([
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                &seconds.to_string(),
+                "-f",
+            ])
+            .arg(&path)
+            .arg(url)
+            .output()
+            .expect("pgbench runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("pgbench: {text}{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let single = pgbench(
+        &format!(
+            "INSERT INTO raw_limit (profile_id, purpose_id, decision, at_ms, evidence) VALUES ({row});\n"
+        ),
+        conns,
+    );
+    let multi = 1000.0
+        * pgbench(
+            &format!(
+                "INSERT INTO raw_limit (profile_id, purpose_id, decision, at_ms, evidence) \
+                 SELECT {row} FROM generate_series(1, 1000);\n"
+            ),
+            1,
+        );
+    let csv = dir.join("raw.csv");
+    let rows = 200_000;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+        let evidence = format!("\\x{}", "ab".repeat(160));
+        for i in 0..rows {
+            writeln!(
+                f,
+                "{},email_marketing,granted,1764979200000,{evidence}",
+                i % 100_000
+            )
+            .unwrap();
+        }
+    }
+    let t = Instant::now();
+    psql(&format!(
+        "\\copy raw_limit (profile_id, purpose_id, decision, at_ms, evidence) FROM '{}' WITH (FORMAT csv)",
+        csv.display()
+    ));
+    let copy = rows as f64 / t.elapsed().as_secs_f64();
+    psql("DROP TABLE raw_limit");
+    (single, multi, copy)
 }
