@@ -324,15 +324,26 @@ impl Resolver {
         identifiers: &[PreparedIdentifier],
         now_ms: i64,
     ) -> Result<ProfileId> {
-        let (_, profiles, _) = self.apply_with(
-            conn,
-            vault,
-            &Catalog::default(),
-            &[],
-            &[identifiers],
-            now_ms,
-        )?;
+        let profiles = self.resolve_subjects(conn, vault, &[identifiers], now_ms)?;
         Ok(profiles[0])
+    }
+
+    /// The profiles several identifier sets name, in order, resolved in
+    /// one pass, as [`Resolver::resolve_identifiers`] one after the other
+    /// would.
+    pub fn resolve_subjects(
+        &mut self,
+        conn: &mut dyn Conn,
+        vault: &Vault,
+        subjects: &[&[PreparedIdentifier]],
+        now_ms: i64,
+    ) -> Result<Vec<ProfileId>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (_, profiles, _) =
+            self.apply_with(conn, vault, &Catalog::default(), &[], subjects, now_ms)?;
+        Ok(profiles)
     }
 
     /// Apply events, and resolve `subjects` (identifier sets that are not

@@ -79,18 +79,8 @@ impl TxCtx<'_> {
     /// one pass (one lookup, one write of each kind for all of them), as
     /// [`TxCtx::resolve`] one after the other would.
     pub fn resolve_many(&mut self, subjects: &[&[PreparedIdentifier]]) -> Result<Vec<ProfileId>> {
-        if subjects.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (_, profiles, _) = self.resolver.apply_with(
-            self.conn,
-            self.vault,
-            &crate::consent::Catalog::default(),
-            &[],
-            subjects,
-            self.now_ms,
-        )?;
-        Ok(profiles)
+        self.resolver
+            .resolve_subjects(self.conn, self.vault, subjects, self.now_ms)
     }
 
     /// Store events by the same rules as ingestion (resolution, merges,
