@@ -1709,11 +1709,7 @@ mod tests {
                     ctx.conn.meta_set(&key, b"written")?;
                     // A new profile in every job: ids handed out in a
                     // rolled-back savepoint must not confuse the caches.
-                    let ev = [PreparedIdentifier {
-                        bidx: ctx.vault.blind_index("user_id", &key),
-                        kind: tarmo_core::identity::IdentifierKind::UserId,
-                        value: key.clone(),
-                    }];
+                    let ev = [user_id(ctx, &key)];
                     let profile = ctx.resolve(&ev)?;
                     match i {
                         7 => Err(Error::rejected(
@@ -1776,11 +1772,8 @@ mod tests {
                 let key = format!("job-{i}");
                 let found = writer
                     .transact_blocking(move |ctx| {
-                        ctx.resolve(&[PreparedIdentifier {
-                            bidx: ctx.vault.blind_index("user_id", &key),
-                            kind: tarmo_core::identity::IdentifierKind::UserId,
-                            value: key.clone(),
-                        }])
+                        let id = user_id(ctx, &key);
+                        ctx.resolve(&[id])
                     })
                     .unwrap();
                 assert_eq!(found, ProfileId(*id), "job {i}");
@@ -1788,6 +1781,15 @@ mod tests {
         }
         drop(writer);
         join.join().unwrap();
+    }
+
+    /// A user id as identity resolution takes it.
+    fn user_id(ctx: &TxCtx<'_>, key: &str) -> PreparedIdentifier {
+        PreparedIdentifier {
+            bidx: ctx.vault.blind_index("user_id", key),
+            kind: tarmo_core::identity::IdentifierKind::UserId,
+            value: key.to_owned(),
+        }
     }
 
     /// The sizes of the calls [`merged_items`] was given, in order.
@@ -1801,11 +1803,8 @@ mod tests {
         for i in items {
             let key = format!("merged-{i}");
             ctx.conn.meta_set(&key, b"written")?;
-            let profile = ctx.resolve(&[PreparedIdentifier {
-                bidx: ctx.vault.blind_index("user_id", &key),
-                kind: tarmo_core::identity::IdentifierKind::UserId,
-                value: key.clone(),
-            }])?;
+            let id = user_id(ctx, &key);
+            let profile = ctx.resolve(&[id])?;
             match i {
                 13 => {
                     return Err(Error::rejected(
@@ -1933,11 +1932,8 @@ mod tests {
             let answered = answers[j as usize].1.as_ref().unwrap()[k];
             let found = writer
                 .transact_blocking(move |ctx| {
-                    ctx.resolve(&[PreparedIdentifier {
-                        bidx: ctx.vault.blind_index("user_id", &key),
-                        kind: tarmo_core::identity::IdentifierKind::UserId,
-                        value: key.clone(),
-                    }])
+                    let id = user_id(ctx, &key);
+                    ctx.resolve(&[id])
                 })
                 .unwrap();
             assert_eq!(found, ProfileId(answered), "item {i}");
