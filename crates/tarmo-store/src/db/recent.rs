@@ -43,7 +43,9 @@ use crate::Result;
 /// Digests a recent table takes before it is folded into `dedup`: at most
 /// about three times this many are in memory (the table being filled, the
 /// one being folded), 16 bytes each in the set and as many in the rows.
-pub(crate) const CHUNK: usize = 1 << 19;
+/// 2^18: at 1M customers the server stays under 500 MB (2^19 held ~15 MB
+/// more, BENCHMARKS.md).
+pub(crate) const CHUNK: usize = 1 << 18;
 
 /// Digests folded at every commit beyond as many as it appended, so that
 /// a fold also goes on in commits that append none (consent writes,
