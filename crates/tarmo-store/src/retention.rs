@@ -102,7 +102,7 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                     "SELECT id, profile_id, received_ms FROM events ORDER BY id LIMIT $1",
                     &[P::Int(CHUNK)],
                 )?;
-                let mut per_profile: std::collections::HashMap<i64, i64> = Default::default();
+                let mut removed = Vec::new();
                 let mut n = 0u64;
                 let mut reached_newer = rows.len() < CHUNK as usize;
                 for r in &rows {
@@ -112,15 +112,10 @@ pub fn sweep(writer: &WriterHandle, now_ms: i64, dry_run: bool) -> Result<Retent
                     }
                     ctx.conn
                         .exec("DELETE FROM events WHERE id = $1", &[P::Int(r.int(0)?)])?;
-                    *per_profile.entry(r.int(1)?).or_default() += 1;
+                    removed.push((ProfileId(r.int(1)?), r.int(0)?));
                     n += 1;
                 }
-                for (p, k) in per_profile {
-                    ctx.conn.exec(
-                        "UPDATE profile_counts SET events = events - $2 WHERE profile_id = $1",
-                        &[P::Int(p), P::Int(k)],
-                    )?;
-                }
+                ctx.conn.events_removed(&removed)?;
                 Ok((n, reached_newer))
             })?;
             report.events_deleted += n;

@@ -342,7 +342,6 @@ pub trait Conn: Send {
     /// The profile, following a merge to the profile it was merged into.
     fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>>;
     fn profile_set_traits(&mut self, id: ProfileId, sealed: &Sealed, now_ms: i64) -> Result<()>;
-    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()>;
     /// Move everything of `from` to `into` and record the merge.
     fn profile_merge(
         &mut self,
@@ -499,10 +498,24 @@ pub trait Conn: Send {
         }
         Ok(())
     }
-    /// As [`Conn::profile_add_events`], for each `(profile, n)`.
-    fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], now_ms: i64) -> Result<()> {
-        for &(p, n) in rows {
-            self.profile_add_events(p, n, now_ms)?;
+    /// Count `n` newly stored events on each `(profile, n)`, the last at
+    /// `now_ms` (what a profile shows as its events and last activity).
+    /// The embedded store counts its newest events from the events table
+    /// when read and folds them in by itself, so there this only tells the
+    /// writer how many it has.
+    fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], now_ms: i64) -> Result<()>;
+    /// Events deleted one by one (retention, an import's changed order), as
+    /// `(profile, event id)`: take them off their profiles' counts.
+    fn events_removed(&mut self, removed: &[(ProfileId, i64)]) -> Result<()> {
+        let mut per: std::collections::BTreeMap<ProfileId, i64> = Default::default();
+        for &(p, _) in removed {
+            *per.entry(p).or_default() += 1;
+        }
+        for (p, n) in per {
+            self.exec(
+                "UPDATE profile_counts SET events = events - $2 WHERE profile_id = $1",
+                &[P::Int(p.0), P::Int(n)],
+            )?;
         }
         Ok(())
     }

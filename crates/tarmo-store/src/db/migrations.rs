@@ -12,7 +12,9 @@
 //! PostgreSQL), and `{IDENTIFIERS_APPENDED}` SQLite's rebuild of the
 //! identifiers in arrival order (migration 23; nothing on PostgreSQL), and
 //! `{DEDUP_RECENT}` SQLite's tables of recent messageId digests (migration
-//! 25, see `db::recent`; nothing on PostgreSQL).
+//! 25, see `db::recent`; nothing on PostgreSQL), and `{EVENTS_COUNTED}`
+//! SQLite's mark of the events its counters hold (migration 27; nothing on
+//! PostgreSQL).
 
 /// (version, SQL with tokens), in order.
 pub const SHARED: &[(i64, &str)] = &[
@@ -568,7 +570,32 @@ DROP INDEX IF EXISTS consent_state_expiry;
 CREATE INDEX consent_state_expiry ON consent_state(purpose_id, at_ms) WHERE decision = 'granted';
 "#,
     ),
+    (
+        27,
+        // SQLite's event counters are folded from the events table in
+        // batches (see `SqliteConn::fold_counts`), and its events are
+        // numbered so that an id never comes back.
+        r#"
+{EVENTS_COUNTED}
+"#,
+    ),
 ];
+
+/// The embedded store's event counters (`profile_counts`) hold the events
+/// up to `events_counted.through`; the events after it are counted from
+/// the events table when read, and folded in every [`FOLD_COUNTS_EVERY`]
+/// events (`SqliteConn::fold_counts`): a counter written at each event
+/// dirtied a page of `profile_counts` at a random place per event. Before
+/// this statement runs, `SqliteConn::migrate` makes the events' ids
+/// `AUTOINCREMENT` (no id ever given twice, which the mark and every
+/// follower of events by id rely on). PostgreSQL writes its counters with
+/// each group.
+///
+/// [`FOLD_COUNTS_EVERY`]: super::sqlite::FOLD_COUNTS_EVERY
+const SQLITE_EVENTS_COUNTED: &str = r#"
+CREATE TABLE events_counted (through INTEGER NOT NULL);
+INSERT INTO events_counted (through) SELECT COALESCE(max(id), 0) FROM events;
+"#;
 
 /// The embedded store's recent messageId digests, appended in arrival
 /// order and folded into `dedup` a sorted slice at a time (see
@@ -696,7 +723,8 @@ pub fn sqlite() -> Vec<(i64, String)> {
                 // (`SqliteConn::move_keys_out`).
                 .replace("{KEYRING_FILE}", "DROP TABLE IF EXISTS data_keys;")
                 .replace("{IDENTIFIERS_APPENDED}", SQLITE_IDENTIFIERS_APPENDED)
-                .replace("{DEDUP_RECENT}", SQLITE_DEDUP_RECENT);
+                .replace("{DEDUP_RECENT}", SQLITE_DEDUP_RECENT)
+                .replace("{EVENTS_COUNTED}", SQLITE_EVENTS_COUNTED);
             (*v, s)
         })
         .collect()
@@ -719,7 +747,8 @@ pub fn postgres() -> Vec<(i64, String)> {
                 // The keyring schema is in the same database: nothing moves.
                 .replace("{KEYRING_FILE}", "SELECT 1;")
                 .replace("{IDENTIFIERS_APPENDED}", "SELECT 1;")
-                .replace("{DEDUP_RECENT}", "SELECT 1;");
+                .replace("{DEDUP_RECENT}", "SELECT 1;")
+                .replace("{EVENTS_COUNTED}", "SELECT 1;");
             (*v, s)
         })
         .collect()

@@ -443,16 +443,6 @@ impl Conn for PgConn {
         Ok(())
     }
 
-    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
-        self.c.execute(
-            "INSERT INTO profile_counts (profile_id, events, last_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (profile_id) DO UPDATE SET events = profile_counts.events + EXCLUDED.events,
-                 last_ms = greatest(profile_counts.last_ms, EXCLUDED.last_ms)",
-            &[&id.0, &n, &now_ms],
-        )?;
-        Ok(())
-    }
-
     fn profile_merge(
         &mut self,
         from: ProfileId,

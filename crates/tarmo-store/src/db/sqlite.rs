@@ -129,6 +129,7 @@ impl SqliteBackend {
             truncate: None,
             slots: HashMap::new(),
             recent: None,
+            counts: None,
         })
     }
 }
@@ -152,6 +153,9 @@ pub struct SqliteConn {
     /// The writer's: recent messageId digests, appended and folded into
     /// `dedup` a sorted slice at a time (see [`super::recent`]).
     recent: Option<super::recent::Recent>,
+    /// The writer's: when to fold the newest events' counts into
+    /// `profile_counts` (see [`FOLD_COUNTS_EVERY`]).
+    counts: Option<CountsFold>,
 }
 
 /// The writer's side of the checkpointer thread: asking it for a
@@ -378,6 +382,23 @@ impl SqliteConn {
         Ok(())
     }
 
+    /// Fold the newest events' counts into `profile_counts` at the first
+    /// commit after `every` events were stored (the writer's connection;
+    /// any connection's reads count the events not folded yet).
+    pub(crate) fn fold_counts_every(&mut self, every: u64) -> Result<()> {
+        let pending: i64 = self.c.query_row(
+            "SELECT COALESCE((SELECT max(id) FROM events), 0) - through FROM events_counted",
+            [],
+            |r| r.get(0),
+        )?;
+        self.counts = Some(CountsFold {
+            every: every.max(1),
+            pending: pending.max(0) as u64,
+            folded: false,
+        });
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<()> {
         self.c.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
@@ -398,6 +419,9 @@ impl SqliteConn {
             if done.is_none() {
                 if *version == KEYRING_FILE_MIGRATION {
                     move_keys_out(&self.k, &tx)?;
+                }
+                if *version == EVENTS_COUNTED_MIGRATION {
+                    event_ids_never_reused(&tx)?;
                 }
                 tx.execute_batch(sql)?;
                 tx.execute(
@@ -503,6 +527,115 @@ impl SqliteConn {
 
 /// The migration that moves the data keys out into the keyring file.
 const KEYRING_FILE_MIGRATION: i64 = 22;
+
+/// The migration that counts the newest events from the events table (see
+/// [`FOLD_COUNTS_EVERY`]) and numbers events so that an id never comes back.
+const EVENTS_COUNTED_MIGRATION: i64 = 27;
+
+/// Migration 27: the events' ids become `AUTOINCREMENT`. SQLite numbers a
+/// plain `INTEGER PRIMARY KEY` as the largest id plus one, so after the
+/// erasure of whoever sent the newest events the next events took their
+/// ids again, and whatever follows events by id (the segment engine, the
+/// automations, the counters' mark) would never see them. Only the
+/// table's declaration changes, not its pages: the declaration is edited
+/// in place (`writable_schema`, then the schema version one up, so that
+/// every connection reads it again), SQLite's documented way for a change
+/// that leaves the stored format as it is, instead of copying every event
+/// into a new table at start. Safe to run again: a declaration that says
+/// `AUTOINCREMENT` already is left alone.
+fn event_ids_never_reused(tx: &Connection) -> Result<()> {
+    const PLAIN: &str = "id INTEGER PRIMARY KEY";
+    let sql: String = tx.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sql.contains("AUTOINCREMENT") {
+        let Some(at) = sql.find(PLAIN) else {
+            return Err(Error::Corrupt(format!(
+                "the events table's declaration has no `{PLAIN}`: {sql}"
+            )));
+        };
+        let at = at + PLAIN.len();
+        let declared = format!("{} AUTOINCREMENT{}", &sql[..at], &sql[at..]);
+        let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        tx.execute_batch("PRAGMA writable_schema = ON")?;
+        let edited = tx.execute(
+            "UPDATE sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = 'events'",
+            [&declared],
+        );
+        // Off again whatever happened: no other statement may write the schema.
+        let bumped = tx.execute_batch(&format!("PRAGMA schema_version = {}", version + 1));
+        tx.execute_batch("PRAGMA writable_schema = OFF")?;
+        edited?;
+        bumped?;
+    }
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq)
+             SELECT 'events', COALESCE((SELECT max(id) FROM events), 0)
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events')",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Events the writer's connection stores before it folds the newest
+/// events' counts into `profile_counts` (one statement over them, in
+/// profile order, at a commit). Until then a profile's count is what
+/// `profile_counts` holds plus its events after `events_counted.through`,
+/// read through the events-by-profile index. A counter written with every
+/// group dirtied a page of `profile_counts` at a random place per event
+/// (at 1M customers, ~690 pages for a group of 765 events); a fold of
+/// 65,536 events dirties each of its pages once.
+pub(crate) const FOLD_COUNTS_EVERY: u64 = 1 << 16;
+
+/// A profile (the one it was merged into, if so), its counted events
+/// plus those after the counters' mark, found through the events-by-profile
+/// index.
+const PROFILE_GET: &str = "SELECT p.id, p.created_ms,
+        max(p.updated_ms, COALESCE(c.last_ms, 0), COALESCE(t.last_ms, 0)),
+        COALESCE(c.events, 0) + t.events, p.traits
+ FROM profiles p LEFT JOIN profile_counts c ON c.profile_id = p.id,
+      (SELECT count(*) AS events, max(e.received_ms) AS last_ms
+       FROM events e
+       WHERE e.profile_id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)
+         AND e.id > (SELECT through FROM events_counted)) t
+ WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)";
+
+/// The writer's side of the counters' fold.
+struct CountsFold {
+    /// Fold once this many events were stored since the last fold.
+    every: u64,
+    /// Events stored since the last fold (about: a rolled-back job's
+    /// events stay counted here, which only brings the fold forward).
+    pending: u64,
+    /// The fold ran in the transaction now open.
+    folded: bool,
+}
+
+/// Fold the counts of the events after `events_counted.through` into
+/// `profile_counts`, in profile order, and move the mark to the newest.
+fn fold_counts(c: &Connection) -> Result<()> {
+    let (through, newest): (i64, Option<i64>) = c.query_row(
+        "SELECT through, (SELECT max(id) FROM events) FROM events_counted",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(newest) = newest.filter(|&n| n > through) else {
+        return Ok(());
+    };
+    c.prepare_cached(
+        "INSERT INTO profile_counts (profile_id, events, last_ms)
+             SELECT profile_id, count(*), max(received_ms) FROM events
+             WHERE id > ?1 AND id <= ?2 GROUP BY profile_id ORDER BY profile_id
+         ON CONFLICT (profile_id) DO UPDATE SET events = events + excluded.events,
+             last_ms = max(last_ms, excluded.last_ms)",
+    )?
+    .execute([through, newest])?;
+    c.prepare_cached("UPDATE events_counted SET through = ?1")?
+        .execute([newest])?;
+    Ok(())
+}
 
 /// Attach the data file (read by the keyring's connection) as `d`.
 fn attach_data(k: &Connection, c: &Connection) -> Result<()> {
@@ -622,6 +755,13 @@ impl Conn for SqliteConn {
             Some(r) if !self.c.is_autocommit() => Some(r.before_commit(&self.c)?),
             _ => None,
         };
+        if let Some(f) = &mut self.counts
+            && f.pending >= f.every
+            && !self.c.is_autocommit()
+        {
+            fold_counts(&self.c)?;
+            f.folded = true;
+        }
         // The keys first, synced: a profile is never durable without its
         // key. Should the data's commit then fail, the keys are orphans,
         // dropped at the next start.
@@ -632,12 +772,20 @@ impl Conn for SqliteConn {
         if let (Some(r), Some(step)) = (&mut self.recent, step) {
             r.after_commit(step);
         }
+        if let Some(f) = &mut self.counts
+            && std::mem::take(&mut f.folded)
+        {
+            f.pending = 0;
+        }
         Ok(())
     }
 
     fn rollback(&mut self) -> Result<()> {
         if let Some(r) = &mut self.recent {
             r.abandon();
+        }
+        if let Some(f) = &mut self.counts {
+            f.folded = false;
         }
         self.doomed.clear();
         if !self.k.is_autocommit() {
@@ -746,6 +894,7 @@ impl Conn for SqliteConn {
         let checkpointer = Checkpointer::spawn(db)?;
         self.truncate = Some(checkpointer.asker());
         self.recent_dedup(super::recent::CHUNK, super::recent::FOLD_FLOOR)?;
+        self.fold_counts_every(FOLD_COUNTS_EVERY)?;
         self.c
             .pragma_update(None, "wal_autocheckpoint", WAL_BRAKE_FRAMES)?;
         self.c.pragma_update(None, "journal_size_limit", -1)?;
@@ -904,12 +1053,7 @@ impl Conn for SqliteConn {
     fn profile_get(&mut self, id: ProfileId) -> Result<Option<ProfileRow>> {
         Ok(self
             .c
-            .prepare_cached(
-                "SELECT p.id, p.created_ms, max(p.updated_ms, COALESCE(c.last_ms, 0)),
-                        COALESCE(c.events, 0), p.traits
-                 FROM profiles p LEFT JOIN profile_counts c ON c.profile_id = p.id
-                 WHERE p.id = (SELECT COALESCE(merged_into, id) FROM profiles WHERE id = ?1)",
-            )?
+            .prepare_cached(PROFILE_GET)?
             .query_row([id.0], |r| {
                 Ok(ProfileRow {
                     id: ProfileId(r.get(0)?),
@@ -929,14 +1073,43 @@ impl Conn for SqliteConn {
         Ok(())
     }
 
-    fn profile_add_events(&mut self, id: ProfileId, n: i64, now_ms: i64) -> Result<()> {
-        self.c
-            .prepare_cached(
-                "INSERT INTO profile_counts (profile_id, events, last_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (profile_id) DO UPDATE SET events = events + excluded.events,
-                     last_ms = max(last_ms, excluded.last_ms)",
-            )?
-            .execute(params![id.0, n, now_ms])?;
+    /// Nothing to write: the events after `events_counted.through` are
+    /// counted when read, and the writer folds them in every
+    /// [`FOLD_COUNTS_EVERY`] events.
+    fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], _now_ms: i64) -> Result<()> {
+        if let Some(f) = &mut self.counts {
+            f.pending += rows.iter().map(|r| r.1.max(0) as u64).sum::<u64>();
+        }
+        Ok(())
+    }
+
+    fn events_removed(&mut self, removed: &[(ProfileId, i64)]) -> Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let through: i64 = self
+            .c
+            .query_row("SELECT through FROM events_counted", [], |r| r.get(0))?;
+        let mut counted: Vec<(i64, i64)> = Vec::new();
+        for &(p, id) in removed {
+            if id <= through {
+                counted.push((p.0, 1));
+            }
+        }
+        counted.sort_unstable();
+        counted.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
+            }
+            same
+        });
+        let mut st = self.c.prepare_cached(
+            "UPDATE profile_counts SET events = events - ?2 WHERE profile_id = ?1",
+        )?;
+        for (p, n) in counted {
+            st.execute([p, n])?;
+        }
         Ok(())
     }
 
@@ -1385,8 +1558,9 @@ mod tests {
             c.c.query_row("SELECT count(*) FROM profile_counts", [], |r| r.get(0))
                 .unwrap();
         assert_eq!(moved, 2, "a profile without events needs no row");
-        c.profiles_add_events(&[(ProfileId(1), 3), (ProfileId(2), 1)], 80)
-            .unwrap();
+        // New events count from the events table until the writer folds
+        // them in.
+        stored(&mut c, &[(1, 80), (1, 80), (1, 80), (2, 80)]);
         assert_eq!(seen(&mut c, 1), (1, 10, 80));
         assert_eq!(seen(&mut c, 2), (2, 1, 80));
         c.profile_merge(ProfileId(3), ProfileId(1), "email", 90)
@@ -1405,6 +1579,198 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// Store one event for each `(profile, received_ms)`, as the writer
+    /// does, and give their ids.
+    fn stored(c: &mut SqliteConn, events: &[(i64, i64)]) -> Vec<i64> {
+        let rows: Vec<NewEvent> = events
+            .iter()
+            .map(|&(p, at)| NewEvent {
+                profile_id: ProfileId(p),
+                key_owner: ProfileId(p),
+                source_id: crate::conn::Source::Import(1),
+                kind: "track",
+                timestamp_ms: at,
+                received_ms: at,
+                sealed: Sealed::from_db(vec![0; 40]),
+            })
+            .collect();
+        let ids = c.events_insert_returning_ids(&rows).unwrap();
+        let mut counts: Vec<(ProfileId, i64)> = Vec::new();
+        for &(p, _) in events {
+            counts.push((ProfileId(p), 1));
+        }
+        c.profiles_add_events(&counts, 0).unwrap();
+        ids
+    }
+
+    /// Migration 27 on a database whose newest events were deleted: the
+    /// events' ids become `AUTOINCREMENT` in place, so the next event takes
+    /// a new id, not the deleted one's; the counters written before it
+    /// stand as they were.
+    #[test]
+    fn migration_27_never_gives_an_event_id_twice_and_keeps_the_counts() {
+        let (_dir, path) = migrated_before(
+            27,
+            "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 10), (2, 2, 20);
+             INSERT INTO events (id, profile_id, key_owner, kind, ts_ms, received_ms, body)
+                 VALUES (1, 1, 1, 'track', 5, 30, x'00'), (2, 1, 1, 'track', 5, 40, x'00'),
+                        (3, 2, 2, 'track', 5, 50, x'00'), (4, 2, 2, 'track', 5, 60, x'00');
+             INSERT INTO profile_counts (profile_id, events, last_ms) VALUES (1, 2, 40), (2, 1, 60);
+             DELETE FROM events WHERE id = 4;",
+        );
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut c = b.connect().unwrap();
+        let declared: String =
+            c.c.query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            declared.contains("id INTEGER PRIMARY KEY AUTOINCREMENT"),
+            "{declared}"
+        );
+        assert!(
+            declared.contains("source_id"),
+            "the added column stays: {declared}"
+        );
+        let check: String =
+            c.c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(check, "ok");
+        let seen = |c: &mut SqliteConn, id: i64| {
+            let r = c.profile_get(ProfileId(id)).unwrap().unwrap();
+            (r.event_count, r.updated_ms)
+        };
+        assert_eq!((seen(&mut c, 1), seen(&mut c, 2)), ((2, 40), (1, 60)));
+
+        // Erase the newest event again, and the one before: ids still go up.
+        c.c.execute("DELETE FROM events WHERE id = 3", []).unwrap();
+        let ids = stored(&mut c, &[(2, 70)]);
+        assert_eq!(ids, vec![4], "after the largest id ever given (3)");
+        c.c.execute("DELETE FROM events WHERE id = 4", []).unwrap();
+        let ids = stored(&mut c, &[(1, 80)]);
+        assert_eq!(ids, vec![5], "id 4 is not given again");
+        // Reopened, the declaration holds for a new connection too.
+        drop(c);
+        let b = SqliteBackend::open(&path).unwrap();
+        let mut c = b.connect().unwrap();
+        c.c.execute("DELETE FROM events WHERE id = 5", []).unwrap();
+        assert_eq!(stored(&mut c, &[(1, 90)]), vec![6]);
+        assert_eq!(
+            seen(&mut c, 1),
+            (3, 90),
+            "2 counted before, 6 after the mark"
+        );
+    }
+
+    /// The writer folds the newest events' counts into `profile_counts`
+    /// once enough were stored, at a commit; before and after, a profile
+    /// counts every event it has (the counted ones plus those after the
+    /// mark); a deleted event comes off the count whether it was folded or
+    /// not; a rolled-back event is never counted; and a merge carries both
+    /// kinds to the profile joined.
+    #[test]
+    fn event_counts_fold_in_batches_and_read_the_same_throughout() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("tarmo.db")).unwrap();
+        let mut c = b.connect().unwrap();
+        c.fold_counts_every(4).unwrap();
+        c.c.execute_batch(
+            "INSERT INTO profiles (id, created_ms, updated_ms) VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3)",
+        )
+        .unwrap();
+        let mark = |c: &SqliteConn| -> i64 {
+            c.c.query_row("SELECT through FROM events_counted", [], |r| r.get(0))
+                .unwrap()
+        };
+        let rows = |c: &SqliteConn| -> i64 {
+            c.c.query_row("SELECT count(*) FROM profile_counts", [], |r| r.get(0))
+                .unwrap()
+        };
+        let seen = |c: &mut SqliteConn, id: i64| {
+            let r = c.profile_get(ProfileId(id)).unwrap().unwrap();
+            (r.event_count, r.updated_ms)
+        };
+
+        c.begin().unwrap();
+        let first = stored(&mut c, &[(1, 10), (2, 11), (1, 12)]);
+        c.commit().unwrap();
+        assert_eq!((mark(&c), rows(&c)), (0, 0), "three events: not yet");
+        assert_eq!((seen(&mut c, 1), seen(&mut c, 2)), ((2, 12), (1, 11)));
+
+        // A fourth event would bring the fold; rolled back, it is never
+        // counted.
+        c.begin().unwrap();
+        stored(&mut c, &[(3, 13)]);
+        c.rollback().unwrap();
+        assert_eq!((mark(&c), rows(&c)), (0, 0));
+        assert_eq!(seen(&mut c, 3), (0, 3));
+
+        c.begin().unwrap();
+        let second = stored(&mut c, &[(3, 14), (1, 15)]);
+        c.commit().unwrap();
+        assert_eq!(mark(&c), second[1], "folded through the newest");
+        assert_eq!(rows(&c), 3);
+        assert_eq!(
+            (seen(&mut c, 1), seen(&mut c, 2), seen(&mut c, 3)),
+            ((3, 15), (1, 11), (1, 14))
+        );
+
+        // After the mark again, then deletions on both sides of it.
+        c.begin().unwrap();
+        let third = stored(&mut c, &[(2, 20), (2, 21)]);
+        c.commit().unwrap();
+        assert_eq!(mark(&c), second[1], "two events: not yet");
+        assert_eq!(seen(&mut c, 2), (3, 21));
+        c.begin().unwrap();
+        for id in [first[1], third[0]] {
+            c.c.execute("DELETE FROM events WHERE id = ?1", [id])
+                .unwrap();
+        }
+        c.events_removed(&[(ProfileId(2), first[1]), (ProfileId(2), third[0])])
+            .unwrap();
+        c.commit().unwrap();
+        assert_eq!(
+            seen(&mut c, 2).0,
+            1,
+            "one counted, one after the mark, both gone"
+        );
+
+        // A merge carries the counted events and those after the mark.
+        c.profile_merge(ProfileId(2), ProfileId(1), "email", 30)
+            .unwrap();
+        assert_eq!(seen(&mut c, 1), (4, 30));
+        assert_eq!(seen(&mut c, 2), (4, 30), "2 reads as the profile it joined");
+
+        // Another connection reads the same, and a writer's connection
+        // opened later knows how many wait to be folded.
+        let mut other = b.connect().unwrap();
+        assert_eq!(seen(&mut other, 1), (4, 30));
+        let plan: Vec<String> = {
+            let mut st = other
+                .c
+                .prepare(&format!("EXPLAIN QUERY PLAN {PROFILE_GET}"))
+                .unwrap();
+            st.query_map([1], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("events_profile (profile_id=? AND id>?)")),
+            "the events after the mark are found through the index: {plan:?}"
+        );
+        other.fold_counts_every(1).unwrap();
+        other.begin().unwrap();
+        other.commit().unwrap();
+        assert_eq!(mark(&other), third[1], "folded at its first commit");
+        assert_eq!(seen(&mut other, 1), (4, 30));
+        assert_eq!(seen(&mut c, 3), (1, 14));
     }
 
     /// A database made before migration 22 kept the data keys in its own

@@ -1834,7 +1834,7 @@ fn apply_chunk(
             Outcome::Duplicate => continue,
         };
         if let Some(old) = t.old {
-            replace_event(ctx.conn, old, now, &mut touched)?;
+            replace_event(ctx.conn, old, &mut touched)?;
         }
         ctx.conn.exec(
             "INSERT INTO import_rows (h, kind, mac, profile_id, event_id, import_id)
@@ -1862,7 +1862,6 @@ fn apply_chunk(
 fn replace_event(
     conn: &mut dyn Conn,
     event_id: i64,
-    now_ms: i64,
     touched: &mut HashSet<ProfileId>,
 ) -> Result<()> {
     let Some(r) = conn.query_opt(
@@ -1875,7 +1874,7 @@ fn replace_event(
     };
     let p = r.int(0)?;
     conn.exec("DELETE FROM events WHERE id = $1", &[P::Int(event_id)])?;
-    conn.profiles_add_events(&[(ProfileId(p), -1)], now_ms)?;
+    conn.events_removed(&[(ProfileId(p), event_id)])?;
     touched.insert(ProfileId(p));
     Ok(())
 }
