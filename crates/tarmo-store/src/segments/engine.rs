@@ -1339,7 +1339,8 @@ impl SegmentEngine {
             )?
         };
         for r in tracks {
-            if let Some((name, props)) = self.open_event(conn, needs, ProfileId(r.int(0)?), &r.sealed(2)?)?
+            if let Some((name, props)) =
+                self.open_event(conn, needs, ProfileId(r.int(0)?), &r.sealed(2)?)?
                 && let Some(t) = fs.table(&name)
             {
                 events.push((t, r.int(1)?, props));
