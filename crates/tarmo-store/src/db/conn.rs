@@ -506,10 +506,17 @@ pub trait Conn: Send {
     fn profiles_add_events(&mut self, rows: &[(ProfileId, i64)], now_ms: i64) -> Result<()>;
     /// Events deleted one by one (retention, an import's changed order), as
     /// `(profile, event id)`: take them off their profiles' counts.
+    /// Only those the counters hold count (see [`Conn::counted_through`]).
     fn events_removed(&mut self, removed: &[(ProfileId, i64)]) -> Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let through = self.counted_through()?;
         let mut per: std::collections::BTreeMap<ProfileId, i64> = Default::default();
-        for &(p, _) in removed {
-            *per.entry(p).or_default() += 1;
+        for &(p, id) in removed {
+            if id <= through {
+                *per.entry(p).or_default() += 1;
+            }
         }
         for (p, n) in per {
             self.exec(
@@ -518,6 +525,12 @@ pub trait Conn: Send {
             )?;
         }
         Ok(())
+    }
+    /// The newest event id the counters (`profile_counts`) hold: every
+    /// event on a store that counts with each group; the embedded store
+    /// counts its newer events when read and folds them in later.
+    fn counted_through(&mut self) -> Result<i64> {
+        Ok(i64::MAX)
     }
     /// Which of these blind indexes are on the suppression list.
     fn suppressed_many(&mut self, keys: &[BlindIndex]) -> Result<Vec<bool>> {

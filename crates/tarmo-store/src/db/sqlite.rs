@@ -1083,34 +1083,10 @@ impl Conn for SqliteConn {
         Ok(())
     }
 
-    fn events_removed(&mut self, removed: &[(ProfileId, i64)]) -> Result<()> {
-        if removed.is_empty() {
-            return Ok(());
-        }
-        let through: i64 = self
+    fn counted_through(&mut self) -> Result<i64> {
+        Ok(self
             .c
-            .query_row("SELECT through FROM events_counted", [], |r| r.get(0))?;
-        let mut counted: Vec<(i64, i64)> = Vec::new();
-        for &(p, id) in removed {
-            if id <= through {
-                counted.push((p.0, 1));
-            }
-        }
-        counted.sort_unstable();
-        counted.dedup_by(|b, a| {
-            let same = a.0 == b.0;
-            if same {
-                a.1 += b.1;
-            }
-            same
-        });
-        let mut st = self.c.prepare_cached(
-            "UPDATE profile_counts SET events = events - ?2 WHERE profile_id = ?1",
-        )?;
-        for (p, n) in counted {
-            st.execute([p, n])?;
-        }
-        Ok(())
+            .query_row("SELECT through FROM events_counted", [], |r| r.get(0))?)
     }
 
     fn profile_merge(
