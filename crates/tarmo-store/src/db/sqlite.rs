@@ -304,8 +304,8 @@ impl Checkpointer {
                     //
                     // Every flush nudges, but a flush is not a change: the
                     // workers that poll for due messages (the outbox, the
-                    // erasure notices) run a write transaction every second
-                    // that mostly changes nothing, and a lull counted in
+                    // erasure notices) each run a write transaction every
+                    // two seconds that mostly changes nothing, and a lull counted in
                     // flushes never came on a running server (the log of
                     // an ingest burst stayed at 164 MB, measured). So a
                     // lull is counted from the last change committed.
