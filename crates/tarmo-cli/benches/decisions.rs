@@ -184,7 +184,26 @@ fn main() {
         ),
     )
     .unwrap();
+    let metric = |name: &str| -> f64 {
+        let body = agent
+            .get(format!("{base}/metrics"))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = (
+        metric("tarmo_store_tx_jobs_total"),
+        metric("tarmo_store_tx_commits_total"),
+    );
     let writes = wrk(&base, Some(&writes_script), seconds, conns);
+    let jobs_per_commit = (metric("tarmo_store_tx_jobs_total") - before.0)
+        / (metric("tarmo_store_tx_commits_total") - before.1).max(1.0);
     let writes_one = wrk(&base, Some(&writes_script), seconds, 1);
     let _ = child.kill();
     let _ = child.wait();
@@ -240,6 +259,7 @@ fn main() {
             w.rps / fsync_rate
         );
     }
+    println!("  the writer, {conns} connections: {jobs_per_commit:.1} writes a transaction");
     if let Some((single, multi, copy)) = pg_raw {
         println!(
             "  raw limit (PostgreSQL): single-row INSERT transactions, {conns} clients: {single:.0}/s; \
