@@ -1119,7 +1119,12 @@ impl Group<'_> {
                     "profile merges refused in the minute before and not logged one by one (tarmo_profile_merges_refused_total counts them)"
                 );
             }
-            tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
+            if into == from {
+                // A claim refused for one known person: no second profile.
+                tracing::warn!(profile = into.0, identifier_kind = %kind, reason, "identifier claim refused");
+            } else {
+                tracing::warn!(into = into.0, from = from.0, identifier_kind = %kind, reason, "profile merge refused");
+            }
         }
         self.conn.merge_record(&MergeRow {
             into_profile: into,
