@@ -9,6 +9,7 @@ pub mod conn;
 pub mod cursor;
 pub mod lease;
 pub(crate) mod migrations;
+pub mod paced;
 pub(crate) mod pg_tls;
 pub mod pool;
 pub mod postgres;

@@ -266,7 +266,15 @@ struct Checkpointer {
 impl Checkpointer {
     fn spawn(db: &str) -> Result<Self> {
         use std::sync::atomic::Ordering;
-        let c = Connection::open(db)?;
+        // Its checkpoints write the database file behind, a few MiB at a
+        // time (see `super::paced`), so that flushes beside one are not
+        // queued behind all of it.
+        let c = match super::paced::name() {
+            Some(vfs) => {
+                Connection::open_with_flags_and_vfs(db, rusqlite::OpenFlags::default(), vfs)?
+            }
+            None => Connection::open(db)?,
+        };
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
