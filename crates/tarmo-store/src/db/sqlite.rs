@@ -110,7 +110,16 @@ impl SqliteBackend {
     }
 
     pub fn connect(&self) -> Result<SqliteConn> {
-        let c = Connection::open(&self.path)?;
+        // Each commit's log frames gathered into one write (see
+        // `super::paced`).
+        let c = match super::paced::log_name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(
+                &self.path,
+                rusqlite::OpenFlags::default(),
+                vfs,
+            )?,
+            None => Connection::open(&self.path)?,
+        };
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: the WAL is fsynced at every commit, so an acknowledged
