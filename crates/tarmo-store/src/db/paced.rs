@@ -649,7 +649,6 @@ mod log_tests {
         )
         .unwrap();
         let r = Connection::open(&path).unwrap();
-        let before = super::log_writes_here();
         let mut expected = 0i64;
         let mut next = 0i64;
         let row = |i: i64| -> (Vec<u8>, Vec<u8>) {
@@ -659,6 +658,11 @@ mod log_tests {
                 .to_vec();
             (k, vec![(i % 251) as u8; 300 + (i % 7) as usize * 100])
         };
+        let put = |i: i64| {
+            let (k, b) = row(i);
+            w.execute("INSERT INTO t (i, k, b) VALUES (?1, ?2, ?3)", (i, k, b))
+                .unwrap();
+        };
         for round in 0..60i64 {
             let n = match round % 10 {
                 0 => 3000, // ~1.5 MB: spills and passes the 1 MiB gather
@@ -666,21 +670,14 @@ mod log_tests {
             };
             w.execute_batch("BEGIN").unwrap();
             for _ in 0..n {
-                let (k, b) = row(next);
-                w.execute("INSERT INTO t (i, k, b) VALUES (?1, ?2, ?3)", (next, k, b))
-                    .unwrap();
+                put(next);
                 next += 1;
             }
             if round % 7 == 3 {
                 // A savepoint rolled back inside the transaction.
                 w.execute_batch("SAVEPOINT s").unwrap();
                 for j in 0..50 {
-                    let (k, b) = row(1_000_000 + j);
-                    w.execute(
-                        "INSERT INTO t (i, k, b) VALUES (?1, ?2, ?3)",
-                        (1_000_000 + j, k, b),
-                    )
-                    .unwrap();
+                    put(1_000_000 + j);
                 }
                 w.execute_batch("ROLLBACK TO s; RELEASE s").unwrap();
             }
@@ -690,12 +687,7 @@ mod log_tests {
                 // A transaction rolled back whole.
                 w.execute_batch("BEGIN").unwrap();
                 for j in 0..500 {
-                    let (k, b) = row(2_000_000 + j);
-                    w.execute(
-                        "INSERT INTO t (i, k, b) VALUES (?1, ?2, ?3)",
-                        (2_000_000 + j, k, b),
-                    )
-                    .unwrap();
+                    put(2_000_000 + j);
                 }
                 w.execute_batch("ROLLBACK").unwrap();
             }
@@ -709,15 +701,12 @@ mod log_tests {
         }
         // The rounds above spill and write frames over (each written
         // through); commits that fit in the cache gather whole.
-        let _ = before;
         w.pragma_update(None, "cache_size", 2000).unwrap();
         let before = super::log_writes_here();
         for _ in 0..20 {
             w.execute_batch("BEGIN").unwrap();
             for _ in 0..20 {
-                let (k, b) = row(next);
-                w.execute("INSERT INTO t (i, k, b) VALUES (?1, ?2, ?3)", (next, k, b))
-                    .unwrap();
+                put(next);
                 next += 1;
             }
             w.execute_batch("COMMIT").unwrap();
