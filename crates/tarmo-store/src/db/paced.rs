@@ -37,14 +37,8 @@
 /// Hand the disk this much at a time (and wait for the chunk before).
 pub const CHUNK: i64 = 4 << 20;
 
-/// How many chunks were handed to the disk, over the process (for tests
-/// and for `/metrics`-style checks that the pacing runs at all).
-pub fn chunks_handed() -> u64 {
-    imp::HANDED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The same, by this thread only (a connection's files are written by the
-/// thread that runs its statement).
+/// How many chunks were handed to the disk by this thread (a connection's
+/// files are written by the thread that runs its statement).
 pub fn chunks_handed_here() -> u64 {
     imp::HANDED_HERE.with(|c| c.get())
 }
@@ -72,13 +66,10 @@ pub fn log_name() -> Option<&'static str> {
 mod imp {
     use std::ffi::{CStr, c_char, c_int, c_void};
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use rusqlite::ffi;
 
     use super::CHUNK;
-
-    pub static HANDED: AtomicU64 = AtomicU64::new(0);
 
     thread_local! {
         pub static HANDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -109,8 +100,9 @@ mod imp {
 
     static VFS: OnceLock<Option<Vfs>> = OnceLock::new();
 
-    /// A main database file: our state, then (at [`real_of`]) the default
-    /// VFS's file structure.
+    /// A wrapped file (a main database file written behind, or a log
+    /// gathered): our state, then (at [`real_of`]) the default VFS's file
+    /// structure.
     #[repr(C)]
     struct Paced {
         base: ffi::sqlite3_file,
@@ -170,10 +162,10 @@ mod imp {
             ours.szOsFile = (*real).szOsFile + HEAD as c_int;
             ours.zName = NAME.as_ptr();
             ours.pNext = std::ptr::null_mut();
-            ours.xOpen = Some(x_open);
+            ours.xOpen = Some(x_open::<false>);
             let mut log = ours;
             log.zName = LOG_NAME.as_ptr();
-            log.xOpen = Some(x_open_log);
+            log.xOpen = Some(x_open::<true>);
             for v in [ours, log] {
                 if ffi::sqlite3_vfs_register(Box::leak(Box::new(v)), 0) != ffi::SQLITE_OK {
                     return None;
@@ -192,34 +184,16 @@ mod imp {
             .expect("registered before use")
     }
 
-    unsafe extern "C" fn x_open(
-        vfs: *mut ffi::sqlite3_vfs,
-        name: *const c_char,
-        file: *mut ffi::sqlite3_file,
-        flags: c_int,
-        out_flags: *mut c_int,
-    ) -> c_int {
-        unsafe { open_as(vfs, name, file, flags, out_flags, false) }
-    }
-
-    unsafe extern "C" fn x_open_log(
-        vfs: *mut ffi::sqlite3_vfs,
-        name: *const c_char,
-        file: *mut ffi::sqlite3_file,
-        flags: c_int,
-        out_flags: *mut c_int,
-    ) -> c_int {
-        unsafe { open_as(vfs, name, file, flags, out_flags, true) }
-    }
-
-    unsafe fn open_as(
+    /// `xOpen` of both VFSes: `LOG` wraps the log files (gathered), else
+    /// the main database files (written behind).
+    unsafe extern "C" fn x_open<const LOG: bool>(
         _vfs: *mut ffi::sqlite3_vfs,
         name: *const c_char,
         file: *mut ffi::sqlite3_file,
         flags: c_int,
         out_flags: *mut c_int,
-        log: bool,
     ) -> c_int {
+        let log = LOG;
         unsafe {
             let real = real_vfs();
             let open = (*real).xOpen.expect("xOpen");
@@ -300,7 +274,6 @@ mod imp {
                             | libc::SYNC_FILE_RANGE_WAIT_AFTER,
                     );
                 }
-                HANDED.fetch_add(1, Ordering::Relaxed);
                 HANDED_HERE.with(|c| c.set(c.get() + 1));
                 (p.prev_lo, p.prev_hi) = (p.lo, p.hi);
                 (p.lo, p.hi, p.pending) = (i64::MAX, 0, 0);
@@ -523,8 +496,6 @@ mod imp {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
-    pub static HANDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
     thread_local! {
         pub static HANDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
         pub static LOG_WRITES_HERE: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };

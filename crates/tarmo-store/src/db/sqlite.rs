@@ -39,6 +39,17 @@ fn owner_only(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Open a database through a VFS of our own where there is one (see
+/// `super::paced`), else through SQLite's default.
+fn open_through(path: &Path, vfs: Option<&'static str>) -> Result<Connection> {
+    Ok(match vfs {
+        Some(vfs) => {
+            Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)?
+        }
+        None => Connection::open(path)?,
+    })
+}
+
 pub struct SqliteBackend {
     path: PathBuf,
     keyring: PathBuf,
@@ -112,14 +123,7 @@ impl SqliteBackend {
     pub fn connect(&self) -> Result<SqliteConn> {
         // Each commit's log frames gathered into one write (see
         // `super::paced`).
-        let c = match super::paced::log_name() {
-            Some(vfs) => Connection::open_with_flags_and_vfs(
-                &self.path,
-                rusqlite::OpenFlags::default(),
-                vfs,
-            )?,
-            None => Connection::open(&self.path)?,
-        };
+        let c = open_through(&self.path, super::paced::log_name())?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: the WAL is fsynced at every commit, so an acknowledged
@@ -278,12 +282,7 @@ impl Checkpointer {
         // Its checkpoints write the database file behind, a few MiB at a
         // time (see `super::paced`), so that flushes beside one are not
         // queued behind all of it.
-        let c = match super::paced::name() {
-            Some(vfs) => {
-                Connection::open_with_flags_and_vfs(db, rusqlite::OpenFlags::default(), vfs)?
-            }
-            None => Connection::open(db)?,
-        };
+        let c = open_through(Path::new(db), super::paced::name())?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
