@@ -211,6 +211,7 @@ conformance!(
     a_cmp_string_never_lifts_a_refusal_made_by_a_proven_act,
     segments_follow_events_consent_time_and_erasure,
     columnar_counts_agree_with_membership_through_erasure_and_reuse,
+    what_commits_between_a_ticks_halves_counts_once,
     an_audience_sync_of_more_than_a_page_of_members_takes_them_all,
     bad_segment_definitions_are_refused_and_nothing_is_saved,
     audiences_carry_only_hashes_of_people_allowed_now_and_removals,

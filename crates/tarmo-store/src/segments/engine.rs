@@ -658,7 +658,40 @@ struct State {
     /// The facts are being read again, or a read failed part way: nothing
     /// is answered from them until a read completes (the next tick tries).
     stale: bool,
+    /// What the ticks' gathers found for the next [`SegmentEngine::follow`].
+    pending: Pending,
+    /// Moved by everything that changes the facts, the needs or the
+    /// cursors other than a gather: a page read without the state is
+    /// applied only if this did not move meanwhile.
+    generation: u64,
 }
+
+/// People the events read since the last [`SegmentEngine::follow`]
+/// concern, by what they need.
+#[derive(Default)]
+struct Pending {
+    /// Whose answers may have changed (an event of theirs was added).
+    dirty: HashSet<ProfileId>,
+    /// Whom the engine does not hold yet (or who must be read whole).
+    reload: HashSet<ProfileId>,
+    /// Whose traits or identifiers may have changed (an identify).
+    refresh: HashSet<ProfileId>,
+    /// Whose consent may have changed (a ledger entry).
+    consent: HashSet<ProfileId>,
+}
+
+/// An event as a gather read it, opened, before it is applied.
+enum Seen {
+    /// A track, with its name and the properties some rule reads, if any
+    /// rule reads events of its name.
+    Track(ProfileId, i64, Option<(String, Props)>),
+    /// Any other kind: the person's traits or identifiers may have changed.
+    Other(ProfileId),
+}
+
+/// Events a gather reads, opens and applies at a time: the state is held
+/// only to apply them (a fraction of a millisecond for this many).
+const GATHER: i64 = 500;
 
 /// A membership change to record.
 #[derive(Debug, Clone)]
@@ -788,12 +821,33 @@ impl SegmentEngine {
         self.stopped.load(Ordering::Relaxed)
     }
 
+    /// The first half of a tick alone (the events and consent decisions
+    /// read and applied), for the tests of what may commit between it and
+    /// the second.
+    #[doc(hidden)]
+    pub fn tick_gather(&self) -> Result<()> {
+        self.gather()
+    }
+
+    /// The second half of a tick alone (the people the gathers noted read
+    /// and taken in), for the same tests.
+    #[doc(hidden)]
+    pub fn tick_read_people(&self) -> Result<()> {
+        self.read_people()
+    }
+
     /// Take in everything committed since the last look and move the people
     /// concerned, and those whose time came. Returns the changes recorded.
+    /// The reading (events, people, consent) is done without holding the
+    /// state ([`SegmentEngine::gather`], [`SegmentEngine::read_people`]);
+    /// the state is held to take each page in and to decide the people
+    /// concerned.
     pub fn tick(&self) -> Result<usize> {
+        self.gather()?;
+        self.read_people()?;
         let (changes, writing) = {
             let mut st = self.lock();
-            let changes = self.follow(&mut st, crate::now_ms())?;
+            let changes = self.follow_with(&mut st, crate::now_ms(), true)?;
             (
                 changes,
                 self.writing.lock().unwrap_or_else(|e| e.into_inner()),
@@ -805,13 +859,95 @@ impl SegmentEngine {
         Ok(n)
     }
 
-    /// Take in what committed since the last look and evaluate the people
-    /// concerned; the membership changes to record.
-    fn follow(&self, st: &mut State, now: i64) -> Result<Vec<Change>> {
+    /// Read the events committed since the last look, a page at a time,
+    /// without holding the state: only applying a page takes it, so a
+    /// reader of membership (a profile view, a lookup) waits for that, not
+    /// for the reading and opening of thousands of events while ingestion
+    /// runs. Whom the events concern is left in `pending` for the next
+    /// [`SegmentEngine::follow`], which does the rest under the state as
+    /// before. A page read while something else changed the state (a
+    /// definition, a catch-up of its own) is dropped: `follow` reads it.
+    fn gather(&self) -> Result<()> {
         let mut conn = self.store.conn()?;
-        let mut dirty: HashSet<ProfileId> = HashSet::new();
-        let mut reload: HashSet<ProfileId> = HashSet::new();
-        let mut refresh: HashSet<ProfileId> = HashSet::new();
+        loop {
+            let (generation, mut cursor, needs) = {
+                let st = self.lock();
+                if st.stale {
+                    return Ok(());
+                }
+                (st.generation, st.cursors.event.clone(), st.needs.clone())
+            };
+            let (rows, full) = cursor.poll(
+                &mut *conn,
+                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
+                GATHER,
+                crate::now_ms(),
+            )?;
+            let mut seen = Vec::with_capacity(rows.len());
+            for r in rows {
+                let profile = ProfileId(r.int(1)?);
+                seen.push(if r.text(3)? == "track" {
+                    let opened =
+                        self.open_event(&mut *conn, &needs, ProfileId(r.int(2)?), &r.sealed(5)?)?;
+                    Seen::Track(profile, r.int(4)?, opened)
+                } else {
+                    Seen::Other(profile)
+                });
+            }
+            let mut st = self.lock();
+            if st.generation != generation {
+                return Ok(());
+            }
+            st.cursors.event = cursor;
+            let State { facts, pending, .. } = &mut *st;
+            for e in seen {
+                apply_seen(facts, pending, e);
+            }
+            drop(st);
+            if !full {
+                break;
+            }
+        }
+        // Consent decisions: whose consent to read again.
+        loop {
+            let (generation, after) = {
+                let st = self.lock();
+                (st.generation, st.cursors.ledger)
+            };
+            let rows = conn.query(
+                "SELECT seq, profile_id FROM consent_ledger WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[P::Int(after), P::Int(GATHER)],
+            )?;
+            let mut st = self.lock();
+            if st.generation != generation {
+                return Ok(());
+            }
+            let n = rows.len() as i64;
+            for r in rows {
+                st.cursors.ledger = r.int(0)?;
+                let profile = ProfileId(r.int(1)?);
+                let State { facts, pending, .. } = &mut *st;
+                mark_consent(facts, pending, profile);
+            }
+            if n < GATHER {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Take in what committed since the last look (and what the gathers
+    /// left pending) and evaluate the people concerned; the membership
+    /// changes to record.
+    fn follow(&self, st: &mut State, now: i64) -> Result<Vec<Change>> {
+        self.follow_with(st, now, false)
+    }
+
+    /// [`SegmentEngine::follow`]; with `gathered`, the events and consent
+    /// decisions are left to the ticks' gathers (one ran just before).
+    fn follow_with(&self, st: &mut State, now: i64, gathered: bool) -> Result<Vec<Change>> {
+        st.generation += 1;
+        let mut conn = self.store.conn()?;
+        let mut pending = std::mem::take(&mut st.pending);
         let mut changes = Vec::new();
         if st.stale {
             // An earlier read of everyone failed part way: read again, and
@@ -829,7 +965,7 @@ impl SegmentEngine {
             st.stock = StockSnapshot::load(&mut *conn)?;
             st.stock_version = version;
             if st.needs.stock {
-                dirty.extend(st.facts.profiles());
+                pending.dirty.extend(st.facts.profiles());
             }
         }
 
@@ -847,10 +983,10 @@ impl SegmentEngine {
             }
             let (into, from) = (r.int(1)?, r.int(2)?);
             changes.extend(forget(st, ProfileId(from), now));
-            reload.insert(ProfileId(into));
+            pending.reload.insert(ProfileId(into));
         }
         // New events.
-        loop {
+        while !gathered {
             let (rows, full) = st.cursors.event.poll(
                 &mut *conn,
                 "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
@@ -859,46 +995,42 @@ impl SegmentEngine {
             )?;
             for r in rows {
                 let profile = ProfileId(r.int(1)?);
-                if reload.contains(&profile) {
-                    continue;
-                }
-                let Some((i, _)) = st.facts.get(profile) else {
-                    reload.insert(profile);
-                    continue;
+                let e = if r.text(3)? == "track" {
+                    let opened = self.open_event(
+                        &mut *conn,
+                        &st.needs,
+                        ProfileId(r.int(2)?),
+                        &r.sealed(5)?,
+                    )?;
+                    Seen::Track(profile, r.int(4)?, opened)
+                } else {
+                    Seen::Other(profile)
                 };
-                if r.text(3)? != "track" {
-                    // Traits and identifiers may have changed; the events
-                    // the engine keeps have not.
-                    refresh.insert(profile);
-                    continue;
-                }
-                let Some((name, props)) =
-                    self.open_event(&mut *conn, &st.needs, ProfileId(r.int(2)?), &r.sealed(5)?)?
-                else {
-                    continue;
-                };
-                if let Some(t) = st.facts.table(&name) {
-                    st.facts.add_event(i, t, r.int(4)?, props);
-                    dirty.insert(profile);
-                }
+                apply_seen(&mut st.facts, &mut pending, e);
             }
             if !full {
                 break;
             }
         }
         // Consent decisions.
-        let rows = conn.query(
-            "SELECT seq, profile_id FROM consent_ledger WHERE seq > $1 ORDER BY seq",
-            &[P::Int(st.cursors.ledger)],
-        )?;
+        let rows = if gathered {
+            Vec::new()
+        } else {
+            conn.query(
+                "SELECT seq, profile_id FROM consent_ledger WHERE seq > $1 ORDER BY seq",
+                &[P::Int(st.cursors.ledger)],
+            )?
+        };
         for r in rows {
             st.cursors.ledger = r.int(0)?;
-            let profile = ProfileId(r.int(1)?);
-            if st.facts.contains(profile) && !reload.contains(&profile) {
+            mark_consent(&st.facts, &mut pending, ProfileId(r.int(1)?));
+        }
+        for profile in std::mem::take(&mut pending.consent) {
+            if st.facts.contains(profile) && !pending.reload.contains(&profile) {
                 load_consent(&mut *conn, profile, &st.needs, &mut st.facts)?;
-                dirty.insert(profile);
+                pending.dirty.insert(profile);
             } else {
-                reload.insert(profile);
+                pending.reload.insert(profile);
             }
         }
         // Erasures and rectifications.
@@ -909,29 +1041,35 @@ impl SegmentEngine {
             clock,
         )?;
         for r in rows {
-            reload.insert(ProfileId(r.int(1)?));
+            pending.reload.insert(ProfileId(r.int(1)?));
         }
-        for profile in refresh {
-            if reload.contains(&profile) {
+        for profile in pending.refresh {
+            if pending.reload.contains(&profile) {
                 continue;
             }
             match st.facts.contains(profile) {
                 true => {
                     if self.refresh_person(&mut *conn, &st.needs, profile, &mut st.facts)? {
-                        dirty.insert(profile);
+                        pending.dirty.insert(profile);
                     } else {
                         changes.extend(forget(st, profile, now));
                     }
                 }
                 false => {
-                    reload.insert(profile);
+                    pending.reload.insert(profile);
                 }
             }
         }
-        for profile in reload {
-            match self.load_person(&mut *conn, &st.needs, &mut st.facts, profile)? {
+        for profile in pending.reload {
+            match self.load_person(
+                &mut *conn,
+                &st.needs,
+                &mut st.facts,
+                profile,
+                st.cursors.event.high(),
+            )? {
                 true => {
-                    dirty.insert(profile);
+                    pending.dirty.insert(profile);
                 }
                 false => changes.extend(forget(st, profile, now)),
             }
@@ -943,12 +1081,12 @@ impl SegmentEngine {
             }
             st.wake.pop_first();
             st.wake_of.remove(&p);
-            dirty.insert(p);
+            pending.dirty.insert(p);
         }
         if now / DAY_MS != st.quintiles_day {
             self.recompute_quintiles(st, now);
             // Scores moved for everyone.
-            dirty.extend(st.facts.profiles());
+            pending.dirty.extend(st.facts.profiles());
             // Touches older than a day have been read by every engine that runs.
             let before = now - DAY_MS;
             self.writer.transact_blocking(move |ctx| {
@@ -960,7 +1098,7 @@ impl SegmentEngine {
             })?;
         }
         drop(conn);
-        let dirty: Vec<ProfileId> = dirty.into_iter().collect();
+        let dirty: Vec<ProfileId> = pending.dirty.into_iter().collect();
         changes.extend(self.evaluate_people(st, &dirty, now)?);
         Ok(changes)
     }
@@ -1122,6 +1260,7 @@ impl SegmentEngine {
         // so no one reads the empty facts; a read that fails part way
         // leaves them stale, and the next tick reads again.
         st.facts = FactStore::default();
+        st.generation += 1;
         release_freed_memory();
         st.stale = true;
         let mut conn = self.store.conn()?;
@@ -1245,6 +1384,7 @@ impl SegmentEngine {
     /// Make sure the facts cover `needs`: a new purpose costs one query per
     /// purpose; new events, properties or traits mean reading everyone again.
     fn cover(&self, st: &mut State, needs: Needs) -> Result<()> {
+        st.generation += 1;
         if st.needs.covers(&needs) {
             st.needs = needs;
             return Ok(());
@@ -1344,15 +1484,55 @@ impl SegmentEngine {
         id: ProfileId,
         fs: &mut FactStore,
     ) -> Result<bool> {
+        Ok(match self.read_person(conn, needs, id, None)? {
+            Some(read) => {
+                take_person(fs, id, read);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Read one person's facts into `fs`, with their events up to the
+    /// cursor's (those after it are the cursor's to hand out); `false`
+    /// (and nothing changed) when the profile is gone or merged.
+    fn load_person(
+        &self,
+        conn: &mut dyn Conn,
+        needs: &Needs,
+        fs: &mut FactStore,
+        id: ProfileId,
+        through: i64,
+    ) -> Result<bool> {
+        Ok(match self.read_person(conn, needs, id, Some(through))? {
+            Some(read) => {
+                take_person(fs, id, read);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Read a person from the store without touching the facts: their
+    /// traits and identifier kinds, and with `whole` (the last event id to
+    /// read) also their events and consent. `None` when the profile is gone
+    /// or merged.
+    fn read_person(
+        &self,
+        conn: &mut dyn Conn,
+        needs: &Needs,
+        id: ProfileId,
+        whole: Option<i64>,
+    ) -> Result<Option<ReadPerson>> {
         let Some(r) = conn.query_opt(
             "SELECT merged_into, traits FROM profiles WHERE id = $1",
             &[P::Int(id.0)],
         )?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         if r.opt_int(0)?.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         let traits = match r.opt_sealed(1)? {
             Some(sealed) if !needs.traits.is_empty() => {
@@ -1365,73 +1545,115 @@ impl SegmentEngine {
             "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
             &[P::Int(id.0)],
         )? {
-            kinds.push(fs.kind_id(&r.text(0)?));
+            kinds.push(r.text(0)?);
         }
-        if let Some(p) = fs.get_mut(id) {
-            if let Some(t) = traits {
-                p.set_traits(t);
+        let whole = match whole {
+            None => None,
+            Some(through) => {
+                let mut events = Vec::new();
+                let tracks = if needs.events.is_empty() {
+                    Vec::new()
+                } else {
+                    conn.query(
+                        "SELECT key_owner, ts_ms, body FROM events
+                         WHERE profile_id = $1 AND id <= $2 AND kind = 'track' ORDER BY id",
+                        &[P::Int(id.0), P::Int(through)],
+                    )?
+                };
+                for r in tracks {
+                    if let Some((name, props)) =
+                        self.open_event(conn, needs, ProfileId(r.int(0)?), &r.sealed(2)?)?
+                    {
+                        events.push((name, r.int(1)?, props));
+                    }
+                }
+                Some(Whole {
+                    events,
+                    consent: read_consent(conn, id, needs)?,
+                })
             }
-            p.set_kinds(kinds);
-        }
-        Ok(true)
+        };
+        Ok(Some(ReadPerson {
+            traits,
+            kinds,
+            whole,
+        }))
     }
 
-    /// Read one person's facts into `fs`; `false` (and nothing changed)
-    /// when the profile is gone or merged.
-    fn load_person(
-        &self,
-        conn: &mut dyn Conn,
-        needs: &Needs,
-        fs: &mut FactStore,
-        id: ProfileId,
-    ) -> Result<bool> {
-        let Some(r) = conn.query_opt(
-            "SELECT merged_into, traits FROM profiles WHERE id = $1",
-            &[P::Int(id.0)],
-        )?
-        else {
-            return Ok(false);
+    /// Read, without holding the state, the people the gathers left to
+    /// read again (after an identify) or whole (new to the engine), and
+    /// take them in under it, unless something else changed the state
+    /// meanwhile (then `follow` reads them). Those gone or merged are left
+    /// for `follow`, which lets them go.
+    fn read_people(&self) -> Result<()> {
+        let (generation, needs, through, refresh, reload, consent) = {
+            let st = self.lock();
+            if st.stale {
+                return Ok(());
+            }
+            let p = &st.pending;
+            let refresh: Vec<ProfileId> = p
+                .refresh
+                .iter()
+                .filter(|id| !p.reload.contains(id))
+                .copied()
+                .collect();
+            let reload: Vec<ProfileId> = p.reload.iter().copied().collect();
+            let consent: Vec<ProfileId> = p
+                .consent
+                .iter()
+                .filter(|id| !p.reload.contains(id))
+                .copied()
+                .collect();
+            (
+                st.generation,
+                st.needs.clone(),
+                st.cursors.event.high(),
+                refresh,
+                reload,
+                consent,
+            )
         };
-        if r.opt_int(0)?.is_some() {
-            return Ok(false);
+        if refresh.is_empty() && reload.is_empty() && consent.is_empty() {
+            return Ok(());
         }
-        let mut p = Person::default();
-        if !needs.traits.is_empty()
-            && let Some(sealed) = r.opt_sealed(1)?
-        {
-            p.set_traits(self.open_traits(conn, id, &sealed, needs)?);
+        let mut conn = self.store.conn()?;
+        let mut read = Vec::with_capacity(refresh.len() + reload.len());
+        for id in refresh {
+            read.push((id, self.read_person(&mut *conn, &needs, id, None)?));
         }
-        let mut kinds = Vec::new();
-        for r in conn.query(
-            "SELECT DISTINCT kind FROM identifiers WHERE profile_id = $1",
-            &[P::Int(id.0)],
-        )? {
-            kinds.push(fs.kind_id(&r.text(0)?));
+        for id in reload {
+            read.push((id, self.read_person(&mut *conn, &needs, id, Some(through))?));
         }
-        p.set_kinds(kinds);
-        let mut events = Vec::new();
-        let tracks = if needs.events.is_empty() {
-            Vec::new()
-        } else {
-            conn.query(
-                "SELECT key_owner, ts_ms, body FROM events WHERE profile_id = $1 AND kind = 'track' ORDER BY id",
-                &[P::Int(id.0)],
-            )?
-        };
-        for r in tracks {
-            if let Some((name, props)) =
-                self.open_event(conn, needs, ProfileId(r.int(0)?), &r.sealed(2)?)?
-                && let Some(t) = fs.table(&name)
-            {
-                events.push((t, r.int(1)?, props));
+        let mut consents = Vec::with_capacity(consent.len());
+        for id in consent {
+            consents.push((id, read_consent(&mut *conn, id, &needs)?));
+        }
+        drop(conn);
+        let mut st = self.lock();
+        if st.generation != generation {
+            return Ok(());
+        }
+        let State { facts, pending, .. } = &mut *st;
+        for (id, r) in read {
+            let Some(r) = r else { continue };
+            if r.whole.is_some() {
+                pending.reload.remove(&id);
+            } else if facts.contains(id) {
+                pending.refresh.remove(&id);
+            } else {
+                continue;
+            }
+            take_person(facts, id, r);
+            pending.dirty.insert(id);
+        }
+        for (id, c) in consents {
+            if facts.contains(id) && !pending.reload.contains(&id) && pending.consent.remove(&id) {
+                take_consent(facts, id, c);
+                pending.dirty.insert(id);
             }
         }
-        let i = fs.put(id, p);
-        for (t, ts, props) in events {
-            fs.add_event(i, t, ts, props);
-        }
-        load_consent(conn, id, needs, fs)?;
-        Ok(true)
+        Ok(())
     }
 
     // ------------------------------------------------------------ the API
@@ -1492,6 +1714,7 @@ impl SegmentEngine {
         st.defs.retain(|d| d.id != id);
         st.members.remove(id);
         st.needs = Needs::of(&st.defs, &self.cfg);
+        st.generation += 1;
         Ok(existed)
     }
 
@@ -1853,6 +2076,44 @@ fn history(
 
 /// A person who is gone (erased, or merged into another): out of memory and
 /// out of every segment.
+/// Note a person whose consent changed: read again, or whole.
+fn mark_consent(facts: &FactStore, pending: &mut Pending, profile: ProfileId) {
+    if facts.contains(profile) && !pending.reload.contains(&profile) {
+        pending.consent.insert(profile);
+    } else {
+        pending.reload.insert(profile);
+    }
+}
+
+/// Take one event read into the facts, or note whom it concerns.
+fn apply_seen(facts: &mut FactStore, pending: &mut Pending, e: Seen) {
+    let profile = match e {
+        Seen::Track(p, ..) | Seen::Other(p) => p,
+    };
+    if pending.reload.contains(&profile) {
+        // Read whole later, with this event.
+        return;
+    }
+    let Some((i, _)) = facts.get(profile) else {
+        pending.reload.insert(profile);
+        return;
+    };
+    match e {
+        // Traits and identifiers may have changed; the events the engine
+        // keeps have not.
+        Seen::Other(_) => {
+            pending.refresh.insert(profile);
+        }
+        Seen::Track(_, ts, Some((name, props))) => {
+            if let Some(t) = facts.table(&name) {
+                facts.add_event(i, t, ts, props);
+                pending.dirty.insert(profile);
+            }
+        }
+        Seen::Track(_, _, None) => {}
+    }
+}
+
 fn forget(st: &mut State, profile: ProfileId, now: i64) -> Vec<Change> {
     st.facts.remove(profile);
     if let Some(t) = st.wake_of.remove(&profile) {
@@ -1873,20 +2134,82 @@ fn load_consent(
     needs: &Needs,
     fs: &mut FactStore,
 ) -> Result<()> {
+    let read = read_consent(conn, id, needs)?;
+    take_consent(fs, id, read);
+    Ok(())
+}
+
+/// A person's consent by purpose (the purposes some rule reads) and
+/// restrictions, as read from the store.
+type ReadConsent = (Vec<(String, ConsentState)>, ProfileFlags);
+
+fn read_consent(conn: &mut dyn Conn, id: ProfileId, needs: &Needs) -> Result<ReadConsent> {
     let mut consent = Vec::new();
     for purpose in &needs.purposes {
         if let crate::consent::Subject::Known(_, Some(state), _) =
             crate::consent::subject_by_id(conn, id, &crate::consent::purpose_id(purpose)?)?
         {
-            consent.push((fs.purpose_id(purpose), state));
+            consent.push((purpose.clone(), state));
         }
     }
-    let flags = crate::consent::flags(conn, id)?;
+    Ok((consent, crate::consent::flags(conn, id)?))
+}
+
+fn take_consent(fs: &mut FactStore, id: ProfileId, (consent, flags): ReadConsent) {
+    let consent: Vec<(u16, ConsentState)> = consent
+        .into_iter()
+        .map(|(purpose, state)| (fs.purpose_id(&purpose), state))
+        .collect();
     if let Some(p) = fs.get_mut(id) {
         p.consent = consent.into_boxed_slice();
         p.set_flags(flags);
     }
-    Ok(())
+}
+
+/// A person as read from the store ([`SegmentEngine::read_person`]),
+/// before it is taken into the facts.
+struct ReadPerson {
+    /// `None`: none some rule reads (or none at all); kept as they were.
+    traits: Option<Map<String, Value>>,
+    kinds: Vec<String>,
+    /// For a person read whole: what replaces all the engine held.
+    whole: Option<Whole>,
+}
+
+struct Whole {
+    /// Tracks some rule reads: name, time, properties, in order.
+    events: Vec<(String, i64, Props)>,
+    consent: ReadConsent,
+}
+
+/// Take a person read into the facts: a person read whole replaces what
+/// was held; otherwise their traits and kinds are set again.
+fn take_person(fs: &mut FactStore, id: ProfileId, read: ReadPerson) {
+    let kinds: Vec<u16> = read.kinds.iter().map(|k| fs.kind_id(k)).collect();
+    match read.whole {
+        Some(whole) => {
+            let mut p = Person::default();
+            if let Some(t) = read.traits {
+                p.set_traits(t);
+            }
+            p.set_kinds(kinds);
+            let i = fs.put(id, p);
+            for (name, ts, props) in whole.events {
+                if let Some(t) = fs.table(&name) {
+                    fs.add_event(i, t, ts, props);
+                }
+            }
+            take_consent(fs, id, whole.consent);
+        }
+        None => {
+            if let Some(p) = fs.get_mut(id) {
+                if let Some(t) = read.traits {
+                    p.set_traits(t);
+                }
+                p.set_kinds(kinds);
+            }
+        }
+    }
 }
 
 fn add_kind(fs: &mut FactStore, id: ProfileId, k: u16) {

@@ -693,3 +693,85 @@ pub fn audiences_carry_only_hashes_of_people_allowed_now_and_removals(h: &Harnes
     );
     let _ = (u2, u4);
 }
+
+/// A tick reads without holding the engine's state, in two halves: the
+/// events (a person new to the engine is noted, to be read whole), then
+/// the people noted. An order that commits between the halves is in the
+/// store when the person is read whole, and the cursor hands it out
+/// again at the next tick: it must count once. So must consent given
+/// between the halves, and everything must agree with an engine that
+/// read the store afresh.
+pub fn what_commits_between_a_ticks_halves_counts_once(h: &Harness) {
+    let engine = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    let at_least = |n: u32| SegmentDef {
+        rule: text::parse(&format!(
+            r#"event "Order Completed" in 365d count >= {n} and consent(email_marketing, email)"#
+        ))
+        .unwrap(),
+        ..def(
+            &format!("orders_{n}"),
+            "email_marketing",
+            json!({"identifier": "email"}),
+        )
+    };
+    for n in [3, 4] {
+        engine.put(at_least(n)).unwrap();
+    }
+
+    // Eve and Finn are new to the engine; Gus it holds already.
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "gus", "traits": {"email": "gus@example.fi"}}),
+        order("gus", 10.0, 3.0),
+        order("gus", 10.0, 2.0),
+    ]);
+    engine.tick().unwrap();
+    let gus = h.lookup("user_id", "gus").unwrap();
+    consent(h, gus, "email_marketing", ConsentDecision::Granted);
+    engine.tick().unwrap();
+    h.ingest(vec![
+        json!({"type": "identify", "userId": "eve", "traits": {"email": "eve@example.fi"}}),
+        order("eve", 10.0, 3.0),
+        order("eve", 10.0, 2.0),
+        json!({"type": "identify", "userId": "finn", "traits": {"email": "finn@example.fi"}}),
+        order("finn", 10.0, 3.0),
+        order("finn", 10.0, 2.0),
+        order("finn", 10.0, 1.0),
+    ]);
+    let eve = h.lookup("user_id", "eve").unwrap();
+    let finn = h.lookup("user_id", "finn").unwrap();
+    consent(h, eve, "email_marketing", ConsentDecision::Granted);
+
+    engine.tick_gather().unwrap();
+    // Between the halves: Eve's and Gus's third orders, Finn's consent.
+    h.ingest(vec![order("eve", 10.0, 1.0), order("gus", 10.0, 1.0)]);
+    consent(h, finn, "email_marketing", ConsentDecision::Granted);
+    engine.tick_read_people().unwrap();
+    engine.tick().unwrap();
+    engine.tick().unwrap();
+
+    let mut three = vec![eve, finn, gus];
+    three.sort();
+    assert_eq!(members(&engine, "orders_3"), three, "three orders each");
+    assert_eq!(
+        members(&engine, "orders_4"),
+        Vec::<ProfileId>::new(),
+        "no order counted twice"
+    );
+    assert_eq!(stored_members(h, "orders_3"), three);
+    assert_eq!(stored_members(h, "orders_4"), Vec::<ProfileId>::new());
+
+    // An engine that reads the store afresh agrees.
+    let fresh = SegmentEngine::start(
+        h.store.clone(),
+        h.writer.clone(),
+        LifecycleConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(members(&fresh, "orders_3"), three);
+    assert_eq!(members(&fresh, "orders_4"), Vec::<ProfileId>::new());
+}
