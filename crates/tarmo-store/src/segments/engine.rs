@@ -986,7 +986,8 @@ impl SegmentEngine {
             pending.reload.insert(ProfileId(into));
         }
         // New events.
-        while !gathered {
+        let mut more = !gathered;
+        while more {
             let (rows, full) = st.cursors.event.poll(
                 &mut *conn,
                 "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
@@ -1008,9 +1009,7 @@ impl SegmentEngine {
                 };
                 apply_seen(&mut st.facts, &mut pending, e);
             }
-            if !full {
-                break;
-            }
+            more = full;
         }
         // Consent decisions.
         let rows = if gathered {
