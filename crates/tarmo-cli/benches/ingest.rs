@@ -176,10 +176,52 @@ fn main() {
             })
         })
         .collect();
+    // Lookups by email while the burst runs, one every 20 ms, of customers
+    // whose identify was already sent: a profile view during ingestion
+    // (it reads the segment engine's state, which the engine's ticks take).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during = {
+        let (next, done, base, admin) = (next.clone(), done.clone(), base.clone(), admin.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let (mut found, mut missing) = (Vec::new(), 0u64);
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                // Identifies in the batches at least 2 s old at this rate.
+                let sent = next.load(Ordering::Relaxed).saturating_sub(clients * 4) * 100;
+                let identifies = sent / identify_every;
+                if identifies == 0 {
+                    continue;
+                }
+                i += 1;
+                let c = customer(((i * 7919) % identifies) * identify_every, customers);
+                let t = Instant::now();
+                let r = agent
+                    .get(format!(
+                        "{base}/api/v1/profiles/lookup?type=email&value=customer{c}%40example.com"
+                    ))
+                    .header("Authorization", &format!("Bearer {admin}"))
+                    .call()
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 => found.push(t.elapsed().as_secs_f64() * 1000.0),
+                    404 => missing += 1,
+                    other => panic!("lookup answered {other}"),
+                }
+            }
+            (found, missing)
+        })
+    };
     for t in threads {
         t.join().unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let (mut found, missing) = during.join().unwrap();
     let mut l = lat.lock().unwrap().clone();
     let ingest_rate = (batches * 100) as f64 / secs;
     println!(
@@ -192,6 +234,15 @@ fn main() {
         pct(&mut l, 0.5),
         pct(&mut l, 0.99)
     );
+    if !found.is_empty() {
+        println!(
+            "lookup by email over HTTP during ingestion: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} found, {missing} without an email)",
+            pct(&mut found, 0.5),
+            pct(&mut found, 0.99),
+            pct(&mut found, 1.0),
+            found.len()
+        );
+    }
 
     // Lookup by email over HTTP.
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -300,6 +351,24 @@ fn main() {
         commit_s * 100.0 / secs,
         flush_s * 1000.0 / flushes.max(1.0),
     );
+    // How long the segment engine's ticks held its state at a time (a
+    // profile view or lookup waits for it): holds, in all, and how many
+    // over 10 ms.
+    let (held_s, holds) = sum_count("tarmo_segment_engine_held_seconds");
+    let under_10ms = metrics
+        .lines()
+        .find(|l| l.starts_with("tarmo_segment_engine_held_seconds_bucket{le=\"0.01\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if holds > 0.0 {
+        println!(
+            "segment engine: held its state {holds:.0} times, {:.2} s in all ({:.1} % of the burst's time), {:.0} times over 10 ms",
+            held_s,
+            held_s * 100.0 / secs,
+            holds - under_10ms
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     for mut c in children {

@@ -493,6 +493,7 @@ async fn metrics_route(State(s): State<Arc<AppState>>, _p: auth::Principal) -> i
     let mut out = String::with_capacity(8192);
     s.metrics.render(&mut out);
     s.store.metrics.render(&mut out);
+    s.segments.render_metrics(&mut out);
     let svc = s.svc.clone();
     let (counts, overdue) =
         match blocking(move || tarmo_store::service::probes::backlog(&svc)).await {

@@ -41,6 +41,7 @@ use crate::consent::Catalog;
 use crate::crypto::person;
 use crate::cursor::{self, Cursor};
 use crate::imports::catalog::{STOCK_VERSION, StockSnapshot, StoreHints};
+use crate::metrics::{Histogram, LATENCY_BUCKETS};
 use crate::vault::{Place, Sealed};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, Store};
@@ -714,6 +715,9 @@ pub struct SegmentEngine {
     stopped: AtomicBool,
     /// How long the initial load took.
     pub loaded_in: Mutex<Duration>,
+    /// How long a tick held the state at a time (a page taken in, the
+    /// people decided): what a reader of membership may wait.
+    held: Histogram,
 }
 
 #[derive(Deserialize)]
@@ -752,6 +756,7 @@ impl SegmentEngine {
             writing: Mutex::new(()),
             stopped: AtomicBool::new(false),
             loaded_in: Mutex::new(Duration::ZERO),
+            held: Histogram::new(LATENCY_BUCKETS),
         });
         {
             let mut st = engine.lock();
@@ -813,6 +818,15 @@ impl SegmentEngine {
         }
     }
 
+    /// Prometheus text: how long the ticks held the state at a time.
+    pub fn render_metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP tarmo_segment_engine_held_seconds Time a tick of the segment engine held its state at a time (a page of events taken in, the people concerned decided); profile views and lookups wait for it.\n# TYPE tarmo_segment_engine_held_seconds histogram\n",
+        );
+        self.held
+            .render(out, "tarmo_segment_engine_held_seconds", "");
+    }
+
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
     }
@@ -847,11 +861,12 @@ impl SegmentEngine {
         self.read_people()?;
         let (changes, writing) = {
             let mut st = self.lock();
+            let held = Instant::now();
             let changes = self.follow_with(&mut st, crate::now_ms(), true)?;
-            (
-                changes,
-                self.writing.lock().unwrap_or_else(|e| e.into_inner()),
-            )
+            let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            drop(st);
+            self.held.observe(held.elapsed());
+            (changes, writing)
         };
         let n = changes.len();
         self.write(changes)?;
@@ -895,6 +910,7 @@ impl SegmentEngine {
                 });
             }
             let mut st = self.lock();
+            let held = Instant::now();
             if st.generation != generation {
                 return Ok(());
             }
@@ -904,6 +920,7 @@ impl SegmentEngine {
                 apply_seen(facts, pending, e);
             }
             drop(st);
+            self.held.observe(held.elapsed());
             if !full {
                 break;
             }
@@ -919,6 +936,7 @@ impl SegmentEngine {
                 &[P::Int(after), P::Int(GATHER)],
             )?;
             let mut st = self.lock();
+            let held = Instant::now();
             if st.generation != generation {
                 return Ok(());
             }
@@ -929,6 +947,8 @@ impl SegmentEngine {
                 let State { facts, pending, .. } = &mut *st;
                 mark_consent(facts, pending, profile);
             }
+            drop(st);
+            self.held.observe(held.elapsed());
             if n < GATHER {
                 return Ok(());
             }
@@ -1630,6 +1650,7 @@ impl SegmentEngine {
         }
         drop(conn);
         let mut st = self.lock();
+        let held = Instant::now();
         if st.generation != generation {
             return Ok(());
         }
@@ -1652,6 +1673,8 @@ impl SegmentEngine {
                 pending.dirty.insert(id);
             }
         }
+        drop(st);
+        self.held.observe(held.elapsed());
         Ok(())
     }
 
