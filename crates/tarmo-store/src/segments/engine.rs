@@ -36,7 +36,7 @@ use tarmo_core::segments::{
 };
 
 use super::SegmentDef;
-use crate::conn::{Conn, P, ProfileId};
+use crate::conn::{Conn, P, ProfileId, Row};
 use crate::consent::Catalog;
 use crate::crypto::person;
 use crate::cursor::{self, Cursor};
@@ -690,6 +690,9 @@ enum Seen {
     Other(ProfileId),
 }
 
+/// The events a tick follows, as [`SegmentEngine::seen`] reads them.
+const EVENT_ROWS: &str = "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events";
+
 /// Events a gather reads, opens and applies at a time: the state is held
 /// only to apply them (a fraction of a millisecond for this many).
 const GATHER: i64 = 500;
@@ -892,23 +895,11 @@ impl SegmentEngine {
                 }
                 (st.generation, st.cursors.event.clone(), st.needs.clone())
             };
-            let (rows, full) = cursor.poll(
-                &mut *conn,
-                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
-                GATHER,
-                crate::now_ms(),
-            )?;
-            let mut seen = Vec::with_capacity(rows.len());
-            for r in rows {
-                let profile = ProfileId(r.int(1)?);
-                seen.push(if r.text(3)? == "track" {
-                    let opened =
-                        self.open_event(&mut *conn, &needs, ProfileId(r.int(2)?), &r.sealed(5)?)?;
-                    Seen::Track(profile, r.int(4)?, opened)
-                } else {
-                    Seen::Other(profile)
-                });
-            }
+            let (rows, full) = cursor.poll(&mut *conn, EVENT_ROWS, GATHER, crate::now_ms())?;
+            let seen = rows
+                .iter()
+                .map(|r| self.seen(&mut *conn, &needs, r))
+                .collect::<Result<Vec<_>>>()?;
             let mut st = self.lock();
             let held = Instant::now();
             if st.generation != generation {
@@ -1008,25 +999,9 @@ impl SegmentEngine {
         // New events.
         let mut more = !gathered;
         while more {
-            let (rows, full) = st.cursors.event.poll(
-                &mut *conn,
-                "SELECT id, profile_id, key_owner, kind, ts_ms, body FROM events",
-                PAGE,
-                clock,
-            )?;
+            let (rows, full) = st.cursors.event.poll(&mut *conn, EVENT_ROWS, PAGE, clock)?;
             for r in rows {
-                let profile = ProfileId(r.int(1)?);
-                let e = if r.text(3)? == "track" {
-                    let opened = self.open_event(
-                        &mut *conn,
-                        &st.needs,
-                        ProfileId(r.int(2)?),
-                        &r.sealed(5)?,
-                    )?;
-                    Seen::Track(profile, r.int(4)?, opened)
-                } else {
-                    Seen::Other(profile)
-                };
+                let e = self.seen(&mut *conn, &st.needs, &r)?;
                 apply_seen(&mut st.facts, &mut pending, e);
             }
             more = full;
@@ -1492,6 +1467,18 @@ impl SegmentEngine {
             _ => Vec::new(),
         };
         Ok(Some((name, props)))
+    }
+
+    /// An event row (`id, profile_id, key_owner, kind, ts_ms, body`), a
+    /// track opened for what some rule reads.
+    fn seen(&self, conn: &mut dyn Conn, needs: &Needs, r: &Row) -> Result<Seen> {
+        let profile = ProfileId(r.int(1)?);
+        Ok(if r.text(3)? == "track" {
+            let opened = self.open_event(conn, needs, ProfileId(r.int(2)?), &r.sealed(5)?)?;
+            Seen::Track(profile, r.int(4)?, opened)
+        } else {
+            Seen::Other(profile)
+        })
     }
 
     /// Read a person's traits and identifier kinds again (after an
