@@ -225,6 +225,11 @@ struct ServeArgs {
     /// node's claim has run out (default 60).
     #[arg(long, env = "TARMO_WORK_LEASE_SECONDS")]
     work_lease_seconds: Option<u64>,
+    /// SQLite: the size of the access log's journal, in KiB, where the
+    /// record of a read is made durable before the read is answered; the
+    /// space is written once when the journal is made (default 8192).
+    #[arg(long, env = "TARMO_ACCESS_JOURNAL_KIB", value_parser = clap::value_parser!(u64).range(4..=1_048_576))]
+    access_journal_kib: Option<u64>,
 }
 
 impl From<ServeArgs> for ServeSettings {
@@ -249,6 +254,7 @@ impl From<ServeArgs> for ServeSettings {
             allow_private_webhooks: a.allow_private_webhooks,
             node_id: a.node_id,
             work_lease_seconds: a.work_lease_seconds,
+            access_journal_kib: a.access_journal_kib,
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct ServeSettings {
     /// notification) lasts; another node takes the work over once a dead
     /// node's claim has run out (default 60).
     pub work_lease_seconds: Option<u64>,
+    /// SQLite: the size of the access log's journal in KiB, where a read's
+    /// record is made durable before the read is answered (default 8192).
+    pub access_journal_kib: Option<u64>,
 }
 
 /// `tarmo.toml`. Every key is optional; flags and environment win.
@@ -207,6 +210,7 @@ impl Settings {
                 || file.allow_private_webhooks.unwrap_or(false),
             node_id: serve.node_id,
             work_lease_seconds: serve.work_lease_seconds,
+            access_journal_kib: serve.access_journal_kib,
         };
         Ok(Settings {
             data_dir: c.data_dir.clone(),

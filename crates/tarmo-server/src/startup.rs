@@ -77,7 +77,7 @@ impl Application {
             pipelined: !s.serve.sync_in_commit,
             ..WriterConfig::default()
         })?;
-        let (access, access_thread) = tarmo_store::access_log::AccessLogger::spawn(writer.clone());
+        let (access, access_thread) = access_logger(&s, &store, &writer);
         let segments = tarmo_store::segments::engine::SegmentEngine::start(
             store.clone(),
             writer.clone(),
@@ -350,5 +350,34 @@ fn retention_thread(
         stop: Some(tx),
         stopped,
         join: Some(join),
+    }
+}
+
+/// On SQLite, the access log's records are made durable in a journal of
+/// their own (a read waits for one flush of pre-written space, not for the
+/// writer's turn behind ingestion). On PostgreSQL they go to the database:
+/// a node's own file would hold the records of a node that died.
+fn access_logger(
+    s: &Settings,
+    store: &Store,
+    writer: &tarmo_store::writer::WriterHandle,
+) -> (
+    tarmo_store::access_log::AccessLogger,
+    tarmo_store::access_log::LoggerThread,
+) {
+    use tarmo_store::access_log::{AccessLogger, JOURNAL_BYTES, JOURNAL_FILE};
+    if store.backend_name() != "sqlite" {
+        return AccessLogger::spawn(writer.clone());
+    }
+    let path = s.data_dir.join(JOURNAL_FILE);
+    let bytes = s.serve.access_journal_kib.map_or(JOURNAL_BYTES, |k| k << 10);
+    match AccessLogger::spawn_journaled(writer.clone(), &path, bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            // What the old journal held stays there until a start that can
+            // copy it; reads are logged through the writer meanwhile.
+            tracing::warn!(error = %e, journal = %path.display(), "the access journal cannot be used; reads are logged through the writer");
+            AccessLogger::spawn(writer.clone())
+        }
     }
 }

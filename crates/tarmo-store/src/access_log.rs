@@ -11,8 +11,9 @@
 //! ids or how many".
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,11 @@ use crate::crypto::chain::{Chain, Link, VerifyReport};
 use crate::vault::Vault;
 use crate::writer::WriterHandle;
 use crate::{Error, Result, rfc3339};
+
+#[doc(hidden)]
+pub mod journal;
+
+pub use journal::{DEFAULT_BYTES as JOURNAL_BYTES, FILE as JOURNAL_FILE};
 
 /// One access.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,13 +182,7 @@ pub fn verify(
                 roles: Vec::new(),
                 purposes: Vec::new(),
                 route: r.text(6)?,
-                action: match action.as_str() {
-                    "read" => "read",
-                    "export" => "export",
-                    "decisions" => "decisions",
-                    "users" => "users",
-                    _ => "unknown",
-                },
+                action: journal::action(&action),
                 profiles: Vec::new(),
                 count: r.int(8)?,
             };
@@ -266,13 +266,17 @@ pub fn recent(conn: &mut dyn Conn, limit: i64) -> Result<Vec<AccessView>> {
 
 type Done = Sender<Result<()>>;
 
-/// Appends records through the writer, many to a transaction. `record`
-/// waits until the record is durable; `count` adds to an in-memory tally
-/// flushed every few seconds and at shutdown.
+/// Appends records, many to a transaction. `record` waits until the record
+/// is durable: in the journal on the embedded store
+/// ([`AccessLogger::spawn_journaled`]), otherwise in the table through the
+/// writer. `count` adds to an in-memory tally flushed every few seconds and
+/// at shutdown.
 #[derive(Clone)]
 pub struct AccessLogger {
     tx: SyncSender<(AccessRecord, Option<Done>)>,
     tally: Arc<Mutex<Tally>>,
+    /// With a journal: how far it and the table are.
+    progress: Option<Arc<Progress>>,
 }
 
 /// Decision counts by key id, then route; with the key's user, roles and
@@ -292,19 +296,79 @@ struct TallyEntry {
 /// How often decision counts are written.
 pub const TALLY_FLUSH: Duration = Duration::from_secs(5);
 
+/// How long a read waits for room in a full journal before it is refused.
+const ROOM_WAIT: Duration = Duration::from_secs(5);
+
+/// The meta key holding the number of the last journal record the table
+/// holds.
+const JOURNAL_MARK: &str = "access_journal_copied";
+
 pub struct LoggerThread {
     join: JoinHandle<()>,
+    copier: Option<JoinHandle<()>>,
 }
 
 impl LoggerThread {
     /// Waits until every record sent before the last `AccessLogger` was
-    /// dropped is written.
+    /// dropped is written (with a journal: is in the table, unless the
+    /// database refused it; then it waits in the journal for the next
+    /// start).
     pub fn join(self) {
         let _ = self.join.join();
+        if let Some(c) = self.copier {
+            let _ = c.join();
+        }
+    }
+}
+
+/// How far the journal and the table are.
+#[derive(Default)]
+struct Progress {
+    marks: Mutex<Marks>,
+    moved: Condvar,
+}
+
+#[derive(Default)]
+struct Marks {
+    /// The last record number made durable in the journal.
+    journaled: u64,
+    /// The last record number the table holds.
+    copied: u64,
+    /// Why the last copy failed, while it fails.
+    failing: Option<Error>,
+}
+
+impl Progress {
+    fn copied(&self) -> u64 {
+        self.marks.lock().expect("marks").copied
+    }
+
+    /// Waits until the table holds more than `copied`, or `deadline`.
+    fn wait_past(&self, copied: u64, deadline: Instant) -> bool {
+        let mut m = self.marks.lock().expect("marks");
+        while m.copied == copied {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            m = self.moved.wait_timeout(m, left).expect("marks").0;
+        }
+        true
+    }
+
+    /// Why a full journal refuses a read.
+    fn why_full(&self) -> Error {
+        let why = "its journal is full and the database has not taken its records yet";
+        match &self.marks.lock().expect("marks").failing {
+            Some(Error::StorageFull(e)) => Error::StorageFull(format!("{why} ({e})")),
+            Some(e) => Error::Unavailable(format!("{why} ({e})")),
+            None => Error::Unavailable(why.to_owned()),
+        }
     }
 }
 
 impl AccessLogger {
+    /// Records go to the table through the writer, a transaction per batch.
     pub fn spawn(writer: WriterHandle) -> (Self, LoggerThread) {
         let (tx, rx) = sync_channel(10_000);
         let tally = Arc::new(Mutex::new(Tally::default()));
@@ -312,14 +376,74 @@ impl AccessLogger {
         // Restarted should it panic; the queue outlives each run. It ends
         // once every logger is dropped.
         let health = writer.health().clone();
-        let join = crate::health::supervise(
-            health,
-            "access-log",
-            || false,
-            move || run(&writer, &rx, &t),
-        )
+        let join = crate::health::supervise(health, "access-log", || false, move || {
+            run(&rx, &t, &mut |records, waiters| {
+                write(&writer, &t, records, waiters)
+            })
+        })
         .expect("spawn the access log thread");
-        (Self { tx, tally }, LoggerThread { join })
+        let logger = Self {
+            tx,
+            tally,
+            progress: None,
+        };
+        (logger, LoggerThread { join, copier: None })
+    }
+
+    /// Records are made durable in a journal of their own at `path`, `bytes`
+    /// long, and copied into the table through the writer afterwards. What a
+    /// journal left there holds that the table lacks (a crash came between
+    /// the two) is copied first.
+    pub fn spawn_journaled(
+        writer: WriterHandle,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(Self, LoggerThread)> {
+        let found = journal::scan(path)?;
+        let seen = found.last().map_or(0, |(n, _)| *n);
+        let (copied, n) = writer.transact_blocking(move |ctx| {
+            let before = copied_mark(ctx.conn)?;
+            let copied = copy(ctx.conn, ctx.vault, &found)?;
+            Ok((copied, found.iter().filter(|(n, _)| *n > before).count()))
+        })?;
+        if n > 0 {
+            tracing::info!(records = n, "access records copied from the journal a crash left");
+        }
+        let mut jl = journal::Journal::open(path, bytes, copied.max(seen) + 1)?;
+        let progress = Arc::new(Progress::default());
+        {
+            let mut m = progress.marks.lock().expect("marks");
+            m.copied = jl.next() - 1;
+            m.journaled = jl.next() - 1;
+        }
+        let (tx, rx) = sync_channel(10_000);
+        let (to_copier, copier_rx) = std::sync::mpsc::channel();
+        let copier = {
+            let (writer, progress) = (writer.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name("tarmo-access-copy".into())
+                .spawn(move || copier(&writer, &copier_rx, &progress))?
+        };
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let (t, p) = (tally.clone(), progress.clone());
+        let health = writer.health().clone();
+        let join = crate::health::supervise(health, "access-log", || false, move || {
+            run(&rx, &t, &mut |records, waiters| {
+                write_journaled(&mut jl, &p, &to_copier, &t, records, waiters)
+            })
+        })?;
+        let logger = Self {
+            tx,
+            tally,
+            progress: Some(progress),
+        };
+        Ok((
+            logger,
+            LoggerThread {
+                join,
+                copier: Some(copier),
+            },
+        ))
     }
 
     /// Log a read of people's data; returns once it is durable.
@@ -327,6 +451,22 @@ impl AccessLogger {
         let (tx, rx) = std::sync::mpsc::channel();
         self.tx.send((r, Some(tx))).map_err(|_| Error::WriterGone)?;
         rx.recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// Wait (up to `within`) until the table holds every record made durable
+    /// so far, so that the log as read shows the reads just answered.
+    pub fn settle(&self, within: Duration) {
+        let Some(p) = &self.progress else { return };
+        let deadline = Instant::now() + within;
+        let mut m = p.marks.lock().expect("marks");
+        let target = m.journaled;
+        while m.copied < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            m = p.moved.wait_timeout(m, left).expect("marks").0;
+        }
     }
 
     /// Count policy decisions made for a key through a route.
@@ -379,14 +519,18 @@ fn drain_tally(tally: &Mutex<Tally>) -> Vec<AccessRecord> {
         .collect()
 }
 
-fn run(writer: &WriterHandle, rx: &Receiver<(AccessRecord, Option<Done>)>, tally: &Mutex<Tally>) {
+type Write<'a> = dyn FnMut(Vec<AccessRecord>, Vec<Done>) + 'a;
+
+/// Take what is queued, up to 5,000 records a batch, with the tally every
+/// [`TALLY_FLUSH`], and hand each batch to `write`.
+fn run(rx: &Receiver<(AccessRecord, Option<Done>)>, tally: &Mutex<Tally>, write: &mut Write<'_>) {
     let mut last_flush = Instant::now();
     loop {
         let first = match rx.recv_timeout(TALLY_FLUSH) {
             Ok(x) => Some(x),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
-                write(writer, tally, drain_tally(tally), Vec::new());
+                write(drain_tally(tally), Vec::new());
                 return;
             }
         };
@@ -409,50 +553,225 @@ fn run(writer: &WriterHandle, rx: &Receiver<(AccessRecord, Option<Done>)>, tally
             records.extend(drain_tally(tally));
             last_flush = Instant::now();
         }
-        write(writer, tally, records, waiters);
+        if !records.is_empty() {
+            write(records, waiters);
+        }
     }
 }
 
+/// Records through the writer into the table.
 fn write(
     writer: &WriterHandle,
     tally: &Mutex<Tally>,
     records: Vec<AccessRecord>,
     waiters: Vec<Done>,
 ) {
-    if records.is_empty() {
-        return;
-    }
     let n = records.len();
     // Decision counts go back to the tally should the write fail (a full
     // disk): they are written with the next batch, not lost.
-    let counts: Vec<AccessRecord> = records
-        .iter()
-        .filter(|r| r.action == "decisions")
-        .cloned()
-        .collect();
+    let counts = counts_of(&records);
     let r = writer.transact_blocking(move |ctx| append(ctx.conn, ctx.vault, &records));
     if let Err(e) = &r {
         tracing::error!(error = %e, records = n, "writing the access log failed");
-        let mut t = tally.lock().expect("tally");
-        for c in counts {
-            let e = t
-                .counts
-                .entry(c.key_id)
-                .or_default()
-                .entry(c.route)
-                .or_insert(TallyEntry {
-                    user_id: c.user_id,
-                    roles: c.roles,
-                    purposes: c.purposes,
-                    n: 0,
-                });
-            e.n += c.count;
+        give_back(tally, counts);
+    }
+    answer(waiters, &r);
+}
+
+/// Records into the journal, then to the copier.
+fn write_journaled(
+    jl: &mut journal::Journal,
+    progress: &Progress,
+    copier: &Sender<Batch>,
+    tally: &Mutex<Tally>,
+    records: Vec<AccessRecord>,
+    waiters: Vec<Done>,
+) {
+    let deadline = Instant::now() + ROOM_WAIT;
+    let r = loop {
+        let copied = progress.copied();
+        match jl.append(&records, copied) {
+            Ok(first) => break Ok(first),
+            Err(journal::Refused::Full) => {
+                if !progress.wait_past(copied, deadline) {
+                    break Err(progress.why_full());
+                }
+            }
+            Err(journal::Refused::TooLarge) => {
+                // An export of many people: through the writer, in order
+                // with the journal's records.
+                let _ = copier.send(Batch::Direct(records, waiters));
+                return;
+            }
+            Err(journal::Refused::Io(e)) => break Err(Error::from(e)),
+        }
+    };
+    match r {
+        Ok(first) => {
+            let numbered: Vec<(u64, AccessRecord)> = (first..).zip(records).collect();
+            {
+                let mut m = progress.marks.lock().expect("marks");
+                m.journaled = numbered.last().map_or(m.journaled, |(n, _)| *n);
+            }
+            answer(waiters, &Ok(()));
+            let _ = copier.send(Batch::Journaled(numbered));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, records = records.len(), "writing the access journal failed");
+            give_back(tally, counts_of(&records));
+            answer(waiters, &Err(e));
         }
     }
+}
+
+/// What the copier takes to the table.
+enum Batch {
+    /// Durable in the journal already.
+    Journaled(Vec<(u64, AccessRecord)>),
+    /// Too large for the journal: durable once the table has it.
+    Direct(Vec<AccessRecord>, Vec<Done>),
+}
+
+/// Copies journaled records into the table, many batches to a transaction;
+/// a failed copy is tried again (the records wait in the journal) until it
+/// takes, or, once the loggers are gone, a few times before it gives up to
+/// the next start.
+fn copier(writer: &WriterHandle, rx: &Receiver<Batch>, progress: &Progress) {
+    let mut pending: Vec<(u64, AccessRecord)> = Vec::new();
+    let mut closed = false;
+    let mut failures = 0u32;
+    loop {
+        let mut direct = Vec::new();
+        let mut waiters = Vec::new();
+        let mut take = |b: Batch, pending: &mut Vec<_>| match b {
+            Batch::Journaled(v) => pending.extend(v),
+            Batch::Direct(v, w) => {
+                direct.extend(v);
+                waiters.extend(w);
+            }
+        };
+        if pending.is_empty() && !closed {
+            match rx.recv() {
+                Ok(b) => take(b, &mut pending),
+                Err(_) => closed = true,
+            }
+        }
+        while pending.len() < 20_000 {
+            match rx.try_recv() {
+                Ok(b) => take(b, &mut pending),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if pending.is_empty() && direct.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        let numbered = Arc::new(std::mem::take(&mut pending));
+        let r = writer.transact_blocking({
+            let numbered = numbered.clone();
+            move |ctx| {
+                let copied = copy(ctx.conn, ctx.vault, &numbered)?;
+                append(ctx.conn, ctx.vault, &direct)?;
+                Ok(copied)
+            }
+        });
+        answer(waiters, &r.as_ref().map(|_| ()).map_err(clone_error));
+        let mut m = progress.marks.lock().expect("marks");
+        match r {
+            Ok(copied) => {
+                m.copied = m.copied.max(copied);
+                m.failing = None;
+                failures = 0;
+                progress.moved.notify_all();
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::error!(error = %e, records = numbered.len(), "copying the access journal into the log failed; it is tried again");
+                m.failing = Some(e);
+                progress.moved.notify_all();
+                drop(m);
+                pending = Arc::try_unwrap(numbered).unwrap_or_else(|a| (*a).clone());
+                if closed && failures >= 5 {
+                    tracing::error!(records = pending.len(), "access records stay in the journal; they are copied at the next start");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100 << failures.min(4)));
+            }
+        }
+    }
+}
+
+/// The journal mark as stored.
+fn copied_mark(conn: &mut dyn Conn) -> Result<u64> {
+    Ok(conn
+        .meta_get(JOURNAL_MARK)?
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// Append the numbered records the table lacks, in the caller's transaction,
+/// and move the mark; returns the mark.
+fn copy(conn: &mut dyn Conn, vault: &Vault, numbered: &[(u64, AccessRecord)]) -> Result<u64> {
+    let mark = copied_mark(conn)?;
+    let fresh: Vec<AccessRecord> = numbered
+        .iter()
+        .filter(|(n, _)| *n > mark)
+        .map(|(_, r)| r.clone())
+        .collect();
+    let Some(last) = numbered.iter().map(|(n, _)| *n).max().filter(|n| *n > mark) else {
+        return Ok(mark);
+    };
+    append(conn, vault, &fresh)?;
+    conn.meta_set(JOURNAL_MARK, &last.to_le_bytes())?;
+    Ok(last)
+}
+
+fn counts_of(records: &[AccessRecord]) -> Vec<AccessRecord> {
+    records
+        .iter()
+        .filter(|r| r.action == "decisions")
+        .cloned()
+        .collect()
+}
+
+/// Decision counts that could not be written go back to the tally.
+fn give_back(tally: &Mutex<Tally>, counts: Vec<AccessRecord>) {
+    let mut t = tally.lock().expect("tally");
+    for c in counts {
+        let e = t
+            .counts
+            .entry(c.key_id)
+            .or_default()
+            .entry(c.route)
+            .or_insert(TallyEntry {
+                user_id: c.user_id,
+                roles: c.roles,
+                purposes: c.purposes,
+                n: 0,
+            });
+        e.n += c.count;
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::StorageFull(why) => Error::StorageFull(why.clone()),
+        Error::Unavailable(why) => Error::Unavailable(why.clone()),
+        e => Error::Backend(e.to_string()),
+    }
+}
+
+fn answer(waiters: Vec<Done>, r: &Result<()>) {
     for w in waiters {
         // A read that could not be logged is refused: the reader hears why
         // (a full disk answers 507 like any write).
-        let _ = w.send(match &r {
+        let _ = w.send(match r {
             Ok(()) => Ok(()),
             Err(Error::StorageFull(why)) => Err(Error::StorageFull(format!("access log: {why}"))),
             // The read is refused either way; a database that is away is

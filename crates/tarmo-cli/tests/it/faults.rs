@@ -82,11 +82,17 @@ fn a_full_disk_answers_507_keeps_the_store_whole_and_serves_again_once_freed() {
     };
     let data = fs.dir.join("data");
     let (a, w) = init(&data);
+    // A small access journal, so that it fills while the disk is full.
     let mut s = start_with(
         &data,
         &a,
         &w,
-        &["--retention-interval-minutes".into(), "0".into()],
+        &[
+            "--retention-interval-minutes".into(),
+            "0".into(),
+            "--access-journal-kib".into(),
+            "64".into(),
+        ],
     );
     let s2 = trusted_copy(&s);
     s.write = s2;
@@ -134,7 +140,9 @@ fn a_full_disk_answers_507_keeps_the_store_whole_and_serves_again_once_freed() {
     assert!(refusal.1.is_some(), "507 carries Retry-After");
     assert!(s.child.try_wait().unwrap().is_none(), "the server survived");
 
-    // Small writes too, until nothing fits; reads that cannot be logged are
+    // Small writes too, until nothing fits. Reads are answered while their
+    // records fit in the access journal (its space was written when it was
+    // made); once it is full of records the database cannot take, reads are
     // refused, never answered unlogged.
     let mut refused_reads = 0;
     for i in 0..300 {
@@ -240,6 +248,76 @@ fn a_full_disk_answers_507_keeps_the_store_whole_and_serves_again_once_freed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A read is answered once its access record is durable in the access
+/// journal, without waiting for the database: here another process holds
+/// SQLite's write lock, so no record can reach the table. The reads are
+/// answered, the server is killed -9, and after a restart every one of them
+/// is in the access log, once, and the log's chain verifies.
+#[test]
+fn reads_answered_while_the_database_is_locked_are_in_the_log_after_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, w) = init(&data);
+    let mut s = start(&data, &a, &w);
+    s.write = trusted_copy(&s);
+    let (st, v, _) = status_of(
+        &s,
+        "/v1/identify",
+        &json!({"userId": "locked-1", "messageId": "locked-id-0", "traits": {"email": "locked@example.fi"}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = get(&s, "/api/v1/profiles/lookup?type=user_id&value=locked-1");
+    assert_eq!(st, 200, "{v}");
+    let profile = v["id"].as_i64().unwrap();
+
+    let db = rusqlite::Connection::open(data.join("tarmo.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let began = Instant::now();
+    for _ in 0..20 {
+        let (st, v) = get(&s, &format!("/api/v1/profiles/{profile}"));
+        assert_eq!(st, 200, "{v}");
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "the reads waited for the database: {:?}",
+        began.elapsed()
+    );
+    let in_table: i64 = db
+        .query_row(
+            "SELECT count(*) FROM access_log WHERE route = '/api/v1/profiles/{id}'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_table, 0, "the lock kept every record out of the table");
+    kill9(s);
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+
+    let s = start(&data, &a, &w);
+    let (st, audit) = get(&s, &format!("/api/v1/audit?profile={profile}&limit=1000"));
+    assert_eq!(st, 200, "{audit}");
+    let reads = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"] == "/api/v1/profiles/{id}")
+        .count();
+    assert_eq!(reads, 20, "{audit}");
+    drop(s);
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// PostgreSQL whose data volume fills up: Tarmo's tables live in a
