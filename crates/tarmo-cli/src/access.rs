@@ -443,10 +443,19 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<u8> {
     }
     let secs = started.elapsed().as_secs_f64();
     let ok = report.first_broken.is_none();
+    let waiting = tarmo_store::access_log::waiting_in_journal(
+        &mut *store.conn()?,
+        &s.data_dir.join(tarmo_store::access_log::JOURNAL_FILE),
+    )?;
+    if waiting > 0 && !json {
+        eprintln!(
+            "{waiting} records wait in the access journal (a server stopped before it copied them); they join the log when the server starts"
+        );
+    }
     if json {
         println!(
             "{}",
-            serde_json::json!({"ok": ok, "records": report.entries, "first_broken": report.first_broken, "seconds": secs})
+            serde_json::json!({"ok": ok, "records": report.entries, "first_broken": report.first_broken, "seconds": secs, "waiting_in_journal": waiting})
         );
     } else {
         match &report.first_broken {

@@ -370,7 +370,10 @@ fn access_logger(
         return AccessLogger::spawn(writer.clone());
     }
     let path = s.data_dir.join(JOURNAL_FILE);
-    let bytes = s.serve.access_journal_kib.map_or(JOURNAL_BYTES, |k| k << 10);
+    let bytes = s
+        .serve
+        .access_journal_kib
+        .map_or(JOURNAL_BYTES, |k| k << 10);
     match AccessLogger::spawn_journaled(writer.clone(), &path, bytes) {
         Ok(x) => x,
         Err(e) => {

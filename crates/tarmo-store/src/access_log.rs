@@ -376,11 +376,16 @@ impl AccessLogger {
         // Restarted should it panic; the queue outlives each run. It ends
         // once every logger is dropped.
         let health = writer.health().clone();
-        let join = crate::health::supervise(health, "access-log", || false, move || {
-            run(&rx, &t, &mut |records, waiters| {
-                write(&writer, &t, records, waiters)
-            })
-        })
+        let join = crate::health::supervise(
+            health,
+            "access-log",
+            || false,
+            move || {
+                run(&rx, &t, &mut |records, waiters| {
+                    write(&writer, &t, records, waiters)
+                })
+            },
+        )
         .expect("spawn the access log thread");
         let logger = Self {
             tx,
@@ -407,7 +412,10 @@ impl AccessLogger {
             Ok((copied, found.iter().filter(|(n, _)| *n > before).count()))
         })?;
         if n > 0 {
-            tracing::info!(records = n, "access records copied from the journal a crash left");
+            tracing::info!(
+                records = n,
+                "access records copied from the journal a crash left"
+            );
         }
         let mut jl = journal::Journal::open(path, bytes, copied.max(seen) + 1)?;
         let progress = Arc::new(Progress::default());
@@ -427,11 +435,16 @@ impl AccessLogger {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (t, p) = (tally.clone(), progress.clone());
         let health = writer.health().clone();
-        let join = crate::health::supervise(health, "access-log", || false, move || {
-            run(&rx, &t, &mut |records, waiters| {
-                write_journaled(&mut jl, &p, &to_copier, &t, records, waiters)
-            })
-        })?;
+        let join = crate::health::supervise(
+            health,
+            "access-log",
+            || false,
+            move || {
+                run(&rx, &t, &mut |records, waiters| {
+                    write_journaled(&mut jl, &p, &to_copier, &t, records, waiters)
+                })
+            },
+        )?;
         let logger = Self {
             tx,
             tally,
@@ -698,13 +711,26 @@ fn copier(writer: &WriterHandle, rx: &Receiver<Batch>, progress: &Progress) {
                 drop(m);
                 pending = Arc::try_unwrap(numbered).unwrap_or_else(|a| (*a).clone());
                 if closed && failures >= 5 {
-                    tracing::error!(records = pending.len(), "access records stay in the journal; they are copied at the next start");
+                    tracing::error!(
+                        records = pending.len(),
+                        "access records stay in the journal; they are copied at the next start"
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100 << failures.min(4)));
             }
         }
     }
+}
+
+/// How many records the journal at `path` holds that the table does not
+/// yet: a server killed before it copied them copies them when it starts.
+pub fn waiting_in_journal(conn: &mut dyn Conn, path: &Path) -> Result<usize> {
+    let mark = copied_mark(conn)?;
+    Ok(journal::scan(path)?
+        .iter()
+        .filter(|(n, _)| *n > mark)
+        .count())
 }
 
 /// The journal mark as stored.

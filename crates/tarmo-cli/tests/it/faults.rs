@@ -295,6 +295,15 @@ fn reads_answered_while_the_database_is_locked_are_in_the_log_after_a_kill_9() {
     kill9(s);
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
+    // They are in the journal only, and said so.
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let waiting = v["waiting_in_journal"].as_u64().unwrap();
+    assert!((20..=21).contains(&waiting), "{v}");
 
     let s = start(&data, &a, &w);
     let (st, audit) = get(&s, &format!("/api/v1/audit?profile={profile}&limit=1000"));

@@ -109,9 +109,7 @@ fn batch_at(b: &[u8]) -> Option<(u64, Vec<AccessRecord>)> {
         return None;
     }
     let mut r = Reader(payload);
-    let records = (0..count)
-        .map(|_| r.record())
-        .collect::<Option<Vec<_>>>()?;
+    let records = (0..count).map(|_| r.record()).collect::<Option<Vec<_>>>()?;
     (r.0.is_empty() && first > 0).then_some((first, records))
 }
 
@@ -280,8 +278,13 @@ impl Reader<'_> {
     }
 
     fn record(&mut self) -> Option<AccessRecord> {
-        let [at_ms, key_id, user_id, count, n] =
-            [self.int()?, self.int()?, self.int()?, self.int()?, self.int()?];
+        let [at_ms, key_id, user_id, count, n] = [
+            self.int()?,
+            self.int()?,
+            self.int()?,
+            self.int()?,
+            self.int()?,
+        ];
         let flags = self.take(2)?;
         let (has_user, code) = (flags[0] == 1, flags[1] as usize);
         let route = self.str()?;
