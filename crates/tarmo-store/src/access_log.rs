@@ -440,8 +440,13 @@ impl AccessLogger {
             "access-log",
             || false,
             move || {
+                let to = Copier {
+                    writer: &writer,
+                    progress: &p,
+                    tx: &to_copier,
+                };
                 run(&rx, &t, &mut |records, waiters| {
-                    write_journaled(&mut jl, &p, &to_copier, &t, records, waiters)
+                    write_journaled(&mut jl, &to, &t, records, waiters)
                 })
             },
         )?;
@@ -591,110 +596,112 @@ fn write(
     answer(waiters, &r);
 }
 
-/// Records into the journal, then to the copier.
+/// Records into the journal, then to the copier. A batch larger than the
+/// journal takes at once is written in parts; a single record that large
+/// (an export of some 250,000 people with the default size) goes through
+/// the writer, as without a journal.
 fn write_journaled(
     jl: &mut journal::Journal,
-    progress: &Progress,
-    copier: &Sender<Batch>,
+    to: &Copier<'_>,
     tally: &Mutex<Tally>,
     records: Vec<AccessRecord>,
     waiters: Vec<Done>,
 ) {
     let deadline = Instant::now() + ROOM_WAIT;
-    let r = loop {
-        let copied = progress.copied();
-        match jl.append(&records, copied) {
-            Ok(first) => break Ok(first),
-            Err(journal::Refused::Full) => {
-                if !progress.wait_past(copied, deadline) {
-                    break Err(progress.why_full());
+    let mut numbered: Vec<(u64, AccessRecord)> = Vec::with_capacity(records.len());
+    let mut failed = Vec::new();
+    let mut result = Ok(());
+    let mut parts = vec![records];
+    while let Some(part) = parts.pop() {
+        if result.is_err() {
+            failed.extend(part);
+            continue;
+        }
+        // The first record's number; 0 when the part was split or went
+        // through the writer.
+        let r = loop {
+            let copied = to.progress.copied();
+            match jl.append(&part, copied) {
+                Ok(first) => break Ok(first),
+                Err(journal::Refused::Full) => {
+                    if !to.progress.wait_past(copied, deadline) {
+                        break Err(to.progress.why_full());
+                    }
                 }
+                Err(journal::Refused::TooLarge) if part.len() > 1 => break Ok(0),
+                Err(journal::Refused::TooLarge) => {
+                    let one = part.clone();
+                    break to
+                        .writer
+                        .transact_blocking(move |ctx| append(ctx.conn, ctx.vault, &one))
+                        .map(|()| 0);
+                }
+                Err(journal::Refused::Io(e)) => break Err(Error::from(e)),
             }
-            Err(journal::Refused::TooLarge) => {
-                // An export of many people: through the writer, in order
-                // with the journal's records.
-                let _ = copier.send(Batch::Direct(records, waiters));
-                return;
+        };
+        match r {
+            // Halves, the first on top.
+            Ok(0) if part.len() > 1 => {
+                let mut part = part;
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
             }
-            Err(journal::Refused::Io(e)) => break Err(Error::from(e)),
-        }
-    };
-    match r {
-        Ok(first) => {
-            let numbered: Vec<(u64, AccessRecord)> = (first..).zip(records).collect();
-            {
-                let mut m = progress.marks.lock().expect("marks");
-                m.journaled = numbered.last().map_or(m.journaled, |(n, _)| *n);
+            Ok(0) => {}
+            Ok(first) => numbered.extend((first..).zip(part)),
+            Err(e) => {
+                result = Err(e);
+                failed.extend(part);
             }
-            answer(waiters, &Ok(()));
-            let _ = copier.send(Batch::Journaled(numbered));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, records = records.len(), "writing the access journal failed");
-            give_back(tally, counts_of(&records));
-            answer(waiters, &Err(e));
         }
     }
+    if let Some((last, _)) = numbered.last() {
+        let mut m = to.progress.marks.lock().expect("marks");
+        m.journaled = *last;
+        drop(m);
+        let _ = to.tx.send(numbered);
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, records = failed.len(), "writing the access journal failed");
+        give_back(tally, counts_of(&failed));
+    }
+    answer(waiters, &result);
 }
 
-/// What the copier takes to the table.
-enum Batch {
-    /// Durable in the journal already.
-    Journaled(Vec<(u64, AccessRecord)>),
-    /// Too large for the journal: durable once the table has it.
-    Direct(Vec<AccessRecord>, Vec<Done>),
+/// Where journaled records go to be copied.
+struct Copier<'a> {
+    writer: &'a WriterHandle,
+    progress: &'a Progress,
+    tx: &'a Sender<Vec<(u64, AccessRecord)>>,
 }
 
 /// Copies journaled records into the table, many batches to a transaction;
 /// a failed copy is tried again (the records wait in the journal) until it
 /// takes, or, once the loggers are gone, a few times before it gives up to
 /// the next start.
-fn copier(writer: &WriterHandle, rx: &Receiver<Batch>, progress: &Progress) {
+fn copier(writer: &WriterHandle, rx: &Receiver<Vec<(u64, AccessRecord)>>, progress: &Progress) {
     let mut pending: Vec<(u64, AccessRecord)> = Vec::new();
     let mut closed = false;
     let mut failures = 0u32;
     loop {
-        let mut direct = Vec::new();
-        let mut waiters = Vec::new();
-        let mut take = |b: Batch, pending: &mut Vec<_>| match b {
-            Batch::Journaled(v) => pending.extend(v),
-            Batch::Direct(v, w) => {
-                direct.extend(v);
-                waiters.extend(w);
-            }
-        };
-        if pending.is_empty() && !closed {
+        if pending.is_empty() {
             match rx.recv() {
-                Ok(b) => take(b, &mut pending),
-                Err(_) => closed = true,
+                Ok(b) => pending = b,
+                Err(_) => return,
             }
         }
-        while pending.len() < 20_000 {
+        while pending.len() < 20_000 && !closed {
             match rx.try_recv() {
-                Ok(b) => take(b, &mut pending),
+                Ok(b) => pending.extend(b),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => closed = true,
             }
-        }
-        if pending.is_empty() && direct.is_empty() {
-            if closed {
-                return;
-            }
-            continue;
         }
         let numbered = Arc::new(std::mem::take(&mut pending));
         let r = writer.transact_blocking({
             let numbered = numbered.clone();
-            move |ctx| {
-                let copied = copy(ctx.conn, ctx.vault, &numbered)?;
-                append(ctx.conn, ctx.vault, &direct)?;
-                Ok(copied)
-            }
+            move |ctx| copy(ctx.conn, ctx.vault, &numbered)
         });
-        answer(waiters, &r.as_ref().map(|_| ()).map_err(clone_error));
         let mut m = progress.marks.lock().expect("marks");
         match r {
             Ok(copied) => {
@@ -782,14 +789,6 @@ fn give_back(tally: &Mutex<Tally>, counts: Vec<AccessRecord>) {
                 n: 0,
             });
         e.n += c.count;
-    }
-}
-
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::StorageFull(why) => Error::StorageFull(why.clone()),
-        Error::Unavailable(why) => Error::Unavailable(why.clone()),
-        e => Error::Backend(e.to_string()),
     }
 }
 

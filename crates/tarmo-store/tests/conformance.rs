@@ -1164,9 +1164,32 @@ fn a_journaled_read_reaches_the_log_once_even_across_a_crash(h: &Harness) {
     drop(logger);
     thread.join();
     assert_eq!(logged(7), 1);
+
+    // A small journal: a batch larger than it takes at once is written in
+    // parts, and a record larger than that goes through the writer.
+    let small = dir.path().join("small.journal");
+    let (logger, thread) = AccessLogger::spawn_journaled(h.writer.clone(), &small, 4096).unwrap();
+    logger
+        .record(AccessRecord {
+            profiles: (100..400).map(ProfileId).collect(),
+            count: 300,
+            action: "export",
+            ..rec(100)
+        })
+        .unwrap();
+    for i in 0..30 {
+        let route = format!("/api/v1/decisions/{i}");
+        logger.count(tarmo_store::conn::KeyId(7), None, &[], &[], &route, 1);
+    }
+    drop(logger);
+    thread.join();
+    assert_eq!(logged(250), 1, "the export too large for the journal");
     let mut c = h.store.conn().unwrap();
+    let recent = access_log::recent(&mut *c, 100).unwrap();
+    let decisions = recent.iter().filter(|r| r.action == "decisions").count();
+    assert_eq!(decisions, 30, "the tally's 30 counts, written in parts");
     let r = access_log::verify(&mut *c, h.store.vault(), &mut |_| {}).unwrap();
-    assert_eq!((r.entries, r.first_broken), (6, None));
+    assert_eq!((r.entries, r.first_broken), (37, None));
 }
 
 fn a_wrong_master_key_is_refused(h: &Harness) {
