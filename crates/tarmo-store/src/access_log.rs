@@ -100,8 +100,13 @@ impl Link for AccessLink<'_> {
 }
 
 /// Append records, in order, in the caller's transaction.
-pub fn append(conn: &mut dyn Conn, vault: &Vault, records: &[AccessRecord]) -> Result<()> {
-    if records.is_empty() {
+pub fn append<'a>(
+    conn: &mut dyn Conn,
+    vault: &Vault,
+    records: impl IntoIterator<Item = &'a AccessRecord>,
+) -> Result<()> {
+    let mut records = records.into_iter().peekable();
+    if records.peek().is_none() {
         return Ok(());
     }
     let mut tip = CHAIN.tip(conn)?;
@@ -345,8 +350,13 @@ impl Progress {
 
     /// Waits until the table holds more than `copied`, or `deadline`.
     fn wait_past(&self, copied: u64, deadline: Instant) -> bool {
+        self.wait_until(deadline, |m| m.copied != copied)
+    }
+
+    /// Waits until `done` holds of the marks, or `deadline`; whether it holds.
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&Marks) -> bool) -> bool {
         let mut m = self.marks.lock().expect("marks");
-        while m.copied == copied {
+        while !done(&m) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -475,16 +485,8 @@ impl AccessLogger {
     /// so far, so that the log as read shows the reads just answered.
     pub fn settle(&self, within: Duration) {
         let Some(p) = &self.progress else { return };
-        let deadline = Instant::now() + within;
-        let mut m = p.marks.lock().expect("marks");
-        let target = m.journaled;
-        while m.copied < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            m = p.moved.wait_timeout(m, left).expect("marks").0;
-        }
+        let target = p.marks.lock().expect("marks").journaled;
+        p.wait_until(Instant::now() + within, |m| m.copied >= target);
     }
 
     /// Count policy decisions made for a key through a route.
@@ -752,15 +754,11 @@ fn copied_mark(conn: &mut dyn Conn) -> Result<u64> {
 /// and move the mark; returns the mark.
 fn copy(conn: &mut dyn Conn, vault: &Vault, numbered: &[(u64, AccessRecord)]) -> Result<u64> {
     let mark = copied_mark(conn)?;
-    let fresh: Vec<AccessRecord> = numbered
-        .iter()
-        .filter(|(n, _)| *n > mark)
-        .map(|(_, r)| r.clone())
-        .collect();
     let Some(last) = numbered.iter().map(|(n, _)| *n).max().filter(|n| *n > mark) else {
         return Ok(mark);
     };
-    append(conn, vault, &fresh)?;
+    let fresh = numbered.iter().filter(|(n, _)| *n > mark).map(|(_, r)| r);
+    append(conn, vault, fresh)?;
     conn.meta_set(JOURNAL_MARK, &last.to_le_bytes())?;
     Ok(last)
 }
