@@ -301,6 +301,13 @@ struct TallyEntry {
 /// How often decision counts are written.
 pub const TALLY_FLUSH: Duration = Duration::from_secs(5);
 
+/// How long the copier gathers journaled records before it copies them, so
+/// that reads one after another on a quiet store cost the writer a
+/// transaction (and a flush of its log) every so often, not one each. A
+/// reader of the log, a read waiting for room and a shutdown do not wait
+/// for it.
+const COPY_GATHER: Duration = Duration::from_millis(50);
+
 /// How long a read waits for room in a full journal before it is refused.
 const ROOM_WAIT: Duration = Duration::from_secs(5);
 
@@ -341,6 +348,10 @@ struct Marks {
     copied: u64,
     /// Why the last copy failed, while it fails.
     failing: Option<Error>,
+    /// The record number someone waits to see in the table (a reader of
+    /// the log, or a read waiting for room in a full journal): the copier
+    /// copies at once instead of gathering for [`COPY_GATHER`].
+    wanted: u64,
 }
 
 impl Progress {
@@ -350,7 +361,19 @@ impl Progress {
 
     /// Waits until the table holds more than `copied`, or `deadline`.
     fn wait_past(&self, copied: u64, deadline: Instant) -> bool {
+        self.want_journaled();
         self.wait_until(deadline, |m| m.copied != copied)
+    }
+
+    /// Asks the copier to copy what the journal holds now without waiting
+    /// for more; the mark asked for.
+    fn want_journaled(&self) -> u64 {
+        let mut m = self.marks.lock().expect("marks");
+        m.wanted = m.wanted.max(m.journaled);
+        let target = m.wanted;
+        drop(m);
+        self.moved.notify_all();
+        target
     }
 
     /// Waits until `done` holds of the marks, or `deadline`; whether it holds.
@@ -485,7 +508,7 @@ impl AccessLogger {
     /// so far, so that the log as read shows the reads just answered.
     pub fn settle(&self, within: Duration) {
         let Some(p) = &self.progress else { return };
-        let target = p.marks.lock().expect("marks").journaled;
+        let target = p.want_journaled();
         p.wait_until(Instant::now() + within, |m| m.copied >= target);
     }
 
@@ -691,6 +714,8 @@ fn copier(writer: &WriterHandle, rx: &Receiver<Vec<(u64, AccessRecord)>>, progre
                 Ok(b) => pending = b,
                 Err(_) => return,
             }
+            // Gather more unless someone waits for records not yet copied.
+            progress.wait_until(Instant::now() + COPY_GATHER, |m| m.wanted > m.copied);
         }
         while pending.len() < 20_000 && !closed {
             match rx.try_recv() {

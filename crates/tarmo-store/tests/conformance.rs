@@ -1116,6 +1116,13 @@ fn a_journaled_read_reaches_the_log_once_even_across_a_crash(h: &Harness) {
             .len()
     };
     let (logger, thread) = AccessLogger::spawn_journaled(h.writer.clone(), &path, bytes).unwrap();
+    let jobs = || {
+        h.store
+            .metrics
+            .tx_jobs
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = jobs();
     for p in 1..=3 {
         logger.record(rec(p)).unwrap();
     }
@@ -1124,6 +1131,11 @@ fn a_journaled_read_reaches_the_log_once_even_across_a_crash(h: &Harness) {
         (1..=3).map(logged).collect::<Vec<_>>(),
         [1, 1, 1],
         "once settled, the table shows the reads just answered"
+    );
+    assert!(
+        jobs() - before <= 2,
+        "three reads one after another are copied together, not a transaction each ({} taken)",
+        jobs() - before
     );
     assert_eq!(
         std::fs::metadata(&path).unwrap().len(),
