@@ -82,7 +82,10 @@ fn verified(data: &Path, url: Option<&str>) {
     assert!(l["entries"].as_u64().unwrap() >= 1, "{l}");
     let a = ok(&tarmo(&["audit", "verify", "--json"], data, url, &[]));
     assert_eq!(a["ok"], true, "{a}");
-    assert!(a["records"].as_u64().unwrap() >= 1, "{a}");
+    // A read just before the server was killed may still wait in the
+    // access journal: it joins the log at the next start.
+    let journaled = a["waiting_in_journal"].as_u64().unwrap_or(0);
+    assert!(a["records"].as_u64().unwrap() + journaled >= 1, "{a}");
 }
 
 /// `tarmo serve` that must refuse to start: its stderr.
