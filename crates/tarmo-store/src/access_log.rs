@@ -480,7 +480,9 @@ impl AccessLogger {
                 };
                 run(&rx, &t, &mut |records, waiters| {
                     write_journaled(&mut jl, &to, &t, records, waiters)
-                })
+                });
+                // Every logger is gone: the copier copies what is left now.
+                p.want_journaled();
             },
         )?;
         let logger = Self {
