@@ -349,8 +349,8 @@ struct Marks {
     /// Why the last copy failed, while it fails.
     failing: Option<Error>,
     /// The record number someone waits to see in the table (a reader of
-    /// the log, or a read waiting for room in a full journal): the copier
-    /// copies at once instead of gathering for [`COPY_GATHER`].
+    /// the log, a read waiting for room in a full journal, or a shutdown):
+    /// the copier copies at once instead of gathering for [`COPY_GATHER`].
     wanted: u64,
 }
 
