@@ -70,7 +70,28 @@ fn status_of(s: &Server, path: &str, body: &Value) -> (u16, Value, Option<String
 
 fn track(user: &str, id: &str, filler: usize) -> Value {
     json!({"type": "track", "userId": user, "event": "Page Read", "messageId": id,
-           "properties": {"text": "x".repeat(filler)}})
+           "properties": {"text": noise(id, filler)}})
+}
+
+/// `len` hex digits that differ with `id` (a splitmix64 stream): text the
+/// store cannot compress away. Event bodies are packed with zstd before
+/// they are sealed, and a filler of repeated letters packed to a few
+/// bytes, so whether 400 batches filled the disk depended on how large
+/// the log happened to be.
+fn noise(id: &str, len: usize) -> String {
+    let mut z = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.push_str(&format!("{:016x}", x ^ (x >> 31)));
+    }
+    out.truncate(len);
+    out
 }
 
 #[test]
